@@ -1,0 +1,139 @@
+"""``RQQuantize``: the nn.Module that ``prepare`` inserts before every quantized matmul operand.
+
+One module quantizes one operand (a weight or an activation) of one layer. It knows the
+operand's reduction axis, so blocks always run along K (METHOD.md §2.1):
+
+* Linear weight ``(N, K)`` and activations ``(..., K)``: ``layout="last"``.
+* Conv weight ``(O, C/g, kh, kw)``: ``layout="conv_weight"``, reduction order ``(kh, kw, C/g)``.
+* Conv activation ``(N, C, H, W)``: ``layout="channels"``, blocks along C, per pixel.
+* Right operand of a matmul ``(..., K, N)``: ``layout="rows"`` (K is dim -2).
+
+The module has no state besides its (frozen) spec, so it is safe under DDP and
+``torch.compile``, and the model's ``state_dict`` keys are unchanged by ``prepare``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rqcompile.config.spec import NMSparsity, PerTensor, QuantSpec
+from rqcompile.quant.fake_quant import FakeQuantResult, fake_quant_blocks
+from rqcompile.quant.primitives import QFormat, to_blocks
+
+__all__ = ["LAYOUTS", "RQQuantize"]
+
+LAYOUTS = ("last", "rows", "channels", "conv_weight")
+
+
+
+class RQQuantize(nn.Module):
+    """Quantize → (ridge) dequantize one operand; returns a tensor of the input's shape.
+
+    Args:
+        spec: bits, symmetry and granularity of this operand.
+        role: ``"weight"`` or ``"activation"`` (only for printing and errors).
+        layout: where K lives (see module docstring).
+        block: resolved block size along K (``prepare`` resolves ``PerGroup``/``PerChannel``).
+        estimator: ``"ridge"`` or ``"ste"``.
+        ridge_lambda: λ of the ridge fit.
+        sparsity: N:M magnitude sparsity (weights only).
+        layer: layer key, for messages.
+    """
+
+    def __init__(
+        self,
+        spec: QuantSpec,
+        *,
+        role: str,
+        layout: str,
+        block: int,
+        estimator: str = "ridge",
+        ridge_lambda: float = 0.01,
+        sparsity: NMSparsity | None = None,
+        layer: str = "",
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.role = role
+        self.layout = layout
+        self.block = block
+        self.estimator = estimator
+        self.ridge_lambda = ridge_lambda
+        self.sparsity = sparsity
+        self.layer = layer
+        self.fmt = QFormat(spec.bits, spec.symmetric)
+
+    # -- layout ---------------------------------------------------------------------------
+    def k_last(self, x: torch.Tensor) -> torch.Tensor:
+        """View ``x`` with the reduction dimension last (conv weights: ``(O, kh*kw*C/g)``)."""
+        if self.layout == "last":
+            return x
+        if self.layout == "rows":
+            return x.transpose(-1, -2)
+        if self.layout == "channels":
+            return x.movedim(1, -1)
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+
+    def from_k_last(self, y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        if self.layout == "last":
+            return y
+        if self.layout == "rows":
+            return y.transpose(-1, -2)
+        if self.layout == "channels":
+            return y.movedim(-1, 1)
+        o, c, kh, kw = shape
+        return y.reshape(o, kh, kw, c).permute(0, 3, 1, 2)
+
+    def _blocks(self, xk: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.spec.granularity, PerTensor):
+            return xk.reshape(1, 1, -1)
+        return to_blocks(xk, self.block, where=f"layer {self.layer!r} ({self.role})")
+
+    def fake_quant(self, x: torch.Tensor) -> FakeQuantResult:
+        """Blocked fake-quant of ``x`` (K-last view); used by ``forward`` and ``convert``."""
+        nm = None if self.sparsity is None else (self.sparsity.n, self.sparsity.m)
+        return fake_quant_blocks(
+            self._blocks(self.k_last(x)),
+            self.fmt,
+            estimator=self.estimator,
+            lam=self.ridge_lambda,
+            nm=nm,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xk = self.k_last(x)
+        r = self.fake_quant(x)
+        return self.from_k_last(r.y.reshape(xk.shape), x.shape)
+
+    @torch.no_grad()
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Integer codes ``(..., K)`` (int8, K last) and per-block ``scale``/``offset`` ``(..., nb)``.
+
+        Per-tensor params are expanded to one block per row so every consumer sees the same
+        ``(rows, nb)`` layout.
+        """
+        xk = self.k_last(x)
+        r = self.fake_quant(x)
+        codes = r.codes.reshape(xk.shape).to(torch.int8)
+        scale, offset = r.scale.squeeze(-1), r.offset.squeeze(-1)
+        if isinstance(self.spec.granularity, PerTensor):
+            rows = xk.shape[:-1]
+            scale = scale.reshape(1).expand(*rows, 1).contiguous()
+            offset = offset.reshape(1).expand(*rows, 1).contiguous()
+        return codes, scale, offset
+
+    def describe(self) -> str:
+        """One line, e.g. ``W 4b affine block=128 ridge λ=0.01 2:4``."""
+        tag = "W" if self.role == "weight" else "A"
+        gran = "per-tensor" if isinstance(self.spec.granularity, PerTensor) else f"block={self.block}"
+        kind = self.spec.short().rsplit(" ", 1)[0]
+        text = f"{tag} {kind} {gran} {self.estimator}"
+        if self.estimator == "ridge":
+            text += f" λ={self.ridge_lambda:g}"
+        if self.sparsity is not None:
+            text += f" {self.sparsity}"
+        return text
+
+    def extra_repr(self) -> str:
+        return self.describe()

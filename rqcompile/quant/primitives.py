@@ -1,0 +1,128 @@
+"""Quantization primitives on blocked tensors (METHOD.md §2.1–2.4). Pure torch, no fx.
+
+Every function here works on a tensor ``xb`` of shape ``(..., nb, B)``: the reduction dimension
+K split into ``nb`` blocks of ``B`` contiguous elements, last. Grids (``s_f``, ``b_f``) are
+computed per block under ``no_grad`` (METHOD.md §7 #2: detached), over the *kept* elements when
+the block is N:M-sparse.
+
+Formats (``codes = clip(round(z), lo, hi)`` with ``z = (x - b_f) / s_f``):
+
+==================  ===================================  ==================================
+format              grid                                 codes
+==================  ===================================  ==================================
+binary affine       b_f = mean(x), s_f = mean|x - b_f|   sign(z) ∈ {-1, +1}, sign(0) = +1
+binary linear       b_f = 0, s_f = mean|x|               sign(z) ∈ {-1, +1}
+ternary (1.5)       b_f = 0, s_f = mean|x|               clip(round(z), -1, 1)
+b-bit affine        b_f = min, s_f = (max-min)/(2^b-1)   clip(round(z), 0, 2^b-1)
+b-bit symmetric     b_f = 0, s_f = absmax/(2^(b-1)-1)    clip(round(z), -(2^(b-1)-1), 2^(b-1)-1)
+==================  ===================================  ==================================
+
+Rounding is half-to-even (``torch.round``); integer kernels must match (METHOD.md §7 #10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rqcompile.errors import NumericsError
+
+__all__ = ["EPS", "QFormat", "code_range", "grid", "make_codes", "nm_mask", "to_blocks"]
+
+EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class QFormat:
+    """The code alphabet of one operand: ``bits`` in {1, 1.5, 2..8} and affine or symmetric."""
+
+    bits: float
+    symmetric: bool
+
+    @property
+    def linear(self) -> bool:
+        """True when the dequantizer has no offset term (symmetric, ternary, linear binary)."""
+        return self.symmetric
+
+
+def code_range(fmt: QFormat) -> tuple[int, int]:
+    """Inclusive (lo, hi) of the integer codes of ``fmt``."""
+    if fmt.bits in (1, 1.5):
+        return -1, 1
+    b = int(fmt.bits)
+    if fmt.symmetric:
+        top = 2 ** (b - 1) - 1
+        return -top, top
+    return 0, 2**b - 1
+
+
+def to_blocks(x: torch.Tensor, block: int, *, where: str = "tensor") -> torch.Tensor:
+    """``(..., K) -> (..., K // block, block)``; a typed error when ``block`` does not divide K."""
+    k = x.shape[-1]
+    if block < 1 or k % block:
+        raise NumericsError(
+            f"{where}: reduction size K={k} is not a multiple of the block size {block}. "
+            f"Use a block that divides {k} (e.g. block_size={_divisor_hint(k, block)}) or "
+            f"per-channel granularity (block_size=None)."
+        )
+    return x.reshape(*x.shape[:-1], k // block, block)
+
+
+def _divisor_hint(k: int, block: int) -> int:
+    for d in range(min(block, k), 0, -1):
+        if k % d == 0:
+            return d
+    return k
+
+
+@torch.no_grad()
+def nm_mask(xb: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask keeping the ``n`` largest |x| of each ``m`` consecutive elements (last dim).
+
+    Ties are broken by ``topk`` (lowest index first on equal magnitude). No gradient.
+    """
+    k = xb.shape[-1]
+    if k % m:
+        raise NumericsError(f"{n}:{m} sparsity needs the block size ({k}) to be a multiple of {m}.")
+    g = xb.abs().reshape(*xb.shape[:-1], k // m, m)
+    idx = g.topk(n, dim=-1).indices
+    mask = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, idx, True)
+    return mask.reshape(xb.shape)
+
+
+@torch.no_grad()
+def grid(xs: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block ``(s_f, b_f)``, each of shape ``(..., nb, 1)``, detached.
+
+    ``xs`` is the (possibly sparsified) blocked tensor; for sparse blocks means are taken over
+    the kept (non-zero) elements so that the backward gain stays ~1 (METHOD.md §2.3).
+    """
+    if xs.dtype != torch.float64:
+        xs = xs.float()
+    zero = torch.zeros_like(xs[..., :1])
+    if fmt.bits == 1 or fmt.bits == 1.5:
+        # Means accumulate in float64 and round once to the working dtype, so that any
+        # kernel that also sums in float64 reproduces the same threshold bit for bit.
+        kept = (xs != 0).sum(-1, keepdim=True).clamp_min(1).double()
+        if fmt.bits == 1 and not fmt.symmetric:
+            b = (xs.double().sum(-1, keepdim=True) / xs.shape[-1]).to(xs.dtype)
+        else:
+            b = zero
+        s = ((xs - b).abs().double().sum(-1, keepdim=True) / kept).to(xs.dtype)
+        return s.clamp_min(EPS), b
+    lo, hi = code_range(fmt)
+    if fmt.symmetric:
+        s = (xs.abs().amax(-1, keepdim=True) / hi).clamp_min(EPS)
+        return s, zero
+    mn, mx = xs.amin(-1, keepdim=True), xs.amax(-1, keepdim=True)
+    return ((mx - mn) / hi).clamp_min(EPS), mn
+
+
+def make_codes(z: torch.Tensor, fmt: QFormat) -> torch.Tensor:
+    """Integer-valued codes (float dtype) from the pre-quantization transform ``z``. No grad."""
+    with torch.no_grad():
+        if fmt.bits == 1:
+            return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+        lo, hi = code_range(fmt)
+        return torch.clamp(torch.round(z), lo, hi)
