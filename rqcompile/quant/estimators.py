@@ -59,7 +59,8 @@ def ridge_params(
     Returns ``(scale, offset)`` of shape ``(..., nb, 1)``. Statistics are computed in fp32 and
     are *not* detached.
     """
-    xb, q = xb.float(), q.float()
+    if xb.dtype != torch.float64:  # fp32 statistics, even under autocast; fp64 stays fp64
+        xb, q = xb.float(), q.float()
     if linear:
         num = (q * xb).mean(-1, keepdim=True)
         den = (q * q).mean(-1, keepdim=True) + lam

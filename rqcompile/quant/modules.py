@@ -4,7 +4,7 @@ One module quantizes one operand (a weight or an activation) of one layer. It kn
 operand's reduction axis, so blocks always run along K (METHOD.md §2.1):
 
 * Linear weight ``(N, K)`` and activations ``(..., K)``: ``layout="last"``.
-* Conv weight ``(O, C/g, kh, kw)``: ``layout="conv_weight"``, reduction order ``(kh, kw, C/g)``.
+* Conv weight ``(O, C/g, *kernel)``: ``layout="conv_weight"``, reduction order ``(kh, kw, C/g)``.
 * Conv activation ``(N, C, H, W)``: ``layout="channels"``, blocks along C, per pixel.
 * Right operand of a matmul ``(..., K, N)``: ``layout="rows"`` (K is dim -2).
 
@@ -73,7 +73,7 @@ class RQQuantize(nn.Module):
             return x.transpose(-1, -2)
         if self.layout == "channels":
             return x.movedim(1, -1)
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+        return x.movedim(1, -1).reshape(x.shape[0], -1)  # (O, *kernel, C/g): (kh, kw, C) order
 
     def from_k_last(self, y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         if self.layout == "last":
@@ -82,8 +82,7 @@ class RQQuantize(nn.Module):
             return y.transpose(-1, -2)
         if self.layout == "channels":
             return y.movedim(-1, 1)
-        o, c, kh, kw = shape
-        return y.reshape(o, kh, kw, c).permute(0, 3, 1, 2)
+        return y.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
     def _blocks(self, xk: torch.Tensor) -> torch.Tensor:
         if isinstance(self.spec.granularity, PerTensor):

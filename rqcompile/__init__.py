@@ -1,0 +1,70 @@
+"""rqcompile: train and run neural networks at any precision and 2:4 sparsity.
+
+Ridge-regression QAT (Ye et al., arXiv 2409.09245) on torch.fx, integer kernels via Apache
+TVM. Importing this package loads neither TVM nor CUDA.
+
+Example:
+    >>> import torch, rqcompile as rq
+    >>> qat = rq.prepare(torch.nn.Linear(64, 8), (torch.randn(2, 64),), "A4W4")
+    >>> type(qat).__name__
+    'Linear'
+"""
+
+from rqcompile.api import prepare
+from rqcompile.config import (
+    PRESETS,
+    LayerSpec,
+    NMSparsity,
+    Override,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    QConfig,
+    QuantSpec,
+)
+from rqcompile.debug.format import explain, inspect
+from rqcompile.errors import (
+    ArtifactError,
+    CaptureError,
+    ConfigError,
+    InputError,
+    NumericsError,
+    PassError,
+    RQError,
+    RQWarning,
+    TargetError,
+    UnsupportedOpError,
+    VerifyError,
+)
+from rqcompile.passes.infra import PassContext, PrintAfter, Timing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "ArtifactError",
+    "CaptureError",
+    "ConfigError",
+    "InputError",
+    "LayerSpec",
+    "NMSparsity",
+    "NumericsError",
+    "Override",
+    "PassContext",
+    "PassError",
+    "PerChannel",
+    "PerGroup",
+    "PerTensor",
+    "PrintAfter",
+    "QConfig",
+    "QuantSpec",
+    "RQError",
+    "RQWarning",
+    "TargetError",
+    "Timing",
+    "UnsupportedOpError",
+    "VerifyError",
+    "explain",
+    "inspect",
+    "prepare",
+]

@@ -1,0 +1,103 @@
+"""Stage functions. Each copies its input and runs a named pipeline; none mutates its input.
+
+``prepare`` (nn.Module → QAT fx graph), ``convert`` (QAT graph → rq IR), ``build`` (rq IR →
+compiled model) and ``lower`` (= ``build(convert(...))``, nothing more).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+from torch import fx, nn
+
+from rqcompile.capture.trace import capture
+from rqcompile.config.qconfig import ConfigLike, as_qconfig
+from rqcompile.passes.infra import PassContext, PassManager
+from rqcompile.pipelines import prepare_passes
+
+__all__ = ["prepare"]
+
+
+def _lint(gm: fx.GraphModule) -> None:
+    gm.graph.lint()
+
+
+def prepare(
+    model: nn.Module,
+    example_inputs: Any,
+    config: ConfigLike = "A4W4",
+    *,
+    leaf_modules: Sequence[type[nn.Module]] = (),
+    context: PassContext | None = None,
+    **overrides: Any,
+) -> fx.GraphModule:
+    """Rewrite ``model`` for quantization-aware training. ``model`` is not modified.
+
+    Every ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` and ``F.linear`` with a parameter weight
+    becomes quantize → ridge-dequant → matmul (and, with ``quantize_attention=True``, every
+    activation × activation matmul). Train the result with any PyTorch loop.
+
+    Args:
+        model: the float model (traceable by ``torch.fx``).
+        example_inputs: a tensor or tuple of tensors for ``forward`` (records shapes).
+        config: a preset string (``"A4W4"``, ``"A1W1"``, ``"A4W1+2:4"``, ``"W4"``, ...), an
+            ``rq.LayerSpec`` or an ``rq.QConfig``.
+        leaf_modules: module types to keep as opaque float calls (for untraceable code).
+        context: optional ``rq.PassContext`` (instruments such as ``PrintAfter``).
+        **overrides: applied on top of the config: ``estimator="ste"``,
+            ``ridge_lambda=0.1``, ``block_size=64`` (``None`` = per-channel),
+            ``quantize_attention=True``, ``overrides={"lm_head": None, "re:.*proj": "A8W8"}``.
+
+    Returns:
+        A trainable ``torch.fx.GraphModule`` with the same ``state_dict`` keys as ``model``.
+
+    Raises:
+        ConfigError: bad preset, option or override. CaptureError: tracing failed.
+        NumericsError: a layer's K does not fit the block size, or weights are NaN/Inf.
+
+    Example:
+        >>> import torch, rqcompile as rq
+        >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        >>> qat = rq.prepare(net, (torch.randn(4, 64),), "A1W1", overrides={"2": None})
+        >>> qat(torch.randn(4, 64)).shape
+        torch.Size([4, 10])
+    """
+    if isinstance(model, fx.GraphModule) and "rq_config" in model.meta:
+        raise TypeError(
+            "this model is already prepared; call rq.prepare on the original float model, or "
+            "rq.lower(qat_model) to compile it."
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"rq.prepare() takes an nn.Module, got {type(model).__name__}.")
+    cfg = as_qconfig(config, **overrides)
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    was_training = model.training
+    gm = capture(model, example_inputs, leaf_modules=leaf_modules)
+    ctx = context or PassContext.from_env()
+    ctx.config = cfg
+    ctx.example_inputs = example_inputs
+    gm = PassManager(prepare_passes(), verifier=_lint).run(gm, ctx)
+    keys = list(dict.fromkeys(ctx.options.get("layer_keys", [])))
+    cfg.check_overrides(keys)
+    gm.meta["rq_config"] = cfg
+    gm.meta["rq_layer_keys"] = keys
+    gm.meta["rq_float_layers"] = dict(ctx.options.get("float_layers", {}))
+    gm.train(was_training)
+    return gm
+
+
+def _ensure_prepared(obj: Any, verb: str) -> fx.GraphModule:
+    if isinstance(obj, fx.GraphModule) and "rq_config" in obj.meta:
+        return obj
+    if isinstance(obj, nn.Module):
+        raise TypeError(
+            f"rq.{verb}() takes the graph returned by rq.prepare(), got a plain "
+            f"{type(obj).__name__}. Call qat = rq.prepare(model, example_inputs, 'A4W4'), train "
+            f"it, then rq.{verb}(qat)."
+        )
+    raise TypeError(f"rq.{verb}() takes a prepared fx.GraphModule, got {type(obj).__name__}.")
+
+

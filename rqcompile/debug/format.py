@@ -1,0 +1,192 @@
+"""Printers for every form. All return strings; none print.
+
+* ``inspect(graph_module)``: the rewritten graph, one node per line with quantization notes,
+  then a per-layer table (params, weight bytes before/after, bits per element, MACs, energy).
+* ``inspect(ir_module)``: the MLIR-style text of the integer IR.
+* ``inspect(compiled)``: the compiled model's own summary (target, kernels, bytes).
+* ``explain(model_or_graph, config, example_inputs=...)``: which rule chose each layer's spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+
+from rqcompile.debug.table import format_table
+from rqcompile.metrics import FLOAT_BITS, layer_cost
+from rqcompile.quant.modules import RQQuantize
+
+__all__ = ["explain", "inspect", "layer_table"]
+
+
+def _shape(n: fx.Node) -> str:
+    tm = n.meta.get("tensor_meta")
+    if tm is None or not hasattr(tm, "shape"):
+        return ""
+    dt = str(tm.dtype).replace("torch.", "").replace("float", "f").replace("int", "i")
+    return f"{dt}[{', '.join(str(d) for d in tm.shape)}]"
+
+
+def _arg(a: Any) -> str:
+    if isinstance(a, fx.Node):
+        return f"%{a.name}"
+    if isinstance(a, (tuple, list)):
+        inner = ", ".join(_arg(x) for x in a)
+        return f"({inner})" if isinstance(a, tuple) else f"[{inner}]"
+    return repr(a)
+
+
+def _target(n: fx.Node) -> str:
+    t = n.target
+    if n.op == "call_function":
+        mod = getattr(t, "__module__", "") or ""
+        name = getattr(t, "__name__", str(t))
+        if getattr(torch.nn.functional, name, None) is t or mod.startswith("torch.nn.functional"):
+            return f"F.{name}"
+        if mod in ("_operator", "operator"):
+            return f"operator.{name}"
+        return f"torch.{name}" if "torch" in mod or mod == "" else f"{mod}.{name}"
+    if n.op == "call_method":
+        return f".{t}"
+    return str(t)
+
+
+def _graph_lines(gm: fx.GraphModule) -> list[str]:
+    lines = []
+    for n in gm.graph.nodes:
+        args = ", ".join([_arg(a) for a in n.args] + [f"{k}={_arg(v)}" for k, v in n.kwargs.items()])
+        note = ""
+        if n.op == "placeholder":
+            body = f"%{n.name} = input"
+        elif n.op == "get_attr":
+            body = f"%{n.name} = self.{n.target}"
+        elif n.op == "output":
+            lines.append(f"return {_arg(n.args[0])}")
+            continue
+        elif n.op == "call_module":
+            mod = gm.get_submodule(str(n.target))
+            body = f"%{n.name} = self.{n.target}({args})"
+            if isinstance(mod, RQQuantize):
+                note = f"quantize → {mod.estimator} dequant: {mod.describe()}"
+            else:
+                note = type(mod).__name__
+        elif n.op == "call_method":
+            rest = [_arg(a) for a in n.args[1:]] + [f"{k}={_arg(v)}" for k, v in n.kwargs.items()]
+            body = f"%{n.name} = {_arg(n.args[0])}.{n.target}({', '.join(rest)})"
+        else:
+            body = f"%{n.name} = {_target(n)}({args})"
+        meta = n.meta.get("rq")
+        if meta is not None and meta.role == "op":
+            preset = meta.spec.preset or "custom"
+            note = f"rq: {meta.layer} {preset} (kernel block {meta.block}, by {meta.created_by})"
+        shape = _shape(n)
+        tail = "  # " + "; ".join(x for x in (shape, note) if x) if (shape or note) else ""
+        lines.append(body + tail)
+    return lines
+
+
+def layer_table(gm: fx.GraphModule) -> str:
+    """Per-layer costs: params, fp32 vs quantized weight bytes, BPE, MACs, energy proxy."""
+    rows: list[list[object]] = []
+    tot_fp, tot_q, tot_e, tot_e_float = 0.0, 0.0, 0.0, 0.0
+    for n in gm.graph.nodes:
+        meta = n.meta.get("rq")
+        if meta is None or meta.role != "op":
+            continue
+        params = 0
+        if meta.kind != "matmul":
+            w = n.args[1].args[0]  # weight_quant(get_attr)
+            params = int(gm.get_parameter(str(w.target)).numel())
+        wblock = _weight_block(gm, n)
+        cost = layer_cost(meta.spec, params, wblock, meta.macs)
+        tot_fp += cost.bytes_fp32
+        tot_q += cost.bytes_quant
+        tot_e += cost.energy
+        tot_e_float += FLOAT_BITS * FLOAT_BITS * meta.macs
+        rows.append([
+            meta.layer, meta.kind, meta.spec.preset or "custom", meta.k, meta.block, params,
+            cost.bytes_fp32 / 1024, cost.bytes_quant / 1024, cost.bpe, meta.macs, cost.energy,
+        ])
+    header = ["layer", "kind", "format", "K", "block", "params", "fp32 KiB", "quant KiB",
+              "bits/elem", "MACs", "energy"]
+    text = format_table(header, rows)
+    if tot_q:
+        text += (
+            f"\nquantized layers: {len(rows)}; weights {tot_fp / 1024:.1f} KiB fp32 → "
+            f"{tot_q / 1024:.1f} KiB ({tot_fp / tot_q:.1f}x smaller); energy proxy "
+            f"{tot_e:.3g} units vs {tot_e_float:.3g} at 16x16 bits ({tot_e_float / max(tot_e, 1):.1f}x lower)"
+        )
+    floats = gm.meta.get("rq_float_layers", {})
+    for key, why in floats.items():
+        text += f"\nfloat: {key} ({why})"
+    return text
+
+
+def _weight_block(gm: fx.GraphModule, n: fx.Node) -> int:
+    if n.meta["rq"].kind == "matmul":
+        return n.meta["rq"].block
+    q = gm.get_submodule(str(n.args[1].target))
+    return q.block if isinstance(q, RQQuantize) else n.meta["rq"].block
+
+
+def _inspect_graph(gm: fx.GraphModule) -> str:
+    head = f"// {type(gm).__name__}: QAT graph" if gm.meta.get("rq_config") else "// fx graph"
+    cfg = gm.meta.get("rq_config")
+    parts = [head]
+    if cfg is not None:
+        parts.append("// config: " + str(cfg).replace("\n", "\n//   "))
+    parts.extend(_graph_lines(gm))
+    parts.append("")
+    parts.append(layer_table(gm))
+    return "\n".join(parts)
+
+
+def inspect(obj: Any) -> str:
+    """A readable text of any rqcompile form (QAT graph, IR module or compiled model).
+
+    Example:
+        >>> import torch, rqcompile as rq
+        >>> qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(64, 32)), (torch.randn(2, 64),), "A4W4")
+        >>> "quantize → ridge dequant" in rq.inspect(qat)
+        True
+    """
+    if isinstance(obj, fx.GraphModule):
+        return _inspect_graph(obj)
+    if hasattr(obj, "inspect_text"):
+        return str(obj.inspect_text())
+    from rqcompile.ir.core import Module as IRModule
+
+    if isinstance(obj, IRModule):
+        from rqcompile.ir.printer import print_module
+
+        return print_module(obj)
+    if isinstance(obj, torch.nn.Module):
+        raise TypeError(
+            f"rq.inspect() takes a prepared graph, an IR module or a compiled model, not a plain "
+            f"{type(obj).__name__}. Use rq.explain(model, config, example_inputs=...) to preview "
+            f"what prepare() would do, or rq.prepare(model, example_inputs, config) first."
+        )
+    raise TypeError(f"rq.inspect() cannot show a {type(obj).__name__}.")
+
+
+def explain(obj: Any, config: Any = None, *, example_inputs: tuple[Any, ...] | None = None) -> str:
+    """Per layer: key, kind, the rule that chose its spec, and the spec.
+
+    ``obj`` is a prepared graph, or a plain model with ``config`` and ``example_inputs``.
+    """
+    if not isinstance(obj, fx.GraphModule) or "rq_config" not in obj.meta:
+        if config is None or example_inputs is None:
+            raise TypeError("explain(model, config, example_inputs=...) needs both for a plain model.")
+        from rqcompile.api import prepare
+
+        obj = prepare(obj, example_inputs, config)
+    cfg = obj.meta["rq_config"]
+    rows = []
+    for key in obj.meta.get("rq_layer_keys", []):
+        spec, rule = cfg.resolve(key)
+        why = obj.meta.get("rq_float_layers", {}).get(key)
+        rows.append([key, rule, "float" if spec is None or why else (spec.preset or "custom"),
+                     why or (spec.short() if spec else "")])
+    return format_table(["layer", "rule", "format", "details"], rows)

@@ -1,0 +1,172 @@
+"""Pass infrastructure shared by both IRs (fx graphs during prepare, rq IR during convert).
+
+A pass is a frozen dataclass with a kebab-case ``name`` and ``run(ir, ctx) -> PassResult``.
+A :class:`PassManager` runs a list of passes under a :class:`PassContext` that carries the
+config, instruments and disabled passes. Any exception inside a pass becomes a
+:class:`~rqcompile.errors.PassError` naming the pass, its position and the pipeline, chained
+to the original with ``from``. Typed user errors (``ConfigError``, ``NumericsError``, ...)
+pass through unchanged: they already say what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from rqcompile.errors import PassError, RQError
+
+__all__ = [
+    "Instrument",
+    "Pass",
+    "PassContext",
+    "PassManager",
+    "PassResult",
+    "PrintAfter",
+    "Timing",
+    "register_pass",
+    "registered_passes",
+]
+
+IR = TypeVar("IR")
+
+
+@dataclass(frozen=True)
+class PassResult(Generic[IR]):
+    ir: IR
+    changed: bool
+
+
+class Pass(Protocol[IR]):
+    name: ClassVar[str]
+
+    def run(self, ir: IR, ctx: PassContext) -> PassResult[IR]: ...
+
+
+class Instrument:
+    """Hooks around each pass; override only what you need."""
+
+    def should_run(self, p: Any, ir: Any, ctx: PassContext) -> bool:
+        return True
+
+    def before(self, p: Any, ir: Any, ctx: PassContext) -> None:
+        return None
+
+    def after(self, p: Any, result: PassResult[Any], ctx: PassContext) -> None:
+        return None
+
+
+@dataclass
+class PrintAfter(Instrument):
+    """Collect the printed IR after the named passes (``"all"`` for every pass).
+
+    Printers return strings; this instrument appends them to ``self.dumps`` and, when
+    ``stream`` is given, writes them there (the ``RQ_PRINT_AFTER`` environment variable uses
+    ``sys.stderr``).
+    """
+
+    passes: Sequence[str] | str = "all"
+    stream: Any = None
+    dumps: list[tuple[str, str]] = field(default_factory=list)
+
+    def after(self, p: Any, result: PassResult[Any], ctx: PassContext) -> None:
+        if self.passes != "all" and p.name not in self.passes:
+            return
+        from rqcompile.debug.format import inspect
+
+        text = inspect(result.ir)
+        self.dumps.append((p.name, text))
+        if self.stream is not None:
+            self.stream.write(f"// ----- after {p.name} -----\n{text}\n")
+
+
+@dataclass
+class Timing(Instrument):
+    """Record wall time per pass in ``self.seconds`` (asserts nothing)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _t0: float = 0.0
+
+    def before(self, p: Any, ir: Any, ctx: PassContext) -> None:
+        self._t0 = time.perf_counter()
+
+    def after(self, p: Any, result: PassResult[Any], ctx: PassContext) -> None:
+        self.seconds[p.name] = self.seconds.get(p.name, 0.0) + time.perf_counter() - self._t0
+
+
+@dataclass
+class PassContext:
+    """Options for one stage run. ``instruments`` wrap every pass; ``disabled`` skips by name."""
+
+    config: Any = None
+    target: Any = None
+    instruments: Sequence[Instrument] = ()
+    disabled: frozenset[str] = frozenset()
+    verify: bool = True
+    example_inputs: tuple[Any, ...] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **kw: Any) -> PassContext:
+        """Read ``RQ_PRINT_AFTER`` (``all`` or comma-separated pass names) once, here."""
+        ctx = cls(**kw)
+        spec = os.environ.get("RQ_PRINT_AFTER")
+        if spec:
+            import sys
+
+            names: Sequence[str] | str = "all" if spec == "all" else spec.split(",")
+            ctx.instruments = (*ctx.instruments, PrintAfter(names, stream=sys.stderr))
+        return ctx
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_pass(cls: type) -> type:
+    """Class decorator: make a pass findable by name; duplicate names are errors."""
+    name = cls.name  # type: ignore[attr-defined]
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"pass name {name!r} is registered twice")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def registered_passes() -> dict[str, type]:
+    return dict(_REGISTRY)
+
+
+class PassManager(Generic[IR]):
+    """Run passes in order with instruments and a verifier after each."""
+
+    def __init__(self, passes: Sequence[Any], *, verifier: Callable[[IR], None] | None = None):
+        self.passes = tuple(passes)
+        self.verifier = verifier
+
+    def describe(self) -> str:
+        return ",".join(p.name for p in self.passes)
+
+    def run(self, ir: IR, ctx: PassContext) -> IR:
+        for i, p in enumerate(self.passes):
+            if p.name in ctx.disabled:
+                continue
+            if not all(inst.should_run(p, ir, ctx) for inst in ctx.instruments):
+                continue
+            for inst in ctx.instruments:
+                inst.before(p, ir, ctx)
+            try:
+                result = p.run(ir, ctx)
+                if ctx.verify and self.verifier is not None:
+                    self.verifier(result.ir)
+            except RQError:
+                raise
+            except Exception as e:
+                raise PassError(
+                    f"pass {p.name!r} ({i + 1} of {len(self.passes)} in {self.describe()!r}) "
+                    f"failed: {type(e).__name__}: {e}"
+                ) from e
+            for inst in ctx.instruments:
+                inst.after(p, result, ctx)
+            ir = result.ir
+        return ir

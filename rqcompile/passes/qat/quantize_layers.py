@@ -1,0 +1,188 @@
+"""quantize-layers: rewrite every weight layer into quantize → ridge-dequant → matmul.
+
+Before::
+
+    %fc1 = call_module[fc1](%x)                                  # nn.Linear
+
+After::
+
+    %fc1_input_quant  = call_module[fc1.input_quant](%x)         # A 4b affine block=128 ridge
+    %fc1_weight       = get_attr[fc1.weight]
+    %fc1_weight_quant = call_module[fc1.weight_quant](%fc1_weight)   # W 4b affine block=128
+    %fc1_bias         = get_attr[fc1.bias]
+    %linear           = call_function[F.linear](%fc1_input_quant, %fc1_weight_quant, %fc1_bias)
+
+Handles ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` (grouped and depthwise too) and
+``F.linear`` whose weight is a parameter. Rules live in :data:`RULES`, keyed by module type or
+function. The bias stays in float. The original module stays in the graph module (it owns the
+parameters), so ``state_dict`` keys are unchanged and a float checkpoint loads directly.
+
+Requires: a captured graph with ``tensor_meta`` (``capture`` records it).
+Guarantees: every rewritten op node carries ``node.meta["rq"]`` (RQNodeMeta, role "op").
+Numerics: training-time fake quantization; exactly ``RQQuantize`` on each operand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from rqcompile.capture.trace import owner_of, source_of
+from rqcompile.config.spec import LayerSpec
+from rqcompile.passes.infra import PassContext, PassResult, register_pass
+from rqcompile.passes.qat.common import (
+    RQNodeMeta,
+    add_quantizer,
+    check_finite,
+    conv_weight_block,
+    kernel_block,
+    resolve_block,
+    shape_of,
+)
+
+__all__ = ["RULES", "QuantizeLayers"]
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """What a rule extracts from a node: enough to build the quantized pattern."""
+
+    key: str
+    owner: str  # module that will own the quantizers
+    kind: str  # linear | conv
+    x: fx.Node
+    weight: str  # qualified parameter name
+    bias: str | None
+    fn: Callable[..., torch.Tensor]
+    extra: tuple[Any, ...] = ()  # stride, padding, dilation, groups for convs
+    skip_reason: str | None = None
+
+
+def _module_linear(gm: fx.GraphModule, n: fx.Node) -> _Layer:
+    m = gm.get_submodule(str(n.target))
+    key = str(n.target)
+    return _Layer(key, key, "linear", n.args[0], f"{key}.weight",  # type: ignore[arg-type]
+                  f"{key}.bias" if m.bias is not None else None, F.linear)
+
+
+def _module_conv(gm: fx.GraphModule, n: fx.Node) -> _Layer:
+    m = gm.get_submodule(str(n.target))
+    key = str(n.target)
+    fn = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
+    skip = None
+    if m.padding_mode != "zeros":
+        skip = f"padding_mode={m.padding_mode!r} (only 'zeros' is quantized)"
+    return _Layer(key, key, "conv", n.args[0], f"{key}.weight",  # type: ignore[arg-type]
+                  f"{key}.bias" if m.bias is not None else None, fn,
+                  (m.stride, m.padding, m.dilation, m.groups), skip)
+
+
+def _functional_linear(gm: fx.GraphModule, n: fx.Node) -> _Layer | None:
+    args = list(n.args) + [n.kwargs.get("bias")] * (3 - len(n.args))
+    x, w, b = args[0], args[1], args[2] if len(args) > 2 else None
+    if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+        return None  # weight computed at run time: not a weight layer
+    if b is not None and not (isinstance(b, fx.Node) and b.op == "get_attr"):
+        return None
+    owner = owner_of(n)
+    return _Layer(f"{owner}:{n.name}" if owner else n.name, owner, "linear", x, str(w.target),  # type: ignore[arg-type]
+                  None if b is None else str(b.target), F.linear)
+
+
+#: Rewrite rules: call_module targets by type, call_function targets by identity.
+RULES: dict[Any, Callable[[fx.GraphModule, fx.Node], _Layer | None]] = {
+    nn.Linear: _module_linear,
+    nn.Conv1d: _module_conv,
+    nn.Conv2d: _module_conv,
+    F.linear: _functional_linear,
+}
+
+
+def _rule_for(gm: fx.GraphModule, n: fx.Node) -> Callable[..., _Layer | None] | None:
+    if n.op == "call_module":
+        return RULES.get(type(gm.get_submodule(str(n.target))))
+    if n.op == "call_function":
+        return RULES.get(n.target)
+    return None
+
+
+@register_pass
+@dataclass(frozen=True)
+class QuantizeLayers:
+    """quantize-layers: Linear / Conv / F.linear → quantize → ridge-dequant → matmul."""
+
+    name: ClassVar[str] = "quantize-layers"
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult[fx.GraphModule]:
+        changed = False
+        for n in list(gm.graph.nodes):
+            rule = _rule_for(gm, n)
+            layer = rule(gm, n) if rule else None
+            if layer is None:
+                continue
+            ctx.options.setdefault("layer_keys", []).append(layer.key)
+            spec, _ = ctx.config.resolve(layer.key)
+            report = ctx.options.setdefault("float_layers", {})
+            if spec is None:
+                report[layer.key] = "kept in float by the config"
+                continue
+            if layer.skip_reason:
+                report[layer.key] = layer.skip_reason
+                continue
+            self._rewrite(gm, n, layer, spec)
+            changed = True
+        gm.recompile()
+        return PassResult(gm, changed)
+
+    def _rewrite(self, gm: fx.GraphModule, n: fx.Node, layer: _Layer, spec: LayerSpec) -> None:
+        w = gm.get_parameter(layer.weight)
+        check_finite(w.detach(), layer=layer.key, what="the weight")
+        wshape = tuple(w.shape)
+        if layer.kind == "conv":
+            cpg, taps = wshape[1], int(torch.tensor(wshape[2:]).prod())
+            k = cpg * taps
+            wblock = conv_weight_block(spec.weight, cpg, taps, layer=layer.key)
+            wlayout, alayout = "conv_weight", "channels"
+            ak = shape_of(layer.x)[1]
+        else:
+            k = wshape[1]
+            wblock = resolve_block(spec.weight, k, layer=layer.key, role="weight")
+            wlayout, alayout, ak = "last", "last", k
+        if spec.sparsity is not None and wblock % spec.sparsity.m:
+            from rqcompile.errors import NumericsError
+
+            raise NumericsError(
+                f"layer {layer.key!r}: {spec.sparsity} sparsity needs the weight block "
+                f"({wblock}) to be a multiple of {spec.sparsity.m}. Use a block size that is a "
+                f"multiple of {spec.sparsity.m} or keep the layer dense."
+            )
+        g = gm.graph
+        src = source_of(n)
+        with g.inserting_before(n):
+            x = layer.x
+            ablock = 0
+            if spec.activation is not None:
+                ablock = resolve_block(spec.activation, ak, layer=layer.key, role="activation")
+                qa = add_quantizer(gm, layer.owner, "input_quant", spec, spec.activation,
+                                   role="activation", layout=alayout, block=ablock, layer=layer.key)
+                x = g.call_module(qa, (x,))
+                x.meta["rq"] = RQNodeMeta(layer.key, layer.kind, "activation", spec, self.name, src)
+            wnode = g.get_attr(layer.weight)
+            qw = add_quantizer(gm, layer.owner, "weight_quant", spec, spec.weight,
+                               role="weight", layout=wlayout, block=wblock, layer=layer.key)
+            wq = g.call_module(qw, (wnode,))
+            wq.meta["rq"] = RQNodeMeta(layer.key, layer.kind, "weight", spec, self.name, src)
+            b = g.get_attr(layer.bias) if layer.bias else None
+            new = g.call_function(layer.fn, (x, wq, b, *layer.extra))
+        out_shape = shape_of(n)
+        macs = int(torch.tensor(out_shape).prod()) * k
+        new.meta.update(n.meta)
+        block = kernel_block(wblock, ablock) if ablock else wblock
+        new.meta["rq"] = RQNodeMeta(layer.key, layer.kind, "op", spec, self.name, src, macs, k, block)
+        n.replace_all_uses_with(new)
+        g.erase_node(n)

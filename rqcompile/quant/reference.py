@@ -1,0 +1,362 @@
+"""Integer reference kernels: THE oracle for every integer op of the rq IR. Pure torch.
+
+Every TVM kernel (``rqcompile/targets/tvm/kernels.py``) must match these functions bit for bit
+on integer results and within 1e-5 (relative to the output's magnitude) on float outputs.
+Integer math runs in int64 and is returned as int32 (an overflow raises); the float epilogue
+runs in float64 and is cast to float32 once at the end.
+
+Operand conventions (METHOD.md §3.2). Matmul activations ``x`` are ``[M, K]``, weights
+``[N, K]`` (K last), both split into ``nb = K // block`` blocks along K. Each operand carries
+per-(row, block) ``scale`` and ``offset`` (``f32 [rows, nb]``) with dequantized value
+``scale·code + offset``; weights also carry ``wsum`` ``i32 [N, nb]``, their per-block code
+sums (precomputed by convert). Storage layouts are documented in
+:mod:`rqcompile.quant.bitpack`.
+
+The integer-affine shortcut splits a quantized matmul into one integer GEMM and two rank-1
+(per block) corrections. With ``P[i,j,b] = Σ_{k∈b} xq[i,k]·wq[j,k]`` (the integer core) and
+``S_X[i,b] = Σ_{k∈b} xq[i,k]``::
+
+    Y[i,j] = Σ_b  xs[i,b]·ws[j,b]·P[i,j,b]          # integer GEMM, scaled
+               +  xc[i,b]·ws[j,b]·wsum[j,b]         # rank-1: activation offset × weight sums
+               +  xs[i,b]·S_X[i,b]·wc[j,b]          # rank-1: activation sums × weight offset
+               +  block·xc[i,b]·wc[j,b]             # offsets × offsets
+
+which is exactly ``dequant(X) @ dequant(W).T`` because
+``Σ_k (xs·xq + xc)(ws·wq + wc)`` expands into these four terms per block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rqcompile.errors import NumericsError
+from rqcompile.quant.bitpack import pack_signs, shift_affine8, unpack_nibbles
+from rqcompile.quant.fake_quant import fake_quant_blocks
+from rqcompile.quant.primitives import QFormat, to_blocks
+
+__all__ = [
+    "PACKS",
+    "affine_epilogue",
+    "code_sums",
+    "dequantize",
+    "int_matmul",
+    "int_matmul_core",
+    "popcount32",
+    "qbmm",
+    "quantize",
+    "sparse24_core",
+    "sparse24_matmul",
+    "xnor_popcount_core",
+    "xnor_popcount_matmul",
+]
+
+PACKS = ("none", "bits32")
+_I32 = (-(2**31), 2**31 - 1)
+
+
+def _to_i32(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.numel() and (int(t.min()) < _I32[0] or int(t.max()) > _I32[1]):
+        raise NumericsError(f"{what}: integer result overflows int32; use a smaller block.")
+    return t.to(torch.int32)
+
+
+def _nb(k: int, block: int, what: str) -> int:
+    if block < 1 or k % block:
+        raise NumericsError(f"{what}: K={k} is not a multiple of block={block}.")
+    return k // block
+
+
+# -- quantization -------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def quantize(
+    x: torch.Tensor,
+    *,
+    bits: float,
+    symmetric: bool,
+    block: int,
+    estimator: str = "ridge",
+    ridge_lambda: float = 0.01,
+    pack: str = "none",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize ``x f32 [..., K]`` per block along K into stored codes and ``scale``/``offset``.
+
+    Built on :func:`rqcompile.quant.fake_quant.fake_quant_blocks` (the quantization oracle),
+    then converted to the storage layout: 8-bit affine codes are shifted to ``code − 128``
+    (:func:`~rqcompile.quant.bitpack.shift_affine8`) and ``pack="bits32"`` packs ±1 codes
+    into ``uint32`` words.
+
+    Args:
+        x: values, K last.
+        bits: 1 (sign), 1.5 (ternary) or 2..8.
+        symmetric: linear (no offset) grid and dequantizer when True, else affine.
+        block: block size along K.
+        estimator: ``"ridge"`` or ``"ste"``.
+        ridge_lambda: λ of the ridge fit.
+        pack: ``"none"`` (``int8 [..., K]``) or ``"bits32"`` (``uint32 [..., K/32]``, bits=1).
+
+    Returns:
+        ``(codes, scale f32 [..., nb], offset f32 [..., nb])``.
+
+    Example:
+        >>> q, s, o = quantize(torch.tensor([[0.9, -0.3, 0.2, 1.4]]), bits=2, symmetric=False, block=4)
+        >>> q.tolist()
+        [[2, 0, 1, 3]]
+    """
+    if pack not in PACKS:
+        raise NumericsError(f"quantize: pack={pack!r} is not one of {PACKS}.")
+    if pack == "bits32" and bits != 1:
+        raise NumericsError("quantize: pack='bits32' needs bits=1 (sign codes).")
+    xb = to_blocks(x.float(), block, where="quantize")
+    r = fake_quant_blocks(xb, QFormat(bits, symmetric), estimator=estimator, lam=ridge_lambda)
+    codes = r.codes.reshape(x.shape)
+    scale = r.scale.squeeze(-1).float().contiguous()
+    offset = r.offset.squeeze(-1).float().contiguous()
+    if bits == 8 and not symmetric:
+        q, scale, offset = shift_affine8(codes, scale, offset)
+    else:
+        q = codes.to(torch.int8)
+    if pack == "bits32":
+        q = pack_signs(q)
+    return q, scale, offset
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``scale·code + offset`` per block, in float64: ``[..., K]`` from unpacked integer codes.
+
+    Example:
+        >>> dequantize(torch.tensor([[1, 3]]), torch.tensor([[0.5]]), torch.tensor([[1.0]])).tolist()
+        [[1.5, 2.5]]
+    """
+    k, nb = codes.shape[-1], scale.shape[-1]
+    if nb < 1 or k % nb:
+        raise NumericsError(f"dequantize: K={k} is not split evenly into {nb} blocks.")
+    qb = codes.to(torch.float64).reshape(*codes.shape[:-1], nb, k // nb)
+    y = scale.double().unsqueeze(-1) * qb + offset.double().unsqueeze(-1)
+    return y.reshape(codes.shape)
+
+
+def code_sums(q: torch.Tensor, block: int) -> torch.Tensor:
+    """Per-block code sums ``i32 [..., nb]`` of unpacked integer codes ``[..., K]``."""
+    nb = _nb(q.shape[-1], block, "code_sums")
+    return _to_i32(q.to(torch.int64).reshape(*q.shape[:-1], nb, block).sum(-1), "code_sums")
+
+
+# -- integer cores ------------------------------------------------------------------------
+
+
+def int_matmul_core(xq: torch.Tensor, wq: torch.Tensor, block: int) -> torch.Tensor:
+    """``P[..., i, j, b] = Σ_{k∈b} xq[..., i, k]·wq[..., j, k]`` as ``int32 [..., M, N, nb]``.
+
+    Args:
+        xq: unpacked integer codes ``[..., M, K]``.
+        wq: unpacked integer codes ``[..., N, K]`` (same leading dims as ``xq``, or none).
+        block: block size along K.
+
+    Example:
+        >>> int_matmul_core(torch.tensor([[2, 0, 1, 3]]), torch.tensor([[2, 0, 3, 1]]), 4).tolist()
+        [[[10]]]
+    """
+    k = xq.shape[-1]
+    if wq.shape[-1] != k:
+        raise NumericsError(f"int_matmul_core: K mismatch, x has {k}, w has {wq.shape[-1]}.")
+    nb = _nb(k, block, "int_matmul_core")
+    xb = xq.to(torch.int64).reshape(*xq.shape[:-1], nb, block)
+    wb = wq.to(torch.int64).reshape(*wq.shape[:-1], nb, block)
+    p = torch.einsum("...mbk,...nbk->...mnb", xb, wb)
+    return _to_i32(p, "int_matmul_core")
+
+
+def popcount32(words: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of each 32-bit word (any integer dtype holding 32-bit patterns)."""
+    v = words.to(torch.int64) & 0xFFFFFFFF
+    v = v - ((v >> 1) & 0x55555555)
+    v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F
+    return ((v * 0x01010101) & 0xFFFFFFFF) >> 24
+
+
+def _words_per_block(block: int, what: str) -> int:
+    if block % 32:
+        raise NumericsError(f"{what}: binary kernels need block % 32 == 0, got {block}.")
+    return block // 32
+
+
+def xnor_popcount_core(xbits: torch.Tensor, wbits: torch.Tensor, *, block: int) -> torch.Tensor:
+    """±1 block dot products from sign bits: ``P = 2·popcount(XNOR) − block``, ``i32 [M,N,nb]``.
+
+    Args:
+        xbits: ``uint32 [M, K/32]`` (layout of :func:`~rqcompile.quant.bitpack.pack_signs`).
+        wbits: ``uint32 [N, K/32]``.
+        block: multiple of 32.
+    """
+    wpb = _words_per_block(block, "xnor_popcount_core")
+    nw = xbits.shape[-1]
+    nb = _nb(nw * 32, block, "xnor_popcount_core")
+    x = xbits.to(torch.int64).unsqueeze(-2)  # [M, 1, W]
+    w = wbits.to(torch.int64).unsqueeze(-3)  # [1, N, W]
+    pc = popcount32(~(x ^ w))
+    pc = pc.reshape(*pc.shape[:-1], nb, wpb).sum(-1)
+    return _to_i32(2 * pc - block, "xnor_popcount_core")
+
+
+def _sign_sums(bits: torch.Tensor, block: int) -> torch.Tensor:
+    wpb = _words_per_block(block, "sign sums")
+    nb = _nb(bits.shape[-1] * 32, block, "sign sums")
+    pc = popcount32(bits).reshape(*bits.shape[:-1], nb, wpb).sum(-1)
+    return _to_i32(2 * pc - block, "sign sums")
+
+
+def sparse24_core(
+    xq: torch.Tensor, wvals: torch.Tensor, widx: torch.Tensor, *, block: int
+) -> torch.Tensor:
+    """2:4 sparse core ``P[i,j,b] = Σ_{g∈b} Σ_t xq[i, 4g + idx(j,g,t)]·vals[j, 2g+t]``.
+
+    Args:
+        xq: dense activation codes ``int8 [M, K]``.
+        wvals: ``int8 [N, K/2]``; widx: ``uint8 [N, K/8]`` (layout of
+            :func:`~rqcompile.quant.bitpack.pack_sparse24`).
+        block: multiple of 4 (a block holds whole groups).
+    """
+    m, k = xq.shape
+    if block % 4:
+        raise NumericsError(f"sparse24_core: block must be a multiple of 4, got {block}.")
+    nb = _nb(k, block, "sparse24_core")
+    if wvals.shape[-1] * 2 != k or widx.shape[-1] * 8 != k:
+        raise NumericsError(f"sparse24_core: weights do not describe K={k} (vals K/2, idx K/8).")
+    n = wvals.shape[0]
+    b = widx.to(torch.int64)
+    fields = torch.stack([(b >> s) & 3 for s in (0, 2, 4, 6)], dim=-1).reshape(n, k // 2)
+    group = torch.arange(k // 2, dtype=torch.int64) // 2
+    pos = 4 * group + fields  # [N, K/2]: activation index of each kept slot
+    xg = xq.to(torch.int64)[:, pos]  # [M, N, K/2]
+    prod = xg * wvals.to(torch.int64).unsqueeze(0)
+    p = prod.reshape(m, n, nb, block // 2).sum(-1)
+    return _to_i32(p, "sparse24_core")
+
+
+# -- float epilogue -----------------------------------------------------------------------
+
+
+def affine_epilogue(
+    p: torch.Tensor,
+    xs: torch.Tensor,
+    xc: torch.Tensor,
+    sx: torch.Tensor,
+    ws: torch.Tensor,
+    wc: torch.Tensor,
+    wsum: torch.Tensor,
+    *,
+    block: int,
+) -> torch.Tensor:
+    """Per-block float epilogue (module docstring formula), float64 inside, ``f32 [..., M, N]``.
+
+    Args:
+        p: integer core ``[..., M, N, nb]``.
+        xs, xc: activation scale/offset ``[..., M, nb]``; sx: activation code sums ``[..., M, nb]``.
+        ws, wc: weight scale/offset ``[..., N, nb]``; wsum: weight code sums ``[..., N, nb]``.
+        block: block size (the number of elements each block sums over).
+    """
+    f = torch.float64
+    xs_, xc_, sx_ = (t.to(f).unsqueeze(-2) for t in (xs, xc, sx))  # [..., M, 1, nb]
+    ws_, wc_, wsum_ = (t.to(f).unsqueeze(-3) for t in (ws, wc, wsum))  # [..., 1, N, nb]
+    y = (
+        xs_ * ws_ * p.to(f)
+        + xc_ * ws_ * wsum_
+        + xs_ * sx_ * wc_
+        + float(block) * xc_ * wc_
+    )
+    return y.sum(-1).to(torch.float32)
+
+
+# -- full ops -----------------------------------------------------------------------------
+
+
+def int_matmul(
+    xq: torch.Tensor,
+    xs: torch.Tensor,
+    xc: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    wc: torch.Tensor,
+    wsum: torch.Tensor,
+    *,
+    block: int,
+    w_bits: int,
+    w_signed: bool,
+) -> torch.Tensor:
+    """Integer-affine matmul ``f32 [M, N] ≈ dequant(X) @ dequant(W).T``.
+
+    Args:
+        xq: ``int8 [M, K]`` activation codes (8-bit affine already shifted by −128).
+        xs, xc: ``f32 [M, nb]``.
+        wq: ``int8 [N, K]``, or ``uint8 [N, K/2]`` nibbles when ``w_bits <= 4``.
+        ws, wc: ``f32 [N, nb]``; wsum: ``i32 [N, nb]``.
+        block: block size along K.
+        w_bits: weight code width (selects the nibble layout at ≤ 4).
+        w_signed: nibbles are two's complement (else zero-extended).
+    """
+    w = unpack_nibbles(wq, signed=w_signed) if w_bits <= 4 else wq
+    p = int_matmul_core(xq, w, block)
+    return affine_epilogue(p, xs, xc, code_sums(xq, block), ws, wc, wsum, block=block)
+
+
+def xnor_popcount_matmul(
+    xbits: torch.Tensor,
+    xs: torch.Tensor,
+    xc: torch.Tensor,
+    wbits: torch.Tensor,
+    ws: torch.Tensor,
+    wc: torch.Tensor,
+    wsum: torch.Tensor,
+    *,
+    block: int,
+    k: int,
+) -> torch.Tensor:
+    """A1W1 matmul from sign bits (``uint32 [M, K/32]``, ``[N, K/32]``); ``f32 [M, N]``."""
+    if k != xbits.shape[-1] * 32 or k != wbits.shape[-1] * 32:
+        raise NumericsError(f"xnor_popcount_matmul: k={k} does not match {xbits.shape[-1]} words.")
+    p = xnor_popcount_core(xbits, wbits, block=block)
+    return affine_epilogue(p, xs, xc, _sign_sums(xbits, block), ws, wc, wsum, block=block)
+
+
+def sparse24_matmul(
+    xq: torch.Tensor,
+    xs: torch.Tensor,
+    xc: torch.Tensor,
+    wvals: torch.Tensor,
+    widx: torch.Tensor,
+    ws: torch.Tensor,
+    wc: torch.Tensor,
+    wsum: torch.Tensor,
+    *,
+    block: int,
+    w_bits: int,
+) -> torch.Tensor:
+    """2:4-sparse matmul; ``w_bits`` bounds the stored values (checked); ``f32 [M, N]``."""
+    top = 1 if w_bits <= 1.5 else 2 ** (int(w_bits) - 1)
+    if wvals.numel() and int(wvals.to(torch.int64).abs().max()) > top:
+        raise NumericsError(f"sparse24_matmul: values exceed the {w_bits}-bit code range.")
+    p = sparse24_core(xq, wvals, widx, block=block)
+    return affine_epilogue(p, xs, xc, code_sums(xq, block), ws, wc, wsum, block=block)
+
+
+def qbmm(
+    aq: torch.Tensor,
+    as_: torch.Tensor,
+    ac: torch.Tensor,
+    bq: torch.Tensor,
+    bs: torch.Tensor,
+    bc: torch.Tensor,
+    *,
+    block: int,
+) -> torch.Tensor:
+    """Batched activation × activation ``[B, M, K] × [B, N, K] → f32 [B, M, N]``.
+
+    Both operands are quantized at run time, so both code sums are computed here.
+    """
+    p = int_matmul_core(aq, bq, block)
+    return affine_epilogue(
+        p, as_, ac, code_sums(aq, block), bs, bc, code_sums(bq, block), block=block
+    )

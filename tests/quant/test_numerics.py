@@ -1,0 +1,150 @@
+"""Numerics of quant/: worked examples, gradients, limits, ranges, sparsity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rqcompile.errors import NumericsError
+from rqcompile.quant.estimators import ridge_params
+from rqcompile.quant.fake_quant import fake_quant_blocks
+from rqcompile.quant.primitives import QFormat, code_range, nm_mask, to_blocks
+
+D = torch.float64
+
+
+def _fq(x: torch.Tensor, bits: float, sym: bool, block: int, **kw: object) -> torch.Tensor:
+    r = fake_quant_blocks(to_blocks(x, block), QFormat(bits, sym), **kw)  # type: ignore[arg-type]
+    return r.y.reshape(x.shape)
+
+
+def test_worked_example_a_a2w2() -> None:
+    x = torch.tensor([[0.9, -0.3, 0.2, 1.4], [-1.1, 0.5, 0.05, -0.6]], dtype=D)
+    w = torch.tensor([[0.5, -0.7], [-0.25, 0.3], [1.0, 0.35], [0.1, -0.2]], dtype=D)
+    rx = fake_quant_blocks(to_blocks(x, 4), QFormat(2, False))
+    assert rx.codes.reshape(2, 4).tolist() == [[2, 0, 1, 3], [0, 3, 2, 1]]
+    torch.testing.assert_close(rx.scale.flatten(), torch.tensor([0.575397, 0.540675], dtype=D), atol=1e-6, rtol=0)
+    y = _fq(x, 2, False, 4) @ _fq(w.t().contiguous(), 2, False, 4).t()
+    expect = torch.tensor([[0.979395, -0.971677], [-0.833323, 1.029900]], dtype=D)
+    torch.testing.assert_close(y, expect, atol=1e-5, rtol=0)
+
+
+def test_worked_example_b_a1w1_two_blocks() -> None:
+    x = torch.tensor([[0.9, -0.3, 0.2, 1.4, -0.5, 0.8, 0.1, -1.2],
+                      [-1.1, 0.5, 0.05, -0.6, 0.7, 0.3, -0.4, 0.9]], dtype=D)
+    wt = torch.tensor([[0.5, -0.25, 1.0, 0.1, -0.6, 0.4, 0.2, -0.3],
+                       [-0.7, 0.3, 0.35, -0.2, 0.15, -0.45, 0.6, 0.25]], dtype=D)
+    y = _fq(x, 1, False, 4) @ _fq(wt, 1, False, 4).t()
+    expect = torch.tensor([[1.758289, -1.656668], [-1.125564, 1.458104]], dtype=D)
+    torch.testing.assert_close(y, expect, atol=1e-5, rtol=0)
+
+
+def test_worked_example_c_w1_linear_2_4() -> None:
+    w = torch.tensor([[0.5, -0.25, 1.0, 0.1]], dtype=D)
+    r = fake_quant_blocks(to_blocks(w, 4), QFormat(1, True), nm=(2, 4))
+    assert r.codes.flatten().tolist() == [1, 0, 1, 0]
+    assert abs(float(r.scale) - 0.735294) < 1e-6
+    x = torch.tensor([[0.9, -0.3, 0.2, 1.4]], dtype=D)
+    y = _fq(x, 2, False, 4) @ r.y.reshape(1, 4).t()
+    assert abs(float(y) - 0.808824) < 1e-5
+
+
+@pytest.mark.parametrize("linear", [False, True])
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_ridge_gradcheck_float64(bits: int, linear: bool) -> None:
+    """Autograd through the ridge statistics matches finite differences (codes frozen)."""
+    torch.manual_seed(bits)
+    x = torch.randn(3, 2, 16, dtype=D)
+    fmt = QFormat(bits, linear)
+    with torch.no_grad():
+        r = fake_quant_blocks(x, fmt)
+    code = r.codes.detach()
+    from rqcompile.quant.primitives import grid
+
+    s_f, b_f = grid(x, fmt)
+    delta = code - (x - b_f) / s_f  # the rounding residual, frozen (METHOD.md §2.6)
+
+    def f(xx: torch.Tensor) -> torch.Tensor:
+        q = (xx - b_f) / s_f + delta
+        scale, offset = ridge_params(xx, q, s_f, b_f, 0.01, linear)
+        return scale * q + offset
+
+    xr = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (xr,), eps=1e-6, atol=1e-6)
+
+
+def test_ridge_has_corrective_gradient_ste_does_not() -> None:
+    """The ridge gradient depends on the rounding residual; STE's does not (METHOD §2.6)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 32, dtype=D)
+    u = torch.randn(1, 1, 32, dtype=D)
+    grads = {}
+    for est in ("ridge", "ste"):
+        xr = x.clone().requires_grad_(True)
+        (fake_quant_blocks(xr, QFormat(2, False), estimator=est).y * u).sum().backward()
+        grads[est] = xr.grad
+    assert grads["ste"] is not None and torch.allclose(grads["ste"], u)
+    assert not torch.allclose(grads["ridge"], u, atol=1e-3)
+
+
+def test_lambda_to_infinity_gives_block_mean() -> None:
+    x = torch.randn(4, 3, 32, dtype=D)
+    for fmt in (QFormat(2, False), QFormat(1, False), QFormat(4, False)):
+        y = fake_quant_blocks(x, fmt, lam=1e12).y
+        torch.testing.assert_close(y, x.mean(-1, keepdim=True).expand_as(x), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("estimator", ["ridge", "ste"])
+def test_constant_block_lambda_zero_is_finite(estimator: str) -> None:
+    """V(q) = 0 with λ = 0: the documented safe path returns the block mean, no NaN."""
+    x = torch.full((2, 1, 16), 0.7, dtype=D, requires_grad=True)
+    r = fake_quant_blocks(x, QFormat(2, False), lam=0.0, estimator=estimator)
+    assert torch.isfinite(r.y).all()
+    torch.testing.assert_close(r.y, x.detach(), atol=1e-12, rtol=0)
+    r.y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bits=st.sampled_from([1, 1.5, 2, 3, 4, 5, 6, 7, 8]),
+    sym=st.booleans(),
+    scale=st.floats(1e-4, 1e4),
+    block=st.sampled_from([4, 8, 32]),
+)
+def test_codes_stay_in_range(bits: float, sym: bool, scale: float, block: int) -> None:
+    sym = sym or bits == 1.5
+    x = torch.randn(3, 2 * block) * scale
+    r = fake_quant_blocks(to_blocks(x, block), QFormat(bits, sym))
+    lo, hi = code_range(QFormat(bits, sym))
+    assert r.codes.min() >= lo and r.codes.max() <= hi
+    assert torch.equal(r.codes, r.codes.round())
+    if bits == 1:
+        assert set(r.codes.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.isfinite(r.y).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 5), groups=st.integers(1, 8))
+def test_nm_mask_keeps_exactly_two_of_four(rows: int, groups: int) -> None:
+    x = torch.randn(rows, 4 * groups)
+    m = nm_mask(x, 2, 4)
+    assert torch.equal(m.reshape(rows, groups, 4).sum(-1), torch.full((rows, groups), 2))
+    kept = x.abs().masked_fill(~m, -1).reshape(rows, groups, 4)
+    dropped = x.abs().masked_fill(m, float("inf")).reshape(rows, groups, 4)
+    assert (kept.amax(-1) >= dropped.amin(-1)).all()
+
+
+def test_sparse_quantization_prunes_to_code_zero_with_identity_gradient() -> None:
+    x = torch.randn(2, 1, 16, requires_grad=True)
+    r = fake_quant_blocks(x, QFormat(4, True), nm=(2, 4))
+    assert torch.equal((r.codes.reshape(2, 4, 4) != 0).sum(-1) <= 2, torch.ones(2, 4, dtype=torch.bool))
+    r.y.sum().backward()
+    assert x.grad is not None and (x.grad != 0).all()  # pruned weights still get gradient
+
+
+def test_to_blocks_error_names_fix() -> None:
+    with pytest.raises(NumericsError, match="not a multiple of the block size 128"):
+        to_blocks(torch.zeros(2, 200), 128, where="layer 'fc'")
