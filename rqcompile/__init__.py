@@ -10,7 +10,7 @@ Example:
     'Linear'
 """
 
-from rqcompile.api import prepare
+from rqcompile.api import build, convert, lower, prepare
 from rqcompile.config import (
     PRESETS,
     LayerSpec,
@@ -37,6 +37,8 @@ from rqcompile.errors import (
     VerifyError,
 )
 from rqcompile.passes.infra import PassContext, PrintAfter, Timing
+from rqcompile.targets.compiled import CompiledModule, load
+from rqcompile.targets.target import Target
 
 __version__ = "0.1.0"
 
@@ -64,7 +66,13 @@ __all__ = [
     "Timing",
     "UnsupportedOpError",
     "VerifyError",
+    "CompiledModule",
+    "Target",
+    "build",
+    "convert",
     "explain",
     "inspect",
+    "load",
+    "lower",
     "prepare",
 ]

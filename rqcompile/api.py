@@ -17,7 +17,7 @@ from rqcompile.config.qconfig import ConfigLike, as_qconfig
 from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.pipelines import prepare_passes
 
-__all__ = ["prepare"]
+__all__ = ["build", "convert", "lower", "prepare"]
 
 
 def _lint(gm: fx.GraphModule) -> None:
@@ -101,3 +101,83 @@ def _ensure_prepared(obj: Any, verb: str) -> fx.GraphModule:
     raise TypeError(f"rq.{verb}() takes a prepared fx.GraphModule, got {type(obj).__name__}.")
 
 
+
+
+def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
+    """Turn a trained QAT graph into the integer IR (an ``rqcompile.ir.Module``).
+
+    The trained ridge dequantizers are folded into integer weight codes plus per-block
+    scale/offset, each layer gets its kernel (XNOR-popcount, 2:4 sparse or integer-affine),
+    and activation quantization becomes ``rq.quantize`` ops. Shapes are static: those recorded
+    at ``prepare`` unless ``example_inputs`` are given. ``model`` is not modified.
+
+    Raises:
+        UnsupportedOpError: listing every node that has no converter, all at once.
+    """
+    from rqcompile.ir.verify import verify
+    from rqcompile.translate import translate
+
+    gm = _ensure_prepared(model, "convert")
+    if example_inputs is not None and not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    irm = translate(gm, example_inputs)
+    verify(irm)
+    return irm
+
+
+def build(module: Any, target: Any = "llvm") -> Any:
+    """Compile an ``rqcompile.ir.Module`` for ``target`` into a ``CompiledModule``.
+
+    Args:
+        module: the result of ``rq.convert``.
+        target: ``"reference"`` (pure torch; the oracle), ``"llvm"`` (host CPU via TVM) or a
+            dict such as ``{"kind": "llvm", "mcpu": "znver3"}``.
+
+    Raises:
+        TargetError: unknown target, or TVM not installed for a TVM target.
+    """
+    from rqcompile.ir.core import Module as IRModule
+    from rqcompile.ir.verify import verify
+    from rqcompile.targets.target import Target
+
+    if isinstance(module, fx.GraphModule):
+        raise TypeError("rq.build() takes the IR from rq.convert(qat); use rq.lower(qat, target) "
+                        "to convert and build in one call.")
+    if not isinstance(module, IRModule):
+        raise TypeError(f"rq.build() takes an rqcompile.ir.Module, got {type(module).__name__}.")
+    verify(module)
+    tgt = Target.parse(target)
+    if tgt.kind == "reference":
+        from functools import partial
+
+        from rqcompile.targets.compiled import CompiledModule
+        from rqcompile.targets.reference import run_reference
+
+        return CompiledModule(module, tgt, partial(run_reference, module))
+    import importlib.util
+
+    from rqcompile.errors import TargetError
+
+    if importlib.util.find_spec("tvm") is None:
+        raise TargetError(
+            f"target {tgt.kind!r} needs Apache TVM, which is not installed. Install it with "
+            "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
+            "target='reference'."
+        )
+    from rqcompile.targets.tvm.build import build_tvm
+
+    return build_tvm(module, tgt)
+
+
+def lower(model: fx.GraphModule, target: Any = "llvm", *, example_inputs: Any = None) -> Any:
+    """``build(convert(model, example_inputs=...), target)``: QAT graph → compiled model.
+
+    Example:
+        >>> import torch, rqcompile as rq
+        >>> qat = rq.prepare(torch.nn.Linear(64, 8), (torch.randn(2, 64),), "A4W4")
+        >>> exe = rq.lower(qat, target="reference")
+        >>> exe(torch.randn(2, 64)).shape
+        torch.Size([2, 8])
+    """
+    _ensure_prepared(model, "lower")
+    return build(convert(model, example_inputs=example_inputs), target)

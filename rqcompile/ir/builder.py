@@ -46,18 +46,18 @@ class Builder:
         self._next_id = 0
         self._args: list[Value] = []
         self._ops: list[Op] = []
-        self._defined: set[int] = set()
+        self._defined: dict[int, Value] = {}
         self._outputs: tuple[Value, ...] | None = None
 
     def _new_value(self, t: TensorType) -> Value:
         v = Value(self._next_id, t)
         self._next_id += 1
-        self._defined.add(v.id)
+        self._defined[v.id] = v
         return v
 
     def _check_defined(self, values: tuple[Value, ...], what: str) -> None:
         for i, v in enumerate(values):
-            if not isinstance(v, Value) or v.id not in self._defined:
+            if not isinstance(v, Value) or self._defined.get(v.id) != v:
                 raise VerifyError(
                     f"{what} #{i} ({v!r}) is not a value of the function being built; values "
                     f"from another Builder or an earlier func cannot be used."

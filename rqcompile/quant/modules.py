@@ -107,14 +107,14 @@ class RQQuantize(nn.Module):
 
     @torch.no_grad()
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Integer codes ``(..., K)`` (int8, K last) and per-block ``scale``/``offset`` ``(..., nb)``.
+        """Integer codes ``(..., K)`` (int16, K last) and per-block ``scale``/``offset`` ``(..., nb)``.
 
         Per-tensor params are expanded to one block per row so every consumer sees the same
         ``(rows, nb)`` layout.
         """
         xk = self.k_last(x)
         r = self.fake_quant(x)
-        codes = r.codes.reshape(xk.shape).to(torch.int8)
+        codes = r.codes.reshape(xk.shape).to(torch.int16)  # 8-bit affine codes reach 255
         scale, offset = r.scale.squeeze(-1), r.offset.squeeze(-1)
         if isinstance(self.spec.granularity, PerTensor):
             rows = xk.shape[:-1]

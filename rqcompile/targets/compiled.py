@@ -1,0 +1,177 @@
+"""``CompiledModule``: a built model, callable on torch tensors, savable, loadable.
+
+Artifact format (one file, a zip archive written atomically):
+
+* ``manifest.json``: format version, rqcompile version, target, input/output signature, the
+  CPU features the kernels were built for, and the SHA-256 of every other member;
+* ``ir.mlir``: the integer IR text (constants elided; they live in ``weights``);
+* ``weights.safetensors``: every IR constant;
+* ``kernels.so``: the TVM-built shared library (TVM targets only).
+
+Loading never unpickles: JSON, safetensors and IR text are data. A TVM artifact does load a
+shared library, which is native code: ``rq.load(path, trust_kernels=False)`` rebuilds the
+kernels from the IR instead, for artifacts from sources you do not trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from rqcompile.errors import ArtifactError, InputError
+from rqcompile.ir.core import Module
+from rqcompile.ir.types import TensorType, torch_dtype
+from rqcompile.targets.target import Target
+
+__all__ = ["FORMAT", "CompiledModule", "load"]
+
+FORMAT = 1
+Runner = Callable[..., tuple[torch.Tensor, ...]]
+
+
+class CompiledModule:
+    """A model built for one target. Call it like the original model (positional tensors)."""
+
+    def __init__(self, ir: Module, target: Target, runner: Runner, *,
+                 library: bytes | None = None, features: Sequence[str] = (),
+                 backend: Any = None) -> None:
+        self.ir = ir
+        self.target = target
+        self._runner = runner
+        self._library = library
+        self.features = tuple(features)
+        self.backend = backend  # e.g. the TVM VM / module, for power users
+
+    @property
+    def signature(self) -> tuple[TensorType, ...]:
+        return tuple(v.type for v in self.ir.main.args)
+
+    def _check(self, inputs: tuple[Any, ...]) -> None:
+        sig = self.signature
+        if len(inputs) != len(sig):
+            raise InputError(
+                f"compiled model takes {len(sig)} input(s) {', '.join(map(str, sig))}, "
+                f"got {len(inputs)}."
+            )
+        for i, (x, t) in enumerate(zip(inputs, sig)):
+            if not isinstance(x, torch.Tensor):
+                raise InputError(f"input {i}: expected a torch.Tensor {t}, got {type(x).__name__}.")
+            want = torch_dtype(t.dtype)
+            problems = []
+            if x.dtype != want:
+                problems.append(f"dtype {x.dtype} (expected {want}; convert with x.to({want}))")
+            if x.dim() != len(t.shape) or any(
+                d is not None and d != s for d, s in zip(t.shape, x.shape)
+            ):
+                problems.append(
+                    f"shape {tuple(x.shape)} (expected {tuple('?' if d is None else d for d in t.shape)};"
+                    " the model was converted for these shapes: call rq.lower(qat, "
+                    "example_inputs=(x,)) to build for another shape)"
+                )
+            if x.device.type != "cpu" and self.target.kind in ("reference", "llvm"):
+                problems.append(f"device {x.device} (this {self.target.kind} build runs on cpu; use x.cpu())")
+            if problems:
+                raise InputError(f"input {i}: " + "; ".join(problems))
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        self._check(inputs)
+        outs = self._runner(*inputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    def inspect_text(self) -> str:
+        from rqcompile.debug.summary import compiled_summary
+
+        return compiled_summary(self)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the artifact atomically (a temp file then rename; nothing half-written)."""
+        from safetensors.torch import save as st_save
+
+        from rqcompile import __version__
+        from rqcompile.ir.printer import print_module
+
+        members = {
+            "ir.mlir": print_module(self.ir).encode(),
+            "weights.safetensors": st_save({k: v.contiguous() for k, v in self.ir.constants.items()}),
+        }
+        if self._library is not None:
+            members["kernels.so"] = self._library
+        manifest = {
+            "format": FORMAT,
+            "rqcompile": __version__,
+            "target": self.target.to_dict(),
+            "features": list(self.features),
+            "inputs": [str(t) for t in self.signature],
+            "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in members.items()},
+        }
+        path = os.fspath(path)
+        d = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".rq-", suffix=".tmp", dir=d)
+        try:
+            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+                z.writestr("manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+                for k, v in members.items():
+                    z.writestr(k, v)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:
+    """Load an artifact written by ``CompiledModule.save``.
+
+    Raises:
+        ArtifactError: missing, corrupt, truncated, tampered or from another format version,
+            or built for CPU features this machine lacks.
+    """
+    from safetensors.torch import load as st_load
+
+    from rqcompile.ir.parser import parse_module
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ArtifactError(f"{path}: no such artifact.")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "manifest.json" not in names:
+                raise ArtifactError(f"{path}: not an rqcompile artifact (no manifest.json).")
+            manifest = json.loads(z.read("manifest.json"))
+            members = {k: z.read(k) for k in manifest.get("sha256", {})}
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError, ValueError) as e:
+        if isinstance(e, ArtifactError):
+            raise
+        raise ArtifactError(
+            f"{path}: corrupt or truncated artifact ({type(e).__name__}: {e}). Re-save it with "
+            "exe.save(path)."
+        ) from e
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(
+            f"{path}: artifact format {manifest.get('format')!r}, this rqcompile reads {FORMAT}. "
+            f"Re-export it with rqcompile {manifest.get('rqcompile', '?')} or rebuild from the QAT model."
+        )
+    for k, digest in manifest["sha256"].items():
+        if hashlib.sha256(members[k]).hexdigest() != digest:
+            raise ArtifactError(f"{path}: member {k!r} does not match its checksum (corrupt or edited).")
+    try:
+        constants = st_load(members["weights.safetensors"])
+        ir = parse_module(members["ir.mlir"].decode(), constants=constants)
+    except Exception as e:  # noqa: BLE001
+        raise ArtifactError(f"{path}: cannot read the IR or weights: {e}") from e
+    target = Target.parse(manifest["target"])
+    from rqcompile.api import build
+
+    if target.kind == "reference" or "kernels.so" not in members or not trust_kernels:
+        return build(ir, target)
+    from rqcompile.targets.tvm.runtime import load_library
+
+    return load_library(ir, target, members["kernels.so"], manifest.get("features", []))

@@ -1,0 +1,541 @@
+"""TE computes for the integer ops: quantize, integer-affine, XNOR-popcount, 2:4 sparse, qbmm.
+
+Each builder takes TE tensors (placeholders, or the tensors ``relax.BlockBuilder.emit_te``
+hands in) and returns TE tensors, so the same code serves standalone kernels
+(:func:`prim_func`) and the relax emitter. Semantics are those of
+:mod:`rqcompile.quant.reference` (the oracle), storage layouts those of
+:mod:`rqcompile.quant.bitpack`; a test checks each against the other:
+
+* integer cores are **bit-exact** (int32 arithmetic, exact for the documented block sizes);
+* float epilogues agree to ~1e-6 relative to the output's magnitude (float32 here, float64
+  in the reference);
+* :func:`te_quantize` codes are bit-exact: the grid is computed with the same float32
+  operations as ``primitives.grid`` (binary/ternary means accumulated in float64 and
+  rounded once, as there), ``z = (x − b)/s`` in float32, rounding half-to-even with
+  ``tirx.nearbyint`` (``round`` would be half-away-from-zero). Ridge statistics are summed
+  in float64, so ``scale``/``offset`` are as accurate as torch's float32 means or better.
+
+**Epilogue.** The integer-affine shortcut is one integer GEMM plus rank-1 corrections per
+block (METHOD.md §3.2). We evaluate it in its *centred* form, which has no catastrophic
+cancellation in float32::
+
+    I[i,j,b] = B·P[i,j,b] − S_X[i,b]·S_W[j,b]                  (integer, exact)
+    Y[i,j]   = Σ_b (xs[i,b]/B)·ws[j,b]·I[i,j,b] + B·x̄[i,b]·w̄[j,b]
+    x̄ = xc + xs·S_X/B,   w̄ = wc + ws·S_W/B                      (block means)
+
+which equals the reference's four-term sum exactly in real arithmetic. ``I`` is computed in
+int32 when ``2·B²·|x|max·|w|max < 2³¹`` (8-bit codes up to B = 128) and in int64 otherwise.
+
+**Finding kernels.** Every output block carries the annotation ``rq.kernel`` (the op kind);
+internal blocks carry ``rq.stage`` (``core``, ``sums``, ``prep``, ``grid``, ``codes`` ...).
+:func:`prim_func` also sets the PrimFunc attributes ``rq.kernel`` and ``rq.block``;
+schedules look for either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rqcompile.errors import NumericsError
+from rqcompile.quant.primitives import EPS, QFormat, code_range
+from rqcompile.targets.tvm.adapter import te, tirx
+
+__all__ = [
+    "KERNEL_ATTR",
+    "KERNELS",
+    "STAGE_ATTR",
+    "prim_func",
+    "te_code_sums",
+    "te_int_matmul",
+    "te_int_matmul_core",
+    "te_qbmm",
+    "te_quantize",
+    "te_sparse24_core",
+    "te_sparse24_matmul",
+    "te_xnor_popcount_core",
+    "te_xnor_popcount_matmul",
+]
+
+KERNEL_ATTR = "rq.kernel"
+STAGE_ATTR = "rq.stage"
+#: Kernel kinds (values of ``rq.kernel``); the IR op is ``rq.<kind>``.
+KERNELS = (
+    "quantize",
+    "int_matmul_core",
+    "int_matmul",
+    "xnor_popcount_core",
+    "xnor_popcount_matmul",
+    "sparse24_core",
+    "sparse24_matmul",
+    "qbmm",
+)
+_I32_MAX = 2**31 - 1
+Tensor = Any  # te.Tensor; TVM ships no type stubs
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _f32(v: float) -> Any:
+    return tirx.const(v, "float32")
+
+
+def _f64(v: float) -> Any:
+    return tirx.const(v, "float64")
+
+
+def _shape(t: Tensor) -> list[int]:
+    return [int(d) for d in t.shape]
+
+
+def _nblocks(k: int, block: int, what: str) -> int:
+    if block < 1 or k % block:
+        raise NumericsError(f"{what}: K={k} is not a multiple of block={block}.")
+    return k // block
+
+
+def _attrs(kernel: str, block: int, **extra: Any) -> dict[str, Any]:
+    return {KERNEL_ATTR: kernel, "rq.block": block, **extra}
+
+
+def _stage(name: str) -> dict[str, Any]:
+    return {STAGE_ATTR: name}
+
+
+def prim_func(
+    args: Sequence[Tensor], *, name: str, kernel: str, block: int, **attrs: Any
+) -> Any:
+    """``te.create_prim_func(args)`` named ``name`` with attrs ``rq.kernel``/``rq.block``.
+
+    Args:
+        args: input placeholders then outputs, in calling order.
+        name: the ``global_symbol`` (the function name in the built library).
+        kernel: one of :data:`KERNELS`.
+        block: block size along K.
+        attrs: extra ``rq.*`` attributes (written as given).
+    """
+    f = te.create_prim_func(list(args))
+    return f.with_attrs({"global_symbol": name, KERNEL_ATTR: kernel, "rq.block": block, **attrs})
+
+
+# -- quantize -----------------------------------------------------------------------------
+
+
+def te_quantize(
+    x: Tensor,
+    *,
+    bits: float,
+    symmetric: bool,
+    block: int,
+    estimator: str = "ridge",
+    ridge_lambda: float = 0.01,
+    pack: str = "none",
+    name: str = "quantize",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Dynamic quantization of ``x f32 [..., K]``, the TE twin of ``reference.quantize``.
+
+    Returns:
+        ``(codes, scale f32 [..., nb], offset f32 [..., nb])``; codes are ``int8 [..., K]``
+        (8-bit affine stored as ``code − 128``) or ``uint32 [..., K/32]`` for
+        ``pack="bits32"``.
+    """
+    if estimator not in ("ridge", "ste"):
+        raise NumericsError(f"te_quantize: unknown estimator {estimator!r}.")
+    if pack not in ("none", "bits32") or (pack == "bits32" and bits != 1):
+        raise NumericsError(f"te_quantize: pack={pack!r} needs pack 'none', or 'bits32' with bits=1.")
+    *lead, k = _shape(x)
+    nb = _nblocks(k, block, "te_quantize")
+    fmt = QFormat(bits, symmetric)
+    lo, hi = code_range(fmt)
+    bshape = [*lead, nb]
+
+    def xat(idx: Sequence[Any], r: Any) -> Any:
+        *li, b = idx
+        return x[(*li, b * block + r)]
+
+    def red(fn: Callable[..., Any], op: Callable[..., Any], stage: str, tag: str) -> Tensor:
+        r = te.reduce_axis((0, block), name=f"r_{tag}")
+        return te.compute(
+            bshape, lambda *i: op(fn(i, r), axis=r), name=f"{name}_{tag}", attrs=_stage(stage)
+        )
+
+    # stage 1: the grid (s_f, b_f), exactly as primitives.grid computes it
+    if bits in (1, 1.5):
+        kept = red(lambda i, r: tirx.Select(xat(i, r) != _f32(0), _f64(1), _f64(0)), te.sum, "grid", "kept")
+        if bits == 1 and not symmetric:
+            xsum = red(lambda i, r: xat(i, r).astype("float64"), te.sum, "grid", "xsum")
+            b_f = te.compute(bshape, lambda *i: (xsum(*i) / _f64(block)).astype("float32"),
+                             name=f"{name}_bf", attrs=_stage("grid"))  # fmt: skip
+            asum = red(lambda i, r: tirx.abs(xat(i, r) - b_f(*i)).astype("float64"), te.sum, "grid", "asum")
+        else:
+            b_f = None
+            asum = red(lambda i, r: tirx.abs(xat(i, r)).astype("float64"), te.sum, "grid", "asum")
+        s_f = te.compute(
+            bshape,
+            lambda *i: tirx.max((asum(*i) / tirx.max(kept(*i), _f64(1))).astype("float32"), _f32(EPS)),
+            name=f"{name}_sf",
+            attrs=_stage("grid"),
+        )
+    elif symmetric:
+        b_f = None
+        amax = red(lambda i, r: tirx.abs(xat(i, r)), te.max, "grid", "amax")
+        s_f = te.compute(bshape, lambda *i: tirx.max(amax(*i) / _f32(hi), _f32(EPS)),
+                         name=f"{name}_sf", attrs=_stage("grid"))  # fmt: skip
+    else:
+        b_f = red(lambda i, r: xat(i, r), te.min, "grid", "min")
+        xmax = red(lambda i, r: xat(i, r), te.max, "grid", "max")
+        s_f = te.compute(bshape, lambda *i: tirx.max((xmax(*i) - b_f(*i)) / _f32(hi), _f32(EPS)),
+                         name=f"{name}_sf", attrs=_stage("grid"))  # fmt: skip
+
+    # stage 2: codes (float32-valued integers), z = (x - b_f) / s_f, round half-to-even
+    def code_fn(*idx: Any) -> Any:
+        *li, kk = idx
+        bi = (*li, kk // block)
+        z = (x(*idx) - b_f(*bi)) / s_f(*bi) if b_f is not None else x(*idx) / s_f(*bi)
+        if bits == 1:
+            return tirx.Select(z >= _f32(0), _f32(1), _f32(-1))
+        return tirx.min(tirx.max(tirx.nearbyint(z), _f32(lo)), _f32(hi))
+
+    code = te.compute([*lead, k], code_fn, name=f"{name}_code", attrs=_stage("codes"))
+
+    def qat(idx: Sequence[Any], r: Any) -> Any:
+        *li, b = idx
+        return code[(*li, b * block + r)]
+
+    # stage 3: the dequantizer (estimators.py), statistics summed in float64
+    if estimator == "ste":
+        scale = s_f
+        offset = b_f if b_f is not None else te.compute(bshape, lambda *i: _f32(0), name=f"{name}_zero")
+    else:
+        lam = _f64(ridge_lambda)
+        inv_b = 1.0 / block
+        if symmetric:
+            qx = red(lambda i, r: qat(i, r).astype("float64") * xat(i, r).astype("float64"), te.sum, "stats", "qx")
+            qq = red(lambda i, r: (qat(i, r) * qat(i, r)).astype("float64"), te.sum, "stats", "qq")
+
+            def lin_scale(*i: Any) -> Any:
+                num, den = qx(*i) * _f64(inv_b), qq(*i) * _f64(inv_b) + lam
+                safe = tirx.Select(den != _f64(0), den, _f64(1))
+                return tirx.Select(den != _f64(0), num / safe, _f64(0)).astype("float32")
+
+            scale = te.compute(bshape, lin_scale, name=f"{name}_scale", attrs=_stage("stats"))
+            offset = te.compute(bshape, lambda *i: _f32(0), name=f"{name}_offset", attrs=_stage("stats"))
+        else:
+            xs_ = red(lambda i, r: xat(i, r).astype("float64"), te.sum, "stats", "xs")
+            qs_ = red(lambda i, r: qat(i, r).astype("float64"), te.sum, "stats", "qs")
+
+            def centred(i: Sequence[Any], r: Any) -> tuple[Any, Any]:
+                xm, qm = xs_(*i) * _f64(inv_b), qs_(*i) * _f64(inv_b)
+                return xat(i, r).astype("float64") - xm, qat(i, r).astype("float64") - qm
+
+            cov = red(lambda i, r: centred(i, r)[0] * centred(i, r)[1], te.sum, "stats", "cov")
+            var = red(lambda i, r: centred(i, r)[1] * centred(i, r)[1], te.sum, "stats", "var")
+
+            def aff_scale(*i: Any) -> Any:
+                den = var(*i) * _f64(inv_b) + lam
+                safe = tirx.Select(den != _f64(0), den, _f64(1))
+                s = cov(*i) * _f64(inv_b) / safe
+                return tirx.Select(den != _f64(0), s, _f64(0)).astype("float32")
+
+            scale = te.compute(bshape, aff_scale, name=f"{name}_scale", attrs=_stage("stats"))
+            offset = te.compute(
+                bshape,
+                lambda *i: (xs_(*i) * _f64(inv_b)).astype("float32")
+                - scale(*i) * (qs_(*i) * _f64(inv_b)).astype("float32"),
+                name=f"{name}_offset",
+                attrs=_stage("stats"),
+            )
+
+    # stage 4: storage layout
+    attrs = _attrs("quantize", block, bits=float(bits), symmetric=bool(symmetric))
+    shift = bits == 8 and not symmetric
+    if shift:  # METHOD.md §3.2: store code - 128, offset += 128·scale (exact multiply)
+        offset_in = offset
+        offset = te.compute(bshape, lambda *i: offset_in(*i) + _f32(128) * scale(*i),
+                            name=f"{name}_offset_s8", attrs=attrs)  # fmt: skip
+    if pack == "bits32":
+        if k % 32 or block % 32:
+            raise NumericsError(f"te_quantize: bits32 packing needs K and block % 32 == 0 (K={k}).")
+        t = te.reduce_axis((0, 32), name="bit")
+        codes = te.compute(
+            [*lead, k // 32],
+            lambda *i: te.sum(
+                tirx.Select(
+                    code[(*i[:-1], i[-1] * 32 + t)] > _f32(0),
+                    tirx.const(1, "uint32") << t.var.astype("uint32"),
+                    tirx.const(0, "uint32"),
+                ),
+                axis=t,
+            ),
+            name=f"{name}_bits",
+            attrs=attrs,
+        )
+    else:
+        codes = te.compute(
+            [*lead, k],
+            lambda *i: (code(*i) - _f32(128) if shift else code(*i)).astype("int8"),
+            name=f"{name}_codes",
+            attrs=attrs,
+        )
+    return codes, scale, offset
+
+
+# -- integer cores ------------------------------------------------------------------------
+
+
+def te_code_sums(q: Tensor, *, block: int, name: str = "code_sums") -> Tensor:
+    """Per-block sums ``i32 [..., nb]`` of ``int8 [..., K]`` codes."""
+    *lead, k = _shape(q)
+    nb = _nblocks(k, block, "te_code_sums")
+    r = te.reduce_axis((0, block), name="r_sum")
+    return te.compute(
+        [*lead, nb],
+        lambda *i: te.sum(q[(*i[:-1], i[-1] * block + r)].astype("int32"), axis=r),
+        name=name,
+        attrs=_stage("sums"),
+    )
+
+
+def _nibble(byte: Any, high: bool, signed: bool) -> Any:
+    v = byte.astype("int32")
+    if signed:  # two's-complement nibble: move it to the top, shift back arithmetically
+        return (v << (24 if high else 28)) >> 28
+    return (v >> 4) if high else (v & 15)
+
+
+def te_int_matmul_core(
+    xq: Tensor,
+    wq: Tensor,
+    *,
+    block: int,
+    w_bits: int = 8,
+    w_signed: bool = True,
+    name: str = "int_matmul_core",
+    attrs: dict[str, Any] | None = None,
+) -> Tensor:
+    """``P i32 [*batch, M, N, nb]`` from ``xq int8 [*batch, M, K]`` and weights
+    ``int8 [*batch, N, K]`` (or ``uint8 [*batch, N, K/2]`` nibbles when ``w_bits <= 4``)."""
+    *bt, m, k = _shape(xq)
+    nb = _nblocks(k, block, "te_int_matmul_core")
+    n = _shape(wq)[-2]
+    a = attrs if attrs is not None else _attrs("int_matmul_core", block)
+    if w_bits <= 4:
+        if block % 2:
+            raise NumericsError(f"te_int_matmul_core: nibble weights need an even block ({block}).")
+        half = block // 2
+        r = te.reduce_axis((0, half), name="r")
+
+        def body(*idx: Any) -> Any:
+            *bi, i, j, b = idx
+            byte = wq[(*bi, j, b * half + r)]
+            x0 = xq[(*bi, i, b * block + 2 * r)].astype("int32")
+            x1 = xq[(*bi, i, b * block + 2 * r + 1)].astype("int32")
+            return te.sum(x0 * _nibble(byte, False, w_signed) + x1 * _nibble(byte, True, w_signed), axis=r)
+
+    elif block % 2 == 0:
+        # Pairwise form: each reduction step adds two adjacent products, the shape of x86
+        # pmaddwd (LLVM forms it from this loop; a plain one-product loop gets pmulld).
+        half = block // 2
+        r = te.reduce_axis((0, half), name="r")
+
+        def body(*idx: Any) -> Any:
+            *bi, i, j, b = idx
+            k0 = b * block + 2 * r
+            x0, x1 = xq[(*bi, i, k0)].astype("int32"), xq[(*bi, i, k0 + 1)].astype("int32")
+            w0, w1 = wq[(*bi, j, k0)].astype("int32"), wq[(*bi, j, k0 + 1)].astype("int32")
+            return te.sum(x0 * w0 + x1 * w1, axis=r)
+
+    else:
+        r = te.reduce_axis((0, block), name="r")
+
+        def body(*idx: Any) -> Any:
+            *bi, i, j, b = idx
+            kk = b * block + r
+            return te.sum(xq[(*bi, i, kk)].astype("int32") * wq[(*bi, j, kk)].astype("int32"), axis=r)
+
+    return te.compute([*bt, m, n, nb], body, name=name, attrs={**a, STAGE_ATTR: "core"})
+
+
+def _popc(v: Any) -> Any:
+    return tirx.popcount(v).astype("int32")
+
+
+def te_xnor_popcount_core(
+    xbits: Tensor, wbits: Tensor, *, block: int, name: str = "xnor_popcount_core",
+    attrs: dict[str, Any] | None = None,
+) -> Tensor:  # fmt: skip
+    """``P = 2·popcount(XNOR) − block`` per block, ``i32 [M, N, nb]``, from ``uint32`` words."""
+    if block % 32:
+        raise NumericsError(f"te_xnor_popcount_core: block must be a multiple of 32 ({block}).")
+    m, words = _shape(xbits)
+    n = _shape(wbits)[0]
+    wpb = block // 32
+    nb = _nblocks(words * 32, block, "te_xnor_popcount_core")
+    r = te.reduce_axis((0, wpb), name="r")
+    pc = te.compute(
+        [m, n, nb],
+        lambda i, j, b: te.sum(_popc(~(xbits[i, b * wpb + r] ^ wbits[j, b * wpb + r])), axis=r),
+        name=f"{name}_pc",
+        attrs=_stage("core"),
+    )
+    a = attrs if attrs is not None else _attrs("xnor_popcount_core", block)
+    return te.compute(
+        [m, n, nb], lambda i, j, b: 2 * pc[i, j, b] - block, name=name, attrs={**a, STAGE_ATTR: "core_out"}
+    )
+
+
+def te_sparse24_core(
+    xq: Tensor, wvals: Tensor, widx: Tensor, *, block: int, name: str = "sparse24_core",
+    attrs: dict[str, Any] | None = None,
+) -> Tensor:  # fmt: skip
+    """2:4 sparse core ``i32 [M, N, nb]``: gathers ``xq[i, 4g + idx]`` for each kept slot."""
+    m, k = _shape(xq)
+    n = _shape(wvals)[0]
+    nb = _nblocks(k, block, "te_sparse24_core")
+    if block % 4:
+        raise NumericsError(f"te_sparse24_core: block must be a multiple of 4 ({block}).")
+    half = block // 2
+    r = te.reduce_axis((0, half), name="r")
+
+    def body(i: Any, j: Any, b: Any) -> Any:
+        s = b * half + r  # kept-slot index: group s >> 1, index field 2·(s & 3) of byte s >> 2
+        field = ((widx[j, s >> 2].astype("int32") >> ((s & 3) * 2)) & 3).astype("int32")
+        xv = xq[i, (s >> 1) * 4 + field].astype("int32")
+        return te.sum(xv * wvals[j, s].astype("int32"), axis=r)
+
+    a = attrs if attrs is not None else _attrs("sparse24_core", block)
+    return te.compute([m, n, nb], body, name=name, attrs={**a, STAGE_ATTR: "core"})
+
+
+# -- epilogue and fused ops ---------------------------------------------------------------
+
+
+def _affine_epilogue(
+    p: Tensor,
+    xs: Tensor,
+    xc: Tensor,
+    sx: Tensor,
+    ws: Tensor,
+    wc: Tensor,
+    sw: Tensor,
+    *,
+    block: int,
+    int_bound: int,
+    name: str,
+    attrs: dict[str, Any],
+) -> Tensor:
+    """Centred epilogue (module docstring); leading batch dims are shared by all operands."""
+    *bt, m, n, nb = _shape(p)
+    ity = "int32" if 2 * block * block * int_bound <= _I32_MAX else "int64"
+    fb = _f32(float(block))
+    xa = te.compute([*bt, m, nb], lambda *i: xs(*i) / fb, name=f"{name}_xa", attrs=_stage("prep"))
+    xm = te.compute([*bt, m, nb], lambda *i: xc(*i) + xs(*i) * sx(*i).astype("float32") / fb,
+                    name=f"{name}_xm", attrs=_stage("prep"))  # fmt: skip
+    wm = te.compute([*bt, n, nb], lambda *i: fb * (wc(*i) + ws(*i) * sw(*i).astype("float32") / fb),
+                    name=f"{name}_wm", attrs=_stage("prep"))  # fmt: skip
+    b = te.reduce_axis((0, nb), name="b")
+
+    def body(*idx: Any) -> Any:
+        *bi, i, j = idx
+        xi, wj = (*bi, i, b), (*bi, j, b)
+        cent = p[(*bi, i, j, b)].astype(ity) * block - sx[xi].astype(ity) * sw[wj].astype(ity)
+        return te.sum(xa[xi] * ws[wj] * cent.astype("float32") + xm[xi] * wm[wj], axis=b)
+
+    return te.compute([*bt, m, n], body, name=name, attrs={**attrs, STAGE_ATTR: "epilogue"})
+
+
+def te_int_matmul(
+    xq: Tensor,
+    xs: Tensor,
+    xc: Tensor,
+    wq: Tensor,
+    ws: Tensor,
+    wc: Tensor,
+    wsum: Tensor,
+    *,
+    block: int,
+    w_bits: int,
+    w_signed: bool,
+    name: str = "int_matmul",
+) -> Tensor:
+    """Fused integer-affine matmul ``f32 [M, N]`` (``reference.int_matmul``)."""
+    a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
+    p = te_int_matmul_core(xq, wq, block=block, w_bits=w_bits, w_signed=w_signed,
+                           name=f"{name}_p", attrs=_stage("core"))  # fmt: skip
+    sx = te_code_sums(xq, block=block, name=f"{name}_sx")
+    bound = 128 * (15 if w_bits <= 4 else 128)
+    return _affine_epilogue(p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=bound, name=name, attrs=a)
+
+
+def te_xnor_popcount_matmul(
+    xbits: Tensor,
+    xs: Tensor,
+    xc: Tensor,
+    wbits: Tensor,
+    ws: Tensor,
+    wc: Tensor,
+    wsum: Tensor,
+    *,
+    block: int,
+    k: int,
+    name: str = "xnor_popcount_matmul",
+) -> Tensor:
+    """Fused A1W1 matmul ``f32 [M, N]`` from sign words (``reference.xnor_popcount_matmul``)."""
+    if k != _shape(xbits)[-1] * 32:
+        raise NumericsError(f"te_xnor_popcount_matmul: k={k} does not match {_shape(xbits)[-1]} words.")
+    a = _attrs("xnor_popcount_matmul", block, k=int(k))
+    p = te_xnor_popcount_core(xbits, wbits, block=block, name=f"{name}_p", attrs={})
+    m, words = _shape(xbits)
+    wpb = block // 32
+    r = te.reduce_axis((0, wpb), name="r_sx")
+    sx_pc = te.compute(
+        [m, k // block],
+        lambda i, b: te.sum(_popc(xbits[i, b * wpb + r]), axis=r),
+        name=f"{name}_sxpc",
+        attrs=_stage("sums"),
+    )
+    sx = te.compute([m, k // block], lambda i, b: 2 * sx_pc[i, b] - block, name=f"{name}_sx",
+                    attrs=_stage("sums"))  # fmt: skip
+    return _affine_epilogue(p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=1, name=name, attrs=a)
+
+
+def te_sparse24_matmul(
+    xq: Tensor,
+    xs: Tensor,
+    xc: Tensor,
+    wvals: Tensor,
+    widx: Tensor,
+    ws: Tensor,
+    wc: Tensor,
+    wsum: Tensor,
+    *,
+    block: int,
+    w_bits: int,
+    name: str = "sparse24_matmul",
+) -> Tensor:
+    """Fused 2:4-sparse matmul ``f32 [M, N]`` (``reference.sparse24_matmul``)."""
+    a = _attrs("sparse24_matmul", block, w_bits=int(w_bits))
+    p = te_sparse24_core(xq, wvals, widx, block=block, name=f"{name}_p", attrs={})
+    sx = te_code_sums(xq, block=block, name=f"{name}_sx")
+    return _affine_epilogue(p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=128 * 128,
+                            name=name, attrs=a)  # fmt: skip
+
+
+def te_qbmm(
+    aq: Tensor,
+    as_: Tensor,
+    ac: Tensor,
+    bq: Tensor,
+    bs: Tensor,
+    bc: Tensor,
+    *,
+    block: int,
+    name: str = "qbmm",
+) -> Tensor:
+    """Batched activation × activation ``[B, M, K] × [B, N, K] → f32 [B, M, N]``."""
+    a = _attrs("qbmm", block)
+    p = te_int_matmul_core(aq, bq, block=block, name=f"{name}_p", attrs={})
+    sa = te_code_sums(aq, block=block, name=f"{name}_sa")
+    sb = te_code_sums(bq, block=block, name=f"{name}_sb")
+    return _affine_epilogue(p, as_, ac, sa, bs, bc, sb, block=block, int_bound=128 * 128, name=name, attrs=a)
