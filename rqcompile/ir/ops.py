@@ -384,5 +384,6 @@ class Dims:
 # The catalogue modules import the helpers above, so they are imported last.
 from rqcompile.ir import ops_float as _ops_float  # noqa: E402  (registers the float ops)
 from rqcompile.ir import ops_int as _ops_int  # noqa: E402  (registers the integer ops)
+from rqcompile.ir import ops_more as _ops_more  # noqa: E402  (ops added by convert: masked_fill, repeat_blocks)
 
 del _ops_float, _ops_int

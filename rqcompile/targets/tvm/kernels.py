@@ -333,19 +333,6 @@ def te_int_matmul_core(
             x1 = xq[(*bi, i, b * block + 2 * r + 1)].astype("int32")
             return te.sum(x0 * _nibble(byte, False, w_signed) + x1 * _nibble(byte, True, w_signed), axis=r)
 
-    elif block % 2 == 0:
-        # Pairwise form: each reduction step adds two adjacent products, the shape of x86
-        # pmaddwd (LLVM forms it from this loop; a plain one-product loop gets pmulld).
-        half = block // 2
-        r = te.reduce_axis((0, half), name="r")
-
-        def body(*idx: Any) -> Any:
-            *bi, i, j, b = idx
-            k0 = b * block + 2 * r
-            x0, x1 = xq[(*bi, i, k0)].astype("int32"), xq[(*bi, i, k0 + 1)].astype("int32")
-            w0, w1 = wq[(*bi, j, k0)].astype("int32"), wq[(*bi, j, k0 + 1)].astype("int32")
-            return te.sum(x0 * w0 + x1 * w1, axis=r)
-
     else:
         r = te.reduce_axis((0, block), name="r")
 

@@ -1,0 +1,278 @@
+"""CPU schedules (``tvm.s_tir``) for the kernels of :mod:`rqcompile.targets.tvm.kernels`.
+
+Correct first, then sensible. Every matmul-like kernel is a *core* block (the block-wise
+int32 GEMM ``P[.., i, j, b]``) feeding an *epilogue* block (``Y[.., i, j]``, reducing over
+blocks ``b``). The schedule:
+
+1. tiles the epilogue's ``(i, j)`` into ``tile_m × tile_n`` register tiles, and fuses the
+   batch and tile loops into one parallel loop;
+2. computes the core at the tile (``compute_at``), so the int32 block accumulator of one
+   tile (``tile_m·tile_n·nb`` ints) lives in a small local buffer and never goes to memory;
+3. orders the core's loops ``(b, r, ii, jj)`` with the tile loops unrolled, so the innermost
+   real loop is the reduction over K inside a block with ``tile_m·tile_n`` independent
+   accumulators; LLVM's loop vectorizer turns it into packed sign-extend + multiply + add
+   (``x`` is reused ``tile_n`` times, ``w`` ``tile_m`` times);
+4. parallelizes the small per-row/per-block stages (code sums, block means) over rows.
+
+Kernels are found by annotation, not by name: the PrimFunc attribute or block annotation
+``rq.kernel`` picks the schedule, ``rq.stage`` names the blocks (see ``kernels.py``).
+Schedules never change numerics: integer cores stay bit-exact, and the epilogue keeps its
+reduction order over blocks.
+
+TODO(issue 9): tensorize the core for the target's dot-product instructions, chosen by
+:func:`cpu_dot_path` (AVX-512 VNNI / AVX-VNNI ``vpdpbusd`` after a u8 shift, AVX2
+``vpmaddwd`` on sign-extended i16 pairs, ``vpopcntdq`` for XNOR-popcount), pre-pack weights
+into ``[N/16, K/4, 16, 4]`` at convert time, and add a GEMV schedule for ``M == 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rqcompile.errors import TargetError
+from rqcompile.targets.tvm.adapter import Target, make_target, s_tir, target_features, tvm
+from rqcompile.targets.tvm.kernels import KERNEL_ATTR, KERNELS, STAGE_ATTR
+
+__all__ = [
+    "SCHEDULED_ATTR",
+    "CpuScheduleConfig",
+    "cpu_dot_path",
+    "kernel_kind",
+    "schedule_module",
+    "schedule_prim_func",
+]
+
+#: PrimFunc attribute set on scheduled functions (so scheduling is idempotent).
+SCHEDULED_ATTR = "rq.scheduled"
+_CPU_KINDS = ("llvm", "c")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CpuScheduleConfig:
+    """Tile sizes of the CPU matmul schedule (clamped to divisors of the actual shape).
+
+    Measured on Zen 3 (AVX2) at M=64, N=K=1024, block 128: 2×4 and 4×4 tiles are best
+    (8–16 accumulators fit the 16 ymm registers); 8×32 spills.
+    """
+
+    tile_m: int = 4
+    tile_n: int = 4
+    parallel: bool = True
+
+
+def cpu_dot_path(target: Target | Mapping[str, Any] | str) -> str:
+    """The dot-product instruction family the target offers (detected, never assumed).
+
+    Returns one of ``"avx512_vnni"``, ``"avx_vnni"``, ``"avx2"``, ``"generic"``. Only used for
+    reporting today; TODO(issue 9): select a tensorized core per path.
+    """
+    feats = target_features(target)
+    for path in ("avx512_vnni", "avx_vnni", "avx2"):
+        if path in feats:
+            return path
+    return "generic"
+
+
+def kernel_kind(func: Any) -> str | None:
+    """``rq.kernel`` of a PrimFunc: its attribute, else the annotation of one of its blocks."""
+    attrs = func.attrs
+    if attrs is not None and KERNEL_ATTR in attrs:
+        return str(attrs[KERNEL_ATTR])
+    found: list[str] = []
+
+    def visit(node: Any) -> None:
+        ann = getattr(node, "annotations", None)
+        if ann is not None and KERNEL_ATTR in ann and hasattr(node, "iter_vars"):
+            found.append(str(ann[KERNEL_ATTR]))
+
+    tvm.tirx.stmt_functor.post_order_visit(func.body, visit)
+    return found[0] if found else None
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _blocks(sch: Any) -> list[Any]:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _stage(sch: Any, block: Any) -> str | None:
+    ann = sch.get(block).annotations
+    return str(ann[STAGE_ATTR]) if STAGE_ATTR in ann else None
+
+
+def _by_stage(sch: Any, stage: str) -> list[Any]:
+    return [b for b in _blocks(sch) if _stage(sch, b) == stage]
+
+
+def _extent(sch: Any, loop: Any) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _divisor(n: int, want: int) -> int:
+    for d in range(min(want, n), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _parallel_rows(sch: Any, block: Any, cfg: CpuScheduleConfig) -> None:
+    """Parallelize the outermost loop of a small root-level stage (rows × blocks)."""
+    loops = sch.get_loops(block)
+    if cfg.parallel and loops and _extent(sch, loops[0]) > 1:
+        sch.parallel(loops[0])
+
+
+# -- matmul family ------------------------------------------------------------------------
+
+
+def _tile_core_at(sch: Any, out: Any, core: Any, cfg: CpuScheduleConfig) -> None:
+    """Tile ``out`` (loops ``*batch, i, j, [b]``) and compute ``core`` inside each tile."""
+    loops = sch.get_loops(out)
+    has_b = len(loops) >= 3 and _stage(sch, out) in ("epilogue", "core_out")
+    *batch, i, j = loops[:-1] if has_b else loops
+    rest = loops[-1:] if has_b else []
+    mi = _divisor(_extent(sch, i), cfg.tile_m)
+    nj = _divisor(_extent(sch, j), cfg.tile_n)
+    io, ii = sch.split(i, [None, mi])
+    jo, ji = sch.split(j, [None, nj])
+    sch.reorder(*batch, io, jo, ii, ji, *rest)
+    sch.compute_at(core, jo, preserve_unit_loops=True)
+    outer = sch.fuse(*batch, io, jo) if batch else sch.fuse(io, jo)
+    if cfg.parallel:
+        sch.parallel(outer)
+    _register_tile(sch, core)
+
+
+def _register_tile(sch: Any, core: Any) -> None:
+    """Core loops ``(.., ii, jj, b, r..)`` → ``(.., b, r.., ii, jj)`` with ii/jj unrolled."""
+    loops = sch.get_loops(core)
+    nred = sum(1 for iv in sch.get(core).iter_vars if int(iv.iter_type) == 2)  # CommReduce
+    red = loops[len(loops) - nred :]
+    ii, ji, b = loops[len(loops) - nred - 3 : len(loops) - nred]
+    sch.reorder(b, *red, ii, ji)
+    sch.unroll(ii)
+    sch.unroll(ji)
+    sch.decompose_reduction(core, red[0])
+
+
+def _schedule_fused(sch: Any, cfg: CpuScheduleConfig) -> None:
+    for blk in _by_stage(sch, "core_out"):  # xnor: 2·popcount − block, folded into its user
+        if _by_stage(sch, "epilogue"):
+            sch.compute_inline(blk)
+    out = (_by_stage(sch, "epilogue") or _by_stage(sch, "core_out"))[0]
+    core = _by_stage(sch, "core")[0]
+    _tile_core_at(sch, out, core, cfg)
+    for stage in ("sums", "prep"):
+        for blk in _by_stage(sch, stage):
+            _parallel_rows(sch, blk, cfg)
+
+
+def _schedule_core_only(sch: Any, cfg: CpuScheduleConfig) -> None:
+    if _by_stage(sch, "core_out"):  # xnor core: popcount block + affine fix-up
+        _schedule_fused(sch, cfg)
+        return
+    core = _by_stage(sch, "core")[0]
+    loops = sch.get_loops(core)
+    nred = sum(1 for iv in sch.get(core).iter_vars if int(iv.iter_type) == 2)
+    *batch, i, j, b = loops[: len(loops) - nred]
+    red = loops[len(loops) - nred :]
+    mi = _divisor(_extent(sch, i), cfg.tile_m)
+    nj = _divisor(_extent(sch, j), cfg.tile_n)
+    io, ii = sch.split(i, [None, mi])
+    jo, ji = sch.split(j, [None, nj])
+    sch.reorder(*batch, io, jo, b, *red, ii, ji)
+    outer = sch.fuse(*batch, io, jo)
+    if cfg.parallel:
+        sch.parallel(outer)
+    sch.unroll(ii)
+    sch.unroll(ji)
+    sch.decompose_reduction(core, red[0])
+
+
+# -- quantize -----------------------------------------------------------------------------
+
+
+def _schedule_quantize(sch: Any, cfg: CpuScheduleConfig) -> None:
+    """Row-parallel: every stage's outermost loop (rows, or rows × blocks) runs in parallel.
+
+    Quantization is O(M·K) against the matmul's O(M·N·K); vectorizing its stages is left to
+    LLVM. TODO(issue 9): fuse the stages per row block to read ``x`` once.
+    """
+    for blk in _blocks(sch):
+        _parallel_rows(sch, blk, cfg)
+
+
+_SCHEDULES: dict[str, Callable[[Any, CpuScheduleConfig], None]] = {
+    "quantize": _schedule_quantize,
+    "int_matmul_core": _schedule_core_only,
+    "xnor_popcount_core": _schedule_core_only,
+    "sparse24_core": _schedule_core_only,
+    "int_matmul": _schedule_fused,
+    "xnor_popcount_matmul": _schedule_fused,
+    "sparse24_matmul": _schedule_fused,
+    "qbmm": _schedule_fused,
+}
+if set(_SCHEDULES) != set(KERNELS):  # pragma: no cover - import-time consistency check
+    raise RuntimeError(f"schedules.py does not cover kernels {sorted(set(KERNELS) - set(_SCHEDULES))}")
+
+
+# -- entry points -------------------------------------------------------------------------
+
+
+def schedule_prim_func(
+    func: Any,
+    target: Target | Mapping[str, Any] | str = "llvm",
+    config: CpuScheduleConfig | None = None,
+) -> Any:
+    """Return ``func`` scheduled for ``target``; unchanged if it is not one of our kernels.
+
+    Raises:
+        TargetError: the target kind has no rqcompile schedule yet.
+    """
+    kind = kernel_kind(func)
+    if kind is None or (func.attrs is not None and SCHEDULED_ATTR in func.attrs):
+        return func
+    tgt = make_target(target)
+    if str(tgt.kind.name) not in _CPU_KINDS:
+        raise TargetError(
+            f"no rqcompile schedule for target kind {tgt.kind.name!r} (kernel {kind!r}); "
+            f"CPU kinds {_CPU_KINDS} are supported. TODO(issue 9): GPU schedules."
+        )
+    if kind not in _SCHEDULES:
+        raise TargetError(f"unknown rq.kernel {kind!r}; known: {sorted(_SCHEDULES)}")
+    sch = s_tir.Schedule(func)
+    _SCHEDULES[kind](sch, config or CpuScheduleConfig())
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+def schedule_module(
+    mod: Any,
+    target: Target | Mapping[str, Any] | str,
+    config: CpuScheduleConfig | None = None,
+) -> Any:
+    """Schedule every PrimFunc of ``mod`` that carries ``rq.kernel``; leave the rest alone.
+
+    Args:
+        mod: a ``tvm.IRModule`` (e.g. a relax module after ``emit_te``).
+        target: the build target; only CPU kinds (``llvm``, ``c``) have schedules today.
+        config: tile sizes.
+
+    Returns:
+        A new IRModule; the input is not modified.
+    """
+    updates = {}
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or kernel_kind(func) is None:
+            continue
+        scheduled = schedule_prim_func(func, target, config)
+        if scheduled is not func:
+            updates[gvar] = scheduled
+    if not updates:
+        return mod
+    new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+    for gvar, func in updates.items():
+        new[gvar] = func
+    return new
