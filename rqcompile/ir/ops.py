@@ -55,7 +55,9 @@ __all__ = [
 ]
 
 #: ``infer(operand_types, attrs) -> result_types``; raises VerifyError on bad input.
-InferFn: TypeAlias = Callable[[tuple[TensorType, ...], Mapping[str, AttrValue]], tuple[TensorType, ...]]
+InferFn: TypeAlias = Callable[
+    [tuple[TensorType, ...], Mapping[str, AttrValue]], tuple[TensorType, ...]
+]
 #: ``verify(operand_types, attrs) -> None``; raises VerifyError on bad attribute values.
 VerifyFn: TypeAlias = Callable[[tuple[TensorType, ...], Mapping[str, AttrValue]], None]
 
@@ -105,11 +107,17 @@ class AttrSpec:
         """True when the attribute has no default."""
         return self.default is _NO_DEFAULT
 
+    @property
+    def accepted(self) -> tuple[type, ...]:
+        """The accepted Python types as a tuple."""
+        return self.types if isinstance(self.types, tuple) else (self.types,)
+
     def describe(self) -> str:
         """Human-readable type, e.g. ``int``, ``int | float`` or ``str in {'none', 'tanh'}``."""
-        text = " | ".join(_TYPE_NAMES.get(t, t.__name__) for t in self.types)  # type: ignore[union-attr]
+        text = " | ".join(_TYPE_NAMES.get(t, t.__name__) for t in self.accepted)
         if self.elem is not None:
-            text += "[" + " | ".join(_TYPE_NAMES.get(t, t.__name__) for t in self.elem) + "]"
+            elem = self.elem if isinstance(self.elem, tuple) else (self.elem,)
+            text += "[" + " | ".join(_TYPE_NAMES.get(t, t.__name__) for t in elem) + "]"
         if self.length is not None:
             text += f" of length {self.length}"
         if self.choices is not None:
@@ -118,12 +126,13 @@ class AttrSpec:
 
     def check(self, value: AttrValue) -> str | None:
         """Return why ``value`` does not fit this schema, or ``None`` if it does."""
-        if type(value) not in self.types:  # type: ignore[operator]
+        if type(value) not in self.accepted:
             return f"has type {type(value).__name__}, expected {self.describe()}"
         if isinstance(value, tuple):
             if self.length is not None and len(value) != self.length:
                 return f"has length {len(value)}, expected {self.describe()}"
-            if self.elem is not None and any(type(v) not in self.elem for v in value):
+            elem = self.elem if isinstance(self.elem, tuple) else (self.elem,)
+            if self.elem is not None and any(type(v) not in elem for v in value):
                 return f"= {value!r} has an element of the wrong type, expected {self.describe()}"
         if self.choices is not None and value not in self.choices:
             return f"= {value!r}, expected {self.describe()}"
@@ -178,11 +187,15 @@ class OpDef:
 
     def check_attrs(self, attrs: Mapping[str, AttrValue]) -> list[str]:
         """Return every problem with ``attrs``: missing, extra and mistyped attributes."""
-        problems = [f"missing attribute {k!r} ({s.describe()})" for k, s in self.attrs.items()
-                    if k not in attrs]
+        problems = [
+            f"missing attribute {k!r} ({s.describe()})"
+            for k, s in self.attrs.items()
+            if k not in attrs
+        ]
         known = ", ".join(self.attrs) or "none"
-        problems += [f"unexpected attribute {k!r} (known: {known})" for k in attrs
-                     if k not in self.attrs]
+        problems += [
+            f"unexpected attribute {k!r} (known: {known})" for k in attrs if k not in self.attrs
+        ]
         for k, v in attrs.items():
             spec = self.attrs.get(k)
             why = spec.check(v) if spec is not None else None
@@ -371,7 +384,9 @@ class Dims:
         if old is None:
             self._dims[sym] = dim
 
-    def match(self, t: TensorType, what: str, syms: Sequence[str], dtype: str | None = None) -> None:
+    def match(
+        self, t: TensorType, what: str, syms: Sequence[str], dtype: str | None = None
+    ) -> None:
         """Check ``t`` has rank ``len(syms)`` (and ``dtype``), binding each dim to its symbol."""
         if dtype is not None and t.dtype != dtype:
             fail(f"{what} has type {t}, expected {dtype}[{', '.join(syms)}]")
@@ -384,6 +399,6 @@ class Dims:
 # The catalogue modules import the helpers above, so they are imported last.
 from rqcompile.ir import ops_float as _ops_float  # noqa: E402  (registers the float ops)
 from rqcompile.ir import ops_int as _ops_int  # noqa: E402  (registers the integer ops)
-from rqcompile.ir import ops_more as _ops_more  # noqa: E402  (ops added by convert: masked_fill, repeat_blocks)
+from rqcompile.ir import ops_more as _ops_more  # noqa: E402  (convert's ops: masked_fill, ...)
 
-del _ops_float, _ops_int
+del _ops_float, _ops_int, _ops_more

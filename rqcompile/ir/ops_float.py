@@ -8,8 +8,8 @@ Negative axes count from the end, as in torch. Importing this module registers t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from rqcompile.ir.core import AttrValue
 from rqcompile.ir.ops import (
     AttrSpec,
     Dims,
@@ -24,7 +24,7 @@ from rqcompile.ir.types import DTYPES, Dim, TensorType
 
 __all__: list[str] = []  # registers ops; nothing to import from here
 
-Attrs = Mapping[str, AttrValue]
+Attrs = Mapping[str, Any]  # already checked against the op's schema
 Types = tuple[TensorType, ...]
 
 _F32 = ("f32",)
@@ -128,7 +128,7 @@ def _rms_norm(ts: Types, attrs: Attrs) -> Types:
 def _softmax(ts: Types, attrs: Attrs) -> Types:
     """Softmax along ``axis``."""
     expect_type(ts[0], "x", dtypes=_F32, min_rank=1)
-    norm_axis(attrs["axis"], ts[0].rank)  # type: ignore[arg-type]
+    norm_axis(attrs["axis"], ts[0].rank)
     return (ts[0],)
 
 
@@ -156,7 +156,7 @@ def _numel(shape: tuple[Dim, ...]) -> int | None:
 def _reshape(ts: Types, attrs: Attrs) -> Types:
     """Reshape; one -1 entry is inferred (dynamic if x has dynamic dims); 0 means size 0."""
     (x,) = ts
-    shape: tuple[int, ...] = attrs["shape"]  # type: ignore[assignment]
+    shape: tuple[int, ...] = attrs["shape"]
     if any(d < -1 for d in shape) or shape.count(-1) > 1:
         fail(f"shape={shape}: entries must be >= 0, with at most one -1")
     known = 1
@@ -180,7 +180,7 @@ def _reshape(ts: Types, attrs: Attrs) -> Types:
 def _permute(ts: Types, attrs: Attrs) -> Types:
     """Permute dims: result dim i is x dim ``dims[i]``."""
     (x,) = ts
-    dims: tuple[int, ...] = attrs["dims"]  # type: ignore[assignment]
+    dims: tuple[int, ...] = attrs["dims"]
     if len(dims) != x.rank:
         fail(f"dims={dims} has {len(dims)} entries for rank-{x.rank} x {x}")
     norm = [norm_axis(d, x.rank, "dims entry") for d in dims]
@@ -202,9 +202,9 @@ def _permute(ts: Types, attrs: Attrs) -> Types:
 def _slice(ts: Types, attrs: Attrs) -> Types:
     """x[..., start:stop:step, ...] along ``axis`` with Python clamping; step >= 1."""
     (x,) = ts
-    axis = norm_axis(attrs["axis"], x.rank)  # type: ignore[arg-type]
+    axis = norm_axis(attrs["axis"], x.rank)
     start, stop, step = attrs["start"], attrs["stop"], attrs["step"]
-    if step < 1:  # type: ignore[operator]
+    if step < 1:
         fail(f"step={step} must be >= 1")
     d = x.shape[axis]
     n = None if d is None else len(range(*slice(start, stop, step).indices(d)))
@@ -216,13 +216,14 @@ def _concat(ts: Types, attrs: Attrs) -> Types:
     """Concatenate one or more tensors of equal rank and dtype along ``axis``."""
     first = ts[0]
     expect_type(first, "inputs[0]", min_rank=1)
-    axis = norm_axis(attrs["axis"], first.rank)  # type: ignore[arg-type]
+    axis = norm_axis(attrs["axis"], first.rank)
     shape: list[Dim] = list(first.shape)
     for i, t in enumerate(ts[1:], 1):
         expect_type(t, f"inputs[{i}]", dtypes=(first.dtype,), rank=first.rank)
         for j, d in enumerate(t.shape):
             if j == axis:
-                shape[j] = None if shape[j] is None or d is None else shape[j] + d  # type: ignore[operator]
+                cur = shape[j]
+                shape[j] = None if cur is None or d is None else cur + d
             else:
                 shape[j] = unify_dims(shape[j], d, f"dim {j} of inputs[{i}] {t}")
     return (TensorType(tuple(shape), first.dtype),)
@@ -256,7 +257,7 @@ def _window(d: Dim, k: Dim, s: int, p: int, dil: int, what: str) -> Dim:
 
 def _check_pairs(attrs: Attrs, **minimum: int) -> None:
     for name, lo in minimum.items():
-        if any(v < lo for v in attrs[name]):  # type: ignore[union-attr,operator]
+        if any(v < lo for v in attrs[name]):
             fail(f"{name}={attrs[name]} must be >= {lo}")
 
 
@@ -272,7 +273,7 @@ def _conv2d(ts: Types, attrs: Attrs) -> Types:
     """NCHW convolution, x[N, C, H, W] * w[O, C/groups, kh, kw] (no bias)."""
     x, w = ts
     _check_pairs(attrs, stride=1, padding=0, dilation=1)
-    groups: int = attrs["groups"]  # type: ignore[assignment]
+    groups: int = attrs["groups"]
     if groups < 1:
         fail(f"groups={groups} must be >= 1")
     env = Dims()
@@ -284,7 +285,7 @@ def _conv2d(ts: Types, attrs: Attrs) -> Types:
         fail(f"channels {env['C']} not divisible by groups={groups}")
     if env["O"] is not None and env["O"] % groups:
         fail(f"output channels {env['O']} not divisible by groups={groups}")
-    (sh, sw), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]  # type: ignore[misc]
+    (sh, sw), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
     ho = _window(env["H"], env["kh"], sh, ph, dh, "height")
     wo = _window(env["W"], env["kw"], sw, pw, dw, "width")
     return (TensorType((env["N"], env["O"], ho, wo), "f32"),)
@@ -298,8 +299,8 @@ def _im2col(ts: Types, attrs: Attrs) -> Types:
     env = Dims()
     env.match(x, "x", ("N", "H", "W", "C"))
     expect_type(x, "x", dtypes=("f32", "i8"))
-    (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]  # type: ignore[misc]
-    (ph, pw), (dh, dw) = attrs["padding"], attrs["dilation"]  # type: ignore[misc]
+    (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
+    (ph, pw), (dh, dw) = attrs["padding"], attrs["dilation"]
     ho = _window(env["H"], kh, sh, ph, dh, "height")
     wo = _window(env["W"], kw, sw, pw, dw, "width")
     c = env["C"]
@@ -322,7 +323,7 @@ def _max_pool2d(ts: Types, attrs: Attrs) -> Types:
     (x,) = ts
     _spatial(x)
     _check_pairs(attrs, kernel=1, stride=1, padding=0)
-    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]  # type: ignore[misc]
+    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
     if ph > kh // 2 or pw > kw // 2:
         fail(f"padding={attrs['padding']} must be at most half of kernel={attrs['kernel']}")
     ho = _window(x.shape[-2], kh, sh, ph, 1, "height")
@@ -336,7 +337,7 @@ def _adaptive_avg_pool2d(ts: Types, attrs: Attrs) -> Types:
     (x,) = ts
     _spatial(x)
     _check_pairs(attrs, output_size=1)
-    return (x.with_shape((*x.shape[:-2], *attrs["output_size"])),)  # type: ignore[misc]
+    return (x.with_shape((*x.shape[:-2], *attrs["output_size"])),)
 
 
 @defop(
@@ -348,7 +349,7 @@ def _mean(ts: Types, attrs: Attrs) -> Types:
     """Mean over ``axes`` (non-empty, distinct)."""
     (x,) = ts
     expect_type(x, "x", dtypes=_F32, min_rank=1)
-    axes = [norm_axis(a, x.rank, "axes entry") for a in attrs["axes"]]  # type: ignore[union-attr]
+    axes = [norm_axis(a, x.rank, "axes entry") for a in attrs["axes"]]
     if not axes or len(set(axes)) != len(axes):
         fail(f"axes={attrs['axes']} must be non-empty and distinct")
     if attrs["keepdim"]:
@@ -361,4 +362,4 @@ def _mean(ts: Types, attrs: Attrs) -> Types:
 @defop("rq.cast", ("x",), attrs={"dtype": AttrSpec(str, choices=DTYPES)})
 def _cast(ts: Types, attrs: Attrs) -> Types:
     """Element type conversion (torch ``.to`` semantics)."""
-    return (ts[0].with_dtype(attrs["dtype"]),)  # type: ignore[arg-type]
+    return (ts[0].with_dtype(attrs["dtype"]),)

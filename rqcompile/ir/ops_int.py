@@ -18,8 +18,8 @@ corrections, which the kernels add up over blocks::
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from rqcompile.ir.core import AttrValue
 from rqcompile.ir.ops import (
     AttrSpec,
     Dims,
@@ -34,7 +34,7 @@ from rqcompile.ir.types import DTYPES, TensorType
 
 __all__: list[str] = []  # registers ops; nothing to import from here
 
-Attrs = Mapping[str, AttrValue]
+Attrs = Mapping[str, Any]  # already checked against the op's schema
 Types = tuple[TensorType, ...]
 
 _BITS = (1, 1.5, 2, 3, 4, 5, 6, 7, 8)
@@ -43,22 +43,22 @@ _BLOCK = AttrSpec(int)
 
 def _check_block(attrs: Attrs) -> int:
     block = attrs["block"]
-    if block <= 0:  # type: ignore[operator]
+    if block <= 0:
         fail(f"block={block} must be positive")
-    return block  # type: ignore[return-value]
+    return int(block)
 
 
 def _check_w_bits(attrs: Attrs) -> int:
     w_bits = attrs["w_bits"]
-    if not 1 <= w_bits <= 8:  # type: ignore[operator]
+    if not 1 <= w_bits <= 8:
         fail(f"w_bits={w_bits} must be in 1..8")
-    return w_bits  # type: ignore[return-value]
+    return int(w_bits)
 
 
 def _verify_const(ts: Types, attrs: Attrs) -> None:
     if not attrs["name"]:
         fail("name must be non-empty")
-    if any(d < -1 for d in attrs["shape"]):  # type: ignore[union-attr,operator]
+    if any(d < -1 for d in attrs["shape"]):
         fail(f"shape={attrs['shape']} may only hold sizes >= 0 or -1 (dynamic)")
 
 
@@ -74,8 +74,8 @@ def _verify_const(ts: Types, attrs: Attrs) -> None:
 )
 def _const(ts: Types, attrs: Attrs) -> Types:
     """Module constant ``name`` (a weight); -1 in ``shape`` is a dynamic dim."""
-    shape = tuple(None if d == -1 else d for d in attrs["shape"])  # type: ignore[union-attr]
-    return (TensorType(shape, attrs["dtype"]),)  # type: ignore[arg-type]
+    shape = tuple(None if d == -1 else d for d in attrs["shape"])
+    return (TensorType(shape, attrs["dtype"]),)
 
 
 def _verify_quantize(ts: Types, attrs: Attrs) -> None:
@@ -85,7 +85,7 @@ def _verify_quantize(ts: Types, attrs: Attrs) -> None:
     if bits == 1.5 and attrs["symmetric"] is not True:
         fail("bits=1.5 (ternary) requires symmetric=true")
     _check_block(attrs)
-    if not attrs["ridge_lambda"] >= 0:  # type: ignore[operator]
+    if not attrs["ridge_lambda"] >= 0:
         fail(f"ridge_lambda={attrs['ridge_lambda']} must be >= 0")
 
 
@@ -163,11 +163,11 @@ def _xnor(ts: Types, attrs: Attrs) -> Types:
     """Binary matmul on sign bits packed 32 per ui32 word, via XNOR and popcount."""
     xbits, xs, xc, wbits, ws, wc, wsum = ts
     block, k = _check_block(attrs), attrs["k"]
-    if k <= 0 or k % 32:  # type: ignore[operator]
+    if k <= 0 or k % 32:
         fail(f"k={k} must be a positive multiple of 32")
     env = Dims()
-    env.bind("K/32", k // 32, "k")  # type: ignore[operator]
-    env.bind("nb", div_dim(k, block, "k by block"), "k // block")  # type: ignore[arg-type]
+    env.bind("K/32", k // 32, "k")
+    env.bind("nb", div_dim(k, block, "k by block"), "k // block")
     env.match(xbits, "xbits", ("M", "K/32"), "ui32")
     env.match(wbits, "wbits", ("N", "K/32"), "ui32")
     _x_side(env, xs, xc)

@@ -164,7 +164,9 @@ class _Scanner:
         if self.peek('"'):
             return self.string()
         for word, val in (("true", True), ("false", False)):
-            if self.text.startswith(word, self.pos) and not _continues(self.text, self.pos + len(word)):
+            if self.text.startswith(word, self.pos) and not _continues(
+                self.text, self.pos + len(word)
+            ):
                 self.pos += len(word)
                 return val
         num = self.regex(_NUMBER, "an attribute value")
@@ -349,15 +351,14 @@ def _parse_func(sc: _Scanner) -> Func:
         op_name, operands, attrs, in_types, res_types, loc = _parse_op_body(sc, use)
         if len(res_types) != len(result_toks):
             raise sc.error(
-                f"{op_name} names {len(result_toks)} results but its type lists "
-                f"{len(res_types)}",
+                f"{op_name} names {len(result_toks)} results but its type lists {len(res_types)}",
                 op_pos,
             )
         results = tuple(
             define(tok, t, pos) for (tok, pos), t in zip(result_toks, res_types, strict=True)
         )
         try:
-            ops.append(Op(op_name, operands, results, attrs, loc))
+            ops.append(Op(op_name, operands, results, tuple(attrs.items()), loc))
         except VerifyError as e:
             raise sc.error(str(e), op_pos) from None
     sc.expect("}")
@@ -366,8 +367,14 @@ def _parse_func(sc: _Scanner) -> Func:
 
 def _parse_op_body(
     sc: _Scanner, use: Callable[[int, str], Value]
-) -> tuple[str, tuple[Value, ...], dict[str, AttrValue], tuple[TensorType, ...],
-           tuple[TensorType, ...], Loc | None]:
+) -> tuple[
+    str,
+    tuple[Value, ...],
+    dict[str, AttrValue],
+    tuple[TensorType, ...],
+    tuple[TensorType, ...],
+    Loc | None,
+]:
     """Parse ``"name"(%a, %b) {attrs} : (types) -> types loc(...)``."""
     name = sc.string()
     sc.expect("(")
@@ -381,19 +388,18 @@ def _parse_op_body(
         sc.expect(")")
     operands = tuple(use(pos, tok) for pos, tok in operand_toks)
     attrs: dict[str, AttrValue] = {}
-    if sc.accept("{"):
-        if not sc.accept("}"):
-            while True:
-                sc.skip()
-                kpos = sc.pos
-                key = sc.key()
-                if key in attrs:
-                    raise sc.error(f"attribute {key!r} given twice", kpos)
-                sc.expect("=")
-                attrs[key] = sc.attr_value()
-                if not sc.accept(","):
-                    break
-            sc.expect("}")
+    if sc.accept("{") and not sc.accept("}"):
+        while True:
+            sc.skip()
+            kpos = sc.pos
+            key = sc.key()
+            if key in attrs:
+                raise sc.error(f"attribute {key!r} given twice", kpos)
+            sc.expect("=")
+            attrs[key] = sc.attr_value()
+            if not sc.accept(","):
+                break
+        sc.expect("}")
     sc.expect(":")
     sc.skip()
     tpos = sc.pos

@@ -5,12 +5,13 @@ no object ids. :mod:`rqcompile.ir.parser` reads every text printed here back int
 module. The grammar, by example::
 
     // rq.constants: 1 elided (pass constants= to parse_module)
-    //   "fc1.w" : tensor<4x8xi8> sha256=5a0c3e2f1b7d
+    //   "fc.w" : tensor<4x8xf32> sha256=5a0c3e2f1b7d
     module {
       func.func @main(%0: tensor<?x8xf32>) -> (tensor<?x4xf32>) {
-        %1 = "rq.const"() {dtype = "i8", name = "fc1.w", shape = [4 : i64, 8 : i64]} : () -> tensor<4x8xi8> loc("fc1")
-        ...
-        "func.return"(%5) : (tensor<?x4xf32>) -> ()
+        %1 = "rq.const"() {dtype = "f32", name = "fc.w", shape = [4 : i64, 8 : i64]} ...
+        %2 = "rq.linear"(%0, %1) : (tensor<?x8xf32>, tensor<4x8xf32>) -> tensor<?x4xf32>
+        %3 = "rq.relu"(%2) : (tensor<?x4xf32>) -> tensor<?x4xf32> loc("act")
+        "func.return"(%3) : (tensor<?x4xf32>) -> ()
       }
     }
 
@@ -196,7 +197,7 @@ def print_module(module: Module, *, elide_constants: bool = True) -> str:
         for name, t in module.constants.items():
             align = struct.pack("<I", t.element_size())
             blob = (align + tensor_bytes(t)).hex().upper()
-            entries.append(f"      {format_string(name)}: \"0x{blob}\"")
+            entries.append(f'      {format_string(name)}: "0x{blob}"')
         lines.append(",\n".join(entries))
         lines += ["    }", "  }", "#-}"]
     return "\n".join(lines) + "\n"

@@ -140,10 +140,10 @@ def _check_const(op: Op, module: Module) -> list[str]:
         return [f"constant {name!r} is missing from module.constants (have: {have})"]
     problems: list[str] = []
     dtype = op.attr("dtype")
-    if dtype in DTYPES and torch_dtype(dtype) != tensor.dtype:  # type: ignore[arg-type]
+    if isinstance(dtype, str) and dtype in DTYPES and torch_dtype(dtype) != tensor.dtype:
         problems.append(
             f"constant {name!r} is stored as {tensor.dtype}, but dtype {dtype} needs "
-            f"{torch_dtype(dtype)}"  # type: ignore[arg-type]
+            f"{torch_dtype(dtype)}"
         )
     declared = op.results[0].type.shape if len(op.results) == 1 else None
     actual = tuple(tensor.shape)

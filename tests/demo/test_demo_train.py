@@ -61,7 +61,9 @@ def test_train_lm_on_traced_module_with_hooks() -> None:
 
     logs: list[dict[str, float]] = []
     cfg = TrainConfig(steps=6, batch_size=4, eval_every=3, eval_batches=1)
-    hist = train_lm(traced, corpus, cfg, block_size=BLOCK, aux_loss=aux, step_hook=hook, log=logs.append)
+    hist = train_lm(
+        traced, corpus, cfg, block_size=BLOCK, aux_loss=aux, step_hook=hook, log=logs.append
+    )
     assert calls == {"aux": 6, "hook": 6}
     assert len(hist.aux_loss) == 6 and all(a > 0 for a in hist.aux_loss)
     assert hist.val_steps == [0, 3, 6] and [r["step"] for r in logs] == [0, 3, 6]
@@ -86,10 +88,8 @@ def test_nan_weights_mark_divergence_without_raising() -> None:
 def test_inf_aux_loss_and_huge_lr_diverge() -> None:
     corpus = char_corpus()
     cfg = TrainConfig(steps=5, batch_size=4, eval_every=0, eval_batches=1)
-    hist = train_lm(
-        _tiny_lm(corpus.vocab_size), corpus, cfg, block_size=BLOCK,
-        aux_loss=lambda m: torch.tensor(math.inf),
-    )  # fmt: skip
+    model = _tiny_lm(corpus.vocab_size)
+    hist = train_lm(model, corpus, cfg, block_size=BLOCK, aux_loss=lambda m: torch.tensor(math.inf))
     assert hist.diverged and hist.diverged_step == 0
     x = digits()
     torch.manual_seed(0)

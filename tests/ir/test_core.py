@@ -73,7 +73,7 @@ def test_builder_const_registers_and_checks() -> None:
     b.const("codes", t.clone())  # same data again is fine
     with pytest.raises(VerifyError, match="already registered with different data"):
         b.const("codes", t + 1)
-    with pytest.raises(VerifyError, match="stored as torch.int32"):
+    with pytest.raises(VerifyError, match=r"stored as torch\.int32"):
         b.const("x", t, dtype="i32")
     with pytest.raises(VerifyError, match="no rq IR element type"):
         b.const("y", torch.zeros(2, dtype=torch.float64))
@@ -90,9 +90,11 @@ def test_builder_errors_name_op_and_layer() -> None:
     b = Builder()
     x = b.arg(TensorType((None, 5), "f32"))
     w = b.const("w", torch.zeros(3, 4))
-    with pytest.raises(VerifyError, match=r"rq.linear \(layer 'fc1'\): x tensor<\?x5xf32>: K = 5 here but K = 4"):
+    with pytest.raises(
+        VerifyError, match=r"rq.linear \(layer 'fc1'\): x tensor<\?x5xf32>: K = 5 here but K = 4"
+    ):
         b.op("rq.linear", x, w, loc=Loc("fc1"))
-    with pytest.raises(VerifyError, match="Did you mean 'rq.relu'"):
+    with pytest.raises(VerifyError, match=r"Did you mean 'rq\.relu'"):
         b.op("rq.reul", x)
     with pytest.raises(VerifyError, match="missing attribute 'axis'"):
         b.op("rq.softmax", x)
@@ -115,7 +117,7 @@ def test_builder_multiple_funcs() -> None:
     assert m.func("helper") == helper
     assert m.main.ops[0].name == "rq.tanh"
     assert m.main.args[0].id == 0  # numbering restarts per function
-    with pytest.raises(VerifyError, match="call Builder.ret"):
+    with pytest.raises(VerifyError, match=r"call Builder\.ret"):
         Builder().func("empty")
 
 
@@ -129,9 +131,15 @@ def test_modules_compare_structurally() -> None:
 
 def test_func_equality_ignores_value_ids() -> None:
     t = TensorType((2,), "f32")
-    a = Func("main", (Value(0, t),), (Op("rq.relu", (Value(0, t),), (Value(1, t),)),), (Value(1, t),))
-    b = Func("main", (Value(7, t),), (Op("rq.relu", (Value(7, t),), (Value(3, t),)),), (Value(3, t),))
-    c = Func("main", (Value(7, t),), (Op("rq.relu", (Value(7, t),), (Value(3, t),)),), (Value(7, t),))
+    a = Func(
+        "main", (Value(0, t),), (Op("rq.relu", (Value(0, t),), (Value(1, t),)),), (Value(1, t),)
+    )
+    b = Func(
+        "main", (Value(7, t),), (Op("rq.relu", (Value(7, t),), (Value(3, t),)),), (Value(3, t),)
+    )
+    c = Func(
+        "main", (Value(7, t),), (Op("rq.relu", (Value(7, t),), (Value(3, t),)),), (Value(7, t),)
+    )
     assert a == b and hash(a) == hash(b)
     assert a != c
 
@@ -195,12 +203,14 @@ def test_module_constants_sorted_and_compared_by_bytes() -> None:
     assert list(m.constants) == ["a", "b"]
     assert m == Module((), {"a": torch.tensor([math.nan, -0.0]), "b": torch.zeros(2)})
     assert m != Module((), {"a": torch.tensor([math.nan, 0.0]), "b": torch.zeros(2)})
-    assert m != Module((), {"a": torch.tensor([math.nan, -0.0]), "b": torch.zeros(2, dtype=torch.int32)})
+    assert m != Module(
+        (), {"a": torch.tensor([math.nan, -0.0]), "b": torch.zeros(2, dtype=torch.int32)}
+    )
     assert m != Module((), {"a": torch.tensor([math.nan, -0.0]), "b": torch.zeros(1, 2)})
     assert m != Module((), {"a": torch.tensor([math.nan, -0.0])})
     with pytest.raises(VerifyError, match="no rq IR element type"):
         Module((), {"x": torch.zeros(1, dtype=torch.float16)})
-    with pytest.raises(VerifyError, match="torch.Tensor"):
+    with pytest.raises(VerifyError, match=r"torch\.Tensor"):
         Module((), {"x": [1.0]})  # type: ignore[dict-item]
 
 
@@ -209,7 +219,7 @@ def test_module_accessors() -> None:
     assert m.main.name == "main"
     with pytest.raises(VerifyError, match="no func @other"):
         m.func("other")
-    with pytest.raises(KeyError, match="constants: fc.w"):
+    with pytest.raises(KeyError, match=r"constants: fc\.w"):
         m.constant("nope")
     assert "fc.w: tensor<3x4xf32>" in repr(m)
     assert str(m).startswith("// rq.constants: 1")
@@ -219,3 +229,15 @@ def test_module_accessors() -> None:
 def test_loc_str() -> None:
     assert str(Loc("fc1")) == "fc1"
     assert str(Loc("fc1", "model.py:3")) == "fc1 (model.py:3)"
+
+
+def test_modules_pickle_and_deepcopy() -> None:
+    import copy
+    import pickle
+
+    m = small()
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m)), copy.copy(m)):
+        assert clone == m
+        assert isinstance(clone.constants, type(m.constants))
+    deep = copy.deepcopy(m)
+    assert deep.constant("fc.w").data_ptr() != m.constant("fc.w").data_ptr()

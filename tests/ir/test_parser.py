@@ -53,27 +53,41 @@ def error(text: str, match: str, **kw: object) -> str:
 def test_error_reports_line_column_and_caret() -> None:
     msg = error(RELU.replace('"rq.relu"(%x)', '"rq.relu"(%z)'), "use of undefined value %z")
     assert msg.startswith("line 3, column 20: use of undefined value %z")
-    assert msg.endswith('    %y = "rq.relu"(%z) : (tensor<?x4xf32>) -> tensor<?x4xf32> loc("act")\n'
-                        + " " * 21 + "^")
+    assert msg.endswith(
+        '    %y = "rq.relu"(%z) : (tensor<?x4xf32>) -> tensor<?x4xf32> loc("act")\n'
+        + " " * 21
+        + "^"
+    )
 
 
 @pytest.mark.parametrize(
     ("old", "new", "match"),
     [
-        ("(tensor<?x4xf32>) -> tensor", "(tensor<?x5xf32>) -> tensor", r"%x is used as tensor<\?x5xf32>"),
-        ("(tensor<?x4xf32>) -> tensor", "(tensor<?x4xf32>, tensor<?x4xf32>) -> tensor", "1 operands but 2"),
+        (
+            "(tensor<?x4xf32>) -> tensor",
+            "(tensor<?x5xf32>) -> tensor",
+            r"%x is used as tensor<\?x5xf32>",
+        ),
+        (
+            "(tensor<?x4xf32>) -> tensor",
+            "(tensor<?x4xf32>, tensor<?x4xf32>) -> tensor",
+            "1 operands but 2",
+        ),
         ("%y = ", "%y, %w = ", "names 2 results but its type lists 1"),
         ('"rq.relu"(%x)', '"rq.relu"(%x) {a = 1 : i32}', "unsupported attribute type 'i32'"),
         ('"rq.relu"(%x)', '"rq.relu"(%x) {a = 1.5 : i64}', "1.5 is not an integer"),
         ('"rq.relu"(%x)', '"rq.relu"(%x) {a = 9223372036854775808 : i64}', "does not fit in i64"),
         ('"rq.relu"(%x)', '"rq.relu"(%x) {a = 1, a = 2}', "attribute 'a' given twice"),
         ('"rq.relu"(%x)', '"rq.relu"(%x) {a = "x\\q"}', "bad escape"),
-        ('"rq.relu"(%x)', '"rq.relu"(%x) {a = "x}', "unterminated string"),
+        ('loc("act")', 'loc("act)', "unterminated string"),
         ('"rq.relu"(%x)', '"rq.relu"(%x) {a = "\\FF"}', "not valid UTF-8"),
         ("tensor<?x4xf32>) {", "tensor<?x4xf16>) {", "unknown element type 'f16'"),
         ("%y = ", "%x = ", "value %x is defined twice"),
-        ('"func.return"(%y) : (tensor<?x4xf32>)', '"func.return"(%x, %y) : (tensor<?x4xf32>, tensor<?x4xf32>)',
-         "returned types differ"),
+        (
+            '"func.return"(%y) : (tensor<?x4xf32>)',
+            '"func.return"(%x, %y) : (tensor<?x4xf32>, tensor<?x4xf32>)',
+            "returned types differ",
+        ),
         ("}\n}\n", "}\n}\ngarbage\n", "expected func.func, a resource section or end of input"),
         ("func.func @main", "func.func main", "expected '@'"),
     ],
@@ -90,9 +104,12 @@ def test_elided_constants_must_be_passed() -> None:
     m = b.module()
     text = print_module(m)
     msg = error(text, "constant 'w' is elided in the text; pass its tensor in parse_module")
-    assert msg.startswith("line 2, column 5")
-    error(text, r"declared tensor<2x3xf32>, but the tensor given has shape \[3, 2\]",
-          constants={"w": torch.zeros(3, 2)})
+    assert msg.startswith("line 2, column 6")
+    error(
+        text,
+        r"declared tensor<2x3xf32>, but the tensor given has shape \[3, 2\]",
+        constants={"w": torch.zeros(3, 2)},
+    )
     error(text, "dtype torch.int32", constants={"w": torch.zeros(2, 3, dtype=torch.int32)})
     assert parse_module(text, constants={"w": torch.zeros(2, 3), "unused": torch.ones(1)}) == m
 
@@ -111,7 +128,7 @@ def test_resources_without_header_use_the_const_op_type() -> None:
     b.ret(b.const("w", torch.tensor([[1, -2]], dtype=torch.int8), dtype="i4"))
     m = b.module()
     text = print_module(m, elide_constants=False)
-    body = text[text.index("module {"):]
+    body = text[text.index("module {") :]
     assert parse_module(body) == m
     orphan = body.replace('"w": "0x', '"v": "0x')
     error(orphan, "resource 'v' has no type")
@@ -121,5 +138,6 @@ def test_bad_resource_blobs() -> None:
     b = Builder()
     b.ret(b.const("w", torch.zeros(2)))
     text = print_module(b.module(), elide_constants=False)
-    error(text.replace('"0x04000000', '"0x0400'), "hex blob")
+    error(text.replace('"0x04000000', '"0xZZ'), "hex blob")
+    error(text.replace('"0x04000000', '"0x0400'), "holds 6 bytes")
     error(text.replace('"0x04000000', '"0x0400000000'), "holds 9 bytes")

@@ -18,15 +18,31 @@ def example() -> Module:
     b = Builder()
     x = b.arg(TensorType((None, 64), "f32"))
     xq, xs, xc = b.op(
-        "rq.quantize", x, bits=4, symmetric=False, block=32, estimator="ridge",
-        ridge_lambda=0.01, loc=Loc("fc1"),
+        "rq.quantize",
+        x,
+        bits=4,
+        symmetric=False,
+        block=32,
+        estimator="ridge",
+        ridge_lambda=0.01,
+        loc=Loc("fc1"),
     )  # type: ignore[misc]
     wq = b.const("fc1.wq", torch.arange(8 * 32, dtype=torch.uint8).reshape(8, 32), loc=Loc("fc1"))
     ws = b.const("fc1.ws", torch.full((8, 2), 0.5), loc=Loc("fc1"))
     wc = b.const("fc1.wc", torch.full((8, 2), -0.25), loc=Loc("fc1"))
     wsum = b.const("fc1.wsum", torch.arange(16, dtype=torch.int32).reshape(8, 2), loc=Loc("fc1"))
     y = b.op(
-        "rq.int_matmul", xq, xs, xc, wq, ws, wc, wsum, block=32, w_bits=4, w_signed=False,
+        "rq.int_matmul",
+        xq,
+        xs,
+        xc,
+        wq,
+        ws,
+        wc,
+        wsum,
+        block=32,
+        w_bits=4,
+        w_signed=False,
         loc=Loc("fc1", "model.py:12"),
     )
     bias = b.const("fc1.bias", torch.linspace(-1, 1, 8), loc=Loc("fc1"))
@@ -68,7 +84,9 @@ def test_golden_with_resources() -> None:
     x = b.arg(TensorType((2,), "f32"))
     s = b.const("s", torch.tensor([1.0, -2.0]))
     b.ret(b.op("rq.mul", x, s), x)
-    assert print_module(b.module(), elide_constants=False) == """\
+    assert (
+        print_module(b.module(), elide_constants=False)
+        == """\
 // rq.constants: 1 in dialect_resources below
 //   "s" : tensor<2xf32> sha256=ee4ac73c2bd2
 module {
@@ -87,13 +105,16 @@ module {
   }
 #-}
 """
+    )
 
 
 def test_golden_odd_names_and_no_outputs() -> None:
     t = TensorType((), "i1")
     op = Op("my.op", (), (), {"k-ey": "v"}, Loc('a"b', "x.py:1"))
     m = Module((Func("not bare", (Value(3, t),), (op,), ()),))
-    assert print_module(m) == """\
+    assert (
+        print_module(m)
+        == """\
 module {
   func.func @"not bare"(%0: tensor<i1>) -> () {
     "my.op"() {"k-ey" = "v"} : () -> () loc("a\\"b"("x.py:1"))
@@ -101,6 +122,7 @@ module {
   }
 }
 """
+    )
 
 
 def test_empty_module() -> None:
@@ -116,12 +138,20 @@ def test_printer_returns_and_never_prints(capsys: pytest.CaptureFixture[str]) ->
 def test_printing_is_deterministic_and_ignores_value_ids() -> None:
     m = example()
     f = m.main
-    shift = {v.id: Value(v.id + 100, v.type) for v in (*f.args, *(r for o in f.ops for r in o.results))}
+    shift = {
+        v.id: Value(v.id + 100, v.type) for v in (*f.args, *(r for o in f.ops for r in o.results))
+    }
     renamed = Func(
         f.name,
         tuple(shift[v.id] for v in f.args),
         tuple(
-            Op(o.name, tuple(shift[v.id] for v in o.operands), tuple(shift[v.id] for v in o.results), o.attrs, o.loc)
+            Op(
+                o.name,
+                tuple(shift[v.id] for v in o.operands),
+                tuple(shift[v.id] for v in o.results),
+                o.attrs,
+                o.loc,
+            )
             for o in f.ops
         ),
         tuple(shift[v.id] for v in f.outputs),

@@ -30,8 +30,20 @@ from rqcompile.ir.core import attr_key
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-SPECIAL_FLOATS = [0.1, 1e-2, -0.0, 0.0, math.inf, -math.inf, math.nan, 5e-324, 1.7976931348623157e308,
-                  1e-5, 1e16, -2.5e-300]
+SPECIAL_FLOATS = [
+    0.1,
+    1e-2,
+    -0.0,
+    0.0,
+    math.inf,
+    -math.inf,
+    math.nan,
+    5e-324,
+    1.7976931348623157e308,
+    1e-5,
+    1e16,
+    -2.5e-300,
+]
 floats_any = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(SPECIAL_FLOATS)
 texts = st.text(max_size=6)
 locs = st.none() | st.builds(Loc, texts, st.none() | texts)
@@ -46,7 +58,9 @@ def check_round_trip(m: Module) -> None:
     assert print_module(parse_module(elided, constants=m.constants)) == elided
 
 
-def random_tensor(g: torch.Generator, shape: tuple[int, ...], dtype: str, special: bool) -> torch.Tensor:
+def random_tensor(
+    g: torch.Generator, shape: tuple[int, ...], dtype: str, special: bool
+) -> torch.Tensor:
     if dtype == "f32":
         t = torch.randn(shape, generator=g)
         if special and t.numel() >= 3:
@@ -69,8 +83,12 @@ def catalogue_modules(draw: st.DrawFn) -> Module:
     extra = {}
     for _ in range(draw(st.integers(0, 2))):  # constants no op reads
         shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
-        extra[draw(texts) + f"#{next(count)}"] = random_tensor(g, shape, draw(st.sampled_from(
-            ["f32", "i1", "i8", "ui8", "i32", "ui32", "i64"])), special)
+        extra[draw(texts) + f"#{next(count)}"] = random_tensor(
+            g,
+            shape,
+            draw(st.sampled_from(["f32", "i1", "i8", "ui8", "i32", "ui32", "i64"])),
+            special,
+        )
     b = Builder(extra)
 
     def const(shape: tuple[int, ...], dtype: str) -> Value:
@@ -88,9 +106,17 @@ def catalogue_modules(draw: st.DrawFn) -> Module:
         return draw(st.sampled_from(vals))
 
     def quantize(v: Value, bits: float, block: int, pack: str = "none") -> tuple[Value, ...]:
-        return b.op("rq.quantize", v, bits=bits, symmetric=bits == 1.5 or draw(st.booleans()),
-                    block=block, estimator=draw(st.sampled_from(["ridge", "ste"])),
-                    ridge_lambda=draw(st.floats(0, 1)), pack=pack, loc=draw(locs))  # type: ignore[return-value]
+        return b.op(
+            "rq.quantize",
+            v,
+            bits=bits,
+            symmetric=bits == 1.5 or draw(st.booleans()),
+            block=block,
+            estimator=draw(st.sampled_from(["ridge", "ste"])),
+            ridge_lambda=draw(st.floats(0, 1)),
+            pack=pack,
+            loc=draw(locs),
+        )  # type: ignore[return-value]
 
     def weights(n: int, nb: int) -> tuple[Value, Value, Value]:
         return const((n, nb), "f32"), const((n, nb), "f32"), const((n, nb), "i32")
@@ -103,19 +129,47 @@ def catalogue_modules(draw: st.DrawFn) -> Module:
         if kind == "xnor":
             xb, xs, xc = quantize(v, 1, block, "bits32")
             wb = const((n, k // 32), "ui32")  # type: ignore[operator]
-            out = b.op("rq.xnor_popcount_matmul", xb, xs, xc, wb, *weights(n, k // block),
-                       block=block, k=k, loc=draw(locs))  # type: ignore[operator]
+            out = b.op(
+                "rq.xnor_popcount_matmul",
+                xb,
+                xs,
+                xc,
+                wb,
+                *weights(n, k // block),
+                block=block,
+                k=k,
+                loc=draw(locs),
+            )  # type: ignore[operator]
         else:
             xq, xs, xc = quantize(v, draw(st.sampled_from([1, 1.5, 2, 4, 8])), block)
             w_bits = draw(st.integers(1, 8))
             if kind == "sparse":
                 ws = (const((n, k // 2), "i8"), const((n, k // 8), "ui8"))  # type: ignore[operator]
-                out = b.op("rq.sparse24_matmul", xq, xs, xc, *ws, *weights(n, k // block),
-                           block=block, w_bits=w_bits, loc=draw(locs))  # type: ignore[operator]
+                out = b.op(
+                    "rq.sparse24_matmul",
+                    xq,
+                    xs,
+                    xc,
+                    *ws,
+                    *weights(n, k // block),
+                    block=block,
+                    w_bits=w_bits,
+                    loc=draw(locs),
+                )  # type: ignore[operator]
             else:
                 wq = const((n, k), "i8") if w_bits > 4 else const((n, k // 2), "ui8")  # type: ignore[operator]
-                out = b.op("rq.int_matmul", xq, xs, xc, wq, *weights(n, k // block), block=block,
-                           w_bits=w_bits, w_signed=draw(st.booleans()), loc=draw(locs))  # type: ignore[operator]
+                out = b.op(
+                    "rq.int_matmul",
+                    xq,
+                    xs,
+                    xc,
+                    wq,
+                    *weights(n, k // block),
+                    block=block,
+                    w_bits=w_bits,
+                    w_signed=draw(st.booleans()),
+                    loc=draw(locs),
+                )  # type: ignore[operator]
         vals.append(out)  # type: ignore[arg-type]
 
     def unary() -> None:
@@ -128,7 +182,9 @@ def catalogue_modules(draw: st.DrawFn) -> Module:
         if choice == 0:
             out = b.op("rq.gelu", v, approximate=draw(st.sampled_from(["none", "tanh"])))
         elif choice == 1:
-            out = b.op(draw(st.sampled_from(["rq.add_scalar", "rq.mul_scalar"])), v, value=draw(floats_any))
+            out = b.op(
+                draw(st.sampled_from(["rq.add_scalar", "rq.mul_scalar"])), v, value=draw(floats_any)
+            )
         elif choice == 2:
             out = b.op("rq.causal_mask", v, fill=draw(floats_any))
         elif choice == 3:
@@ -136,8 +192,14 @@ def catalogue_modules(draw: st.DrawFn) -> Module:
         elif choice == 4:
             out = b.op("rq.mean", v, axes=(-1,), keepdim=True)
         else:
-            out = b.op("rq.slice", v, axis=1, start=draw(st.integers(-3, 3)), stop=draw(st.integers(1, 2**63 - 1)),
-                       step=draw(st.integers(1, 3)))
+            out = b.op(
+                "rq.slice",
+                v,
+                axis=1,
+                start=draw(st.integers(-3, 3)),
+                stop=draw(st.integers(1, 2**63 - 1)),
+                step=draw(st.integers(1, 3)),
+            )
             if out.type.shape[-1] == 0:  # type: ignore[union-attr]
                 extras.append(out)  # type: ignore[arg-type]
                 return
@@ -205,7 +267,9 @@ def generic_modules(draw: st.DrawFn) -> Module:
             ops.append(Op(name, tuple(operands), tuple(results), attrs, draw(locs)))
             defined += results
         outputs = draw(st.lists(st.sampled_from(defined), max_size=2)) if defined else []
-        funcs.append(Func(draw(st.text(min_size=1, max_size=6)), tuple(args), tuple(ops), tuple(outputs)))
+        funcs.append(
+            Func(draw(st.text(min_size=1, max_size=6)), tuple(args), tuple(ops), tuple(outputs))
+        )
     return Module(tuple(funcs))
 
 
@@ -243,7 +307,8 @@ def test_int_and_float_attrs_stay_distinct() -> None:
 def test_constants_of_every_storage_dtype_round_trip() -> None:
     g = torch.Generator().manual_seed(0)
     consts: dict[str, Any] = {
-        f"c_{d}": random_tensor(g, (2, 3), d, True) for d in ("f32", "i1", "i8", "ui8", "i32", "ui32", "i64")
+        f"c_{d}": random_tensor(g, (2, 3), d, True)
+        for d in ("f32", "i1", "i8", "ui8", "i32", "ui32", "i64")
     }
     consts["scalar"] = torch.tensor(2.5)
     consts["empty"] = torch.zeros(0, 4, dtype=torch.int32)

@@ -72,7 +72,9 @@ def test_properties() -> None:
     assert s.with_shape((12,)) == TensorType((12,), "i8")
 
 
-@pytest.mark.parametrize("text", ["tensor<>", "tensor<4xf64>", "tensor<axf32>", "f32", "tensor<4x>"])
+@pytest.mark.parametrize(
+    "text", ["tensor<>", "tensor<4xf64>", "tensor<axf32>", "f32", "tensor<4x>"]
+)
 def test_parse_errors(text: str) -> None:
     with pytest.raises(VerifyError):
         TensorType.parse(text)

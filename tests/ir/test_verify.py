@@ -22,8 +22,20 @@ def qlinear() -> Module:
     ws = b.const("fc1.ws", torch.ones(64, 2), loc=Loc("fc1"))
     wc = b.const("fc1.wc", torch.zeros(64, 2), loc=Loc("fc1"))
     wsum = b.const("fc1.wsum", torch.zeros(64, 2, dtype=torch.int32), loc=Loc("fc1"))
-    y = b.op("rq.int_matmul", xq, xs, xc, wq, ws, wc, wsum, block=128, w_bits=4, w_signed=True,
-             loc=Loc("fc1", "model.py:12"))
+    y = b.op(
+        "rq.int_matmul",
+        xq,
+        xs,
+        xc,
+        wq,
+        ws,
+        wc,
+        wsum,
+        block=128,
+        w_bits=4,
+        w_signed=True,
+        loc=Loc("fc1", "model.py:12"),
+    )
     bias = b.const("fc1.bias", torch.zeros(64), loc=Loc("fc1"))
     b.ret(b.op("rq.relu", b.op("rq.add", y, bias, loc=Loc("fc1")), loc=Loc("act")))
     return b.module()
@@ -58,7 +70,9 @@ def test_operand_used_before_definition_and_undefined() -> None:
     ops[4], ops[5] = ops[5], ops[4]  # int_matmul now runs before the wsum const it reads
     swapped = m.replace(funcs=(dataclasses.replace(m.main, ops=tuple(ops)),))
     (p,) = problems_of(swapped)
-    assert "rq.int_matmul (layer 'fc1', model.py:12): operand #6 %8 is used before its definition" in p
+    assert (
+        "rq.int_matmul (layer 'fc1', model.py:12): operand #6 %8 is used before its definition" in p
+    )
     relu = m.main.ops[-1]
     ghost = dataclasses.replace(relu, operands=(Value(99, relu.operands[0].type),))
     (p,) = problems_of(with_op(m, -1, ghost))
@@ -90,7 +104,10 @@ def test_result_types_disagree_with_inference() -> None:
 @pytest.mark.parametrize(
     ("attrs", "expected"),
     [
-        ({k: v for k, v in Q.items() if k != "block"} | {"pack": "none"}, "missing attribute 'block'"),
+        (
+            {k: v for k, v in Q.items() if k != "block"} | {"pack": "none"},
+            "missing attribute 'block'",
+        ),
         (Q | {"pack": "none", "color": "red"}, "unexpected attribute 'color'"),
         (Q | {"pack": "none", "block": 128.0}, "attribute 'block' has type float, expected int"),
         (Q | {"pack": "none", "ridge_lambda": 1}, "attribute 'ridge_lambda' has type int"),
@@ -144,8 +161,13 @@ def test_outputs_and_redefinitions() -> None:
     t = f.outputs[0].type
     bad_out = m.replace(funcs=(dataclasses.replace(f, outputs=(Value(77, t),)),))
     assert problems_of(bad_out) == ["@main: output #0 (value id 77) is never defined"]
-    wrong_type = m.replace(funcs=(dataclasses.replace(f, outputs=(Value(f.outputs[0].id, f.args[0].type),)),))
-    assert "is returned as tensor<?x256xf32> but defined as tensor<?x64xf32>" in problems_of(wrong_type)[0]
+    wrong_type = m.replace(
+        funcs=(dataclasses.replace(f, outputs=(Value(f.outputs[0].id, f.args[0].type),)),)
+    )
+    assert (
+        "is returned as tensor<?x256xf32> but defined as tensor<?x64xf32>"
+        in problems_of(wrong_type)[0]
+    )
     relu = f.ops[-1]
     redefine = dataclasses.replace(relu, results=(Value(f.args[0].id, relu.results[0].type),))
     probs = problems_of(with_op(m, -1, redefine))
@@ -170,7 +192,9 @@ def test_all_problems_reported_at_once() -> None:
     with pytest.raises(VerifyError) as info:
         verify(broken)
     msg = str(info.value)
-    assert msg.startswith("module failed verification with 4 problems:\n  - @main %1, %2, %3 = rq.quantize")
+    assert msg.startswith(
+        "module failed verification with 4 problems:\n  - @main %1, %2, %3 = rq.quantize"
+    )
     assert "bits=0" in msg
     assert "@main %5 = rq.const (layer 'fc1'): constant 'fc1.ws' is missing" in msg
     assert "@main %11 = rq.nope (layer 'act'): unknown op" in msg

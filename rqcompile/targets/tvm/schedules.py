@@ -47,6 +47,7 @@ __all__ = [
 #: PrimFunc attribute set on scheduled functions (so scheduling is idempotent).
 SCHEDULED_ATTR = "rq.scheduled"
 _CPU_KINDS = ("llvm", "c")
+_REDUCE = int(tvm.tirx.IterVar.CommReduce)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,15 +81,12 @@ def kernel_kind(func: Any) -> str | None:
     attrs = func.attrs
     if attrs is not None and KERNEL_ATTR in attrs:
         return str(attrs[KERNEL_ATTR])
-    found: list[str] = []
-
-    def visit(node: Any) -> None:
-        ann = getattr(node, "annotations", None)
-        if ann is not None and KERNEL_ATTR in ann and hasattr(node, "iter_vars"):
-            found.append(str(ann[KERNEL_ATTR]))
-
-    tvm.tirx.stmt_functor.post_order_visit(func.body, visit)
-    return found[0] if found else None
+    sch = s_tir.Schedule(func)
+    for blk in _blocks(sch):
+        ann = sch.get(blk).annotations
+        if KERNEL_ATTR in ann:
+            return str(ann[KERNEL_ATTR])
+    return None
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -149,7 +147,7 @@ def _tile_core_at(sch: Any, out: Any, core: Any, cfg: CpuScheduleConfig) -> None
 def _register_tile(sch: Any, core: Any) -> None:
     """Core loops ``(.., ii, jj, b, r..)`` → ``(.., b, r.., ii, jj)`` with ii/jj unrolled."""
     loops = sch.get_loops(core)
-    nred = sum(1 for iv in sch.get(core).iter_vars if int(iv.iter_type) == 2)  # CommReduce
+    nred = sum(1 for iv in sch.get(core).iter_vars if int(iv.iter_type) == _REDUCE)
     red = loops[len(loops) - nred :]
     ii, ji, b = loops[len(loops) - nred - 3 : len(loops) - nred]
     sch.reorder(b, *red, ii, ji)
@@ -176,7 +174,7 @@ def _schedule_core_only(sch: Any, cfg: CpuScheduleConfig) -> None:
         return
     core = _by_stage(sch, "core")[0]
     loops = sch.get_loops(core)
-    nred = sum(1 for iv in sch.get(core).iter_vars if int(iv.iter_type) == 2)
+    nred = sum(1 for iv in sch.get(core).iter_vars if int(iv.iter_type) == _REDUCE)
     *batch, i, j, b = loops[: len(loops) - nred]
     red = loops[len(loops) - nred :]
     mi = _divisor(_extent(sch, i), cfg.tile_m)

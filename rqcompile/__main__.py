@@ -1,0 +1,3 @@
+from rqcompile.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,372 @@
+"""rq IR → TVM relax ``IRModule``: one emitter per IR op, looked up in :data:`EMITTERS`.
+
+Where it sits: ``build`` (``targets/tvm/pipelines.py``, phase ``emit``). In: a verified
+``rqcompile.ir.Module`` with static shapes. Out: a ``tvm.IRModule`` whose relax function
+``main`` takes the IR's arguments followed by one parameter per weight, in the order of
+:func:`const_params`.
+
+* **Integer ops** go through ``bb.emit_te`` over the TE computes of :mod:`.kernels`, with the
+  op's attributes passed as keywords. Their PrimFuncs carry ``op_pattern = kOpaque`` so relax
+  fusion leaves them whole for ``schedules.schedule_module`` (which finds them by their
+  ``rq.kernel`` block annotation), and identical kernels (same shapes and attributes) are
+  emitted once: ``BlockBuilder.add_func`` deduplicates structurally equal PrimFuncs.
+* **Float and layout ops** are ``relax.op.*`` calls, legalized to TOPI by ``LegalizeOps``;
+  the few with no relax op of the same meaning (``im2col``, ``causal_mask``) are TE computes
+  written here.
+* **Weights are parameters, not constants.** Every ``rq.const`` becomes a parameter of
+  ``main`` named after the constant; the runtime binds ``ir.constants`` to them, so the
+  shared library holds code only and an artifact stores each weight once (safetensors).
+
+Numerics: integer results are bit-exact against ``targets/reference.py`` (the oracle); float
+ops agree to ~1e-6 relative (TOPI float32 vs torch; summation order differs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from rqcompile.errors import TargetError, UnsupportedOpError
+from rqcompile.ir.core import AttrValue, Func, Module, Op
+from rqcompile.ir.types import TensorType
+from rqcompile.targets.tvm import kernels as K
+from rqcompile.targets.tvm.adapter import relax, te, tirx
+
+__all__ = ["EMITTERS", "TVM_DTYPES", "const_params", "emit_module", "te_causal_mask", "te_im2col"]
+
+Expr = Any  # relax.Expr; TVM ships no type stubs
+Attrs = Mapping[str, AttrValue]
+Emitter = Callable[[relax.BlockBuilder, Op, tuple[Expr, ...]], Expr]
+
+#: IR element type -> TVM dtype of the stored tensor (i2/i4 live unpacked in int8, as in torch).
+TVM_DTYPES: Mapping[str, str] = {
+    "i1": "bool",
+    "i2": "int8",
+    "i4": "int8",
+    "i8": "int8",
+    "ui8": "uint8",
+    "i32": "int32",
+    "ui32": "uint32",
+    "i64": "int64",
+    "f32": "float32",
+}
+
+#: relax's ``OpPatternKind.kOpaque``: FuseOps never fuses a PrimFunc that carries it.
+_OPAQUE = {"op_pattern": 8}
+
+
+# -- TE computes for the float/layout ops relax has no equivalent of -----------------------
+
+
+def te_im2col(
+    x: Any,
+    *,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Any:
+    """Channels-last patches ``x[N, H, W, C] -> [N, Ho, Wo, kh*kw*C]`` in ``(kh, kw, C)`` order.
+
+    Zero padding (``0`` of ``x``'s dtype, so int8 codes and float32 both work); the padded
+    taps are selected with ``if_then_else`` so no out-of-bounds element is ever read.
+    """
+    n, h, w, c = (int(d) for d in x.shape)
+    (kh, kw), (sh, sw) = kernel, stride
+    (ph, pw), (dh, dw) = padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    zero = tirx.const(0, x.dtype)
+
+    def patch(b: Any, i: Any, j: Any, idx: Any) -> Any:
+        tap, ch = idx // c, idx % c
+        r = i * sh + (tap // kw) * dh - ph
+        s = j * sw + (tap % kw) * dw - pw
+        inside = tirx.all(r >= 0, r < h, s >= 0, s < w)
+        return tirx.if_then_else(inside, x[b, r, s, ch], zero)
+
+    return te.compute((n, ho, wo, kh * kw * c), patch, name="im2col")
+
+
+def te_causal_mask(x: Any, *, fill: float, offset: int | None = None) -> Any:
+    """``x[..., T, S]`` with ``fill`` where ``j > i + offset`` (default ``offset = S - T``).
+
+    ``offset = S - T`` is ``rq.causal_mask`` (the mask aligned to the bottom right, as
+    ``tril(S - T)``); ``offset = 0`` is torch SDPA's ``is_causal`` (top left).
+    """
+    *_, t, s = (int(d) for d in x.shape)
+    off = s - t if offset is None else offset
+    value = tirx.const(fill, x.dtype)
+
+    def masked(*idx: Any) -> Any:
+        i, j = idx[-2:]
+        return tirx.Select(j > i + off, value, x(*idx))
+
+    return te.compute(x.shape, masked, name="causal_mask")
+
+
+# -- emitters -------------------------------------------------------------------------------
+
+
+def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
+    """An integer op: ``bb.emit_te(fn, *operands, **attrs)``, kept opaque to fusion."""
+
+    def emit(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+        return bb.emit_te(fn, *xs, **op.attrs_dict, primfunc_name_hint=name,
+                          primfunc_attrs=_OPAQUE)  # fmt: skip
+
+    return emit
+
+
+def _f32(value: float) -> Expr:
+    return relax.const(value, "float32")
+
+
+def _unary(fn: Callable[[Expr], Expr]) -> Emitter:
+    return lambda bb, op, xs: bb.emit(fn(xs[0]))
+
+
+def _binary(fn: Callable[[Expr, Expr], Expr]) -> Emitter:
+    return lambda bb, op, xs: bb.emit(fn(xs[0], xs[1]))
+
+
+def _scalar(fn: Callable[[Expr, Expr], Expr]) -> Emitter:
+    return lambda bb, op, xs: bb.emit(fn(xs[0], _f32(float(op.attr("value")))))  # type: ignore[arg-type]
+
+
+def _shape_of(op: Op, i: int = 0) -> tuple[int, ...]:
+    return tuple(int(d) for d in op.operands[i].type.shape)  # type: ignore[arg-type]
+
+
+def _norm_axes(op: Op) -> list[int]:
+    """The trailing dims a norm covers: as many as its weight has."""
+    return list(range(-op.operands[1].type.rank, 0))
+
+
+def _layer_norm(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit(relax.op.nn.layer_norm(xs[0], xs[1], xs[2], _norm_axes(op),
+                                          float(op.attr("eps"))))  # type: ignore[arg-type]  # fmt: skip
+
+
+def _rms_norm(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit(relax.op.nn.rms_norm(xs[0], xs[1], _norm_axes(op),
+                                        float(op.attr("eps"))))  # type: ignore[arg-type]  # fmt: skip
+
+
+_GELU = {"none": relax.op.nn.gelu, "tanh": relax.op.nn.gelu_tanh}
+
+
+def _gelu(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit(_GELU[str(op.attr("approximate"))](xs[0]))
+
+
+def _reshape(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    # the result type has the -1 resolved (shapes are static here)
+    return bb.emit(relax.op.reshape(xs[0], [int(d) for d in op.result.type.shape]))  # type: ignore[arg-type]
+
+
+def _slice(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    rank = op.operands[0].type.rank
+    axis = int(op.attr("axis")) % rank  # type: ignore[call-overload]
+    dim = _shape_of(op)[axis]
+    # Python slice clamping, resolved here so TVM sees in-range, non-negative bounds
+    start, stop, step = slice(op.attr("start"), op.attr("stop"), op.attr("step")).indices(dim)
+    stop = max(stop, start)
+    return bb.emit(relax.op.strided_slice(xs[0], [axis], [start], [stop], [step]))
+
+
+def _concat(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit(relax.op.concat(list(xs), axis=int(op.attr("axis"))))  # type: ignore[call-overload]
+
+
+def _causal_mask(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit_te(te_causal_mask, xs[0], fill=float(op.attr("fill")),  # type: ignore[arg-type]
+                      primfunc_name_hint="causal_mask")  # fmt: skip
+
+
+def _masked_fill(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit(relax.op.where(xs[1], _f32(float(op.attr("value"))), xs[0]))  # type: ignore[arg-type]
+
+
+def _swap_last(x: Expr, rank: int) -> Expr:
+    return relax.op.permute_dims(x, [*range(rank - 2), rank - 1, rank - 2])
+
+
+def _sdpa(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    """softmax(q @ kᵀ · scale [causal, top-left aligned as torch's is_causal]) @ v."""
+    q, k, v = xs
+    rank = op.operands[0].type.rank
+    scores = bb.emit(relax.op.matmul(q, _swap_last(k, rank)))
+    scores = bb.emit(relax.op.multiply(scores, _f32(float(op.attr("scale")))))  # type: ignore[arg-type]
+    if op.attr("causal"):
+        scores = bb.emit_te(te_causal_mask, scores, fill=-math.inf, offset=0,
+                            primfunc_name_hint="causal_mask")  # fmt: skip
+    probs = bb.emit(relax.op.nn.softmax(scores, axis=-1))
+    return bb.emit(relax.op.matmul(probs, v))
+
+
+def _conv2d(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    a = op.attrs_dict
+    return bb.emit(relax.op.nn.conv2d(xs[0], xs[1], strides=a["stride"], padding=a["padding"],
+                                      dilation=a["dilation"], groups=a["groups"]))  # fmt: skip
+
+
+def _im2col(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit_te(te_im2col, xs[0], **op.attrs_dict, primfunc_name_hint="im2col")
+
+
+def _spatial(fn: Callable[[Expr, Attrs], Expr]) -> Emitter:
+    """A 2-D pooling op: relax wants NCHW, the IR also allows CHW (lifted to N = 1)."""
+
+    def emit(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+        x = xs[0]
+        if op.operands[0].type.rank == 3:
+            x = bb.emit(relax.op.expand_dims(x, [0]))
+            return bb.emit(relax.op.squeeze(bb.emit(fn(x, op.attrs_dict)), [0]))
+        return bb.emit(fn(x, op.attrs_dict))
+
+    return emit
+
+
+def _max_pool(x: Expr, a: Attrs) -> Expr:
+    return relax.op.nn.max_pool2d(x, a["kernel"], a["stride"], a["padding"])
+
+
+def _avg_pool(x: Expr, a: Attrs) -> Expr:
+    return relax.op.nn.adaptive_avg_pool2d(x, a["output_size"])
+
+
+def _mean(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit(relax.op.mean(xs[0], list(op.attr("axes")), keepdims=bool(op.attr("keepdim"))))  # type: ignore[arg-type]
+
+
+def _cast(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit(relax.op.astype(xs[0], TVM_DTYPES[str(op.attr("dtype"))]))
+
+
+def _repeat_blocks(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return bb.emit(relax.op.repeat(xs[0], int(op.attr("factor")), axis=-1))  # type: ignore[call-overload]
+
+
+#: IR op name -> emitter. ``rq.const`` is not here: constants become parameters of ``main``.
+EMITTERS: dict[str, Emitter] = {
+    # integer core (kernels.py; scheduled by schedules.py)
+    "rq.quantize": _te_op(K.te_quantize, "quantize"),
+    "rq.int_matmul": _te_op(K.te_int_matmul, "int_matmul"),
+    "rq.xnor_popcount_matmul": _te_op(K.te_xnor_popcount_matmul, "xnor_popcount_matmul"),
+    "rq.sparse24_matmul": _te_op(K.te_sparse24_matmul, "sparse24_matmul"),
+    "rq.qbmm": _te_op(K.te_qbmm, "qbmm"),
+    "rq.repeat_blocks": _repeat_blocks,
+    # float ops
+    "rq.linear": _binary(relax.op.linear),
+    "rq.add": _binary(relax.op.add),
+    "rq.sub": _binary(relax.op.subtract),
+    "rq.mul": _binary(relax.op.multiply),
+    "rq.div": _binary(relax.op.divide),
+    "rq.add_scalar": _scalar(relax.op.add),
+    "rq.mul_scalar": _scalar(relax.op.multiply),
+    "rq.matmul": _binary(relax.op.matmul),
+    "rq.layer_norm": _layer_norm,
+    "rq.rms_norm": _rms_norm,
+    "rq.softmax": lambda bb, op, xs: bb.emit(relax.op.nn.softmax(xs[0], axis=op.attr("axis"))),
+    "rq.gelu": _gelu,
+    "rq.relu": _unary(relax.op.nn.relu),
+    "rq.silu": _unary(relax.op.nn.silu),
+    "rq.tanh": _unary(relax.op.tanh),
+    "rq.sigmoid": _unary(relax.op.sigmoid),
+    "rq.embedding": lambda bb, op, xs: bb.emit(relax.op.take(xs[1], xs[0], axis=0)),
+    "rq.reshape": _reshape,
+    "rq.permute": lambda bb, op, xs: bb.emit(relax.op.permute_dims(xs[0], list(op.attr("dims")))),  # type: ignore[arg-type]
+    "rq.slice": _slice,
+    "rq.concat": _concat,
+    "rq.causal_mask": _causal_mask,
+    "rq.masked_fill": _masked_fill,
+    "rq.sdpa": _sdpa,
+    "rq.conv2d": _conv2d,
+    "rq.im2col": _im2col,
+    "rq.max_pool2d": _spatial(_max_pool),
+    "rq.adaptive_avg_pool2d": _spatial(_avg_pool),
+    "rq.mean": _mean,
+    "rq.cast": _cast,
+}
+
+
+# -- module ---------------------------------------------------------------------------------
+
+
+def _relax_type(t: TensorType) -> Any:
+    return relax.TensorType([int(d) for d in t.shape], TVM_DTYPES[t.dtype])  # type: ignore[arg-type]
+
+
+def const_params(ir: Module, func: str = "main") -> tuple[str, ...]:
+    """Names of the constants ``func`` reads, in first-use order: its trailing parameters.
+
+    Example:
+        >>> import torch
+        >>> from rqcompile.ir import Builder, TensorType
+        >>> b = Builder()
+        >>> x = b.arg(TensorType((2,), "f32"))
+        >>> b.ret(b.op("rq.add", x, b.const("bias", torch.zeros(2))))
+        >>> const_params(b.module())
+        ('bias',)
+    """
+    names = (str(op.attr("name")) for op in ir.func(func).ops if op.name == "rq.const")
+    return tuple(dict.fromkeys(names))
+
+
+def _check(f: Func) -> None:
+    """Collect every problem (unsupported ops, dynamic dims), then raise once."""
+    missing = sorted({op.name for op in f.ops if op.name not in EMITTERS and op.name != "rq.const"})
+    if missing:
+        raise UnsupportedOpError(
+            f"the TVM emitter has no rule for: {', '.join(missing)}. Build with "
+            "target='reference', or add an emitter to rqcompile.targets.tvm.emit.EMITTERS."
+        )
+    values = [*f.args, *(r for op in f.ops for r in op.results)]
+    dynamic = [v for v in values if any(d is None for d in v.type.shape)]
+    if dynamic:
+        raise TargetError(
+            f"TVM targets need static shapes; {len(dynamic)} value(s) have dynamic dims, e.g. "
+            f"{dynamic[0].type}. Convert for concrete shapes: "
+            "rq.lower(qat, target, example_inputs=(x,))."
+        )
+
+
+def emit_module(ir: Module, func: str = "main") -> Any:
+    """Translate ``ir``'s function ``func`` into a relax ``IRModule`` with function ``main``.
+
+    ``main(*ir_args, *weights)``: the IR's arguments (named ``input0``, ...), then one
+    parameter per name of :func:`const_params`. Returns a single tensor or a tuple, as the IR
+    function does.
+
+    Raises:
+        UnsupportedOpError: ops with no emitter (all listed at once).
+        TargetError: dynamic shapes.
+    """
+    f = ir.func(func)
+    _check(f)
+    inputs = [relax.Var(f"input{i}", _relax_type(v.type)) for i, v in enumerate(f.args)]
+    weights: dict[str, Any] = {}
+    for op in f.ops:
+        if op.name == "rq.const":
+            name = str(op.attr("name"))
+            weights.setdefault(name, relax.Var(name, _relax_type(op.result.type)))
+    bb = relax.BlockBuilder()
+    env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs)}
+    with bb.function("main", [*inputs, *weights.values()]):
+        with bb.dataflow():
+            for op in f.ops:
+                if op.name == "rq.const":
+                    env[op.result.id] = weights[str(op.attr("name"))]
+                    continue
+                out = EMITTERS[op.name](bb, op, tuple(env[v.id] for v in op.operands))
+                if len(op.results) == 1:
+                    env[op.result.id] = out
+                else:
+                    for i, r in enumerate(op.results):
+                        env[r.id] = bb.emit(relax.TupleGetItem(out, i))
+            outs = [env[v.id] for v in f.outputs]
+            ret = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+        bb.emit_func_output(ret)
+    return bb.finalize()

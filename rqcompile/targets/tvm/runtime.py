@@ -1,0 +1,172 @@
+"""Running TVM-built kernels: shared library bytes → relax VM → a callable on torch tensors.
+
+Where it sits: ``build_tvm`` (after a build) and ``rqcompile.targets.compiled.load`` (for an
+artifact's ``kernels.so``) both end here, so a freshly built model and a loaded one run the
+same code path.
+
+* **Refuse before loading.** Native code built for CPU features this machine lacks would die
+  with SIGILL, and code for another architecture cannot be loaded at all; both are checked
+  (``pipelines.run_blockers``) before the library is opened, and the error names the fix.
+* **Tensors cross by DLPack.** Inputs and weights are handed to TVM without copies (a copy is
+  made only for a non-contiguous or under-aligned tensor); outputs come back as torch tensors
+  sharing the VM's freshly allocated output memory.
+* **Weights are bound once** per loaded model, from ``ir.constants``, in the parameter order
+  of ``emit.const_params``. Nothing is cached across models.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rqcompile.errors import ArtifactError, TargetError
+from rqcompile.ir.core import Module
+from rqcompile.targets.compiled import CompiledModule
+from rqcompile.targets.target import Target as RQTarget
+from rqcompile.targets.tvm.adapter import relax, runtime, tvm
+from rqcompile.targets.tvm.emit import const_params
+from rqcompile.targets.tvm.pipelines import run_blockers
+
+__all__ = ["TVMBackend", "compiled_module", "library_suffix", "load_library"]
+
+#: TVM's buffers are declared 64-byte aligned; the generated code may rely on it.
+_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class TVMBackend:
+    """What a TVM-built :class:`CompiledModule` holds in ``.backend``, for power users.
+
+    Attributes:
+        tvm_module: the loaded ``tvm.runtime.Module`` (``None`` when it cannot run here).
+        vm: the ``relax.VirtualMachine`` (``None`` when it cannot run here).
+        executable: the ``relax.Executable`` right after a build (``None`` after a load).
+        tvm_target: the resolved ``tvm.target.Target`` (``None`` after a load).
+    """
+
+    tvm_module: Any
+    vm: Any
+    executable: Any = None
+    tvm_target: Any = None
+
+
+def library_suffix(target_dict: dict[str, Any]) -> str:
+    """``.so`` for a library this machine can link; ``.tar`` of objects for another arch.
+
+    A cross-compiled library can't be linked with the host compiler, so it is stored as the
+    tar of object files that ``export_library`` writes; link it on the device.
+    """
+    triple = str(target_dict.get("mtriple", "") or "")
+    host = str(tvm.target.codegen.llvm_get_system_triple())
+    return ".tar" if triple and triple.split("-")[0] != host.split("-")[0] else ".so"
+
+
+def _to_tvm(x: torch.Tensor) -> Any:
+    """A TVM tensor sharing ``x``'s memory (copied only if non-contiguous or under-aligned)."""
+    x = x.detach()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    if x.data_ptr() % _ALIGN:  # e.g. a view at an offset; torch's allocator aligns to 64
+        buf = torch.empty(x.numel() * x.element_size() + _ALIGN, dtype=torch.uint8)
+        off = -buf.data_ptr() % _ALIGN
+        x = buf[off : off + x.numel() * x.element_size()].view(x.dtype).view(x.shape).copy_(x)
+    return runtime.from_dlpack(x)
+
+
+def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
+    items = (result,) if isinstance(result, runtime.Tensor) else tuple(result)
+    return tuple(torch.from_dlpack(o) for o in items)
+
+
+class _VMRunner:
+    """Calls the VM's ``main`` with the inputs followed by the bound weights."""
+
+    def __init__(self, vm: Any, ir: Module) -> None:
+        self._main = vm["main"]
+        self._weights = [_to_tvm(ir.constant(n)) for n in const_params(ir)]
+        # an output that is an input or a weight would alias caller/weight memory: copy it
+        defined_by_op = {r.id for op in ir.main.ops if op.name != "rq.const" for r in op.results}
+        self._copy = tuple(v.id not in defined_by_op for v in ir.main.outputs)
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = _outputs(self._main(*(_to_tvm(x) for x in inputs), *self._weights))
+        return tuple(o.clone() if c else o for o, c in zip(outs, self._copy))
+
+
+class _Unrunnable:
+    """Runner of a model built for another machine: every call explains why it can't run."""
+
+    def __init__(self, target: RQTarget, reasons: Sequence[str]) -> None:
+        self._message = (
+            f"this model was built for target {target} and cannot run on this machine: "
+            f"{'; '.join(reasons)}. Save it (exe.save(path)) and run it where it was built "
+            "for, or build for this machine with rq.build(exe.ir, 'llvm')."
+        )
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise TargetError(self._message)
+
+
+def _load_module(lib_bytes: bytes, suffix: str) -> Any:
+    # dlopen keeps the mapping after the file is gone, so the temp dir can go at once
+    with tempfile.TemporaryDirectory(prefix="rq-kernels-") as d:
+        path = os.path.join(d, "kernels" + suffix)
+        with open(path, "wb") as f:
+            f.write(lib_bytes)
+        return runtime.load_module(path)
+
+
+def compiled_module(
+    ir: Module,
+    target: RQTarget,
+    lib_bytes: bytes,
+    features: Sequence[str],
+    *,
+    executable: Any = None,
+    tvm_target: Any = None,
+) -> CompiledModule:
+    """Wrap built kernels as a :class:`CompiledModule`; runnable here unless blocked.
+
+    A model this machine cannot run (another architecture, or CPU features it lacks) is
+    still returned, so it can be saved; calling it raises :class:`TargetError`.
+    """
+    reasons = run_blockers(target.to_dict(), features)
+    if reasons:
+        backend = TVMBackend(None, None, executable, tvm_target)
+        return CompiledModule(ir, target, _Unrunnable(target, reasons), library=lib_bytes,
+                              features=features, backend=backend)  # fmt: skip
+    mod = _load_module(lib_bytes, library_suffix(target.to_dict()))
+    vm = relax.VirtualMachine(mod, tvm.cpu())
+    return CompiledModule(ir, target, _VMRunner(vm, ir), library=lib_bytes, features=features,
+                          backend=TVMBackend(mod, vm, executable, tvm_target))  # fmt: skip
+
+
+def load_library(
+    ir: Module, target: RQTarget, lib_bytes: bytes, features: Sequence[str]
+) -> CompiledModule:
+    """Load an artifact's ``kernels.so`` (called by ``rq.load``), refusing what can't run here.
+
+    Raises:
+        ArtifactError: the kernels need CPU features this machine lacks, or were built for
+            another architecture; the message names them and how to rebuild.
+    """
+    reasons = run_blockers(target.to_dict(), features)
+    if reasons:
+        raise ArtifactError(
+            f"cannot load the kernels of this artifact (target {target}): {'; '.join(reasons)}. "
+            "Rebuild them from the stored IR for this machine: "
+            "rq.load(path, trust_kernels=False) rebuilds for the stored target, or "
+            "rq.build(rq.load(path, trust_kernels=False).ir, 'llvm') builds for this CPU."
+        )
+    try:
+        return compiled_module(ir, target, lib_bytes, features)
+    except (OSError, RuntimeError) as e:  # TVM's load errors derive from RuntimeError
+        raise ArtifactError(
+            f"cannot load the kernels of this artifact: {e}. Rebuild them with "
+            "rq.load(path, trust_kernels=False)."
+        ) from e
