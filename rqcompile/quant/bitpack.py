@@ -7,12 +7,12 @@ K is always the last dimension; every function works on any number of leading di
 Layouts (bit 0 is the least significant bit):
 
 * **Sign bits** (``bits=1``, codes ±1) — ``uint32 [..., K/32]``. Element ``k`` is bit
-  ``k % 32`` of word ``k // 32``; bit 1 ↔ code +1, bit 0 ↔ code −1. ``K % 32 == 0``.
-  A ±1 dot product over ``n`` elements is ``2·popcount(XNOR(a, b)) − n`` and a code sum is
-  ``2·popcount(a) − n`` (METHOD.md §3.3).
+  ``k % 32`` of word ``k // 32``; bit 1 ↔ code +1, bit 0 ↔ code -1. ``K % 32 == 0``.
+  A ±1 dot product over ``n`` elements is ``2·popcount(XNOR(a, b)) - n`` and a code sum is
+  ``2·popcount(a) - n`` (METHOD.md §3.3).
 * **Nibbles** (weights with ``bits <= 4``) — ``uint8 [..., K/2]``. Element ``2t`` is the low
   nibble of byte ``t``, element ``2t+1`` the high nibble. Signed codes are stored as 4-bit
-  two's complement (−8..7) and sign-extended when unpacked; unsigned codes (0..15) are
+  two's complement (-8..7) and sign-extended when unpacked; unsigned codes (0..15) are
   zero-extended. ``K % 2 == 0``.
 * **2:4 sparse** (weights) — per group ``g`` of 4 consecutive K-elements exactly two slots are
   kept: the non-zero ones, padded with the lowest-index zero slots when a group has fewer
@@ -26,7 +26,7 @@ Layouts (bit 0 is the least significant bit):
     ``K % 8 == 0``.
 
   The product against dense activations is ``P = Σ_g Σ_t x[4g + idx(g,t)] · vals[2g+t]``.
-* **8-bit affine shift** — affine 8-bit codes 0..255 are stored as ``int8`` ``code − 128``
+* **8-bit affine shift** — affine 8-bit codes 0..255 are stored as ``int8`` ``code - 128``
   with ``offset += 128·scale`` so the dequantized ``scale·code + offset`` is unchanged up to
   one float32 rounding of the offset (METHOD.md §3.2: codes shifted by a constant leave the
   ridge fit and the matmul unchanged).
@@ -53,7 +53,9 @@ _WORD = 32
 
 def _check_last(t: torch.Tensor, multiple: int, what: str) -> int:
     if t.dim() == 0:
-        raise NumericsError(f"{what}: expected a tensor with K as its last dimension, got a scalar.")
+        raise NumericsError(
+            f"{what}: expected a tensor with K as its last dimension, got a scalar."
+        )
     k = t.shape[-1]
     if k % multiple:
         raise NumericsError(f"{what}: K={k} must be a multiple of {multiple}.")
@@ -64,13 +66,13 @@ def pack_signs(codes: torch.Tensor) -> torch.Tensor:
     """Pack ±1 codes ``[..., K]`` into ``uint32 [..., K/32]`` (bit 1 ↔ +1, LSB first).
 
     Args:
-        codes: values in {−1, +1} (any real or integer dtype); ``K % 32 == 0``.
+        codes: values in {-1, +1} (any real or integer dtype); ``K % 32 == 0``.
 
     Returns:
         ``torch.uint32`` words.
 
     Raises:
-        NumericsError: on a code outside {−1, +1} or ``K % 32 != 0``.
+        NumericsError: on a code outside {-1, +1} or ``K % 32 != 0``.
 
     Example:
         >>> w = pack_signs(torch.tensor([1, -1, 1] + [-1] * 29))
@@ -107,7 +109,7 @@ def pack_nibbles(codes: torch.Tensor, *, signed: bool) -> torch.Tensor:
     """Pack 4-bit codes ``[..., K]`` into ``uint8 [..., K/2]`` (element 2t low, 2t+1 high).
 
     Args:
-        codes: integer-valued codes; −8..7 when ``signed`` else 0..15. ``K`` even.
+        codes: integer-valued codes; -8..7 when ``signed`` else 0..15. ``K`` even.
         signed: store two's-complement nibbles (sign-extended by :func:`unpack_nibbles`).
 
     Raises:
@@ -202,9 +204,9 @@ def unpack_sparse24(vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def shift_affine8(
     codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Store 8-bit affine codes 0..255 as ``int8`` ``code − 128``, moving 128·scale to the offset.
+    """Store 8-bit affine codes 0..255 as ``int8`` ``code - 128``, moving 128·scale to the offset.
 
-    ``scale·(code − 128) + (offset + 128·scale) == scale·code + offset`` exactly in real
+    ``scale·(code - 128) + (offset + 128·scale) == scale·code + offset`` exactly in real
     arithmetic; the new float32 offset carries one rounding (``128·scale`` itself is exact).
 
     Args:
@@ -216,7 +218,8 @@ def shift_affine8(
         ``(int8 codes, scale, offset + 128·scale)``.
 
     Example:
-        >>> c, s, o = shift_affine8(torch.tensor([0., 255.]), torch.tensor([0.5]), torch.tensor([1.]))
+        >>> scale, offset = torch.tensor([0.5]), torch.tensor([1.0])
+        >>> c, s, o = shift_affine8(torch.tensor([0.0, 255.0]), scale, offset)
         >>> c.tolist(), o.tolist()
         ([-128, 127], [65.0])
     """

@@ -17,9 +17,9 @@ The integer-affine shortcut splits a quantized matmul into one integer GEMM and 
 ``S_X[i,b] = Σ_{k∈b} xq[i,k]``::
 
     Y[i,j] = Σ_b  xs[i,b]·ws[j,b]·P[i,j,b]          # integer GEMM, scaled
-               +  xc[i,b]·ws[j,b]·wsum[j,b]         # rank-1: activation offset × weight sums
-               +  xs[i,b]·S_X[i,b]·wc[j,b]          # rank-1: activation sums × weight offset
-               +  block·xc[i,b]·wc[j,b]             # offsets × offsets
+               +  xc[i,b]·ws[j,b]·wsum[j,b]         # rank-1: activation offset x weight sums
+               +  xs[i,b]·S_X[i,b]·wc[j,b]          # rank-1: activation sums x weight offset
+               +  block·xc[i,b]·wc[j,b]             # offsets x offsets
 
 which is exactly ``dequant(X) @ dequant(W).T`` because
 ``Σ_k (xs·xq + xc)(ws·wq + wc)`` expands into these four terms per block.
@@ -83,7 +83,7 @@ def quantize(
     """Quantize ``x f32 [..., K]`` per block along K into stored codes and ``scale``/``offset``.
 
     Built on :func:`rqcompile.quant.fake_quant.fake_quant_blocks` (the quantization oracle),
-    then converted to the storage layout: 8-bit affine codes are shifted to ``code − 128``
+    then converted to the storage layout: 8-bit affine codes are shifted to ``code - 128``
     (:func:`~rqcompile.quant.bitpack.shift_affine8`) and ``pack="bits32"`` packs ±1 codes
     into ``uint32`` words.
 
@@ -100,7 +100,8 @@ def quantize(
         ``(codes, scale f32 [..., nb], offset f32 [..., nb])``.
 
     Example:
-        >>> q, s, o = quantize(torch.tensor([[0.9, -0.3, 0.2, 1.4]]), bits=2, symmetric=False, block=4)
+        >>> x = torch.tensor([[0.9, -0.3, 0.2, 1.4]])
+        >>> q, s, o = quantize(x, bits=2, symmetric=False, block=4)
         >>> q.tolist()
         [[2, 0, 1, 3]]
     """
@@ -126,7 +127,8 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -
     """``scale·code + offset`` per block, in float64: ``[..., K]`` from unpacked integer codes.
 
     Example:
-        >>> dequantize(torch.tensor([[1, 3]]), torch.tensor([[0.5]]), torch.tensor([[1.0]])).tolist()
+        >>> q, s, o = torch.tensor([[1, 3]]), torch.tensor([[0.5]]), torch.tensor([[1.0]])
+        >>> dequantize(q, s, o).tolist()
         [[1.5, 2.5]]
     """
     k, nb = codes.shape[-1], scale.shape[-1]
@@ -184,7 +186,7 @@ def _words_per_block(block: int, what: str) -> int:
 
 
 def xnor_popcount_core(xbits: torch.Tensor, wbits: torch.Tensor, *, block: int) -> torch.Tensor:
-    """±1 block dot products from sign bits: ``P = 2·popcount(XNOR) − block``, ``i32 [M,N,nb]``.
+    """±1 block dot products from sign bits: ``P = 2·popcount(XNOR) - block``, ``i32 [M,N,nb]``.
 
     Args:
         xbits: ``uint32 [M, K/32]`` (layout of :func:`~rqcompile.quant.bitpack.pack_signs`).
@@ -261,12 +263,7 @@ def affine_epilogue(
     f = torch.float64
     xs_, xc_, sx_ = (t.to(f).unsqueeze(-2) for t in (xs, xc, sx))  # [..., M, 1, nb]
     ws_, wc_, wsum_ = (t.to(f).unsqueeze(-3) for t in (ws, wc, wsum))  # [..., 1, N, nb]
-    y = (
-        xs_ * ws_ * p.to(f)
-        + xc_ * ws_ * wsum_
-        + xs_ * sx_ * wc_
-        + float(block) * xc_ * wc_
-    )
+    y = xs_ * ws_ * p.to(f) + xc_ * ws_ * wsum_ + xs_ * sx_ * wc_ + float(block) * xc_ * wc_
     return y.sum(-1).to(torch.float32)
 
 
@@ -289,7 +286,7 @@ def int_matmul(
     """Integer-affine matmul ``f32 [M, N] ≈ dequant(X) @ dequant(W).T``.
 
     Args:
-        xq: ``int8 [M, K]`` activation codes (8-bit affine already shifted by −128).
+        xq: ``int8 [M, K]`` activation codes (8-bit affine already shifted by -128).
         xs, xc: ``f32 [M, nb]``.
         wq: ``int8 [N, K]``, or ``uint8 [N, K/2]`` nibbles when ``w_bits <= 4``.
         ws, wc: ``f32 [N, nb]``; wsum: ``i32 [N, nb]``.
@@ -352,7 +349,7 @@ def qbmm(
     *,
     block: int,
 ) -> torch.Tensor:
-    """Batched activation × activation ``[B, M, K] × [B, N, K] → f32 [B, M, N]``.
+    """Batched activation x activation ``[B, M, K] x [B, N, K] → f32 [B, M, N]``.
 
     Both operands are quantized at run time, so both code sums are computed here.
     """

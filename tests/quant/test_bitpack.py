@@ -146,8 +146,18 @@ def test_shift_affine8_preserves_dequantized_values() -> None:
     q, s, o = shift_affine8(codes, scale, offset)
     assert q.dtype == torch.int8
     assert torch.equal(q.to(torch.int64) + 128, codes.to(torch.int64))
-    before = scale.double().repeat_interleave(32, -1) * codes + offset.double().repeat_interleave(32, -1)
+    before = scale.double().repeat_interleave(32, -1) * codes + offset.double().repeat_interleave(
+        32, -1
+    )
     after = s.double().repeat_interleave(32, -1) * q + o.double().repeat_interleave(32, -1)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
     with pytest.raises(NumericsError):
         shift_affine8(torch.tensor([256.0]), scale[:1, :1], offset[:1, :1])
+
+
+def test_doctests() -> None:
+    import doctest
+
+    from rqcompile.quant import bitpack
+
+    assert doctest.testmod(bitpack).failed == 0

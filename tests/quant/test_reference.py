@@ -74,8 +74,9 @@ def test_example_b_a1w1_two_blocks() -> None:
     assert p[..., 1].tolist() == [[4, -2], [-4, 2]]
     assert wsum.tolist() == [[0, 0], [0, 2]]
     # popcount(XNOR) per 4-element block, on the packed sign words
-    xb, wb = pack_signs(torch.cat([xq, -torch.ones(2, 24, dtype=torch.int8)], 1)), pack_signs(
-        torch.cat([wq, -torch.ones(2, 24, dtype=torch.int8)], 1)
+    xb, wb = (
+        pack_signs(torch.cat([xq, -torch.ones(2, 24, dtype=torch.int8)], 1)),
+        pack_signs(torch.cat([wq, -torch.ones(2, 24, dtype=torch.int8)], 1)),
     )
     xnor = ~(xb.to(torch.int64).unsqueeze(1) ^ wb.to(torch.int64).unsqueeze(0))
     pc0 = ref.popcount32(xnor & 0xF).squeeze(-1)
@@ -112,7 +113,9 @@ def _dense_f64(xq: torch.Tensor, wq: torch.Tensor, block: int) -> torch.Tensor:
     return torch.einsum("mbk,nbk->mnb", xb, wb)
 
 
-_SHAPES = st.tuples(st.integers(1, 5), st.integers(1, 6), st.sampled_from([32, 64, 128]), st.integers(1, 3))
+_SHAPES = st.tuples(
+    st.integers(1, 5), st.integers(1, 6), st.sampled_from([32, 64, 128]), st.integers(1, 3)
+)
 
 
 @settings(max_examples=25, deadline=None)
@@ -158,8 +161,14 @@ def test_sparse24_core_exact(shape: tuple[int, int, int, int], seed: int) -> Non
 
 @pytest.mark.parametrize(
     ("a_bits", "a_sym", "w_bits", "w_sym", "block"),
-    [(8, False, 8, True, 32), (8, False, 4, False, 64), (4, False, 4, True, 128),
-     (2, False, 2, False, 32), (8, True, 3, True, 64), (1.5, True, 4, True, 32)],
+    [
+        (8, False, 8, True, 32),
+        (8, False, 4, False, 64),
+        (4, False, 4, True, 128),
+        (2, False, 2, False, 32),
+        (8, True, 3, True, 64),
+        (1.5, True, 4, True, 32),
+    ],
 )
 def test_int_matmul_matches_dequantized(
     a_bits: float, a_sym: bool, w_bits: int, w_sym: bool, block: int
@@ -220,6 +229,14 @@ def test_errors() -> None:
     with pytest.raises(NumericsError, match="bits32"):
         ref.quantize(torch.randn(2, 64), bits=4, symmetric=True, block=64, pack="bits32")
     with pytest.raises(NumericsError, match="block % 32"):
-        ref.xnor_popcount_core(torch.zeros(1, 2, dtype=torch.uint32), torch.zeros(1, 2, dtype=torch.uint32), block=16)
+        ref.xnor_popcount_core(
+            torch.zeros(1, 2, dtype=torch.uint32), torch.zeros(1, 2, dtype=torch.uint32), block=16
+        )
     with pytest.raises(NumericsError, match="K mismatch"):
         ref.int_matmul_core(torch.zeros(1, 8), torch.zeros(1, 16), 8)
+
+
+def test_doctests() -> None:
+    import doctest
+
+    assert doctest.testmod(ref).failed == 0

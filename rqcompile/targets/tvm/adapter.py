@@ -68,6 +68,7 @@ SYMBOLS: tuple[str, ...] = (
     "tvm.te.create_prim_func",
     "tvm.tirx.PrimFunc",
     "tvm.tirx.IterVar.CommReduce",
+    "tvm.tirx.IterVar.DataPar",
     "tvm.tirx.const",
     "tvm.tirx.Select",
     "tvm.tirx.nearbyint",

@@ -31,9 +31,17 @@ from rqcompile.errors import TargetError, UnsupportedOpError
 from rqcompile.ir.core import AttrValue, Func, Module, Op
 from rqcompile.ir.types import TensorType
 from rqcompile.targets.tvm import kernels as K
-from rqcompile.targets.tvm.adapter import relax, te, tirx
+from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
 
-__all__ = ["EMITTERS", "TVM_DTYPES", "const_params", "emit_module", "te_causal_mask", "te_im2col"]
+__all__ = [
+    "EMITTERS",
+    "TVM_DTYPES",
+    "const_params",
+    "emit_module",
+    "te_causal_mask",
+    "te_im2col",
+    "te_slice",
+]
 
 Expr = Any  # relax.Expr; TVM ships no type stubs
 Attrs = Mapping[str, AttrValue]
@@ -166,18 +174,79 @@ def _reshape(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
     return bb.emit(relax.op.reshape(xs[0], [int(d) for d in op.result.type.shape]))  # type: ignore[arg-type]
 
 
+def te_slice(x: Any, start: Any, *, axis: int, size: int, step: int) -> Any:
+    """``x[..., start : start + size*step : step, ...]`` along ``axis``; ``start`` may be a var."""
+    shape = [int(d) for d in x.shape]
+    shape[axis] = size
+
+    def at(*i: Any) -> Any:
+        return x[(*i[:axis], start + i[axis] * step, *i[axis + 1 :])]
+
+    return te.compute(shape, at, name="slice")
+
+
+def _emit_shared(
+    bb: relax.BlockBuilder,
+    fn: Callable[..., Any],
+    name: str,
+    tensors: Sequence[Expr],
+    types: Sequence[TensorType],
+    scalars: Sequence[int],
+    **attrs: Any,
+) -> Expr:
+    """``fn(*tensors, *scalars, **attrs)`` with the scalars as run-time PrimFunc parameters.
+
+    Calls that differ only in those scalars then share one PrimFunc (``add_func`` dedups
+    structurally equal functions), where ``emit_te`` would bake each value into its own.
+    """
+    phs = [te.placeholder([int(d) for d in t.shape], TVM_DTYPES[t.dtype], name=f"x{i}")  # type: ignore[arg-type]
+           for i, t in enumerate(types)]  # fmt: skip
+    svars = [tirx.Var(f"s{i}", "int64") for i in range(len(scalars))]
+    out = fn(*phs, *svars, **attrs)
+    func = te.create_prim_func([*phs, *svars, out]).without_attr("global_symbol")
+    gvar = bb.add_func(func, name)
+    args = [*tensors, *(relax.prim_value(tirx.IntImm("int64", v)) for v in scalars)]
+    out_type = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
+    return bb.emit(relax.call_tir(gvar, args, out_type))
+
+
 def _slice(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    rank = op.operands[0].type.rank
-    axis = int(op.attr("axis")) % rank  # type: ignore[call-overload]
-    dim = _shape_of(op)[axis]
-    # Python slice clamping, resolved here so TVM sees in-range, non-negative bounds
-    start, stop, step = slice(op.attr("start"), op.attr("stop"), op.attr("step")).indices(dim)
-    stop = max(stop, start)
-    return bb.emit(relax.op.strided_slice(xs[0], [axis], [start], [stop], [step]))
+    """A TE slice with a run-time ``start``.
+
+    Convert splits grouped and depthwise convolutions into one slice per group; with the
+    start baked in (``relax.op.strided_slice``) the tiny CNN had 132 distinct slice kernels
+    that took 40 s to compile. With the start a parameter they share one.
+    """
+    x_type = op.operands[0].type
+    axis = int(op.attr("axis")) % x_type.rank  # type: ignore[call-overload]
+    # Python slice clamping, resolved here so the kernel sees in-range indices only
+    start, stop, step = slice(op.attr("start"), op.attr("stop"), op.attr("step")).indices(
+        _shape_of(op)[axis]
+    )
+    size = len(range(start, stop, step))
+    return _emit_shared(bb, te_slice, "slice", xs, (x_type,), (start,), axis=axis, size=size,
+                        step=step)  # fmt: skip
+
+
+#: Inputs per concatenate kernel. TOPI picks the source with a chain of one ``Select`` per
+#: input, and LLVM time grows fast with the chain: a 64-input concat (convert's per-group
+#: outputs) took 5 s to compile, an 8-input one 0.4 s. Wider concats become a tree of
+#: 8-input kernels, kept opaque so fusion can't merge them back into one; equal shapes share
+#: a kernel.
+_CONCAT_FANIN = 8
 
 
 def _concat(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit(relax.op.concat(list(xs), axis=int(op.attr("axis"))))  # type: ignore[call-overload]
+    axis = int(op.attr("axis"))  # type: ignore[call-overload]
+    if len(xs) <= _CONCAT_FANIN:
+        return bb.emit(relax.op.concat(list(xs), axis=axis))
+    parts = list(xs)
+    while len(parts) > 1:
+        chunks = [parts[i : i + _CONCAT_FANIN] for i in range(0, len(parts), _CONCAT_FANIN)]
+        parts = [c[0] if len(c) == 1 else bb.emit_te(
+            topi.concatenate, c, axis, primfunc_name_hint="concatenate", primfunc_attrs=_OPAQUE)
+            for c in chunks]  # fmt: skip
+    return parts[0]
 
 
 def _causal_mask(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:

@@ -11,7 +11,7 @@ hands in) and returns TE tensors, so the same code serves standalone kernels
   in the reference);
 * :func:`te_quantize` codes are bit-exact: the grid is computed with the same float32
   operations as ``primitives.grid`` (binary/ternary means accumulated in float64 and
-  rounded once, as there), ``z = (x − b)/s`` in float32, rounding half-to-even with
+  rounded once, as there), ``z = (x - b)/s`` in float32, rounding half-to-even with
   ``tirx.nearbyint`` (``round`` would be half-away-from-zero). Ridge statistics are summed
   in float64, so ``scale``/``offset`` are as accurate as torch's float32 means or better.
 
@@ -19,7 +19,7 @@ hands in) and returns TE tensors, so the same code serves standalone kernels
 block (METHOD.md §3.2). We evaluate it in its *centred* form, which has no catastrophic
 cancellation in float32::
 
-    I[i,j,b] = B·P[i,j,b] − S_X[i,b]·S_W[j,b]                  (integer, exact)
+    I[i,j,b] = B·P[i,j,b] - S_X[i,b]·S_W[j,b]                  (integer, exact)
     Y[i,j]   = Σ_b (xs[i,b]/B)·ws[j,b]·I[i,j,b] + B·x̄[i,b]·w̄[j,b]
     x̄ = xc + xs·S_X/B,   w̄ = wc + ws·S_W/B                      (block means)
 
@@ -42,8 +42,8 @@ from rqcompile.quant.primitives import EPS, QFormat, code_range
 from rqcompile.targets.tvm.adapter import te, tirx
 
 __all__ = [
-    "KERNEL_ATTR",
     "KERNELS",
+    "KERNEL_ATTR",
     "STAGE_ATTR",
     "prim_func",
     "te_code_sums",
@@ -103,9 +103,7 @@ def _stage(name: str) -> dict[str, Any]:
     return {STAGE_ATTR: name}
 
 
-def prim_func(
-    args: Sequence[Tensor], *, name: str, kernel: str, block: int, **attrs: Any
-) -> Any:
+def prim_func(args: Sequence[Tensor], *, name: str, kernel: str, block: int, **attrs: Any) -> Any:
     """``te.create_prim_func(args)`` named ``name`` with attrs ``rq.kernel``/``rq.block``.
 
     Args:
@@ -137,61 +135,61 @@ def te_quantize(
 
     Returns:
         ``(codes, scale f32 [..., nb], offset f32 [..., nb])``; codes are ``int8 [..., K]``
-        (8-bit affine stored as ``code − 128``) or ``uint32 [..., K/32]`` for
+        (8-bit affine stored as ``code - 128``) or ``uint32 [..., K/32]`` for
         ``pack="bits32"``.
     """
     if estimator not in ("ridge", "ste"):
         raise NumericsError(f"te_quantize: unknown estimator {estimator!r}.")
     if pack not in ("none", "bits32") or (pack == "bits32" and bits != 1):
-        raise NumericsError(f"te_quantize: pack={pack!r} needs pack 'none', or 'bits32' with bits=1.")
+        raise NumericsError(
+            f"te_quantize: pack={pack!r} needs pack 'none', or 'bits32' with bits=1."
+        )
     *lead, k = _shape(x)
     nb = _nblocks(k, block, "te_quantize")
-    fmt = QFormat(bits, symmetric)
-    lo, hi = code_range(fmt)
+    lo, hi = code_range(QFormat(bits, symmetric))
     bshape = [*lead, nb]
+    f64 = "float64"
 
-    def xat(idx: Sequence[Any], r: Any) -> Any:
-        *li, b = idx
-        return x[(*li, b * block + r)]
+    def xat(i: Sequence[Any], r: Any) -> Any:  # x at element r of block i = (*lead, b)
+        return x[(*i[:-1], i[-1] * block + r)]
 
-    def red(fn: Callable[..., Any], op: Callable[..., Any], stage: str, tag: str) -> Tensor:
+    def red(tag: str, stage: str, fn: Callable[..., Any], op: Any = te.sum) -> Tensor:
         r = te.reduce_axis((0, block), name=f"r_{tag}")
-        return te.compute(
-            bshape, lambda *i: op(fn(i, r), axis=r), name=f"{name}_{tag}", attrs=_stage(stage)
-        )
+        return te.compute(bshape, lambda *i: op(fn(i, r), axis=r), name=f"{name}_{tag}",
+                          attrs=_stage(stage))  # fmt: skip
 
-    # stage 1: the grid (s_f, b_f), exactly as primitives.grid computes it
-    if bits in (1, 1.5):
-        kept = red(lambda i, r: tirx.Select(xat(i, r) != _f32(0), _f64(1), _f64(0)), te.sum, "grid", "kept")
+    def per_block(tag: str, stage: str, fn: Callable[..., Any], attrs: Any = None) -> Tensor:
+        return te.compute(bshape, fn, name=f"{name}_{tag}", attrs=attrs or _stage(stage))
+
+    # stage 1: the grid (s_f, b_f), with the same float ops as primitives.grid
+    b_f: Tensor | None = None
+    if bits in (1, 1.5):  # means over kept (non-zero) elements, summed in float64
+        kept = red("kept", "grid", lambda i, r: tirx.Select(xat(i, r) != _f32(0), _f64(1), _f64(0)))
         if bits == 1 and not symmetric:
-            xsum = red(lambda i, r: xat(i, r).astype("float64"), te.sum, "grid", "xsum")
-            b_f = te.compute(bshape, lambda *i: (xsum(*i) / _f64(block)).astype("float32"),
-                             name=f"{name}_bf", attrs=_stage("grid"))  # fmt: skip
-            asum = red(lambda i, r: tirx.abs(xat(i, r) - b_f(*i)).astype("float64"), te.sum, "grid", "asum")
-        else:
-            b_f = None
-            asum = red(lambda i, r: tirx.abs(xat(i, r)).astype("float64"), te.sum, "grid", "asum")
-        s_f = te.compute(
-            bshape,
-            lambda *i: tirx.max((asum(*i) / tirx.max(kept(*i), _f64(1))).astype("float32"), _f32(EPS)),
-            name=f"{name}_sf",
-            attrs=_stage("grid"),
+            xsum = red("xsum", "grid", lambda i, r: xat(i, r).astype(f64))
+            b_f = per_block("bf", "grid", lambda *i: (xsum(*i) / _f64(block)).astype("float32"))
+        bf = b_f
+        asum = red(
+            "asum",
+            "grid",
+            lambda i, r: tirx.abs(xat(i, r) - bf(*i) if bf is not None else xat(i, r)).astype(f64),
         )
+        s_f = per_block("sf", "grid", lambda *i: tirx.max(
+            (asum(*i) / tirx.max(kept(*i), _f64(1))).astype("float32"), _f32(EPS)))  # fmt: skip
     elif symmetric:
-        b_f = None
-        amax = red(lambda i, r: tirx.abs(xat(i, r)), te.max, "grid", "amax")
-        s_f = te.compute(bshape, lambda *i: tirx.max(amax(*i) / _f32(hi), _f32(EPS)),
-                         name=f"{name}_sf", attrs=_stage("grid"))  # fmt: skip
+        amax = red("amax", "grid", lambda i, r: tirx.abs(xat(i, r)), te.max)
+        s_f = per_block("sf", "grid", lambda *i: tirx.max(amax(*i) / _f32(hi), _f32(EPS)))
     else:
-        b_f = red(lambda i, r: xat(i, r), te.min, "grid", "min")
-        xmax = red(lambda i, r: xat(i, r), te.max, "grid", "max")
-        s_f = te.compute(bshape, lambda *i: tirx.max((xmax(*i) - b_f(*i)) / _f32(hi), _f32(EPS)),
-                         name=f"{name}_sf", attrs=_stage("grid"))  # fmt: skip
+        b_f = red("min", "grid", xat, te.min)
+        xmax = red("max", "grid", xat, te.max)
+        bmin = b_f
+        s_f = per_block(
+            "sf", "grid", lambda *i: tirx.max((xmax(*i) - bmin(*i)) / _f32(hi), _f32(EPS))
+        )
 
     # stage 2: codes (float32-valued integers), z = (x - b_f) / s_f, round half-to-even
     def code_fn(*idx: Any) -> Any:
-        *li, kk = idx
-        bi = (*li, kk // block)
+        bi = (*idx[:-1], idx[-1] // block)
         z = (x(*idx) - b_f(*bi)) / s_f(*bi) if b_f is not None else x(*idx) / s_f(*bi)
         if bits == 1:
             return tirx.Select(z >= _f32(0), _f32(1), _f32(-1))
@@ -199,85 +197,63 @@ def te_quantize(
 
     code = te.compute([*lead, k], code_fn, name=f"{name}_code", attrs=_stage("codes"))
 
-    def qat(idx: Sequence[Any], r: Any) -> Any:
-        *li, b = idx
-        return code[(*li, b * block + r)]
+    def qat(i: Sequence[Any], r: Any) -> Any:
+        return code[(*i[:-1], i[-1] * block + r)]
 
-    # stage 3: the dequantizer (estimators.py), statistics summed in float64
+    # stage 3: the dequantizer (estimators.py); statistics summed in float64, and the
+    # exact-zero denominator (λ = 0, constant codes) gives scale 0 as there
+    inv_b = _f64(1.0 / block)
+    lam = _f64(ridge_lambda)
+
+    def safe_div(num: Any, den: Any) -> Any:
+        ok = den != _f64(0)
+        return tirx.Select(ok, num / tirx.Select(ok, den, _f64(1)), _f64(0)).astype("float32")
+
     if estimator == "ste":
         scale = s_f
-        offset = b_f if b_f is not None else te.compute(bshape, lambda *i: _f32(0), name=f"{name}_zero")
+        offset = b_f if b_f is not None else per_block("zero", "stats", lambda *i: _f32(0))
+    elif symmetric:
+        qx = red("qx", "stats", lambda i, r: qat(i, r).astype(f64) * xat(i, r).astype(f64))
+        qq = red("qq", "stats", lambda i, r: (qat(i, r) * qat(i, r)).astype(f64))
+        scale = per_block(
+            "scale", "stats", lambda *i: safe_div(qx(*i) * inv_b, qq(*i) * inv_b + lam)
+        )
+        offset = per_block("offset", "stats", lambda *i: _f32(0))
     else:
-        lam = _f64(ridge_lambda)
-        inv_b = 1.0 / block
-        if symmetric:
-            qx = red(lambda i, r: qat(i, r).astype("float64") * xat(i, r).astype("float64"), te.sum, "stats", "qx")
-            qq = red(lambda i, r: (qat(i, r) * qat(i, r)).astype("float64"), te.sum, "stats", "qq")
+        xs_ = red("xs", "stats", lambda i, r: xat(i, r).astype(f64))
+        qs_ = red("qs", "stats", lambda i, r: qat(i, r).astype(f64))
 
-            def lin_scale(*i: Any) -> Any:
-                num, den = qx(*i) * _f64(inv_b), qq(*i) * _f64(inv_b) + lam
-                safe = tirx.Select(den != _f64(0), den, _f64(1))
-                return tirx.Select(den != _f64(0), num / safe, _f64(0)).astype("float32")
+        def dx(i: Sequence[Any], r: Any) -> Any:
+            return xat(i, r).astype(f64) - xs_(*i) * inv_b
 
-            scale = te.compute(bshape, lin_scale, name=f"{name}_scale", attrs=_stage("stats"))
-            offset = te.compute(bshape, lambda *i: _f32(0), name=f"{name}_offset", attrs=_stage("stats"))
-        else:
-            xs_ = red(lambda i, r: xat(i, r).astype("float64"), te.sum, "stats", "xs")
-            qs_ = red(lambda i, r: qat(i, r).astype("float64"), te.sum, "stats", "qs")
+        def dq(i: Sequence[Any], r: Any) -> Any:
+            return qat(i, r).astype(f64) - qs_(*i) * inv_b
 
-            def centred(i: Sequence[Any], r: Any) -> tuple[Any, Any]:
-                xm, qm = xs_(*i) * _f64(inv_b), qs_(*i) * _f64(inv_b)
-                return xat(i, r).astype("float64") - xm, qat(i, r).astype("float64") - qm
-
-            cov = red(lambda i, r: centred(i, r)[0] * centred(i, r)[1], te.sum, "stats", "cov")
-            var = red(lambda i, r: centred(i, r)[1] * centred(i, r)[1], te.sum, "stats", "var")
-
-            def aff_scale(*i: Any) -> Any:
-                den = var(*i) * _f64(inv_b) + lam
-                safe = tirx.Select(den != _f64(0), den, _f64(1))
-                s = cov(*i) * _f64(inv_b) / safe
-                return tirx.Select(den != _f64(0), s, _f64(0)).astype("float32")
-
-            scale = te.compute(bshape, aff_scale, name=f"{name}_scale", attrs=_stage("stats"))
-            offset = te.compute(
-                bshape,
-                lambda *i: (xs_(*i) * _f64(inv_b)).astype("float32")
-                - scale(*i) * (qs_(*i) * _f64(inv_b)).astype("float32"),
-                name=f"{name}_offset",
-                attrs=_stage("stats"),
-            )
+        cov = red("cov", "stats", lambda i, r: dx(i, r) * dq(i, r))
+        var = red("var", "stats", lambda i, r: dq(i, r) * dq(i, r))
+        scale = per_block(
+            "scale", "stats", lambda *i: safe_div(cov(*i) * inv_b, var(*i) * inv_b + lam)
+        )
+        offset = per_block("offset", "stats", lambda *i: (xs_(*i) * inv_b).astype("float32")
+                           - scale(*i) * (qs_(*i) * inv_b).astype("float32"))  # fmt: skip
 
     # stage 4: storage layout
     attrs = _attrs("quantize", block, bits=float(bits), symmetric=bool(symmetric))
     shift = bits == 8 and not symmetric
-    if shift:  # METHOD.md §3.2: store code - 128, offset += 128·scale (exact multiply)
-        offset_in = offset
-        offset = te.compute(bshape, lambda *i: offset_in(*i) + _f32(128) * scale(*i),
-                            name=f"{name}_offset_s8", attrs=attrs)  # fmt: skip
+    if shift:  # METHOD.md §3.2: store code - 128, offset += 128·scale (an exact multiply)
+        off = offset
+        offset = per_block("offset_s8", "", lambda *i: off(*i) + _f32(128) * scale(*i), attrs)
     if pack == "bits32":
         if k % 32 or block % 32:
             raise NumericsError(f"te_quantize: bits32 packing needs K and block % 32 == 0 (K={k}).")
         t = te.reduce_axis((0, 32), name="bit")
-        codes = te.compute(
-            [*lead, k // 32],
-            lambda *i: te.sum(
-                tirx.Select(
-                    code[(*i[:-1], i[-1] * 32 + t)] > _f32(0),
-                    tirx.const(1, "uint32") << t.var.astype("uint32"),
-                    tirx.const(0, "uint32"),
-                ),
-                axis=t,
-            ),
-            name=f"{name}_bits",
-            attrs=attrs,
-        )
+        one, zero = tirx.const(1, "uint32"), tirx.const(0, "uint32")
+        codes = te.compute([*lead, k // 32], lambda *i: te.sum(tirx.Select(
+            code[(*i[:-1], i[-1] * 32 + t)] > _f32(0), one << t.var.astype("uint32"), zero),
+            axis=t), name=f"{name}_bits", attrs=attrs)  # fmt: skip
     else:
-        codes = te.compute(
-            [*lead, k],
-            lambda *i: (code(*i) - _f32(128) if shift else code(*i)).astype("int8"),
-            name=f"{name}_codes",
-            attrs=attrs,
-        )
+        codes = te.compute([*lead, k], lambda *i: (code(*i) - _f32(128) if shift else code(*i))
+                           .astype("int8"), name=f"{name}_codes", attrs=attrs)  # fmt: skip
     return codes, scale, offset
 
 
@@ -331,7 +307,9 @@ def te_int_matmul_core(
             byte = wq[(*bi, j, b * half + r)]
             x0 = xq[(*bi, i, b * block + 2 * r)].astype("int32")
             x1 = xq[(*bi, i, b * block + 2 * r + 1)].astype("int32")
-            return te.sum(x0 * _nibble(byte, False, w_signed) + x1 * _nibble(byte, True, w_signed), axis=r)
+            return te.sum(
+                x0 * _nibble(byte, False, w_signed) + x1 * _nibble(byte, True, w_signed), axis=r
+            )
 
     else:
         r = te.reduce_axis((0, block), name="r")
@@ -339,7 +317,9 @@ def te_int_matmul_core(
         def body(*idx: Any) -> Any:
             *bi, i, j, b = idx
             kk = b * block + r
-            return te.sum(xq[(*bi, i, kk)].astype("int32") * wq[(*bi, j, kk)].astype("int32"), axis=r)
+            return te.sum(
+                xq[(*bi, i, kk)].astype("int32") * wq[(*bi, j, kk)].astype("int32"), axis=r
+            )
 
     return te.compute([*bt, m, n, nb], body, name=name, attrs={**a, STAGE_ATTR: "core"})
 
@@ -349,10 +329,14 @@ def _popc(v: Any) -> Any:
 
 
 def te_xnor_popcount_core(
-    xbits: Tensor, wbits: Tensor, *, block: int, name: str = "xnor_popcount_core",
+    xbits: Tensor,
+    wbits: Tensor,
+    *,
+    block: int,
+    name: str = "xnor_popcount_core",
     attrs: dict[str, Any] | None = None,
-) -> Tensor:  # fmt: skip
-    """``P = 2·popcount(XNOR) − block`` per block, ``i32 [M, N, nb]``, from ``uint32`` words."""
+) -> Tensor:
+    """``P = 2·popcount(XNOR) - block`` per block, ``i32 [M, N, nb]``, from ``uint32`` words."""
     if block % 32:
         raise NumericsError(f"te_xnor_popcount_core: block must be a multiple of 32 ({block}).")
     m, words = _shape(xbits)
@@ -368,14 +352,22 @@ def te_xnor_popcount_core(
     )
     a = attrs if attrs is not None else _attrs("xnor_popcount_core", block)
     return te.compute(
-        [m, n, nb], lambda i, j, b: 2 * pc[i, j, b] - block, name=name, attrs={**a, STAGE_ATTR: "core_out"}
+        [m, n, nb],
+        lambda i, j, b: 2 * pc[i, j, b] - block,
+        name=name,
+        attrs={**a, STAGE_ATTR: "core_out"},
     )
 
 
 def te_sparse24_core(
-    xq: Tensor, wvals: Tensor, widx: Tensor, *, block: int, name: str = "sparse24_core",
+    xq: Tensor,
+    wvals: Tensor,
+    widx: Tensor,
+    *,
+    block: int,
+    name: str = "sparse24_core",
     attrs: dict[str, Any] | None = None,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """2:4 sparse core ``i32 [M, N, nb]``: gathers ``xq[i, 4g + idx]`` for each kept slot."""
     m, k = _shape(xq)
     n = _shape(wvals)[0]
@@ -417,10 +409,18 @@ def _affine_epilogue(
     ity = "int32" if 2 * block * block * int_bound <= _I32_MAX else "int64"
     fb = _f32(float(block))
     xa = te.compute([*bt, m, nb], lambda *i: xs(*i) / fb, name=f"{name}_xa", attrs=_stage("prep"))
-    xm = te.compute([*bt, m, nb], lambda *i: xc(*i) + xs(*i) * sx(*i).astype("float32") / fb,
-                    name=f"{name}_xm", attrs=_stage("prep"))  # fmt: skip
-    wm = te.compute([*bt, n, nb], lambda *i: fb * (wc(*i) + ws(*i) * sw(*i).astype("float32") / fb),
-                    name=f"{name}_wm", attrs=_stage("prep"))  # fmt: skip
+    xm = te.compute(
+        [*bt, m, nb],
+        lambda *i: xc(*i) + xs(*i) * sx(*i).astype("float32") / fb,
+        name=f"{name}_xm",
+        attrs=_stage("prep"),
+    )
+    wm = te.compute(
+        [*bt, n, nb],
+        lambda *i: fb * (wc(*i) + ws(*i) * sw(*i).astype("float32") / fb),
+        name=f"{name}_wm",
+        attrs=_stage("prep"),
+    )
     b = te.reduce_axis((0, nb), name="b")
 
     def body(*idx: Any) -> Any:
@@ -448,11 +448,20 @@ def te_int_matmul(
 ) -> Tensor:
     """Fused integer-affine matmul ``f32 [M, N]`` (``reference.int_matmul``)."""
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
-    p = te_int_matmul_core(xq, wq, block=block, w_bits=w_bits, w_signed=w_signed,
-                           name=f"{name}_p", attrs=_stage("core"))  # fmt: skip
+    p = te_int_matmul_core(
+        xq,
+        wq,
+        block=block,
+        w_bits=w_bits,
+        w_signed=w_signed,
+        name=f"{name}_p",
+        attrs=_stage("core"),
+    )
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
     bound = 128 * (15 if w_bits <= 4 else 128)
-    return _affine_epilogue(p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=bound, name=name, attrs=a)
+    return _affine_epilogue(
+        p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=bound, name=name, attrs=a
+    )
 
 
 def te_xnor_popcount_matmul(
@@ -470,10 +479,12 @@ def te_xnor_popcount_matmul(
 ) -> Tensor:
     """Fused A1W1 matmul ``f32 [M, N]`` from sign words (``reference.xnor_popcount_matmul``)."""
     if k != _shape(xbits)[-1] * 32:
-        raise NumericsError(f"te_xnor_popcount_matmul: k={k} does not match {_shape(xbits)[-1]} words.")
+        raise NumericsError(
+            f"te_xnor_popcount_matmul: k={k} does not match {_shape(xbits)[-1]} words."
+        )
     a = _attrs("xnor_popcount_matmul", block, k=int(k))
     p = te_xnor_popcount_core(xbits, wbits, block=block, name=f"{name}_p", attrs={})
-    m, words = _shape(xbits)
+    m = _shape(xbits)[0]
     wpb = block // 32
     r = te.reduce_axis((0, wpb), name="r_sx")
     sx_pc = te.compute(
@@ -482,9 +493,15 @@ def te_xnor_popcount_matmul(
         name=f"{name}_sxpc",
         attrs=_stage("sums"),
     )
-    sx = te.compute([m, k // block], lambda i, b: 2 * sx_pc[i, b] - block, name=f"{name}_sx",
-                    attrs=_stage("sums"))  # fmt: skip
-    return _affine_epilogue(p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=1, name=name, attrs=a)
+    sx = te.compute(
+        [m, k // block],
+        lambda i, b: 2 * sx_pc[i, b] - block,
+        name=f"{name}_sx",
+        attrs=_stage("sums"),
+    )
+    return _affine_epilogue(
+        p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=1, name=name, attrs=a
+    )
 
 
 def te_sparse24_matmul(
@@ -505,8 +522,9 @@ def te_sparse24_matmul(
     a = _attrs("sparse24_matmul", block, w_bits=int(w_bits))
     p = te_sparse24_core(xq, wvals, widx, block=block, name=f"{name}_p", attrs={})
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
-    return _affine_epilogue(p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=128 * 128,
-                            name=name, attrs=a)  # fmt: skip
+    return _affine_epilogue(
+        p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=128 * 128, name=name, attrs=a
+    )
 
 
 def te_qbmm(
@@ -520,9 +538,11 @@ def te_qbmm(
     block: int,
     name: str = "qbmm",
 ) -> Tensor:
-    """Batched activation × activation ``[B, M, K] × [B, N, K] → f32 [B, M, N]``."""
+    """Batched activation x activation ``[B, M, K] x [B, N, K] → f32 [B, M, N]``."""
     a = _attrs("qbmm", block)
     p = te_int_matmul_core(aq, bq, block=block, name=f"{name}_p", attrs={})
     sa = te_code_sums(aq, block=block, name=f"{name}_sa")
     sb = te_code_sums(bq, block=block, name=f"{name}_sb")
-    return _affine_epilogue(p, as_, ac, sa, bs, bc, sb, block=block, int_bound=128 * 128, name=name, attrs=a)
+    return _affine_epilogue(
+        p, as_, ac, sa, bs, bc, sb, block=block, int_bound=128 * 128, name=name, attrs=a
+    )

@@ -4,7 +4,7 @@ Correct first, then sensible. Every matmul-like kernel is a *core* block (the bl
 int32 GEMM ``P[.., i, j, b]``) feeding an *epilogue* block (``Y[.., i, j]``, reducing over
 blocks ``b``). The schedule:
 
-1. tiles the epilogue's ``(i, j)`` into ``tile_m × tile_n`` register tiles, and fuses the
+1. tiles the epilogue's ``(i, j)`` into ``tile_m x tile_n`` register tiles, and fuses the
    batch and tile loops into one parallel loop;
 2. computes the core at the tile (``compute_at``), so the int32 block accumulator of one
    tile (``tile_m·tile_n·nb`` ints) lives in a small local buffer and never goes to memory;
@@ -54,8 +54,8 @@ _REDUCE = int(tvm.tirx.IterVar.CommReduce)
 class CpuScheduleConfig:
     """Tile sizes of the CPU matmul schedule (clamped to divisors of the actual shape).
 
-    Measured on Zen 3 (AVX2) at M=64, N=K=1024, block 128: 2×4 and 4×4 tiles are best
-    (8–16 accumulators fit the 16 ymm registers); 8×32 spills.
+    Measured on Zen 3 (AVX2, one thread) at M=64, N=K=1024, block 128: 2x4 and 4x4 tiles
+    take ~3.3 ms, 2x2 / 2x8 / 4x2 ~4 ms, 1x8 ~5.8 ms, the unscheduled kernel ~15 ms.
     """
 
     tile_m: int = 4
@@ -117,7 +117,7 @@ def _divisor(n: int, want: int) -> int:
 
 
 def _parallel_rows(sch: Any, block: Any, cfg: CpuScheduleConfig) -> None:
-    """Parallelize the outermost loop of a small root-level stage (rows × blocks)."""
+    """Parallelize the outermost loop of a small root-level stage (rows x blocks)."""
     loops = sch.get_loops(block)
     if cfg.parallel and loops and _extent(sch, loops[0]) > 1:
         sch.parallel(loops[0])
@@ -157,7 +157,7 @@ def _register_tile(sch: Any, core: Any) -> None:
 
 
 def _schedule_fused(sch: Any, cfg: CpuScheduleConfig) -> None:
-    for blk in _by_stage(sch, "core_out"):  # xnor: 2·popcount − block, folded into its user
+    for blk in _by_stage(sch, "core_out"):  # xnor: 2·popcount - block, folded into its user
         if _by_stage(sch, "epilogue"):
             sch.compute_inline(blk)
     out = (_by_stage(sch, "epilogue") or _by_stage(sch, "core_out"))[0]
@@ -194,7 +194,7 @@ def _schedule_core_only(sch: Any, cfg: CpuScheduleConfig) -> None:
 
 
 def _schedule_quantize(sch: Any, cfg: CpuScheduleConfig) -> None:
-    """Row-parallel: every stage's outermost loop (rows, or rows × blocks) runs in parallel.
+    """Row-parallel: every stage's outermost loop (rows, or rows x blocks) runs in parallel.
 
     Quantization is O(M·K) against the matmul's O(M·N·K); vectorizing its stages is left to
     LLVM. TODO(issue 9): fuse the stages per row block to read ``x`` once.
@@ -214,7 +214,9 @@ _SCHEDULES: dict[str, Callable[[Any, CpuScheduleConfig], None]] = {
     "qbmm": _schedule_fused,
 }
 if set(_SCHEDULES) != set(KERNELS):  # pragma: no cover - import-time consistency check
-    raise RuntimeError(f"schedules.py does not cover kernels {sorted(set(KERNELS) - set(_SCHEDULES))}")
+    raise RuntimeError(
+        f"schedules.py does not cover kernels {sorted(set(KERNELS) - set(_SCHEDULES))}"
+    )
 
 
 # -- entry points -------------------------------------------------------------------------

@@ -65,10 +65,18 @@ def test_feature_table_agrees_with_llvm() -> None:
 
 
 def test_parse_cpuinfo() -> None:
-    text = "processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512bw avx512_vnni avx512_vpopcntdq\n"
+    text = (
+        "processor\t: 0\n"
+        "flags\t\t: fpu sse avx2 fma avx512f avx512bw avx512_vnni avx512_vpopcntdq\n"
+    )
     assert cpu_features.parse_cpuinfo(text) == {
-        "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_vpopcntdq",
-    }  # fmt: skip
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx512_vpopcntdq",
+    }
     assert cpu_features.parse_cpuinfo("no flags here") == frozenset()
 
 
@@ -80,3 +88,10 @@ def test_required_features_non_x86_and_generic() -> None:
     plus = {"kind": "llvm", "mattr": ["+avx2", "+avx512vpopcntdq"]}
     assert cpu_features.required_features(plus) == {"avx2", "avx512_vpopcntdq"}
     assert cpu_features.missing_features(plus, frozenset({"avx2"})) == {"avx512_vpopcntdq"}
+
+
+@pytest.mark.parametrize("module", [adapter, cpu_features], ids=["adapter", "cpu_features"])
+def test_doctests(module: object) -> None:
+    import doctest
+
+    assert doctest.testmod(module).failed == 0  # type: ignore[arg-type]

@@ -36,13 +36,15 @@ _TV = {v: k for k, v in _DT.items()}
 Spec = tuple[tuple[str, tuple[int, ...], str], ...]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _target() -> Any:
     return host_llvm_target()
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(builder: str, inputs: Spec, params: tuple[tuple[str, Any], ...], scheduled: bool) -> Any:
+@functools.cache
+def _compiled(
+    builder: str, inputs: Spec, params: tuple[tuple[str, Any], ...], scheduled: bool
+) -> Any:
     phs = [te.placeholder(shape, dtype, name=name) for name, shape, dtype in inputs]
     outs = getattr(K, builder)(*phs, **dict(params))
     outs = list(outs) if isinstance(outs, tuple) else [outs]
@@ -56,7 +58,9 @@ def _compiled(builder: str, inputs: Spec, params: tuple[tuple[str, Any], ...], s
     return lib["kernel"], out_specs
 
 
-def run(builder: str, args: list[torch.Tensor], scheduled: bool, **params: Any) -> list[torch.Tensor]:
+def run(
+    builder: str, args: list[torch.Tensor], scheduled: bool, **params: Any
+) -> list[torch.Tensor]:
     """Build (cached) and run ``kernels.<builder>`` on torch tensors; returns its outputs."""
     spec = tuple((f"a{i}", tuple(a.shape), _TV[a.dtype]) for i, a in enumerate(args))
     fn, out_specs = _compiled(builder, spec, tuple(sorted(params.items())), scheduled)
@@ -95,13 +99,22 @@ def _params(rows: int, nb: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     ("m", "n", "k", "block", "wfmt"),
     [(*SHAPES[0], "s8"), (*SHAPES[0], "s4"), (*SHAPES[1], "u4"), (*SHAPES[2], "s8")],
 )
-def test_int_matmul_core_exact(scheduled: bool, m: int, n: int, k: int, block: int, wfmt: str) -> None:
+def test_int_matmul_core_exact(
+    scheduled: bool, m: int, n: int, k: int, block: int, wfmt: str
+) -> None:
     xq = _codes((m, k), -128, 127, 1)
     lo, hi = {"s8": (-128, 127), "s4": (-8, 7), "u4": (0, 15)}[wfmt]
     wq = _codes((n, k), lo, hi, 2)
     stored = wq if wfmt == "s8" else pack_nibbles(wq, signed=wfmt == "s4")
     w_bits = 8 if wfmt == "s8" else 4
-    (p,) = run("te_int_matmul_core", [xq, stored], scheduled, block=block, w_bits=w_bits, w_signed=wfmt != "u4")
+    (p,) = run(
+        "te_int_matmul_core",
+        [xq, stored],
+        scheduled,
+        block=block,
+        w_bits=w_bits,
+        w_signed=wfmt != "u4",
+    )
     assert torch.equal(p, ref.int_matmul_core(xq, wq, block))
 
 
@@ -151,7 +164,15 @@ def test_sparse24_core_exact(scheduled: bool, m: int, n: int, k: int, block: int
     ids=["m1-a8-w8", "a8-w4s", "a4-w4u", "m1-a8sym-w2u", "a8-w8"],
 )
 def test_int_matmul(
-    scheduled: bool, m: int, n: int, k: int, block: int, a_bits: int, a_sym: bool, w_bits: int, w_sym: bool
+    scheduled: bool,
+    m: int,
+    n: int,
+    k: int,
+    block: int,
+    a_bits: int,
+    a_sym: bool,
+    w_bits: int,
+    w_sym: bool,
 ) -> None:
     g = torch.Generator().manual_seed(m * 1000 + k)
     x = torch.randn(m, k, generator=g) + 0.5  # a non-zero mean exercises the offsets
@@ -242,9 +263,16 @@ def test_quantize(scheduled: bool, bits: float, symmetric: bool, estimator: str,
     x[1, 2, 64:128] = x[1, 2, 64:128].round()  # many ties at half-integers after scaling
     block = 64
     codes, scale, offset = run(
-        "te_quantize", [x], scheduled, bits=bits, symmetric=symmetric, block=block,
-        estimator=estimator, ridge_lambda=0.01, pack=pack,
-    )  # fmt: skip
+        "te_quantize",
+        [x],
+        scheduled,
+        bits=bits,
+        symmetric=symmetric,
+        block=block,
+        estimator=estimator,
+        ridge_lambda=0.01,
+        pack=pack,
+    )
     rc, rs, ro = ref.quantize(
         x, bits=bits, symmetric=symmetric, block=block, estimator=estimator, pack=pack
     )
@@ -257,8 +285,17 @@ def test_quantize(scheduled: bool, bits: float, symmetric: bool, estimator: str,
 def test_quantize_lambda_zero_safe_path() -> None:
     x = torch.zeros(2, 64)
     x[1] = torch.linspace(-1, 1, 64)
-    codes, scale, offset = run("te_quantize", [x], False, bits=4, symmetric=False, block=64,
-                               estimator="ridge", ridge_lambda=0.0, pack="none")  # fmt: skip
+    codes, scale, offset = run(
+        "te_quantize",
+        [x],
+        False,
+        bits=4,
+        symmetric=False,
+        block=64,
+        estimator="ridge",
+        ridge_lambda=0.0,
+        pack="none",
+    )
     rc, rs, ro = ref.quantize(x, bits=4, symmetric=False, block=64, ridge_lambda=0.0)
     assert torch.equal(codes, rc)
     assert scale[0, 0].item() == 0.0 and torch.isfinite(scale).all()
@@ -270,8 +307,17 @@ def test_quantize_feeds_int_matmul_end_to_end() -> None:
     m, n, k, block = 4, 8, 256, 128
     g = torch.Generator().manual_seed(9)
     x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
-    xq, xs, xc = run("te_quantize", [x], True, bits=8, symmetric=False, block=block,
-                     estimator="ridge", ridge_lambda=0.01, pack="none")  # fmt: skip
+    xq, xs, xc = run(
+        "te_quantize",
+        [x],
+        True,
+        bits=8,
+        symmetric=False,
+        block=block,
+        estimator="ridge",
+        ridge_lambda=0.01,
+        pack="none",
+    )
     wq, ws, wc = ref.quantize(w, bits=4, symmetric=True, block=block)
     args = [xq, xs, xc, pack_nibbles(wq, signed=True), ws, wc, ref.code_sums(wq, block)]
     (y,) = run("te_int_matmul", args, True, block=block, w_bits=4, w_signed=True)
@@ -296,28 +342,44 @@ def test_emit_te_and_schedule_module() -> None:
     xv = relax.Var("x", relax.TensorType((m, k), "float32"))
     with bb.function("main", [xv]):
         with bb.dataflow():
-            q = bb.emit_te(lambda t: K.te_quantize(t, bits=8, symmetric=False, block=block), xv,
-                           primfunc_name_hint="quantize")  # fmt: skip
+            q = bb.emit_te(
+                lambda t: K.te_quantize(t, bits=8, symmetric=False, block=block),
+                xv,
+                primfunc_name_hint="quantize",
+            )
             y = bb.emit_te(
                 lambda *a: K.te_int_matmul(*a, block=block, w_bits=8, w_signed=True),
-                *(relax.TupleGetItem(q, i) for i in range(3)), *wts, primfunc_name_hint="int_matmul",
-            )  # fmt: skip
-            z = bb.emit_te(lambda t: te.compute(t.shape, lambda i, j: t[i, j] * 2.0, name="dbl"),
-                           y, primfunc_name_hint="double")  # fmt: skip
+                *(relax.TupleGetItem(q, i) for i in range(3)),
+                *wts,
+                primfunc_name_hint="int_matmul",
+            )
+            z = bb.emit_te(
+                lambda t: te.compute(t.shape, lambda i, j: t[i, j] * 2.0, name="dbl"),
+                y,
+                primfunc_name_hint="double",
+            )
             out_var = bb.emit_output(z)
         bb.emit_func_output(out_var)
     mod = bb.get()
-    kinds = {gv.name_hint: kernel_kind(f) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    kinds = {
+        gv.name_hint: kernel_kind(f)
+        for gv, f in mod.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc)
+    }
     assert kinds == {"quantize": "quantize", "int_matmul": "int_matmul", "double": None}
     smod = schedule_module(mod, _target())
-    flags = {gv.name_hint: SCHEDULED_ATTR in (f.attrs or {}) for gv, f in smod.functions.items()
-             if isinstance(f, tvm.tirx.PrimFunc)}  # fmt: skip
+    flags = {
+        gv.name_hint: SCHEDULED_ATTR in (f.attrs or {})
+        for gv, f in smod.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc)
+    }
     assert flags == {"quantize": True, "int_matmul": True, "double": False}
     assert smod["double"].same_as(mod["double"])  # non-rq functions are left alone
     assert schedule_module(smod, _target()) is smod  # idempotent
     vm = relax.VirtualMachine(relax.build(smod, target=_target()), tvm.cpu())
     out = torch.from_numpy(vm["main"](tvm.runtime.tensor(x.numpy())).numpy())
     xq, xs, xc = ref.quantize(x, bits=8, symmetric=False, block=block)
-    expect = ref.int_matmul(xq, xs, xc, wq, ws, wc, ref.code_sums(wq, block), block=block,
-                            w_bits=8, w_signed=True)  # fmt: skip
+    expect = ref.int_matmul(
+        xq, xs, xc, wq, ws, wc, ref.code_sums(wq, block), block=block, w_bits=8, w_signed=True
+    )
     assert_rel(out, 2 * expect)
