@@ -72,5 +72,4 @@ def build_tvm(ir: Module, target: RQTarget) -> CompiledModule:
     t0 = time.perf_counter()
     lib = export_bytes(x, library_suffix(target.to_dict()))
     _log.debug("export: %.3f s (%d bytes)", time.perf_counter() - t0, len(lib))
-    return compiled_module(ir, target, lib, features_for(ttarget), executable=x,
-                           tvm_target=ttarget)  # fmt: skip
+    return compiled_module(ir, target, lib, features_for(ttarget), executable=x, tvm_target=ttarget)

@@ -1,21 +1,24 @@
 """rq IR → TVM relax ``IRModule``: one emitter per IR op, looked up in :data:`EMITTERS`.
 
-Where it sits: ``build`` (``targets/tvm/pipelines.py``, phase ``emit``). In: a verified
+Where it sits: ``build``, phase ``emit`` of ``targets/tvm/pipelines.py``. In: a verified
 ``rqcompile.ir.Module`` with static shapes. Out: a ``tvm.IRModule`` whose relax function
 ``main`` takes the IR's arguments followed by one parameter per weight, in the order of
 :func:`const_params`.
 
-* **Integer ops** go through ``bb.emit_te`` over the TE computes of :mod:`.kernels`, with the
-  op's attributes passed as keywords. Their PrimFuncs carry ``op_pattern = kOpaque`` so relax
-  fusion leaves them whole for ``schedules.schedule_module`` (which finds them by their
-  ``rq.kernel`` block annotation), and identical kernels (same shapes and attributes) are
-  emitted once: ``BlockBuilder.add_func`` deduplicates structurally equal PrimFuncs.
-* **Float and layout ops** are ``relax.op.*`` calls, legalized to TOPI by ``LegalizeOps``;
-  the few with no relax op of the same meaning (``im2col``, ``causal_mask``) are TE computes
-  written here.
+* **Integer ops** are ``BlockBuilder.emit_te`` calls over the TE computes of :mod:`.kernels`,
+  with the op's attributes as keywords. Their PrimFuncs carry ``op_pattern = kOpaque``, so
+  relax fusion leaves them whole for ``schedules.schedule_module`` (which finds them by their
+  ``rq.kernel`` block annotations).
+* **Float and layout ops** are ``relax.op.*`` calls, legalized to TOPI by ``LegalizeOps``.
+  ``im2col``, ``causal_mask`` and ``slice`` are TE computes written here.
 * **Weights are parameters, not constants.** Every ``rq.const`` becomes a parameter of
   ``main`` named after the constant; the runtime binds ``ir.constants`` to them, so the
   shared library holds code only and an artifact stores each weight once (safetensors).
+* **One kernel per distinct signature.** Convert splits grouped convolutions into one matmul
+  per group (64 for a depthwise layer), so the same kernel is requested many times.
+  :meth:`Emission.emit_te` emits a TE compute once per (kind, operand types, attributes) and
+  calls the same PrimFunc after that; ``rq.slice`` passes its start offset at run time for
+  the same reason. This cut the tiny CNN's build from 43 s to under 20 s.
 
 Numerics: integer results are bit-exact against ``targets/reference.py`` (the oracle); float
 ops agree to ~1e-6 relative (TOPI float32 vs torch; summation order differs).
@@ -24,11 +27,11 @@ ops agree to ~1e-6 relative (TOPI float32 vs torch; summation order differs).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from rqcompile.errors import TargetError, UnsupportedOpError
-from rqcompile.ir.core import AttrValue, Func, Module, Op
+from rqcompile.ir.core import AttrValue, Func, Module, Op, attr_key
 from rqcompile.ir.types import TensorType
 from rqcompile.targets.tvm import kernels as K
 from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
@@ -36,6 +39,7 @@ from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
 __all__ = [
     "EMITTERS",
     "TVM_DTYPES",
+    "Emission",
     "const_params",
     "emit_module",
     "te_causal_mask",
@@ -45,7 +49,6 @@ __all__ = [
 
 Expr = Any  # relax.Expr; TVM ships no type stubs
 Attrs = Mapping[str, AttrValue]
-Emitter = Callable[[relax.BlockBuilder, Op, tuple[Expr, ...]], Expr]
 
 #: IR element type -> TVM dtype of the stored tensor (i2/i4 live unpacked in int8, as in torch).
 TVM_DTYPES: Mapping[str, str] = {
@@ -64,7 +67,7 @@ TVM_DTYPES: Mapping[str, str] = {
 _OPAQUE = {"op_pattern": 8}
 
 
-# -- TE computes for the float/layout ops relax has no equivalent of -----------------------
+# -- TE computes for the ops relax has no equivalent of -----------------------------------
 
 
 def te_im2col(
@@ -100,7 +103,7 @@ def te_im2col(
 def te_causal_mask(x: Any, *, fill: float, offset: int | None = None) -> Any:
     """``x[..., T, S]`` with ``fill`` where ``j > i + offset`` (default ``offset = S - T``).
 
-    ``offset = S - T`` is ``rq.causal_mask`` (the mask aligned to the bottom right, as
+    ``offset = S - T`` is ``rq.causal_mask`` (aligned to the bottom right, like
     ``tril(S - T)``); ``offset = 0`` is torch SDPA's ``is_causal`` (top left).
     """
     *_, t, s = (int(d) for d in x.shape)
@@ -114,66 +117,6 @@ def te_causal_mask(x: Any, *, fill: float, offset: int | None = None) -> Any:
     return te.compute(x.shape, masked, name="causal_mask")
 
 
-# -- emitters -------------------------------------------------------------------------------
-
-
-def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
-    """An integer op: ``bb.emit_te(fn, *operands, **attrs)``, kept opaque to fusion."""
-
-    def emit(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-        return bb.emit_te(fn, *xs, **op.attrs_dict, primfunc_name_hint=name,
-                          primfunc_attrs=_OPAQUE)  # fmt: skip
-
-    return emit
-
-
-def _f32(value: float) -> Expr:
-    return relax.const(value, "float32")
-
-
-def _unary(fn: Callable[[Expr], Expr]) -> Emitter:
-    return lambda bb, op, xs: bb.emit(fn(xs[0]))
-
-
-def _binary(fn: Callable[[Expr, Expr], Expr]) -> Emitter:
-    return lambda bb, op, xs: bb.emit(fn(xs[0], xs[1]))
-
-
-def _scalar(fn: Callable[[Expr, Expr], Expr]) -> Emitter:
-    return lambda bb, op, xs: bb.emit(fn(xs[0], _f32(float(op.attr("value")))))  # type: ignore[arg-type]
-
-
-def _shape_of(op: Op, i: int = 0) -> tuple[int, ...]:
-    return tuple(int(d) for d in op.operands[i].type.shape)  # type: ignore[arg-type]
-
-
-def _norm_axes(op: Op) -> list[int]:
-    """The trailing dims a norm covers: as many as its weight has."""
-    return list(range(-op.operands[1].type.rank, 0))
-
-
-def _layer_norm(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit(relax.op.nn.layer_norm(xs[0], xs[1], xs[2], _norm_axes(op),
-                                          float(op.attr("eps"))))  # type: ignore[arg-type]  # fmt: skip
-
-
-def _rms_norm(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit(relax.op.nn.rms_norm(xs[0], xs[1], _norm_axes(op),
-                                        float(op.attr("eps"))))  # type: ignore[arg-type]  # fmt: skip
-
-
-_GELU = {"none": relax.op.nn.gelu, "tanh": relax.op.nn.gelu_tanh}
-
-
-def _gelu(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit(_GELU[str(op.attr("approximate"))](xs[0]))
-
-
-def _reshape(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    # the result type has the -1 resolved (shapes are static here)
-    return bb.emit(relax.op.reshape(xs[0], [int(d) for d in op.result.type.shape]))  # type: ignore[arg-type]
-
-
 def te_slice(x: Any, start: Any, *, axis: int, size: int, step: int) -> Any:
     """``x[..., start : start + size*step : step, ...]`` along ``axis``; ``start`` may be a var."""
     shape = [int(d) for d in x.shape]
@@ -185,47 +128,183 @@ def te_slice(x: Any, start: Any, *, axis: int, size: int, step: int) -> Any:
     return te.compute(shape, at, name="slice")
 
 
-def _emit_shared(
-    bb: relax.BlockBuilder,
-    fn: Callable[..., Any],
-    name: str,
-    tensors: Sequence[Expr],
-    types: Sequence[TensorType],
-    scalars: Sequence[int],
-    **attrs: Any,
-) -> Expr:
-    """``fn(*tensors, *scalars, **attrs)`` with the scalars as run-time PrimFunc parameters.
+# -- emission context -----------------------------------------------------------------------
 
-    Calls that differ only in those scalars then share one PrimFunc (``add_func`` dedups
-    structurally equal functions), where ``emit_te`` would bake each value into its own.
+
+def _flat(xs: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    for x in xs:
+        out.extend(_flat(x) if isinstance(x, (list, tuple)) else [x])
+    return out
+
+
+def _out_types(t: Any) -> Any:
+    return list(t.fields) if hasattr(t, "fields") else t
+
+
+class Emission:
+    """The state of one :func:`emit_module` call: the block builder and its kernel memo.
+
+    The memo maps a key (op kind, operand types, attributes) to the ``GlobalVar`` and output
+    types of the PrimFunc emitted for it, and lives only as long as this object.
     """
-    phs = [te.placeholder([int(d) for d in t.shape], TVM_DTYPES[t.dtype], name=f"x{i}")  # type: ignore[arg-type]
-           for i, t in enumerate(types)]  # fmt: skip
-    svars = [tirx.Var(f"s{i}", "int64") for i in range(len(scalars))]
-    out = fn(*phs, *svars, **attrs)
-    func = te.create_prim_func([*phs, *svars, out]).without_attr("global_symbol")
-    gvar = bb.add_func(func, name)
-    args = [*tensors, *(relax.prim_value(tirx.IntImm("int64", v)) for v in scalars)]
-    out_type = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
-    return bb.emit(relax.call_tir(gvar, args, out_type))
+
+    def __init__(self, bb: relax.BlockBuilder) -> None:
+        self.bb = bb
+        self._memo: dict[Hashable, tuple[Any, Any]] = {}
+
+    def emit(self, expr: Expr) -> Expr:
+        return self.bb.emit(expr)
+
+    def emit_te(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        *,
+        key: Hashable,
+        name: str,
+        opaque: bool = False,
+        **kwargs: Any,
+    ) -> Expr:
+        """``bb.emit_te(fn, *args, **kwargs)``, reusing the PrimFunc of an earlier equal ``key``.
+
+        ``key`` must determine the PrimFunc: it has to cover the operand types and every
+        keyword that shapes the compute.
+        """
+        hit = self._memo.get(key)
+        flat = _flat(args)
+        if hit is not None:
+            return self.bb.emit(relax.call_tir(hit[0], flat, hit[1]))
+        extra: dict[str, Any] = {"primfunc_attrs": _OPAQUE} if opaque else {}
+        var = self.bb.emit_te(fn, *args, **kwargs, primfunc_name_hint=name, **extra)
+        call = self.bb.lookup_binding(var)
+        called = list(call.args[1])
+        # memoize only when emit_te passed exactly our tensors, in order (always, today)
+        if len(called) == len(flat) and all(
+            a.same_as(b) for a, b in zip(called, flat, strict=True)
+        ):
+            self._memo[key] = (call.args[0], _out_types(call.ty_args[0]))
+        return var
+
+    def emit_shared(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Expr],
+        types: Sequence[TensorType],
+        scalars: Sequence[int],
+        *,
+        name: str,
+        **attrs: Any,
+    ) -> Expr:
+        """``fn(*args, *scalars, **attrs)`` with the int scalars as run-time PrimFunc parameters.
+
+        Calls that differ only in those scalars share one PrimFunc, where ``emit_te`` would
+        bake each value into a kernel of its own.
+        """
+        key = (name, tuple(types), len(scalars), tuple(sorted(attrs.items())))
+        hit = self._memo.get(key)
+        if hit is None:
+            phs = [
+                te.placeholder([int(d) for d in t.shape], TVM_DTYPES[t.dtype], name=f"x{i}")  # type: ignore[arg-type]
+                for i, t in enumerate(types)
+            ]
+            svars = [tirx.Var(f"s{i}", "int64") for i in range(len(scalars))]
+            out = fn(*phs, *svars, **attrs)
+            func = te.create_prim_func([*phs, *svars, out]).without_attr("global_symbol")
+            out_type = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
+            hit = self._memo[key] = (self.bb.add_func(func, name), out_type)
+        prims = [relax.prim_value(tirx.IntImm("int64", int(v))) for v in scalars]
+        return self.bb.emit(relax.call_tir(hit[0], [*args, *prims], hit[1]))
 
 
-def _slice(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    """A TE slice with a run-time ``start``.
+def _op_key(op: Op) -> Hashable:
+    return (
+        op.name,
+        tuple(v.type for v in op.operands),
+        tuple((k, attr_key(v)) for k, v in op.attrs),
+    )
 
-    Convert splits grouped and depthwise convolutions into one slice per group; with the
+
+Emitter = Callable[[Emission, Op, tuple[Expr, ...]], Expr]
+
+
+# -- emitters -------------------------------------------------------------------------------
+
+
+def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
+    """An integer op: ``emit_te(fn, *operands, **attrs)``, kept opaque to fusion."""
+
+    def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+        return cx.emit_te(fn, xs, key=_op_key(op), name=name, opaque=True, **op.attrs_dict)
+
+    return emit
+
+
+def _f32(value: float) -> Expr:
+    return relax.const(value, "float32")
+
+
+def _unary(fn: Callable[[Expr], Expr]) -> Emitter:
+    return lambda cx, op, xs: cx.emit(fn(xs[0]))
+
+
+def _binary(fn: Callable[[Expr, Expr], Expr]) -> Emitter:
+    return lambda cx, op, xs: cx.emit(fn(xs[0], xs[1]))
+
+
+def _scalar(fn: Callable[[Expr, Expr], Expr]) -> Emitter:
+    return lambda cx, op, xs: cx.emit(fn(xs[0], _f32(_float(op, "value"))))
+
+
+def _float(op: Op, name: str) -> float:
+    return float(op.attr(name))  # type: ignore[arg-type]
+
+
+def _int(op: Op, name: str) -> int:
+    return int(op.attr(name))  # type: ignore[call-overload]
+
+
+def _norm_axes(op: Op) -> list[int]:
+    """The trailing dims a norm covers: as many as its weight has."""
+    return list(range(-op.operands[1].type.rank, 0))
+
+
+def _layer_norm(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.nn.layer_norm(xs[0], xs[1], xs[2], _norm_axes(op), _float(op, "eps")))
+
+
+def _rms_norm(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.nn.rms_norm(xs[0], xs[1], _norm_axes(op), _float(op, "eps")))
+
+
+_GELU = {"none": relax.op.nn.gelu, "tanh": relax.op.nn.gelu_tanh}
+
+
+def _gelu(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(_GELU[str(op.attr("approximate"))](xs[0]))
+
+
+def _reshape(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    # the result type has the -1 resolved (shapes are static here)
+    return cx.emit(relax.op.reshape(xs[0], [int(d) for d in op.result.type.shape]))  # type: ignore[arg-type]
+
+
+def _slice(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    """A TE slice whose start offset is a run-time argument.
+
+    Convert splits grouped and depthwise convolutions into one slice per group; with each
     start baked in (``relax.op.strided_slice``) the tiny CNN had 132 distinct slice kernels
-    that took 40 s to compile. With the start a parameter they share one.
+    that took 40 s to compile. With the start a parameter they share one kernel.
     """
     x_type = op.operands[0].type
-    axis = int(op.attr("axis")) % x_type.rank  # type: ignore[call-overload]
-    # Python slice clamping, resolved here so the kernel sees in-range indices only
-    start, stop, step = slice(op.attr("start"), op.attr("stop"), op.attr("step")).indices(
-        _shape_of(op)[axis]
-    )
+    axis = _int(op, "axis") % x_type.rank
+    dim = int(x_type.shape[axis])  # type: ignore[arg-type]
+    # Python slice clamping, resolved here so the kernel reads in-range indices only
+    start, stop, step = slice(op.attr("start"), op.attr("stop"), op.attr("step")).indices(dim)
     size = len(range(start, stop, step))
-    return _emit_shared(bb, te_slice, "slice", xs, (x_type,), (start,), axis=axis, size=size,
-                        step=step)  # fmt: skip
+    return cx.emit_shared(
+        te_slice, xs, (x_type,), (start,), name="slice", axis=axis, size=size, step=step
+    )
 
 
 #: Inputs per concatenate kernel. TOPI picks the source with a chain of one ``Select`` per
@@ -236,64 +315,86 @@ def _slice(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
 _CONCAT_FANIN = 8
 
 
-def _concat(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    axis = int(op.attr("axis"))  # type: ignore[call-overload]
+def _concat(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    axis = _int(op, "axis")
     if len(xs) <= _CONCAT_FANIN:
-        return bb.emit(relax.op.concat(list(xs), axis=axis))
-    parts = list(xs)
+        return cx.emit(relax.op.concat(list(xs), axis=axis))
+    parts = [(x, v.type) for x, v in zip(xs, op.operands, strict=True)]
     while len(parts) > 1:
-        chunks = [parts[i : i + _CONCAT_FANIN] for i in range(0, len(parts), _CONCAT_FANIN)]
-        parts = [c[0] if len(c) == 1 else bb.emit_te(
-            topi.concatenate, c, axis, primfunc_name_hint="concatenate", primfunc_attrs=_OPAQUE)
-            for c in chunks]  # fmt: skip
-    return parts[0]
+        nxt = []
+        for i in range(0, len(parts), _CONCAT_FANIN):
+            chunk = parts[i : i + _CONCAT_FANIN]
+            if len(chunk) == 1:
+                nxt.append(chunk[0])
+                continue
+            types = tuple(t for _, t in chunk)
+            key = ("concat", types, axis)
+            out = cx.emit_te(
+                topi.concatenate,
+                [[x for x, _ in chunk]],
+                key=key,
+                name="concatenate",
+                opaque=True,
+                axis=axis,
+            )
+            size = sum(int(t.shape[axis]) for t in types)  # type: ignore[arg-type]
+            shape = list(types[0].shape)
+            shape[axis] = size
+            nxt.append((out, types[0].with_shape(tuple(shape))))
+        parts = nxt
+    return parts[0][0]
 
 
-def _causal_mask(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit_te(te_causal_mask, xs[0], fill=float(op.attr("fill")),  # type: ignore[arg-type]
-                      primfunc_name_hint="causal_mask")  # fmt: skip
+def _causal_mask(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit_te(
+        te_causal_mask, xs, key=_op_key(op), name="causal_mask", fill=_float(op, "fill")
+    )
 
 
-def _masked_fill(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit(relax.op.where(xs[1], _f32(float(op.attr("value"))), xs[0]))  # type: ignore[arg-type]
+def _masked_fill(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.where(xs[1], _f32(_float(op, "value")), xs[0]))
 
 
-def _swap_last(x: Expr, rank: int) -> Expr:
-    return relax.op.permute_dims(x, [*range(rank - 2), rank - 1, rank - 2])
-
-
-def _sdpa(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+def _sdpa(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
     """softmax(q @ kᵀ · scale [causal, top-left aligned as torch's is_causal]) @ v."""
     q, k, v = xs
     rank = op.operands[0].type.rank
-    scores = bb.emit(relax.op.matmul(q, _swap_last(k, rank)))
-    scores = bb.emit(relax.op.multiply(scores, _f32(float(op.attr("scale")))))  # type: ignore[arg-type]
+    kt = relax.op.permute_dims(k, [*range(rank - 2), rank - 1, rank - 2])
+    scores = cx.emit(relax.op.multiply(cx.emit(relax.op.matmul(q, kt)), _f32(_float(op, "scale"))))
     if op.attr("causal"):
-        scores = bb.emit_te(te_causal_mask, scores, fill=-math.inf, offset=0,
-                            primfunc_name_hint="causal_mask")  # fmt: skip
-    probs = bb.emit(relax.op.nn.softmax(scores, axis=-1))
-    return bb.emit(relax.op.matmul(probs, v))
+        key = ("sdpa_mask", op.operands[0].type, op.operands[1].type)
+        scores = cx.emit_te(
+            te_causal_mask, [scores], key=key, name="causal_mask", fill=-math.inf, offset=0
+        )
+    return cx.emit(relax.op.matmul(cx.emit(relax.op.nn.softmax(scores, axis=-1)), v))
 
 
-def _conv2d(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
+def _conv2d(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
     a = op.attrs_dict
-    return bb.emit(relax.op.nn.conv2d(xs[0], xs[1], strides=a["stride"], padding=a["padding"],
-                                      dilation=a["dilation"], groups=a["groups"]))  # fmt: skip
+    return cx.emit(
+        relax.op.nn.conv2d(
+            xs[0],
+            xs[1],
+            strides=a["stride"],
+            padding=a["padding"],
+            dilation=a["dilation"],
+            groups=a["groups"],
+        )
+    )
 
 
-def _im2col(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit_te(te_im2col, xs[0], **op.attrs_dict, primfunc_name_hint="im2col")
+def _im2col(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit_te(te_im2col, xs, key=_op_key(op), name="im2col", **op.attrs_dict)
 
 
 def _spatial(fn: Callable[[Expr, Attrs], Expr]) -> Emitter:
     """A 2-D pooling op: relax wants NCHW, the IR also allows CHW (lifted to N = 1)."""
 
-    def emit(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-        x = xs[0]
+    def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
         if op.operands[0].type.rank == 3:
-            x = bb.emit(relax.op.expand_dims(x, [0]))
-            return bb.emit(relax.op.squeeze(bb.emit(fn(x, op.attrs_dict)), [0]))
-        return bb.emit(fn(x, op.attrs_dict))
+            x = cx.emit(relax.op.expand_dims(xs[0], [0]))
+            return cx.emit(relax.op.squeeze(cx.emit(fn(x, op.attrs_dict)), [0]))
+        return cx.emit(fn(xs[0], op.attrs_dict))
 
     return emit
 
@@ -306,16 +407,29 @@ def _avg_pool(x: Expr, a: Attrs) -> Expr:
     return relax.op.nn.adaptive_avg_pool2d(x, a["output_size"])
 
 
-def _mean(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit(relax.op.mean(xs[0], list(op.attr("axes")), keepdims=bool(op.attr("keepdim"))))  # type: ignore[arg-type]
+def _mean(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    axes = list(op.attr("axes"))  # type: ignore[arg-type]
+    return cx.emit(relax.op.mean(xs[0], axes, keepdims=bool(op.attr("keepdim"))))
 
 
-def _cast(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit(relax.op.astype(xs[0], TVM_DTYPES[str(op.attr("dtype"))]))
+def _cast(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.astype(xs[0], TVM_DTYPES[str(op.attr("dtype"))]))
 
 
-def _repeat_blocks(bb: relax.BlockBuilder, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return bb.emit(relax.op.repeat(xs[0], int(op.attr("factor")), axis=-1))  # type: ignore[call-overload]
+def _repeat_blocks(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.repeat(xs[0], _int(op, "factor"), axis=-1))
+
+
+def _softmax(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.nn.softmax(xs[0], axis=_int(op, "axis")))
+
+
+def _embedding(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.take(xs[1], xs[0], axis=0))
+
+
+def _permute(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.permute_dims(xs[0], list(op.attr("dims"))))  # type: ignore[arg-type]
 
 
 #: IR op name -> emitter. ``rq.const`` is not here: constants become parameters of ``main``.
@@ -338,15 +452,15 @@ EMITTERS: dict[str, Emitter] = {
     "rq.matmul": _binary(relax.op.matmul),
     "rq.layer_norm": _layer_norm,
     "rq.rms_norm": _rms_norm,
-    "rq.softmax": lambda bb, op, xs: bb.emit(relax.op.nn.softmax(xs[0], axis=op.attr("axis"))),
+    "rq.softmax": _softmax,
     "rq.gelu": _gelu,
     "rq.relu": _unary(relax.op.nn.relu),
     "rq.silu": _unary(relax.op.nn.silu),
     "rq.tanh": _unary(relax.op.tanh),
     "rq.sigmoid": _unary(relax.op.sigmoid),
-    "rq.embedding": lambda bb, op, xs: bb.emit(relax.op.take(xs[1], xs[0], axis=0)),
+    "rq.embedding": _embedding,
     "rq.reshape": _reshape,
-    "rq.permute": lambda bb, op, xs: bb.emit(relax.op.permute_dims(xs[0], list(op.attr("dims")))),  # type: ignore[arg-type]
+    "rq.permute": _permute,
     "rq.slice": _slice,
     "rq.concat": _concat,
     "rq.causal_mask": _causal_mask,
@@ -421,21 +535,21 @@ def emit_module(ir: Module, func: str = "main") -> Any:
         if op.name == "rq.const":
             name = str(op.attr("name"))
             weights.setdefault(name, relax.Var(name, _relax_type(op.result.type)))
-    bb = relax.BlockBuilder()
-    env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs)}
-    with bb.function("main", [*inputs, *weights.values()]):
-        with bb.dataflow():
+    cx = Emission(relax.BlockBuilder())
+    env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs, strict=True)}
+    with cx.bb.function("main", [*inputs, *weights.values()]):
+        with cx.bb.dataflow():
             for op in f.ops:
                 if op.name == "rq.const":
                     env[op.result.id] = weights[str(op.attr("name"))]
                     continue
-                out = EMITTERS[op.name](bb, op, tuple(env[v.id] for v in op.operands))
+                out = EMITTERS[op.name](cx, op, tuple(env[v.id] for v in op.operands))
                 if len(op.results) == 1:
                     env[op.result.id] = out
                 else:
                     for i, r in enumerate(op.results):
-                        env[r.id] = bb.emit(relax.TupleGetItem(out, i))
+                        env[r.id] = cx.emit(relax.TupleGetItem(out, i))
             outs = [env[v.id] for v in f.outputs]
-            ret = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
-        bb.emit_func_output(ret)
-    return bb.finalize()
+            ret = cx.bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+        cx.bb.emit_func_output(ret)
+    return cx.bb.finalize()

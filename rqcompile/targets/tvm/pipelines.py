@@ -86,9 +86,9 @@ def _fuse_spatial_loops(sch: Any, block: Any) -> None:
 def schedule_float_cpu(mod: Any) -> Any:
     """Give every PrimFunc that is not one of our kernels (TOPI float code) flat loops.
 
-    Left as TOPI emits it, an elementwise nest such as ``2×16×256`` keeps a 256-trip inner
+    Left as TOPI emits it, an elementwise nest such as ``2x16x256`` keeps a 256-trip inner
     loop, which LLVM fully unrolls and vectorizes; with an inlined ``erf`` polynomial (GELU)
-    that one function took 5–8 s to compile. One fused loop per block compiles in 0.3 s and
+    that one function took 5-8 s to compile. One fused loop per block compiles in 0.3 s and
     runs as fast (LLVM vectorizes it). Numerics are unchanged (no reduction is reordered).
     Our kernels (``rq.kernel``) are left to :func:`schedules.schedule_module`.
 
@@ -245,7 +245,5 @@ def run_blockers(target_dict: dict[str, Any], features: Sequence[str]) -> list[s
         reasons.append(f"it was built for {triple!r} and this machine is {host!r}")
     missing = sorted(set(features) - host_features())
     if missing:
-        reasons.append(
-            f"it uses CPU features this machine lacks: {', '.join(missing)}"
-        )
+        reasons.append(f"it uses CPU features this machine lacks: {', '.join(missing)}")
     return reasons

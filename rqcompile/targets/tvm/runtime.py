@@ -95,7 +95,7 @@ class _VMRunner:
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs = _outputs(self._main(*(_to_tvm(x) for x in inputs), *self._weights))
-        return tuple(o.clone() if c else o for o, c in zip(outs, self._copy))
+        return tuple(o.clone() if c else o for o, c in zip(outs, self._copy, strict=True))
 
 
 class _Unrunnable:
@@ -138,12 +138,24 @@ def compiled_module(
     reasons = run_blockers(target.to_dict(), features)
     if reasons:
         backend = TVMBackend(None, None, executable, tvm_target)
-        return CompiledModule(ir, target, _Unrunnable(target, reasons), library=lib_bytes,
-                              features=features, backend=backend)  # fmt: skip
+        return CompiledModule(
+            ir,
+            target,
+            _Unrunnable(target, reasons),
+            library=lib_bytes,
+            features=features,
+            backend=backend,
+        )
     mod = _load_module(lib_bytes, library_suffix(target.to_dict()))
     vm = relax.VirtualMachine(mod, tvm.cpu())
-    return CompiledModule(ir, target, _VMRunner(vm, ir), library=lib_bytes, features=features,
-                          backend=TVMBackend(mod, vm, executable, tvm_target))  # fmt: skip
+    return CompiledModule(
+        ir,
+        target,
+        _VMRunner(vm, ir),
+        library=lib_bytes,
+        features=features,
+        backend=TVMBackend(mod, vm, executable, tvm_target),
+    )
 
 
 def load_library(

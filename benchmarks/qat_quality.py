@@ -1,0 +1,313 @@
+"""QAT quality sweep: fp32 vs STE vs ridge on Shakespeare (char transformer) and sklearn digits.
+
+Writes ``benchmarks/results/qat_quality_<mode>.{md,csv,json}`` and PNG plots (val loss vs bits,
+training curves, λ sweep). Nothing here is asserted: it measures and reports.
+
+    python benchmarks/qat_quality.py --quick        # < ~10 minutes on 2 cores
+    python benchmarks/qat_quality.py                # the full sweep (hours on 2 cores)
+
+Settings (METHOD.md §5): presets A8W8..A1W1, 2:4 variants, STE vs ridge; 3 seeds for the
+≤2-bit settings (full mode); λ ∈ {0, 1e-3, 1e-2, 1e-1, 1}; block ∈ {32, 128, per-channel};
+"bigger model, fewer bits" (a wide A1W1 model vs a narrower fp32 one, with bytes and energy).
+The LM head and embeddings stay float (paper's recommendation); for the CNN the first conv and
+the classifier stay float.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+import rqcompile as rq
+from rqcompile.demo.data import char_corpus, digits
+from rqcompile.demo.loop import TrainConfig
+from rqcompile.demo.models import CharTransformer, DigitsCNN
+from rqcompile.demo.train import accuracy, train_classifier, train_lm
+from rqcompile.metrics import FLOAT_BITS, bits_per_element, energy_units
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "results")
+
+
+@dataclass
+class Run:
+    task: str
+    label: str
+    preset: str
+    estimator: str
+    seed: int
+    ridge_lambda: float = 0.01
+    block: str = "128"
+    width: int = 0
+    val_loss: float = float("nan")
+    val_acc: float = float("nan")
+    diverged: bool = False
+    nan_seen: bool = False
+    seconds: float = 0.0
+    weight_kib: float = 0.0
+    energy_saving: float = 1.0
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _costs(model: torch.nn.Module) -> tuple[float, float]:
+    """(weight KiB as deployed, energy saving of the matmuls vs 16x16 bits)."""
+    if not isinstance(model, torch.fx.GraphModule) or "rq_config" not in model.meta:
+        return sum(p.numel() for p in model.parameters()) * 4 / 1024, 1.0
+    quantized, nbytes, e, e16 = set(), 0.0, 0.0, 0.0
+    for n in model.graph.nodes:
+        meta = n.meta.get("rq")
+        if meta is None or meta.role != "op" or meta.kind == "matmul":
+            continue
+        wq = model.get_submodule(str(n.args[1].target))
+        pname = str(n.args[1].args[0].target)
+        quantized.add(pname)
+        nbytes += model.get_parameter(pname).numel() * bits_per_element(meta.spec, wq.block) / 8
+        e += energy_units(meta.spec, meta.macs)
+        e16 += FLOAT_BITS * FLOAT_BITS * meta.macs
+    nbytes += sum(p.numel() * 4 for k, p in model.named_parameters() if k not in quantized)
+    return nbytes / 1024, e16 / max(e, 1.0)
+
+
+def lm_run(corpus: Any, *, preset: str, estimator: str, seed: int, width: int, steps: int,
+           batch: int, block_size: int, lam: float = 0.01, block_size_q: int | None | str = 128,
+           label: str = "") -> Run:
+    torch.manual_seed(seed)
+    model = CharTransformer(corpus.vocab_size, n_layer=2, n_head=4, n_embd=width,
+                            block_size=block_size)
+    ex = (torch.zeros(batch, block_size, dtype=torch.long),)
+    if preset != "fp32":
+        kw: dict[str, Any] = {"estimator": estimator, "ridge_lambda": lam,
+                              "overrides": {"lm_head": None}}
+        if block_size_q != 128:
+            kw["block_size"] = None if block_size_q == "per-channel" else block_size_q
+        model = rq.prepare(model, ex, preset, **kw)
+    cfg = TrainConfig(steps=steps, batch_size=batch, lr=2e-3, warmup=max(1, steps // 10),
+                      eval_every=max(1, steps // 5), eval_batches=8, seed=seed)
+    t0 = time.perf_counter()
+    h = train_lm(model, corpus, cfg, block_size=block_size)
+    kib, es = _costs(model)
+    return Run("lm", label or f"{preset} {estimator}", preset, estimator, seed, lam,
+               str(block_size_q), width, h.final_val_loss, float("nan"), h.diverged, h.nan_seen,
+               time.perf_counter() - t0, kib, es, list(zip(h.val_steps, h.val_loss)))
+
+
+def cnn_run(data: Any, *, preset: str, estimator: str, seed: int, steps: int) -> Run:
+    torch.manual_seed(seed)
+    model: torch.nn.Module = DigitsCNN()
+    if preset != "fp32":
+        model = rq.prepare(model, (data[0][:8],), preset, estimator=estimator,
+                           overrides={"conv1": None, "fc": None})
+    cfg = TrainConfig(steps=steps, batch_size=64, lr=3e-3, warmup=10, eval_every=max(1, steps // 5),
+                      seed=seed)
+    t0 = time.perf_counter()
+    h = train_classifier(model, data, cfg)
+    kib, es = _costs(model)
+    acc = accuracy(model, data[2], data[3])
+    return Run("digits", f"{preset} {estimator}", preset, estimator, seed, 0.01, "128", 32,
+               h.final_val_loss, acc, h.diverged, h.nan_seen, time.perf_counter() - t0, kib, es,
+               list(zip(h.val_steps, h.val_loss)))
+
+
+def plan(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"width": 64, "steps": 200, "batch": 16, "block": 64, "seeds_low": [0],
+                "presets": ["A8W8", "A4W4", "A2W2", "A1W1", "A4W1+2:4"],
+                "lams": [0.0, 0.01, 1.0], "blocks": [], "wide": (128, 32), "cnn_steps": 150,
+                "cnn_seeds": [0]}
+    return {"width": 128, "steps": 1000, "batch": 32, "block": 64, "seeds_low": [0, 1, 2],
+            "presets": ["A8W8", "A4W4", "A2W2", "A1.5W1.5", "A1W1", "A4W4+2:4", "A4W1+2:4"],
+            "lams": [0.0, 1e-3, 1e-2, 1e-1, 1.0], "blocks": [32, 128, "per-channel"],
+            "wide": (256, 64), "cnn_steps": 600, "cnn_seeds": [0, 1, 2]}
+
+
+def _low(preset: str) -> bool:
+    return preset in ("A2W2", "A1W1", "A1.5W1.5")
+
+
+def sweep(quick: bool, log: Any) -> list[Run]:
+    p = plan(quick)
+    corpus = char_corpus()
+    common = {"width": p["width"], "steps": p["steps"], "batch": p["batch"], "block_size": p["block"]}
+    runs: list[Run] = []
+
+    def add(r: Run) -> None:
+        runs.append(r)
+        state = "DIVERGED" if r.diverged else f"val {r.val_loss:.4f}"
+        extra = f" acc {r.val_acc:.3f}" if r.task == "digits" else ""
+        log(f"  [{len(runs):3d}] {r.task:6s} {r.label:28s} seed {r.seed}: {state}{extra} "
+            f"({r.seconds:.0f}s)")
+
+    for seed in p["seeds_low"]:
+        add(lm_run(corpus, preset="fp32", estimator="-", seed=seed, **common, label="fp32"))
+    for preset in p["presets"]:
+        seeds = p["seeds_low"] if _low(preset) else [0]
+        for est in ("ste", "ridge"):
+            for seed in seeds:
+                add(lm_run(corpus, preset=preset, estimator=est, seed=seed, **common))
+    for lam in p["lams"]:
+        if lam != 0.01:
+            add(lm_run(corpus, preset="A1W1", estimator="ridge", seed=0, lam=lam, **common,
+                       label=f"A1W1 ridge λ={lam:g}"))
+    for b in p["blocks"]:
+        if b != 128:
+            for est in ("ste", "ridge"):
+                add(lm_run(corpus, preset="A1W1", estimator=est, seed=0, block_size_q=b,
+                           **common, label=f"A1W1 {est} block={b}"))
+    wide, narrow = p["wide"]
+    add(lm_run(corpus, preset="A1W1", estimator="ridge", seed=0, **{**common, "width": wide},
+               label=f"wide A1W1 ridge (w={wide})"))
+    add(lm_run(corpus, preset="fp32", estimator="-", seed=0, **{**common, "width": narrow},
+               label=f"narrow fp32 (w={narrow})"))
+    data = digits()
+    for seed in p["cnn_seeds"]:
+        add(cnn_run(data, preset="fp32", estimator="-", seed=seed, steps=p["cnn_steps"]))
+        for est in ("ste", "ridge"):
+            add(cnn_run(data, preset="A1W1", estimator=est, seed=seed, steps=p["cnn_steps"]))
+    return runs
+
+
+def _mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def report(runs: list[Run], mode: str, header: str) -> str:
+    lm = [r for r in runs if r.task == "lm"]
+    fp = _mean([r.val_loss for r in lm if r.label == "fp32"])
+    lines = [f"# QAT quality ({mode})", "", header, "",
+             "## Char transformer on Shakespeare (val = held-out plays; mean over seeds)", "",
+             "| setting | seeds | val loss | vs fp32 | diverged | weights KiB | energy saving |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    groups: dict[str, list[Run]] = {}
+    for r in lm:
+        groups.setdefault(r.label, []).append(r)
+    for label, rs in groups.items():
+        v = _mean([r.val_loss for r in rs if not r.diverged])
+        lines.append(f"| {label} | {len(rs)} | {v:.4f} | {100 * (v / fp - 1):+.1f}% | "
+                     f"{sum(r.diverged for r in rs)} | {rs[0].weight_kib:.1f} | {rs[0].energy_saving:.0f}x |")
+    lines += ["", "## Ridge vs STE per preset (gap closed = (STE − ridge) / (STE − fp32))", "",
+              "| preset | STE | ridge | ridge wins (seeds) | gap closed |", "| --- | --- | --- | --- | --- |"]
+    for preset in dict.fromkeys(r.preset for r in lm if r.estimator in ("ste", "ridge")):
+        ste = {r.seed: r.val_loss for r in groups.get(f"{preset} ste", [])}
+        rid = {r.seed: r.val_loss for r in groups.get(f"{preset} ridge", [])}
+        if not ste or not rid:
+            continue
+        wins = sum(rid[s] < ste[s] for s in rid if s in ste)
+        s_m, r_m = _mean(list(ste.values())), _mean(list(rid.values()))
+        closed = (s_m - r_m) / (s_m - fp) if s_m > fp else float("nan")
+        lines.append(f"| {preset} | {s_m:.4f} | {r_m:.4f} | {wins}/{len(rid)} | {100 * closed:.0f}% |")
+    dg = [r for r in runs if r.task == "digits"]
+    lines += ["", "## Digits CNN (sklearn; conv1 and fc float)", "",
+              "| setting | seeds | test acc | test loss |", "| --- | --- | --- | --- |"]
+    for label in dict.fromkeys(r.label for r in dg):
+        rs = [r for r in dg if r.label == label]
+        lines.append(f"| {label} | {len(rs)} | {_mean([r.val_acc for r in rs]):.3f} | "
+                     f"{_mean([r.val_loss for r in rs]):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(runs: list[Run], mode: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    lm = [r for r in runs if r.task == "lm" and r.width == max(x.width for x in runs if x.label == "fp32")]
+    fp = _mean([r.val_loss for r in lm if r.label == "fp32"])
+    bits = {"A8W8": 8, "A4W4": 4, "A2W2": 2, "A1.5W1.5": 1.5, "A1W1": 1}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for est, mk in (("ste", "s--"), ("ridge", "o-")):
+        xs, ys = [], []
+        for pr, b in bits.items():
+            vs = [r.val_loss for r in lm if r.preset == pr and r.estimator == est
+                  and r.ridge_lambda == 0.01 and r.block == "128" and not r.diverged]
+            if vs:
+                xs.append(b)
+                ys.append(_mean(vs))
+        ax.plot(xs, ys, mk, label=est.upper() if est == "ste" else "ridge (λ=0.01)")
+    ax.axhline(fp, color="k", lw=1, label="fp32")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("bits (activations = weights)")
+    ax.set_ylabel("validation loss (nats/char)")
+    ax.set_title("Char transformer on Shakespeare: val loss vs bits")
+    ax.legend()
+    fig.tight_layout()
+    files.append(os.path.join(OUT, f"qat_quality_{mode}_bits.png"))
+    fig.savefig(files[-1], dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in lm:
+        if r.seed == 0 and r.preset in ("fp32", "A1W1", "A2W2") and r.ridge_lambda == 0.01 and r.block == "128" and "wide" not in r.label and "narrow" not in r.label:
+            xs, ys = zip(*r.curve) if r.curve else ((), ())
+            ax.plot(xs, ys, label=r.label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation loss (nats/char)")
+    ax.set_title("Training curves (seed 0)")
+    ax.legend()
+    fig.tight_layout()
+    files.append(os.path.join(OUT, f"qat_quality_{mode}_curves.png"))
+    fig.savefig(files[-1], dpi=120)
+    lam = sorted(((r.ridge_lambda, r.val_loss, r.diverged) for r in lm
+                  if r.preset == "A1W1" and r.estimator == "ridge" and r.seed == 0 and r.block == "128"
+                  and "wide" not in r.label))
+    if lam:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [max(v, 1e-4) for v, _, _ in lam]
+        ax.plot(xs, [v for _, v, _ in lam], "o-")
+        for x, (_, v, d) in zip(xs, lam):
+            if d:
+                ax.annotate("NaN", (x, v))
+        ax.set_xscale("log")
+        ax.set_xlabel("ridge λ (λ=0 plotted at 1e-4)")
+        ax.set_ylabel("validation loss (nats/char)")
+        ax.set_title("A1W1 ridge: λ sweep")
+        fig.tight_layout()
+        files.append(os.path.join(OUT, f"qat_quality_{mode}_lambda.png"))
+        fig.savefig(files[-1], dpi=120)
+    plt.close("all")
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small model, one seed (< ~10 min)")
+    a = ap.parse_args(argv)
+    mode = "quick" if a.quick else "full"
+    os.makedirs(OUT, exist_ok=True)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+    header = (f"Measured {datetime.date.today().isoformat()} on {cpu}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads. Plan: "
+              f"{json.dumps(plan(a.quick))}")
+    print(header, flush=True)
+    t0 = time.perf_counter()
+    runs = sweep(a.quick, lambda s: print(s, flush=True))
+    text = report(runs, mode, header + f" Total {time.perf_counter() - t0:.0f}s.")
+    with open(os.path.join(OUT, f"qat_quality_{mode}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(OUT, f"qat_quality_{mode}.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        keys = [k for k in asdict(runs[0]) if k != "curve"]
+        w.writerow(keys)
+        for r in runs:
+            w.writerow([getattr(r, k) for k in keys])
+    with open(os.path.join(OUT, f"qat_quality_{mode}.json"), "w") as f:
+        json.dump([asdict(r) for r in runs], f, indent=1)
+    files = plots(runs, mode)
+    print("\n" + text)
+    print("plots: " + ", ".join(os.path.relpath(x) for x in files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
