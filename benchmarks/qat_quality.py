@@ -35,7 +35,7 @@ from rqcompile.demo.data import char_corpus, digits
 from rqcompile.demo.loop import TrainConfig
 from rqcompile.demo.models import CharTransformer, DigitsCNN
 from rqcompile.demo.train import accuracy, train_classifier, train_lm
-from rqcompile.metrics import FLOAT_BITS, bits_per_element, energy_units
+from rqcompile.debug.costs import model_costs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results")
@@ -62,22 +62,7 @@ class Run:
 
 
 def _costs(model: torch.nn.Module) -> tuple[float, float]:
-    """(weight KiB as deployed, energy saving of the matmuls vs 16x16 bits)."""
-    if not isinstance(model, torch.fx.GraphModule) or "rq_config" not in model.meta:
-        return sum(p.numel() for p in model.parameters()) * 4 / 1024, 1.0
-    quantized, nbytes, e, e16 = set(), 0.0, 0.0, 0.0
-    for n in model.graph.nodes:
-        meta = n.meta.get("rq")
-        if meta is None or meta.role != "op" or meta.kind == "matmul":
-            continue
-        wq = model.get_submodule(str(n.args[1].target))
-        pname = str(n.args[1].args[0].target)
-        quantized.add(pname)
-        nbytes += model.get_parameter(pname).numel() * bits_per_element(meta.spec, wq.block) / 8
-        e += energy_units(meta.spec, meta.macs)
-        e16 += FLOAT_BITS * FLOAT_BITS * meta.macs
-    nbytes += sum(p.numel() * 4 for k, p in model.named_parameters() if k not in quantized)
-    return nbytes / 1024, e16 / max(e, 1.0)
+    return model_costs(model)
 
 
 def lm_run(corpus: Any, *, preset: str, estimator: str, seed: int, width: int, steps: int,

@@ -15,7 +15,6 @@ import torch
 from torch import fx
 
 from rqcompile.debug.table import format_table
-from rqcompile.metrics import FLOAT_BITS, layer_cost
 from rqcompile.quant.modules import RQQuantize
 
 __all__ = ["explain", "inspect", "layer_table"]
@@ -88,47 +87,35 @@ def _graph_lines(gm: fx.GraphModule) -> list[str]:
 
 
 def layer_table(gm: fx.GraphModule) -> str:
-    """Per-layer costs: params, fp32 vs quantized weight bytes, BPE, MACs, energy proxy."""
-    rows: list[list[object]] = []
-    tot_fp, tot_q, tot_e, tot_e_float = 0.0, 0.0, 0.0, 0.0
-    for n in gm.graph.nodes:
-        meta = n.meta.get("rq")
-        if meta is None or meta.role != "op":
-            continue
-        params = 0
-        if meta.kind != "matmul":
-            w = n.args[1].args[0]  # weight_quant(get_attr)
-            params = int(gm.get_parameter(str(w.target)).numel())
-        wblock = _weight_block(gm, n)
-        cost = layer_cost(meta.spec, params, wblock, meta.macs)
-        tot_fp += cost.bytes_fp32
-        tot_q += cost.bytes_quant
-        tot_e += cost.energy
-        tot_e_float += FLOAT_BITS * FLOAT_BITS * meta.macs
-        rows.append([
-            meta.layer, meta.kind, meta.spec.preset or "custom", meta.k, meta.block, params,
-            cost.bytes_fp32 / 1024, cost.bytes_quant / 1024, cost.bpe, meta.macs, cost.energy,
-        ])
-    header = ["layer", "kind", "format", "K", "block", "params", "fp32 KiB", "quant KiB",
+    """Per-layer costs of every matmul-like op: params, weight bytes, BPE, MACs, energy proxy.
+
+    Float layers count 16-bit weights and 16×16-bit MACs, so the totals are model-level.
+    """
+    from rqcompile.debug.costs import matmul_costs, totals
+
+    rows = matmul_costs(gm)
+    table = [
+        [r.layer, r.kind, "float" if r.spec is None else (r.spec.preset or "custom"), r.k,
+         r.block or "-", r.params, r.bytes_fp32 / 1024, r.bytes_deployed / 1024, r.bpe, r.macs,
+         r.energy]
+        for r in rows
+    ]
+    header = ["layer", "kind", "format", "K", "block", "params", "fp32 KiB", "deployed KiB",
               "bits/elem", "MACs", "energy"]
-    text = format_table(header, rows)
-    if tot_q:
+    text = format_table(header, table)
+    t = totals(rows)
+    if rows:
+        nq = sum(r.spec is not None for r in rows)
         text += (
-            f"\nquantized layers: {len(rows)}; weights {tot_fp / 1024:.1f} KiB fp32 → "
-            f"{tot_q / 1024:.1f} KiB ({tot_fp / tot_q:.1f}x smaller); energy proxy "
-            f"{tot_e:.3g} units vs {tot_e_float:.3g} at 16x16 bits ({tot_e_float / max(tot_e, 1):.1f}x lower)"
+            f"\n{nq} of {len(rows)} matmul-like ops quantized; their weights "
+            f"{t['bytes_fp32'] / 1024:.1f} KiB fp32 → {t['bytes_deployed'] / 1024:.1f} KiB deployed "
+            f"({t['bytes_fp32'] / max(t['bytes_deployed'], 1):.1f}x smaller); energy proxy "
+            f"{t['energy']:.3g} vs {t['energy_16bit']:.3g} units at 16x16 bits "
+            f"({t['energy_16bit'] / max(t['energy'], 1):.1f}x lower)"
         )
-    floats = gm.meta.get("rq_float_layers", {})
-    for key, why in floats.items():
+    for key, why in gm.meta.get("rq_float_layers", {}).items():
         text += f"\nfloat: {key} ({why})"
     return text
-
-
-def _weight_block(gm: fx.GraphModule, n: fx.Node) -> int:
-    if n.meta["rq"].kind == "matmul":
-        return n.meta["rq"].block
-    q = gm.get_submodule(str(n.args[1].target))
-    return q.block if isinstance(q, RQQuantize) else n.meta["rq"].block
 
 
 def _inspect_graph(gm: fx.GraphModule) -> str:

@@ -32,7 +32,7 @@ from rqcompile.demo.data import char_corpus, eval_batches
 from rqcompile.demo.loop import TrainConfig
 from rqcompile.demo.models import CharTransformer, param_count
 from rqcompile.demo.train import evaluate_lm, train_lm
-from rqcompile.metrics import FLOAT_BITS, bits_per_element, energy_units
+from rqcompile.debug.costs import model_costs
 
 __all__ = ["DemoConfig", "generate_fixed", "main", "run_demo"]
 
@@ -73,37 +73,6 @@ def generate_fixed(exe: Any, prompt: torch.Tensor, *, batch: int, block: int, n:
         nxt = torch.multinomial(F.softmax(logits / 0.8, dim=-1), 1, generator=generator)
         ids = torch.cat([ids, nxt])
     return ids
-
-
-def _lm_costs(qat: torch.fx.GraphModule, tokens: int) -> tuple[float, float, float, float]:
-    """(fp32 bytes, deployed bytes, energy units, fp16x16 energy units) of the model's matmuls."""
-    fp, dq, e, e16 = 0.0, 0.0, 0.0, 0.0
-    from rqcompile.quant.modules import RQQuantize
-
-    for n in qat.graph.nodes:
-        meta = n.meta.get("rq")
-        if meta is None or meta.role != "op":
-            continue
-        w = n.args[1].args[0]
-        numel = qat.get_parameter(str(w.target)).numel()
-        q = qat.get_submodule(str(n.args[1].target))
-        assert isinstance(q, RQQuantize)
-        fp += 4 * numel
-        dq += numel * bits_per_element(meta.spec, q.block) / 8
-        e += energy_units(meta.spec, meta.macs)
-        e16 += FLOAT_BITS * FLOAT_BITS * meta.macs
-    for name, p in qat.named_parameters():  # float layers (embeddings, head, norms)
-        if not any(name.endswith(s) for s in ("weight_quant",)) and not _is_quantized(qat, name):
-            fp += 4 * p.numel()
-            dq += 4 * p.numel()
-    return fp, dq, e, e16
-
-
-def _is_quantized(qat: torch.fx.GraphModule, pname: str) -> bool:
-    for n in qat.graph.nodes:
-        if n.op == "get_attr" and n.target == pname:
-            return any("rq" in u.meta and u.meta["rq"].role == "weight" for u in n.users)
-    return False
 
 
 def _median_time(fn: Any, x: torch.Tensor, reps: int = 15) -> float:
@@ -164,16 +133,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     with torch.no_grad():
         t_fp = _median_time(fp32_model, xb)
     t_low = _median_time(exe, xb)
-    fp, dq, e, e16 = _lm_costs(qat, xb.numel())
     rows = []
     for label in ("fp32", "STE", "ridge"):
         h = runs[label]
+        kib, saving = model_costs(models[label])
         rows.append([label if label == "fp32" else f"{label} {cfg.preset}",
-                     "NaN" if h.diverged else round(h.final_val_loss, 4),
-                     fp / 1024 if label == "fp32" else dq / 1024,
-                     1.0 if label == "fp32" else round(e16 / max(e, 1), 1)])
-    _print("\n== summary (validation = held-out plays)")
-    _print(format_table(["run", "val loss", "weights KiB", "energy saving (matmuls)"], rows))
+                     "NaN" if h.diverged else round(h.final_val_loss, 4), kib, round(saving, 1)])
+    _print("\n== summary (validation = held-out plays; float LM head and embeddings included)")
+    _print(format_table(["run", "val loss", "weights KiB", "energy saving, all matmuls"], rows))
     fp_l, st_l, ri_l = (runs[k].final_val_loss for k in ("fp32", "STE", "ridge"))
     if not runs["STE"].diverged and st_l > fp_l:
         closed = (st_l - ri_l) / (st_l - fp_l)

@@ -105,3 +105,16 @@ def test_generate_any_callable() -> None:
     assert torch.equal(generate(traced, prompt, 20, block_size=16, temperature=0), greedy)
     plain = generate(lambda i: model.eval()(i), prompt, 20, 16, temperature=0)
     assert torch.equal(plain, greedy)
+
+
+def test_presets_build_and_lookup() -> None:
+    from rqcompile.demo.presets import DIGITS_TRAIN, LM_PRESETS, lm_preset
+
+    assert set(LM_PRESETS) == {"quick", "full"}
+    quick = lm_preset("quick")
+    model = quick.build(71)
+    assert model.block_size == quick.block_size and param_count(model) < 1_000_000
+    assert lm_preset("full").train.steps > quick.train.steps
+    assert DIGITS_TRAIN.steps > 0
+    with pytest.raises(KeyError, match="known: quick, full"):
+        lm_preset("huge")

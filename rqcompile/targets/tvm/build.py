@@ -21,8 +21,13 @@ from rqcompile.errors import RQError, TargetError
 from rqcompile.ir.core import Module
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target as RQTarget
-from rqcompile.targets.tvm.pipelines import features_for, pipeline_for, tvm_target
-from rqcompile.targets.tvm.runtime import compiled_module, library_suffix
+from rqcompile.targets.tvm.pipelines import (
+    features_for,
+    library_suffix,
+    pipeline_for,
+    tvm_target,
+)
+from rqcompile.targets.tvm.runtime import compiled_module
 
 __all__ = ["build_tvm", "export_bytes"]
 

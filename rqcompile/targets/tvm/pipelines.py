@@ -5,17 +5,17 @@ Where it sits: ``build_tvm`` (``targets/tvm/build.py``) resolves the rq :class:`
 runs them in order. It knows nothing else about targets. One phase function per kind, as in
 TVM's ``relax/backend/<target>/pipeline.py`` (STYLE.md A3, B8):
 
-=========== ================================ =============================================
-phase       takes → gives                    what
-=========== ================================ =============================================
-emit        rq ``Module`` → relax IRModule   ``emit.emit_module`` (weights are parameters)
-legalize    IRModule → IRModule              relax ops → TOPI PrimFuncs; fuse float ops
-                                             (our kernels are opaque to fusion)
-schedule    IRModule → IRModule              ``schedules.schedule_module`` for the target
-sched-float IRModule → IRModule              flat loops for the float code (fast LLVM)
-build       IRModule → relax Executable      ``relax.build``: dataflow lowering, memory
-                                             planning, VM codegen, TIR → LLVM
-=========== ================================ =============================================
+============== ============================== ===========================================
+phase          takes → gives                  what
+============== ============================== ===========================================
+emit           rq ``Module`` → relax IRModule ``emit.emit_module`` (weights are parameters)
+legalize       IRModule → IRModule            relax ops → TOPI PrimFuncs; fuse float ops
+                                              (our kernels are opaque to fusion)
+schedule       IRModule → IRModule            ``schedules.schedule_module``
+schedule-float IRModule → IRModule            flat loops for the float code (fast LLVM)
+build          IRModule → relax Executable    ``relax.build``: dataflow lowering, memory
+                                              planning, VM codegen, TIR → LLVM
+============== ============================== ===========================================
 
 Only ``llvm`` is wired today; ``cuda`` and ``c`` get their own phase functions (TODO(issue 9)).
 """
@@ -46,6 +46,7 @@ __all__ = [
     "Phase",
     "cpu_phases",
     "features_for",
+    "library_suffix",
     "pipeline_for",
     "run_blockers",
     "schedule_float_cpu",
@@ -229,6 +230,16 @@ def _arch(triple: str) -> str:
 
 def _host_triple() -> str:
     return str(tvm.target.codegen.llvm_get_system_triple())
+
+
+def library_suffix(target_dict: dict[str, Any]) -> str:
+    """``.so`` for a library this machine can link; ``.tar`` of objects for another arch.
+
+    A cross-compiled library can't be linked with the host compiler, so it is stored as the
+    tar of object files that ``export_library`` writes; link it on the device.
+    """
+    triple = str(target_dict.get("mtriple", "") or "")
+    return ".tar" if triple and _arch(triple) != _arch(_host_triple()) else ".so"
 
 
 def run_blockers(target_dict: dict[str, Any], features: Sequence[str]) -> list[str]:

@@ -12,6 +12,9 @@ same code path.
   sharing the VM's freshly allocated output memory.
 * **Weights are bound once** per loaded model, from ``ir.constants``, in the parameter order
   of ``emit.const_params``. Nothing is cached across models.
+
+One model's VM runs one call at a time: don't call the same ``CompiledModule`` from several
+threads at once (load it once per thread instead).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.dlpack import from_dlpack
 
 from rqcompile.errors import ArtifactError, TargetError
 from rqcompile.ir.core import Module
@@ -30,9 +34,9 @@ from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target as RQTarget
 from rqcompile.targets.tvm.adapter import relax, runtime, tvm
 from rqcompile.targets.tvm.emit import const_params
-from rqcompile.targets.tvm.pipelines import run_blockers
+from rqcompile.targets.tvm.pipelines import library_suffix, run_blockers
 
-__all__ = ["TVMBackend", "compiled_module", "library_suffix", "load_library"]
+__all__ = ["TVMBackend", "compiled_module", "load_library"]
 
 #: TVM's buffers are declared 64-byte aligned; the generated code may rely on it.
 _ALIGN = 64
@@ -55,17 +59,6 @@ class TVMBackend:
     tvm_target: Any = None
 
 
-def library_suffix(target_dict: dict[str, Any]) -> str:
-    """``.so`` for a library this machine can link; ``.tar`` of objects for another arch.
-
-    A cross-compiled library can't be linked with the host compiler, so it is stored as the
-    tar of object files that ``export_library`` writes; link it on the device.
-    """
-    triple = str(target_dict.get("mtriple", "") or "")
-    host = str(tvm.target.codegen.llvm_get_system_triple())
-    return ".tar" if triple and triple.split("-")[0] != host.split("-")[0] else ".so"
-
-
 def _to_tvm(x: torch.Tensor) -> Any:
     """A TVM tensor sharing ``x``'s memory (copied only if non-contiguous or under-aligned)."""
     x = x.detach()
@@ -80,7 +73,7 @@ def _to_tvm(x: torch.Tensor) -> Any:
 
 def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
     items = (result,) if isinstance(result, runtime.Tensor) else tuple(result)
-    return tuple(torch.from_dlpack(o) for o in items)
+    return tuple(from_dlpack(o) for o in items)
 
 
 class _VMRunner:
