@@ -78,7 +78,7 @@ def lm_run(corpus: Any, *, preset: str, estimator: str, seed: int, width: int, s
         if block_size_q != 128:
             kw["block_size"] = None if block_size_q == "per-channel" else block_size_q
         model = rq.prepare(model, ex, preset, **kw)
-    cfg = TrainConfig(steps=steps, batch_size=batch, lr=2e-3, warmup=max(1, steps // 10),
+    cfg = TrainConfig(steps=steps, batch_size=batch, lr=3e-3, warmup=max(1, steps // 10),
                       eval_every=max(1, steps // 5), eval_batches=8, seed=seed)
     t0 = time.perf_counter()
     h = train_lm(model, corpus, cfg, block_size=block_size)
@@ -107,7 +107,7 @@ def cnn_run(data: Any, *, preset: str, estimator: str, seed: int, steps: int) ->
 
 def plan(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"width": 64, "steps": 200, "batch": 16, "block": 64, "seeds_low": [0],
+        return {"width": 64, "steps": 300, "batch": 16, "block": 64, "seeds_low": [0],
                 "presets": ["A8W8", "A4W4", "A2W2", "A1W1", "A4W1+2:4"],
                 "lams": [0.0, 0.01, 1.0], "blocks": [], "wide": (128, 32), "cnn_steps": 150,
                 "cnn_seeds": [0]}
@@ -267,7 +267,10 @@ def plots(runs: list[Run], mode: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small model, one seed (< ~10 min)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a busy 2-core machine 2 threads run ~4x slower)")
     a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
     mode = "quick" if a.quick else "full"
     os.makedirs(OUT, exist_ok=True)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
