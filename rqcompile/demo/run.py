@@ -40,13 +40,13 @@ __all__ = ["DemoConfig", "generate_fixed", "main", "run_demo"]
 @dataclass(frozen=True)
 class DemoConfig:
     preset: str = "A1W1"
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 32
     block_size: int = 64
     n_layer: int = 2
     n_embd: int = 128
     n_head: int = 4
-    lr: float = 2e-3
+    lr: float = 3e-3
     seed: int = 0
     target: str = "auto"
     progress: bool = True
