@@ -109,7 +109,7 @@ def plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"width": 64, "steps": 300, "batch": 16, "block": 64, "seeds_low": [0],
                 "presets": ["A8W8", "A4W4", "A2W2", "A1W1", "A4W1+2:4"],
-                "lams": [0.0, 0.01, 1.0], "blocks": [], "wide": (128, 32), "cnn_steps": 150,
+                "lams": [0.0, 0.01, 1.0], "blocks": [], "wide": (128, 32), "cnn_steps": 400,
                 "cnn_seeds": [0]}
     return {"width": 128, "steps": 1000, "batch": 32, "block": 64, "seeds_low": [0, 1, 2],
             "presets": ["A8W8", "A4W4", "A2W2", "A1.5W1.5", "A1W1", "A4W4+2:4", "A4W1+2:4"],
@@ -234,11 +234,12 @@ def plots(runs: list[Run], mode: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in lm:
         if r.seed == 0 and r.preset in ("fp32", "A1W1", "A2W2") and r.ridge_lambda == 0.01 and r.block == "128" and "wide" not in r.label and "narrow" not in r.label:
-            xs, ys = zip(*r.curve) if r.curve else ((), ())
-            ax.plot(xs, ys, label=r.label)
+            pts = [(s, v) for s, v in r.curve if s > 0]  # skip the untrained point: it flattens the plot
+            xs, ys = zip(*pts) if pts else ((), ())
+            ax.plot(xs, ys, "-o", ms=3, label=r.label)
     ax.set_xlabel("training step")
     ax.set_ylabel("validation loss (nats/char)")
-    ax.set_title("Training curves (seed 0)")
+    ax.set_title("Training curves (seed 0; step 0 omitted)")
     ax.legend()
     fig.tight_layout()
     files.append(os.path.join(OUT, f"qat_quality_{mode}_curves.png"))
