@@ -14,30 +14,11 @@ import torch
 import rqcompile as rq
 from rqcompile.ir.parser import parse_module
 from rqcompile.ir.printer import print_module
-from rqcompile.testing.models import tiny_models
+from rqcompile.testing.models import PARITY_PRESETS, prepared_tiny, tiny_models
 
-PRESETS = ["A8W8", "A4W4", "A2W2", "A1W1", "A1.5W1.5", "A4W1+2:4", "W4"]
+PRESETS = list(PARITY_PRESETS)
 KERNEL = {"A1W1": "rq.xnor_popcount_matmul", "A4W1+2:4": "rq.sparse24_matmul", "A8W8": "rq.int_matmul"}
-
-
-def _prepared(name: str, preset: str) -> tuple[torch.fx.GraphModule, tuple[torch.Tensor, ...]]:
-    model, ex = tiny_models()[name]
-    kw: dict = {}
-    if name == "cnn" and "+" in preset:
-        kw["overrides"] = {"conv1": None, "dw": None}
-    # Ternary attention is excluded: a 1e-7 float difference upstream can flip a ternary code at a
-    # rounding tie (a 1-LSB difference at that quantizer) and the flip propagates. See README.
-    if name == "attention" and preset != "A1.5W1.5":
-        kw["quantize_attention"] = True
-    qat = rq.prepare(model, ex, preset, **kw)
-    # train a little so weights are not at init
-    opt = torch.optim.SGD(qat.parameters(), lr=1e-2)
-    for _ in range(2):
-        loss = qat(*ex).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return qat.eval(), ex
+_prepared = prepared_tiny
 
 
 @pytest.mark.parametrize("preset", PRESETS)

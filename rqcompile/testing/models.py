@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TinyAttention", "TinyCNN", "TinyMLP", "tiny_models"]
+__all__ = ["PARITY_PRESETS", "TinyAttention", "TinyCNN", "TinyMLP", "prepared_tiny", "tiny_models"]
 
 
 class TinyMLP(nn.Module):
@@ -79,3 +79,33 @@ def tiny_models() -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
         "cnn": (TinyCNN(), (torch.randn(4, 1, 8, 8, generator=g),)),
         "attention": (TinyAttention(), (torch.randn(2, 16, 64, generator=g),)),
     }
+
+
+#: Presets the parity tests run over.
+PARITY_PRESETS = ("A8W8", "A4W4", "A2W2", "A1W1", "A1.5W1.5", "A4W1+2:4", "W4")
+
+
+def prepared_tiny(name: str, preset: str, *, steps: int = 2) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A tiny model prepared with ``preset`` and trained ``steps`` SGD steps, in eval mode.
+
+    The parity recipe shared by the reference and TVM tests: the CNN keeps its 1-channel first
+    conv and depthwise conv float under 2:4 presets (their blocks of 9 cannot be 2:4-sparse);
+    attention matmuls are quantized except for ternary, where a 1e-7 upstream float
+    difference can flip a code at a rounding tie (1 LSB at that quantizer) and propagate.
+    """
+    import rqcompile as rq
+
+    model, ex = tiny_models()[name]
+    kw: dict[str, object] = {}
+    if name == "cnn" and "+" in preset:
+        kw["overrides"] = {"conv1": None, "dw": None}
+    if name == "attention" and preset != "A1.5W1.5":
+        kw["quantize_attention"] = True
+    qat = rq.prepare(model, ex, preset, **kw)
+    opt = torch.optim.SGD(qat.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = qat(*ex).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return qat.eval(), ex

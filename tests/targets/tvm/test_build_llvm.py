@@ -23,8 +23,8 @@ from rqcompile.targets.compiled import CompiledModule  # noqa: E402
 from rqcompile.targets.tvm import pipelines  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import FEATURES, host_features  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from test_lower_reference import PRESETS, _prepared  # noqa: E402
+from rqcompile.testing.models import PARITY_PRESETS as PRESETS  # noqa: E402
+from rqcompile.testing.models import prepared_tiny as _prepared  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 
