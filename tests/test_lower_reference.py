@@ -145,3 +145,13 @@ def test_unsupported_ops_reported_together() -> None:
     qat = rq.prepare(Odd(), (torch.randn(2, 16),), "A4W4")
     with pytest.raises(rq.UnsupportedOpError, match="(?s)cannot convert 2 node.*cumsum.*erf"):
         rq.convert(qat)
+
+
+def test_out_of_range_token_ids_are_a_typed_error() -> None:
+    from rqcompile.demo.models import CharTransformer
+
+    m = CharTransformer(20, n_layer=1, n_embd=32, block_size=8)
+    ex = (torch.zeros(2, 8, dtype=torch.long),)
+    exe = rq.lower(rq.prepare(m, ex, "A4W4"), target="reference")
+    with pytest.raises(rq.InputError, match=r"token ids must lie in \[0, 20\), got \[0, 25\]"):
+        exe(torch.full((2, 8), 25, dtype=torch.long).index_fill_(1, torch.tensor([0]), 0))

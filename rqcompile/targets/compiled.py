@@ -50,6 +50,19 @@ class CompiledModule:
         self.backend = backend  # e.g. the TVM VM / module, for power users
 
     @property
+    def _id_ranges(self) -> dict[int, int]:
+        """Input position -> vocabulary size, for inputs that index an embedding table."""
+        f = self.ir.main
+        args = {v.id: i for i, v in enumerate(f.args)}
+        out: dict[int, int] = {}
+        for op in f.ops:
+            if op.name == "rq.embedding" and op.operands[0].id in args:
+                vocab = op.operands[1].type.shape[0]
+                if vocab is not None:
+                    out[args[op.operands[0].id]] = int(vocab)
+        return out
+
+    @property
     def signature(self) -> tuple[TensorType, ...]:
         return tuple(v.type for v in self.ir.main.args)
 
@@ -77,6 +90,11 @@ class CompiledModule:
                 )
             if x.device.type != "cpu" and self.target.kind in ("reference", "llvm"):
                 problems.append(f"device {x.device} (this {self.target.kind} build runs on cpu; use x.cpu())")
+            vocab = self._id_ranges.get(i)
+            if not problems and vocab is not None and x.numel():
+                lo, hi = int(x.min()), int(x.max())
+                if lo < 0 or hi >= vocab:
+                    problems.append(f"token ids must lie in [0, {vocab}), got [{lo}, {hi}]")
             if problems:
                 raise InputError(f"input {i}: " + "; ".join(problems))
 

@@ -436,7 +436,7 @@ def _softmax(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
 
 
 def _embedding(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.take(xs[1], xs[0], axis=0))
+    return cx.emit(relax.op.take(xs[1], xs[0], axis=0, mode="clip"))
 
 
 def _permute(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
