@@ -105,12 +105,16 @@ def cnn_run(data: Any, *, preset: str, estimator: str, seed: int, steps: int) ->
                list(zip(h.val_steps, h.val_loss)))
 
 
-def plan(quick: bool) -> dict[str, Any]:
-    if quick:
+def plan(mode: str) -> dict[str, Any]:
+    if mode == "quick":
         return {"width": 64, "steps": 300, "batch": 16, "block": 64, "seeds_low": [0],
                 "presets": ["A8W8", "A4W4", "A2W2", "A1W1", "A4W1+2:4"],
                 "lams": [0.0, 0.01, 1.0], "blocks": [], "wide": (128, 32), "cnn_steps": 400,
                 "cnn_seeds": [0]}
+    if mode == "medium":  # the ≤2-bit claims with 3 seeds at a size that fits ~1 hour of 2 cores
+        return {"width": 128, "steps": 1000, "batch": 32, "block": 64, "seeds_low": [0, 1, 2],
+                "presets": ["A2W2", "A1W1"], "lams": [], "blocks": [], "wide": None,
+                "cnn_steps": 600, "cnn_seeds": [0, 1, 2]}
     return {"width": 128, "steps": 1000, "batch": 32, "block": 64, "seeds_low": [0, 1, 2],
             "presets": ["A8W8", "A4W4", "A2W2", "A1.5W1.5", "A1W1", "A4W4+2:4", "A4W1+2:4"],
             "lams": [0.0, 1e-3, 1e-2, 1e-1, 1.0], "blocks": [32, 128, "per-channel"],
@@ -121,45 +125,52 @@ def _low(preset: str) -> bool:
     return preset in ("A2W2", "A1W1", "A1.5W1.5")
 
 
-def sweep(quick: bool, log: Any) -> list[Run]:
-    p = plan(quick)
-    corpus = char_corpus()
+def run_specs(mode: str) -> list[dict[str, Any]]:
+    """The sweep as data: one dict of keyword arguments per run (so it can be sharded)."""
+    p = plan(mode)
     common = {"width": p["width"], "steps": p["steps"], "batch": p["batch"], "block_size": p["block"]}
-    runs: list[Run] = []
-
-    def add(r: Run) -> None:
-        runs.append(r)
-        state = "DIVERGED" if r.diverged else f"val {r.val_loss:.4f}"
-        extra = f" acc {r.val_acc:.3f}" if r.task == "digits" else ""
-        log(f"  [{len(runs):3d}] {r.task:6s} {r.label:28s} seed {r.seed}: {state}{extra} "
-            f"({r.seconds:.0f}s)")
-
+    specs: list[dict[str, Any]] = []
     for seed in p["seeds_low"]:
-        add(lm_run(corpus, preset="fp32", estimator="-", seed=seed, **common, label="fp32"))
+        specs.append({"task": "lm", "preset": "fp32", "estimator": "-", "seed": seed, **common,
+                      "label": "fp32"})
     for preset in p["presets"]:
-        seeds = p["seeds_low"] if _low(preset) else [0]
         for est in ("ste", "ridge"):
-            for seed in seeds:
-                add(lm_run(corpus, preset=preset, estimator=est, seed=seed, **common))
+            for seed in p["seeds_low"] if _low(preset) else [0]:
+                specs.append({"task": "lm", "preset": preset, "estimator": est, "seed": seed, **common})
     for lam in p["lams"]:
         if lam != 0.01:
-            add(lm_run(corpus, preset="A1W1", estimator="ridge", seed=0, lam=lam, **common,
-                       label=f"A1W1 ridge λ={lam:g}"))
+            specs.append({"task": "lm", "preset": "A1W1", "estimator": "ridge", "seed": 0,
+                          "lam": lam, **common, "label": f"A1W1 ridge λ={lam:g}"})
     for b in p["blocks"]:
         if b != 128:
             for est in ("ste", "ridge"):
-                add(lm_run(corpus, preset="A1W1", estimator=est, seed=0, block_size_q=b,
-                           **common, label=f"A1W1 {est} block={b}"))
-    wide, narrow = p["wide"]
-    add(lm_run(corpus, preset="A1W1", estimator="ridge", seed=0, **{**common, "width": wide},
-               label=f"wide A1W1 ridge (w={wide})"))
-    add(lm_run(corpus, preset="fp32", estimator="-", seed=0, **{**common, "width": narrow},
-               label=f"narrow fp32 (w={narrow})"))
-    data = digits()
+                specs.append({"task": "lm", "preset": "A1W1", "estimator": est, "seed": 0,
+                              "block_size_q": b, **common, "label": f"A1W1 {est} block={b}"})
+    if p["wide"]:
+        wide, narrow = p["wide"]
+        specs.append({"task": "lm", "preset": "A1W1", "estimator": "ridge", "seed": 0,
+                      **{**common, "width": wide}, "label": f"wide A1W1 ridge (w={wide})"})
+        specs.append({"task": "lm", "preset": "fp32", "estimator": "-", "seed": 0,
+                      **{**common, "width": narrow}, "label": f"narrow fp32 (w={narrow})"})
     for seed in p["cnn_seeds"]:
-        add(cnn_run(data, preset="fp32", estimator="-", seed=seed, steps=p["cnn_steps"]))
-        for est in ("ste", "ridge"):
-            add(cnn_run(data, preset="A1W1", estimator=est, seed=seed, steps=p["cnn_steps"]))
+        for preset, est in (("fp32", "-"), ("A1W1", "ste"), ("A1W1", "ridge")):
+            specs.append({"task": "digits", "preset": preset, "estimator": est, "seed": seed,
+                          "steps": p["cnn_steps"]})
+    return specs
+
+
+def sweep(specs: list[dict[str, Any]], log: Any) -> list[Run]:
+    corpus = char_corpus() if any(s["task"] == "lm" for s in specs) else None
+    data = digits() if any(s["task"] == "digits" for s in specs) else None
+    runs: list[Run] = []
+    for spec in specs:
+        kw = {k: v for k, v in spec.items() if k != "task"}
+        r = lm_run(corpus, **kw) if spec["task"] == "lm" else cnn_run(data, **kw)
+        runs.append(r)
+        state = "DIVERGED" if r.diverged else f"val {r.val_loss:.4f}"
+        extra = f" acc {r.val_acc:.3f}" if r.task == "digits" else ""
+        log(f"  [{len(runs):3d}/{len(specs)}] {r.task:6s} {r.label:28s} seed {r.seed}: "
+            f"{state}{extra} ({r.seconds:.0f}s)")
     return runs
 
 
@@ -265,23 +276,8 @@ def plots(runs: list[Run], mode: str) -> list[str]:
     return files
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small model, one seed (< ~10 min)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a busy 2-core machine 2 threads run ~4x slower)")
-    a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    mode = "quick" if a.quick else "full"
-    os.makedirs(OUT, exist_ok=True)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
-    header = (f"Measured {datetime.date.today().isoformat()} on {cpu}, {os.cpu_count()} cores, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads. Plan: "
-              f"{json.dumps(plan(a.quick))}")
-    print(header, flush=True)
-    t0 = time.perf_counter()
-    runs = sweep(a.quick, lambda s: print(s, flush=True))
-    text = report(runs, mode, header + f" Total {time.perf_counter() - t0:.0f}s.")
+def _write(runs: list[Run], mode: str, header: str) -> None:
+    text = report(runs, mode, header)
     with open(os.path.join(OUT, f"qat_quality_{mode}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(OUT, f"qat_quality_{mode}.csv"), "w", newline="") as f:
@@ -291,10 +287,51 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs:
             w.writerow([getattr(r, k) for k in keys])
     with open(os.path.join(OUT, f"qat_quality_{mode}.json"), "w") as f:
-        json.dump([asdict(r) for r in runs], f, indent=1)
+        json.dump({"header": header, "runs": [asdict(r) for r in runs]}, f, indent=1)
     files = plots(runs, mode)
     print("\n" + text)
     print("plots: " + ", ".join(os.path.relpath(x) for x in files))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small model, one seed (< ~10 min)")
+    ap.add_argument("--mode", choices=["quick", "medium", "full"], default=None,
+                    help="quick (< ~10 min), medium (≤2-bit, 3 seeds, ~1 h), full (hours)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a busy 2-core machine 2 threads run ~4x slower)")
+    ap.add_argument("--shard", default="0/1", help="run shard i of n (e.g. 0/2 and 1/2 in two processes)")
+    ap.add_argument("--merge", action="store_true", help="merge the shard JSON files and report")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    mode = a.mode or ("quick" if a.quick else "full")
+    os.makedirs(OUT, exist_ok=True)
+    i, n = (int(v) for v in a.shard.split("/"))
+    if a.merge:
+        runs, header = [], ""
+        for k in range(n):
+            with open(os.path.join(OUT, f"qat_quality_{mode}.shard{k}of{n}.json")) as f:
+                d = json.load(f)
+            header = d["header"]
+            runs += [Run(**{**r, "curve": [tuple(c) for c in r["curve"]]}) for r in d["runs"]]
+        _write(runs, mode, header)
+        return 0
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")), platform.processor())
+    header = (f"Measured {datetime.date.today().isoformat()} on {cpu}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) per process. "
+              f"Plan: {json.dumps(plan(mode))}")
+    print(header, flush=True)
+    t0 = time.perf_counter()
+    specs = run_specs(mode)[i::n]
+    runs = sweep(specs, lambda s: print(s, flush=True))
+    header += f" Wall time {time.perf_counter() - t0:.0f}s" + (f" (shard {i}/{n})." if n > 1 else ".")
+    if n > 1:
+        with open(os.path.join(OUT, f"qat_quality_{mode}.shard{i}of{n}.json"), "w") as f:
+            json.dump({"header": header, "runs": [asdict(r) for r in runs]}, f, indent=1)
+        print(f"shard {i}/{n} done; merge with --mode {mode} --shard 0/{n} --merge")
+        return 0
+    _write(runs, mode, header)
     return 0
 
 
