@@ -155,3 +155,46 @@ def test_out_of_range_token_ids_are_a_typed_error() -> None:
     exe = rq.lower(rq.prepare(m, ex, "A4W4"), target="reference")
     with pytest.raises(rq.InputError, match=r"token ids must lie in \[0, 20\), got \[0, 25\]"):
         exe(torch.full((2, 8), 25, dtype=torch.long).index_fill_(1, torch.tensor([0]), 0))
+
+
+class _Conv1dNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv1d(32, 64, 3, padding=1)
+        self.c2 = torch.nn.Conv1d(64, 64, 5, padding=2, groups=2)
+        self.fc = torch.nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean(-1))
+
+
+@pytest.mark.parametrize("preset", ["A4W4", "A1W1"])
+def test_conv1d_prepares_trains_and_lowers(preset: str) -> None:
+    ex = (torch.randn(2, 32, 16),)
+    qat = rq.prepare(_Conv1dNet(), ex, preset)
+    assert {n.meta["rq"].layer for n in qat.graph.nodes if "rq" in n.meta} == {"c1", "c2", "fc"}
+    loss = qat(*ex).pow(2).mean()
+    loss.backward()
+    qat.eval()
+    with torch.no_grad():
+        want = qat(*ex)
+    got = rq.lower(qat, target="reference")(*ex)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_reference_target_works_without_tvm() -> None:
+    code = (
+        "import sys; sys.modules['tvm'] = None  # make 'import tvm' fail\n"
+        "import importlib.util\n"
+        "importlib.util.find_spec = (lambda f: (lambda name, *a: None if name == 'tvm' else f(name, *a)))(importlib.util.find_spec)\n"
+        "import torch, rqcompile as rq\n"
+        "qat = rq.prepare(torch.nn.Linear(64, 8), (torch.randn(2, 64),), 'A4W4')\n"
+        "assert rq.lower(qat, target='reference')(torch.randn(2, 64)).shape == (2, 8)\n"
+        "try:\n"
+        "    rq.lower(qat, target='llvm')\n"
+        "except rq.TargetError as e:\n"
+        "    assert 'pip install' in str(e) and 'apache-tvm' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('expected TargetError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
