@@ -16,7 +16,6 @@ the classifier stay float.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import datetime
 import json
@@ -31,11 +30,11 @@ from typing import Any
 import torch
 
 import rqcompile as rq
+from rqcompile.debug.costs import model_costs
 from rqcompile.demo.data import char_corpus, digits
 from rqcompile.demo.loop import TrainConfig
 from rqcompile.demo.models import CharTransformer, DigitsCNN
 from rqcompile.demo.train import accuracy, train_classifier, train_lm
-from rqcompile.debug.costs import model_costs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results")
@@ -65,60 +64,146 @@ def _costs(model: torch.nn.Module) -> tuple[float, float]:
     return model_costs(model)
 
 
-def lm_run(corpus: Any, *, preset: str, estimator: str, seed: int, width: int, steps: int,
-           batch: int, block_size: int, lam: float = 0.01, block_size_q: int | None | str = 128,
-           label: str = "") -> Run:
+def lm_run(
+    corpus: Any,
+    *,
+    preset: str,
+    estimator: str,
+    seed: int,
+    width: int,
+    steps: int,
+    batch: int,
+    block_size: int,
+    lam: float = 0.01,
+    block_size_q: int | str | None = 128,
+    label: str = "",
+) -> Run:
     torch.manual_seed(seed)
-    model = CharTransformer(corpus.vocab_size, n_layer=2, n_head=4, n_embd=width,
-                            block_size=block_size)
+    model = CharTransformer(
+        corpus.vocab_size, n_layer=2, n_head=4, n_embd=width, block_size=block_size
+    )
     ex = (torch.zeros(batch, block_size, dtype=torch.long),)
     if preset != "fp32":
-        kw: dict[str, Any] = {"estimator": estimator, "ridge_lambda": lam,
-                              "overrides": {"lm_head": None}}
+        kw: dict[str, Any] = {
+            "estimator": estimator,
+            "ridge_lambda": lam,
+            "overrides": {"lm_head": None},
+        }
         if block_size_q != 128:
             kw["block_size"] = None if block_size_q == "per-channel" else block_size_q
         model = rq.prepare(model, ex, preset, **kw)
-    cfg = TrainConfig(steps=steps, batch_size=batch, lr=3e-3, warmup=max(1, steps // 10),
-                      eval_every=max(1, steps // 5), eval_batches=8, seed=seed)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch,
+        lr=3e-3,
+        warmup=max(1, steps // 10),
+        eval_every=max(1, steps // 5),
+        eval_batches=8,
+        seed=seed,
+    )
     t0 = time.perf_counter()
     h = train_lm(model, corpus, cfg, block_size=block_size)
     kib, es = _costs(model)
-    return Run("lm", label or f"{preset} {estimator}", preset, estimator, seed, lam,
-               str(block_size_q), width, h.final_val_loss, float("nan"), h.diverged, h.nan_seen,
-               time.perf_counter() - t0, kib, es, list(zip(h.val_steps, h.val_loss)))
+    return Run(
+        "lm",
+        label or f"{preset} {estimator}",
+        preset,
+        estimator,
+        seed,
+        lam,
+        str(block_size_q),
+        width,
+        h.final_val_loss,
+        float("nan"),
+        h.diverged,
+        h.nan_seen,
+        time.perf_counter() - t0,
+        kib,
+        es,
+        list(zip(h.val_steps, h.val_loss)),
+    )
 
 
 def cnn_run(data: Any, *, preset: str, estimator: str, seed: int, steps: int) -> Run:
     torch.manual_seed(seed)
     model: torch.nn.Module = DigitsCNN()
     if preset != "fp32":
-        model = rq.prepare(model, (data[0][:8],), preset, estimator=estimator,
-                           overrides={"conv1": None, "fc": None})
-    cfg = TrainConfig(steps=steps, batch_size=64, lr=3e-3, warmup=10, eval_every=max(1, steps // 5),
-                      seed=seed)
+        model = rq.prepare(
+            model,
+            (data[0][:8],),
+            preset,
+            estimator=estimator,
+            overrides={"conv1": None, "fc": None},
+        )
+    cfg = TrainConfig(
+        steps=steps, batch_size=64, lr=3e-3, warmup=10, eval_every=max(1, steps // 5), seed=seed
+    )
     t0 = time.perf_counter()
     h = train_classifier(model, data, cfg)
     kib, es = _costs(model)
     acc = accuracy(model, data[2], data[3])
-    return Run("digits", f"{preset} {estimator}", preset, estimator, seed, 0.01, "128", 32,
-               h.final_val_loss, acc, h.diverged, h.nan_seen, time.perf_counter() - t0, kib, es,
-               list(zip(h.val_steps, h.val_loss)))
+    return Run(
+        "digits",
+        f"{preset} {estimator}",
+        preset,
+        estimator,
+        seed,
+        0.01,
+        "128",
+        32,
+        h.final_val_loss,
+        acc,
+        h.diverged,
+        h.nan_seen,
+        time.perf_counter() - t0,
+        kib,
+        es,
+        list(zip(h.val_steps, h.val_loss)),
+    )
 
 
 def plan(mode: str) -> dict[str, Any]:
     if mode == "quick":
-        return {"width": 64, "steps": 300, "batch": 16, "block": 64, "seeds_low": [0],
-                "presets": ["A8W8", "A4W4", "A2W2", "A1W1", "A4W1+2:4"],
-                "lams": [0.0, 0.01, 1.0], "blocks": [], "wide": (128, 32), "cnn_steps": 400,
-                "cnn_seeds": [0]}
+        return {
+            "width": 64,
+            "steps": 300,
+            "batch": 16,
+            "block": 64,
+            "seeds_low": [0],
+            "presets": ["A8W8", "A4W4", "A2W2", "A1W1", "A4W1+2:4"],
+            "lams": [0.0, 0.01, 1.0],
+            "blocks": [],
+            "wide": (128, 32),
+            "cnn_steps": 400,
+            "cnn_seeds": [0],
+        }
     if mode == "medium":  # the ≤2-bit claims with 3 seeds at a size that fits ~1 hour of 2 cores
-        return {"width": 128, "steps": 1000, "batch": 32, "block": 64, "seeds_low": [0, 1, 2],
-                "presets": ["A2W2", "A1W1"], "lams": [], "blocks": [], "wide": None,
-                "cnn_steps": 600, "cnn_seeds": [0, 1, 2]}
-    return {"width": 128, "steps": 1000, "batch": 32, "block": 64, "seeds_low": [0, 1, 2],
-            "presets": ["A8W8", "A4W4", "A2W2", "A1.5W1.5", "A1W1", "A4W4+2:4", "A4W1+2:4"],
-            "lams": [0.0, 1e-3, 1e-2, 1e-1, 1.0], "blocks": [32, 128, "per-channel"],
-            "wide": (256, 64), "cnn_steps": 600, "cnn_seeds": [0, 1, 2]}
+        return {
+            "width": 128,
+            "steps": 1000,
+            "batch": 32,
+            "block": 64,
+            "seeds_low": [0, 1, 2],
+            "presets": ["A2W2", "A1W1"],
+            "lams": [],
+            "blocks": [],
+            "wide": None,
+            "cnn_steps": 600,
+            "cnn_seeds": [0, 1, 2],
+        }
+    return {
+        "width": 128,
+        "steps": 1000,
+        "batch": 32,
+        "block": 64,
+        "seeds_low": [0, 1, 2],
+        "presets": ["A8W8", "A4W4", "A2W2", "A1.5W1.5", "A1W1", "A4W4+2:4", "A4W1+2:4"],
+        "lams": [0.0, 1e-3, 1e-2, 1e-1, 1.0],
+        "blocks": [32, 128, "per-channel"],
+        "wide": (256, 64),
+        "cnn_steps": 600,
+        "cnn_seeds": [0, 1, 2],
+    }
 
 
 def _low(preset: str) -> bool:
@@ -128,34 +213,90 @@ def _low(preset: str) -> bool:
 def run_specs(mode: str) -> list[dict[str, Any]]:
     """The sweep as data: one dict of keyword arguments per run (so it can be sharded)."""
     p = plan(mode)
-    common = {"width": p["width"], "steps": p["steps"], "batch": p["batch"], "block_size": p["block"]}
+    common = {
+        "width": p["width"],
+        "steps": p["steps"],
+        "batch": p["batch"],
+        "block_size": p["block"],
+    }
     specs: list[dict[str, Any]] = []
     for seed in p["seeds_low"]:
-        specs.append({"task": "lm", "preset": "fp32", "estimator": "-", "seed": seed, **common,
-                      "label": "fp32"})
+        specs.append(
+            {
+                "task": "lm",
+                "preset": "fp32",
+                "estimator": "-",
+                "seed": seed,
+                **common,
+                "label": "fp32",
+            }
+        )
     for preset in p["presets"]:
         for est in ("ste", "ridge"):
             for seed in p["seeds_low"] if _low(preset) else [0]:
-                specs.append({"task": "lm", "preset": preset, "estimator": est, "seed": seed, **common})
+                specs.append(
+                    {"task": "lm", "preset": preset, "estimator": est, "seed": seed, **common}
+                )
     for lam in p["lams"]:
         if lam != 0.01:
-            specs.append({"task": "lm", "preset": "A1W1", "estimator": "ridge", "seed": 0,
-                          "lam": lam, **common, "label": f"A1W1 ridge λ={lam:g}"})
+            specs.append(
+                {
+                    "task": "lm",
+                    "preset": "A1W1",
+                    "estimator": "ridge",
+                    "seed": 0,
+                    "lam": lam,
+                    **common,
+                    "label": f"A1W1 ridge λ={lam:g}",
+                }
+            )
     for b in p["blocks"]:
         if b != 128:
             for est in ("ste", "ridge"):
-                specs.append({"task": "lm", "preset": "A1W1", "estimator": est, "seed": 0,
-                              "block_size_q": b, **common, "label": f"A1W1 {est} block={b}"})
+                specs.append(
+                    {
+                        "task": "lm",
+                        "preset": "A1W1",
+                        "estimator": est,
+                        "seed": 0,
+                        "block_size_q": b,
+                        **common,
+                        "label": f"A1W1 {est} block={b}",
+                    }
+                )
     if p["wide"]:
         wide, narrow = p["wide"]
-        specs.append({"task": "lm", "preset": "A1W1", "estimator": "ridge", "seed": 0,
-                      **{**common, "width": wide}, "label": f"wide A1W1 ridge (w={wide})"})
-        specs.append({"task": "lm", "preset": "fp32", "estimator": "-", "seed": 0,
-                      **{**common, "width": narrow}, "label": f"narrow fp32 (w={narrow})"})
+        specs.append(
+            {
+                "task": "lm",
+                "preset": "A1W1",
+                "estimator": "ridge",
+                "seed": 0,
+                **{**common, "width": wide},
+                "label": f"wide A1W1 ridge (w={wide})",
+            }
+        )
+        specs.append(
+            {
+                "task": "lm",
+                "preset": "fp32",
+                "estimator": "-",
+                "seed": 0,
+                **{**common, "width": narrow},
+                "label": f"narrow fp32 (w={narrow})",
+            }
+        )
     for seed in p["cnn_seeds"]:
         for preset, est in (("fp32", "-"), ("A1W1", "ste"), ("A1W1", "ridge")):
-            specs.append({"task": "digits", "preset": preset, "estimator": est, "seed": seed,
-                          "steps": p["cnn_steps"]})
+            specs.append(
+                {
+                    "task": "digits",
+                    "preset": preset,
+                    "estimator": est,
+                    "seed": seed,
+                    "steps": p["cnn_steps"],
+                }
+            )
     return specs
 
 
@@ -169,8 +310,10 @@ def sweep(specs: list[dict[str, Any]], log: Any) -> list[Run]:
         runs.append(r)
         state = "DIVERGED" if r.diverged else f"val {r.val_loss:.4f}"
         extra = f" acc {r.val_acc:.3f}" if r.task == "digits" else ""
-        log(f"  [{len(runs):3d}/{len(specs)}] {r.task:6s} {r.label:28s} seed {r.seed}: "
-            f"{state}{extra} ({r.seconds:.0f}s)")
+        log(
+            f"  [{len(runs):3d}/{len(specs)}] {r.task:6s} {r.label:28s} seed {r.seed}: "
+            f"{state}{extra} ({r.seconds:.0f}s)"
+        )
     return runs
 
 
@@ -181,19 +324,32 @@ def _mean(xs: list[float]) -> float:
 def report(runs: list[Run], mode: str, header: str) -> str:
     lm = [r for r in runs if r.task == "lm"]
     fp = _mean([r.val_loss for r in lm if r.label == "fp32"])
-    lines = [f"# QAT quality ({mode})", "", header, "",
-             "## Char transformer on Shakespeare (val = held-out plays; mean over seeds)", "",
-             "| setting | seeds | val loss | vs fp32 | diverged | weights KiB | energy saving |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# QAT quality ({mode})",
+        "",
+        header,
+        "",
+        "## Char transformer on Shakespeare (val = held-out plays; mean over seeds)",
+        "",
+        "| setting | seeds | val loss | vs fp32 | diverged | weights KiB | energy saving |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     groups: dict[str, list[Run]] = {}
     for r in lm:
         groups.setdefault(r.label, []).append(r)
     for label, rs in groups.items():
         v = _mean([r.val_loss for r in rs if not r.diverged])
-        lines.append(f"| {label} | {len(rs)} | {v:.4f} | {100 * (v / fp - 1):+.1f}% | "
-                     f"{sum(r.diverged for r in rs)} | {rs[0].weight_kib:.1f} | {rs[0].energy_saving:.0f}x |")
-    lines += ["", "## Ridge vs STE per preset (gap closed = (STE − ridge) / (STE − fp32))", "",
-              "| preset | STE | ridge | ridge wins (seeds) | gap closed |", "| --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {label} | {len(rs)} | {v:.4f} | {100 * (v / fp - 1):+.1f}% | "
+            f"{sum(r.diverged for r in rs)} | {rs[0].weight_kib:.1f} | {rs[0].energy_saving:.0f}x |"
+        )
+    lines += [
+        "",
+        "## Ridge vs STE per preset (gap closed = (STE − ridge) / (STE − fp32))",
+        "",
+        "| preset | STE | ridge | ridge wins (seeds) | gap closed |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for preset in dict.fromkeys(r.preset for r in lm if r.estimator in ("ste", "ridge")):
         ste = {r.seed: r.val_loss for r in groups.get(f"{preset} ste", [])}
         rid = {r.seed: r.val_loss for r in groups.get(f"{preset} ridge", [])}
@@ -202,14 +358,23 @@ def report(runs: list[Run], mode: str, header: str) -> str:
         wins = sum(rid[s] < ste[s] for s in rid if s in ste)
         s_m, r_m = _mean(list(ste.values())), _mean(list(rid.values()))
         closed = (s_m - r_m) / (s_m - fp) if s_m > fp else float("nan")
-        lines.append(f"| {preset} | {s_m:.4f} | {r_m:.4f} | {wins}/{len(rid)} | {100 * closed:.0f}% |")
+        lines.append(
+            f"| {preset} | {s_m:.4f} | {r_m:.4f} | {wins}/{len(rid)} | {100 * closed:.0f}% |"
+        )
     dg = [r for r in runs if r.task == "digits"]
-    lines += ["", "## Digits CNN (sklearn; conv1 and fc float)", "",
-              "| setting | seeds | test acc | test loss |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Digits CNN (sklearn; conv1 and fc float)",
+        "",
+        "| setting | seeds | test acc | test loss |",
+        "| --- | --- | --- | --- |",
+    ]
     for label in dict.fromkeys(r.label for r in dg):
         rs = [r for r in dg if r.label == label]
-        lines.append(f"| {label} | {len(rs)} | {_mean([r.val_acc for r in rs]):.3f} | "
-                     f"{_mean([r.val_loss for r in rs]):.4f} |")
+        lines.append(
+            f"| {label} | {len(rs)} | {_mean([r.val_acc for r in rs]):.3f} | "
+            f"{_mean([r.val_loss for r in rs]):.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -220,15 +385,26 @@ def plots(runs: list[Run], mode: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    lm = [r for r in runs if r.task == "lm" and r.width == max(x.width for x in runs if x.label == "fp32")]
+    lm = [
+        r
+        for r in runs
+        if r.task == "lm" and r.width == max(x.width for x in runs if x.label == "fp32")
+    ]
     fp = _mean([r.val_loss for r in lm if r.label == "fp32"])
     bits = {"A8W8": 8, "A4W4": 4, "A2W2": 2, "A1.5W1.5": 1.5, "A1W1": 1}
     fig, ax = plt.subplots(figsize=(6, 4))
     for est, mk in (("ste", "s--"), ("ridge", "o-")):
         xs, ys = [], []
         for pr, b in bits.items():
-            vs = [r.val_loss for r in lm if r.preset == pr and r.estimator == est
-                  and r.ridge_lambda == 0.01 and r.block == "128" and not r.diverged]
+            vs = [
+                r.val_loss
+                for r in lm
+                if r.preset == pr
+                and r.estimator == est
+                and r.ridge_lambda == 0.01
+                and r.block == "128"
+                and not r.diverged
+            ]
             if vs:
                 xs.append(b)
                 ys.append(_mean(vs))
@@ -244,8 +420,17 @@ def plots(runs: list[Run], mode: str) -> list[str]:
     fig.savefig(files[-1], dpi=120)
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in lm:
-        if r.seed == 0 and r.preset in ("fp32", "A1W1", "A2W2") and r.ridge_lambda == 0.01 and r.block == "128" and "wide" not in r.label and "narrow" not in r.label:
-            pts = [(s, v) for s, v in r.curve if s > 0]  # skip the untrained point: it flattens the plot
+        if (
+            r.seed == 0
+            and r.preset in ("fp32", "A1W1", "A2W2")
+            and r.ridge_lambda == 0.01
+            and r.block == "128"
+            and "wide" not in r.label
+            and "narrow" not in r.label
+        ):
+            pts = [
+                (s, v) for s, v in r.curve if s > 0
+            ]  # skip the untrained point: it flattens the plot
             xs, ys = zip(*pts) if pts else ((), ())
             ax.plot(xs, ys, "-o", ms=3, label=r.label)
     ax.set_xlabel("training step")
@@ -255,9 +440,15 @@ def plots(runs: list[Run], mode: str) -> list[str]:
     fig.tight_layout()
     files.append(os.path.join(OUT, f"qat_quality_{mode}_curves.png"))
     fig.savefig(files[-1], dpi=120)
-    lam = sorted(((r.ridge_lambda, r.val_loss, r.diverged) for r in lm
-                  if r.preset == "A1W1" and r.estimator == "ridge" and r.seed == 0 and r.block == "128"
-                  and "wide" not in r.label))
+    lam = sorted(
+        (r.ridge_lambda, r.val_loss, r.diverged)
+        for r in lm
+        if r.preset == "A1W1"
+        and r.estimator == "ridge"
+        and r.seed == 0
+        and r.block == "128"
+        and "wide" not in r.label
+    )
     if lam:
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [max(v, 1e-4) for v, _, _ in lam]
@@ -296,11 +487,21 @@ def _write(runs: list[Run], mode: str, header: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small model, one seed (< ~10 min)")
-    ap.add_argument("--mode", choices=["quick", "medium", "full"], default=None,
-                    help="quick (< ~10 min), medium (≤2-bit, 3 seeds, ~1 h), full (hours)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a busy 2-core machine 2 threads run ~4x slower)")
-    ap.add_argument("--shard", default="0/1", help="run shard i of n (e.g. 0/2 and 1/2 in two processes)")
+    ap.add_argument(
+        "--mode",
+        choices=["quick", "medium", "full"],
+        default=None,
+        help="quick (< ~10 min), medium (≤2-bit, 3 seeds, ~1 h), full (hours)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a busy 2-core machine 2 threads run ~4x slower)",
+    )
+    ap.add_argument(
+        "--shard", default="0/1", help="run shard i of n (e.g. 0/2 and 1/2 in two processes)"
+    )
     ap.add_argument("--merge", action="store_true", help="merge the shard JSON files and report")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -316,16 +517,26 @@ def main(argv: list[str] | None = None) -> int:
             runs += [Run(**{**r, "curve": [tuple(c) for c in r["curve"]]}) for r in d["runs"]]
         _write(runs, mode, header)
         return 0
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
-    header = (f"Measured {datetime.date.today().isoformat()} on {cpu}, {os.cpu_count()} cores, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) per process. "
-              f"Plan: {json.dumps(plan(mode))}")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo")
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    header = (
+        f"Measured {datetime.date.today().isoformat()} on {cpu}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) per process. "
+        f"Plan: {json.dumps(plan(mode))}"
+    )
     print(header, flush=True)
     t0 = time.perf_counter()
     specs = run_specs(mode)[i::n]
     runs = sweep(specs, lambda s: print(s, flush=True))
-    header += f" Wall time {time.perf_counter() - t0:.0f}s" + (f" (shard {i}/{n})." if n > 1 else ".")
+    header += f" Wall time {time.perf_counter() - t0:.0f}s" + (
+        f" (shard {i}/{n})." if n > 1 else "."
+    )
     if n > 1:
         with open(os.path.join(OUT, f"qat_quality_{mode}.shard{i}of{n}.json"), "w") as f:
             json.dump({"header": header, "runs": [asdict(r) for r in runs]}, f, indent=1)

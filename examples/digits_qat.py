@@ -1,6 +1,6 @@
 """A1W1 ridge QAT of a small CNN on sklearn's digits, then integer CPU kernels.
 
-    python examples/digits_qat.py --preset A1W1 --steps 600
+python examples/digits_qat.py --preset A1W1 --steps 600
 """
 
 import argparse
@@ -24,8 +24,13 @@ args = ap.parse_args()
 torch.manual_seed(0)
 xtr, ytr, xte, yte = digits()
 # the first conv (1 input channel) and the classifier stay float, as the paper recommends
-qat = rq.prepare(DigitsCNN(), (xtr[:64],), args.preset, estimator=args.estimator,
-                 overrides={"conv1": None, "fc": None})
+qat = rq.prepare(
+    DigitsCNN(),
+    (xtr[:64],),
+    args.preset,
+    estimator=args.estimator,
+    overrides={"conv1": None, "fc": None},
+)
 opt = torch.optim.Adam(qat.parameters(), lr=3e-3)
 gen = torch.Generator().manual_seed(0)
 for step in (bar := tqdm(range(args.steps), desc=f"{args.preset} {args.estimator}")):

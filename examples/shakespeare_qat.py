@@ -30,8 +30,9 @@ corpus = char_corpus()
 block, batch = 64, 32
 model = CharTransformer(corpus.vocab_size, n_layer=2, n_embd=128, block_size=block)
 example = (torch.zeros(batch, block, dtype=torch.long),)
-qat = rq.prepare(model, example, args.preset, estimator=args.estimator,
-                 overrides={"lm_head": None})          # the LM head stays float (paper's advice)
+qat = rq.prepare(
+    model, example, args.preset, estimator=args.estimator, overrides={"lm_head": None}
+)  # the LM head stays float (paper's advice)
 print(rq.explain(qat))
 
 opt = torch.optim.AdamW(qat.parameters(), lr=3e-3, weight_decay=0.1)
@@ -50,6 +51,8 @@ for step in bar:
 
 val = evaluate_lm(qat, corpus.val, batch_size=batch, block_size=block, n_batches=10)
 print(f"val loss (held-out plays): {val:.4f}")
-save_checkpoint(qat, args.out, {"preset": args.preset, "estimator": args.estimator, "val_loss": val})
+save_checkpoint(
+    qat, args.out, {"preset": args.preset, "estimator": args.estimator, "val_loss": val}
+)
 ids = generate(qat, corpus.encode("ROMEO:\n")[None], 200, block, temperature=0.8, generator=gen)
 print(corpus.decode(ids[0]))

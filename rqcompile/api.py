@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
 from torch import fx, nn
 
 from rqcompile.capture.trace import capture
@@ -101,8 +100,6 @@ def _ensure_prepared(obj: Any, verb: str) -> fx.GraphModule:
     raise TypeError(f"rq.{verb}() takes a prepared fx.GraphModule, got {type(obj).__name__}.")
 
 
-
-
 def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     """Turn a trained QAT graph into the integer IR (an ``rqcompile.ir.Module``).
 
@@ -141,8 +138,10 @@ def build(module: Any, target: Any = "llvm") -> Any:
     from rqcompile.targets.target import Target
 
     if isinstance(module, fx.GraphModule):
-        raise TypeError("rq.build() takes the IR from rq.convert(qat); use rq.lower(qat, target) "
-                        "to convert and build in one call.")
+        raise TypeError(
+            "rq.build() takes the IR from rq.convert(qat); use rq.lower(qat, target) "
+            "to convert and build in one call."
+        )
     if not isinstance(module, IRModule):
         raise TypeError(f"rq.build() takes an rqcompile.ir.Module, got {type(module).__name__}.")
     verify(module)

@@ -17,7 +17,11 @@ from rqcompile.ir.printer import print_module
 from rqcompile.testing.models import PARITY_PRESETS, prepared_tiny, tiny_models
 
 PRESETS = list(PARITY_PRESETS)
-KERNEL = {"A1W1": "rq.xnor_popcount_matmul", "A4W1+2:4": "rq.sparse24_matmul", "A8W8": "rq.int_matmul"}
+KERNEL = {
+    "A1W1": "rq.xnor_popcount_matmul",
+    "A4W1+2:4": "rq.sparse24_matmul",
+    "A8W8": "rq.int_matmul",
+}
 _prepared = prepared_tiny
 
 
@@ -59,7 +63,8 @@ def test_lower_is_build_of_convert_and_does_not_mutate() -> None:
 def test_convert_is_deterministic() -> None:
     qat, _ = _prepared("attention", "A4W4")
     assert print_module(rq.convert(qat), elide_constants=False) == print_module(
-        rq.convert(qat), elide_constants=False)
+        rq.convert(qat), elide_constants=False
+    )
 
 
 def test_save_load_in_fresh_process(tmp_path: os.PathLike) -> None:

@@ -100,7 +100,7 @@ def capture(
     tracer = RQTracer(leaf_modules)
     try:
         graph = tracer.trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure becomes one typed error
+    except Exception as e:
         where = tracer.failed_in or "<root>"
         mod = model.get_submodule(where) if where != "<root>" else model
         line = _user_frame(traceback.extract_tb(e.__traceback__))
@@ -116,7 +116,7 @@ def capture(
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
     try:
         ShapeProp(gm).propagate(*example_inputs)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CaptureError(
             f"running the traced graph on example_inputs failed: {type(e).__name__}: {e}\n"
             "Fix: pass example_inputs as a tuple of tensors with the shapes and dtypes the model "
@@ -142,7 +142,6 @@ def source_of(node: fx.Node) -> str | None:
     for ln in reversed(lines):
         parts = ln.split('"')
         if len(parts) >= 3 and not _is_library(parts[1]):
-            if True:
-                lineno = parts[2].split(",")[1].strip().removeprefix("line ")
-                return f"{os.path.basename(parts[1])}:{lineno}"
+            lineno = parts[2].split(",")[1].strip().removeprefix("line ")
+            return f"{os.path.basename(parts[1])}:{lineno}"
     return None

@@ -39,7 +39,9 @@ def _bits(text: str, name: str) -> float:
 
 
 def _spec(bits: float, *, sparse: bool) -> QuantSpec:
-    return QuantSpec(bits=bits, symmetric=bits == 1.5 or sparse, granularity=PerGroup(DEFAULT_BLOCK))
+    return QuantSpec(
+        bits=bits, symmetric=bits == 1.5 or sparse, granularity=PerGroup(DEFAULT_BLOCK)
+    )
 
 
 def parse_preset(name: str) -> LayerSpec:

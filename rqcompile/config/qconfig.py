@@ -170,7 +170,9 @@ class QConfig:
         return cls(
             default=None if dflt is None else LayerSpec.from_dict(dflt),
             overrides=tuple(
-                Override(o["pattern"], None if o["spec"] is None else LayerSpec.from_dict(o["spec"]))
+                Override(
+                    o["pattern"], None if o["spec"] is None else LayerSpec.from_dict(o["spec"])
+                )
                 for o in d.get("overrides", ())
             ),
             quantize_attention=bool(d.get("quantize_attention", False)),

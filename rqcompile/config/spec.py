@@ -64,7 +64,9 @@ class PerGroup:
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
-            raise ConfigError(f"PerGroup(size={self.size!r}): size must be a positive int, e.g. 128.")
+            raise ConfigError(
+                f"PerGroup(size={self.size!r}): size must be a positive int, e.g. 128."
+            )
 
     def __str__(self) -> str:
         return f"block={self.size}"
@@ -81,7 +83,9 @@ def granularity_from_dict(d: dict[str, Any]) -> Granularity:
         return PerChannel()
     if kind == "per-group":
         return PerGroup(size=int(d["size"]))
-    raise ConfigError(f"unknown granularity {d!r}; expected kind per-tensor, per-channel or per-group.")
+    raise ConfigError(
+        f"unknown granularity {d!r}; expected kind per-tensor, per-channel or per-group."
+    )
 
 
 def _granularity_to_dict(g: Granularity) -> dict[str, Any]:
@@ -136,9 +140,7 @@ class QuantSpec:
         if isinstance(self.bits, float) and self.bits != 1.5:
             object.__setattr__(self, "bits", int(self.bits))
         if self.bits == 1.5 and not self.symmetric:
-            raise ConfigError(
-                "bits=1.5 (ternary) is symmetric by definition; pass symmetric=True."
-            )
+            raise ConfigError("bits=1.5 (ternary) is symmetric by definition; pass symmetric=True.")
         if not isinstance(self.granularity, (PerTensor, PerChannel, PerGroup)):
             raise ConfigError(
                 f"granularity={self.granularity!r}: use PerTensor(), PerChannel() or PerGroup(size)."

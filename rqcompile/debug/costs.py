@@ -49,8 +49,9 @@ def _shape(n: object) -> tuple[int, ...] | None:
 
 def _float_row(layer: str, kind: str, params: int, macs: int, k: int) -> LayerCostRow:
     # float weights are stored as fp32 (32 bits/element); their MACs count at 16x16 bits
-    return LayerCostRow(layer, kind, None, k, 0, params, macs, 32.0,
-                        float(FLOAT_BITS * FLOAT_BITS * macs))
+    return LayerCostRow(
+        layer, kind, None, k, 0, params, macs, 32.0, float(FLOAT_BITS * FLOAT_BITS * macs)
+    )
 
 
 def matmul_costs(gm: fx.GraphModule) -> list[LayerCostRow]:
@@ -67,24 +68,47 @@ def matmul_costs(gm: fx.GraphModule) -> list[LayerCostRow]:
                 wq = gm.get_submodule(str(n.args[1].target))
                 params = int(gm.get_parameter(str(n.args[1].args[0].target)).numel())
                 block = wq.block if isinstance(wq, RQQuantize) else block
-            rows.append(LayerCostRow(meta.layer, meta.kind, meta.spec, meta.k, block, params,
-                                     meta.macs, bits_per_element(meta.spec, block),
-                                     energy_units(meta.spec, meta.macs)))
+            rows.append(
+                LayerCostRow(
+                    meta.layer,
+                    meta.kind,
+                    meta.spec,
+                    meta.k,
+                    block,
+                    params,
+                    meta.macs,
+                    bits_per_element(meta.spec, block),
+                    energy_units(meta.spec, meta.macs),
+                )
+            )
         elif out is not None and n.op == "call_module":
             m = gm.get_submodule(str(n.target))
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 k = m.in_features if isinstance(m, nn.Linear) else m.weight[0].numel()
-                rows.append(_float_row(str(n.target), type(m).__name__.lower(),
-                                       m.weight.numel(), math.prod(out) * k, k))
-        elif out is not None and n.op == "call_function" and n.target in (
-            torch.matmul, operator.matmul, torch.bmm, F.linear
+                rows.append(
+                    _float_row(
+                        str(n.target),
+                        type(m).__name__.lower(),
+                        m.weight.numel(),
+                        math.prod(out) * k,
+                        k,
+                    )
+                )
+        elif (
+            out is not None
+            and n.op == "call_function"
+            and n.target in (torch.matmul, operator.matmul, torch.bmm, F.linear)
         ):
             a = _shape(n.args[0])
             if a is None:
                 continue
             k = a[-1]
             params = 0
-            if n.target is F.linear and isinstance(n.args[1], fx.Node) and n.args[1].op == "get_attr":
+            if (
+                n.target is F.linear
+                and isinstance(n.args[1], fx.Node)
+                and n.args[1].op == "get_attr"
+            ):
                 params = int(gm.get_parameter(str(n.args[1].target)).numel())
             from rqcompile.capture.trace import owner_of
 

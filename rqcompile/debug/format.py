@@ -55,7 +55,9 @@ def _target(n: fx.Node) -> str:
 def _graph_lines(gm: fx.GraphModule) -> list[str]:
     lines = []
     for n in gm.graph.nodes:
-        args = ", ".join([_arg(a) for a in n.args] + [f"{k}={_arg(v)}" for k, v in n.kwargs.items()])
+        args = ", ".join(
+            [_arg(a) for a in n.args] + [f"{k}={_arg(v)}" for k, v in n.kwargs.items()]
+        )
         note = ""
         if n.op == "placeholder":
             body = f"%{n.name} = input"
@@ -95,13 +97,34 @@ def layer_table(gm: fx.GraphModule) -> str:
 
     rows = matmul_costs(gm)
     table = [
-        [r.layer, r.kind, "float" if r.spec is None else (r.spec.preset or "custom"), r.k,
-         r.block or "-", r.params, r.bytes_fp32 / 1024, r.bytes_deployed / 1024, r.bpe, r.macs,
-         r.energy]
+        [
+            r.layer,
+            r.kind,
+            "float" if r.spec is None else (r.spec.preset or "custom"),
+            r.k,
+            r.block or "-",
+            r.params,
+            r.bytes_fp32 / 1024,
+            r.bytes_deployed / 1024,
+            r.bpe,
+            r.macs,
+            r.energy,
+        ]
         for r in rows
     ]
-    header = ["layer", "kind", "format", "K", "block", "params", "fp32 KiB", "deployed KiB",
-              "bits/elem", "MACs", "energy"]
+    header = [
+        "layer",
+        "kind",
+        "format",
+        "K",
+        "block",
+        "params",
+        "fp32 KiB",
+        "deployed KiB",
+        "bits/elem",
+        "MACs",
+        "energy",
+    ]
     text = format_table(header, table)
     t = totals(rows)
     if rows:
@@ -165,7 +188,9 @@ def explain(obj: Any, config: Any = None, *, example_inputs: tuple[Any, ...] | N
     """
     if not isinstance(obj, fx.GraphModule) or "rq_config" not in obj.meta:
         if config is None or example_inputs is None:
-            raise TypeError("explain(model, config, example_inputs=...) needs both for a plain model.")
+            raise TypeError(
+                "explain(model, config, example_inputs=...) needs both for a plain model."
+            )
         from rqcompile.api import prepare
 
         obj = prepare(obj, example_inputs, config)
@@ -174,6 +199,12 @@ def explain(obj: Any, config: Any = None, *, example_inputs: tuple[Any, ...] | N
     for key in obj.meta.get("rq_layer_keys", []):
         spec, rule = cfg.resolve(key)
         why = obj.meta.get("rq_float_layers", {}).get(key)
-        rows.append([key, rule, "float" if spec is None or why else (spec.preset or "custom"),
-                     why or (spec.short() if spec else "")])
+        rows.append(
+            [
+                key,
+                rule,
+                "float" if spec is None or why else (spec.preset or "custom"),
+                why or (spec.short() if spec else ""),
+            ]
+        )
     return format_table(["layer", "rule", "format", "details"], rows)

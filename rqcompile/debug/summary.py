@@ -8,8 +8,15 @@ from rqcompile.debug.table import format_table
 
 __all__ = ["compiled_summary"]
 
-_KERNELS = ("rq.int_matmul", "rq.xnor_popcount_matmul", "rq.sparse24_matmul", "rq.qbmm", "rq.linear",
-            "rq.matmul", "rq.conv2d")
+_KERNELS = (
+    "rq.int_matmul",
+    "rq.xnor_popcount_matmul",
+    "rq.sparse24_matmul",
+    "rq.qbmm",
+    "rq.linear",
+    "rq.matmul",
+    "rq.conv2d",
+)
 
 
 def compiled_summary(exe: Any) -> str:
@@ -26,8 +33,14 @@ def compiled_summary(exe: Any) -> str:
                 t = ir.constant(str(src.attr("name")))
                 nbytes += t.numel() * t.element_size()
         total += nbytes
-        rows.append([op.loc.layer if op.loc else "", op.name.removeprefix("rq."),
-                     str(op.results[0].type), nbytes])
+        rows.append(
+            [
+                op.loc.layer if op.loc else "",
+                op.name.removeprefix("rq."),
+                str(op.results[0].type),
+                nbytes,
+            ]
+        )
     head = f"CompiledModule target={exe.target} inputs={', '.join(map(str, exe.signature))}"
     if exe.features:
         head += f"\nbuilt for CPU features: {', '.join(exe.features)}"

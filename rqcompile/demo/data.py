@@ -134,7 +134,7 @@ def _markdown_to_play(md: str) -> str:
     return "\n".join(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def play_text(name: str) -> str:
     """Plain text of one play (see :func:`shakespeare_text` for the format).
 

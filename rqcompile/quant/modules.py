@@ -26,7 +26,6 @@ __all__ = ["LAYOUTS", "RQQuantize"]
 LAYOUTS = ("last", "rows", "channels", "conv_weight")
 
 
-
 class RQQuantize(nn.Module):
     """Quantize → (ridge) dequantize one operand; returns a tensor of the input's shape.
 
@@ -125,7 +124,9 @@ class RQQuantize(nn.Module):
     def describe(self) -> str:
         """One line, e.g. ``W 4b affine block=128 ridge λ=0.01 2:4``."""
         tag = "W" if self.role == "weight" else "A"
-        gran = "per-tensor" if isinstance(self.spec.granularity, PerTensor) else f"block={self.block}"
+        gran = (
+            "per-tensor" if isinstance(self.spec.granularity, PerTensor) else f"block={self.block}"
+        )
         kind = self.spec.short().rsplit(" ", 1)[0]
         text = f"{tag} {kind} {gran} {self.estimator}"
         if self.estimator == "ridge":

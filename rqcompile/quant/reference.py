@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from rqcompile.errors import NumericsError
-from rqcompile.quant.bitpack import unpack_sparse24, pack_signs, shift_affine8, unpack_nibbles
+from rqcompile.quant.bitpack import pack_signs, shift_affine8, unpack_nibbles, unpack_sparse24
 from rqcompile.quant.fake_quant import fake_quant_blocks
 from rqcompile.quant.primitives import QFormat, to_blocks
 

@@ -39,9 +39,16 @@ Runner = Callable[..., tuple[torch.Tensor, ...]]
 class CompiledModule:
     """A model built for one target. Call it like the original model (positional tensors)."""
 
-    def __init__(self, ir: Module, target: Target, runner: Runner, *,
-                 library: bytes | None = None, features: Sequence[str] = (),
-                 backend: Any = None) -> None:
+    def __init__(
+        self,
+        ir: Module,
+        target: Target,
+        runner: Runner,
+        *,
+        library: bytes | None = None,
+        features: Sequence[str] = (),
+        backend: Any = None,
+    ) -> None:
         self.ir = ir
         self.target = target
         self._runner = runner
@@ -89,7 +96,9 @@ class CompiledModule:
                     "example_inputs=(x,)) to build for another shape)"
                 )
             if x.device.type != "cpu" and self.target.kind in ("reference", "llvm"):
-                problems.append(f"device {x.device} (this {self.target.kind} build runs on cpu; use x.cpu())")
+                problems.append(
+                    f"device {x.device} (this {self.target.kind} build runs on cpu; use x.cpu())"
+                )
             vocab = self._id_ranges.get(i)
             if not problems and vocab is not None and x.numel():
                 lo, hi = int(x.min()), int(x.max())
@@ -117,7 +126,9 @@ class CompiledModule:
 
         members = {
             "ir.mlir": print_module(self.ir).encode(),
-            "weights.safetensors": st_save({k: v.contiguous() for k, v in self.ir.constants.items()}),
+            "weights.safetensors": st_save(
+                {k: v.contiguous() for k, v in self.ir.constants.items()}
+            ),
         }
         if self._library is not None:
             members["kernels.so"] = self._library
@@ -179,11 +190,13 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         )
     for k, digest in manifest["sha256"].items():
         if hashlib.sha256(members[k]).hexdigest() != digest:
-            raise ArtifactError(f"{path}: member {k!r} does not match its checksum (corrupt or edited).")
+            raise ArtifactError(
+                f"{path}: member {k!r} does not match its checksum (corrupt or edited)."
+            )
     try:
         constants = st_load(members["weights.safetensors"])
         ir = parse_module(members["ir.mlir"].decode(), constants=constants)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ArtifactError(f"{path}: cannot read the IR or weights: {e}") from e
     target = Target.parse(manifest["target"])
     from rqcompile.api import build

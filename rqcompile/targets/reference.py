@@ -38,8 +38,14 @@ def _im2col(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
     taps = []
     for i in range(kh):
         for j in range(kw):
-            taps.append(xp[:, i * dh : i * dh + sh * (ho - 1) + 1 : sh,
-                           j * dw : j * dw + sw * (wo - 1) + 1 : sw, :])
+            taps.append(
+                xp[
+                    :,
+                    i * dh : i * dh + sh * (ho - 1) + 1 : sh,
+                    j * dw : j * dw + sw * (wo - 1) + 1 : sw,
+                    :,
+                ]
+            )
     return torch.cat(taps, dim=-1).to(dtype)
 
 
@@ -62,11 +68,18 @@ def _sdpa(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
 
 KERNELS: dict[str, Kernel] = {
     # integer core (quant/reference.py is the oracle)
-    "rq.quantize": lambda t, a: R.quantize(t[0], bits=a["bits"], symmetric=a["symmetric"],
-                                           block=a["block"], estimator=a["estimator"],
-                                           ridge_lambda=a["ridge_lambda"], pack=a["pack"]),
-    "rq.int_matmul": lambda t, a: R.int_matmul(*t, block=a["block"], w_bits=a["w_bits"],
-                                               w_signed=a["w_signed"]),
+    "rq.quantize": lambda t, a: R.quantize(
+        t[0],
+        bits=a["bits"],
+        symmetric=a["symmetric"],
+        block=a["block"],
+        estimator=a["estimator"],
+        ridge_lambda=a["ridge_lambda"],
+        pack=a["pack"],
+    ),
+    "rq.int_matmul": lambda t, a: R.int_matmul(
+        *t, block=a["block"], w_bits=a["w_bits"], w_signed=a["w_signed"]
+    ),
     "rq.xnor_popcount_matmul": lambda t, a: R.xnor_popcount_matmul(*t, block=a["block"], k=a["k"]),
     "rq.sparse24_matmul": lambda t, a: R.sparse24_matmul(*t, block=a["block"], w_bits=a["w_bits"]),
     "rq.qbmm": lambda t, a: R.qbmm(*t, block=a["block"]),
@@ -105,7 +118,9 @@ KERNELS: dict[str, Kernel] = {
 }
 
 
-def run_reference(module: Module, *inputs: torch.Tensor, func: str = "main") -> tuple[torch.Tensor, ...]:
+def run_reference(
+    module: Module, *inputs: torch.Tensor, func: str = "main"
+) -> tuple[torch.Tensor, ...]:
     """Execute ``module`` on ``inputs`` with the reference kernels; returns the outputs."""
     f = module.func(func)
     missing = sorted({op.name for op in f.ops if op.name not in KERNELS and op.name != "rq.const"})

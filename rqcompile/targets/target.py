@@ -45,9 +45,13 @@ class Target:
             d = dict(target)
             kind = d.pop("kind", None)
             if not isinstance(kind, str):
-                raise TargetError(f"target dict {target!r} needs a 'kind', e.g. {{'kind': 'llvm'}}.")
+                raise TargetError(
+                    f"target dict {target!r} needs a 'kind', e.g. {{'kind': 'llvm'}}."
+                )
             return cls._make(kind, d)
-        raise TargetError(f"target must be a string, dict or rq Target, got {type(target).__name__}.")
+        raise TargetError(
+            f"target must be a string, dict or rq Target, got {type(target).__name__}."
+        )
 
     @classmethod
     def _make(cls, kind: str, attrs: dict[str, Any]) -> Target:

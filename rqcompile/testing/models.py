@@ -85,7 +85,9 @@ def tiny_models() -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
 PARITY_PRESETS = ("A8W8", "A4W4", "A2W2", "A1W1", "A1.5W1.5", "A4W1+2:4", "W4")
 
 
-def prepared_tiny(name: str, preset: str, *, steps: int = 2) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def prepared_tiny(
+    name: str, preset: str, *, steps: int = 2
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """A tiny model prepared with ``preset`` and trained ``steps`` SGD steps, in eval mode.
 
     The parity recipe shared by the reference and TVM tests: the CNN keeps its 1-channel first

@@ -123,7 +123,11 @@ def _slice(cx: Cx, v: Value, axis: int, start: int, stop: int, step: int = 1) ->
 def _split(cx: Cx, x: Any, size: Any, dim: int = 0) -> tuple[Value, ...]:
     v = cx.value(x)
     n = int(v.type.shape[dim])  # type: ignore[arg-type]
-    sizes = [size] * (n // size) + ([n % size] if n % size else []) if isinstance(size, int) else list(size)
+    sizes = (
+        [size] * (n // size) + ([n % size] if n % size else [])
+        if isinstance(size, int)
+        else list(size)
+    )
     out, start = [], 0
     for s in sizes:
         out.append(_slice(cx, v, dim, start, start + s))
@@ -178,7 +182,9 @@ def _linear(cx: Cx, x: Any, w: Any, b: Any = None) -> Value:
     return y if b is None else cx.op("rq.add", y, cx.value(b))
 
 
-def _layer_norm(cx: Cx, x: Any, shape: Any, w: Any = None, b: Any = None, eps: float = 1e-5) -> Value:
+def _layer_norm(
+    cx: Cx, x: Any, shape: Any, w: Any = None, b: Any = None, eps: float = 1e-5
+) -> Value:
     v = cx.value(x)
     d = int(v.type.shape[-1])  # type: ignore[arg-type]
     if len(tuple(shape)) != 1:
@@ -188,11 +194,26 @@ def _layer_norm(cx: Cx, x: Any, shape: Any, w: Any = None, b: Any = None, eps: f
     return cx.op("rq.layer_norm", v, cx.value(w), cx.value(b), eps=float(eps))
 
 
-def _conv2d(cx: Cx, x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0,
-            dilation: Any = 1, groups: int = 1) -> Value:
+def _conv2d(
+    cx: Cx,
+    x: Any,
+    w: Any,
+    b: Any = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> Value:
     pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # noqa: E731
-    y = cx.op("rq.conv2d", cx.value(x), cx.value(w), stride=pair(stride), padding=pair(padding),
-              dilation=pair(dilation), groups=int(groups))
+    y = cx.op(
+        "rq.conv2d",
+        cx.value(x),
+        cx.value(w),
+        stride=pair(stride),
+        padding=pair(padding),
+        dilation=pair(dilation),
+        groups=int(groups),
+    )
     if b is None:
         return y
     return cx.op("rq.add", y, cx.value(b.reshape(-1, 1, 1)))
@@ -200,19 +221,32 @@ def _conv2d(cx: Cx, x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any
 
 def _mean(cx: Cx, x: Any, dim: Any = None, keepdim: bool = False, **kw: Any) -> Value:
     v = cx.value(x)
-    axes = tuple(range(len(v.type.shape))) if dim is None else (dim if isinstance(dim, (tuple, list)) else (dim,))
+    axes = (
+        tuple(range(len(v.type.shape)))
+        if dim is None
+        else (dim if isinstance(dim, (tuple, list)) else (dim,))
+    )
     return cx.op("rq.mean", v, axes=tuple(int(a) for a in axes), keepdim=bool(keepdim))
 
 
-def _max_pool2d(cx: Cx, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, **kw: Any) -> Value:
+def _max_pool2d(
+    cx: Cx, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, **kw: Any
+) -> Value:
     pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # noqa: E731
     stride = kernel_size if stride in (None, ()) else stride
-    return cx.op("rq.max_pool2d", cx.value(x), kernel=pair(kernel_size), stride=pair(stride),
-                 padding=pair(padding))
+    return cx.op(
+        "rq.max_pool2d",
+        cx.value(x),
+        kernel=pair(kernel_size),
+        stride=pair(stride),
+        padding=pair(padding),
+    )
 
 
 def _adaptive_avg_pool2d(cx: Cx, x: Any, output_size: Any) -> Value:
-    pair = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    pair = (
+        tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    )
     return cx.op("rq.adaptive_avg_pool2d", cx.value(x), output_size=tuple(int(p) for p in pair))
 
 
@@ -225,27 +259,63 @@ def _cat(cx: Cx, xs: Any, dim: int = 0) -> Value:
 
 
 FUNCTIONS: dict[Any, Callable[..., Any]] = {
-    operator.add: _add, torch.add: _add, operator.sub: _sub, torch.sub: _sub,
-    operator.mul: _mul, torch.mul: _mul, operator.truediv: _div, torch.div: _div,
+    operator.add: _add,
+    torch.add: _add,
+    operator.sub: _sub,
+    torch.sub: _sub,
+    operator.mul: _mul,
+    torch.mul: _mul,
+    operator.truediv: _div,
+    torch.div: _div,
     operator.neg: lambda cx, x: cx.op("rq.mul_scalar", cx.value(x), value=-1.0),
     operator.getitem: _getitem,
-    F.relu: _unary("rq.relu"), torch.relu: _unary("rq.relu"), F.gelu: _gelu,
-    F.silu: _unary("rq.silu"), torch.tanh: _unary("rq.tanh"), torch.sigmoid: _unary("rq.sigmoid"),
-    F.softmax: _softmax, torch.softmax: _softmax,
-    F.dropout: _identity, torch.flatten: _flatten, torch.reshape: _reshape,
-    torch.permute: _permute, torch.transpose: _transpose, torch.split: _split,
-    torch.matmul: _matmul, operator.matmul: _matmul, torch.bmm: _matmul,
-    F.linear: _linear, F.layer_norm: _layer_norm, F.conv2d: _conv2d,
-    torch.mean: _mean, F.max_pool2d: _max_pool2d, F.adaptive_avg_pool2d: _adaptive_avg_pool2d,
-    F.embedding: _embedding, torch.cat: _cat,
+    F.relu: _unary("rq.relu"),
+    torch.relu: _unary("rq.relu"),
+    F.gelu: _gelu,
+    F.silu: _unary("rq.silu"),
+    torch.tanh: _unary("rq.tanh"),
+    torch.sigmoid: _unary("rq.sigmoid"),
+    F.softmax: _softmax,
+    torch.softmax: _softmax,
+    F.dropout: _identity,
+    torch.flatten: _flatten,
+    torch.reshape: _reshape,
+    torch.permute: _permute,
+    torch.transpose: _transpose,
+    torch.split: _split,
+    torch.matmul: _matmul,
+    operator.matmul: _matmul,
+    torch.bmm: _matmul,
+    F.linear: _linear,
+    F.layer_norm: _layer_norm,
+    F.conv2d: _conv2d,
+    torch.mean: _mean,
+    F.max_pool2d: _max_pool2d,
+    F.adaptive_avg_pool2d: _adaptive_avg_pool2d,
+    F.embedding: _embedding,
+    torch.cat: _cat,
 }
 
 METHODS: dict[str, Callable[..., Any]] = {
-    "add": _add, "sub": _sub, "mul": _mul, "div": _div,
-    "relu": _unary("rq.relu"), "tanh": _unary("rq.tanh"), "sigmoid": _unary("rq.sigmoid"),
-    "softmax": _softmax, "reshape": _reshape, "view": _reshape, "flatten": _flatten,
-    "permute": _permute, "transpose": _transpose, "split": _split, "chunk": _chunk,
-    "contiguous": _identity, "clone": _identity, "masked_fill": _masked_fill, "mean": _mean,
+    "add": _add,
+    "sub": _sub,
+    "mul": _mul,
+    "div": _div,
+    "relu": _unary("rq.relu"),
+    "tanh": _unary("rq.tanh"),
+    "sigmoid": _unary("rq.sigmoid"),
+    "softmax": _softmax,
+    "reshape": _reshape,
+    "view": _reshape,
+    "flatten": _flatten,
+    "permute": _permute,
+    "transpose": _transpose,
+    "split": _split,
+    "chunk": _chunk,
+    "contiguous": _identity,
+    "clone": _identity,
+    "masked_fill": _masked_fill,
+    "mean": _mean,
     "__getitem__": _getitem,
 }
 
@@ -259,7 +329,9 @@ def _bn(cx: Cx, m: nn.BatchNorm2d, x: Any) -> Value:
 
 MODULES: dict[type, Callable[..., Any]] = {
     nn.Linear: lambda cx, m, x: _linear(cx, x, m.weight, m.bias),
-    nn.Conv2d: lambda cx, m, x: _conv2d(cx, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups),
+    nn.Conv2d: lambda cx, m, x: _conv2d(
+        cx, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups
+    ),
     nn.ReLU: lambda cx, m, x: cx.op("rq.relu", cx.value(x)),
     nn.GELU: lambda cx, m, x: _gelu(cx, x, m.approximate),
     nn.SiLU: lambda cx, m, x: cx.op("rq.silu", cx.value(x)),

@@ -177,9 +177,17 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
         elif node.op == "call_function" and node.target is getattr and isinstance(args[0], Value):
             env[node] = _shape_attr(args[0], args[1])
             continue
-        elif node.op == "call_method" and node.target in ("size", "dim") and isinstance(args[0], Value):
+        elif (
+            node.op == "call_method"
+            and node.target in ("size", "dim")
+            and isinstance(args[0], Value)
+        ):
             shape = torch.Size(args[0].type.shape)  # type: ignore[arg-type]
-            env[node] = (shape if len(args) == 1 else shape[args[1]]) if node.target == "size" else len(shape)
+            env[node] = (
+                (shape if len(args) == 1 else shape[args[1]])
+                if node.target == "size"
+                else len(shape)
+            )
             continue
         elif node.op == "call_function":
             has_q = any(isinstance(a, QOperand) for a in args)

@@ -51,8 +51,12 @@ class WeightPack:
 
 def _xnor_ok(a: RQQuantize | None, w: RQQuantize, kb: int, k: int) -> bool:
     return (
-        a is not None and a.spec.bits == 1 and w.spec.bits == 1 and w.sparsity is None
-        and kb % 32 == 0 and k % 32 == 0
+        a is not None
+        and a.spec.bits == 1
+        and w.spec.bits == 1
+        and w.sparsity is None
+        and kb % 32 == 0
+        and k % 32 == 0
     )
 
 
@@ -68,25 +72,36 @@ def pack_weight(w: RQQuantize, weight: torch.Tensor, kb: int, *, xnor: bool) -> 
     wsum = codes.to(torch.int32).reshape(n, k // kb, kb).sum(-1).to(torch.int32)
     common = {"ws": scale.float().contiguous(), "wc": offset.float().contiguous(), "wsum": wsum}
     if xnor:
-        return WeightPack("xnor_popcount_matmul", {"wbits": pack_signs(codes), **common},
-                          {"block": kb, "k": k})
+        return WeightPack(
+            "xnor_popcount_matmul", {"wbits": pack_signs(codes), **common}, {"block": kb, "k": k}
+        )
     sb = w.spec.storage_bits
     if w.sparsity is not None and (w.sparsity.n, w.sparsity.m) == (2, 4):
         vals, idx = pack_sparse24(codes)
-        return WeightPack("sparse24_matmul", {"wvals": vals, "widx": idx, **common},
-                          {"block": kb, "w_bits": sb})
+        return WeightPack(
+            "sparse24_matmul", {"wvals": vals, "widx": idx, **common}, {"block": kb, "w_bits": sb}
+        )
     signed = bool(w.spec.symmetric or w.spec.bits == 1 or w.spec.bits == 8)
     if sb <= 4 and k % 2 == 0:
         packed = pack_nibbles(codes, signed=signed)
     else:  # 5..8-bit codes, or odd K (e.g. a 3x3 conv over one channel): one code per int8
         packed, sb, signed = codes, 8, True
-    return WeightPack("int_matmul", {"wq": packed, **common},
-                      {"block": kb, "w_bits": sb, "w_signed": signed})
+    return WeightPack(
+        "int_matmul", {"wq": packed, **common}, {"block": kb, "w_bits": sb, "w_signed": signed}
+    )
 
 
 def _quantize(cx: Cx, a: RQQuantize, x: Value, *, pack: str = "none") -> tuple[Value, Value, Value]:
-    return cx.op("rq.quantize", x, bits=a.spec.bits, symmetric=a.spec.symmetric, block=a.block,
-                 estimator=a.estimator, ridge_lambda=a.ridge_lambda, pack=pack)
+    return cx.op(
+        "rq.quantize",
+        x,
+        bits=a.spec.bits,
+        symmetric=a.spec.symmetric,
+        block=a.block,
+        estimator=a.estimator,
+        ridge_lambda=a.ridge_lambda,
+        pack=pack,
+    )
 
 
 def _refine(cx: Cx, v: Value, factor: int) -> Value:
@@ -114,7 +129,11 @@ def _layer_name(q: QOperand) -> str:
 
 def _linear(cx: Cx, x: Any, w: QOperand, b: Any = None) -> Value:
     if not isinstance(x, QOperand):  # weight-only: run the dequantized weight in float
-        y = cx.op("rq.linear", cx.value(x), cx.value(_dequantized_weight(w), name=f"{_layer_name(w)}.w_dequant"))
+        y = cx.op(
+            "rq.linear",
+            cx.value(x),
+            cx.value(_dequantized_weight(w), name=f"{_layer_name(w)}.w_dequant"),
+        )
         return y if b is None else cx.op("rq.add", y, cx.value(b))
     a, src = x.quant, cx.value(x.source)
     lead, k = list(src.type.shape[:-1]), int(src.type.shape[-1])  # type: ignore[arg-type]
@@ -136,13 +155,29 @@ def _pair(v: Any, n: int = 2) -> tuple[int, ...]:
     return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v),) * n
 
 
-def _conv(cx: Cx, x: Any, w: QOperand, b: Any, stride: Any, padding: Any, dilation: Any,
-          groups: int, *, one_d: bool) -> Value:
+def _conv(
+    cx: Cx,
+    x: Any,
+    w: QOperand,
+    b: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+    *,
+    one_d: bool,
+) -> Value:
     weight: torch.Tensor = w.source  # type: ignore[assignment]
     if one_d:  # conv1d(N, C, L) runs as conv2d(N, C, 1, L)
-        stride, padding, dilation = (1, _pair(stride, 1)[0]), (0, _pair(padding, 1)[0]), (1, _pair(dilation, 1)[0])
+        stride, padding, dilation = (
+            (1, _pair(stride, 1)[0]),
+            (0, _pair(padding, 1)[0]),
+            (1, _pair(dilation, 1)[0]),
+        )
     if isinstance(padding, str):
-        raise TypeError(f"padding={padding!r} strings are not supported by the quantized conv lowering")
+        raise TypeError(
+            f"padding={padding!r} strings are not supported by the quantized conv lowering"
+        )
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     if not isinstance(x, QOperand):  # weight-only
         src = cx.value(x)
@@ -151,8 +186,15 @@ def _conv(cx: Cx, x: Any, w: QOperand, b: Any, stride: Any, padding: Any, dilati
             src = cx.op("rq.reshape", src, shape=(n_, c_, 1, l_))
         wd = _dequantized_weight(w)
         wd = wd.unsqueeze(2) if one_d else wd
-        y = cx.op("rq.conv2d", src, cx.value(wd, name=f"{_layer_name(w)}.w_dequant"), stride=stride,
-                  padding=padding, dilation=dilation, groups=int(groups))
+        y = cx.op(
+            "rq.conv2d",
+            src,
+            cx.value(wd, name=f"{_layer_name(w)}.w_dequant"),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=int(groups),
+        )
         return _conv_tail(cx, y, b, one_d)
     a, src = x.quant, cx.value(x.source)
     if one_d:
@@ -175,6 +217,7 @@ def _conv(cx: Cx, x: Any, w: QOperand, b: Any, stride: Any, padding: Any, dilati
     outs = []
     og = o // groups
     for g in range(groups):
+
         def part(v: Value, per: int, g: int = g) -> Value:
             if groups == 1:
                 return v
@@ -184,10 +227,21 @@ def _conv(cx: Cx, x: Any, w: QOperand, b: Any, stride: Any, padding: Any, dilati
         ho, wo, kk = (int(d) for d in cols.type.shape[1:])  # type: ignore[arg-type]
         m = n * ho * wo
         cq = cx.op("rq.reshape", cols, shape=(m, kk))
-        cs = cx.op("rq.reshape", cx.op("rq.im2col", part(xs4, cpg // kb), **win), shape=(m, kk // kb))
-        cc = cx.op("rq.reshape", cx.op("rq.im2col", part(xc4, cpg // kb), **win), shape=(m, kk // kb))
-        gp = pack if groups == 1 else WeightPack(
-            pack.kernel, {k_: t[g * og:(g + 1) * og] for k_, t in pack.tensors.items()}, pack.attrs)
+        cs = cx.op(
+            "rq.reshape", cx.op("rq.im2col", part(xs4, cpg // kb), **win), shape=(m, kk // kb)
+        )
+        cc = cx.op(
+            "rq.reshape", cx.op("rq.im2col", part(xc4, cpg // kb), **win), shape=(m, kk // kb)
+        )
+        gp = (
+            pack
+            if groups == 1
+            else WeightPack(
+                pack.kernel,
+                {k_: t[g * og : (g + 1) * og] for k_, t in pack.tensors.items()},
+                pack.attrs,
+            )
+        )
         prefix = _layer_name(w) if groups == 1 else f"{_layer_name(w)}.g{g}"
         outs.append(_emit_matmul(cx, gp, prefix, cq, cs, cc))
     y = outs[0] if groups == 1 else cx.op("rq.concat", *outs, axis=1)
@@ -205,13 +259,29 @@ def _conv_tail(cx: Cx, y: Value, b: Any, one_d: bool) -> Value:
     return y
 
 
-def _conv2d(cx: Cx, x: Any, w: QOperand, b: Any = None, stride: Any = 1, padding: Any = 0,
-            dilation: Any = 1, groups: int = 1) -> Value:
+def _conv2d(
+    cx: Cx,
+    x: Any,
+    w: QOperand,
+    b: Any = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> Value:
     return _conv(cx, x, w, b, stride, padding, dilation, groups, one_d=False)
 
 
-def _conv1d(cx: Cx, x: Any, w: QOperand, b: Any = None, stride: Any = 1, padding: Any = 0,
-            dilation: Any = 1, groups: int = 1) -> Value:
+def _conv1d(
+    cx: Cx,
+    x: Any,
+    w: QOperand,
+    b: Any = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> Value:
     return _conv(cx, x, w, b, stride, padding, dilation, groups, one_d=True)
 
 

@@ -67,8 +67,9 @@ def test_qconfig_json_round_trip_and_precedence() -> None:
 def test_keyword_overrides_apply_to_every_spec() -> None:
     from rqcompile.config import as_qconfig
 
-    cfg = as_qconfig("A4W4", estimator="ste", ridge_lambda=0.1, block_size=64,
-                     overrides={"fc": "A8W8"})
+    cfg = as_qconfig(
+        "A4W4", estimator="ste", ridge_lambda=0.1, block_size=64, overrides={"fc": "A8W8"}
+    )
     for spec in (cfg.default, cfg.overrides[0].spec):
         assert spec is not None and spec.estimator == "ste" and spec.ridge_lambda == 0.1
         assert spec.weight.granularity == rq.PerGroup(64)

@@ -44,11 +44,15 @@ def test_play_format_matches_tinyshakespeare() -> None:
 def test_split_is_deterministic_and_disjoint() -> None:
     corpus = char_corpus()
     assert char_corpus() is corpus  # cached
-    assert corpus.val_plays == tuple(val_play_names()) == (
-        "as-you-like-it",
-        "henry-vi-part-3",
-        "othello",
-        "timon-of-athens",
+    assert (
+        corpus.val_plays
+        == tuple(val_play_names())
+        == (
+            "as-you-like-it",
+            "henry-vi-part-3",
+            "othello",
+            "timon-of-athens",
+        )
     )
     train_plays = [n for n in play_names() if n not in corpus.val_plays]
     assert len(train_plays) == 34

@@ -19,19 +19,31 @@ def test_right_padding_keeps_last_token_logits_exact() -> None:
     padded[0, :9] = ids[0]
     with torch.no_grad():
         torch.testing.assert_close(m(padded)[0, 8], m(ids)[0, -1], rtol=1e-5, atol=1e-5)
-    out = generate_fixed(lambda x: m(x), ids[0], batch=2, block=16, n=5,
-                         generator=torch.Generator().manual_seed(0))
+    out = generate_fixed(
+        lambda x: m(x), ids[0], batch=2, block=16, n=5, generator=torch.Generator().manual_seed(0)
+    )
     assert out.shape == (14,) and torch.equal(out[:9], ids[0])
 
 
 def test_demo_runs_end_to_end_tiny(capsys: object) -> None:
-    res = run_demo(DemoConfig(steps=3, batch_size=4, block_size=16, n_embd=32, n_head=2,
-                              target="reference", progress=False, gen_chars=10))
+    res = run_demo(
+        DemoConfig(
+            steps=3,
+            batch_size=4,
+            block_size=16,
+            n_embd=32,
+            n_head=2,
+            target="reference",
+            progress=False,
+            gen_chars=10,
+        )
+    )
     assert res["lowered_max_diff"] < 1e-3
     assert set(res["runs"]) == {"fp32", "STE", "ridge"}
 
 
 def test_cli_help() -> None:
-    out = subprocess.run([sys.executable, "-m", "rqcompile", "--help"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "rqcompile", "--help"], check=True, capture_output=True, text=True
+    ).stdout
     assert "demo" in out and "inspect" in out

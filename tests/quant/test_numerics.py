@@ -25,17 +25,26 @@ def test_worked_example_a_a2w2() -> None:
     w = torch.tensor([[0.5, -0.7], [-0.25, 0.3], [1.0, 0.35], [0.1, -0.2]], dtype=D)
     rx = fake_quant_blocks(to_blocks(x, 4), QFormat(2, False))
     assert rx.codes.reshape(2, 4).tolist() == [[2, 0, 1, 3], [0, 3, 2, 1]]
-    torch.testing.assert_close(rx.scale.flatten(), torch.tensor([0.575397, 0.540675], dtype=D), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        rx.scale.flatten(), torch.tensor([0.575397, 0.540675], dtype=D), atol=1e-6, rtol=0
+    )
     y = _fq(x, 2, False, 4) @ _fq(w.t().contiguous(), 2, False, 4).t()
     expect = torch.tensor([[0.979395, -0.971677], [-0.833323, 1.029900]], dtype=D)
     torch.testing.assert_close(y, expect, atol=1e-5, rtol=0)
 
 
 def test_worked_example_b_a1w1_two_blocks() -> None:
-    x = torch.tensor([[0.9, -0.3, 0.2, 1.4, -0.5, 0.8, 0.1, -1.2],
-                      [-1.1, 0.5, 0.05, -0.6, 0.7, 0.3, -0.4, 0.9]], dtype=D)
-    wt = torch.tensor([[0.5, -0.25, 1.0, 0.1, -0.6, 0.4, 0.2, -0.3],
-                       [-0.7, 0.3, 0.35, -0.2, 0.15, -0.45, 0.6, 0.25]], dtype=D)
+    x = torch.tensor(
+        [[0.9, -0.3, 0.2, 1.4, -0.5, 0.8, 0.1, -1.2], [-1.1, 0.5, 0.05, -0.6, 0.7, 0.3, -0.4, 0.9]],
+        dtype=D,
+    )
+    wt = torch.tensor(
+        [
+            [0.5, -0.25, 1.0, 0.1, -0.6, 0.4, 0.2, -0.3],
+            [-0.7, 0.3, 0.35, -0.2, 0.15, -0.45, 0.6, 0.25],
+        ],
+        dtype=D,
+    )
     y = _fq(x, 1, False, 4) @ _fq(wt, 1, False, 4).t()
     expect = torch.tensor([[1.758289, -1.656668], [-1.125564, 1.458104]], dtype=D)
     torch.testing.assert_close(y, expect, atol=1e-5, rtol=0)
@@ -140,7 +149,9 @@ def test_nm_mask_keeps_exactly_two_of_four(rows: int, groups: int) -> None:
 def test_sparse_quantization_prunes_to_code_zero_with_identity_gradient() -> None:
     x = torch.randn(2, 1, 16, requires_grad=True)
     r = fake_quant_blocks(x, QFormat(4, True), nm=(2, 4))
-    assert torch.equal((r.codes.reshape(2, 4, 4) != 0).sum(-1) <= 2, torch.ones(2, 4, dtype=torch.bool))
+    assert torch.equal(
+        (r.codes.reshape(2, 4, 4) != 0).sum(-1) <= 2, torch.ones(2, 4, dtype=torch.bool)
+    )
     r.y.sum().backward()
     assert x.grad is not None and (x.grad != 0).all()  # pruned weights still get gradient
 

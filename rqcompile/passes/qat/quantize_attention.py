@@ -75,10 +75,28 @@ class QuantizeAttention:
             src = source_of(n)
             g = gm.graph
             with g.inserting_before(n):
-                qa = add_quantizer(gm, owner, f"{n.name}_lhs_quant", spec, spec.activation,
-                                   role="activation", layout="last", block=block, layer=key)
-                qb = add_quantizer(gm, owner, f"{n.name}_rhs_quant", spec, spec.activation,
-                                   role="activation", layout="rows", block=block, layer=key)
+                qa = add_quantizer(
+                    gm,
+                    owner,
+                    f"{n.name}_lhs_quant",
+                    spec,
+                    spec.activation,
+                    role="activation",
+                    layout="last",
+                    block=block,
+                    layer=key,
+                )
+                qb = add_quantizer(
+                    gm,
+                    owner,
+                    f"{n.name}_rhs_quant",
+                    spec,
+                    spec.activation,
+                    role="activation",
+                    layout="rows",
+                    block=block,
+                    layer=key,
+                )
                 na = g.call_module(qa, (a,))
                 nb = g.call_module(qb, (b,))
             for q in (na, nb):

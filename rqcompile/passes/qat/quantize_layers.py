@@ -66,8 +66,15 @@ class _Layer:
 def _module_linear(gm: fx.GraphModule, n: fx.Node) -> _Layer:
     m = gm.get_submodule(str(n.target))
     key = str(n.target)
-    return _Layer(key, key, "linear", n.args[0], f"{key}.weight",  # type: ignore[arg-type]
-                  f"{key}.bias" if m.bias is not None else None, F.linear)
+    return _Layer(
+        key,
+        key,
+        "linear",
+        n.args[0],
+        f"{key}.weight",  # type: ignore[arg-type]
+        f"{key}.bias" if m.bias is not None else None,
+        F.linear,
+    )
 
 
 def _module_conv(gm: fx.GraphModule, n: fx.Node) -> _Layer:
@@ -77,9 +84,17 @@ def _module_conv(gm: fx.GraphModule, n: fx.Node) -> _Layer:
     skip = None
     if m.padding_mode != "zeros":
         skip = f"padding_mode={m.padding_mode!r} (only 'zeros' is quantized)"
-    return _Layer(key, key, "conv", n.args[0], f"{key}.weight",  # type: ignore[arg-type]
-                  f"{key}.bias" if m.bias is not None else None, fn,
-                  (m.stride, m.padding, m.dilation, m.groups), skip)
+    return _Layer(
+        key,
+        key,
+        "conv",
+        n.args[0],
+        f"{key}.weight",  # type: ignore[arg-type]
+        f"{key}.bias" if m.bias is not None else None,
+        fn,
+        (m.stride, m.padding, m.dilation, m.groups),
+        skip,
+    )
 
 
 def _functional_linear(gm: fx.GraphModule, n: fx.Node) -> _Layer | None:
@@ -90,8 +105,15 @@ def _functional_linear(gm: fx.GraphModule, n: fx.Node) -> _Layer | None:
     if b is not None and not (isinstance(b, fx.Node) and b.op == "get_attr"):
         return None
     owner = owner_of(n)
-    return _Layer(f"{owner}:{n.name}" if owner else n.name, owner, "linear", x, str(w.target),  # type: ignore[arg-type]
-                  None if b is None else str(b.target), F.linear)
+    return _Layer(
+        f"{owner}:{n.name}" if owner else n.name,
+        owner,
+        "linear",
+        x,
+        str(w.target),  # type: ignore[arg-type]
+        None if b is None else str(b.target),
+        F.linear,
+    )
 
 
 #: Rewrite rules: call_module targets by type, call_function targets by identity.
@@ -168,13 +190,31 @@ class QuantizeLayers:
             ablock = 0
             if spec.activation is not None:
                 ablock = resolve_block(spec.activation, ak, layer=layer.key, role="activation")
-                qa = add_quantizer(gm, layer.owner, "input_quant", spec, spec.activation,
-                                   role="activation", layout=alayout, block=ablock, layer=layer.key)
+                qa = add_quantizer(
+                    gm,
+                    layer.owner,
+                    "input_quant",
+                    spec,
+                    spec.activation,
+                    role="activation",
+                    layout=alayout,
+                    block=ablock,
+                    layer=layer.key,
+                )
                 x = g.call_module(qa, (x,))
                 x.meta["rq"] = RQNodeMeta(layer.key, layer.kind, "activation", spec, self.name, src)
             wnode = g.get_attr(layer.weight)
-            qw = add_quantizer(gm, layer.owner, "weight_quant", spec, spec.weight,
-                               role="weight", layout=wlayout, block=wblock, layer=layer.key)
+            qw = add_quantizer(
+                gm,
+                layer.owner,
+                "weight_quant",
+                spec,
+                spec.weight,
+                role="weight",
+                layout=wlayout,
+                block=wblock,
+                layer=layer.key,
+            )
             wq = g.call_module(qw, (wnode,))
             wq.meta["rq"] = RQNodeMeta(layer.key, layer.kind, "weight", spec, self.name, src)
             b = g.get_attr(layer.bias) if layer.bias else None
@@ -183,6 +223,8 @@ class QuantizeLayers:
         macs = int(torch.tensor(out_shape).prod()) * k
         new.meta.update(n.meta)
         block = kernel_block(wblock, ablock) if ablock else wblock
-        new.meta["rq"] = RQNodeMeta(layer.key, layer.kind, "op", spec, self.name, src, macs, k, block)
+        new.meta["rq"] = RQNodeMeta(
+            layer.key, layer.kind, "op", spec, self.name, src, macs, k, block
+        )
         n.replace_all_uses_with(new)
         g.erase_node(n)

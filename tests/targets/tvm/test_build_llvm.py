@@ -22,7 +22,6 @@ import rqcompile as rq  # noqa: E402  (after the importorskip guard)
 from rqcompile.targets.compiled import CompiledModule  # noqa: E402
 from rqcompile.targets.tvm import pipelines  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import FEATURES, host_features  # noqa: E402
-
 from rqcompile.testing.models import PARITY_PRESETS as PRESETS  # noqa: E402
 from rqcompile.testing.models import prepared_tiny as _prepared  # noqa: E402
 
