@@ -14,13 +14,12 @@ recorded at ``prepare`` or given to ``convert``):
 from __future__ import annotations
 
 import copy
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 from rqcompile.capture.trace import owner_of, source_of
@@ -235,5 +234,3 @@ def supported_ops() -> list[str]:
     names += [f".{m}()" for m in METHODS] + [m.__name__ for m in MODULES]
     return sorted(set(names))
 
-
-_ = (operator, nn)
