@@ -449,7 +449,7 @@ def plots(runs: list[Run], mode: str) -> list[str]:
         and r.block == "128"
         and "wide" not in r.label
     )
-    if lam:
+    if len({v for v, _, _ in lam}) > 1:  # a sweep needs at least two values of λ
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [max(v, 1e-4) for v, _, _ in lam]
         ax.plot(xs, [v for _, v, _ in lam], "o-")
