@@ -22,6 +22,13 @@ __all__ = ["FUNCTIONS", "METHODS", "MODULES"]
 Cx = TranslateContext
 
 
+def _pair(v: Any) -> tuple[int, int]:
+    """An int or a 2-sequence as ``(int, int)`` (torch's conv/pool argument convention)."""
+    if isinstance(v, (tuple, list)):
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
 def _scalar(v: Any) -> float | None:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
@@ -204,14 +211,13 @@ def _conv2d(
     dilation: Any = 1,
     groups: int = 1,
 ) -> Value:
-    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # noqa: E731
     y = cx.op(
         "rq.conv2d",
         cx.value(x),
         cx.value(w),
-        stride=pair(stride),
-        padding=pair(padding),
-        dilation=pair(dilation),
+        stride=_pair(stride),
+        padding=_pair(padding),
+        dilation=_pair(dilation),
         groups=int(groups),
     )
     if b is None:
@@ -232,14 +238,13 @@ def _mean(cx: Cx, x: Any, dim: Any = None, keepdim: bool = False, **kw: Any) -> 
 def _max_pool2d(
     cx: Cx, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, **kw: Any
 ) -> Value:
-    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # noqa: E731
     stride = kernel_size if stride in (None, ()) else stride
     return cx.op(
         "rq.max_pool2d",
         cx.value(x),
-        kernel=pair(kernel_size),
-        stride=pair(stride),
-        padding=pair(padding),
+        kernel=_pair(kernel_size),
+        stride=_pair(stride),
+        padding=_pair(padding),
     )
 
 

@@ -27,6 +27,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -159,14 +160,15 @@ def _conv(
     cx: Cx,
     x: Any,
     w: QOperand,
-    b: Any,
-    stride: Any,
-    padding: Any,
-    dilation: Any,
-    groups: int,
+    b: Any = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
     *,
     one_d: bool,
 ) -> Value:
+    """F.conv1d / F.conv2d (torch's signature) with a quantized weight; conv1d runs as 2-D."""
     weight: torch.Tensor = w.source  # type: ignore[assignment]
     if one_d:  # conv1d(N, C, L) runs as conv2d(N, C, 1, L)
         stride, padding, dilation = (
@@ -259,32 +261,6 @@ def _conv_tail(cx: Cx, y: Value, b: Any, one_d: bool) -> Value:
     return y
 
 
-def _conv2d(
-    cx: Cx,
-    x: Any,
-    w: QOperand,
-    b: Any = None,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
-    groups: int = 1,
-) -> Value:
-    return _conv(cx, x, w, b, stride, padding, dilation, groups, one_d=False)
-
-
-def _conv1d(
-    cx: Cx,
-    x: Any,
-    w: QOperand,
-    b: Any = None,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
-    groups: int = 1,
-) -> Value:
-    return _conv(cx, x, w, b, stride, padding, dilation, groups, one_d=True)
-
-
 def _qmatmul(cx: Cx, a: QOperand, b: QOperand) -> Value:
     """Activation × activation: both sides quantized at run time (``rq.qbmm``)."""
     va, vb = cx.value(a.source), cx.value(b.source)
@@ -303,8 +279,8 @@ def _qmatmul(cx: Cx, a: QOperand, b: QOperand) -> Value:
 
 QUANTIZED_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     F.linear: _linear,
-    F.conv2d: _conv2d,
-    F.conv1d: _conv1d,
+    F.conv2d: partial(_conv, one_d=False),
+    F.conv1d: partial(_conv, one_d=True),
     torch.matmul: _qmatmul,
     operator.matmul: _qmatmul,
     torch.bmm: _qmatmul,
