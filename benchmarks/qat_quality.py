@@ -60,8 +60,12 @@ class Run:
     curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-def _costs(model: torch.nn.Module) -> tuple[float, float]:
-    return model_costs(model)
+def _finish(model: torch.nn.Module, h: Any, t0: float, **fields: Any) -> Run:
+    """A Run record from a finished training history (costs measured on the trained model)."""
+    kib, saving = model_costs(model)
+    return Run(val_loss=h.final_val_loss, diverged=h.diverged, nan_seen=h.nan_seen,
+               seconds=time.perf_counter() - t0, weight_kib=kib, energy_saving=saving,
+               curve=list(zip(h.val_steps, h.val_loss)), **fields)
 
 
 def lm_run(
@@ -103,25 +107,9 @@ def lm_run(
     )
     t0 = time.perf_counter()
     h = train_lm(model, corpus, cfg, block_size=block_size)
-    kib, es = _costs(model)
-    return Run(
-        "lm",
-        label or f"{preset} {estimator}",
-        preset,
-        estimator,
-        seed,
-        lam,
-        str(block_size_q),
-        width,
-        h.final_val_loss,
-        float("nan"),
-        h.diverged,
-        h.nan_seen,
-        time.perf_counter() - t0,
-        kib,
-        es,
-        list(zip(h.val_steps, h.val_loss)),
-    )
+    return _finish(model, h, t0, task="lm", label=label or f"{preset} {estimator}", preset=preset,
+                   estimator=estimator, seed=seed, ridge_lambda=lam, block=str(block_size_q),
+                   width=width)
 
 
 def cnn_run(data: Any, *, preset: str, estimator: str, seed: int, steps: int) -> Run:
@@ -140,26 +128,9 @@ def cnn_run(data: Any, *, preset: str, estimator: str, seed: int, steps: int) ->
     )
     t0 = time.perf_counter()
     h = train_classifier(model, data, cfg)
-    kib, es = _costs(model)
-    acc = accuracy(model, data[2], data[3])
-    return Run(
-        "digits",
-        f"{preset} {estimator}",
-        preset,
-        estimator,
-        seed,
-        0.01,
-        "128",
-        32,
-        h.final_val_loss,
-        acc,
-        h.diverged,
-        h.nan_seen,
-        time.perf_counter() - t0,
-        kib,
-        es,
-        list(zip(h.val_steps, h.val_loss)),
-    )
+    return _finish(model, h, t0, task="digits", label=f"{preset} {estimator}", preset=preset,
+                   estimator=estimator, seed=seed, width=32,
+                   val_acc=accuracy(model, data[2], data[3]))
 
 
 def plan(mode: str) -> dict[str, Any]:

@@ -8,11 +8,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rqcompile.config.spec import LayerSpec, PerTensor, QuantSpec
 
-__all__ = ["FLOAT_BITS", "LayerCost", "bits_per_element", "energy_units", "layer_cost"]
+__all__ = ["FLOAT_BITS", "bits_per_element", "energy_units"]
 
 FLOAT_BITS = 16  # the paper's baseline precision for unquantized operands (BF16)
 
@@ -42,18 +40,3 @@ def energy_units(spec: LayerSpec | None, macs: int) -> float:
         return float(FLOAT_BITS * FLOAT_BITS * macs)
     abits = FLOAT_BITS if spec.activation is None else spec.activation.bits
     return _density(spec) * abits * spec.weight.bits * macs
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    params: int
-    bytes_fp32: float
-    bytes_quant: float
-    bpe: float
-    macs: int
-    energy: float
-
-
-def layer_cost(spec: LayerSpec | None, params: int, block: int, macs: int) -> LayerCost:
-    bpe = bits_per_element(spec, block)
-    return LayerCost(params, params * 4.0, params * bpe / 8, bpe, macs, energy_units(spec, macs))
