@@ -271,6 +271,35 @@ def run_specs(mode: str) -> list[dict[str, Any]]:
     return specs
 
 
+def _spec_key(spec: dict[str, Any]) -> tuple[Any, ...]:
+    label = spec.get("label") or f"{spec['preset']} {spec['estimator']}"
+    return spec["task"], label, spec["seed"], spec.get("width", 32)
+
+
+_SAME = ("width", "steps", "batch", "block", "cnn_steps")
+
+
+def split_reused(
+    specs: list[dict[str, Any]], p: dict[str, Any], paths: list[str]
+) -> tuple[list[Run], list[dict[str, Any]]]:
+    """Runs already measured with identical settings (from ``paths``) and the specs still to run.
+
+    A file is used only if its plan agrees with ``p`` on every setting that shapes a run."""
+    have: dict[tuple[Any, ...], Run] = {}
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        other = json.loads(d["header"].split("Plan: ", 1)[1].split("}", 1)[0] + "}")
+        if any(other.get(k) != p.get(k) for k in _SAME):
+            raise SystemExit(f"--reuse {path}: its plan differs from this one in {_SAME}")
+        for r in d["runs"]:
+            run = Run(**{**r, "curve": [tuple(c) for c in r["curve"]]})
+            have[(run.task, run.label, run.seed, run.width)] = run
+    reused = [have[_spec_key(s)] for s in specs if _spec_key(s) in have]
+    todo = [s for s in specs if _spec_key(s) not in have]
+    return reused, todo
+
+
 def sweep(specs: list[dict[str, Any]], log: Any) -> list[Run]:
     corpus = char_corpus() if any(s["task"] == "lm" for s in specs) else None
     data = digits() if any(s["task"] == "digits" for s in specs) else None
@@ -474,6 +503,14 @@ def main(argv: list[str] | None = None) -> int:
         "--shard", default="0/1", help="run shard i of n (e.g. 0/2 and 1/2 in two processes)"
     )
     ap.add_argument("--merge", action="store_true", help="merge the shard JSON files and report")
+    ap.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="result JSON files (e.g. the medium sweep) whose runs with the same settings are "
+        "reused instead of re-trained (runs are deterministic for a fixed seed)",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     mode = a.mode or ("quick" if a.quick else "full")
@@ -503,8 +540,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header, flush=True)
     t0 = time.perf_counter()
-    specs = run_specs(mode)[i::n]
-    runs = sweep(specs, lambda s: print(s, flush=True))
+    reused, specs = split_reused(run_specs(mode), plan(mode), a.reuse)
+    specs = specs[i::n]
+    if reused:
+        print(f"reusing {len(reused)} runs from {', '.join(a.reuse)}", flush=True)
+        header += f" {len(reused)} runs reused from {', '.join(map(os.path.basename, a.reuse))}."
+    runs = sweep(specs, lambda s: print(s, flush=True)) + (reused if i == 0 else [])
     header += f" Wall time {time.perf_counter() - t0:.0f}s" + (
         f" (shard {i}/{n})." if n > 1 else "."
     )
