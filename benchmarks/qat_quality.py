@@ -375,7 +375,71 @@ def report(runs: list[Run], mode: str, header: str) -> str:
             f"| {label} | {len(rs)} | {_mean([r.val_acc for r in rs]):.3f} | "
             f"{_mean([r.val_loss for r in rs]):.4f} |"
         )
+    if mode == "full":
+        lines += targets_section(runs)
     return "\n".join(lines) + "\n"
+
+
+def _n_params(width: int) -> int:
+    """Parameters of the sweep's char transformer at ``width`` (for bits per element)."""
+    m = CharTransformer(char_corpus().vocab_size, n_layer=2, n_head=4, n_embd=width, block_size=64)
+    return sum(p.numel() for p in m.parameters())
+
+
+def targets_section(runs: list[Run]) -> list[str]:
+    """The issue's targets, each checked against the measured means (nothing is tuned to them)."""
+    lm = [r for r in runs if r.task == "lm"]
+
+    def mean_of(label: str) -> float:
+        return _mean([r.val_loss for r in lm if r.label == label and not r.diverged])
+
+    fp = mean_of("fp32")
+    out = ["", "## Targets (METHOD.md §5 / issue 5) against what was measured", "",
+           "| target | measured | met |", "| --- | --- | --- |"]
+
+    def row(name: str, measured: str, ok: bool) -> None:
+        out.append(f"| {name} | {measured} | {'yes' if ok else 'no'} |")
+
+    for preset in ("A1W1", "A2W2"):
+        ste = {r.seed: r.val_loss for r in lm if r.label == f"{preset} ste"}
+        rid = {r.seed: r.val_loss for r in lm if r.label == f"{preset} ridge"}
+        if ste and rid:
+            wins = sum(rid[k] < ste[k] for k in rid if k in ste)
+            s_m, r_m = _mean(list(ste.values())), _mean(list(rid.values()))
+            closed = (s_m - r_m) / (s_m - fp)
+            row(f"{preset}: ridge beats STE in 3/3 seeds", f"{wins}/{len(rid)}", wins == len(rid))
+            row(f"{preset}: ridge closes ≥30% of STE's gap", f"{100 * closed:.0f}%", closed >= 0.3)
+    for label, tol in (("A4W4 ridge", 2.0), ("A8W8 ridge", 0.5), ("A4W4+2:4 ridge", 5.0)):
+        v = mean_of(label)
+        if v == v:
+            gap = 100 * (v / fp - 1)
+            row(f"{label} within {tol:g}% of fp32", f"{gap:+.2f}%", gap <= tol)
+    ridge = [r for r in lm if r.estimator == "ridge"]
+    if ridge:
+        bad = sum(r.diverged or r.nan_seen for r in ridge)
+        row("no NaN or divergence in any ridge run", f"{bad}/{len(ridge)} bad", bad == 0)
+    lam0, lam = mean_of("A1W1 ridge λ=0"), mean_of("A1W1 ridge")
+    if lam0 == lam0 or any(r.label == "A1W1 ridge λ=0" for r in lm):
+        d0 = any(r.diverged for r in lm if r.label == "A1W1 ridge λ=0")
+        row("λ=0 unstable or worse than λ=0.01",
+            "diverged" if d0 else f"{lam0:.4f} vs {lam:.4f}", d0 or lam0 > lam)
+    dg = [r for r in runs if r.task == "digits"]
+    acc = {lab: _mean([r.val_acc for r in dg if r.label == lab]) for lab in ("fp32 -", "A1W1 ridge")}
+    if dg:
+        d = 100 * (acc["fp32 -"] - acc["A1W1 ridge"])
+        row("digits A1W1 ridge within 3 points of fp32", f"{d:.1f} points below", d <= 3.0)
+    wide = [r for r in lm if r.label.startswith("wide")]
+    narrow = [r for r in lm if r.label.startswith("narrow")]
+    if wide and narrow:
+        w, n = wide[0], narrow[0]
+        out += ["", "## Bigger model, fewer bits (weights counted over every parameter)", "",
+                "| model | params | weight KiB | bits/element | energy saving vs fp32 | val loss |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for r in (w, n):
+            p = _n_params(r.width)
+            out.append(f"| {r.label} | {p} | {r.weight_kib:.1f} | "
+                       f"{r.weight_kib * 8192 / p:.2f} | {r.energy_saving:.1f}x | {r.val_loss:.4f} |")
+    return out
 
 
 def plots(runs: list[Run], mode: str) -> list[str]:
