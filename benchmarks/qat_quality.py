@@ -424,7 +424,8 @@ def targets_section(runs: list[Run]) -> list[str]:
         row("λ=0 unstable or worse than λ=0.01",
             "diverged" if d0 else f"{lam0:.4f} vs {lam:.4f}", d0 or lam0 > lam)
     dg = [r for r in runs if r.task == "digits"]
-    acc = {lab: _mean([r.val_acc for r in dg if r.label == lab]) for lab in ("fp32 -", "A1W1 ridge")}
+    acc = {lab: _mean([r.val_acc for r in dg if r.label == lab])
+           for lab in ("fp32 -", "A1W1 ridge")}
     if dg:
         d = 100 * (acc["fp32 -"] - acc["A1W1 ridge"])
         row("digits A1W1 ridge within 3 points of fp32", f"{d:.1f} points below", d <= 3.0)
@@ -438,7 +439,8 @@ def targets_section(runs: list[Run]) -> list[str]:
         for r in (w, n):
             p = _n_params(r.width)
             out.append(f"| {r.label} | {p} | {r.weight_kib:.1f} | "
-                       f"{r.weight_kib * 8192 / p:.2f} | {r.energy_saving:.1f}x | {r.val_loss:.4f} |")
+                       f"{r.weight_kib * 8192 / p:.2f} | {r.energy_saving:.1f}x | "
+                       f"{r.val_loss:.4f} |")
     return out
 
 
