@@ -98,7 +98,8 @@ def register_builder(
     old = _BUILDERS.get(name)
     if old is not None and old.path != path:
         raise ConfigError(f"builder {name!r} is already registered as {old.path!r}.")
-    _BUILDERS[name] = b
+    if old is None:  # registering the same path again keeps the first entry's defaults
+        _BUILDERS[name] = b
 
 
 def builders() -> dict[str, Builder]:
