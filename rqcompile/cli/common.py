@@ -18,7 +18,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,15 @@ def wrap(text: str) -> str:
     return textwrap.fill(" ".join(text.split()), 88)
 
 
+def add_model_options(p: Any) -> None:
+    """``--preset``, ``--keep-float`` and ``--allow-import`` for MODEL_OR_ARTIFACT commands."""
+    p.add_argument("--preset", default="A1W1", help="for a model name: the config (%(default)s)")
+    p.add_argument("--keep-float", action="append", default=[], metavar="LAYER",
+                   help="for a model name: keep this layer in float (repeatable)")  # fmt: skip
+    p.add_argument("--allow-import", action="store_true",
+                   help="let a checkpoint name its builder by import path (runs that module)")  # fmt: skip
+
+
 def sniff(path: str) -> str:
     """``"artifact"`` (zip), ``"checkpoint"`` (safetensors) or ``"unknown"`` by content."""
     with open(path, "rb") as fh:
@@ -111,12 +120,15 @@ def sniff(path: str) -> str:
     return "unknown"
 
 
-def load_model_or_artifact(spec: str, *, preset: str, allow_import: bool) -> tuple[str, Any]:
+def load_model_or_artifact(
+    spec: str, *, preset: str, allow_import: bool, keep_float: Sequence[str] = ()
+) -> tuple[str, Any]:
     """Resolve a command-line MODEL_OR_ARTIFACT to ``(kind, object)``.
 
     ``spec`` is an artifact (``.rq``, a zip: read, never executed), a QAT checkpoint
     (``.safetensors`` written by ``rq.save_qat``: rebuilt and prepared), or the name of a
-    registered builder (``char-transformer``: built with defaults and prepared at ``preset``).
+    registered builder (``char-transformer``: built with defaults and prepared at ``preset``,
+    with the layers in ``keep_float`` left in float).
 
     Raises:
         ArtifactError: a file that is neither. ConfigError: no such file or builder.
@@ -148,7 +160,7 @@ def load_model_or_artifact(spec: str, *, preset: str, allow_import: bool) -> tup
         from rqcompile.checkpoint import build_float_model
 
         model, ex = build_float_model(spec)
-        return "model", prepare(model, ex, preset)
+        return "model", prepare(model, ex, preset, overrides=dict.fromkeys(keep_float))
     raise ConfigError(
         f"{spec!r}: no such file, and not a model name. Give an artifact (.rq), a QAT "
         f"checkpoint (.safetensors) or one of: {', '.join(sorted(known))}."

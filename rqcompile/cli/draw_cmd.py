@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rqcompile.cli.common import Output, load_model_or_artifact, wrap
+from rqcompile.cli.common import Output, add_model_options, load_model_or_artifact, wrap
 
 __all__ = ["register"]
 
@@ -25,14 +25,12 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL_OR_ARTIFACT",
                    help="artifact (.rq), QAT checkpoint (.safetensors) or a model name")  # fmt: skip
     p.add_argument("-o", "--output", required=True, metavar="PATH", help=".svg, .png, .pdf or .dot")
-    p.add_argument("--preset", default="A1W1", help="for a model name: the config (%(default)s)")
     p.add_argument("--ir", action="store_true", help="draw the integer IR (after convert)")
     p.add_argument("--diff", action="store_true",
                    help="mark what prepare changed (vs the captured float graph)")  # fmt: skip
     p.add_argument("--no-collapse", action="store_true", help="draw repeated blocks in full")
     p.add_argument("--backend", default="auto", choices=["auto", "graphviz", "matplotlib"])
-    p.add_argument("--allow-import", action="store_true",
-                   help="let a checkpoint name its builder by import path (runs that module)")  # fmt: skip
+    add_model_options(p)
     p.set_defaults(run=run)
     return p
 
@@ -41,7 +39,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
     import rqcompile as rq
     from rqcompile.errors import ConfigError
 
-    kind, obj = load_model_or_artifact(args.model, preset=args.preset, allow_import=args.allow_import)
+    kind, obj = load_model_or_artifact(
+        args.model, preset=args.preset, allow_import=args.allow_import, keep_float=args.keep_float
+    )
     before = None
     if args.diff:
         if kind == "artifact":

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from typing import Any
 
-from rqcompile.cli.common import Output, load_model_or_artifact, wrap
+from rqcompile.cli.common import Output, add_model_options, load_model_or_artifact, wrap
 
 __all__ = ["register"]
 
@@ -30,11 +30,9 @@ def register(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL_OR_ARTIFACT",
                    help="artifact (.rq), QAT checkpoint (.safetensors) or a model name")  # fmt: skip
-    p.add_argument("--preset", default="A1W1", help="for a model name: the config (%(default)s)")
     p.add_argument("--ir", action="store_true", help="also print the integer IR")
     p.add_argument("--explain", action="store_true", help="also print which rule chose each format")
-    p.add_argument("--allow-import", action="store_true",
-                   help="let a checkpoint name its builder by import path (runs that module)")  # fmt: skip
+    add_model_options(p)
     p.set_defaults(run=run)
     return p
 
@@ -42,7 +40,9 @@ def register(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, out: Output) -> int:
     import rqcompile as rq
 
-    kind, obj = load_model_or_artifact(args.model, preset=args.preset, allow_import=args.allow_import)
+    kind, obj = load_model_or_artifact(
+        args.model, preset=args.preset, allow_import=args.allow_import, keep_float=args.keep_float
+    )
     parts = [rq.inspect(obj)]
     if kind == "artifact":
         data: dict[str, Any] = {"kind": kind, **artifact_json(obj)}

@@ -41,16 +41,8 @@ def _fill(n: Any) -> str:
     return STATUS.get(n.status) or FILL.get(n.kind, "#ffffff")
 
 
-LEGEND = (
-    "blue: quantize → ridge dequant · orange: quantized matmul / integer kernel · "
-    "grey: matmul kept in float · purple: repeated block"
-)
-
-
 def _title(view: GraphView) -> str:
-    if any(n.status for n in view.nodes.values()):
-        return f"{view.title}\ngreen: added · red: removed · yellow: changed"
-    return f"{view.title}\n{LEGEND}"
+    return f"{view.title}\n{view.legend}" if view.legend else view.title
 
 
 def _q(s: str) -> str:

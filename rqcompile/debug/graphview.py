@@ -41,6 +41,10 @@ class VNode:
 @dataclass
 class GraphView:
     title: str
+    legend: str = (
+        "blue: quantize → ridge dequant · orange: quantized matmul · grey: matmul kept in "
+        "float · purple: repeated block"
+    )
     nodes: dict[str, VNode] = field(default_factory=dict)
     edges: list[tuple[str, str]] = field(default_factory=list)
 
@@ -192,7 +196,11 @@ def _attr_line(op: Any) -> str:
 
 
 def _ir_view(module: Any, title: str, target: str = "") -> GraphView:
-    view = GraphView(title)
+    legend = (
+        "blue: activation quantize (at run time) · orange: integer kernel chosen by convert · "
+        "grey: matmul kept in float · purple: repeated block"
+    )
+    view = GraphView(title, legend)
     func = module.main
     consts = {op.results[0].id: op for op in func.ops if op.name == "rq.const"}
     producer: dict[int, str] = {}
@@ -209,7 +217,7 @@ def _ir_view(module: Any, title: str, target: str = "") -> GraphView:
         nid = f"{op.name}@{layer}#{k}"
         short = op.name.removeprefix("rq.")
         is_kernel = any(t in short for t in _KERNEL_OPS)
-        lines = [f"{short} {layer}" if layer else short]
+        lines = [f"{short} {layer}" if layer and layer != short else short]
         if is_kernel and op.name in _INT_KERNELS:
             lines[0] = f"{layer}" if layer else short
             lines.insert(1, f"kernel{f' ({target})' if target else ''}: {short}")
@@ -286,7 +294,7 @@ def collapse_repeats(view: GraphView) -> GraphView:
             members.setdefault(n.group, []).append(nid)
     first: dict[tuple[str, Any], str] = {}
     collapsed: dict[str, str] = {}  # node id → replacement id
-    out = GraphView(view.title)
+    out = GraphView(view.title, view.legend)
     for g, ids in members.items():
         family = g.rsplit(".", 1)[0]
         sig = _signature(view, ids, g)
@@ -318,7 +326,7 @@ def collapse_repeats(view: GraphView) -> GraphView:
 def diff_views(before: GraphView, after: GraphView) -> GraphView:
     """Union of two views: nodes only in ``after`` are ``added``, only in ``before``
     ``removed``, in both with different text ``changed``."""
-    out = GraphView(f"{before.title} → {after.title}")
+    out = GraphView(f"{before.title} → {after.title}", "green: added · red: removed · yellow: changed")
     for nid, n in after.nodes.items():
         old = before.nodes.get(nid)
         status = "added" if old is None else "" if old.lines == n.lines else "changed"
