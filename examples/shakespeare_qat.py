@@ -55,7 +55,11 @@ for step in bar:
 val = evaluate_lm(qat, corpus.val, batch_size=batch, block_size=block, n_batches=10)
 print(f"val loss (held-out plays): {val:.4f}")
 rq.save_qat(  # weights + how to rebuild the QAT graph (builder, config, input shapes)
-    qat, args.out, builder="char-transformer", builder_kwargs=arch, example_inputs=example,
+    qat,
+    args.out,
+    builder="char-transformer",
+    builder_kwargs=arch,
+    example_inputs=example,
     meta={"preset": args.preset, "estimator": args.estimator, "val_loss": val},
 )
 ids = generate(qat, corpus.encode("ROMEO:\n")[None], 200, block, temperature=0.8, generator=gen)

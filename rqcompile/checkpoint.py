@@ -306,7 +306,9 @@ def build_float_model(
     if os.path.exists(spec):
         return _build(_qat_head(spec), spec, builder=None, allow_import=allow_import)
     if spec not in _BUILDERS:
-        raise ConfigError(f"{spec!r}: no such checkpoint or builder; builders: {', '.join(_BUILDERS)}.")
+        raise ConfigError(
+            f"{spec!r}: no such checkpoint or builder; builders: {', '.join(_BUILDERS)}."
+        )
     b = _BUILDERS[spec]
     ex = tuple(torch.zeros(s, dtype=getattr(torch, dt)) for s, dt in b.example_inputs)
     return b.load()(**b.kwargs), ex

@@ -24,8 +24,9 @@ def test_round_trip_is_exact_and_keeps_config(tmp_path: Path) -> None:
     with torch.no_grad():
         for p in qat.parameters():
             p.add_(0.01 * torch.randn_like(p))  # "trained" weights, not the init
-    p = rq.save_qat(qat, tmp_path / "m.safetensors", builder="tiny-mlp", example_inputs=ex,
-                    meta={"steps": 3})  # fmt: skip
+    p = rq.save_qat(
+        qat, tmp_path / "m.safetensors", builder="tiny-mlp", example_inputs=ex, meta={"steps": 3}
+    )
     back = rq.load_qat(p)
     assert back.meta["rq_config"] == qat.meta["rq_config"]
     assert back.meta["rq_checkpoint"]["meta"] == {"steps": 3}
@@ -61,16 +62,22 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(rq.ConfigError, match="unknown builder 'mlp'"):
         rq.save_qat(qat, tmp_path / "x", builder="mlp", example_inputs=ex)
     with pytest.raises(rq.ConfigError, match="not JSON-serializable"):
-        rq.save_qat(qat, tmp_path / "x", builder="tiny-mlp", example_inputs=ex,
-                    meta={"f": object()})  # fmt: skip
+        rq.save_qat(
+            qat, tmp_path / "x", builder="tiny-mlp", example_inputs=ex, meta={"f": object()}
+        )
     assert not (tmp_path / "x").exists()
     with pytest.raises(rq.ArtifactError, match="no such file"):
         rq.load_qat(tmp_path / "missing.safetensors")
     (tmp_path / "junk").write_bytes(b"\x00" * 64)
     with pytest.raises(rq.ArtifactError, match="not a safetensors checkpoint"):
         rq.load_qat(tmp_path / "junk")
-    p = rq.save_qat(qat, tmp_path / "m.safetensors", builder="tiny-mlp",
-                    builder_kwargs={"hidden": 32}, example_inputs=ex)  # fmt: skip
+    p = rq.save_qat(
+        qat,
+        tmp_path / "m.safetensors",
+        builder="tiny-mlp",
+        builder_kwargs={"hidden": 32},
+        example_inputs=ex,
+    )
     with pytest.raises(rq.ArtifactError, match="do not fit the model built by 'tiny-mlp'"):
         rq.load_qat(p)
 

@@ -28,7 +28,7 @@ _BLOCK = re.compile(r"(<!--\s*docs-test:\s*skip:([^>]*)-->\s*\n)?```python\n(.*?
 
 def blocks(path: str) -> list[tuple[str, str | None]]:
     """``(code, skip_reason)`` for each python block of a markdown file."""
-    text = open(path, encoding="utf-8").read()
+    text = Path(path).read_text(encoding="utf-8")
     return [(m.group(3), m.group(2).strip() if m.group(1) else None) for m in _BLOCK.finditer(text)]
 
 
@@ -61,9 +61,13 @@ def _run_page(path: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     script.write_text("\n".join(runnable), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, script.name], cwd=tmp, env=env, capture_output=True, text=True,
+        [sys.executable, script.name],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=900,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("path", DOCS, ids=[os.path.basename(p) for p in DOCS])
@@ -72,6 +76,6 @@ def test_docs_page_runs(path: str, tmp_path: Path) -> None:
     assert r.returncode == 0, f"{path}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     if path.endswith("troubleshooting.md"):
         norm = re.compile(r"(?:/[^\s/:'\"]+)+/")
-        page = norm.sub(".../", open(path, encoding="utf-8").read())
+        page = norm.sub(".../", Path(path).read_text(encoding="utf-8"))
         for line in r.stdout.splitlines():
             assert norm.sub(".../", line) in page, f"message not pasted as printed: {line}"

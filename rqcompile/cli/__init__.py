@@ -35,10 +35,23 @@ _COMMANDS = ("demo", "inspect", "lower", "draw", "opt")
 
 def _modes(p: argparse.ArgumentParser, default: object) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-q", "--quiet", dest="mode", action="store_const", const="quiet",
-                   default=default, help="no progress bars or chatter; errors and exit status only")  # fmt: skip
-    g.add_argument("--json", dest="mode", action="store_const", const="json", default=default,
-                   help="print one JSON object on stdout (for scripts)")  # fmt: skip
+    g.add_argument(
+        "-q",
+        "--quiet",
+        dest="mode",
+        action="store_const",
+        const="quiet",
+        default=default,
+        help="no progress bars or chatter; errors and exit status only",
+    )
+    g.add_argument(
+        "--json",
+        dest="mode",
+        action="store_const",
+        const="json",
+        default=default,
+        help="print one JSON object on stdout (for scripts)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="rqcompile",
-        description=wrap("Train neural networks at any precision (1-8 bit, ternary, binary, 2:4 "
-        "sparse) with ridge-regression QAT and run them as integer kernels."),
+        description=wrap(
+            "Train neural networks at any precision (1-8 bit, ternary, binary, 2:4 "
+            "sparse) with ridge-regression QAT and run them as integer kernels."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -103,10 +103,18 @@ def wrap(text: str) -> str:
 def add_model_options(p: Any) -> None:
     """``--preset``, ``--keep-float`` and ``--allow-import`` for MODEL_OR_ARTIFACT commands."""
     p.add_argument("--preset", default="A1W1", help="for a model name: the config (%(default)s)")
-    p.add_argument("--keep-float", action="append", default=[], metavar="LAYER",
-                   help="for a model name: keep this layer in float (repeatable)")  # fmt: skip
-    p.add_argument("--allow-import", action="store_true",
-                   help="let a checkpoint name its builder by import path (runs that module)")  # fmt: skip
+    p.add_argument(
+        "--keep-float",
+        action="append",
+        default=[],
+        metavar="LAYER",
+        help="for a model name: keep this layer in float (repeatable)",
+    )
+    p.add_argument(
+        "--allow-import",
+        action="store_true",
+        help="let a checkpoint name its builder by import path (runs that module)",
+    )
 
 
 def sniff(path: str) -> str:
@@ -143,7 +151,10 @@ def load_model_or_artifact(
 
             manifest, ir, _ = read_artifact(spec)
             exe = CompiledModule(
-                ir, Target.parse(manifest["target"]), _not_loaded, features=manifest.get("features", ())
+                ir,
+                Target.parse(manifest["target"]),
+                _not_loaded,
+                features=manifest.get("features", ()),
             )
             return "artifact", exe
         if kind == "checkpoint":

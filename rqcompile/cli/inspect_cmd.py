@@ -20,16 +20,21 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "inspect",
         help="show the graph and per-layer table of a model, QAT checkpoint or artifact",
-        description=wrap("Print what rqcompile did to a model: the rewritten graph with quantization "
-        "notes and a per-layer table (bytes, bits/element, MACs, energy), or an artifact's "
-        "target, kernels and weight bytes."),
+        description=wrap(
+            "Print what rqcompile did to a model: the rewritten graph with quantization "
+            "notes and a per-layer table (bytes, bits/element, MACs, energy), or an artifact's "
+            "target, kernels and weight bytes."
+        ),
         epilog=f"model names:\n{names}\n\nexamples:\n  rqcompile inspect model.rq --ir\n"
         "  rqcompile inspect ckpt.safetensors --explain\n"
         "  rqcompile inspect digits-cnn --preset A4W4 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL_OR_ARTIFACT",
-                   help="artifact (.rq), QAT checkpoint (.safetensors) or a model name")  # fmt: skip
+    p.add_argument(
+        "model",
+        metavar="MODEL_OR_ARTIFACT",
+        help="artifact (.rq), QAT checkpoint (.safetensors) or a model name",
+    )
     p.add_argument("--ir", action="store_true", help="also print the integer IR")
     p.add_argument("--explain", action="store_true", help="also print which rule chose each format")
     add_model_options(p)

@@ -21,22 +21,34 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "lower",
         help="lower a QAT checkpoint to an artifact (.rq) for a target",
-        description=wrap("Rebuild a trained QAT model from its checkpoint (rq.save_qat, or "
-        "'rqcompile demo --save-checkpoint'), convert it to integer IR, build it for the "
-        "target and save one artifact file. The lowered model is checked against the QAT "
-        "model on the checkpoint's input shapes before it is saved."),
+        description=wrap(
+            "Rebuild a trained QAT model from its checkpoint (rq.save_qat, or "
+            "'rqcompile demo --save-checkpoint'), convert it to integer IR, build it for the "
+            "target and save one artifact file. The lowered model is checked against the QAT "
+            "model on the checkpoint's input shapes before it is saved."
+        ),
         epilog="examples:\n  rqcompile lower ckpt.safetensors --target llvm -o model.rq\n"
-        "  rqcompile lower ckpt.safetensors --target '{\"kind\": \"llvm\", \"mcpu\": \"znver3\"}'\n"
+        '  rqcompile lower ckpt.safetensors --target \'{"kind": "llvm", "mcpu": "znver3"}\'\n'
         "  rqcompile lower ckpt.safetensors --target reference -o ref.rq --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="QAT checkpoint (.safetensors)")
-    p.add_argument("--target", default="llvm",
-                   help="'llvm' (TVM, this CPU), 'reference' (pure torch) or a JSON target dict")  # fmt: skip
-    p.add_argument("-o", "--output", metavar="PATH",
-                   help="artifact to write (default: CHECKPOINT with suffix .rq)")  # fmt: skip
-    p.add_argument("--allow-import", action="store_true",
-                   help="let the checkpoint name its builder by import path (runs that module)")  # fmt: skip
+    p.add_argument(
+        "--target",
+        default="llvm",
+        help="'llvm' (TVM, this CPU), 'reference' (pure torch) or a JSON target dict",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="artifact to write (default: CHECKPOINT with suffix .rq)",
+    )
+    p.add_argument(
+        "--allow-import",
+        action="store_true",
+        help="let the checkpoint name its builder by import path (runs that module)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the lowered-vs-QAT check")
     p.set_defaults(run=run)
     return p
@@ -106,7 +118,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
         text += f"\nlowered vs QAT on seeded inputs: max |diff| = {diff:.2e}"
     out.result(
         text,
-        {"output": dest, "bytes": size, "target": str(target), "kernels": kernels,
-         "max_abs_diff": diff, "seconds": seconds},  # fmt: skip
+        {
+            "output": dest,
+            "bytes": size,
+            "target": str(target),
+            "kernels": kernels,
+            "max_abs_diff": diff,
+            "seconds": seconds,
+        },
     )
     return 0

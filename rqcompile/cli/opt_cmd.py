@@ -21,8 +21,11 @@ def register(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("file", metavar="FILE.mlir", help="IR text (constants embedded or elided)")
     p.add_argument("--passes", required=True, help="comma-separated registered pass names")
-    p.add_argument("--constants", metavar="FILE.safetensors",
-                   help="weights for an IR file whose constants are elided")  # fmt: skip
+    p.add_argument(
+        "--constants",
+        metavar="FILE.safetensors",
+        help="weights for an IR file whose constants are elided",
+    )
     p.add_argument("-o", "--output", metavar="PATH", help="write the result here, not stdout")
     p.set_defaults(run=run)
     return p

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from rqcompile.debug.graphview import GraphView, collapse_repeats, diff_views, view_of
@@ -53,11 +54,12 @@ def to_dot(view: GraphView) -> str:
     """DOT text for a view: top to bottom, repeated-block groups as clusters."""
     out = [
         "digraph rq {",
-        f"  graph [rankdir=TB, labelloc=t, fontsize=16, fontname=Helvetica, label={_q(_title(view))}, "
+        "  graph [rankdir=TB, labelloc=t, fontsize=16, fontname=Helvetica, "
+        f"label={_q(_title(view))}, "
         "nodesep=0.25, ranksep=0.3];",
         '  node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10, '
-        "margin=\"0.08,0.03\"];",
-        "  edge [arrowsize=0.6, color=\"#555555\"];",
+        'margin="0.08,0.03"];',
+        '  edge [arrowsize=0.6, color="#555555"];',
     ]
     ids = {nid: f"n{i}" for i, nid in enumerate(view.nodes)}
     groups: dict[str, list[str]] = {}
@@ -66,7 +68,9 @@ def to_dot(view: GraphView) -> str:
     for g, members in groups.items():
         indent = "  "
         if g:
-            out.append(f"  subgraph cluster_{len(out)} {{ label={_q(g)}; style=dashed; color=\"#999999\";")
+            out.append(
+                f'  subgraph cluster_{len(out)} {{ label={_q(g)}; style=dashed; color="#999999";'
+            )
             indent = "    "
         for nid in members:
             n = view.nodes[nid]
@@ -109,9 +113,12 @@ def _atomic(path: str, write: Any) -> None:
 def _render_dot(view: GraphView, path: str, fmt: str, dot: str) -> None:
     def write(tmp: str) -> None:
         r = subprocess.run(
-            [dot, f"-T{fmt}", "-Gdpi=96", "-o", tmp], input=to_dot(view), text=True,
-            capture_output=True, timeout=300,
-        )  # fmt: skip
+            [dot, f"-T{fmt}", "-Gdpi=96", "-o", tmp],
+            input=to_dot(view),
+            text=True,
+            capture_output=True,
+            timeout=300,
+        )
         if r.returncode != 0:
             raise RQError(f"graphviz 'dot' failed ({r.returncode}): {r.stderr.strip()[:500]}")
 
@@ -150,7 +157,9 @@ def _render_matplotlib(view: GraphView, path: str, fmt: str) -> None:
         preds[b].append(a)
     x: dict[str, float] = {}
     for r in sorted(rows):  # one barycenter sweep keeps edges short
-        ids = sorted(rows[r], key=lambda n: sum(x[p] for p in preds[n]) / len(preds[n]) if preds[n] else 0)
+        ids = sorted(
+            rows[r], key=lambda n: sum(x[p] for p in preds[n]) / len(preds[n]) if preds[n] else 0
+        )
         for i, nid in enumerate(ids):
             x[nid] = i - (len(ids) - 1) / 2
     width = max(len(v) for v in rows.values())
@@ -163,16 +172,32 @@ def _render_matplotlib(view: GraphView, path: str, fmt: str) -> None:
     boxes = {}
     for nid, n in view.nodes.items():
         boxes[nid] = ax.text(
-            x[nid], -layer[nid], "\n".join(n.lines), ha="center", va="center", fontsize=7,
-            bbox={"boxstyle": "round,pad=0.3", "fc": _fill(n), "ec": "#444444",
-                  "lw": 2 if n.status else 0.8},
-        )  # fmt: skip
+            x[nid],
+            -layer[nid],
+            "\n".join(n.lines),
+            ha="center",
+            va="center",
+            fontsize=7,
+            bbox={
+                "boxstyle": "round,pad=0.3",
+                "fc": _fill(n),
+                "ec": "#444444",
+                "lw": 2 if n.status else 0.8,
+            },
+        )
     for a, b in view.edges:
         ax.add_patch(
-            FancyArrowPatch((x[a], -layer[a]), (x[b], -layer[b]), patchA=boxes[a].get_bbox_patch(),
-                            patchB=boxes[b].get_bbox_patch(), arrowstyle="-|>", mutation_scale=8,
-                            color="#555555", lw=0.7)
-        )  # fmt: skip
+            FancyArrowPatch(
+                (x[a], -layer[a]),
+                (x[b], -layer[b]),
+                patchA=boxes[a].get_bbox_patch(),
+                patchB=boxes[b].get_bbox_patch(),
+                arrowstyle="-|>",
+                mutation_scale=8,
+                color="#555555",
+                lw=0.7,
+            )
+        )
 
     def write(tmp: str) -> None:
         fig.savefig(tmp, format=fmt, dpi=96, bbox_inches="tight")
@@ -188,7 +213,7 @@ def _render(view: GraphView, path: str, fmt: str | None, backend: str) -> str:
     if backend not in ("auto", "graphviz", "matplotlib"):
         raise ConfigError(f"rq.draw: backend {backend!r}; use 'auto', 'graphviz' or 'matplotlib'.")
     if f == "dot":
-        _atomic(path, lambda tmp: open(tmp, "w", encoding="utf-8").write(to_dot(view)))
+        _atomic(path, lambda tmp: Path(tmp).write_text(to_dot(view), encoding="utf-8"))
         return "dot-text"
     dot = shutil.which("dot")
     if backend == "graphviz" and dot is None:

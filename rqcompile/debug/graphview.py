@@ -82,7 +82,9 @@ def _quant_lines(mod: Any, weight_shape: tuple[int, ...] | None) -> tuple[str, .
     head = f"{role} quant: " + re.sub(r" block=\S+", "", spec.short())
     if mod.sparsity is not None:
         head += f" · {mod.sparsity.n}:{mod.sparsity.m}"
-    est = mod.estimator + (f" λ={_fmt_lambda(mod.ridge_lambda)}" if mod.estimator == "ridge" else "")
+    est = mod.estimator + (
+        f" λ={_fmt_lambda(mod.ridge_lambda)}" if mod.estimator == "ridge" else ""
+    )
     tail = f"block {mod.block or 'per-channel'} · {est}"
     lines = [head, tail]
     if weight_shape:
@@ -113,14 +115,18 @@ def _fx_view(gm: Any, title: str) -> GraphView:
         if n.op == "call_method" and n.target in ("size", "contiguous", "dim"):
             return True
         if n.op == "call_module":
-            return isinstance(gm.get_submodule(str(n.target)), (nn.Dropout, nn.Identity))
+            return isinstance(gm.get_submodule(str(n.target)), nn.Dropout | nn.Identity)
         return False
 
     def folds(n: fx.Node) -> bool:  # a weight/bias read shown inside its only kind of user
-        return n.op == "get_attr" and bool(n.users) and all(
-            (u.op == "call_module" and isinstance(gm.get_submodule(str(u.target)), RQQuantize))
-            or (u.meta.get("rq") is not None and u.meta["rq"].role == "op")
-            for u in n.users
+        return (
+            n.op == "get_attr"
+            and bool(n.users)
+            and all(
+                (u.op == "call_module" and isinstance(gm.get_submodule(str(u.target)), RQQuantize))
+                or (u.meta.get("rq") is not None and u.meta["rq"].role == "op")
+                for u in n.users
+            )
         )
 
     for n in gm.graph.nodes:
@@ -232,8 +238,12 @@ def _ir_view(module: Any, title: str, target: str = "") -> GraphView:
         if weights and is_kernel:
             lines.append("weights: " + ", ".join(weights[:3]) + (" …" if len(weights) > 3 else ""))
         lines.append(" ".join(str(r.type) for r in op.results[:1]))
-        kind = "qop" if op.name in _INT_KERNELS else "quant" if short == "quantize" else (
-            "fop" if is_kernel else "op"
+        kind = (
+            "qop"
+            if op.name in _INT_KERNELS
+            else "quant"
+            if short == "quantize"
+            else ("fop" if is_kernel else "op")
         )
         view.add(VNode(nid, tuple(lines), kind, group_of(layer)))
         for v in op.operands:
@@ -326,7 +336,9 @@ def collapse_repeats(view: GraphView) -> GraphView:
 def diff_views(before: GraphView, after: GraphView) -> GraphView:
     """Union of two views: nodes only in ``after`` are ``added``, only in ``before``
     ``removed``, in both with different text ``changed``."""
-    out = GraphView(f"{before.title} → {after.title}", "green: added · red: removed · yellow: changed")
+    out = GraphView(
+        f"{before.title} → {after.title}", "green: added · red: removed · yellow: changed"
+    )
     for nid, n in after.nodes.items():
         old = before.nodes.get(nid)
         status = "added" if old is None else "" if old.lines == n.lines else "changed"

@@ -20,7 +20,7 @@ _KERNELS = (
 
 
 def kernel_rows(ir: Any) -> list[dict[str, Any]]:
-    """One dict per kernel op: layer, kernel (op name without ``rq.``), output type, weight bytes."""
+    """One dict per kernel op: layer, kernel (op name minus ``rq.``), output type, weight bytes."""
     consts = {op.results[0].id: op for op in ir.main.ops if op.name == "rq.const"}
     rows = []
     for op in ir.main.ops:

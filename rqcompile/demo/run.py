@@ -188,8 +188,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         kw = {"vocab_size": corpus.vocab_size, "n_layer": cfg.n_layer, "n_head": cfg.n_head}
         kw |= {"n_embd": cfg.n_embd, "block_size": cfg.block_size}
         meta = {"preset": cfg.preset, "steps": cfg.steps, "val_loss": runs["ridge"].final_val_loss}
-        save_qat(qat, cfg.checkpoint, builder="char-transformer", builder_kwargs=kw,
-                 example_inputs=ex, meta=meta)  # fmt: skip
+        save_qat(
+            qat,
+            cfg.checkpoint,
+            builder="char-transformer",
+            builder_kwargs=kw,
+            example_inputs=ex,
+            meta=meta,
+        )
         _print(f"   saved the ridge QAT checkpoint to {cfg.checkpoint}")
     if cfg.artifact:
         exe.save(cfg.artifact)
@@ -215,9 +221,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The demo's options (shared by ``rqcompile demo`` and ``python -m rqcompile.demo.run``)."""
     d = DemoConfig
     p.add_argument("--preset", default=d.preset, help="QAT preset (default %(default)s)")
-    p.add_argument("--steps", type=int, default=d.steps, help="training steps per run (%(default)s)")
-    p.add_argument("--target", default=d.target, choices=["auto", "llvm", "reference"],
-                   help="where the integer model runs; auto = llvm if TVM is installed")  # fmt: skip
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help="training steps per run (%(default)s)"
+    )
+    p.add_argument(
+        "--target",
+        default=d.target,
+        choices=["auto", "llvm", "reference"],
+        help="where the integer model runs; auto = llvm if TVM is installed",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N")
     p.add_argument("--block-size", type=int, default=d.block_size, metavar="T", help="context")
@@ -225,8 +237,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-embd", type=int, default=d.n_embd, metavar="C", help="model width")
     p.add_argument("--n-head", type=int, default=d.n_head, metavar="H")
     p.add_argument("--gen-chars", type=int, default=d.gen_chars, metavar="N")
-    p.add_argument("--save-checkpoint", metavar="PATH", dest="checkpoint",
-                   help="save the ridge QAT model (for 'rqcompile lower')")  # fmt: skip
+    p.add_argument(
+        "--save-checkpoint",
+        metavar="PATH",
+        dest="checkpoint",
+        help="save the ridge QAT model (for 'rqcompile lower')",
+    )
     p.add_argument("--save", metavar="PATH", dest="artifact", help="save the lowered model (.rq)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 

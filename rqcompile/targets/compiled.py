@@ -80,7 +80,7 @@ class CompiledModule:
                 f"compiled model takes {len(sig)} input(s) {', '.join(map(str, sig))}, "
                 f"got {len(inputs)}."
             )
-        for i, (x, t) in enumerate(zip(inputs, sig)):
+        for i, (x, t) in enumerate(zip(inputs, sig, strict=False)):
             if not isinstance(x, torch.Tensor):
                 raise InputError(f"input {i}: expected a torch.Tensor {t}, got {type(x).__name__}.")
             want = torch_dtype(t.dtype)
@@ -88,7 +88,7 @@ class CompiledModule:
             if x.dtype != want:
                 problems.append(f"dtype {x.dtype} (expected {want}; convert with x.to({want}))")
             if x.dim() != len(t.shape) or any(
-                d is not None and d != s for d, s in zip(t.shape, x.shape)
+                d is not None and d != s for d, s in zip(t.shape, x.shape, strict=False)
             ):
                 problems.append(
                     f"shape {tuple(x.shape)} (expected {tuple('?' if d is None else d for d in t.shape)};"

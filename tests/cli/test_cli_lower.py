@@ -51,7 +51,9 @@ def test_lower_errors(
     assert not ckpt.with_suffix(".rq").exists()
 
 
-def test_lower_missing_and_foreign_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_lower_missing_and_foreign_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     assert main(["lower", str(tmp_path / "nope.safetensors")]) == 1
     assert "ArtifactError: " in capsys.readouterr().err
     from safetensors.torch import save_file
@@ -82,6 +84,8 @@ def test_demo_json_saves_checkpoint_that_lowers(
     data = json.loads(out)  # stdout holds exactly one JSON object
     assert code == 0 and set(data["runs"]) == {"fp32", "STE", "ridge"}
     assert "== training" in err  # the narrative went to stderr
-    assert main(["-q", "lower", str(ck), "--target", "reference", "-o", str(tmp_path / "b.rq")]) == 0
+    assert (
+        main(["-q", "lower", str(ck), "--target", "reference", "-o", str(tmp_path / "b.rq")]) == 0
+    )
     x = torch.randint(0, 5, (2, 8))
     torch.testing.assert_close(rq.load(art)(x), rq.load(tmp_path / "b.rq")(x))

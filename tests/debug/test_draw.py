@@ -21,8 +21,9 @@ from rqcompile.testing.models import TinyMLP
 def char_qat() -> torch.fx.GraphModule:
     torch.manual_seed(0)
     m = CharTransformer(20, n_layer=2, n_embd=32, n_head=2, block_size=8)
-    return rq.prepare(m, (torch.zeros(2, 8, dtype=torch.long),), "A4W1+2:4",
-                      overrides={"lm_head": None})  # fmt: skip
+    return rq.prepare(
+        m, (torch.zeros(2, 8, dtype=torch.long),), "A4W1+2:4", overrides={"lm_head": None}
+    )
 
 
 def _lines(view: object) -> list[str]:
