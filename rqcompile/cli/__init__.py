@@ -87,11 +87,12 @@ def _bench(argv: list[str], out: Output) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # ``bench`` forwards every option verbatim to rqcompile.bench.main (its own parser).
-    lead = [a for a in argv[: argv.index("bench")] if a.startswith("-")] if "bench" in argv else []
-    if "bench" in argv and all(a in ("-q", "--quiet", "--json") for a in lead):
+    # ``bench`` forwards every option after it verbatim to rqcompile.bench.main (own parser).
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    lead = argv[:first] if first is not None else []
+    if first is not None and argv[first] == "bench" and set(lead) <= {"-q", "--quiet", "--json"}:
         mode = "json" if "--json" in lead else "quiet" if lead else "text"
-        return _bench(argv[argv.index("bench") + 1 :], Output(mode, "bench"))
+        return _bench(argv[first + 1 :], Output(mode, "bench"))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

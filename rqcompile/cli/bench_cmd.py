@@ -28,4 +28,6 @@ def run_bench(argv: list[str], out: Output) -> int:
     # The suite owns its options (``--quick``, ``--json PATH``); ``-q``/``--json`` before
     # ``bench`` only decide where its printed text goes (nowhere / stderr).
     with out.captured_stdout():
-        return int(bench.main(argv) or 0)
+        status = int(bench.main(argv) or 0)
+    out.result("", {"exit_status": status})
+    return status

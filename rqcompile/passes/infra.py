@@ -144,7 +144,7 @@ class DumpIR(Instrument):
     inputs: bool = False
     constants: bool = False
     files: list[Any] = field(default_factory=list)
-    _count: int = 0
+    _count: int = field(default=0, init=False, repr=False)
 
     def _write(self, p: Any, ir: Any, when: str) -> None:
         from pathlib import Path

@@ -143,3 +143,9 @@ def test_bench_forwards_argv_verbatim(
     assert code == 0 and seen == [["--quick", "--help", "-o", "x"]] and "bench table" in out
     code, out, _ = run(capsys, "-q", "bench", "--quick")
     assert code == 0 and out == "" and seen[-1] == ["--quick"]
+    code, out, err = run(capsys, "--json", "bench")
+    assert json.loads(out) == {"ok": True, "command": "bench", "exit_status": 0}
+    assert "bench table" in err
+    calls = len(seen)
+    code, out, err = run(capsys, "inspect", "bench")  # a file or model called "bench"
+    assert code == 1 and len(seen) == calls and "'bench': no such file" in err
