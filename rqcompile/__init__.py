@@ -22,6 +22,8 @@ from rqcompile.config import (
     QConfig,
     QuantSpec,
 )
+from rqcompile.checkpoint import load_qat, register_builder, save_qat
+from rqcompile.debug.draw import draw, draw_diff
 from rqcompile.debug.format import explain, inspect
 from rqcompile.errors import (
     ArtifactError,
@@ -36,7 +38,7 @@ from rqcompile.errors import (
     UnsupportedOpError,
     VerifyError,
 )
-from rqcompile.passes.infra import PassContext, PrintAfter, Timing
+from rqcompile.passes.infra import DumpIR, PassContext, PrintAfter, Timing
 from rqcompile.targets.compiled import CompiledModule, load
 from rqcompile.targets.target import Target
 
@@ -48,6 +50,7 @@ __all__ = [
     "CaptureError",
     "CompiledModule",
     "ConfigError",
+    "DumpIR",
     "InputError",
     "LayerSpec",
     "NMSparsity",
@@ -70,9 +73,14 @@ __all__ = [
     "VerifyError",
     "build",
     "convert",
+    "draw",
+    "draw_diff",
     "explain",
     "inspect",
     "load",
+    "load_qat",
     "lower",
     "prepare",
+    "register_builder",
+    "save_qat",
 ]

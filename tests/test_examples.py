@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ],
 )
 def test_example_runs(script: str, args: list[str], tmp_path: os.PathLike) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # PYTHONPATH: run against this checkout, even where another one is installed editable
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", script), *args],
         cwd=tmp_path,

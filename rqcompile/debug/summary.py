@@ -6,7 +6,7 @@ from typing import Any
 
 from rqcompile.debug.table import format_table
 
-__all__ = ["compiled_summary"]
+__all__ = ["compiled_summary", "kernel_rows"]
 
 _KERNELS = (
     "rq.int_matmul",
@@ -19,29 +19,37 @@ _KERNELS = (
 )
 
 
-def compiled_summary(exe: Any) -> str:
-    ir = exe.ir
+def kernel_rows(ir: Any) -> list[dict[str, Any]]:
+    """One dict per kernel op: layer, kernel (op name minus ``rq.``), output type, weight bytes."""
+    consts = {op.results[0].id: op for op in ir.main.ops if op.name == "rq.const"}
     rows = []
-    total = 0
     for op in ir.main.ops:
         if op.name not in _KERNELS:
             continue
         nbytes = 0
         for v in op.operands:
-            src = next((o for o in ir.main.ops if v in o.results and o.name == "rq.const"), None)
+            src = consts.get(v.id)
             if src is not None:
                 t = ir.constant(str(src.attr("name")))
                 nbytes += t.numel() * t.element_size()
-        total += nbytes
         rows.append(
-            [
-                op.loc.layer if op.loc else "",
-                op.name.removeprefix("rq."),
-                str(op.results[0].type),
-                nbytes,
-            ]
+            {
+                "layer": op.loc.layer if op.loc else "",
+                "kernel": op.name.removeprefix("rq."),
+                "output": str(op.results[0].type),
+                "weight_bytes": nbytes,
+            }
         )
+    return rows
+
+
+def compiled_summary(exe: Any) -> str:
+    rows = kernel_rows(exe.ir)
+    total = sum(r["weight_bytes"] for r in rows)
+    table = format_table(
+        ["layer", "kernel", "output", "weight bytes"], [list(r.values()) for r in rows]
+    )
     head = f"CompiledModule target={exe.target} inputs={', '.join(map(str, exe.signature))}"
     if exe.features:
         head += f"\nbuilt for CPU features: {', '.join(exe.features)}"
-    return f"{head}\n{format_table(['layer', 'kernel', 'output', 'weight bytes'], rows)}\ntotal weight bytes: {total}"
+    return f"{head}\n{table}\ntotal weight bytes: {total}"

@@ -51,6 +51,8 @@ class DemoConfig:
     target: str = "auto"
     progress: bool = True
     gen_chars: int = 200
+    checkpoint: str | None = None
+    artifact: str | None = None
 
 
 def _print(*a: Any) -> None:
@@ -180,6 +182,24 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         f"speed, batch {tuple(xb.shape)}: torch fp32 eager {1e3 * t_fp:.1f} ms, "
         f"lowered ({target}) {1e3 * t_low:.1f} ms → {t_fp / t_low:.2f}x"
     )
+    if cfg.checkpoint:
+        from rqcompile.checkpoint import save_qat
+
+        kw = {"vocab_size": corpus.vocab_size, "n_layer": cfg.n_layer, "n_head": cfg.n_head}
+        kw |= {"n_embd": cfg.n_embd, "block_size": cfg.block_size}
+        meta = {"preset": cfg.preset, "steps": cfg.steps, "val_loss": runs["ridge"].final_val_loss}
+        save_qat(
+            qat,
+            cfg.checkpoint,
+            builder="char-transformer",
+            builder_kwargs=kw,
+            example_inputs=ex,
+            meta=meta,
+        )
+        _print(f"   saved the ridge QAT checkpoint to {cfg.checkpoint}")
+    if cfg.artifact:
+        exe.save(cfg.artifact)
+        _print(f"   saved the lowered model to {cfg.artifact}")
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt = corpus.encode("ROMEO:\n")
     ids = generate_fixed(
@@ -192,25 +212,63 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "lowered_max_diff": diff,
         "speedup_vs_fp32": t_fp / t_low,
         "target": target,
+        "checkpoint": cfg.checkpoint,
+        "artifact": cfg.artifact,
     }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's options (shared by ``rqcompile demo`` and ``python -m rqcompile.demo.run``)."""
+    d = DemoConfig
+    p.add_argument("--preset", default=d.preset, help="QAT preset (default %(default)s)")
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help="training steps per run (%(default)s)"
+    )
+    p.add_argument(
+        "--target",
+        default=d.target,
+        choices=["auto", "llvm", "reference"],
+        help="where the integer model runs; auto = llvm if TVM is installed",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N")
+    p.add_argument("--block-size", type=int, default=d.block_size, metavar="T", help="context")
+    p.add_argument("--n-layer", type=int, default=d.n_layer, metavar="L")
+    p.add_argument("--n-embd", type=int, default=d.n_embd, metavar="C", help="model width")
+    p.add_argument("--n-head", type=int, default=d.n_head, metavar="H")
+    p.add_argument("--gen-chars", type=int, default=d.gen_chars, metavar="N")
+    p.add_argument(
+        "--save-checkpoint",
+        metavar="PATH",
+        dest="checkpoint",
+        help="save the ridge QAT model (for 'rqcompile lower')",
+    )
+    p.add_argument("--save", metavar="PATH", dest="artifact", help="save the lowered model (.rq)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+
+def config_from_args(a: argparse.Namespace) -> DemoConfig:
+    return DemoConfig(
+        preset=a.preset,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        block_size=a.block_size,
+        n_layer=a.n_layer,
+        n_embd=a.n_embd,
+        n_head=a.n_head,
+        target=a.target,
+        seed=a.seed,
+        gen_chars=a.gen_chars,
+        checkpoint=a.checkpoint,
+        artifact=a.artifact,
+        progress=not a.no_progress and sys.stderr.isatty(),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rqcompile demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default=DemoConfig.preset, help="QAT preset (default %(default)s)")
-    p.add_argument("--steps", type=int, default=DemoConfig.steps, help="training steps per run")
-    p.add_argument("--target", default="auto", choices=["auto", "llvm", "reference"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    a = p.parse_args(argv)
-    cfg = DemoConfig(
-        preset=a.preset,
-        steps=a.steps,
-        target=a.target,
-        seed=a.seed,
-        progress=not a.no_progress and sys.stderr.isatty(),
-    )
-    run_demo(cfg)
+    add_arguments(p)
+    run_demo(config_from_args(p.parse_args(argv)))
     return 0
 
 

@@ -6,11 +6,18 @@ config, instruments and disabled passes. Any exception inside a pass becomes a
 :class:`~rqcompile.errors.PassError` naming the pass, its position and the pipeline, chained
 to the original with ``from``. Typed user errors (``ConfigError``, ``NumericsError``, ...)
 pass through unchanged: they already say what to fix.
+
+A failing pass saves its input (``PassContext.dump_dir``, set from ``RQ_DUMP_DIR`` by
+:meth:`PassContext.from_env`, else a fresh temporary directory) and the ``PassError`` prints
+the path and, for rq IR, a command that replays exactly that pass on exactly that input:
+``python -m rqcompile opt --passes NAME FILE``. :class:`DumpIR` writes the IR after every pass.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +26,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from rqcompile.errors import PassError, RQError
 
 __all__ = [
+    "DumpIR",
     "Instrument",
     "Pass",
     "PassContext",
@@ -96,6 +104,67 @@ class Timing(Instrument):
         self.seconds[p.name] = self.seconds.get(p.name, 0.0) + time.perf_counter() - self._t0
 
 
+def _dump_text(ir: Any, *, constants: bool) -> tuple[str, str]:
+    """``(suffix, text)`` for a dump: rq IR as MLIR text (self-contained when ``constants``),
+    an fx graph as its readable printout (fx graphs cannot be parsed back)."""
+    from rqcompile.ir.core import Module
+
+    if isinstance(ir, Module):
+        from rqcompile.ir.printer import print_module
+
+        return ".mlir", print_module(ir, elide_constants=not constants)
+    from rqcompile.debug.format import inspect
+
+    return ".fx.txt", inspect(ir)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+@dataclass
+class DumpIR(Instrument):
+    """Write the IR (or fx graph) after every pass to ``directory``, numbered in run order.
+
+    Files are ``001_<pass>.after.mlir`` (rq IR, readable by ``parse_module``; with
+    ``constants=True`` the weights are embedded so the file replays on its own) or
+    ``001_<pass>.after.fx.txt`` (fx graphs, as ``rq.inspect`` prints them). ``inputs=True``
+    also writes each pass's input as ``001_<pass>.before...``. ``self.files`` lists the paths.
+
+    Example:
+        >>> import tempfile, torch, rqcompile as rq
+        >>> dump = rq.DumpIR(tempfile.mkdtemp())
+        >>> _ = rq.prepare(torch.nn.Linear(64, 8), (torch.randn(2, 64),), "A4W4",
+        ...                context=rq.PassContext(instruments=[dump]))
+        >>> [f.name for f in dump.files]
+        ['001_quantize-layers.after.fx.txt', '002_quantize-attention.after.fx.txt']
+    """
+
+    directory: str | os.PathLike[str]
+    inputs: bool = False
+    constants: bool = False
+    files: list[Any] = field(default_factory=list)
+    _count: int = field(default=0, init=False, repr=False)
+
+    def _write(self, p: Any, ir: Any, when: str) -> None:
+        from pathlib import Path
+
+        d = Path(self.directory)
+        d.mkdir(parents=True, exist_ok=True)
+        suffix, text = _dump_text(ir, constants=self.constants)
+        f = d / f"{self._count:03d}_{_slug(p.name)}.{when}{suffix}"
+        f.write_text(text + "\n", encoding="utf-8")
+        self.files.append(f)
+
+    def before(self, p: Any, ir: Any, ctx: PassContext) -> None:
+        self._count += 1
+        if self.inputs:
+            self._write(p, ir, "before")
+
+    def after(self, p: Any, result: PassResult[Any], ctx: PassContext) -> None:
+        self._write(p, result.ir, "after")
+
+
 @dataclass
 class PassContext:
     """Options for one stage run. ``instruments`` wrap every pass; ``disabled`` skips by name."""
@@ -107,11 +176,15 @@ class PassContext:
     verify: bool = True
     example_inputs: tuple[Any, ...] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    dump_dir: str | None = None
 
     @classmethod
     def from_env(cls, **kw: Any) -> PassContext:
-        """Read ``RQ_PRINT_AFTER`` (``all`` or comma-separated pass names) once, here."""
+        """Read ``RQ_PRINT_AFTER`` (``all`` or comma-separated pass names) and ``RQ_DUMP_DIR``
+        (where a failing pass saves its input) once, here."""
         ctx = cls(**kw)
+        if ctx.dump_dir is None:
+            ctx.dump_dir = os.environ.get("RQ_DUMP_DIR") or None
         spec = os.environ.get("RQ_PRINT_AFTER")
         if spec:
             import sys
@@ -164,9 +237,31 @@ class PassManager(Generic[IR]):
             except Exception as e:
                 raise PassError(
                     f"pass {p.name!r} ({i + 1} of {len(self.passes)} in {self.describe()!r}) "
-                    f"failed: {type(e).__name__}: {e}"
+                    f"failed: {type(e).__name__}: {e}\n" + _save_failing_input(p, i, ir, ctx)
                 ) from e
             for inst in ctx.instruments:
                 inst.after(p, result, ctx)
             ir = result.ir
         return ir
+
+
+def _save_failing_input(p: Any, index: int, ir: Any, ctx: PassContext) -> str:
+    """Save a failing pass's input; return the message lines naming the file and the replay."""
+    try:
+        d = ctx.dump_dir or tempfile.mkdtemp(prefix="rq-dump-")
+        os.makedirs(d, exist_ok=True)
+        suffix, text = _dump_text(ir, constants=True)
+        path = os.path.join(d, f"{index + 1:03d}_{_slug(p.name)}.input{suffix}")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    except Exception as e:  # never hide the pass's own error behind a dump failure
+        return f"(could not save the pass input: {type(e).__name__}: {e})"
+    if suffix == ".mlir":
+        return (
+            f"Input IR saved to {path}\n"
+            f"Replay: python -m rqcompile opt --passes {p.name} {path}"
+        )
+    return (
+        f"Input graph saved to {path} (fx graphs print but do not parse back; rerun with "
+        "RQ_PRINT_AFTER=all to see every pass's output)"
+    )

@@ -30,7 +30,7 @@ from rqcompile.ir.core import Module
 from rqcompile.ir.types import TensorType, torch_dtype
 from rqcompile.targets.target import Target
 
-__all__ = ["FORMAT", "CompiledModule", "load"]
+__all__ = ["FORMAT", "CompiledModule", "load", "read_artifact"]
 
 FORMAT = 1
 Runner = Callable[..., tuple[torch.Tensor, ...]]
@@ -80,7 +80,7 @@ class CompiledModule:
                 f"compiled model takes {len(sig)} input(s) {', '.join(map(str, sig))}, "
                 f"got {len(inputs)}."
             )
-        for i, (x, t) in enumerate(zip(inputs, sig)):
+        for i, (x, t) in enumerate(zip(inputs, sig, strict=False)):
             if not isinstance(x, torch.Tensor):
                 raise InputError(f"input {i}: expected a torch.Tensor {t}, got {type(x).__name__}.")
             want = torch_dtype(t.dtype)
@@ -88,7 +88,7 @@ class CompiledModule:
             if x.dtype != want:
                 problems.append(f"dtype {x.dtype} (expected {want}; convert with x.to({want}))")
             if x.dim() != len(t.shape) or any(
-                d is not None and d != s for d, s in zip(t.shape, x.shape)
+                d is not None and d != s for d, s in zip(t.shape, x.shape, strict=False)
             ):
                 problems.append(
                     f"shape {tuple(x.shape)} (expected {tuple('?' if d is None else d for d in t.shape)};"
@@ -162,6 +162,27 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         ArtifactError: missing, corrupt, truncated, tampered or from another format version,
             or built for CPU features this machine lacks.
     """
+    manifest, ir, members = read_artifact(path)
+    target = Target.parse(manifest["target"])
+    from rqcompile.api import build
+
+    if target.kind == "reference" or "kernels.so" not in members or not trust_kernels:
+        return build(ir, target)
+    from rqcompile.targets.tvm.runtime import load_library
+
+    return load_library(ir, target, members["kernels.so"], manifest.get("features", []))
+
+
+def read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Module, dict[str, bytes]]:
+    """Check and read an artifact without building or loading any code.
+
+    Returns:
+        ``(manifest, ir, members)``: the manifest dict, the IR with its constants, and the raw
+        bytes of every checksummed member (``kernels.so`` included, never loaded here).
+
+    Raises:
+        ArtifactError: as :func:`load`.
+    """
     from safetensors.torch import load as st_load
 
     from rqcompile.ir.parser import parse_module
@@ -198,11 +219,4 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         ir = parse_module(members["ir.mlir"].decode(), constants=constants)
     except Exception as e:
         raise ArtifactError(f"{path}: cannot read the IR or weights: {e}") from e
-    target = Target.parse(manifest["target"])
-    from rqcompile.api import build
-
-    if target.kind == "reference" or "kernels.so" not in members or not trust_kernels:
-        return build(ir, target)
-    from rqcompile.targets.tvm.runtime import load_library
-
-    return load_library(ir, target, members["kernels.so"], manifest.get("features", []))
+    return manifest, ir, members
