@@ -46,6 +46,7 @@ __all__ = [
     "Phase",
     "cpu_phases",
     "features_for",
+    "legalize_passes",
     "library_suffix",
     "pipeline_for",
     "run_blockers",
@@ -113,6 +114,18 @@ def schedule_float_cpu(mod: Any) -> Any:
     return new
 
 
+def legalize_passes() -> list[Any]:
+    """relax ops → TOPI PrimFuncs, float code fused; shared with the device targets."""
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
 def cpu_phases(target: Target) -> tuple[Phase, ...]:
     """The ``llvm`` (and later ``c``) phases for ``target``.
 
@@ -122,14 +135,7 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
     ``rq.kernel`` annotations the schedules look for. ``build`` then runs the rest of TVM's
     CPU pipeline (dataflow lowering and finalization, including static memory planning).
     """
-    legalize = [
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
-    ]
+    legalize = legalize_passes()
     lower = tvm.transform.Sequential(
         [
             relax.transform.RewriteDataflowReshape(),
