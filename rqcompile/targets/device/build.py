@@ -118,7 +118,13 @@ def build_device(ir: Module, target: RQTarget) -> CompiledModule:
     source = _phase("codegen", lambda: kernel_source(device_mod, ttarget))
     binary = nvcc_fatbin(source, _archs(target)) if target.kind == "cuda" else None
     plan = ModelPlan(
-        tuple(g.values), tuple(g.inputs), tuple(g.weights), tuple(g.outputs), tuple(g.calls), plans
+        tuple(g.values),
+        tuple(g.inputs),
+        tuple(g.weights),
+        tuple(g.outputs),
+        tuple(g.calls),
+        plans,
+        tuple((i, tuple(d)) for i, d in g.consts),
     )
     return _compiled(ir, target, DeviceBackend(source, plan, binary))
 

@@ -28,6 +28,7 @@ class Graph:
         self.weights: list[tuple[str, int]] = []
         self.outputs: list[int] = []
         self.calls: list[Call] = []
+        self.consts: list[tuple[int, list[float]]] = []  # value id → flat data (small)
         self.funcs: dict[str, Any] = {}  # PrimFunc name → PrimFunc
         self._env: dict[Any, Any] = {}  # relax Var → value id, or a tuple of ids
 
@@ -43,6 +44,11 @@ class Graph:
                 if var.same_as(expr):
                     return v
             raise TargetError(f"device lowering: unknown relax value {expr.name_hint}.")
+        if type(expr).__name__ == "GenericConst":  # a relax constant, e.g. a scalar factor
+            data = expr.value.numpy()
+            vid = self.new(expr.ty)
+            self.consts.append((vid, [v.item() for v in data.reshape(-1)]))
+            return vid
         if isinstance(expr, relax.Tuple):
             return tuple(self.ids(f) for f in expr.fields)
         if isinstance(expr, relax.TupleGetItem):
@@ -64,7 +70,7 @@ def _call_tir(g: Graph, mod: Any, value: Any) -> Any:
     params: list[tuple[str, int]] = []
     for a in args.fields:
         if isinstance(a, tvm.tirx.IntImm):  # a run-time scalar (``emit_shared``)
-            params.append((str(a.dtype), int(a.value)))
+            params.append((str(a.ty), int(a.value)))
         else:
             params.extend(("value", i) for i in _flat_ids(g.ids(a)))
     outs_ty = value.ty_args[0]

@@ -94,6 +94,7 @@ class ModelPlan:
     outputs: tuple[int, ...]
     calls: tuple[Call, ...]
     funcs: Mapping[str, FuncPlan]
+    consts: tuple[tuple[int, tuple[float, ...]], ...] = ()  # small relax constants, inline
 
     def to_json(self) -> str:
         return json.dumps(
@@ -104,6 +105,7 @@ class ModelPlan:
                 "outputs": list(self.outputs),
                 "calls": [[c.func, [list(a) for a in c.args]] for c in self.calls],
                 "funcs": {k: f.to_json() for k, f in sorted(self.funcs.items())},
+                "consts": [[i, list(d)] for i, d in self.consts],
             },
             sort_keys=True,
         )
@@ -122,6 +124,7 @@ class ModelPlan:
                     for f, args in d["calls"]
                 ),
                 {k: FuncPlan.from_json(v) for k, v in d["funcs"].items()},
+                tuple((int(i), tuple(data)) for i, data in d["consts"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ArtifactError(f"device plan is malformed ({type(e).__name__}: {e}).") from e
@@ -136,6 +139,9 @@ class Executor:
         self._bufs = [driver.alloc(v.dtype, max(v.numel, 1)) for v in plan.values]
         for name, vid in plan.weights:
             driver.upload(self._bufs[vid], _as(weights[name], plan.values[vid]))
+        for vid, data in plan.consts:
+            v = plan.values[vid]
+            driver.upload(self._bufs[vid], _as(torch.tensor(data), v))
         self._temps = {
             name: [driver.alloc(dt, max(n, 1)) for dt, n in f.temps]
             for name, f in plan.funcs.items()

@@ -137,8 +137,8 @@ def _read_host(name: str, host: Any, kernels: dict[str, Any]) -> FuncPlan:
     env: dict[Any, Arg] = {}
     params: list[str] = []
     for i, p in enumerate(host.params):
-        dt = str(p.dtype)
-        params.append("buffer" if dt == "handle" or "Buffer" in str(p.ty) else dt)
+        ty = p.ty
+        params.append("buffer" if type(ty).__name__ == "BufferType" else str(ty))
         env[p] = Arg("param", i)
     temps: list[tuple[str, int]] = []
     launches: list[Launch] = []
