@@ -38,6 +38,13 @@ def kernel_source(device_mod: Any, target: Any) -> str:
         return _dedupe(str(build(device_mod, target).inspect_source()), kind)
     except Exception as e:  # TVM's own error types; keep them as the cause
         last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if kind == "metal" and "float64" in last:
+            raise TargetError(
+                "Metal has no float64, and rq.quantize sums its ridge statistics in float64 "
+                "(to match the reference bit for bit), so models with quantized activations "
+                "cannot be generated for Metal yet. Weight-only presets (W4, W8) and float "
+                "models can; or use target='opencl'."
+            ) from e
         raise TargetError(f"TVM's {kind} code generator failed: {last}") from e
 
 
@@ -53,22 +60,24 @@ def _dedupe(src: str, kind: str) -> str:
     chunks = [c for c in chunks if c.strip()]
     if len(chunks) <= 1:
         return src
+    head = _preamble(chunks[0]).strip()
     out = [chunks[0]]
-    head = _preamble(chunks[0])
     for c in chunks[1:]:
-        out.append(c[len(head) :] if c.startswith(head) else c)
+        pre = _preamble(c)
+        out.append(c[len(pre) :] if pre.strip() == head else c)
     return "\n".join(out)
 
 
+_KERNEL_START = re.compile(r'^\s*(extern "C" )?(__kernel|__global__|kernel)\b')
+
+
 def _preamble(chunk: str) -> str:
-    """Everything before the first function definition (a line ending in ``{``)."""
+    """Everything before the first kernel *definition* (a kernel line not ending in ``;``)."""
     lines = chunk.splitlines(keepends=True)
-    n = 0
     for i, line in enumerate(lines):
-        if re.match(r"^(extern \"C\" )?(__kernel|__global__|kernel) .*\{\s*$", line):
-            n = i
-            break
-    return "".join(lines[:n])
+        if _KERNEL_START.match(line) and not line.rstrip().endswith(";"):
+            return "".join(lines[:i])
+    return chunk
 
 
 def find_nvcc() -> str | None:
