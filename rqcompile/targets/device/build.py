@@ -147,14 +147,17 @@ class _Unrunnable:
         raise TargetError(self._message)
 
 
-def _runner(ir: Module, target: RQTarget, backend: DeviceBackend) -> Any:
+def _runner(
+    weights: Mapping[str, torch.Tensor], target: RQTarget, backend: DeviceBackend
+) -> Any:
+    """The callable that runs ``backend`` here, or one that explains why it can't."""
     if target.kind == "opencl":
         from rqcompile.targets.device.opencl import OpenCLDriver, opencl_available
 
         why = opencl_available()
         if why is not None:
             return _Unrunnable(f"this opencl build cannot run here: {why}")
-        return Executor(backend.plan, OpenCLDriver(backend.source), ir.constants)
+        return Executor(backend.plan, OpenCLDriver(backend.source), weights)
     if target.kind == "cuda":
         from rqcompile.targets.device.cuda import CudaDriver, cuda_available
 
@@ -164,7 +167,7 @@ def _runner(ir: Module, target: RQTarget, backend: DeviceBackend) -> Any:
                 f"this cuda build cannot run here: {why}. Save it (exe.save(path)) and load it "
                 "on a machine with an NVIDIA GPU, or build with target='opencl' / 'llvm'."
             )
-        return Executor(backend.plan, CudaDriver(backend.binary or b""), ir.constants)
+        return Executor(backend.plan, CudaDriver(backend.binary or b""), weights)
     return _Unrunnable(
         f"target {target.kind!r} generates kernel source only (exe.backend.source); rqcompile "
         "has no runtime for it. Use target='opencl' or 'llvm' to run the model."
@@ -175,7 +178,7 @@ def _compiled(ir: Module, target: RQTarget, backend: DeviceBackend) -> CompiledM
     return CompiledModule(
         ir,
         target,
-        _runner(ir, target, backend),
+        _runner(ir.constants, target, backend),
         members=_members(target, backend),
         backend=backend,
     )
