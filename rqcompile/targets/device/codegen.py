@@ -19,7 +19,7 @@ from typing import Any
 from rqcompile.errors import TargetError
 from rqcompile.targets.tvm.adapter import tvm
 
-__all__ = ["DEFAULT_CUDA_ARCHS", "find_nvcc", "kernel_source", "nvcc_fatbin"]
+__all__ = ["DEFAULT_CUDA_ARCHS", "fatbin_archs", "find_nvcc", "kernel_source", "nvcc_fatbin"]
 
 DEFAULT_CUDA_ARCHS = ("sm_80", "sm_90")
 _NVCC_FIX = (
@@ -125,3 +125,17 @@ def nvcc_fatbin(source: str, archs: Sequence[str] = DEFAULT_CUDA_ARCHS) -> bytes
             raise TargetError(f"nvcc failed to compile the generated CUDA kernels:\n{msg}")
         with open(out, "rb") as f:
             return f.read()
+
+
+def fatbin_archs(fatbin: bytes) -> list[str]:
+    """The ``sm_XY`` of every cubin embedded (uncompressed) in ``fatbin``, in order.
+
+    A cubin is an ELF64 file whose ``e_flags`` (offset 48) carry the SM version in bits
+    8-15 (CUDA 12/13 layout: 0x50 = sm_80, 0x5a = sm_90). Used by the tests to check that
+    nvcc built every requested arch; compressed entries are not seen.
+    """
+    out = []
+    for m in re.finditer(b"\x7fELF\x02", fatbin):
+        flags = int.from_bytes(fatbin[m.start() + 48 : m.start() + 52], "little")
+        out.append(f"sm_{(flags >> 8) & 0xFF}")
+    return out
