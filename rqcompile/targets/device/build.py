@@ -30,7 +30,8 @@ import torch
 from rqcompile.errors import RQError, TargetError
 from rqcompile.ir.core import Module
 from rqcompile.targets.compiled import CompiledModule
-from rqcompile.targets.device.launcher import Executor, ModelPlan
+from rqcompile.targets.device.launcher import Executor
+from rqcompile.targets.device.plan import ModelPlan
 from rqcompile.targets.target import Target as RQTarget
 
 __all__ = ["DEVICE_KINDS", "DeviceBackend", "build_device", "load_device"]

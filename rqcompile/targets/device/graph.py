@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from rqcompile.errors import TargetError
-from rqcompile.targets.device.launcher import Call, Value
+from rqcompile.targets.device.plan import Call, Value
 from rqcompile.targets.tvm.adapter import relax, tvm
 
 __all__ = ["Graph", "read_main"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rqcompile.targets.device.launcher import Call, ModelPlan, Value
+from rqcompile.targets.device.plan import Call, ModelPlan, Value
 from rqcompile.targets.target import Target, TargetLike
 
 __all__ = ["device_kernel"]

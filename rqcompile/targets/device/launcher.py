@@ -14,17 +14,14 @@ and outputs copied out (CUDA: device-to-device copies on torch CUDA tensors).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from rqcompile.errors import ArtifactError
-from rqcompile.targets.device.lower import Arg, FuncPlan
+from rqcompile.targets.device.plan import Arg, Call, ModelPlan
 
-__all__ = ["Call", "Driver", "Executor", "ModelPlan", "Value"]
+__all__ = ["TORCH_DTYPES", "Driver", "Executor"]
 
 #: TVM dtype → torch dtype, for every dtype a plan may hold.
 TORCH_DTYPES: Mapping[str, torch.dtype] = {
@@ -59,75 +56,6 @@ class Driver(Protocol):
         ...
 
     def finish(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Value:
-    """A tensor of the model: every input, weight, intermediate and output is one."""
-
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-@dataclass(frozen=True)
-class Call:
-    """A call of one lowered function: its parameters as value ids or int scalars."""
-
-    func: str
-    args: tuple[tuple[str, int], ...]  # ("value", id) or (scalar dtype, value)
-
-
-@dataclass(frozen=True)
-class ModelPlan:
-    """The whole model: values, which are inputs/weights/outputs, calls, and function plans."""
-
-    values: tuple[Value, ...]
-    inputs: tuple[int, ...]
-    weights: tuple[tuple[str, int], ...]
-    outputs: tuple[int, ...]
-    calls: tuple[Call, ...]
-    funcs: Mapping[str, FuncPlan]
-    consts: tuple[tuple[int, tuple[float, ...]], ...] = ()  # small relax constants, inline
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "values": [[list(v.shape), v.dtype] for v in self.values],
-                "inputs": list(self.inputs),
-                "weights": [list(w) for w in self.weights],
-                "outputs": list(self.outputs),
-                "calls": [[c.func, [list(a) for a in c.args]] for c in self.calls],
-                "funcs": {k: f.to_json() for k, f in sorted(self.funcs.items())},
-                "consts": [[i, list(d)] for i, d in self.consts],
-            },
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelPlan:
-        try:
-            d = json.loads(text)
-            return cls(
-                tuple(Value(tuple(int(s) for s in v[0]), str(v[1])) for v in d["values"]),
-                tuple(int(i) for i in d["inputs"]),
-                tuple((str(n), int(i)) for n, i in d["weights"]),
-                tuple(int(i) for i in d["outputs"]),
-                tuple(
-                    Call(str(f), tuple((str(a[0]), int(a[1])) for a in args))
-                    for f, args in d["calls"]
-                ),
-                {k: FuncPlan.from_json(v) for k, v in d["funcs"].items()},
-                tuple((int(i), tuple(data)) for i, data in d["consts"]),
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise ArtifactError(f"device plan is malformed ({type(e).__name__}: {e}).") from e
 
 
 class Executor:
@@ -169,6 +97,6 @@ class Executor:
         )
 
 
-def _as(x: torch.Tensor, v: Value) -> torch.Tensor:
+def _as(x: torch.Tensor, v: Any) -> torch.Tensor:
     """``x`` as a contiguous tensor of ``v``'s dtype (a view where possible, no copy)."""
     return x.detach().to(TORCH_DTYPES[v.dtype]).contiguous().reshape(v.shape)

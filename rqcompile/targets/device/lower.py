@@ -17,89 +17,16 @@ instead (:func:`_read_host`) into a :class:`FuncPlan`, a JSON-able list of launc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from rqcompile.errors import TargetError
+from rqcompile.targets.device.plan import Arg, FuncPlan, Launch
 from rqcompile.targets.tvm.adapter import tvm
 
-__all__ = ["Arg", "FuncPlan", "Launch", "lower_funcs"]
+__all__ = ["lower_funcs"]
 
 _DEVICE_CONV = 2  # CallingConv::kDeviceKernelLaunch
 _AXES = ("x", "y", "z")
-
-
-@dataclass(frozen=True)
-class Arg:
-    """One kernel argument: a function parameter, a temporary, or an immediate scalar.
-
-    ``kind`` is ``"param"`` (``index`` into the function's parameters: a buffer or a
-    scalar), ``"temp"`` (``index`` into :attr:`FuncPlan.temps`) or ``"imm"`` (``value`` of
-    ``dtype``).
-    """
-
-    kind: str
-    index: int = 0
-    dtype: str = ""
-    value: int = 0
-
-    def to_json(self) -> list[Any]:
-        return [self.kind, self.index, self.dtype, self.value]
-
-    @classmethod
-    def from_json(cls, v: list[Any]) -> Arg:
-        return cls(str(v[0]), int(v[1]), str(v[2]), int(v[3]))
-
-
-@dataclass(frozen=True)
-class Launch:
-    """One kernel launch: name, arguments in kernel-parameter order, grid and block sizes."""
-
-    kernel: str
-    args: tuple[Arg, ...]
-    grid: tuple[int, int, int]
-    block: tuple[int, int, int]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kernel": self.kernel,
-            "args": [a.to_json() for a in self.args],
-            "grid": list(self.grid),
-            "block": list(self.block),
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Launch:
-        return cls(
-            str(d["kernel"]),
-            tuple(Arg.from_json(a) for a in d["args"]),
-            tuple(int(v) for v in d["grid"]),  # type: ignore[arg-type]
-            tuple(int(v) for v in d["block"]),  # type: ignore[arg-type]
-        )
-
-
-@dataclass(frozen=True)
-class FuncPlan:
-    """How to run one PrimFunc: its parameter kinds, its temporaries, its launches."""
-
-    params: tuple[str, ...]  # "buffer" or a scalar dtype ("int64", ...), in call order
-    temps: tuple[tuple[str, int], ...] = ()  # (dtype, elements)
-    launches: tuple[Launch, ...] = field(default_factory=tuple)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "params": list(self.params),
-            "temps": [list(t) for t in self.temps],
-            "launches": [x.to_json() for x in self.launches],
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> FuncPlan:
-        return cls(
-            tuple(str(p) for p in d["params"]),
-            tuple((str(t[0]), int(t[1])) for t in d["temps"]),
-            tuple(Launch.from_json(x) for x in d["launches"]),
-        )
 
 
 def _capture_split(mod: Any) -> Any:

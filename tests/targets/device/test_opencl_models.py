@@ -110,3 +110,24 @@ def test_wrong_shape_is_refused() -> None:
     _, ex, exe = _lowered("mlp", "A4W4")
     with pytest.raises(rq.InputError, match="shape"):
         exe(ex[0][:2])
+
+
+def test_artifact_loads_in_a_fresh_process_without_tvm(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    _, ex, exe = _lowered("mlp", "A4W4")
+    exe.save(tmp_path / "m.rq")
+    torch.save(ex[0], tmp_path / "x.pt")
+    torch.save(exe(*ex), tmp_path / "y.pt")
+    code = (
+        "import sys, torch; sys.modules['tvm'] = None\n"  # any TVM import now fails
+        "import rqcompile as rq\n"
+        f"m = rq.load({str(tmp_path / 'm.rq')!r})\n"
+        f"x = torch.load({str(tmp_path / 'x.pt')!r}); y = torch.load({str(tmp_path / 'y.pt')!r})\n"
+        "assert torch.equal(m(x), y)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
