@@ -21,7 +21,7 @@ def test_doc_has_python_blocks() -> None:
 @pytest.mark.tvm
 def test_doc_blocks_run_in_a_fresh_interpreter(tmp_path: object) -> None:
     pytest.importorskip("tvm")
-    pytest.importorskip("pyopencl", reason="pyopencl not installed: pip install 'rqcompile[opencl]'")
+    pytest.importorskip("pyopencl", reason="pyopencl missing: pip install 'rqcompile[opencl]'")
     code = "\n".join(BLOCKS)
     env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.run(

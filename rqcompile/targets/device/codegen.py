@@ -105,7 +105,9 @@ def nvcc_fatbin(source: str, archs: Sequence[str] = DEFAULT_CUDA_ARCHS) -> bytes
     """
     nvcc = find_nvcc()
     if nvcc is None:
-        raise TargetError(f"target 'cuda' compiles kernels with nvcc, which was not found: {_NVCC_FIX}.")
+        raise TargetError(
+            f"target 'cuda' compiles kernels with nvcc, which was not found: {_NVCC_FIX}."
+        )
     bad = [a for a in archs if not re.fullmatch(r"sm_\d+[a-z]?", a)]
     if bad or not archs:
         raise TargetError(f"cuda arch list {list(archs)!r}: use names like 'sm_80', 'sm_90'.")

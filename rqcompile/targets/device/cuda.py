@@ -63,8 +63,10 @@ class CudaDriver:
 
     def __init__(self, fatbin: bytes) -> None:
         cu = self._cu = _cu()
-        torch.cuda.init()  # torch makes the primary context current on this thread
+        torch.cuda.init()
         self.device = torch.device("cuda", torch.cuda.current_device())
+        torch.empty(1, device=self.device)  # torch's runtime makes the primary context current
+        _check(cu, cu.cuInit(0), "cuInit")
         ctx = _check(cu, cu.cuCtxGetCurrent(), "cuCtxGetCurrent")
         if not int(ctx):
             dev = _check(cu, cu.cuDeviceGet(self.device.index), "cuDeviceGet")
@@ -106,9 +108,10 @@ class CudaDriver:
             for kind, v in args
         ]
         params = (ctypes.c_void_p * len(holders))(*(ctypes.addressof(h) for h in holders))
-        stream = torch.cuda.current_stream(self.device).cuda_stream
+        stream = cu.CUstream(torch.cuda.current_stream(self.device).cuda_stream)
         _check(
             cu,
+            # kernelParams as an int: the address of a void*[] (cuda-python passes it through)
             cu.cuLaunchKernel(f, *grid, *block, 0, stream, ctypes.addressof(params), 0),
             f"cuLaunchKernel({kernel})",
         )

@@ -54,10 +54,8 @@ def _bind_flat(sch: Any, block: Any, threads: int) -> Any:
     """Fuse ``block``'s leading data-parallel loops and bind them; returns the thread loop."""
     loops = sch.get_loops(block)
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
-    nsp = 0
-    for lp in loops:  # leading loops whose extent comes from data-parallel iter vars only
-        if nsp >= len(kinds) or kinds[nsp] != _DATA_PAR:
-            break
+    nsp = 0  # leading data-parallel loops (create_prim_func orders spatial before reduce)
+    while nsp < min(len(loops), len(kinds)) and kinds[nsp] == _DATA_PAR:
         nsp += 1
     if nsp == 0:  # a scalar result (a reduction to one value): one thread computes it
         outer = sch.add_unit_loop(block)

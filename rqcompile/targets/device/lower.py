@@ -31,8 +31,6 @@ _AXES = ("x", "y", "z")
 
 def _capture_split(mod: Any) -> Any:
     """Run TVM's default TIR pipeline and return the module right after SplitHostDevice."""
-    from tvm.tirx.compilation_pipeline import get_tir_pipeline
-
     captured: dict[str, Any] = {}
 
     @tvm.instrument.pass_instrument
@@ -41,7 +39,7 @@ def _capture_split(mod: Any) -> Any:
             if info.name == "tirx.SplitHostDevice":
                 captured["mod"] = m
 
-    pipeline, _, _ = get_tir_pipeline("default")
+    pipeline, _, _ = tvm.tirx.compilation_pipeline.get_tir_pipeline("default")
     with tvm.transform.PassContext(opt_level=3, instruments=[_Capture()]):
         pipeline(mod)
     if "mod" not in captured:  # pragma: no cover - a TVM change renamed the pass
@@ -149,8 +147,6 @@ def lower_funcs(funcs: dict[str, Any], target: Any) -> tuple[Any, dict[str, Func
         ``(device_mod, plans)``: the device kernels (finalized, ready for
         ``target.build.<kind>``) and, per function name, its :class:`FuncPlan`.
     """
-    from tvm.tirx.compilation_pipeline import finalize_device_passes
-
     mod = tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()})
     mod = tvm.tirx.transform.BindTarget(target.with_host("llvm"))(mod)
     split = _capture_split(mod)
@@ -162,5 +158,5 @@ def lower_funcs(funcs: dict[str, Any], target: Any) -> tuple[Any, dict[str, Func
     plans = {n: _read_host(n, split[n], kernels) for n in funcs}
     device = tvm.IRModule({n: f for n, f in kernels.items()}, attrs=split.attrs)
     with tvm.transform.PassContext(opt_level=3):
-        device = finalize_device_passes()(device)
+        device = tvm.tirx.compilation_pipeline.finalize_device_passes()(device)
     return device, plans

@@ -144,7 +144,7 @@ class ModelPlan:
     def from_json(cls, text: str) -> ModelPlan:
         try:
             d = json.loads(text)
-            return cls(
+            plan = cls(
                 tuple(Value(tuple(int(s) for s in v[0]), str(v[1])) for v in d["values"]),
                 tuple(int(i) for i in d["inputs"]),
                 tuple((str(n), int(i)) for n, i in d["weights"]),
@@ -158,3 +158,30 @@ class ModelPlan:
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ArtifactError(f"device plan is malformed ({type(e).__name__}: {e}).") from e
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        """Every reference in range (value ids, functions, parameters, temporaries).
+
+        Raises:
+            ArtifactError: naming the first bad reference.
+        """
+        n = len(self.values)
+        ids = [*self.inputs, *(i for _, i in self.weights), *self.outputs]
+        ids += [i for i, _ in self.consts]
+        ids += [v for c in self.calls for k, v in c.args if k == "value"]
+        bad = [i for i in ids if not 0 <= i < n]
+        if bad:
+            raise ArtifactError(f"device plan refers to value {bad[0]}; it has {n} values.")
+        for c in self.calls:
+            f = self.funcs.get(c.func)
+            if f is None or len(f.params) != len(c.args):
+                raise ArtifactError(f"device plan calls {c.func!r} with a wrong signature.")
+            for ln in f.launches:
+                for a in ln.args:
+                    limit = len(f.params) if a.kind == "param" else len(f.temps)
+                    if a.kind != "imm" and not 0 <= a.index < limit:
+                        raise ArtifactError(
+                            f"device plan: kernel {ln.kernel} refers to {a.kind} {a.index}."
+                        )

@@ -67,7 +67,7 @@ def test_missing_nvcc_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
 @needs_nvcc
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_without_gpu_the_build_saves_but_does_not_run(tmp_path: Any) -> None:
-    _, ex, exe = _lowered("A4W4")
+    _, ex, exe = _lowered("A1W1")
     with pytest.raises(rq.TargetError, match="no CUDA GPU"):
         exe(*ex)
     exe.save(tmp_path / "m.rq")

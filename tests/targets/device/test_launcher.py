@@ -21,7 +21,7 @@ class Recorder:
     """A driver that keeps buffers as torch tensors and records every launch."""
 
     def __init__(self) -> None:
-        self.launches: list[tuple[str, list[tuple[str, Any]], tuple[int, ...], tuple[int, ...]]] = []
+        self.launches: list[tuple[str, list[Any], tuple[int, ...], tuple[int, ...]]] = []
 
     def alloc(self, dtype: str, numel: int) -> torch.Tensor:
         return torch.zeros(numel, dtype=getattr(torch, dtype))
@@ -53,7 +53,12 @@ def _plan() -> ModelPlan:
                 (2, 1, 1),
                 (2, 1, 1),
             ),
-            Launch("copy_kernel", (Arg("temp", 0), Arg("param", 3), Arg("imm", dtype="int32", value=4)), (1, 1, 1), (4, 1, 1)),
+            Launch(
+                "copy_kernel",
+                (Arg("temp", 0), Arg("param", 3), Arg("imm", dtype="int32", value=4)),
+                (1, 1, 1),
+                (4, 1, 1),
+            ),
         ),
     )
     return ModelPlan(
@@ -74,6 +79,12 @@ def test_plan_json_round_trip() -> None:
 def test_malformed_plan_is_an_artifact_error() -> None:
     with pytest.raises(ArtifactError, match="malformed"):
         ModelPlan.from_json('{"values": []}')
+
+
+def test_plan_with_a_dangling_reference_is_rejected() -> None:
+    text = _plan().to_json().replace('"outputs": [2]', '"outputs": [7]')
+    with pytest.raises(ArtifactError, match="value 7"):
+        ModelPlan.from_json(text)
 
 
 def test_executor_marshals_params_temps_scalars_and_sizes() -> None:
