@@ -72,9 +72,11 @@ def _tvm_target(target: RQTarget) -> Any:
 
 
 def _archs(target: RQTarget) -> tuple[str, ...]:
+    """The nvcc arch list: ``archs``, else TVM's single ``arch``, else sm_80 + sm_90."""
     from rqcompile.targets.device.codegen import DEFAULT_CUDA_ARCHS
 
-    archs = target.to_dict().get("archs", DEFAULT_CUDA_ARCHS)
+    spec = target.to_dict()
+    archs = spec.get("archs", (spec["arch"],) if "arch" in spec else DEFAULT_CUDA_ARCHS)
     return (archs,) if isinstance(archs, str) else tuple(archs)
 
 
