@@ -163,6 +163,12 @@ def build(module: Any, target: Any = "llvm") -> Any:
             "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
             "target='reference'."
         )
+    from rqcompile.targets.device.build import DEVICE_KINDS
+
+    if tgt.kind in DEVICE_KINDS:
+        from rqcompile.targets.device.build import build_device
+
+        return build_device(module, tgt)
     from rqcompile.targets.tvm.build import build_tvm
 
     return build_tvm(module, tgt)

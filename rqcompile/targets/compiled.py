@@ -6,7 +6,10 @@ Artifact format (one file, a zip archive written atomically):
   CPU features the kernels were built for, and the SHA-256 of every other member;
 * ``ir.mlir``: the integer IR text (constants elided; they live in ``weights``);
 * ``weights.safetensors``: every IR constant;
-* ``kernels.so``: the TVM-built shared library (TVM targets only).
+* ``kernels.so``: the TVM-built shared library (CPU TVM targets only);
+* device targets (``opencl``, ``cuda``, ``metal``): ``device_plan.json`` (the launch plan of
+  ``targets/device/launcher.py``), the kernel source (``kernels.cl`` / ``kernels.cu`` /
+  ``kernels.metal``) and, for CUDA, ``kernels.fatbin``.
 
 Loading never unpickles: JSON, safetensors and IR text are data. A TVM artifact does load a
 shared library, which is native code: ``rq.load(path, trust_kernels=False)`` rebuilds the
@@ -20,7 +23,7 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,11 +51,13 @@ class CompiledModule:
         library: bytes | None = None,
         features: Sequence[str] = (),
         backend: Any = None,
+        members: Mapping[str, bytes] | None = None,
     ) -> None:
         self.ir = ir
         self.target = target
         self._runner = runner
         self._library = library
+        self._members = dict(members or {})  # extra artifact members (device targets)
         self.features = tuple(features)
         self.backend = backend  # e.g. the TVM VM / module, for power users
 
@@ -95,7 +100,7 @@ class CompiledModule:
                     " the model was converted for these shapes: call rq.lower(qat, "
                     "example_inputs=(x,)) to build for another shape)"
                 )
-            if x.device.type != "cpu" and self.target.kind in ("reference", "llvm"):
+            if x.device.type != "cpu" and self.target.kind != "cuda":
                 problems.append(
                     f"device {x.device} (this {self.target.kind} build runs on cpu; use x.cpu())"
                 )
@@ -132,6 +137,7 @@ class CompiledModule:
         }
         if self._library is not None:
             members["kernels.so"] = self._library
+        members.update(self._members)
         manifest = {
             "format": FORMAT,
             "rqcompile": __version__,
@@ -165,7 +171,12 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
     manifest, ir, members = read_artifact(path)
     target = Target.parse(manifest["target"])
     from rqcompile.api import build
+    from rqcompile.targets.device.build import DEVICE_KINDS
 
+    if target.kind in DEVICE_KINDS and trust_kernels:
+        from rqcompile.targets.device.build import load_device
+
+        return load_device(ir, target, members)
     if target.kind == "reference" or "kernels.so" not in members or not trust_kernels:
         return build(ir, target)
     from rqcompile.targets.tvm.runtime import load_library

@@ -13,12 +13,28 @@ from typing import Any
 
 from rqcompile.errors import TargetError
 
-__all__ = ["KINDS", "Target", "TargetLike"]
+__all__ = ["KINDS", "PRESETS", "Target", "TargetLike"]
 
 #: Kinds that ``build`` knows. ``reference`` needs nothing; the others need apache-tvm.
 KINDS = {
     "reference": "pure-torch interpreter of the rq IR (the oracle; always available)",
     "llvm": "CPU via Apache TVM (host CPU unless mcpu/mtriple are given)",
+    "c": "portable C source via TVM's C backend, compiled here with the host C compiler",
+    "opencl": "OpenCL kernels via TVM, run with pyopencl (PoCL on CPU in CI)",
+    "cuda": "CUDA kernels via TVM + nvcc (fatbin for 'archs', default sm_80, sm_90), run "
+    "with cuda-python",
+    "metal": "Metal Shading Language source via TVM (generated, not run)",
+}
+
+#: Named presets: a string that stands for a full target dict (cross-compiled CPUs).
+PRESETS: dict[str, dict[str, Any]] = {
+    "aarch64": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
+    "riscv64": {
+        "kind": "llvm",
+        "mtriple": "riscv64-unknown-linux-gnu",
+        "mcpu": "generic-rv64",
+        "mattr": ["+m", "+a", "+f", "+d", "+c", "+v"],
+    },
 }
 
 
@@ -40,6 +56,8 @@ class Target:
                     f"target {target!r}: option strings are not accepted (TVM 0.27 removed them). "
                     f"Use a dict, e.g. {{'kind': 'llvm', 'mcpu': 'znver3'}}."
                 )
+            if text in PRESETS:
+                return cls.parse(PRESETS[text])
             return cls._make(text, {})
         if isinstance(target, Mapping):
             d = dict(target)
@@ -57,6 +75,7 @@ class Target:
     def _make(cls, kind: str, attrs: dict[str, Any]) -> Target:
         if kind not in KINDS:
             known = "\n".join(f"  {k}: {v}" for k, v in KINDS.items())
+            known += "\nPresets: " + ", ".join(f"{k} = {v}" for k, v in PRESETS.items())
             raise TargetError(f"unknown target kind {kind!r}. Supported kinds:\n{known}")
         return cls(kind, tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
 

@@ -90,6 +90,31 @@ SYMBOLS: tuple[str, ...] = (
     "tvm.s_tir.Schedule.compute_at",
     "tvm.s_tir.Schedule.compute_inline",
     "tvm.s_tir.Schedule.decompose_reduction",
+    # device targets (targets/device/: GPU schedules, TIR lowering, codegen)
+    "tvm.s_tir.Schedule.bind",
+    "tvm.s_tir.Schedule.add_unit_loop",
+    "tvm.s_tir.Schedule.set_scope",
+    "tvm.instrument.pass_instrument",
+    "tvm.transform.PassContext",
+    "tvm.tirx.transform.BindTarget",
+    "tvm.tirx.compilation_pipeline.get_tir_pipeline",
+    "tvm.tirx.compilation_pipeline.finalize_device_passes",
+    "tvm.tirx.IntImm",
+    "tvm.tirx.SeqStmt",
+    "tvm.tirx.AllocBuffer",
+    "tvm.tirx.DeclBuffer",
+    "tvm.tirx.Evaluate",
+    "tvm.tirx.AttrStmt",
+    "tvm.ir.Call",
+    "tvm.ir.Op.get",
+    "tvm.relax.Var",
+    "tvm.relax.Call",
+    "tvm.relax.Tuple",
+    "tvm.relax.TupleGetItem",
+    "tvm.get_global_func",
+    # the C backend's extra intrinsic lowerings (tvm/c_intrinsics.py)
+    "tvm.tirx.register_intrin_lowering",
+    "tvm.tirx.call_pure_extern",
 )
 
 

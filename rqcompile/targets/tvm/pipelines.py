@@ -17,7 +17,8 @@ build          IRModule → relax Executable    ``relax.build``: dataflow loweri
                                               planning, VM codegen, TIR → LLVM
 ============== ============================== ===========================================
 
-Only ``llvm`` is wired today; ``cuda`` and ``c`` get their own phase functions (TODO(issue 9)).
+``llvm`` and ``c`` use :func:`cpu_phases`; device kinds (``opencl``, ``cuda``, ``metal``) build
+through ``rqcompile/targets/device/`` instead.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "Phase",
     "cpu_phases",
     "features_for",
+    "legalize_passes",
     "library_suffix",
     "pipeline_for",
     "run_blockers",
@@ -113,6 +115,18 @@ def schedule_float_cpu(mod: Any) -> Any:
     return new
 
 
+def legalize_passes() -> list[Any]:
+    """relax ops → TOPI PrimFuncs, float code fused; shared with the device targets."""
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
 def cpu_phases(target: Target) -> tuple[Phase, ...]:
     """The ``llvm`` (and later ``c``) phases for ``target``.
 
@@ -122,14 +136,7 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
     ``rq.kernel`` annotations the schedules look for. ``build`` then runs the rest of TVM's
     CPU pipeline (dataflow lowering and finalization, including static memory planning).
     """
-    legalize = [
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
-    ]
+    legalize = legalize_passes()
     lower = tvm.transform.Sequential(
         [
             relax.transform.RewriteDataflowReshape(),
@@ -154,7 +161,9 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
     )
 
 
-_PHASES: dict[str, Callable[[Target], tuple[Phase, ...]]] = {"llvm": cpu_phases}
+#: ``c`` runs the same phases: TVM's C backend emits C for the host code and kernels, and
+#: ``export_library`` compiles it with the host compiler (g++, or $CXX/$CC).
+_PHASES: dict[str, Callable[[Target], tuple[Phase, ...]]] = {"llvm": cpu_phases, "c": cpu_phases}
 
 
 def pipeline_for(target: Target) -> tuple[Phase, ...]:
@@ -206,6 +215,10 @@ def tvm_target(target: RQTarget) -> Target:
         raise TargetError(
             f"target kind {spec['kind']!r} has no TVM build pipeline; supported: {sorted(_PHASES)}."
         )
+    if spec["kind"] == "c":
+        from rqcompile.targets.tvm import c_intrinsics
+
+        c_intrinsics.register()
     if spec["kind"] == "llvm" and "mcpu" not in spec and "mtriple" not in spec:
         host = dict(_host_spec())
         user_mattr = _mattr_list(spec.pop("mattr", None))
