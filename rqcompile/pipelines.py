@@ -10,9 +10,9 @@ __all__ = ["describe", "prepare_passes"]
 
 
 def prepare_passes() -> list[Any]:
-    from rqcompile.passes.qat import QuantizeAttention, QuantizeLayers
+    from rqcompile.passes.qat import FoldBatchNorm, QuantizeAttention, QuantizeLayers
 
-    return [QuantizeLayers(), QuantizeAttention()]
+    return [FoldBatchNorm(), QuantizeLayers(), QuantizeAttention()]
 
 
 _STAGES = {"prepare": prepare_passes}

@@ -123,9 +123,11 @@ def _shape_attr(v: Value, name: str) -> Any:
 
 def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None) -> Module:
     """Translate a prepared graph (eval semantics) into an rq IR ``Module``."""
+    from rqcompile.translate.aten import ATEN
     from rqcompile.translate.converters import FUNCTIONS, METHODS, MODULES
     from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 
+    float_functions = {**FUNCTIONS, **ATEN}
     gm = copy.deepcopy(gm).eval()
     if example_inputs is not None:
         ShapeProp(gm).propagate(*example_inputs)
@@ -190,7 +192,7 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
             continue
         elif node.op == "call_function":
             has_q = any(isinstance(a, QOperand) for a in args)
-            table = QUANTIZED_FUNCTIONS if has_q else FUNCTIONS
+            table = QUANTIZED_FUNCTIONS if has_q else float_functions
             conv = table.get(node.target)
         elif node.op == "call_method":
             conv = METHODS.get(str(node.target))
@@ -227,10 +229,12 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
 
 def supported_ops() -> list[str]:
     """Names of every fx target/method/module type the converter handles."""
+    from rqcompile.translate.aten import ATEN
     from rqcompile.translate.converters import FUNCTIONS, METHODS, MODULES
     from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 
     names = [getattr(f, "__name__", str(f)) for f in (*FUNCTIONS, *QUANTIZED_FUNCTIONS)]
+    names += [str(op) for op in ATEN]
     names += [f".{m}()" for m in METHODS] + [m.__name__ for m in MODULES]
     return sorted(set(names))
 
