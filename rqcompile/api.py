@@ -85,15 +85,16 @@ def prepare(
     was_training = getattr(model, "training", True)
     gm = capture_graph(model, example_inputs, leaf_modules=leaf_modules, method=capture)
     ctx = context or PassContext.from_env()
-    ctx.options["fold_batchnorm"] = bool(fold_batchnorm)
     ctx.config = cfg
     ctx.example_inputs = example_inputs
-    gm = PassManager(prepare_passes(), verifier=_lint).run(gm, ctx)
+    passes = prepare_passes(fold_batchnorm=fold_batchnorm)
+    gm = PassManager(passes, verifier=_lint).run(gm, ctx)
     keys = list(dict.fromkeys(ctx.options.get("layer_keys", [])))
     cfg.check_overrides(keys)
     gm.meta["rq_config"] = cfg
     gm.meta["rq_layer_keys"] = keys
     gm.meta["rq_float_layers"] = dict(ctx.options.get("float_layers", {}))
+    gm.meta["rq_notes"] = [*gm.meta.get("rq_capture_notes", []), *ctx.options.get("notes", [])]
     gm.train(was_training)
     return gm
 

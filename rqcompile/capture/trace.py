@@ -147,7 +147,10 @@ def capture(
     from rqcompile.errors import ConfigError
 
     if method not in METHODS:
-        raise ConfigError(f"capture method {method!r} is not one of {', '.join(METHODS)}.")
+        raise ConfigError(
+            f"capture={method!r} is not a capture method. Use one of "
+            f"{', '.join(repr(m) for m in METHODS)} ('auto' tries fx, then torch.export)."
+        )
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     if isinstance(model, torch.export.ExportedProgram):
@@ -171,6 +174,12 @@ def capture(
             errors.append(("torch.export", e))
     if gm is None:
         raise _capture_error(model, errors, leaf_modules) from errors[-1][1]
+    if errors:  # fx failed, export worked: say so in rq.inspect
+        gm.meta["rq_capture_notes"] = [
+            f"captured with torch.export (ATen ops, eval mode: dropout off, batch norm uses "
+            f"running statistics) because {errors[0][0]} failed: {_cause(errors[0][1])}"
+        ]
+    gm.meta.setdefault("rq_capture", "fx")
     _record_shapes(gm, example_inputs)
     return gm
 

@@ -1,6 +1,7 @@
 """fold-batchnorm: fold a BatchNorm that follows a conv into the conv's weight and bias.
 
-Runs first in ``prepare`` when ``rq.prepare(..., fold_batchnorm=True)``; otherwise a no-op.
+Runs first in ``prepare`` when ``rq.prepare(..., fold_batchnorm=True)`` (it is not in the
+default pipeline: a model trained from scratch usually wants batch statistics).
 Folding before quantization means the weight quantizer sees (and training updates) the weight
 that is actually deployed, and the integer kernel needs no per-channel affine after it.
 
@@ -18,7 +19,7 @@ Requires: the BatchNorm is the conv's only user, uses running statistics (eval-m
 weight is a parameter. Other BatchNorms are left alone (and stay float ops).
 Guarantees: the BatchNorm's parameters and buffers are removed from the graph module, the
 conv gets a ``bias`` parameter if it had none (so ``state_dict`` keys change: see
-docs/models.md); the folded names are listed in ``gm.meta["rq_folded_batchnorm"]``.
+docs/models.md); each fold is a ``note:`` line of ``rq.inspect``.
 Numerics: equal to conv followed by eval-mode BatchNorm up to float rounding (≈1e-6 relative);
 training the result trains the folded weight (batch statistics are no longer used).
 """
@@ -106,8 +107,6 @@ class FoldBatchNorm:
     name: ClassVar[str] = "fold-batchnorm"
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult[fx.GraphModule]:
-        if not ctx.options.get("fold_batchnorm", False):
-            return PassResult(gm, False)
         folded: list[str] = []
         for n in list(gm.graph.nodes):
             match = None
@@ -126,7 +125,9 @@ class FoldBatchNorm:
         if folded:
             gm.graph.eliminate_dead_code()
             gm.recompile()
-        gm.meta.setdefault("rq_folded_batchnorm", []).extend(folded)
+        ctx.options.setdefault("notes", []).extend(
+            f"{f} (running statistics; fold-batchnorm)" for f in folded
+        )
         return PassResult(gm, bool(folded))
 
     def _fold(self, gm: fx.GraphModule, m: _Match) -> None:

@@ -210,6 +210,32 @@ def _rule_for(gm: fx.GraphModule, n: fx.Node) -> Callable[..., _Layer | None] | 
     return None
 
 
+def _tied_notes(gm: fx.GraphModule, layers: list[_Layer]) -> list[str]:
+    """A line per quantized weight that another op also reads in float (tied embedding and
+    LM head): that op keeps using the float tensor, which is the same trained parameter."""
+    names: dict[int, list[str]] = {}
+    for name, p in gm.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    notes = []
+    for layer in layers:
+        aliases = set(names.get(id(gm.get_parameter(layer.weight)), [layer.weight]))
+        readers = sorted(
+            {
+                owner_of(u) or u.name
+                for n in gm.graph.nodes
+                if n.op == "get_attr" and str(n.target) in aliases
+                for u in n.users
+                if not (u.op == "call_module" or u.target is torch.t)
+            }
+        )
+        if readers:
+            notes.append(
+                f"{layer.key}: weight {layer.weight} is tied to {', '.join(readers)}, which reads "
+                "it in float (e.g. the embedding lookup); only this matmul uses the quantized copy"
+            )
+    return notes
+
+
 @register_pass
 @dataclass(frozen=True)
 class QuantizeLayers:
@@ -219,6 +245,7 @@ class QuantizeLayers:
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult[fx.GraphModule]:
         changed = False
+        done: list[_Layer] = []
         for n in list(gm.graph.nodes):
             rule = _rule_for(gm, n)
             layer = rule(gm, n) if rule else None
@@ -234,7 +261,9 @@ class QuantizeLayers:
                 report[layer.key] = layer.skip_reason
                 continue
             self._rewrite(gm, n, layer, spec)
+            done.append(layer)
             changed = True
+        ctx.options.setdefault("notes", []).extend(_tied_notes(gm, done))
         gm.recompile()
         return PassResult(gm, changed)
 
