@@ -154,7 +154,7 @@ def capture(
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     if isinstance(model, torch.export.ExportedProgram):
-        gm = graph_from_export(model)
+        gm = copy.deepcopy(graph_from_export(model))  # ep.module() shares the ep's tensors
         _record_shapes(gm, example_inputs)
         return gm
     if not isinstance(model, nn.Module):

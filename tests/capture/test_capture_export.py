@@ -83,6 +83,11 @@ def test_exported_program_is_accepted_and_matches_fx_capture() -> None:
         torch.testing.assert_close(q_export.eval()(x), q_fx.eval()(x), rtol=1e-5, atol=1e-6)
     exe = rq.lower(q_export, target="reference")
     torch.testing.assert_close(exe(x), q_fx(x), rtol=1e-4, atol=1e-5)
+    before = {k: v.clone() for k, v in ep.state_dict.items()}
+    with torch.no_grad():
+        for p in q_export.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(v, before[k]) for k, v in ep.state_dict.items())  # ep untouched
 
 
 def test_export_capture_keeps_overrides_by_module_name() -> None:
