@@ -125,3 +125,14 @@ def test_resnet_report_lists_folds_and_float_stem() -> None:
         "note: encoder.stages.1.layers.0.shortcut.normalization folded into "
         "encoder.stages.1.layers.0.shortcut.convolution" in text
     )
+
+
+def test_sdpa_attention_is_lowered_in_float() -> None:
+    """attn_implementation="sdpa": one aten.scaled_dot_product_attention per layer, with HF's
+    mask applied explicitly; it stays float (quantize_attention needs eager attention)."""
+    model, ex = HF_MODELS["llama"]()
+    model.set_attn_implementation("sdpa")
+    qat = rq.prepare(model, ex, "A4W4", quantize_attention=True)
+    sdpa = torch.ops.aten.scaled_dot_product_attention.default
+    assert sum(n.target == sdpa for n in qat.graph.nodes) == 2
+    _check_parity(qat.eval(), ex, "reference")
