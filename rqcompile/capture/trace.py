@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -154,7 +155,9 @@ def capture(
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     if isinstance(model, torch.export.ExportedProgram):
-        gm = copy.deepcopy(graph_from_export(model))  # ep.module() shares the ep's tensors
+        with warnings.catch_warnings():  # torch's own pytree spec warns on copy
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            gm = copy.deepcopy(graph_from_export(model))  # ep.module() shares the ep's tensors
         _record_shapes(gm, example_inputs)
         return gm
     if not isinstance(model, nn.Module):

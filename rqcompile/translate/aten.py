@@ -50,6 +50,11 @@ def _select(cx: Cx, x: Any, dim: int, index: int) -> Any:
     return C._getitem(cx, x, (slice(None),) * (dim % len(_dims_of(cx, x))) + (int(index),))
 
 
+def _unbind(cx: Cx, x: Any, dim: int = 0) -> tuple[Any, ...]:
+    n = _dims_of(cx, x)[dim]
+    return tuple(_select(cx, x, dim, i) for i in range(n))
+
+
 def _expand(cx: Cx, x: Any, size: Any, **kw: Any) -> Value:
     shape = _dims_of(cx, x)
     size = [int(s) for s in size]
@@ -183,6 +188,7 @@ ATEN: dict[Any, Callable[..., Any]] = {
     aten.t.default: lambda cx, x: C._transpose(cx, x, 0, 1),
     aten.slice.Tensor: _slice,
     aten.select.int: _select,
+    aten.unbind.int: _unbind,
     aten.split.Tensor: C._split,
     aten.split_with_sizes.default: C._split,
     aten.chunk.default: C._chunk,

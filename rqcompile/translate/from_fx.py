@@ -14,6 +14,7 @@ recorded at ``prepare`` or given to ``convert``):
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -128,7 +129,9 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
     from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 
     float_functions = {**FUNCTIONS, **ATEN}
-    gm = copy.deepcopy(gm).eval()
+    with warnings.catch_warnings():  # torch's own pytree spec (export graphs) warns on copy
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        gm = copy.deepcopy(gm).eval()
     if example_inputs is not None:
         ShapeProp(gm).propagate(*example_inputs)
     cx = TranslateContext(gm)
@@ -206,7 +209,8 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
             f"cannot convert {len(unsupported)} node(s) to rq IR:\n"
             + "\n".join(f"  - {u}" for u in unsupported)
             + "\nFix: keep those layers in float via overrides, rewrite them with supported ops, "
-            "or add a converter (rqcompile.translate.converters.FUNCTIONS / METHODS / MODULES); "
+            "or add a converter (rqcompile.translate.converters.FUNCTIONS / METHODS / MODULES, or "
+            "rqcompile.translate.aten.ATEN for torch.export graphs); "
             "supported: rqcompile.translate.supported_ops()."
         )
     outs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
