@@ -11,7 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "models.md")
-BLOCKS = re.findall(r"```python\n(.*?)```", open(DOC, encoding="utf-8").read(), re.S)
+with open(DOC, encoding="utf-8") as _f:
+    BLOCKS = re.findall(r"```python\n(.*?)```", _f.read(), re.S)
 
 
 def test_models_doc_has_python_blocks() -> None:

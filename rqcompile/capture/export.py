@@ -56,9 +56,8 @@ def graph_from_export(ep: Any) -> fx.GraphModule:
     unlifted = ep.module()  # params/buffers as get_attr, original names; .train() is blocked
     graph = unlifted.graph
     for n in list(graph.nodes):
-        if n.op == "call_module" and str(n.target) == "_guards_fn":
-            graph.erase_node(n)
-        elif n.op == "call_function" and n.target in _DROP and not n.users:
+        guard = n.op == "call_module" and str(n.target) == "_guards_fn"
+        if guard or (n.op == "call_function" and n.target in _DROP and not n.users):
             graph.erase_node(n)
         elif n.op == "call_function" and n.target in INPLACE:
             src = n.args[0]
@@ -109,6 +108,5 @@ def _impure(n: fx.Node) -> bool:
         return True
     if n.op == "call_function" and n.target is operator.getitem:
         return False
-    return n.op == "call_function" and getattr(n.target, "_schema", None) is not None and bool(
-        n.target._schema.is_mutable  # type: ignore[union-attr]
-    )
+    schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
+    return schema is not None and bool(schema.is_mutable)

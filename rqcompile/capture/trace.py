@@ -109,7 +109,7 @@ def _trace_fx(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.G
 def _capture_error(
     model: nn.Module, errors: list[tuple[str, BaseException]], leaf_modules: Sequence[type]
 ) -> CaptureError:
-    method, e = errors[-1]
+    _method, e = errors[-1]
     where = _failing_module(model, e.__traceback__)
     name, mod = where if where else ("<root>", model)
     line = _user_frame(traceback.extract_tb(e.__traceback__))

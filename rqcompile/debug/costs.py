@@ -111,11 +111,7 @@ def matmul_costs(gm: fx.GraphModule) -> list[LayerCostRow]:
                         k,
                     )
                 )
-        elif (
-            out is not None
-            and n.op == "call_function"
-            and n.target in _FLOAT_MATMULS
-        ):
+        elif out is not None and n.op == "call_function" and n.target in _FLOAT_MATMULS:
             a = _shape(n.args[1] if n.target == _aten.addmm.default else n.args[0])
             if a is None:
                 continue

@@ -52,7 +52,7 @@ def _broadcast_to(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType
     shape: tuple[int, ...] = attrs["shape"]  # type: ignore[index]
     if len(shape) < x.rank:
         fail(f"shape={shape} has fewer dims than x {x}")
-    for d, s in zip(reversed(x.shape), reversed(shape)):
+    for d, s in zip(reversed(x.shape), reversed(shape), strict=False):
         if d is not None and d not in (1, s):
             fail(f"x {x} cannot be broadcast to {shape}")
     return (TensorType(tuple(shape), x.dtype),)

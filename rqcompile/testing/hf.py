@@ -39,7 +39,9 @@ def tiny_gpt2() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     import transformers as T
 
     torch.manual_seed(0)
-    cfg = T.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32, **_common())
+    cfg = T.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32, **_common()
+    )
     return T.GPT2LMHeadModel(cfg).eval(), _ids()
 
 

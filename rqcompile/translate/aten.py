@@ -39,11 +39,15 @@ def _squeeze(cx: Cx, x: Any, dim: Any = None) -> Value:
     shape = _dims_of(cx, x)
     dims = range(len(shape)) if dim is None else (dim if isinstance(dim, (list, tuple)) else [dim])
     drop = {d % len(shape) for d in dims if shape[d % len(shape)] == 1}
-    return cx.op("rq.reshape", cx.value(x), shape=tuple(s for i, s in enumerate(shape) if i not in drop))
+    return cx.op(
+        "rq.reshape", cx.value(x), shape=tuple(s for i, s in enumerate(shape) if i not in drop)
+    )
 
 
 def _slice(cx: Cx, x: Any, dim: int = 0, start: Any = None, end: Any = None, step: int = 1) -> Any:
-    return C._getitem(cx, x, (slice(None),) * (dim % len(_dims_of(cx, x))) + (slice(start, end, step),))
+    return C._getitem(
+        cx, x, (slice(None),) * (dim % len(_dims_of(cx, x))) + (slice(start, end, step),)
+    )
 
 
 def _select(cx: Cx, x: Any, dim: int, index: int) -> Any:
@@ -83,7 +87,9 @@ def _embedding(cx: Cx, table: Any, ids: Any, *args: Any, **kw: Any) -> Value:
     return C._embedding(cx, ids, table)
 
 
-def _layer_norm(cx: Cx, x: Any, shape: Any, w: Any = None, b: Any = None, eps: float = 1e-5, *a: Any) -> Value:
+def _layer_norm(
+    cx: Cx, x: Any, shape: Any, w: Any = None, b: Any = None, eps: float = 1e-5, *a: Any
+) -> Value:
     return C._layer_norm(cx, x, shape, w, b, eps)
 
 
@@ -92,7 +98,16 @@ def _softmax(cx: Cx, x: Any, dim: int, *args: Any) -> Value:
 
 
 def _batch_norm(
-    cx: Cx, x: Any, w: Any, b: Any, mean: Any, var: Any, training: bool = False, momentum: Any = 0.1, eps: float = 1e-5, *a: Any
+    cx: Cx,
+    x: Any,
+    w: Any,
+    b: Any,
+    mean: Any,
+    var: Any,
+    training: bool = False,
+    momentum: Any = 0.1,
+    eps: float = 1e-5,
+    *a: Any,
 ) -> Value:
     if training:
         raise TypeError("batch_norm in training mode cannot be converted (export in eval mode)")
@@ -102,21 +117,33 @@ def _batch_norm(
     return cx.op("rq.add", y, cx.value(shift.reshape(-1, 1, 1)))
 
 
-def _max_pool2d(cx: Cx, x: Any, k: Any, s: Any = (), p: Any = 0, dilation: Any = 1, ceil: bool = False) -> Value:
+def _max_pool2d(
+    cx: Cx, x: Any, k: Any, s: Any = (), p: Any = 0, dilation: Any = 1, ceil: bool = False
+) -> Value:
     if C._pair(dilation) != (1, 1) or ceil:
         raise TypeError("max_pool2d with dilation or ceil_mode is not supported")
     return C._max_pool2d(cx, x, k, s, p)
 
 
 def _sdpa(
-    cx: Cx, q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0,
-    is_causal: bool = False, *, scale: Any = None, enable_gqa: bool = False,
+    cx: Cx,
+    q: Any,
+    k: Any,
+    v: Any,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    *,
+    scale: Any = None,
+    enable_gqa: bool = False,
 ) -> Value:
     """scaled_dot_product_attention; a constant additive or boolean mask is applied explicitly."""
     d = _dims_of(cx, q)[-1]
     sc = float(scale) if scale is not None else d**-0.5
     if attn_mask is None and not enable_gqa:
-        return cx.op("rq.sdpa", cx.value(q), cx.value(k), cx.value(v), causal=bool(is_causal), scale=sc)
+        return cx.op(
+            "rq.sdpa", cx.value(q), cx.value(k), cx.value(v), causal=bool(is_causal), scale=sc
+        )
     if enable_gqa:
         raise TypeError("scaled_dot_product_attention(enable_gqa=True) is not supported")
     s = C._matmul(cx, q, C._transpose(cx, k, -2, -1))

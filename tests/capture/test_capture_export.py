@@ -37,7 +37,7 @@ def _ex() -> tuple[torch.Tensor, ...]:
 
 def test_fx_failure_falls_back_to_export_and_says_so() -> None:
     model = _ShapeBranch()
-    with pytest.raises(rq.CaptureError, match="torch.fx symbolic tracing failed"):
+    with pytest.raises(rq.CaptureError, match=r"torch\.fx symbolic tracing failed"):
         capture(model, _ex(), method="fx")
     qat = rq.prepare(model, _ex(), "A4W4")
     assert qat.meta["rq_capture"] == "export"

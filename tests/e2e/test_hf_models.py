@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-import rqcompile as rq  # noqa: E402
-from rqcompile.quant.modules import RQQuantize  # noqa: E402
-from rqcompile.testing.hf import HF_MODELS, logits_of  # noqa: E402
+import rqcompile as rq
+from rqcompile.quant.modules import RQQuantize
+from rqcompile.testing.hf import HF_MODELS, logits_of
 
 #: Per-family prepare options. ResNet: fold batch norm; the stem conv (3 input channels) stays
 #: float, as the paper keeps first layers.

@@ -26,11 +26,11 @@ class _Mix(nn.Module):
         self.b = nn.Parameter(torch.randn(12) * 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn(self.conv(x)))            # batch_norm kept as a float op
-        h = F.max_pool2d(h, 2).mean(dim=(2, 3))          # (N, 8)
-        y = torch.addmm(self.b, h, self.w)               # float addmm (layer kept in float)
-        y = 1.0 - y                                      # rsub
-        y = y.unsqueeze(1).expand(-1, 3, -1)             # broadcast_to
+        h = torch.relu(self.bn(self.conv(x)))  # batch_norm kept as a float op
+        h = F.max_pool2d(h, 2).mean(dim=(2, 3))  # (N, 8)
+        y = torch.addmm(self.b, h, self.w)  # float addmm (layer kept in float)
+        y = 1.0 - y  # rsub
+        y = y.unsqueeze(1).expand(-1, 3, -1)  # broadcast_to
         y = torch.cat([y[:, 0], -y.select(1, 2), y[:, 1:2, ::2].squeeze(1)], dim=-1)
         return y.pow(2) * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)
 

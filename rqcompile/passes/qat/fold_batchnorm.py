@@ -12,7 +12,7 @@ Before::
 
 After::
 
-    %conv = call_module[conv](%x)              # conv.weight ← W·γ/√(σ²+ε), conv.bias ← (b−μ)·γ/√(σ²+ε)+β
+    %conv = call_module[conv](%x)   # conv.weight ← W·γ/√(σ²+ε); conv.bias ← (b−μ)·γ/√(σ²+ε)+β
 
 Requires: the BatchNorm is the conv's only user, uses running statistics (eval-mode
 ``aten.batch_norm`` or an ``nn.BatchNorm2d`` with ``track_running_stats``), and the conv's
@@ -62,7 +62,11 @@ def _match_module(gm: fx.GraphModule, bn: fx.Node) -> _Match | None:
     if conv.op != "call_module" or not isinstance(gm.get_submodule(str(conv.target)), nn.Conv2d):
         return None
     c, b = str(conv.target), str(bn.target)
-    names = {k: f"{b}.{k}" for k in ("weight", "bias")} if m.affine else dict.fromkeys(("weight", "bias"))
+    names = (
+        {k: f"{b}.{k}" for k in ("weight", "bias")}
+        if m.affine
+        else dict.fromkeys(("weight", "bias"))
+    )
     names |= {"mean": f"{b}.running_mean", "var": f"{b}.running_var"}
     has_bias = gm.get_submodule(c).bias is not None
     return _Match(conv, bn, f"{c}.weight", f"{c}.bias" if has_bias else None, names, m.eps)

@@ -18,9 +18,9 @@ forms ``aten.linear``, ``aten.conv1d``/``aten.conv2d``, and ``aten.addmm``/``ate
 ``aten.matmul`` with a parameter ``(K, N)`` right operand (Hugging Face ``Conv1D``: GPT-2). The
 latter are rewritten to ``F.linear`` on the transposed weight (``weight_quant(t(W))``), so the
 trained parameter keeps its key and layout. An ATen layer whose weight is ``<module>.weight``
-is keyed by the module name, exactly as with fx capture. Rules live in :data:`RULES`, keyed by module type or
-function. The bias stays in float. The original module stays in the graph module (it owns the
-parameters), so ``state_dict`` keys are unchanged and a float checkpoint loads directly.
+is keyed by the module name, exactly as with fx capture. Rules live in :data:`RULES`, keyed
+by module type or function. The bias stays in float. The original module stays in the graph
+module (it owns the parameters), so ``state_dict`` keys are unchanged and a float checkpoint loads directly.
 
 Requires: a captured graph with ``tensor_meta`` (``capture`` records it).
 Guarantees: every rewritten op node carries ``node.meta["rq"]`` (RQNodeMeta, role "op").
@@ -138,7 +138,7 @@ def _aten_key(n: fx.Node, weight: str) -> tuple[str, str]:
     owner = owner_of(n)
     if owner and weight == f"{owner}.weight":
         return owner, owner
-    owner = weight.rpartition(".")[0] if not owner else owner
+    owner = owner if owner else weight.rpartition(".")[0]
     return (f"{owner}:{n.name}" if owner else n.name), owner
 
 

@@ -70,10 +70,7 @@ def test_fold_matches_conv_then_eval_batchnorm(method: str) -> None:
 
 def test_golden_fx_graph() -> None:
     folded, _, _ = _fold(capture(_model(), EX, method="fx"))
-    ops = [
-        (n.op, getattr(n.target, "__name__", str(n.target)))
-        for n in folded.graph.nodes
-    ]
+    ops = [(n.op, getattr(n.target, "__name__", str(n.target))) for n in folded.graph.nodes]
     assert ops == [
         ("placeholder", "x"),
         ("call_module", "conv1"),
