@@ -20,7 +20,8 @@ latter are rewritten to ``F.linear`` on the transposed weight (``weight_quant(t(
 trained parameter keeps its key and layout. An ATen layer whose weight is ``<module>.weight``
 is keyed by the module name, exactly as with fx capture. Rules live in :data:`RULES`, keyed
 by module type or function. The bias stays in float. The original module stays in the graph
-module (it owns the parameters), so ``state_dict`` keys are unchanged and a float checkpoint loads directly.
+module (it owns the parameters), so ``state_dict`` keys are unchanged and a float checkpoint
+loads directly.
 
 Requires: a captured graph with ``tensor_meta`` (``capture`` records it).
 Guarantees: every rewritten op node carries ``node.meta["rq"]`` (RQNodeMeta, role "op").
