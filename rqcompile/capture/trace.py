@@ -106,14 +106,14 @@ def _trace_fx(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.G
     return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
-def _capture_error(
-    model: nn.Module, errors: list[tuple[str, BaseException]], leaf_modules: Sequence[type]
-) -> CaptureError:
+def _capture_error(model: nn.Module, errors: list[tuple[str, BaseException]]) -> CaptureError:
     _method, e = errors[-1]
     where = _failing_module(model, e.__traceback__)
     name, mod = where if where else ("<root>", model)
     line = _user_frame(traceback.extract_tb(e.__traceback__))
     causes = "\n".join(f"  {m} failed: {_cause(err)}" for m, err in errors)
+    if len(errors) == 1 and errors[0][0].startswith("torch.fx"):
+        causes += "\n  (capture='fx' was asked for; capture='auto' falls back to torch.export)"
     return CaptureError(
         f"could not capture module {name!r} ({type(mod).__name__}).\n"
         f"  at {line or 'unknown source line'}\n{causes}\n"
@@ -176,7 +176,7 @@ def capture(
         except Exception as e:
             errors.append(("torch.export", e))
     if gm is None:
-        raise _capture_error(model, errors, leaf_modules) from errors[-1][1]
+        raise _capture_error(model, errors) from errors[-1][1]
     if errors:  # fx failed, export worked: say so in rq.inspect
         gm.meta["rq_capture_notes"] = [
             f"captured with torch.export (ATen ops, eval mode: dropout off, batch norm uses "
