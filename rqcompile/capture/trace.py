@@ -37,36 +37,22 @@ _OUR_DIR = os.path.dirname(os.path.dirname(__file__))
 
 
 class RQTracer(fx.Tracer):
-    """An ``fx.Tracer`` that records stack traces and the module path being traced."""
+    """An ``fx.Tracer`` that records stack traces (for source lines) and honours leaf types."""
 
     def __init__(self, leaf_modules: Sequence[type[nn.Module]] = ()) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.proxy_buffer_attributes = True  # buffers sliced by traced sizes (causal masks)
         self._leaf_types = tuple(leaf_modules)
-        self.module_path: list[str] = []
-        self.failed_in: str | None = None  # innermost module being traced when tracing failed
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self._leaf_types and isinstance(m, self._leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
-    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
-        name = self.path_of_module(m)
-        self.module_path.append(name or "<root>")
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_in is None:
-                self.failed_in = self.module_path[-1]
-            raise
-        finally:
-            self.module_path.pop()
-
 
 def _is_library(path: str) -> bool:
-    """True for torch's and rqcompile's own frames (the models in testing/ and demo/ are user code)."""
+    """True for torch's and rqcompile's own frames (models in testing/ and demo/ are user code)."""
     if path.startswith(_TORCH_DIR):
         return True
     if path.startswith(_OUR_DIR):
