@@ -161,3 +161,22 @@ def test_model_is_not_mutated_by_export_capture() -> None:
     rq.prepare(model, _ex(), "A4W4", capture="export")
     assert model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class _AtParam(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(32, 16) * 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.w)
+
+
+@pytest.mark.parametrize("method", ["fx", "export"])
+def test_matmul_with_parameter_is_a_weight_layer_in_both_captures(method: str) -> None:
+    x = torch.randn(4, 32)
+    qat = rq.prepare(_AtParam(), (x,), "A4W4", capture=method)
+    assert qat.meta["rq_layer_keys"] == ["matmul"]
+    assert isinstance(qat.get_submodule("weight_quant"), RQQuantize)
+    got = rq.lower(qat, target="reference")(x)
+    torch.testing.assert_close(got, qat(x), rtol=1e-4, atol=1e-5)

@@ -15,7 +15,7 @@ After::
 Handles ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` (grouped and depthwise too) and
 ``F.linear`` whose weight is a parameter; on graphs captured with ``torch.export`` the ATen
 forms ``aten.linear``, ``aten.conv1d``/``aten.conv2d``, and ``aten.addmm``/``aten.mm``/
-``aten.matmul`` with a parameter ``(K, N)`` right operand (Hugging Face ``Conv1D``: GPT-2). The
+``aten.matmul`` (and fx ``x @ W``) with a parameter ``(K, N)`` right operand (HF ``Conv1D``). The
 latter are rewritten to ``F.linear`` on the transposed weight (``weight_quant(t(W))``), so the
 trained parameter keeps its key and layout. An ATen layer whose weight is ``<module>.weight``
 is keyed by the module name, exactly as with fx capture. Rules live in :data:`RULES`, keyed
@@ -30,6 +30,7 @@ Numerics: training-time fake quantization; exactly ``RQQuantize`` on each operan
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -200,6 +201,8 @@ RULES: dict[Any, Callable[[fx.GraphModule, fx.Node], _Layer | None]] = {
     _aten.addmm.default: _aten_addmm,
     _aten.mm.default: _aten_mm,
     _aten.matmul.default: _aten_mm,
+    torch.matmul: _aten_mm,  # fx: ``x @ self.W`` with a 2-D parameter W
+    operator.matmul: _aten_mm,
 }
 
 
