@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import fx, nn
 
-from rqcompile.capture.trace import capture
+from rqcompile.capture.trace import capture as capture_graph
 from rqcompile.config.qconfig import ConfigLike, as_qconfig
 from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.pipelines import prepare_passes
@@ -29,6 +30,8 @@ def prepare(
     config: ConfigLike = "A4W4",
     *,
     leaf_modules: Sequence[type[nn.Module]] = (),
+    capture: str = "auto",
+    fold_batchnorm: bool = False,
     context: PassContext | None = None,
     **overrides: Any,
 ) -> fx.GraphModule:
@@ -39,11 +42,15 @@ def prepare(
     activation × activation matmul). Train the result with any PyTorch loop.
 
     Args:
-        model: the float model (traceable by ``torch.fx``).
+        model: the float model, or a ``torch.export.ExportedProgram`` of it.
         example_inputs: a tensor or tuple of tensors for ``forward`` (records shapes).
         config: a preset string (``"A4W4"``, ``"A1W1"``, ``"A4W1+2:4"``, ``"W4"``, ...), an
             ``rq.LayerSpec`` or an ``rq.QConfig``.
-        leaf_modules: module types to keep as opaque float calls (for untraceable code).
+        leaf_modules: module types to keep as opaque float calls (fx capture only).
+        capture: ``"auto"`` (``torch.fx`` symbolic tracing, falling back to ``torch.export``
+            when tracing fails), ``"fx"`` or ``"export"``. See docs/models.md.
+        fold_batchnorm: fold every ``BatchNorm`` that follows a conv into that conv's weight
+            and bias before quantization (running statistics; the pass ``fold-batchnorm``).
         context: optional ``rq.PassContext`` (instruments such as ``PrintAfter``).
         **overrides: applied on top of the config: ``estimator="ste"``,
             ``ridge_lambda=0.1``, ``block_size=64`` (``None`` = per-channel),
@@ -68,22 +75,26 @@ def prepare(
             "this model is already prepared; call rq.prepare on the original float model, or "
             "rq.lower(qat_model) to compile it."
         )
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"rq.prepare() takes an nn.Module, got {type(model).__name__}.")
+    if not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
+        raise TypeError(
+            f"rq.prepare() takes an nn.Module or an ExportedProgram, got {type(model).__name__}."
+        )
     cfg = as_qconfig(config, **overrides)
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    was_training = model.training
-    gm = capture(model, example_inputs, leaf_modules=leaf_modules)
+    was_training = getattr(model, "training", True)
+    gm = capture_graph(model, example_inputs, leaf_modules=leaf_modules, method=capture)
     ctx = context or PassContext.from_env()
     ctx.config = cfg
     ctx.example_inputs = example_inputs
-    gm = PassManager(prepare_passes(), verifier=_lint).run(gm, ctx)
+    passes = prepare_passes(fold_batchnorm=fold_batchnorm)
+    gm = PassManager(passes, verifier=_lint).run(gm, ctx)
     keys = list(dict.fromkeys(ctx.options.get("layer_keys", [])))
     cfg.check_overrides(keys)
     gm.meta["rq_config"] = cfg
     gm.meta["rq_layer_keys"] = keys
     gm.meta["rq_float_layers"] = dict(ctx.options.get("float_layers", {}))
+    gm.meta["rq_notes"] = [*gm.meta.get("rq_capture_notes", []), *ctx.options.get("notes", [])]
     gm.train(was_training)
     return gm
 

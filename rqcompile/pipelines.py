@@ -9,10 +9,12 @@ from rqcompile.errors import ConfigError
 __all__ = ["describe", "prepare_passes"]
 
 
-def prepare_passes() -> list[Any]:
-    from rqcompile.passes.qat import QuantizeAttention, QuantizeLayers
+def prepare_passes(*, fold_batchnorm: bool = False) -> list[Any]:
+    """``quantize-layers,quantize-attention``, after ``fold-batchnorm`` when asked for."""
+    from rqcompile.passes.qat import FoldBatchNorm, QuantizeAttention, QuantizeLayers
 
-    return [QuantizeLayers(), QuantizeAttention()]
+    first = [FoldBatchNorm()] if fold_batchnorm else []
+    return [*first, QuantizeLayers(), QuantizeAttention()]
 
 
 _STAGES = {"prepare": prepare_passes}

@@ -5,8 +5,11 @@
 each node's output shape and dtype in ``node.meta["tensor_meta"]`` (passes need K and the
 number of MACs).
 
-When tracing fails, the error says which module was being traced, the user's source line, and
-what to do (the torch.export fallback is planned: issue 7).
+``method="auto"`` (the default) falls back to ``torch.export`` (``capture/export.py``) when
+symbolic tracing fails, e.g. on Hugging Face models or on Python control flow that depends only
+on shapes; ``method="fx"`` or ``"export"`` picks one. A ``torch.export.ExportedProgram`` is
+accepted directly. When every method fails, the error names the module, the user's source line
+and the fix.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,43 +27,32 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from rqcompile.errors import CaptureError
 
-__all__ = ["RQTracer", "capture", "owner_of", "source_of"]
+__all__ = ["METHODS", "RQTracer", "capture", "owner_of", "source_of"]
+
+#: Capture methods accepted by ``capture(method=...)`` / ``rq.prepare(capture=...)``.
+METHODS = ("auto", "fx", "export")
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OUR_DIR = os.path.dirname(os.path.dirname(__file__))
 
 
 class RQTracer(fx.Tracer):
-    """An ``fx.Tracer`` that records stack traces and the module path being traced."""
+    """An ``fx.Tracer`` that records stack traces (for source lines) and honours leaf types."""
 
     def __init__(self, leaf_modules: Sequence[type[nn.Module]] = ()) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.proxy_buffer_attributes = True  # buffers sliced by traced sizes (causal masks)
         self._leaf_types = tuple(leaf_modules)
-        self.module_path: list[str] = []
-        self.failed_in: str | None = None  # innermost module being traced when tracing failed
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self._leaf_types and isinstance(m, self._leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
-    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
-        name = self.path_of_module(m)
-        self.module_path.append(name or "<root>")
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_in is None:
-                self.failed_in = self.module_path[-1]
-            raise
-        finally:
-            self.module_path.pop()
-
 
 def _is_library(path: str) -> bool:
-    """True for torch's and rqcompile's own frames (the models in testing/ and demo/ are user code)."""
+    """True for torch's and rqcompile's own frames (models in testing/ and demo/ are user code)."""
     if path.startswith(_TORCH_DIR):
         return True
     if path.startswith(_OUR_DIR):
@@ -76,53 +69,120 @@ def _user_frame(tb: traceback.StackSummary) -> str | None:
     return None
 
 
+def _failing_module(model: nn.Module, tb: Any) -> tuple[str, nn.Module] | None:
+    """Innermost user module whose ``forward`` is on the traceback (by the frame's ``self``)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = None
+    while tb is not None:
+        me = tb.tb_frame.f_locals.get("self")
+        if isinstance(me, nn.Module) and id(me) in names:
+            found = (names[id(me)] or "<root>", me)
+        tb = tb.tb_next
+    return found
+
+
+def _cause(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _trace_fx(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.GraphModule:
+    tracer = RQTracer(leaf_modules)
+    graph = tracer.trace(model)
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+
+
+def _capture_error(model: nn.Module, errors: list[tuple[str, BaseException]]) -> CaptureError:
+    _method, e = errors[-1]
+    where = _failing_module(model, e.__traceback__)
+    name, mod = where if where else ("<root>", model)
+    line = _user_frame(traceback.extract_tb(e.__traceback__))
+    causes = "\n".join(f"  {m} failed: {_cause(err)}" for m, err in errors)
+    if len(errors) == 1 and errors[0][0].startswith("torch.fx"):
+        causes += "\n  (capture='fx' was asked for; capture='auto' falls back to torch.export)"
+    return CaptureError(
+        f"could not capture module {name!r} ({type(mod).__name__}).\n"
+        f"  at {line or 'unknown source line'}\n{causes}\n"
+        "Fix: tracing cannot follow Python control flow that depends on tensor *values* (if/while "
+        "on a tensor, .item(), len() of a data-dependent tensor). Rewrite that code with tensor "
+        "ops (torch.where, masking); or make the module a leaf with "
+        f"rq.prepare(..., capture='fx', leaf_modules=[{type(mod).__name__}]) to keep it in float "
+        "as one call; or export it yourself (torch.export.export with dynamic-shape or "
+        "torch.cond) and pass the ExportedProgram to rq.prepare."
+    )
+
+
 def capture(
-    model: nn.Module,
+    model: Any,
     example_inputs: tuple[Any, ...],
     *,
     leaf_modules: Sequence[type[nn.Module]] = (),
+    method: str = "auto",
 ) -> fx.GraphModule:
     """Trace a deep copy of ``model`` and record shapes from ``example_inputs``.
 
     Args:
-        model: any ``nn.Module`` that ``torch.fx.symbolic_trace`` can follow.
+        model: an ``nn.Module``, or a ``torch.export.ExportedProgram``.
         example_inputs: positional example inputs (a tuple).
-        leaf_modules: module types kept as single calls instead of traced through.
+        leaf_modules: module types kept as single calls instead of traced through (fx only).
+        method: ``"auto"`` (fx, then torch.export if fx fails), ``"fx"`` or ``"export"``.
 
     Raises:
-        CaptureError: tracing failed; names the module, the source line and the fix.
+        CaptureError: every method failed; names the module, the source line and the fix.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"capture() needs an nn.Module, got {type(model).__name__}.")
+    from rqcompile.capture.export import export_model, graph_from_export
+    from rqcompile.errors import ConfigError
+
+    if method not in METHODS:
+        raise ConfigError(
+            f"capture={method!r} is not a capture method. Use one of "
+            f"{', '.join(repr(m) for m in METHODS)} ('auto' tries fx, then torch.export)."
+        )
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    if isinstance(model, torch.export.ExportedProgram):
+        with warnings.catch_warnings():  # torch's own pytree spec warns on copy
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            gm = copy.deepcopy(graph_from_export(model))  # ep.module() shares the ep's tensors
+        _record_shapes(gm, example_inputs)
+        return gm
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"capture() needs an nn.Module, got {type(model).__name__}.")
     model = copy.deepcopy(model)
-    tracer = RQTracer(leaf_modules)
+    errors: list[tuple[str, BaseException]] = []
+    gm = None
+    if method in ("auto", "fx"):
+        try:
+            gm = _trace_fx(model, leaf_modules)
+        except Exception as e:
+            errors.append(("torch.fx symbolic tracing", e))
+    if gm is None and method in ("auto", "export"):
+        try:
+            gm = graph_from_export(export_model(model, example_inputs))
+        except Exception as e:
+            errors.append(("torch.export", e))
+    if gm is None:
+        raise _capture_error(model, errors) from errors[-1][1]
+    if errors:  # fx failed, export worked: say so in rq.inspect
+        gm.meta["rq_capture_notes"] = [
+            f"captured with torch.export (ATen ops, eval mode: dropout off, batch norm uses "
+            f"running statistics) because {errors[0][0]} failed: {_cause(errors[0][1])}"
+        ]
+    gm.meta.setdefault("rq_capture", "fx")
+    _record_shapes(gm, example_inputs)
+    return gm
+
+
+def _record_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
     try:
-        graph = tracer.trace(model)
-    except Exception as e:
-        where = tracer.failed_in or "<root>"
-        mod = model.get_submodule(where) if where != "<root>" else model
-        line = _user_frame(traceback.extract_tb(e.__traceback__))
-        raise CaptureError(
-            f"torch.fx could not trace module {where!r} ({type(mod).__name__}).\n"
-            f"  at {line or 'unknown source line'}\n"
-            f"  cause: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
-            "Fix: symbolic tracing cannot follow Python control flow that depends on tensor "
-            "values (if/while on a tensor, len() of a tensor, .item()). Rewrite that code with "
-            "tensor ops (torch.where, masking), or make the module a leaf: "
-            f"rq.prepare(..., leaf_modules=[{type(mod).__name__}]) keeps it in float as one call."
-        ) from e
-    gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
-    try:
-        ShapeProp(gm).propagate(*example_inputs)
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
     except Exception as e:
         raise CaptureError(
             f"running the traced graph on example_inputs failed: {type(e).__name__}: {e}\n"
             "Fix: pass example_inputs as a tuple of tensors with the shapes and dtypes the model "
             "expects in forward(), e.g. rq.prepare(model, (torch.randn(8, 64),), 'A4W4')."
         ) from e
-    return gm
 
 
 def owner_of(node: fx.Node) -> str:

@@ -54,6 +54,21 @@ def _float_row(layer: str, kind: str, params: int, macs: int, k: int) -> LayerCo
     )
 
 
+_aten = torch.ops.aten
+#: Float matmul-like call_function targets (fx and torch.export forms).
+_FLOAT_MATMULS = (
+    torch.matmul,
+    operator.matmul,
+    torch.bmm,
+    F.linear,
+    _aten.linear.default,
+    _aten.matmul.default,
+    _aten.bmm.default,
+    _aten.mm.default,
+    _aten.addmm.default,
+)
+
+
 def matmul_costs(gm: fx.GraphModule) -> list[LayerCostRow]:
     """One row per matmul-like node (quantized first-class, float ones at 16 bits)."""
     from rqcompile.quant.modules import RQQuantize
@@ -66,7 +81,9 @@ def matmul_costs(gm: fx.GraphModule) -> list[LayerCostRow]:
             params, block = 0, meta.block
             if meta.kind != "matmul":
                 wq = gm.get_submodule(str(n.args[1].target))
-                params = int(gm.get_parameter(str(n.args[1].args[0].target)).numel())
+                src = n.args[1].args[0]
+                src = src.args[0] if src.op == "call_function" else src  # t(W): (K, N) storage
+                params = int(gm.get_parameter(str(src.target)).numel())
                 block = wq.block if isinstance(wq, RQQuantize) else block
             rows.append(
                 LayerCostRow(
@@ -94,22 +111,15 @@ def matmul_costs(gm: fx.GraphModule) -> list[LayerCostRow]:
                         k,
                     )
                 )
-        elif (
-            out is not None
-            and n.op == "call_function"
-            and n.target in (torch.matmul, operator.matmul, torch.bmm, F.linear)
-        ):
-            a = _shape(n.args[0])
+        elif out is not None and n.op == "call_function" and n.target in _FLOAT_MATMULS:
+            a = _shape(n.args[1] if n.target == _aten.addmm.default else n.args[0])
             if a is None:
                 continue
             k = a[-1]
             params = 0
-            if (
-                n.target is F.linear
-                and isinstance(n.args[1], fx.Node)
-                and n.args[1].op == "get_attr"
-            ):
-                params = int(gm.get_parameter(str(n.args[1].target)).numel())
+            w = n.args[2] if n.target == _aten.addmm.default else n.args[1]
+            if isinstance(w, fx.Node) and w.op == "get_attr":
+                params = int(gm.get_parameter(str(w.target)).numel())
             from rqcompile.capture.trace import owner_of
 
             owner = owner_of(n)

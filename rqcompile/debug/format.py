@@ -138,6 +138,8 @@ def layer_table(gm: fx.GraphModule) -> str:
         )
     for key, why in gm.meta.get("rq_float_layers", {}).items():
         text += f"\nfloat: {key} ({why})"
+    for note in gm.meta.get("rq_notes", []):
+        text += f"\nnote: {note}"
     return text
 
 

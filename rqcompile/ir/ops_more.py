@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rqcompile.ir.ops import AttrSpec, defop, expect_type
+from rqcompile.ir.ops import AttrSpec, defop, expect_type, fail
 from rqcompile.ir.types import TensorType
 
 __all__: list[str] = []  # registers ops
@@ -25,3 +25,34 @@ def _repeat_blocks(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorTyp
     last = x.shape[-1]
     f = attrs["factor"]  # type: ignore[index]
     return (x.with_shape((*x.shape[:-1], None if last is None else last * f)),)
+
+
+# Float ops added for torch.export / Hugging Face models (Llama RMSNorm, GPT-2 gelu_new,
+# grouped-query attention's repeat_kv).
+
+
+@defop("rq.rsqrt", ("x",))
+def _rsqrt(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """1 / sqrt(x), elementwise."""
+    expect_type(ts[0], "x", dtypes=("f32",))
+    return (ts[0],)
+
+
+@defop("rq.pow_scalar", ("x",), attrs={"exponent": AttrSpec(float)})
+def _pow_scalar(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """x ** exponent, elementwise (torch.pow semantics: NaN for negative x, fractional exponent)."""
+    expect_type(ts[0], "x", dtypes=("f32",))
+    return (ts[0],)
+
+
+@defop("rq.broadcast_to", ("x",), attrs={"shape": AttrSpec(tuple, elem=int)})
+def _broadcast_to(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """Numpy broadcasting of x to ``shape`` (torch ``expand`` with explicit sizes, copied)."""
+    (x,) = ts
+    shape: tuple[int, ...] = attrs["shape"]  # type: ignore[index]
+    if len(shape) < x.rank:
+        fail(f"shape={shape} has fewer dims than x {x}")
+    for d, s in zip(reversed(x.shape), reversed(shape), strict=False):
+        if d is not None and d not in (1, s):
+            fail(f"x {x} cannot be broadcast to {shape}")
+    return (TensorType(tuple(shape), x.dtype),)

@@ -115,6 +115,9 @@ KERNELS: dict[str, Kernel] = {
     "rq.adaptive_avg_pool2d": lambda t, a: F.adaptive_avg_pool2d(t[0], a["output_size"]),
     "rq.mean": lambda t, a: t[0].mean(dim=a["axes"], keepdim=a["keepdim"]),
     "rq.cast": lambda t, a: t[0].to(torch_dtype(a["dtype"])),
+    "rq.rsqrt": lambda t, a: torch.rsqrt(t[0]),
+    "rq.pow_scalar": lambda t, a: torch.pow(t[0], a["exponent"]),
+    "rq.broadcast_to": lambda t, a: t[0].expand(a["shape"]).contiguous(),
 }
 
 

@@ -14,6 +14,7 @@ recorded at ``prepare`` or given to ``convert``):
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -123,10 +124,14 @@ def _shape_attr(v: Value, name: str) -> Any:
 
 def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None) -> Module:
     """Translate a prepared graph (eval semantics) into an rq IR ``Module``."""
+    from rqcompile.translate.aten import ATEN
     from rqcompile.translate.converters import FUNCTIONS, METHODS, MODULES
     from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 
-    gm = copy.deepcopy(gm).eval()
+    float_functions = {**FUNCTIONS, **ATEN}
+    with warnings.catch_warnings():  # torch's own pytree spec (export graphs) warns on copy
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        gm = copy.deepcopy(gm).eval()
     if example_inputs is not None:
         ShapeProp(gm).propagate(*example_inputs)
     cx = TranslateContext(gm)
@@ -190,7 +195,7 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
             continue
         elif node.op == "call_function":
             has_q = any(isinstance(a, QOperand) for a in args)
-            table = QUANTIZED_FUNCTIONS if has_q else FUNCTIONS
+            table = QUANTIZED_FUNCTIONS if has_q else float_functions
             conv = table.get(node.target)
         elif node.op == "call_method":
             conv = METHODS.get(str(node.target))
@@ -204,7 +209,8 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
             f"cannot convert {len(unsupported)} node(s) to rq IR:\n"
             + "\n".join(f"  - {u}" for u in unsupported)
             + "\nFix: keep those layers in float via overrides, rewrite them with supported ops, "
-            "or add a converter (rqcompile.translate.converters.FUNCTIONS / METHODS / MODULES); "
+            "or add a converter (rqcompile.translate.converters.FUNCTIONS / METHODS / MODULES, or "
+            "rqcompile.translate.aten.ATEN for torch.export graphs); "
             "supported: rqcompile.translate.supported_ops()."
         )
     outs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
@@ -227,10 +233,12 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
 
 def supported_ops() -> list[str]:
     """Names of every fx target/method/module type the converter handles."""
+    from rqcompile.translate.aten import ATEN
     from rqcompile.translate.converters import FUNCTIONS, METHODS, MODULES
     from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 
     names = [getattr(f, "__name__", str(f)) for f in (*FUNCTIONS, *QUANTIZED_FUNCTIONS)]
+    names += [str(op) for op in ATEN]
     names += [f".{m}()" for m in METHODS] + [m.__name__ for m in MODULES]
     return sorted(set(names))
 

@@ -284,4 +284,6 @@ QUANTIZED_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     torch.matmul: _qmatmul,
     operator.matmul: _qmatmul,
     torch.bmm: _qmatmul,
+    torch.ops.aten.matmul.default: _qmatmul,
+    torch.ops.aten.bmm.default: _qmatmul,
 }

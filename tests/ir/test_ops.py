@@ -236,6 +236,10 @@ CASES: list[tuple[str, tuple[str, ...], dict[str, Any], tuple[str, ...]]] = [
     ("rq.masked_fill", ("?x4x4xf32", "4x4xi1"), {"value": -1e9}, ("?x4x4xf32",)),
     ("rq.repeat_blocks", ("?x2xf32",), {"factor": 4}, ("?x8xf32",)),
     ("rq.repeat_blocks", ("?x?xf32",), {"factor": 4}, ("?x?xf32",)),
+    ("rq.rsqrt", ("?x4xf32",), {}, ("?x4xf32",)),
+    ("rq.pow_scalar", ("?x4xf32",), {"exponent": 3.0}, ("?x4xf32",)),
+    ("rq.broadcast_to", ("2x1x3x1xf32",), {"shape": (2, 4, 3, 5)}, ("2x4x3x5xf32",)),
+    ("rq.broadcast_to", ("3x1xi8",), {"shape": (2, 3, 4)}, ("2x3x4xi8",)),
     # static twins of dynamic cases above, also checked against torch below
     ("rq.softmax", ("2x4xf32",), {"axis": 0}, ("2x4xf32",)),
     ("rq.embedding", ("2x3xi64", "10x4xf32"), {}, ("2x3x4xf32",)),
@@ -419,6 +423,9 @@ ERRORS: list[tuple[str, tuple[str, ...], dict[str, Any], str]] = [
     ("rq.mean", ("2x3xf32",), {"axes": ()}, "non-empty"),
     ("rq.mean", ("2x3xf32",), {"axes": (1, -1)}, "distinct"),
     ("rq.cast", ("2xf32",), {"dtype": "f16"}, "'dtype'"),
+    ("rq.broadcast_to", ("2x3xf32",), {"shape": (3,)}, "fewer dims"),
+    ("rq.broadcast_to", ("2x3xf32",), {"shape": (2, 4)}, "cannot be broadcast"),
+    ("rq.rsqrt", ("2xi8",), {}, "f32"),
     ("rq.relu", ("2xf32", "2xf32"), {}, "takes 1 operand"),
     ("rq.relu", ("2xf32",), {"alpha": 1.0}, "unexpected attribute 'alpha'"),
     ("rq.add_scalar", ("2xf32",), {"value": 1}, "has type int, expected float"),
@@ -528,6 +535,7 @@ def _torch_ref(name: str, xs: list[Any], a: dict[str, Any]) -> tuple[int, ...]:
         "rq.max_pool2d": lambda: F.max_pool2d(xs[0], a["kernel"], a["stride"], a["padding"]),
         "rq.adaptive_avg_pool2d": lambda: F.adaptive_avg_pool2d(xs[0], a["output_size"]),
         "rq.mean": lambda: xs[0].mean(dim=a["axes"], keepdim=a["keepdim"]),
+        "rq.broadcast_to": lambda: xs[0].expand(a["shape"]),
     }
     return tuple(fns[name]().shape)
 
@@ -538,7 +546,7 @@ TORCH_CASES = [
     and c[0] in {"rq.linear", "rq.add", "rq.sub", "rq.mul", "rq.div", "rq.matmul", "rq.layer_norm",
                  "rq.softmax", "rq.embedding", "rq.reshape", "rq.permute", "rq.slice", "rq.concat",
                  "rq.sdpa", "rq.conv2d", "rq.max_pool2d", "rq.adaptive_avg_pool2d", "rq.mean",
-                 "rq.im2col"}
+                 "rq.im2col", "rq.broadcast_to"}
 ]  # fmt: skip
 
 

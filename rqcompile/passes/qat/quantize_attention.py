@@ -34,8 +34,14 @@ from rqcompile.passes.qat.common import RQNodeMeta, add_quantizer, resolve_block
 
 __all__ = ["MATMULS", "QuantizeAttention"]
 
-#: Functions treated as activation × activation matmuls.
-MATMULS = (torch.matmul, operator.matmul, torch.bmm)
+#: Functions treated as activation × activation matmuls (fx and torch.export/ATen forms).
+MATMULS = (
+    torch.matmul,
+    operator.matmul,
+    torch.bmm,
+    torch.ops.aten.matmul.default,
+    torch.ops.aten.bmm.default,
+)
 
 
 def _is_activation(n: object) -> bool:

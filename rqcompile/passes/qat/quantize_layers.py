@@ -13,9 +13,15 @@ After::
     %linear           = call_function[F.linear](%fc1_input_quant, %fc1_weight_quant, %fc1_bias)
 
 Handles ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` (grouped and depthwise too) and
-``F.linear`` whose weight is a parameter. Rules live in :data:`RULES`, keyed by module type or
-function. The bias stays in float. The original module stays in the graph module (it owns the
-parameters), so ``state_dict`` keys are unchanged and a float checkpoint loads directly.
+``F.linear`` whose weight is a parameter; on graphs captured with ``torch.export`` the ATen
+forms ``aten.linear``, ``aten.conv1d``/``aten.conv2d``, and ``aten.addmm``/``aten.mm``/
+``aten.matmul`` (and fx ``x @ W``) with a parameter ``(K, N)`` right operand (HF ``Conv1D``). The
+latter are rewritten to ``F.linear`` on the transposed weight (``weight_quant(t(W))``), so the
+trained parameter keeps its key and layout. An ATen layer whose weight is ``<module>.weight``
+is keyed by the module name, exactly as with fx capture. Rules live in :data:`RULES`, keyed
+by module type or function. The bias stays in float. The original module stays in the graph
+module (it owns the parameters), so ``state_dict`` keys are unchanged and a float checkpoint
+loads directly.
 
 Requires: a captured graph with ``tensor_meta`` (``capture`` records it).
 Guarantees: every rewritten op node carries ``node.meta["rq"]`` (RQNodeMeta, role "op").
@@ -24,6 +30,7 @@ Numerics: training-time fake quantization; exactly ``RQQuantize`` on each operan
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -61,6 +68,7 @@ class _Layer:
     fn: Callable[..., torch.Tensor]
     extra: tuple[Any, ...] = ()  # stride, padding, dilation, groups for convs
     skip_reason: str | None = None
+    transposed: bool = False  # parameter stored (K, N): quantize t(W)
 
 
 def _module_linear(gm: fx.GraphModule, n: fx.Node) -> _Layer:
@@ -116,12 +124,85 @@ def _functional_linear(gm: fx.GraphModule, n: fx.Node) -> _Layer | None:
     )
 
 
+def _param(gm: fx.GraphModule, n: Any) -> str | None:
+    """Qualified name of the ``nn.Parameter`` read by ``n`` (a ``get_attr`` node), else None."""
+    if not (isinstance(n, fx.Node) and n.op == "get_attr"):
+        return None
+    try:
+        gm.get_parameter(str(n.target))
+    except AttributeError:
+        return None  # a buffer or constant: not a trainable weight
+    return str(n.target)
+
+
+def _aten_key(n: fx.Node, weight: str) -> tuple[str, str]:
+    """(layer key, owner): the module name when the weight is ``<owner>.weight``."""
+    owner = owner_of(n)
+    if owner and weight == f"{owner}.weight":
+        return owner, owner
+    owner = owner if owner else weight.rpartition(".")[0]
+    return (f"{owner}:{n.name}" if owner else n.name), owner
+
+
+def _aten_linear(gm: fx.GraphModule, n: fx.Node) -> _Layer | None:
+    x, w = n.args[0], _param(gm, n.args[1])
+    b = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
+    if w is None or (b is not None and _param(gm, b) is None):
+        return None
+    key, owner = _aten_key(n, w)
+    return _Layer(key, owner, "linear", x, w, _param(gm, b), F.linear)  # type: ignore[arg-type]
+
+
+def _aten_conv(gm: fx.GraphModule, n: fx.Node) -> _Layer | None:
+    args = list(n.args) + [None] * (7 - len(n.args))
+    x, w, b, stride, padding, dilation, groups = args
+    w = _param(gm, w)
+    if w is None or (b is not None and _param(gm, b) is None) or isinstance(padding, str):
+        return None
+    key, owner = _aten_key(n, w)
+    one_d = n.target == torch.ops.aten.conv1d.default
+    extra = (stride or 1, padding or 0, dilation or 1, groups or 1)
+    return _Layer(key, owner, "conv", x, w, _param(gm, b), F.conv1d if one_d else F.conv2d, extra)  # type: ignore[arg-type]
+
+
+def _transposed_linear(x: Any, w: Any, b: Any, gm: fx.GraphModule, n: fx.Node) -> _Layer | None:
+    """``x @ W (+ b)`` with a 2-D parameter ``W`` of shape (K, N)."""
+    wname = _param(gm, w)
+    if wname is None or gm.get_parameter(wname).dim() != 2:
+        return None
+    if b is not None and _param(gm, b) is None:
+        return None
+    key, owner = _aten_key(n, wname)
+    return _Layer(key, owner, "linear", x, wname, _param(gm, b), F.linear, transposed=True)
+
+
+def _aten_addmm(gm: fx.GraphModule, n: fx.Node) -> _Layer | None:
+    if n.kwargs.get("beta", 1) != 1 or n.kwargs.get("alpha", 1) != 1:
+        return None
+    b, x, w = n.args[:3]
+    return _transposed_linear(x, w, b, gm, n)
+
+
+def _aten_mm(gm: fx.GraphModule, n: fx.Node) -> _Layer | None:
+    return _transposed_linear(n.args[0], n.args[1], None, gm, n)
+
+
+_aten = torch.ops.aten
+
 #: Rewrite rules: call_module targets by type, call_function targets by identity.
 RULES: dict[Any, Callable[[fx.GraphModule, fx.Node], _Layer | None]] = {
     nn.Linear: _module_linear,
     nn.Conv1d: _module_conv,
     nn.Conv2d: _module_conv,
     F.linear: _functional_linear,
+    _aten.linear.default: _aten_linear,
+    _aten.conv1d.default: _aten_conv,
+    _aten.conv2d.default: _aten_conv,
+    _aten.addmm.default: _aten_addmm,
+    _aten.mm.default: _aten_mm,
+    _aten.matmul.default: _aten_mm,
+    torch.matmul: _aten_mm,  # fx: ``x @ self.W`` with a 2-D parameter W
+    operator.matmul: _aten_mm,
 }
 
 
@@ -133,6 +214,32 @@ def _rule_for(gm: fx.GraphModule, n: fx.Node) -> Callable[..., _Layer | None] | 
     return None
 
 
+def _tied_notes(gm: fx.GraphModule, layers: list[_Layer]) -> list[str]:
+    """A line per quantized weight that another op also reads in float (tied embedding and
+    LM head): that op keeps using the float tensor, which is the same trained parameter."""
+    names: dict[int, list[str]] = {}
+    for name, p in gm.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    notes = []
+    for layer in layers:
+        aliases = set(names.get(id(gm.get_parameter(layer.weight)), [layer.weight]))
+        readers = sorted(
+            {
+                owner_of(u) or u.name
+                for n in gm.graph.nodes
+                if n.op == "get_attr" and str(n.target) in aliases
+                for u in n.users
+                if not (u.op == "call_module" or u.target is torch.t)
+            }
+        )
+        if readers:
+            notes.append(
+                f"{layer.key}: weight {layer.weight} is tied to {', '.join(readers)}, which reads "
+                "it in float (e.g. the embedding lookup); only this matmul uses the quantized copy"
+            )
+    return notes
+
+
 @register_pass
 @dataclass(frozen=True)
 class QuantizeLayers:
@@ -142,6 +249,7 @@ class QuantizeLayers:
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult[fx.GraphModule]:
         changed = False
+        done: list[_Layer] = []
         for n in list(gm.graph.nodes):
             rule = _rule_for(gm, n)
             layer = rule(gm, n) if rule else None
@@ -157,12 +265,15 @@ class QuantizeLayers:
                 report[layer.key] = layer.skip_reason
                 continue
             self._rewrite(gm, n, layer, spec)
+            done.append(layer)
             changed = True
+        ctx.options.setdefault("notes", []).extend(_tied_notes(gm, done))
         gm.recompile()
         return PassResult(gm, changed)
 
     def _rewrite(self, gm: fx.GraphModule, n: fx.Node, layer: _Layer, spec: LayerSpec) -> None:
         w = gm.get_parameter(layer.weight)
+        w = w.t() if layer.transposed else w
         check_finite(w.detach(), layer=layer.key, what="the weight")
         wshape = tuple(w.shape)
         if layer.kind == "conv":
@@ -204,6 +315,8 @@ class QuantizeLayers:
                 x = g.call_module(qa, (x,))
                 x.meta["rq"] = RQNodeMeta(layer.key, layer.kind, "activation", spec, self.name, src)
             wnode = g.get_attr(layer.weight)
+            if layer.transposed:  # (K, N) storage: quantize the (N, K) view, keep the parameter
+                wnode = g.call_function(torch.t, (wnode,))
             qw = add_quantizer(
                 gm,
                 layer.owner,

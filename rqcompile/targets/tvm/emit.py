@@ -443,6 +443,20 @@ def _permute(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
     return cx.emit(relax.op.permute_dims(xs[0], list(op.attr("dims"))))  # type: ignore[arg-type]
 
 
+def _pow_scalar(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    e = _float(op, "exponent")
+    if e in (2.0, 3.0, 4.0):  # repeated multiply: exact sign for negative x, no TVM pow warning
+        y = xs[0]
+        for _ in range(int(e) - 1):
+            y = cx.emit(relax.op.multiply(y, xs[0]))
+        return y
+    return cx.emit(relax.op.power(xs[0], _f32(e)))
+
+
+def _broadcast_to(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.broadcast_to(xs[0], _dims(op.result.type)))
+
+
 #: IR op name -> emitter. ``rq.const`` is not here: constants become parameters of ``main``.
 EMITTERS: dict[str, Emitter] = {
     # integer core (kernels.py; scheduled by schedules.py)
@@ -483,6 +497,9 @@ EMITTERS: dict[str, Emitter] = {
     "rq.adaptive_avg_pool2d": _spatial(_avg_pool),
     "rq.mean": _mean,
     "rq.cast": _cast,
+    "rq.rsqrt": _unary(relax.op.rsqrt),
+    "rq.pow_scalar": _pow_scalar,
+    "rq.broadcast_to": _broadcast_to,
 }
 
 

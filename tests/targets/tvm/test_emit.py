@@ -337,6 +337,14 @@ CASES: dict[str, Callable[[Case], None]] = {
     "cast-f32-i32": _cast(torch.float32, "i32"),
     "cast-i8-f32": _cast(torch.int8, "f32"),
     "cast-f32-i1": _cast(torch.float32, "i1"),
+    # ops added for torch.export / Hugging Face models (ir/ops_more.py)
+    "rsqrt": lambda c: c.out(c.b.op("rq.rsqrt", c.arg(torch.rand(3, 5) + 0.1)), exact=False),
+    "pow_scalar-cube": _unary("rq.pow_scalar", exponent=3.0),  # negative x: sign kept
+    "pow_scalar-half": lambda c: c.out(
+        c.b.op("rq.pow_scalar", c.arg(torch.rand(4, 6) + 0.01), exponent=0.5), exact=False
+    ),
+    "broadcast_to-f32": _layout("rq.broadcast_to", (2, 1, 3, 1), torch.float32, shape=(2, 4, 3, 5)),
+    "broadcast_to-lead": _layout("rq.broadcast_to", (3, 1), torch.int8, shape=(2, 3, 4)),
 }
 
 
