@@ -117,11 +117,9 @@ def unpack_nibbles(w: Writer, packed: str, shape: tuple[int, ...], signed: bool)
     """``i8 [N, K/2]`` nibble bytes → ``i8 [N, K]`` codes (low nibble first)."""
     n, half = shape
     out3 = tensor_type((n, half, 2), "i8")
-    ext = (
-        ["%b_h = arith.shli %b_lo, %b_4 : i8", "%b_c = arith.shrsi %b_h, %b_4 : i8"]
-        if signed
-        else ["%b_c = arith.ori %b_lo, %b_0 : i8"]
-    )
+    # Signed: move bit 3 to the top and shift back arithmetically (two's complement).
+    ext = ["%b_h = arith.shli %b_lo, %b_4 : i8", "%b_c = arith.shrsi %b_h, %b_4 : i8"]
+    code = "%b_c" if signed else "%b_lo"
     g = w.generic(
         [(packed, tensor_type(shape, "i8"), "i8")],
         (w.empty(out3), out3, "i8"),
@@ -131,13 +129,12 @@ def unpack_nibbles(w: Writer, packed: str, shape: tuple[int, ...], signed: bool)
             "%b_t = linalg.index 2 : index",
             "%b_ti = arith.index_cast %b_t : index to i8",
             "%b_4 = arith.constant 4 : i8",
-            "%b_0 = arith.constant 0 : i8",
             "%b_15 = arith.constant 15 : i8",
             "%b_sh = arith.muli %b_ti, %b_4 : i8",
             "%b_v = arith.shrui %in0, %b_sh : i8",
             "%b_lo = arith.andi %b_v, %b_15 : i8",
-            *ext,
-            "linalg.yield %b_c : i8",
+            *(ext if signed else []),
+            f"linalg.yield {code} : i8",
         ],
         comment=f"unpack 4-bit codes ({'sign' if signed else 'zero'}-extended), low nibble first",
     )

@@ -153,10 +153,11 @@ def segment_module(
 
     examples = [example_tensor(t) for t in in_types]
     try:
-        mod = fx.export_and_import(
-            SegmentModule(seg).eval(), *examples, output_type="linalg-on-tensors",
-            func_name=func_name,
-        )  # fmt: skip
+        with torch.no_grad():  # kernels under no_grad then trace without grad-mode wrappers
+            mod = fx.export_and_import(
+                SegmentModule(seg).eval(), *examples, output_type="linalg-on-tensors",
+                func_name=func_name, decomposition_table={},
+            )  # fmt: skip
     except Exception as e:
         ops = ", ".join(sorted({op.name for op in seg.ops}))
         layers = ", ".join(sorted({op.loc.layer for op in seg.ops if op.loc is not None}))
