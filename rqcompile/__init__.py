@@ -36,6 +36,7 @@ from rqcompile.errors import (
     UnsupportedOpError,
     VerifyError,
 )
+from rqcompile.mlir.export import export_mlir
 from rqcompile.passes.infra import PassContext, PrintAfter, Timing
 from rqcompile.targets.compiled import CompiledModule, load
 from rqcompile.targets.target import Target
@@ -71,6 +72,7 @@ __all__ = [
     "build",
     "convert",
     "explain",
+    "export_mlir",
     "inspect",
     "load",
     "lower",

@@ -141,11 +141,12 @@ def ir_module_text(module: Module) -> tuple[str, list[tuple[str, Segment, list[A
                 names[v.id] = f"{r}#{i}" if len(outs) > 1 else r
                 p = producer[v.id]
                 if packs_signs(p) and v is p.results[0]:
-                    names[v.id] = _kernel(funcs, syms, p, "pack_signs", [names[v.id]], call)
+                    sym = syms(f"{_layer(p, producer)}.pack_signs")
+                    names[v.id] = _kernel(funcs, sym, p, [names[v.id]], call)
         else:
-            names[step.results[0].id] = _kernel(
-                funcs, syms, step, step.name.removeprefix("rq."), [names[v.id] for v in step.operands], call
-            )  # fmt: skip
+            what = f"{_layer(step, producer)}.{step.name.removeprefix('rq.')}"
+            args = [names[v.id] for v in step.operands]
+            names[step.results[0].id] = _kernel(funcs, syms(what), step, args, call)
     rets = [names[v.id] for v in func.outputs]
     rtypes = [rq_tensor_type(v.type) for v in func.outputs]
     main.emit(f"func.return {', '.join(rets)} : {', '.join(rtypes)}")
@@ -158,12 +159,20 @@ def ir_module_text(module: Module) -> tuple[str, list[tuple[str, Segment, list[A
     return "\n".join(lines) + "\n", jobs
 
 
-def _kernel(funcs: list[str], syms: _Names, op: Op, what: str, args: list[str], call: Any) -> str:
-    """Write one private kernel function for ``op`` and call it from main."""
-    layer = op.loc.layer if op.loc is not None else "kernel"
-    sym = syms(f"{layer}.{what}")
+def _layer(op: Op, producer: dict[int, Op]) -> str:
+    """Name for a kernel function: the weight constant's prefix (``conv3.g1`` for one group
+    of a grouped conv), else the op's layer."""
+    if len(op.operands) > 3:
+        p = producer.get(op.operands[3].id)
+        if p is not None and p.name == "rq.const":
+            return str(p.attr("name")).rpartition(".")[0]
+    return op.loc.layer if op.loc is not None else "kernel"
+
+
+def _kernel(funcs: list[str], sym: str, op: Op, args: list[str], call: Any) -> str:
+    """Write one private kernel function ``@sym`` for ``op`` and call it from main."""
     w = Writer()
-    if what == "pack_signs":
+    if packs_signs(op):
         src = op.operands[0].type
         in_types = [rq_tensor_type(src.with_dtype("i8"))]
         res = pack_signs(w, "%arg0", tuple(int(d) for d in src.shape))  # type: ignore[arg-type]
