@@ -4,15 +4,15 @@ Each rq integer op becomes the same three steps as its oracle in
 :mod:`rqcompile.quant.reference` (see that module's docstring for the identity):
 
 1. **unpack** the stored weight layout (:mod:`rqcompile.quant.bitpack`) with shifts and masks;
-2. **integer core** per block, ``P[m, n, b]`` as ``i32``: a contraction over the block's
-   ``k`` of ``extsi(i8)·extsi(i8)`` (integer-affine), ``2·ctpop(¬(x ⊕ w)) − 32`` per 32-bit
-   word (XNOR-popcount), or a 2-of-4 gather with ``tensor.extract`` (2:4 sparse);
+2. **integer core** per block, ``P[m, n, b]`` as ``i32``: a ``linalg.contract`` of i8 × i8
+   → i32 over the block's ``k`` (integer-affine; codes sign-extended), a ``linalg.generic``
+   summing ``2·ctpop(¬(x ⊕ w)) − 32`` per 32-bit word (XNOR-popcount), or a 2-of-4 gather
+   with ``tensor.extract`` (2:4 sparse);
 3. **float epilogue**: ``Σ_b (xs·ws)·P + (xc·ws)·wsum + (xs·S_X)·wc + (block·xc)·wc``, in
    ``f64`` in the oracle's term order, then ``arith.truncf`` to ``f32`` once.
 
-``S_X`` (activation code sums per block) is its own reduction. Everything is a
-``linalg.generic`` so any MLIR pipeline can tile, fuse, vectorize or specialize it
-(the contraction bodies are multiply-accumulate, which ``linalg`` recognizes as contractions).
+``S_X`` (activation code sums per block) is its own reduction. Everything is a structured
+``linalg`` op, so any MLIR pipeline can tile, fuse and vectorize it.
 
 Numerics: the integer tensors are exact. The epilogue does the oracle's float64 arithmetic
 term for term; only the order of the sum over blocks can differ, which changes a float32
@@ -148,10 +148,15 @@ def _core(
     block: int,
     *,
     lead_w: bool,
-    body: list[str],
+    body: list[str] | None,
     why: str,
 ) -> str:
-    """Blocked contraction ``P[..., m, n, b] = Σ_k body(x[..., m, b, k], w[(...,) n, b, k])``."""
+    """Blocked contraction ``P[..., m, n, b] = Σ_k body(x[..., m, b, k], w[(...,) n, b, k])``.
+
+    ``body=None`` is the plain multiply-accumulate of sign-extended codes, written as the
+    named ``linalg.contract`` (i8 × i8 → i32); other bodies (XNOR-popcount) as
+    ``linalg.generic``.
+    """
     (xs, xshape, xel), (ws, wshape, wel) = x, wt
     *lead, m, kx = xshape
     n, kw = wshape[-2], wshape[-1]
@@ -163,30 +168,25 @@ def _core(
     dm, dn, db, dk = L, L + 1, L + 2, L + 3
     lead_dims = tuple(range(L))
     out_t = tensor_type((*lead, m, n, nb), I32)
+    xt = tensor_type((*lead, m, nb, inner), xel)
+    wtt = tensor_type((*wshape[:-1], nb, kw // nb), wel)
+    maps = [
+        (*lead_dims, dm, db, dk),
+        ((*lead_dims, dn, db, dk) if lead_w else (dn, db, dk)),
+        (*lead_dims, dm, dn, db),
+    ]
+    init = w.zeros(out_t, I32)
+    if body is None:
+        return w.contract([(xb, xt), (wb, wtt)], (init, out_t), maps, comment=why)
     return w.generic(
-        [
-            (xb, tensor_type((*lead, m, nb, inner), xel), xel),
-            (wb, tensor_type((*wshape[:-1], nb, kw // nb), wel), wel),
-        ],
-        (w.zeros(out_t, I32), out_t, I32),
-        [
-            (*lead_dims, dm, db, dk),
-            ((*lead_dims, dn, db, dk) if lead_w else (dn, db, dk)),
-            (*lead_dims, dm, dn, db),
-        ],
+        [(xb, xt, xel), (wb, wtt, wel)],
+        (init, out_t, I32),
+        maps,
         ["parallel"] * (L + 3) + ["reduction"],
         body,
         comment=why,
     )
 
-
-_MAC_I8 = [
-    "%b_x = arith.extsi %in0 : i8 to i32",
-    "%b_w = arith.extsi %in1 : i8 to i32",
-    "%b_p = arith.muli %b_x, %b_w : i32",
-    "%b_s = arith.addi %out, %b_p : i32",
-    "linalg.yield %b_s : i32",
-]
 
 _XNOR = [
     "%b_m1 = arith.constant -1 : i32",
@@ -283,7 +283,7 @@ def _int_matmul(w: Writer, a: list[str], op: Op) -> str:
         wq = unpack_nibbles(w, wq, wshape, signed)
         wshape = (wshape[0], wshape[1] * 2)
     p = _core(
-        w, (xq, xshape, "i8"), (wq, wshape, "i8"), block, lead_w=False, body=_MAC_I8,
+        w, (xq, xshape, "i8"), (wq, wshape, "i8"), block, lead_w=False, body=None,
         why="integer core P[m, n, b] = Σ_k∈b xq·wq (i8 × i8 → i32)",
     )  # fmt: skip
     sx = code_sums(w, xq, xshape, block)
@@ -324,7 +324,7 @@ def _qbmm(w: Writer, a: list[str], op: Op) -> str:
     block = int(op.attr("block"))  # type: ignore[arg-type]
     ashape, bshape = _shape(op, 0), _shape(op, 3)
     p = _core(
-        w, (aq, ashape, "i8"), (bq, bshape, "i8"), block, lead_w=True, body=_MAC_I8,
+        w, (aq, ashape, "i8"), (bq, bshape, "i8"), block, lead_w=True, body=None,
         why="batched integer core P[.., m, n, b] = Σ_k∈b aq·bq (i8 × i8 → i32)",
     )  # fmt: skip
     sa, sb = code_sums(w, aq, ashape, block), code_sums(w, bq, bshape, block)

@@ -119,6 +119,31 @@ class Writer:
         self.emit(f"{v} = tensor.collapse_shape {x} {groups} : {src} into {dst}")
         return v
 
+    def contract(
+        self,
+        ins: Sequence[tuple[str, str]],
+        out: tuple[str, str],
+        maps: Sequence[Sequence[int]],
+        *,
+        comment: str = "",
+    ) -> str:
+        """``linalg.contract``: ``out += Π ins`` summed over the dims absent from ``out``'s map.
+
+        Integer inputs are sign-extended to the output type (``cast_signed``, the default), so
+        ``i8 × i8 → i32`` is the exact integer product.
+        """
+        rank = 1 + max(max(m) for m in maps)
+        amaps = ", ".join(affine_map(rank, m) for m in maps)
+        v = self.fresh("g")
+        if comment:
+            self.emit(f"// {comment}")
+        self.emit(
+            f"{v} = linalg.contract indexing_maps = [{amaps}] "
+            f"ins({', '.join(s for s, _ in ins)} : {', '.join(t for _, t in ins)}) "
+            f"outs({out[0]} : {out[1]}) -> {out[1]}"
+        )
+        return v
+
     def generic(
         self,
         ins: Sequence[tuple[str, str, str]],

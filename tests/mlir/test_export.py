@@ -17,7 +17,7 @@ from rqcompile.testing.models import prepared_tiny
 
 #: preset → (kernel function suffix, text that only its integer core contains)
 KERNEL = {
-    "A4W4": ("int_matmul", "arith.muli"),
+    "A4W4": ("int_matmul", "linalg.contract"),
     "A1W1": ("xnor_popcount_matmul", "math.ctpop"),
     "A4W4+2:4": ("sparse24_matmul", "tensor.extract"),
 }
