@@ -203,6 +203,16 @@ def export_mlir(model: Any, example_inputs: Any = None) -> str:
         TargetError: torch-mlir is not installed.
         UnsupportedOpError: a shape is dynamic, or torch-mlir cannot import a float op.
         VerifyError: the assembled module fails MLIR verification (a bug: please report).
+
+    Example:
+        >>> import torch, rqcompile as rq
+        >>> qat = rq.prepare(torch.nn.Linear(64, 8), (torch.randn(2, 64),), "A4W4")
+        >>> text = rq.export_mlir(qat)
+        >>> print(text[text.index("func.func @main"):].splitlines()[0])
+        func.func @main(%arg0: tensor<2x64xf32>) -> tensor<2x8xf32> {
+        >>> import re
+        >>> re.findall(r"call @([\w.]+)", text)  # float ops, integer kernel, bias
+        ['rq_float_0', 'linear.int_matmul', 'rq_float_1']
     """
     irm = as_ir_module(model, example_inputs)
     ir = require_torch_mlir()

@@ -125,3 +125,12 @@ def test_kernel_is_integer_linalg(kind: str, patterns: list[str]) -> None:
         assert re.search(pattern, text), pattern
     assert "torch." not in text and "linalg.matmul" not in text
     assert str(parse_mlir(text)) == text
+
+
+@pytest.mark.parametrize("name", ["text", "export"])
+def test_doctests(name: str) -> None:
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"rqcompile.mlir.{name}")
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
