@@ -38,7 +38,7 @@ def require_torch_mlir() -> Any:
 
 
 def parse_mlir(text: str, context: Any = None) -> Any:
-    """Parse and verify MLIR ``text`` with torch-mlir's bindings; returns a ``torch_mlir.ir.Module``.
+    """Parse and verify MLIR ``text`` with torch-mlir's bindings into a ``torch_mlir.ir.Module``.
 
     Args:
         text: MLIR in any upstream dialect (e.g. the output of ``rq.export_mlir``).

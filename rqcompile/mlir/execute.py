@@ -50,8 +50,10 @@ def _strided(unranked: int, elem: int) -> np.ndarray:
     strides = [desc[3 + rank + i] for i in range(rank)]
     if 0 in sizes:
         return np.zeros(sizes, dtype=f"V{elem}")
-    span = 1 + sum((n - 1) * abs(st) for n, st in zip(sizes, strides))
-    base = np.ctypeslib.as_array((ctypes.c_uint8 * (span * elem)).from_address(aligned + offset * elem))
+    span = 1 + sum((n - 1) * abs(st) for n, st in zip(sizes, strides, strict=True))
+    base = np.ctypeslib.as_array(
+        (ctypes.c_uint8 * (span * elem)).from_address(aligned + offset * elem)
+    )
     flat = base.view(f"V{elem}")
     return np.lib.stride_tricks.as_strided(flat, sizes, [st * elem for st in strides])
 
@@ -63,8 +65,14 @@ def _memref_copy(elem: int, src: int, dst: int) -> None:
 
 _COPY = _COPY_FN(_memref_copy)  # module-level: must outlive every engine that calls it
 
-_NUMPY = {"f32": np.float32, "f64": np.float64, "i8": np.int8, "i32": np.int32, "i64": np.int64,
-          "i1": np.bool_}  # fmt: skip
+_NUMPY = {
+    "f32": np.float32,
+    "f64": np.float64,
+    "i8": np.int8,
+    "i32": np.int32,
+    "i64": np.int64,
+    "i1": np.bool_,
+}
 
 
 def _signature(ir: Any, module: Any, name: str) -> tuple[list[Any], list[Any]]:
@@ -110,7 +118,7 @@ def run_mlir(text: str, *inputs: torch.Tensor, func: str = "main") -> tuple[torc
         if len(inputs) != len(ins):
             raise InputError(f"run_mlir: @{func} takes {len(ins)} inputs, got {len(inputs)}.")
         arrays = []
-        for i, (x, t) in enumerate(zip(inputs, ins)):
+        for i, (x, t) in enumerate(zip(inputs, ins, strict=True)):
             shape, dt = _np(t)
             a = np.ascontiguousarray(x.detach().cpu().numpy())
             if a.dtype.kind == "u" and np.dtype(dt).kind == "i" and a.itemsize == dt().itemsize:

@@ -1,4 +1,4 @@
-"""``export_mlir``: an rq model as one MLIR module in upstream dialects (func/arith/math/tensor/linalg).
+"""``export_mlir``: an rq model as one MLIR module in upstream dialects (func, arith, linalg, ...).
 
 Layout of the produced module (docs/mlir.md has the full op mapping):
 
@@ -133,7 +133,10 @@ def ir_module_text(module: Module) -> tuple[str, list[tuple[str, Segment, list[A
             sym = syms(f"rq_float_{len(jobs)}")
             in_types = [v.type for v in step.inputs]
             out_types = [segment_type(v, producer.get(v.id)) for v in step.outputs]
-            ins, outs = [rq_tensor_type(t) for t in in_types], [rq_tensor_type(t) for t in out_types]
+            ins, outs = (
+                [rq_tensor_type(t) for t in in_types],
+                [rq_tensor_type(t) for t in out_types],
+            )
             funcs.append(f"  func.func private @{sym}{_sig(ins)} -> {_sig(outs)}")
             jobs.append((sym, step, in_types))
             r = call(sym, list(step.inputs), ins, outs)
@@ -151,7 +154,12 @@ def ir_module_text(module: Module) -> tuple[str, list[tuple[str, Segment, list[A
     rtypes = [rq_tensor_type(v.type) for v in func.outputs]
     main.emit(f"func.return {', '.join(rets)} : {', '.join(rtypes)}")
     sig = ", ".join(f"%arg{i}: {rq_tensor_type(v.type)}" for i, v in enumerate(func.args))
-    lines = ["module {", f"  func.func @{func.name}({sig}) -> {_sig(rtypes)} {{", *main.lines, "  }"]
+    lines = [
+        "module {",
+        f"  func.func @{func.name}({sig}) -> {_sig(rtypes)} {{",
+        *main.lines,
+        "  }",
+    ]
     lines += [*funcs, "}"]
     if resources:
         lines += ["{-#", "  dialect_resources: {", "    builtin: {", ",\n".join(resources)]

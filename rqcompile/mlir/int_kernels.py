@@ -44,9 +44,7 @@ def _blocked(w: Writer, x: str, shape: tuple[int, ...], el: str, parts: tuple[in
     return w.expand(x, tensor_type(shape, el), tensor_type(dst, el), g, dst)
 
 
-def _sums(
-    w: Writer, xb: str, shape: tuple[int, ...], el: str, body: list[str], why: str
-) -> str:
+def _sums(w: Writer, xb: str, shape: tuple[int, ...], el: str, body: list[str], why: str) -> str:
     """Reduce the last dim of the blocked ``[..., nb, B]`` tensor into ``i32 [..., nb]``."""
     r = len(shape)
     out_t = tensor_type(shape[:-1], I32)
@@ -86,7 +84,9 @@ def sign_sums(w: Writer, bits: str, shape: tuple[int, ...], block: int) -> str:
         "%b_s = arith.addi %out, %b_e : i32",
         "linalg.yield %b_s : i32",
     ]
-    return _sums(w, xb, (*shape[:-1], nb, wpb), "i32", body, "±1 code sums S_X = 2·popcount − 32 per word")
+    return _sums(
+        w, xb, (*shape[:-1], nb, wpb), "i32", body, "±1 code sums S_X = 2·popcount − 32 per word"
+    )
 
 
 def pack_signs(w: Writer, codes: str, shape: tuple[int, ...]) -> str:
@@ -283,13 +283,19 @@ def _int_matmul(w: Writer, a: list[str], op: Op) -> str:
         wq = unpack_nibbles(w, wq, wshape, signed)
         wshape = (wshape[0], wshape[1] * 2)
     p = _core(
-        w, (xq, xshape, "i8"), (wq, wshape, "i8"), block, lead_w=False, body=None,
+        w,
+        (xq, xshape, "i8"),
+        (wq, wshape, "i8"),
+        block,
+        lead_w=False,
+        body=None,
         why="integer core P[m, n, b] = Σ_k∈b xq·wq (i8 × i8 → i32)",
-    )  # fmt: skip
+    )
     sx = code_sums(w, xq, xshape, block)
     m, k = xshape
-    return epilogue(w, p, (), m, wshape[0], k // block, block, (xs, xc, sx), (ws, wc, wsum),
-                    lead_w=False)  # fmt: skip
+    return epilogue(
+        w, p, (), m, wshape[0], k // block, block, (xs, xc, sx), (ws, wc, wsum), lead_w=False
+    )
 
 
 def _xnor(w: Writer, a: list[str], op: Op) -> str:
@@ -297,13 +303,28 @@ def _xnor(w: Writer, a: list[str], op: Op) -> str:
     block = int(op.attr("block"))  # type: ignore[arg-type]
     xshape, wshape = _shape(op, 0), _shape(op, 3)
     p = _core(
-        w, (xb, xshape, "i32"), (wb, wshape, "i32"), block, lead_w=False, body=_XNOR,
+        w,
+        (xb, xshape, "i32"),
+        (wb, wshape, "i32"),
+        block,
+        lead_w=False,
+        body=_XNOR,
         why="XNOR-popcount core P[m, n, b] = Σ_words 2·ctpop(¬(x ⊕ w)) − 32 (±1 dot products)",
-    )  # fmt: skip
+    )
     sx = sign_sums(w, xb, xshape, block)
     m, words = xshape
-    return epilogue(w, p, (), m, wshape[0], words * 32 // block, block, (xs, xc, sx),
-                    (ws, wc, wsum), lead_w=False)  # fmt: skip
+    return epilogue(
+        w,
+        p,
+        (),
+        m,
+        wshape[0],
+        words * 32 // block,
+        block,
+        (xs, xc, sx),
+        (ws, wc, wsum),
+        lead_w=False,
+    )
 
 
 def _sparse24(w: Writer, a: list[str], op: Op) -> str:
@@ -315,8 +336,9 @@ def _sparse24(w: Writer, a: list[str], op: Op) -> str:
     p = sparse24_core(w, xq, xshape, wv, wi, vshape[0], block)
     sx = code_sums(w, xq, xshape, block)
     m, k = xshape
-    return epilogue(w, p, (), m, vshape[0], k // block, block, (xs, xc, sx), (ws, wc, wsum),
-                    lead_w=False)  # fmt: skip
+    return epilogue(
+        w, p, (), m, vshape[0], k // block, block, (xs, xc, sx), (ws, wc, wsum), lead_w=False
+    )
 
 
 def _qbmm(w: Writer, a: list[str], op: Op) -> str:
@@ -324,13 +346,28 @@ def _qbmm(w: Writer, a: list[str], op: Op) -> str:
     block = int(op.attr("block"))  # type: ignore[arg-type]
     ashape, bshape = _shape(op, 0), _shape(op, 3)
     p = _core(
-        w, (aq, ashape, "i8"), (bq, bshape, "i8"), block, lead_w=True, body=None,
+        w,
+        (aq, ashape, "i8"),
+        (bq, bshape, "i8"),
+        block,
+        lead_w=True,
+        body=None,
         why="batched integer core P[.., m, n, b] = Σ_k∈b aq·bq (i8 × i8 → i32)",
-    )  # fmt: skip
+    )
     sa, sb = code_sums(w, aq, ashape, block), code_sums(w, bq, bshape, block)
     *lead, m, k = ashape
-    return epilogue(w, p, tuple(lead), m, bshape[-2], k // block, block, (as_, ac, sa),
-                    (bs, bc, sb), lead_w=True)  # fmt: skip
+    return epilogue(
+        w,
+        p,
+        tuple(lead),
+        m,
+        bshape[-2],
+        k // block,
+        block,
+        (as_, ac, sa),
+        (bs, bc, sb),
+        lead_w=True,
+    )
 
 
 #: rq op name → emitter ``(writer, operand SSA names, op) -> result SSA name``.

@@ -117,14 +117,14 @@ class SegmentModule(torch.nn.Module):
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from rqcompile.targets.reference import KERNELS
 
-        env = {v.id: x for v, x in zip(self.seg.inputs, xs)}
+        env = {v.id: x for v, x in zip(self.seg.inputs, xs, strict=True)}
         for op in self.seg.ops:
             attrs: Any = op.attrs_dict
             if packs_signs(op):
                 attrs = {**attrs, "pack": "none"}
             out = KERNELS[op.name](tuple(env[v.id] for v in op.operands), attrs)
             outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-            env.update(zip((r.id for r in op.results), outs))
+            env.update(zip((r.id for r in op.results), outs, strict=True))
         return tuple(env[v.id] for v in self.seg.outputs)
 
 
@@ -135,9 +135,12 @@ def example_tensor(t: TensorType) -> torch.Tensor:
     return torch.zeros(tuple(int(d) for d in t.shape), dtype=_TORCH[t.dtype])  # type: ignore[arg-type]
 
 
-def segment_module(
-    seg: Segment, in_types: Sequence[TensorType], func_name: str
-) -> str:
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def segment_module(seg: Segment, in_types: Sequence[TensorType], func_name: str) -> str:
     """Import ``seg`` with torch-mlir's FX importer, lowered to linalg-on-tensors; MLIR text.
 
     Raises:
@@ -155,15 +158,18 @@ def segment_module(
     try:
         with torch.no_grad():  # kernels under no_grad then trace without grad-mode wrappers
             mod = fx.export_and_import(
-                SegmentModule(seg).eval(), *examples, output_type="linalg-on-tensors",
-                func_name=func_name, decomposition_table={},
-            )  # fmt: skip
+                SegmentModule(seg).eval(),
+                *examples,
+                output_type="linalg-on-tensors",
+                func_name=func_name,
+                decomposition_table={},
+            )
     except Exception as e:
         ops = ", ".join(sorted({op.name for op in seg.ops}))
         layers = ", ".join(sorted({op.loc.layer for op in seg.ops if op.loc is not None}))
         raise UnsupportedOpError(
             f"MLIR export: torch-mlir could not import the float ops {ops} "
-            f"(layers: {layers or 'unnamed'}): {type(e).__name__}: {e}. Keep those layers "
-            "float or file an issue with this message."
+            f"(layers: {layers or 'unnamed'}): {type(e).__name__}: {_first_line(e)}. Keep "
+            "those layers float or file an issue with this message."
         ) from e
     return str(mod)

@@ -108,9 +108,7 @@ class Writer:
         """``tensor.expand_shape`` (split one dim into several), e.g. ``[[0], [1, 2]]``."""
         v = self.fresh("x")
         out = ", ".join(str(d) for d in shape)
-        self.emit(
-            f"{v} = tensor.expand_shape {x} {groups} output_shape [{out}] : {src} into {dst}"
-        )
+        self.emit(f"{v} = tensor.expand_shape {x} {groups} output_shape [{out}] : {src} into {dst}")
         return v
 
     def collapse(self, x: str, src: str, dst: str, groups: str) -> str:

@@ -1,4 +1,4 @@
-"""Whole tiny models: export → parse with torch-mlir's bindings → JIT-run vs the reference target."""
+"""Tiny models: export → parse with torch-mlir's bindings → JIT-run vs the reference target."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rqcompile.testing.models import prepared_tiny
 #: preset → (kernel function suffix, text that only its integer core contains)
 KERNEL = {
     "A4W4": ("int_matmul", "linalg.contract"),
+    "A8W8": ("int_matmul", "linalg.contract"),  # int8 weights; traces the 8-bit code shift
     "A1W1": ("xnor_popcount_matmul", "math.ctpop"),
     "A4W4+2:4": ("sparse24_matmul", "tensor.extract"),
 }
@@ -34,7 +35,7 @@ def _check_runs(qat: object, ex: tuple[torch.Tensor, ...], text: str) -> None:
     want = rq.lower(qat, target="reference")(*ex)
     want = want if isinstance(want, tuple) else (want,)
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         # Integer cores are exact; the activation quantizers' float statistics (mean, ridge
         # fit) are summed in another order in MLIR than in torch, ~1e-7 relative.
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * float(w.abs().max()))
@@ -77,20 +78,22 @@ def test_cnn_depthwise_exports_and_runs(preset: str) -> None:
 
 
 def test_accepts_ir_and_compiled_model_and_new_shapes() -> None:
-    qat, ex, text = _exported("mlp", "A4W4")
-    irm = rq.convert(qat)
-    assert rq.export_mlir(irm) == text
-    assert rq.export_mlir(rq.build(irm, "reference")) == text
+    qat, _, text = _exported("mlp", "A4W4")
+    assert rq.export_mlir(rq.lower(qat, "reference")) == text  # deterministic, same IR
     x = torch.randn(3, 64)
     other = rq.export_mlir(qat, example_inputs=(x,))
     assert "func.func @main(%arg0: tensor<3x64xf32>) -> tensor<3x10xf32>" in other
-    torch.testing.assert_close(run_mlir(other, x)[0], rq.lower(qat, "reference", example_inputs=(x,))(x),
-                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    torch.testing.assert_close(
+        run_mlir(other, x)[0],
+        rq.lower(qat, "reference", example_inputs=(x,))(x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     qat, ex, text = _exported("mlp", "A4W4")
-    with pytest.raises(TypeError, match="rq.prepare"):
+    with pytest.raises(TypeError, match=r"rq\.prepare"):
         rq.export_mlir(torch.nn.Linear(4, 4))
     with pytest.raises(TypeError, match="example_inputs only applies"):
         rq.export_mlir(rq.convert(qat), example_inputs=ex)

@@ -49,8 +49,11 @@ def _case(kind: str, dyadic: bool, seed: int = 0) -> tuple[str, list[torch.Tenso
     if kind == "qbmm":
         aq = torch.randint(-128, 128, (2, m, k), generator=g, dtype=torch.int8)
         bq = torch.randint(-128, 128, (2, n, k), generator=g, dtype=torch.int8)
-        return "rq.qbmm", [aq, *_params(g, (2, m, nb), dyadic), bq,
-                           *_params(g, (2, n, nb), dyadic)], {"block": block}  # fmt: skip
+        return (
+            "rq.qbmm",
+            [aq, *_params(g, (2, m, nb), dyadic), bq, *_params(g, (2, n, nb), dyadic)],
+            {"block": block},
+        )
     xq = torch.randint(-8, 8, (m, k), generator=g, dtype=torch.int8)
     xs, xc = _params(g, (m, nb), dyadic)
     ws, wc = _params(g, (n, nb), dyadic)
@@ -59,28 +62,40 @@ def _case(kind: str, dyadic: bool, seed: int = 0) -> tuple[str, list[torch.Tenso
         lo, hi = (-8, 8) if signed else (0, 16)
         w = torch.randint(lo, hi, (n, k), generator=g, dtype=torch.int8)
         wq = pack_nibbles(w, signed=signed)
-        return "rq.int_matmul", [xq, xs, xc, wq, ws, wc, _wsum(w, block)], \
-            {"block": block, "w_bits": 4, "w_signed": signed}  # fmt: skip
+        return (
+            "rq.int_matmul",
+            [xq, xs, xc, wq, ws, wc, _wsum(w, block)],
+            {"block": block, "w_bits": 4, "w_signed": signed},
+        )
     if kind == "int8":
         w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
         xq = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
-        return "rq.int_matmul", [xq, xs, xc, w, ws, wc, _wsum(w, block)], \
-            {"block": block, "w_bits": 8, "w_signed": True}  # fmt: skip
+        return (
+            "rq.int_matmul",
+            [xq, xs, xc, w, ws, wc, _wsum(w, block)],
+            {"block": block, "w_bits": 8, "w_signed": True},
+        )
     if kind == "xnor":
         k, block = 128, 64
         x = torch.randint(0, 2, (m, k), generator=g) * 2 - 1
         w = torch.randint(0, 2, (n, k), generator=g) * 2 - 1
         xs, xc = _params(g, (m, 2), dyadic)
         ws, wc = _params(g, (n, 2), dyadic)
-        return "rq.xnor_popcount_matmul", [pack_signs(x), xs, xc, pack_signs(w), ws, wc,
-                                           _wsum(w, block)], {"block": block, "k": k}  # fmt: skip
+        return (
+            "rq.xnor_popcount_matmul",
+            [pack_signs(x), xs, xc, pack_signs(w), ws, wc, _wsum(w, block)],
+            {"block": block, "k": k},
+        )
     assert kind == "sparse24"
     w = torch.randint(-7, 8, (n, k // 4, 4), generator=g)
     keep = torch.rand(n, k // 4, 4, generator=g).argsort(-1) < 2  # 2 random slots per group
     w = (w * keep).reshape(n, k)  # some groups have < 2 non-zeros (code 0 kept)
     vals, idx = pack_sparse24(w)
-    return "rq.sparse24_matmul", [xq, xs, xc, vals, idx, ws, wc, _wsum(w, block)], \
-        {"block": block, "w_bits": 4}  # fmt: skip
+    return (
+        "rq.sparse24_matmul",
+        [xq, xs, xc, vals, idx, ws, wc, _wsum(w, block)],
+        {"block": block, "w_bits": 4},
+    )
 
 
 KINDS = ["nibble_signed", "nibble_unsigned", "int8", "xnor", "sparse24", "qbmm"]
@@ -109,14 +124,21 @@ _CONTRACT = r"linalg\.contract indexing_maps = \[[^]]*\] ins\([^)]*: {}, {}\) ou
 @pytest.mark.parametrize(
     "kind, patterns",
     [
-        ("nibble_signed", ["arith.shrsi", _CONTRACT.format(
-            "tensor<3x2x32xi8>", "tensor<5x2x32xi8>", "tensor<3x5x2xi32>")]),
+        (
+            "nibble_signed",
+            [
+                "arith.shrsi",
+                _CONTRACT.format("tensor<3x2x32xi8>", "tensor<5x2x32xi8>", "tensor<3x5x2xi32>"),
+            ],
+        ),
         ("xnor", ["arith.xori", "math.ctpop", r"outs\([^)]*: tensor<3x5x2xi32>\)"]),
         ("sparse24", [r"tensor.extract %\w+\[", "arith.shrui"]),
-        ("qbmm", [_CONTRACT.format(
-            "tensor<2x3x2x32xi8>", "tensor<2x5x2x32xi8>", "tensor<2x3x5x2xi32>")]),
+        (
+            "qbmm",
+            [_CONTRACT.format("tensor<2x3x2x32xi8>", "tensor<2x5x2x32xi8>", "tensor<2x3x5x2xi32>")],
+        ),
     ],
-)  # fmt: skip
+)
 def test_kernel_is_integer_linalg(kind: str, patterns: list[str]) -> None:
     """The integer core is i8/i32 linalg (not a float matmul), and the text re-parses."""
     opname, args, attrs = _case(kind, dyadic=True)
