@@ -197,7 +197,7 @@ def _kernel(funcs: list[str], sym: str, op: Op, args: list[str], call: Any) -> s
 
 
 def export_mlir(model: Any, example_inputs: Any = None) -> str:
-    """Export ``model`` as MLIR text (upstream dialects; integer kernels as integer linalg).
+    r"""Export ``model`` as MLIR text (upstream dialects; integer kernels as integer linalg).
 
     Args:
         model: the graph from ``rq.prepare`` (converted here), the IR from ``rq.convert`` or a
