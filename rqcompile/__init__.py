@@ -38,6 +38,7 @@ from rqcompile.errors import (
     UnsupportedOpError,
     VerifyError,
 )
+from rqcompile.mlir.export import export_mlir
 from rqcompile.passes.infra import DumpIR, PassContext, PrintAfter, Timing
 from rqcompile.targets.compiled import CompiledModule, load
 from rqcompile.targets.target import Target
@@ -76,6 +77,7 @@ __all__ = [
     "draw",
     "draw_diff",
     "explain",
+    "export_mlir",
     "inspect",
     "load",
     "load_qat",

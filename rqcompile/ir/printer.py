@@ -1,5 +1,10 @@
 """Deterministic text form of the rq IR in MLIR generic syntax.
 
+The ``rq`` ops printed here are an MLIR dialect of our own; ``rq.export_mlir`` rewrites them
+into upstream dialects (integer kernels → ``linalg.contract`` / ``linalg.generic`` on
+``i8``/``i32`` with ``arith`` and ``math.ctpop``; float ops → torch-mlir's FX importer). The
+op-by-op mapping is in ``docs/mlir.md``.
+
 One op per line, SSA names by definition position (arguments first), attributes sorted,
 no object ids. :mod:`rqcompile.ir.parser` reads every text printed here back into an equal
 module. The grammar, by example::
