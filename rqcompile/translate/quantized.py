@@ -8,7 +8,7 @@ chosen per layer (METHOD.md §3):
 layer                                       kernel
 ==========================================  ======================================
 1-bit activations and weights, block%32==0  ``rq.xnor_popcount_matmul`` (packed bits)
-N:M-sparse weights (2:4)                    ``rq.sparse24_matmul`` (values + 2-bit idx)
+2:4-sparse weights, K%8==0                  ``rq.sparse24_matmul`` (values + 2-bit idx)
 anything else                               ``rq.int_matmul`` (nibbles for ≤4-bit W)
 weight-only (``W4``)                        float matmul on the dequantized weight
 ==========================================  ======================================
@@ -77,7 +77,9 @@ def pack_weight(w: RQQuantize, weight: torch.Tensor, kb: int, *, xnor: bool) -> 
             "xnor_popcount_matmul", {"wbits": pack_signs(codes), **common}, {"block": kb, "k": k}
         )
     sb = w.spec.storage_bits
-    if w.sparsity is not None and (w.sparsity.n, w.sparsity.m) == (2, 4):
+    # the 2:4 layout packs two groups' indices per byte (K % 8 == 0); otherwise the pruned
+    # codes (exact zeros) run through int_matmul, which gives the same result
+    if w.sparsity is not None and (w.sparsity.n, w.sparsity.m) == (2, 4) and k % 8 == 0:
         vals, idx = pack_sparse24(codes)
         return WeightPack(
             "sparse24_matmul", {"wvals": vals, "widx": idx, **common}, {"block": kb, "w_bits": sb}
