@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rqcompile.ir.core import Value
+from rqcompile.passes.qat.common import check_finite
 from rqcompile.quant.bitpack import pack_nibbles, pack_signs, pack_sparse24, shift_affine8
 from rqcompile.quant.modules import RQQuantize
 from rqcompile.translate.from_fx import QOperand, TranslateContext
@@ -63,6 +64,7 @@ def _xnor_ok(a: RQQuantize | None, w: RQQuantize, kb: int, k: int) -> bool:
 
 def pack_weight(w: RQQuantize, weight: torch.Tensor, kb: int, *, xnor: bool) -> WeightPack:
     """Fold a trained weight quantizer into kernel-ready integer tensors (K last, block ``kb``)."""
+    check_finite(weight.detach(), layer=w.layer, what="the trained weight", stage="convert()")
     codes, scale, offset = w.quantize(weight.detach().float())  # (N, K) int16, (N, nbw)
     n, k = codes.shape
     f = (k // scale.shape[-1]) // kb
@@ -122,6 +124,8 @@ def _emit_matmul(cx: Cx, pack: WeightPack, prefix: str, xq: Value, xs: Value, xc
 
 
 def _dequantized_weight(q: QOperand) -> torch.Tensor:
+    layer = q.quant.layer  # type: ignore[union-attr]
+    check_finite(q.source, layer=layer, what="the trained weight", stage="convert()")  # type: ignore[arg-type]
     with torch.no_grad():
         return q.quant(q.source.float()).detach()  # type: ignore[union-attr]
 

@@ -115,7 +115,7 @@ def layer_spec(draw: st.DrawFn, *, k: int, allow_weight_only: bool = True) -> rq
     if sparse and _block(w, k) % 4:
         sparse = False
     a = None
-    if not allow_weight_only or draw(st.integers(0, 5)) > 0:
+    if not allow_weight_only or draw(st.integers(0, 5)) < 5:
         a = draw(quant_spec(k=k, role="activation"))
     return rq.LayerSpec(
         weight=w,
