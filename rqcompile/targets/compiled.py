@@ -152,9 +152,10 @@ class CompiledModule:
         try:
             fd, tmp = tempfile.mkstemp(prefix=".rq-", suffix=".tmp", dir=d)
             with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                z.writestr("manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+                # fixed member timestamps: the same model always saves to the same bytes
+                z.writestr(_member("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True))
                 for k, v in members.items():
-                    z.writestr(k, v)
+                    z.writestr(_member(k), v)
             os.replace(tmp, path)
         except BaseException as e:
             if tmp is not None and os.path.exists(tmp):
@@ -166,6 +167,10 @@ class CompiledModule:
                     "writable and has free space, or save elsewhere."
                 ) from e
             raise
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
 
 
 def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:
