@@ -92,10 +92,15 @@ def fill(shape: tuple[int, ...] | torch.Size, how: str, scale_exp: int, g: torch
 
 
 @st.composite
-def quant_spec(draw: st.DrawFn, *, k: int, role: str, force_symmetric: bool = False) -> Any:
-    bits = draw(st.sampled_from(BITS))
+def quant_spec(
+    draw: st.DrawFn, *, k: int, role: str, force_symmetric: bool = False, bits: float = 0
+) -> Any:
+    bits = bits or draw(st.sampled_from(BITS))
     symmetric = True if bits == 1.5 or force_symmetric else draw(st.booleans())
     blocks = sorted({d for d in (4, 8, 16, 32, 64, 128) if k % d == 0 or d >= k})
+    bad = [d for d in (4, 8, 16, 32, 64, 128) if d < k and k % d]
+    if bad and draw(st.integers(0, 3)) == 0:  # now and then a block that does not divide K
+        blocks.append(bad[0])
     grans: list[Any] = [rq.PerChannel(), *(rq.PerGroup(b) for b in blocks)]
     if role == "weight":
         grans.append(rq.PerTensor())
@@ -109,14 +114,16 @@ def _block(q: rq.QuantSpec, k: int) -> int:
 
 
 @st.composite
-def layer_spec(draw: st.DrawFn, *, k: int, allow_weight_only: bool = True) -> rq.LayerSpec:
-    sparse = k % 4 == 0 and draw(st.booleans())
-    w = draw(quant_spec(k=k, role="weight", force_symmetric=sparse))
+def layer_spec(
+    draw: st.DrawFn, *, k: int, allow_weight_only: bool = True, binary: bool = False
+) -> rq.LayerSpec:
+    sparse = not binary and k % 4 == 0 and draw(st.booleans())
+    w = draw(quant_spec(k=k, role="weight", force_symmetric=sparse, bits=1 if binary else 0))
     if sparse and _block(w, k) % 4:
         sparse = False
     a = None
-    if not allow_weight_only or draw(st.integers(0, 5)) < 5:
-        a = draw(quant_spec(k=k, role="activation"))
+    if binary or not allow_weight_only or draw(st.integers(0, 5)) < 5:
+        a = draw(quant_spec(k=k, role="activation", bits=1 if binary else 0))
     return rq.LayerSpec(
         weight=w,
         activation=a,
@@ -133,12 +140,13 @@ K_VALUES = st.one_of(
 
 @st.composite
 def linear_case(draw: st.DrawFn) -> Case:
-    k = draw(K_VALUES)
+    binary = draw(st.integers(0, 4)) == 0  # A1W1: the XNOR-popcount kernel when K % 32 == 0
+    k = draw(st.sampled_from([32, 64, 96, 256]) if binary and draw(st.booleans()) else K_VALUES)
     return Case(
         kind="linear",
         k=k,
         n=draw(st.integers(1, 12)),
-        spec=draw(layer_spec(k=k)),
+        spec=draw(layer_spec(k=k, binary=binary)),
         x_data=draw(st.sampled_from(DATA)),
         w_data=draw(st.sampled_from(DATA)),
         scale_exp=draw(st.integers(-6, 6)),

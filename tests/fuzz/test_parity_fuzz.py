@@ -135,7 +135,6 @@ def test_conv_reference_parity_many(c: Case, m: int) -> None:
 
 # -- TVM llvm (one build per example; several layers share it) ------------------------------
 
-pytest.importorskip("tvm")  # everything below needs TVM
 
 
 @pytest.mark.tvm
