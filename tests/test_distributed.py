@@ -69,7 +69,7 @@ def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
     assert got.keys() == qat.state_dict().keys()
     moved = 0.0
     for k, want in qat.state_dict().items():
-        torch.testing.assert_close(got[k], want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(got[k], want, rtol=1e-4, atol=1e-5, msg=f"{k} differs")
         if want.is_floating_point():
             moved = max(moved, float((want - start[k]).abs().max()))
     assert moved > 1e-3  # the runs really trained

@@ -44,7 +44,8 @@ def _cycle(target: str) -> None:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
 @pytest.mark.parametrize(
-    ("target", "warmup", "iters", "bound_mb"), [
+    ("target", "warmup", "iters", "bound_mb"),
+    [
         ("reference", 2, 8, 48),
         pytest.param("llvm", 2, 6, 96, marks=[pytest.mark.tvm, pytest.mark.slow]),
     ],
@@ -64,8 +65,10 @@ def test_repeated_prepare_lower_run_memory_is_bounded(
         gc.collect()
         samples.append(_rss_mb() - start)
     if os.environ.get("RQ_MEMORY_REPORT"):
-        print(f"\n{target}: RSS after warm-up {start:.1f} MB; growth per iteration (MB): "
-              + ", ".join(f"{s:.1f}" for s in samples))
+        print(
+            f"\n{target}: RSS after warm-up {start:.1f} MB; growth per iteration (MB): "
+            + ", ".join(f"{s:.1f}" for s in samples)
+        )
     assert samples[-1] < bound_mb, f"{target}: RSS grew {samples[-1]:.1f} MB over {iters} runs"
 
 

@@ -21,6 +21,7 @@ optionally, the TVM ``llvm`` target:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +189,7 @@ class Branches(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs, a = [], 0
-        for k, layer in zip(self.ks, self.layers):
+        for k, layer in zip(self.ks, self.layers, strict=True):
             outs.append(layer(x[:, a : a + k]))
             a += k
         return tuple(outs)
@@ -242,8 +243,6 @@ def probe_module(irm: Any) -> tuple[Any, list[Any]]:
     f = irm.main
     quants = [op for op in f.ops if op.name == "rq.quantize"]
     extra = tuple(r for op in quants for r in op.results)
-    import dataclasses
-
     probe = irm.replace(funcs=(dataclasses.replace(f, outputs=(*f.outputs, *extra)),))
     return probe, quants
 
@@ -270,8 +269,13 @@ def assert_close_to(got: torch.Tensor, want: torch.Tensor, mag: torch.Tensor, wh
 
 
 def check(
-    cases: list[Case], qat: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor], *,
-    prefix: str, tvm: bool,
+    cases: list[Case],
+    qat: nn.Module,
+    x: torch.Tensor,
+    inputs: list[torch.Tensor],
+    *,
+    prefix: str,
+    tvm: bool,
 ) -> None:
     """The three-way parity check for a prepared model whose layer i is ``prefix + str(i)``."""
     irm = rq.convert(qat)
@@ -298,7 +302,7 @@ def check(
             torch.testing.assert_close(o2, offset, rtol=2e-6, atol=1e-30)
         if 0 <= i < len(cases) and cases[i].kind == "linear":
             aq: RQQuantize = qat.get_submodule(f"{prefix}{i}.input_quant")
-            qc, qs, qo = aq.quantize(inputs[i])
+            qc, qs, _ = aq.quantize(inputs[i])
             k = int(qc.shape[-1])
             assert torch.equal(_stored_codes(codes, op, k), qc.to(torch.int64)), (
                 f"{layer}: reference quantize codes differ from the QAT quantizer"

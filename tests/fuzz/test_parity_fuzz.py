@@ -136,7 +136,6 @@ def test_conv_reference_parity_many(c: Case, m: int) -> None:
 # -- TVM llvm (one build per example; several layers share it) ------------------------------
 
 
-
 @pytest.mark.tvm
 @ci(2)
 @given(cases=st.lists(linear_case(), min_size=4, max_size=4), m=BATCH)

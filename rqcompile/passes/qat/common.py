@@ -126,7 +126,8 @@ def add_quantizer(
 
 
 def check_finite(t: torch.Tensor, *, layer: str, what: str, stage: str = "prepare()") -> None:
-    """Raise a ``NumericsError`` naming ``layer`` if ``t`` holds NaN/Inf (``stage`` is the fix's verb)."""
+    """Raise a ``NumericsError`` naming ``layer`` if ``t`` holds NaN/Inf; ``stage`` is the
+    call the user should make only after fixing the weights."""
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise NumericsError(
