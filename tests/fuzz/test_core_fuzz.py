@@ -115,9 +115,7 @@ def module_for(c: Core) -> tuple[Module, torch.Tensor, torch.Tensor]:
     else:
         vals, idx = pack_sparse24(wcodes)
         wv, wi = b.const("wvals", vals), b.const("widx", idx)
-        y = b.op(
-            "rq.sparse24_matmul", xq, xs, xc, wv, wi, ws, wc, wsum, block=c.block, w_bits=4
-        )
+        y = b.op("rq.sparse24_matmul", xq, xs, xc, wv, wi, ws, wc, wsum, block=c.block, w_bits=4)
     b.ret(y)
     core = R.int_matmul_core(xcodes, wcodes, c.block).to(torch.int64).sum(-1)
     return b.module(), x, core
