@@ -298,8 +298,10 @@ def check(
         if tvm:
             q2, s2, o2 = targets["llvm"][nout + 3 * qi : nout + 3 * qi + 3]
             assert torch.equal(codes, q2), f"{layer}: llvm quantize codes differ from reference"
-            torch.testing.assert_close(s2, scale, rtol=2e-6, atol=0)
-            torch.testing.assert_close(o2, offset, rtol=2e-6, atol=1e-30)
+            torch.testing.assert_close(s2, scale, rtol=1e-5, atol=0)
+            # the offset x̄ - s·q̄ cancels: its float32 error scales with the data, not itself
+            data = float((inputs[i] if 0 <= i < len(cases) else x).abs().max())
+            torch.testing.assert_close(o2, offset, rtol=2e-6, atol=1e-6 * data + 1e-30)
         if 0 <= i < len(cases) and cases[i].kind == "linear":
             aq: RQQuantize = qat.get_submodule(f"{prefix}{i}.input_quant")
             qc, qs, _ = aq.quantize(inputs[i])

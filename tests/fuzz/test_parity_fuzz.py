@@ -65,6 +65,22 @@ SPARSE_K12 = Case(
     scale_exp=0,
     seed=1,
 )
+# regression (first slow run): the ridge offset x̄ - s·q̄ cancels (16667 - 16733 = -66.6), so
+# llvm and reference offsets differ by float32 rounding of the data (5e-4), not of the offset
+OFFSET_CANCELS = Case(
+    kind="linear",
+    k=3,
+    n=1,
+    spec=rq.LayerSpec(
+        weight=rq.QuantSpec(bits=1, granularity=rq.PerTensor()),
+        activation=rq.QuantSpec(bits=5, granularity=rq.PerGroup(8)),
+        ridge_lambda=0.0,
+    ),
+    x_data="ints",
+    w_data="normal",
+    scale_exp=4,
+    seed=23058,
+)
 
 
 def run_linear(cases: list[Case], m: int, *, tvm: bool) -> None:
@@ -139,7 +155,7 @@ def test_conv_reference_parity_many(c: Case, m: int) -> None:
 @pytest.mark.tvm
 @ci(2)
 @given(cases=st.lists(linear_case(), min_size=4, max_size=4), m=BATCH)
-@example(cases=[SPARSE_K12], m=1)
+@example(cases=[SPARSE_K12, OFFSET_CANCELS], m=1)
 def test_linear_llvm_parity(cases: list[Case], m: int) -> None:
     run_linear(cases, m, tvm=True)
 
