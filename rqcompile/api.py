@@ -82,6 +82,7 @@ def prepare(
     cfg = as_qconfig(config, **overrides)
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    _check_example_inputs(example_inputs)
     was_training = getattr(model, "training", True)
     gm = capture_graph(model, example_inputs, leaf_modules=leaf_modules, method=capture)
     ctx = context or PassContext.from_env()
@@ -97,6 +98,22 @@ def prepare(
     gm.meta["rq_notes"] = [*gm.meta.get("rq_capture_notes", []), *ctx.options.get("notes", [])]
     gm.train(was_training)
     return gm
+
+
+def _check_example_inputs(example_inputs: tuple[Any, ...]) -> None:
+    """NaN/Inf in example inputs would poison every shape- and statistics-recording pass."""
+    import torch
+
+    from rqcompile.errors import NumericsError
+
+    for i, x in enumerate(example_inputs):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise NumericsError(
+                f"example_inputs[{i}] has {bad} NaN/Inf values. prepare() runs the example "
+                "inputs through the model; pass a finite batch (e.g. torch.nan_to_num(x) or "
+                "real data)."
+            )
 
 
 def _ensure_prepared(obj: Any, verb: str) -> fx.GraphModule:

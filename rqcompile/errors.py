@@ -65,8 +65,9 @@ class InputError(RQError, TypeError):
     """A compiled model was called with inputs of the wrong dtype, device, rank or shape."""
 
 
-class ArtifactError(RQError):
-    """A saved artifact is missing, corrupt, truncated or from another version."""
+class ArtifactError(RQError, OSError):
+    """A saved artifact is missing, corrupt, truncated or from another version, or could not be
+    written (also an ``OSError``, so code that handles I/O failures keeps working)."""
 
 
 class RQWarning(UserWarning):

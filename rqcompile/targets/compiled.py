@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rqcompile.errors import ArtifactError, InputError
+from rqcompile.errors import ArtifactError, InputError, TargetError
 from rqcompile.ir.core import Module
 from rqcompile.ir.types import TensorType, torch_dtype
 from rqcompile.targets.target import Target
@@ -104,6 +104,12 @@ class CompiledModule:
                 problems.append(
                     f"device {x.device} (this {self.target.kind} build runs on cpu; use x.cpu())"
                 )
+            if not problems and x.is_floating_point() and not torch.isfinite(x).all():
+                bad = int((~torch.isfinite(x)).sum())
+                problems.append(
+                    f"{bad} NaN/Inf value(s) (a quantized block containing one has no valid "
+                    "scale; clean the input first, e.g. torch.nan_to_num(x))"
+                )
             vocab = self._id_ranges.get(i)
             if not problems and vocab is not None and x.numel():
                 lo, hi = int(x.min()), int(x.max())
@@ -148,17 +154,29 @@ class CompiledModule:
         }
         path = os.fspath(path)
         d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".rq-", suffix=".tmp", dir=d)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(prefix=".rq-", suffix=".tmp", dir=d)
             with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                z.writestr("manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+                # fixed member timestamps: the same model always saves to the same bytes
+                z.writestr(_member("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True))
                 for k, v in members.items():
-                    z.writestr(k, v)
+                    z.writestr(_member(k), v)
             os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
+        except BaseException as e:
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(e, OSError) and not isinstance(e, ArtifactError):
+                raise ArtifactError(
+                    f"{path}: cannot write the artifact ({type(e).__name__}: "
+                    f"{e.strerror or e}); nothing was written. Check that {d} exists, is "
+                    "writable and has free space, or save elsewhere."
+                ) from e
             raise
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
 
 
 def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:
@@ -207,7 +225,8 @@ def read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Module,
             if "manifest.json" not in names:
                 raise ArtifactError(f"{path}: not an rqcompile artifact (no manifest.json).")
             manifest = json.loads(z.read("manifest.json"))
-            members = {k: z.read(k) for k in manifest.get("sha256", {})}
+            _check_manifest(path, manifest, names)
+            members = {k: z.read(k) for k in manifest["sha256"]}
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError, ValueError) as e:
         if isinstance(e, ArtifactError):
             raise
@@ -229,5 +248,42 @@ def read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Module,
         constants = st_load(members["weights.safetensors"])
         ir = parse_module(members["ir.mlir"].decode(), constants=constants)
     except Exception as e:
-        raise ArtifactError(f"{path}: cannot read the IR or weights: {e}") from e
+        raise ArtifactError(
+            f"{path}: cannot read the IR or weights ({type(e).__name__}: {e}). The file is "
+            "damaged or was not written by exe.save(); re-save the model from its QAT graph."
+        ) from e
+    try:
+        target = Target.parse(manifest["target"])
+    except TargetError as e:
+        raise ArtifactError(
+            f"{path}: built for target {manifest['target']!r}, which this rqcompile cannot "
+            f"build ({e}). Load it with the rqcompile that wrote it ({manifest.get('rqcompile')})."
+        ) from e
     return manifest, ir, members
+
+
+_REQUIRED = ("ir.mlir", "weights.safetensors")
+
+
+def _check_manifest(path: str, manifest: Any, names: set[str]) -> None:
+    """Reject a manifest that is not one ``save`` writes, before anything else is read.
+
+    Members not listed in the manifest (e.g. a planted pickle) are an error, not ignored: an
+    artifact is exactly what ``save`` wrote.
+    """
+    problem = None
+    if not isinstance(manifest, dict):
+        problem = f"manifest.json holds a {type(manifest).__name__}, not an object"
+    elif not isinstance(manifest.get("sha256"), dict) or "target" not in manifest:
+        problem = "manifest.json lacks 'sha256' or 'target'"
+    elif missing := [m for m in _REQUIRED if m not in manifest["sha256"]]:
+        problem = f"manifest.json lists no {', '.join(missing)}"
+    elif extra := sorted(names - set(manifest["sha256"]) - {"manifest.json"}):
+        problem = f"unexpected member(s) {', '.join(map(repr, extra))} not listed in the manifest"
+    elif absent := sorted(set(manifest["sha256"]) - names):
+        problem = f"member(s) {', '.join(map(repr, absent))} listed but missing"
+    if problem is not None:
+        raise ArtifactError(
+            f"{path}: not a valid rqcompile artifact ({problem}). Only load files written by "
+            "exe.save(); re-save the model from its QAT graph."
+        )

@@ -8,7 +8,7 @@ chosen per layer (METHOD.md §3):
 layer                                       kernel
 ==========================================  ======================================
 1-bit activations and weights, block%32==0  ``rq.xnor_popcount_matmul`` (packed bits)
-N:M-sparse weights (2:4)                    ``rq.sparse24_matmul`` (values + 2-bit idx)
+2:4-sparse weights, K%8==0                  ``rq.sparse24_matmul`` (values + 2-bit idx)
 anything else                               ``rq.int_matmul`` (nibbles for ≤4-bit W)
 weight-only (``W4``)                        float matmul on the dequantized weight
 ==========================================  ======================================
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rqcompile.ir.core import Value
+from rqcompile.passes.qat.common import check_finite
 from rqcompile.quant.bitpack import pack_nibbles, pack_signs, pack_sparse24, shift_affine8
 from rqcompile.quant.modules import RQQuantize
 from rqcompile.translate.from_fx import QOperand, TranslateContext
@@ -63,6 +64,7 @@ def _xnor_ok(a: RQQuantize | None, w: RQQuantize, kb: int, k: int) -> bool:
 
 def pack_weight(w: RQQuantize, weight: torch.Tensor, kb: int, *, xnor: bool) -> WeightPack:
     """Fold a trained weight quantizer into kernel-ready integer tensors (K last, block ``kb``)."""
+    check_finite(weight.detach(), layer=w.layer, what="the trained weight", stage="convert()")
     codes, scale, offset = w.quantize(weight.detach().float())  # (N, K) int16, (N, nbw)
     n, k = codes.shape
     f = (k // scale.shape[-1]) // kb
@@ -77,7 +79,9 @@ def pack_weight(w: RQQuantize, weight: torch.Tensor, kb: int, *, xnor: bool) -> 
             "xnor_popcount_matmul", {"wbits": pack_signs(codes), **common}, {"block": kb, "k": k}
         )
     sb = w.spec.storage_bits
-    if w.sparsity is not None and (w.sparsity.n, w.sparsity.m) == (2, 4):
+    # the 2:4 layout packs two groups' indices per byte (K % 8 == 0); otherwise the pruned
+    # codes (exact zeros) run through int_matmul, which gives the same result
+    if w.sparsity is not None and (w.sparsity.n, w.sparsity.m) == (2, 4) and k % 8 == 0:
         vals, idx = pack_sparse24(codes)
         return WeightPack(
             "sparse24_matmul", {"wvals": vals, "widx": idx, **common}, {"block": kb, "w_bits": sb}
@@ -120,6 +124,8 @@ def _emit_matmul(cx: Cx, pack: WeightPack, prefix: str, xq: Value, xs: Value, xc
 
 
 def _dequantized_weight(q: QOperand) -> torch.Tensor:
+    layer = q.quant.layer  # type: ignore[union-attr]
+    check_finite(q.source, layer=layer, what="the trained weight", stage="convert()")  # type: ignore[arg-type]
     with torch.no_grad():
         return q.quant(q.source.float()).detach()  # type: ignore[union-attr]
 

@@ -125,10 +125,12 @@ def add_quantizer(
     return f"{owner}.{name}" if owner else name
 
 
-def check_finite(t: torch.Tensor, *, layer: str, what: str) -> None:
+def check_finite(t: torch.Tensor, *, layer: str, what: str, stage: str = "prepare()") -> None:
+    """Raise a ``NumericsError`` naming ``layer`` if ``t`` holds NaN/Inf; ``stage`` is the
+    call the user should make only after fixing the weights."""
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise NumericsError(
             f"layer {layer!r}: {what} has {bad} NaN/Inf values; quantization statistics would be "
-            "NaN. Fix the checkpoint (or the training run that produced it) before prepare()."
+            f"NaN. Fix the checkpoint (or the training run that produced it) before {stage}."
         )

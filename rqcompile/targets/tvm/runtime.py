@@ -13,14 +13,16 @@ same code path.
 * **Weights are bound once** per loaded model, from ``ir.constants``, in the parameter order
   of ``emit.const_params``. Nothing is cached across models.
 
-One model's VM runs one call at a time: don't call the same ``CompiledModule`` from several
-threads at once (load it once per thread instead).
+* **Thread-safe.** A relax VM keeps per-call state (registers, frames), so one model's VM
+  runs one call at a time behind a lock; calls from several threads queue. The kernels
+  themselves are parallel, so little is lost (``tests/test_resources.py``).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,9 +87,12 @@ class _VMRunner:
         # an output that is an input or a weight would alias caller/weight memory: copy it
         defined_by_op = {r.id for op in ir.main.ops if op.name != "rq.const" for r in op.results}
         self._copy = tuple(v.id not in defined_by_op for v in ir.main.outputs)
+        self._lock = threading.Lock()
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outs = _outputs(self._main(*(_to_tvm(x) for x in inputs), *self._weights))
+        args = [_to_tvm(x) for x in inputs]
+        with self._lock:
+            outs = _outputs(self._main(*args, *self._weights))
         return tuple(o.clone() if c else o for o, c in zip(outs, self._copy, strict=True))
 
 
