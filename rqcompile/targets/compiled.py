@@ -253,7 +253,7 @@ def read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Module,
             "damaged or was not written by exe.save(); re-save the model from its QAT graph."
         ) from e
     try:
-        target = Target.parse(manifest["target"])
+        Target.parse(manifest["target"])
     except TargetError as e:
         raise ArtifactError(
             f"{path}: built for target {manifest['target']!r}, which this rqcompile cannot "
