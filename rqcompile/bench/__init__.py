@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--m", type=_ints, help="batch sizes M, comma-separated")
     p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets")
     p.add_argument("--threads", type=int, default=1, help="torch and TVM threads (default 1)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                   help="cpu: process CPU time (default with 1 thread: robust to other jobs "
+                   "on shared cores); wall: elapsed time (default with more threads)")
     p.add_argument("--budget", type=float, default=None, help="seconds of repeats per shape")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: "
                    "layers, e2e, train, lower")  # fmt: skip
@@ -89,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     presets = [p for p in args.presets.split(",") if p]
     skip = {s for s in args.skip.split(",") if s}
     budget = args.budget if args.budget is not None else (0.4 if args.quick else 1.0)
-    env = environment(args.threads)
+    clock = args.clock or ("cpu" if args.threads == 1 else "wall")
+    env = {**environment(args.threads), "clock": clock}
     print(f"rqcompile bench ({mode}): {env['cpu']}, mcpu {env['mcpu']}, features "
           f"{','.join(env['features'])}, {args.threads} thread(s), torch {env['torch']}, "
           f"tvm {env['tvm']}", flush=True)  # fmt: skip
@@ -101,20 +105,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("one linear layer (median per call; ratios vs fp32 and torch dynamic int8):")
             rows = []
             for k in ks:
-                rows += layers.bench_layer(k, k, ms, presets, budget_s=budget, log=log)
+                rows += layers.bench_layer(k, k, ms, presets, budget_s=budget, clock=clock, log=log)
             data["layers"] = [r.to_json() for r in rows]
         if "e2e" not in skip:
             batch = (8, 64) if args.quick else (32, 64)
             e2e_presets = ["A1W1"] if args.quick else [p for p in presets if p != "A2W2"]
             log(f"char transformer end to end, batch {batch}:")
             data["e2e"] = {"batch": batch, "rows": model.bench_e2e(
-                e2e_presets, batch=batch, budget_s=2 * budget, log=log)}  # fmt: skip
+                e2e_presets, batch=batch, budget_s=2 * budget, clock=clock, log=log)}  # fmt: skip
         if "train" not in skip:
             batch = (16, 64)
             log(f"QAT training step, batch {batch}:")
             data["train"] = {"batch": batch, "rows": model.bench_train_step(
                 ["A1W1"] if args.quick else ["A1W1", "A4W4"], batch=batch,
-                budget_s=3 * budget, log=log)}  # fmt: skip
+                budget_s=3 * budget, clock=clock, log=log)}  # fmt: skip
         if "lower" not in skip:
             data["lower"] = model.bench_lower_time(n_layer=1 if args.quick else 12, log=log)
     except VerifyError as e:

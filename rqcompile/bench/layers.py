@@ -79,6 +79,7 @@ def bench_layer(
     presets: Sequence[str],
     *,
     budget_s: float,
+    clock: str = "wall",
     log: Callable[[str], None] = print,
     seed: int = 0,
 ) -> list[LayerResult]:
@@ -107,7 +108,7 @@ def bench_layer(
                 builds[p] = time.perf_counter() - t0
                 check_against_reference(ir, exe, (x,), f"{p} K={k} N={n} M={m}")
                 fns[p] = lambda exe=exe: exe(x)
-            stats: dict[str, Stat] = time_interleaved(fns, budget_s=budget_s)
+            stats: dict[str, Stat] = time_interleaved(fns, budget_s=budget_s, clock=clock)
         base = stats["fp32"].median
         dq = stats["int8-dyn"].median
         parts = []

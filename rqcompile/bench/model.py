@@ -51,6 +51,7 @@ def bench_e2e(
     *,
     batch: tuple[int, int],
     budget_s: float,
+    clock: str = "wall",
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Tokens/s and weight bytes of the demo model: fp32, dynamic int8 and lowered presets."""
@@ -73,7 +74,7 @@ def bench_e2e(
             check_against_reference(ir, exe, (x,), f"char transformer {p}")
             fns[p] = lambda exe=exe: exe(x)
             info[p] = {"weight_bytes": _const_bytes(exe), "build_s": build_s}
-        stats = time_interleaved(fns, budget_s=budget_s)
+        stats = time_interleaved(fns, budget_s=budget_s, clock=clock)
     tokens = batch[0] * batch[1]
     base = stats["fp32"].median
     rows = []
@@ -90,6 +91,7 @@ def bench_train_step(
     *,
     batch: tuple[int, int],
     budget_s: float,
+    clock: str = "wall",
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Seconds per training step: fp32, then STE and ridge QAT for each preset."""
@@ -116,7 +118,7 @@ def bench_train_step(
         return step
 
     stats = time_interleaved({k: step_fn(m) for k, m in models.items()}, budget_s=budget_s,
-                             min_repeats=5)  # fmt: skip
+                             min_repeats=5, clock=clock)  # fmt: skip
     rows = []
     for name, s in stats.items():
         ste = stats.get(name.replace("ridge", "ste"))

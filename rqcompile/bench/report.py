@@ -76,11 +76,13 @@ def markdown(data: dict[str, Any], command: str) -> str:
         f"# Kernel benchmark ({data['mode']})",
         f"Measured {env['date']} on **{env['cpu']}** ({env['cores']} cores, LLVM mcpu "
         f"`{env['mcpu']}`, features: {', '.join(env['features']) or 'none detected'}), "
-        f"{env['threads']} thread(s) for torch and TVM, torch {env['torch']}, apache-tvm "
+        f"{env['threads']} thread(s) for torch and TVM, {env.get('clock', 'wall')} clock, torch {env['torch']}, apache-tvm "
         f"{env['tvm']}. Command: `{command}`.",
         "Every rqcompile entry is the whole lowered layer (activation quantization, integer "
         "GEMM, epilogue, bias), checked against the reference target before timing. Times are "
-        "medians of interleaved repeats; the spread shows how noisy the shared machine was.",
+        "medians of interleaved repeats; the spread shows how noisy the shared machine was. "
+        "The `cpu` clock is this process's CPU time (with one thread: time spent computing, "
+        "without the time other jobs held the core); `wall` is elapsed time.",
     ]
     if data.get("layers"):
         parts += ["## One linear layer", layer_tables([LayerResult(**r) for r in data["layers"]])]

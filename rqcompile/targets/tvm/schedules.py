@@ -40,6 +40,7 @@ __all__ = [
     "CpuScheduleConfig",
     "cpu_dot_path",
     "kernel_kind",
+    "kernel_options",
     "schedule_module",
     "schedule_prim_func",
 ]
@@ -74,6 +75,22 @@ def cpu_dot_path(target: Target | Mapping[str, Any] | str) -> str:
         if path in feats:
             return path
     return "generic"
+
+
+def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[str, Any]]:
+    """Extra keywords per kernel builder (``kernels.te_<kind>``) for ``target``'s features.
+
+    The emitter passes them to the TE builders, so the instruction-set choice is made once,
+    at build time, from the *target's* features (never the host's by assumption): AVX2
+    targets get the ``vpmaddwd`` micro-kernel (``isa="avx2"``), every other LLVM target
+    (including x86 without AVX2, or ``{"kind": "llvm", "mattr": ["-avx2"]}``) the generic
+    TE kernels. AVX-512 VNNI targets also take the AVX2 path today (TODO(issue 9): a
+    ``vpdpbusd`` kernel, which needs a host with VNNI to test).
+    """
+    tgt = make_target(target)
+    if str(tgt.kind.name) != "llvm" or cpu_dot_path(tgt) == "generic":
+        return {}
+    return {"int_matmul": {"isa": "avx2"}}
 
 
 def kernel_kind(func: Any) -> str | None:
@@ -157,6 +174,11 @@ def _register_tile(sch: Any, core: Any) -> None:
 
 
 def _schedule_fused(sch: Any, cfg: CpuScheduleConfig) -> None:
+    if _by_stage(sch, "micro"):  # a hand-written micro-kernel (kernels_x86): its own loops
+        for stage in ("sums", "prep"):
+            for blk in _by_stage(sch, stage):
+                _parallel_rows(sch, blk, cfg)
+        return
     for blk in _by_stage(sch, "core_out"):  # xnor: 2·popcount - block, folded into its user
         if _by_stage(sch, "epilogue"):
             sch.compute_inline(blk)
