@@ -19,10 +19,11 @@ Kernels are found by annotation, not by name: the PrimFunc attribute or block an
 Schedules never change numerics: integer cores stay bit-exact, and the epilogue keeps its
 reduction order over blocks.
 
-TODO(issue 9): tensorize the core for the target's dot-product instructions, chosen by
-:func:`cpu_dot_path` (AVX-512 VNNI / AVX-VNNI ``vpdpbusd`` after a u8 shift, AVX2
-``vpmaddwd`` on sign-extended i16 pairs, ``vpopcntdq`` for XNOR-popcount), pre-pack weights
-into ``[N/16, K/4, 16, 4]`` at convert time, and add a GEMV schedule for ``M == 1``.
+Integer-affine matmuls on AVX2 targets do not use these loops: :func:`kernel_options` makes
+the emitter build them as hand-written ``vpmaddwd``/``vpmaddubsw`` micro-kernels
+(:mod:`.kernels_x86`), whose block carries ``rq.stage = "micro"``; the schedule then only
+parallelizes the small TE stages around it. TODO(issue 9): AVX-512 VNNI (``vpdpbusd``) and
+XNOR/2:4 micro-kernels, weight pre-packing at build time.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ class CpuScheduleConfig:
 def cpu_dot_path(target: Target | Mapping[str, Any] | str) -> str:
     """The dot-product instruction family the target offers (detected, never assumed).
 
-    Returns one of ``"avx512_vnni"``, ``"avx_vnni"``, ``"avx2"``, ``"generic"``. Only used for
-    reporting today; TODO(issue 9): select a tensorized core per path.
+    Returns one of ``"avx512_vnni"``, ``"avx_vnni"``, ``"avx2"``, ``"generic"``;
+    :func:`kernel_options` maps it to the kernels' ``isa``.
     """
     feats = target_features(target)
     for path in ("avx512_vnni", "avx_vnni", "avx2"):
