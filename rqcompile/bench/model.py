@@ -71,7 +71,12 @@ def bench_e2e(
             ir = rq.convert(qat)
             exe = rq.build(ir, target="llvm")
             build_s = time.perf_counter() - t0
-            check_against_reference(ir, exe, (x,), f"char transformer {p}")
+            # whole model: a 1e-7 float difference upstream (float ops outside the integer
+            # kernels) can flip an activation code at a rounding tie, and the flip propagates:
+            # measured 7e-3 of the output at A8W8 and 5e-2 at A4W4, identical for the generic
+            # and the AVX2 kernels. Layers are checked at 1e-4 (bench_layer); here only gross
+            # errors are caught.
+            check_against_reference(ir, exe, (x,), f"char transformer {p}", tol=0.1)
             fns[p] = lambda exe=exe: exe(x)
             info[p] = {"weight_bytes": _const_bytes(exe), "build_s": build_s}
         stats = time_interleaved(fns, budget_s=budget_s, clock=clock)

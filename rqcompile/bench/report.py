@@ -84,6 +84,8 @@ def markdown(data: dict[str, Any], command: str) -> str:
         "The `cpu` clock is this process's CPU time (with one thread: time spent computing, "
         "without the time other jobs held the core); `wall` is elapsed time.",
     ]
+    if data.get("error"):
+        parts += [f"**The run stopped early:** {data['error']}"]
     if data.get("layers"):
         parts += ["## One linear layer", layer_tables([LayerResult(**r) for r in data["layers"]])]
     if data.get("e2e"):
