@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rqcompile.bench import main  # noqa: E402  (after the path setup above)
+from rqcompile.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

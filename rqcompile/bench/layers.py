@@ -99,15 +99,15 @@ def bench_layer(
         fns: dict[str, Callable[[], Any]] = {}
         builds: dict[str, float] = {}
         with torch.no_grad():
-            fns["fp32"] = lambda: lin(x)
-            fns["int8-dyn"] = lambda: dyn(x)
+            fns["fp32"] = lambda x=x: lin(x)
+            fns["int8-dyn"] = lambda x=x: dyn(x)
             for p, qat in qats.items():
                 t0 = time.perf_counter()
                 ir = rq.convert(qat, example_inputs=(x,))
                 exe = rq.build(ir, target="llvm")
                 builds[p] = time.perf_counter() - t0
                 check_against_reference(ir, exe, (x,), f"{p} K={k} N={n} M={m}")
-                fns[p] = lambda exe=exe: exe(x)
+                fns[p] = lambda exe=exe, x=x: exe(x)
             stats: dict[str, Stat] = time_interleaved(fns, budget_s=budget_s, clock=clock)
         base = stats["fp32"].median
         dq = stats["int8-dyn"].median

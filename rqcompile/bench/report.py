@@ -76,7 +76,8 @@ def markdown(data: dict[str, Any], command: str) -> str:
         f"# Kernel benchmark ({data['mode']})",
         f"Measured {env['date']} on **{env['cpu']}** ({env['cores']} cores, LLVM mcpu "
         f"`{env['mcpu']}`, features: {', '.join(env['features']) or 'none detected'}), "
-        f"{env['threads']} thread(s) for torch and TVM, {env.get('clock', 'wall')} clock, torch {env['torch']}, apache-tvm "
+        f"{env['threads']} thread(s) for torch and TVM, {env.get('clock', 'wall')} clock, "
+        f"torch {env['torch']}, apache-tvm "
         f"{env['tvm']}. Command: `{command}`.",
         "Every rqcompile entry is the whole lowered layer (activation quantization, integer "
         "GEMM, epilogue, bias), checked against the reference target before timing. Times are "

@@ -93,7 +93,7 @@ class _Pmaddubsw:
     """
 
     lanes, acc_dtype = 8, "int32x8"
-    _PERM = [*range(0, 32, 2), *range(1, 32, 2)]
+    _PERM = (*range(0, 32, 2), *range(1, 32, 2))
 
     def __init__(self, x: Any, w: Any, sx: Any, block: int, signed: bool) -> None:
         self.x, self.w, self.sx, self.block, self.signed = x, w, sx, block, signed
@@ -118,7 +118,7 @@ class _Pmaddubsw:
             with T.serial(0, self.group) as c:
                 col = b * self.block + (g * self.group + c) * 32
                 with T.unroll(0, mr) as ii:
-                    xv = tirx.Shuffle([self.x[rows(ii), tirx.Ramp(col, 1, 32)]], self._PERM)
+                    xv = tirx.Shuffle([self.x[rows(ii), tirx.Ramp(col, 1, 32)]], list(self._PERM))
                     with T.unroll(0, nr) as jj:
                         t = _lanes(ii * nr + jj, 16)
                         prod = _intrin("int16x16", _PMADDUBSW, self._w32(cols(jj), col), xv)
@@ -142,34 +142,32 @@ def _tiled(core: Any, y: Any, eps: list[Any], *, block: int, ity: str, mr: int, 
     sx, xa, xm, ws, wm, sw = eps
     m, n = (int(d) for d in y.shape)
     nb, tile = int(sx.shape[1]), mr * nr
-    zero = tirx.const(0, core.acc_dtype) if core.lanes == 1 else tirx.Broadcast(
-        tirx.const(0, "int32"), core.lanes)  # fmt: skip
-    with IRBuilder() as ib:
-        with T.parallel(0, n // nr) as jo:
-            acc = T.decl_buffer((tile * core.lanes,), "int32", scope="local")
-            yacc = T.decl_buffer((tile,), "float32", scope="local")
-            with T.serial(0, m // mr) as io:
-                rows = lambda ii: io * mr + ii  # noqa: E731
-                cols = lambda jj: jo * nr + jj  # noqa: E731
+    zero = tirx.Broadcast(tirx.const(0, "int32"), core.lanes)
+    with IRBuilder() as ib, T.parallel(0, n // nr) as jo:
+        acc = T.decl_buffer((tile * core.lanes,), "int32", scope="local")
+        yacc = T.decl_buffer((tile,), "float32", scope="local")
+        with T.serial(0, m // mr) as io:
+            rows = lambda ii: io * mr + ii  # noqa: E731
+            cols = lambda jj: jo * nr + jj  # noqa: E731
+            with T.unroll(0, tile) as t:
+                T.buffer_store(yacc, tirx.const(0, "float32"), [t])
+            with T.serial(0, nb) as b:
                 with T.unroll(0, tile) as t:
-                    T.buffer_store(yacc, tirx.const(0, "float32"), [t])
-                with T.serial(0, nb) as b:
-                    with T.unroll(0, tile) as t:
-                        T.buffer_store(acc, zero, [_lanes(t, core.lanes)] if core.lanes > 1
-                                       else [t])  # fmt: skip
-                    core.accumulate(acc, rows, cols, b, mr, nr)
-                    with T.unroll(0, mr) as ii, T.unroll(0, nr) as jj:
-                        i, j, t = rows(ii), cols(jj), ii * nr + jj
-                        p = core.p(acc, t)
-                        if bias_sx:
-                            p = p - sx[i, b] * bias_sx
-                        cent = p.astype(ity) * tirx.const(block, ity) - sx[i, b].astype(
-                            ity
-                        ) * sw[j, b].astype(ity)
-                        term = xa[i, b] * ws[j, b] * cent.astype("float32") + xm[i, b] * wm[j, b]
-                        T.buffer_store(yacc, yacc[t] + term, [t])
+                    T.buffer_store(acc, zero, [_lanes(t, core.lanes)] if core.lanes > 1
+                                   else [t])  # fmt: skip
+                core.accumulate(acc, rows, cols, b, mr, nr)
                 with T.unroll(0, mr) as ii, T.unroll(0, nr) as jj:
-                    T.buffer_store(y, yacc[ii * nr + jj], [rows(ii), cols(jj)])
+                    i, j, t = rows(ii), cols(jj), ii * nr + jj
+                    p = core.p(acc, t)
+                    if bias_sx:
+                        p = p - sx[i, b] * bias_sx
+                    cent = p.astype(ity) * tirx.const(block, ity) - sx[i, b].astype(
+                        ity
+                    ) * sw[j, b].astype(ity)
+                    term = xa[i, b] * ws[j, b] * cent.astype("float32") + xm[i, b] * wm[j, b]
+                    T.buffer_store(yacc, yacc[t] + term, [t])
+            with T.unroll(0, mr) as ii, T.unroll(0, nr) as jj:
+                T.buffer_store(y, yacc[ii * nr + jj], [rows(ii), cols(jj)])
     return ib.get()
 
 
@@ -204,31 +202,30 @@ def _tiled_vec8(core: Any, y: Any, eps: list[Any], *, block: int, mr: int,
     def bc(v: Any) -> Any:
         return tirx.Broadcast(v, 8)
 
-    with IRBuilder() as ib:
-        with T.parallel(0, n // nr) as jo:
-            acc = T.decl_buffer((mr * nr * 8,), "int32", scope="local")
-            yacc = T.decl_buffer((mr * 8,), "float32", scope="local")
-            with T.serial(0, m // mr) as io:
-                rows = lambda ii: io * mr + ii  # noqa: E731
-                cols = lambda jj: jo * nr + jj  # noqa: E731
-                jv = tirx.Ramp(jo * nr, 1, 8)
+    with IRBuilder() as ib, T.parallel(0, n // nr) as jo:
+        acc = T.decl_buffer((mr * nr * 8,), "int32", scope="local")
+        yacc = T.decl_buffer((mr * 8,), "float32", scope="local")
+        with T.serial(0, m // mr) as io:
+            rows = lambda ii: io * mr + ii  # noqa: E731
+            cols = lambda jj: jo * nr + jj  # noqa: E731
+            jv = tirx.Ramp(jo * nr, 1, 8)
+            with T.unroll(0, mr) as ii:
+                T.buffer_store(yacc, bc(tirx.const(0, "float32")), [_lanes(ii, 8)])
+            with T.serial(0, nb) as b:
+                with T.unroll(0, mr * nr) as t:
+                    T.buffer_store(acc, bc(tirx.const(0, "int32")), [_lanes(t, 8)])
+                core.accumulate(acc, rows, cols, b, mr, nr)
                 with T.unroll(0, mr) as ii:
-                    T.buffer_store(yacc, bc(tirx.const(0, "float32")), [_lanes(ii, 8)])
-                with T.serial(0, nb) as b:
-                    with T.unroll(0, mr * nr) as t:
-                        T.buffer_store(acc, bc(tirx.const(0, "int32")), [_lanes(t, 8)])
-                    core.accumulate(acc, rows, cols, b, mr, nr)
-                    with T.unroll(0, mr) as ii:
-                        i = rows(ii)
-                        p = _hsum8([acc[_lanes(ii * nr + jj, 8)] for jj in range(nr)])
-                        if bias_sx:
-                            p = p - bc(sx[i, b] * bias_sx)
-                        cent = p * bc(tirx.const(block, "int32")) - bc(sx[i, b]) * sw_t[b, jv]
-                        term = (bc(xa[i, b]) * ws_t[b, jv] * tirx.Cast("float32x8", cent)
-                                + bc(xm[i, b]) * wm_t[b, jv])  # fmt: skip
-                        T.buffer_store(yacc, yacc[_lanes(ii, 8)] + term, [_lanes(ii, 8)])
-                with T.unroll(0, mr) as ii:
-                    T.buffer_store(y, yacc[_lanes(ii, 8)], [rows(ii), jv])
+                    i = rows(ii)
+                    p = _hsum8([acc[_lanes(ii * nr + jj, 8)] for jj in range(nr)])
+                    if bias_sx:
+                        p = p - bc(sx[i, b] * bias_sx)
+                    cent = p * bc(tirx.const(block, "int32")) - bc(sx[i, b]) * sw_t[b, jv]
+                    term = (bc(xa[i, b]) * ws_t[b, jv] * tirx.Cast("float32x8", cent)
+                            + bc(xm[i, b]) * wm_t[b, jv])  # fmt: skip
+                    T.buffer_store(yacc, yacc[_lanes(ii, 8)] + term, [_lanes(ii, 8)])
+            with T.unroll(0, mr) as ii:
+                T.buffer_store(y, yacc[_lanes(ii, 8)], [rows(ii), jv])
     return ib.get()
 
 

@@ -405,7 +405,7 @@ def test_emit_te_and_schedule_module() -> None:
 @pytest.mark.parametrize(
     ("m", "n", "k", "block", "w_bits", "w_signed"),
     [(1, 8, 64, 32, 8, True), (6, 12, 256, 64, 4, True), (5, 8, 128, 128, 4, False),
-     (3, 4, 64, 32, 2, False), (4, 16, 512, 256, 4, True)],  # fmt: skip
+     (3, 4, 64, 32, 2, False), (4, 16, 512, 256, 4, True)],
     ids=["gemv-s8", "s4", "u4", "u2", "s4-block256"],
 )
 def test_avx2_int_matmul_core_exact(
