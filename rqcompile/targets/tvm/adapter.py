@@ -19,6 +19,8 @@ from typing import Any
 
 import tvm
 from tvm import relax, runtime, s_tir, te, tirx, topi
+from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
 from tvm.target import Target
 from tvm.target import codegen as _codegen
 
@@ -27,6 +29,8 @@ from rqcompile.targets.tvm.cpu_features import LLVM_NAMES, host_features
 
 __all__ = [
     "SYMBOLS",
+    "IRBuilder",
+    "T",
     "Target",
     "build_prim_func",
     "host_llvm_target",
@@ -76,6 +80,16 @@ SYMBOLS: tuple[str, ...] = (
     "tvm.tirx.abs",
     "tvm.tirx.max",
     "tvm.tirx.min",
+    # hand-written x86 micro-kernels (kernels_x86.py)
+    "tvm.script.ir_builder.IRBuilder",
+    "tvm.script.tirx.parallel",
+    "tvm.script.tirx.unroll",
+    "tvm.script.tirx.decl_buffer",
+    "tvm.script.tirx.buffer_store",
+    "tvm.te.extern",
+    "tvm.tirx.call_llvm_pure_intrin",
+    "tvm.tirx.Shuffle",
+    "tvm.tirx.Cast",
     # schedules (schedules.py)
     "tvm.s_tir.Schedule",
     "tvm.s_tir.Schedule.get",

@@ -150,8 +150,11 @@ class Emission:
     types of the PrimFunc emitted for it, and lives only as long as this object.
     """
 
-    def __init__(self, bb: relax.BlockBuilder) -> None:
+    def __init__(
+        self, bb: relax.BlockBuilder, options: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
         self.bb = bb
+        self.options = dict(options or {})  # kernel name -> extra TE keywords (target ISA)
         self._memo: dict[Hashable, tuple[Any, Any]] = {}
 
     def emit(self, expr: Expr) -> Expr:
@@ -236,7 +239,9 @@ def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
     """An integer op: ``emit_te(fn, *operands, **attrs)``, kept opaque to fusion."""
 
     def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-        return cx.emit_te(fn, xs, key=_op_key(op), name=name, opaque=True, **_kw(op))
+        opts = cx.options.get(name, {})
+        key = (_op_key(op), tuple(sorted(opts.items())))
+        return cx.emit_te(fn, xs, key=key, name=name, opaque=True, **_kw(op), **opts)
 
     return emit
 
@@ -544,12 +549,15 @@ def _check(f: Func) -> None:
         )
 
 
-def emit_module(ir: Module, func: str = "main") -> Any:
+def emit_module(
+    ir: Module, func: str = "main", *, options: Mapping[str, Mapping[str, Any]] | None = None
+) -> Any:
     """Translate ``ir``'s function ``func`` into a relax ``IRModule`` with function ``main``.
 
     ``main(*ir_args, *weights)``: the IR's arguments (named ``input0``, ...), then one
     parameter per name of :func:`const_params`. Returns a single tensor or a tuple, as the IR
-    function does.
+    function does. ``options`` maps a kernel name (``"int_matmul"``) to extra keywords for its
+    TE builder: the target's instruction set, from ``schedules.kernel_options``.
 
     Raises:
         UnsupportedOpError: ops with no emitter (all listed at once).
@@ -563,7 +571,7 @@ def emit_module(ir: Module, func: str = "main") -> Any:
         if op.name == "rq.const":
             name = str(op.attr("name"))
             weights.setdefault(name, relax.Var(name, _relax_type(op.result.type)))
-    cx = Emission(relax.BlockBuilder())
+    cx = Emission(relax.BlockBuilder(), options)
     env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs, strict=True)}
     with cx.bb.function("main", [*inputs, *weights.values()]):
         with cx.bb.dataflow():

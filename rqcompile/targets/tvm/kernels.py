@@ -40,6 +40,7 @@ from typing import Any
 from rqcompile.errors import NumericsError
 from rqcompile.quant.primitives import EPS, QFormat, code_range
 from rqcompile.targets.tvm.adapter import te, tirx
+from rqcompile.targets.tvm.kernels_x86 import avx2_int_matmul_core, avx2_supported
 
 __all__ = [
     "KERNELS",
@@ -390,6 +391,25 @@ def te_sparse24_core(
 # -- epilogue and fused ops ---------------------------------------------------------------
 
 
+def _epilogue_prep(
+    xs: Tensor, xc: Tensor, sx: Tensor, ws: Tensor, wc: Tensor, sw: Tensor, *, block: int,
+    name: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``xa = xs/B``, ``xm = x̄`` and ``wm = B·w̄`` per block (module docstring)."""
+    fb = _f32(float(block))
+    bx, bw = _shape(xs), _shape(ws)
+    xa = te.compute(bx, lambda *i: xs(*i) / fb, name=f"{name}_xa", attrs=_stage("prep"))
+    xm = te.compute(bx, lambda *i: xc(*i) + xs(*i) * sx(*i).astype("float32") / fb,
+                    name=f"{name}_xm", attrs=_stage("prep"))  # fmt: skip
+    wm = te.compute(bw, lambda *i: fb * (wc(*i) + ws(*i) * sw(*i).astype("float32") / fb),
+                    name=f"{name}_wm", attrs=_stage("prep"))  # fmt: skip
+    return xa, xm, wm
+
+
+def _centring_type(block: int, int_bound: int) -> str:
+    return "int32" if 2 * block * block * int_bound <= _I32_MAX else "int64"
+
+
 def _affine_epilogue(
     p: Tensor,
     xs: Tensor,
@@ -406,21 +426,8 @@ def _affine_epilogue(
 ) -> Tensor:
     """Centred epilogue (module docstring); leading batch dims are shared by all operands."""
     *bt, m, n, nb = _shape(p)
-    ity = "int32" if 2 * block * block * int_bound <= _I32_MAX else "int64"
-    fb = _f32(float(block))
-    xa = te.compute([*bt, m, nb], lambda *i: xs(*i) / fb, name=f"{name}_xa", attrs=_stage("prep"))
-    xm = te.compute(
-        [*bt, m, nb],
-        lambda *i: xc(*i) + xs(*i) * sx(*i).astype("float32") / fb,
-        name=f"{name}_xm",
-        attrs=_stage("prep"),
-    )
-    wm = te.compute(
-        [*bt, n, nb],
-        lambda *i: fb * (wc(*i) + ws(*i) * sw(*i).astype("float32") / fb),
-        name=f"{name}_wm",
-        attrs=_stage("prep"),
-    )
+    ity = _centring_type(block, int_bound)
+    xa, xm, wm = _epilogue_prep(xs, xc, sx, ws, wc, sw, block=block, name=name)
     b = te.reduce_axis((0, nb), name="b")
 
     def body(*idx: Any) -> Any:
@@ -444,10 +451,28 @@ def te_int_matmul(
     block: int,
     w_bits: int,
     w_signed: bool,
+    isa: str = "generic",
     name: str = "int_matmul",
 ) -> Tensor:
-    """Fused integer-affine matmul ``f32 [M, N]`` (``reference.int_matmul``)."""
+    """Fused integer-affine matmul ``f32 [M, N]`` (``reference.int_matmul``).
+
+    ``isa="avx2"`` (chosen by ``schedules.kernel_options`` from the target's features) runs
+    core and epilogue as one ``vpmaddwd`` micro-kernel (:mod:`.kernels_x86`) when the block
+    is a multiple of 16; ``"generic"`` is the TE compute any LLVM target can schedule.
+    """
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
+    bound = 128 * (15 if w_bits <= 4 else 128)
+    if isa == "avx2" and len(_shape(xq)) == 2 and avx2_supported(
+        k=_shape(xq)[-1], block=block, w_bits=w_bits
+    ):
+        sx = te_code_sums(xq, block=block, name=f"{name}_sx")
+        xa, xm, wm = _epilogue_prep(xs, xc, sx, ws, wc, wsum, block=block, name=name)
+        return avx2_int_matmul_core(xq, wq, sx, xa, xm, ws, wm, wsum, block=block,
+                                    w_bits=w_bits, w_signed=w_signed,
+                                    ity=_centring_type(block, bound), name=name,
+                                    attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+    if isa not in ("generic", "avx2"):
+        raise NumericsError(f"te_int_matmul: unknown isa {isa!r}; use 'generic' or 'avx2'.")
     p = te_int_matmul_core(
         xq,
         wq,
@@ -458,7 +483,6 @@ def te_int_matmul(
         attrs=_stage("core"),
     )
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
-    bound = 128 * (15 if w_bits <= 4 else 128)
     return _affine_epilogue(
         p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=bound, name=name, attrs=a
     )
@@ -477,13 +501,18 @@ def te_xnor_popcount_matmul(
     k: int,
     name: str = "xnor_popcount_matmul",
 ) -> Tensor:
-    """Fused A1W1 matmul ``f32 [M, N]`` from sign words (``reference.xnor_popcount_matmul``)."""
+    """Fused A1W1 matmul ``f32 [M, N]`` from sign words (``reference.xnor_popcount_matmul``).
+
+    One kernel for every LLVM target: LLVM already vectorizes the 32-bit ``popcount`` of
+    this TE compute into the AVX2 ``vpshufb`` nibble-LUT sequence, and a register-tiled
+    64-bit ``popcnt`` TIR kernel measured no faster (LLVM's SLP vectorizer turned it back
+    into the same LUT code).
+    """
     if k != _shape(xbits)[-1] * 32:
         raise NumericsError(
             f"te_xnor_popcount_matmul: k={k} does not match {_shape(xbits)[-1]} words."
         )
     a = _attrs("xnor_popcount_matmul", block, k=int(k))
-    p = te_xnor_popcount_core(xbits, wbits, block=block, name=f"{name}_p", attrs={})
     m = _shape(xbits)[0]
     wpb = block // 32
     r = te.reduce_axis((0, wpb), name="r_sx")
@@ -499,6 +528,7 @@ def te_xnor_popcount_matmul(
         name=f"{name}_sx",
         attrs=_stage("sums"),
     )
+    p = te_xnor_popcount_core(xbits, wbits, block=block, name=f"{name}_p", attrs={})
     return _affine_epilogue(
         p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=1, name=name, attrs=a
     )

@@ -41,7 +41,7 @@ from rqcompile.targets.tvm.adapter import (
 )
 from rqcompile.targets.tvm.cpu_features import host_features
 from rqcompile.targets.tvm.emit import emit_module
-from rqcompile.targets.tvm.schedules import kernel_kind, schedule_module
+from rqcompile.targets.tvm.schedules import kernel_kind, kernel_options, schedule_module
 
 __all__ = [
     "Phase",
@@ -153,7 +153,7 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
         ]
     )
     return (
-        Phase("emit", emit_module),
+        Phase("emit", lambda ir: emit_module(ir, options=kernel_options(target))),
         Phase("legalize", _passes(target, legalize)),
         Phase("schedule", lambda mod: schedule_module(mod, target)),
         Phase("schedule-float", schedule_float_cpu),

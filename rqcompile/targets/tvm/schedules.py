@@ -19,10 +19,11 @@ Kernels are found by annotation, not by name: the PrimFunc attribute or block an
 Schedules never change numerics: integer cores stay bit-exact, and the epilogue keeps its
 reduction order over blocks.
 
-TODO(issue 9): tensorize the core for the target's dot-product instructions, chosen by
-:func:`cpu_dot_path` (AVX-512 VNNI / AVX-VNNI ``vpdpbusd`` after a u8 shift, AVX2
-``vpmaddwd`` on sign-extended i16 pairs, ``vpopcntdq`` for XNOR-popcount), pre-pack weights
-into ``[N/16, K/4, 16, 4]`` at convert time, and add a GEMV schedule for ``M == 1``.
+Integer-affine matmuls on AVX2 targets do not use these loops: :func:`kernel_options` makes
+the emitter build them as hand-written ``vpmaddwd``/``vpmaddubsw`` micro-kernels
+(:mod:`.kernels_x86`), whose block carries ``rq.stage = "micro"``; the schedule then only
+parallelizes the small TE stages around it. TODO(issue 9): AVX-512 VNNI (``vpdpbusd``) and
+XNOR/2:4 micro-kernels, weight pre-packing at build time.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "CpuScheduleConfig",
     "cpu_dot_path",
     "kernel_kind",
+    "kernel_options",
     "schedule_module",
     "schedule_prim_func",
 ]
@@ -66,14 +68,30 @@ class CpuScheduleConfig:
 def cpu_dot_path(target: Target | Mapping[str, Any] | str) -> str:
     """The dot-product instruction family the target offers (detected, never assumed).
 
-    Returns one of ``"avx512_vnni"``, ``"avx_vnni"``, ``"avx2"``, ``"generic"``. Only used for
-    reporting today; TODO(issue 9): select a tensorized core per path.
+    Returns one of ``"avx512_vnni"``, ``"avx_vnni"``, ``"avx2"``, ``"generic"``;
+    :func:`kernel_options` maps it to the kernels' ``isa``.
     """
     feats = target_features(target)
     for path in ("avx512_vnni", "avx_vnni", "avx2"):
         if path in feats:
             return path
     return "generic"
+
+
+def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[str, Any]]:
+    """Extra keywords per kernel builder (``kernels.te_<kind>``) for ``target``'s features.
+
+    The emitter passes them to the TE builders, so the instruction-set choice is made once,
+    at build time, from the *target's* features (never the host's by assumption): AVX2
+    targets get the ``vpmaddwd`` micro-kernel (``isa="avx2"``), every other LLVM target
+    (including x86 without AVX2, or ``{"kind": "llvm", "mattr": ["-avx2"]}``) the generic
+    TE kernels. AVX-512 VNNI targets also take the AVX2 path today (TODO(issue 9): a
+    ``vpdpbusd`` kernel, which needs a host with VNNI to test).
+    """
+    tgt = make_target(target)
+    if str(tgt.kind.name) != "llvm" or cpu_dot_path(tgt) == "generic":
+        return {}
+    return {"int_matmul": {"isa": "avx2"}}
 
 
 def kernel_kind(func: Any) -> str | None:
@@ -157,6 +175,11 @@ def _register_tile(sch: Any, core: Any) -> None:
 
 
 def _schedule_fused(sch: Any, cfg: CpuScheduleConfig) -> None:
+    if _by_stage(sch, "micro"):  # a hand-written micro-kernel (kernels_x86): its own loops
+        for stage in ("sums", "prep"):
+            for blk in _by_stage(sch, stage):
+                _parallel_rows(sch, blk, cfg)
+        return
     for blk in _by_stage(sch, "core_out"):  # xnor: 2·popcount - block, folded into its user
         if _by_stage(sch, "epilogue"):
             sch.compute_inline(blk)

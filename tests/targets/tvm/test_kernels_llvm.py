@@ -76,6 +76,14 @@ def assert_rel(out: torch.Tensor, expect: torch.Tensor, tol: float = 1e-5) -> No
     assert err <= tol * max(scale, 1e-30), f"max error {err:.3e} vs magnitude {scale:.3e}"
 
 
+def _need(isa: str) -> None:
+    """Skip running ``isa`` code on a host without it (it still compiles anywhere)."""
+    from rqcompile.targets.tvm.cpu_features import host_features
+
+    if isa == "avx2" and "avx2" not in host_features():
+        pytest.skip("host has no AVX2")
+
+
 SCHED = pytest.mark.parametrize("scheduled", [False, True], ids=["plain", "sched"])
 #: (M, N, K, block): M=1 (GEMV), K a multiple of the block but not of 128, several blocks.
 SHAPES = [(1, 8, 96, 32), (5, 12, 384, 128), (8, 16, 192, 64)]
@@ -163,7 +171,9 @@ def test_sparse24_core_exact(scheduled: bool, m: int, n: int, k: int, block: int
     ],
     ids=["m1-a8-w8", "a8-w4s", "a4-w4u", "m1-a8sym-w2u", "a8-w8"],
 )
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
 def test_int_matmul(
+    isa: str,
     scheduled: bool,
     m: int,
     n: int,
@@ -174,6 +184,9 @@ def test_int_matmul(
     w_bits: int,
     w_sym: bool,
 ) -> None:
+    if isa == "avx2" and not scheduled:
+        pytest.skip("the AVX2 micro-kernel has its own loops; scheduling leaves it as is")
+    _need(isa)
     g = torch.Generator().manual_seed(m * 1000 + k)
     x = torch.randn(m, k, generator=g) + 0.5  # a non-zero mean exercises the offsets
     w = torch.randn(n, k, generator=g)
@@ -182,7 +195,8 @@ def test_int_matmul(
     wsum = ref.code_sums(wq, block)
     stored = pack_nibbles(wq, signed=w_sym) if w_bits <= 4 else wq
     args = [xq, xs, xc, stored, ws, wc, wsum]
-    (y,) = run("te_int_matmul", args, scheduled, block=block, w_bits=w_bits, w_signed=w_sym)
+    (y,) = run("te_int_matmul", args, scheduled, block=block, w_bits=w_bits, w_signed=w_sym,
+               isa=isa)  # fmt: skip
     expect = ref.int_matmul(*args, block=block, w_bits=w_bits, w_signed=w_sym)
     assert_rel(y, expect)
     assert_rel(y, (ref.dequantize(xq, xs, xc) @ ref.dequantize(wq, ws, wc).t()).float())
@@ -383,3 +397,48 @@ def test_emit_te_and_schedule_module() -> None:
         xq, xs, xc, wq, ws, wc, ref.code_sums(wq, block), block=block, w_bits=8, w_signed=True
     )
     assert_rel(out, 2 * expect)
+
+
+# -- the AVX2 micro-kernel's integer core: bit-exact through a transparent epilogue ----------
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "block", "w_bits", "w_signed"),
+    [(1, 8, 64, 32, 8, True), (6, 12, 256, 64, 4, True), (5, 8, 128, 128, 4, False),
+     (3, 4, 64, 32, 2, False), (4, 16, 512, 256, 4, True)],
+    ids=["gemv-s8", "s4", "u4", "u2", "s4-block256"],
+)
+def test_avx2_int_matmul_core_exact(
+    m: int, n: int, k: int, block: int, w_bits: int, w_signed: bool
+) -> None:
+    """With ``xs = B``, ``ws = 1`` and zero offsets the epilogue is ``Σ_b B·P_b`` exactly.
+
+    Every term is an integer below 2**24, so float32 holds it exactly and ``y / B`` must
+    equal the reference's integer ``Σ_b P_b`` bit for bit (full int8 range for x, including
+    -128, and the extreme weight codes).
+    """
+    _need("avx2")
+    nb = k // block
+    lo, hi = (-(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1) if w_signed else (0, 2**w_bits - 1)
+    xq = _codes((m, k), -128, 127, seed=k)
+    wq = _codes((n, k), lo, hi, seed=k + 1)
+    xq[0, :4], wq[0, :4] = -128, lo  # the extreme products
+    stored = pack_nibbles(wq, signed=w_signed) if w_bits <= 4 else wq
+    ones = torch.ones(n, nb)
+    zeros_x, zeros_w = torch.zeros(m, nb), torch.zeros(n, nb)
+    xs = torch.full((m, nb), float(block))
+    wsum = ref.code_sums(wq, block)
+    args = [xq, xs, zeros_x, stored, ones, zeros_w, wsum]
+    (y,) = run("te_int_matmul", args, True, block=block, w_bits=w_bits, w_signed=w_signed,
+               isa="avx2")  # fmt: skip
+    p = ref.int_matmul_core(xq, wq, block).sum(-1)
+    assert torch.equal(y.double() / block, p.double())
+
+
+def test_kernel_options_follow_target_features() -> None:
+    from rqcompile.targets.tvm.schedules import kernel_options
+
+    assert kernel_options({"kind": "llvm", "mcpu": "znver3"}) == {"int_matmul": {"isa": "avx2"}}
+    assert kernel_options({"kind": "llvm", "mcpu": "znver3", "mattr": ["-avx2"]}) == {}
+    assert kernel_options({"kind": "llvm", "mcpu": "x86-64"}) == {}
+    assert kernel_options({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}) == {}

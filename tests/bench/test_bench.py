@@ -1,0 +1,59 @@
+"""The benchmark package: its pieces work and ``main`` writes a report (speed is never checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rqcompile.bench.timing import Stat, time_interleaved
+
+
+def test_stat_median_and_spread() -> None:
+    s = Stat.of([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s.median == 3.0 and s.n == 5
+    assert s.spread > 0
+
+
+def test_time_interleaved_runs_each_candidate_round_robin() -> None:
+    calls: list[str] = []
+    out = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                           budget_s=0.0, min_repeats=3, warmup=0)  # fmt: skip
+    assert calls == ["a", "b"] * 3
+    assert out["a"].n == out["b"].n == 3
+
+
+@pytest.mark.tvm
+def test_check_against_reference_rejects_a_wrong_build() -> None:
+    import rqcompile as rq
+    from rqcompile.bench.layers import check_against_reference
+    from rqcompile.errors import VerifyError
+    from rqcompile.testing.models import TinyMLP
+
+    x = torch.randn(8, 64)
+    ir = rq.convert(rq.prepare(TinyMLP(), (x,), "A8W8").eval())
+    good = rq.build(ir, target="reference")
+    check_against_reference(ir, good, (x,), "same")
+    with pytest.raises(VerifyError, match="differs from the reference"):
+        check_against_reference(ir, lambda x: good(x) + 1.0, (x,), "broken")
+
+
+@pytest.mark.tvm
+def test_main_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rqcompile.bench import main
+
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["--k", "128", "--m", "1,4", "--presets", "A8W8,A1W1", "--budget", "0",
+                   "--skip", "e2e,train,lower", "--out", str(tmp_path), "--name", "t"])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    names = {(r["m"], r["name"]) for r in data["layers"]}
+    assert names == {(m, n) for m in (1, 4) for n in ("fp32", "int8-dyn", "A8W8", "A1W1")}
+    md = (tmp_path / "t.md").read_text()
+    assert "| 128 | 4 |" in md and data["env"]["cpu"] in md
