@@ -37,6 +37,7 @@ from rqcompile.errors import (
     VerifyError,
 )
 from rqcompile.passes.infra import PassContext, PrintAfter, Timing
+from rqcompile.quant.hooks import aux_loss, distill_loss, step
 from rqcompile.targets.compiled import CompiledModule, load
 from rqcompile.targets.target import Target
 
@@ -68,11 +69,14 @@ __all__ = [
     "Timing",
     "UnsupportedOpError",
     "VerifyError",
+    "aux_loss",
     "build",
     "convert",
+    "distill_loss",
     "explain",
     "inspect",
     "load",
     "lower",
     "prepare",
+    "step",
 ]
