@@ -283,20 +283,22 @@ def _estimator_specs(p: dict[str, Any]) -> list[dict[str, Any]]:
     common = {"width": p["width"], "steps": p["steps"], "batch": p["batch"],
               "block_size": p["block"]}  # fmt: skip
     specs: list[dict[str, Any]] = []
-    for seed in p["seeds_low"]:
-        specs.append({"task": "lm", "preset": "fp32", "estimator": "-", "seed": seed, **common,
-                      "label": "fp32"})  # fmt: skip
-        for preset in p["presets"]:
-            for est in p["estimators"]:
-                specs.append({"task": "lm", "preset": preset, "estimator": est, "seed": seed,
-                              **common})  # fmt: skip
-    for seed in p["cnn_seeds"]:
-        specs.append({"task": "digits", "preset": "fp32", "estimator": "-", "seed": seed,
-                      "steps": p["cnn_steps"]})  # fmt: skip
-        for preset in p["presets"]:
-            for est in p["estimators"]:
-                specs.append({"task": "digits", "preset": preset, "estimator": est,
-                              "seed": seed, "steps": p["cnn_steps"]})  # fmt: skip
+    # seed-major order: a sweep stopped early still holds complete seeds (shards save per run)
+    for seed in sorted(set(p["seeds_low"]) | set(p["cnn_seeds"])):
+        if seed in p["seeds_low"]:
+            specs.append({"task": "lm", "preset": "fp32", "estimator": "-", "seed": seed,
+                          **common, "label": "fp32"})  # fmt: skip
+            for preset in p["presets"]:
+                for est in p["estimators"]:
+                    specs.append({"task": "lm", "preset": preset, "estimator": est,
+                                  "seed": seed, **common})  # fmt: skip
+        if seed in p["cnn_seeds"]:
+            specs.append({"task": "digits", "preset": "fp32", "estimator": "-", "seed": seed,
+                          "steps": p["cnn_steps"]})  # fmt: skip
+            for preset in p["presets"]:
+                for est in p["estimators"]:
+                    specs.append({"task": "digits", "preset": preset, "estimator": est,
+                                  "seed": seed, "steps": p["cnn_steps"]})  # fmt: skip
     return specs
 
 
@@ -421,7 +423,7 @@ def split_reused(
     return reused, todo
 
 
-def sweep(specs: list[dict[str, Any]], log: Any) -> list[Run]:
+def sweep(specs: list[dict[str, Any]], log: Any, on_run: Any = None) -> list[Run]:
     corpus = char_corpus() if any(s["task"] == "lm" for s in specs) else None
     data = digits() if any(s["task"] == "digits" for s in specs) else None
     runs: list[Run] = []
@@ -429,6 +431,8 @@ def sweep(specs: list[dict[str, Any]], log: Any) -> list[Run]:
         kw = {k: v for k, v in spec.items() if k != "task"}
         r = lm_run(corpus, **kw) if spec["task"] == "lm" else cnn_run(data, **kw)
         runs.append(r)
+        if on_run is not None:
+            on_run(runs)
         state = "DIVERGED" if r.diverged else f"val {r.val_loss:.4f}"
         extra = f" acc {r.val_acc:.3f}" if r.task == "digits" else ""
         log(
@@ -675,13 +679,24 @@ def main(argv: list[str] | None = None) -> int:
     if reused:
         print(f"reusing {len(reused)} runs from {', '.join(a.reuse)}", flush=True)
         header += f" {len(reused)} runs reused from {', '.join(map(os.path.basename, a.reuse))}."
-    runs = sweep(specs, lambda s: print(s, flush=True)) + (reused if i == 0 else [])
+    shard_path = os.path.join(OUT, f"qat_quality_{mode}.shard{i}of{n}.json")
+
+    def save_shard(done: list[Run], note: str) -> None:  # after every run: a stop keeps results
+        with open(shard_path + ".tmp", "w") as f:
+            json.dump({"header": header + note, "runs": [asdict(r) for r in done]}, f, indent=1)
+        os.replace(shard_path + ".tmp", shard_path)
+
+    def partial(done: list[Run]) -> None:
+        if n > 1:
+            save_shard(done + (reused if i == 0 else []),
+                       f" Partial: {len(done)} of {len(specs)} runs (shard {i}/{n}).")  # fmt: skip
+
+    runs = sweep(specs, lambda s: print(s, flush=True), partial) + (reused if i == 0 else [])
     header += f" Wall time {time.perf_counter() - t0:.0f}s" + (
         f" (shard {i}/{n})." if n > 1 else "."
     )
     if n > 1:
-        with open(os.path.join(OUT, f"qat_quality_{mode}.shard{i}of{n}.json"), "w") as f:
-            json.dump({"header": header, "runs": [asdict(r) for r in runs]}, f, indent=1)
+        save_shard(runs, "")
         print(f"shard {i}/{n} done; merge with --mode {mode} --shard 0/{n} --merge")
         return 0
     _write(runs, mode, header)

@@ -218,7 +218,7 @@ class GDNSQState(nn.Module):
 
     def finalize_(self, quantizer: Any) -> None:
         """Round β for ``convert`` (on a copy), warning when that changes the model."""
-        beta = float(self.bits())
+        beta = float(self.bits().detach())
         b = deployed_bits(beta)
         if abs(beta - b) > 1e-6:
             warnings.warn(
@@ -233,7 +233,7 @@ class GDNSQState(nn.Module):
 
     def describe(self) -> str:
         c = self.clip.detach().clamp(0.0, MAX_CLIP).tolist()
-        return f"β={float(self.bits()):.2f} (target {self.target():g}) clip=({c[0]:.2f}, {c[1]:.2f})"
+        return f"β={float(self.bits().detach()):.2f} (target {self.target():g}) clip=({c[0]:.2f}, {c[1]:.2f})"
 
     def extra_repr(self) -> str:
         return self.describe()
