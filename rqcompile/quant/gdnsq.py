@@ -90,7 +90,12 @@ def check_spec(spec: Any) -> str | None:
 
 
 def gdnsq_blocks(
-    xb: torch.Tensor, bits: torch.Tensor, clip: torch.Tensor, *, final_bits: int | None = None
+    xb: torch.Tensor,
+    bits: torch.Tensor,
+    clip: torch.Tensor,
+    *,
+    final_bits: int | None = None,
+    noise: torch.Tensor | None = None,
 ) -> FakeQuantResult:
     """The gdnsq quantizer on blocks ``(..., nb, B)`` (formula in the module docstring).
 
@@ -100,6 +105,8 @@ def gdnsq_blocks(
         clip: ``(c_lo, c_hi)``, fractions of each block's range cut at either end.
         final_bits: the integer width when β is final (convert, run time); selects the code
             alphabet of the returned codes (±1 at 1 bit). ``None`` while training.
+        noise: a fixed rounding noise ``ε`` instead of ``round(z) - z`` (the additive-noise
+            model in which ``∂y/∂Δ = ε`` is the exact derivative; used by gradient checks).
     """
     dtype = xb.dtype
     x = xb if xb.dtype == torch.float64 else xb.float()
@@ -113,7 +120,7 @@ def gdnsq_blocks(
     delta = ((hi - lo) / levels).clamp_min(EPS)
     xc = torch.minimum(torch.maximum(x, lo), hi)
     z = (xc - lo) / delta
-    code = torch.round(z.detach())
+    code = torch.round(z.detach()) if noise is None else (z + noise).detach()
     if final_bits is not None:
         code = code.clamp(0, 2**final_bits - 1)
     q = z + (code - z).detach()
