@@ -84,7 +84,7 @@ _SCHEDULE = {"pege": "ramp_steps", "gdnsq": "anneal_steps"}
 
 
 def _estimator_kw(estimator: str, steps: int) -> dict[str, Any]:
-    """prepare() keywords for ``estimator`` and the train-loop hooks it needs (none for ste/ridge)."""
+    """prepare() keywords for ``estimator``: its schedule length (none for ste/ridge)."""
     if estimator not in _SCHEDULE:
         return {}
     return {"estimator_options": {_SCHEDULE[estimator]: max(1, steps // 2)}}
@@ -170,7 +170,8 @@ def lm_run(
     if note:  # gdnsq: score the deployed widths
         extra = {"bits": note, "val_loss": evaluate_lm(
             final, corpus.val, batch_size=batch, block_size=block_size, n_batches=cfg.eval_batches)}
-    return _finish(model, h, t0, **extra, task="lm", label=label or f"{preset} {estimator}", preset=preset,
+    return _finish(model, h, t0, **extra, task="lm", label=label or f"{preset} {estimator}",
+                   preset=preset,
                    estimator=estimator, seed=seed, ridge_lambda=lam, block=str(block_size_q),
                    width=width)
 

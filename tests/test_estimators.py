@@ -131,7 +131,8 @@ def test_gdnsq_rounds_learned_widths_with_a_warning_naming_the_layer() -> None:
     with pytest.warns(rq.RQWarning, match=r"layer 'fc1' \(weight\): learned bit width 3\.300"):
         irm = rq.convert(qat.eval())
     # the deployed width (3) reaches the kernel; the input model keeps its learned width
-    assert float(qat.get_submodule("fc1.weight_quant").estimator_state.bits().detach()) == pytest.approx(3.3)
+    learned = qat.get_submodule("fc1.weight_quant").estimator_state.bits().detach()
+    assert float(learned) == pytest.approx(3.3)
     mm = [op for op in irm.main.ops if op.name == "rq.int_matmul"]
     assert mm and dict(mm[0].attrs)["w_bits"] == 3
     assert "W 3.30→3" in rq.inspect(qat)

@@ -254,7 +254,8 @@ class LayerSpec:
             items[name] = want(value)
         why = row.check(self) if row.check is not None else None
         if why:
-            raise ConfigError(f"estimator={self.estimator!r} cannot quantize {self.preset or self.weight.short()}: {why}.")
+            what = self.preset or self.weight.short()
+            raise ConfigError(f"estimator={self.estimator!r} cannot quantize {what}: {why}.")
         return tuple(sorted(items.items()))
 
     @classmethod

@@ -195,7 +195,7 @@ class GDNSQState(nn.Module):
 
     # -- schedule -------------------------------------------------------------------------
     def target(self) -> float:
-        """The annealed target ``b_t``: ``start_bits`` → the preset width over ``anneal_steps``."""
+        """Annealed target ``b_t``: ``start_bits`` → the preset width over ``anneal_steps``."""
         t = int(self.step)
         start = max(self.start_bits, self.goal)
         if self.anneal_steps == 0 or t >= self.anneal_steps:
@@ -240,7 +240,8 @@ class GDNSQState(nn.Module):
 
     def describe(self) -> str:
         c = self.clip.detach().clamp(0.0, MAX_CLIP).tolist()
-        return f"β={float(self.bits().detach()):.2f} (target {self.target():g}) clip=({c[0]:.2f}, {c[1]:.2f})"
+        beta = float(self.bits().detach())
+        return f"β={beta:.2f} (target {self.target():g}) clip=({c[0]:.2f}, {c[1]:.2f})"
 
     def extra_repr(self) -> str:
         return self.describe()

@@ -49,7 +49,8 @@ def step(model: nn.Module) -> int:
         >>> rq.step(qat), rq.step(qat)
         (1, 2)
     """
-    steps = [m.estimator_state.advance() for m in _stateful(model)]  # type: ignore[union-attr,operator]
+    states = [m.estimator_state for m in _stateful(model)]
+    steps = [st.advance() for st in states]  # type: ignore[union-attr,operator]
     return max(steps, default=0)
 
 

@@ -129,8 +129,9 @@ class RQQuantize(nn.Module):
 
     def fake_quant(self, x: torch.Tensor) -> FakeQuantResult:
         """Blocked fake-quant of ``x`` (K-last view); used by ``forward`` and ``convert``."""
-        if self.estimator_state is not None and hasattr(self.estimator_state, "fake_quant"):
-            return self.estimator_state.fake_quant(self._blocks(self.k_last(x)))  # type: ignore[operator]
+        st = self.estimator_state
+        if st is not None and hasattr(st, "fake_quant"):  # its own grid and codes (gdnsq)
+            return st.fake_quant(self._blocks(self.k_last(x)))  # type: ignore[operator]
         nm = None if self.sparsity is None else (self.sparsity.n, self.sparsity.m)
         return fake_quant_blocks(
             self._blocks(self.k_last(x)),

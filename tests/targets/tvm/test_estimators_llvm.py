@@ -31,7 +31,9 @@ def _trained(preset: str, est: str) -> tuple[torch.nn.Module, tuple]:
     return qat.eval(), ex
 
 
-@pytest.mark.parametrize(("preset", "est"), [("A1W1", "gdnsq"), ("A2W2", "gdnsq"), ("A2W2", "pege")])
+@pytest.mark.parametrize(
+    ("preset", "est"), [("A1W1", "gdnsq"), ("A2W2", "gdnsq"), ("A2W2", "pege")]
+)
 def test_llvm_matches_reference_and_qat(preset: str, est: str) -> None:
     qat, ex = _trained(preset, est)
     irm = rq.convert(qat)
