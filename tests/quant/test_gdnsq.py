@@ -83,7 +83,7 @@ def test_schedule_and_exterior_point_penalty() -> None:
     st.step.fill_(12)
     assert st.target() == 2 and st.mu() == pytest.approx(2.0 * 1.5**3)
     loss = group_loss([st])
-    assert loss is not None and float(loss) == 0.0  # at the target: feasible, no penalty
+    assert loss is not None and float(loss.detach()) == 0.0  # at the target: feasible, no penalty
     with torch.no_grad():
         st.bits_excess.fill_(0.5)
     loss = group_loss([st])
