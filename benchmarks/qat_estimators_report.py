@@ -44,16 +44,19 @@ def summary_rows(runs: list[Any], estimators: list[str]) -> list[dict[str, Any]]
         ste_cost = _mean([r.sec_per_step for r in runs if r.task == task and r.estimator == "ste"])
         for preset in ["fp32", *BITS]:
             ests = ["-"] if preset == "fp32" else estimators
+            # compare on complete seeds only (every estimator ran), so a sweep that stopped
+            # early still compares like with like
+            have = [{r.seed for r in cells.get((preset, e), [])} for e in ests]
+            complete = set.intersection(*have) if have else set()
             best: dict[int, str] = {}
             if preset != "fp32":  # winner per seed = lowest val/test loss
-                seeds = {r.seed for e in ests for r in cells.get((preset, e), [])}
-                for s in seeds:
+                for s in complete:
                     cand = [(r.val_loss, e) for e in ests for r in cells.get((preset, e), [])
                             if r.seed == s and not r.diverged]  # fmt: skip
                     if cand:
                         best[s] = min(cand)[1]
             for e in ests:
-                rs = cells.get((preset, e), [])
+                rs = [r for r in cells.get((preset, e), []) if r.seed in complete]
                 if not rs:
                     continue
                 cost = _mean([r.sec_per_step for r in rs])
@@ -71,7 +74,7 @@ def summary_rows(runs: list[Any], estimators: list[str]) -> list[dict[str, Any]]
 def report(runs: list[Any], header: str, estimators: list[str]) -> str:
     rows = summary_rows(runs, estimators)
     lines = ["# QAT quality: gradient estimators (ste, ridge, pege, gdnsq)", "", header, "",
-             "Mean ± sample std over seeds. *wins* = seeds on which the estimator had the lowest "
+             "Mean ± sample std over the seeds on which every estimator ran. *wins* = seeds on which the estimator had the lowest "
              "loss among the four at that preset. Cost = training-loop seconds per step (its "
              "5 short evaluations included), and its ratio to ste on the same task. gdnsq is "
              "scored at the integer widths rqcompile deploys (learned → deployed mean widths "
@@ -128,7 +131,9 @@ def plot(runs: list[Any], path: str, estimators: list[str]) -> str:
         for e in estimators:
             xs, ys, es = [], [], []
             for preset, b in BITS.items():
-                v = _ok(cells.get((preset, e), []), attr)
+                have = [{r.seed for r in cells.get((preset, x), [])} for x in estimators]
+                full = set.intersection(*have)
+                v = _ok([r for r in cells.get((preset, e), []) if r.seed in full], attr)
                 if v:
                     xs.append(b)
                     ys.append(_mean(v))
