@@ -38,7 +38,30 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["ESTIMATORS", "Dequantizer", "Estimator", "ridge_params", "ste_params"]
+__all__ = ["ESTIMATORS", "Dequantizer", "Estimator", "EstimatorState", "ridge_params", "ste_params"]
+
+
+class EstimatorState(Protocol):
+    """What ``RQQuantize`` calls on the training state of a stateful estimator (an nn.Module
+    child ``estimator_state``; see ``pege.PEGEState`` and ``gdnsq.GDNSQState``)."""
+
+    def advance(self) -> int:
+        """Add one to the step buffer (``rq.step``); return the new step."""
+        ...
+
+    def fake_quant(self, xb: torch.Tensor) -> Any:
+        """A ``FakeQuantResult`` from the state's own grid, or ``None`` for the standard one."""
+        ...
+
+    def after_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The operand's output from its input ``x`` and fake-quantized ``y``."""
+        ...
+
+    def finalize_(self, quantizer: Any) -> int | None:
+        """Make the state final for ``convert``; return a new deployed width, if any."""
+        ...
+
+    def describe(self) -> str: ...
 
 
 class Dequantizer(Protocol):

@@ -223,7 +223,7 @@ class GDNSQState(nn.Module):
     def after_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return y
 
-    def finalize_(self, quantizer: Any) -> None:
+    def finalize_(self, quantizer: Any) -> int:
         """Round β for ``convert`` (on a copy), warning when that changes the model."""
         beta = float(self.bits().detach())
         b = deployed_bits(beta)
@@ -237,6 +237,7 @@ class GDNSQState(nn.Module):
                 stacklevel=3,
             )
         self.final_bits.fill_(b)
+        return b
 
     def describe(self) -> str:
         c = self.clip.detach().clamp(0.0, MAX_CLIP).tolist()

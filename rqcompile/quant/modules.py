@@ -76,7 +76,7 @@ class RQQuantize(nn.Module):
         self.layer = layer
         self.fmt = QFormat(spec.bits, spec.symmetric)
         row = ESTIMATORS[estimator]
-        self.estimator_state: nn.Module | None = None
+        self.estimator_state: nn.Module | None = None  # an EstimatorState (estimators.py)
         if row.state is not None:
             opts = {**row.options, **(estimator_options or {})}
             self.estimator_state = row.state(role=role, spec=spec, options=opts, layer=layer)
@@ -96,9 +96,8 @@ class RQQuantize(nn.Module):
         st = self.estimator_state
         if st is None:
             return
-        st.finalize_(self)  # type: ignore[operator]
-        bits = getattr(st, "final_bits", None)
-        if bits is not None and int(bits) != self.spec.bits:
+        bits = st.finalize_(self)  # type: ignore[operator]
+        if bits is not None and bits != self.spec.bits:
             self.spec = dataclasses.replace(self.spec, bits=int(bits))
             self.fmt = QFormat(self.spec.bits, self.spec.symmetric)
 
@@ -130,8 +129,10 @@ class RQQuantize(nn.Module):
     def fake_quant(self, x: torch.Tensor) -> FakeQuantResult:
         """Blocked fake-quant of ``x`` (K-last view); used by ``forward`` and ``convert``."""
         st = self.estimator_state
-        if st is not None and hasattr(st, "fake_quant"):  # its own grid and codes (gdnsq)
-            return st.fake_quant(self._blocks(self.k_last(x)))  # type: ignore[operator]
+        if st is not None:  # a state with its own grid and codes (gdnsq) returns them
+            own = st.fake_quant(self._blocks(self.k_last(x)))  # type: ignore[operator]
+            if own is not None:
+                return own  # type: ignore[no-any-return]
         nm = None if self.sparsity is None else (self.sparsity.n, self.sparsity.m)
         return fake_quant_blocks(
             self._blocks(self.k_last(x)),

@@ -100,11 +100,14 @@ class PEGEState(nn.Module):
     def aux_loss(self) -> torch.Tensor | None:
         return self._aux
 
+    def fake_quant(self, xb: torch.Tensor) -> None:
+        return None  # the standard STE grid and codes
+
     def __getstate__(self) -> dict[str, Any]:
         # the recorded loss is a graph node of the last forward: never copy or pickle it
         return {**super().__getstate__(), "_aux": None}
 
-    def finalize_(self, quantizer: Any) -> None:
+    def finalize_(self, quantizer: Any) -> None:  # the width does not change
         """``convert`` deploys the fully quantized model: refuse a curriculum still ramping."""
         r = self.ratio()
         if r < 1.0:
