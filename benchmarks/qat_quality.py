@@ -5,10 +5,15 @@ training curves, λ sweep). Nothing here is asserted: it measures and reports.
 
     python benchmarks/qat_quality.py --quick        # < ~10 minutes on 2 cores
     python benchmarks/qat_quality.py                # the full sweep (hours on 2 cores)
+    python benchmarks/qat_quality.py --mode estimators   # ste/ridge/pege/gdnsq, 3 seeds
 
 Settings (METHOD.md §5): presets A8W8..A1W1, 2:4 variants, STE vs ridge; 3 seeds for the
 ≤2-bit settings (full mode); λ ∈ {0, 1e-3, 1e-2, 1e-1, 1}; block ∈ {32, 128, per-channel};
 "bigger model, fewer bits" (a wide A1W1 model vs a narrower fp32 one, with bytes and energy).
+``--mode estimators`` compares the four gradient estimators (docs/estimators.md) at A1W1, A2W2
+and A4W4 on both tasks, 3 seeds, with their training cost in seconds per step; ``pege`` ramps
+and ``gdnsq`` anneals over the first half of training, and ``gdnsq`` is scored at the integer
+widths it deploys (its learned widths rounded as ``rq.convert`` does).
 The LM head and embeddings stay float (paper's recommendation); for the CNN the first conv and
 the classifier stay float.
 """
@@ -27,6 +32,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import warnings
+
 import torch
 
 import rqcompile as rq
@@ -34,7 +41,7 @@ from rqcompile.debug.costs import model_costs
 from rqcompile.demo.data import char_corpus, digits
 from rqcompile.demo.loop import TrainConfig
 from rqcompile.demo.models import CharTransformer, DigitsCNN
-from rqcompile.demo.train import accuracy, train_classifier, train_lm
+from rqcompile.demo.train import accuracy, evaluate_lm, train_classifier, train_lm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results")
@@ -58,14 +65,64 @@ class Run:
     weight_kib: float = 0.0
     energy_saving: float = 1.0
     curve: list[tuple[int, float]] = field(default_factory=list)
+    sec_per_step: float = 0.0  # training loop wall time / steps (its few evaluations included)
+    bits: str = ""  # gdnsq: learned -> deployed mean widths, e.g. "W 1.93->2.00 A 2.10->2.00"
 
 
 def _finish(model: torch.nn.Module, h: Any, t0: float, **fields: Any) -> Run:
     """A Run record from a finished training history (costs measured on the trained model)."""
     kib, saving = model_costs(model)
-    return Run(val_loss=h.final_val_loss, diverged=h.diverged, nan_seen=h.nan_seen,
+    fields.setdefault("val_loss", h.final_val_loss)
+    return Run(diverged=h.diverged, nan_seen=h.nan_seen,
                seconds=time.perf_counter() - t0, weight_kib=kib, energy_saving=saving,
-               curve=list(zip(h.val_steps, h.val_loss)), **fields)
+               curve=list(zip(h.val_steps, h.val_loss)),
+               sec_per_step=h.elapsed_s / max(len(h.train_loss), 1), **fields)
+
+
+#: Schedules of the stateful estimators: ramp / anneal over the first half of training.
+_SCHEDULE = {"pege": "ramp_steps", "gdnsq": "anneal_steps"}
+
+
+def _estimator_kw(estimator: str, steps: int) -> dict[str, Any]:
+    """prepare() keywords for ``estimator``: its schedule length (none for ste/ridge)."""
+    if estimator not in _SCHEDULE:
+        return {}
+    return {"estimator_options": {_SCHEDULE[estimator]: max(1, steps // 2)}}
+
+
+def _hooks(estimator: str) -> dict[str, Any]:
+    return {"aux_loss": rq.aux_loss, "step_hook": rq.step} if estimator in _SCHEDULE else {}
+
+
+def _deployed(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """``model`` with its estimator state made final as ``rq.convert`` does, and a bits note.
+
+    Only gdnsq changes the model here (learned widths rounded); the note gives the mean learned
+    and deployed widths of weights and activations."""
+    from rqcompile.quant.hooks import finalize_for_convert
+    from rqcompile.quant.modules import RQQuantize
+
+    def widths(m: torch.nn.Module) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"weight": [], "activation": []}
+        for q in m.modules():
+            st = getattr(q, "estimator_state", None)
+            if isinstance(q, RQQuantize) and hasattr(st, "bits"):
+                out[q.role].append(float(st.bits().detach()))  # type: ignore[union-attr]
+        return out
+
+    before = widths(model)
+    if not before["weight"]:
+        return model, ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the note below reports what the warnings would say
+        final = finalize_for_convert(model)
+    after = widths(final)
+    note = " ".join(
+        f"{role[0].upper()} {_mean(before[role]):.2f}->{_mean(after[role]):.2f}"
+        for role in ("weight", "activation")
+        if before[role]
+    )
+    return final, note
 
 
 def lm_run(
@@ -92,6 +149,7 @@ def lm_run(
             "estimator": estimator,
             "ridge_lambda": lam,
             "overrides": {"lm_head": None},
+            **_estimator_kw(estimator, steps),
         }
         if block_size_q != 128:
             kw["block_size"] = None if block_size_q == "per-channel" else block_size_q
@@ -106,8 +164,14 @@ def lm_run(
         seed=seed,
     )
     t0 = time.perf_counter()
-    h = train_lm(model, corpus, cfg, block_size=block_size)
-    return _finish(model, h, t0, task="lm", label=label or f"{preset} {estimator}", preset=preset,
+    h = train_lm(model, corpus, cfg, block_size=block_size, **_hooks(estimator))
+    extra: dict[str, Any] = {}
+    final, note = _deployed(model)
+    if note:  # gdnsq: score the deployed widths
+        extra = {"bits": note, "val_loss": evaluate_lm(
+            final, corpus.val, batch_size=batch, block_size=block_size, n_batches=cfg.eval_batches)}
+    return _finish(model, h, t0, **extra, task="lm", label=label or f"{preset} {estimator}",
+                   preset=preset,
                    estimator=estimator, seed=seed, ridge_lambda=lam, block=str(block_size_q),
                    width=width)
 
@@ -122,18 +186,52 @@ def cnn_run(data: Any, *, preset: str, estimator: str, seed: int, steps: int) ->
             preset,
             estimator=estimator,
             overrides={"conv1": None, "fc": None},
+            **_estimator_kw(estimator, steps),
         )
     cfg = TrainConfig(
         steps=steps, batch_size=64, lr=3e-3, warmup=10, eval_every=max(1, steps // 5), seed=seed
     )
     t0 = time.perf_counter()
-    h = train_classifier(model, data, cfg)
-    return _finish(model, h, t0, task="digits", label=f"{preset} {estimator}", preset=preset,
-                   estimator=estimator, seed=seed, width=32,
-                   val_acc=accuracy(model, data[2], data[3]))
+    h = train_classifier(model, data, cfg, **_hooks(estimator))
+    final, note = _deployed(model)
+    extra: dict[str, Any] = {}
+    if note:  # gdnsq: score the deployed widths
+        extra = {"bits": note, "val_loss": test_loss(final, data[2], data[3])}
+    return _finish(model, h, t0, **extra, task="digits", label=f"{preset} {estimator}",
+                   preset=preset, estimator=estimator, seed=seed, width=32,
+                   val_acc=accuracy(final, data[2], data[3]))
+
+
+@torch.no_grad()
+def test_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy on the digits test set (what ``train_classifier`` reports), eval mode."""
+    was = model.training
+    model.eval()
+    try:
+        return float(torch.nn.functional.cross_entropy(model(x), y))
+    finally:
+        model.train(was)
+
+
+ESTIMATORS = ("ste", "ridge", "pege", "gdnsq")
 
 
 def plan(mode: str) -> dict[str, Any]:
+    if mode == "estimators":  # quick-mode LM size, 3 seeds, every estimator
+        return {
+            "width": 64,
+            "steps": 300,
+            "batch": 16,
+            "block": 64,
+            "seeds_low": [0, 1, 2],
+            "presets": ["A1W1", "A2W2", "A4W4"],
+            "estimators": list(ESTIMATORS),
+            "lams": [],
+            "blocks": [],
+            "wide": None,
+            "cnn_steps": 300,
+            "cnn_seeds": [0, 1, 2],
+        }
     if mode == "quick":
         return {
             "width": 64,
@@ -181,9 +279,35 @@ def _low(preset: str) -> bool:
     return preset in ("A2W2", "A1W1", "A1.5W1.5")
 
 
+def _estimator_specs(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """``--mode estimators``: fp32 + every (preset, estimator) on both tasks, all seeds."""
+    common = {"width": p["width"], "steps": p["steps"], "batch": p["batch"],
+              "block_size": p["block"]}  # fmt: skip
+    specs: list[dict[str, Any]] = []
+    # seed-major order: a sweep stopped early still holds complete seeds (shards save per run)
+    for seed in sorted(set(p["seeds_low"]) | set(p["cnn_seeds"])):
+        if seed in p["seeds_low"]:
+            specs.append({"task": "lm", "preset": "fp32", "estimator": "-", "seed": seed,
+                          **common, "label": "fp32"})  # fmt: skip
+            for preset in p["presets"]:
+                for est in p["estimators"]:
+                    specs.append({"task": "lm", "preset": preset, "estimator": est,
+                                  "seed": seed, **common})  # fmt: skip
+        if seed in p["cnn_seeds"]:
+            specs.append({"task": "digits", "preset": "fp32", "estimator": "-", "seed": seed,
+                          "steps": p["cnn_steps"]})  # fmt: skip
+            for preset in p["presets"]:
+                for est in p["estimators"]:
+                    specs.append({"task": "digits", "preset": preset, "estimator": est,
+                                  "seed": seed, "steps": p["cnn_steps"]})  # fmt: skip
+    return specs
+
+
 def run_specs(mode: str) -> list[dict[str, Any]]:
     """The sweep as data: one dict of keyword arguments per run (so it can be sharded)."""
     p = plan(mode)
+    if mode == "estimators":
+        return _estimator_specs(p)
     common = {
         "width": p["width"],
         "steps": p["steps"],
@@ -300,7 +424,7 @@ def split_reused(
     return reused, todo
 
 
-def sweep(specs: list[dict[str, Any]], log: Any) -> list[Run]:
+def sweep(specs: list[dict[str, Any]], log: Any, on_run: Any = None) -> list[Run]:
     corpus = char_corpus() if any(s["task"] == "lm" for s in specs) else None
     data = digits() if any(s["task"] == "digits" for s in specs) else None
     runs: list[Run] = []
@@ -308,6 +432,8 @@ def sweep(specs: list[dict[str, Any]], log: Any) -> list[Run]:
         kw = {k: v for k, v in spec.items() if k != "task"}
         r = lm_run(corpus, **kw) if spec["task"] == "lm" else cnn_run(data, **kw)
         runs.append(r)
+        if on_run is not None:
+            on_run(runs)
         state = "DIVERGED" if r.diverged else f"val {r.val_loss:.4f}"
         extra = f" acc {r.val_acc:.3f}" if r.task == "digits" else ""
         log(
@@ -534,7 +660,12 @@ def plots(runs: list[Run], mode: str) -> list[str]:
 
 
 def _write(runs: list[Run], mode: str, header: str) -> None:
-    text = report(runs, mode, header)
+    if mode == "estimators":
+        import qat_estimators_report as est_report  # beside this script
+
+        text = est_report.report(runs, header, list(ESTIMATORS))
+    else:
+        text = report(runs, mode, header)
     with open(os.path.join(OUT, f"qat_quality_{mode}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(OUT, f"qat_quality_{mode}.csv"), "w", newline="") as f:
@@ -545,7 +676,10 @@ def _write(runs: list[Run], mode: str, header: str) -> None:
             w.writerow([getattr(r, k) for k in keys])
     with open(os.path.join(OUT, f"qat_quality_{mode}.json"), "w") as f:
         json.dump({"header": header, "runs": [asdict(r) for r in runs]}, f, indent=1)
-    files = plots(runs, mode)
+    if mode == "estimators":
+        files = est_report.write_extras(runs, OUT, mode, list(ESTIMATORS))
+    else:
+        files = plots(runs, mode)
     print("\n" + text)
     print("plots: " + ", ".join(os.path.relpath(x) for x in files))
 
@@ -555,9 +689,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small model, one seed (< ~10 min)")
     ap.add_argument(
         "--mode",
-        choices=["quick", "medium", "full"],
+        choices=["quick", "medium", "full", "estimators"],
         default=None,
-        help="quick (< ~10 min), medium (≤2-bit, 3 seeds, ~1 h), full (hours)",
+        help="quick (< ~10 min), medium (≤2-bit, 3 seeds, ~1 h), full (hours), estimators "
+        "(ste/ridge/pege/gdnsq at A1W1/A2W2/A4W4, 3 seeds)",
     )
     ap.add_argument(
         "--threads",
@@ -611,13 +746,24 @@ def main(argv: list[str] | None = None) -> int:
     if reused:
         print(f"reusing {len(reused)} runs from {', '.join(a.reuse)}", flush=True)
         header += f" {len(reused)} runs reused from {', '.join(map(os.path.basename, a.reuse))}."
-    runs = sweep(specs, lambda s: print(s, flush=True)) + (reused if i == 0 else [])
+    shard_path = os.path.join(OUT, f"qat_quality_{mode}.shard{i}of{n}.json")
+
+    def save_shard(done: list[Run], note: str) -> None:  # after every run: a stop keeps results
+        with open(shard_path + ".tmp", "w") as f:
+            json.dump({"header": header + note, "runs": [asdict(r) for r in done]}, f, indent=1)
+        os.replace(shard_path + ".tmp", shard_path)
+
+    def partial(done: list[Run]) -> None:
+        if n > 1:
+            save_shard(done + (reused if i == 0 else []),
+                       f" Partial: {len(done)} of {len(specs)} runs (shard {i}/{n}).")  # fmt: skip
+
+    runs = sweep(specs, lambda s: print(s, flush=True), partial) + (reused if i == 0 else [])
     header += f" Wall time {time.perf_counter() - t0:.0f}s" + (
         f" (shard {i}/{n})." if n > 1 else "."
     )
     if n > 1:
-        with open(os.path.join(OUT, f"qat_quality_{mode}.shard{i}of{n}.json"), "w") as f:
-            json.dump({"header": header, "runs": [asdict(r) for r in runs]}, f, indent=1)
+        save_shard(runs, "")
         print(f"shard {i}/{n} done; merge with --mode {mode} --shard 0/{n} --merge")
         return 0
     _write(runs, mode, header)

@@ -40,6 +40,7 @@ from rqcompile.errors import (
 )
 from rqcompile.mlir.export import export_mlir
 from rqcompile.passes.infra import DumpIR, PassContext, PrintAfter, Timing
+from rqcompile.quant.hooks import aux_loss, distill_loss, step
 from rqcompile.targets.compiled import CompiledModule, load
 from rqcompile.targets.target import Target
 
@@ -72,8 +73,10 @@ __all__ = [
     "Timing",
     "UnsupportedOpError",
     "VerifyError",
+    "aux_loss",
     "build",
     "convert",
+    "distill_loss",
     "draw",
     "draw_diff",
     "explain",
@@ -85,4 +88,5 @@ __all__ = [
     "prepare",
     "register_builder",
     "save_qat",
+    "step",
 ]

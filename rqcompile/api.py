@@ -136,13 +136,20 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     and activation quantization becomes ``rq.quantize`` ops. Shapes are static: those recorded
     at ``prepare`` unless ``example_inputs`` are given. ``model`` is not modified.
 
+    Estimators with training state are made final on a copy first: learned ``gdnsq`` widths
+    are rounded to an integer in 1..8 (an ``RQWarning`` names each layer where that changes
+    the model), and ``pege`` requires its curriculum to have finished.
+
     Raises:
         UnsupportedOpError: listing every node that has no converter, all at once.
+        ConfigError: a ``pege`` curriculum has not reached its last step.
     """
     from rqcompile.ir.verify import verify
     from rqcompile.translate import translate
 
-    gm = _ensure_prepared(model, "convert")
+    from rqcompile.quant.hooks import finalize_for_convert
+
+    gm = finalize_for_convert(_ensure_prepared(model, "convert"))  # gdnsq widths, pege check
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     irm = translate(gm, example_inputs)

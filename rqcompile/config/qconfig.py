@@ -120,8 +120,16 @@ class QConfig:
             )
 
     def with_layer_fields(self, **changes: Any) -> QConfig:
-        """Apply ``estimator=``, ``ridge_lambda=`` and ``block_size=`` to every spec."""
-        allowed = {"estimator", "ridge_lambda", "block_size", "quantize_attention", "strict"}
+        """Apply ``estimator=``, ``estimator_options=``, ``ridge_lambda=`` and ``block_size=``
+        to every spec."""
+        allowed = {
+            "estimator",
+            "estimator_options",
+            "ridge_lambda",
+            "block_size",
+            "quantize_attention",
+            "strict",
+        }
         unknown = set(changes) - allowed
         if unknown:
             raise ConfigError(

@@ -31,7 +31,7 @@ __all__ = [
 
 #: Estimator names accepted by ``LayerSpec.estimator``; implementations live in
 #: ``rqcompile.quant.estimators`` (a table, not an if/else chain).
-ESTIMATORS = ("ridge", "ste")
+ESTIMATORS = ("ridge", "ste", "pege", "gdnsq")
 
 _BITS = (1, 1.5, 2, 3, 4, 5, 6, 7, 8)
 
@@ -200,12 +200,18 @@ class LayerSpec:
     sparsity: NMSparsity | None = None
     estimator: str = "ridge"
     ridge_lambda: float = 0.01
+    estimator_options: tuple[tuple[str, Any], ...] = ()
+    """Options of the estimator (``pege``: ``ramp_steps``, ``gamma``; ``gdnsq``:
+    ``anneal_steps``, ``start_bits``, ``penalty``, ``penalty_growth``, ``epoch_steps``; see
+    docs/estimators.md). A dict is accepted and stored as sorted ``(name, value)`` pairs so
+    the spec stays hashable."""
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ConfigError(
                 f"estimator={self.estimator!r} is unknown; choose one of {', '.join(ESTIMATORS)}."
             )
+        object.__setattr__(self, "estimator_options", self._check_options())
         lam = self.ridge_lambda
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
             raise ConfigError(
@@ -224,6 +230,33 @@ class LayerSpec:
                 "per-tensor activation quantization would make one token's codes depend on the "
                 "rest of the batch; use PerChannel() (per token) or PerGroup(size) for activations."
             )
+
+    def _check_options(self) -> tuple[tuple[str, Any], ...]:
+        from rqcompile.quant.estimators import ESTIMATORS as TABLE  # torch-side table
+
+        row = TABLE[self.estimator]
+        opts = self.estimator_options
+        items = dict(opts.items() if isinstance(opts, dict) else opts)
+        for name, value in items.items():
+            if name not in row.options:
+                known = ", ".join(row.options) or "none"
+                raise ConfigError(
+                    f"estimator_options: {name!r} is not an option of estimator="
+                    f"{self.estimator!r} (its options: {known})."
+                )
+            want = type(row.options[name])
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or (want is int and not isinstance(value, int)):
+                raise ConfigError(
+                    f"estimator_options: {name}={value!r} must be a {want.__name__} "
+                    f"(default {row.options[name]!r})."
+                )
+            items[name] = want(value)
+        why = row.check(self) if row.check is not None else None
+        if why:
+            what = self.preset or self.weight.short()
+            raise ConfigError(f"estimator={self.estimator!r} cannot quantize {what}: {why}.")
+        return tuple(sorted(items.items()))
 
     @classmethod
     def from_preset(cls, name: str) -> LayerSpec:
@@ -247,6 +280,7 @@ class LayerSpec:
         if self.sparsity is not None:
             parts.append(f"sparsity {self.sparsity}")
         parts.append(f"{self.estimator} λ={self.ridge_lambda:g}")
+        parts += [f"{k}={v:g}" for k, v in self.estimator_options]
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,6 +292,7 @@ class LayerSpec:
             else {"n": self.sparsity.n, "m": self.sparsity.m},
             "estimator": self.estimator,
             "ridge_lambda": self.ridge_lambda,
+            "estimator_options": dict(self.estimator_options),
         }
 
     @classmethod
@@ -270,6 +305,7 @@ class LayerSpec:
             sparsity=None if sp is None else NMSparsity(n=int(sp["n"]), m=int(sp["m"])),
             estimator=str(d.get("estimator", "ridge")),
             ridge_lambda=float(d.get("ridge_lambda", 0.01)),
+            estimator_options=dict(d.get("estimator_options", {})),
         )
 
 

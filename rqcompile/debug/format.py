@@ -17,7 +17,7 @@ from torch import fx
 from rqcompile.debug.table import format_table
 from rqcompile.quant.modules import RQQuantize
 
-__all__ = ["explain", "inspect", "layer_table"]
+__all__ = ["explain", "inspect", "layer_table", "learned_bits"]
 
 
 def _shape(n: fx.Node) -> str:
@@ -88,6 +88,20 @@ def _graph_lines(gm: fx.GraphModule) -> list[str]:
     return lines
 
 
+def learned_bits(gm: fx.GraphModule) -> dict[str, str]:
+    """Layer key → ``"W 1.93→2 / A 2.10→2"`` for quantizers with a learned width (gdnsq)."""
+    from rqcompile.quant.gdnsq import deployed_bits
+
+    parts: dict[str, dict[str, str]] = {}
+    for m in gm.modules():
+        st = getattr(m, "estimator_state", None)
+        if isinstance(m, RQQuantize) and st is not None and hasattr(st, "bits"):
+            beta = float(st.bits().detach())
+            tag = "W" if m.role == "weight" else "A"
+            parts.setdefault(m.layer, {})[tag] = f"{tag} {beta:.2f}→{deployed_bits(beta)}"
+    return {k: " / ".join(v[t] for t in ("W", "A") if t in v) for k, v in parts.items()}
+
+
 def layer_table(gm: fx.GraphModule) -> str:
     """Per-layer costs of every matmul-like op: params, weight bytes, BPE, MACs, energy proxy.
 
@@ -125,6 +139,11 @@ def layer_table(gm: fx.GraphModule) -> str:
         "MACs",
         "energy",
     ]
+    learned = learned_bits(gm)
+    if learned:  # gdnsq: learned widths and the integer widths convert deploys
+        header.append("learned bits W/A")
+        for row, r in zip(table, rows):
+            row.append(learned.get(r.layer, "-"))
     text = format_table(header, table)
     t = totals(rows)
     if rows:

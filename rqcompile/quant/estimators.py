@@ -12,6 +12,16 @@ Estimators are looked up in :data:`ESTIMATORS` by name (a table, not an if/else 
   ``scale = mean(q·x)/(mean(q²)+λ)``, ``offset = 0``. The statistics stay attached to the
   autograd graph, which creates the corrective gradient path (METHOD.md §2.6).
 * ``ste``: ``scale = s_f``, ``offset = b_f`` (plain dequantization; the baseline).
+* ``pege`` (METHOD.md §6.2): the STE dequantizer, plus a per-quantizer curriculum state that
+  mixes float and quantized elements during training and a discretization-error loss
+  (:mod:`rqcompile.quant.pege`).
+* ``gdnsq`` (METHOD.md §6.1): its own grid (learned bit width and clamp bounds) with the STE
+  dequantizer ``scale = Δ``, ``offset = l`` (:mod:`rqcompile.quant.gdnsq`).
+
+Every entry of :data:`ESTIMATORS` is an :class:`Estimator` record: the dequantizer, the name
+``rq.quantize`` uses at run time, an optional stateless block quantizer (for run-time
+activation quantization), an optional factory for per-quantizer training state, the options
+it accepts and the model-level auxiliary loss over its states.
 
 **λ = 0 safe path.** With λ = 0 and a constant-code block (V = 0) the ridge fit is 0/0. We use
 the minimum-norm least-squares solution instead: ``scale = 0`` and so ``y = x̄`` (affine) or
@@ -21,15 +31,40 @@ handled; tiny denominators are left as they are, so λ = 0's instability remains
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
 
 import torch
 
-__all__ = ["ESTIMATORS", "Estimator", "ridge_params", "ste_params"]
+__all__ = ["ESTIMATORS", "Dequantizer", "Estimator", "EstimatorState", "ridge_params", "ste_params"]
 
 
-class Estimator(Protocol):
+class EstimatorState(Protocol):
+    """What ``RQQuantize`` calls on the training state of a stateful estimator (an nn.Module
+    child ``estimator_state``; see ``pege.PEGEState`` and ``gdnsq.GDNSQState``)."""
+
+    def advance(self) -> int:
+        """Add one to the step buffer (``rq.step``); return the new step."""
+        ...
+
+    def fake_quant(self, xb: torch.Tensor) -> Any:
+        """A ``FakeQuantResult`` from the state's own grid, or ``None`` for the standard one."""
+        ...
+
+    def after_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The operand's output from its input ``x`` and fake-quantized ``y``."""
+        ...
+
+    def finalize_(self, quantizer: Any) -> int | None:
+        """Make the state final for ``convert``; return a new deployed width, if any."""
+        ...
+
+    def describe(self) -> str: ...
+
+
+class Dequantizer(Protocol):
     def __call__(
         self,
         xb: torch.Tensor,
@@ -85,7 +120,62 @@ def ste_params(
     return s_f, b_f
 
 
-ESTIMATORS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
-    "ridge": ridge_params,
-    "ste": ste_params,
+def _no_loss(states: list[Any]) -> torch.Tensor | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One row of :data:`ESTIMATORS`.
+
+    Attributes:
+        dequant: per-block ``(scale, offset)`` from the dense target, the noisy codes and the
+            grid (stage 3 of METHOD.md §2).
+        runtime: the ``estimator`` attribute of ``rq.quantize`` that reproduces this
+            estimator's *deployed* activation quantizer (``pege`` deploys as ``ste``).
+        blocks: optional stateless quantizer ``(xb, fmt, lam, nm) -> FakeQuantResult`` that
+            replaces the standard grid/codes pipeline (``gdnsq`` at a fixed width).
+        state: optional factory ``(quantizer, options) -> nn.Module`` of per-quantizer
+            training state (buffers and parameters, so it lives in ``state_dict``).
+        options: accepted ``estimator_options`` and their defaults (the type of the default
+            is the type an option must have).
+        group_loss: auxiliary loss over all states of this estimator in one model
+            (``rq.aux_loss`` sums these); ``None`` when it has none.
+        check: optional ``(LayerSpec) -> str | None``: why a layer spec cannot use this
+            estimator (``None`` when it can).
+    """
+
+    dequant: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    runtime: str
+    blocks: Callable[..., Any] | None = None
+    state: Callable[..., Any] | None = None
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    group_loss: Callable[[list[Any]], torch.Tensor | None] = _no_loss
+    check: Callable[[Any], str | None] | None = None
+
+
+# pege/gdnsq import fake_quant, which reads this module's table at call time (not import
+# time), so importing them here, after everything they need is defined, is acyclic.
+from rqcompile.quant import gdnsq, pege  # noqa: E402
+
+#: Estimator name → :class:`Estimator`. ``config.spec.ESTIMATORS`` lists the same names.
+ESTIMATORS: dict[str, Estimator] = {
+    "ridge": Estimator(ridge_params, "ridge"),
+    "ste": Estimator(ste_params, "ste"),
+    "pege": Estimator(
+        ste_params,
+        "ste",
+        state=pege.PEGEState.create,
+        options=pege.OPTIONS,
+        group_loss=pege.group_loss,
+    ),
+    "gdnsq": Estimator(
+        ste_params,
+        "gdnsq",
+        blocks=gdnsq.runtime_blocks,
+        state=gdnsq.GDNSQState.create,
+        options=gdnsq.OPTIONS,
+        group_loss=gdnsq.group_loss,
+        check=gdnsq.check_spec,
+    ),
 }

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rqcompile.quant.estimators import ESTIMATORS
+from rqcompile.quant import estimators as _estimators  # table read at call time (acyclic)
 from rqcompile.quant.primitives import QFormat, grid, make_codes, nm_mask
 
 __all__ = ["FakeQuantResult", "fake_quant_blocks"]
@@ -54,6 +54,9 @@ def fake_quant_blocks(
         >>> r.codes.flatten().tolist()
         [2.0, 0.0, 1.0, 3.0]
     """
+    est = _estimators.ESTIMATORS[estimator]
+    if est.blocks is not None:  # an estimator with its own grid and codes (gdnsq)
+        return est.blocks(xb, fmt, lam=lam, nm=nm)
     dtype = xb.dtype
     # Statistics in fp32 even under bf16/fp16 autocast (METHOD.md §2.6); fp64 stays fp64.
     x32 = xb if xb.dtype == torch.float64 else xb.float()
@@ -69,6 +72,6 @@ def fake_quant_blocks(
     if mask is not None:
         code = code * mask  # pruned slots are exactly code 0 (linear formats only)
     q = z + (code - z).detach()
-    scale, offset = ESTIMATORS[estimator](x32, q, s_f, b_f, lam, fmt.linear)
+    scale, offset = est.dequant(x32, q, s_f, b_f, lam, fmt.linear)
     y = scale * q + offset
     return FakeQuantResult(y=y.to(dtype), codes=code, scale=scale, offset=offset)

@@ -8,16 +8,26 @@ operand's reduction axis, so blocks always run along K (METHOD.md §2.1):
 * Conv activation ``(N, C, H, W)``: ``layout="channels"``, blocks along C, per pixel.
 * Right operand of a matmul ``(..., K, N)``: ``layout="rows"`` (K is dim -2).
 
-The module has no state besides its (frozen) spec, so it is safe under DDP and
-``torch.compile``, and the model's ``state_dict`` keys are unchanged by ``prepare``.
+For ``ridge`` and ``ste`` the module has no state besides its (frozen) spec, so it is safe
+under DDP and ``torch.compile``, and the model's ``state_dict`` keys are unchanged by
+``prepare``. Estimators with training state (``pege``, ``gdnsq``; METHOD.md §6) keep it in a
+child module ``estimator_state`` built by their row of
+:data:`rqcompile.quant.estimators.ESTIMATORS`: buffers (the step) and parameters (learned
+widths), so it is saved in ``state_dict`` and synchronised by DDP. Load a *float* checkpoint
+into such a model with ``strict=False`` (or load it before ``prepare``).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from rqcompile.config.spec import NMSparsity, PerTensor, QuantSpec
+from rqcompile.quant.estimators import ESTIMATORS
 from rqcompile.quant.fake_quant import FakeQuantResult, fake_quant_blocks
 from rqcompile.quant.primitives import QFormat, to_blocks
 
@@ -34,10 +44,12 @@ class RQQuantize(nn.Module):
         role: ``"weight"`` or ``"activation"`` (only for printing and errors).
         layout: where K lives (see module docstring).
         block: resolved block size along K (``prepare`` resolves ``PerGroup``/``PerChannel``).
-        estimator: ``"ridge"`` or ``"ste"``.
+        estimator: a key of :data:`~rqcompile.quant.estimators.ESTIMATORS`.
         ridge_lambda: λ of the ridge fit.
         sparsity: N:M magnitude sparsity (weights only).
         layer: layer key, for messages.
+        estimator_options: options of stateful estimators (already validated by
+            ``LayerSpec``); missing ones take the table's defaults.
     """
 
     def __init__(
@@ -51,6 +63,7 @@ class RQQuantize(nn.Module):
         ridge_lambda: float = 0.01,
         sparsity: NMSparsity | None = None,
         layer: str = "",
+        estimator_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -62,6 +75,31 @@ class RQQuantize(nn.Module):
         self.sparsity = sparsity
         self.layer = layer
         self.fmt = QFormat(spec.bits, spec.symmetric)
+        row = ESTIMATORS[estimator]
+        self.estimator_state: nn.Module | None = None  # an EstimatorState (estimators.py)
+        if row.state is not None:
+            opts = {**row.options, **(estimator_options or {})}
+            self.estimator_state = row.state(role=role, spec=spec, options=opts, layer=layer)
+
+    @property
+    def runtime_estimator(self) -> str:
+        """The ``estimator`` attribute of the ``rq.quantize`` op that deploys this quantizer."""
+        return ESTIMATORS[self.estimator].runtime
+
+    @torch.no_grad()
+    def finalize_(self) -> None:
+        """Make the training state final for ``convert`` (in place; ``convert`` works on a copy).
+
+        ``gdnsq`` rounds its learned width and the spec follows it; ``pege`` checks that its
+        curriculum finished. Stateless estimators do nothing.
+        """
+        st = self.estimator_state
+        if st is None:
+            return
+        bits = st.finalize_(self)  # type: ignore[operator]
+        if bits is not None and bits != self.spec.bits:
+            self.spec = dataclasses.replace(self.spec, bits=int(bits))
+            self.fmt = QFormat(self.spec.bits, self.spec.symmetric)
 
     # -- layout ---------------------------------------------------------------------------
     def k_last(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +128,11 @@ class RQQuantize(nn.Module):
 
     def fake_quant(self, x: torch.Tensor) -> FakeQuantResult:
         """Blocked fake-quant of ``x`` (K-last view); used by ``forward`` and ``convert``."""
+        st = self.estimator_state
+        if st is not None:  # a state with its own grid and codes (gdnsq) returns them
+            own = st.fake_quant(self._blocks(self.k_last(x)))  # type: ignore[operator]
+            if own is not None:
+                return own  # type: ignore[no-any-return]
         nm = None if self.sparsity is None else (self.sparsity.n, self.sparsity.m)
         return fake_quant_blocks(
             self._blocks(self.k_last(x)),
@@ -102,7 +145,10 @@ class RQQuantize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xk = self.k_last(x)
         r = self.fake_quant(x)
-        return self.from_k_last(r.y.reshape(xk.shape), x.shape)
+        y = self.from_k_last(r.y.reshape(xk.shape), x.shape)
+        if self.estimator_state is not None:
+            y = self.estimator_state.after_forward(x, y)  # type: ignore[operator]
+        return y
 
     @torch.no_grad()
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,6 +179,8 @@ class RQQuantize(nn.Module):
             text += f" λ={self.ridge_lambda:g}"
         if self.sparsity is not None:
             text += f" {self.sparsity}"
+        if self.estimator_state is not None:
+            text += f" {self.estimator_state.describe()}"  # type: ignore[operator]
         return text
 
     def extra_repr(self) -> str:

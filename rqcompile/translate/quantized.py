@@ -103,7 +103,7 @@ def _quantize(cx: Cx, a: RQQuantize, x: Value, *, pack: str = "none") -> tuple[V
         bits=a.spec.bits,
         symmetric=a.spec.symmetric,
         block=a.block,
-        estimator=a.estimator,
+        estimator=a.runtime_estimator,
         ridge_lambda=a.ridge_lambda,
         pack=pack,
     )

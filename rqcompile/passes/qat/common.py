@@ -116,6 +116,7 @@ def add_quantizer(
         ridge_lambda=spec.ridge_lambda,
         sparsity=spec.sparsity if role == "weight" else None,
         layer=layer,
+        estimator_options=dict(spec.estimator_options),
     )
     base, i = name, 1
     while hasattr(parent, name):

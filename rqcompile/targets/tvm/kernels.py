@@ -139,8 +139,14 @@ def te_quantize(
         (8-bit affine stored as ``code - 128``) or ``uint32 [..., K/32]`` for
         ``pack="bits32"``.
     """
-    if estimator not in ("ridge", "ste"):
+    if estimator not in ("ridge", "ste", "gdnsq"):
         raise NumericsError(f"te_quantize: unknown estimator {estimator!r}.")
+    if estimator == "gdnsq" and (symmetric or bits == 1.5):
+        raise NumericsError("te_quantize: gdnsq quantizes affine operands only.")
+    if estimator == "gdnsq" and bits != 1:
+        # gdnsq at b >= 2 bits with no clamp is exactly the STE affine quantizer
+        # (rqcompile/quant/gdnsq.py): same grid (min, (max-min)/(2^b-1)), codes and dequant.
+        estimator = "ste"
     if pack not in ("none", "bits32") or (pack == "bits32" and bits != 1):
         raise NumericsError(
             f"te_quantize: pack={pack!r} needs pack 'none', or 'bits32' with bits=1."
@@ -164,7 +170,13 @@ def te_quantize(
 
     # stage 1: the grid (s_f, b_f), with the same float ops as primitives.grid
     b_f: Tensor | None = None
-    if bits in (1, 1.5):  # means over kept (non-zero) elements, summed in float64
+    gdnsq1 = estimator == "gdnsq"  # 1 bit: min/max grid, midpoint threshold (quant/gdnsq.py)
+    if gdnsq1:
+        b_f = red("min", "grid", xat, te.min)
+        xmax = red("max", "grid", xat, te.max)
+        bmin = b_f
+        s_f = per_block("sf", "grid", lambda *i: tirx.max(xmax(*i) - bmin(*i), _f32(EPS)))
+    elif bits in (1, 1.5):  # means over kept (non-zero) elements, summed in float64
         kept = red("kept", "grid", lambda i, r: tirx.Select(xat(i, r) != _f32(0), _f64(1), _f64(0)))
         if bits == 1 and not symmetric:
             xsum = red("xsum", "grid", lambda i, r: xat(i, r).astype(f64))
@@ -192,6 +204,8 @@ def te_quantize(
     def code_fn(*idx: Any) -> Any:
         bi = (*idx[:-1], idx[-1] // block)
         z = (x(*idx) - b_f(*bi)) / s_f(*bi) if b_f is not None else x(*idx) / s_f(*bi)
+        if gdnsq1:  # code 2·round(z) - 1 with z in [0, 1], rounding half-to-even
+            return tirx.Select(tirx.nearbyint(z) >= _f32(1), _f32(1), _f32(-1))
         if bits == 1:
             return tirx.Select(z >= _f32(0), _f32(1), _f32(-1))
         return tirx.min(tirx.max(tirx.nearbyint(z), _f32(lo)), _f32(hi))
@@ -210,7 +224,11 @@ def te_quantize(
         ok = den != _f64(0)
         return tirx.Select(ok, num / tirx.Select(ok, den, _f64(1)), _f64(0)).astype("float32")
 
-    if estimator == "ste":
+    if gdnsq1:  # ±1 codes: Δ·c + l = (Δ/2)(2c - 1) + (l + Δ/2)
+        sf_, bf_ = s_f, b_f
+        scale = per_block("scale", "stats", lambda *i: sf_(*i) / _f32(2))
+        offset = per_block("offset", "stats", lambda *i: bf_(*i) + sf_(*i) / _f32(2))
+    elif estimator == "ste":
         scale = s_f
         offset = b_f if b_f is not None else per_block("zero", "stats", lambda *i: _f32(0))
     elif symmetric:

@@ -265,6 +265,9 @@ QFORMATS = [
     (1, False, "ridge", "bits32", True),
     (1, True, "ridge", "bits32", False),
     (1, False, "ste", "none", False),
+    (1, False, "gdnsq", "bits32", True),
+    (1, False, "gdnsq", "none", False),
+    (2, False, "gdnsq", "none", False),
 ]
 
 
