@@ -718,13 +718,13 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(OUT, exist_ok=True)
     i, n = (int(v) for v in a.shard.split("/"))
     if a.merge:
-        runs, header = [], ""
+        runs, headers = [], []
         for k in range(n):
             with open(os.path.join(OUT, f"qat_quality_{mode}.shard{k}of{n}.json")) as f:
                 d = json.load(f)
-            header = d["header"]
+            headers.append(f"[shard {k}/{n}] {d['header']}")
             runs += [Run(**{**r, "curve": [tuple(c) for c in r["curve"]]}) for r in d["runs"]]
-        _write(runs, mode, header)
+        _write(runs, mode, "\n\n".join(headers))
         return 0
     cpu = next(
         (
