@@ -22,11 +22,10 @@ __all__ = ["FUNCTIONS", "METHODS", "MODULES"]
 Cx = TranslateContext
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    """An int or a 2-sequence as ``(int, int)`` (torch's conv/pool argument convention)."""
-    if isinstance(v, (tuple, list)):
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
+def _pair(v: Any, n: int = 2) -> tuple[int, ...]:
+    """An int or a sequence as a tuple of ints; an int repeats ``n`` times (torch's conv/pool
+    argument convention)."""
+    return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v),) * n
 
 
 def _scalar(v: Any) -> float | None:

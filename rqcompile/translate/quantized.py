@@ -37,6 +37,7 @@ from rqcompile.ir.core import Value
 from rqcompile.passes.qat.common import check_finite
 from rqcompile.quant.bitpack import pack_nibbles, pack_signs, pack_sparse24, shift_affine8
 from rqcompile.quant.modules import RQQuantize
+from rqcompile.translate.converters import _pair
 from rqcompile.translate.from_fx import QOperand, TranslateContext
 
 __all__ = ["QUANTIZED_FUNCTIONS", "WeightPack", "pack_weight"]
@@ -156,10 +157,6 @@ def _linear(cx: Cx, x: Any, w: QOperand, b: Any = None) -> Value:
         y = cx.op("rq.add", y, cx.value(b))
     n = int(pack.tensors["ws"].shape[0])
     return y if len(lead) == 1 else cx.op("rq.reshape", y, shape=(*(int(d) for d in lead), n))  # type: ignore[arg-type]
-
-
-def _pair(v: Any, n: int = 2) -> tuple[int, ...]:
-    return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v),) * n
 
 
 def _conv(
