@@ -246,6 +246,28 @@ def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
     return emit
 
 
+def _int_matmul(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    """``rq.int_matmul``: pack the weights (its own PrimFunc) then the panel kernel, where the
+    target's kernel options allow it (``K.int_matmul_packs``); else one fused kernel.
+
+    The pack depends on weights only, so ``LiftTransformParams`` (pipelines.py) moves it
+    into ``main_transform_params``, which the runtime calls once when binding weights.
+    """
+    opts = dict(cx.options.get("int_matmul", {}))
+    kw = _kw(op)
+    xq_t, wq_t = op.operands[0].type, op.operands[3].type
+    if not K.int_matmul_packs(_dims(xq_t), _dims(wq_t)[0], block=kw["block"],
+                              w_bits=kw["w_bits"], isa=opts.get("isa", "generic")):  # fmt: skip
+        return _te_op(K.te_int_matmul, "int_matmul")(cx, op, xs)
+    xq, x_s, x_c, wq, ws, wc, wsum = xs
+    wkey = ("pack_weights", tuple(v.type for v in op.operands[3:]), tuple(sorted(kw.items())))
+    packed = cx.emit_te(K.te_pack_int_matmul_weights, [wq, ws, wc, wsum], key=wkey,
+                        name="pack_weights", opaque=True, **kw)  # fmt: skip
+    parts = [cx.emit(relax.TupleGetItem(packed, i)) for i in range(4)]
+    return cx.emit_te(K.te_int_matmul_packed, [xq, x_s, x_c, *parts], key=("packed", _op_key(op)),
+                      name="int_matmul", opaque=True, **kw)  # fmt: skip
+
+
 def _f32(value: float) -> Expr:
     return relax.const(value, "float32")
 
@@ -466,7 +488,7 @@ def _broadcast_to(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
 EMITTERS: dict[str, Emitter] = {
     # integer core (kernels.py; scheduled by schedules.py)
     "rq.quantize": _te_op(K.te_quantize, "quantize"),
-    "rq.int_matmul": _te_op(K.te_int_matmul, "int_matmul"),
+    "rq.int_matmul": _int_matmul,
     "rq.xnor_popcount_matmul": _te_op(K.te_xnor_popcount_matmul, "xnor_popcount_matmul"),
     "rq.sparse24_matmul": _te_op(K.te_sparse24_matmul, "sparse24_matmul"),
     "rq.qbmm": _te_op(K.te_qbmm, "qbmm"),
@@ -573,7 +595,8 @@ def emit_module(
             weights.setdefault(name, relax.Var(name, _relax_type(op.result.type)))
     cx = Emission(relax.BlockBuilder(), options)
     env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs, strict=True)}
-    with cx.bb.function("main", [*inputs, *weights.values()]):
+    # num_input: the rest are weights, whose weight-only work LiftTransformParams may hoist
+    with cx.bb.function("main", [*inputs, *weights.values()], attrs={"num_input": len(inputs)}):
         with cx.bb.dataflow():
             for op in f.ops:
                 if op.name == "rq.const":

@@ -228,6 +228,7 @@ def _schedule_quantize(sch: Any, cfg: CpuScheduleConfig) -> None:
 
 _SCHEDULES: dict[str, Callable[[Any, CpuScheduleConfig], None]] = {
     "quantize": _schedule_quantize,
+    "pack_weights": _schedule_quantize,  # weight-only, lifted out of main: runs once at load
     "int_matmul_core": _schedule_core_only,
     "xnor_popcount_core": _schedule_core_only,
     "sparse24_core": _schedule_core_only,
