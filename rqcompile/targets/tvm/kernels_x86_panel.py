@@ -28,7 +28,14 @@ from typing import Any
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 
-__all__ = ["PANEL", "avx2_panel_matmul", "panel_supported", "panel_tile", "te_pack_panels"]
+__all__ = [
+    "PANEL",
+    "avx2_panel_matmul",
+    "panel_group",
+    "panel_supported",
+    "panel_tile",
+    "te_pack_panels",
+]
 
 #: Output columns per panel (int32 lanes of a ymm register).
 PANEL = 8
@@ -44,16 +51,19 @@ def panel_supported(*, n: int, k: int, block: int, w_bits: int = 8) -> bool:
     return n % PANEL == 0 and block % (4 if w_bits <= 4 else 2) == 0 and k % block == 0
 
 
+def panel_group(n: int) -> int:
+    """``nv``: 8-column panels per register tile (and per packed weight group); divides N/8."""
+    return next(v for v in (4, 3, 2, 1) if (n // PANEL) % v == 0)
+
+
 def panel_tile(m: int, n: int) -> tuple[int, int]:
     """``(mr, nv)``: rows and 8-column vectors per register tile.
 
     ``mr·nv`` accumulators, ``nv`` weight and one broadcast register must fit the 16 ymm
-    registers. ``nv`` divides ``N/8``; rows that do not fill a tile get a smaller one.
+    registers. Rows that do not fill a tile get a smaller one.
     """
-    groups = n // PANEL
-    nv = next(v for v in (4, 3, 2, 1) if groups % v == 0)
-    mr = {4: 2, 3: 3, 2: 5, 1: 6}[nv]
-    return min(mr, m), nv
+    nv = panel_group(n)
+    return min({4: 2, 3: 3, 2: 5, 1: 6}[nv], m), nv
 
 
 def _nibble(byte: Any, high: bool, signed: bool) -> Any:
@@ -70,13 +80,16 @@ def te_pack_panels(
 ) -> tuple[Any, Any, Any, Any]:
     """Weight-only prep of the panel kernel: ``(wp, wsT, wmT, swT)``.
 
-    ``wp`` is ``int8 [N/8, K/2, 16]`` (8-bit weights; pre-widening them to int16 measured no
+    ``wp`` is ``int8 [N/8nv, K/2, nv, 16]`` (8-bit weights; pre-widening them to int16 measured no
     faster: ``vpmaddwd``, one per cycle on Zen 3, is the bound, not the ``vpmovsxbw``) or
-    ``uint8 [N/8, K/4, 32]`` (nibble weights, biased by +8 when signed). ``wq`` is
+    ``uint8 [N/8nv, K/4, nv, 32]`` (nibble weights, biased by +8 when signed), with the
+    ``nv`` panels of one register tile (:func:`panel_group`) interleaved, so a tile's step
+    reads one contiguous run and the whole group streams sequentially. ``wq`` is
     ``int8 [N, K]`` or nibble bytes ``uint8 [N, K/2]``; the epilogue operands are
     transposed to ``[nb, N]`` so 8 columns load as one vector.
     """
     n = int(wq.shape[0])
+    nv = panel_group(n)
     attrs = attrs if attrs is not None else {"rq.stage": "pack"}
     if w_bits <= 4:
         k = 2 * int(wq.shape[1])
@@ -88,13 +101,13 @@ def te_pack_panels(
                             _nibble(byte, False, w_signed))  # fmt: skip
             return (v + bias).astype("uint8")
 
-        wp = te.compute((n // PANEL, k // 4, 4 * PANEL),
-                        lambda g, q, e: nib(g * PANEL + e // 4, 4 * q + e % 4),
+        wp = te.compute((n // (PANEL * nv), k // 4, nv, 4 * PANEL),
+                        lambda g, q, v, e: nib((g * nv + v) * PANEL + e // 4, 4 * q + e % 4),
                         name=f"{name}_wp", attrs=attrs)  # fmt: skip
     else:
         k = int(wq.shape[1])
-        wp = te.compute((n // PANEL, k // 2, 2 * PANEL),
-                        lambda g, p, e: wq[g * PANEL + e // 2, 2 * p + e % 2],
+        wp = te.compute((n // (PANEL * nv), k // 2, nv, 2 * PANEL),
+                        lambda g, p, v, e: wq[(g * nv + v) * PANEL + e // 2, 2 * p + e % 2],
                         name=f"{name}_wp", attrs=attrs)  # fmt: skip
     ws_t, wm_t, sw_t = (_transpose(t, f"{name}_{t.op.name}_t", attrs) for t in (ws, wm, sw))
     return wp, ws_t, wm_t, sw_t
@@ -130,14 +143,14 @@ class _Maddwd:
     def __init__(self, xp: Any, wp: Any, block: int) -> None:
         self.xp, self.wp, self.block = xp, wp, block
 
-    def accumulate(self, acc: Any, row0: Any, rows: int, g0: Any, nv: int, b: Any) -> None:
+    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
         pairs = self.block // 2
         with T.serial(0, pairs) as q:
             p = b * pairs + q
             with T.unroll(0, rows) as ii:
                 xb = tirx.reinterpret("int16x16", _bc(self.xp[row0 + ii, p]))
                 with T.unroll(0, nv) as v:
-                    wv = tirx.Cast("int16x16", self.wp[g0 + v, p, tirx.Ramp(0, 1, 16)])
+                    wv = tirx.Cast("int16x16", self.wp[g, p, v, tirx.Ramp(0, 1, 16)])
                     lanes = tirx.Ramp((ii * nv + v) * 8, 1, 8)
                     T.buffer_store(acc, acc[lanes] + _intrin("int32x8", _PMADDWD, xb, wv), [lanes])
 
@@ -156,7 +169,7 @@ class _Maddubsw:
         cap = max(1, 32767 // (2 * 15 * x_max))
         self.group = next(g for g in range(min(cap, steps), 0, -1) if steps % g == 0)
 
-    def accumulate(self, acc: Any, row0: Any, rows: int, g0: Any, nv: int, b: Any) -> None:
+    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
         tile = rows * nv
         acc16 = T.decl_buffer((tile * 16,), "int16", scope="local")
         ones = _bc(tirx.const(1, "int16"), 16)
@@ -170,7 +183,7 @@ class _Maddubsw:
                     xv = self.xq[row0 + ii, tirx.Ramp(q * 4, 1, 4)]
                     xb = tirx.reinterpret("int8x32", _bc(tirx.reinterpret("int32", xv)))
                     with T.unroll(0, nv) as v:
-                        wv = self.wp[g0 + v, q, tirx.Ramp(0, 1, 32)]
+                        wv = self.wp[g, q, v, tirx.Ramp(0, 1, 32)]
                         lanes = tirx.Ramp((ii * nv + v) * 16, 1, 16)
                         prod = _intrin("int16x16", _PMADDUBSW, wv, xb)
                         T.buffer_store(acc16, acc16[lanes] + prod, [lanes])
@@ -182,45 +195,52 @@ class _Maddubsw:
 
 def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: int,
                 bias_sx: int) -> Any:  # fmt: skip
-    """Per group of ``nv`` panels: for each block, for each tile of ``mr`` rows, ``core``
+    """Per group ``g`` of ``nv`` panels, per tile of ``mr`` rows: for each block, ``core``
     accumulates the block's integer products and the centred epilogue adds the block's term
-    to ``y`` (``bias_sx·S_X`` removes the +8 bias of signed nibble weights).
+    to ``mr x nv`` float32x8 registers (``bias_sx·S_X`` removes the +8 bias of signed nibble
+    weights); the tile is stored once.
 
-    Blocks are the outer loop so the block's weight slice (``nv·8`` columns x ``block``)
-    and the rows' codes stay in L1 while every row tile uses them; ``y`` is added to in
-    block order from zero, the float operations of :func:`kernels._affine_epilogue`.
+    Rows are the outer loop: the group's packed weights stream sequentially once per row
+    tile (from L2 at large K), ``x`` rows stream sequentially, and nothing else touches
+    memory. (Blocks outer, accumulating ``y`` in memory, measured no faster at K = 1024 and
+    far slower at K = 4096, M = 512, where rows 4 KiB apart all map to the same L1 sets.)
+    Floats are added in block order from zero, as in :func:`kernels._affine_epilogue`.
     """
     sx, xa, xm, ws_t, wm_t, sw_t = eps
     m, n = (int(d) for d in y.shape)
     nb = int(sx.shape[1])
 
-    def tile(row0: Any, rows: int, g0: Any, b: Any, acc: Any) -> None:
+    def vec(t: Any) -> Any:
+        return tirx.Ramp(t * 8, 1, 8)
+
+    def tile(row0: Any, rows: int, g: Any, acc: Any, yacc: Any) -> None:
         with T.unroll(0, rows * nv) as t:
-            T.buffer_store(acc, _bc(tirx.const(0, "int32")), [tirx.Ramp(t * 8, 1, 8)])
-        core.accumulate(acc, row0, rows, g0, nv, b)
+            T.buffer_store(yacc, _bc(tirx.const(0, "float32")), [vec(t)])
+        with T.serial(0, nb) as b:
+            with T.unroll(0, rows * nv) as t:
+                T.buffer_store(acc, _bc(tirx.const(0, "int32")), [vec(t)])
+            core.accumulate(acc, row0, rows, g, nv, b)
+            with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
+                i, cols, t = row0 + ii, vec(g * nv + v), ii * nv + v
+                p = acc[vec(t)]
+                if bias_sx:
+                    p = p - _bc(sx[i, b] * bias_sx)
+                cent = p * _bc(tirx.const(block, "int32")) - _bc(sx[i, b]) * sw_t[b, cols]
+                term = (_bc(xa[i, b]) * ws_t[b, cols] * tirx.Cast("float32x8", cent)
+                        + _bc(xm[i, b]) * wm_t[b, cols])  # fmt: skip
+                T.buffer_store(yacc, yacc[vec(t)] + term, [vec(t)])
         with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
-            i = row0 + ii
-            cols = tirx.Ramp((g0 + v) * 8, 1, 8)
-            p = acc[tirx.Ramp((ii * nv + v) * 8, 1, 8)]
-            if bias_sx:
-                p = p - _bc(sx[i, b] * bias_sx)
-            cent = p * _bc(tirx.const(block, "int32")) - _bc(sx[i, b]) * sw_t[b, cols]
-            term = (_bc(xa[i, b]) * ws_t[b, cols] * tirx.Cast("float32x8", cent)
-                    + _bc(xm[i, b]) * wm_t[b, cols])  # fmt: skip
-            T.buffer_store(y, y[i, cols] + term, [i, cols])
+            T.buffer_store(y, yacc[vec(ii * nv + v)], [row0 + ii, vec(g * nv + v)])
 
     full, rest = divmod(m, mr)
-    with IRBuilder() as ib, T.parallel(0, n // (PANEL * nv)) as jo:
+    with IRBuilder() as ib, T.parallel(0, n // (PANEL * nv)) as g:
         acc = T.decl_buffer((mr * nv * 8,), "int32", scope="local")
-        g0 = jo * nv
-        with T.serial(0, m) as i, T.unroll(0, nv) as v:
-            T.buffer_store(y, _bc(tirx.const(0, "float32")), [i, tirx.Ramp((g0 + v) * 8, 1, 8)])
-        with T.serial(0, nb) as b:
-            if full:
-                with T.serial(0, full) as io:
-                    tile(io * mr, mr, g0, b, acc)
-            if rest:
-                tile(tirx.const(full * mr, "int32"), rest, g0, b, acc)
+        yacc = T.decl_buffer((mr * nv * 8,), "float32", scope="local")
+        if full:
+            with T.serial(0, full) as io:
+                tile(io * mr, mr, g, acc, yacc)
+        if rest:
+            tile(tirx.const(full * mr, "int32"), rest, g, acc, yacc)
     return ib.get()
 
 
@@ -235,6 +255,9 @@ def avx2_panel_matmul(
     """
     m, k = (int(d) for d in xq.shape)
     n = int(ws_t.shape[1])
+    if panel_group(n) != int(wp.shape[2]):
+        raise NumericsError(f"{name}: weights packed in groups of {int(wp.shape[2])} panels, "
+                            f"the kernel wants {panel_group(n)} for N={n}; repack them.")
     if not panel_supported(n=n, k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 panel kernel needs N % 8 == 0 and a block "
                             f"of whole K-quads dividing K (N={n}, K={k}, block={block}).")  # fmt: skip
