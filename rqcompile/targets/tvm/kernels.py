@@ -41,7 +41,14 @@ from rqcompile.errors import NumericsError
 from rqcompile.quant.primitives import EPS, QFormat, code_range
 from rqcompile.targets.tvm.adapter import te, tirx
 from rqcompile.targets.tvm.kernels_x86 import avx2_int_matmul_core, avx2_supported
-from rqcompile.targets.tvm.kernels_x86_panel import avx2_panel_matmul, panel_supported, te_pack_panels
+from rqcompile.targets.tvm.kernels_x86_panel import (
+    avx2_panel_matmul,
+    avx2_sparse24_matmul,
+    panel_supported,
+    sparse24_panel_supported,
+    te_pack_panels,
+    te_pack_sparse24_panels,
+)
 
 __all__ = [
     "KERNELS",
@@ -54,6 +61,9 @@ __all__ = [
     "te_int_matmul_packed",
     "te_pack_int_matmul_weights",
     "int_matmul_packs",
+    "sparse24_packs",
+    "te_pack_sparse24_weights",
+    "te_sparse24_matmul_packed",
     "te_qbmm",
     "te_quantize",
     "te_sparse24_core",
@@ -564,6 +574,37 @@ def te_int_matmul_packed(
                              attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
 
 
+def sparse24_packs(
+    xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str
+) -> bool:
+    """Whether ``rq.sparse24_matmul`` runs as pack + AVX2 ``vpshufb`` kernel."""
+    k = int(xq_shape[-1])
+    return (isa == "avx2" and len(xq_shape) == 2 and _centring_type(block, 128 * 128) == "int32"
+            and sparse24_panel_supported(n=n, k=k, block=block, w_bits=w_bits))  # fmt: skip
+
+
+def te_pack_sparse24_weights(
+    wvals: Tensor, widx: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int,
+    w_bits: int, name: str = "pack_weights",
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """Weight-only prep of the sparse kernel: ``(wv, wc, wsT, wmT, swT)``, lifted out of main."""
+    wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
+    return te_pack_sparse24_panels(wvals, widx, ws, wm, wsum, name=name,
+                                   attrs={**_attrs("pack_weights", block), STAGE_ATTR: "pack"})  # fmt: skip
+
+
+def te_sparse24_matmul_packed(
+    xq: Tensor, xs: Tensor, xc: Tensor, wv: Tensor, wctl: Tensor, ws_t: Tensor, wm_t: Tensor,
+    sw_t: Tensor, *, block: int, w_bits: int, name: str = "sparse24_matmul",
+) -> Tensor:  # fmt: skip
+    """``te_sparse24_matmul`` on packed weights (:func:`te_pack_sparse24_weights`)."""
+    a = _attrs("sparse24_matmul", block, w_bits=int(w_bits))
+    sx = te_code_sums(xq, block=block, name=f"{name}_sx")
+    xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
+    return avx2_sparse24_matmul(xq, wv, wctl, sx, xa, xm, ws_t, wm_t, sw_t, block=block,
+                                w_bits=w_bits, name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+
+
 def te_xnor_popcount_matmul(
     xbits: Tensor,
     xs: Tensor,
@@ -622,9 +663,14 @@ def te_sparse24_matmul(
     *,
     block: int,
     w_bits: int,
+    isa: str = "generic",
     name: str = "sparse24_matmul",
 ) -> Tensor:
-    """Fused 2:4-sparse matmul ``f32 [M, N]`` (``reference.sparse24_matmul``)."""
+    """Fused 2:4-sparse matmul ``f32 [M, N]`` (``reference.sparse24_matmul``).
+
+    This is the generic TE kernel; on AVX2 targets the emitter uses the packed ``vpshufb``
+    kernel instead (:func:`sparse24_packs`), so ``isa`` only names the caller's path.
+    """
     a = _attrs("sparse24_matmul", block, w_bits=int(w_bits))
     p = te_sparse24_core(xq, wvals, widx, block=block, name=f"{name}_p", attrs={})
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")

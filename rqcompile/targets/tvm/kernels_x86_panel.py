@@ -35,12 +35,16 @@ __all__ = [
     "panel_supported",
     "panel_tile",
     "te_pack_panels",
+    "avx2_sparse24_matmul",
+    "sparse24_panel_supported",
+    "te_pack_sparse24_panels",
 ]
 
 #: Output columns per panel (int32 lanes of a ymm register).
 PANEL = 8
 _PMADDWD = "llvm.x86.avx2.pmadd.wd"
 _PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+_PSHUFB = "llvm.x86.avx2.pshuf.b"
 
 
 def panel_supported(*, n: int, k: int, block: int, w_bits: int = 8) -> bool:
@@ -193,12 +197,56 @@ class _Maddubsw:
                 T.buffer_store(acc, acc[lanes] + wide, [lanes])
 
 
+class _Sparse24:
+    """2:4-sparse nibble weights: per 8 K (two groups of 4), the 4 kept weights of each of 8
+    columns against the 4 ``x`` codes they select, gathered by ``vpshufb``.
+
+    ``x`` is offset to unsigned (``x + 128``, the unsigned operand of ``vpmaddubsw``); the
+    ``128·S_W`` this adds is removed in the epilogue. The 8 codes ``x[8t : 8t+8]`` are
+    broadcast to every 8-byte quarter of a ymm register; the packed control bytes (built
+    from the 2-bit indices at pack time) pick each column's kept codes, so one
+    ``vpmaddubsw`` does the 32 kept MACs of 64 dense ones. Pair sums are at most
+    ``2·255·|w|max``: ``group`` steps add up in int16 before ``vpmaddwd`` with ones.
+    """
+
+    def __init__(self, xu: Any, wv: Any, wc: Any, block: int, w_max: int) -> None:
+        self.xu, self.wv, self.wc, self.block = xu, wv, wc, block
+        steps = block // 8
+        cap = max(1, 32767 // (2 * 255 * w_max))
+        self.group = next(g for g in range(min(cap, steps), 0, -1) if steps % g == 0)
+
+    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
+        tile = rows * nv
+        acc16 = T.decl_buffer((tile * 16,), "int16", scope="local")
+        ones = _bc(tirx.const(1, "int16"), 16)
+        steps = self.block // 8
+        with T.serial(0, steps // self.group) as gi:
+            with T.unroll(0, tile) as t:
+                T.buffer_store(acc16, _bc(tirx.const(0, "int16"), 16), [tirx.Ramp(t * 16, 1, 16)])
+            with T.serial(0, self.group) as c:
+                q = b * steps + gi * self.group + c
+                with T.unroll(0, rows) as ii:
+                    x8 = tirx.reinterpret("int64", self.xu[row0 + ii, tirx.Ramp(q * 8, 1, 8)])
+                    xb = tirx.reinterpret("int8x32", _bc(x8, 4))
+                    with T.unroll(0, nv) as v:
+                        ctrl = self.wc[g, q, v, tirx.Ramp(0, 1, 32)]
+                        picked = _intrin("int8x32", _PSHUFB, xb, ctrl)
+                        lanes = tirx.Ramp((ii * nv + v) * 16, 1, 16)
+                        prod = _intrin("int16x16", _PMADDUBSW, picked,
+                                       self.wv[g, q, v, tirx.Ramp(0, 1, 32)])  # fmt: skip
+                        T.buffer_store(acc16, acc16[lanes] + prod, [lanes])
+            with T.unroll(0, tile) as t:
+                wide = _intrin("int32x8", _PMADDWD, acc16[tirx.Ramp(t * 16, 1, 16)], ones)
+                lanes = tirx.Ramp(t * 8, 1, 8)
+                T.buffer_store(acc, acc[lanes] + wide, [lanes])
+
+
 def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: int,
-                bias_sx: int) -> Any:  # fmt: skip
+                bias_sx: int = 0, bias_sw: int = 0) -> Any:  # fmt: skip
     """Per group ``g`` of ``nv`` panels, per tile of ``mr`` rows: for each block, ``core``
     accumulates the block's integer products and the centred epilogue adds the block's term
     to ``mr x nv`` float32x8 registers (``bias_sx·S_X`` removes the +8 bias of signed nibble
-    weights); the tile is stored once.
+    weights, ``bias_sw·S_W`` the +128 offset of unsigned ``x``); the tile is stored once.
 
     Rows are the outer loop: the group's packed weights stream sequentially once per row
     tile (from L2 at large K), ``x`` rows stream sequentially, and nothing else touches
@@ -225,6 +273,8 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
                 p = acc[vec(t)]
                 if bias_sx:
                     p = p - _bc(sx[i, b] * bias_sx)
+                if bias_sw:
+                    p = p - sw_t[b, cols] * _bc(tirx.const(bias_sw, "int32"))
                 cent = p * _bc(tirx.const(block, "int32")) - _bc(sx[i, b]) * sw_t[b, cols]
                 term = (_bc(xa[i, b]) * ws_t[b, cols] * tirx.Cast("float32x8", cent)
                         + _bc(xm[i, b]) * wm_t[b, cols])  # fmt: skip
@@ -272,3 +322,61 @@ def avx2_panel_matmul(
         return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_sx=bias)
 
     return te.extern((m, n), ins, body, name=name, dtype="float32", attrs=attrs)
+
+
+def sparse24_panel_supported(*, n: int, k: int, block: int, w_bits: int) -> bool:
+    """Whether :func:`avx2_sparse24_matmul` handles this shape (nibble values, 8-K steps)."""
+    return w_bits <= 4 and n % PANEL == 0 and block % 8 == 0 and k % block == 0
+
+
+def te_pack_sparse24_panels(
+    wvals: Any, widx: Any, ws: Any, wm: Any, sw: Any, *, name: str, attrs: dict[str, Any],
+) -> tuple[Any, Any, Any, Any, Any]:  # fmt: skip
+    """``(wv, wc, wsT, wmT, swT)``: values and ``vpshufb`` controls of the sparse kernel.
+
+    ``wv int8 [N/8nv, K/8, nv, 32]``: the 4 kept values of column ``c`` for K-step ``t`` at
+    bytes ``4c .. 4c+3``; ``wc uint8`` (same shape): the byte each one multiplies within the
+    8 broadcast codes, ``4·(slot // 2) + index`` (the index is the slot's 2-bit field of
+    ``widx``, see ``bitpack.pack_sparse24``).
+    """
+    n, half = (int(d) for d in wvals.shape)
+    nv = panel_group(n)
+    shape = (n // (PANEL * nv), half // 4, nv, 4 * PANEL)
+
+    def col(g: Any, v: Any, e: Any) -> Any:
+        return (g * nv + v) * PANEL + e // 4
+
+    wv = te.compute(shape, lambda g, t, v, e: wvals[col(g, v, e), 4 * t + e % 4],
+                    name=f"{name}_wv", attrs=attrs)  # fmt: skip
+
+    def ctrl(g: Any, t: Any, v: Any, e: Any) -> Any:
+        r = e % 4
+        field = (widx[col(g, v, e), t].astype("int32") >> (2 * r)) & 3
+        return (4 * (r // 2) + field).astype("uint8")
+
+    wc = te.compute(shape, ctrl, name=f"{name}_wc", attrs=attrs)
+    ws_t, wm_t, sw_t = (_transpose(t, f"{name}_{t.op.name}_t", attrs) for t in (ws, wm, sw))
+    return wv, wc, ws_t, wm_t, sw_t
+
+
+def avx2_sparse24_matmul(
+    xq: Any, wv: Any, wc: Any, sx: Any, xa: Any, xm: Any, ws_t: Any, wm_t: Any, sw_t: Any, *,
+    block: int, w_bits: int, name: str, attrs: dict[str, Any],
+) -> Any:  # fmt: skip
+    """``Y f32 [M, N]`` of the 2:4-sparse layer from codes and :func:`te_pack_sparse24_panels`."""
+    m, k = (int(d) for d in xq.shape)
+    n = int(ws_t.shape[1])
+    if not sparse24_panel_supported(n=n, k=k, block=block, w_bits=w_bits):
+        raise NumericsError(f"{name}: the AVX2 2:4 kernel needs nibble values, N % 8 == 0 "
+                            f"and block % 8 == 0 (N={n}, K={k}, block={block}).")  # fmt: skip
+    mr, nv = panel_tile(m, n)
+    xu = te.compute((m, k), lambda i, j: (xq[i, j].astype("int32") + 128).astype("uint8"),
+                    name=f"{name}_xu", attrs={"rq.stage": "prep"})  # fmt: skip
+
+    def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
+        x, v, c, *eps = in_bufs
+        core = _Sparse24(x, v, c, block, w_max=2**w_bits - 1)
+        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_sw=128)
+
+    return te.extern((m, n), [xu, wv, wc, sx, xa, xm, ws_t, wm_t, sw_t], body, name=name,
+                     dtype="float32", attrs=attrs)  # fmt: skip

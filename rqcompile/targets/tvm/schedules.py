@@ -91,7 +91,7 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     tgt = make_target(target)
     if str(tgt.kind.name) != "llvm" or cpu_dot_path(tgt) == "generic":
         return {}
-    return {"int_matmul": {"isa": "avx2"}}
+    return {"int_matmul": {"isa": "avx2"}, "sparse24_matmul": {"isa": "avx2"}}
 
 
 def kernel_kind(func: Any) -> str | None:

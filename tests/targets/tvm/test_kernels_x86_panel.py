@@ -18,7 +18,7 @@ tvm = pytest.importorskip("tvm")
 
 import rqcompile as rq  # noqa: E402
 from rqcompile.quant import reference as ref  # noqa: E402
-from rqcompile.quant.bitpack import pack_nibbles  # noqa: E402
+from rqcompile.quant.bitpack import pack_nibbles, pack_sparse24  # noqa: E402
 from rqcompile.targets.tvm import kernels as K  # noqa: E402
 from rqcompile.targets.tvm.adapter import host_llvm_target, te  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
@@ -104,6 +104,37 @@ def test_panel_extreme_codes_exact(w_bits: int, w_signed: bool) -> None:
     assert torch.equal(y.double(), ref.int_matmul_core(xq, wq, block)[..., 0].double())
 
 
+def _sparse_codes(n: int, k: int, lo: int, hi: int, seed: int) -> torch.Tensor:
+    """Codes with exactly the 2:4 pattern: 2 of every 4 zeroed at random positions."""
+    w = _codes((n, k), lo, hi, seed=seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    drop = torch.rand(n, k // 4, 4, generator=g).argsort(-1)[..., :2]
+    return w.reshape(n, k // 4, 4).scatter(-1, drop, 0).reshape(n, k)
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "block", "lo", "hi"),
+    [(1, 8, 64, 32, -8, 7), (5, 32, 256, 128, -7, 7), (7, 24, 128, 64, -8, 7),
+     (3, 40, 512, 128, -8, 7)],
+    ids=["gemv", "rest-row", "3panels", "5panels-4blocks"],
+)
+def test_sparse24_core_exact(m: int, n: int, k: int, block: int, lo: int, hi: int) -> None:
+    """The ``vpshufb``-gathered 2:4 core, with x = -128 and 127 included (x + 128 spans
+    0..255 and the int16 pair sums reach ``2·255·8``)."""
+    nb = k // block
+    xq, wq = _codes((m, k), -30, 30, seed=k), _sparse_codes(n, k, lo, hi, seed=k + 1)
+    xq[0, :8] = torch.tensor([-128, 127] * 4, dtype=torch.int8)
+    vals, idx = pack_sparse24(wq)
+    wsum = ref.code_sums(wq, block)
+    pk = dict(block=block, w_bits=4)
+    packed = _run("te_pack_sparse24_weights", "pack_weights",
+                  [vals, idx, torch.ones(n, nb), torch.zeros(n, nb), wsum], **pk)  # fmt: skip
+    xs, xc = torch.full((m, nb), float(block)), torch.zeros(m, nb)
+    (y,) = _run("te_sparse24_matmul_packed", "sparse24_matmul", [xq, xs, xc, *packed], **pk)
+    want = block * ref.int_matmul_core(xq, wq, block).to(torch.int64).sum(-1)
+    assert torch.equal(y.to(torch.int64), want)
+
+
 def test_panel_tile_fits_registers() -> None:
     for m, n in [(1, 8), (64, 1024), (5, 24), (512, 768), (3, 40)]:
         mr, nv = panel_tile(m, n)
@@ -111,7 +142,7 @@ def test_panel_tile_fits_registers() -> None:
         assert mr * nv + nv + 1 <= 16  # accumulators + weight vectors + the broadcast
 
 
-@pytest.mark.parametrize("preset", ["A8W8", "A4W4", "A2W2"])
+@pytest.mark.parametrize("preset", ["A8W8", "A4W4", "A2W2", "A4W4+2:4"])
 def test_layer_packs_weights_once_and_matches_reference(preset: str, tmp_path: Any) -> None:
     """The build lifts the weight packing out of ``main``; a saved and loaded model binds
     packed weights the same way and gives the same output."""
