@@ -159,45 +159,56 @@ class _Maddwd:
                     T.buffer_store(acc, acc[lanes] + _intrin("int32x8", _PMADDWD, xb, wv), [lanes])
 
 
-class _Maddubsw:
-    """Nibble weights (biased to 0..15): per K-quad, ``vpmaddubsw(w panel, bcast(x quad))``.
-
-    32 MACs per instruction. Pair sums are at most ``2·15·|x|max``, so ``group`` steps add up
-    in int16 (``group·2·15·|x|max < 2^15``) before ``vpmaddwd`` with ones widens each
-    column's two pair lanes into its int32 lane.
+class _Int16Groups:
+    """``vpmaddubsw`` cores: each step adds int16 pair sums per (row, panel); ``group`` steps
+    add up in int16 (``group·pair_max < 2^15``) before ``vpmaddwd`` with ones widens each
+    column's two pair lanes into its int32 lane. Subclasses say what one step multiplies.
     """
 
-    def __init__(self, xq: Any, wp: Any, block: int, x_max: int) -> None:
-        self.xq, self.wp, self.block = xq, wp, block
-        steps = block // 4
-        cap = max(1, 32767 // (2 * 15 * x_max))
+    step_k = 4  # K elements per step
+
+    def __init__(self, block: int, pair_max: int) -> None:
+        self.block, steps = block, block // self.step_k
+        cap = max(1, 32767 // pair_max)
         self.group = next(g for g in range(min(cap, steps), 0, -1) if steps % g == 0)
 
+    def product(self, row: Any, g: Any, q: Any, v: Any) -> Any:
+        raise NotImplementedError
+
     def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        tile = rows * nv
+        tile, steps = rows * nv, self.block // self.step_k
         acc16 = T.decl_buffer((tile * 16,), "int16", scope="local")
         ones = _bc(tirx.const(1, "int16"), 16)
-        quads = self.block // 4
-        with T.serial(0, quads // self.group) as gi:
+        with T.serial(0, steps // self.group) as gi:
             with T.unroll(0, tile) as t:
                 T.buffer_store(acc16, _bc(tirx.const(0, "int16"), 16), [tirx.Ramp(t * 16, 1, 16)])
             with T.serial(0, self.group) as c:
-                q = b * quads + gi * self.group + c
-                with T.unroll(0, rows) as ii:
-                    xv = self.xq[row0 + ii, tirx.Ramp(q * 4, 1, 4)]
-                    xb = tirx.reinterpret("int8x32", _bc(tirx.reinterpret("int32", xv)))
-                    with T.unroll(0, nv) as v:
-                        wv = self.wp[g, q, v, tirx.Ramp(0, 1, 32)]
-                        lanes = tirx.Ramp((ii * nv + v) * 16, 1, 16)
-                        prod = _intrin("int16x16", _PMADDUBSW, wv, xb)
-                        T.buffer_store(acc16, acc16[lanes] + prod, [lanes])
+                q = b * steps + gi * self.group + c
+                with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
+                    lanes = tirx.Ramp((ii * nv + v) * 16, 1, 16)
+                    prod = self.product(row0 + ii, g, q, v)
+                    T.buffer_store(acc16, acc16[lanes] + prod, [lanes])
             with T.unroll(0, tile) as t:
                 wide = _intrin("int32x8", _PMADDWD, acc16[tirx.Ramp(t * 16, 1, 16)], ones)
                 lanes = tirx.Ramp(t * 8, 1, 8)
                 T.buffer_store(acc, acc[lanes] + wide, [lanes])
 
 
-class _Sparse24:
+class _Maddubsw(_Int16Groups):
+    """Nibble weights (biased to 0..15): per K-quad, ``vpmaddubsw(w panel, bcast(x quad))``,
+    32 MACs per instruction; pair sums are at most ``2·15·|x|max``."""
+
+    def __init__(self, xq: Any, wp: Any, block: int, x_max: int) -> None:
+        super().__init__(block, 2 * 15 * x_max)
+        self.xq, self.wp = xq, wp
+
+    def product(self, row: Any, g: Any, q: Any, v: Any) -> Any:
+        xv = tirx.reinterpret("int32", self.xq[row, tirx.Ramp(q * 4, 1, 4)])
+        xb = tirx.reinterpret("int8x32", _bc(xv))
+        return _intrin("int16x16", _PMADDUBSW, self.wp[g, q, v, tirx.Ramp(0, 1, 32)], xb)
+
+
+class _Sparse24(_Int16Groups):
     """2:4-sparse nibble weights: per 8 K (two groups of 4), the 4 kept weights of each of 8
     columns against the 4 ``x`` codes they select, gathered by ``vpshufb``.
 
@@ -206,39 +217,20 @@ class _Sparse24:
     broadcast to every 8-byte quarter of a ymm register; the packed control bytes (built
     from the 2-bit indices at pack time) pick each column's kept codes, so one
     ``vpmaddubsw`` does the 32 kept MACs of 64 dense ones. Pair sums are at most
-    ``2·255·|w|max``: ``group`` steps add up in int16 before ``vpmaddwd`` with ones.
+    ``2·255·|w|max``.
     """
 
-    def __init__(self, xu: Any, wv: Any, wc: Any, block: int, w_max: int) -> None:
-        self.xu, self.wv, self.wc, self.block = xu, wv, wc, block
-        steps = block // 8
-        cap = max(1, 32767 // (2 * 255 * w_max))
-        self.group = next(g for g in range(min(cap, steps), 0, -1) if steps % g == 0)
+    step_k = 8
 
-    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        tile = rows * nv
-        acc16 = T.decl_buffer((tile * 16,), "int16", scope="local")
-        ones = _bc(tirx.const(1, "int16"), 16)
-        steps = self.block // 8
-        with T.serial(0, steps // self.group) as gi:
-            with T.unroll(0, tile) as t:
-                T.buffer_store(acc16, _bc(tirx.const(0, "int16"), 16), [tirx.Ramp(t * 16, 1, 16)])
-            with T.serial(0, self.group) as c:
-                q = b * steps + gi * self.group + c
-                with T.unroll(0, rows) as ii:
-                    x8 = tirx.reinterpret("int64", self.xu[row0 + ii, tirx.Ramp(q * 8, 1, 8)])
-                    xb = tirx.reinterpret("int8x32", _bc(x8, 4))
-                    with T.unroll(0, nv) as v:
-                        ctrl = self.wc[g, q, v, tirx.Ramp(0, 1, 32)]
-                        picked = _intrin("int8x32", _PSHUFB, xb, ctrl)
-                        lanes = tirx.Ramp((ii * nv + v) * 16, 1, 16)
-                        prod = _intrin("int16x16", _PMADDUBSW, picked,
-                                       self.wv[g, q, v, tirx.Ramp(0, 1, 32)])  # fmt: skip
-                        T.buffer_store(acc16, acc16[lanes] + prod, [lanes])
-            with T.unroll(0, tile) as t:
-                wide = _intrin("int32x8", _PMADDWD, acc16[tirx.Ramp(t * 16, 1, 16)], ones)
-                lanes = tirx.Ramp(t * 8, 1, 8)
-                T.buffer_store(acc, acc[lanes] + wide, [lanes])
+    def __init__(self, xu: Any, wv: Any, wc: Any, block: int, w_max: int) -> None:
+        super().__init__(block, 2 * 255 * w_max)
+        self.xu, self.wv, self.wc = xu, wv, wc
+
+    def product(self, row: Any, g: Any, q: Any, v: Any) -> Any:
+        x8 = tirx.reinterpret("int64", self.xu[row, tirx.Ramp(q * 8, 1, 8)])
+        xb = tirx.reinterpret("int8x32", _bc(x8, 4))
+        picked = _intrin("int8x32", _PSHUFB, xb, self.wc[g, q, v, tirx.Ramp(0, 1, 32)])
+        return _intrin("int16x16", _PMADDUBSW, picked, self.wv[g, q, v, tirx.Ramp(0, 1, 32)])
 
 
 def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: int,
