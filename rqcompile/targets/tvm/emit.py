@@ -246,6 +246,34 @@ def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
     return emit
 
 
+def _packed(te_fn: Any, pack_fn: Any, packed_fn: Any, packs: Any, kind: str, nw: int) -> Emitter:
+    """An integer matmul whose weights the target kernel wants packed: emit the pack (its
+    own PrimFunc, on the ``nw`` weight-side operands after ``xq, xs, xc``) then the kernel
+    on the packed parts, where ``packs`` allows it for these shapes and the target's kernel
+    options; else the one fused TE kernel ``te_fn``.
+
+    The pack depends on weights only, so ``LiftTransformParams`` (pipelines.py) moves it
+    into ``main_transform_params``, which the runtime calls once when binding weights.
+    """
+    fused = _te_op(te_fn, kind)
+
+    def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+        opts = dict(cx.options.get(kind, {}))
+        kw = _kw(op)
+        shapes = _dims(op.operands[0].type), _dims(op.operands[3].type)[0]
+        if not packs(*shapes, block=kw["block"], w_bits=kw["w_bits"],
+                     isa=opts.get("isa", "generic")):  # fmt: skip
+            return fused(cx, op, xs)
+        wkey = ("pack", kind, tuple(v.type for v in op.operands[3:]), tuple(sorted(kw.items())))
+        packed = cx.emit_te(pack_fn, list(xs[3:]), key=wkey, name=f"pack_{kind}", opaque=True,
+                            **kw)  # fmt: skip
+        parts = [cx.emit(relax.TupleGetItem(packed, i)) for i in range(nw)]
+        return cx.emit_te(packed_fn, [*xs[:3], *parts], key=("packed", _op_key(op)),
+                          name=kind, opaque=True, **kw)  # fmt: skip
+
+    return emit
+
+
 def _f32(value: float) -> Expr:
     return relax.const(value, "float32")
 
@@ -466,9 +494,12 @@ def _broadcast_to(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
 EMITTERS: dict[str, Emitter] = {
     # integer core (kernels.py; scheduled by schedules.py)
     "rq.quantize": _te_op(K.te_quantize, "quantize"),
-    "rq.int_matmul": _te_op(K.te_int_matmul, "int_matmul"),
+    "rq.int_matmul": _packed(K.te_int_matmul, K.te_pack_int_matmul_weights,
+                             K.te_int_matmul_packed, K.int_matmul_packs, "int_matmul", 4),
     "rq.xnor_popcount_matmul": _te_op(K.te_xnor_popcount_matmul, "xnor_popcount_matmul"),
-    "rq.sparse24_matmul": _te_op(K.te_sparse24_matmul, "sparse24_matmul"),
+    "rq.sparse24_matmul": _packed(K.te_sparse24_matmul, K.te_pack_sparse24_weights,
+                                  K.te_sparse24_matmul_packed, K.sparse24_packs,
+                                  "sparse24_matmul", 5),
     "rq.qbmm": _te_op(K.te_qbmm, "qbmm"),
     "rq.repeat_blocks": _repeat_blocks,
     # float ops
@@ -573,7 +604,8 @@ def emit_module(
             weights.setdefault(name, relax.Var(name, _relax_type(op.result.type)))
     cx = Emission(relax.BlockBuilder(), options)
     env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs, strict=True)}
-    with cx.bb.function("main", [*inputs, *weights.values()]):
+    # num_input: the rest are weights, whose weight-only work LiftTransformParams may hoist
+    with cx.bb.function("main", [*inputs, *weights.values()], attrs={"num_input": len(inputs)}):
         with cx.bb.dataflow():
             for op in f.ops:
                 if op.name == "rq.const":

@@ -41,6 +41,14 @@ from rqcompile.errors import NumericsError
 from rqcompile.quant.primitives import EPS, QFormat, code_range
 from rqcompile.targets.tvm.adapter import te, tirx
 from rqcompile.targets.tvm.kernels_x86 import avx2_int_matmul_core, avx2_supported
+from rqcompile.targets.tvm.kernels_x86_panel import (
+    avx2_panel_matmul,
+    avx2_sparse24_matmul,
+    panel_supported,
+    sparse24_panel_supported,
+    te_pack_panels,
+    te_pack_sparse24_panels,
+)
 
 __all__ = [
     "KERNELS",
@@ -50,6 +58,12 @@ __all__ = [
     "te_code_sums",
     "te_int_matmul",
     "te_int_matmul_core",
+    "te_int_matmul_packed",
+    "te_pack_int_matmul_weights",
+    "int_matmul_packs",
+    "sparse24_packs",
+    "te_pack_sparse24_weights",
+    "te_sparse24_matmul_packed",
     "te_qbmm",
     "te_quantize",
     "te_sparse24_core",
@@ -70,6 +84,7 @@ KERNELS = (
     "sparse24_core",
     "sparse24_matmul",
     "qbmm",
+    "pack_weights",
 )
 _I32_MAX = 2**31 - 1
 Tensor = Any  # te.Tensor; TVM ships no type stubs
@@ -409,19 +424,29 @@ def te_sparse24_core(
 # -- epilogue and fused ops ---------------------------------------------------------------
 
 
+def _x_prep(xs: Tensor, xc: Tensor, sx: Tensor, *, block: int, name: str) -> tuple[Tensor, Tensor]:
+    """``xa = xs/B`` and ``xm = x̄`` per block (module docstring)."""
+    fb, bx = _f32(float(block)), _shape(xs)
+    xa = te.compute(bx, lambda *i: xs(*i) / fb, name=f"{name}_xa", attrs=_stage("prep"))
+    xm = te.compute(bx, lambda *i: xc(*i) + xs(*i) * sx(*i).astype("float32") / fb,
+                    name=f"{name}_xm", attrs=_stage("prep"))  # fmt: skip
+    return xa, xm
+
+
+def _w_prep(ws: Tensor, wc: Tensor, sw: Tensor, *, block: int, name: str, stage: str) -> Tensor:
+    """``wm = B·w̄`` per block (module docstring)."""
+    fb = _f32(float(block))
+    return te.compute(_shape(ws), lambda *i: fb * (wc(*i) + ws(*i) * sw(*i).astype("float32")
+                      / fb), name=f"{name}_wm", attrs=_stage(stage))  # fmt: skip
+
+
 def _epilogue_prep(
     xs: Tensor, xc: Tensor, sx: Tensor, ws: Tensor, wc: Tensor, sw: Tensor, *, block: int,
     name: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``xa = xs/B``, ``xm = x̄`` and ``wm = B·w̄`` per block (module docstring)."""
-    fb = _f32(float(block))
-    bx, bw = _shape(xs), _shape(ws)
-    xa = te.compute(bx, lambda *i: xs(*i) / fb, name=f"{name}_xa", attrs=_stage("prep"))
-    xm = te.compute(bx, lambda *i: xc(*i) + xs(*i) * sx(*i).astype("float32") / fb,
-                    name=f"{name}_xm", attrs=_stage("prep"))  # fmt: skip
-    wm = te.compute(bw, lambda *i: fb * (wc(*i) + ws(*i) * sw(*i).astype("float32") / fb),
-                    name=f"{name}_wm", attrs=_stage("prep"))  # fmt: skip
-    return xa, xm, wm
+    xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
+    return xa, xm, _w_prep(ws, wc, sw, block=block, name=name, stage="prep")
 
 
 def _centring_type(block: int, int_bound: int) -> str:
@@ -506,6 +531,80 @@ def te_int_matmul(
     )
 
 
+def int_matmul_packs(
+    xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str
+) -> bool:
+    """Whether ``te_int_matmul`` runs as pack + panel kernel (``kernels_x86_panel``).
+
+    The panel kernel wants its weights packed once (:func:`te_pack_int_matmul_weights`, a
+    PrimFunc of its own that the build lifts out of ``main``), so the emitter asks this
+    before emitting. It needs the AVX2 path, a 2-D ``xq``, ``N % 8 == 0`` and int32
+    centring (8-bit weights up to block 128).
+    """
+    k = int(xq_shape[-1])
+    bound = 128 * (15 if w_bits <= 4 else 128)
+    return (isa == "avx2" and len(xq_shape) == 2 and _centring_type(block, bound) == "int32"
+            and panel_supported(n=n, k=k, block=block, w_bits=w_bits))  # fmt: skip
+
+
+def te_pack_int_matmul_weights(
+    wq: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int, w_bits: int,
+    w_signed: bool, name: str = "pack_weights",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Weight-only prep of the panel kernel: ``(wp, wsT, wmT, swT)`` (``te_pack_panels``).
+
+    ``wm = B·w̄`` (the block means of the centred epilogue) is computed here too, so a call
+    of the layer does no per-weight work beyond the GEMM itself.
+    """
+    wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
+    return te_pack_panels(wq, ws, wm, wsum, w_bits=w_bits, w_signed=w_signed, name=name,
+                          attrs={**_attrs("pack_weights", block), STAGE_ATTR: "pack"})
+
+
+def te_int_matmul_packed(
+    xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, ws_t: Tensor, wm_t: Tensor, sw_t: Tensor,
+    *, block: int, w_bits: int, w_signed: bool, name: str = "int_matmul",
+) -> Tensor:  # fmt: skip
+    """``te_int_matmul`` on packed weights (the outputs of :func:`te_pack_int_matmul_weights`)."""
+    a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
+    sx = te_code_sums(xq, block=block, name=f"{name}_sx")
+    xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
+    return avx2_panel_matmul(xq, wp, sx, xa, xm, ws_t, wm_t, sw_t, block=block, w_bits=w_bits,
+                             w_signed=w_signed, name=name,
+                             attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+
+
+def sparse24_packs(
+    xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str
+) -> bool:
+    """Whether ``rq.sparse24_matmul`` runs as pack + AVX2 ``vpshufb`` kernel."""
+    k = int(xq_shape[-1])
+    return (isa == "avx2" and len(xq_shape) == 2 and _centring_type(block, 128 * 128) == "int32"
+            and sparse24_panel_supported(n=n, k=k, block=block, w_bits=w_bits))  # fmt: skip
+
+
+def te_pack_sparse24_weights(
+    wvals: Tensor, widx: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int,
+    w_bits: int, name: str = "pack_weights",
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """Weight-only prep of the sparse kernel: ``(wv, wc, wsT, wmT, swT)``, lifted out of main."""
+    wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
+    return te_pack_sparse24_panels(wvals, widx, ws, wm, wsum, name=name,
+                                   attrs={**_attrs("pack_weights", block), STAGE_ATTR: "pack"})  # fmt: skip
+
+
+def te_sparse24_matmul_packed(
+    xq: Tensor, xs: Tensor, xc: Tensor, wv: Tensor, wctl: Tensor, ws_t: Tensor, wm_t: Tensor,
+    sw_t: Tensor, *, block: int, w_bits: int, name: str = "sparse24_matmul",
+) -> Tensor:  # fmt: skip
+    """``te_sparse24_matmul`` on packed weights (:func:`te_pack_sparse24_weights`)."""
+    a = _attrs("sparse24_matmul", block, w_bits=int(w_bits))
+    sx = te_code_sums(xq, block=block, name=f"{name}_sx")
+    xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
+    return avx2_sparse24_matmul(xq, wv, wctl, sx, xa, xm, ws_t, wm_t, sw_t, block=block,
+                                w_bits=w_bits, name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+
+
 def te_xnor_popcount_matmul(
     xbits: Tensor,
     xs: Tensor,
@@ -564,9 +663,14 @@ def te_sparse24_matmul(
     *,
     block: int,
     w_bits: int,
+    isa: str = "generic",
     name: str = "sparse24_matmul",
 ) -> Tensor:
-    """Fused 2:4-sparse matmul ``f32 [M, N]`` (``reference.sparse24_matmul``)."""
+    """Fused 2:4-sparse matmul ``f32 [M, N]`` (``reference.sparse24_matmul``).
+
+    This is the generic TE kernel; on AVX2 targets the emitter uses the packed ``vpshufb``
+    kernel instead (:func:`sparse24_packs`), so ``isa`` only names the caller's path.
+    """
     a = _attrs("sparse24_matmul", block, w_bits=int(w_bits))
     p = te_sparse24_core(xq, wvals, widx, block=block, name=f"{name}_p", attrs={})
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")

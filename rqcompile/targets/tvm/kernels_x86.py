@@ -1,5 +1,9 @@
 """x86 AVX2 micro-kernels for the fused integer-affine matmul, written in TIR with LLVM intrinsics.
 
+These K-lane kernels need no weight packing; the emitter prefers the packed-panel kernels of
+:mod:`.kernels_x86_panel` (about 2x faster at batch >= 64) and uses these where the panels do
+not fit (``N % 8 != 0``, batched operands, blocks beyond int32 centring).
+
 Why hand-written TIR: LLVM's loop vectorizer turns the TE reduction of :mod:`.kernels` into
 ``vpmovsxbd`` + ``vpmulld`` (8 MACs per multiply). These kernels call the AVX2 dot-product
 instructions through ``tirx.call_llvm_pure_intrin`` and keep an ``mr x nr`` register tile of

@@ -9,6 +9,8 @@ TVM's ``relax/backend/<target>/pipeline.py`` (STYLE.md A3, B8):
 phase          takes → gives                  what
 ============== ============================== ===========================================
 emit           rq ``Module`` → relax IRModule ``emit.emit_module`` (weights are parameters)
+lift-params    IRModule → IRModule            weight-only work (packing, transposes) moves
+                                              to ``main_transform_params``, run once at load
 legalize       IRModule → IRModule            relax ops → TOPI PrimFuncs; fuse float ops
                                               (our kernels are opaque to fusion)
 schedule       IRModule → IRModule            ``schedules.schedule_module``
@@ -154,6 +156,7 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
     )
     return (
         Phase("emit", lambda ir: emit_module(ir, options=kernel_options(target))),
+        Phase("lift-params", _passes(target, [relax.transform.LiftTransformParams()])),
         Phase("legalize", _passes(target, legalize)),
         Phase("schedule", lambda mod: schedule_module(mod, target)),
         Phase("schedule-float", schedule_float_cpu),

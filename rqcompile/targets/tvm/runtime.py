@@ -78,12 +78,25 @@ def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
     return tuple(from_dlpack(o) for o in items)
 
 
+#: The function ``relax.transform.LiftTransformParams`` makes of ``main``'s weight-only work.
+TRANSFORM_PARAMS = "main_transform_params"
+
+
+def _bind_weights(vm: Any, ir: Module) -> list[Any]:
+    """``main``'s trailing arguments: the weights, through ``main_transform_params`` if the
+    build lifted weight-only work (packing) out of ``main``; run once, here."""
+    weights = [_to_tvm(ir.constant(n)) for n in const_params(ir)]
+    if not vm.module.implements_function(TRANSFORM_PARAMS):
+        return weights
+    return list(vm[TRANSFORM_PARAMS](weights))
+
+
 class _VMRunner:
     """Calls the VM's ``main`` with the inputs followed by the bound weights."""
 
     def __init__(self, vm: Any, ir: Module) -> None:
         self._main = vm["main"]
-        self._weights = [_to_tvm(ir.constant(n)) for n in const_params(ir)]
+        self._weights = _bind_weights(vm, ir)
         # an output that is an input or a weight would alias caller/weight memory: copy it
         defined_by_op = {r.id for op in ir.main.ops if op.name != "rq.const" for r in op.results}
         self._copy = tuple(v.id not in defined_by_op for v in ir.main.outputs)

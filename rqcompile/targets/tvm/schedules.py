@@ -19,11 +19,13 @@ Kernels are found by annotation, not by name: the PrimFunc attribute or block an
 Schedules never change numerics: integer cores stay bit-exact, and the epilogue keeps its
 reduction order over blocks.
 
-Integer-affine matmuls on AVX2 targets do not use these loops: :func:`kernel_options` makes
-the emitter build them as hand-written ``vpmaddwd``/``vpmaddubsw`` micro-kernels
-(:mod:`.kernels_x86`), whose block carries ``rq.stage = "micro"``; the schedule then only
-parallelizes the small TE stages around it. TODO(issue 9): AVX-512 VNNI (``vpdpbusd``) and
-XNOR/2:4 micro-kernels, weight pre-packing at build time.
+Integer-affine and 2:4 matmuls on AVX2 targets do not use these loops: :func:`kernel_options`
+makes the emitter build them as hand-written micro-kernels on weights packed once at load
+(:mod:`.kernels_x86_panel`; :mod:`.kernels_x86` for shapes the panels do not fit), whose
+block carries ``rq.stage = "micro"``; the schedule then only parallelizes the small TE
+stages around it. The weight packing (``rq.kernel = "pack_weights"``) is scheduled like a
+quantize kernel: it runs once, in ``main_transform_params``. Not done: an AVX-512 VNNI
+(``vpdpbusd``) path, which needs a VNNI host to prove bit-exact.
 """
 
 from __future__ import annotations
@@ -83,15 +85,15 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
 
     The emitter passes them to the TE builders, so the instruction-set choice is made once,
     at build time, from the *target's* features (never the host's by assumption): AVX2
-    targets get the ``vpmaddwd`` micro-kernel (``isa="avx2"``), every other LLVM target
+    targets get the packed-panel micro-kernels (``isa="avx2"``), every other LLVM target
     (including x86 without AVX2, or ``{"kind": "llvm", "mattr": ["-avx2"]}``) the generic
-    TE kernels. AVX-512 VNNI targets also take the AVX2 path today (TODO(issue 9): a
-    ``vpdpbusd`` kernel, which needs a host with VNNI to test).
+    TE kernels. AVX-512 VNNI targets also take the AVX2 path today (a ``vpdpbusd`` kernel
+    needs a host with VNNI to prove it bit-exact; none was available).
     """
     tgt = make_target(target)
     if str(tgt.kind.name) != "llvm" or cpu_dot_path(tgt) == "generic":
         return {}
-    return {"int_matmul": {"isa": "avx2"}}
+    return {"int_matmul": {"isa": "avx2"}, "sparse24_matmul": {"isa": "avx2"}}
 
 
 def kernel_kind(func: Any) -> str | None:
@@ -228,6 +230,7 @@ def _schedule_quantize(sch: Any, cfg: CpuScheduleConfig) -> None:
 
 _SCHEDULES: dict[str, Callable[[Any, CpuScheduleConfig], None]] = {
     "quantize": _schedule_quantize,
+    "pack_weights": _schedule_quantize,  # weight-only, lifted out of main: runs once at load
     "int_matmul_core": _schedule_core_only,
     "xnor_popcount_core": _schedule_core_only,
     "sparse24_core": _schedule_core_only,

@@ -1,0 +1,160 @@
+"""The AVX2 panel GEMM (``kernels_x86_panel``): integer core bit-exact, whole layers = reference.
+
+The core is checked through a *transparent* epilogue (``xs = B``, ``ws = 1``, zero offsets):
+then ``y = Σ_b (B·P_b - S_X·S_W)`` with every term an integer below 2**24, so float32 holds
+it exactly and it must equal the reference's integers bit for bit. Shapes cover full and
+remainder row tiles, 1-4 panels per tile, one and several blocks, and every weight format.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm")
+
+import rqcompile as rq  # noqa: E402
+from rqcompile.quant import reference as ref  # noqa: E402
+from rqcompile.quant.bitpack import pack_nibbles, pack_sparse24  # noqa: E402
+from rqcompile.targets.tvm import kernels as K  # noqa: E402
+from rqcompile.targets.tvm.adapter import host_llvm_target, te  # noqa: E402
+from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
+from rqcompile.targets.tvm.kernels_x86_panel import panel_tile  # noqa: E402
+from rqcompile.targets.tvm.schedules import schedule_prim_func  # noqa: E402
+
+pytestmark = [
+    pytest.mark.tvm,
+    pytest.mark.skipif("avx2" not in host_features(), reason="host has no AVX2"),
+]
+_TV = {torch.int8: "int8", torch.uint8: "uint8", torch.int32: "int32", torch.float32: "float32"}
+_DT = {v: k for k, v in _TV.items()}
+
+
+@functools.cache
+def _build(builder: str, kind: str, spec: tuple[Any, ...], params: tuple[Any, ...]) -> Any:
+    phs = [te.placeholder(shape, dtype, name=f"a{i}") for i, (shape, dtype) in enumerate(spec)]
+    outs = getattr(K, builder)(*phs, **dict(params))
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    func = K.prim_func([*phs, *outs], name="kernel", kernel=kind, block=dict(params)["block"])
+    lib = tvm.compile(schedule_prim_func(func, host_llvm_target()), target=host_llvm_target())
+    return lib["kernel"], [(tuple(int(d) for d in o.shape), str(o.dtype)) for o in outs]
+
+
+def _run(builder: str, kind: str, args: list[torch.Tensor], **params: Any) -> list[torch.Tensor]:
+    spec = tuple((tuple(a.shape), _TV[a.dtype]) for a in args)
+    fn, out_specs = _build(builder, kind, spec, tuple(sorted(params.items())))
+    outs = [torch.empty(shape, dtype=_DT[dt]) for shape, dt in out_specs]
+    fn(*[a.contiguous() for a in args], *outs)
+    return outs
+
+
+def _codes(shape: tuple[int, ...], lo: int, hi: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(lo, hi + 1, shape, generator=g).to(torch.int8)
+
+
+def _range(w_bits: int, signed: bool) -> tuple[int, int]:
+    return (-(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1) if signed else (0, 2**w_bits - 1)
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "block", "w_bits", "w_signed"),
+    [(1, 8, 64, 32, 8, True), (5, 32, 256, 128, 8, True), (7, 24, 192, 64, 8, True),
+     (3, 16, 128, 32, 4, True), (6, 40, 256, 64, 4, False), (2, 8, 512, 128, 4, True),
+     (4, 32, 128, 128, 2, True)],
+    ids=["gemv-s8", "s8-rest-row", "s8-3panels", "s4", "u4-5panels", "s4-4blocks", "s2"],
+)
+def test_panel_core_exact(m: int, n: int, k: int, block: int, w_bits: int, w_signed: bool) -> None:
+    nb = k // block
+    lo, hi = _range(w_bits, w_signed)
+    # |x| small enough that B·|P| < 2**24 even at B = 128; the extremes are checked below
+    xq, wq = _codes((m, k), -30, 30, seed=k), _codes((n, k), lo, hi, seed=k + 1)
+    stored = pack_nibbles(wq, signed=w_signed) if w_bits <= 4 else wq
+    wsum = ref.code_sums(wq, block)
+    pk = dict(block=block, w_bits=w_bits, w_signed=w_signed)
+    packed = _run("te_pack_int_matmul_weights", "pack_weights",
+                  [stored, torch.ones(n, nb), torch.zeros(n, nb), wsum], **pk)  # fmt: skip
+    xs, xc = torch.full((m, nb), float(block)), torch.zeros(m, nb)
+    (y,) = _run("te_int_matmul_packed", "int_matmul", [xq, xs, xc, *packed], **pk)
+    # y = Σ_b (B·P - S_X·S_W) + S_X·S_W: the centred term plus the block-mean term
+    want = block * ref.int_matmul_core(xq, wq, block).to(torch.int64).sum(-1)
+    assert torch.equal(y.to(torch.int64), want)
+
+
+@pytest.mark.parametrize(("w_bits", "w_signed"), [(8, True), (4, True), (4, False)])
+def test_panel_extreme_codes_exact(w_bits: int, w_signed: bool) -> None:
+    """x = -128 against the extreme weights: int16 pair sums of ``vpmaddubsw`` must not
+    saturate (8 steps of ``2·15·128``) and ``vpmaddwd`` must not overflow."""
+    m, n, k, block = 2, 8, 64, 64
+    lo, hi = _range(w_bits, w_signed)
+    xq = torch.full((m, k), -128, dtype=torch.int8)
+    wq = torch.full((n, k), lo, dtype=torch.int8)
+    wq[1::2] = hi
+    stored = pack_nibbles(wq, signed=w_signed) if w_bits <= 4 else wq
+    wsum = ref.code_sums(wq, block)
+    pk = dict(block=block, w_bits=w_bits, w_signed=w_signed)
+    packed = _run("te_pack_int_matmul_weights", "pack_weights",
+                  [stored, torch.ones(n, 1), torch.zeros(n, 1), wsum], **pk)  # fmt: skip
+    # xs = 1: y = (P - S_X·S_W/B) + S_X·S_W/B, every term exact in float32 here
+    (y,) = _run("te_int_matmul_packed", "int_matmul",
+                [xq, torch.full((m, 1), 1.0), torch.zeros(m, 1), *packed], **pk)  # fmt: skip
+    assert torch.equal(y.double(), ref.int_matmul_core(xq, wq, block)[..., 0].double())
+
+
+def _sparse_codes(n: int, k: int, lo: int, hi: int, seed: int) -> torch.Tensor:
+    """Codes with exactly the 2:4 pattern: 2 of every 4 zeroed at random positions."""
+    w = _codes((n, k), lo, hi, seed=seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    drop = torch.rand(n, k // 4, 4, generator=g).argsort(-1)[..., :2]
+    return w.reshape(n, k // 4, 4).scatter(-1, drop, 0).reshape(n, k)
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "block", "lo", "hi"),
+    [(1, 8, 64, 32, -8, 7), (5, 32, 256, 128, -7, 7), (7, 24, 128, 64, -8, 7),
+     (3, 40, 512, 128, -8, 7)],
+    ids=["gemv", "rest-row", "3panels", "5panels-4blocks"],
+)
+def test_sparse24_core_exact(m: int, n: int, k: int, block: int, lo: int, hi: int) -> None:
+    """The ``vpshufb``-gathered 2:4 core, with x = -128 and 127 included (x + 128 spans
+    0..255 and the int16 pair sums reach ``2·255·8``)."""
+    nb = k // block
+    xq, wq = _codes((m, k), -30, 30, seed=k), _sparse_codes(n, k, lo, hi, seed=k + 1)
+    xq[0, :8] = torch.tensor([-128, 127] * 4, dtype=torch.int8)
+    vals, idx = pack_sparse24(wq)
+    wsum = ref.code_sums(wq, block)
+    pk = dict(block=block, w_bits=4)
+    packed = _run("te_pack_sparse24_weights", "pack_weights",
+                  [vals, idx, torch.ones(n, nb), torch.zeros(n, nb), wsum], **pk)  # fmt: skip
+    xs, xc = torch.full((m, nb), float(block)), torch.zeros(m, nb)
+    (y,) = _run("te_sparse24_matmul_packed", "sparse24_matmul", [xq, xs, xc, *packed], **pk)
+    want = block * ref.int_matmul_core(xq, wq, block).to(torch.int64).sum(-1)
+    assert torch.equal(y.to(torch.int64), want)
+
+
+def test_panel_tile_fits_registers() -> None:
+    for m, n in [(1, 8), (64, 1024), (5, 24), (512, 768), (3, 40)]:
+        mr, nv = panel_tile(m, n)
+        assert (n // 8) % nv == 0 and 1 <= mr <= m
+        assert mr * nv + nv + 1 <= 16  # accumulators + weight vectors + the broadcast
+
+
+@pytest.mark.parametrize("preset", ["A8W8", "A4W4", "A2W2", "A4W4+2:4"])
+def test_layer_packs_weights_once_and_matches_reference(preset: str, tmp_path: Any) -> None:
+    """The build lifts the weight packing out of ``main``; a saved and loaded model binds
+    packed weights the same way and gives the same output."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 48), torch.nn.ReLU(), torch.nn.Linear(48, 16))
+    x = torch.randn(3, 128)
+    qat = rq.prepare(model.eval(), (x,), preset).eval()
+    ir = rq.convert(qat, example_inputs=(x,))
+    exe = rq.build(ir, target="llvm")
+    assert exe.backend.vm.module.implements_function("main_transform_params")
+    want = rq.build(ir, target="reference")(x)
+    got = exe(x)
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    exe.save(tmp_path / "m.rq")
+    assert torch.equal(rq.load(tmp_path / "m.rq")(x), got)
