@@ -19,11 +19,13 @@ Kernels are found by annotation, not by name: the PrimFunc attribute or block an
 Schedules never change numerics: integer cores stay bit-exact, and the epilogue keeps its
 reduction order over blocks.
 
-Integer-affine matmuls on AVX2 targets do not use these loops: :func:`kernel_options` makes
-the emitter build them as hand-written ``vpmaddwd``/``vpmaddubsw`` micro-kernels
-(:mod:`.kernels_x86`), whose block carries ``rq.stage = "micro"``; the schedule then only
-parallelizes the small TE stages around it. TODO(issue 9): AVX-512 VNNI (``vpdpbusd``) and
-XNOR/2:4 micro-kernels, weight pre-packing at build time.
+Integer-affine and A1W1 (XNOR-popcount) matmuls on AVX2 targets do not use these loops:
+:func:`kernel_options` makes the emitter build them as hand-written micro-kernels
+(``vpmaddwd``/``vpmaddubsw`` in :mod:`.kernels_x86`; ``vpshufb`` LUT or ``vpopcntq``
+popcounts in :mod:`.kernels_x86_xnor`), whose block carries ``rq.stage = "micro"``; the
+schedule then only parallelizes the small TE stages around it. Other targets, and shapes
+the micro-kernels do not take, keep the generic TE kernels below. TODO(issue 9): AVX-512
+VNNI (``vpdpbusd``) and 2:4 micro-kernels, weight pre-packing at build time.
 """
 
 from __future__ import annotations
@@ -86,12 +88,18 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     targets get the ``vpmaddwd`` micro-kernel (``isa="avx2"``), every other LLVM target
     (including x86 without AVX2, or ``{"kind": "llvm", "mattr": ["-avx2"]}``) the generic
     TE kernels. AVX-512 VNNI targets also take the AVX2 path today (TODO(issue 9): a
-    ``vpdpbusd`` kernel, which needs a host with VNNI to test).
+    ``vpdpbusd`` kernel, which needs a host with VNNI to test). A1W1 matmuls get the
+    XNOR-popcount micro-kernel of :mod:`.kernels_x86_xnor`: ``vpopcntq`` where the target
+    has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets.
     """
     tgt = make_target(target)
     if str(tgt.kind.name) != "llvm" or cpu_dot_path(tgt) == "generic":
         return {}
-    return {"int_matmul": {"isa": "avx2"}}
+    feats = target_features(tgt)
+    if "avx2" not in feats:  # an AVX-512 VNNI target with AVX2 switched off
+        return {}
+    xnor = "avx512_vpopcntdq" if "avx512_vpopcntdq" in feats else "avx2"
+    return {"int_matmul": {"isa": "avx2"}, "xnor_popcount_matmul": {"isa": xnor}}
 
 
 def kernel_kind(func: Any) -> str | None:
