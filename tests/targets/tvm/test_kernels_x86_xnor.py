@@ -126,12 +126,13 @@ def _assert_rel(out: torch.Tensor, expect: torch.Tensor, tol: float = 1e-5) -> N
         (1, 24, 768, 128, "avx2", None),
         (7, 13, 512, 64, "avx2", None),
         (4, 16, 512, 512, "avx2", None),
+        (2, 9, 8192, 8192, "avx2", None),  # 32 steps per block: byte counts in 2 groups
         (3, 10, 256, 32, "avx512_vpopcntdq", None),
         (5, 16, 768, 128, "avx512_vpopcntdq", None),
         (5, 12, 256, 128, "generic", NO_AVX2),  # the forced generic path
         (3, 8, 96, 32, "avx2", None),  # K not whole 256-bit steps: generic TE kernel
     ],
-    ids=["gemv", "block64", "block512", "vpopcnt-block32", "vpopcnt", "no-avx2", "k96"],
+    ids=["gemv", "block64", "block512", "block8192", "vpopcnt-block32", "vpopcnt", "no-avx2", "k96"],
 )
 def test_xnor_matmul_matches_reference(
     m: int, n: int, k: int, block: int, isa: str, target: Any
