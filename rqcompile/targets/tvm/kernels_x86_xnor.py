@@ -169,6 +169,9 @@ def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr:
         def col(jj: int) -> Any:
             return jo * _NR + jj if n % _NR == 0 else tirx.min(jo * _NR + jj, n - 1)
 
+        # "global", not "local": TVM 0.27 serves every "local" allocation with a heap
+        # workspace call per loop iteration, which LLVM cannot promote to registers; small
+        # "global" ones become stack allocas that it does (2.6x faster kernel)
         ws_t = T.decl_buffer((nb * _NR,), "float32", scope="global")
         wm_t = T.decl_buffer((nb * _NR,), "float32", scope="global")
         sw_t = T.decl_buffer((nb * _NR,), "int32", scope="global")
