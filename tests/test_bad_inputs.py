@@ -270,6 +270,12 @@ def test_nan_input_to_compiled_model(exe: Any) -> None:
     with pytest.raises(rq.InputError) as info:
         exe(x)
     _msg(info, "input 0", "1 NaN/Inf", "nan_to_num")
+    x[0, 0] = 1.0
+    x[1, 1:3] = torch.tensor([float("inf"), float("-inf")])  # the sum is NaN: still caught
+    with pytest.raises(rq.InputError, match="2 NaN/Inf"):
+        exe(x)
+    big = torch.full((2, 16), 3e38)  # finite, but its sum overflows to inf
+    exe(big)  # raises InputError if the overflowing sum were taken for a NaN
 
 
 def test_token_ids_out_of_range() -> None:

@@ -49,6 +49,7 @@ from rqcompile.targets.tvm.kernels_x86_panel import (
     te_pack_panels,
     te_pack_sparse24_panels,
 )
+from rqcompile.targets.tvm.kernels_x86_xnor import XNOR_ISAS, xnor_matmul_micro, xnor_supported
 
 __all__ = [
     "KERNELS",
@@ -616,19 +617,24 @@ def te_xnor_popcount_matmul(
     *,
     block: int,
     k: int,
+    isa: str = "generic",
     name: str = "xnor_popcount_matmul",
 ) -> Tensor:
     """Fused A1W1 matmul ``f32 [M, N]`` from sign words (``reference.xnor_popcount_matmul``).
 
-    One kernel for every LLVM target: LLVM already vectorizes the 32-bit ``popcount`` of
-    this TE compute into the AVX2 ``vpshufb`` nibble-LUT sequence, and a register-tiled
-    64-bit ``popcnt`` TIR kernel measured no faster (LLVM's SLP vectorizer turned it back
-    into the same LUT code).
+    ``isa`` (chosen by ``schedules.kernel_options`` from the target's features):
+    ``"avx2"`` / ``"avx512_vpopcntdq"`` run core and epilogue as one XNOR-popcount
+    micro-kernel (:mod:`.kernels_x86_xnor`) when K and the block fit it
+    (``xnor_supported``); ``"generic"`` (and any shape the micro-kernel does not take) is
+    this TE compute, whose 32-bit ``popcount`` LLVM vectorizes for any target.
     """
     if k != _shape(xbits)[-1] * 32:
         raise NumericsError(
             f"te_xnor_popcount_matmul: k={k} does not match {_shape(xbits)[-1]} words."
         )
+    if isa not in ("generic", *XNOR_ISAS):
+        raise NumericsError(f"te_xnor_popcount_matmul: unknown isa {isa!r}; use 'generic' "
+                            f"or one of {XNOR_ISAS}.")  # fmt: skip
     a = _attrs("xnor_popcount_matmul", block, k=int(k))
     m = _shape(xbits)[0]
     wpb = block // 32
@@ -645,6 +651,10 @@ def te_xnor_popcount_matmul(
         name=f"{name}_sx",
         attrs=_stage("sums"),
     )
+    if isa != "generic" and xnor_supported(k=k, block=block):
+        xa, xm, _ = _epilogue_prep(xs, xc, sx, ws, wc, wsum, block=block, name=name)
+        return xnor_matmul_micro(xbits, wbits, sx, xa, xm, ws, wc, wsum, block=block, isa=isa,
+                                 name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
     p = te_xnor_popcount_core(xbits, wbits, block=block, name=f"{name}_p", attrs={})
     return _affine_epilogue(
         p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=1, name=name, attrs=a
