@@ -18,6 +18,7 @@ kernels from the IR instead, for artifacts from sources you do not trust.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -71,9 +72,12 @@ class CompiledModule:
         self.features = tuple(features)
         self.backend = backend  # e.g. the TVM VM / module, for power users
 
-    @property
+    @functools.cached_property
     def _id_ranges(self) -> dict[int, int]:
-        """Input position -> vocabulary size, for inputs that index an embedding table."""
+        """Input position -> vocabulary size, for inputs that index an embedding table.
+
+        Cached: ``_check`` runs on every call, and walking a large model's ops each time
+        cost more than a small layer's kernels."""
         f = self.ir.main
         args = {v.id: i for i, v in enumerate(f.args)}
         out: dict[int, int] = {}
@@ -84,7 +88,7 @@ class CompiledModule:
                     out[args[op.operands[0].id]] = int(vocab)
         return out
 
-    @property
+    @functools.cached_property
     def signature(self) -> tuple[TensorType, ...]:
         return tuple(v.type for v in self.ir.main.args)
 
