@@ -67,11 +67,16 @@ def fake_quant_blocks(
         mask = None
         xs = x32
     s_f, b_f = grid(xs, fmt)
-    z = (xs - b_f) / s_f
+    fused = est.fused  # the whole dequantizer as one autograd node (ridge_fit.py: why)
+    with torch.set_grad_enabled(fused is None and torch.is_grad_enabled()):
+        z = (xs - b_f) / s_f
     code = make_codes(z, fmt)
     if mask is not None:
         code = code * mask  # pruned slots are exactly code 0 (linear formats only)
-    q = z + (code - z).detach()
-    scale, offset = est.dequant(x32, q, s_f, b_f, lam, fmt.linear)
-    y = scale * q + offset
+    if fused is not None:
+        y, scale, offset = fused(x32, code, s_f, lam, fmt.linear)
+    else:
+        q = z + (code - z).detach()
+        scale, offset = est.dequant(x32, q, s_f, b_f, lam, fmt.linear)
+        y = scale * q + offset
     return FakeQuantResult(y=y.to(dtype), codes=code, scale=scale, offset=offset)
