@@ -68,11 +68,15 @@ def fake_quant_blocks(
         xs = x32
     s_f, b_f = grid(xs, fmt)
     fused = est.fused  # the whole dequantizer as one autograd node (ridge_fit.py: why)
-    with torch.set_grad_enabled(fused is None and torch.is_grad_enabled()):
+    if fused is not None:  # z needs no graph: codes are written over it
+        with torch.no_grad():
+            z = torch.sub(xs, b_f).div_(s_f)
+            code = make_codes(z, fmt, out=z)
+    else:
         z = (xs - b_f) / s_f
-    code = make_codes(z, fmt)
+        code = make_codes(z, fmt)
     if mask is not None:
-        code = code * mask  # pruned slots are exactly code 0 (linear formats only)
+        code = code.mul_(mask)  # pruned slots are exactly code 0 (linear formats only)
     if fused is not None:
         y, scale, offset = fused(x32, code, s_f, lam, fmt.linear)
     else:

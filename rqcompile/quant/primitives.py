@@ -104,13 +104,22 @@ def grid(xs: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, torch.Tensor]:
     if fmt.bits == 1 or fmt.bits == 1.5:
         # Means accumulate in float64 and round once to the working dtype, so that any
         # kernel that also sums in float64 reproduces the same threshold bit for bit.
-        kept = (xs != 0).sum(-1, keepdim=True).clamp_min(1).double()
+        # Written with sum(dtype=float64) and a non-zero count Σ sign|x| so that no float64
+        # copy and no bool tensor is made: the values are the same, and on CPU both cost more
+        # than the sums (a bool compare-and-count ran 5x slower than this).
+        f64 = torch.float64
         if fmt.bits == 1 and not fmt.symmetric:
-            b = (xs.double().sum(-1, keepdim=True) / xs.shape[-1]).to(xs.dtype)
+            b = (xs.sum(-1, keepdim=True, dtype=f64) / xs.shape[-1]).to(xs.dtype)
+            dev = torch.sub(xs, b).abs_()
+            total = dev.sum(-1, keepdim=True, dtype=f64)
+            nonzero = torch.abs(xs, out=dev).sign_()
         else:
             b = zero
-        s = ((xs - b).abs().double().sum(-1, keepdim=True) / kept).to(xs.dtype)
-        return s.clamp_min(EPS), b
+            nonzero = xs.abs()
+            total = nonzero.sum(-1, keepdim=True, dtype=f64)
+            nonzero.sign_()
+        kept = nonzero.sum(-1, keepdim=True, dtype=f64).clamp_min(1)
+        return (total / kept).to(xs.dtype).clamp_min(EPS), b
     lo, hi = code_range(fmt)
     if fmt.symmetric:
         s = (xs.abs().amax(-1, keepdim=True) / hi).clamp_min(EPS)
@@ -119,10 +128,15 @@ def grid(xs: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, torch.Tensor]:
     return ((mx - mn) / hi).clamp_min(EPS), mn
 
 
-def make_codes(z: torch.Tensor, fmt: QFormat) -> torch.Tensor:
-    """Integer-valued codes (float dtype) from the pre-quantization transform ``z``. No grad."""
+def make_codes(z: torch.Tensor, fmt: QFormat, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Integer-valued codes (float dtype) from the pre-quantization transform ``z``. No grad.
+
+    ``out`` may be ``z`` itself (codes written in place when ``z`` is no longer needed).
+    """
     with torch.no_grad():
         if fmt.bits == 1:
-            return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+            # sign(z) with sign(0) = +1, as sign(sign(z) + 1/2), and NaN -> -1: the values of
+            # torch.where(z >= 0, 1, -1), without its bool tensor (6x slower on CPU).
+            return torch.sign(z, out=out).add_(0.5).sign_().nan_to_num_(-1.0)
         lo, hi = code_range(fmt)
-        return torch.clamp(torch.round(z), lo, hi)
+        return torch.round(z, out=out).clamp_(lo, hi)
