@@ -135,8 +135,9 @@ def make_codes(z: torch.Tensor, fmt: QFormat, *, out: torch.Tensor | None = None
     """
     with torch.no_grad():
         if fmt.bits == 1:
-            # sign(z) with sign(0) = +1, as sign(sign(z) + 1/2), and NaN -> -1: the values of
-            # torch.where(z >= 0, 1, -1), without its bool tensor (6x slower on CPU).
-            return torch.sign(z, out=out).add_(0.5).sign_().nan_to_num_(-1.0)
+            # sign(z) with sign(0) = +1 as sign(sign(z) + 1/2), NaN -> -1 first (torch.sign
+            # maps NaN to 0): the values of torch.where(z >= 0, 1, -1), without its bool
+            # tensor, which is 6x slower on CPU.
+            return torch.nan_to_num(z, nan=-1.0, out=out).sign_().add_(0.5).sign_()
         lo, hi = code_range(fmt)
         return torch.round(z, out=out).clamp_(lo, hi)
