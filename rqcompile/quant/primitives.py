@@ -120,7 +120,7 @@ def grid(xs: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, torch.Tensor]:
             nonzero.sign_()
         kept = nonzero.sum(-1, keepdim=True, dtype=f64).clamp_min(1)
         return (total / kept).to(xs.dtype).clamp_min(EPS), b
-    lo, hi = code_range(fmt)
+    _, hi = code_range(fmt)
     if fmt.symmetric:
         s = (xs.abs().amax(-1, keepdim=True) / hi).clamp_min(EPS)
         return s, zero

@@ -6,7 +6,7 @@ over every quantized tensor (each op materialises a block-sized intermediate, an
 adds ``neg``/``expand``/accumulate passes of its own), which made a ridge training step about
 1.35x an STE step on the demo model. :func:`ridge_fake_quant` computes the same values and
 the same gradient with the per-block statistics reduced to a few sums and the per-element
-backward written out, about 6 passes forward and 6 backward.
+backward written out: about 9 passes forward and 7 backward, two of each only reads.
 
 What it differentiates. Given the dense target ``x``, integer codes ``code`` and the detached
 grid ``s_f``, the training forward of METHOD.md §2.4–2.5 is
@@ -75,12 +75,12 @@ class _RidgeFakeQuant(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, code: torch.Tensor, s_f: torch.Tensor, lam: float, linear: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)
-        inv_b = 1.0 / x.shape[-1]
+        n = x.shape[-1]  # block means divide by n, as Tensor.mean does (same rounding)
         ctx.linear, ctx.lam = linear, lam
         if linear:
             buf = torch.mul(code, x)
-            num = _block_sum(buf).mul_(inv_b)  # mean(q·x)
-            den = _block_sum(torch.mul(code, code, out=buf)).mul_(inv_b).add_(lam)
+            num = _block_sum(buf).div_(n)  # mean(q·x)
+            den = _block_sum(torch.mul(code, code, out=buf)).div_(n).add_(lam)
             scale = _safe_ratio(num, den, lam)
             offset = torch.zeros_like(scale)  # no offset term, no gradient (as ridge_params)
             ctx.mark_non_differentiable(offset)
@@ -91,11 +91,13 @@ class _RidgeFakeQuant(torch.autograd.Function):
         xc = x - xm
         qc = code - qm
         buf = torch.mul(xc, qc)
-        cov = _block_sum(buf).mul_(inv_b)
-        den = _block_sum(torch.mul(qc, qc, out=buf)).mul_(inv_b).add_(lam)
+        cov = _block_sum(buf).div_(n)
+        den = _block_sum(torch.mul(qc, qc, out=buf)).div_(n).add_(lam)
         scale = _safe_ratio(cov, den, lam)
         offset = xm - scale * qm
-        y = torch.addcmul(offset, code, scale, out=buf)  # scale·code + offset, as deployed
+        # scale·code + offset, the deployed dequantizer, rounded as ridge_params' users round
+        # it (addcmul fuses into an FMA on AVX2 and would change the last bit of y)
+        y = torch.mul(code, scale, out=buf).add_(offset)
         ctx.save_for_backward(xc, qc, s_f, scale, den, qm)
         return y, scale, offset
 

@@ -99,6 +99,8 @@ def test_fake_quant_blocks_same_as_unfused(fmt: QFormat, nm: tuple[int, int] | N
         out[est] = (r, xr.grad)
     (a, ga), (b, gb) = out["ridge"], out[autograd_ridge]
     assert torch.equal(a.codes, b.codes)
+    if fmt.bits != 1:  # q = z + (code - z) is exactly code here (Sterbenz), so y is bit-equal
+        assert torch.equal(a.y, b.y) and torch.equal(a.scale, b.scale)
     for got, want in ((a.y, b.y), (a.scale, b.scale), (a.offset, b.offset), (ga, gb)):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
 
