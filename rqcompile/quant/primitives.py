@@ -28,7 +28,16 @@ import torch
 
 from rqcompile.errors import NumericsError
 
-__all__ = ["EPS", "QFormat", "code_range", "grid", "make_codes", "nm_mask", "to_blocks"]
+__all__ = [
+    "EPS",
+    "QFormat",
+    "code_range",
+    "grid",
+    "make_codes",
+    "nm_mask",
+    "reuse_buffers",
+    "to_blocks",
+]
 
 EPS = 1e-12
 
@@ -104,20 +113,19 @@ def grid(xs: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, torch.Tensor]:
     if fmt.bits == 1 or fmt.bits == 1.5:
         # Means accumulate in float64 and round once to the working dtype, so that any
         # kernel that also sums in float64 reproduces the same threshold bit for bit.
-        # Written with sum(dtype=float64) and a non-zero count Σ sign|x| so that no float64
-        # copy and no bool tensor is made: the values are the same, and on CPU both cost more
-        # than the sums (a bool compare-and-count ran 5x slower than this).
-        f64 = torch.float64
+        # Written with sum(dtype=float64) and a non-zero count Σ sign|x|: no float64 copy and
+        # no bool tensor, same values (on CPU a bool compare-and-count is 5x slower).
+        f64, reuse = torch.float64, reuse_buffers()
         if fmt.bits == 1 and not fmt.symmetric:
             b = (xs.sum(-1, keepdim=True, dtype=f64) / xs.shape[-1]).to(xs.dtype)
-            dev = torch.sub(xs, b).abs_()
-            total = dev.sum(-1, keepdim=True, dtype=f64)
-            nonzero = torch.abs(xs, out=dev).sign_()
+            dev = torch.sub(xs, b)
+            dev = dev.abs_() if reuse else dev.abs()
         else:
-            b = zero
-            nonzero = xs.abs()
-            total = nonzero.sum(-1, keepdim=True, dtype=f64)
-            nonzero.sign_()
+            b, dev = zero, xs.abs()
+        total = dev.sum(-1, keepdim=True, dtype=f64)
+        if b is not zero:  # the count needs |x|, not |x - b|
+            dev = torch.abs(xs, out=dev) if reuse else xs.abs()
+        nonzero = dev.sign_() if reuse else dev.sign()
         kept = nonzero.sum(-1, keepdim=True, dtype=f64).clamp_min(1)
         return (total / kept).to(xs.dtype).clamp_min(EPS), b
     _, hi = code_range(fmt)
@@ -131,13 +139,29 @@ def grid(xs: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, torch.Tensor]:
 def make_codes(z: torch.Tensor, fmt: QFormat, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Integer-valued codes (float dtype) from the pre-quantization transform ``z``. No grad.
 
-    ``out`` may be ``z`` itself (codes written in place when ``z`` is no longer needed).
+    ``out`` may be ``z`` itself (codes written in place when ``z`` is no longer needed); it is
+    ignored inside traced graphs (:func:`reuse_buffers`).
     """
     with torch.no_grad():
+        lo, hi = code_range(fmt)
+        if not reuse_buffers():  # the definition, functional
+            if fmt.bits == 1:
+                return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+            return torch.clamp(torch.round(z), lo, hi)
         if fmt.bits == 1:
             # sign(z) with sign(0) = +1 as sign(sign(z) + 1/2), NaN -> -1 first (torch.sign
-            # maps NaN to 0): the values of torch.where(z >= 0, 1, -1), without its bool
-            # tensor, which is 6x slower on CPU.
+            # maps NaN to 0): the values of the definition, without its bool tensor, which is
+            # 6x slower on CPU.
             return torch.nan_to_num(z, nan=-1.0, out=out).sign_().add_(0.5).sign_()
-        lo, hi = code_range(fmt)
         return torch.round(z, out=out).clamp_(lo, hi)
+
+
+def reuse_buffers() -> bool:
+    """Whether quantization code may write into its own temporaries (in place, ``out=``).
+
+    In eager mode it does: on CPU every fresh block-sized tensor costs a page-faulting pass of
+    its own, as much as the arithmetic. Inside ``torch.compile``/``torch.export`` tracing it
+    does not: traced graphs stay functional (torch-mlir imports an exported graph without
+    functionalizing it, and a compiler fuses the ops anyway). Both give the same values.
+    """
+    return not torch.compiler.is_compiling()

@@ -165,10 +165,18 @@ _SPECIALS = [0.0, -0.0, 1e-45, -1e-45, 0.5, -0.5, 1.5, 2.5, -2.5, 15.5, 16.0, -1
              float("inf"), float("-inf"), float("nan")]  # fmt: skip
 
 
+@pytest.fixture(params=[True, False], ids=["eager", "traced"])
+def reuse(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both forms of the primitives: eager (buffers reused) and traced (functional)."""
+    if not request.param:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    return bool(request.param)
+
+
 @pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1.5, True), QFormat(4, False),
                                  QFormat(4, True)], ids=str)  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, D])
-def test_make_codes_equals_its_definition(fmt: QFormat, dtype: torch.dtype) -> None:
+def test_make_codes_equals_its_definition(fmt: QFormat, dtype: torch.dtype, reuse: bool) -> None:
     """Codes equal METHOD.md §2.3's definition bit for bit, signed zeros, ties, inf and NaN
     included (binary: sign with sign(0) = +1 and NaN -> -1, as ``z >= 0`` selects)."""
     z = torch.cat([torch.tensor(_SPECIALS, dtype=dtype), torch.randn(4000, dtype=dtype) * 3])
@@ -184,7 +192,7 @@ def test_make_codes_equals_its_definition(fmt: QFormat, dtype: torch.dtype) -> N
 
 
 @pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1, True), QFormat(1.5, True)], ids=str)
-def test_binary_grid_equals_float64_definition(fmt: QFormat) -> None:
+def test_binary_grid_equals_float64_definition(fmt: QFormat, reuse: bool) -> None:
     """The binary/ternary grid: float64 sums over the kept (non-zero) elements, rounded once
     (METHOD.md §2.3), bit for bit, with exact zeros, an all-zero block and a 2:4 block."""
     torch.manual_seed(5)
@@ -199,3 +207,24 @@ def test_binary_grid_equals_float64_definition(fmt: QFormat) -> None:
         else torch.zeros_like(xs[..., :1])  # fmt: skip
     s_want = ((xs - b_want).abs().double().sum(-1, keepdim=True) / kept).float().clamp_min(1e-12)
     assert torch.equal(b, b_want) and torch.equal(s, s_want)
+
+
+@pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(4, False), QFormat(1, True)], ids=str)
+def test_exported_fake_quant_is_functional_and_equal(fmt: QFormat) -> None:
+    """Under torch.export the quantizer traces to functional ops only (torch-mlir imports the
+    graph without functionalizing it) and computes what eager mode computes."""
+
+    class Q(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return fake_quant_blocks(x, fmt).y
+
+    x = torch.randn(4, 2, 32)
+    ep = torch.export.export(Q(), (x,))
+    mutating = [
+        str(n.target)
+        for n in ep.graph.nodes
+        if n.op == "call_function" and getattr(n.target, "_schema", None) is not None
+        and n.target._schema.is_mutable
+    ]  # fmt: skip
+    assert mutating == []
+    assert torch.equal(ep.module()(x), Q()(x))
