@@ -143,6 +143,11 @@ class Estimator:
             (``rq.aux_loss`` sums these); ``None`` when it has none.
         check: optional ``(LayerSpec) -> str | None``: why a layer spec cannot use this
             estimator (``None`` when it can).
+        fused: optional ``(x, code, s_f, lam, linear) -> (y, scale, offset)``: ``dequant``
+            and ``y = scale·q + offset`` as one autograd node, equal in value and in gradient
+            w.r.t. ``x`` (through the target and through ``q``, ``dq/dx = 1/s_f``) up to
+            float rounding. ``fake_quant_blocks`` uses it when set; it exists for speed
+            (``ridge_fit.py`` says why), ``dequant`` stays the definition.
     """
 
     dequant: Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -152,15 +157,17 @@ class Estimator:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     group_loss: Callable[[list[Any]], torch.Tensor | None] = _no_loss
     check: Callable[[Any], str | None] | None = None
+    fused: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
 # pege/gdnsq import fake_quant, which reads this module's table at call time (not import
 # time), so importing them here, after everything they need is defined, is acyclic.
 from rqcompile.quant import gdnsq, pege  # noqa: E402
+from rqcompile.quant.ridge_fit import ridge_fake_quant  # noqa: E402
 
 #: Estimator name → :class:`Estimator`. ``config.spec.ESTIMATORS`` lists the same names.
 ESTIMATORS: dict[str, Estimator] = {
-    "ridge": Estimator(ridge_params, "ridge"),
+    "ridge": Estimator(ridge_params, "ridge", fused=ridge_fake_quant),
     "ste": Estimator(ste_params, "ste"),
     "pege": Estimator(
         ste_params,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from rqcompile.quant import estimators as _estimators  # table read at call time (acyclic)
-from rqcompile.quant.primitives import QFormat, grid, make_codes, nm_mask
+from rqcompile.quant.primitives import QFormat, grid, make_codes, nm_mask, reuse_buffers
 
 __all__ = ["FakeQuantResult", "fake_quant_blocks"]
 
@@ -67,11 +67,22 @@ def fake_quant_blocks(
         mask = None
         xs = x32
     s_f, b_f = grid(xs, fmt)
-    z = (xs - b_f) / s_f
-    code = make_codes(z, fmt)
+    # The whole dequantizer as one autograd node (ridge_fit.py says why); traced graphs take
+    # the definition instead (reuse_buffers: they stay functional).
+    fused = est.fused if reuse_buffers() else None
+    if fused is not None:  # z needs no graph: codes are written over it
+        with torch.no_grad():
+            z = torch.sub(xs, b_f).div_(s_f)
+            code = make_codes(z, fmt, out=z)
+    else:
+        z = (xs - b_f) / s_f
+        code = make_codes(z, fmt)
     if mask is not None:
         code = code * mask  # pruned slots are exactly code 0 (linear formats only)
-    q = z + (code - z).detach()
-    scale, offset = est.dequant(x32, q, s_f, b_f, lam, fmt.linear)
-    y = scale * q + offset
+    if fused is not None:
+        y, scale, offset = fused(x32, code, s_f, lam, fmt.linear)
+    else:
+        q = z + (code - z).detach()
+        scale, offset = est.dequant(x32, q, s_f, b_f, lam, fmt.linear)
+        y = scale * q + offset
     return FakeQuantResult(y=y.to(dtype), codes=code, scale=scale, offset=offset)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from rqcompile.errors import NumericsError
 from rqcompile.quant.estimators import ridge_params
 from rqcompile.quant.fake_quant import fake_quant_blocks
-from rqcompile.quant.primitives import QFormat, code_range, nm_mask, to_blocks
+from rqcompile.quant.primitives import QFormat, code_range, grid, make_codes, nm_mask, to_blocks
 
 D = torch.float64
 
@@ -159,3 +159,72 @@ def test_sparse_quantization_prunes_to_code_zero_with_identity_gradient() -> Non
 def test_to_blocks_error_names_fix() -> None:
     with pytest.raises(NumericsError, match="not a multiple of the block size 128"):
         to_blocks(torch.zeros(2, 200), 128, where="layer 'fc'")
+
+
+_SPECIALS = [0.0, -0.0, 1e-45, -1e-45, 0.5, -0.5, 1.5, 2.5, -2.5, 15.5, 16.0, -1.0, 1.0,
+             float("inf"), float("-inf"), float("nan")]  # fmt: skip
+
+
+@pytest.fixture(params=[True, False], ids=["eager", "traced"])
+def reuse(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both forms of the primitives: eager (buffers reused) and traced (functional)."""
+    if not request.param:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    return bool(request.param)
+
+
+@pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1.5, True), QFormat(4, False),
+                                 QFormat(4, True)], ids=str)  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, D])
+def test_make_codes_equals_its_definition(fmt: QFormat, dtype: torch.dtype, reuse: bool) -> None:
+    """Codes equal METHOD.md §2.3's definition bit for bit, signed zeros, ties, inf and NaN
+    included (binary: sign with sign(0) = +1 and NaN -> -1, as ``z >= 0`` selects)."""
+    z = torch.cat([torch.tensor(_SPECIALS, dtype=dtype), torch.randn(4000, dtype=dtype) * 3])
+    if fmt.bits == 1:
+        want = torch.where(z >= 0, 1.0, -1.0).to(dtype)
+    else:
+        lo, hi = code_range(fmt)
+        want = torch.clamp(torch.round(z), lo, hi)
+    zz = z.clone()
+    for got in (make_codes(z, fmt), make_codes(zz, fmt, out=zz)):  # a new tensor; in place
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(got.signbit(), want.signbit())
+
+
+@pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1, True), QFormat(1.5, True)], ids=str)
+def test_binary_grid_equals_float64_definition(fmt: QFormat, reuse: bool) -> None:
+    """The binary/ternary grid: float64 sums over the kept (non-zero) elements, rounded once
+    (METHOD.md §2.3), bit for bit, with exact zeros, an all-zero block and a 2:4 block."""
+    torch.manual_seed(5)
+    xs = torch.randn(6, 3, 128) * 2 + 0.3
+    xs[0, 0] = 0.0
+    xs[1, 1, ::3] = 0.0
+    xs[2] = xs[2] * nm_mask(xs[2], 2, 4)
+    s, b = grid(xs, fmt)
+    x64 = xs.double()
+    kept = (xs != 0).sum(-1, keepdim=True).clamp_min(1).double()
+    b_want = (x64.sum(-1, keepdim=True) / 128).float() if fmt.bits == 1 and not fmt.symmetric \
+        else torch.zeros_like(xs[..., :1])  # fmt: skip
+    s_want = ((xs - b_want).abs().double().sum(-1, keepdim=True) / kept).float().clamp_min(1e-12)
+    assert torch.equal(b, b_want) and torch.equal(s, s_want)
+
+
+@pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(4, False), QFormat(1, True)], ids=str)
+def test_exported_fake_quant_is_functional_and_equal(fmt: QFormat) -> None:
+    """Under torch.export the quantizer traces to functional ops only (torch-mlir imports the
+    graph without functionalizing it) and computes what eager mode computes."""
+
+    class Q(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return fake_quant_blocks(x, fmt).y
+
+    x = torch.randn(4, 2, 32)
+    ep = torch.export.export(Q(), (x,))
+    mutating = [
+        str(n.target)
+        for n in ep.graph.nodes
+        if n.op == "call_function" and getattr(n.target, "_schema", None) is not None
+        and n.target._schema.is_mutable
+    ]  # fmt: skip
+    assert mutating == []
+    assert torch.equal(ep.module()(x), Q()(x))
