@@ -63,6 +63,13 @@ class CpuScheduleConfig:
     tile_m: int = 4
     tile_n: int = 4
     parallel: bool = True
+    #: vector width (float32 lanes) of elementwise stages; False on targets without vector
+    #: types (TVM's C backend prints ``float4``, which C lacks)
+    vectorize: bool = True
+    lanes: int = 8
+    #: partial sums per reduction over a quantization block (``_schedule_quantize``):
+    #: 8 float64 lanes measured 10-25% faster than 4 on Zen 3 (two AVX2 vectors in flight)
+    reduce_lanes: int = 8
 
 
 def cpu_dot_path(target: Target | Mapping[str, Any] | str) -> str:
@@ -217,13 +224,78 @@ def _schedule_core_only(sch: Any, cfg: CpuScheduleConfig) -> None:
 
 
 def _schedule_quantize(sch: Any, cfg: CpuScheduleConfig) -> None:
-    """Row-parallel: every stage's outermost loop (rows, or rows x blocks) runs in parallel.
+    """One parallel row loop for all stages; every per-block reduction split into lanes.
 
-    Quantization is O(M·K) against the matmul's O(M·N·K); vectorizing its stages is left to
-    LLVM. TODO(issue 9): fuse the stages per row block to read ``x`` once.
+    ``te_quantize`` is a chain of per-block reductions (grid min/max or means, codes, ridge
+    statistics in float64, bit packing), each a sequential sum over the block: as TE writes
+    them, every stage is one long add-latency chain (measured ~20 cycles per element on Zen
+    3, whatever the memory layout). The schedule
+
+    1. splits each reduction over the block into ``reduce_lanes`` interleaved partial sums
+       (``rfactor``) and vectorizes them (LLVM targets), which breaks the chains;
+    2. vectorizes the elementwise code stage;
+    3. merges the row loops of all stages into one parallel loop, so a row is read from
+       cache by every stage.
+
+    Codes stay bit-exact: min/max/abs-max and integer sums are order-free, and the float64
+    sums of float32 values that set the 1-bit grid are rounded once to float32 (the
+    reference sums in yet another order). Measured one thread, Zen 3, 2048 rows: A1 affine
+    ridge K=128 1.7 → 0.4 ms, K=512 7.2 → 1.4 ms; A8 K=512 4.8 → 1.0 ms.
     """
-    for blk in _blocks(sch):
-        _parallel_rows(sch, blk, cfg)
+    rfactored = [_split_reduction(sch, blk, cfg) for blk in _blocks(sch)]
+    if cfg.vectorize:
+        for blk in _blocks(sch):
+            _vectorize_inner(sch, blk, cfg)
+    blocks = _blocks(sch)
+    rows = [sch.get_loops(b)[0] for b in blocks]
+    try:
+        if len({_extent(sch, r) for r in rows}) != 1:
+            raise s_tir.ScheduleError("stages with different row loops")
+        row = sch.merge(*rows) if len(rows) > 1 else rows[0]
+        if cfg.parallel and _extent(sch, row) > 1:
+            sch.parallel(row)
+    except s_tir.ScheduleError:  # e.g. a 1-D input (no row axis): each stage on its own
+        for blk in blocks:
+            _parallel_rows(sch, blk, cfg)
+    for rf in rfactored:  # after parallel/vectorize: they need whole reduction blocks
+        if rf is not None:
+            sch.decompose_reduction(rf, sch.get_loops(rf)[-2])
+
+
+def _split_reduction(sch: Any, block: Any, cfg: CpuScheduleConfig) -> Any | None:
+    """``rfactor`` the innermost reduction loop into ``reduce_lanes`` partial results.
+
+    Returns the partial-result block (its innermost loop is the lanes), or None when the
+    block has no such loop (elementwise stages, or a length not divisible by the lanes).
+    """
+    kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+    if not kinds or kinds[-1] != _REDUCE or kinds.count(_REDUCE) != 1:
+        return None
+    r = sch.get_loops(block)[-1]
+    lanes = cfg.reduce_lanes
+    if _extent(sch, r) % lanes or _extent(sch, r) <= lanes:
+        return None
+    _, ri = sch.split(r, [None, lanes])
+    try:
+        rf = sch.rfactor(ri, factor_axis=len(kinds) - 1)
+    except s_tir.ScheduleError:
+        return None
+    if cfg.vectorize:
+        sch.vectorize(sch.get_loops(rf)[-1])
+    return rf
+
+
+def _vectorize_inner(sch: Any, block: Any, cfg: CpuScheduleConfig) -> None:
+    """Vectorize the innermost loop of a root-level elementwise stage (e.g. the codes)."""
+    kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+    loops = sch.get_loops(block)
+    if len(loops) < 2 or any(k == _REDUCE for k in kinds):
+        return
+    inner = loops[-1]
+    n = _extent(sch, inner)
+    if n % cfg.lanes == 0 and n > cfg.lanes:
+        _, v = sch.split(inner, [None, cfg.lanes])
+        sch.vectorize(v)
 
 
 _SCHEDULES: dict[str, Callable[[Any, CpuScheduleConfig], None]] = {
@@ -267,7 +339,7 @@ def schedule_prim_func(
     if kind not in _SCHEDULES:
         raise TargetError(f"unknown rq.kernel {kind!r}; known: {sorted(_SCHEDULES)}")
     sch = s_tir.Schedule(func)
-    _SCHEDULES[kind](sch, config or CpuScheduleConfig())
+    _SCHEDULES[kind](sch, config or CpuScheduleConfig(vectorize=str(tgt.kind.name) == "llvm"))
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 

@@ -74,6 +74,7 @@ class FloatScheduleConfig:
     lanes: int = 8
     tile_m: int = 4
     parallel: bool = True
+    vectorize: bool = True
 
     @property
     def tile_n(self) -> int:
@@ -86,7 +87,8 @@ class FloatScheduleConfig:
         (``llvm_get_vector_width`` reports 512 bits for ``znver3``, which has 256-bit AVX2.)
         """
         if target is None or str(target.kind.name) != "llvm":
-            return FloatScheduleConfig(lanes=4)
+            # TVM's C backend prints vector types (float4) that C does not have
+            return FloatScheduleConfig(lanes=4, vectorize=False)
         feats = target_features(target)
         lanes = 16 if "avx512f" in feats else 8 if {"avx", "avx2"} & feats else 4
         return FloatScheduleConfig(lanes=lanes)
@@ -141,7 +143,7 @@ def _try_inline(sch: Any, blocks: list[Any]) -> list[Any]:
 def _vector_loop(sch: Any, loop: Any, cfg: FloatScheduleConfig, *, parallel: bool) -> None:
     """Split ``loop`` into vector lanes (when they divide it), vectorize, parallel outside."""
     n = _extent(sch, loop)
-    lanes = cfg.lanes if n % cfg.lanes == 0 else _divisor(n, cfg.lanes)
+    lanes = _divisor(n, cfg.lanes) if cfg.vectorize else 1
     if lanes > 1 and n > lanes:
         outer, inner = sch.split(loop, [None, lanes])
         sch.vectorize(inner)
@@ -204,9 +206,12 @@ def schedule_matmul(sch: Any, cfg: FloatScheduleConfig) -> bool:
     acc = sch.cache_write(mm, 0, "local")
     sch.reverse_compute_at(acc, jo)
     _inline_epilogue(sch, acc)
-    sch.vectorize(sch.get_loops(acc)[-1])
     sch.unroll(ii)
-    sch.vectorize(ji)  # before the fuse: vectorize wants affine bindings
+    if cfg.vectorize:
+        sch.vectorize(sch.get_loops(acc)[-1])
+        sch.vectorize(ji)  # before the fuse: vectorize wants affine bindings
+    else:
+        sch.unroll(ji)
     outer = sch.fuse(*batch, io, jo) if batch else sch.fuse(io, jo)
     if cfg.parallel:
         sch.parallel(outer)  # before decompose_reduction: it needs a reduction block
