@@ -44,6 +44,7 @@ __all__ = [
     "kernel_options",
     "schedule_module",
     "schedule_prim_func",
+    "schedule_row_stages",
 ]
 
 #: PrimFunc attribute set on scheduled functions (so scheduling is idempotent).
@@ -241,6 +242,16 @@ def _schedule_quantize(sch: Any, cfg: CpuScheduleConfig) -> None:
     sums of float32 values that set the 1-bit grid are rounded once to float32 (the
     reference sums in yet another order). Measured one thread, Zen 3, 2048 rows: A1 affine
     ridge K=128 1.7 → 0.4 ms, K=512 7.2 → 1.4 ms; A8 K=512 4.8 → 1.0 ms.
+    """
+    schedule_row_stages(sch, cfg)
+
+
+def schedule_row_stages(sch: Any, cfg: CpuScheduleConfig) -> None:
+    """Lanes for every reduction, vectorized elementwise stages, one merged parallel row loop.
+
+    The body of :func:`_schedule_quantize`, shared with the float norms of
+    ``schedules_float.py``; for float sums the lanes reassociate the sum (float32 rounding
+    differs in the last bits, as between any two BLAS libraries).
     """
     rfactored = [_split_reduction(sch, blk, cfg) for blk in _blocks(sch)]
     if cfg.vectorize:

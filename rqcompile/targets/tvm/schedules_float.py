@@ -20,16 +20,19 @@ Each PrimFunc gets the first schedule that applies:
    register tiles accumulated in a local buffer, ``j`` vectorized, the epilogue inlined into
    the write-back, tiles fused into one parallel loop. ``k`` stays the sequential reduction
    loop, so results are **bit-identical** to the unscheduled loop nest.
-2. **row reductions** (softmax, layer norm): TVM's ``dlight`` CPU ``Reduction`` rule (stages
+2. **norms** (:func:`schedule_norm`): sums split into vector lanes, all stages in one
+   parallel row loop (the quantize schedule of ``schedules.py``).
+3. **other row reductions** (softmax): TVM's ``dlight`` CPU ``Reduction`` rule (stages
    computed per row, injective stages vectorized, reductions kept in order).
-3. **elementwise** (:func:`schedule_elementwise`): chains of injective blocks (bias add,
+4. **elementwise** (:func:`schedule_elementwise`): chains of injective blocks (bias add,
    reshape, GELU, transposes) inlined into one loop nest, flattened, split into vector
    lanes, vectorized and parallel.
-4. otherwise the spatial loops are fused into one flat loop (as before: LLVM fully unrolled
+5. otherwise the spatial loops are fused into one flat loop (as before: LLVM fully unrolled
    TOPI's short inner loops, and an inlined polynomial took seconds to compile).
 
-Numerics: no float reduction is reordered, so every schedule computes exactly what the
-unscheduled PrimFunc computes (vectorization changes the instructions, not the operations).
+Numerics: only the norms' sums are reassociated (lanes; ~1e-6 relative on a layer norm's
+output). Every other schedule computes exactly what the unscheduled PrimFunc computes
+(vectorization changes the instructions, not the operations).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from rqcompile.targets.tvm.adapter import (
     target_features,
     tvm,
 )
-from rqcompile.targets.tvm.schedules import kernel_kind
+from rqcompile.targets.tvm.schedules import CpuScheduleConfig, kernel_kind, schedule_row_stages
 
 __all__ = [
     "FloatScheduleConfig",
@@ -53,6 +56,7 @@ __all__ = [
     "schedule_float_cpu",
     "schedule_float_func",
     "schedule_matmul",
+    "schedule_norm",
 ]
 
 #: What a rule raises on a function it does not fit: TVM's schedule errors are RuntimeErrors;
@@ -262,8 +266,27 @@ def schedule_elementwise(sch: Any, cfg: FloatScheduleConfig) -> bool:
     return True
 
 
+def schedule_norm(sch: Any, cfg: FloatScheduleConfig) -> bool:
+    """Norm-like functions (layer/RMS norm: per-row sums, then one or two elementwise
+    stages): :func:`schedules.schedule_row_stages`, i.e. each sum split into vector lanes
+    and all stages in one row loop. Layer norm of the demo (2048 x 128): 0.47 → 0.08 ms.
+
+    Functions with more elementwise stages (softmax and its polynomial ``exp``) are left to
+    dlight's rule (:func:`_schedule_rows`), which measured faster on them (0.75 vs 1.4 ms).
+    """
+    blocks = _blocks(sch)
+    red = [b for b in blocks if _is_reduction(sch, b)]
+    if not red or len(blocks) - len(red) > 2 or _is_reduction(sch, blocks[-1]):
+        return False
+    row_cfg = CpuScheduleConfig(
+        vectorize=cfg.vectorize, lanes=cfg.lanes, reduce_lanes=cfg.lanes, parallel=cfg.parallel
+    )
+    schedule_row_stages(sch, row_cfg)
+    return True
+
+
 def _schedule_rows(func: Any, target: Target | None) -> Any | None:
-    """Softmax/norm-like functions: dlight's CPU ``Reduction`` rule, if it applies."""
+    """Softmax-like functions: dlight's CPU ``Reduction`` rule, if it applies."""
     if target is None or str(target.kind.name) != "llvm":
         return None
     with target:
@@ -296,6 +319,7 @@ def _with(rule: Callable[[Any, FloatScheduleConfig], bool]) -> Callable[..., Any
 #: Tried in order on a fresh schedule each; the first that returns a schedule wins.
 _RULES: tuple[Callable[[Any, FloatScheduleConfig, Target | None], Any | None], ...] = (
     _with(schedule_matmul),
+    _with(schedule_norm),
     lambda func, cfg, target: _schedule_rows(func, target),
     _with(schedule_elementwise),
 )
