@@ -16,7 +16,6 @@ this process's CPU time (one thread on a shared machine), ``"wall"`` elapsed tim
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass

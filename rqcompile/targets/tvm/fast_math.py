@@ -46,9 +46,12 @@ class _FastMath(relax.PyExprMutator):  # type: ignore[misc]
     def visit_call_(self, call: Any) -> Any:
         call = super().visit_call_(call)
         op = getattr(call, "op", None)
-        if isinstance(op, tvm.ir.Op) and op.name == "relax.nn.gelu":
-            if str(getattr(call.args[0].ty, "dtype", "")) == "float32":
-                return self.builder_.call_te(te_fast_gelu, call.args[0], primfunc_name_hint="gelu")
+        if (
+            isinstance(op, tvm.ir.Op)
+            and op.name == "relax.nn.gelu"
+            and str(getattr(call.args[0].ty, "dtype", "")) == "float32"
+        ):
+            return self.builder_.call_te(te_fast_gelu, call.args[0], primfunc_name_hint="gelu")
         return call
 
 

@@ -92,7 +92,8 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
     """The ``llvm`` (and later ``c``) phases for ``target``.
 
     ``legalize`` is TVM's CPU legalization minus library dispatch (we emit no sort/sampling
-    ops), after :class:`FastFloatMath` (vectorizable GELU/softmax, ``fast_math.py``). ``FuseOps`` fuses only the float code around our kernels: emit marks kernel
+    ops), after :class:`FastFloatMath` (vectorizable GELU/softmax, ``fast_math.py``).
+    ``FuseOps`` fuses only the float code around our kernels: emit marks kernel
     PrimFuncs ``op_pattern = kOpaque``, so they reach ``schedule`` whole and still carry the
     ``rq.kernel`` annotations the schedules look for. ``build`` then runs the rest of TVM's
     CPU pipeline (dataflow lowering and finalization, including static memory planning).

@@ -308,6 +308,7 @@ def _fuse_spatial(sch: Any, cfg: FloatScheduleConfig) -> bool:
 
 # -- entry points -------------------------------------------------------------------------
 
+
 def _with(rule: Callable[[Any, FloatScheduleConfig], bool]) -> Callable[..., Any]:
     def run(func: Any, cfg: FloatScheduleConfig, target: Target | None) -> Any | None:
         sch = s_tir.Schedule(func)
