@@ -101,6 +101,18 @@ def test_layer_norm_schedule_matches_torch() -> None:
     torch.testing.assert_close(out, F.layer_norm(x, (128,), g, b, 1e-5), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["exp", "fast_exp"])
+def test_softmax_schedule_matches_torch(fast: bool) -> None:
+    softmax = topi.nn.fast_softmax if fast else topi.nn.softmax
+    func, _ = _func(lambda x: softmax(x, axis=-1), [(2, 4, 16, 64)])
+    sch = s_tir.Schedule(func)
+    assert SF.schedule_softmax(sch, SF.FloatScheduleConfig.for_target(_target()))
+    x = torch.randn(2, 4, 16, 64) * 4
+    x[..., 40:] = float("-inf")  # a causal mask's -inf
+    out = _run(sch.mod["main"], [x], (2, 4, 16, 64))
+    torch.testing.assert_close(out, torch.softmax(x, -1), rtol=1e-5, atol=1e-6)
+
+
 def test_c_target_gets_no_vector_types() -> None:
     """TVM's C backend prints vector types C lacks: its float schedules must not vectorize."""
     cfg = SF.FloatScheduleConfig.for_target(make_target("c"))
