@@ -57,3 +57,24 @@ def test_main_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert names == {(m, n) for m in (1, 4) for n in ("fp32", "int8-dyn", "A8W8", "A1W1")}
     md = (tmp_path / "t.md").read_text()
     assert "| 128 | 4 |" in md and data["env"]["cpu"] in md
+
+
+@pytest.mark.tvm
+def test_kernel_times_lists_the_models_kernels() -> None:
+    import rqcompile as rq
+    from rqcompile.bench.profile import format_kernel_times, kernel_times
+    from rqcompile.errors import InputError
+    from rqcompile.testing.models import TinyMLP
+
+    x = torch.randn(8, 64)
+    qat = rq.prepare(TinyMLP(), (x,), "A8W8").eval()
+    rows = kernel_times(rq.lower(qat, target="llvm"), x, repeats=2)
+    names = {r.name for r in rows}
+    assert any(n.startswith("quantize") for n in names)
+    assert any(n.startswith("int_matmul") for n in names)
+    assert all(r.calls >= 1 and r.seconds >= 0 for r in rows)
+    assert sum(r.share for r in rows) == pytest.approx(1.0)
+    table = format_kernel_times(rows, top=2)
+    assert table.startswith("| kernel |") and "**total**" in table and "more)" in table
+    with pytest.raises(InputError, match="TVM CPU target"):
+        kernel_times(rq.lower(qat, target="reference"), x)

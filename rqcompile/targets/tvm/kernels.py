@@ -186,6 +186,7 @@ def te_quantize(
 
     # stage 1: the grid (s_f, b_f), with the same float ops as primitives.grid
     b_f: Tensor | None = None
+    xsum: Tensor | None = None  # float64 block sums of x, when the grid needs them
     gdnsq1 = estimator == "gdnsq"  # 1 bit: min/max grid, midpoint threshold (quant/gdnsq.py)
     if gdnsq1:
         b_f = red("min", "grid", xat, te.min)
@@ -255,7 +256,8 @@ def te_quantize(
         )
         offset = per_block("offset", "stats", lambda *i: _f32(0))
     else:
-        xs_ = red("xs", "stats", lambda i, r: xat(i, r).astype(f64))
+        # the same float64 sums as the 1-bit grid's: reuse them (one pass over x fewer)
+        xs_ = xsum if xsum is not None else red("xs", "stats", lambda i, r: xat(i, r).astype(f64))
         qs_ = red("qs", "stats", lambda i, r: qat(i, r).astype(f64))
 
         def dx(i: Sequence[Any], r: Any) -> Any:

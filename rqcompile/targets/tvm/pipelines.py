@@ -14,7 +14,8 @@ lift-params    IRModule → IRModule            weight-only work (packing, trans
 legalize       IRModule → IRModule            relax ops → TOPI PrimFuncs; fuse float ops
                                               (our kernels are opaque to fusion)
 schedule       IRModule → IRModule            ``schedules.schedule_module``
-schedule-float IRModule → IRModule            flat loops for the float code (fast LLVM)
+schedule-float IRModule → IRModule            ``schedules_float``: tiled matmuls,
+                                              vectorized float code
 build          IRModule → relax Executable    ``relax.build``: dataflow lowering, memory
                                               planning, VM codegen, TIR → LLVM
 ============== ============================== ===========================================
@@ -37,13 +38,14 @@ from rqcompile.targets.tvm.adapter import (
     host_llvm_target,
     make_target,
     relax,
-    s_tir,
     target_features,
     tvm,
 )
 from rqcompile.targets.tvm.cpu_features import host_features
 from rqcompile.targets.tvm.emit import emit_module
-from rqcompile.targets.tvm.schedules import kernel_kind, kernel_options, schedule_module
+from rqcompile.targets.tvm.fast_math import FastFloatMath
+from rqcompile.targets.tvm.schedules import kernel_options, schedule_module
+from rqcompile.targets.tvm.schedules_float import schedule_float_cpu
 
 __all__ = [
     "Phase",
@@ -56,9 +58,6 @@ __all__ = [
     "schedule_float_cpu",
     "tvm_target",
 ]
-
-
-_DATA_PAR = int(tvm.tirx.IterVar.DataPar)
 
 
 @dataclass(frozen=True)
@@ -79,44 +78,6 @@ def _passes(target: Target, passes: Sequence[Any]) -> Callable[[Any], Any]:
     return run
 
 
-def _fuse_spatial_loops(sch: Any, block: Any) -> None:
-    """Fuse a block's leading data-parallel loops into one flat loop."""
-    loops = sch.get_loops(block)
-    kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
-    nspatial = len(loops) - sum(1 for k in kinds if k != _DATA_PAR)
-    if nspatial >= 2:
-        sch.fuse(*loops[:nspatial])
-
-
-def schedule_float_cpu(mod: Any) -> Any:
-    """Give every PrimFunc that is not one of our kernels (TOPI float code) flat loops.
-
-    Left as TOPI emits it, an elementwise nest such as ``2x16x256`` keeps a 256-trip inner
-    loop, which LLVM fully unrolls and vectorizes; with an inlined ``erf`` polynomial (GELU)
-    that one function took 5-8 s to compile. One fused loop per block compiles in 0.3 s and
-    runs as fast (LLVM vectorizes it). Numerics are unchanged (no reduction is reordered).
-    Our kernels (``rq.kernel``) are left to :func:`schedules.schedule_module`.
-
-    TODO(issue 9): move into schedules.py next to the kernel schedules (kept here while that
-    file is being rewritten), and add parallel loops for large float ops.
-    """
-    updates = {}
-    for gvar, func in mod.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or kernel_kind(func) is not None:
-            continue
-        sch = s_tir.Schedule(func)
-        for block in sch.get_child_blocks(sch.get_sblock("root")):
-            try:
-                _fuse_spatial_loops(sch, block)
-            except s_tir.ScheduleError:  # an unusual nest: leave it as TOPI wrote it
-                continue
-        updates[gvar] = sch.mod["main"]
-    new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-    for gvar, func in updates.items():
-        new[gvar] = func
-    return new
-
-
 def legalize_passes() -> list[Any]:
     """relax ops → TOPI PrimFuncs, float code fused; shared with the device targets."""
     return [
@@ -133,12 +94,13 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
     """The ``llvm`` (and later ``c``) phases for ``target``.
 
     ``legalize`` is TVM's CPU legalization minus library dispatch (we emit no sort/sampling
-    ops). ``FuseOps`` fuses only the float code around our kernels: emit marks kernel
+    ops), after :class:`FastFloatMath` (vectorizable GELU/softmax, ``fast_math.py``).
+    ``FuseOps`` fuses only the float code around our kernels: emit marks kernel
     PrimFuncs ``op_pattern = kOpaque``, so they reach ``schedule`` whole and still carry the
     ``rq.kernel`` annotations the schedules look for. ``build`` then runs the rest of TVM's
     CPU pipeline (dataflow lowering and finalization, including static memory planning).
     """
-    legalize = legalize_passes()
+    legalize = [FastFloatMath(), *legalize_passes()]
     lower = tvm.transform.Sequential(
         [
             relax.transform.RewriteDataflowReshape(),
@@ -159,7 +121,7 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
         Phase("lift-params", _passes(target, [relax.transform.LiftTransformParams()])),
         Phase("legalize", _passes(target, legalize)),
         Phase("schedule", lambda mod: schedule_module(mod, target)),
-        Phase("schedule-float", schedule_float_cpu),
+        Phase("schedule-float", lambda mod: schedule_float_cpu(mod, target)),
         Phase("build", lambda mod: relax.build(mod, target=target, relax_pipeline=lower)),
     )
 
