@@ -49,7 +49,13 @@ from rqcompile.targets.tvm.adapter import (
     target_features,
     tvm,
 )
-from rqcompile.targets.tvm.schedules import CpuScheduleConfig, kernel_kind, schedule_row_stages
+from rqcompile.targets.tvm.schedules import (
+    CpuScheduleConfig,
+    _divisor,
+    _extent,
+    kernel_kind,
+    schedule_row_stages,
+)
 
 __all__ = [
     "FloatScheduleConfig",
@@ -113,17 +119,6 @@ def _kinds(sch: Any, block: Any) -> list[int]:
 
 def _is_reduction(sch: Any, block: Any) -> bool:
     return any(k == _REDUCE for k in _kinds(sch, block))
-
-
-def _extent(sch: Any, loop: Any) -> int:
-    return int(sch.get(loop).extent)
-
-
-def _divisor(n: int, want: int) -> int:
-    for d in range(min(want, n), 0, -1):
-        if n % d == 0:
-            return d
-    return 1
 
 
 def _try_inline(sch: Any, blocks: list[Any]) -> list[Any]:
