@@ -608,6 +608,20 @@ def te_sparse24_matmul_packed(
                                 w_bits=w_bits, name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
 
 
+def _pad_last(t: Tensor, size: int, name: str) -> Tensor:
+    """``t`` with its last dim zero-padded to ``size`` (words of sign bits, or blocks).
+
+    Padding words are 0 in both ``x`` and ``w``, so their XOR counts nothing; padding blocks
+    have zero scales, offsets and sums, so their epilogue term is ``0·ws·I + 0·0 = 0.0``
+    and ``y`` is unchanged to the bit.
+    """
+    *lead, n = _shape(t)
+    zero = tirx.const(0, str(t.dtype))
+    return te.compute([*lead, size], lambda *i: tirx.Select(
+        i[-1] < n, t[(*i[:-1], tirx.min(i[-1], n - 1))], zero), name=name,
+        attrs=_stage("prep"))  # fmt: skip
+
+
 def te_xnor_popcount_matmul(
     xbits: Tensor,
     xs: Tensor,
@@ -626,7 +640,8 @@ def te_xnor_popcount_matmul(
 
     ``isa`` (chosen by ``schedules.kernel_options`` from the target's features):
     ``"avx2"`` / ``"avx512_vpopcntdq"`` run core and epilogue as one XNOR-popcount
-    micro-kernel (:mod:`.kernels_x86_xnor`) when K and the block fit it
+    micro-kernel (:mod:`.kernels_x86_xnor`) when K, zero-padded to whole 256-bit steps
+    (:func:`_pad_last`; K=128 in a width-128 model), and the block fit it
     (``xnor_supported``); ``"generic"`` (and any shape the micro-kernel does not take) is
     this TE compute, whose 32-bit ``popcount`` LLVM vectorizes for any target.
     """
@@ -653,10 +668,15 @@ def te_xnor_popcount_matmul(
         name=f"{name}_sx",
         attrs=_stage("sums"),
     )
-    if isa != "generic" and xnor_supported(k=k, block=block):
-        xa, xm, _ = _epilogue_prep(xs, xc, sx, ws, wc, wsum, block=block, name=name)
-        return xnor_matmul_micro(xbits, wbits, sx, xa, xm, ws, wc, wsum, block=block, isa=isa,
-                                 name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+    kp = -(-k // 256) * 256  # K padded to whole 256-bit steps of the micro-kernel
+    if isa != "generic" and xnor_supported(k=kp, block=block) and kp % block == 0:
+        xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
+        ops = [xbits, wbits, sx, xa, xm, ws, wc, wsum]
+        if kp != k:  # e.g. K=128: zero words, and zero blocks that add exactly 0.0 to y
+            ops = [_pad_last(t, kp // (32 if i < 2 else block), f"{name}_pad{i}")
+                   for i, t in enumerate(ops)]  # fmt: skip
+        return xnor_matmul_micro(*ops, block=block, isa=isa, name=name,
+                                 attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
     p = te_xnor_popcount_core(xbits, wbits, block=block, name=f"{name}_p", attrs={})
     return _affine_epilogue(
         p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=1, name=name, attrs=a

@@ -71,8 +71,11 @@ def _bits(rows: int, k: int, seed: int) -> torch.Tensor:
 
 
 #: (M, N, K, block): GEMV, M not a multiple of the row tile, N not a multiple of 8 columns,
-#: K of 1, 2, 4 and 8 blocks, blocks below, at and above one 256-bit step.
+#: K of 1, 2, 4 and 8 blocks, blocks below, at and above one 256-bit step; K of less than
+#: whole steps (zero-padded to them, with zero-weight padding blocks).
 CORE_SHAPES = [
+    (2, 9, 128, 128),
+    (3, 8, 96, 32),
     (1, 8, 256, 256),
     (3, 13, 256, 128),
     (64, 20, 512, 128),
@@ -89,7 +92,7 @@ def test_xnor_micro_core_exact(isa: str, m: int, n: int, k: int, block: int) -> 
     """Each block's ``P`` bit-exact: with ``xs = B`` on one block and zero elsewhere the
     epilogue is ``B·P_b`` exactly (integers below 2**24 in float32)."""
     _need(isa)
-    assert xnor_supported(k=k, block=block)
+    assert xnor_supported(k=-(-k // 256) * 256, block=block)
     nb = k // block
     xb, wb = _bits(m, k, k + m), _bits(n, k, k + n + 1)
     xb[0, 0], wb[0, 0] = 0xFFFFFFFF, 0  # one all-different word, one all-equal below
@@ -130,7 +133,7 @@ def _assert_rel(out: torch.Tensor, expect: torch.Tensor, tol: float = 1e-5) -> N
         (3, 10, 256, 32, "avx512_vpopcntdq", None),
         (5, 16, 768, 128, "avx512_vpopcntdq", None),
         (5, 12, 256, 128, "generic", NO_AVX2),  # the forced generic path
-        (3, 8, 96, 32, "avx2", None),  # K not whole 256-bit steps: generic TE kernel
+        (3, 8, 96, 32, "avx2", None),  # K not whole 256-bit steps: zero-padded to one
     ],
     ids=["gemv", "block64", "block512", "block8192", "vpopcnt-block32", "vpopcnt", "no-avx2", "k96"],
 )
@@ -162,7 +165,7 @@ def test_micro_kernel_only_where_it_fits() -> None:
     assert "micro" in stages(256, 128, "avx2")
     assert "micro" in stages(512, 512, "avx512_vpopcntdq")
     assert "micro" not in stages(256, 128, "generic")
-    assert "micro" not in stages(96, 32, "avx2")  # K % 256
+    assert "micro" in stages(96, 32, "avx2")  # K padded to whole 256-bit steps
     assert "micro" not in stages(384, 96, "avx2")  # a block that does not tile 256 bits
     assert not xnor_supported(k=65536, block=32768)  # int32 centring would overflow
     with pytest.raises(NumericsError, match="unknown isa"):
