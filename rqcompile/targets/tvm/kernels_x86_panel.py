@@ -37,6 +37,7 @@ __all__ = [
     "te_pack_panels",
     "avx2_sparse24_matmul",
     "sparse24_panel_supported",
+    "sparse24_tile",
     "te_pack_sparse24_panels",
 ]
 
@@ -321,6 +322,15 @@ def sparse24_panel_supported(*, n: int, k: int, block: int, w_bits: int) -> bool
     return w_bits <= 4 and n % PANEL == 0 and block % 8 == 0 and k % block == 0
 
 
+def sparse24_tile(m: int, n: int) -> tuple[int, int]:
+    """``(mr, nv)`` of the 2:4 kernel: each panel needs two registers (values and ``vpshufb``
+    controls) besides its ``mr`` accumulators, so groups are at most 2 panels wide: 2 x 4
+    (the dense tile) spilled accumulators to the stack and ran only 1.14x dense at
+    K=N=4096, M=64; 4 x 2 runs 1.2-1.3x (1 x 4..8, 3 x 2, 2 x 2 measured no better)."""
+    nv = 2 if (n // PANEL) % 2 == 0 else 1
+    return min(4 if nv == 2 else 6, m), nv
+
+
 def te_pack_sparse24_panels(
     wvals: Any, widx: Any, ws: Any, wm: Any, sw: Any, *, name: str, attrs: dict[str, Any],
 ) -> tuple[Any, Any, Any, Any, Any]:  # fmt: skip
@@ -332,7 +342,7 @@ def te_pack_sparse24_panels(
     ``widx``, see ``bitpack.pack_sparse24``).
     """
     n, half = (int(d) for d in wvals.shape)
-    nv = panel_group(n)
+    nv = sparse24_tile(1, n)[1]
     shape = (n // (PANEL * nv), half // 4, nv, 4 * PANEL)
 
     def col(g: Any, v: Any, e: Any) -> Any:
@@ -361,7 +371,10 @@ def avx2_sparse24_matmul(
     if not sparse24_panel_supported(n=n, k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 2:4 kernel needs nibble values, N % 8 == 0 "
                             f"and block % 8 == 0 (N={n}, K={k}, block={block}).")  # fmt: skip
-    mr, nv = panel_tile(m, n)
+    mr, nv = sparse24_tile(m, n)
+    if nv != int(wv.shape[2]):
+        raise NumericsError(f"{name}: weights packed in groups of {int(wv.shape[2])} panels, "
+                            f"the kernel wants {nv} for N={n}; repack them.")
     xu = te.compute((m, k), lambda i, j: (xq[i, j].astype("int32") + 128).astype("uint8"),
                     name=f"{name}_xu", attrs={"rq.stage": "prep"})  # fmt: skip
 
