@@ -24,7 +24,14 @@ from typing import Any
 
 from rqcompile.errors import ConfigError, RQError
 
-__all__ = ["EXIT_ERROR", "Output", "guarded", "load_model_or_artifact", "wrap"]
+__all__ = [
+    "EXIT_ERROR",
+    "Output",
+    "guarded",
+    "load_model_from_args",
+    "load_model_or_artifact",
+    "wrap",
+]
 
 EXIT_ERROR = 1
 
@@ -101,7 +108,13 @@ def wrap(text: str) -> str:
 
 
 def add_model_options(p: Any) -> None:
-    """``--preset``, ``--keep-float`` and ``--allow-import`` for MODEL_OR_ARTIFACT commands."""
+    """The MODEL_OR_ARTIFACT argument with ``--preset``, ``--keep-float`` and
+    ``--allow-import``; :func:`load_model_from_args` resolves them."""
+    p.add_argument(
+        "model",
+        metavar="MODEL_OR_ARTIFACT",
+        help="artifact (.rq), QAT checkpoint (.safetensors) or a model name",
+    )
     p.add_argument("--preset", default="A1W1", help="for a model name: the config (%(default)s)")
     p.add_argument(
         "--keep-float",
@@ -126,6 +139,13 @@ def sniff(path: str) -> str:
     if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
         return "checkpoint"
     return "unknown"
+
+
+def load_model_from_args(args: Any) -> tuple[str, Any]:
+    """:func:`load_model_or_artifact` for the options of :func:`add_model_options`."""
+    return load_model_or_artifact(
+        args.model, preset=args.preset, allow_import=args.allow_import, keep_float=args.keep_float
+    )
 
 
 def load_model_or_artifact(

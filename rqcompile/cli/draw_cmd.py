@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rqcompile.cli.common import Output, add_model_options, load_model_or_artifact, wrap
+from rqcompile.cli.common import Output, add_model_options, load_model_from_args, wrap
 
 __all__ = ["register"]
 
@@ -23,11 +23,6 @@ def register(sub: Any) -> argparse.ArgumentParser:
         "  rqcompile draw ckpt.safetensors --ir -o ir.png\n"
         "  rqcompile draw char-transformer --diff -o what_prepare_did.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "model",
-        metavar="MODEL_OR_ARTIFACT",
-        help="artifact (.rq), QAT checkpoint (.safetensors) or a model name",
     )
     p.add_argument("-o", "--output", required=True, metavar="PATH", help=".svg, .png, .pdf or .dot")
     p.add_argument("--ir", action="store_true", help="draw the integer IR (after convert)")
@@ -47,9 +42,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     import rqcompile as rq
     from rqcompile.errors import ConfigError
 
-    kind, obj = load_model_or_artifact(
-        args.model, preset=args.preset, allow_import=args.allow_import, keep_float=args.keep_float
-    )
+    kind, obj = load_model_from_args(args)
     before = None
     if args.diff:
         if kind == "artifact":

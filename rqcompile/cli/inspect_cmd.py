@@ -8,7 +8,7 @@ import dataclasses
 import json
 from typing import Any
 
-from rqcompile.cli.common import Output, add_model_options, load_model_or_artifact, wrap
+from rqcompile.cli.common import Output, add_model_options, load_model_from_args, wrap
 
 __all__ = ["register"]
 
@@ -30,11 +30,6 @@ def register(sub: Any) -> argparse.ArgumentParser:
         "  rqcompile inspect digits-cnn --preset A4W4 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "model",
-        metavar="MODEL_OR_ARTIFACT",
-        help="artifact (.rq), QAT checkpoint (.safetensors) or a model name",
-    )
     p.add_argument("--ir", action="store_true", help="also print the integer IR")
     p.add_argument("--explain", action="store_true", help="also print which rule chose each format")
     add_model_options(p)
@@ -45,9 +40,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, out: Output) -> int:
     import rqcompile as rq
 
-    kind, obj = load_model_or_artifact(
-        args.model, preset=args.preset, allow_import=args.allow_import, keep_float=args.keep_float
-    )
+    kind, obj = load_model_from_args(args)
     parts = [rq.inspect(obj)]
     if kind == "artifact":
         data: dict[str, Any] = {"kind": kind, **artifact_json(obj)}
