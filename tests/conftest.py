@@ -7,6 +7,7 @@ without one), ``slow`` (skipped unless ``--runslow``).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -31,3 +32,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the test, the caller's setting restored afterwards.
+
+    Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two
+    OpenMP threads that wait on each other at every op run 3-10x slower under load. The
+    demo and CLI tests use it for every test (an autouse fixture in their conftest).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
