@@ -31,13 +31,13 @@ from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 __all__ = [
     "PANEL",
     "avx2_panel_matmul",
+    "avx2_sparse24_matmul",
     "panel_group",
     "panel_supported",
     "panel_tile",
-    "te_pack_panels",
-    "avx2_sparse24_matmul",
     "sparse24_panel_supported",
     "sparse24_tile",
+    "te_pack_panels",
     "te_pack_sparse24_panels",
 ]
 
@@ -287,6 +287,13 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     return ib.get()
 
 
+def _check_group(name: str, packed: Any, nv: int, n: int) -> None:
+    """Packed weights must interleave the ``nv`` panels the kernel's tile walks."""
+    if int(packed.shape[2]) != nv:
+        raise NumericsError(f"{name}: weights packed in groups of {int(packed.shape[2])} "
+                            f"panels, the kernel wants {nv} for N={n}; repack them.")  # fmt: skip
+
+
 def avx2_panel_matmul(
     xq: Any, wp: Any, sx: Any, xa: Any, xm: Any, ws_t: Any, wm_t: Any, sw_t: Any, *,
     block: int, w_bits: int, w_signed: bool, name: str, attrs: dict[str, Any],
@@ -298,9 +305,7 @@ def avx2_panel_matmul(
     """
     m, k = (int(d) for d in xq.shape)
     n = int(ws_t.shape[1])
-    if panel_group(n) != int(wp.shape[2]):
-        raise NumericsError(f"{name}: weights packed in groups of {int(wp.shape[2])} panels, "
-                            f"the kernel wants {panel_group(n)} for N={n}; repack them.")
+    _check_group(name, wp, panel_group(n), n)
     if not panel_supported(n=n, k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 panel kernel needs N % 8 == 0 and a block "
                             f"of whole K-quads dividing K (N={n}, K={k}, block={block}).")  # fmt: skip
@@ -372,9 +377,7 @@ def avx2_sparse24_matmul(
         raise NumericsError(f"{name}: the AVX2 2:4 kernel needs nibble values, N % 8 == 0 "
                             f"and block % 8 == 0 (N={n}, K={k}, block={block}).")  # fmt: skip
     mr, nv = sparse24_tile(m, n)
-    if nv != int(wv.shape[2]):
-        raise NumericsError(f"{name}: weights packed in groups of {int(wv.shape[2])} panels, "
-                            f"the kernel wants {nv} for N={n}; repack them.")
+    _check_group(name, wv, nv, n)
     xu = te.compute((m, k), lambda i, j: (xq[i, j].astype("int32") + 128).astype("uint8"),
                     name=f"{name}_xu", attrs={"rq.stage": "prep"})  # fmt: skip
 
