@@ -55,20 +55,20 @@ __all__ = [
     "KERNELS",
     "KERNEL_ATTR",
     "STAGE_ATTR",
+    "int_matmul_packs",
     "prim_func",
+    "sparse24_packs",
     "te_code_sums",
     "te_int_matmul",
     "te_int_matmul_core",
     "te_int_matmul_packed",
     "te_pack_int_matmul_weights",
-    "int_matmul_packs",
-    "sparse24_packs",
     "te_pack_sparse24_weights",
-    "te_sparse24_matmul_packed",
     "te_qbmm",
     "te_quantize",
     "te_sparse24_core",
     "te_sparse24_matmul",
+    "te_sparse24_matmul_packed",
     "te_xnor_popcount_core",
     "te_xnor_popcount_matmul",
 ]
@@ -114,6 +114,11 @@ def _nblocks(k: int, block: int, what: str) -> int:
 
 def _attrs(kernel: str, block: int, **extra: Any) -> dict[str, Any]:
     return {KERNEL_ATTR: kernel, "rq.block": block, **extra}
+
+
+def _pack_attrs(block: int) -> dict[str, Any]:
+    """The stages of a weight-pack PrimFunc (``rq.kernel = "pack_weights"``)."""
+    return {**_attrs("pack_weights", block), STAGE_ATTR: "pack"}
 
 
 def _stage(name: str) -> dict[str, Any]:
@@ -561,7 +566,7 @@ def te_pack_int_matmul_weights(
     """
     wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
     return te_pack_panels(wq, ws, wm, wsum, w_bits=w_bits, w_signed=w_signed, name=name,
-                          attrs={**_attrs("pack_weights", block), STAGE_ATTR: "pack"})
+                          attrs=_pack_attrs(block))
 
 
 def te_int_matmul_packed(
@@ -593,7 +598,7 @@ def te_pack_sparse24_weights(
     """Weight-only prep of the sparse kernel: ``(wv, wc, wsT, wmT, swT)``, lifted out of main."""
     wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
     return te_pack_sparse24_panels(wvals, widx, ws, wm, wsum, name=name,
-                                   attrs={**_attrs("pack_weights", block), STAGE_ATTR: "pack"})  # fmt: skip
+                                   attrs=_pack_attrs(block))  # fmt: skip
 
 
 def te_sparse24_matmul_packed(
@@ -605,7 +610,8 @@ def te_sparse24_matmul_packed(
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
     xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
     return avx2_sparse24_matmul(xq, wv, wctl, sx, xa, xm, ws_t, wm_t, sw_t, block=block,
-                                w_bits=w_bits, name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+                                w_bits=w_bits, name=name,
+                                attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
 
 
 def _pad_last(t: Tensor, size: int, name: str) -> Tensor:

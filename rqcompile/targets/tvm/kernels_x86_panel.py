@@ -308,7 +308,8 @@ def avx2_panel_matmul(
     _check_group(name, wp, panel_group(n), n)
     if not panel_supported(n=n, k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 panel kernel needs N % 8 == 0 and a block "
-                            f"of whole K-quads dividing K (N={n}, K={k}, block={block}).")  # fmt: skip
+                            f"of whole K-quads dividing K (N={n}, K={k}, "
+                            f"block={block}).")  # fmt: skip
     mr, nv = panel_tile(m, n)
     nibbles = w_bits <= 4
     ins = [xq if nibbles else te_pair_codes(xq, name=name), wp, sx, xa, xm, ws_t, wm_t, sw_t]
