@@ -246,7 +246,10 @@ def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
     return emit
 
 
-def _packed(te_fn: Any, pack_fn: Any, packed_fn: Any, packs: Any, kind: str, nw: int) -> Emitter:
+def _packed(
+    te_fn: Any, pack_fn: Any, packed_fn: Any, packs: Any, kind: str, nw: int, *,
+    pass_isa: bool = False,
+) -> Emitter:  # fmt: skip
     """An integer matmul whose weights the target kernel wants packed: emit the pack (its
     own PrimFunc, on the ``nw`` weight-side operands after ``xq, xs, xc``) then the kernel
     on the packed parts, where ``packs`` allows it for these shapes and the target's kernel
@@ -254,16 +257,17 @@ def _packed(te_fn: Any, pack_fn: Any, packed_fn: Any, packs: Any, kind: str, nw:
 
     The pack depends on weights only, so ``LiftTransformParams`` (pipelines.py) moves it
     into ``main_transform_params``, which the runtime calls once when binding weights.
+    ``pass_isa``: pack and kernel also take the target's ``isa`` (their layout depends on it).
     """
     fused = _te_op(te_fn, kind)
 
     def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
         opts = dict(cx.options.get(kind, {}))
-        kw = _kw(op)
+        isa = opts.get("isa", "generic")
         shapes = _dims(op.operands[0].type), _dims(op.operands[3].type)[0]
-        if not packs(*shapes, block=kw["block"], w_bits=kw["w_bits"],
-                     isa=opts.get("isa", "generic")):  # fmt: skip
+        if not packs(*shapes, isa=isa, **_kw(op)):
             return fused(cx, op, xs)
+        kw = {**_kw(op), **({"isa": isa} if pass_isa else {})}
         wkey = ("pack", kind, tuple(v.type for v in op.operands[3:]), tuple(sorted(kw.items())))
         packed = cx.emit_te(pack_fn, list(xs[3:]), key=wkey, name=f"pack_{kind}", opaque=True,
                             **kw)  # fmt: skip
@@ -496,7 +500,9 @@ EMITTERS: dict[str, Emitter] = {
     "rq.quantize": _te_op(K.te_quantize, "quantize"),
     "rq.int_matmul": _packed(K.te_int_matmul, K.te_pack_int_matmul_weights,
                              K.te_int_matmul_packed, K.int_matmul_packs, "int_matmul", 4),
-    "rq.xnor_popcount_matmul": _te_op(K.te_xnor_popcount_matmul, "xnor_popcount_matmul"),
+    "rq.xnor_popcount_matmul": _packed(K.te_xnor_popcount_matmul, K.te_pack_xnor_weights,
+                                       K.te_xnor_popcount_matmul_packed, K.xnor_packs,
+                                       "xnor_popcount_matmul", 4, pass_isa=True),
     "rq.sparse24_matmul": _packed(K.te_sparse24_matmul, K.te_pack_sparse24_weights,
                                   K.te_sparse24_matmul_packed, K.sparse24_packs,
                                   "sparse24_matmul", 5),

@@ -50,6 +50,12 @@ from rqcompile.targets.tvm.kernels_x86_panel import (
     te_pack_sparse24_panels,
 )
 from rqcompile.targets.tvm.kernels_x86_xnor import XNOR_ISAS, xnor_matmul_micro, xnor_supported
+from rqcompile.targets.tvm.kernels_x86_xnor_panel import (
+    XNOR_PANEL_ISAS,
+    te_pack_xnor_panels,
+    xnor_panel_matmul,
+    xnor_panel_supported,
+)
 
 __all__ = [
     "KERNELS",
@@ -540,7 +546,7 @@ def te_int_matmul(
 
 
 def int_matmul_packs(
-    xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str
+    xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str, **_: Any
 ) -> bool:
     """Whether ``te_int_matmul`` runs as pack + panel kernel (``kernels_x86_panel``).
 
@@ -583,7 +589,7 @@ def te_int_matmul_packed(
 
 
 def sparse24_packs(
-    xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str
+    xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str, **_: Any
 ) -> bool:
     """Whether ``rq.sparse24_matmul`` runs as pack + AVX2 ``vpshufb`` kernel."""
     k = int(xq_shape[-1])
@@ -628,6 +634,50 @@ def _pad_last(t: Tensor, size: int, name: str) -> Tensor:
         attrs=_stage("prep"))  # fmt: skip
 
 
+def _sign_sums(xbits: Tensor, *, block: int, name: str) -> Tensor:
+    """``S_X i32 [M, nb]``: per block, the sum of the ±1 codes, ``2·popcount - block``."""
+    m, words = _shape(xbits)
+    wpb = block // 32
+    r = te.reduce_axis((0, wpb), name="r_sx")
+    sx_pc = te.compute([m, words // wpb],
+                       lambda i, b: te.sum(_popc(xbits[i, b * wpb + r]), axis=r),
+                       name=f"{name}_sxpc", attrs=_stage("sums"))  # fmt: skip
+    return te.compute([m, words // wpb], lambda i, b: 2 * sx_pc[i, b] - block,
+                      name=f"{name}_sx", attrs=_stage("sums"))  # fmt: skip
+
+
+def xnor_packs(
+    xq_shape: Sequence[int], n: int, *, block: int, k: int, isa: str, **_: Any
+) -> bool:
+    """Whether ``rq.xnor_popcount_matmul`` runs as pack + XNOR panel kernel
+    (:mod:`.kernels_x86_xnor_panel`): an AVX2 or VPOPCNTDQ target, 2-D sign words,
+    ``N % 8 == 0`` and whole words per block."""
+    return (isa in XNOR_PANEL_ISAS and len(xq_shape) == 2
+            and xnor_panel_supported(n=n, k=k, block=block))  # fmt: skip
+
+
+def te_pack_xnor_weights(
+    wbits: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int, k: int, isa: str,
+    name: str = "pack_weights",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Weight-only prep of the XNOR panel kernel: ``(wn, wsT, wmT, swT)``, lifted out of main."""
+    wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
+    return te_pack_xnor_panels(wbits, ws, wm, wsum, isa=isa, name=name,
+                               attrs=_pack_attrs(block))  # fmt: skip
+
+
+def te_xnor_popcount_matmul_packed(
+    xbits: Tensor, xs: Tensor, xc: Tensor, wn: Tensor, ws_t: Tensor, wm_t: Tensor,
+    sw_t: Tensor, *, block: int, k: int, isa: str, name: str = "xnor_popcount_matmul",
+) -> Tensor:  # fmt: skip
+    """``te_xnor_popcount_matmul`` on packed weights (:func:`te_pack_xnor_weights`)."""
+    a = _attrs("xnor_popcount_matmul", block, k=int(k))
+    sx = _sign_sums(xbits, block=block, name=name)
+    xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
+    return xnor_panel_matmul(xbits, wn, sx, xa, xm, ws_t, wm_t, sw_t, block=block, isa=isa,
+                             name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+
+
 def te_xnor_popcount_matmul(
     xbits: Tensor,
     xs: Tensor,
@@ -659,21 +709,7 @@ def te_xnor_popcount_matmul(
         raise NumericsError(f"te_xnor_popcount_matmul: unknown isa {isa!r}; use 'generic' "
                             f"or one of {XNOR_ISAS}.")  # fmt: skip
     a = _attrs("xnor_popcount_matmul", block, k=int(k))
-    m = _shape(xbits)[0]
-    wpb = block // 32
-    r = te.reduce_axis((0, wpb), name="r_sx")
-    sx_pc = te.compute(
-        [m, k // block],
-        lambda i, b: te.sum(_popc(xbits[i, b * wpb + r]), axis=r),
-        name=f"{name}_sxpc",
-        attrs=_stage("sums"),
-    )
-    sx = te.compute(
-        [m, k // block],
-        lambda i, b: 2 * sx_pc[i, b] - block,
-        name=f"{name}_sx",
-        attrs=_stage("sums"),
-    )
+    sx = _sign_sums(xbits, block=block, name=name)
     kp = -(-k // 256) * 256  # K padded to whole 256-bit steps of the micro-kernel
     if isa != "generic" and xnor_supported(k=kp, block=block) and kp % block == 0:
         xa, xm = _x_prep(xs, xc, sx, block=block, name=name)

@@ -1,0 +1,159 @@
+"""The XNOR panel GEMM (``kernels_x86_xnor_panel``): counts bit-exact, A1W1 layers = reference.
+
+As in ``test_kernels_x86_panel.py``, the core is checked through a *transparent* epilogue
+(``xs = B``, ``ws = 1``, zero offsets): then ``y = Σ_b B·P_b`` with every term an integer
+below 2**24, which float32 holds exactly, so it must equal the reference's integers bit for
+bit. Both ISA variants run on any AVX2 host: built for the host, the VPOPCNTDQ variant's
+``llvm.ctpop`` becomes LLVM's own popcount sequence; a cross build checks it is ``vpopcntd``
+where the target has it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm")
+
+import rqcompile as rq  # noqa: E402
+from rqcompile.errors import NumericsError  # noqa: E402
+from rqcompile.quant import reference as ref  # noqa: E402
+from rqcompile.targets.tvm import kernels as K  # noqa: E402
+from rqcompile.targets.tvm.adapter import host_llvm_target, make_target, te  # noqa: E402
+from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
+from rqcompile.targets.tvm.kernels_x86_xnor_panel import xnor_panel_tile  # noqa: E402
+from rqcompile.targets.tvm.schedules import schedule_prim_func  # noqa: E402
+
+pytestmark = [
+    pytest.mark.tvm,
+    pytest.mark.skipif("avx2" not in host_features(), reason="host has no AVX2"),
+]
+_TV = {torch.uint32: "uint32", torch.int32: "int32", torch.float32: "float32"}
+_DT = {v: k for k, v in _TV.items()}
+
+
+@functools.cache
+def _build(builder: str, kind: str, spec: tuple[Any, ...], params: tuple[Any, ...],
+           mcpu: str | None = None) -> tuple[Any, Any]:  # fmt: skip
+    tgt = host_llvm_target() if mcpu is None else make_target({"kind": "llvm", "mcpu": mcpu})
+    phs = [te.placeholder(shape, dtype, name=f"a{i}") for i, (shape, dtype) in enumerate(spec)]
+    outs = getattr(K, builder)(*phs, **dict(params))
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    func = K.prim_func([*phs, *outs], name="kernel", kernel=kind, block=dict(params)["block"])
+    lib = tvm.compile(schedule_prim_func(func, tgt), target=tgt)
+    return lib, [(tuple(int(d) for d in o.shape), str(o.dtype)) for o in outs]
+
+
+def _run(builder: str, kind: str, args: list[torch.Tensor], **params: Any) -> list[torch.Tensor]:
+    spec = tuple((tuple(a.shape), _TV[a.dtype]) for a in args)
+    lib, out_specs = _build(builder, kind, spec, tuple(sorted(params.items())))
+    outs = [torch.empty(shape, dtype=_DT[dt]) for shape, dt in out_specs]
+    lib["kernel"](*[a.contiguous() for a in args], *outs)
+    return outs
+
+
+def _bits(rows: int, k: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randint(0, 2**32, (rows, k // 32), generator=g, dtype=torch.int64)
+    return words.to(torch.uint32)
+
+
+def _exact(xbits: torch.Tensor, wbits: torch.Tensor, block: int, isa: str) -> None:
+    (m, words), n = xbits.shape, wbits.shape[0]
+    k, nb = 32 * words, 32 * words // block
+    sw = ref._sign_sums(wbits, block)
+    pk = dict(block=block, k=k, isa=isa)
+    packed = _run("te_pack_xnor_weights", "pack_weights",
+                  [wbits, torch.ones(n, nb), torch.zeros(n, nb), sw], **pk)  # fmt: skip
+    xs, xc = torch.full((m, nb), float(block)), torch.zeros(m, nb)
+    (y,) = _run("te_xnor_popcount_matmul_packed", "xnor_popcount_matmul",
+                [xbits, xs, xc, *packed], **pk)  # fmt: skip
+    want = block * ref.xnor_popcount_core(xbits, wbits, block=block).to(torch.int64).sum(-1)
+    assert torch.equal(y.to(torch.int64), want)
+
+
+#: (M, N, K, block): GEMV; rows that leave a remainder tile; one and two panels per group;
+#: one word per block; a block of 3 words; 32 words per block (byte counters summed in
+#: groups of 16); 37 words (groups of one word); many blocks.
+SHAPES = [(1, 8, 64, 32), (7, 16, 256, 128), (5, 24, 96, 96), (3, 8, 2048, 1024),
+          (2, 16, 1184, 1184), (9, 40, 1024, 64)]  # fmt: skip
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512_vpopcntdq"])
+@pytest.mark.parametrize(("m", "n", "k", "block"), SHAPES)
+def test_xnor_panel_core_exact(m: int, n: int, k: int, block: int, isa: str) -> None:
+    _exact(_bits(m, k, seed=k + m), _bits(n, k, seed=k + n + 1), block, isa)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512_vpopcntdq"])
+def test_xnor_panel_extreme_words_exact(isa: str) -> None:
+    """All-ones against all-zeros words for 31+ words per counter: byte counts reach 248."""
+    m, n, k, block = 2, 16, 1024, 1024
+    xbits = torch.full((m, k // 32), 2**32 - 1, dtype=torch.int64).to(torch.uint32)
+    wbits = torch.zeros(n, k // 32, dtype=torch.int64).to(torch.uint32)
+    wbits[1::2] = xbits[0]
+    _exact(xbits, wbits, block, isa)
+
+
+def test_xnor_panel_row_chunks_exact() -> None:
+    """Enough rows of a long K that they are walked in two L2 chunks, the last one partial,
+    then a remainder tile."""
+    m, n, k, block = 4 * 33 + 2, 16, 4096, 128
+    _exact(_bits(m, k, seed=1), _bits(n, k, seed=2), block, "avx2")
+
+
+def test_xnor_panel_tile_fits_registers() -> None:
+    for m, n in [(1, 8), (64, 1024), (5, 24), (512, 768), (3, 40)]:
+        mr, nv = xnor_panel_tile(m, n)
+        assert (n // 8) % nv == 0 and 1 <= mr <= m
+        assert mr * nv + 2 + 1 + 2 <= 16  # counters + the row's broadcasts + LUT + temps
+
+
+def test_vpopcntdq_variant_compiles_to_vpopcntd() -> None:
+    """Built for Ice Lake (compile only, any host): ``vpopcntd`` counts, no nibble LUT."""
+    shapes = (((4, 16), "uint32"), ((4, 4), "float32"), ((4, 4), "float32"),
+              ((16, 16), "uint32"), ((16, 4), "float32"), ((16, 4), "float32"),
+              ((16, 4), "int32"))  # fmt: skip
+    pack_spec = (shapes[3], shapes[4], shapes[5], shapes[6])
+    for isa, want in (("avx512_vpopcntdq", "vpopcntd"), ("avx2", "vpshufb")):
+        params = tuple(sorted(dict(block=128, k=512, isa=isa).items()))
+        _, packed = _build("te_pack_xnor_weights", "pack_weights", pack_spec, params,
+                           "icelake-server")  # fmt: skip
+        spec = (*shapes[:3], *packed)
+        lib, _ = _build("te_xnor_popcount_matmul_packed", "xnor_popcount_matmul", spec, params,
+                        "icelake-server")  # fmt: skip
+        assert want in lib.mod.inspect_source("asm")
+
+
+def test_unsupported_shape_is_a_typed_error() -> None:
+    from rqcompile.targets.tvm.kernels_x86_xnor_panel import xnor_panel_matmul
+
+    phs = [te.placeholder(s, d) for s, d in (((2, 4), "uint32"), ((1, 4, 1, 2, 8), "uint32"),
+           ((2, 1), "int32"), ((2, 1), "float32"), ((2, 1), "float32"), ((1, 12), "float32"),
+           ((1, 12), "float32"), ((1, 12), "int32"))]  # fmt: skip
+    with pytest.raises(NumericsError, match="N % 8 == 0"):
+        xnor_panel_matmul(*phs, block=128, isa="avx2", name="mm", attrs={})
+    assert not K.xnor_packs((2, 4), 12, block=128, k=128, isa="avx2")
+    assert not K.xnor_packs((2, 4), 16, block=128, k=128, isa="generic")
+    assert K.xnor_packs((2, 4), 16, block=128, k=128, isa="avx2")
+
+
+def test_a1w1_layers_pack_weights_once_and_match_reference(tmp_path: Any) -> None:
+    """A1W1 through ``rq.lower``: the sign words are packed by the lifted pack function, the
+    outputs match the reference target, and a saved model reloads to the same outputs."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 16))  # fmt: skip
+    x = torch.randn(5, 256)
+    qat = rq.prepare(model.eval(), (x,), "A1W1").eval()
+    ir = rq.convert(qat, example_inputs=(x,))
+    exe = rq.build(ir, target="llvm")
+    assert exe.backend.vm.module.implements_function("main_transform_params")
+    want = rq.build(ir, target="reference")(x)
+    got = exe(x)
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    exe.save(tmp_path / "m.rq")
+    assert torch.equal(rq.load(tmp_path / "m.rq")(x), got)
