@@ -694,8 +694,10 @@ def te_xnor_popcount_matmul(
 ) -> Tensor:
     """Fused A1W1 matmul ``f32 [M, N]`` from sign words (``reference.xnor_popcount_matmul``).
 
-    ``isa`` (chosen by ``schedules.kernel_options`` from the target's features):
-    ``"avx2"`` / ``"avx512_vpopcntdq"`` run core and epilogue as one XNOR-popcount
+    ``isa`` (chosen by ``schedules.kernel_options`` from the target's features): on
+    ``"avx2"`` / ``"avx512_vpopcntdq"`` targets the emitter prefers the packed panel kernel
+    (:func:`xnor_packs`, :func:`te_xnor_popcount_matmul_packed`); where it does not fit
+    (``N % 8 != 0``) this runs core and epilogue as one XNOR-popcount
     micro-kernel (:mod:`.kernels_x86_xnor`) when K, zero-padded to whole 256-bit steps
     (:func:`_pad_last`; K=128 in a width-128 model), and the block fit it
     (``xnor_supported``); ``"generic"`` (and any shape the micro-kernel does not take) is

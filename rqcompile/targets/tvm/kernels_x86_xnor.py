@@ -1,5 +1,8 @@
 """x86 XNOR-popcount micro-kernel for the fused A1W1 matmul (AVX2, AVX-512 VPOPCNTDQ), in TIR.
 
+The emitter prefers :mod:`.kernels_x86_xnor_panel` (weights packed once, 1.5-2x faster); this
+kernel, which needs no packing, serves the shapes the panels do not take (``N % 8 != 0``).
+
 Why hand-written: the generic TE kernel popcounts one 32-bit word per (row, column, word)
 and reduces it to int32 at once (LLVM vectorizes that into the ``vpshufb`` LUT sequence,
 but across output columns with a word-sized reduction per step), then the epilogue is a

@@ -24,8 +24,9 @@ loops: :func:`kernel_options` makes the emitter build them as hand-written micro
 whose block carries ``rq.stage = "micro"``; the schedule then only parallelizes the small TE
 stages around it. Affine and 2:4 kernels run on weights packed once at load
 (:mod:`.kernels_x86_panel`; :mod:`.kernels_x86` for shapes the panels do not fit); the
-packing (``rq.kernel = "pack_weights"``) runs once, in ``main_transform_params``. A1W1 uses
-``vpshufb`` LUT or ``vpopcntq`` popcounts (:mod:`.kernels_x86_xnor`). Other targets, and
+packing (``rq.kernel = "pack_weights"``) runs once, in ``main_transform_params``. A1W1 runs
+on packed sign-word panels too, with ``vpshufb`` LUT or ``vpopcntd`` popcounts
+(:mod:`.kernels_x86_xnor_panel`; :mod:`.kernels_x86_xnor` where N % 8 != 0). Other targets, and
 shapes the micro-kernels do not take, keep the generic TE kernels below. Not done: an
 AVX-512 VNNI (``vpdpbusd``) path, which needs a VNNI host to prove bit-exact.
 """
@@ -99,8 +100,9 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     (including x86 without AVX2, or ``{"kind": "llvm", "mattr": ["-avx2"]}``) the generic
     TE kernels. AVX-512 VNNI targets also take the AVX2 path today (a ``vpdpbusd`` kernel
     needs a host with VNNI to prove it bit-exact; none was available). A1W1 matmuls get the
-    XNOR-popcount micro-kernel of :mod:`.kernels_x86_xnor`: ``vpopcntq`` where the target
-    has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets.
+    XNOR-popcount panel kernel of :mod:`.kernels_x86_xnor_panel` (and the micro-kernel of
+    :mod:`.kernels_x86_xnor` where the panels do not fit): ``vpopcntd``/``vpopcntq`` where the
+    target has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets.
     """
     tgt = make_target(target)
     if str(tgt.kind.name) != "llvm" or cpu_dot_path(tgt) == "generic":
