@@ -113,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"char transformer end to end, batch {batch}:")
             data["e2e"] = {"batch": batch, "rows": model.bench_e2e(
                 e2e_presets, batch=batch, budget_s=2 * budget, clock=clock, log=log)}  # fmt: skip
+            if not args.quick:
+                batch = (4, 128)
+                log(f"one GPT-2-width block end to end, batch {batch}:")
+                data["e2e_block"] = {"batch": batch, "rows": model.bench_e2e(
+                    e2e_presets, batch=batch, budget_s=2 * budget, clock=clock, log=log,
+                    model=model.gpt2_block_model(), label="GPT-2-width block")}  # fmt: skip
         if "train" not in skip:
             batch = (16, 64)
             log(f"QAT training step, batch {batch}:")

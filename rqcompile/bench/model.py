@@ -2,7 +2,8 @@
 
 * **End to end**: the demo's 2-layer, width-128 char transformer (``lm_preset("quick")``) at
   a fixed batch, lowered with the LM head kept in float (as the demo does), against torch
-  fp32 eager and torch dynamic int8 on the same model; tokens/s and weight bytes.
+  fp32 eager and torch dynamic int8 on the same model; tokens/s and weight bytes. The same
+  for one GPT-2-width block (:func:`gpt2_block_model`), where the linears dominate.
 * **Training step**: forward + cross-entropy + backward + AdamW step of the same model in
   fp32, STE and ridge QAT (the ridge fit's extra cost is what this measures).
 * **Lower time**: ``rq.lower`` (convert + build, no tuning) of a GPT-2-124M-shaped
@@ -26,7 +27,7 @@ from rqcompile.bench.timing import time_interleaved
 from rqcompile.demo.models import CharTransformer, param_count
 from rqcompile.demo.presets import lm_preset
 
-__all__ = ["bench_e2e", "bench_lower_time", "bench_train_step", "demo_model"]
+__all__ = ["bench_e2e", "bench_lower_time", "bench_train_step", "demo_model", "gpt2_block_model"]
 
 _VOCAB = 65
 _KEEP_FLOAT = {"lm_head": None}
@@ -36,6 +37,14 @@ def demo_model(seed: int = 0) -> CharTransformer:
     """The demo's quick-size char transformer (0.42M parameters), eval mode."""
     torch.manual_seed(seed)
     return lm_preset("quick").build(_VOCAB).eval()
+
+
+def gpt2_block_model(seed: int = 0) -> CharTransformer:
+    """One GPT-2-124M-width block (width 768, 12 heads, MLP 3072, context 128) on the char
+    vocabulary: 7.2M parameters, nearly all in the block's linears (a 50257-word float LM
+    head would otherwise be most of the time in every variant)."""
+    torch.manual_seed(seed)
+    return CharTransformer(_VOCAB, n_layer=1, n_head=12, n_embd=768, block_size=128).eval()
 
 
 def _param_bytes(model: nn.Module) -> int:
@@ -53,9 +62,12 @@ def bench_e2e(
     budget_s: float,
     clock: str = "wall",
     log: Callable[[str], None] = print,
+    model: CharTransformer | None = None,
+    label: str = "char transformer",
 ) -> list[dict[str, Any]]:
-    """Tokens/s and weight bytes of the demo model: fp32, dynamic int8 and lowered presets."""
-    model = demo_model()
+    """Tokens/s and weight bytes of ``model`` (default: the demo model): fp32, dynamic int8
+    and lowered presets."""
+    model = demo_model() if model is None else model
     x = torch.randint(0, _VOCAB, batch)
     fns: dict[str, Callable[[], Any]] = {"fp32": lambda: model(x)}
     dyn = dynamic_int8(copy.deepcopy(model))
@@ -76,7 +88,7 @@ def bench_e2e(
             # measured 7e-3 of the output at A8W8 and 5e-2 at A4W4, identical for the generic
             # and the AVX2 kernels. Layers are checked at 1e-4 (bench_layer); here only gross
             # errors are caught.
-            check_against_reference(ir, exe, (x,), f"char transformer {p}", tol=0.1)
+            check_against_reference(ir, exe, (x,), f"{label} {p}", tol=0.1)
             fns[p] = lambda exe=exe: exe(x)
             info[p] = {"weight_bytes": _const_bytes(exe), "build_s": build_s}
         stats = time_interleaved(fns, budget_s=budget_s, clock=clock)
@@ -87,7 +99,7 @@ def bench_e2e(
         rows.append({"name": name, "seconds": s.median, "spread": s.spread, "repeats": s.n,
                      "tokens_per_s": tokens / s.median, "vs_fp32": base / s.median,
                      **info[name]})  # fmt: skip
-        log(f"  e2e {name}: {tokens / s.median:,.0f} tokens/s ({base / s.median:.2f}x fp32)")
+        log(f"  {label} {name}: {tokens / s.median:,.0f} tokens/s ({base / s.median:.2f}x fp32)")
     return rows
 
 

@@ -69,6 +69,15 @@ def layer_tables(results: Sequence[LayerResult]) -> str:
     ])  # fmt: skip
 
 
+#: End-to-end sections: (data key, title, note).
+_E2E = (
+    ("e2e", "Char transformer", "LM head kept in float, as in the demo; weight KiB of the "
+     "whole model."),
+    ("e2e_block", "One GPT-2-width block", "1 layer, width 768, 12 heads, MLP 3072, context "
+     "128, char vocabulary (LM head kept in float); weight KiB of the whole model."),
+)
+
+
 def markdown(data: dict[str, Any], command: str) -> str:
     """The whole report: environment, layer tables, end to end, training step, lower time."""
     env = data["env"]
@@ -89,14 +98,15 @@ def markdown(data: dict[str, Any], command: str) -> str:
         parts += [f"**The run stopped early:** {data['error']}"]
     if data.get("layers"):
         parts += ["## One linear layer", layer_tables([LayerResult(**r) for r in data["layers"]])]
-    if data.get("e2e"):
-        e = data["e2e"]
+    for key, title, note in _E2E:
+        if not data.get(key):
+            continue
+        e = data[key]
         rows = [[r["name"], f"{r['tokens_per_s']:,.0f}", f"{r['vs_fp32']:.2f}",
                  f"{r['seconds'] * 1e3:.2f} ±{r['spread']:.0%}",
                  "" if r["weight_bytes"] is None else f"{r['weight_bytes'] / 1024:,.0f}",
                  f"{r['build_s']:.1f}"] for r in e["rows"]]  # fmt: skip
-        parts += [f"## Char transformer end to end (batch {e['batch'][0]} x {e['batch'][1]})",
-                  "LM head kept in float, as in the demo; weight KiB of the whole model.",
+        parts += [f"## {title} end to end (batch {e['batch'][0]} x {e['batch'][1]})", note,
                   _table(["model", "tokens/s", "vs fp32", "ms per batch", "weight KiB",
                           "build s"], rows)]  # fmt: skip
     if data.get("train"):

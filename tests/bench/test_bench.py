@@ -78,3 +78,27 @@ def test_kernel_times_lists_the_models_kernels() -> None:
     assert table.startswith("| kernel |") and "**total**" in table and "more)" in table
     with pytest.raises(InputError, match="TVM CPU target"):
         kernel_times(rq.lower(qat, target="reference"), x)
+
+
+def test_report_has_one_section_per_end_to_end_model() -> None:
+    from rqcompile.bench.report import markdown
+
+    env = {"date": "d", "cpu": "c", "cores": 2, "mcpu": "m", "features": [], "threads": 1,
+           "torch": "t", "tvm": "v"}  # fmt: skip
+    row = {"name": "A1W1", "tokens_per_s": 1000.0, "vs_fp32": 3.5, "seconds": 0.1,
+           "spread": 0.05, "weight_bytes": 2048, "build_s": 1.0}  # fmt: skip
+    data = {"mode": "full", "env": env, "e2e": {"batch": [32, 64], "rows": [row]},
+            "e2e_block": {"batch": [4, 128], "rows": [{**row, "vs_fp32": 4.25}]}}  # fmt: skip
+    md = markdown(data, "cmd")
+    assert "## Char transformer end to end (batch 32 x 64)" in md
+    assert "## One GPT-2-width block end to end (batch 4 x 128)" in md
+    assert "| A1W1 | 1,000 | 3.50 |" in md and "| A1W1 | 1,000 | 4.25 |" in md
+    assert "GPT-2-width" not in markdown({**data, "e2e_block": None}, "cmd")
+
+
+def test_gpt2_block_model_is_gpt2_width() -> None:
+    from rqcompile.bench.model import gpt2_block_model
+
+    m = gpt2_block_model()
+    assert sum(p.numel() for p in m.parameters()) > 7_000_000
+    assert m(torch.randint(0, 65, (1, 128))).shape == (1, 128, 65)
