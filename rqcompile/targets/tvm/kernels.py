@@ -49,7 +49,7 @@ from rqcompile.targets.tvm.kernels_x86_panel import (
     te_pack_panels,
     te_pack_sparse24_panels,
 )
-from rqcompile.targets.tvm.kernels_x86_quant import avx2_quantize_sign, quantize_micro_supported
+from rqcompile.targets.tvm.kernels_x86_quant import avx2_quantize, quantize_micro_supported
 from rqcompile.targets.tvm.kernels_x86_xnor import XNOR_ISAS, xnor_matmul_micro, xnor_supported
 
 __all__ = [
@@ -158,8 +158,9 @@ def te_quantize(
     """Dynamic quantization of ``x f32 [..., K]``, the TE twin of ``reference.quantize``.
 
     ``isa="avx2"`` (chosen by ``schedules.kernel_options`` from the target's features) runs
-    binary affine quantizers with packed codes as one micro-kernel (:mod:`.kernels_x86_quant`,
-    same codes, one pass per row); ``"generic"`` and every other format use the TE stages.
+    affine ridge/ste quantizers (1 bit packed, 2-8 bits) as one micro-kernel
+    (:mod:`.kernels_x86_quant`: same codes, one row per parallel iteration); ``"generic"``
+    and every other format use the TE stages below.
 
     Returns:
         ``(codes, scale f32 [..., nb], offset f32 [..., nb])``; codes are ``int8 [..., K]``
@@ -186,8 +187,9 @@ def te_quantize(
         bits=bits, symmetric=symmetric, block=block, k=k, estimator=estimator, pack=pack
     ):
         attrs = _attrs("quantize", block, bits=float(bits), symmetric=bool(symmetric))
-        return avx2_quantize_sign(x, block=block, estimator=estimator, ridge_lambda=ridge_lambda,
-                                  name=name, attrs={**attrs, STAGE_ATTR: "micro"})  # fmt: skip
+        return avx2_quantize(x, bits=bits, block=block, estimator=estimator,
+                             ridge_lambda=ridge_lambda, pack=pack, name=name,
+                             attrs={**attrs, STAGE_ATTR: "micro"})  # fmt: skip
     lo, hi = code_range(QFormat(bits, symmetric))
     bshape = [*lead, nb]
     f64 = "float64"

@@ -1,29 +1,41 @@
-"""x86 AVX2 micro-kernel for binary (1-bit affine) activation quantization, in TIR.
+"""x86 AVX2 micro-kernels for dynamic activation quantization (binary and 2-8 bit affine), in TIR.
 
-Why hand-written: ``kernels.te_quantize`` is a chain of TE stages (block sums, kept count,
-absolute deviations, codes, ridge statistics, bit packing), each re-reading the row; even
-scheduled (``schedules._schedule_quantize``) it measured ~1.2-1.6 ns per element on Zen 3,
-about a quarter of the A1W1 char transformer. Here one parallel iteration quantizes one row,
-block by block, with the block (≤ a few KiB) read from memory once and then from L1:
+Why hand-written: ``kernels.te_quantize`` is a chain of TE stages (grid, codes, ridge
+statistics, packing), each re-reading the row; even scheduled (``schedules._schedule_quantize``)
+it measured ~1.2-1.6 ns per element on Zen 3, about a quarter of the A1W1 char transformer.
+Here one parallel iteration quantizes one row, block by block: the block is read from memory
+once, then from L1, and every per-block scalar is computed once.
 
-1. ``Σx`` in float64 (``vcvtps2pd`` + ``vaddpd``, 16 float64 lanes) and the non-zero count
-   (``vcmpps`` + integer lanes); ``b = f32(Σx / B)``, the grid's offset;
+**Binary affine** (``bits=1``, ``pack="bits32"``; :func:`_sign_rows`), three passes per block:
+
+1. ``Σx`` in float64 (``vcvtps2pd`` from memory + ``vaddpd``, 16 float64 lanes) and the
+   non-zero count (``vcmpps`` + integer lanes); ``b = f32(Σx / B)``, the grid's offset;
 2. ``Σ|x - b|`` in float64 the same way; ``s = max(f32(Σ|x - b| / max(kept, 1)), EPS)``;
-3. ``z = (x - b) / s`` (a real division, so ``-0`` and underflow behave as the reference),
-   ``z >= 0`` as an ordered compare (NaN → code -1), and ``vmovmskps`` turns 8 compares into
-   8 sign bits: four make one packed ``uint32`` word (bit t ↔ element ``32w + t``, the layout
-   of ``bitpack.pack_signs``). For ridge, the same pass sums ``x`` over the +1 codes (float64).
+3. ``z = (x - b) / s`` (a real division: where it underflows to ``-0`` the code is +1, as in
+   the reference), ``z >= 0`` as an ordered compare (NaN → -1), and ``vmovmskps`` turns 8
+   compares into 8 sign bits: four make one packed ``uint32`` word (bit t ↔ element
+   ``32w + t``, the layout of ``bitpack.pack_signs``).
 
-**Numerics.** The grid is that of ``primitives.grid`` bit for bit: the float64 sums of
-float32 values are rounded once to float32 (the reference sums in another order, as the TE
-kernel did), ``x - b`` and the division are the same float32 operations. The ridge
-statistics follow from the sums, in float64, for ±1 codes (``S = Σq = 2·popcount - B``)::
+**2-8 bit affine** (``pack="none"``; :func:`_affine_rows`), two passes per block: min and
+max; then ``q = clip(nearbyint((x - min)/s), 0, 2^b - 1)`` (the same float32 operations as
+``primitives``; ``vroundps`` rounds half to even), stored as int8 (``q - 128`` at 8 bits),
+and for ridge ``Σq``, ``Σq²`` (int32 lanes), ``Σx`` and ``Σx·q`` (float64; products of a
+float32 and a code ≤ 255 are exact there). ``x`` is widened to float64 once per element:
+``vcvtps2pd`` is what bounds these kernels on Zen 3.
 
-    Σ x·q = 2·Σ_{q=+1} x - Σx,   C·B = Σ x·q - Σx·S/B,   V·B = B - S²/B
+**Numerics.** Codes are bit-exact: min/max are order-free and the binary grid's float64 sums
+of float32 values are rounded once to float32 (the reference sums in another order, as the TE
+kernel did). The ridge statistics (METHOD.md §2.4, ``C = mean((x-x̄)(q-q̄))``,
+``V = mean((q-q̄)²)``) come from the sums in float64, with ``S = Σq``::
+
+    C·B = Σx·q - Σx·S/B,   V·B = Σq² - S²/B
     scale = f32(C / (V + λ)) (0 when V + λ = 0),   offset = f32(Σx/B) - scale·f32(S/B)
 
-which equal the reference's centred means in real arithmetic; like the TE kernel's float64
-statistics they agree with the float32 reference to ~1e-7 relative.
+For ±1 codes ``q = sign(x - b)`` so ``Σ(x - b)·q = Σ|x - b|`` (pass 2's sum) and
+``C·B = Σ|x - b| + S·(b - Σx/B)``: no extra pass. Each ``x - b`` is rounded in float32
+(relative error ≤ 2⁻²⁴, and exact near ``b``), so ``C`` agrees with the exact value to
+~6e-8 relative; like the TE kernel's statistics, scale/offset agree with the float32
+reference to ~1e-7 (tests use 1e-6).
 """
 
 from __future__ import annotations
@@ -35,31 +47,31 @@ from rqcompile.quant.primitives import EPS
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 from rqcompile.targets.tvm.kernels_x86 import _intrin
 
-__all__ = ["avx2_quantize_sign", "quantize_micro_supported"]
+__all__ = ["avx2_quantize", "quantize_micro_supported"]
 
 _CMP_PS = "llvm.x86.avx.cmp.ps.256"
 _MOVMSK_PS = "llvm.x86.avx.movmsk.ps.256"
 _GE_OQ = 0x1D  # vcmpps predicate "greater or equal, ordered, quiet": NaN compares false
 _NEQ_UQ = 0x04  # "not equal, unordered, quiet": NaN counts as non-zero, as |NaN|.sign() ≠ 0
-_STEP = 32  # elements per step: four float32x8 vectors, one packed sign word
+_STEP = 32  # binary: elements per step, four float32x8 vectors, one packed sign word
+_ASTEP = 16  # affine: elements per step, two float32x8 vectors
+_F32, _F64 = "float32", "float64"
 
 
 def quantize_micro_supported(
     *, bits: float, symmetric: bool, block: int, k: int, estimator: str, pack: str
 ) -> bool:
-    """Whether :func:`avx2_quantize_sign` takes this quantizer (else the TE kernel is used).
+    """Whether :func:`avx2_quantize` takes this quantizer (else the TE kernel is used).
 
-    Binary affine codes (``bits=1``, not symmetric) with the ``ridge`` or ``ste`` dequantizer,
-    packed (``pack="bits32"``), blocks a multiple of 32 elements.
+    Affine (not symmetric) codes with the ``ridge`` or ``ste`` dequantizer: binary packed
+    into words (``pack="bits32"``, blocks of whole words), or 2-8 bits unpacked (blocks a
+    multiple of 16).
     """
-    return (
-        bits == 1
-        and not symmetric
-        and estimator in ("ridge", "ste")
-        and pack == "bits32"
-        and block % _STEP == 0
-        and k % block == 0
-    )
+    if symmetric or estimator not in ("ridge", "ste") or block < 1 or k % block:
+        return False
+    if bits == 1:
+        return pack == "bits32" and block % _STEP == 0
+    return bits in (2, 3, 4, 5, 6, 7, 8) and pack == "none" and block % _ASTEP == 0
 
 
 def _bc(v: Any, n: int = 8) -> Any:
@@ -81,24 +93,24 @@ def _unravel(r: Any, lead: list[int]) -> list[Any]:
 
 
 class _Sum64:
-    """16 float64 partial sums (four float64x4 accumulators) of float32x8 vectors.
+    """16 float64 partial sums (four float64x4 accumulators).
 
     Four accumulators keep four ``vaddpd`` chains in flight; the final sum adds the 16 lanes
-    in a fixed order (any order is exact enough: see the module docstring).
+    in a fixed order (any order is exact enough: see the module docstring). "global", not
+    "local", buffers: TVM 0.27 serves each "local" one with a heap workspace call per
+    parallel iteration (``kernels_x86_xnor`` says more); these become registers.
     """
 
     def __init__(self) -> None:
-        self.buf = T.decl_buffer((16,), "float64", scope="global")
+        self.buf = T.decl_buffer((16,), _F64, scope="global")
 
     def zero(self) -> None:
         for a in range(4):
-            T.buffer_store(self.buf, _bc(tirx.const(0, "float64"), 4), [tirx.Ramp(4 * a, 1, 4)])
+            T.buffer_store(self.buf, _bc(tirx.const(0, _F64), 4), [tirx.Ramp(4 * a, 1, 4)])
 
     def add(self, v: Any, pair: int) -> None:
         """Add float32x8 ``v`` into accumulators ``2·pair`` and ``2·pair + 1``."""
-        for h in range(2):
-            lanes = tirx.Ramp(4 * (2 * pair + h), 1, 4)
-            T.buffer_store(self.buf, self.buf[lanes] + _f64x4(v, h), [lanes])
+        self.add_halves(_f64x4(v, 0), _f64x4(v, 1), pair)
 
     def add_halves(self, lo: Any, hi: Any, pair: int) -> None:
         """Add float64x4 ``lo``, ``hi`` into accumulators ``2·pair`` and ``2·pair + 1``."""
@@ -113,122 +125,219 @@ class _Sum64:
         return s[0]
 
 
-def avx2_quantize_sign(
+def _lanes_sum(buf: Any, start: int = 0, n: int = 8) -> Any:
+    """``buf[start] + .. + buf[start + n - 1]`` (integer lanes: any order is exact)."""
+    total = buf[start]
+    for i in range(start + 1, start + n):
+        total = total + buf[i]
+    return total
+
+
+def _store_ridge(out: list[Any], o: list[Any], d64: Any, g32: Any, *, xsum: Any, s: Any,
+                 covb: Any, varb: Any, block: int, lam: float, shift: bool) -> None:  # fmt: skip
+    """Write ridge ``scale``/``offset`` from the block sums (module docstring's formulas).
+
+    ``d64``/``g32`` are scratch scalars (slots 3.. and 2..), so each value is computed once.
+    ``shift``: 8-bit codes stored as ``q - 128``, so ``offset += 128·scale``.
+    """
+    nblk = tirx.const(block, _F64)
+    T.buffer_store(d64, varb / nblk + tirx.const(lam, _F64), [3])
+    ok = d64[3] != tirx.const(0, _F64)
+    scale = tirx.Select(ok, (covb / nblk) / tirx.Select(ok, d64[3], tirx.const(1, _F64)),
+                        tirx.const(0, _F64))  # fmt: skip
+    T.buffer_store(g32, scale.astype(_F32), [2])
+    off = (xsum / nblk).astype(_F32) - g32[2] * (s / nblk).astype(_F32)
+    if shift:
+        off = off + tirx.const(128, _F32) * g32[2]
+    T.buffer_store(out[1], g32[2], o)
+    T.buffer_store(out[2], off, o)
+
+
+def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bool,
+               lam: float) -> Any:  # fmt: skip
+    """TIR: binary affine codes (packed words), scale and offset, one row per iteration."""
+    k, rows = int(x.shape[-1]), _prod(lead)
+    zero8 = _bc(tirx.const(0, _F32))
+    with IRBuilder() as ib, T.parallel(0, rows) as r:
+        idx = _unravel(r, lead)
+        sums, devs = _Sum64(), _Sum64()
+        cnt = T.decl_buffer((8,), "int32", scope="global")
+        ints = T.decl_buffer((2,), "int32", scope="global")  # +1 count, current word
+        d64 = T.decl_buffer((4,), _F64, scope="global")  # Σx, kept, Σ|x - b|, V + λ
+        g32 = T.decl_buffer((3,), _F32, scope="global")  # b, s, scale
+        with T.serial(0, k // block) as b:
+
+            def vec(step: Any, j: int, n: int = 8) -> Any:
+                return x[(*idx, tirx.Ramp(b * block + step * _STEP + n * j, 1, n))]
+
+            # pass 1: Σx (float64, converted straight from memory) and the non-zero count
+            sums.zero()
+            T.buffer_store(cnt, _bc(tirx.const(0, "int32")), [tirx.Ramp(0, 1, 8)])
+            with T.serial(0, block // _STEP) as c:
+                for j in range(4):
+                    lo, hi = (tirx.Cast("float64x4", vec(c, 2 * j + h, 4)) for h in range(2))
+                    sums.add_halves(lo, hi, j % 2)
+                    nz = _intrin("float32x8", _CMP_PS, vec(c, j), zero8,
+                                 tirx.const(_NEQ_UQ, "int8"))  # fmt: skip
+                    nzi = tirx.reinterpret("int32x8", nz)  # -1 where non-zero
+                    T.buffer_store(cnt, cnt[tirx.Ramp(0, 1, 8)] - nzi, [tirx.Ramp(0, 1, 8)])
+            T.buffer_store(d64, sums.total(), [0])
+            T.buffer_store(d64, _lanes_sum(cnt).astype(_F64), [1])
+            xsum = d64[0]
+            T.buffer_store(g32, (xsum / tirx.const(block, _F64)).astype(_F32), [0])
+            bf = _bc(g32[0])
+            # pass 2: Σ|x - b| (float64) → s
+            devs.zero()
+            with T.serial(0, block // _STEP) as c:
+                for j in range(4):
+                    devs.add(tirx.abs(vec(c, j) - bf), j % 2)
+            T.buffer_store(d64, devs.total(), [2])
+            den = tirx.max(d64[1], tirx.const(1, _F64))
+            T.buffer_store(g32, tirx.max((d64[2] / den).astype(_F32), tirx.const(EPS, _F32)), [1])
+            sf = _bc(g32[1])
+            # pass 3: sign words, 8 bits per vmovmskps
+            T.buffer_store(ints, tirx.const(0, "int32"), [0])
+            with T.serial(0, block // _STEP) as c:
+                word = tirx.const(0, "int32")
+                for j in range(4):
+                    ge = _intrin("float32x8", _CMP_PS, (vec(c, j) - bf) / sf, zero8,
+                                 tirx.const(_GE_OQ, "int8"))  # fmt: skip
+                    word = word | (_intrin("int32", _MOVMSK_PS, ge) << tirx.const(8 * j, "int32"))
+                T.buffer_store(ints, word, [1])
+                T.buffer_store(out[0], ints[1].astype("uint32"), [*idx, b * (block // 32) + c])
+                if ridge:
+                    T.buffer_store(ints, ints[0] + tirx.popcount(ints[1]), [0])
+            o = [*idx, b]
+            if ridge:
+                s = (ints[0] * 2 - block).astype(_F64)  # Σq of ±1 codes
+                covb = d64[2] + s * (g32[0].astype(_F64) - xsum / tirx.const(block, _F64))
+                varb = tirx.const(block, _F64) - s * s / tirx.const(block, _F64)
+                _store_ridge(out, o, d64, g32, xsum=xsum, s=s, covb=covb, varb=varb,
+                             block=block, lam=lam, shift=False)  # fmt: skip
+            else:
+                T.buffer_store(out[1], g32[1], o)
+                T.buffer_store(out[2], g32[0], o)
+    return ib.get()
+
+
+def _affine_rows(x: Any, out: list[Any], lead: list[int], *, bits: int, block: int,
+                 ridge: bool, lam: float) -> Any:  # fmt: skip
+    """TIR: 2-8 bit affine codes (int8), scale and offset, one row per iteration."""
+    k, rows, hi = int(x.shape[-1]), _prod(lead), 2**bits - 1
+    shift = bits == 8
+    with IRBuilder() as ib, T.parallel(0, rows) as r:
+        idx = _unravel(r, lead)
+        sums, xq = _Sum64(), _Sum64()
+        ext = T.decl_buffer((16,), _F32, scope="global")  # min lanes, max lanes
+        qs = T.decl_buffer((16,), "int32", scope="global")  # Σq lanes, Σq² lanes
+        d64 = T.decl_buffer((4,), _F64, scope="global")  # Σx, S, Σq², V + λ
+        g32 = T.decl_buffer((3,), _F32, scope="global")  # min, s, scale
+        lo8, hi8 = tirx.Ramp(0, 1, 8), tirx.Ramp(8, 1, 8)
+        with T.serial(0, k // block) as b:
+
+            def vec(step: Any, j: int, n: int = 8, start: Any = None) -> Any:
+                first = step * _ASTEP if start is None else start
+                return x[(*idx, tirx.Ramp(b * block + first + n * j, 1, n))]
+
+            # pass 1: min, max (order-free)
+            T.buffer_store(ext, vec(0, 0), [lo8])
+            T.buffer_store(ext, vec(0, 0), [hi8])
+            with T.serial(0, block // _ASTEP) as c:
+                for j in range(2):
+                    v = vec(c, j)
+                    T.buffer_store(ext, tirx.min(ext[lo8], v), [lo8])
+                    T.buffer_store(ext, tirx.max(ext[hi8], v), [hi8])
+            mn, mx = ext[0], ext[8]
+            for i in range(1, 8):
+                mn, mx = tirx.min(mn, ext[i]), tirx.max(mx, ext[8 + i])
+            T.buffer_store(g32, mn, [0])
+            T.buffer_store(g32, tirx.max((mx - g32[0]) / tirx.const(hi, _F32),
+                                         tirx.const(EPS, _F32)), [1])  # fmt: skip
+            bf, sf = _bc(g32[0]), _bc(g32[1])
+            # pass 2: codes and, for ridge, Σq, Σq² (int32) and Σx, Σx·q (float64, x widened
+            # once, from memory)
+            if ridge:
+                sums.zero()
+                xq.zero()
+                T.buffer_store(qs, _bc(tirx.const(0, "int32"), 16), [tirx.Ramp(0, 1, 16)])
+            with T.serial(0, block // 8) as c:  # one vector per step: 16 ymm registers
+                v = vec(c, 0, start=8 * c)
+                z = tirx.nearbyint((v - bf) / sf)
+                q = tirx.min(tirx.max(z, _bc(tirx.const(0, _F32))), _bc(tirx.const(hi, _F32)))
+                qi = tirx.Cast("int32x8", q)
+                code = qi - _bc(tirx.const(128, "int32")) if shift else qi
+                col = b * block + 8 * c
+                T.buffer_store(out[0], tirx.Cast("int8x8", code), [*idx, tirx.Ramp(col, 1, 8)])
+                if ridge:
+                    T.buffer_store(qs, qs[lo8] + qi, [lo8])
+                    T.buffer_store(qs, qs[hi8] + qi * qi, [hi8])
+                    x64 = [tirx.Cast("float64x4", vec(c, h, 4, start=8 * c)) for h in range(2)]
+                    sums.add_halves(*x64, 0)
+                    xq.add_halves(*(x64[h] * _f64x4(q, h) for h in range(2)), 0)
+            o = [*idx, b]
+            if ridge:
+                T.buffer_store(d64, sums.total(), [0])
+                T.buffer_store(d64, _lanes_sum(qs).astype(_F64), [1])
+                T.buffer_store(d64, _lanes_sum(qs, 8).astype(_F64), [2])
+                xsum, s, nblk = d64[0], d64[1], tirx.const(block, _F64)
+                _store_ridge(out, o, d64, g32, xsum=xsum, s=s, covb=xq.total() - xsum * s / nblk,
+                             varb=d64[2] - s * s / nblk, block=block, lam=lam,
+                             shift=shift)  # fmt: skip
+            else:  # STE: the grid itself
+                off = g32[0] + tirx.const(128, _F32) * g32[1] if shift else g32[0]
+                T.buffer_store(out[1], g32[1], o)
+                T.buffer_store(out[2], off, o)
+    return ib.get()
+
+
+def _prod(dims: list[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def avx2_quantize(
     x: Any,
     *,
+    bits: float,
     block: int,
     estimator: str,
     ridge_lambda: float,
+    pack: str,
     name: str,
     attrs: dict[str, Any],
 ) -> tuple[Any, Any, Any]:
-    """Binary affine quantization of ``x f32 [..., K]`` as one AVX2 TIR kernel (TE tensors).
+    """Affine quantization of ``x f32 [..., K]`` as one AVX2 TIR kernel (TE tensors).
 
     Returns:
-        ``(codes uint32 [..., K/32], scale f32 [..., nb], offset f32 [..., nb])``, as
-        ``kernels.te_quantize(x, bits=1, symmetric=False, pack="bits32")``.
+        ``(codes, scale f32 [..., nb], offset f32 [..., nb])`` as
+        ``kernels.te_quantize(x, bits=bits, symmetric=False, ...)``: codes ``uint32
+        [..., K/32]`` (1 bit, ``pack="bits32"``) or ``int8 [..., K]`` (8 bits as ``q - 128``).
 
     Raises:
-        NumericsError: a shape :func:`quantize_micro_supported` rejects.
+        NumericsError: a quantizer :func:`quantize_micro_supported` rejects.
     """
     *lead, k = (int(d) for d in x.shape)
-    if not quantize_micro_supported(bits=1, symmetric=False, block=block, k=k,
-                                    estimator=estimator, pack="bits32"):  # fmt: skip
-        raise NumericsError(f"{name}: the AVX2 quantizer needs block % 32 == 0 and K % block "
-                            f"== 0 and estimator ridge/ste (K={k}, block={block}).")  # fmt: skip
-    nb = k // block
-    rows = 1
-    for d in lead:
-        rows *= d
-    ridge = estimator == "ridge"
-    f32, f64 = "float32", "float64"
+    if not quantize_micro_supported(bits=bits, symmetric=False, block=block, k=k,
+                                    estimator=estimator, pack=pack):  # fmt: skip
+        raise NumericsError(
+            f"{name}: the AVX2 quantizer takes affine ridge/ste codes, 1 bit packed with "
+            f"block % 32 == 0 or 2-8 bits with block % 16 == 0 (bits={bits}, pack={pack!r}, "
+            f"K={k}, block={block}, estimator={estimator!r})."
+        )
+    nb, ridge = k // block, estimator == "ridge"
+    if bits == 1:
+        shapes, dtype = [(*lead, k // 32), (*lead, nb), (*lead, nb)], "uint32"
 
-    def body(ins: list[Any], outs: list[Any]) -> Any:
-        xbuf, cbuf, sbuf, obuf = ins[0], *outs
-        zero8 = _bc(tirx.const(0, f32))
-        with IRBuilder() as ib, T.parallel(0, rows) as r:
-            lead_idx = _unravel(r, lead)
-            sums, devs = _Sum64(), _Sum64()
-            cnt = T.decl_buffer((8,), "int32", scope="global")
-            # per-block scalars, stored once so that each is computed once
-            ints = T.decl_buffer((2,), "int32", scope="global")  # +1 count, current word
-            d64 = T.decl_buffer((4,), f64, scope="global")  # Σx, kept, Σ|x - b|, V + λ
-            g32 = T.decl_buffer((3,), f32, scope="global")  # b, s, scale
-            with T.serial(0, nb) as b:
+        def body(ins: list[Any], outs: list[Any]) -> Any:
+            return _sign_rows(ins[0], outs, lead, block=block, ridge=ridge, lam=ridge_lambda)
+    else:
+        shapes, dtype = [(*lead, k), (*lead, nb), (*lead, nb)], "int8"
 
-                def vec(step: Any, j: int) -> Any:
-                    col = b * block + step * _STEP + 8 * j
-                    return xbuf[(*lead_idx, tirx.Ramp(col, 1, 8))]
+        def body(ins: list[Any], outs: list[Any]) -> Any:
+            return _affine_rows(ins[0], outs, lead, bits=int(bits), block=block, ridge=ridge,
+                                lam=ridge_lambda)  # fmt: skip
 
-                def vec4(step: Any, h: int) -> Any:  # vcvtps2pd takes these from memory
-                    col = b * block + step * _STEP + 4 * h
-                    return tirx.Cast("float64x4", xbuf[(*lead_idx, tirx.Ramp(col, 1, 4))])
-
-                # pass 1: Σx (float64) and the non-zero count
-                sums.zero()
-                T.buffer_store(cnt, _bc(tirx.const(0, "int32")), [tirx.Ramp(0, 1, 8)])
-                with T.serial(0, block // _STEP) as c:
-                    for j in range(4):
-                        v = vec(c, j)
-                        sums.add_halves(vec4(c, 2 * j), vec4(c, 2 * j + 1), j % 2)
-                        nz = _intrin("float32x8", _CMP_PS, v, zero8, tirx.const(_NEQ_UQ, "int8"))
-                        nzi = tirx.reinterpret("int32x8", nz)  # -1 where non-zero
-                        T.buffer_store(cnt, cnt[tirx.Ramp(0, 1, 8)] - nzi, [tirx.Ramp(0, 1, 8)])
-                kept = cnt[0]
-                for i in range(1, 8):
-                    kept = kept + cnt[i]
-                T.buffer_store(d64, sums.total(), [0])
-                T.buffer_store(d64, kept.astype(f64), [1])
-                xsum = d64[0]
-                T.buffer_store(g32, (xsum / tirx.const(block, f64)).astype(f32), [0])
-                bf = _bc(g32[0])
-                # pass 2: Σ|x - b| (float64) → s
-                devs.zero()
-                with T.serial(0, block // _STEP) as c:
-                    for j in range(4):
-                        devs.add(tirx.abs(vec(c, j) - bf), j % 2)
-                den = tirx.max(d64[1], tirx.const(1, f64))
-                T.buffer_store(d64, devs.total(), [2])
-                sfv = tirx.max((d64[2] / den).astype(f32), tirx.const(EPS, f32))
-                T.buffer_store(g32, sfv, [1])
-                sf = _bc(g32[1])
-                # pass 3: sign words (and, for ridge, Σx over the +1 codes)
-                if ridge:
-                    T.buffer_store(ints, tirx.const(0, "int32"), [0])
-                with T.serial(0, block // _STEP) as c:
-                    word = tirx.const(0, "int32")
-                    for j in range(4):
-                        v = vec(c, j)
-                        ge = _intrin("float32x8", _CMP_PS, (v - bf) / sf, zero8,
-                                     tirx.const(_GE_OQ, "int8"))  # fmt: skip
-                        bits = _intrin("int32", _MOVMSK_PS, ge)
-                        word = word | (bits << tirx.const(8 * j, "int32"))
-                    T.buffer_store(ints, word, [1])
-                    T.buffer_store(cbuf, ints[1].astype("uint32"),
-                                   [*lead_idx, b * (block // 32) + c])  # fmt: skip
-                    if ridge:
-                        T.buffer_store(ints, ints[0] + tirx.popcount(ints[1]), [0])
-                o = [*lead_idx, b]
-                if not ridge:
-                    T.buffer_store(sbuf, g32[1], o)
-                    T.buffer_store(obuf, g32[0], o)
-                else:
-                    nblk = tirx.const(block, f64)
-                    s = (ints[0] * 2 - block).astype(f64)  # Σq of ±1 codes
-                    # C·B = Σ(x - b)·q + S·(b - Σx/B) and Σ(x - b)·q = Σ|x - b| (q = sign)
-                    bf64 = g32[0].astype(f64)
-                    cov = (d64[2] + s * (bf64 - xsum / nblk)) / nblk
-                    T.buffer_store(d64, (nblk - s * s / nblk) / nblk
-                                   + tirx.const(ridge_lambda, f64), [3])  # fmt: skip
-                    ok = d64[3] != tirx.const(0, f64)
-                    scale = tirx.Select(ok, cov / tirx.Select(ok, d64[3], tirx.const(1, f64)),
-                                        tirx.const(0, f64))  # fmt: skip
-                    T.buffer_store(g32, scale.astype(f32), [2])
-                    T.buffer_store(sbuf, g32[2], o)
-                    off = (xsum / nblk).astype(f32) - g32[2] * (s / nblk).astype(f32)
-                    T.buffer_store(obuf, off, o)
-        return ib.get()
-
-    shapes = [(*lead, k // 32), (*lead, nb), (*lead, nb)]
-    outs = te.extern(shapes, [x], body, name=name, dtype=["uint32", f32, f32], attrs=attrs)
+    outs = te.extern(shapes, [x], body, name=name, dtype=[dtype, _F32, _F32], attrs=attrs)
     return outs[0], outs[1], outs[2]
