@@ -11,10 +11,11 @@ once, then from L1, and every per-block scalar is computed once.
 1. ``Σx`` in float64 (``vcvtps2pd`` from memory + ``vaddpd``, 16 float64 lanes) and the
    non-zero count (``vcmpps`` + integer lanes); ``b = f32(Σx / B)``, the grid's offset;
 2. ``Σ|x - b|`` in float64 the same way; ``s = max(f32(Σ|x - b| / max(kept, 1)), EPS)``;
-3. ``z = (x - b) / s`` (a real division: where it underflows to ``-0`` the code is +1, as in
-   the reference), ``z >= 0`` as an ordered compare (NaN → -1), and ``vmovmskps`` turns 8
-   compares into 8 sign bits: four make one packed ``uint32`` word (bit t ↔ element
-   ``32w + t``, the layout of ``bitpack.pack_signs``).
+3. the codes ``fl((x - b)/s) >= 0`` as two ordered compares with per-block bounds
+   (:func:`_sign_bounds`: exact, including the ``-0`` a tiny negative quotient underflows
+   to, code +1 as in the reference; NaN → -1), so no ``vdivps`` (measured 30% of the
+   kernel); ``vmovmskps`` turns 8 compares into 8 sign bits: four make one packed ``uint32``
+   word (bit t ↔ element ``32w + t``, the layout of ``bitpack.pack_signs``).
 
 **2-8 bit affine** (``pack="none"``; :func:`_affine_rows`), two passes per block: min and
 max; then ``q = clip(nearbyint((x - min)/s), 0, 2^b - 1)`` (the same float32 operations as
@@ -133,6 +134,25 @@ def _lanes_sum(buf: Any, start: int = 0, n: int = 8) -> Any:
     return total
 
 
+def _sign_bounds(s: Any) -> tuple[Any, Any]:
+    """``(-t, lim)`` with ``fl((x - b)/s) >= 0  ⟺  x - b >= -t  and  |x - b| <= lim``.
+
+    Exact for every float32 ``d = x - b`` and ``s > 0`` (so the kernel needs no division):
+    ``fl(d/s)`` is ``-0`` (code +1) for ``d < 0`` exactly when ``|d|/s <= 2^-150`` (half the
+    smallest subnormal; the tie rounds to even, 0), i.e. ``|d| <= t``, the largest float32
+    ``<= s·2^-150`` (formed in float64, where ``s·2^-150`` is exact, rounded down).
+    ``s = inf``: ``d/s`` is ``±0`` for finite ``d`` and NaN for infinite ones, hence
+    ``t = inf`` and ``lim = FLT_MAX``; a NaN ``s`` gives ``t`` NaN, every code -1.
+    """
+    t64 = s.astype(_F64) * tirx.const(2.0**-150, _F64)
+    t32 = t64.astype(_F32)
+    down = tirx.reinterpret(_F32, tirx.reinterpret("int32", t32) - tirx.const(1, "int32"))
+    t = tirx.Select(t32.astype(_F64) > t64, down, t32)
+    inf = tirx.const(float("inf"), _F32)
+    lim = tirx.Select(s == inf, tirx.const(3.4028234663852886e38, _F32), inf)
+    return -t, lim
+
+
 def _store_ridge(out: list[Any], o: list[Any], d64: Any, g32: Any, *, xsum: Any, s: Any,
                  covb: Any, varb: Any, block: int, lam: float, shift: bool) -> None:  # fmt: skip
     """Write ridge ``scale``/``offset`` from the block sums (module docstring's formulas).
@@ -164,7 +184,7 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
         cnt = T.decl_buffer((8,), "int32", scope="global")
         ints = T.decl_buffer((2,), "int32", scope="global")  # +1 count, current word
         d64 = T.decl_buffer((4,), _F64, scope="global")  # Σx, kept, Σ|x - b|, V + λ
-        g32 = T.decl_buffer((3,), _F32, scope="global")  # b, s, scale
+        g32 = T.decl_buffer((5,), _F32, scope="global")  # b, s, scale, -thr, lim
         with T.serial(0, k // block) as b:
 
             def vec(step: Any, j: int, n: int = 8) -> Any:
@@ -194,15 +214,22 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
             T.buffer_store(d64, devs.total(), [2])
             den = tirx.max(d64[1], tirx.const(1, _F64))
             T.buffer_store(g32, tirx.max((d64[2] / den).astype(_F32), tirx.const(EPS, _F32)), [1])
-            sf = _bc(g32[1])
-            # pass 3: sign words, 8 bits per vmovmskps
+            # pass 3: sign words, 8 bits per vmovmskps; (x - b)/s >= 0 without the division
+            neg_thr, lim = _sign_bounds(g32[1])
+            T.buffer_store(g32, neg_thr, [3])
+            T.buffer_store(g32, lim, [4])
             T.buffer_store(ints, tirx.const(0, "int32"), [0])
             with T.serial(0, block // _STEP) as c:
                 word = tirx.const(0, "int32")
                 for j in range(4):
-                    ge = _intrin("float32x8", _CMP_PS, (vec(c, j) - bf) / sf, zero8,
+                    d = vec(c, j) - bf
+                    ge = _intrin("float32x8", _CMP_PS, d, _bc(g32[3]), tirx.const(_GE_OQ, "int8"))
+                    le = _intrin("float32x8", _CMP_PS, _bc(g32[4]), tirx.abs(d),
                                  tirx.const(_GE_OQ, "int8"))  # fmt: skip
-                    word = word | (_intrin("int32", _MOVMSK_PS, ge) << tirx.const(8 * j, "int32"))
+                    both = tirx.bitwise_and(tirx.reinterpret("int32x8", ge),
+                                            tirx.reinterpret("int32x8", le))  # fmt: skip
+                    bits = _intrin("int32", _MOVMSK_PS, tirx.reinterpret("float32x8", both))
+                    word = word | (bits << tirx.const(8 * j, "int32"))
                 T.buffer_store(ints, word, [1])
                 T.buffer_store(out[0], ints[1].astype("uint32"), [*idx, b * (block // 32) + c])
                 if ridge:
