@@ -25,7 +25,9 @@ whose block carries ``rq.stage = "micro"``; the schedule then only parallelizes 
 stages around it. Affine and 2:4 kernels run on weights packed once at load
 (:mod:`.kernels_x86_panel`; :mod:`.kernels_x86` for shapes the panels do not fit); the
 packing (``rq.kernel = "pack_weights"``) runs once, in ``main_transform_params``. A1W1 uses
-``vpshufb`` LUT or ``vpopcntq`` popcounts (:mod:`.kernels_x86_xnor`). Other targets, and
+``vpshufb`` LUT or ``vpopcntq`` popcounts (:mod:`.kernels_x86_xnor`). Affine ridge/STE
+activation quantization is one micro-kernel too (:mod:`.kernels_x86_quant`, a lone
+``te.extern`` stage: its function has no root block). Other targets, and
 shapes the micro-kernels do not take, keep the generic TE kernels below. Not done: an
 AVX-512 VNNI (``vpdpbusd``) path, which needs a VNNI host to prove bit-exact.
 """
@@ -100,7 +102,8 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     TE kernels. AVX-512 VNNI targets also take the AVX2 path today (a ``vpdpbusd`` kernel
     needs a host with VNNI to prove it bit-exact; none was available). A1W1 matmuls get the
     XNOR-popcount micro-kernel of :mod:`.kernels_x86_xnor`: ``vpopcntq`` where the target
-    has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets.
+    has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets. Dynamic
+    activation quantization gets the one-pass kernels of :mod:`.kernels_x86_quant`.
     """
     tgt = make_target(target)
     if str(tgt.kind.name) != "llvm" or cpu_dot_path(tgt) == "generic":

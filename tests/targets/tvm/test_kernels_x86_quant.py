@@ -130,7 +130,7 @@ def test_underflowing_quotient_gives_code_plus_one() -> None:
 def test_lambda_zero_constant_codes_give_scale_zero() -> None:
     x = torch.full((2, 128), 0.75)  # every code +1: V = 0, λ = 0, the safe division
     x[1] = torch.linspace(-1, 1, 128)
-    codes, scale, _ = _run(x, 128, "ridge", lam=0.0)
+    _, scale, _ = _run(x, 128, "ridge", lam=0.0)
     assert scale[0, 0].item() == 0.0 and torch.isfinite(scale).all()
     _assert_matches(x, 128, "ridge", lam=0.0)
 
@@ -149,8 +149,8 @@ def test_only_binary_affine_packed_formats_take_the_kernel() -> None:
         assert not quantize_micro_supported(**args), kw
     x = te.placeholder((4, 256), "float32")
     with pytest.raises(NumericsError, match="AVX2 quantizer"):
-        avx2_quantize(x, bits=1, block=96, estimator="ridge", ridge_lambda=0.01, pack="bits32", name="q",
-                           attrs={})  # fmt: skip
+        avx2_quantize(x, bits=1, block=96, estimator="ridge", ridge_lambda=0.01,
+                      pack="bits32", name="q", attrs={})  # fmt: skip
     with pytest.raises(NumericsError, match="unknown isa"):
         K.te_quantize(x, bits=1, symmetric=False, block=128, isa="neon")
 
