@@ -274,73 +274,85 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
     return ib.get()
 
 
+class _AffineRow:
+    """The per-row scratch of :func:`_affine_rows`."""
+
+    def __init__(self, x: Any, idx: list[Any]) -> None:
+        self.x, self.idx = x, idx
+        self.sums, self.xq = _Sum64(), _Sum64()
+        self.ext = T.decl_buffer((16,), _F32, scope="global")  # min lanes, max lanes
+        self.qs = T.decl_buffer((16,), "int32", scope="global")  # Σq lanes, Σq² lanes
+        self.d64 = T.decl_buffer((4,), _F64, scope="global")  # Σx, S, Σq², V + λ
+        self.g32 = T.decl_buffer((3,), _F32, scope="global")  # min, s, scale
+
+    def vec(self, col: Any, n: int = 8) -> Any:
+        return self.x[(*self.idx, tirx.Ramp(col, 1, n))]
+
+
 def _affine_rows(x: Any, out: list[Any], lead: list[int], *, bits: int, block: int,
-                 ridge: bool, lam: float) -> Any:  # fmt: skip
-    """TIR: 2-8 bit affine codes (int8), scale and offset, one row per iteration."""
+                 ridge: bool, lam: float, per_iter: int = 2) -> Any:  # fmt: skip
+    """TIR: 2-8 bit affine codes (int8), scale and offset, ``per_iter`` rows per parallel
+    iteration with their passes interleaved (as :func:`_sign_rows`)."""
     k, rows, hi = int(x.shape[-1]), _prod(lead), 2**bits - 1
-    shift = bits == 8
-    with IRBuilder() as ib, T.parallel(0, rows) as r:
-        idx = _unravel(r, lead)
-        sums, xq = _Sum64(), _Sum64()
-        ext = T.decl_buffer((16,), _F32, scope="global")  # min lanes, max lanes
-        qs = T.decl_buffer((16,), "int32", scope="global")  # Σq lanes, Σq² lanes
-        d64 = T.decl_buffer((4,), _F64, scope="global")  # Σx, S, Σq², V + λ
-        g32 = T.decl_buffer((3,), _F32, scope="global")  # min, s, scale
-        lo8, hi8 = tirx.Ramp(0, 1, 8), tirx.Ramp(8, 1, 8)
+    shift, per_iter = bits == 8, min(per_iter, rows)
+    lo8, hi8 = tirx.Ramp(0, 1, 8), tirx.Ramp(8, 1, 8)
+    with IRBuilder() as ib, T.parallel(0, (rows + per_iter - 1) // per_iter) as it:
+        rs = [_AffineRow(x, _unravel(tirx.min(it * per_iter + i, rows - 1), lead))
+              for i in range(per_iter)]  # fmt: skip
         with T.serial(0, k // block) as b:
-
-            def vec(step: Any, j: int, n: int = 8, start: Any = None) -> Any:
-                first = step * _ASTEP if start is None else start
-                return x[(*idx, tirx.Ramp(b * block + first + n * j, 1, n))]
-
             # pass 1: min, max (order-free)
-            T.buffer_store(ext, vec(0, 0), [lo8])
-            T.buffer_store(ext, vec(0, 0), [hi8])
+            for w in rs:
+                T.buffer_store(w.ext, w.vec(b * block), [lo8])
+                T.buffer_store(w.ext, w.vec(b * block), [hi8])
             with T.serial(0, block // _ASTEP) as c:
-                for j in range(2):
-                    v = vec(c, j)
-                    T.buffer_store(ext, tirx.min(ext[lo8], v), [lo8])
-                    T.buffer_store(ext, tirx.max(ext[hi8], v), [hi8])
-            mn, mx = ext[0], ext[8]
-            for i in range(1, 8):
-                mn, mx = tirx.min(mn, ext[i]), tirx.max(mx, ext[8 + i])
-            T.buffer_store(g32, mn, [0])
-            T.buffer_store(g32, tirx.max((mx - g32[0]) / tirx.const(hi, _F32),
-                                         tirx.const(EPS, _F32)), [1])  # fmt: skip
-            bf, sf = _bc(g32[0]), _bc(g32[1])
-            # pass 2: codes and, for ridge, Σq, Σq² (int32) and Σx, Σx·q (float64, x widened
-            # once, from memory)
-            if ridge:
-                sums.zero()
-                xq.zero()
-                T.buffer_store(qs, _bc(tirx.const(0, "int32"), 16), [tirx.Ramp(0, 1, 16)])
-            with T.serial(0, block // 8) as c:  # one vector per step: 16 ymm registers
-                v = vec(c, 0, start=8 * c)
-                z = tirx.nearbyint((v - bf) / sf)
-                q = tirx.min(tirx.max(z, _bc(tirx.const(0, _F32))), _bc(tirx.const(hi, _F32)))
-                qi = tirx.Cast("int32x8", q)
-                code = qi - _bc(tirx.const(128, "int32")) if shift else qi
-                col = b * block + 8 * c
-                T.buffer_store(out[0], tirx.Cast("int8x8", code), [*idx, tirx.Ramp(col, 1, 8)])
+                for w in rs:
+                    for j in range(2):
+                        v = w.vec(b * block + c * _ASTEP + 8 * j)
+                        T.buffer_store(w.ext, tirx.min(w.ext[lo8], v), [lo8])
+                        T.buffer_store(w.ext, tirx.max(w.ext[hi8], v), [hi8])
+            for w in rs:
+                mn, mx = w.ext[0], w.ext[8]
+                for i in range(1, 8):
+                    mn, mx = tirx.min(mn, w.ext[i]), tirx.max(mx, w.ext[8 + i])
+                T.buffer_store(w.g32, mn, [0])
+                T.buffer_store(w.g32, tirx.max((mx - w.g32[0]) / tirx.const(hi, _F32),
+                                               tirx.const(EPS, _F32)), [1])  # fmt: skip
                 if ridge:
-                    T.buffer_store(qs, qs[lo8] + qi, [lo8])
-                    T.buffer_store(qs, qs[hi8] + qi * qi, [hi8])
-                    x64 = [tirx.Cast("float64x4", vec(c, h, 4, start=8 * c)) for h in range(2)]
-                    sums.add_halves(*x64, 0)
-                    xq.add_halves(*(x64[h] * _f64x4(q, h) for h in range(2)), 0)
-            o = [*idx, b]
-            if ridge:
-                T.buffer_store(d64, sums.total(), [0])
-                T.buffer_store(d64, _lanes_sum(qs).astype(_F64), [1])
-                T.buffer_store(d64, _lanes_sum(qs, 8).astype(_F64), [2])
-                xsum, s, nblk = d64[0], d64[1], tirx.const(block, _F64)
-                _store_ridge(out, o, d64, g32, xsum=xsum, s=s, covb=xq.total() - xsum * s / nblk,
-                             varb=d64[2] - s * s / nblk, block=block, lam=lam,
-                             shift=shift)  # fmt: skip
-            else:  # STE: the grid itself
-                off = g32[0] + tirx.const(128, _F32) * g32[1] if shift else g32[0]
-                T.buffer_store(out[1], g32[1], o)
-                T.buffer_store(out[2], off, o)
+                    w.sums.zero()
+                    w.xq.zero()
+                    T.buffer_store(w.qs, _bc(tirx.const(0, "int32"), 16), [tirx.Ramp(0, 1, 16)])
+            # pass 2: codes and, for ridge, Σq, Σq² (int32) and Σx, Σx·q (float64, x widened
+            # once, from memory); one vector per row and step (16 ymm registers)
+            with T.serial(0, block // 8) as c:
+                for w in rs:
+                    col = b * block + 8 * c
+                    z = tirx.nearbyint((w.vec(col) - _bc(w.g32[0])) / _bc(w.g32[1]))
+                    q = tirx.min(tirx.max(z, _bc(tirx.const(0, _F32))), _bc(tirx.const(hi, _F32)))
+                    qi = tirx.Cast("int32x8", q)
+                    code = qi - _bc(tirx.const(128, "int32")) if shift else qi
+                    T.buffer_store(out[0], tirx.Cast("int8x8", code),
+                                   [*w.idx, tirx.Ramp(col, 1, 8)])  # fmt: skip
+                    if ridge:
+                        T.buffer_store(w.qs, w.qs[lo8] + qi, [lo8])
+                        T.buffer_store(w.qs, w.qs[hi8] + qi * qi, [hi8])
+                        x64 = [tirx.Cast("float64x4", w.vec(col + 4 * h, 4)) for h in range(2)]
+                        w.sums.add_halves(*x64, 0)
+                        w.xq.add_halves(*(x64[h] * _f64x4(q, h) for h in range(2)), 0)
+            for w in rs:
+                o = [*w.idx, b]
+                if ridge:
+                    T.buffer_store(w.d64, w.sums.total(), [0])
+                    T.buffer_store(w.d64, _lanes_sum(w.qs).astype(_F64), [1])
+                    T.buffer_store(w.d64, _lanes_sum(w.qs, 8).astype(_F64), [2])
+                    xsum, s, nblk = w.d64[0], w.d64[1], tirx.const(block, _F64)
+                    _store_ridge(out, o, w.d64, w.g32, xsum=xsum, s=s,
+                                 covb=w.xq.total() - xsum * s / nblk,
+                                 varb=w.d64[2] - s * s / nblk, block=block, lam=lam,
+                                 shift=shift)  # fmt: skip
+                else:  # STE: the grid itself
+                    off = w.g32[0] + tirx.const(128, _F32) * w.g32[1] if shift else w.g32[0]
+                    T.buffer_store(out[1], w.g32[1], o)
+                    T.buffer_store(out[2], off, o)
     return ib.get()
 
 
@@ -390,8 +402,9 @@ def avx2_quantize(
         shapes, dtype = [(*lead, k), (*lead, nb), (*lead, nb)], "int8"
 
         def body(ins: list[Any], outs: list[Any]) -> Any:
+            # ridge is vcvtps2pd-bound, and a second row's accumulators spill: one row
             return _affine_rows(ins[0], outs, lead, bits=int(bits), block=block, ridge=ridge,
-                                lam=ridge_lambda)  # fmt: skip
+                                lam=ridge_lambda, per_iter=1 if ridge else 2)  # fmt: skip
 
     outs = te.extern(shapes, [x], body, name=name, dtype=[dtype, _F32, _F32], attrs=attrs)
     return outs[0], outs[1], outs[2]
