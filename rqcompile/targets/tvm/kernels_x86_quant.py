@@ -37,6 +37,11 @@ For ±1 codes ``q = sign(x - b)`` so ``Σ(x - b)·q = Σ|x - b|`` (pass 2's sum)
 (relative error ≤ 2⁻²⁴, and exact near ``b``), so ``C`` agrees with the exact value to
 ~6e-8 relative; like the TE kernel's statistics, scale/offset agree with the float32
 reference to ~1e-7 (tests use 1e-6).
+
+**Measured** (one thread, Zen 3, M=2048 and 64, K=128..4096, block 128; TE stages in
+brackets): 1-bit ridge 0.5 ns/element (1.1-1.5), 2-8 bit ridge 0.65-0.75 (1.1-1.3), STE
+0.3-0.35 (0.6-0.7). The float64 sums bound them: ``vcvtps2pd`` ymm issues every 2 cycles on
+Zen 3 (0.17 ns/element for convert + add alone).
 """
 
 from __future__ import annotations
