@@ -49,6 +49,7 @@ from rqcompile.targets.tvm.kernels_x86_panel import (
     te_pack_panels,
     te_pack_sparse24_panels,
 )
+from rqcompile.targets.tvm.kernels_x86_quant import avx2_quantize, quantize_micro_supported
 from rqcompile.targets.tvm.kernels_x86_xnor import XNOR_ISAS, xnor_matmul_micro, xnor_supported
 from rqcompile.targets.tvm.kernels_x86_xnor_panel import (
     XNOR_PANEL_ISAS,
@@ -157,9 +158,15 @@ def te_quantize(
     estimator: str = "ridge",
     ridge_lambda: float = 0.01,
     pack: str = "none",
+    isa: str = "generic",
     name: str = "quantize",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Dynamic quantization of ``x f32 [..., K]``, the TE twin of ``reference.quantize``.
+
+    ``isa="avx2"`` (chosen by ``schedules.kernel_options`` from the target's features) runs
+    affine ridge/ste quantizers (1 bit packed, 2-8 bits) as one micro-kernel
+    (:mod:`.kernels_x86_quant`: same codes, one row per parallel iteration); ``"generic"``
+    and every other format use the TE stages below.
 
     Returns:
         ``(codes, scale f32 [..., nb], offset f32 [..., nb])``; codes are ``int8 [..., K]``
@@ -178,8 +185,17 @@ def te_quantize(
         raise NumericsError(
             f"te_quantize: pack={pack!r} needs pack 'none', or 'bits32' with bits=1."
         )
+    if isa not in ("generic", "avx2"):
+        raise NumericsError(f"te_quantize: unknown isa {isa!r}; use 'generic' or 'avx2'.")
     *lead, k = _shape(x)
     nb = _nblocks(k, block, "te_quantize")
+    if isa == "avx2" and quantize_micro_supported(
+        bits=bits, symmetric=symmetric, block=block, k=k, estimator=estimator, pack=pack
+    ):
+        attrs = _attrs("quantize", block, bits=float(bits), symmetric=bool(symmetric))
+        return avx2_quantize(x, bits=bits, block=block, estimator=estimator,
+                             ridge_lambda=ridge_lambda, pack=pack, name=name,
+                             attrs={**attrs, STAGE_ATTR: "micro"})  # fmt: skip
     lo, hi = code_range(QFormat(bits, symmetric))
     bshape = [*lead, nb]
     f64 = "float64"

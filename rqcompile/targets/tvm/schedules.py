@@ -26,7 +26,9 @@ stages around it. Affine and 2:4 kernels run on weights packed once at load
 (:mod:`.kernels_x86_panel`; :mod:`.kernels_x86` for shapes the panels do not fit); the
 packing (``rq.kernel = "pack_weights"``) runs once, in ``main_transform_params``. A1W1 runs
 on packed sign-word panels too, with ``vpshufb`` LUT or ``vpopcntd`` popcounts
-(:mod:`.kernels_x86_xnor_panel`; :mod:`.kernels_x86_xnor` where N % 8 != 0). Other targets, and
+(:mod:`.kernels_x86_xnor_panel`; :mod:`.kernels_x86_xnor` where N % 8 != 0). Affine ridge/STE
+activation quantization is one micro-kernel too (:mod:`.kernels_x86_quant`, a lone
+``te.extern`` stage: its function has no root block). Other targets, and
 shapes the micro-kernels do not take, keep the generic TE kernels below. Not done: an
 AVX-512 VNNI (``vpdpbusd``) path, which needs a VNNI host to prove bit-exact.
 """
@@ -102,7 +104,8 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     needs a host with VNNI to prove it bit-exact; none was available). A1W1 matmuls get the
     XNOR-popcount panel kernel of :mod:`.kernels_x86_xnor_panel` (and the micro-kernel of
     :mod:`.kernels_x86_xnor` where the panels do not fit): ``vpopcntd``/``vpopcntq`` where the
-    target has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets.
+    target has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets. Dynamic
+    activation quantization gets the one-pass kernels of :mod:`.kernels_x86_quant`.
     """
     tgt = make_target(target)
     if str(tgt.kind.name) != "llvm" or cpu_dot_path(tgt) == "generic":
@@ -112,6 +115,7 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
         return {}
     xnor = "avx512_vpopcntdq" if "avx512_vpopcntdq" in feats else "avx2"
     return {
+        "quantize": {"isa": "avx2"},
         "int_matmul": {"isa": "avx2"},
         "sparse24_matmul": {"isa": "avx2"},
         "xnor_popcount_matmul": {"isa": xnor},
@@ -135,6 +139,10 @@ def kernel_kind(func: Any) -> str | None:
 
 
 def _blocks(sch: Any) -> list[Any]:
+    body = sch.mod["main"].body
+    if isinstance(body, s_tir.SBlockRealize) and body.block.name_hint != "root":
+        # a function of one te.extern stage (e.g. kernels_x86_quant) has no root block
+        return [sch.get_sblock(body.block.name_hint)]
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
@@ -258,8 +266,12 @@ def _schedule_quantize(sch: Any, cfg: CpuScheduleConfig) -> None:
     sums of float32 values that set the 1-bit grid are rounded once to float32 (the
     reference sums in yet another order). Measured one thread, Zen 3, 2048 rows: A1 affine
     ridge K=128 1.7 → 0.4 ms, K=512 7.2 → 1.4 ms; A8 K=512 4.8 → 1.0 ms.
+
+    The AVX2 micro-kernel (``rq.stage = "micro"``, :mod:`.kernels_x86_quant`) has its own
+    parallel row loop and is left as built.
     """
-    schedule_row_stages(sch, cfg)
+    if not _by_stage(sch, "micro"):
+        schedule_row_stages(sch, cfg)
 
 
 def schedule_row_stages(sch: Any, cfg: CpuScheduleConfig) -> None:
