@@ -114,7 +114,9 @@ def _load(view: View, bufs: Sequence[Any], idx: list[Any]) -> Any:
     return parts[0] + parts[1]
 
 
-def _store_index(steps: Sequence[tuple[Any, ...]], shape: Sequence[int], idx: list[Any]) -> list[Any]:
+def _store_index(
+    steps: Sequence[tuple[Any, ...]], shape: Sequence[int], idx: list[Any]
+) -> list[Any]:
     """Where element ``idx`` of the core output lands after the output steps."""
     cur, at = list(shape), list(idx)
     for step in steps:
@@ -212,37 +214,38 @@ class _Kernel:
             names = ("kt", "kr", "vl", "ql", "sc", "mx", "inv", "sacc", "sm", "pacc")
             sizes = (self.e * sp, self.s * self.e, self.s * self.ev, tm * self.e, tm * sp,
                      tm * L, tm, self.qr * self.qv * L, L, sr * w)  # fmt: skip
-            self.buf = {n: T.decl_buffer((k,), _F32, scope=_scope(k)) for n, k in zip(names, sizes, strict=True)}
+            self.buf = {
+                n: T.decl_buffer((k,), _F32, scope=_scope(k))
+                for n, k in zip(names, sizes, strict=True)
+            }
             with T.serial(0, chunk) as c:
                 self._head(ins, out, _unravel(ch * chunk + c, self.batch) if self.batch else [])
         return ib.get()
 
     def _head(self, ins: Sequence[Any], out: Any, b: list[Any]) -> None:
-        g, L, s, e, ev, sp, tm = self.g, self.L, self.s, self.e, self.ev, self.sp, self.tm
+        """One (batch, head): ``kᵀ`` and ``v`` into local buffers, then row tiles."""
+        g, L, s, e, ev, tm = self.g, self.L, self.s, self.e, self.ev, self.tm
         kt, vl, ql, sc = (self.buf[n] for n in ("kt", "vl", "ql", "sc"))
-        if True:
-            self._load_kt(ins, b)
-            with T.serial(0, s) as j, T.vectorized(0, ev) as d:
-                T.buffer_store(vl, _load(g.v, ins, [*b, j, d]), [j * ev + d])
-            with T.serial(0, self.t // tm) as it:
-                i0 = it * tm
-                with T.serial(0, tm) as r, T.vectorized(0, e) as d:
-                    T.buffer_store(ql, _load(g.q, ins, [*b, i0 + r, d]), [r * e + d])
-                if g.offset is None:
-                    ncol: Any = s
-                else:
-                    ncol = tirx.min(i0 + (tm + g.offset), s)
-                nsb = tirx.floordiv(ncol + (L * self.qv - 1), L * self.qv)
-                mx, inv = self.buf["mx"], self.buf["inv"]
-                self._scores(kt, ql, sc, mx, i0, nsb)
-                self._softmax(sc, mx, inv, nsb * self.qv)
-                self._pv(sc, vl, inv, out, b, i0, ncol)
+        self._load_kt(ins, b)
+        with T.serial(0, s) as j, T.vectorized(0, ev) as d:
+            T.buffer_store(vl, _load(g.v, ins, [*b, j, d]), [j * ev + d])
+        with T.serial(0, self.t // tm) as it:
+            i0 = it * tm
+            with T.serial(0, tm) as r, T.vectorized(0, e) as d:
+                T.buffer_store(ql, _load(g.q, ins, [*b, i0 + r, d]), [r * e + d])
+            # keys the tile can see: all, or up to its last row's causal bound
+            ncol: Any = s if g.offset is None else tirx.min(i0 + (tm + g.offset), s)
+            nsb = tirx.floordiv(ncol + (L * self.qv - 1), L * self.qv)
+            mx, inv = self.buf["mx"], self.buf["inv"]
+            self._scores(kt, ql, sc, mx, i0, nsb)
+            self._softmax(sc, mx, inv, nsb * self.qv)
+            self._pv(sc, vl, inv, out, b, i0, ncol)
 
     def _load_kt(self, ins: Sequence[Any], b: list[Any]) -> None:
-        """``kt[d, j] = k[j, d]``, padded keys 0. With 8 lanes and ``S, E`` multiples of 8:
-        rows copied with vector loads (into ``kt`` itself, as scratch after the used
-        part... no: into ``sc``-sized scratch ``kr``), then 8x8 blocks transposed in
-        registers (:func:`_transpose8`); scalar stores measured ~15% of the kernel."""
+        """``kt[d, j] = k[j, d]``, padded keys 0. With 8 lanes and ``S, E`` multiples of 8
+        the rows are copied with vector loads into ``kr`` and 8x8 blocks transposed in
+        registers (:func:`_transpose8`): the scalar strided stores measured ~15% of the
+        kernel."""
         g, s, e, sp = self.g, self.s, self.e, self.sp
         kt = self.buf["kt"]
         if self.L == 8 and s % 8 == 0 and e % 8 == 0:
@@ -304,8 +307,8 @@ class _Kernel:
                 p = T.bind(tirx.Select(x == self.vec(self.ninf), self.zero, exp_poly(x - m)))
                 T.buffer_store(sc, p, [at])
                 T.buffer_store(sm, sm[self.lanes(0)] + p, [self.lanes(0)])
-            T.buffer_store(inv, tirx.const(1.0, _F32) / _hreduce(sm[self.lanes(0)], L, operator.add),
-                           [r])  # fmt: skip
+            total = _hreduce(sm[self.lanes(0)], L, operator.add)
+            T.buffer_store(inv, tirx.const(1.0, _F32) / total, [r])
 
     def _pv(self, sc: Any, vl: Any, inv: Any, out: Any, b: list[Any], i0: Any, ncol: Any) -> None:
         """``P·v`` over the visible keys in ``sr x nc``-vector sub-tiles, scaled by ``inv``
@@ -317,7 +320,9 @@ class _Kernel:
             acc = self.buf["pacc"]
             for t in range(sr * nc):
                 T.buffer_store(acc, self.zero, [self.lanes(t * L)])
-            hi = ncol if self.g.offset is None else tirx.min(i0 + rg * sr + (sr + self.g.offset), self.s)
+            hi = ncol
+            if self.g.offset is not None:
+                hi = tirx.min(i0 + rg * sr + (sr + self.g.offset), self.s)
             with T.serial(0, hi) as j:  # the keys this sub-tile's rows see
                 vv = [vl[self.lanes(j * ev + eb * w + c * L)] for c in range(nc)]
                 for r in range(sr):
@@ -327,9 +332,9 @@ class _Kernel:
                         T.buffer_store(acc, acc[a] + pr * vv[c], [a])
             for r in range(sr):
                 for c in range(nc):
-                    with T.vectorized(0, L) as l:
-                        at = [*b, i0 + rg * sr + r, eb * w + c * L + l]
-                        T.buffer_store(out, acc[(r * nc + c) * L + l] * inv[rg * sr + r],
+                    with T.vectorized(0, L) as lane:
+                        at = [*b, i0 + rg * sr + r, eb * w + c * L + lane]
+                        T.buffer_store(out, acc[(r * nc + c) * L + lane] * inv[rg * sr + r],
                                        _store_index(self.g.out_steps, core_shape, at))  # fmt: skip
 
 
