@@ -11,6 +11,10 @@ Where it sits: ``build``, phase ``emit`` of ``targets/tvm/pipelines.py``. In: a 
   ``rq.kernel`` block annotations).
 * **Float and layout ops** are ``relax.op.*`` calls, legalized to TOPI by ``LegalizeOps``.
   ``im2col``, ``causal_mask`` and ``slice`` are TE computes written here.
+* **Attention is fused** on CPU targets with vector code: :mod:`.attention_match` finds
+  ``softmax(q·kᵀ·scale [mask]) · v`` (explicit or ``rq.sdpa``) with the q/k/v split, bias
+  and head transposes around it, and :mod:`.kernels_attention` emits one kernel for the
+  group; the group's other ops are not emitted.
 * **Weights are parameters, not constants.** Every ``rq.const`` becomes a parameter of
   ``main`` named after the constant; the runtime binds ``ir.constants`` to them, so the
   shared library holds code only and an artifact stores each weight once (safetensors).
