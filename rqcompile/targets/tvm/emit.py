@@ -11,6 +11,10 @@ Where it sits: ``build``, phase ``emit`` of ``targets/tvm/pipelines.py``. In: a 
   ``rq.kernel`` block annotations).
 * **Float and layout ops** are ``relax.op.*`` calls, legalized to TOPI by ``LegalizeOps``.
   ``im2col``, ``causal_mask`` and ``slice`` are TE computes written here.
+* **Attention is fused** on CPU targets with vector code: :mod:`.attention_match` finds
+  ``softmax(q·kᵀ·scale [mask]) · v`` (explicit or ``rq.sdpa``) with the q/k/v split, bias
+  and head transposes around it, and :mod:`.kernels_attention` emits one kernel for the
+  group; the group's other ops are not emitted.
 * **Weights are parameters, not constants.** Every ``rq.const`` becomes a parameter of
   ``main`` named after the constant; the runtime binds ``ir.constants`` to them, so the
   shared library holds code only and an artifact stores each weight once (safetensors).
@@ -27,6 +31,7 @@ ops agree to ~1e-6 relative (TOPI float32 vs torch; summation order differs).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -36,6 +41,8 @@ from rqcompile.ir.core import AttrValue, Func, Module, Op, attr_key
 from rqcompile.ir.types import TensorType
 from rqcompile.targets.tvm import kernels as K
 from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
+from rqcompile.targets.tvm.attention_match import AttentionGroup, find_attention
+from rqcompile.targets.tvm.kernels_attention import attention_supported, te_attention
 
 __all__ = [
     "EMITTERS",
@@ -168,18 +175,21 @@ class Emission:
         key: Hashable,
         name: str,
         opaque: bool = False,
+        attrs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Expr:
         """``bb.emit_te(fn, *args, **kwargs)``, reusing the PrimFunc of an earlier equal ``key``.
 
         ``key`` must determine the PrimFunc: it has to cover the operand types and every
-        keyword that shapes the compute.
+        keyword that shapes the compute. ``opaque`` keeps fusion off the PrimFunc; ``attrs``
+        are more PrimFunc attributes.
         """
         hit = self._memo.get(key)
         flat = _flat(args)
         if hit is not None:
             return self.bb.emit(relax.call_tir(hit[0], flat, hit[1]))
-        extra: dict[str, Any] = {"primfunc_attrs": _OPAQUE} if opaque else {}
+        fattrs = {**(_OPAQUE if opaque else {}), **(attrs or {})}
+        extra: dict[str, Any] = {"primfunc_attrs": fattrs} if fattrs else {}
         var = self.bb.emit_te(fn, *args, **kwargs, primfunc_name_hint=name, **extra)
         call = self.bb.lookup_binding(var)
         called = list(call.args[1])
@@ -545,6 +555,31 @@ EMITTERS: dict[str, Emitter] = {
 }
 
 
+# -- fused attention ------------------------------------------------------------------------
+
+#: PrimFunc attributes of the fused attention: a kernel of its own (``rq.kernel``) that is
+#: already scheduled, so neither schedule phase touches it.
+_ATTENTION_ATTRS = {"rq.kernel": "attention", "rq.scheduled": True}
+
+
+def _attention_groups(ir: Module, f: Func, opts: Mapping[str, Any] | None) -> list[AttentionGroup]:
+    """The attention groups to fuse: none unless the target asked (``options["attention"]``
+    with its vector ``lanes``), and only those the kernel takes."""
+    if not opts:
+        return []
+    lanes = int(opts["lanes"])
+    return [g for g in find_attention(f, ir.constants) if attention_supported(g, lanes)]
+
+
+def _emit_attention(cx: Emission, g: AttentionGroup, env: Mapping[int, Expr]) -> Expr:
+    lanes = int(cx.options["attention"]["lanes"])
+    args = [env[v.id] for v in g.inputs]
+    # the group goes in a partial: emit_te only passes TVM-convertible keywords
+    fn = functools.partial(te_attention, group=g, lanes=lanes)
+    return cx.emit_te(fn, args, key=("attention", g.key, lanes), name="attention",
+                      opaque=True, attrs=_ATTENTION_ATTRS)  # fmt: skip
+
+
 # -- module ---------------------------------------------------------------------------------
 
 
@@ -594,7 +629,8 @@ def emit_module(
     ``main(*ir_args, *weights)``: the IR's arguments (named ``input0``, ...), then one
     parameter per name of :func:`const_params`. Returns a single tensor or a tuple, as the IR
     function does. ``options`` maps a kernel name (``"int_matmul"``) to extra keywords for its
-    TE builder: the target's instruction set, from ``schedules.kernel_options``.
+    TE builder: the target's instruction set, from ``schedules.kernel_options``; with
+    ``options["attention"] = {"lanes": n}`` attention is fused (:mod:`.attention_match`).
 
     Raises:
         UnsupportedOpError: ops with no emitter (all listed at once).
@@ -610,12 +646,20 @@ def emit_module(
             weights.setdefault(name, relax.Var(name, _relax_type(op.result.type)))
     cx = Emission(relax.BlockBuilder(), options)
     env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs, strict=True)}
+    groups = _attention_groups(ir, f, cx.options.get("attention"))
+    fused = {i for g in groups for i in g.ops}
+    anchors = {g.anchor: g for g in groups}
     # num_input: the rest are weights, whose weight-only work LiftTransformParams may hoist
     with cx.bb.function("main", [*inputs, *weights.values()], attrs={"num_input": len(inputs)}):
         with cx.bb.dataflow():
-            for op in f.ops:
+            for i, op in enumerate(f.ops):
                 if op.name == "rq.const":
                     env[op.result.id] = weights[str(op.attr("name"))]
+                    continue
+                if i in anchors:
+                    env[anchors[i].result.id] = _emit_attention(cx, anchors[i], env)
+                    continue
+                if i in fused:
                     continue
                 out = EMITTERS[op.name](cx, op, tuple(env[v.id] for v in op.operands))
                 if len(op.results) == 1:

@@ -28,7 +28,20 @@ from typing import Any
 
 from rqcompile.targets.tvm.adapter import relax, tirx, topi, tvm
 
-__all__ = ["FastFloatMath", "te_fast_gelu"]
+__all__ = ["FastFloatMath", "exp_poly", "te_fast_gelu"]
+
+#: TOPI ``fast_exp``'s constants (``topi/elemwise.h``): input clamp, log2(e), ln 2 and the
+#: degree-5 polynomial for ``exp`` on ``[-ln2/2, ln2/2]``, highest power first.
+_EXP_CLAMP = (-88.376258850097656, 88.376266479492188)
+_LOG2E, _LN2 = 1.4426950216293335, 0.69314718246459961
+_EXP_POLY = (
+    1.9875691214110702e-4,
+    1.3981999363750219e-3,
+    8.333452045917511e-3,
+    4.1665796190500259e-2,
+    0.1666666567325592,
+    0.5,
+)
 
 
 def te_fast_gelu(x: Any) -> Any:
@@ -36,6 +49,34 @@ def te_fast_gelu(x: Any) -> Any:
     half = tirx.const(0.5, x.dtype)
     erf = topi.fast_erf(topi.multiply(x, tirx.const(0.5**0.5, x.dtype)))
     return topi.multiply(x, topi.add(topi.multiply(erf, half), half))
+
+
+def exp_poly(x: Any) -> Any:
+    """``exp(x)`` for a float32 scalar or vector ``PrimExpr``: TOPI ``fast_exp``'s
+    operations, for kernels written in TIR (``kernels_attention.py``).
+
+    ``x`` is clamped to ``±88.38``, split as ``n·ln2 + r``, and ``2ⁿ`` is built in the
+    exponent bits; so ``exp(-inf)`` is ~1e-38, not 0 (callers mask it).
+    """
+    lanes = tvm.DataType(str(x.ty)).lanes
+
+    def c(v: float) -> Any:
+        k = tirx.const(v, "float32")
+        return tirx.Broadcast(k, lanes) if lanes > 1 else k
+
+    # let-bound so the expression stays linear in size (x, its clamp and r are reused)
+    fty, ity = str(x.ty), "int32" if lanes == 1 else f"int32x{lanes}"
+    xv, cv, rv = (tirx.Var(n, fty) for n in ("exp_x", "exp_xc", "exp_r"))
+    n = tirx.floor(cv * c(_LOG2E) + c(0.5))
+    p = c(_EXP_POLY[0])
+    for coef in _EXP_POLY[1:]:
+        p = p * rv + c(coef)
+    p = p * rv * rv + rv + c(1.0)
+    two_n = tirx.Cast(ity, n + c(127.0)) << tirx.Cast(ity, c(23.0))
+    y = tirx.max(tirx.reinterpret(fty, two_n) * p, xv)
+    y = tirx.Let(rv, cv - n * c(_LN2), y)
+    y = tirx.Let(cv, tirx.max(tirx.min(xv, c(_EXP_CLAMP[1])), c(_EXP_CLAMP[0])), y)
+    return tirx.Let(xv, x, y)
 
 
 @relax.expr_functor.mutator

@@ -45,11 +45,12 @@ from rqcompile.targets.tvm.cpu_features import host_features
 from rqcompile.targets.tvm.emit import emit_module
 from rqcompile.targets.tvm.fast_math import FastFloatMath
 from rqcompile.targets.tvm.schedules import kernel_options, schedule_module
-from rqcompile.targets.tvm.schedules_float import schedule_float_cpu
+from rqcompile.targets.tvm.schedules_float import FloatScheduleConfig, schedule_float_cpu
 
 __all__ = [
     "Phase",
     "cpu_phases",
+    "emit_options",
     "features_for",
     "legalize_passes",
     "library_suffix",
@@ -90,6 +91,17 @@ def legalize_passes() -> list[Any]:
     ]
 
 
+def emit_options(target: Target) -> dict[str, dict[str, Any]]:
+    """``emit_module``'s options for a CPU target: the integer kernels' ISA
+    (``schedules.kernel_options``) and, where the target has vector code, fused attention
+    with the float vector width (``kernels_attention.py``)."""
+    options = kernel_options(target)
+    cfg = FloatScheduleConfig.for_target(target)
+    if cfg.vectorize:
+        options["attention"] = {"lanes": cfg.lanes}
+    return options
+
+
 def cpu_phases(target: Target) -> tuple[Phase, ...]:
     """The ``llvm`` (and later ``c``) phases for ``target``.
 
@@ -117,7 +129,7 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
         ]
     )
     return (
-        Phase("emit", lambda ir: emit_module(ir, options=kernel_options(target))),
+        Phase("emit", lambda ir: emit_module(ir, options=emit_options(target))),
         Phase("lift-params", _passes(target, [relax.transform.LiftTransformParams()])),
         Phase("legalize", _passes(target, legalize)),
         Phase("schedule", lambda mod: schedule_module(mod, target)),

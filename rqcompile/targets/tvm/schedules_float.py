@@ -13,6 +13,11 @@ LM head matmul (N = 65)       14 ms        0.6 ms  (N padded to the vector tile)
 GELU (+ bias, reshapes)       15 ms        see ``fast_math.py`` (libm ``erff`` is scalar)
 ============================= ============ ===========================================
 
+On llvm targets with vector code the demo's attention (``q·kᵀ``, mask, softmax, ``·v``
+and the layout copies around them) is one hand-written kernel instead
+(``kernels_attention.py``); these schedules remain its fallback (other targets, shapes it
+does not take).
+
 Each PrimFunc gets the first schedule that applies:
 
 1. **matmul** (:func:`schedule_matmul`): one block ``C[.., i, j] += A[.., i, k] * B[.., k, j]``
