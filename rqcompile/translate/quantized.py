@@ -88,9 +88,9 @@ def pack_weight(w: RQQuantize, weight: torch.Tensor, kb: int, *, xnor: bool) -> 
             "sparse24_matmul", {"wvals": vals, "widx": idx, **common}, {"block": kb, "w_bits": sb}
         )
     signed = bool(w.spec.symmetric or w.spec.bits == 1 or w.spec.bits == 8)
-    if sb <= 4 and k % 2 == 0:
+    if sb <= 4 and kb % 2 == 0:  # nibble pairs must not straddle blocks (kb | k)
         packed = pack_nibbles(codes, signed=signed)
-    else:  # 5..8-bit codes, or odd K (e.g. a 3x3 conv over one channel): one code per int8
+    else:  # 5..8-bit codes, or an odd block (e.g. a kxk conv over one channel): one per int8
         packed, sb, signed = codes, 8, True
     return WeightPack(
         "int_matmul", {"wq": packed, **common}, {"block": kb, "w_bits": sb, "w_signed": signed}

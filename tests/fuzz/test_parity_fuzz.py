@@ -81,6 +81,42 @@ OFFSET_CANCELS = Case(
     scale_exp=4,
     seed=23058,
 )
+# regression (slow run, --hypothesis-seed=107583336566096050407517984881816838754): 2-bit
+# symmetric activations of near-constant blocks keep one non-zero code, at a slot the 2:4
+# weight mask pruned, so every x̂_k·ŵ_k is 0 and QAT/reference give exactly the bias; llvm's
+# centred epilogue cancels B·x̄·w̄ ≈ 1079 against (xs/B)·ws·(B·P − S_X·S_W) ≈ -1079 (2.6e-5 off)
+DISJOINT_SUPPORTS = Case(
+    kind="linear",
+    k=20,
+    n=1,
+    spec=rq.LayerSpec(
+        weight=rq.QuantSpec(bits=1, symmetric=True, granularity=rq.PerChannel()),
+        activation=rq.QuantSpec(bits=2, symmetric=True, granularity=rq.PerChannel()),
+        sparsity=rq.NMSparsity(2, 4),
+        ridge_lambda=0.0,
+    ),
+    x_data="const_blocks",
+    w_data="offset",
+    scale_exp=2,
+    seed=11135,
+)
+# regression (slow run, --hypothesis-seed=1): 1-bit weights of a 2x2 conv over one channel have
+# K = 4 but block 1; convert packed them as nibbles (K even), which the TVM core refuses
+ODD_BLOCK_CONV = Case(
+    kind="conv",
+    k=1,
+    n=1,
+    spec=rq.LayerSpec(
+        weight=rq.QuantSpec(bits=1, granularity=rq.PerChannel()),
+        activation=rq.QuantSpec(bits=1, granularity=rq.PerChannel()),
+        ridge_lambda=0.0,
+    ),
+    x_data="normal",
+    w_data="normal",
+    scale_exp=0,
+    seed=0,
+    conv=(2, 1, 0, 1),
+)
 
 
 def run_linear(cases: list[Case], m: int, *, tvm: bool) -> None:
@@ -161,8 +197,19 @@ def test_linear_llvm_parity(cases: list[Case], m: int) -> None:
 
 
 @pytest.mark.tvm
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="centred float32 epilogue cancels B·x̄·w̄ (see DISJOINT_SUPPORTS); fix pending",
+)
+def test_linear_llvm_parity_disjoint_supports() -> None:
+    run_linear([DISJOINT_SUPPORTS], 1, tvm=True)
+
+
+@pytest.mark.tvm
 @ci(1)
 @given(c=conv_case(), m=st.just(1))
+@example(c=ODD_BLOCK_CONV, m=1)
 def test_conv_llvm_parity(c: Case, m: int) -> None:
     run_conv(c, m, tvm=True)
 

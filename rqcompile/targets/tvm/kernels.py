@@ -16,14 +16,18 @@ hands in) and returns TE tensors, so the same code serves standalone kernels
   in float64, so ``scale``/``offset`` are as accurate as torch's float32 means or better.
 
 **Epilogue.** The integer-affine shortcut is one integer GEMM plus rank-1 corrections per
-block (METHOD.md §3.2). We evaluate it in its *centred* form, which has no catastrophic
-cancellation in float32::
+block (METHOD.md §3.2). We evaluate it in its *centred* form::
 
     I[i,j,b] = B·P[i,j,b] - S_X[i,b]·S_W[j,b]                  (integer, exact)
     Y[i,j]   = Σ_b (xs[i,b]/B)·ws[j,b]·I[i,j,b] + B·x̄[i,b]·w̄[j,b]
     x̄ = xc + xs·S_X/B,   w̄ = wc + ws·S_W/B                      (block means)
 
-which equals the reference's four-term sum exactly in real arithmetic. ``I`` is computed in
+which equals the reference's four-term sum exactly in real arithmetic. It removes the
+cancellation of the raw four-term sum in float32, but has one of its own: when the operands'
+non-zero values barely meet (2:4-pruned weights times sparse activations), ``Σ x̂·ŵ`` is ~0
+while ``B·x̄·w̄`` and the first term are large and cancel, leaving ~ulp(B·x̄·w̄) where the
+reference gives 0 (``test_int_matmul_disjoint_supports_exact_zero``, strict xfail until the
+epilogue takes each operand about its integer zero point). ``I`` is computed in
 int32 when ``2·B²·|x|max·|w|max < 2³¹`` (8-bit codes up to B = 128) and in int64 otherwise.
 
 **Finding kernels.** Every output block carries the annotation ``rq.kernel`` (the op kind);
