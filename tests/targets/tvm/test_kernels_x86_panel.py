@@ -142,7 +142,7 @@ def test_panel_tile_fits_registers() -> None:
         assert mr * nv + nv + 1 <= 16  # accumulators + weight vectors + the broadcast
 
 
-@pytest.mark.parametrize("preset", ["A8W8", "A4W4", "A2W2", "A4W4+2:4"])
+@pytest.mark.parametrize("preset", ["A8W8", "A4W4", "A2W2", "A4W4+2:4", "A1W1"])
 def test_layer_packs_weights_once_and_matches_reference(preset: str, tmp_path: Any) -> None:
     """The build lifts the weight packing out of ``main``; a saved and loaded model binds
     packed weights the same way and gives the same output."""
