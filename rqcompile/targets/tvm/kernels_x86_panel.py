@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import tvm
-
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 
@@ -136,9 +134,9 @@ def te_pair_codes(xq: Any, *, name: str) -> Any:
     )
 
 
-def row_bytes(x: Any) -> int:
+def _row_bytes(x: Any) -> int:
     """Bytes of one row (all dims after the first) of the activation buffer ``x``."""
-    size = tvm.DataType(str(x.dtype)).bits // 8
+    size = int(x.dtype.itemsize)
     for d in x.shape[1:]:
         size *= int(d)
     return size
@@ -289,7 +287,7 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     # rows in chunks of about ``core.chunk_bytes`` of x (which then stays in L2 while every
     # group's weights stream past it); the integer cores measured fastest unchunked
     chunk_bytes = getattr(core, "chunk_bytes", 0)
-    per_chunk = max(1, min(full, chunk_bytes // (mr * row_bytes(core.x)))) if chunk_bytes else full
+    per_chunk = max(1, min(full, chunk_bytes // (mr * _row_bytes(core.x)))) if chunk_bytes else full
     chunks = -(-full // per_chunk)
     groups = n // (PANEL * nv)
     parts = []

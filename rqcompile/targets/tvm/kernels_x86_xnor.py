@@ -60,6 +60,19 @@ def xnor_supported(*, k: int, block: int) -> bool:
     return fits and block > 0 and k % block == 0 and k % 256 == 0 and 2 * block * block < 2**31
 
 
+def nibble_lut() -> Any:
+    """The ``vpshufb`` table ``popcount(i & 15)`` for every byte (LLVM folds it to a constant)."""
+    ramp = tirx.Ramp(tirx.const(0, "uint8"), tirx.const(1, "uint8"), 32)
+    return _intrin("uint8x32", "llvm.ctpop", tirx.bitwise_and(ramp, _u8(15)))
+
+
+def byte_counts_to_dwords(acc: Any) -> Any:
+    """int32x8 sums of each 4-byte group of the uint8x32 counts ``acc``: ``vpmaddubsw`` then
+    ``vpmaddwd`` with ones."""
+    pairs = _intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", acc, tirx.const(1, "int8x32"))
+    return _intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs, tirx.const(1, "int16x16"))
+
+
 class _LutPopcount:
     """AVX2: ``vpshufb`` nibble-LUT byte counts; widened by ``vpsadbw`` or madd (32-bit)."""
 
@@ -67,9 +80,7 @@ class _LutPopcount:
 
     def __init__(self, dword: bool) -> None:
         self.dword = dword
-        ramp = tirx.Ramp(tirx.const(0, "uint8"), tirx.const(1, "uint8"), 32)
-        # popcount(i & 15) for every byte: LLVM folds it into the LUT constant
-        self.lut = _intrin("uint8x32", "llvm.ctpop", tirx.bitwise_and(ramp, _u8(15)))
+        self.lut = nibble_lut()
 
     def count(self, v: Any) -> Any:
         b = tirx.reinterpret("uint8x32", v)
@@ -80,9 +91,7 @@ class _LutPopcount:
 
     def finish(self, acc: Any) -> Any:
         if self.dword:
-            pairs = _intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", acc,
-                            tirx.const(1, "int8x32"))  # fmt: skip
-            return _intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs, tirx.const(1, "int16x16"))
+            return byte_counts_to_dwords(acc)
         sad = _intrin("int64x4", "llvm.x86.avx2.psad.bw", acc, _u8(0))
         return tirx.reinterpret("int32x8", sad)
 

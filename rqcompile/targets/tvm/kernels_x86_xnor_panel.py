@@ -34,12 +34,14 @@ from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, te, tirx
 from rqcompile.targets.tvm.kernels_x86 import _divisor, _intrin, _lanes
 from rqcompile.targets.tvm.kernels_x86_panel import (
+    _PSHUFB,
     PANEL,
     _bc,
     _check_group,
     _panel_body,
     _transpose,
 )
+from rqcompile.targets.tvm.kernels_x86_xnor import byte_counts_to_dwords, nibble_lut
 
 __all__ = [
     "XNOR_PANEL_ISAS",
@@ -52,9 +54,6 @@ __all__ = [
 #: ``isa`` values this kernel takes (``schedules.kernel_options`` picks one per target).
 XNOR_PANEL_ISAS = ("avx2", "avx512_vpopcntdq")
 _NIBBLES = 0x0F0F0F0F
-_PSHUFB = "llvm.x86.avx2.pshuf.b"
-_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
-_PMADDWD = "llvm.x86.avx2.pmadd.wd"
 _BYTE_WORDS = 31  # words one uint8 counter can sum: 31·8 = 248 < 256
 
 
@@ -106,9 +105,7 @@ class _XnorCounts:
     def __init__(self, xn: Any, wn: Any, block: int, isa: str) -> None:
         self.x, self.wn, self.block, self.isa = xn, wn, block, isa
         self.words = block // 32
-        lut = tirx.bitwise_and(tirx.Ramp(tirx.const(0, "uint8"), tirx.const(1, "uint8"), 32),
-                               tirx.const(15, "uint8x32"))  # fmt: skip
-        self.lut = _intrin("uint8x32", "llvm.ctpop", lut)  # LLVM folds it to a constant
+        self.lut = nibble_lut()
         avx2 = isa == "avx2"
         self.group = _divisor(self.words, _BYTE_WORDS) if avx2 else self.words
         self.cnt_dtype, self.cnt_lanes = ("uint8", 32) if avx2 else ("int32", 8)
@@ -127,10 +124,7 @@ class _XnorCounts:
         return total
 
     def _widen(self, cnt: Any) -> Any:
-        if self.isa != "avx2":
-            return cnt
-        pairs = _intrin("int16x16", _PMADDUBSW, cnt, tirx.const(1, "int8x32"))
-        return _intrin("int32x8", _PMADDWD, pairs, tirx.const(1, "int16x16"))
+        return byte_counts_to_dwords(cnt) if self.isa == "avx2" else cnt
 
     def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
         tile, lanes = rows * nv, self.cnt_lanes
