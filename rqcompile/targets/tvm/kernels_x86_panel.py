@@ -285,16 +285,16 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
 
     full, rest = divmod(m, mr)
     # rows in chunks of about ``core.chunk_bytes`` of x (which then stays in L2 while every
-    # group's weights stream past it); the integer cores measured fastest unchunked
+    # group's weights stream past it); the integer cores measured fastest unchunked. The
+    # remainder rows go last, in the last chunk, while the group's weights are still cached.
     chunk_bytes = getattr(core, "chunk_bytes", 0)
-    per_chunk = max(1, min(full, chunk_bytes // (mr * _row_bytes(core.x)))) if chunk_bytes else full
-    chunks = -(-full // per_chunk)
-    groups = n // (PANEL * nv)
-    parts = []
-    if full:
-        with IRBuilder() as ib, T.serial(0, chunks) as ch, T.parallel(0, groups) as g:
-            acc = T.decl_buffer((mr * nv * 8,), "int32", scope="local")
-            yacc = T.decl_buffer((mr * nv * 8,), "float32", scope="local")
+    per_chunk = max(1, min(full, chunk_bytes // (mr * _row_bytes(core.x))) if chunk_bytes else full)
+    chunks = max(1, -(-full // per_chunk))
+
+    with IRBuilder() as ib, T.serial(0, chunks) as ch, T.parallel(0, n // (PANEL * nv)) as g:
+        acc = T.decl_buffer((mr * nv * 8,), "int32", scope="local")
+        yacc = T.decl_buffer((mr * nv * 8,), "float32", scope="local")
+        if full:
             with T.serial(0, per_chunk) as io:
                 t = ch * per_chunk + io
                 if full % per_chunk:
@@ -302,14 +302,12 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
                         tile(t * mr, mr, g, acc, yacc)
                 else:
                     tile(t * mr, mr, g, acc, yacc)
-        parts.append(ib.get())
-    if rest:
-        with IRBuilder() as ib, T.parallel(0, groups) as g:
-            acc = T.decl_buffer((mr * nv * 8,), "int32", scope="local")
-            yacc = T.decl_buffer((mr * nv * 8,), "float32", scope="local")
+        if rest and chunks == 1:
             tile(tirx.const(full * mr, "int32"), rest, g, acc, yacc)
-        parts.append(ib.get())
-    return parts[0] if len(parts) == 1 else tirx.SeqStmt(parts)
+        elif rest:
+            with T.If(ch == chunks - 1), T.Then():
+                tile(tirx.const(full * mr, "int32"), rest, g, acc, yacc)
+    return ib.get()
 
 
 def _check_group(name: str, packed: Any, nv: int, n: int) -> None:
