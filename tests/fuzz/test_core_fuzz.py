@@ -4,9 +4,9 @@ llvm pipeline phases, is bit-exact against ``quant/reference.py`` on random shap
 up, a single output channel, 1-3 blocks of 4 to 128, blocks that are not powers of two) and
 random or saturated codes.
 
-(The fused ops' float epilogue is centred, ``(B·P − S_X·S_W)/B``, so their float output is
-not exactly ``Σ P`` even with unit scales; ``test_parity_fuzz.py`` checks it within a bound.
-A first version of this test compared that output exactly and failed at block 12 by 1 ulp.)
+(The fused ops' float epilogue, ``targets/tvm/epilogue.py``, is float32, so their float
+output is checked by ``test_parity_fuzz.py`` within a bound. A first version of this test
+compared that output exactly and failed at block 12 by 1 ulp.)
 """
 
 from __future__ import annotations

@@ -16,19 +16,16 @@ hands in) and returns TE tensors, so the same code serves standalone kernels
   in float64, so ``scale``/``offset`` are as accurate as torch's float32 means or better.
 
 **Epilogue.** The integer-affine shortcut is one integer GEMM plus rank-1 corrections per
-block (METHOD.md §3.2). We evaluate it in its *centred* form::
+block (METHOD.md §3.2). Every kernel evaluates it with each operand written about its
+integer zero point (:mod:`.epilogue`, shared by all of them)::
 
-    I[i,j,b] = B·P[i,j,b] - S_X[i,b]·S_W[j,b]                  (integer, exact)
-    Y[i,j]   = Σ_b (xs[i,b]/B)·ws[j,b]·I[i,j,b] + B·x̄[i,b]·w̄[j,b]
-    x̄ = xc + xs·S_X/B,   w̄ = wc + ws·S_W/B                      (block means)
+    I[i,j,b] = P - cx·S_W - cw·(S_X - B·cx)                   (integer, exact)
+    Y[i,j]   = Σ_b xs·ws·I + x0·ws·(S_W - B·cw) + w0·(xs·(S_X - B·cx) + B·x0)
 
-which equals the reference's four-term sum exactly in real arithmetic. It removes the
-cancellation of the raw four-term sum in float32, but has one of its own: when the operands'
-non-zero values barely meet (2:4-pruned weights times sparse activations), ``Σ x̂·ŵ`` is ~0
-while ``B·x̄·w̄`` and the first term are large and cancel, leaving ~ulp(B·x̄·w̄) where the
-reference gives 0 (``test_int_matmul_disjoint_supports_exact_zero``, strict xfail until the
-epilogue takes each operand about its integer zero point). ``I`` is computed in
-int32 when ``2·B²·|x|max·|w|max < 2³¹`` (8-bit codes up to B = 128) and in int64 otherwise.
+which equals the reference's four-term sum exactly in real arithmetic, and in float32 stays
+within ~1e-7 of ``Σ|x̂||ŵ|``; operands whose non-zero values never meet give exactly 0, as
+the reference does (``test_int_matmul_disjoint_supports_exact_zero``). ``I`` is computed in
+int32 where it fits (``epilogue.int_type``: 8-bit codes up to ``B = 32767``), else in int64.
 
 **Finding kernels.** Every output block carries the annotation ``rq.kernel`` (the op kind);
 internal blocks carry ``rq.stage`` (``core``, ``sums``, ``prep``, ``grid``, ``codes`` ...).
@@ -44,6 +41,7 @@ from typing import Any
 from rqcompile.errors import NumericsError
 from rqcompile.quant.primitives import EPS, QFormat, code_range
 from rqcompile.targets.tvm.adapter import te, tirx
+from rqcompile.targets.tvm.epilogue import block_term, int_type, te_col_parts, te_row_parts
 from rqcompile.targets.tvm.kernels_x86 import avx2_int_matmul_core, avx2_supported
 from rqcompile.targets.tvm.kernels_x86_panel import (
     avx2_panel_matmul,
@@ -98,7 +96,6 @@ KERNELS = (
     "qbmm",
     "pack_weights",
 )
-_I32_MAX = 2**31 - 1
 Tensor = Any  # te.Tensor; TVM ships no type stubs
 
 
@@ -458,33 +455,9 @@ def te_sparse24_core(
 # -- epilogue and fused ops ---------------------------------------------------------------
 
 
-def _x_prep(xs: Tensor, xc: Tensor, sx: Tensor, *, block: int, name: str) -> tuple[Tensor, Tensor]:
-    """``xa = xs/B`` and ``xm = x̄`` per block (module docstring)."""
-    fb, bx = _f32(float(block)), _shape(xs)
-    xa = te.compute(bx, lambda *i: xs(*i) / fb, name=f"{name}_xa", attrs=_stage("prep"))
-    xm = te.compute(bx, lambda *i: xc(*i) + xs(*i) * sx(*i).astype("float32") / fb,
-                    name=f"{name}_xm", attrs=_stage("prep"))  # fmt: skip
-    return xa, xm
-
-
-def _w_prep(ws: Tensor, wc: Tensor, sw: Tensor, *, block: int, name: str, stage: str) -> Tensor:
-    """``wm = B·w̄`` per block (module docstring)."""
-    fb = _f32(float(block))
-    return te.compute(_shape(ws), lambda *i: fb * (wc(*i) + ws(*i) * sw(*i).astype("float32")
-                      / fb), name=f"{name}_wm", attrs=_stage(stage))  # fmt: skip
-
-
-def _epilogue_prep(
-    xs: Tensor, xc: Tensor, sx: Tensor, ws: Tensor, wc: Tensor, sw: Tensor, *, block: int,
-    name: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``xa = xs/B``, ``xm = x̄`` and ``wm = B·w̄`` per block (module docstring)."""
-    xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
-    return xa, xm, _w_prep(ws, wc, sw, block=block, name=name, stage="prep")
-
-
-def _centring_type(block: int, int_bound: int) -> str:
-    return "int32" if 2 * block * block * int_bound <= _I32_MAX else "int64"
+def _w_max(w_bits: int) -> int:
+    """Magnitude bound of stored weight codes: nibbles (signed or not) ≤ 15, else int8."""
+    return 15 if w_bits <= 4 else 128
 
 
 def _affine_epilogue(
@@ -497,21 +470,24 @@ def _affine_epilogue(
     sw: Tensor,
     *,
     block: int,
-    int_bound: int,
+    code_max: tuple[int, int],
     name: str,
     attrs: dict[str, Any],
 ) -> Tensor:
-    """Centred epilogue (module docstring); leading batch dims are shared by all operands."""
+    """Sum over blocks of ``epilogue.block_term``; leading batch dims are shared by all
+    operands. ``code_max``: magnitude bounds of the ``x`` and ``w`` codes."""
     *bt, m, n, nb = _shape(p)
-    ity = _centring_type(block, int_bound)
-    xa, xm, wm = _epilogue_prep(xs, xc, sx, ws, wc, sw, block=block, name=name)
+    ity = int_type(block, *code_max)
+    row = te_row_parts(xs, xc, sx, block=block, name=name)
+    col = te_col_parts(ws, wc, sw, block=block, name=name)
     b = te.reduce_axis((0, nb), name="b")
 
     def body(*idx: Any) -> Any:
         *bi, i, j = idx
         xi, wj = (*bi, i, b), (*bi, j, b)
-        cent = p[(*bi, i, j, b)].astype(ity) * block - sx[xi].astype(ity) * sw[wj].astype(ity)
-        return te.sum(xa[xi] * ws[wj] * cent.astype("float32") + xm[xi] * wm[wj], axis=b)
+        term = block_term(p(*bi, i, j, b), [r(*xi) for r in row], [c(*wj) for c in col],
+                          block=block, ity=ity)  # fmt: skip
+        return te.sum(term, axis=b)
 
     return te.compute([*bt, m, n], body, name=name, attrs={**attrs, STAGE_ATTR: "epilogue"})
 
@@ -538,16 +514,16 @@ def te_int_matmul(
     is a multiple of 16; ``"generic"`` is the TE compute any LLVM target can schedule.
     """
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
-    bound = 128 * (15 if w_bits <= 4 else 128)
+    wmax = _w_max(w_bits)
     if isa == "avx2" and len(_shape(xq)) == 2 and avx2_supported(
         k=_shape(xq)[-1], block=block, w_bits=w_bits
     ):
         sx = te_code_sums(xq, block=block, name=f"{name}_sx")
-        xa, xm, wm = _epilogue_prep(xs, xc, sx, ws, wc, wsum, block=block, name=name)
-        return avx2_int_matmul_core(xq, wq, sx, xa, xm, ws, wm, wsum, block=block,
-                                    w_bits=w_bits, w_signed=w_signed,
-                                    ity=_centring_type(block, bound), name=name,
-                                    attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+        row = te_row_parts(xs, xc, sx, block=block, name=name)
+        col = te_col_parts(ws, wc, wsum, block=block, name=name)
+        return avx2_int_matmul_core(xq, wq, row, col, block=block, w_bits=w_bits,
+                                    w_signed=w_signed, ity=int_type(block, 128, wmax, bias_w=8),
+                                    name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
     if isa not in ("generic", "avx2"):
         raise NumericsError(f"te_int_matmul: unknown isa {isa!r}; use 'generic' or 'avx2'.")
     p = te_int_matmul_core(
@@ -561,7 +537,7 @@ def te_int_matmul(
     )
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
     return _affine_epilogue(
-        p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=bound, name=name, attrs=a
+        p, xs, xc, sx, ws, wc, wsum, block=block, code_max=(128, wmax), name=name, attrs=a
     )
 
 
@@ -573,37 +549,40 @@ def int_matmul_packs(
     The panel kernel wants its weights packed once (:func:`te_pack_int_matmul_weights`, a
     PrimFunc of its own that the build lifts out of ``main``), so the emitter asks this
     before emitting. It needs the AVX2 path, a 2-D ``xq``, ``N % 8 == 0`` and int32
-    centring (8-bit weights up to block 128).
+    epilogue integers (``epilogue.int_type``).
     """
     k = int(xq_shape[-1])
-    bound = 128 * (15 if w_bits <= 4 else 128)
-    return (isa == "avx2" and len(xq_shape) == 2 and _centring_type(block, bound) == "int32"
+    i32 = int_type(block, 128, _w_max(w_bits), bias_w=8) == "int32"
+    return (isa == "avx2" and len(xq_shape) == 2 and i32
             and panel_supported(n=n, k=k, block=block, w_bits=w_bits))  # fmt: skip
+
+
+def _packed_col_parts(ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int,
+                      name: str) -> list[Tensor]:  # fmt: skip
+    """The epilogue's column parts, computed in the pack (once, when weights are bound), so
+    a call of the layer does no per-weight work beyond the GEMM itself."""
+    return te_col_parts(ws, wc, wsum, block=block, name=name, stage="pack")
 
 
 def te_pack_int_matmul_weights(
     wq: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int, w_bits: int,
     w_signed: bool, name: str = "pack_weights",
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Weight-only prep of the panel kernel: ``(wp, wsT, wmT, swT)`` (``te_pack_panels``).
-
-    ``wm = B·w̄`` (the block means of the centred epilogue) is computed here too, so a call
-    of the layer does no per-weight work beyond the GEMM itself.
-    """
-    wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
-    return te_pack_panels(wq, ws, wm, wsum, w_bits=w_bits, w_signed=w_signed, name=name,
-                          attrs=_pack_attrs(block))
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """Weight-only prep of the panel kernel: ``(wp, *colT)`` (``te_pack_panels``)."""
+    col = _packed_col_parts(ws, wc, wsum, block=block, name=name)
+    return te_pack_panels(wq, col, w_bits=w_bits, w_signed=w_signed, name=name,
+                          attrs=_pack_attrs(block))  # fmt: skip
 
 
 def te_int_matmul_packed(
-    xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, ws_t: Tensor, wm_t: Tensor, sw_t: Tensor,
-    *, block: int, w_bits: int, w_signed: bool, name: str = "int_matmul",
+    xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, *col_t: Tensor, block: int, w_bits: int,
+    w_signed: bool, name: str = "int_matmul",
 ) -> Tensor:  # fmt: skip
     """``te_int_matmul`` on packed weights (the outputs of :func:`te_pack_int_matmul_weights`)."""
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
-    xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
-    return avx2_panel_matmul(xq, wp, sx, xa, xm, ws_t, wm_t, sw_t, block=block, w_bits=w_bits,
+    row = te_row_parts(xs, xc, sx, block=block, name=name)
+    return avx2_panel_matmul(xq, wp, row, col_t, block=block, w_bits=w_bits,
                              w_signed=w_signed, name=name,
                              attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
 
@@ -613,7 +592,8 @@ def sparse24_packs(
 ) -> bool:
     """Whether ``rq.sparse24_matmul`` runs as pack + AVX2 ``vpshufb`` kernel."""
     k = int(xq_shape[-1])
-    return (isa == "avx2" and len(xq_shape) == 2 and _centring_type(block, 128 * 128) == "int32"
+    i32 = int_type(block, 128, 15, bias_x=128) == "int32"
+    return (isa == "avx2" and len(xq_shape) == 2 and i32
             and sparse24_panel_supported(n=n, k=k, block=block, w_bits=w_bits))  # fmt: skip
 
 
@@ -621,31 +601,29 @@ def te_pack_sparse24_weights(
     wvals: Tensor, widx: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int,
     w_bits: int, name: str = "pack_weights",
 ) -> tuple[Tensor, ...]:  # fmt: skip
-    """Weight-only prep of the sparse kernel: ``(wv, wc, wsT, wmT, swT)``, lifted out of main."""
-    wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
-    return te_pack_sparse24_panels(wvals, widx, ws, wm, wsum, name=name,
-                                   attrs=_pack_attrs(block))  # fmt: skip
+    """Weight-only prep of the sparse kernel: ``(wv, wc, *colT)``, lifted out of main."""
+    col = _packed_col_parts(ws, wc, wsum, block=block, name=name)
+    return te_pack_sparse24_panels(wvals, widx, col, name=name, attrs=_pack_attrs(block))
 
 
 def te_sparse24_matmul_packed(
-    xq: Tensor, xs: Tensor, xc: Tensor, wv: Tensor, wctl: Tensor, ws_t: Tensor, wm_t: Tensor,
-    sw_t: Tensor, *, block: int, w_bits: int, name: str = "sparse24_matmul",
+    xq: Tensor, xs: Tensor, xc: Tensor, wv: Tensor, wctl: Tensor, *col_t: Tensor, block: int,
+    w_bits: int, name: str = "sparse24_matmul",
 ) -> Tensor:  # fmt: skip
     """``te_sparse24_matmul`` on packed weights (:func:`te_pack_sparse24_weights`)."""
     a = _attrs("sparse24_matmul", block, w_bits=int(w_bits))
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
-    xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
-    return avx2_sparse24_matmul(xq, wv, wctl, sx, xa, xm, ws_t, wm_t, sw_t, block=block,
-                                w_bits=w_bits, name=name,
-                                attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+    row = te_row_parts(xs, xc, sx, block=block, name=name)
+    return avx2_sparse24_matmul(xq, wv, wctl, row, col_t, block=block, w_bits=w_bits,
+                                name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
 
 
 def _pad_last(t: Tensor, size: int, name: str) -> Tensor:
     """``t`` with its last dim zero-padded to ``size`` (words of sign bits, or blocks).
 
     Padding words are 0 in both ``x`` and ``w``, so their XOR counts nothing; padding blocks
-    have zero scales, offsets and sums, so their epilogue term is ``0·ws·I + 0·0 = 0.0``
-    and ``y`` is unchanged to the bit.
+    have all epilogue parts 0, so their term is ``0·0·I + 0·0 + 0·0 = 0.0`` and ``y`` is
+    unchanged to the bit.
     """
     *lead, n = _shape(t)
     zero = tirx.const(0, str(t.dtype))
@@ -680,22 +658,21 @@ def te_pack_xnor_weights(
     wbits: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int, k: int, isa: str,
     name: str = "pack_weights",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Weight-only prep of the XNOR panel kernel: ``(wn, wsT, wmT, swT)``, lifted out of main."""
-    wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
-    return te_pack_xnor_panels(wbits, ws, wm, wsum, isa=isa, name=name,
-                               attrs=_pack_attrs(block))  # fmt: skip
+    """Weight-only prep of the XNOR panel kernel: ``(wn, *colT)``, lifted out of main."""
+    col = _packed_col_parts(ws, wc, wsum, block=block, name=name)
+    return te_pack_xnor_panels(wbits, col, isa=isa, name=name, attrs=_pack_attrs(block))
 
 
 def te_xnor_popcount_matmul_packed(
-    xbits: Tensor, xs: Tensor, xc: Tensor, wn: Tensor, ws_t: Tensor, wm_t: Tensor,
-    sw_t: Tensor, *, block: int, k: int, isa: str, name: str = "xnor_popcount_matmul",
+    xbits: Tensor, xs: Tensor, xc: Tensor, wn: Tensor, *col_t: Tensor, block: int, k: int,
+    isa: str, name: str = "xnor_popcount_matmul",
 ) -> Tensor:  # fmt: skip
     """``te_xnor_popcount_matmul`` on packed weights (:func:`te_pack_xnor_weights`)."""
     a = _attrs("xnor_popcount_matmul", block, k=int(k))
     sx = _sign_sums(xbits, block=block, name=name)
-    xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
-    return xnor_panel_matmul(xbits, wn, sx, xa, xm, ws_t, wm_t, sw_t, block=block, isa=isa,
-                             name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+    row = te_row_parts(xs, xc, sx, block=block, name=name)
+    return xnor_panel_matmul(xbits, wn, row, col_t, block=block, isa=isa, name=name,
+                             attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
 
 
 def te_xnor_popcount_matmul(
@@ -734,16 +711,16 @@ def te_xnor_popcount_matmul(
     sx = _sign_sums(xbits, block=block, name=name)
     kp = -(-k // 256) * 256  # K padded to whole 256-bit steps of the micro-kernel
     if isa != "generic" and xnor_supported(k=kp, block=block) and kp % block == 0:
-        xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
-        ops = [xbits, wbits, sx, xa, xm, ws, wc, wsum]
+        ops = [xbits, wbits, *te_row_parts(xs, xc, sx, block=block, name=name),
+               *te_col_parts(ws, wc, wsum, block=block, name=name)]  # fmt: skip
         if kp != k:  # e.g. K=128: zero words, and zero blocks that add exactly 0.0 to y
             ops = [_pad_last(t, kp // (32 if i < 2 else block), f"{name}_pad{i}")
                    for i, t in enumerate(ops)]  # fmt: skip
-        return xnor_matmul_micro(*ops, block=block, isa=isa, name=name,
-                                 attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+        return xnor_matmul_micro(ops[0], ops[1], ops[2:7], ops[7:], block=block, isa=isa,
+                                 name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
     p = te_xnor_popcount_core(xbits, wbits, block=block, name=f"{name}_p", attrs={})
     return _affine_epilogue(
-        p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=1, name=name, attrs=a
+        p, xs, xc, sx, ws, wc, wsum, block=block, code_max=(1, 1), name=name, attrs=a
     )
 
 
@@ -771,7 +748,7 @@ def te_sparse24_matmul(
     p = te_sparse24_core(xq, wvals, widx, block=block, name=f"{name}_p", attrs={})
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
     return _affine_epilogue(
-        p, xs, xc, sx, ws, wc, wsum, block=block, int_bound=128 * 128, name=name, attrs=a
+        p, xs, xc, sx, ws, wc, wsum, block=block, code_max=(128, 128), name=name, attrs=a
     )
 
 
@@ -792,5 +769,5 @@ def te_qbmm(
     sa = te_code_sums(aq, block=block, name=f"{name}_sa")
     sb = te_code_sums(bq, block=block, name=f"{name}_sb")
     return _affine_epilogue(
-        p, as_, ac, sa, bs, bc, sb, block=block, int_bound=128 * 128, name=name, attrs=a
+        p, as_, ac, sa, bs, bc, sb, block=block, code_max=(128, 128), name=name, attrs=a
     )

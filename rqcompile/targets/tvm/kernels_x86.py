@@ -2,7 +2,7 @@
 
 These K-lane kernels need no weight packing; the emitter prefers the packed-panel kernels of
 :mod:`.kernels_x86_panel` (about 2x faster at batch >= 64) and uses these where the panels do
-not fit (``N % 8 != 0``, batched operands, blocks beyond int32 centring).
+not fit (``N % 8 != 0``, batched operands, blocks beyond an int32 epilogue).
 
 Why hand-written TIR: LLVM's loop vectorizer turns the TE reduction of :mod:`.kernels` into
 ``vpmovsxbd`` + ``vpmulld`` (8 MACs per multiply). These kernels call the AVX2 dot-product
@@ -21,18 +21,20 @@ reduced once (``llvm.vector.reduce.add``) before the epilogue. Nibble bytes (``k
 ``2t + 1`` high) unpack to ``[evens | odds]`` order and x is permuted the same way, since a
 dot product does not depend on the order of its terms.
 
-**Epilogue.** The centred epilogue of :mod:`.kernels` (``I = B·P - S_X·S_W``, then
-``Y += (xs/B)·ws·I + x̄·(B·w̄)`` over blocks, in block order) is evaluated per tile right
-after each block's integer dot products, so ``P`` never goes to memory. Integer results are
+**Epilogue.** The block term of :mod:`.epilogue` (``epilogue.block_term``, summed over
+blocks in block order) is evaluated per tile right after each block's integer dot
+products, so ``P`` never goes to memory. Integer results are
 bit-exact (``tests/targets/tvm/test_kernels_llvm.py::test_avx2_int_matmul_core_exact``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.epilogue import block_term, transposed
 
 __all__ = ["AVX2_CHUNK", "avx2_int_matmul_core", "avx2_supported"]
 
@@ -99,8 +101,8 @@ class _Pmaddubsw:
     lanes, acc_dtype = 8, "int32x8"
     _PERM = (*range(0, 32, 2), *range(1, 32, 2))
 
-    def __init__(self, x: Any, w: Any, sx: Any, block: int, signed: bool) -> None:
-        self.x, self.w, self.sx, self.block, self.signed = x, w, sx, block, signed
+    def __init__(self, x: Any, w: Any, block: int, signed: bool) -> None:
+        self.x, self.w, self.block, self.signed = x, w, block, signed
         steps = block // 32
         self.group = next(g for g in range(min(8, steps), 0, -1) if steps % g == 0)
 
@@ -136,16 +138,17 @@ class _Pmaddubsw:
 
 
 def _tiled(core: Any, y: Any, eps: list[Any], *, block: int, ity: str, mr: int, nr: int,
-           bias_sx: int = 0) -> Any:  # fmt: skip
+           w_max: int, bias_w: int = 0) -> Any:  # fmt: skip
     """TIR statement: for each ``mr x nr`` tile and block, ``core`` accumulates the block's
-    integer dot products, then the centred epilogue adds the block's term to ``y``.
+    integer dot products, then ``epilogue.block_term`` adds the block's term to ``y``.
 
-    ``eps`` = ``[sx, xa, xm, ws, wm, sw]``; ``bias_sx`` subtracts ``bias_sx·S_X`` from ``P``
-    (the +8 bias of signed nibbles).
+    ``eps`` = the row parts then the column parts of :mod:`.epilogue` (``[M, nb]``,
+    ``[N, nb]``); ``bias_w``: the +8 bias of signed nibbles in the core's weights; ``w_max``:
+    the weight codes' magnitude bound (``x`` codes are int8).
     """
-    sx, xa, xm, ws, wm, sw = eps
+    row_parts, col_parts = eps[:5], eps[5:]
     m, n = (int(d) for d in y.shape)
-    nb, tile = int(sx.shape[1]), mr * nr
+    nb, tile = int(row_parts[0].shape[1]), mr * nr
     zero = tirx.Broadcast(tirx.const(0, "int32"), core.lanes)
     with IRBuilder() as ib, T.parallel(0, n // nr) as jo:
         acc = T.decl_buffer((tile * core.lanes,), "int32", scope="local")
@@ -162,13 +165,9 @@ def _tiled(core: Any, y: Any, eps: list[Any], *, block: int, ity: str, mr: int, 
                 core.accumulate(acc, rows, cols, b, mr, nr)
                 with T.unroll(0, mr) as ii, T.unroll(0, nr) as jj:
                     i, j, t = rows(ii), cols(jj), ii * nr + jj
-                    p = core.p(acc, t)
-                    if bias_sx:
-                        p = p - sx[i, b] * bias_sx
-                    cent = p.astype(ity) * tirx.const(block, ity) - sx[i, b].astype(
-                        ity
-                    ) * sw[j, b].astype(ity)
-                    term = xa[i, b] * ws[j, b] * cent.astype("float32") + xm[i, b] * wm[j, b]
+                    term = block_term(core.p(acc, t), [r[i, b] for r in row_parts],
+                                      [c[j, b] for c in col_parts], block=block, ity=ity,
+                                      bias_w=bias_w, f32_bounds=(128, w_max))  # fmt: skip
                     T.buffer_store(yacc, yacc[t] + term, [t])
             with T.unroll(0, mr) as ii, T.unroll(0, nr) as jj:
                 T.buffer_store(y, yacc[ii * nr + jj], [rows(ii), cols(jj)])
@@ -191,17 +190,16 @@ def _hsum8(vs: list[Any]) -> Any:
     return lo + hi
 
 
-def _tiled_vec8(core: Any, y: Any, eps: list[Any], *, block: int, mr: int,
-                bias_sx: int = 0) -> Any:  # fmt: skip
+def _tiled_vec8(core: Any, y: Any, eps: list[Any], *, block: int, mr: int, w_max: int,
+                bias_w: int = 0) -> Any:  # fmt: skip
     """:func:`_tiled` with 8 output columns per tile and the epilogue in float32x8.
 
-    ``eps`` = ``[sx, xa, xm, wsT, wmT, swT]`` with the weight-side operands transposed to
-    ``[nb, N]`` so 8 columns load as one vector. Same operations per element as the scalar
-    epilogue (int32 centring, then ``xa·ws·I + xm·wm``), so the same float results.
+    ``eps`` = the row parts ``[M, nb]`` then the column parts transposed to ``[nb, N]``, so
+    8 columns load as one vector. Same operations per element as the scalar epilogue.
     """
-    sx, xa, xm, ws_t, wm_t, sw_t = eps
+    row_parts, col_t = eps[:5], eps[5:]
     m, n = (int(d) for d in y.shape)
-    nb, nr = int(sx.shape[1]), 8
+    nb, nr = int(row_parts[0].shape[1]), 8
 
     def bc(v: Any) -> Any:
         return tirx.Broadcast(v, 8)
@@ -222,31 +220,20 @@ def _tiled_vec8(core: Any, y: Any, eps: list[Any], *, block: int, mr: int,
                 with T.unroll(0, mr) as ii:
                     i = rows(ii)
                     p = _hsum8([acc[_lanes(ii * nr + jj, 8)] for jj in range(nr)])
-                    if bias_sx:
-                        p = p - bc(sx[i, b] * bias_sx)
-                    cent = p * bc(tirx.const(block, "int32")) - bc(sx[i, b]) * sw_t[b, jv]
-                    term = (bc(xa[i, b]) * ws_t[b, jv] * tirx.Cast("float32x8", cent)
-                            + bc(xm[i, b]) * wm_t[b, jv])  # fmt: skip
+                    term = block_term(p, [r[i, b] for r in row_parts], [c[b, jv] for c in col_t],
+                                      block=block, lanes=8, bias_w=bias_w,
+                                      f32_bounds=(128, w_max))  # fmt: skip
                     T.buffer_store(yacc, yacc[_lanes(ii, 8)] + term, [_lanes(ii, 8)])
             with T.unroll(0, mr) as ii:
                 T.buffer_store(y, yacc[_lanes(ii, 8)], [rows(ii), jv])
     return ib.get()
 
 
-def _transpose(t: Any, name: str) -> Any:
-    return te.compute((t.shape[1], t.shape[0]), lambda b, j: t[j, b], name=name,
-                      attrs={"rq.stage": "prep"})  # fmt: skip
-
-
 def avx2_int_matmul_core(
     xq: Any,
     wq: Any,
-    sx: Any,
-    xa: Any,
-    xm: Any,
-    ws: Any,
-    wm: Any,
-    sw: Any,
+    row: Sequence[Any],
+    col: Sequence[Any],
     *,
     block: int,
     w_bits: int,
@@ -257,14 +244,15 @@ def avx2_int_matmul_core(
     mr: int = 2,
     nr: int = 4,
 ) -> Any:
-    """``Y f32 [M, N]``: integer core + centred epilogue as one AVX2 TIR kernel (TE tensor).
+    """``Y f32 [M, N]``: integer core + epilogue (:mod:`.epilogue`), one AVX2 TIR kernel.
 
-    With ``N % 8 == 0`` and int32 centring, tiles are ``1 x 8`` and the epilogue runs in
+    With ``N % 8 == 0`` and an int32 epilogue, tiles are ``1 x 8`` and the epilogue runs in
     float32x8 (:func:`_tiled_vec8`): at block 128 the scalar per-block epilogue was about
     40% of the kernel. Otherwise tiles are ``mr x nr`` with a scalar epilogue.
 
-    Operands are those of ``kernels._affine_epilogue``; ``xq int8 [M, K]``, ``wq`` int8
-    ``[N, K]`` or nibble bytes ``uint8 [N, K/2]`` (``w_bits <= 4``).
+    ``xq int8 [M, K]``, ``wq`` int8 ``[N, K]`` or nibble bytes ``uint8 [N, K/2]``
+    (``w_bits <= 4``); ``row``/``col``: the parts of :mod:`.epilogue` (``[M, nb]``,
+    ``[N, nb]``).
 
     Raises:
         NumericsError: the block is not a multiple of 16 (callers check
@@ -277,20 +265,23 @@ def avx2_int_matmul_core(
                             f"% 32 (nibbles) == 0 (block={block}).")  # fmt: skip
     vec8 = n % 8 == 0 and ity == "int32"
     if vec8:  # weight-side epilogue operands as [nb, N]: 8 columns per vector load
-        ws, wm, sw = (_transpose(t, f"{name}_{t.op.name}_t") for t in (ws, wm, sw))
-    ins = [xq, wq, sx, xa, xm, ws, wm, sw]
+        col = transposed(col, name, {"rq.stage": "prep"})
+    ins = [xq, wq, *row, *col]
     mr, nr = _divisor(m, mr), _divisor(n, nr)
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *eps = in_bufs
         if w_bits <= 4:
-            core: Any = _Pmaddubsw(x, w, eps[0], block, bool(w_signed))
+            core: Any = _Pmaddubsw(x, w, block, bool(w_signed))
             bias = 8 if w_signed else 0
         else:
             core, bias = _Pmaddwd(x, w, block), 0
+        w_max = (8 if w_signed else 15) if w_bits <= 4 else 128
         if vec8:
-            return _tiled_vec8(core, out_bufs[0], eps, block=block, mr=1, bias_sx=bias)
-        return _tiled(core, out_bufs[0], eps, block=block, ity=ity, mr=mr, nr=nr, bias_sx=bias)
+            return _tiled_vec8(core, out_bufs[0], eps, block=block, mr=1, w_max=w_max,
+                               bias_w=bias)  # fmt: skip
+        return _tiled(core, out_bufs[0], eps, block=block, ity=ity, mr=mr, nr=nr, w_max=w_max,
+                      bias_w=bias)  # fmt: skip
 
     return te.extern((m, n), ins, body, name=name, dtype="float32", attrs=attrs)
 

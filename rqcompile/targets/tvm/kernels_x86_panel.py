@@ -16,17 +16,19 @@ This one is laid out like fbgemm's and oneDNN's int8 GEMMs:
 * **Inner step** (one K-pair): ``nv`` weight loads (``vpmovsxbw``), ``mr`` broadcasts and
   ``mr·nv`` ``vpmaddwd`` + ``vpaddd`` into an ``mr x nv`` tile of int32x8 accumulators.
   ``vpmaddwd`` adds two int16 products into int32 without saturation: exact for int8 codes.
-* **Epilogue** per tile and block, in float32x8 over the 8 columns, with the operations of
-  :func:`kernels._affine_epilogue` (int32 centring ``I = B·P - S_X·S_W``, then
-  ``xa·ws·I + xm·wm``), so ``P`` never goes to memory and results match the generic kernel.
+* **Epilogue** per tile and block, in float32x8 over the 8 columns: the block term of
+  :mod:`.epilogue` (``epilogue.block_term``, shared with every other integer kernel), so
+  ``P`` never goes to memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.epilogue import block_term, transposed
 
 __all__ = [
     "PANEL",
@@ -80,18 +82,19 @@ def _nibble(byte: Any, high: bool, signed: bool) -> Any:
 
 
 def te_pack_panels(
-    wq: Any, ws: Any, wm: Any, sw: Any, *, w_bits: int, w_signed: bool, name: str,
+    wq: Any, col: Sequence[Any], *, w_bits: int, w_signed: bool, name: str,
     attrs: dict[str, Any] | None = None,
-) -> tuple[Any, Any, Any, Any]:
-    """Weight-only prep of the panel kernel: ``(wp, wsT, wmT, swT)``.
+) -> tuple[Any, ...]:
+    """Weight-only prep of the panel kernel: ``(wp, *colT)``.
 
     ``wp`` is ``int8 [N/8nv, K/2, nv, 16]`` (8-bit weights; pre-widening them to int16 measured no
     faster: ``vpmaddwd``, one per cycle on Zen 3, is the bound, not the ``vpmovsxbw``) or
     ``uint8 [N/8nv, K/4, nv, 32]`` (nibble weights, biased by +8 when signed), with the
     ``nv`` panels of one register tile (:func:`panel_group`) interleaved, so a tile's step
     reads one contiguous run and the whole group streams sequentially. ``wq`` is
-    ``int8 [N, K]`` or nibble bytes ``uint8 [N, K/2]``; the epilogue operands are
-    transposed to ``[nb, N]`` so 8 columns load as one vector.
+    ``int8 [N, K]`` or nibble bytes ``uint8 [N, K/2]``; the epilogue's column parts
+    (``epilogue.te_col_parts``) are transposed to ``[nb, N]`` so 8 columns load as one
+    vector.
     """
     n = int(wq.shape[0])
     nv = panel_group(n)
@@ -114,12 +117,7 @@ def te_pack_panels(
         wp = te.compute((n // (PANEL * nv), k // 2, nv, 2 * PANEL),
                         lambda g, p, v, e: wq[(g * nv + v) * PANEL + e // 2, 2 * p + e % 2],
                         name=f"{name}_wp", attrs=attrs)  # fmt: skip
-    ws_t, wm_t, sw_t = (_transpose(t, f"{name}_{t.op.name}_t", attrs) for t in (ws, wm, sw))
-    return wp, ws_t, wm_t, sw_t
-
-
-def _transpose(t: Any, name: str, attrs: dict[str, Any]) -> Any:
-    return te.compute((t.shape[1], t.shape[0]), lambda b, j: t[j, b], name=name, attrs=attrs)
+    return (wp, *transposed(col, name, attrs))
 
 
 def te_pair_codes(xq: Any, *, name: str) -> Any:
@@ -243,11 +241,13 @@ class _Sparse24(_Int16Groups):
 
 
 def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: int,
-                bias_sx: int = 0, bias_sw: int = 0) -> Any:  # fmt: skip
+                f32_bounds: tuple[int, int], bias_x: int = 0, bias_w: int = 0) -> Any:  # fmt: skip
     """Per group ``g`` of ``nv`` panels, per tile of ``mr`` rows: for each block, ``core``
-    accumulates the block's integer products and the centred epilogue adds the block's term
-    to ``mr x nv`` float32x8 registers (``bias_sx·S_X`` removes the +8 bias of signed nibble
-    weights, ``bias_sw·S_W`` the +128 offset of unsigned ``x``); the tile is stored once.
+    accumulates the block's integer products and ``epilogue.block_term`` adds the block's
+    float term to ``mr x nv`` float32x8 registers; the tile is stored once. ``eps`` are the
+    row parts ``[M, nb]`` then the transposed column parts ``[nb, N]`` of :mod:`.epilogue`;
+    ``bias_x``/``bias_w``: the offsets the core adds to ``x`` (+128, unsigned operands) or to
+    ``w`` codes (+8, signed nibbles); ``f32_bounds``: the codes' magnitude bounds.
 
     Rows are the outer loop: the group's packed weights stream sequentially once per row
     tile (from L2 at large K), ``x`` rows stream sequentially, and nothing else touches
@@ -255,9 +255,9 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     far slower at K = 4096, M = 512, where rows 4 KiB apart all map to the same L1 sets.)
     Floats are added in block order from zero, as in :func:`kernels._affine_epilogue`.
     """
-    sx, xa, xm, ws_t, wm_t, sw_t = eps
+    row_parts, col_parts = eps[:5], eps[5:]
     m, n = (int(d) for d in y.shape)
-    nb = int(sx.shape[1])
+    nb = int(row_parts[0].shape[1])
 
     def vec(t: Any) -> Any:
         return tirx.Ramp(t * 8, 1, 8)
@@ -271,14 +271,9 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
             core.accumulate(acc, row0, rows, g, nv, b)
             with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
                 i, cols, t = row0 + ii, vec(g * nv + v), ii * nv + v
-                p = acc[vec(t)]
-                if bias_sx:
-                    p = p - _bc(sx[i, b] * bias_sx)
-                if bias_sw:
-                    p = p - sw_t[b, cols] * _bc(tirx.const(bias_sw, "int32"))
-                cent = p * _bc(tirx.const(block, "int32")) - _bc(sx[i, b]) * sw_t[b, cols]
-                term = (_bc(xa[i, b]) * ws_t[b, cols] * tirx.Cast("float32x8", cent)
-                        + _bc(xm[i, b]) * wm_t[b, cols])  # fmt: skip
+                term = block_term(acc[vec(t)], [r[i, b] for r in row_parts],
+                                  [c[b, cols] for c in col_parts], block=block, lanes=8,
+                                  bias_x=bias_x, bias_w=bias_w, f32_bounds=f32_bounds)  # fmt: skip
                 T.buffer_store(yacc, yacc[vec(t)] + term, [vec(t)])
         with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
             T.buffer_store(y, yacc[vec(ii * nv + v)], [row0 + ii, vec(g * nv + v)])
@@ -318,16 +313,17 @@ def _check_group(name: str, packed: Any, nv: int, n: int) -> None:
 
 
 def avx2_panel_matmul(
-    xq: Any, wp: Any, sx: Any, xa: Any, xm: Any, ws_t: Any, wm_t: Any, sw_t: Any, *,
-    block: int, w_bits: int, w_signed: bool, name: str, attrs: dict[str, Any],
+    xq: Any, wp: Any, row: Sequence[Any], col_t: Sequence[Any], *, block: int, w_bits: int,
+    w_signed: bool, name: str, attrs: dict[str, Any],
 ) -> Any:  # fmt: skip
-    """``Y f32 [M, N]`` from codes ``xq int8 [M, K]`` and the panels of :func:`te_pack_panels`.
+    """``Y f32 [M, N]`` from codes ``xq int8 [M, K]`` and the panels of :func:`te_pack_panels`
+    (``row``: the epilogue's row parts, ``col_t``: its transposed column parts).
 
     Raises:
         NumericsError: a shape :func:`panel_supported` rejects.
     """
     m, k = (int(d) for d in xq.shape)
-    n = int(ws_t.shape[1])
+    n = int(col_t[0].shape[1])
     _check_group(name, wp, panel_group(n), n)
     if not panel_supported(n=n, k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 panel kernel needs N % 8 == 0 and a block "
@@ -335,13 +331,15 @@ def avx2_panel_matmul(
                             f"block={block}).")  # fmt: skip
     mr, nv = panel_tile(m, n)
     nibbles = w_bits <= 4
-    ins = [xq if nibbles else te_pair_codes(xq, name=name), wp, sx, xa, xm, ws_t, wm_t, sw_t]
+    ins = [xq if nibbles else te_pair_codes(xq, name=name), wp, *row, *col_t]
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *eps = in_bufs
         core = _Maddubsw(x, w, block, x_max=128) if nibbles else _Maddwd(x, w, block)
         bias = 8 if nibbles and w_signed else 0
-        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_sx=bias)
+        bounds = (128, (8 if w_signed else 15) if nibbles else 128)
+        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_w=bias,
+                           f32_bounds=bounds)  # fmt: skip
 
     return te.extern((m, n), ins, body, name=name, dtype="float32", attrs=attrs)
 
@@ -361,9 +359,9 @@ def sparse24_tile(m: int, n: int) -> tuple[int, int]:
 
 
 def te_pack_sparse24_panels(
-    wvals: Any, widx: Any, ws: Any, wm: Any, sw: Any, *, name: str, attrs: dict[str, Any],
-) -> tuple[Any, Any, Any, Any, Any]:  # fmt: skip
-    """``(wv, wc, wsT, wmT, swT)``: values and ``vpshufb`` controls of the sparse kernel.
+    wvals: Any, widx: Any, col: Sequence[Any], *, name: str, attrs: dict[str, Any],
+) -> tuple[Any, ...]:  # fmt: skip
+    """``(wv, wc, *colT)``: values and ``vpshufb`` controls of the sparse kernel.
 
     ``wv int8 [N/8nv, K/8, nv, 32]``: the 4 kept values of column ``c`` for K-step ``t`` at
     bytes ``4c .. 4c+3``; ``wc uint8`` (same shape): the byte each one multiplies within the
@@ -374,29 +372,28 @@ def te_pack_sparse24_panels(
     nv = sparse24_tile(1, n)[1]
     shape = (n // (PANEL * nv), half // 4, nv, 4 * PANEL)
 
-    def col(g: Any, v: Any, e: Any) -> Any:
+    def column(g: Any, v: Any, e: Any) -> Any:
         return (g * nv + v) * PANEL + e // 4
 
-    wv = te.compute(shape, lambda g, t, v, e: wvals[col(g, v, e), 4 * t + e % 4],
+    wv = te.compute(shape, lambda g, t, v, e: wvals[column(g, v, e), 4 * t + e % 4],
                     name=f"{name}_wv", attrs=attrs)  # fmt: skip
 
     def ctrl(g: Any, t: Any, v: Any, e: Any) -> Any:
         r = e % 4
-        field = (widx[col(g, v, e), t].astype("int32") >> (2 * r)) & 3
+        field = (widx[column(g, v, e), t].astype("int32") >> (2 * r)) & 3
         return (4 * (r // 2) + field).astype("uint8")
 
     wc = te.compute(shape, ctrl, name=f"{name}_wc", attrs=attrs)
-    ws_t, wm_t, sw_t = (_transpose(t, f"{name}_{t.op.name}_t", attrs) for t in (ws, wm, sw))
-    return wv, wc, ws_t, wm_t, sw_t
+    return (wv, wc, *transposed(col, name, attrs))
 
 
 def avx2_sparse24_matmul(
-    xq: Any, wv: Any, wc: Any, sx: Any, xa: Any, xm: Any, ws_t: Any, wm_t: Any, sw_t: Any, *,
-    block: int, w_bits: int, name: str, attrs: dict[str, Any],
+    xq: Any, wv: Any, wc: Any, row: Sequence[Any], col_t: Sequence[Any], *, block: int,
+    w_bits: int, name: str, attrs: dict[str, Any],
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` of the 2:4-sparse layer from codes and :func:`te_pack_sparse24_panels`."""
     m, k = (int(d) for d in xq.shape)
-    n = int(ws_t.shape[1])
+    n = int(col_t[0].shape[1])
     if not sparse24_panel_supported(n=n, k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 2:4 kernel needs nibble values, N % 8 == 0 "
                             f"and block % 8 == 0 (N={n}, K={k}, block={block}).")  # fmt: skip
@@ -408,7 +405,8 @@ def avx2_sparse24_matmul(
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, v, c, *eps = in_bufs
         core = _Sparse24(x, v, c, block, w_max=2**w_bits - 1)
-        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_sw=128)
+        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=128,
+                           f32_bounds=(128, 2**w_bits - 1))  # fmt: skip
 
-    return te.extern((m, n), [xu, wv, wc, sx, xa, xm, ws_t, wm_t, sw_t], body, name=name,
-                     dtype="float32", attrs=attrs)  # fmt: skip
+    return te.extern((m, n), [xu, wv, wc, *row, *col_t], body, name=name, dtype="float32",
+                     attrs=attrs)  # fmt: skip

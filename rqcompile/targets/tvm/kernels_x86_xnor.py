@@ -22,12 +22,11 @@ float32x8 epilogue vector per row) walks K in 256-bit steps:
   layout is derived, and checked, at build time). A 256-bit step covers ``256/block``
   blocks (block ≤ 256), or a block spans ``block/256`` steps.
 * **Epilogue.** ``P = block - 2·popcount(x ⊕ w)`` (= ``2·popcount(XNOR) - block``) feeds the
-  centred epilogue of :mod:`.kernels` right away, per tile and block, in float32x8 with the
-  same operations per element as ``kernels._affine_epilogue`` (int32 centring, then
-  ``(xs/B)·ws·I + x̄·(B·w̄)`` accumulated in block order), so ``P`` never goes to memory.
-  The weight-side operands (``ws``, ``wsum`` and ``B·w̄``) are transposed into a stack
-  buffer once per column group, so GEMV (``M = 1``) streams ``w`` and them exactly once,
-  with software prefetches one column group ahead (:func:`_prefetch`).
+  block term of :mod:`.epilogue` right away, per tile and block, in float32x8 (accumulated
+  in block order), so ``P`` never goes to memory. The epilogue's column parts are
+  transposed into a stack buffer once per column group, so GEMV (``M = 1``) streams ``w``
+  and them exactly once, with software prefetches one column group ahead
+  (:func:`_prefetch`).
 
 Integer results are bit-exact (``tests/targets/tvm/test_kernels_x86_xnor.py``). Shapes the
 kernel does not take (:func:`xnor_supported`) use the generic TE kernel.
@@ -35,10 +34,12 @@ kernel does not take (:func:`xnor_supported`) use the generic TE kernel.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.epilogue import block_term
 from rqcompile.targets.tvm.kernels_x86 import _divisor, _intrin, _lanes
 
 __all__ = ["XNOR_ISAS", "xnor_matmul_micro", "xnor_supported"]
@@ -54,7 +55,7 @@ def xnor_supported(*, k: int, block: int) -> bool:
     """Whether the micro-kernel handles ``K``/``block`` (else the generic kernel is used).
 
     K must be whole 256-bit steps, and a block either a divisor of 256 bits (32, 64, 128,
-    256) or a multiple; the centring ``B·P - S_X·S_W`` must fit int32 (``2·B² < 2³¹``).
+    256) or a multiple; the epilogue must fit int32 (``2·B² < 2³¹``).
     """
     fits = block in (32, 64, 128) or block % 256 == 0
     return fits and block > 0 and k % block == 0 and k % 256 == 0 and 2 * block * block < 2**31
@@ -163,7 +164,7 @@ def _block_sums(vecs: list[Any], words: int) -> list[Any]:
 
 def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr: int) -> Any:
     """TIR statement: ``mr x 8`` tiles, 256-bit steps, block sums, epilogue (module doc)."""
-    sx, xa, xm, ws, wc, sw = eps
+    row_parts, col_parts = eps[:5], eps[5:]
     m, n = (int(d) for d in y.shape)
     nwords, g = int(x.shape[1]), block // 32
     nb = nwords // g
@@ -172,7 +173,6 @@ def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr:
     grp = _divisor(steps, pop.max_steps)  # steps summed in the narrow counter
     chunk = max(_STEP, g)  # words per iteration of the chunk loop
     acc_vec = f"{pop.elem}x{pop.lanes}"
-    fb = tirx.const(float(block), "float32")
 
     def bc(v: Any) -> Any:
         return tirx.Broadcast(v, _NR)
@@ -185,9 +185,7 @@ def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr:
         # "global", not "local": TVM 0.27 serves every "local" allocation with a heap
         # workspace call per loop iteration, which LLVM cannot promote to registers; small
         # "global" ones become stack allocas that it does (2.6x faster kernel)
-        ws_t = T.decl_buffer((nb * _NR,), "float32", scope="global")
-        wm_t = T.decl_buffer((nb * _NR,), "float32", scope="global")
-        sw_t = T.decl_buffer((nb * _NR,), "int32", scope="global")
+        col_t = [T.decl_buffer((nb * _NR,), str(c.dtype), scope="global") for c in col_parts]
         xv = T.decl_buffer((mr * _STEP,), "uint32", scope="global")
         wv = T.decl_buffer((_NR * _STEP,), "uint32", scope="global")
         cnt = T.decl_buffer((mr * _NR * pop.lanes,), pop.elem, scope="global")
@@ -195,15 +193,12 @@ def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr:
         yacc = T.decl_buffer((mr * _NR,), "float32", scope="global")
         with T.serial(0, (nb + 15) // 16) as bl:  # the next group's operands, a line each
             for jj in range(_NR):
-                for arr in (ws, wc, sw):
+                for arr in col_parts:
                     _prefetch(arr, tirx.min(jo * _NR + _NR + jj, n - 1), bl * 16)
-        with T.serial(0, nb) as b:  # weight-side epilogue operands, transposed to [nb, 8]
+        with T.serial(0, nb) as b:  # the column parts of the epilogue, transposed to [nb, 8]
             for jj in range(_NR):
-                j, s = col(jj), b * _NR + jj
-                T.buffer_store(ws_t, ws[j, b], [s])
-                T.buffer_store(sw_t, sw[j, b], [s])  # B·w̄, as kernels._epilogue_prep:
-                T.buffer_store(wm_t, fb * (wc[j, b] + ws[j, b] * sw[j, b].astype("float32") / fb),
-                               [s])  # fmt: skip
+                for src, dst in zip(col_parts, col_t, strict=True):
+                    T.buffer_store(dst, src[col(jj), b], [b * _NR + jj])
         with T.serial(0, m // mr) as io:
             for ii in range(mr):
                 T.buffer_store(yacc, bc(tirx.const(0, "float32")), [_lanes(ii, _NR)])
@@ -242,9 +237,9 @@ def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr:
                         b = c * per_step + t
                         jv = _lanes(b, _NR)
                         p = bc(tirx.const(block, "int32")) - pc * bc(tirx.const(2, "int32"))
-                        cent = p * bc(tirx.const(block, "int32")) - bc(sx[i, b]) * sw_t[jv]
-                        term = (bc(xa[i, b]) * ws_t[jv] * tirx.Cast("float32x8", cent)
-                                + bc(xm[i, b]) * wm_t[jv])  # fmt: skip
+                        term = block_term(p, [r[i, b] for r in row_parts],
+                                          [c[jv] for c in col_t], block=block, lanes=_NR,
+                                          f32_bounds=(1, 1))  # fmt: skip
                         yl = _lanes(ii, _NR)
                         T.buffer_store(yacc, yacc[yl] + term, [yl])
             for ii in range(mr):
@@ -281,12 +276,8 @@ def _store_row(y: Any, yacc: Any, i: Any, ii: int, jo: Any, n: int) -> None:
 def xnor_matmul_micro(
     xbits: Any,
     wbits: Any,
-    sx: Any,
-    xa: Any,
-    xm: Any,
-    ws: Any,
-    wc: Any,
-    wsum: Any,
+    row: Sequence[Any],
+    col: Sequence[Any],
     *,
     block: int,
     isa: str,
@@ -294,12 +285,12 @@ def xnor_matmul_micro(
     attrs: dict[str, Any],
     mr: int = 2,
 ) -> Any:
-    """``Y f32 [M, N]``: XNOR-popcount core + centred epilogue as one TIR kernel (TE tensor).
+    """``Y f32 [M, N]``: XNOR-popcount core + epilogue (:mod:`.epilogue`), one TIR kernel.
 
     Args:
         xbits, wbits: ``uint32 [M, K/32]``, ``uint32 [N, K/32]`` sign words (bitpack.py).
-        sx: ``i32 [M, nb]`` activation sign sums; xa, xm: ``xs/B`` and ``x̄`` (``f32 [M, nb]``).
-        ws, wc: ``f32 [N, nb]``; wsum: ``i32 [N, nb]`` (the op's weight operands).
+        row, col: the epilogue's row and column parts (:mod:`.epilogue`), ``[M, nb]`` and
+            ``[N, nb]``.
         isa: one of :data:`XNOR_ISAS`.
         mr: rows per register tile (clamped to a divisor of M).
 
@@ -319,6 +310,6 @@ def xnor_matmul_micro(
         x, w, *eps = ins
         return _kernel(pop, x, w, eps, outs[0], block=block, mr=rows)
 
-    ins = [xbits, wbits, sx, xa, xm, ws, wc, wsum]
+    ins = [xbits, wbits, *row, *col]
     return te.extern((m, int(wbits.shape[0])), ins, body, name=name, dtype="float32",
                      attrs=attrs)  # fmt: skip

@@ -19,19 +19,21 @@ byte counters does not fit the 16 ymm registers. Here, as in fbgemm-style int8 G
   MACs, with byte counters (at most 8 per word) summed over up to 31 words, then widened by
   ``vpmaddubsw`` + ``vpmaddwd`` with ones into the column's int32 lane; VPOPCNTDQ
   ``cnt += vpopcntd(x ⊕ w)`` in int32 lanes.
-* **Epilogue**: ``P = B - 2·popcount(x ⊕ w)`` per block goes straight into the centred
-  epilogue shared with the integer panels (:func:`.kernels_x86_panel._panel_body`), so the
-  float results match the generic kernel's operations.
+* **Epilogue**: ``P = B - 2·popcount(x ⊕ w)`` per block goes straight into the block term
+  of :mod:`.epilogue`, through the body shared with the integer panels
+  (:func:`.kernels_x86_panel._panel_body`).
 
 Bit-exact against the reference (``tests/targets/tvm/test_kernels_x86_xnor_panel.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, te, tirx
+from rqcompile.targets.tvm.epilogue import transposed
 from rqcompile.targets.tvm.kernels_x86 import _divisor, _intrin, _lanes
 from rqcompile.targets.tvm.kernels_x86_panel import (
     _PSHUFB,
@@ -39,7 +41,6 @@ from rqcompile.targets.tvm.kernels_x86_panel import (
     _bc,
     _check_group,
     _panel_body,
-    _transpose,
 )
 from rqcompile.targets.tvm.kernels_x86_xnor import byte_counts_to_dwords, nibble_lut
 
@@ -59,7 +60,7 @@ _BYTE_WORDS = 31  # words one uint8 counter can sum: 31·8 = 248 < 256
 
 def xnor_panel_supported(*, n: int, k: int, block: int) -> bool:
     """Whether the panel kernel handles this shape: whole panels, whole words per block, and
-    int32 centring ``B·P - S_X·S_W`` (``2·B² < 2³¹``)."""
+    an int32 epilogue (``2·B² < 2³¹``)."""
     return (n % PANEL == 0 and block % 32 == 0 and block > 0 and k % block == 0
             and 2 * block * block < 2**31)  # fmt: skip
 
@@ -83,16 +84,16 @@ def _split(word: Any, h: Any, halves: int) -> Any:
 
 
 def te_pack_xnor_panels(
-    wbits: Any, ws: Any, wm: Any, sw: Any, *, isa: str, name: str, attrs: dict[str, Any]
-) -> tuple[Any, Any, Any, Any]:
-    """Weight-only prep: ``(wn, wsT, wmT, swT)``; ``wn uint32 [N/8nv, K/32, nv, h, 8]``."""
+    wbits: Any, col: Sequence[Any], *, isa: str, name: str, attrs: dict[str, Any]
+) -> tuple[Any, ...]:
+    """Weight-only prep: ``(wn, *colT)``; ``wn uint32 [N/8nv, K/32, nv, h, 8]`` and the
+    epilogue's column parts transposed to ``[nb, N]``."""
     n, words = (int(d) for d in wbits.shape)
     nv, halves = xnor_panel_tile(1, n)[1], _halves(isa)
     wn = te.compute((n // (PANEL * nv), words, nv, halves, PANEL),
                     lambda g, t, v, h, c: _split(wbits[(g * nv + v) * PANEL + c, t], h, halves),
                     name=f"{name}_wn", attrs=attrs)  # fmt: skip
-    ws_t, wm_t, sw_t = (_transpose(t, f"{name}_{t.op.name}_t", attrs) for t in (ws, wm, sw))
-    return wn, ws_t, wm_t, sw_t
+    return (wn, *transposed(col, name, attrs))
 
 
 class _XnorCounts:
@@ -156,16 +157,17 @@ def te_split_words(xbits: Any, *, isa: str, name: str) -> Any:
 
 
 def xnor_panel_matmul(
-    xbits: Any, wn: Any, sx: Any, xa: Any, xm: Any, ws_t: Any, wm_t: Any, sw_t: Any, *,
-    block: int, isa: str, name: str, attrs: dict[str, Any],
+    xbits: Any, wn: Any, row: Sequence[Any], col_t: Sequence[Any], *, block: int, isa: str,
+    name: str, attrs: dict[str, Any],
 ) -> Any:  # fmt: skip
-    """``Y f32 [M, N]`` from sign words ``xbits uint32 [M, K/32]`` and the packed panels.
+    """``Y f32 [M, N]`` from sign words ``xbits uint32 [M, K/32]`` and the packed panels
+    (``row``/``col_t``: the epilogue's row parts and transposed column parts).
 
     Raises:
         NumericsError: an unknown ``isa``, or a shape :func:`xnor_panel_supported` rejects.
     """
     m, words = (int(d) for d in xbits.shape)
-    n = int(ws_t.shape[1])
+    n = int(col_t[0].shape[1])
     if isa not in XNOR_PANEL_ISAS or not xnor_panel_supported(n=n, k=32 * words, block=block):
         raise NumericsError(f"{name}: the XNOR panel kernel takes isa in {XNOR_PANEL_ISAS}, "
                             f"N % 8 == 0 and whole 32-bit words per block (isa={isa!r}, "
@@ -177,7 +179,7 @@ def xnor_panel_matmul(
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *eps = in_bufs
         core = _XnorCounts(x, w, block, isa)
-        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv)
+        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, f32_bounds=(1, 1))
 
-    return te.extern((m, n), [xn, wn, sx, xa, xm, ws_t, wm_t, sw_t], body, name=name,
-                     dtype="float32", attrs=attrs)  # fmt: skip
+    return te.extern((m, n), [xn, wn, *row, *col_t], body, name=name, dtype="float32",
+                     attrs=attrs)  # fmt: skip

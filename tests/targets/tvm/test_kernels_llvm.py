@@ -242,12 +242,15 @@ def test_qbmm(scheduled: bool, bt: int, m: int, n: int, k: int, block: int) -> N
     assert_rel(y, ref.qbmm(*args, block=block))
 
 
-def test_int_matmul_large_block_uses_int64_centring() -> None:
-    # 2·B²·128·128 ≥ 2³¹ at B=256: the centred integer term must not overflow int32.
-    m, n, k, block = 2, 4, 512, 256
+def test_int_matmul_large_block_uses_int64_epilogue() -> None:
+    # 8-bit codes at B = 32768: Σ(qx - cx)(qw - cw) may exceed 2³¹, so I is int64.
+    from rqcompile.targets.tvm.epilogue import int_type
+
+    m, n, k, block = 2, 4, 32768, 32768
+    assert int_type(block, 128, 128) == "int64" and int_type(block // 2, 128, 128) == "int32"
     xq, wq = _codes((m, k), -128, -128, 0), _codes((n, k), -128, -128, 0)  # worst case
-    xs, xc = _params(m, 2, 1)
-    ws, wc = _params(n, 2, 2)
+    xs, xc = _params(m, 1, 1)
+    ws, wc = _params(n, 1, 2)
     args = [xq, xs, xc, wq, ws, wc, ref.code_sums(wq, block)]
     (y,) = run("te_int_matmul", args, False, block=block, w_bits=8, w_signed=True)
     assert_rel(y, ref.int_matmul(*args, block=block, w_bits=8, w_signed=True))
@@ -470,12 +473,6 @@ def _disjoint_supports(m: int, n: int, k: int) -> list[torch.Tensor]:
     return [xq, xs, zx, pack_nibbles(wq, signed=True), ws, zw, ref.code_sums(wq, k)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the centred epilogue B·x̄·w̄ + (xs/B)·ws·(B·P − S_X·S_W) cancels two terms of "
-    "~1e3 to an exact 0; float32 (FMA) leaves ~ulp(1e3). Fix pending (see fuzzfix report).",
-)
 @pytest.mark.parametrize(("k", "isa"), [(20, "generic"), (32, "generic"), (32, "avx2")])
 def test_int_matmul_disjoint_supports_exact_zero(k: int, isa: str) -> None:
     # 2-bit symmetric activations x W1 2:4 weights, ridge λ=0, const_blocks data: every

@@ -1,8 +1,8 @@
 """The AVX2 panel GEMM (``kernels_x86_panel``): integer core bit-exact, whole layers = reference.
 
-The core is checked through a *transparent* epilogue (``xs = B``, ``ws = 1``, zero offsets):
-then ``y = Σ_b (B·P_b - S_X·S_W)`` with every term an integer below 2**24, so float32 holds
-it exactly and it must equal the reference's integers bit for bit. Shapes cover full and
+The core is checked through a *transparent* epilogue (``xs = B``, ``ws = 1``, zero offsets,
+so zero origins): then ``y = Σ_b B·P_b`` with every term an integer below 2**24, so float32
+holds it exactly and it must equal the reference's integers bit for bit. Shapes cover full and
 remainder row tiles, 1-4 panels per tile, one and several blocks, and every weight format.
 """
 
@@ -79,7 +79,7 @@ def test_panel_core_exact(m: int, n: int, k: int, block: int, w_bits: int, w_sig
                   [stored, torch.ones(n, nb), torch.zeros(n, nb), wsum], **pk)  # fmt: skip
     xs, xc = torch.full((m, nb), float(block)), torch.zeros(m, nb)
     (y,) = _run("te_int_matmul_packed", "int_matmul", [xq, xs, xc, *packed], **pk)
-    # y = Σ_b (B·P - S_X·S_W) + S_X·S_W: the centred term plus the block-mean term
+    # zero offsets put both origins at code 0: y = Σ_b xs·ws·P = Σ_b B·P
     want = block * ref.int_matmul_core(xq, wq, block).to(torch.int64).sum(-1)
     assert torch.equal(y.to(torch.int64), want)
 
@@ -98,7 +98,7 @@ def test_panel_extreme_codes_exact(w_bits: int, w_signed: bool) -> None:
     pk = dict(block=block, w_bits=w_bits, w_signed=w_signed)
     packed = _run("te_pack_int_matmul_weights", "pack_weights",
                   [stored, torch.ones(n, 1), torch.zeros(n, 1), wsum], **pk)  # fmt: skip
-    # xs = 1: y = (P - S_X·S_W/B) + S_X·S_W/B, every term exact in float32 here
+    # xs = 1 and zero offsets: y = P, exact in float32 here
     (y,) = _run("te_int_matmul_packed", "int_matmul",
                 [xq, torch.full((m, 1), 1.0), torch.zeros(m, 1), *packed], **pk)  # fmt: skip
     assert torch.equal(y.double(), ref.int_matmul_core(xq, wq, block)[..., 0].double())

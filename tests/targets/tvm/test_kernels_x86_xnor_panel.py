@@ -130,11 +130,11 @@ def test_vpopcntdq_variant_compiles_to_vpopcntd() -> None:
 def test_unsupported_shape_is_a_typed_error() -> None:
     from rqcompile.targets.tvm.kernels_x86_xnor_panel import xnor_panel_matmul
 
-    phs = [te.placeholder(s, d) for s, d in (((2, 4), "uint32"), ((1, 4, 1, 2, 8), "uint32"),
-           ((2, 1), "int32"), ((2, 1), "float32"), ((2, 1), "float32"), ((1, 12), "float32"),
-           ((1, 12), "float32"), ((1, 12), "int32"))]  # fmt: skip
+    row = [te.placeholder((2, 1), d) for d in ("float32", "int32", "int32", "float32", "float32")]
+    col = [te.placeholder((1, 12), d) for d in ("float32", "int32", "int32", "float32", "float32")]
+    xn, wn = te.placeholder((2, 4), "uint32"), te.placeholder((1, 4, 1, 2, 8), "uint32")
     with pytest.raises(NumericsError, match="N % 8 == 0"):
-        xnor_panel_matmul(*phs, block=128, isa="avx2", name="mm", attrs={})
+        xnor_panel_matmul(xn, wn, row, col, block=128, isa="avx2", name="mm", attrs={})
     assert not K.xnor_packs((2, 4), 12, block=128, k=128, isa="avx2")
     assert not K.xnor_packs((2, 4), 16, block=128, k=128, isa="generic")
     assert K.xnor_packs((2, 4), 16, block=128, k=128, isa="avx2")
