@@ -12,8 +12,9 @@ byte counters does not fit the 16 ymm registers. Here, as in fbgemm-style int8 G
   (``w & 0x0F0F0F0F``, ``(w >> 4) & 0x0F0F0F0F``), the two ``vpshufb`` indices of the
   nibble-LUT popcount: ``(x ⊕ w) & m = (x & m) ⊕ (w & m)``, so the split costs nothing per
   call. With VPOPCNTDQ (``h = 1``) words stay whole and ``vpopcntd`` counts them.
-* **Activations** are split the same way once per call (``xn uint32 [M, K/32, h]``, a tiny
-  prep stage) and each word is broadcast to all 8 lanes.
+* **Activations** are split the same way once per call on AVX2 (``xn uint32 [M, K/32, 2]``,
+  a tiny prep stage; with VPOPCNTDQ the kernel reads ``xbits`` itself) and each word is
+  broadcast to all 8 lanes.
 * **Inner step** (one 32-bit word of K, 8 columns, per row and panel): AVX2
   ``cnt += pshufb(lut, xlo ⊕ wlo) + pshufb(lut, xhi ⊕ whi)``: 6 instructions for 256 binary
   MACs, with byte counters (at most 8 per word) summed over up to 31 words, then widened by
@@ -113,8 +114,8 @@ class _XnorCounts:
 
     def _word(self, row: Any, g: Any, t: Any, v: Any) -> Any:
         """Counts of one word of 8 columns: bytes (AVX2) or int32 lanes (VPOPCNTDQ)."""
-        if self.isa != "avx2":
-            words = _bc(self.x[row, t, 0]) ^ self.wn[g, t, v, 0, _lanes(0, 8)]
+        if self.isa != "avx2":  # x is xbits [M, K/32] itself (te_split_words)
+            words = _bc(self.x[row, t]) ^ self.wn[g, t, v, 0, _lanes(0, 8)]
             return _intrin("int32x8", "llvm.ctpop", tirx.reinterpret("int32x8", words))
         total = None
         for h in (0, 1):
@@ -149,9 +150,12 @@ class _XnorCounts:
 
 
 def te_split_words(xbits: Any, *, isa: str, name: str) -> Any:
-    """``xn uint32 [M, K/32, h]``: the activation words split as the packed weights are."""
-    m, words = (int(d) for d in xbits.shape)
+    """``xn uint32 [M, K/32, 2]``: the activation words split into nibbles as the packed AVX2
+    weights are; with one half (VPOPCNTDQ) ``xbits`` itself, not a copy per call."""
     halves = _halves(isa)
+    if halves == 1:
+        return xbits
+    m, words = (int(d) for d in xbits.shape)
     return te.compute((m, words, halves), lambda i, t, h: _split(xbits[i, t], h, halves),
                       name=f"{name}_xn", attrs={"rq.stage": "prep"})  # fmt: skip
 

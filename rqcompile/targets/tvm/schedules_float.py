@@ -126,21 +126,40 @@ def _is_reduction(sch: Any, block: Any) -> bool:
     return any(k == _REDUCE for k in _kinds(sch, block))
 
 
+def _compute_inline(sch: Any, block: Any) -> bool:
+    try:
+        sch.compute_inline(block)
+    except s_tir.ScheduleError:
+        return False
+    return True
+
+
+def _reverse_inline(sch: Any, block: Any) -> bool:
+    """``reverse_compute_inline`` where it is sound. TVM checks that ``block`` has one
+    producer, not that the producer's buffer has one consumer: it would rewrite the producer
+    to store ``block``'s result and drop the buffer its other consumers still read (GELU's
+    ``x * Φ(x)``: "T_add_intermediate is used before its definition" at build)."""
+    if any(len(sch.get_consumers(p)) != 1 for p in sch.get_producers(block)):
+        return False
+    try:
+        sch.reverse_compute_inline(block)
+    except s_tir.ScheduleError:
+        return False
+    return True
+
+
 def _try_inline(sch: Any, blocks: list[Any]) -> list[Any]:
     """Inline every block that can be (forward, then backward); return the rest."""
     left = list(blocks)
     changed = True
     while changed:
         changed = False
-        for how in (sch.compute_inline, sch.reverse_compute_inline):
+        for how in (_compute_inline, _reverse_inline):
             for b in list(left):
-                try:
-                    how(b)
-                except s_tir.ScheduleError:
-                    continue
-                left.remove(b)
-                changed = True
-                break
+                if how(sch, b):
+                    left.remove(b)
+                    changed = True
+                    break
             if changed:
                 break
     return left
@@ -228,16 +247,36 @@ def schedule_matmul(sch: Any, cfg: FloatScheduleConfig) -> bool:
     return True
 
 
+def _downstream(sch: Any, block: Any) -> list[Any]:
+    """Every block that reads, directly or not, what ``block`` writes."""
+    seen: set[str] = set()
+    out, todo = [], list(sch.get_consumers(block))
+    while todo:
+        blk = todo.pop()
+        name = str(sch.get(blk).name_hint)
+        if name not in seen:
+            seen.add(name)
+            out.append(blk)
+            todo.extend(sch.get_consumers(blk))
+    return out
+
+
 def _inline_epilogue(sch: Any, acc: Any) -> None:
-    """Fold the elementwise consumers of the accumulator write-back into it."""
-    while True:
-        consumers = sch.get_consumers(acc)
-        if not consumers:
+    """Fold the elementwise consumers of the accumulator write-back into it.
+
+    A consumer is folded only while it is the accumulator's only one (:func:`_reverse_inline`).
+    When the epilogue branches (GELU reads its input twice), its inner stages are first
+    inlined forward into the stages that read them, which joins the branches in the last one.
+    """
+    joined = False
+    while consumers := sch.get_consumers(acc):
+        if _reverse_inline(sch, consumers[0]):
+            continue
+        if joined or len(consumers) == 1:
             return
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except s_tir.ScheduleError:
-            return
+        joined = True
+        for blk in _downstream(sch, acc):
+            _compute_inline(sch, blk)
 
 
 # -- elementwise and fallback -------------------------------------------------------------

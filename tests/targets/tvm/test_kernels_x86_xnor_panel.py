@@ -127,6 +127,21 @@ def test_vpopcntdq_variant_compiles_to_vpopcntd() -> None:
         assert want in lib.mod.inspect_source("asm")
 
 
+@pytest.mark.parametrize(("isa", "split"), [("avx2", True), ("avx512_vpopcntdq", False)])
+def test_only_avx2_splits_the_activations(isa: str, split: bool) -> None:
+    """AVX2 splits x into nibbles once per call; VPOPCNTDQ reads ``xbits`` without a copy."""
+    params = dict(block=128, k=512, isa=isa)
+    pk = [te.placeholder(s, d) for s, d in (((16, 16), "uint32"), ((16, 4), "float32"),
+          ((16, 4), "float32"), ((16, 4), "int32"))]  # fmt: skip
+    packed = [te.placeholder(t.shape, t.dtype) for t in K.te_pack_xnor_weights(*pk, **params)]
+    xs = [te.placeholder(s, d) for s, d in (((4, 16), "uint32"), ((4, 4), "float32"),
+          ((4, 4), "float32"))]  # fmt: skip
+    y = K.te_xnor_popcount_matmul_packed(*xs, *packed, **params)
+    func = K.prim_func([*xs, *packed, y], name="kernel", kernel="xnor_popcount_matmul",
+                       block=128)  # fmt: skip
+    assert ('sblock("xnor_popcount_matmul_xn")' in func.script()) is split
+
+
 def test_unsupported_shape_is_a_typed_error() -> None:
     from rqcompile.targets.tvm.kernels_x86_xnor_panel import xnor_panel_matmul
 
@@ -138,4 +153,3 @@ def test_unsupported_shape_is_a_typed_error() -> None:
     assert not K.xnor_packs((2, 4), 12, block=128, k=128, isa="avx2")
     assert not K.xnor_packs((2, 4), 16, block=128, k=128, isa="generic")
     assert K.xnor_packs((2, 4), 16, block=128, k=128, isa="avx2")
-

@@ -81,6 +81,27 @@ def test_matmul_schedule_applies_and_is_bit_identical(a_shape: tuple, b_shape: t
     torch.testing.assert_close(tiled, expect, rtol=1e-5, atol=1e-5)
 
 
+def test_matmul_with_gelu_epilogue_builds_and_is_bit_identical() -> None:
+    """A weight-only linear + GELU: the epilogue is a DAG (``x * Φ(x)`` reads the biased
+    matmul twice). TVM's ``reverse_compute_inline`` does not check that the producer's
+    buffer has a single consumer, so inlining ``Φ``'s first stage into the accumulator
+    dropped the buffer ``x * ...`` still read ("T_add_intermediate is used before its
+    definition" when building attention-W4's MLP)."""
+
+    def mm_gelu(a: Any, b: Any, bias: Any) -> Any:  # relax's legalization of the MLP's fc
+        k = te.reduce_axis((0, 16), name="k")
+        mm = te.compute((2, 8, 32), lambda n, i, j: te.sum(a[n, i, k] * b[k, j], axis=k))
+        return te_fast_gelu(topi.add(mm, bias))
+
+    func, _ = _func(mm_gelu, [(2, 8, 16), (16, 32), (32,)])
+    scheduled = SF.schedule_float_func(func, _target())
+    assert "T.parallel" in scheduled.script()  # the matmul rule applied
+    a, b, bias = torch.randn(2, 8, 16), torch.randn(16, 32), torch.randn(32)
+    plain = _run(func, [a, b, bias], (2, 8, 32))
+    assert torch.equal(_run(scheduled, [a, b, bias], (2, 8, 32)), plain)
+    torch.testing.assert_close(plain, F.gelu(a @ b + bias), rtol=1e-5, atol=1e-5)
+
+
 def test_elementwise_chain_is_one_block_and_identical() -> None:
     func, _ = _func(lambda x, y: topi.transpose(topi.add(topi.exp(x), y), (1, 0)), [(64, 24)] * 2)
     scheduled = SF.schedule_float_func(func, _target())
