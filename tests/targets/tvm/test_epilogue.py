@@ -12,9 +12,6 @@
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
@@ -24,15 +21,11 @@ tvm = pytest.importorskip("tvm")
 from rqcompile.quant import reference as ref  # noqa: E402
 from rqcompile.quant.bitpack import pack_nibbles, pack_signs, pack_sparse24  # noqa: E402
 from rqcompile.targets.tvm import kernels as K  # noqa: E402
-from rqcompile.targets.tvm.adapter import host_llvm_target, te  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
 from rqcompile.targets.tvm.epilogue import exact_in_f32  # noqa: E402
-from rqcompile.targets.tvm.schedules import schedule_prim_func  # noqa: E402
+from rqcompile.testing.kernels import run_kernel as _run  # noqa: E402
 
 pytestmark = pytest.mark.tvm
-_TV = {torch.int8: "int8", torch.uint8: "uint8", torch.int32: "int32", torch.float32: "float32",
-       torch.uint32: "uint32"}  # fmt: skip
-_DT = {v: k for k, v in _TV.items()}
 AVX2 = pytest.mark.skipif("avx2" not in host_features(), reason="host has no AVX2")
 
 
@@ -62,24 +55,6 @@ def test_float32_integer_evaluation_is_exact_at_the_limit(
         t = np.float64(v["p"]) - np.float64(v["cw"]) * np.float64(v["sxt"])  # one rounding
         fused = f32(np.float64(f32(t)) - np.float64(v["cx"]) * np.float64(v["sw"]))
         assert int(plain) == exact and int(fused) == exact, (v, plain, fused, exact)
-
-
-@functools.cache
-def _build(builder: str, kind: str, spec: tuple[Any, ...], params: tuple[Any, ...]) -> Any:
-    phs = [te.placeholder(shape, dtype, name=f"a{i}") for i, (shape, dtype) in enumerate(spec)]
-    outs = getattr(K, builder)(*phs, **dict(params))
-    outs = list(outs) if isinstance(outs, tuple) else [outs]
-    func = K.prim_func([*phs, *outs], name="kernel", kernel=kind, block=dict(params)["block"])
-    lib = tvm.compile(schedule_prim_func(func, host_llvm_target()), target=host_llvm_target())
-    return lib["kernel"], [(tuple(int(d) for d in o.shape), str(o.dtype)) for o in outs]
-
-
-def _run(builder: str, kind: str, args: list[torch.Tensor], **params: Any) -> list[torch.Tensor]:
-    spec = tuple((tuple(a.shape), _TV[a.dtype]) for a in args)
-    fn, out_specs = _build(builder, kind, spec, tuple(sorted(params.items())))
-    outs = [torch.empty(shape, dtype=_DT[dt]) for shape, dt in out_specs]
-    fn(*[a.contiguous() for a in args], *outs)
-    return outs
 
 
 def _operand(rows: int, k: int, block: int, lo: int, hi: int, seed: int) -> list[torch.Tensor]:

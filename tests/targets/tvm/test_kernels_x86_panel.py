@@ -8,7 +8,6 @@ remainder row tiles, 1-4 panels per tile, one and several blocks, and every weig
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import pytest
@@ -19,38 +18,14 @@ tvm = pytest.importorskip("tvm")
 import rqcompile as rq  # noqa: E402
 from rqcompile.quant import reference as ref  # noqa: E402
 from rqcompile.quant.bitpack import pack_nibbles, pack_sparse24  # noqa: E402
-from rqcompile.targets.tvm import kernels as K  # noqa: E402
-from rqcompile.targets.tvm.adapter import host_llvm_target, te  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
 from rqcompile.targets.tvm.kernels_x86_panel import panel_tile  # noqa: E402
-from rqcompile.targets.tvm.schedules import schedule_prim_func  # noqa: E402
+from rqcompile.testing.kernels import run_kernel as _run  # noqa: E402
 
 pytestmark = [
     pytest.mark.tvm,
     pytest.mark.skipif("avx2" not in host_features(), reason="host has no AVX2"),
 ]
-_TV = {torch.int8: "int8", torch.uint8: "uint8", torch.int32: "int32", torch.float32: "float32"}
-_DT = {v: k for k, v in _TV.items()}
-
-
-@functools.cache
-def _build(builder: str, kind: str, spec: tuple[Any, ...], params: tuple[Any, ...]) -> Any:
-    phs = [te.placeholder(shape, dtype, name=f"a{i}") for i, (shape, dtype) in enumerate(spec)]
-    outs = getattr(K, builder)(*phs, **dict(params))
-    outs = list(outs) if isinstance(outs, tuple) else [outs]
-    func = K.prim_func([*phs, *outs], name="kernel", kernel=kind, block=dict(params)["block"])
-    lib = tvm.compile(schedule_prim_func(func, host_llvm_target()), target=host_llvm_target())
-    return lib["kernel"], [(tuple(int(d) for d in o.shape), str(o.dtype)) for o in outs]
-
-
-def _run(builder: str, kind: str, args: list[torch.Tensor], **params: Any) -> list[torch.Tensor]:
-    spec = tuple((tuple(a.shape), _TV[a.dtype]) for a in args)
-    fn, out_specs = _build(builder, kind, spec, tuple(sorted(params.items())))
-    outs = [torch.empty(shape, dtype=_DT[dt]) for shape, dt in out_specs]
-    fn(*[a.contiguous() for a in args], *outs)
-    return outs
-
-
 def _codes(shape: tuple[int, ...], lo: int, hi: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(lo, hi + 1, shape, generator=g).to(torch.int8)

@@ -10,9 +10,6 @@ where the target has it.
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import pytest
 import torch
 
@@ -21,39 +18,16 @@ tvm = pytest.importorskip("tvm")
 from rqcompile.errors import NumericsError  # noqa: E402
 from rqcompile.quant import reference as ref  # noqa: E402
 from rqcompile.targets.tvm import kernels as K  # noqa: E402
-from rqcompile.targets.tvm.adapter import host_llvm_target, make_target, te  # noqa: E402
+from rqcompile.targets.tvm.adapter import te  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
 from rqcompile.targets.tvm.kernels_x86_xnor_panel import xnor_panel_tile  # noqa: E402
-from rqcompile.targets.tvm.schedules import schedule_prim_func  # noqa: E402
+from rqcompile.testing.kernels import build_kernel as _build  # noqa: E402
+from rqcompile.testing.kernels import run_kernel as _run  # noqa: E402
 
 pytestmark = [
     pytest.mark.tvm,
     pytest.mark.skipif("avx2" not in host_features(), reason="host has no AVX2"),
 ]
-_TV = {torch.uint32: "uint32", torch.int32: "int32", torch.float32: "float32"}
-_DT = {v: k for k, v in _TV.items()}
-
-
-@functools.cache
-def _build(builder: str, kind: str, spec: tuple[Any, ...], params: tuple[Any, ...],
-           mcpu: str | None = None) -> tuple[Any, Any]:  # fmt: skip
-    tgt = host_llvm_target() if mcpu is None else make_target({"kind": "llvm", "mcpu": mcpu})
-    phs = [te.placeholder(shape, dtype, name=f"a{i}") for i, (shape, dtype) in enumerate(spec)]
-    outs = getattr(K, builder)(*phs, **dict(params))
-    outs = list(outs) if isinstance(outs, tuple) else [outs]
-    func = K.prim_func([*phs, *outs], name="kernel", kernel=kind, block=dict(params)["block"])
-    lib = tvm.compile(schedule_prim_func(func, tgt), target=tgt)
-    return lib, [(tuple(int(d) for d in o.shape), str(o.dtype)) for o in outs]
-
-
-def _run(builder: str, kind: str, args: list[torch.Tensor], **params: Any) -> list[torch.Tensor]:
-    spec = tuple((tuple(a.shape), _TV[a.dtype]) for a in args)
-    lib, out_specs = _build(builder, kind, spec, tuple(sorted(params.items())))
-    outs = [torch.empty(shape, dtype=_DT[dt]) for shape, dt in out_specs]
-    lib["kernel"](*[a.contiguous() for a in args], *outs)
-    return outs
-
-
 def _bits(rows: int, k: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     words = torch.randint(0, 2**32, (rows, k // 32), generator=g, dtype=torch.int64)
