@@ -39,6 +39,7 @@ from typing import Any
 from rqcompile.errors import TargetError, UnsupportedOpError
 from rqcompile.ir.core import AttrValue, Func, Module, Op, attr_key
 from rqcompile.ir.types import TensorType
+from rqcompile.quant.primitives import QFormat, code_range
 from rqcompile.targets.tvm import kernels as K
 from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
 from rqcompile.targets.tvm.attention_match import AttentionGroup, find_attention
@@ -163,6 +164,7 @@ class Emission:
         self.bb = bb
         self.options = dict(options or {})  # kernel name -> extra TE keywords (target ISA)
         self._memo: dict[Hashable, tuple[Any, Any]] = {}
+        self.producers: dict[int, Op] = {}  # value id -> the op that defines it
 
     def emit(self, expr: Expr) -> Expr:
         return self.bb.emit(expr)
@@ -256,9 +258,19 @@ def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
     return emit
 
 
+def _x_range(cx: Emission, op: Op) -> tuple[int, int] | None:
+    """The code range of ``op``'s activation operand where an ``rq.quantize`` defines it."""
+    src = cx.producers.get(op.operands[0].id)
+    if src is None or src.name != "rq.quantize" or str(src.attr("pack")) != "none":
+        return None
+    bits = float(src.attr("bits"))  # type: ignore[arg-type]
+    fmt = QFormat(bits=bits, symmetric=bool(src.attr("symmetric")))
+    return code_range(fmt) if bits < 8 else None
+
+
 def _packed(
     te_fn: Any, pack_fn: Any, packed_fn: Any, packs: Any, kind: str, nw: int, *,
-    pass_isa: bool = False,
+    pass_isa: bool = False, pass_x_range: bool = False,
 ) -> Emitter:  # fmt: skip
     """An integer matmul whose weights the target kernel wants packed: emit the pack (its
     own PrimFunc, on the ``nw`` weight-side operands after ``xq, xs, xc``) then the kernel
@@ -268,6 +280,8 @@ def _packed(
     The pack depends on weights only, so ``LiftTransformParams`` (pipelines.py) moves it
     into ``main_transform_params``, which the runtime calls once when binding weights.
     ``pass_isa``: pack and kernel also take the target's ``isa`` (their layout depends on it).
+    ``pass_x_range``: they also take the activation codes' range, where an ``rq.quantize``
+    with fewer than 8 bits defines them (``kernels.narrow_x_offset``).
     """
     fused = _te_op(te_fn, kind)
 
@@ -278,11 +292,14 @@ def _packed(
         if not packs(*shapes, isa=isa, **_kw(op)):
             return fused(cx, op, xs)
         kw = {**_kw(op), **({"isa": isa} if pass_isa else {})}
+        xr = _x_range(cx, op) if pass_x_range else None
+        if xr is not None:
+            kw["x_range"] = xr
         wkey = ("pack", kind, tuple(v.type for v in op.operands[3:]), tuple(sorted(kw.items())))
         packed = cx.emit_te(pack_fn, list(xs[3:]), key=wkey, name=f"pack_{kind}", opaque=True,
                             **kw)  # fmt: skip
         parts = [cx.emit(relax.TupleGetItem(packed, i)) for i in range(nw)]
-        return cx.emit_te(packed_fn, [*xs[:3], *parts], key=("packed", _op_key(op)),
+        return cx.emit_te(packed_fn, [*xs[:3], *parts], key=("packed", _op_key(op), xr),
                           name=kind, opaque=True, **kw)  # fmt: skip
 
     return emit
@@ -509,7 +526,8 @@ EMITTERS: dict[str, Emitter] = {
     # integer core (kernels.py; scheduled by schedules.py)
     "rq.quantize": _te_op(K.te_quantize, "quantize"),
     "rq.int_matmul": _packed(K.te_int_matmul, K.te_pack_int_matmul_weights,
-                             K.te_int_matmul_packed, K.int_matmul_packs, "int_matmul", 6),
+                             K.te_int_matmul_packed, K.int_matmul_packs, "int_matmul", 6,
+                             pass_x_range=True),
     "rq.xnor_popcount_matmul": _packed(K.te_xnor_popcount_matmul, K.te_pack_xnor_weights,
                                        K.te_xnor_popcount_matmul_packed, K.xnor_packs,
                                        "xnor_popcount_matmul", 6, pass_isa=True),
@@ -661,6 +679,7 @@ def emit_module(
                     continue
                 if i in fused:
                     continue
+                cx.producers.update((r.id, op) for r in op.results)
                 out = EMITTERS[op.name](cx, op, tuple(env[v.id] for v in op.operands))
                 if len(op.results) == 1:
                     env[op.result.id] = out

@@ -119,7 +119,8 @@ def te_col_parts(ws: Tensor, wc: Tensor, sw: Tensor, *, block: int, name: str,
 
 def transposed(parts: Sequence[Any], name: str, attrs: dict[str, Any]) -> list[Tensor]:
     """``[N, nb]`` column parts as ``[nb, N]``, so 8 columns of a block load as one vector."""
-    return [_transpose(t, f"{name}_{t.op.name}_t", attrs) for t in parts]
+    return [_transpose(t, f"{t.op.name}_t" if t.op.name.startswith(name) else
+                       f"{name}_{t.op.name}_t", attrs) for t in parts]  # fmt: skip
 
 
 def _transpose(t: Tensor, name: str, attrs: dict[str, Any]) -> Tensor:

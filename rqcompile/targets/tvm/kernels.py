@@ -65,6 +65,7 @@ __all__ = [
     "KERNEL_ATTR",
     "STAGE_ATTR",
     "int_matmul_packs",
+    "narrow_x_offset",
     "prim_func",
     "sparse24_packs",
     "te_code_sums",
@@ -564,27 +565,45 @@ def _packed_col_parts(ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int,
     return te_col_parts(ws, wc, wsum, block=block, name=name, stage="pack")
 
 
+def narrow_x_offset(x_range: tuple[int, int] | None, *, block: int, w_bits: int) -> int | None:
+    """The offset that maps activation codes in ``x_range`` to ``0..127``, where the panel
+    kernel can use it (8-bit weights, whole K-quads per block); else ``None``.
+
+    Codes of 7 bits or fewer fit ``vpmaddubsw``'s unsigned operand without saturating
+    (``kernels_x86_panel._Maddubs7``); the emitter reads ``x_range`` off the op that
+    quantized the activations.
+    """
+    if x_range is None or w_bits <= 4 or block % 4:
+        return None
+    lo, hi = x_range
+    return -lo if hi - lo <= 127 else None
+
+
 def te_pack_int_matmul_weights(
     wq: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int, w_bits: int,
-    w_signed: bool, name: str = "pack_weights",
+    w_signed: bool, name: str = "pack_weights", x_range: tuple[int, int] | None = None,
 ) -> tuple[Tensor, ...]:  # fmt: skip
-    """Weight-only prep of the panel kernel: ``(wp, *colT)`` (``te_pack_panels``)."""
+    """Weight-only prep of the panel kernel: ``(wp, *colT)`` (``te_pack_panels``); K-quad
+    panels for the narrow-activation core where :func:`narrow_x_offset` allows it."""
     col = _packed_col_parts(ws, wc, wsum, block=block, name=name)
+    quads = narrow_x_offset(x_range, block=block, w_bits=w_bits) is not None
     return te_pack_panels(wq, col, w_bits=w_bits, w_signed=w_signed, name=name,
-                          attrs=_pack_attrs(block))  # fmt: skip
+                          attrs=_pack_attrs(block), quads=quads)  # fmt: skip
 
 
 def te_int_matmul_packed(
     xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, *col_t: Tensor, block: int, w_bits: int,
-    w_signed: bool, name: str = "int_matmul",
+    w_signed: bool, name: str = "int_matmul", x_range: tuple[int, int] | None = None,
 ) -> Tensor:  # fmt: skip
-    """``te_int_matmul`` on packed weights (the outputs of :func:`te_pack_int_matmul_weights`)."""
+    """``te_int_matmul`` on packed weights (the outputs of :func:`te_pack_int_matmul_weights`,
+    built with the same ``x_range``)."""
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
     row = te_row_parts(xs, xc, sx, block=block, name=name)
+    x_offset = narrow_x_offset(x_range, block=block, w_bits=w_bits)
     return avx2_panel_matmul(xq, wp, row, col_t, block=block, w_bits=w_bits,
-                             w_signed=w_signed, name=name,
-                             attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+                             w_signed=w_signed, name=name, attrs={**a, STAGE_ATTR: "micro"},
+                             x_offset=x_offset)  # fmt: skip
 
 
 def sparse24_packs(

@@ -73,6 +73,15 @@ def panel_tile(m: int, n: int) -> tuple[int, int]:
     return min({4: 2, 3: 3, 2: 5, 1: 6}[nv], m), nv
 
 
+def narrow_tile(m: int, n: int) -> tuple[int, int]:
+    """``(mr, nv)`` of the narrow-``x`` core (:class:`_Maddubs7`): each step needs a
+    ``vpmaddubsw`` result and its widened copy besides the accumulators, so groups are at
+    most 2 panels wide. K = N = 1024, M = 64 measured 74 GMAC/s at 3 x 2, 69 at 2 x 2 and
+    5 x 1, 56 at 2 x 4 (the dense tile: two accumulators spilled), 52 at 4 x 2."""
+    nv = 2 if (n // PANEL) % 2 == 0 else 1
+    return min(3 if nv == 2 else 5, m), nv
+
+
 def _nibble(byte: Any, high: bool, signed: bool) -> Any:
     """A nibble of ``byte`` as int32: two's complement when ``signed``, else 0..15."""
     v = byte.astype("int32")
@@ -83,7 +92,7 @@ def _nibble(byte: Any, high: bool, signed: bool) -> Any:
 
 def te_pack_panels(
     wq: Any, col: Sequence[Any], *, w_bits: int, w_signed: bool, name: str,
-    attrs: dict[str, Any] | None = None,
+    attrs: dict[str, Any] | None = None, quads: bool = False,
 ) -> tuple[Any, ...]:
     """Weight-only prep of the panel kernel: ``(wp, *colT)``.
 
@@ -92,12 +101,14 @@ def te_pack_panels(
     ``uint8 [N/8nv, K/4, nv, 32]`` (nibble weights, biased by +8 when signed), with the
     ``nv`` panels of one register tile (:func:`panel_group`) interleaved, so a tile's step
     reads one contiguous run and the whole group streams sequentially. ``wq`` is
-    ``int8 [N, K]`` or nibble bytes ``uint8 [N, K/2]``; the epilogue's column parts
+    ``int8 [N, K]`` or nibble bytes ``uint8 [N, K/2]``. ``quads``: 8-bit weights in the
+    K-quad layout of the nibbles too, ``int8 [N/8nv, K/4, nv, 32]``, for the narrow-``x``
+    core (:class:`_Maddubs7`). The epilogue's column parts
     (``epilogue.te_col_parts``) are transposed to ``[nb, N]`` so 8 columns load as one
     vector.
     """
     n = int(wq.shape[0])
-    nv = panel_group(n)
+    nv = narrow_tile(1, n)[1] if quads and w_bits > 4 else panel_group(n)
     attrs = attrs if attrs is not None else {"rq.stage": "pack"}
     if w_bits <= 4:
         k = 2 * int(wq.shape[1])
@@ -111,6 +122,11 @@ def te_pack_panels(
 
         wp = te.compute((n // (PANEL * nv), k // 4, nv, 4 * PANEL),
                         lambda g, q, v, e: nib((g * nv + v) * PANEL + e // 4, 4 * q + e % 4),
+                        name=f"{name}_wp", attrs=attrs)  # fmt: skip
+    elif quads:
+        k = int(wq.shape[1])
+        wp = te.compute((n // (PANEL * nv), k // 4, nv, 4 * PANEL),
+                        lambda g, q, v, e: wq[(g * nv + v) * PANEL + e // 4, 4 * q + e % 4],
                         name=f"{name}_wp", attrs=attrs)  # fmt: skip
     else:
         k = int(wq.shape[1])
@@ -215,6 +231,32 @@ class _Maddubsw(_Int16Groups):
         return _intrin("int16x16", _PMADDUBSW, self.wp[g, q, v, tirx.Ramp(0, 1, 32)], xb)
 
 
+class _Maddubs7(_Int16Groups):
+    """8-bit weights against activation codes that span at most 128 values (7 bits or
+    fewer), offset to ``0..127``: per K-quad, ``vpmaddubsw(bcast(x quad), w panel)`` then
+    ``vpmaddwd`` with ones, 32 MACs per three instructions (the pair ``vpmaddwd`` +
+    ``vpaddd`` of :class:`_Maddwd` does 16). Exact: a pair sum is at most ``2·127·128 <
+    2^15``, so ``vpmaddubsw`` never saturates, and each step is widened at once. This is
+    fbgemm's int8 arithmetic (torch's dynamic int8 quantizes activations to 7 bits,
+    ``reduce_range=True``, for the same reason)."""
+
+    def __init__(self, xu: Any, wp: Any, block: int) -> None:
+        super().__init__(block, 2 * 127 * 128)
+        self.xu, self.wp = xu, wp
+
+    def product(self, row: Any, g: Any, q: Any, v: Any) -> Any:
+        xv = tirx.reinterpret("int32", self.xu[row, tirx.Ramp(q * 4, 1, 4)])
+        xb = tirx.reinterpret("int8x32", _bc(xv))
+        return _intrin("int16x16", _PMADDUBSW, xb, self.wp[g, q, v, tirx.Ramp(0, 1, 32)])
+
+
+def te_offset_codes(xq: Any, offset: int, *, name: str) -> Any:
+    """``xq + offset`` as ``uint8``: the unsigned operand of ``vpmaddubsw``."""
+    m, k = (int(d) for d in xq.shape)
+    return te.compute((m, k), lambda i, j: (xq[i, j].astype("int32") + offset).astype("uint8"),
+                      name=f"{name}_xu", attrs={"rq.stage": "prep"})  # fmt: skip
+
+
 class _Sparse24(_Int16Groups):
     """2:4-sparse nibble weights: per 8 K (two groups of 4), the 4 kept weights of each of 8
     columns against the 4 ``x`` codes they select, gathered by ``vpshufb``.
@@ -314,32 +356,44 @@ def _check_group(name: str, packed: Any, nv: int, n: int) -> None:
 
 def avx2_panel_matmul(
     xq: Any, wp: Any, row: Sequence[Any], col_t: Sequence[Any], *, block: int, w_bits: int,
-    w_signed: bool, name: str, attrs: dict[str, Any],
+    w_signed: bool, name: str, attrs: dict[str, Any], x_offset: int | None = None,
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` from codes ``xq int8 [M, K]`` and the panels of :func:`te_pack_panels`
     (``row``: the epilogue's row parts, ``col_t``: its transposed column parts).
+    ``x_offset``: with 8-bit weights packed as ``quads``, the codes span at most 128 values
+    and ``xq + x_offset`` lies in ``0..127`` (the :class:`_Maddubs7` core).
 
     Raises:
         NumericsError: a shape :func:`panel_supported` rejects.
     """
     m, k = (int(d) for d in xq.shape)
     n = int(col_t[0].shape[1])
-    _check_group(name, wp, panel_group(n), n)
-    if not panel_supported(n=n, k=k, block=block, w_bits=w_bits):
+    nibbles = w_bits <= 4
+    narrow = x_offset is not None and not nibbles
+    if not panel_supported(n=n, k=k, block=block, w_bits=4 if narrow else w_bits):
         raise NumericsError(f"{name}: the AVX2 panel kernel needs N % 8 == 0 and a block "
                             f"of whole K-quads dividing K (N={n}, K={k}, "
                             f"block={block}).")  # fmt: skip
-    mr, nv = panel_tile(m, n)
-    nibbles = w_bits <= 4
-    ins = [xq if nibbles else te_pair_codes(xq, name=name), wp, *row, *col_t]
+    mr, nv = narrow_tile(m, n) if narrow else panel_tile(m, n)
+    _check_group(name, wp, nv, n)
+    if narrow:
+        xin = te_offset_codes(xq, int(x_offset or 0), name=name)
+    else:
+        xin = xq if nibbles else te_pair_codes(xq, name=name)
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *eps = in_bufs
-        core = _Maddubsw(x, w, block, x_max=128) if nibbles else _Maddwd(x, w, block)
+        if narrow:
+            core: Any = _Maddubs7(x, w, block)
+        else:
+            core = _Maddubsw(x, w, block, x_max=128) if nibbles else _Maddwd(x, w, block)
         bias = 8 if nibbles and w_signed else 0
         bounds = (128, (8 if w_signed else 15) if nibbles else 128)
         return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_w=bias,
+                           bias_x=int(x_offset or 0) if narrow else 0,
                            f32_bounds=bounds)  # fmt: skip
+
+    ins = [xin, wp, *row, *col_t]
 
     return te.extern((m, n), ins, body, name=name, dtype="float32", attrs=attrs)
 
@@ -399,8 +453,7 @@ def avx2_sparse24_matmul(
                             f"and block % 8 == 0 (N={n}, K={k}, block={block}).")  # fmt: skip
     mr, nv = sparse24_tile(m, n)
     _check_group(name, wv, nv, n)
-    xu = te.compute((m, k), lambda i, j: (xq[i, j].astype("int32") + 128).astype("uint8"),
-                    name=f"{name}_xu", attrs={"rq.stage": "prep"})  # fmt: skip
+    xu = te_offset_codes(xq, 128, name=name)
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, v, c, *eps = in_bufs

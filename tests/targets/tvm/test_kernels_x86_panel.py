@@ -8,6 +8,7 @@ remainder row tiles, 1-4 panels per tile, one and several blocks, and every weig
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -18,8 +19,13 @@ tvm = pytest.importorskip("tvm")
 import rqcompile as rq  # noqa: E402
 from rqcompile.quant import reference as ref  # noqa: E402
 from rqcompile.quant.bitpack import pack_nibbles, pack_sparse24  # noqa: E402
+from rqcompile.targets.tvm import kernels as K  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
-from rqcompile.targets.tvm.kernels_x86_panel import panel_tile  # noqa: E402
+from rqcompile.targets.tvm.kernels_x86_panel import (  # noqa: E402
+    narrow_tile,
+    panel_group,
+    panel_tile,
+)
 from rqcompile.testing.kernels import run_kernel as _run  # noqa: E402
 
 pytestmark = [
@@ -79,6 +85,60 @@ def test_panel_extreme_codes_exact(w_bits: int, w_signed: bool) -> None:
     assert torch.equal(y.double(), ref.int_matmul_core(xq, wq, block)[..., 0].double())
 
 
+@pytest.mark.parametrize(("m", "n", "block", "x_range"),
+                         [(1, 8, 32, (0, 127)), (7, 16, 128, (-63, 63)), (4, 24, 64, (0, 15)),
+                          (3, 32, 256, (-1, 1))],
+                         ids=["gemv-u7", "rest-row-s7", "odd-panels-u4",
+                              "ternary-b256"])  # fmt: skip
+def test_narrow_x_core_exact(m: int, n: int, block: int, x_range: tuple[int, int]) -> None:
+    """8-bit weights against ≤ 7-bit activation codes (``_Maddubs7``): ``vpmaddubsw`` on
+    ``x + offset`` in 0..127 against weights up to -128 must neither saturate nor lose the
+    offset (transparent epilogue, so the output is the exact integer sum)."""
+    k = 2 * block
+    nb = k // block
+    lo, hi = x_range
+    xq, wq = _codes((m, k), lo, hi, seed=k + m), _codes((n, k), -128, 127, seed=k + n)
+    xq[0, :4], wq[0, :4] = torch.tensor([hi, hi, lo, lo]), torch.tensor([-128, -128, 127, 127])
+    pk = dict(block=block, w_bits=8, w_signed=True, x_range=x_range)
+    assert K.narrow_x_offset(x_range, block=block, w_bits=8) == -lo
+    wargs = [wq, torch.ones(n, nb), torch.zeros(n, nb), ref.code_sums(wq, block)]
+    packed = _run("te_pack_int_matmul_weights", "pack_weights", wargs, **pk)
+    assert tuple(packed[0].shape[1:]) == (k // 4, narrow_tile(1, n)[1], 32)  # K-quad panels
+    xs, xc = torch.full((m, nb), float(block)), torch.zeros(m, nb)
+    (y,) = _run("te_int_matmul_packed", "int_matmul", [xq, xs, xc, *packed], **pk)
+    want = block * ref.int_matmul_core(xq, wq, block).to(torch.int64).sum(-1)
+    assert torch.equal(y.to(torch.int64), want)
+
+
+def test_narrow_x_needs_seven_bits_or_fewer() -> None:
+    assert K.narrow_x_offset((-128, 127), block=128, w_bits=8) is None  # 8-bit codes
+    assert K.narrow_x_offset((0, 127), block=128, w_bits=4) is None  # nibble weights: own core
+    assert K.narrow_x_offset((0, 127), block=130, w_bits=8) is None  # not whole K-quads
+    assert K.narrow_x_offset(None, block=128, w_bits=8) is None
+
+
+@pytest.mark.parametrize(("preset", "narrow"), [("A7W8", True), ("A8W8", False)])
+def test_emitter_picks_the_narrow_core_from_the_quantizer(preset: str, narrow: bool) -> None:
+    """The emitter reads the activation codes' range off the ``rq.quantize`` that makes them:
+    7-bit codes get K-quad weight panels (``int8 [.., K/4, nv, 32]``), 8-bit ones K-pairs."""
+    from rqcompile.targets.tvm.adapter import host_llvm_target, tvm
+    from rqcompile.targets.tvm.emit import emit_module
+    from rqcompile.targets.tvm.schedules import kernel_options
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 256)
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 32)).eval(), (x,), preset).eval()
+    mod = emit_module(rq.convert(qat, example_inputs=(x,)),
+                      options=kernel_options(host_llvm_target()))  # fmt: skip
+    packs = [f for g, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
+             and g.name_hint.startswith("pack_int_matmul")]  # fmt: skip
+    assert len(packs) == 1
+    nv = narrow_tile(1, 32)[1] if narrow else panel_group(32)
+    panels = (32 // 8 // nv, 256 // 4, nv, 32) if narrow else (32 // 8 // nv, 256 // 2, nv, 16)
+    found = re.search(r'_wp: T\.Buffer\(\((.*?)\), "int8"\)', packs[0].script())
+    assert found and tuple(int(d) for d in re.findall(r"int64\((\d+)\)", found[1])) == panels
+
+
 def _sparse_codes(n: int, k: int, lo: int, hi: int, seed: int) -> torch.Tensor:
     """Codes with exactly the 2:4 pattern: 2 of every 4 zeroed at random positions."""
     w = _codes((n, k), lo, hi, seed=seed)
@@ -117,7 +177,7 @@ def test_panel_tile_fits_registers() -> None:
         assert mr * nv + nv + 1 <= 16  # accumulators + weight vectors + the broadcast
 
 
-@pytest.mark.parametrize("preset", ["A8W8", "A4W4", "A2W2", "A4W4+2:4", "A1W1"])
+@pytest.mark.parametrize("preset", ["A8W8", "A7W8", "A4W8", "A4W4", "A2W2", "A4W4+2:4", "A1W1"])
 def test_layer_packs_weights_once_and_matches_reference(preset: str, tmp_path: Any) -> None:
     """The build lifts the weight packing out of ``main``; a saved and loaded model binds
     packed weights the same way and gives the same output."""
