@@ -4,8 +4,9 @@
 process and with one thread count it times
 
 1. one linear layer at K = N in {768, 1024, 2048, 4096} and batch M in {1, 8, 64, 512}:
-   torch fp32 ``nn.Linear``, torch dynamic int8 (fbgemm), and our A8W8, A4W4, A2W2, A1W1
-   and A4W4+2:4 builds (:mod:`.layers`);
+   torch fp32 ``nn.Linear``, torch dynamic int8 (fbgemm), and our A8W8, A7W8 (the
+   activation precision torch's int8 uses, ``reduce_range``), A4W4, A2W2, A1W1 and
+   A4W4+2:4 builds (:mod:`.layers`);
 2. the demo char transformer end to end, tokens/s and weight bytes (:mod:`.model`);
 3. a QAT training step in fp32, STE and ridge;
 4. ``lower`` of a GPT-2-124M-shaped model;
@@ -33,7 +34,7 @@ from typing import Any
 
 __all__ = ["DEFAULT_OUT", "PRESETS", "main"]
 
-PRESETS = ("A8W8", "A4W4", "A2W2", "A1W1", "A4W4+2:4")
+PRESETS = ("A8W8", "A7W8", "A4W4", "A2W2", "A1W1", "A4W4+2:4")
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 _FULL_K = (768, 1024, 2048, 4096)
 _FULL_M = (1, 8, 64, 512)
