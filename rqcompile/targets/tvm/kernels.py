@@ -54,6 +54,12 @@ from rqcompile.targets.tvm.kernels_x86_panel import (
     te_pack_sparse24_panels,
 )
 from rqcompile.targets.tvm.kernels_x86_quant import avx2_quantize, quantize_micro_supported
+from rqcompile.targets.tvm.kernels_x86_vnni import (
+    VNNI_ISAS,
+    te_pack_vnni_panels,
+    vnni_panel_matmul,
+    vnni_panel_supported,
+)
 from rqcompile.targets.tvm.kernels_x86_xnor import XNOR_ISAS, xnor_matmul_micro, xnor_supported
 from rqcompile.targets.tvm.kernels_x86_xnor_panel import (
     XNOR_PANEL_ISAS,
@@ -535,11 +541,13 @@ def te_int_matmul(
 
     ``isa="avx2"`` (chosen by ``schedules.kernel_options`` from the target's features) runs
     core and epilogue as one ``vpmaddwd`` micro-kernel (:mod:`.kernels_x86`) when the block
-    is a multiple of 16; ``"generic"`` is the TE compute any LLVM target can schedule.
+    is a multiple of 16; ``"generic"`` is the TE compute any LLVM target can schedule. The
+    VNNI isas (:data:`.kernels_x86_vnni.VNNI_ISAS`) run the packed VNNI panels where
+    :func:`int_matmul_packs` allows, so here, unpacked, they take the AVX2 micro-kernel.
     """
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
     bound = 128 * (15 if w_bits <= 4 else 128)
-    if isa == "avx2" and len(_shape(xq)) == 2 and avx2_supported(
+    if isa in ("avx2", *VNNI_ISAS) and len(_shape(xq)) == 2 and avx2_supported(
         k=_shape(xq)[-1], block=block, w_bits=w_bits
     ):
         sx = te_code_sums(xq, block=block, name=f"{name}_sx")
@@ -548,8 +556,9 @@ def te_int_matmul(
                                     w_bits=w_bits, w_signed=w_signed,
                                     ity=_centring_type(block, bound), name=name,
                                     attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
-    if isa not in ("generic", "avx2"):
-        raise NumericsError(f"te_int_matmul: unknown isa {isa!r}; use 'generic' or 'avx2'.")
+    if isa not in ("generic", "avx2", *VNNI_ISAS):
+        raise NumericsError(f"te_int_matmul: unknown isa {isa!r}; use one of "
+                            f"{('generic', 'avx2', *VNNI_ISAS)}.")  # fmt: skip
     p = te_int_matmul_core(
         xq,
         wq,
@@ -568,41 +577,55 @@ def te_int_matmul(
 def int_matmul_packs(
     xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str, **_: Any
 ) -> bool:
-    """Whether ``te_int_matmul`` runs as pack + panel kernel (``kernels_x86_panel``).
+    """Whether ``te_int_matmul`` runs as pack + panel kernel (``kernels_x86_panel``, or
+    ``kernels_x86_vnni`` for the VNNI isas).
 
     The panel kernel wants its weights packed once (:func:`te_pack_int_matmul_weights`, a
     PrimFunc of its own that the build lifts out of ``main``), so the emitter asks this
-    before emitting. It needs the AVX2 path, a 2-D ``xq``, ``N % 8 == 0`` and int32
+    before emitting. It needs the AVX2 or a VNNI path, a 2-D ``xq``, ``N % 8 == 0`` and int32
     centring (8-bit weights up to block 128).
     """
     k = int(xq_shape[-1])
     bound = 128 * (15 if w_bits <= 4 else 128)
-    return (isa == "avx2" and len(xq_shape) == 2 and _centring_type(block, bound) == "int32"
-            and panel_supported(n=n, k=k, block=block, w_bits=w_bits))  # fmt: skip
+    if isa in VNNI_ISAS:
+        fits = vnni_panel_supported(n=n, k=k, block=block)
+    else:
+        fits = isa == "avx2" and panel_supported(n=n, k=k, block=block, w_bits=w_bits)
+    return len(xq_shape) == 2 and _centring_type(block, bound) == "int32" and fits
 
 
 def te_pack_int_matmul_weights(
     wq: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int, w_bits: int,
-    w_signed: bool, name: str = "pack_weights",
+    w_signed: bool, isa: str = "avx2", name: str = "pack_weights",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Weight-only prep of the panel kernel: ``(wp, wsT, wmT, swT)`` (``te_pack_panels``).
 
     ``wm = B·w̄`` (the block means of the centred epilogue) is computed here too, so a call
-    of the layer does no per-weight work beyond the GEMM itself.
+    of the layer does no per-weight work beyond the GEMM itself. For the VNNI isas ``wp``
+    is the K-quad panel array of :func:`.kernels_x86_vnni.te_pack_vnni_panels`; the epilogue
+    operands are the AVX2 pack's (its unused ``wp`` is not part of the PrimFunc).
     """
     wm = _w_prep(ws, wc, wsum, block=block, name=name, stage="pack")
-    return te_pack_panels(wq, ws, wm, wsum, w_bits=w_bits, w_signed=w_signed, name=name,
-                          attrs=_pack_attrs(block))
+    wp, *eps = te_pack_panels(wq, ws, wm, wsum, w_bits=w_bits, w_signed=w_signed, name=name,
+                              attrs=_pack_attrs(block))  # fmt: skip
+    if isa in VNNI_ISAS:
+        wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
+                                 attrs=_pack_attrs(block))  # fmt: skip
+    return (wp, *eps)
 
 
 def te_int_matmul_packed(
     xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, ws_t: Tensor, wm_t: Tensor, sw_t: Tensor,
-    *, block: int, w_bits: int, w_signed: bool, name: str = "int_matmul",
+    *, block: int, w_bits: int, w_signed: bool, isa: str = "avx2", name: str = "int_matmul",
 ) -> Tensor:  # fmt: skip
-    """``te_int_matmul`` on packed weights (the outputs of :func:`te_pack_int_matmul_weights`)."""
+    """``te_int_matmul`` on packed weights (the outputs of :func:`te_pack_int_matmul_weights`
+    for the same ``isa``): the VNNI panel kernel for the VNNI isas, else the AVX2 one."""
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
     xa, xm = _x_prep(xs, xc, sx, block=block, name=name)
+    if isa in VNNI_ISAS:
+        return vnni_panel_matmul(xq, wp, sx, xa, xm, ws_t, wm_t, sw_t, block=block, isa=isa,
+                                 name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
     return avx2_panel_matmul(xq, wp, sx, xa, xm, ws_t, wm_t, sw_t, block=block, w_bits=w_bits,
                              w_signed=w_signed, name=name,
                              attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip

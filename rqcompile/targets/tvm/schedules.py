@@ -28,9 +28,10 @@ packing (``rq.kernel = "pack_weights"``) runs once, in ``main_transform_params``
 on packed sign-word panels too, with ``vpshufb`` LUT or ``vpopcntd`` popcounts
 (:mod:`.kernels_x86_xnor_panel`; :mod:`.kernels_x86_xnor` where N % 8 != 0). Affine ridge/STE
 activation quantization is one micro-kernel too (:mod:`.kernels_x86_quant`, a lone
-``te.extern`` stage: its function has no root block). Other targets, and
-shapes the micro-kernels do not take, keep the generic TE kernels below. Not done: an
-AVX-512 VNNI (``vpdpbusd``) path, which needs a VNNI host to prove bit-exact.
+``te.extern`` stage: its function has no root block). Integer-affine matmuls on targets with
+AVX-512 VNNI or AVX-VNNI run ``vpdpbusd`` panels instead (:mod:`.kernels_x86_vnni`, proven
+bit-exact on AVX2 hosts through its exact emulation). Other targets, and shapes the
+micro-kernels do not take, keep the generic TE kernels below.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 from rqcompile.errors import TargetError
 from rqcompile.targets.tvm.adapter import Target, make_target, s_tir, target_features, tvm
 from rqcompile.targets.tvm.kernels import KERNEL_ATTR, KERNELS, STAGE_ATTR
+from rqcompile.targets.tvm.kernels_x86_vnni import VNNI_TARGET_ISAS
 
 __all__ = [
     "SCHEDULED_ATTR",
@@ -100,8 +102,10 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     at build time, from the *target's* features (never the host's by assumption): AVX2
     targets get the packed-panel micro-kernels (``isa="avx2"``), every other LLVM target
     (including x86 without AVX2, or ``{"kind": "llvm", "mattr": ["-avx2"]}``) the generic
-    TE kernels. AVX-512 VNNI targets also take the AVX2 path today (a ``vpdpbusd`` kernel
-    needs a host with VNNI to prove it bit-exact; none was available). A1W1 matmuls get the
+    TE kernels. Integer-affine matmuls on targets with AVX-512 VNNI or AVX-VNNI
+    (:func:`cpu_dot_path`) get the ``vpdpbusd`` panels of :mod:`.kernels_x86_vnni`
+    (``isa="avx512_vnni"`` / ``"avx_vnni"``); remove the feature (``mattr``
+    ``-avx512vnni,-avxvnni``) to force the AVX2 path. A1W1 matmuls get the
     XNOR-popcount panel kernel of :mod:`.kernels_x86_xnor_panel` (and the micro-kernel of
     :mod:`.kernels_x86_xnor` where the panels do not fit): ``vpopcntd``/``vpopcntq`` where the
     target has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets. Dynamic
@@ -114,9 +118,10 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     if "avx2" not in feats:  # an AVX-512 VNNI target with AVX2 switched off
         return {}
     xnor = "avx512_vpopcntdq" if "avx512_vpopcntdq" in feats else "avx2"
+    dot = cpu_dot_path(tgt)
     return {
         "quantize": {"isa": "avx2"},
-        "int_matmul": {"isa": "avx2"},
+        "int_matmul": {"isa": dot if dot in VNNI_TARGET_ISAS else "avx2"},
         "sparse24_matmul": {"isa": "avx2"},
         "xnor_popcount_matmul": {"isa": xnor},
     }

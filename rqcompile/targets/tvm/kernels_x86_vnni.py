@@ -1,0 +1,202 @@
+"""x86 VNNI integer-affine GEMM on column panels: one ``vpdpbusd`` per K-quad of 8 columns.
+
+The AVX2 panel core (:class:`.kernels_x86_panel._Maddwd`) spends ``vpmaddwd`` + ``vpaddd`` on
+16 MACs (a K-pair of 8 columns) and is at that instruction ceiling (0.73-0.78x fbgemm's
+int8 on Zen 3). ``vpdpbusd`` (AVX-512 VNNI, and the VEX-encoded AVX-VNNI of Alder Lake and
+later) multiplies unsigned by signed bytes and adds each group of 4 products into an int32
+lane, accumulator included: 32 MACs in one instruction, so the same register tile should
+reach about 2x the AVX2 core's MAC rate. **Not measured**: no VNNI host was available when
+this was written; only the emulation below ran, and that says nothing about speed.
+
+* **Weights** are packed once, at load (:func:`te_pack_vnni_panels`, lifted out of ``main``
+  like the AVX2 panels) into ``wp int8 [N/8nv, K/4, nv, 32]``, byte ``4c + t`` of panel
+  ``v`` = ``w[8(g·nv + v) + c, 4q + t]``: one 32-byte load is a K-quad of 8 columns.
+  Nibble weights (A4W4, A2W2) are unpacked to int8 at pack time, so every integer-affine
+  matmul of a VNNI target runs this core.
+* **Activations** are offset to unsigned, ``xu = x + 128`` (``vpdpbusd``'s unsigned
+  operand); the epilogue removes the ``128·S_W`` this adds (``bias_sw = 128`` of
+  :func:`.kernels_x86_panel._panel_body`, as for the 2:4 kernel). One ``vpbroadcastd`` of a
+  row's 4 codes feeds the ``nv`` panels.
+* **Exactness**: each product is at most ``255·128``, a K-quad ``4·255·128``; ``vpdpbusd``
+  adds into int32 without saturation, and the accumulator restarts every block, so it holds
+  ``Σ xu·w`` exactly while ``255·128·B < 2³¹`` (B < 65793; the int32 centring that
+  ``kernels.int_matmul_packs`` requires already limits 8-bit blocks to B < 256).
+* **Register tile** (:func:`vnni_tile`): ``mr·nv`` accumulators, ``nv`` weight vectors and
+  one broadcast in the 16 ymm registers of AVX-VNNI, or the 32 of AVX-512 (same ymm
+  instructions, EVEX-encoded; e.g. 3 x 4 panels instead of 2 x 4). At 2 x 4 a K-quad is
+  8 ``vpdpbusd``, 4 weight loads and 2 broadcasts; at 3 x 4, 12 against 7. A zmm variant
+  (16 lanes, ``vpdpbusd.512``) is not written. Tile choices are not measured.
+
+``isa="vnni_emulated"`` (tests only; ``schedules.kernel_options`` never picks it) replaces
+the one instruction by an exact AVX2 sequence with the same semantics (zero-/sign-extend to
+int16, ``vpmaddwd`` into pair sums, add adjacent pairs), so the packing, the tile walk and
+the epilogue are checked bit-exact on any AVX2 host
+(``tests/targets/tvm/test_kernels_x86_vnni.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rqcompile.errors import NumericsError
+from rqcompile.targets.tvm.adapter import T, te, tirx, tvm
+from rqcompile.targets.tvm.kernels_x86_panel import (
+    _PMADDWD,
+    PANEL,
+    _bc,
+    _check_group,
+    _intrin,
+    _nibble,
+    _panel_body,
+    panel_group,
+)
+
+__all__ = [
+    "VNNI_EMULATED",
+    "VNNI_ISAS",
+    "VNNI_TARGET_ISAS",
+    "te_pack_vnni_panels",
+    "vnni_panel_matmul",
+    "vnni_panel_supported",
+    "vnni_tile",
+]
+
+#: ``isa`` values ``schedules.kernel_options`` picks for targets with ``vpdpbusd``.
+VNNI_TARGET_ISAS = ("avx512_vnni", "avx_vnni")
+#: the exact AVX2 emulation of ``vpdpbusd`` (tests only: runs on any AVX2 host)
+VNNI_EMULATED = "vnni_emulated"
+#: every ``isa`` this kernel takes
+VNNI_ISAS = (*VNNI_TARGET_ISAS, VNNI_EMULATED)
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.256"
+_YMM = 16
+_MAX_ROWS = 8  # rows per tile at one panel: more only lengthens the unrolled body
+
+
+def vnni_panel_supported(*, n: int, k: int, block: int) -> bool:
+    """Whether the VNNI panel kernel handles this shape: whole panels, whole K-quads per
+    block, blocks dividing K, and int32 sums ``Σ (x+128)·w`` (``255·128·B < 2³¹``)."""
+    return (n % PANEL == 0 and block > 0 and block % 4 == 0 and k % block == 0
+            and 255 * 128 * block < 2**31)  # fmt: skip
+
+
+def vnni_tile(m: int, n: int, isa: str) -> tuple[int, int]:
+    """``(mr, nv)``: the most rows (up to 8) whose ``mr·nv`` int32 accumulators, ``nv``
+    weight vectors and one broadcast fit the 16 ymm registers of AVX-VNNI (and the
+    emulation); with the 32 of AVX-512 (EVEX reaches ymm16-31) the ``mr·nv`` float32 sums
+    of the epilogue fit as well (6 x 4, the int32 bound alone, spilled some 50 vectors
+    per block in the generated code). ``nv`` is :func:`.panel_group`, the pack's grouping.
+    """
+    nv = panel_group(n)
+    if isa == "avx512_vnni":
+        return min((2 * _YMM - nv - 1) // (2 * nv), _MAX_ROWS, m), nv
+    return min((_YMM - nv - 1) // nv, _MAX_ROWS, m), nv
+
+
+def te_pack_vnni_panels(
+    wq: Any, *, w_bits: int, w_signed: bool, name: str, attrs: dict[str, Any]
+) -> Any:
+    """``wp int8 [N/8nv, K/4, nv, 32]`` (module docstring) from ``wq int8 [N, K]`` or nibble
+    bytes ``uint8 [N, K/2]`` (unpacked to their int8 values, no bias)."""
+    n = int(wq.shape[0])
+    nv = panel_group(n)
+    if w_bits <= 4:
+        k = 2 * int(wq.shape[1])
+
+        def wval(j: Any, kk: Any) -> Any:
+            byte = wq[j, kk // 2]
+            return tirx.Select(kk % 2 == 1, _nibble(byte, True, w_signed),
+                               _nibble(byte, False, w_signed)).astype("int8")  # fmt: skip
+    else:
+        k = int(wq.shape[1])
+
+        def wval(j: Any, kk: Any) -> Any:
+            return wq[j, kk]
+
+    return te.compute((n // (PANEL * nv), k // 4, nv, 4 * PANEL),
+                      lambda g, q, v, e: wval((g * nv + v) * PANEL + e // 4, 4 * q + e % 4),
+                      name=f"{name}_wp4", attrs=attrs)  # fmt: skip
+
+
+def te_offset_codes(xq: Any, *, name: str) -> Any:
+    """``xu uint8 [M, K] = xq + 128``: the unsigned operand of ``vpdpbusd``."""
+    m, k = (int(d) for d in xq.shape)
+    return te.compute((m, k), lambda i, j: (xq[i, j].astype("int32") + 128).astype("uint8"),
+                      name=f"{name}_xu", attrs={"rq.stage": "prep"})  # fmt: skip
+
+
+def _i8_operands() -> bool:
+    """LLVM 22 declares ``vpdpbusd``'s byte operands ``<32 x i8>``; earlier LLVMs
+    ``<8 x i32>`` (checked: a mismatch fails LLVM's module verifier)."""
+    return int(tvm.target.codegen.llvm_version_major()) >= 22
+
+
+def _dot_emulated(acc: Any, xv: Any, w: Any) -> Any:
+    """``acc + vpdpbusd(xv, w)`` in AVX2: per 16-byte half, ``vpmaddwd`` of the int16-widened
+    bytes (``u8`` zero-, ``s8`` sign-extended; pair sums ≤ 2·255·128, exact) gives each
+    column's two pair sums in adjacent lanes; even + odd lanes of both halves sum the quad.
+    """
+    x16 = tirx.Cast("int16x16", tirx.reinterpret("uint8x16", _bc(xv, 4)))
+    halves = [_intrin("int32x8", _PMADDWD, x16, tirx.Cast("int16x16", wh)) for wh in w]
+    even = tirx.Shuffle(halves, [2 * c for c in range(PANEL)])
+    odd = tirx.Shuffle(halves, [2 * c + 1 for c in range(PANEL)])
+    return acc + even + odd
+
+
+class _Vpdpbusd:
+    """VNNI core: per K-quad, per row one broadcast of its 4 unsigned codes, per panel one
+    ``vpdpbusd`` (or its emulation) into the ``(row, panel)`` int32x8 accumulator."""
+
+    def __init__(self, xu: Any, wp: Any, block: int, isa: str) -> None:
+        self.x, self.wp, self.block, self.isa = xu, wp, block, isa
+
+    def _dot(self, acc: Any, xv: Any, g: Any, q: Any, v: Any) -> Any:
+        if self.isa == VNNI_EMULATED:
+            halves = [self.wp[g, q, v, tirx.Ramp(16 * h, 1, 16)] for h in (0, 1)]
+            return _dot_emulated(acc, xv, halves)
+        w = self.wp[g, q, v, tirx.Ramp(0, 1, 4 * PANEL)]
+        if _i8_operands():
+            xb = tirx.reinterpret("int8x32", _bc(xv))
+        else:
+            xb, w = tirx.reinterpret("int32x8", _bc(xv)), tirx.reinterpret("int32x8", w)
+        return _intrin("int32x8", _VPDPBUSD, acc, xb, w)
+
+    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
+        quads = self.block // 4
+        with T.serial(0, quads) as s:
+            q = b * quads + s
+            with T.unroll(0, rows) as ii:
+                xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
+                with T.unroll(0, nv) as v:
+                    lanes = tirx.Ramp((ii * nv + v) * PANEL, 1, PANEL)
+                    T.buffer_store(acc, self._dot(acc[lanes], xv, g, q, v), [lanes])
+
+
+def vnni_panel_matmul(
+    xq: Any, wp: Any, *eps: Any, block: int, isa: str, name: str, attrs: dict[str, Any],
+) -> Any:  # fmt: skip
+    """``Y f32 [M, N]`` from codes ``xq int8 [M, K]``, the panels of :func:`te_pack_vnni_panels`
+    and the epilogue operands ``eps`` of :func:`.kernels_x86_panel._panel_body`, passed
+    through as they come (``sx`` first: the body reads them, this core does not).
+
+    Raises:
+        NumericsError: an unknown ``isa``, or a shape :func:`vnni_panel_supported` rejects.
+    """
+    if isa not in VNNI_ISAS:
+        raise NumericsError(f"{name}: unknown VNNI isa {isa!r}; use one of {VNNI_ISAS}.")
+    m, k = (int(d) for d in xq.shape)
+    nv = int(wp.shape[2])
+    n = int(wp.shape[0]) * nv * PANEL  # the eps come from the same weights' pack
+    _check_group(name, wp, panel_group(n), n)  # the tile walks panel_group(n) panels
+    if not vnni_panel_supported(n=n, k=k, block=block) or int(wp.shape[1]) * 4 != k:
+        raise NumericsError(f"{name}: the VNNI panel kernel needs N % 8 == 0, a block of "
+                            f"whole K-quads dividing K and weights packed for K={k} "
+                            f"(N={n}, block={block}); repack or use the AVX2 path.")  # fmt: skip
+    mr, _ = vnni_tile(m, n, isa)
+    xu = te_offset_codes(xq, name=name)
+
+    def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
+        x, w, *bufs = in_bufs
+        core = _Vpdpbusd(x, w, block, isa)
+        return _panel_body(core, bufs, out_bufs[0], block=block, mr=mr, nv=nv, bias_sw=128)
+
+    return te.extern((m, n), [xu, wp, *eps], body, name=name, dtype="float32", attrs=attrs)
