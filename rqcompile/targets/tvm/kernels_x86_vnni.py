@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 from rqcompile.errors import NumericsError
-from rqcompile.targets.tvm.adapter import T, te, tirx, tvm
+from rqcompile.targets.tvm.adapter import T, llvm_version_major, te, tirx
 from rqcompile.targets.tvm.kernels_x86_panel import (
     _PMADDWD,
     PANEL,
@@ -127,7 +127,7 @@ def te_offset_codes(xq: Any, *, name: str) -> Any:
 def _i8_operands() -> bool:
     """LLVM 22 declares ``vpdpbusd``'s byte operands ``<32 x i8>``; earlier LLVMs
     ``<8 x i32>`` (checked: a mismatch fails LLVM's module verifier)."""
-    return int(tvm.target.codegen.llvm_version_major()) >= 22
+    return llvm_version_major() >= 22
 
 
 def _dot_emulated(acc: Any, xv: Any, w: Any) -> Any:

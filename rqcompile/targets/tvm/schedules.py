@@ -41,9 +41,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from rqcompile.errors import TargetError
-from rqcompile.targets.tvm.adapter import Target, make_target, s_tir, target_features, tvm
+from rqcompile.targets.tvm.adapter import (
+    Target,
+    llvm_features,
+    make_target,
+    s_tir,
+    target_features,
+    tvm,
+)
 from rqcompile.targets.tvm.kernels import KERNEL_ATTR, KERNELS, STAGE_ATTR
-from rqcompile.targets.tvm.kernels_x86_vnni import VNNI_TARGET_ISAS
 
 __all__ = [
     "SCHEDULED_ATTR",
@@ -103,9 +109,9 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     targets get the packed-panel micro-kernels (``isa="avx2"``), every other LLVM target
     (including x86 without AVX2, or ``{"kind": "llvm", "mattr": ["-avx2"]}``) the generic
     TE kernels. Integer-affine matmuls on targets with AVX-512 VNNI or AVX-VNNI
-    (:func:`cpu_dot_path`) get the ``vpdpbusd`` panels of :mod:`.kernels_x86_vnni`
-    (``isa="avx512_vnni"`` / ``"avx_vnni"``); remove the feature (``mattr``
-    ``-avx512vnni,-avxvnni``) to force the AVX2 path. A1W1 matmuls get the
+    (:func:`cpu_dot_path`; AVX-512 VNNI also wants AVX-512 VL) get the ``vpdpbusd`` panels of
+    :mod:`.kernels_x86_vnni` (``isa="avx512_vnni"`` / ``"avx_vnni"``); remove the features
+    (``mattr`` ``-avx512vnni,-avxvnni``) to force the AVX2 path. A1W1 matmuls get the
     XNOR-popcount panel kernel of :mod:`.kernels_x86_xnor_panel` (and the micro-kernel of
     :mod:`.kernels_x86_xnor` where the panels do not fit): ``vpopcntd``/``vpopcntq`` where the
     target has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets. Dynamic
@@ -118,13 +124,23 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     if "avx2" not in feats:  # an AVX-512 VNNI target with AVX2 switched off
         return {}
     xnor = "avx512_vpopcntdq" if "avx512_vpopcntdq" in feats else "avx2"
-    dot = cpu_dot_path(tgt)
     return {
         "quantize": {"isa": "avx2"},
-        "int_matmul": {"isa": dot if dot in VNNI_TARGET_ISAS else "avx2"},
+        "int_matmul": {"isa": _int8_isa(tgt, feats)},
         "sparse24_matmul": {"isa": "avx2"},
         "xnor_popcount_matmul": {"isa": xnor},
     }
+
+
+def _int8_isa(tgt: Target, feats: frozenset[str]) -> str:
+    """``isa`` of the integer-affine matmul: a VNNI path the target can encode, else AVX2.
+
+    The ymm ``vpdpbusd`` is EVEX with AVX-512 VNNI, so it also needs AVX-512 VL (every
+    VNNI CPU has it; a hand-made ``mattr`` may not, and LLVM then aborts the process).
+    """
+    if "avx512_vnni" in feats and "avx512vl" in llvm_features(tgt):
+        return "avx512_vnni"
+    return "avx_vnni" if "avx_vnni" in feats else "avx2"
 
 
 def kernel_kind(func: Any) -> str | None:

@@ -197,6 +197,9 @@ def test_kernel_options_pick_vnni_for_int_matmul_only() -> None:
     assert isa("alderlake") == "avx_vnni"
     assert isa("sapphirerapids", mattr=["-avx512vnni"]) == "avx_vnni"
     assert isa("sapphirerapids", mattr=["-avx512vnni", "-avxvnni"]) == "avx2"  # forced AVX2
+    # the ymm vpdpbusd of AVX-512 needs VL: without it the VEX form, or none (LLVM would abort)
+    assert isa("sapphirerapids", mattr=["-avx512vl"]) == "avx_vnni"
+    assert isa("znver3", mattr=["+avx512vnni"]) == "avx2"
     assert isa("icelake-server", "sparse24_matmul") == isa("icelake-server", "quantize") == "avx2"
 
 
