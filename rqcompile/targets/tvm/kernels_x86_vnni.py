@@ -21,17 +21,20 @@ this was written; only the emulation below ran, and that says nothing about spee
   adds into int32 without saturation, and the accumulator restarts every block, so it holds
   ``Σ xu·w`` exactly while ``255·128·B < 2³¹`` (B < 65793; the int32 centring that
   ``kernels.int_matmul_packs`` requires already limits 8-bit blocks to B < 256).
-* **Register tile** (:func:`vnni_tile`): ``mr·nv`` accumulators, ``nv`` weight vectors and
-  one broadcast in the 16 ymm registers of AVX-VNNI, or the 32 of AVX-512 (same ymm
-  instructions, EVEX-encoded; e.g. 3 x 4 panels instead of 2 x 4). At 2 x 4 a K-quad is
-  8 ``vpdpbusd``, 4 weight loads and 2 broadcasts; at 3 x 4, 12 against 7. A zmm variant
-  (16 lanes, ``vpdpbusd.512``) is not written. Tile choices are not measured.
+* **Register tile** (:func:`vnni_tile`): AVX-VNNI, ymm: ``mr·nv`` accumulators, ``nv``
+  weight vectors and one broadcast in 16 registers (2 x 4 panels: per K-quad 8
+  ``vpdpbusd``, 4 loads, 2 broadcasts). AVX-512, 32 registers: zmm ``vpdpbusd`` on two
+  adjacent panels at once where ``nv`` is even (the pack interleaves them: one 64-byte
+  load), e.g. 4 rows x 4 panels: per K-quad 8 zmm ``vpdpbusd`` (512 MACs), 2 loads, 4
+  broadcasts. Tile choices are not measured.
 
-``isa="vnni_emulated"`` (tests only; ``schedules.kernel_options`` never picks it) replaces
-the one instruction by an exact AVX2 sequence with the same semantics (zero-/sign-extend to
-int16, ``vpmaddwd`` into pair sums, add adjacent pairs), so the packing, the tile walk and
-the epilogue are checked bit-exact on any AVX2 host
-(``tests/targets/tvm/test_kernels_x86_vnni.py``).
+``isa="avx_vnni_emulated"`` / ``"avx512_vnni_emulated"`` (tests only;
+``schedules.kernel_options`` never picks them) build that isa's kernel (same tile, same lane
+width) with the one instruction replaced by an exact AVX2 sequence of the same semantics
+(zero-/sign-extend to int16, ``vpmaddwd`` into pair sums, add adjacent pairs), so the
+packing, the tile walk and the epilogue are checked bit-exact on any AVX2 host
+(``tests/targets/tvm/test_kernels_x86_vnni.py``); ``vpdpbusd`` itself is compiled there for
+both targets, and run where the host has it.
 """
 
 from __future__ import annotations
@@ -63,11 +66,12 @@ __all__ = [
 
 #: ``isa`` values ``schedules.kernel_options`` picks for targets with ``vpdpbusd``.
 VNNI_TARGET_ISAS = ("avx512_vnni", "avx_vnni")
-#: the exact AVX2 emulation of ``vpdpbusd`` (tests only: runs on any AVX2 host)
-VNNI_EMULATED = "vnni_emulated"
+#: tests only, runnable on any AVX2 host: each target isa's kernel (same tile, same lane
+#: width) with ``vpdpbusd`` replaced by its exact AVX2 emulation
+VNNI_EMULATED = {f"{isa}_emulated": isa for isa in VNNI_TARGET_ISAS}
 #: every ``isa`` this kernel takes
-VNNI_ISAS = (*VNNI_TARGET_ISAS, VNNI_EMULATED)
-_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.256"
+VNNI_ISAS = (*VNNI_TARGET_ISAS, *VNNI_EMULATED)
+_VPDPBUSD = {8: "llvm.x86.avx512.vpdpbusd.256", 16: "llvm.x86.avx512.vpdpbusd.512"}
 _YMM = 16
 _MAX_ROWS = 8  # rows per tile at one panel: more only lengthens the unrolled body
 
@@ -79,17 +83,26 @@ def vnni_panel_supported(*, n: int, k: int, block: int) -> bool:
             and 255 * 128 * block < 2**31)  # fmt: skip
 
 
+def _lanes(isa: str, nv: int) -> int:
+    """int32 lanes per ``vpdpbusd``: 16 (zmm, two adjacent panels) with AVX-512 where the
+    tile has an even number of panels, else 8 (ymm, one panel)."""
+    return 2 * PANEL if VNNI_EMULATED.get(isa, isa) == "avx512_vnni" and nv % 2 == 0 else PANEL
+
+
 def vnni_tile(m: int, n: int, isa: str) -> tuple[int, int]:
-    """``(mr, nv)``: the most rows (up to 8) whose ``mr·nv`` int32 accumulators, ``nv``
-    weight vectors and one broadcast fit the 16 ymm registers of AVX-VNNI (and the
-    emulation); with the 32 of AVX-512 (EVEX reaches ymm16-31) the ``mr·nv`` float32 sums
-    of the epilogue fit as well (6 x 4, the int32 bound alone, spilled some 50 vectors
-    per block in the generated code). ``nv`` is :func:`.panel_group`, the pack's grouping.
+    """``(mr, nv)``: the most rows (up to 8) whose accumulators (``mr·nv`` panels), ``nv``
+    panels of weights and one broadcast fit the 16 ymm registers of AVX-VNNI; with the 32 of
+    AVX-512 the ``mr·nv`` float32x8 sums of the epilogue fit as well (6 x 4 ymm, the integer
+    bound alone, spilled some 50 vectors per block in the generated code). A zmm holds two
+    panels. ``nv`` is :func:`.panel_group`, the pack's grouping.
     """
     nv = panel_group(n)
-    if isa == "avx512_vnni":
-        return min((2 * _YMM - nv - 1) // (2 * nv), _MAX_ROWS, m), nv
-    return min((_YMM - nv - 1) // nv, _MAX_ROWS, m), nv
+    per_reg = _lanes(isa, nv) // PANEL
+    if VNNI_EMULATED.get(isa, isa) == "avx512_vnni":
+        mr = (2 * _YMM - nv // per_reg - 1) // (nv // per_reg + nv)
+    else:
+        mr = (_YMM - nv - 1) // nv
+    return min(mr, _MAX_ROWS, m), nv
 
 
 def te_pack_vnni_panels(
@@ -130,45 +143,52 @@ def _i8_operands() -> bool:
     return llvm_version_major() >= 22
 
 
-def _dot_emulated(acc: Any, xv: Any, w: Any) -> Any:
-    """``acc + vpdpbusd(xv, w)`` in AVX2: per 16-byte half, ``vpmaddwd`` of the int16-widened
-    bytes (``u8`` zero-, ``s8`` sign-extended; pair sums ≤ 2·255·128, exact) gives each
-    column's two pair sums in adjacent lanes; even + odd lanes of both halves sum the quad.
+def _dot_emulated(acc: Any, xv: Any, w: list[Any]) -> Any:
+    """``acc + vpdpbusd(xv, w)`` in AVX2, ``w`` as 16-byte parts (4 columns each): per part,
+    ``vpmaddwd`` of the int16-widened bytes (``u8`` zero-, ``s8`` sign-extended; pair sums
+    ≤ 2·255·128, exact) gives each column's two pair sums in adjacent lanes; the even plus
+    the odd lanes of all parts sum each column's quad.
     """
     x16 = tirx.Cast("int16x16", tirx.reinterpret("uint8x16", _bc(xv, 4)))
-    halves = [_intrin("int32x8", _PMADDWD, x16, tirx.Cast("int16x16", wh)) for wh in w]
-    even = tirx.Shuffle(halves, [2 * c for c in range(PANEL)])
-    odd = tirx.Shuffle(halves, [2 * c + 1 for c in range(PANEL)])
+    pairs = [_intrin("int32x8", _PMADDWD, x16, tirx.Cast("int16x16", wh)) for wh in w]
+    cols = 4 * len(w)
+    even = tirx.Shuffle(pairs, [2 * c for c in range(cols)])
+    odd = tirx.Shuffle(pairs, [2 * c + 1 for c in range(cols)])
     return acc + even + odd
 
 
 class _Vpdpbusd:
-    """VNNI core: per K-quad, per row one broadcast of its 4 unsigned codes, per panel one
-    ``vpdpbusd`` (or its emulation) into the ``(row, panel)`` int32x8 accumulator."""
+    """VNNI core: per K-quad, per row one broadcast of its 4 unsigned codes, per panel (ymm)
+    or pair of adjacent panels (zmm) one ``vpdpbusd`` (or its emulation) into the row's
+    int32 accumulators, which sit panel after panel as :func:`._panel_body` reads them."""
 
     def __init__(self, xu: Any, wp: Any, block: int, isa: str) -> None:
         self.x, self.wp, self.block, self.isa = xu, wp, block, isa
 
-    def _dot(self, acc: Any, xv: Any, g: Any, q: Any, v: Any) -> Any:
-        if self.isa == VNNI_EMULATED:
-            halves = [self.wp[g, q, v, tirx.Ramp(16 * h, 1, 16)] for h in (0, 1)]
-            return _dot_emulated(acc, xv, halves)
-        w = self.wp[g, q, v, tirx.Ramp(0, 1, 4 * PANEL)]
+    def _dot(self, acc: Any, xv: Any, g: Any, q: Any, v: Any, lanes: int) -> Any:
+        if self.isa in VNNI_EMULATED:
+            parts = [self.wp[g, q, v + h // 2, tirx.Ramp(16 * (h % 2), 1, 16)]
+                     for h in range(lanes // 4)]  # fmt: skip
+            return _dot_emulated(acc, xv, parts)
+        panels = [self.wp[g, q, v + p, tirx.Ramp(0, 1, 4 * PANEL)] for p in range(lanes // 8)]
+        w = panels[0] if len(panels) == 1 else tirx.Shuffle(panels, list(range(4 * lanes)))
         if _i8_operands():
-            xb = tirx.reinterpret("int8x32", _bc(xv))
+            xb = tirx.reinterpret(f"int8x{4 * lanes}", _bc(xv, lanes))
         else:
-            xb, w = tirx.reinterpret("int32x8", _bc(xv)), tirx.reinterpret("int32x8", w)
-        return _intrin("int32x8", _VPDPBUSD, acc, xb, w)
+            xb, w = (tirx.reinterpret(f"int32x{lanes}", t) for t in (_bc(xv, lanes), w))
+        return _intrin(f"int32x{lanes}", _VPDPBUSD[lanes], acc, xb, w)
 
     def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        quads = self.block // 4
+        quads, lanes = self.block // 4, _lanes(self.isa, nv)
+        step = lanes // PANEL
         with T.serial(0, quads) as s:
             q = b * quads + s
             with T.unroll(0, rows) as ii:
                 xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
-                with T.unroll(0, nv) as v:
-                    lanes = tirx.Ramp((ii * nv + v) * PANEL, 1, PANEL)
-                    T.buffer_store(acc, self._dot(acc[lanes], xv, g, q, v), [lanes])
+                with T.unroll(0, nv // step) as vs:
+                    v = vs * step
+                    idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
+                    T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
 
 
 def vnni_panel_matmul(

@@ -29,6 +29,7 @@ from rqcompile.targets.tvm.adapter import host_llvm_target, te  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
 from rqcompile.targets.tvm.kernels_x86_vnni import (  # noqa: E402
     VNNI_EMULATED,
+    VNNI_ISAS,
     vnni_panel_matmul,
     vnni_tile,
 )
@@ -42,7 +43,7 @@ _TV = {torch.int8: "int8", torch.uint8: "uint8", torch.int32: "int32", torch.flo
 _DT = {v: k for k, v in _TV.items()}
 #: the emulation runs everywhere; the real instruction where this host has it
 ISAS = [
-    VNNI_EMULATED,
+    *VNNI_EMULATED,
     *(pytest.param(isa, marks=pytest.mark.skipif(isa not in host_features(),
                                                  reason=f"host has no {isa}"))
       for isa in ("avx512_vnni", "avx_vnni")),
@@ -159,29 +160,37 @@ def test_vnni_layer_equals_avx2_panels_bitwise(w_bits: int, w_signed: bool, isa:
 
 def test_vnni_tile_fits_registers() -> None:
     for m, n in [(1, 8), (64, 1024), (5, 24), (512, 768), (3, 40), (64, 16)]:
-        for isa, regs, float_tile in (("avx_vnni", 16, 0), (VNNI_EMULATED, 16, 0),
-                                      ("avx512_vnni", 32, 1)):  # fmt: skip
+        for isa in VNNI_ISAS:
             mr, nv = vnni_tile(m, n, isa)
             assert (n // 8) % nv == 0 and 1 <= mr <= min(m, 8)
-            # accumulators (+ float sums on AVX-512) + weight vectors + the broadcast
-            assert (1 + float_tile) * mr * nv + nv + 1 <= regs, (m, n, isa)
+            assert vnni_tile(m, n, VNNI_EMULATED.get(isa, isa)) == (mr, nv)  # emulation: same
+            if "avx512" in isa:  # zmm on panel pairs; the epilogue's float32x8 sums fit too
+                vecs = nv // 2 if nv % 2 == 0 else nv
+                assert mr * vecs + mr * nv + vecs + 1 <= 32, (m, n, isa)
+            else:  # ymm accumulators + weight vectors + the broadcast
+                assert mr * nv + nv + 1 <= 16, (m, n, isa)
     assert vnni_tile(64, 1024, "avx512_vnni")[0] > vnni_tile(64, 1024, "avx_vnni")[0]
 
 
-@pytest.mark.parametrize(("mcpu", "isa", "encoding"),
-                         [("icelake-server", "avx512_vnni", "\tvpdpbusd\t"),
-                          ("alderlake", "avx_vnni", "{vex}\tvpdpbusd\t")])  # fmt: skip
-def test_vnni_compiles_to_vpdpbusd(mcpu: str, isa: str, encoding: str) -> None:
-    """Compile only (any host): the target's ``vpdpbusd`` (EVEX or VEX), not the emulation."""
-    m, n, k, block = 4, 32, 256, 128
+@pytest.mark.parametrize(("mcpu", "isa", "n", "encoding"),
+                         [("icelake-server", "avx512_vnni", 32, "%zmm"),
+                          ("icelake-server", "avx512_vnni", 24, "%ymm"),
+                          ("alderlake", "avx_vnni", 32, "{vex}\tvpdpbusd\t")],
+                         ids=["avx512-zmm", "avx512-odd-panels-ymm", "avx-vnni"])  # fmt: skip
+def test_vnni_compiles_to_vpdpbusd(mcpu: str, isa: str, n: int, encoding: str) -> None:
+    """Compile only (any host): the target's ``vpdpbusd`` (EVEX zmm on panel pairs, ymm
+    where a tile has an odd number of panels; VEX ymm), and no ``vpdpbusd`` in the
+    emulation."""
+    m, k, block = 4, 256, 128
     pk = tuple(sorted(dict(block=block, w_bits=8, w_signed=True, isa=isa).items()))
     wspec = (((n, k), "int8"), ((n, 2), "float32"), ((n, 2), "float32"), ((n, 2), "int32"))
     _, packed = _build("te_pack_int_matmul_weights", "pack_weights", wspec, pk, mcpu)
     xspec = (((m, k), "int8"), ((m, 2), "float32"), ((m, 2), "float32"))
     lib, _ = _build("te_int_matmul_packed", "int_matmul", (*xspec, *packed), pk, mcpu)
     asm = lib.mod.inspect_source("asm")
-    assert encoding in asm and "vpmaddwd" not in asm
-    emu = dict(pk) | {"isa": VNNI_EMULATED}
+    dp = [line for line in asm.splitlines() if "vpdpbusd" in line]
+    assert dp and all(encoding in line for line in dp) and "vpmaddwd" not in asm
+    emu = dict(pk) | {"isa": f"{isa}_emulated"}
     lib, _ = _build("te_int_matmul_packed", "int_matmul", (*xspec, *packed),
                     tuple(sorted(emu.items())), mcpu)  # fmt: skip
     asm = lib.mod.inspect_source("asm")
@@ -207,7 +216,7 @@ def test_vnni_shapes_and_isas_are_typed_errors() -> None:
     assert K.int_matmul_packs((2, 64), 16, block=32, w_bits=8, isa="avx512_vnni")
     assert not K.int_matmul_packs((2, 12), 16, block=6, w_bits=8, isa="avx512_vnni")  # quads
     assert not K.int_matmul_packs((2, 64), 12, block=32, w_bits=8, isa="avx_vnni")  # panels
-    assert not K.int_matmul_packs((2, 64), 16, block=32, w_bits=8, isa=VNNI_EMULATED + "x")
+    assert not K.int_matmul_packs((2, 64), 16, block=32, w_bits=8, isa="vnni")
     phs = [te.placeholder(s, d) for s, d in (((2, 64), "int8"), ((1, 16, 1, 32), "int8"))]
     with pytest.raises(NumericsError, match="unknown VNNI isa"):
         vnni_panel_matmul(*phs, block=32, isa="avx2", name="mm", attrs={})
@@ -229,8 +238,10 @@ def _mlp(preset: str) -> tuple[Any, torch.Tensor]:
     return rq.convert(qat, example_inputs=(x,)), x
 
 
-@pytest.mark.parametrize("preset", ["A8W8", "A4W4", "A2W2"])
-def test_emulated_vnni_model_matches_host_build(preset: str, monkeypatch: Any) -> None:
+@pytest.mark.parametrize(("preset", "isa"), [("A8W8", "avx512_vnni_emulated"),
+                                             ("A4W4", "avx_vnni_emulated"),
+                                             ("A2W2", "avx512_vnni_emulated")])  # fmt: skip
+def test_emulated_vnni_model_matches_host_build(preset: str, isa: str, monkeypatch: Any) -> None:
     """The emitter plumbing (pack lifted out of ``main``, packed kernel) with the VNNI layout:
     forced to the emulation, a whole model gives the host build's output to the bit."""
     ir, x = _mlp(preset)
@@ -243,7 +254,7 @@ def test_emulated_vnni_model_matches_host_build(preset: str, monkeypatch: Any) -
         return pack(*a, **kw)
 
     def emulated(target: Any) -> dict[str, dict[str, Any]]:
-        return kernel_options(target) | {"int_matmul": {"isa": VNNI_EMULATED}}
+        return kernel_options(target) | {"int_matmul": {"isa": isa}}
 
     monkeypatch.setattr(pipelines, "kernel_options", emulated)
     monkeypatch.setattr(K, "te_pack_vnni_panels", counting_pack)
