@@ -4,9 +4,12 @@ The AVX2 panel core (:class:`.kernels_x86_panel._Maddwd`) spends ``vpmaddwd`` + 
 16 MACs (a K-pair of 8 columns) and is at that instruction ceiling (0.73-0.78x fbgemm's
 int8 on Zen 3). ``vpdpbusd`` (AVX-512 VNNI, and the VEX-encoded AVX-VNNI of Alder Lake and
 later) multiplies unsigned by signed bytes and adds each group of 4 products into an int32
-lane, accumulator included: 32 MACs in one instruction, so the same register tile should
-reach about 2x the AVX2 core's MAC rate. **Not measured**: no VNNI host was available when
-this was written; only the emulation below ran, and that says nothing about speed.
+lane, accumulator included: 32 MACs in one instruction (64 as zmm) where the AVX2 core
+needs two (``vpmaddwd`` + ``vpaddd``) for 16, so the dot-product instructions per MAC fall
+4x (ymm) or 8x (zmm). Generated inner loops at M=64, N=K=1024, block 128
+(``benchmarks/int8_inner_loops.py``, static): AVX2 51 instructions for 256 MACs, AVX-VNNI
+35 for 512, AVX-512 19 for 512. **Speed not measured**: no VNNI host was available; only
+the emulation below ran here, and that says nothing about speed.
 
 * **Weights** are packed once, at load (:func:`te_pack_vnni_panels`, lifted out of ``main``
   like the AVX2 panels) into ``wp int8 [N/8nv, K/4, nv, 32]``, byte ``4c + t`` of panel
