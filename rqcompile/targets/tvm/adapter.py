@@ -35,6 +35,8 @@ __all__ = [
     "build_prim_func",
     "dlight_cpu_reduction",
     "host_llvm_target",
+    "llvm_features",
+    "llvm_version_major",
     "make_target",
     "relax",
     "runtime",
@@ -63,6 +65,7 @@ SYMBOLS: tuple[str, ...] = (
     "tvm.target.Target",
     "tvm.target.codegen.llvm_get_system_cpu",
     "tvm.target.codegen.llvm_get_cpu_features",
+    "tvm.target.codegen.llvm_version_major",
     # TE computes (kernels.py)
     "tvm.te.placeholder",
     "tvm.te.compute",
@@ -202,11 +205,23 @@ def target_features(target: str | Mapping[str, Any] | Target) -> frozenset[str]:
     Asks LLVM (``llvm_get_cpu_features``) rather than a table, so ``mattr`` and new CPUs are
     handled exactly as the code generator will. Non-LLVM targets have none.
     """
+    llvm = llvm_features(target)
+    return frozenset(name for name, spelled in LLVM_NAMES.items() if spelled in llvm)
+
+
+def llvm_features(target: str | Mapping[str, Any] | Target) -> frozenset[str]:
+    """Every feature LLVM enables for an llvm target, in LLVM spelling (``"avx512vl"``):
+    also those rqcompile does not record in artifacts, which a kernel may still need to
+    compile (LLVM aborts the process on an instruction it cannot select)."""
     t = make_target(target)
     if str(t.kind.name) != "llvm":
         return frozenset()
-    llvm = {str(f) for f in _codegen.llvm_get_cpu_features(t)}
-    return frozenset(name for name, spelled in LLVM_NAMES.items() if spelled in llvm)
+    return frozenset(str(f) for f in _codegen.llvm_get_cpu_features(t))
+
+
+def llvm_version_major() -> int:
+    """The major version of the LLVM TVM was built with (intrinsic signatures change)."""
+    return int(_codegen.llvm_version_major())
 
 
 def host_llvm_target(*, num_cores: int | None = None) -> Target:

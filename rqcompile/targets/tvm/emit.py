@@ -527,7 +527,7 @@ EMITTERS: dict[str, Emitter] = {
     "rq.quantize": _te_op(K.te_quantize, "quantize"),
     "rq.int_matmul": _packed(K.te_int_matmul, K.te_pack_int_matmul_weights,
                              K.te_int_matmul_packed, K.int_matmul_packs, "int_matmul", 6,
-                             pass_x_range=True),
+                             pass_isa=True, pass_x_range=True),
     "rq.xnor_popcount_matmul": _packed(K.te_xnor_popcount_matmul, K.te_pack_xnor_weights,
                                        K.te_xnor_popcount_matmul_packed, K.xnor_packs,
                                        "xnor_popcount_matmul", 6, pass_isa=True),

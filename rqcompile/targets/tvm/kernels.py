@@ -52,6 +52,12 @@ from rqcompile.targets.tvm.kernels_x86_panel import (
     te_pack_sparse24_panels,
 )
 from rqcompile.targets.tvm.kernels_x86_quant import avx2_quantize, quantize_micro_supported
+from rqcompile.targets.tvm.kernels_x86_vnni import (
+    VNNI_ISAS,
+    te_pack_vnni_panels,
+    vnni_panel_matmul,
+    vnni_panel_supported,
+)
 from rqcompile.targets.tvm.kernels_x86_xnor import XNOR_ISAS, xnor_matmul_micro, xnor_supported
 from rqcompile.targets.tvm.kernels_x86_xnor_panel import (
     XNOR_PANEL_ISAS,
@@ -512,11 +518,13 @@ def te_int_matmul(
 
     ``isa="avx2"`` (chosen by ``schedules.kernel_options`` from the target's features) runs
     core and epilogue as one ``vpmaddwd`` micro-kernel (:mod:`.kernels_x86`) when the block
-    is a multiple of 16; ``"generic"`` is the TE compute any LLVM target can schedule.
+    is a multiple of 16; ``"generic"`` is the TE compute any LLVM target can schedule. The
+    VNNI isas (:data:`.kernels_x86_vnni.VNNI_ISAS`) run the packed VNNI panels where
+    :func:`int_matmul_packs` allows, so here, unpacked, they take the AVX2 micro-kernel.
     """
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
     wmax = _w_max(w_bits)
-    if isa == "avx2" and len(_shape(xq)) == 2 and avx2_supported(
+    if isa in ("avx2", *VNNI_ISAS) and len(_shape(xq)) == 2 and avx2_supported(
         k=_shape(xq)[-1], block=block, w_bits=w_bits
     ):
         sx = te_code_sums(xq, block=block, name=f"{name}_sx")
@@ -525,8 +533,9 @@ def te_int_matmul(
         return avx2_int_matmul_core(xq, wq, row, col, block=block, w_bits=w_bits,
                                     w_signed=w_signed, ity=int_type(block, 128, wmax, bias_w=8),
                                     name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
-    if isa not in ("generic", "avx2"):
-        raise NumericsError(f"te_int_matmul: unknown isa {isa!r}; use 'generic' or 'avx2'.")
+    if isa not in ("generic", "avx2", *VNNI_ISAS):
+        raise NumericsError(f"te_int_matmul: unknown isa {isa!r}; use one of "
+                            f"{('generic', 'avx2', *VNNI_ISAS)}.")  # fmt: skip
     p = te_int_matmul_core(
         xq,
         wq,
@@ -545,17 +554,22 @@ def te_int_matmul(
 def int_matmul_packs(
     xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str, **_: Any
 ) -> bool:
-    """Whether ``te_int_matmul`` runs as pack + panel kernel (``kernels_x86_panel``).
+    """Whether ``te_int_matmul`` runs as pack + panel kernel (``kernels_x86_panel``, or
+    ``kernels_x86_vnni`` for the VNNI isas).
 
     The panel kernel wants its weights packed once (:func:`te_pack_int_matmul_weights`, a
     PrimFunc of its own that the build lifts out of ``main``), so the emitter asks this
-    before emitting. It needs the AVX2 path, a 2-D ``xq``, ``N % 8 == 0`` and int32
-    epilogue integers (``epilogue.int_type``).
+    before emitting. It needs the AVX2 or a VNNI path, a 2-D ``xq``, ``N % 8 == 0`` and int32
+    epilogue integers (``epilogue.int_type``; the VNNI core multiplies ``x + 128``).
     """
     k = int(xq_shape[-1])
-    i32 = int_type(block, 128, _w_max(w_bits), bias_w=8) == "int32"
-    return (isa == "avx2" and len(xq_shape) == 2 and i32
-            and panel_supported(n=n, k=k, block=block, w_bits=w_bits))  # fmt: skip
+    if isa in VNNI_ISAS:
+        i32 = int_type(block, 128, _w_max(w_bits), bias_x=128) == "int32"
+        fits = vnni_panel_supported(n=n, k=k, block=block)
+    else:
+        i32 = int_type(block, 128, _w_max(w_bits), bias_w=8) == "int32"
+        fits = isa == "avx2" and panel_supported(n=n, k=k, block=block, w_bits=w_bits)
+    return len(xq_shape) == 2 and i32 and fits
 
 
 def _packed_col_parts(ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int,
@@ -581,25 +595,38 @@ def narrow_x_offset(x_range: tuple[int, int] | None, *, block: int, w_bits: int)
 
 def te_pack_int_matmul_weights(
     wq: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int, w_bits: int,
-    w_signed: bool, name: str = "pack_weights", x_range: tuple[int, int] | None = None,
+    w_signed: bool, isa: str = "avx2", name: str = "pack_weights",
+    x_range: tuple[int, int] | None = None,
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """Weight-only prep of the panel kernel: ``(wp, *colT)`` (``te_pack_panels``); K-quad
-    panels for the narrow-activation core where :func:`narrow_x_offset` allows it."""
+    panels for the narrow-activation core where :func:`narrow_x_offset` allows it. For the
+    VNNI isas (any ``x_range``) ``wp`` is the panel array of
+    :func:`.kernels_x86_vnni.te_pack_vnni_panels`; the column parts are the same."""
     col = _packed_col_parts(ws, wc, wsum, block=block, name=name)
     quads = narrow_x_offset(x_range, block=block, w_bits=w_bits) is not None
-    return te_pack_panels(wq, col, w_bits=w_bits, w_signed=w_signed, name=name,
-                          attrs=_pack_attrs(block), quads=quads)  # fmt: skip
+    wp, *col_t = te_pack_panels(wq, col, w_bits=w_bits, w_signed=w_signed, name=name,
+                                attrs=_pack_attrs(block), quads=quads)  # fmt: skip
+    if isa in VNNI_ISAS:
+        wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
+                                 attrs=_pack_attrs(block))  # fmt: skip
+    return (wp, *col_t)
 
 
 def te_int_matmul_packed(
     xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, *col_t: Tensor, block: int, w_bits: int,
-    w_signed: bool, name: str = "int_matmul", x_range: tuple[int, int] | None = None,
+    w_signed: bool, isa: str = "avx2", name: str = "int_matmul",
+    x_range: tuple[int, int] | None = None,
 ) -> Tensor:  # fmt: skip
     """``te_int_matmul`` on packed weights (the outputs of :func:`te_pack_int_matmul_weights`,
-    built with the same ``x_range``)."""
+    built with the same ``isa`` and ``x_range``): the VNNI panel kernel for the VNNI isas
+    (``vpdpbusd`` takes any 8-bit ``x``), else the AVX2 one."""
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
     row = te_row_parts(xs, xc, sx, block=block, name=name)
+    if isa in VNNI_ISAS:
+        return vnni_panel_matmul(xq, wp, row, col_t, block=block, w_bits=w_bits,
+                                 w_signed=w_signed, isa=isa, name=name,
+                                 attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
     x_offset = narrow_x_offset(x_range, block=block, w_bits=w_bits)
     return avx2_panel_matmul(xq, wp, row, col_t, block=block, w_bits=w_bits,
                              w_signed=w_signed, name=name, attrs={**a, STAGE_ATTR: "micro"},

@@ -28,9 +28,10 @@ packing (``rq.kernel = "pack_weights"``) runs once, in ``main_transform_params``
 on packed sign-word panels too, with ``vpshufb`` LUT or ``vpopcntd`` popcounts
 (:mod:`.kernels_x86_xnor_panel`; :mod:`.kernels_x86_xnor` where N % 8 != 0). Affine ridge/STE
 activation quantization is one micro-kernel too (:mod:`.kernels_x86_quant`, a lone
-``te.extern`` stage: its function has no root block). Other targets, and
-shapes the micro-kernels do not take, keep the generic TE kernels below. Not done: an
-AVX-512 VNNI (``vpdpbusd``) path, which needs a VNNI host to prove bit-exact.
+``te.extern`` stage: its function has no root block). Integer-affine matmuls on targets with
+AVX-512 VNNI or AVX-VNNI run ``vpdpbusd`` panels instead (:mod:`.kernels_x86_vnni`, proven
+bit-exact on AVX2 hosts through its exact emulation). Other targets, and shapes the
+micro-kernels do not take, keep the generic TE kernels below.
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from rqcompile.errors import TargetError
-from rqcompile.targets.tvm.adapter import Target, make_target, s_tir, target_features, tvm
+from rqcompile.targets.tvm.adapter import (
+    Target,
+    llvm_features,
+    make_target,
+    s_tir,
+    target_features,
+    tvm,
+)
 from rqcompile.targets.tvm.kernels import KERNEL_ATTR, KERNELS, STAGE_ATTR
 
 __all__ = [
@@ -100,8 +108,10 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     at build time, from the *target's* features (never the host's by assumption): AVX2
     targets get the packed-panel micro-kernels (``isa="avx2"``), every other LLVM target
     (including x86 without AVX2, or ``{"kind": "llvm", "mattr": ["-avx2"]}``) the generic
-    TE kernels. AVX-512 VNNI targets also take the AVX2 path today (a ``vpdpbusd`` kernel
-    needs a host with VNNI to prove it bit-exact; none was available). A1W1 matmuls get the
+    TE kernels. Integer-affine matmuls on targets with AVX-512 VNNI or AVX-VNNI
+    (:func:`cpu_dot_path`; AVX-512 VNNI also wants AVX-512 VL) get the ``vpdpbusd`` panels of
+    :mod:`.kernels_x86_vnni` (``isa="avx512_vnni"`` / ``"avx_vnni"``); remove the features
+    (``mattr`` ``-avx512vnni,-avxvnni``) to force the AVX2 path. A1W1 matmuls get the
     XNOR-popcount panel kernel of :mod:`.kernels_x86_xnor_panel` (and the micro-kernel of
     :mod:`.kernels_x86_xnor` where the panels do not fit): ``vpopcntd``/``vpopcntq`` where the
     target has AVX-512 VPOPCNTDQ, the ``vpshufb`` nibble LUT on other AVX2 targets. Dynamic
@@ -116,10 +126,21 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     xnor = "avx512_vpopcntdq" if "avx512_vpopcntdq" in feats else "avx2"
     return {
         "quantize": {"isa": "avx2"},
-        "int_matmul": {"isa": "avx2"},
+        "int_matmul": {"isa": _int8_isa(tgt, feats)},
         "sparse24_matmul": {"isa": "avx2"},
         "xnor_popcount_matmul": {"isa": xnor},
     }
+
+
+def _int8_isa(tgt: Target, feats: frozenset[str]) -> str:
+    """``isa`` of the integer-affine matmul: a VNNI path the target can encode, else AVX2.
+
+    The ymm ``vpdpbusd`` is EVEX with AVX-512 VNNI, so it also needs AVX-512 VL (every
+    VNNI CPU has it; a hand-made ``mattr`` may not, and LLVM then aborts the process).
+    """
+    if "avx512_vnni" in feats and "avx512vl" in llvm_features(tgt):
+        return "avx512_vnni"
+    return "avx_vnni" if "avx_vnni" in feats else "avx2"
 
 
 def kernel_kind(func: Any) -> str | None:

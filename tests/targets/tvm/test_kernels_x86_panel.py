@@ -177,16 +177,28 @@ def test_panel_tile_fits_registers() -> None:
         assert mr * nv + nv + 1 <= 16  # accumulators + weight vectors + the broadcast
 
 
+_NO_VNNI = {"kind": "llvm", "mattr": ["-avx512vnni", "-avxvnni"]}  # this host, AVX2 int8 path
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["llvm", pytest.param(_NO_VNNI, marks=pytest.mark.skipif(
+        not {"avx512_vnni", "avx_vnni"} & host_features(),
+        reason="host has no VNNI: its own build already takes the AVX2 path"))],
+    ids=["host", "host-forced-avx2"],
+)  # fmt: skip
 @pytest.mark.parametrize("preset", ["A8W8", "A7W8", "A4W8", "A4W4", "A2W2", "A4W4+2:4", "A1W1"])
-def test_layer_packs_weights_once_and_matches_reference(preset: str, tmp_path: Any) -> None:
+def test_layer_packs_weights_once_and_matches_reference(preset: str, target: Any,
+                                                        tmp_path: Any) -> None:  # fmt: skip
     """The build lifts the weight packing out of ``main``; a saved and loaded model binds
-    packed weights the same way and gives the same output."""
+    packed weights the same way and gives the same output. On a VNNI host the host build
+    runs the VNNI panels, the forced one the AVX2 panels."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(128, 48), torch.nn.ReLU(), torch.nn.Linear(48, 16))
     x = torch.randn(3, 128)
     qat = rq.prepare(model.eval(), (x,), preset).eval()
     ir = rq.convert(qat, example_inputs=(x,))
-    exe = rq.build(ir, target="llvm")
+    exe = rq.build(ir, target=target)
     assert exe.backend.vm.module.implements_function("main_transform_params")
     want = rq.build(ir, target="reference")(x)
     got = exe(x)
