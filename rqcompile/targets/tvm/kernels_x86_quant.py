@@ -46,6 +46,7 @@ Zen 3 (0.17 ns/element for convert + add alone).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
@@ -53,7 +54,7 @@ from rqcompile.quant.primitives import EPS
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 from rqcompile.targets.tvm.kernels_x86 import _intrin
 
-__all__ = ["avx2_quantize", "quantize_micro_supported"]
+__all__ = ["RowSource", "avx2_quantize", "quantize_micro_supported"]
 
 _CMP_PS = "llvm.x86.avx.cmp.ps.256"
 _MOVMSK_PS = "llvm.x86.avx.movmsk.ps.256"
@@ -178,11 +179,36 @@ def _store_ridge(out: list[Any], o: list[Any], d64: Any, g32: Any, *, xsum: Any,
     T.buffer_store(out[2], off, o)
 
 
+class RowSource:
+    """Where a quantize kernel reads row ``idx`` of its input: straight from ``x`` (this
+    class), or, for a fused prologue (:mod:`.kernels_x86_prologue`), from a per-block
+    scratch that :meth:`start_block` fills. The kernels call :meth:`start_row` once per row
+    (before its blocks), :meth:`start_block` at the start of each block, then read the
+    block's elements with :meth:`vec` (absolute columns of the row).
+    """
+
+    def __init__(self, x: Any, idx: list[Any], block: int) -> None:
+        self.x, self.idx, self.block = x, idx, block
+
+    def start_row(self) -> None:
+        """Per-row work before the first block (row statistics); nothing here."""
+
+    def start_block(self, b: Any) -> None:
+        """Per-block work before the block's passes; nothing here."""
+
+    def vec(self, col: Any, n: int = 8) -> Any:
+        return self.x[(*self.idx, tirx.Ramp(col, 1, n))]
+
+
+#: ``(x, row index, block) -> RowSource``: how a kernel builds the source of each row.
+SourceFactory = Any
+
+
 class _SignRow:
     """The per-row scratch of :func:`_sign_rows` (one set per row of a parallel iteration)."""
 
-    def __init__(self, x: Any, idx: list[Any]) -> None:
-        self.x, self.idx = x, idx
+    def __init__(self, x: Any, idx: list[Any], src: RowSource) -> None:
+        self.x, self.idx, self.src = x, idx, src
         self.sums, self.devs = _Sum64(), _Sum64()
         self.cnt = T.decl_buffer((8,), "int32", scope="global")
         self.ints = T.decl_buffer((2,), "int32", scope="global")  # +1 count, current word
@@ -190,11 +216,11 @@ class _SignRow:
         self.g32 = T.decl_buffer((5,), _F32, scope="global")  # b, s, scale, -thr, lim
 
     def vec(self, col: Any, n: int = 8) -> Any:
-        return self.x[(*self.idx, tirx.Ramp(col, 1, n))]
+        return self.src.vec(col, n)
 
 
 def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bool,
-               lam: float, per_iter: int = 2) -> Any:  # fmt: skip
+               lam: float, per_iter: int = 2, source: SourceFactory = RowSource) -> Any:  # fmt: skip
     """TIR: binary affine codes (packed words), scale and offset, ``per_iter`` rows per
     parallel iteration, their passes interleaved so that the per-block scalar chains (block
     sums → ``b`` → ``s`` → bounds; ~15% of the time at block 128) of two rows overlap. An odd
@@ -203,9 +229,13 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
     per_iter = min(per_iter, rows)
     zero8 = _bc(tirx.const(0, _F32))
     with IRBuilder() as ib, T.parallel(0, (rows + per_iter - 1) // per_iter) as it:
-        rs = [_SignRow(x, _unravel(tirx.min(it * per_iter + i, rows - 1), lead))
-              for i in range(per_iter)]  # fmt: skip
+        rs = [_SignRow(x, idx, source(x, idx, block))
+              for idx in _iter_rows(it, per_iter, rows, lead)]  # fmt: skip
+        for w in rs:
+            w.src.start_row()
         with T.serial(0, k // block) as b:
+            for w in rs:
+                w.src.start_block(b)
 
             def col(step: Any, j: int, n: int = 8) -> Any:
                 return b * block + step * _STEP + n * j
@@ -279,11 +309,16 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
     return ib.get()
 
 
+def _iter_rows(it: Any, per_iter: int, rows: int, lead: list[int]) -> list[list[Any]]:
+    """Indices of the ``per_iter`` rows of parallel iteration ``it`` (the last one clamped)."""
+    return [_unravel(tirx.min(it * per_iter + i, rows - 1), lead) for i in range(per_iter)]
+
+
 class _AffineRow:
     """The per-row scratch of :func:`_affine_rows`."""
 
-    def __init__(self, x: Any, idx: list[Any]) -> None:
-        self.x, self.idx = x, idx
+    def __init__(self, x: Any, idx: list[Any], src: RowSource) -> None:
+        self.x, self.idx, self.src = x, idx, src
         self.sums, self.xq = _Sum64(), _Sum64()
         self.ext = T.decl_buffer((16,), _F32, scope="global")  # min lanes, max lanes
         self.qs = T.decl_buffer((16,), "int32", scope="global")  # Σq lanes, Σq² lanes
@@ -291,20 +326,25 @@ class _AffineRow:
         self.g32 = T.decl_buffer((3,), _F32, scope="global")  # min, s, scale
 
     def vec(self, col: Any, n: int = 8) -> Any:
-        return self.x[(*self.idx, tirx.Ramp(col, 1, n))]
+        return self.src.vec(col, n)
 
 
 def _affine_rows(x: Any, out: list[Any], lead: list[int], *, bits: int, block: int,
-                 ridge: bool, lam: float, per_iter: int = 2) -> Any:  # fmt: skip
+                 ridge: bool, lam: float, per_iter: int = 2,
+                 source: SourceFactory = RowSource) -> Any:  # fmt: skip
     """TIR: 2-8 bit affine codes (int8), scale and offset, ``per_iter`` rows per parallel
     iteration with their passes interleaved (as :func:`_sign_rows`)."""
     k, rows, hi = int(x.shape[-1]), _prod(lead), 2**bits - 1
     shift, per_iter = bits == 8, min(per_iter, rows)
     lo8, hi8 = tirx.Ramp(0, 1, 8), tirx.Ramp(8, 1, 8)
     with IRBuilder() as ib, T.parallel(0, (rows + per_iter - 1) // per_iter) as it:
-        rs = [_AffineRow(x, _unravel(tirx.min(it * per_iter + i, rows - 1), lead))
-              for i in range(per_iter)]  # fmt: skip
+        rs = [_AffineRow(x, idx, source(x, idx, block))
+              for idx in _iter_rows(it, per_iter, rows, lead)]  # fmt: skip
+        for w in rs:
+            w.src.start_row()
         with T.serial(0, k // block) as b:
+            for w in rs:
+                w.src.start_block(b)
             # pass 1: min, max (order-free)
             for w in rs:
                 T.buffer_store(w.ext, w.vec(b * block), [lo8])
@@ -378,13 +418,24 @@ def avx2_quantize(
     pack: str,
     name: str,
     attrs: dict[str, Any],
-) -> tuple[Any, Any, Any]:
+    params: Sequence[Any] = (),
+    prologue: Callable[[list[Any], list[Any]], SourceFactory] | None = None,
+    float_out: bool = False,
+) -> tuple[Any, ...]:
     """Affine quantization of ``x f32 [..., K]`` as one AVX2 TIR kernel (TE tensors).
+
+    ``prologue`` (:mod:`.kernels_x86_prologue`) fuses a row-wise float op before the
+    quantizer: given the kernel's input and output buffers (``x``, then ``params``; the
+    three quantize outputs, then the float one) it returns the row source that computes
+    the op per block. ``float_out`` adds a fourth output, ``f32 [..., K]``, with the floats
+    the codes were computed from (tests compare the codes bit-exactly against the reference
+    on them).
 
     Returns:
         ``(codes, scale f32 [..., nb], offset f32 [..., nb])`` as
         ``kernels.te_quantize(x, bits=bits, symmetric=False, ...)``: codes ``uint32
-        [..., K/32]`` (1 bit, ``pack="bits32"``) or ``int8 [..., K]`` (8 bits as ``q - 128``).
+        [..., K/32]`` (1 bit, ``pack="bits32"``) or ``int8 [..., K]`` (8 bits as ``q - 128``);
+        then the floats, with ``float_out``.
 
     Raises:
         NumericsError: a quantizer :func:`quantize_micro_supported` rejects.
@@ -400,16 +451,22 @@ def avx2_quantize(
     nb, ridge = k // block, estimator == "ridge"
     if bits == 1:
         shapes, dtype = [(*lead, k // 32), (*lead, nb), (*lead, nb)], "uint32"
-
-        def body(ins: list[Any], outs: list[Any]) -> Any:
-            return _sign_rows(ins[0], outs, lead, block=block, ridge=ridge, lam=ridge_lambda)
     else:
         shapes, dtype = [(*lead, k), (*lead, nb), (*lead, nb)], "int8"
+    dtypes = [dtype, _F32, _F32]
+    if float_out:
+        shapes.append((*lead, k))
+        dtypes.append(_F32)
 
-        def body(ins: list[Any], outs: list[Any]) -> Any:
-            # ridge is vcvtps2pd-bound, and a second row's accumulators spill: one row
-            return _affine_rows(ins[0], outs, lead, bits=int(bits), block=block, ridge=ridge,
-                                lam=ridge_lambda, per_iter=1 if ridge else 2)  # fmt: skip
+    def body(ins: list[Any], outs: list[Any]) -> Any:
+        source = RowSource if prologue is None else prologue(list(ins), list(outs))
+        if bits == 1:
+            return _sign_rows(ins[0], outs, lead, block=block, ridge=ridge, lam=ridge_lambda,
+                              source=source)  # fmt: skip
+        # ridge is vcvtps2pd-bound, and a second row's accumulators spill: one row
+        return _affine_rows(ins[0], outs, lead, bits=int(bits), block=block, ridge=ridge,
+                            lam=ridge_lambda, per_iter=1 if ridge else 2,
+                            source=source)  # fmt: skip
 
-    outs = te.extern(shapes, [x], body, name=name, dtype=[dtype, _F32, _F32], attrs=attrs)
-    return outs[0], outs[1], outs[2]
+    outs = te.extern(shapes, [x, *params], body, name=name, dtype=dtypes, attrs=attrs)
+    return tuple(outs)

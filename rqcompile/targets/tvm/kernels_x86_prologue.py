@@ -1,0 +1,211 @@
+"""Activation quantization with the float op before it fused in: GELU or layer norm → codes.
+
+Where it sits: ``emit.emit_module`` emits :func:`te_prologue_quantize` for each chain that
+:mod:`.prologue_match` finds (``[add bias] → gelu → quantize`` of a transformer MLP,
+``layer_norm → quantize`` before the q/k/v and MLP projections), on targets whose quantize
+runs as the AVX2 micro-kernel (:mod:`.kernels_x86_quant`). The PrimFunc carries
+``rq.kernel = "prologue_quantize"`` and ``rq.scheduled``, so neither schedule phase touches it.
+
+Why: unfused, the float op writes its whole output (the demo's GELU: 2048 x 512 float32, 4
+MB per layer, past L2) and the quantizer reads it back three times. Here the quantize
+micro-kernel reads each row block through a :class:`~.kernels_x86_quant.RowSource` that
+first computes the op on that block into a per-row scratch of ``block`` floats (512 bytes
+at block 128: a stack buffer, in L1), then runs its passes on the scratch. The op's output
+never reaches memory; its input is read once (layer norm: twice more for the row's mean and
+variance, from L1).
+
+Numerics:
+
+* **GELU** is ``x·(erf(x/√2)·0.5 + 0.5)`` with TOPI's ``fast_erf``, the same operations in
+  the same order as the unfused ``gelu`` (:func:`fast_math.gelu_poly`; a test checks the
+  floats are identical), so fused and unfused builds give the same codes. A bias add before
+  it is the same float32 add as the unfused one.
+* **Layer norm** is ``(x - mean)·rstd·γ + β`` with ``rstd = 1/sqrt(var + eps)``, mean and
+  variance of the row in two passes (8 float32 lanes each, reassociated): ~1e-6 relative
+  from torch's, like TOPI's (which uses ``E[x²] - mean²``). Codes near a rounding tie may
+  differ from the unfused build, as for any float change upstream (README, known limits).
+* **Codes** are bit-exact against ``reference.quantize`` *of the floats the kernel
+  computed*: ``float_out`` returns them, and the tests compare on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rqcompile.errors import NumericsError
+from rqcompile.targets.tvm.adapter import T, tirx, tvm
+from rqcompile.targets.tvm.fast_math import gelu_poly
+from rqcompile.targets.tvm.kernels_x86_quant import (
+    RowSource,
+    SourceFactory,
+    avx2_quantize,
+    quantize_micro_supported,
+)
+
+__all__ = ["PROLOGUES", "prologue_quantize_supported", "te_prologue_quantize"]
+
+#: The fused ops and their parameter tensors (after ``x``): ``gelu`` takes an optional
+#: bias ``[K]`` added first; ``layer_norm`` takes ``γ [K]`` and ``β [K]``.
+PROLOGUES = ("gelu", "layer_norm")
+_F32 = "float32"
+_LANES = 8
+_ANALYZER = tvm.sym.Analyzer()
+
+
+def _bc(v: Any) -> Any:
+    return tirx.Broadcast(v, _LANES)
+
+
+def _ramp(col: Any, n: int = _LANES) -> Any:
+    return tirx.Ramp(col, 1, n)
+
+
+class _BlockSource(RowSource):
+    """A row source whose blocks are computed into a scratch of ``block`` floats.
+
+    ``value(col)`` (subclasses) is the op's float32x8 at columns ``col .. col + 7`` of the
+    row; ``fout`` (optional) receives a copy of every value (``float_out``).
+    """
+
+    def __init__(self, x: Any, idx: list[Any], block: int, fout: Any | None) -> None:
+        super().__init__(x, idx, block)
+        self.fout = fout
+        # "global": a stack buffer while under TVM's 1 KB alloca limit (kernels_x86_quant)
+        self.scratch = T.decl_buffer((block,), _F32, scope="global")
+        self.base: Any = 0
+
+    def value(self, col: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start_block(self, b: Any) -> None:
+        self.base = b * self.block
+        with T.serial(0, self.block // _LANES) as c:
+            T.buffer_store(self.scratch, self.value(self.base + c * _LANES), [_ramp(c * _LANES)])
+            if self.fout is not None:
+                T.buffer_store(self.fout, self.scratch[_ramp(c * _LANES)],
+                               [*self.idx, _ramp(self.base + c * _LANES)])  # fmt: skip
+
+    def vec(self, col: Any, n: int = _LANES) -> Any:
+        # simplified here: TIR's region analysis fails on the unsimplified ``b·B + i - b·B``
+        return self.scratch[_ramp(_ANALYZER.simplify(col - self.base), n)]
+
+
+class _GeluSource(_BlockSource):
+    """``gelu(x [+ bias])`` per block (:func:`fast_math.gelu_poly`)."""
+
+    def __init__(self, x: Any, idx: list[Any], block: int, bias: Any | None,
+                 fout: Any | None) -> None:  # fmt: skip
+        super().__init__(x, idx, block, fout)
+        self.bias = bias
+
+    def value(self, col: Any) -> Any:
+        v = self.x[(*self.idx, _ramp(col))]
+        if self.bias is not None:
+            v = v + self.bias[_ramp(col)]
+        return gelu_poly(v)
+
+
+class _LayerNormSource(_BlockSource):
+    """``(x - mean)·rstd·γ + β`` per block; mean and ``rstd`` once per row."""
+
+    def __init__(self, x: Any, idx: list[Any], block: int, gamma: Any, beta: Any, eps: float,
+                 fout: Any | None) -> None:  # fmt: skip
+        super().__init__(x, idx, block, fout)
+        self.gamma, self.beta, self.eps = gamma, beta, eps
+        self.acc = T.decl_buffer((_LANES,), _F32, scope="global")
+        self.stats = T.decl_buffer((2,), _F32, scope="global")  # mean, rstd
+
+    def _row_sum(self, term: Any) -> Any:
+        """``Σ term(v)`` over the row, ``v`` the float32x8 vectors of ``x`` (8 lanes)."""
+        k = int(self.x.shape[-1])
+        lanes = _ramp(0)
+        T.buffer_store(self.acc, _bc(tirx.const(0, _F32)), [lanes])
+        with T.serial(0, k // _LANES) as c:
+            v = self.x[(*self.idx, _ramp(c * _LANES))]
+            T.buffer_store(self.acc, self.acc[lanes] + term(v), [lanes])
+        total = self.acc[0]
+        for i in range(1, _LANES):
+            total = total + self.acc[i]
+        return total
+
+    def start_row(self) -> None:
+        n = tirx.const(float(int(self.x.shape[-1])), _F32)
+        T.buffer_store(self.stats, self._row_sum(lambda v: v) / n, [0])
+        mean = _bc(self.stats[0])
+        var = self._row_sum(lambda v: (v - mean) * (v - mean)) / n
+        one = tirx.const(1, _F32)
+        T.buffer_store(self.stats, one / tirx.sqrt(var + tirx.const(self.eps, _F32)), [1])
+
+    def value(self, col: Any) -> Any:
+        v = self.x[(*self.idx, _ramp(col))]
+        y = (v - _bc(self.stats[0])) * _bc(self.stats[1])
+        return y * self.gamma[_ramp(col)] + self.beta[_ramp(col)]
+
+
+def prologue_quantize_supported(*, prologue: str, bits: float, symmetric: bool, block: int,
+                                k: int, estimator: str, pack: str) -> bool:  # fmt: skip
+    """Whether :func:`te_prologue_quantize` takes this op and quantizer: the quantize
+    micro-kernel's formats (:func:`kernels_x86_quant.quantize_micro_supported`)."""
+    return prologue in PROLOGUES and quantize_micro_supported(
+        bits=bits, symmetric=symmetric, block=block, k=k, estimator=estimator, pack=pack
+    )
+
+
+def te_prologue_quantize(
+    x: Any,
+    params: Sequence[Any],
+    *,
+    prologue: str,
+    bits: float,
+    block: int,
+    estimator: str = "ridge",
+    ridge_lambda: float = 0.01,
+    pack: str = "none",
+    eps: float = 1e-5,
+    float_out: bool = False,
+    name: str = "prologue_quantize",
+) -> tuple[Any, ...]:
+    """``quantize(op(x, *params))`` of ``x f32 [..., K]`` as one AVX2 kernel (TE tensors).
+
+    Args:
+        x: the op's input.
+        params: ``gelu``: ``()`` or ``(bias [K],)``; ``layer_norm``: ``(γ [K], β [K])``.
+        prologue: ``"gelu"`` or ``"layer_norm"`` (over the last dim, ``eps``).
+        float_out: also return the op's output (``f32 [..., K]``), for tests.
+        bits, block, estimator, ridge_lambda, pack: the affine quantizer, as
+            ``kernels.te_quantize``.
+
+    Returns:
+        ``(codes, scale, offset)`` as ``te_quantize``, then the floats with ``float_out``.
+
+    Raises:
+        NumericsError: an op or quantizer this kernel does not take, or wrong parameters.
+    """
+    *_, k = (int(d) for d in x.shape)
+    if not prologue_quantize_supported(prologue=prologue, bits=bits, symmetric=False,
+                                       block=block, k=k, estimator=estimator, pack=pack):  # fmt: skip
+        raise NumericsError(
+            f"{name}: no fused {prologue!r} quantize for bits={bits}, pack={pack!r}, K={k}, "
+            f"block={block}, estimator={estimator!r}; ops {PROLOGUES}, quantizers as "
+            "kernels_x86_quant.quantize_micro_supported."
+        )
+    want = {"gelu": (0, 1), "layer_norm": (2,)}[prologue]
+    if len(params) not in want or any(tuple(int(d) for d in p.shape) != (k,) for p in params):
+        raise NumericsError(
+            f"{name}: {prologue} takes {' or '.join(map(str, want))} parameter tensor(s) of "
+            f"shape [{k}], got {[tuple(p.shape) for p in params]}."
+        )
+
+    def prologue_source(ins: list[Any], outs: list[Any]) -> SourceFactory:
+        fout = outs[3] if float_out else None
+        if prologue == "gelu":
+            bias = ins[1] if len(ins) > 1 else None
+            return lambda xb, idx, blk: _GeluSource(xb, idx, blk, bias, fout)
+        return lambda xb, idx, blk: _LayerNormSource(xb, idx, blk, ins[1], ins[2], eps, fout)
+
+    return avx2_quantize(
+        x, bits=bits, block=block, estimator=estimator, ridge_lambda=ridge_lambda, pack=pack,
+        name=name, attrs={"rq.prologue": prologue}, params=params, prologue=prologue_source,
+        float_out=float_out,
+    )  # fmt: skip
