@@ -91,14 +91,22 @@ def legalize_passes() -> list[Any]:
     ]
 
 
+#: The float ops fused into the activation quantize that follows them
+#: (``kernels_x86_prologue.py``); empty switches that fusion off.
+PROLOGUE_OPS: tuple[str, ...] = ("gelu", "layer_norm")
+
+
 def emit_options(target: Target) -> dict[str, dict[str, Any]]:
     """``emit_module``'s options for a CPU target: the integer kernels' ISA
     (``schedules.kernel_options``) and, where the target has vector code, fused attention
-    with the float vector width (``kernels_attention.py``)."""
+    with the float vector width (``kernels_attention.py``); where the quantize is the AVX2
+    micro-kernel, the :data:`PROLOGUE_OPS` before it fused in (``prologue_match.py``)."""
     options = kernel_options(target)
     cfg = FloatScheduleConfig.for_target(target)
     if cfg.vectorize:
         options["attention"] = {"lanes": cfg.lanes}
+    if options.get("quantize", {}).get("isa") == "avx2" and PROLOGUE_OPS:
+        options["prologue_quantize"] = {"ops": PROLOGUE_OPS}
     return options
 
 
