@@ -20,9 +20,10 @@ Numerics:
   the same order as the unfused ``gelu`` (:func:`fast_math.gelu_poly`; a test checks the
   floats are identical), so fused and unfused builds give the same codes. A bias add before
   it is the same float32 add as the unfused one.
-* **Layer norm** is ``(x - mean)·rstd·γ + β`` with ``rstd = 1/sqrt(var + eps)``, mean and
-  variance of the row in two passes (8 float32 lanes each, reassociated): ~1e-6 relative
-  from torch's, like TOPI's (which uses ``E[x²] - mean²``). Codes near a rounding tie may
+* **Layer norm** is ``(x - mean)·rstd·γ + β`` with ``rstd = 1/sqrt(var + eps)``, the mean
+  summed in float64 and rounded once, the variance of ``x - mean`` in a second pass (8
+  float32 lanes, reassociated): ~1e-6 relative from torch's, like TOPI's (which uses
+  ``E[x²] - mean²``). Codes near a rounding tie may
   differ from the unfused build, as for any float change upstream (README, known limits).
 * **Codes** are bit-exact against ``reference.quantize`` *of the floats the kernel
   computed*: ``float_out`` returns them, and the tests compare on them.
@@ -39,6 +40,7 @@ from rqcompile.targets.tvm.fast_math import gelu_poly
 from rqcompile.targets.tvm.kernels_x86_quant import (
     RowSource,
     SourceFactory,
+    _Sum64,
     avx2_quantize,
     quantize_micro_supported,
 )
@@ -113,27 +115,31 @@ class _LayerNormSource(_BlockSource):
                  fout: Any | None) -> None:  # fmt: skip
         super().__init__(x, idx, block, fout)
         self.gamma, self.beta, self.eps = gamma, beta, eps
+        self.sum64 = _Sum64()
         self.acc = T.decl_buffer((_LANES,), _F32, scope="global")
         self.stats = T.decl_buffer((2,), _F32, scope="global")  # mean, rstd
 
-    def _row_sum(self, term: Any) -> Any:
-        """``Σ term(v)`` over the row, ``v`` the float32x8 vectors of ``x`` (8 lanes)."""
-        k = int(self.x.shape[-1])
-        lanes = _ramp(0)
-        T.buffer_store(self.acc, _bc(tirx.const(0, _F32)), [lanes])
-        with T.serial(0, k // _LANES) as c:
-            v = self.x[(*self.idx, _ramp(c * _LANES))]
-            T.buffer_store(self.acc, self.acc[lanes] + term(v), [lanes])
-        total = self.acc[0]
-        for i in range(1, _LANES):
-            total = total + self.acc[i]
-        return total
+    def _row(self, c: Any) -> Any:
+        return self.x[(*self.idx, _ramp(c * _LANES))]
 
     def start_row(self) -> None:
-        n = tirx.const(float(int(self.x.shape[-1])), _F32)
-        T.buffer_store(self.stats, self._row_sum(lambda v: v) / n, [0])
-        mean = _bc(self.stats[0])
-        var = self._row_sum(lambda v: (v - mean) * (v - mean)) / n
+        """Mean (float64 sum, rounded once: exact for a constant row, whose output is then
+        exactly β), then the variance of ``x - mean`` (float32 lanes)."""
+        k = int(self.x.shape[-1])
+        self.sum64.zero()
+        with T.serial(0, k // _LANES) as c:
+            self.sum64.add(self._row(c), 0)
+        T.buffer_store(self.stats, (self.sum64.total() / tirx.const(k, "float64")).astype(_F32),
+                       [0])  # fmt: skip
+        mean, lanes = _bc(self.stats[0]), _ramp(0)
+        T.buffer_store(self.acc, _bc(tirx.const(0, _F32)), [lanes])
+        with T.serial(0, k // _LANES) as c:
+            d = self._row(c) - mean
+            T.buffer_store(self.acc, self.acc[lanes] + d * d, [lanes])
+        var = self.acc[0]
+        for i in range(1, _LANES):
+            var = var + self.acc[i]
+        var = var / tirx.const(k, _F32)
         one = tirx.const(1, _F32)
         T.buffer_store(self.stats, one / tirx.sqrt(var + tirx.const(self.eps, _F32)), [1])
 
