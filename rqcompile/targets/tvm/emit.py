@@ -606,25 +606,37 @@ def _prologue_chains(
     return [c for c in find_prologues(f) if c.prologue in ops and not c.ops & taken]
 
 
+def _prologue_te(x: Any, residual: list[Any], params: list[Any], **kw: Any) -> Any:
+    return te_prologue_quantize(x, params, residual=residual, **kw)
+
+
 def _emit_prologue(cx: Emission, c: PrologueChain, env: dict[int, Expr]) -> None:
-    """Emit the fused kernel of chain ``c`` and bind the quantize's three results."""
-    x, *params = c.inputs
+    """Emit the fused kernel of chain ``c``; bind the quantize's three results (and the
+    residual sum ``c.h``, for its other users)."""
+    x = c.inputs[0]
     k = _dims(x.type)[-1]
     rows = math.prod(_dims(x.type)) // k
-    xe = env[x.id]
-    if x.type.rank != 2:  # a view: relax lowers a reshape to no copy
-        xe = cx.emit(relax.op.reshape(xe, [rows, k]))
+
+    def as_rows(v: Any) -> Expr:  # full-size inputs as [rows, K]: a view, no copy
+        e = env[v.id]
+        return e if _dims(v.type) == [rows, k] else cx.emit(relax.op.reshape(e, [rows, k]))
+
+    full = [x, *c.inputs[1 : 1 + c.residual]]
+    residual = [as_rows(v) if _dims(v.type) != [k] else env[v.id] for v in full[1:]]
+    params = [env[p.id] for p in c.inputs[1 + c.residual :]]
     a = c.quantize.attrs_dict
     fn = functools.partial(
-        te_prologue_quantize, prologue=c.prologue, bits=a["bits"], block=int(a["block"]),
+        _prologue_te, prologue=c.prologue, bits=a["bits"], block=int(a["block"]),
         estimator=str(a["estimator"]), ridge_lambda=float(a["ridge_lambda"]),
-        pack=str(a["pack"]), eps=c.eps,
+        pack=str(a["pack"]), eps=c.eps, h_out=c.h is not None,
     )  # fmt: skip
-    out = cx.emit_te(fn, [xe, [env[p.id] for p in params]], key=("prologue_quantize", c.key),
+    out = cx.emit_te(fn, [as_rows(x), residual, params], key=("prologue_quantize", c.key),
                      name="prologue_quantize", opaque=True, attrs=_PROLOGUE_ATTRS)  # fmt: skip
-    for i, r in enumerate(c.quantize.results):
+    results = [*c.quantize.results, *([c.h] if c.h is not None else [])]
+    for i, r in enumerate(results):
         part = cx.emit(relax.TupleGetItem(out, i))
-        if r.type.rank != 2:
+        built = [rows, k] if i == 3 else [rows, *_dims(r.type)[-1:]]  # the kernel's shape
+        if _dims(r.type) != built:
             part = cx.emit(relax.op.reshape(part, _dims(r.type)))
         env[r.id] = part
 

@@ -109,32 +109,57 @@ class _GeluSource(_BlockSource):
 
 
 class _LayerNormSource(_BlockSource):
-    """``(x - mean)·rstd·γ + β`` per block; mean and ``rstd`` once per row."""
+    """``(h - mean)·rstd·γ + β`` per block; mean and ``rstd`` once per row.
+
+    ``h`` is ``x``, or with ``residual`` the sum ``x + r`` (``residual = (r,)``) or
+    ``x + (y + bias)`` (``(y, bias)``: a linear's output and bias added to the residual
+    stream, the unfused ops' order): then ``start_row`` computes the row of ``h`` into a
+    scratch of ``K`` floats, and writes it to ``hout`` (its other users read it there).
+    """
 
     def __init__(self, x: Any, idx: list[Any], block: int, gamma: Any, beta: Any, eps: float,
-                 fout: Any | None) -> None:  # fmt: skip
+                 fout: Any | None, residual: Sequence[Any] = (),
+                 hout: Any | None = None) -> None:  # fmt: skip
         super().__init__(x, idx, block, fout)
         self.gamma, self.beta, self.eps = gamma, beta, eps
+        self.residual, self.hout = tuple(residual), hout
+        self.k = int(x.shape[-1])
         self.sum64 = _Sum64()
         self.acc = T.decl_buffer((_LANES,), _F32, scope="global")
         self.stats = T.decl_buffer((2,), _F32, scope="global")  # mean, rstd
+        self.hrow = T.decl_buffer((self.k,), _F32, scope="global") if self.residual else None
 
-    def _row(self, c: Any) -> Any:
-        return self.x[(*self.idx, _ramp(c * _LANES))]
+    def _h(self, col: Any) -> Any:
+        """``h`` at columns ``col .. col + 7`` of the row."""
+        if self.hrow is not None:
+            return self.hrow[_ramp(col)]
+        return self.x[(*self.idx, _ramp(col))]
+
+    def _fill_h(self) -> None:
+        with T.serial(0, self.k // _LANES) as c:
+            at = _ramp(c * _LANES)
+            r = self.residual[0][(*self.idx, at)]
+            if len(self.residual) == 2:
+                r = r + self.residual[1][at]
+            T.buffer_store(self.hrow, self.x[(*self.idx, at)] + r, [at])
+            if self.hout is not None:
+                T.buffer_store(self.hout, self.hrow[at], [*self.idx, at])
 
     def start_row(self) -> None:
-        """Mean (float64 sum, rounded once: exact for a constant row, whose output is then
-        exactly β), then the variance of ``x - mean`` (float32 lanes)."""
-        k = int(self.x.shape[-1])
+        """[``h``,] mean (float64 sum, rounded once: exact for a constant row, whose output
+        is then exactly β), then the variance of ``h - mean`` (float32 lanes)."""
+        k = self.k
+        if self.hrow is not None:
+            self._fill_h()
         self.sum64.zero()
         with T.serial(0, k // _LANES) as c:
-            self.sum64.add(self._row(c), 0)
+            self.sum64.add(self._h(c * _LANES), 0)
         T.buffer_store(self.stats, (self.sum64.total() / tirx.const(k, "float64")).astype(_F32),
                        [0])  # fmt: skip
         mean, lanes = _bc(self.stats[0]), _ramp(0)
         T.buffer_store(self.acc, _bc(tirx.const(0, _F32)), [lanes])
         with T.serial(0, k // _LANES) as c:
-            d = self._row(c) - mean
+            d = self._h(c * _LANES) - mean
             T.buffer_store(self.acc, self.acc[lanes] + d * d, [lanes])
         var = self.acc[0]
         for i in range(1, _LANES):
@@ -144,8 +169,7 @@ class _LayerNormSource(_BlockSource):
         T.buffer_store(self.stats, one / tirx.sqrt(var + tirx.const(self.eps, _F32)), [1])
 
     def value(self, col: Any) -> Any:
-        v = self.x[(*self.idx, _ramp(col))]
-        y = (v - _bc(self.stats[0])) * _bc(self.stats[1])
+        y = (self._h(col) - _bc(self.stats[0])) * _bc(self.stats[1])
         return y * self.gamma[_ramp(col)] + self.beta[_ramp(col)]
 
 
@@ -169,6 +193,8 @@ def te_prologue_quantize(
     ridge_lambda: float = 0.01,
     pack: str = "none",
     eps: float = 1e-5,
+    residual: Sequence[Any] = (),
+    h_out: bool = False,
     float_out: bool = False,
     name: str = "prologue_quantize",
 ) -> tuple[Any, ...]:
@@ -178,17 +204,21 @@ def te_prologue_quantize(
         x: the op's input.
         params: ``gelu``: ``()`` or ``(bias [K],)``; ``layer_norm``: ``(γ [K], β [K])``.
         prologue: ``"gelu"`` or ``"layer_norm"`` (over the last dim, ``eps``).
+        residual: ``layer_norm`` only: normalize ``h = x + r`` (``(r,)``, ``r`` shaped as
+            ``x``) or ``h = x + (y + bias)`` (``(y, bias [K])``) instead of ``x``.
+        h_out: with ``residual``, also return ``h`` (``f32``, shaped as ``x``).
         float_out: also return the op's output (``f32 [..., K]``), for tests.
         bits, block, estimator, ridge_lambda, pack: the affine quantizer, as
             ``kernels.te_quantize``.
 
     Returns:
-        ``(codes, scale, offset)`` as ``te_quantize``, then the floats with ``float_out``.
+        ``(codes, scale, offset)`` as ``te_quantize``, then ``h`` with ``h_out``, then the
+        floats with ``float_out``.
 
     Raises:
         NumericsError: an op or quantizer this kernel does not take, or wrong parameters.
     """
-    *_, k = (int(d) for d in x.shape)
+    *_, k = xdims = tuple(int(d) for d in x.shape)
     if not prologue_quantize_supported(prologue=prologue, bits=bits, symmetric=False,
                                        block=block, k=k, estimator=estimator, pack=pack):  # fmt: skip
         raise NumericsError(
@@ -202,16 +232,29 @@ def te_prologue_quantize(
             f"{name}: {prologue} takes {' or '.join(map(str, want))} parameter tensor(s) of "
             f"shape [{k}], got {[tuple(p.shape) for p in params]}."
         )
+    rshapes = [tuple(int(d) for d in r.shape) for r in residual]
+    if residual and (prologue != "layer_norm" or len(rshapes) > 2 or rshapes[0] != xdims
+                     or rshapes[1:] not in ([], [(k,)])):  # fmt: skip
+        raise NumericsError(
+            f"{name}: a residual is (r,) shaped as x {list(xdims)} or (y, bias [{k}]), for "
+            f"layer_norm only; got {prologue} with {rshapes}."
+        )
+    if h_out and not residual:
+        raise NumericsError(f"{name}: h_out needs a residual (h is x itself otherwise).")
+    nres = len(residual)
 
     def prologue_source(ins: list[Any], outs: list[Any]) -> SourceFactory:
-        fout = outs[3] if float_out else None
+        hout = outs[3] if h_out else None
+        fout = outs[3 + int(h_out)] if float_out else None
         if prologue == "gelu":
             bias = ins[1] if len(ins) > 1 else None
             return lambda xb, idx, blk: _GeluSource(xb, idx, blk, bias, fout)
-        return lambda xb, idx, blk: _LayerNormSource(xb, idx, blk, ins[1], ins[2], eps, fout)
+        res, (gamma, beta) = ins[1 : 1 + nres], ins[1 + nres :]
+        return lambda xb, idx, blk: _LayerNormSource(xb, idx, blk, gamma, beta, eps, fout,
+                                                     res, hout)  # fmt: skip
 
     return avx2_quantize(
         x, bits=bits, block=block, estimator=estimator, ridge_lambda=ridge_lambda, pack=pack,
-        name=name, attrs={"rq.prologue": prologue}, params=params, prologue=prologue_source,
-        float_out=float_out,
+        name=name, attrs={"rq.prologue": prologue}, params=[*residual, *params],
+        prologue=prologue_source, extra_outs=int(h_out) + int(float_out),
     )  # fmt: skip

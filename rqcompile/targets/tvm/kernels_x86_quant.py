@@ -420,22 +420,22 @@ def avx2_quantize(
     attrs: dict[str, Any],
     params: Sequence[Any] = (),
     prologue: Callable[[list[Any], list[Any]], SourceFactory] | None = None,
-    float_out: bool = False,
+    extra_outs: int = 0,
 ) -> tuple[Any, ...]:
     """Affine quantization of ``x f32 [..., K]`` as one AVX2 TIR kernel (TE tensors).
 
     ``prologue`` (:mod:`.kernels_x86_prologue`) fuses a row-wise float op before the
     quantizer: given the kernel's input and output buffers (``x``, then ``params``; the
     three quantize outputs, then the float one) it returns the row source that computes
-    the op per block. ``float_out`` adds a fourth output, ``f32 [..., K]``, with the floats
-    the codes were computed from (tests compare the codes bit-exactly against the reference
-    on them).
+    the op per block. ``extra_outs`` adds that many ``f32 [..., K]`` outputs after the three
+    (the prologue writes them: e.g. the floats the codes were computed from, which tests
+    compare the codes against bit-exactly).
 
     Returns:
         ``(codes, scale f32 [..., nb], offset f32 [..., nb])`` as
         ``kernels.te_quantize(x, bits=bits, symmetric=False, ...)``: codes ``uint32
         [..., K/32]`` (1 bit, ``pack="bits32"``) or ``int8 [..., K]`` (8 bits as ``q - 128``);
-        then the floats, with ``float_out``.
+        then the ``extra_outs``.
 
     Raises:
         NumericsError: a quantizer :func:`quantize_micro_supported` rejects.
@@ -453,10 +453,8 @@ def avx2_quantize(
         shapes, dtype = [(*lead, k // 32), (*lead, nb), (*lead, nb)], "uint32"
     else:
         shapes, dtype = [(*lead, k), (*lead, nb), (*lead, nb)], "int8"
-    dtypes = [dtype, _F32, _F32]
-    if float_out:
-        shapes.append((*lead, k))
-        dtypes.append(_F32)
+    shapes += [(*lead, k)] * extra_outs
+    dtypes = [dtype, _F32, _F32] + [_F32] * extra_outs
 
     def body(ins: list[Any], outs: list[Any]) -> Any:
         source = RowSource if prologue is None else prologue(list(ins), list(outs))

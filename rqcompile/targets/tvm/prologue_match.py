@@ -12,6 +12,10 @@ linear's input)::
     quantize(gelu(add(y, bias)))        the MLP: fc → bias → GELU → proj's quantize
     quantize(gelu(y))                   (no bias, or a bias already in y)
     quantize(layer_norm(x, γ, β))       pre-norm blocks: ln → q/k/v or fc quantize
+    quantize(layer_norm(r + (y + b)))   ... with the residual add before it (``y + b`` a
+    quantize(layer_norm(r + z))         linear's output and bias), when ``h = r + ...``'s
+                                        other uses all come after the quantize: the
+                                        kernel writes ``h`` for them
 
 ``gelu`` is the exact (erf) one; ``bias`` and ``γ``/``β`` are ``f32 [K]`` values, ``K`` the
 quantizer's row length (layer norm over the last dim only). Every intermediate has exactly
@@ -34,8 +38,11 @@ __all__ = ["PrologueChain", "find_prologues"]
 class PrologueChain:
     """One fused ``quantize(op(x))``: the ops it replaces and what the kernel computes.
 
-    ``inputs`` are ``x`` then the op's parameters (``gelu``: the bias, if absorbed;
-    ``layer_norm``: ``γ``, ``β``). ``anchor`` is the quantize's index, ``quantize`` the op.
+    ``inputs`` are ``x``, the ``residual`` inputs (``layer_norm`` of ``x + r``: ``r``, or
+    ``y, bias`` for ``x + (y + bias)``), then the op's parameters (``gelu``: the bias, if
+    absorbed; ``layer_norm``: ``γ``, ``β``). ``h``: the residual sum, when ops outside the
+    chain use it (the kernel then writes it). ``anchor`` is the quantize's index,
+    ``quantize`` the op.
     """
 
     ops: frozenset[int]
@@ -44,6 +51,8 @@ class PrologueChain:
     inputs: tuple[Value, ...]
     eps: float
     quantize: Op
+    residual: int = 0
+    h: Value | None = None
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -51,7 +60,8 @@ class PrologueChain:
         types = tuple(v.type for v in self.inputs)
         q = self.quantize
         attrs = tuple(sorted((k, str(v)) for k, v in q.attrs))
-        return (self.prologue, types, self.eps.hex(), q.operands[0].type, attrs)
+        return (self.prologue, types, self.eps.hex(), q.operands[0].type, attrs,
+                self.residual, self.h is not None)  # fmt: skip
 
 
 class _Uses:
@@ -60,18 +70,18 @@ class _Uses:
     def __init__(self, f: Func) -> None:
         self.f = f
         self.producer: dict[int, int] = {}
-        self.count: dict[int, int] = {}
+        self.uses: dict[int, list[int]] = {}  # op indices; -1 for a function output
         for i, op in enumerate(f.ops):
             for r in op.results:
                 self.producer[r.id] = i
             for v in op.operands:
-                self.count[v.id] = self.count.get(v.id, 0) + 1
+                self.uses.setdefault(v.id, []).append(i)
         for v in f.outputs:
-            self.count[v.id] = self.count.get(v.id, 0) + 1
+            self.uses.setdefault(v.id, []).append(-1)
 
     def single_producer(self, v: Value) -> int | None:
         """The op producing ``v`` if ``v`` has exactly one use; else ``None``."""
-        if self.count.get(v.id, 0) != 1:
+        if len(self.uses.get(v.id, [])) != 1:
             return None
         return self.producer.get(v.id)
 
@@ -101,6 +111,61 @@ def _skip_reshapes(g: _Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, in
         v = src
 
 
+def _numel(v: Value) -> int:
+    n = 1
+    for d in _dims(v) or ():
+        n *= d
+    return n
+
+
+def _bias_add(g: _Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, Value] | None:
+    """``(y, bias)`` if ``v`` is ``add(y, bias [K])`` (through single-use reshapes) with
+    ``y`` as many elements as ``v`` and rows of ``K``; the ops go into ``ops``."""
+    seen: set[int] = set()
+    _, ai = _skip_reshapes(g, v, k, seen)
+    if ai is None or g.f.ops[ai].name != "rq.add":
+        return None
+    add = g.f.ops[ai]
+    for y, bias in (add.operands, add.operands[::-1]):
+        dims = _dims(y)
+        if _is_vec(bias, k) and dims and dims[-1] == k and _numel(y) == _numel(v):
+            if y.type.dtype == "f32":
+                ops |= seen | {ai}
+                return y, bias
+    return None
+
+
+def _residual(g: _Uses, h: Value, k: int, qi: int, ln: int,
+              ops: set[int]) -> tuple[Value, tuple[Value, ...], Value | None] | None:  # fmt: skip
+    """``(x, residual, h or None)`` when the layer norm's input ``h`` is ``x + r`` or
+    ``x + (y + bias)`` (module docstring) and ``h``'s other uses come after the quantize
+    ``qi``; the ops go into ``ops``."""
+    ai = g.producer.get(h.id)
+    if ai is None or g.f.ops[ai].name != "rq.add" or h.type.dtype != "f32":
+        return None
+    others = [u for u in g.uses.get(h.id, []) if u != ln]
+    if any(0 <= u < qi for u in others):
+        return None
+    hd = _dims(h)
+    lhs, rhs = g.f.ops[ai].operands
+    for x, other in ((lhs, rhs), (rhs, lhs)):
+        if _dims(x) != hd or x.type.dtype != "f32":
+            continue
+        found: set[int] = set()
+        biased = _bias_add(g, other, k, found) if g.single_producer(other) is not None else None
+        if biased is not None:
+            residual: tuple[Value, ...] = biased
+        elif other.type.dtype == "f32" and _numel(other) == _numel(h) and _dims(other):
+            if _dims(other)[-1] != k:  # type: ignore[index]
+                continue
+            residual = (other,)
+        else:
+            continue
+        ops |= found | {ai}
+        return x, residual, (h if others else None)
+    return None
+
+
 def _chain(g: _Uses, qi: int) -> PrologueChain | None:
     q = g.f.ops[qi]
     x = q.operands[0]
@@ -125,7 +190,12 @@ def _chain(g: _Uses, qi: int) -> PrologueChain | None:
         if _dims(src) is None or not (_is_vec(gamma, k) and _is_vec(beta, k)):
             return None
         eps = float(op.attr("eps"))  # type: ignore[arg-type]
-        return PrologueChain(frozenset(ops), qi, "layer_norm", (src, gamma, beta), eps, q)
+        res = _residual(g, src, k, qi, pi, ops)
+        if res is None:
+            return PrologueChain(frozenset(ops), qi, "layer_norm", (src, gamma, beta), eps, q)
+        x, residual, h = res
+        return PrologueChain(frozenset(ops), qi, "layer_norm", (x, *residual, gamma, beta), eps,
+                             q, residual=len(residual), h=h)  # fmt: skip
     if op.name != "rq.gelu" or str(op.attr("approximate")) != "none":
         return None
     src = op.operands[0]

@@ -170,3 +170,57 @@ def test_rejects_bad_requests() -> None:
     with pytest.raises(NumericsError, match=r"shape \[128\]"):
         te_prologue_quantize(x, [te.placeholder((64,), "float32", name="b")], prologue="gelu",
                              bits=1, block=128, pack="bits32")  # fmt: skip
+
+
+@functools.cache
+def _build_residual(shape: tuple[int, ...], biased: bool, h_out: bool, block: int, bits: int,
+                    estimator: str) -> Any:  # fmt: skip
+    k = shape[-1]
+    x, r = (te.placeholder(shape, "float32", name=n) for n in ("x", "r"))
+    residual = [r, te.placeholder((k,), "float32", name="bias")] if biased else [r]
+    ps = [te.placeholder((k,), "float32", name=f"p{i}") for i in range(2)]
+    outs = te_prologue_quantize(x, ps, prologue="layer_norm", bits=bits, block=block,
+                                estimator=estimator, pack=_pack(bits), residual=residual,
+                                h_out=h_out, float_out=True)  # fmt: skip
+    return tvm.compile(te.create_prim_func([x, *residual, *ps, *outs]), target=host_llvm_target())
+
+
+@pytest.mark.parametrize(("shape", "biased", "h_out", "block", "bits", "estimator"), [
+    ((2, 9, 128), True, True, 128, 1, "ridge"),
+    ((7, 64), False, True, 32, 1, "ste"),
+    ((5, 96), True, False, 48, 4, "ridge"),
+    ((3, 256), False, False, 256, 8, "ste"),
+])  # fmt: skip
+def test_residual_layer_norm_quantize(shape: tuple[int, ...], biased: bool, h_out: bool,
+                                      block: int, bits: int, estimator: str) -> None:  # fmt: skip
+    """layer_norm(x + r) / layer_norm(x + (y + bias)): h written exactly as the unfused adds
+    compute it (same order), the layer norm of h within float tolerance, codes bit-exact."""
+    g = torch.Generator().manual_seed(bits * block)
+    k = shape[-1]
+    x, r = torch.randn(*shape, generator=g) * 2, torch.randn(*shape, generator=g)
+    bias = torch.randn(k, generator=g)
+    gamma, beta = torch.randn(k, generator=g), torch.randn(k, generator=g)
+    h = x + (r + bias) if biased else x + r
+    fn = _build_residual(shape, biased, h_out, block, bits, estimator)
+    codes = torch.empty(*shape[:-1], k // 32, dtype=torch.uint32) if bits == 1 else (
+        torch.empty(*shape, dtype=torch.int8))  # fmt: skip
+    outs = [codes, torch.empty(*shape[:-1], k // block), torch.empty(*shape[:-1], k // block)]
+    extra = [torch.empty(*shape) for _ in range(1 + int(h_out))]
+    fn(x, r, *([bias] if biased else []), gamma, beta, *outs, *extra)
+    if h_out:
+        assert torch.equal(extra[0], h)
+    y = extra[-1]
+    want = F.layer_norm(h.double(), (k,), gamma.double(), beta.double(), 1e-5)
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=2e-6)
+    _check_codes([*outs, y], block, bits, estimator)
+
+
+def test_rejects_bad_residual() -> None:
+    x = te.placeholder((4, 128), "float32", name="x")
+    ps = [te.placeholder((128,), "float32", name=n) for n in ("g", "b")]
+    with pytest.raises(NumericsError, match="residual"):
+        te_prologue_quantize(x, ps, prologue="layer_norm", bits=1, block=128, pack="bits32",
+                             residual=[te.placeholder((2, 128), "float32", name="r")])  # fmt: skip
+    with pytest.raises(NumericsError, match="h_out needs a residual"):
+        te_prologue_quantize(x, ps, prologue="layer_norm", bits=1, block=128, pack="bits32",
+                             h_out=True)  # fmt: skip

@@ -1,7 +1,7 @@
 """Fused quantize prologues: the matcher (prologue_match.py) and the built model.
 
-The matcher takes ``[bias add →] gelu → quantize`` and ``layer_norm → quantize`` through
-last-dim-preserving reshapes and nothing else (a second use, tanh GELU, a symmetric
+The matcher takes ``[bias add →] gelu → quantize`` and ``[residual add →] layer_norm →
+quantize`` through last-dim-preserving reshapes and nothing else (a second use, tanh GELU, a symmetric
 quantizer, a reshape that changes the row length, a full-shape add stay unfused). Built
 for llvm: the GELU chains give exactly the unfused build's outputs (same floats), and every
 chain agrees with the reference target (torch) within the float tolerance: scale/offset
@@ -76,6 +76,29 @@ def _ln(*, extra_use: bool = False, tag: str = "ln", q: dict[str, Any] | None = 
     return make
 
 
+def _block(*, biased: bool = True, late_use: bool = True, tag: str = "blk") -> Make:
+    """A pre-norm block's second half: ``h = x + (y + bias)`` (or ``x + y``) → layer_norm →
+    quantize, and ``h`` used again by the next residual add (after the quantize: the kernel
+    writes ``h``; before it, with ``late_use=False``: the add stays outside)."""
+
+    def make(b: Builder, gen: torch.Generator) -> tuple[list[torch.Tensor], list[Value]]:
+        ins: list[torch.Tensor] = []
+        x = _arg(b, torch.randn(2, 13, 128, generator=gen), ins)
+        y = _arg(b, torch.randn(26, 128, generator=gen), ins)
+        if biased:
+            y = b.op("rq.add", y, b.const(f"{tag}.bias", torch.randn(128, generator=gen)))
+        h = b.op("rq.add", x, b.op("rq.reshape", y, shape=(2, 13, 128)))
+        early = b.op("rq.mul_scalar", h, value=2.0) if not late_use else None
+        w = b.const(f"{tag}.w", torch.randn(128, generator=gen))
+        bb = b.const(f"{tag}.b", torch.randn(128, generator=gen))
+        ln = b.op("rq.layer_norm", h, w, bb, eps=1e-5)
+        outs = _quantize(b, b.op("rq.reshape", ln, shape=(26, 128)))
+        nxt = b.op("rq.add", h, early if early is not None else h)
+        return ins, [*outs, nxt]
+
+    return make
+
+
 def _residual_gelu(b: Builder, gen: torch.Generator) -> tuple[list[torch.Tensor], list[Value]]:
     """gelu(a + c), both full shape: the add is no bias, so it stays outside the kernel."""
     ins: list[torch.Tensor] = []
@@ -109,6 +132,9 @@ CASES: dict[str, tuple[Make, int, str | None, int]] = {
     "ln": (_ln(), 1, "layer_norm", 3),
     "ln-block32": (_ln(tag="ln32", q={"block": 32, "estimator": "ste"}), 1, "layer_norm", 3),
     "residual-gelu": (_residual_gelu, 1, "gelu", 1),
+    "block-biased": (_block(), 1, "layer_norm", 5),
+    "block-plain": (_block(biased=False, tag="bp"), 1, "layer_norm", 4),
+    "block-early-use": (_block(late_use=False, tag="be"), 1, "layer_norm", 3),
     # not fused
     "mlp-gelu-reused": (_mlp(tag="ru", extra_use=True), 0, None, 0),
     "mlp-tanh": (_mlp(tag="th", approximate="tanh"), 0, None, 0),
@@ -147,6 +173,17 @@ def test_residual_add_stays_outside() -> None:
     m, _ = _module(_residual_gelu)
     (c,) = find_prologues(m.main)
     assert not any(m.main.ops[i].name == "rq.add" for i in c.ops)
+
+
+def test_block_chain_writes_h() -> None:
+    m, _ = _module(_block())
+    (c,) = find_prologues(m.main)
+    assert c.residual == 2 and c.h is not None
+    names = sorted(m.main.ops[i].name for i in c.ops)
+    assert names == ["rq.add", "rq.add", "rq.layer_norm", "rq.quantize", "rq.reshape",
+                     "rq.reshape"]  # fmt: skip
+    (early,) = find_prologues(_module(_block(late_use=False, tag="be"))[0].main)
+    assert early.residual == 0 and early.h is None
 
 
 def test_no_fusion_without_the_option_or_avx2_quantize() -> None:
@@ -192,6 +229,8 @@ def test_built_matches(case: str, built: dict[str, Any]) -> None:
     torch.testing.assert_close(scale, want[1], rtol=1e-5, atol=1e-5 * float(want[1].abs().max()))
     torch.testing.assert_close(offset, want[2], rtol=1e-5,
                                atol=1e-5 * float(want[2].abs().max()))  # fmt: skip
+    for got, ref_out in zip(fused[3:], want[3:], strict=True):  # h's later use, a GELU output
+        torch.testing.assert_close(got, ref_out, rtol=1e-5, atol=1e-5 * float(ref_out.abs().max()))
     if CASES[case][2] == "gelu":  # the same floats as the unfused GELU: identical outputs
         for a, u in zip(fused, unfused, strict=True):
             assert torch.equal(a, u)
