@@ -70,6 +70,8 @@ class _BlockSource(RowSource):
     row; ``fout`` (optional) receives a copy of every value (``float_out``).
     """
 
+    wide_loads = True
+
     def __init__(self, x: Any, idx: list[Any], block: int, fout: Any | None) -> None:
         super().__init__(x, idx, block)
         self.fout = fout

@@ -193,6 +193,12 @@ class RowSource:
     block's elements with :meth:`vec` (absolute columns of the row).
     """
 
+    #: Read whole vectors (``vec(col, 8)``) where the kernel would convert 4-lane halves
+    #: straight from memory: a source whose blocks were just stored as 8-lane vectors
+    #: (:mod:`.kernels_x86_prologue`) would otherwise have every upper-half load wait for
+    #: its store to commit (no store-to-load forwarding into half a vector).
+    wide_loads = False
+
     def __init__(self, x: Any, idx: list[Any], block: int) -> None:
         self.x, self.idx, self.block = x, idx, block
 
@@ -254,8 +260,11 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
             with T.serial(0, block // _STEP) as c:
                 for w in rs:
                     for j in range(4):
-                        lo, hi = (tirx.Cast("float64x4", w.vec(col(c, 2 * j + h, 4), 4))
-                                  for h in range(2))  # fmt: skip
+                        if w.src.wide_loads:  # see RowSource.wide_loads
+                            lo, hi = (_f64x4(w.vec(col(c, j)), h) for h in range(2))
+                        else:
+                            lo, hi = (tirx.Cast("float64x4", w.vec(col(c, 2 * j + h, 4), 4))
+                                      for h in range(2))  # fmt: skip
                         w.sums.add_halves(lo, hi, j % 2)
                         nz = _intrin("float32x8", _CMP_PS, w.vec(col(c, j)), zero8,
                                      tirx.const(_NEQ_UQ, "int8"))  # fmt: skip
