@@ -71,6 +71,7 @@ class _BlockSource(RowSource):
     """
 
     wide_loads = True
+    streams = True
 
     def __init__(self, x: Any, idx: list[Any], block: int, fout: Any | None) -> None:
         super().__init__(x, idx, block)
@@ -82,13 +83,18 @@ class _BlockSource(RowSource):
     def value(self, col: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def start_block(self, b: Any) -> None:
+    def start_block(self, b: Any, *, streaming: bool = False) -> None:
         self.base = b * self.block
-        with T.serial(0, self.block // _LANES) as c:
-            T.buffer_store(self.scratch, self.value(self.base + c * _LANES), [_ramp(c * _LANES)])
-            if self.fout is not None:
-                T.buffer_store(self.fout, self.scratch[_ramp(c * _LANES)],
-                               [*self.idx, _ramp(self.base + c * _LANES)])  # fmt: skip
+        if not streaming:
+            with T.serial(0, self.block // _LANES) as c:
+                self.fill(self.base + c * _LANES)
+
+    def fill(self, col: Any) -> Any:
+        """Compute the 8 values at ``col`` into the scratch (and ``fout``); return them."""
+        T.buffer_store(self.scratch, self.value(col), [_ramp(_ANALYZER.simplify(col - self.base))])
+        if self.fout is not None:
+            T.buffer_store(self.fout, self.vec(col), [*self.idx, _ramp(col)])
+        return self.vec(col)
 
     def vec(self, col: Any, n: int = _LANES) -> Any:
         # simplified here: TIR's region analysis fails on the unsimplified ``b·B + i - b·B``

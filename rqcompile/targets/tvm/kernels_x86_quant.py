@@ -198,6 +198,8 @@ class RowSource:
     #: (:mod:`.kernels_x86_prologue`) would otherwise have every upper-half load wait for
     #: its store to commit (no store-to-load forwarding into half a vector).
     wide_loads = False
+    #: With ``wide_loads``: let the binary kernel's pass 1 compute the block (``fill``).
+    streams = False
 
     def __init__(self, x: Any, idx: list[Any], block: int) -> None:
         self.x, self.idx, self.block = x, idx, block
@@ -205,8 +207,14 @@ class RowSource:
     def start_row(self) -> None:
         """Per-row work before the first block (row statistics); nothing here."""
 
-    def start_block(self, b: Any) -> None:
-        """Per-block work before the block's passes; nothing here."""
+    def start_block(self, b: Any, *, streaming: bool = False) -> None:
+        """Per-block work before the block's passes; nothing here. ``streaming``: the
+        kernel's first pass reads every vector of the block through :meth:`fill`, in order,
+        before any other read (so a source may compute them there instead of here)."""
+
+    def fill(self, col: Any) -> Any:
+        """The 8 lanes at ``col`` for the kernel's first pass over a block (``vec`` here)."""
+        return self.vec(col)
 
     def vec(self, col: Any, n: int = 8) -> Any:
         return self.x[(*self.idx, tirx.Ramp(col, 1, n))]
@@ -248,7 +256,9 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
             w.src.start_row()
         with T.serial(0, k // block) as b:
             for w in rs:
-                w.src.start_block(b)
+                # streaming: pass 1 computes a prologue's block while it sums it (the
+                # prologue's FMA work overlaps the sums' conversions and adds)
+                w.src.start_block(b, streaming=w.src.wide_loads and w.src.streams)
 
             def col(step: Any, j: int, n: int = 8) -> Any:
                 return b * block + step * _STEP + n * j
@@ -261,7 +271,8 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
                 for w in rs:
                     for j in range(4):
                         if w.src.wide_loads:  # see RowSource.wide_loads
-                            lo, hi = (_f64x4(w.vec(col(c, j)), h) for h in range(2))
+                            v = w.src.fill(col(c, j))
+                            lo, hi = (_f64x4(v, h) for h in range(2))
                         else:
                             lo, hi = (tirx.Cast("float64x4", w.vec(col(c, 2 * j + h, 4), 4))
                                       for h in range(2))  # fmt: skip
