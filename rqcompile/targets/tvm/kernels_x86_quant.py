@@ -16,7 +16,9 @@ once, then from L1, and every per-block scalar is computed once.
 3. the codes ``fl((x - b)/s) >= 0`` as two ordered compares with per-block bounds
    (:func:`_sign_bounds`: exact, including the ``-0`` a tiny negative quotient underflows
    to, code +1 as in the reference; NaN → -1), so no ``vdivps`` (measured 30% of the
-   kernel); ``vmovmskps`` turns 8 compares into 8 sign bits: four make one packed ``uint32``
+   kernel); when the bounds are trivial (``s < 2`` and finite, the usual case) the codes
+   are just ``x >= b``, one compare per vector (10-16% faster kernel at K = 128);
+   ``vmovmskps`` turns 8 compares into 8 sign bits: four make one packed ``uint32``
    word (bit t ↔ element ``32w + t``, the layout of ``bitpack.pack_signs``).
 
 **2-8 bit affine** (``pack="none"``; :func:`_affine_rows`), two passes per block: min and
@@ -240,6 +242,33 @@ class _SignRow:
         return self.src.vec(col, n)
 
 
+def _sign_words(rs: list[_SignRow], out: list[Any], col: Callable[..., Any], b: Any, *,
+                block: int, ridge: bool, plain: bool) -> None:  # fmt: skip
+    """Pass 3 of :func:`_sign_rows`: the packed sign words of block ``b`` (and, for ridge,
+    the count of +1 codes); ``plain``: the codes are ``x >= b`` (see the caller)."""
+    with T.serial(0, block // _STEP) as c:
+        for w in rs:
+            word = tirx.const(0, "int32")
+            for j in range(4):
+                if plain:
+                    ok = _intrin("float32x8", _CMP_PS, w.vec(col(c, j)), _bc(w.g32[0]),
+                                 tirx.const(_GE_OQ, "int8"))  # fmt: skip
+                else:
+                    d = w.vec(col(c, j)) - _bc(w.g32[0])
+                    ge = _intrin("float32x8", _CMP_PS, d, _bc(w.g32[3]),
+                                 tirx.const(_GE_OQ, "int8"))  # fmt: skip
+                    le = _intrin("float32x8", _CMP_PS, _bc(w.g32[4]), tirx.abs(d),
+                                 tirx.const(_GE_OQ, "int8"))  # fmt: skip
+                    ok = tirx.reinterpret("float32x8", tirx.bitwise_and(
+                        tirx.reinterpret("int32x8", ge), tirx.reinterpret("int32x8", le)))  # fmt: skip
+                bits = _intrin("int32", _MOVMSK_PS, ok)
+                word = word | (bits << tirx.const(8 * j, "int32"))
+            T.buffer_store(w.ints, word, [1])
+            T.buffer_store(out[0], w.ints[1].astype("uint32"), [*w.idx, b * (block // 32) + c])
+            if ridge:
+                T.buffer_store(w.ints, w.ints[0] + tirx.popcount(w.ints[1]), [0])
+
+
 def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bool,
                lam: float, per_iter: int = 2, source: SourceFactory = RowSource) -> Any:  # fmt: skip
     """TIR: binary affine codes (packed words), scale and offset, ``per_iter`` rows per
@@ -312,25 +341,19 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
                 T.buffer_store(w.g32, neg_thr, [3])
                 T.buffer_store(w.g32, lim, [4])
                 T.buffer_store(w.ints, tirx.const(0, "int32"), [0])
-            # pass 3: sign words, 8 bits per vmovmskps
-            with T.serial(0, block // _STEP) as c:
-                for w in rs:
-                    word = tirx.const(0, "int32")
-                    for j in range(4):
-                        d = w.vec(col(c, j)) - _bc(w.g32[0])
-                        ge = _intrin("float32x8", _CMP_PS, d, _bc(w.g32[3]),
-                                     tirx.const(_GE_OQ, "int8"))  # fmt: skip
-                        le = _intrin("float32x8", _CMP_PS, _bc(w.g32[4]), tirx.abs(d),
-                                     tirx.const(_GE_OQ, "int8"))  # fmt: skip
-                        both = tirx.bitwise_and(tirx.reinterpret("int32x8", ge),
-                                                tirx.reinterpret("int32x8", le))  # fmt: skip
-                        bits = _intrin("int32", _MOVMSK_PS, tirx.reinterpret("float32x8", both))
-                        word = word | (bits << tirx.const(8 * j, "int32"))
-                    T.buffer_store(w.ints, word, [1])
-                    T.buffer_store(out[0], w.ints[1].astype("uint32"),
-                                   [*w.idx, b * (block // 32) + c])  # fmt: skip
-                    if ridge:
-                        T.buffer_store(w.ints, w.ints[0] + tirx.popcount(w.ints[1]), [0])
+            # pass 3: sign words, 8 bits per vmovmskps. Usually t = 0 (s < 2) and lim = inf
+            # (s finite): then fl(x - b) >= -t and |x - b| <= lim  ⟺  x >= b (a non-zero
+            # difference of two float32 never rounds to ±0; NaN compares false), one compare
+            # per vector; the exact bounds otherwise.
+            plain = rs[0].g32[3] == tirx.const(0, _F32)
+            for w in rs:
+                plain = tirx.all(plain, w.g32[3] == tirx.const(0, _F32),
+                                 w.g32[4] == tirx.const(float("inf"), _F32))  # fmt: skip
+            with T.If(plain):
+                with T.Then():
+                    _sign_words(rs, out, col, b, block=block, ridge=ridge, plain=True)
+                with T.Else():
+                    _sign_words(rs, out, col, b, block=block, ridge=ridge, plain=False)
             for w in rs:
                 o = [*w.idx, b]
                 if ridge:
