@@ -6,6 +6,11 @@ Where it sits: ``emit.emit_module`` emits :func:`te_prologue_quantize` for each 
 runs as the AVX2 micro-kernel (:mod:`.kernels_x86_quant`). The PrimFunc carries
 ``rq.kernel = "prologue_quantize"`` and ``rq.scheduled``, so neither schedule phase touches it.
 
+Measured (demo transformer, batch 32x64, Zen 3, one thread): the three fused layer norms
+(with their residual adds) per layer save ~0.2 ms of ~11; the fused GELU + quantize runs no
+faster than the two kernels apart (both are compute-bound: the GELU on its polynomial, the
+quantizer on its float64 sums), so ``pipelines.PROLOGUE_OPS`` fuses ``gelu`` only on request.
+
 Why: unfused, the float op writes its whole output (the demo's GELU: 2048 x 512 float32, 4
 MB per layer, past L2) and the quantizer reads it back three times. Here the quantize
 micro-kernel reads each row block through a :class:`~.kernels_x86_quant.RowSource` that

@@ -30,6 +30,7 @@ from rqcompile.targets.tvm.prologue_match import find_prologues  # noqa: E402
 pytestmark = pytest.mark.tvm
 
 Make = Callable[[Builder, torch.Generator], tuple[list[torch.Tensor], list[Value]]]
+_ALL = ("gelu", "layer_norm")  # every fusable op (PROLOGUE_OPS leaves gelu out by default)
 _Q1 = {"bits": 1, "symmetric": False, "block": 128, "estimator": "ridge", "pack": "bits32",
        "ridge_lambda": 0.01}
 
@@ -163,7 +164,7 @@ def test_chains(case: str) -> None:
         (c,) = chains
         assert c.prologue == prologue and len(c.inputs) == n_inputs
         assert m.main.ops[c.anchor].name == "rq.quantize"
-    opts = {"quantize": {"isa": "avx2"}, "prologue_quantize": {"ops": P.PROLOGUE_OPS}}
+    opts = {"quantize": {"isa": "avx2"}, "prologue_quantize": {"ops": _ALL}}
     fused = emit.emit_module(m, options=opts)
     names = [gv.name_hint for gv in fused.functions if gv.name_hint.startswith("prologue")]
     assert len(names) == want
@@ -210,10 +211,11 @@ def built() -> dict[str, Any]:
         outputs += outs
     b.ret(*outputs)
     m = b.module()
-    fused = rq.build(m, "llvm")(*inputs)
     saved = P.PROLOGUE_OPS
-    P.PROLOGUE_OPS = ()
     try:
+        P.PROLOGUE_OPS = _ALL
+        fused = rq.build(m, "llvm")(*inputs)
+        P.PROLOGUE_OPS = ()
         unfused = rq.build(m, "llvm")(*inputs)
     finally:
         P.PROLOGUE_OPS = saved
