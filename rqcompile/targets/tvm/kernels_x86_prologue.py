@@ -232,8 +232,9 @@ def te_prologue_quantize(
         NumericsError: an op or quantizer this kernel does not take, or wrong parameters.
     """
     *_, k = xdims = tuple(int(d) for d in x.shape)
-    if not prologue_quantize_supported(prologue=prologue, bits=bits, symmetric=False,
-                                       block=block, k=k, estimator=estimator, pack=pack):  # fmt: skip
+    ok = prologue_quantize_supported(prologue=prologue, bits=bits, symmetric=False,
+                                     block=block, k=k, estimator=estimator, pack=pack)
+    if not ok:
         raise NumericsError(
             f"{name}: no fused {prologue!r} quantize for bits={bits}, pack={pack!r}, K={k}, "
             f"block={block}, estimator={estimator!r}; ops {PROLOGUES}, quantizers as "

@@ -45,7 +45,8 @@ scale/offset agree with the float32 reference to ~1e-7 (tests use 1e-6). The gri
 offset ``b`` needs the exact sum (codes depend on it), so pass 1 stays in float64.
 
 **Measured** (one thread, Zen 3, M=2048 and 64, K=128..4096, block 128; TE stages in
-brackets): 1-bit ridge 0.5 ns/element (1.1-1.5; 0.42-0.45 with pass 2's float32 lanes), 2-8 bit ridge 0.65-0.75 (1.1-1.3), STE
+brackets): 1-bit ridge 0.5 ns/element (1.1-1.5; 0.38-0.45 with pass 2's float32 lanes
+and pass 3's plain compare), 2-8 bit ridge 0.65-0.75 (1.1-1.3), STE
 0.3-0.35 (0.6-0.7). The float64 sums bound them: ``vcvtps2pd`` ymm issues every 2 cycles on
 Zen 3 (0.17 ns/element for convert + add alone).
 """
@@ -259,8 +260,9 @@ def _sign_words(rs: list[_SignRow], out: list[Any], col: Callable[..., Any], b: 
                                  tirx.const(_GE_OQ, "int8"))  # fmt: skip
                     le = _intrin("float32x8", _CMP_PS, _bc(w.g32[4]), tirx.abs(d),
                                  tirx.const(_GE_OQ, "int8"))  # fmt: skip
-                    ok = tirx.reinterpret("float32x8", tirx.bitwise_and(
-                        tirx.reinterpret("int32x8", ge), tirx.reinterpret("int32x8", le)))  # fmt: skip
+                    both = tirx.bitwise_and(tirx.reinterpret("int32x8", ge),
+                                            tirx.reinterpret("int32x8", le))  # fmt: skip
+                    ok = tirx.reinterpret("float32x8", both)
                 bits = _intrin("int32", _MOVMSK_PS, ok)
                 word = word | (bits << tirx.const(8 * j, "int32"))
             T.buffer_store(w.ints, word, [1])
@@ -270,7 +272,8 @@ def _sign_words(rs: list[_SignRow], out: list[Any], col: Callable[..., Any], b: 
 
 
 def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bool,
-               lam: float, per_iter: int = 2, source: SourceFactory = RowSource) -> Any:  # fmt: skip
+               lam: float, per_iter: int = 2,
+               source: SourceFactory = RowSource) -> Any:  # fmt: skip
     """TIR: binary affine codes (packed words), scale and offset, ``per_iter`` rows per
     parallel iteration, their passes interleaved so that the per-block scalar chains (block
     sums → ``b`` → ``s`` → bounds; ~15% of the time at block 128) of two rows overlap. An odd

@@ -119,8 +119,9 @@ def _numel(v: Value) -> int:
 
 
 def _bias_add(g: _Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, Value] | None:
-    """``(y, bias)`` if ``v`` is ``add(y, bias [K])`` (through single-use reshapes) with
-    ``y`` as many elements as ``v`` and rows of ``K``; the ops go into ``ops``."""
+    """``(y, bias)`` if ``v`` (single use) is ``add(y, bias [K])`` through single-use
+    reshapes, ``y`` with as many elements as ``v`` and rows of ``K``; the ops go into
+    ``ops``. The fused kernels read ``y`` as ``[rows, K]``."""
     seen: set[int] = set()
     _, ai = _skip_reshapes(g, v, k, seen)
     if ai is None or g.f.ops[ai].name != "rq.add":
@@ -128,10 +129,10 @@ def _bias_add(g: _Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, Value] 
     add = g.f.ops[ai]
     for y, bias in (add.operands, add.operands[::-1]):
         dims = _dims(y)
-        if _is_vec(bias, k) and dims and dims[-1] == k and _numel(y) == _numel(v):
-            if y.type.dtype == "f32":
-                ops |= seen | {ai}
-                return y, bias
+        full = y.type.dtype == "f32" and dims and dims[-1] == k and _numel(y) == _numel(v)
+        if full and _is_vec(bias, k):
+            ops |= seen | {ai}
+            return y, bias
     return None
 
 
@@ -152,7 +153,7 @@ def _residual(g: _Uses, h: Value, k: int, qi: int, ln: int,
         if _dims(x) != hd or x.type.dtype != "f32":
             continue
         found: set[int] = set()
-        biased = _bias_add(g, other, k, found) if g.single_producer(other) is not None else None
+        biased = _bias_add(g, other, k, found)
         if biased is not None:
             residual: tuple[Value, ...] = biased
         elif other.type.dtype == "f32" and _numel(other) == _numel(h) and _dims(other):
@@ -201,18 +202,8 @@ def _chain(g: _Uses, qi: int) -> PrologueChain | None:
     src = op.operands[0]
     if _dims(src) is None or src.type.dtype != "f32":
         return None
-    inputs: tuple[Value, ...] = (src,)
-    before: set[int] = set()
-    y, ai = _skip_reshapes(g, src, k, before)
-    add = g.f.ops[ai] if ai is not None else None
-    if add is not None and add.name == "rq.add":
-        lhs, rhs = add.operands
-        for full, bias in ((lhs, rhs), (rhs, lhs)):
-            if _is_vec(bias, k) and _dims(full) is not None and _dims(full)[-1] == k:  # type: ignore[index]
-                if _dims(full) == _dims(add.result):
-                    ops |= before | {ai}  # type: ignore[arg-type]
-                    inputs = (full, bias)
-                    break
+    biased = _bias_add(g, src, k, ops)
+    inputs: tuple[Value, ...] = biased if biased is not None else (src,)
     return PrologueChain(frozenset(ops), qi, "gelu", inputs, 0.0, q)
 
 

@@ -1,7 +1,8 @@
 """Fused quantize prologues: the matcher (prologue_match.py) and the built model.
 
 The matcher takes ``[bias add →] gelu → quantize`` and ``[residual add →] layer_norm →
-quantize`` through last-dim-preserving reshapes and nothing else (a second use, tanh GELU, a symmetric
+quantize`` through last-dim-preserving reshapes and nothing else (a second use, tanh GELU,
+a symmetric
 quantizer, a reshape that changes the row length, a full-shape add stay unfused). Built
 for llvm: the GELU chains give exactly the unfused build's outputs (same floats), and every
 chain agrees with the reference target (torch) within the float tolerance: scale/offset
@@ -123,13 +124,15 @@ def _relu(b: Builder, gen: torch.Generator) -> tuple[list[torch.Tensor], list[Va
     return ins, _quantize(b, b.op("rq.relu", y))
 
 
+_Q4_STE = {"bits": 4, "pack": "none", "estimator": "ste", "block": 64}
+_Q4_SYM = {"bits": 4, "symmetric": True, "pack": "none"}
+
 #: name -> (model, chains expected, prologue, number of kernel inputs)
 CASES: dict[str, tuple[Make, int, str | None, int]] = {
     "mlp": (_mlp(), 1, "gelu", 2),
     "mlp-no-bias": (_mlp(bias=False, tag="nb"), 1, "gelu", 1),
     "mlp-8bit": (_mlp(tag="q8", q={"bits": 8, "pack": "none", "block": 32}), 1, "gelu", 2),
-    "mlp-ste-4bit": (_mlp(tag="q4", q={"bits": 4, "pack": "none", "estimator": "ste",
-                                      "block": 64}), 1, "gelu", 2),  # fmt: skip
+    "mlp-ste-4bit": (_mlp(tag="q4", q=_Q4_STE), 1, "gelu", 2),
     "ln": (_ln(), 1, "layer_norm", 3),
     "ln-block32": (_ln(tag="ln32", q={"block": 32, "estimator": "ste"}), 1, "layer_norm", 3),
     "residual-gelu": (_residual_gelu, 1, "gelu", 1),
@@ -139,8 +142,7 @@ CASES: dict[str, tuple[Make, int, str | None, int]] = {
     # not fused
     "mlp-gelu-reused": (_mlp(tag="ru", extra_use=True), 0, None, 0),
     "mlp-tanh": (_mlp(tag="th", approximate="tanh"), 0, None, 0),
-    "mlp-symmetric": (_mlp(tag="sy", q={"bits": 4, "symmetric": True, "pack": "none"}), 0,
-                      None, 0),  # fmt: skip
+    "mlp-symmetric": (_mlp(tag="sy", q=_Q4_SYM), 0, None, 0),
     "ln-reused": (_ln(tag="lr", extra_use=True), 0, None, 0),
     "regrouped": (_regrouped, 0, None, 0),
     "relu": (_relu, 0, None, 0),
@@ -189,9 +191,10 @@ def test_block_chain_writes_h() -> None:
 
 def test_no_fusion_without_the_option_or_avx2_quantize() -> None:
     m, _ = _module(_mlp())
-    for opts in ({"quantize": {"isa": "avx2"}},
-                 {"quantize": {"isa": "generic"}, "prologue_quantize": {"ops": ("gelu",)}},
-                 {"quantize": {"isa": "avx2"}, "prologue_quantize": {"ops": ("layer_norm",)}}):  # fmt: skip
+    avx2, generic = {"isa": "avx2"}, {"isa": "generic"}
+    for opts in ({"quantize": avx2},
+                 {"quantize": generic, "prologue_quantize": {"ops": ("gelu",)}},
+                 {"quantize": avx2, "prologue_quantize": {"ops": ("layer_norm",)}}):  # fmt: skip
         fused = emit.emit_module(m, options=opts)
         assert not [gv for gv in fused.functions if gv.name_hint.startswith("prologue")]
 
