@@ -15,6 +15,10 @@ Where it sits: ``build``, phase ``emit`` of ``targets/tvm/pipelines.py``. In: a 
   ``softmax(q·kᵀ·scale [mask]) · v`` (explicit or ``rq.sdpa``) with the q/k/v split, bias
   and head transposes around it, and :mod:`.kernels_attention` emits one kernel for the
   group; the group's other ops are not emitted.
+* **The float op before an activation quantize is fused** where the quantize is the AVX2
+  micro-kernel: :mod:`.prologue_match` finds ``[bias add →] gelu → quantize`` and
+  ``layer_norm → quantize`` and :mod:`.kernels_x86_prologue` emits one kernel per chain
+  (``options["prologue_quantize"]``; the op's output never reaches memory).
 * **Weights are parameters, not constants.** Every ``rq.const`` becomes a parameter of
   ``main`` named after the constant; the runtime binds ``ir.constants`` to them, so the
   shared library holds code only and an artifact stores each weight once (safetensors).
@@ -44,6 +48,8 @@ from rqcompile.targets.tvm import kernels as K
 from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
 from rqcompile.targets.tvm.attention_match import AttentionGroup, find_attention
 from rqcompile.targets.tvm.kernels_attention import attention_supported, te_attention
+from rqcompile.targets.tvm.kernels_x86_prologue import te_prologue_quantize
+from rqcompile.targets.tvm.prologue_match import PrologueChain, find_prologues
 
 __all__ = [
     "EMITTERS",
@@ -598,6 +604,61 @@ def _emit_attention(cx: Emission, g: AttentionGroup, env: Mapping[int, Expr]) ->
                       opaque=True, attrs=_ATTENTION_ATTRS)  # fmt: skip
 
 
+# -- fused quantize prologues ---------------------------------------------------------------
+
+#: PrimFunc attributes of a fused prologue quantize: already scheduled (its own parallel
+#: row loop), so neither schedule phase touches it.
+_PROLOGUE_ATTRS = {"rq.kernel": "prologue_quantize", "rq.scheduled": True}
+
+
+def _prologue_chains(
+    f: Func, options: Mapping[str, Mapping[str, Any]], taken: set[int]
+) -> list[PrologueChain]:
+    """The chains to fuse: none unless the target asked (``options["prologue_quantize"]``
+    with the ``ops`` to fuse) and its quantize is the AVX2 micro-kernel; none that share an
+    op with ``taken`` (the fused attention groups)."""
+    opts = options.get("prologue_quantize")
+    if not opts or options.get("quantize", {}).get("isa") != "avx2":
+        return []
+    ops = set(opts.get("ops", ()))
+    return [c for c in find_prologues(f) if c.prologue in ops and not c.ops & taken]
+
+
+def _prologue_te(x: Any, residual: list[Any], params: list[Any], **kw: Any) -> Any:
+    return te_prologue_quantize(x, params, residual=residual, **kw)
+
+
+def _emit_prologue(cx: Emission, c: PrologueChain, env: dict[int, Expr]) -> None:
+    """Emit the fused kernel of chain ``c``; bind the quantize's three results (and the
+    residual sum ``c.h``, for its other users)."""
+    x = c.inputs[0]
+    k = _dims(x.type)[-1]
+    rows = math.prod(_dims(x.type)) // k
+
+    def as_rows(v: Any) -> Expr:  # full-size inputs as [rows, K]: a view, no copy
+        e = env[v.id]
+        return e if _dims(v.type) == [rows, k] else cx.emit(relax.op.reshape(e, [rows, k]))
+
+    full = [x, *c.inputs[1 : 1 + c.residual]]
+    residual = [as_rows(v) if _dims(v.type) != [k] else env[v.id] for v in full[1:]]
+    params = [env[p.id] for p in c.inputs[1 + c.residual :]]
+    a = c.quantize.attrs_dict
+    fn = functools.partial(
+        _prologue_te, prologue=c.prologue, bits=a["bits"], block=int(a["block"]),
+        estimator=str(a["estimator"]), ridge_lambda=float(a["ridge_lambda"]),
+        pack=str(a["pack"]), eps=c.eps, h_out=c.h is not None,
+    )  # fmt: skip
+    out = cx.emit_te(fn, [as_rows(x), residual, params], key=("prologue_quantize", c.key),
+                     name="prologue_quantize", opaque=True, attrs=_PROLOGUE_ATTRS)  # fmt: skip
+    results = [*c.quantize.results, *([c.h] if c.h is not None else [])]
+    for i, r in enumerate(results):
+        part = cx.emit(relax.TupleGetItem(out, i))
+        built = [rows, k] if i == 3 else [rows, *_dims(r.type)[-1:]]  # the kernel's shape
+        if _dims(r.type) != built:
+            part = cx.emit(relax.op.reshape(part, _dims(r.type)))
+        env[r.id] = part
+
+
 # -- module ---------------------------------------------------------------------------------
 
 
@@ -648,7 +709,9 @@ def emit_module(
     parameter per name of :func:`const_params`. Returns a single tensor or a tuple, as the IR
     function does. ``options`` maps a kernel name (``"int_matmul"``) to extra keywords for its
     TE builder: the target's instruction set, from ``schedules.kernel_options``; with
-    ``options["attention"] = {"lanes": n}`` attention is fused (:mod:`.attention_match`).
+    ``options["attention"] = {"lanes": n}`` attention is fused (:mod:`.attention_match`),
+    with ``options["prologue_quantize"] = {"ops": ("gelu", "layer_norm")}`` the float op
+    before an AVX2 quantize (:mod:`.prologue_match`).
 
     Raises:
         UnsupportedOpError: ops with no emitter (all listed at once).
@@ -667,6 +730,9 @@ def emit_module(
     groups = _attention_groups(ir, f, cx.options.get("attention"))
     fused = {i for g in groups for i in g.ops}
     anchors = {g.anchor: g for g in groups}
+    chains = _prologue_chains(f, cx.options, fused)
+    fused |= {i for c in chains for i in c.ops}
+    chain_at = {c.anchor: c for c in chains}
     # num_input: the rest are weights, whose weight-only work LiftTransformParams may hoist
     with cx.bb.function("main", [*inputs, *weights.values()], attrs={"num_input": len(inputs)}):
         with cx.bb.dataflow():
@@ -676,6 +742,9 @@ def emit_module(
                     continue
                 if i in anchors:
                     env[anchors[i].result.id] = _emit_attention(cx, anchors[i], env)
+                    continue
+                if i in chain_at:
+                    _emit_prologue(cx, chain_at[i], env)
                     continue
                 if i in fused:
                     continue

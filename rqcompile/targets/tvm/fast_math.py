@@ -28,7 +28,7 @@ from typing import Any
 
 from rqcompile.targets.tvm.adapter import relax, tirx, topi, tvm
 
-__all__ = ["FastFloatMath", "exp_poly", "te_fast_gelu"]
+__all__ = ["FastFloatMath", "erf_poly", "exp_poly", "gelu_poly", "te_fast_gelu"]
 
 #: TOPI ``fast_exp``'s constants (``topi/elemwise.h``): input clamp, log2(e), ln 2 and the
 #: degree-5 polynomial for ``exp`` on ``[-ln2/2, ln2/2]``, highest power first.
@@ -42,6 +42,64 @@ _EXP_POLY = (
     0.1666666567325592,
     0.5,
 )
+
+
+#: TOPI ``fast_erf``'s rational approximation (``topi/elemwise.h``, from Eigen): ``x`` clamped
+#: to ``±4``, ``erf = x·P(x²) / Q(x²)``; coefficients highest power first.
+_ERF_CLAMP = 4.0
+_ERF_P = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_Q = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
+
+
+def _consts(x: Any) -> tuple[str, int, Any]:
+    """``(dtype, lanes, c)`` of a float32 scalar or vector ``x``; ``c(v)`` a constant like it."""
+    fty = str(x.ty) if hasattr(x, "ty") else str(x.dtype)
+    lanes = tvm.DataType(fty).lanes
+
+    def c(v: float) -> Any:
+        k = tirx.const(v, "float32")
+        return tirx.Broadcast(k, lanes) if lanes > 1 else k
+
+    return fty, lanes, c
+
+
+def erf_poly(x: Any) -> Any:
+    """``erf(x)`` for a float32 scalar or vector ``PrimExpr``: TOPI ``fast_erf``'s
+    operations in its order, so a kernel that inlines it computes the floats the relax
+    ``gelu`` (:func:`te_fast_gelu`) does."""
+    fty, _, c = _consts(x)
+    xv, x2 = tirx.Var("erf_x", fty), tirx.Var("erf_x2", fty)
+    p = c(_ERF_P[0])
+    for coef in _ERF_P[1:]:
+        p = x2 * p + c(coef)
+    q = c(_ERF_Q[0])
+    for coef in _ERF_Q[1:]:
+        q = x2 * q + c(coef)
+    y = tirx.Let(x2, xv * xv, xv * p / q)
+    return tirx.Let(xv, tirx.max(tirx.min(x, c(_ERF_CLAMP)), c(-_ERF_CLAMP)), y)
+
+
+def gelu_poly(x: Any) -> Any:
+    """``x·(erf(x/√2)·0.5 + 0.5)`` with :func:`erf_poly`: :func:`te_fast_gelu` as a
+    ``PrimExpr`` (same operations, same order)."""
+    fty, _, c = _consts(x)
+    xv = tirx.Var("gelu_x", fty)
+    y = xv * (erf_poly(xv * c(0.5**0.5)) * c(0.5) + c(0.5))
+    return tirx.Let(xv, x, y)
 
 
 def te_fast_gelu(x: Any) -> Any:

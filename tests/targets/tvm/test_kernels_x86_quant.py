@@ -127,6 +127,19 @@ def test_underflowing_quotient_gives_code_plus_one() -> None:
     _assert_matches(x, 128, "ste")
 
 
+@pytest.mark.parametrize("estimator", ["ridge", "ste"])
+def test_plain_and_bounded_sign_paths(estimator: str) -> None:
+    """Pass 3 compares ``x >= b`` when the block's ``s < 2`` and uses the exact bounds
+    otherwise; rows of both kinds, also paired in one parallel iteration, and values just
+    below ``b`` whose quotient underflows (code +1 on the bounded path only)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(9, 256, generator=g)
+    x[1::2] *= 300.0  # s >= 2: the bounded path (and odd/even rows share iterations)
+    x[3, :3] = torch.tensor([-1e4, 1e4, -1e-45])  # bounded path, quotient underflows to -0
+    x[3, 3:64] = 0.0
+    _assert_matches(x, 64, estimator)
+
+
 def test_lambda_zero_constant_codes_give_scale_zero() -> None:
     x = torch.full((2, 128), 0.75)  # every code +1: V = 0, λ = 0, the safe division
     x[1] = torch.linspace(-1, 1, 128)

@@ -1,0 +1,224 @@
+"""Find the float op feeding an activation quantize: the chains one fused kernel replaces.
+
+Where it sits: ``emit.emit_module`` asks :func:`find_prologues` for the chains of a function
+before emitting it (targets whose quantize is the AVX2 micro-kernel, and only with
+``options["prologue_quantize"]``), skips each chain's ops and emits
+:func:`kernels_x86_prologue.te_prologue_quantize` in place of its ``rq.quantize``.
+
+A chain ends in an affine ``rq.quantize`` the micro-kernel takes and is, reading backwards
+through ``rq.reshape`` ops that keep the last dim (the ``[B, T, C] → [B·T, C]`` of a
+linear's input)::
+
+    quantize(gelu(add(y, bias)))        the MLP: fc → bias → GELU → proj's quantize
+    quantize(gelu(y))                   (no bias, or a bias already in y)
+    quantize(layer_norm(x, γ, β))       pre-norm blocks: ln → q/k/v or fc quantize
+    quantize(layer_norm(r + (y + b)))   ... with the residual add before it (``y + b`` a
+    quantize(layer_norm(r + z))         linear's output and bias), when ``h = r + ...``'s
+                                        other uses all come after the quantize: the
+                                        kernel writes ``h`` for them
+
+``gelu`` is the exact (erf) one; ``bias`` and ``γ``/``β`` are ``f32 [K]`` values, ``K`` the
+quantizer's row length (layer norm over the last dim only). Every intermediate has exactly
+one use, the next op of the chain; otherwise the chain is left unfused, as is any chain the
+pattern does not match (the ops are then emitted one by one, as before).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rqcompile.ir.core import Func, Op, Value
+from rqcompile.targets.tvm.kernels_x86_prologue import prologue_quantize_supported
+
+__all__ = ["PrologueChain", "find_prologues"]
+
+
+@dataclass(frozen=True)
+class PrologueChain:
+    """One fused ``quantize(op(x))``: the ops it replaces and what the kernel computes.
+
+    ``inputs`` are ``x``, the ``residual`` inputs (``layer_norm`` of ``x + r``: ``r``, or
+    ``y, bias`` for ``x + (y + bias)``), then the op's parameters (``gelu``: the bias, if
+    absorbed; ``layer_norm``: ``γ``, ``β``). ``h``: the residual sum, when ops outside the
+    chain use it (the kernel then writes it). ``anchor`` is the quantize's index,
+    ``quantize`` the op.
+    """
+
+    ops: frozenset[int]
+    anchor: int
+    prologue: str
+    inputs: tuple[Value, ...]
+    eps: float
+    quantize: Op
+    residual: int = 0
+    h: Value | None = None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Everything the kernel depends on (with the input types)."""
+        types = tuple(v.type for v in self.inputs)
+        q = self.quantize
+        attrs = tuple(sorted((k, str(v)) for k, v in q.attrs))
+        return (self.prologue, types, self.eps.hex(), q.operands[0].type, attrs,
+                self.residual, self.h is not None)  # fmt: skip
+
+
+class _Uses:
+    """Producers and use counts of a function's values (outputs count as a use)."""
+
+    def __init__(self, f: Func) -> None:
+        self.f = f
+        self.producer: dict[int, int] = {}
+        self.uses: dict[int, list[int]] = {}  # op indices; -1 for a function output
+        for i, op in enumerate(f.ops):
+            for r in op.results:
+                self.producer[r.id] = i
+            for v in op.operands:
+                self.uses.setdefault(v.id, []).append(i)
+        for v in f.outputs:
+            self.uses.setdefault(v.id, []).append(-1)
+
+    def single_producer(self, v: Value) -> int | None:
+        """The op producing ``v`` if ``v`` has exactly one use; else ``None``."""
+        if len(self.uses.get(v.id, [])) != 1:
+            return None
+        return self.producer.get(v.id)
+
+
+def _dims(v: Value) -> tuple[int, ...] | None:
+    shape = v.type.shape
+    return None if None in shape else tuple(int(d) for d in shape)  # type: ignore[arg-type]
+
+
+def _is_vec(v: Value, k: int) -> bool:
+    return v.type.dtype == "f32" and _dims(v) == (k,)
+
+
+def _skip_reshapes(g: _Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, int | None]:
+    """Walk back from ``v`` through single-use reshapes that keep the last dim ``k``; return
+    the first value not made by one, and the index of the op that made it (single use)."""
+    while True:
+        pi = g.single_producer(v)
+        if pi is None:
+            return v, None
+        op = g.f.ops[pi]
+        src = op.operands[0] if op.operands else None
+        dims = None if src is None else _dims(src)
+        if op.name != "rq.reshape" or not dims or dims[-1] != k:
+            return v, pi
+        ops.add(pi)
+        v = src
+
+
+def _numel(v: Value) -> int:
+    n = 1
+    for d in _dims(v) or ():
+        n *= d
+    return n
+
+
+def _bias_add(g: _Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, Value] | None:
+    """``(y, bias)`` if ``v`` (single use) is ``add(y, bias [K])`` through single-use
+    reshapes, ``y`` with as many elements as ``v`` and rows of ``K``; the ops go into
+    ``ops``. The fused kernels read ``y`` as ``[rows, K]``."""
+    seen: set[int] = set()
+    _, ai = _skip_reshapes(g, v, k, seen)
+    if ai is None or g.f.ops[ai].name != "rq.add":
+        return None
+    add = g.f.ops[ai]
+    for y, bias in (add.operands, add.operands[::-1]):
+        dims = _dims(y)
+        full = y.type.dtype == "f32" and dims and dims[-1] == k and _numel(y) == _numel(v)
+        if full and _is_vec(bias, k):
+            ops |= seen | {ai}
+            return y, bias
+    return None
+
+
+def _residual(g: _Uses, h: Value, k: int, qi: int, ln: int,
+              ops: set[int]) -> tuple[Value, tuple[Value, ...], Value | None] | None:  # fmt: skip
+    """``(x, residual, h or None)`` when the layer norm's input ``h`` is ``x + r`` or
+    ``x + (y + bias)`` (module docstring) and ``h``'s other uses come after the quantize
+    ``qi``; the ops go into ``ops``."""
+    ai = g.producer.get(h.id)
+    if ai is None or g.f.ops[ai].name != "rq.add" or h.type.dtype != "f32":
+        return None
+    others = [u for u in g.uses.get(h.id, []) if u != ln]
+    if any(0 <= u < qi for u in others):
+        return None
+    hd = _dims(h)
+    lhs, rhs = g.f.ops[ai].operands
+    for x, other in ((lhs, rhs), (rhs, lhs)):
+        if _dims(x) != hd or x.type.dtype != "f32":
+            continue
+        found: set[int] = set()
+        biased = _bias_add(g, other, k, found)
+        if biased is not None:
+            residual: tuple[Value, ...] = biased
+        elif other.type.dtype == "f32" and _numel(other) == _numel(h) and _dims(other):
+            if _dims(other)[-1] != k:  # type: ignore[index]
+                continue
+            residual = (other,)
+        else:
+            continue
+        ops |= found | {ai}
+        return x, residual, (h if others else None)
+    return None
+
+
+def _chain(g: _Uses, qi: int) -> PrologueChain | None:
+    q = g.f.ops[qi]
+    x = q.operands[0]
+    dims = _dims(x)
+    if not dims or len(dims) < 2 or x.type.dtype != "f32":
+        return None
+    k = dims[-1]
+    a = q.attrs_dict
+    if not prologue_quantize_supported(
+        prologue="gelu", bits=a["bits"], symmetric=bool(a["symmetric"]), block=int(a["block"]),
+        k=k, estimator=str(a["estimator"]), pack=str(a["pack"]),
+    ):  # fmt: skip
+        return None
+    ops: set[int] = {qi}
+    _, pi = _skip_reshapes(g, x, k, ops)
+    if pi is None:
+        return None
+    op = g.f.ops[pi]
+    ops.add(pi)
+    if op.name == "rq.layer_norm":
+        src, gamma, beta = op.operands
+        if _dims(src) is None or not (_is_vec(gamma, k) and _is_vec(beta, k)):
+            return None
+        eps = float(op.attr("eps"))  # type: ignore[arg-type]
+        res = _residual(g, src, k, qi, pi, ops)
+        if res is None:
+            return PrologueChain(frozenset(ops), qi, "layer_norm", (src, gamma, beta), eps, q)
+        x, residual, h = res
+        return PrologueChain(frozenset(ops), qi, "layer_norm", (x, *residual, gamma, beta), eps,
+                             q, residual=len(residual), h=h)  # fmt: skip
+    if op.name != "rq.gelu" or str(op.attr("approximate")) != "none":
+        return None
+    src = op.operands[0]
+    if _dims(src) is None or src.type.dtype != "f32":
+        return None
+    biased = _bias_add(g, src, k, ops)
+    inputs: tuple[Value, ...] = biased if biased is not None else (src,)
+    return PrologueChain(frozenset(ops), qi, "gelu", inputs, 0.0, q)
+
+
+def find_prologues(func: Func) -> list[PrologueChain]:
+    """Every fusable chain of ``func`` (module docstring), in op order; chains never share
+    an op."""
+    g = _Uses(func)
+    out: list[PrologueChain] = []
+    taken: set[int] = set()
+    for i, op in enumerate(func.ops):
+        if op.name != "rq.quantize":
+            continue
+        chain = _chain(g, i)
+        if chain is None or taken & chain.ops:
+            continue
+        taken |= chain.ops
+        out.append(chain)
+    return out
