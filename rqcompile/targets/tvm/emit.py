@@ -736,6 +736,7 @@ def emit_module(
     # num_input: the rest are weights, whose weight-only work LiftTransformParams may hoist
     with cx.bb.function("main", [*inputs, *weights.values()], attrs={"num_input": len(inputs)}):
         with cx.bb.dataflow():
+            cx.producers.update((r.id, op) for op in f.ops for r in op.results)
             for i, op in enumerate(f.ops):
                 if op.name == "rq.const":
                     env[op.result.id] = weights[str(op.attr("name"))]
@@ -748,7 +749,6 @@ def emit_module(
                     continue
                 if i in fused:
                     continue
-                cx.producers.update((r.id, op) for r in op.results)
                 out = EMITTERS[op.name](cx, op, tuple(env[v.id] for v in op.operands))
                 if len(op.results) == 1:
                     env[op.result.id] = out
