@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["builder", "core", "ops", "parser", "printer", "types", "verify", "__init__"]
+MODULES = ["builder", "core", "ops", "parser", "printer", "types", "uses", "verify", "__init__"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -36,6 +36,7 @@ import torch
 
 from rqcompile.ir.core import Func, Op, Value
 from rqcompile.ir.types import TensorType
+from rqcompile.ir.uses import Uses
 
 __all__ = ["AttentionGroup", "find_attention", "view_shape"]
 
@@ -89,30 +90,6 @@ def view_shape(v: View) -> tuple[int, ...]:
     return (*inner[:axis], size, *inner[axis + 1 :])
 
 
-class _Graph:
-    """Producers and uses of a function's values (uses by op index; outputs count as a use)."""
-
-    def __init__(self, f: Func) -> None:
-        self.f = f
-        self.producer: dict[int, int] = {}
-        self.uses: dict[int, list[int]] = {}
-        for i, op in enumerate(f.ops):
-            for r in op.results:
-                self.producer[r.id] = i
-            for v in op.operands:
-                self.uses.setdefault(v.id, []).append(i)
-        for v in f.outputs:
-            self.uses.setdefault(v.id, []).append(-1)
-
-    def op_of(self, v: Value) -> Op | None:
-        i = self.producer.get(v.id)
-        return None if i is None else self.f.ops[i]
-
-    def only_use(self, v: Value) -> int | None:
-        uses = self.uses.get(v.id, [])
-        return uses[0] if len(uses) == 1 and uses[0] >= 0 else None
-
-
 def _causal_offset(mask: torch.Tensor, t: int, s: int) -> int | None:
     """``offset`` if ``mask`` (True = masked) is exactly ``j > i + offset`` with ``offset >= 0``."""
     if mask.dtype != torch.bool or mask.numel() != t * s or mask.shape[-2:] != (t, s):
@@ -139,7 +116,7 @@ class _Core:
 
 
 def _explicit_core(
-    g: _Graph, idx: int, constants: Mapping[str, torch.Tensor]
+    g: Uses, idx: int, constants: Mapping[str, torch.Tensor]
 ) -> _Core | None:
     """The explicit form ending in the ``rq.softmax`` at ``idx`` (module docstring)."""
     f = g.f
@@ -188,7 +165,7 @@ def _explicit_core(
     return _Core(ops, q, kt, True, v, out, scale, offset)
 
 
-def _sdpa_core(g: _Graph, idx: int) -> _Core | None:
+def _sdpa_core(g: Uses, idx: int) -> _Core | None:
     op = g.f.ops[idx]
     q, k, v = op.operands
     if not _shapes_ok(q.type, k.type, v.type, op.result.type, k_transposed=False):
@@ -211,7 +188,7 @@ def _shapes_ok(
     return qd[-1] == e and vd[-2] == s and od[-2:] == (qd[-2], vd[-1])
 
 
-def _absorb_inputs(g: _Graph, group: set[int]) -> None:
+def _absorb_inputs(g: Uses, group: set[int]) -> None:
     """Add to ``group`` the layout/add ops whose results feed only the group (fixpoint)."""
     added = 0
     changed = True
@@ -237,7 +214,7 @@ def _static(op: Op) -> bool:
 class _Views:
     """Builds the view trees of values, numbering the kernel inputs as they are met."""
 
-    def __init__(self, g: _Graph, group: set[int]) -> None:
+    def __init__(self, g: Uses, group: set[int]) -> None:
         self.g, self.group = g, group
         self.inputs: list[Value] = []
 
@@ -263,7 +240,7 @@ class _Views:
         return ("slice", axis, start, step, shape[axis], self.of(x))
 
 
-def _out_steps(g: _Graph, out: Value, group: set[int]) -> tuple[tuple[tuple[Any, ...], ...], Value]:
+def _out_steps(g: Uses, out: Value, group: set[int]) -> tuple[tuple[tuple[Any, ...], ...], Value]:
     steps: list[tuple[Any, ...]] = []
     while True:
         ui = g.only_use(out)
@@ -281,7 +258,7 @@ def _out_steps(g: _Graph, out: Value, group: set[int]) -> tuple[tuple[tuple[Any,
 def find_attention(func: Func, constants: Mapping[str, torch.Tensor]) -> list[AttentionGroup]:
     """Every attention group of ``func`` (module docstring), in op order; groups never share
     an op."""
-    g = _Graph(func)
+    g = Uses(func)
     groups: list[AttentionGroup] = []
     taken: set[int] = set()
     for idx, op in enumerate(func.ops):

@@ -43,6 +43,7 @@ from typing import Any
 from rqcompile.errors import TargetError, UnsupportedOpError
 from rqcompile.ir.core import AttrValue, Func, Module, Op, attr_key
 from rqcompile.ir.types import TensorType
+from rqcompile.ir.uses import Uses
 from rqcompile.quant.primitives import QFormat, code_range
 from rqcompile.targets.tvm import kernels as K
 from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
@@ -170,7 +171,7 @@ class Emission:
         self.bb = bb
         self.options = dict(options or {})  # kernel name -> extra TE keywords (target ISA)
         self._memo: dict[Hashable, tuple[Any, Any]] = {}
-        self.producers: dict[int, Op] = {}  # value id -> the op that defines it
+        self.uses: Uses | None = None  # of the function being emitted
 
     def emit(self, expr: Expr) -> Expr:
         return self.bb.emit(expr)
@@ -266,7 +267,7 @@ def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
 
 def _x_range(cx: Emission, op: Op) -> tuple[int, int] | None:
     """The code range of ``op``'s activation operand where an ``rq.quantize`` defines it."""
-    src = cx.producers.get(op.operands[0].id)
+    src = cx.uses.op_of(op.operands[0]) if cx.uses is not None else None
     if src is None or src.name != "rq.quantize" or str(src.attr("pack")) != "none":
         return None
     bits = float(src.attr("bits"))  # type: ignore[arg-type]
@@ -736,7 +737,7 @@ def emit_module(
     # num_input: the rest are weights, whose weight-only work LiftTransformParams may hoist
     with cx.bb.function("main", [*inputs, *weights.values()], attrs={"num_input": len(inputs)}):
         with cx.bb.dataflow():
-            cx.producers.update((r.id, op) for op in f.ops for r in op.results)
+            cx.uses = Uses(f)
             for i, op in enumerate(f.ops):
                 if op.name == "rq.const":
                     env[op.result.id] = weights[str(op.attr("name"))]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rqcompile.ir.core import Func, Op, Value
+from rqcompile.ir.uses import Uses
 from rqcompile.targets.tvm.kernels_x86_prologue import prologue_quantize_supported
 
 __all__ = ["PrologueChain", "find_prologues"]
@@ -64,28 +65,6 @@ class PrologueChain:
                 self.residual, self.h is not None)  # fmt: skip
 
 
-class _Uses:
-    """Producers and use counts of a function's values (outputs count as a use)."""
-
-    def __init__(self, f: Func) -> None:
-        self.f = f
-        self.producer: dict[int, int] = {}
-        self.uses: dict[int, list[int]] = {}  # op indices; -1 for a function output
-        for i, op in enumerate(f.ops):
-            for r in op.results:
-                self.producer[r.id] = i
-            for v in op.operands:
-                self.uses.setdefault(v.id, []).append(i)
-        for v in f.outputs:
-            self.uses.setdefault(v.id, []).append(-1)
-
-    def single_producer(self, v: Value) -> int | None:
-        """The op producing ``v`` if ``v`` has exactly one use; else ``None``."""
-        if len(self.uses.get(v.id, [])) != 1:
-            return None
-        return self.producer.get(v.id)
-
-
 def _dims(v: Value) -> tuple[int, ...] | None:
     shape = v.type.shape
     return None if None in shape else tuple(int(d) for d in shape)  # type: ignore[arg-type]
@@ -95,7 +74,7 @@ def _is_vec(v: Value, k: int) -> bool:
     return v.type.dtype == "f32" and _dims(v) == (k,)
 
 
-def _skip_reshapes(g: _Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, int | None]:
+def _skip_reshapes(g: Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, int | None]:
     """Walk back from ``v`` through single-use reshapes that keep the last dim ``k``; return
     the first value not made by one, and the index of the op that made it (single use)."""
     while True:
@@ -118,7 +97,7 @@ def _numel(v: Value) -> int:
     return n
 
 
-def _bias_add(g: _Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, Value] | None:
+def _bias_add(g: Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, Value] | None:
     """``(y, bias)`` if ``v`` (single use) is ``add(y, bias [K])`` through single-use
     reshapes, ``y`` with as many elements as ``v`` and rows of ``K``; the ops go into
     ``ops``. The fused kernels read ``y`` as ``[rows, K]``."""
@@ -136,7 +115,7 @@ def _bias_add(g: _Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, Value] 
     return None
 
 
-def _residual(g: _Uses, h: Value, k: int, qi: int, ln: int,
+def _residual(g: Uses, h: Value, k: int, qi: int, ln: int,
               ops: set[int]) -> tuple[Value, tuple[Value, ...], Value | None] | None:  # fmt: skip
     """``(x, residual, h or None)`` when the layer norm's input ``h`` is ``x + r`` or
     ``x + (y + bias)`` (module docstring) and ``h``'s other uses come after the quantize
@@ -167,7 +146,7 @@ def _residual(g: _Uses, h: Value, k: int, qi: int, ln: int,
     return None
 
 
-def _chain(g: _Uses, qi: int) -> PrologueChain | None:
+def _chain(g: Uses, qi: int) -> PrologueChain | None:
     q = g.f.ops[qi]
     x = q.operands[0]
     dims = _dims(x)
@@ -210,7 +189,7 @@ def _chain(g: _Uses, qi: int) -> PrologueChain | None:
 def find_prologues(func: Func) -> list[PrologueChain]:
     """Every fusable chain of ``func`` (module docstring), in op order; chains never share
     an op."""
-    g = _Uses(func)
+    g = Uses(func)
     out: list[PrologueChain] = []
     taken: set[int] = set()
     for i, op in enumerate(func.ops):
