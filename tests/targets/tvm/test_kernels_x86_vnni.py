@@ -11,7 +11,6 @@ so their outputs must be equal to the bit.
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from rqcompile.quant import reference as ref  # noqa: E402
 from rqcompile.quant.bitpack import pack_nibbles  # noqa: E402
 from rqcompile.targets.tvm import kernels as K  # noqa: E402
 from rqcompile.targets.tvm import pipelines  # noqa: E402
-from rqcompile.targets.tvm.adapter import host_llvm_target, te  # noqa: E402
+from rqcompile.targets.tvm.adapter import te  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
 from rqcompile.targets.tvm.kernels_x86_vnni import (  # noqa: E402
     VNNI_EMULATED,
@@ -33,14 +32,14 @@ from rqcompile.targets.tvm.kernels_x86_vnni import (  # noqa: E402
     vnni_panel_matmul,
     vnni_tile,
 )
-from rqcompile.targets.tvm.schedules import kernel_options, schedule_prim_func  # noqa: E402
+from rqcompile.targets.tvm.schedules import kernel_options  # noqa: E402
+from rqcompile.testing.kernels import build_kernel as _build  # noqa: E402
+from rqcompile.testing.kernels import run_kernel as _run  # noqa: E402
 
 pytestmark = [
     pytest.mark.tvm,
     pytest.mark.skipif("avx2" not in host_features(), reason="host has no AVX2"),
 ]
-_TV = {torch.int8: "int8", torch.uint8: "uint8", torch.int32: "int32", torch.float32: "float32"}
-_DT = {v: k for k, v in _TV.items()}
 #: the emulation runs everywhere; the real instruction where this host has it
 ISAS = [
     *VNNI_EMULATED,
@@ -48,29 +47,6 @@ ISAS = [
                                                  reason=f"host has no {isa}"))
       for isa in ("avx512_vnni", "avx_vnni")),
 ]  # fmt: skip
-
-
-@functools.cache
-def _build(builder: str, kind: str, spec: tuple[Any, ...], params: tuple[Any, ...],
-           mcpu: str | None = None) -> Any:  # fmt: skip
-    phs = [te.placeholder(shape, dtype, name=f"a{i}") for i, (shape, dtype) in enumerate(spec)]
-    outs = getattr(K, builder)(*phs, **dict(params))
-    outs = list(outs) if isinstance(outs, tuple) else [outs]
-    func = K.prim_func([*phs, *outs], name="kernel", kernel=kind, block=dict(params)["block"])
-    target = {"kind": "llvm", "mcpu": mcpu} if mcpu else host_llvm_target()
-    lib = tvm.compile(schedule_prim_func(func, target), target=target)
-    return lib, [(tuple(int(d) for d in o.shape), str(o.dtype)) for o in outs]
-
-
-def _spec(args: list[torch.Tensor]) -> tuple[Any, ...]:
-    return tuple((tuple(a.shape), _TV[a.dtype]) for a in args)
-
-
-def _run(builder: str, kind: str, args: list[torch.Tensor], **params: Any) -> list[torch.Tensor]:
-    lib, out_specs = _build(builder, kind, _spec(args), tuple(sorted(params.items())))
-    outs = [torch.empty(shape, dtype=_DT[dt]) for shape, dt in out_specs]
-    lib["kernel"](*[a.contiguous() for a in args], *outs)
-    return outs
 
 
 def _layer(isa: str, xq: torch.Tensor, xs: torch.Tensor, xc: torch.Tensor, wq: torch.Tensor,
