@@ -41,7 +41,13 @@ from typing import Any
 from rqcompile.errors import NumericsError
 from rqcompile.quant.primitives import EPS, QFormat, code_range
 from rqcompile.targets.tvm.adapter import te, tirx
-from rqcompile.targets.tvm.epilogue import block_term, int_type, te_col_parts, te_row_parts
+from rqcompile.targets.tvm.epilogue import (
+    block_term,
+    int_type,
+    te_col_parts,
+    te_row_parts,
+    transposed,
+)
 from rqcompile.targets.tvm.kernels_x86 import avx2_int_matmul_core, avx2_supported
 from rqcompile.targets.tvm.kernels_x86_panel import (
     avx2_panel_matmul,
@@ -603,13 +609,13 @@ def te_pack_int_matmul_weights(
     VNNI isas (any ``x_range``) ``wp`` is the panel array of
     :func:`.kernels_x86_vnni.te_pack_vnni_panels`; the column parts are the same."""
     col = _packed_col_parts(ws, wc, wsum, block=block, name=name)
-    quads = narrow_x_offset(x_range, block=block, w_bits=w_bits) is not None
-    wp, *col_t = te_pack_panels(wq, col, w_bits=w_bits, w_signed=w_signed, name=name,
-                                attrs=_pack_attrs(block), quads=quads)  # fmt: skip
     if isa in VNNI_ISAS:
         wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
                                  attrs=_pack_attrs(block))  # fmt: skip
-    return (wp, *col_t)
+        return (wp, *transposed(col, name, _pack_attrs(block)))
+    quads = narrow_x_offset(x_range, block=block, w_bits=w_bits) is not None
+    return te_pack_panels(wq, col, w_bits=w_bits, w_signed=w_signed, name=name,
+                          attrs=_pack_attrs(block), quads=quads)  # fmt: skip
 
 
 def te_int_matmul_packed(

@@ -41,6 +41,7 @@ __all__ = [
     "sparse24_tile",
     "te_pack_panels",
     "te_pack_sparse24_panels",
+    "te_quad_panels",
 ]
 
 #: Output columns per panel (int32 lanes of a ymm register).
@@ -90,6 +91,37 @@ def _nibble(byte: Any, high: bool, signed: bool) -> Any:
     return (v >> 4) if high else (v & 15)
 
 
+def te_quad_panels(wq: Any, *, w_bits: int, w_signed: bool, nv: int, name: str,
+                   attrs: dict[str, Any], biased_nibbles: bool = False) -> Any:  # fmt: skip
+    """Weights as K-quad panels, ``[N/8nv, K/4, nv, 32]``: byte ``4c + t`` of ``[g, q, v]``
+    is ``w[8(g·nv + v) + c, 4q + t]``, so one 32-byte load is a K-quad of 8 columns.
+
+    ``wq`` is ``int8 [N, K]`` or nibble bytes ``uint8 [N, K/2]``; nibbles become ``int8``
+    values, or with ``biased_nibbles`` ``uint8`` biased to 0..15 (+8 when signed), the
+    unsigned operand of ``vpmaddubsw``. Shared by the nibble and narrow-``x`` panels here
+    and the VNNI panels (``kernels_x86_vnni``), which differ only in ``nv`` and the bias.
+    """
+    n = int(wq.shape[0])
+    if w_bits <= 4:
+        k = 2 * int(wq.shape[1])
+        bias, dtype = (8 if w_signed else 0, "uint8") if biased_nibbles else (0, "int8")
+
+        def value(j: Any, kk: Any) -> Any:
+            byte = wq[j, kk // 2]
+            v = tirx.Select(kk % 2 == 1, _nibble(byte, True, w_signed),
+                            _nibble(byte, False, w_signed))  # fmt: skip
+            return (v + bias).astype(dtype)
+    else:
+        k = int(wq.shape[1])
+
+        def value(j: Any, kk: Any) -> Any:
+            return wq[j, kk]
+
+    return te.compute((n // (PANEL * nv), k // 4, nv, 4 * PANEL),
+                      lambda g, q, v, e: value((g * nv + v) * PANEL + e // 4, 4 * q + e % 4),
+                      name=f"{name}_wp", attrs=attrs)  # fmt: skip
+
+
 def te_pack_panels(
     wq: Any, col: Sequence[Any], *, w_bits: int, w_signed: bool, name: str,
     attrs: dict[str, Any] | None = None, quads: bool = False,
@@ -110,24 +142,9 @@ def te_pack_panels(
     n = int(wq.shape[0])
     nv = narrow_tile(1, n)[1] if quads and w_bits > 4 else panel_group(n)
     attrs = attrs if attrs is not None else {"rq.stage": "pack"}
-    if w_bits <= 4:
-        k = 2 * int(wq.shape[1])
-        bias = 8 if w_signed else 0
-
-        def nib(j: Any, kk: Any) -> Any:
-            byte = wq[j, kk // 2]
-            v = tirx.Select(kk % 2 == 1, _nibble(byte, True, w_signed),
-                            _nibble(byte, False, w_signed))  # fmt: skip
-            return (v + bias).astype("uint8")
-
-        wp = te.compute((n // (PANEL * nv), k // 4, nv, 4 * PANEL),
-                        lambda g, q, v, e: nib((g * nv + v) * PANEL + e // 4, 4 * q + e % 4),
-                        name=f"{name}_wp", attrs=attrs)  # fmt: skip
-    elif quads:
-        k = int(wq.shape[1])
-        wp = te.compute((n // (PANEL * nv), k // 4, nv, 4 * PANEL),
-                        lambda g, q, v, e: wq[(g * nv + v) * PANEL + e // 4, 4 * q + e % 4],
-                        name=f"{name}_wp", attrs=attrs)  # fmt: skip
+    if w_bits <= 4 or quads:
+        wp = te_quad_panels(wq, w_bits=w_bits, w_signed=w_signed, nv=nv, name=name,
+                            attrs=attrs, biased_nibbles=True)  # fmt: skip
     else:
         k = int(wq.shape[1])
         wp = te.compute((n // (PANEL * nv), k // 2, nv, 2 * PANEL),

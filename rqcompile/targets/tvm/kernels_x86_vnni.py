@@ -53,10 +53,10 @@ from rqcompile.targets.tvm.kernels_x86_panel import (
     _bc,
     _check_group,
     _intrin,
-    _nibble,
     _panel_body,
     panel_group,
     te_offset_codes,
+    te_quad_panels,
 )
 
 __all__ = [
@@ -115,24 +115,8 @@ def te_pack_vnni_panels(
 ) -> Any:
     """``wp int8 [N/8nv, K/4, nv, 32]`` (module docstring) from ``wq int8 [N, K]`` or nibble
     bytes ``uint8 [N, K/2]`` (unpacked to their int8 values, no bias)."""
-    n = int(wq.shape[0])
-    nv = panel_group(n)
-    if w_bits <= 4:
-        k = 2 * int(wq.shape[1])
-
-        def wval(j: Any, kk: Any) -> Any:
-            byte = wq[j, kk // 2]
-            return tirx.Select(kk % 2 == 1, _nibble(byte, True, w_signed),
-                               _nibble(byte, False, w_signed)).astype("int8")  # fmt: skip
-    else:
-        k = int(wq.shape[1])
-
-        def wval(j: Any, kk: Any) -> Any:
-            return wq[j, kk]
-
-    return te.compute((n // (PANEL * nv), k // 4, nv, 4 * PANEL),
-                      lambda g, q, v, e: wval((g * nv + v) * PANEL + e // 4, 4 * q + e % 4),
-                      name=f"{name}_wp4", attrs=attrs)  # fmt: skip
+    nv = panel_group(int(wq.shape[0]))
+    return te_quad_panels(wq, w_bits=w_bits, w_signed=w_signed, nv=nv, name=name, attrs=attrs)
 
 
 def _i8_operands() -> bool:
