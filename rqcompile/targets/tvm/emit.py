@@ -276,12 +276,12 @@ def _x_range(cx: Emission, op: Op) -> tuple[int, int] | None:
 
 
 def _packed(
-    te_fn: Any, pack_fn: Any, packed_fn: Any, packs: Any, kind: str, nw: int, *,
+    te_fn: Any, pack_fn: Any, packed_fn: Any, packs: Any, kind: str, *,
     pass_isa: bool = False, pass_x_range: bool = False,
 ) -> Emitter:  # fmt: skip
     """An integer matmul whose weights the target kernel wants packed: emit the pack (its
-    own PrimFunc, on the ``nw`` weight-side operands after ``xq, xs, xc``) then the kernel
-    on the packed parts, where ``packs`` allows it for these shapes and the target's kernel
+    own PrimFunc, on the weight-side operands after ``xq, xs, xc``) then the kernel on all
+    the parts it returns, where ``packs`` allows it for these shapes and the target's kernel
     options; else the one fused TE kernel ``te_fn``.
 
     The pack depends on weights only, so ``LiftTransformParams`` (pipelines.py) moves it
@@ -305,7 +305,8 @@ def _packed(
         wkey = ("pack", kind, tuple(v.type for v in op.operands[3:]), tuple(sorted(kw.items())))
         packed = cx.emit_te(pack_fn, list(xs[3:]), key=wkey, name=f"pack_{kind}", opaque=True,
                             **kw)  # fmt: skip
-        parts = [cx.emit(relax.TupleGetItem(packed, i)) for i in range(nw)]
+        parts = [cx.emit(relax.TupleGetItem(packed, i))
+                 for i in range(len(packed.ty.fields))]  # fmt: skip
         return cx.emit_te(packed_fn, [*xs[:3], *parts], key=("packed", _op_key(op), xr),
                           name=kind, opaque=True, **kw)  # fmt: skip
 
@@ -533,14 +534,14 @@ EMITTERS: dict[str, Emitter] = {
     # integer core (kernels.py; scheduled by schedules.py)
     "rq.quantize": _te_op(K.te_quantize, "quantize"),
     "rq.int_matmul": _packed(K.te_int_matmul, K.te_pack_int_matmul_weights,
-                             K.te_int_matmul_packed, K.int_matmul_packs, "int_matmul", 6,
+                             K.te_int_matmul_packed, K.int_matmul_packs, "int_matmul",
                              pass_isa=True, pass_x_range=True),
     "rq.xnor_popcount_matmul": _packed(K.te_xnor_popcount_matmul, K.te_pack_xnor_weights,
                                        K.te_xnor_popcount_matmul_packed, K.xnor_packs,
-                                       "xnor_popcount_matmul", 6, pass_isa=True),
+                                       "xnor_popcount_matmul", pass_isa=True),
     "rq.sparse24_matmul": _packed(K.te_sparse24_matmul, K.te_pack_sparse24_weights,
                                   K.te_sparse24_matmul_packed, K.sparse24_packs,
-                                  "sparse24_matmul", 7),
+                                  "sparse24_matmul"),
     "rq.qbmm": _te_op(K.te_qbmm, "qbmm"),
     "rq.repeat_blocks": _repeat_blocks,
     # float ops
