@@ -30,6 +30,7 @@ from rqcompile.targets.tvm.kernels_attention import (  # noqa: E402
     attention_supported,
     te_attention,
 )
+from rqcompile.testing.ir_cases import one_module  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 
@@ -159,15 +160,7 @@ def test_demo_group_absorbs_split_bias_and_head_layout() -> None:
 @pytest.fixture(scope="module")
 def built() -> dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]]:
     """Every case in one module (one LLVM build), then split per case."""
-    b, gen = Builder(), torch.Generator().manual_seed(0)
-    spans, inputs, outputs = {}, [], []
-    for name, (make, _) in CASES.items():
-        ins, outs = make(b, gen)
-        spans[name] = (len(outputs), len(outputs) + len(outs))
-        inputs += ins
-        outputs += outs
-    b.ret(*outputs)
-    m = b.module()
+    m, inputs, spans = one_module({name: make for name, (make, _) in CASES.items()})
     got, want = rq.build(m, "llvm")(*inputs), rq.build(m, "reference")(*inputs)
     return {n: (got[lo:hi], want[lo:hi]) for n, (lo, hi) in spans.items()}
 

@@ -27,6 +27,7 @@ from rqcompile.targets.tvm import emit  # noqa: E402
 from rqcompile.targets.tvm import pipelines as P  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
 from rqcompile.targets.tvm.prologue_match import find_prologues  # noqa: E402
+from rqcompile.testing.ir_cases import one_module  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 
@@ -205,15 +206,7 @@ def built() -> dict[str, Any]:
     reference target; split per case."""
     if "avx2" not in host_features():
         pytest.skip("host has no AVX2")
-    b, gen = Builder(), torch.Generator().manual_seed(0)
-    spans, inputs, outputs = {}, [], []
-    for name, (make, *_) in CASES.items():
-        ins, outs = make(b, gen)
-        spans[name] = (len(outputs), len(outputs) + len(outs))
-        inputs += ins
-        outputs += outs
-    b.ret(*outputs)
-    m = b.module()
+    m, inputs, spans = one_module({name: make for name, (make, *_) in CASES.items()})
     saved = P.PROLOGUE_OPS
     try:
         P.PROLOGUE_OPS = _ALL
