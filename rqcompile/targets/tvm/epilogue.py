@@ -52,6 +52,7 @@ __all__ = [
     "block_term",
     "exact_in_f32",
     "int_type",
+    "split_parts",
     "te_col_parts",
     "te_row_parts",
     "transposed",
@@ -81,6 +82,12 @@ def _f64(e: Any) -> Any:
     return e.astype("float64")
 
 
+def _at_origin(scale: Tensor, offset: Tensor, c: Tensor, *i: Any) -> Any:
+    """``offset + scale·c`` in float64 (exact product, one rounding): the value at the
+    origin, ``v0``, before it is rounded to float32."""
+    return _f64(offset(*i)) + _f64(scale(*i)) * _f64(c(*i))
+
+
 def _parts(scale: Tensor, offset: Tensor, sums: Tensor, *, block: int, name: str,
            stage: str) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """``(c, S̃ = S - B·c, v0 = offset + scale·c)`` per block of one operand."""
@@ -90,10 +97,8 @@ def _parts(scale: Tensor, offset: Tensor, sums: Tensor, *, block: int, name: str
                    attrs=attrs)  # fmt: skip
     st = te.compute(shape, lambda *i: sums(*i).astype("int32") - block * c(*i),
                     name=f"{name}_st", attrs=attrs)  # fmt: skip
-    def value(*i: Any) -> Any:
-        return (_f64(offset(*i)) + _f64(scale(*i)) * _f64(c(*i))).astype("float32")
-
-    v0 = te.compute(shape, value, name=f"{name}_v0", attrs=attrs)
+    v0 = te.compute(shape, lambda *i: _at_origin(scale, offset, c, *i).astype("float32"),
+                    name=f"{name}_v0", attrs=attrs)  # fmt: skip
     return c, st, v0
 
 
@@ -102,9 +107,15 @@ def te_row_parts(xs: Tensor, xc: Tensor, sx: Tensor, *, block: int, name: str) -
     cx, sxt, x0 = _parts(xs, xc, sx, block=block, name=f"{name}_x", stage="prep")
     fb = tirx.const(float(block), "float64")
     xk = te.compute([int(d) for d in xs.shape], lambda *i: (
-        _f64(xs(*i)) * _f64(sxt(*i)) + fb * (_f64(xc(*i)) + _f64(xs(*i)) * _f64(cx(*i)))
+        _f64(xs(*i)) * _f64(sxt(*i)) + fb * _at_origin(xs, xc, cx, *i)
     ).astype("float32"), name=f"{name}_xk", attrs={"rq.stage": "prep"})  # fmt: skip
     return [xs, cx, sxt, x0, xk]
+
+
+def split_parts(eps: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """A kernel's epilogue operands, row parts then column parts, as the two lists."""
+    n = len(ROW_PARTS)
+    return list(eps[:n]), list(eps[n:])
 
 
 def te_col_parts(ws: Tensor, wc: Tensor, sw: Tensor, *, block: int, name: str,

@@ -44,6 +44,7 @@ from rqcompile.targets.tvm.adapter import te, tirx
 from rqcompile.targets.tvm.epilogue import (
     block_term,
     int_type,
+    split_parts,
     te_col_parts,
     te_row_parts,
     transposed,
@@ -768,8 +769,9 @@ def te_xnor_popcount_matmul(
         if kp != k:  # e.g. K=128: zero words, and zero blocks that add exactly 0.0 to y
             ops = [_pad_last(t, kp // (32 if i < 2 else block), f"{name}_pad{i}")
                    for i, t in enumerate(ops)]  # fmt: skip
-        return xnor_matmul_micro(ops[0], ops[1], ops[2:7], ops[7:], block=block, isa=isa,
-                                 name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+        row, col = split_parts(ops[2:])
+        return xnor_matmul_micro(ops[0], ops[1], row, col, block=block, isa=isa, name=name,
+                                 attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
     p = te_xnor_popcount_core(xbits, wbits, block=block, name=f"{name}_p", attrs={})
     return _affine_epilogue(
         p, xs, xc, sx, ws, wc, wsum, block=block, code_max=(1, 1), name=name, attrs=a

@@ -34,7 +34,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
-from rqcompile.targets.tvm.epilogue import block_term, transposed
+from rqcompile.targets.tvm.epilogue import block_term, split_parts, transposed
 
 __all__ = ["AVX2_CHUNK", "avx2_int_matmul_core", "avx2_supported"]
 
@@ -146,7 +146,7 @@ def _tiled(core: Any, y: Any, eps: list[Any], *, block: int, ity: str, mr: int, 
     ``[N, nb]``); ``bias_w``: the +8 bias of signed nibbles in the core's weights; ``w_max``:
     the weight codes' magnitude bound (``x`` codes are int8).
     """
-    row_parts, col_parts = eps[:5], eps[5:]
+    row_parts, col_parts = split_parts(eps)
     m, n = (int(d) for d in y.shape)
     nb, tile = int(row_parts[0].shape[1]), mr * nr
     zero = tirx.Broadcast(tirx.const(0, "int32"), core.lanes)
@@ -197,7 +197,7 @@ def _tiled_vec8(core: Any, y: Any, eps: list[Any], *, block: int, mr: int, w_max
     ``eps`` = the row parts ``[M, nb]`` then the column parts transposed to ``[nb, N]``, so
     8 columns load as one vector. Same operations per element as the scalar epilogue.
     """
-    row_parts, col_t = eps[:5], eps[5:]
+    row_parts, col_t = split_parts(eps)
     m, n = (int(d) for d in y.shape)
     nb, nr = int(row_parts[0].shape[1]), 8
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
-from rqcompile.targets.tvm.epilogue import block_term, transposed
+from rqcompile.targets.tvm.epilogue import block_term, split_parts, transposed
 
 __all__ = [
     "PANEL",
@@ -314,7 +314,7 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     far slower at K = 4096, M = 512, where rows 4 KiB apart all map to the same L1 sets.)
     Floats are added in block order from zero, as in :func:`kernels._affine_epilogue`.
     """
-    row_parts, col_parts = eps[:5], eps[5:]
+    row_parts, col_parts = split_parts(eps)
     m, n = (int(d) for d in y.shape)
     nb = int(row_parts[0].shape[1])
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
-from rqcompile.targets.tvm.epilogue import block_term
+from rqcompile.targets.tvm.epilogue import block_term, split_parts
 from rqcompile.targets.tvm.kernels_x86 import _divisor, _intrin, _lanes
 
 __all__ = ["XNOR_ISAS", "xnor_matmul_micro", "xnor_supported"]
@@ -164,7 +164,7 @@ def _block_sums(vecs: list[Any], words: int) -> list[Any]:
 
 def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr: int) -> Any:
     """TIR statement: ``mr x 8`` tiles, 256-bit steps, block sums, epilogue (module doc)."""
-    row_parts, col_parts = eps[:5], eps[5:]
+    row_parts, col_parts = split_parts(eps)
     m, n = (int(d) for d in y.shape)
     nwords, g = int(x.shape[1]), block // 32
     nb = nwords // g
