@@ -56,6 +56,7 @@ __all__ = [
     "te_col_parts",
     "te_row_parts",
     "transposed",
+    "w_code_max",
 ]
 
 #: Names of the row-side (activation) parts, ``[..., M, nb]`` each.
@@ -158,6 +159,12 @@ def _largest(block: int, x_max: int, w_max: int, bias_x: int, bias_w: int) -> in
     cw_sxt = (c + bias_w) * block * (x_max + c)
     cx_sw = (c + bias_x) * block * (w_max + bias_w)
     return p + cw_sxt + cx_sw
+
+
+def w_code_max(w_bits: int, w_signed: bool) -> int:
+    """Magnitude bound of weight codes as a core multiplies them (nibbles: -8..7 or 0..15,
+    else int8): the ``w_max`` of ``f32_bounds``."""
+    return (8 if w_signed else 15) if w_bits <= 4 else 128
 
 
 def exact_in_f32(block: int, x_max: int, w_max: int, bias_x: int = 0, bias_w: int = 0) -> bool:

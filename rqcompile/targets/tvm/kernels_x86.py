@@ -34,7 +34,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
-from rqcompile.targets.tvm.epilogue import block_term, split_parts, transposed
+from rqcompile.targets.tvm.epilogue import block_term, split_parts, transposed, w_code_max
 
 __all__ = ["AVX2_CHUNK", "avx2_int_matmul_core", "avx2_supported"]
 
@@ -276,7 +276,7 @@ def avx2_int_matmul_core(
             bias = 8 if w_signed else 0
         else:
             core, bias = _Pmaddwd(x, w, block), 0
-        w_max = (8 if w_signed else 15) if w_bits <= 4 else 128
+        w_max = w_code_max(w_bits, w_signed)
         if vec8:
             return _tiled_vec8(core, out_bufs[0], eps, block=block, mr=1, w_max=w_max,
                                bias_w=bias)  # fmt: skip

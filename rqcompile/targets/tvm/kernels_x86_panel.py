@@ -28,7 +28,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
-from rqcompile.targets.tvm.epilogue import block_term, split_parts, transposed
+from rqcompile.targets.tvm.epilogue import block_term, split_parts, transposed, w_code_max
 
 __all__ = [
     "PANEL",
@@ -393,8 +393,9 @@ def avx2_panel_matmul(
                             f"block={block}).")  # fmt: skip
     mr, nv = narrow_tile(m, n) if narrow else panel_tile(m, n)
     _check_group(name, wp, nv, n)
+    x_off = int(x_offset or 0) if narrow else 0
     if narrow:
-        xin = te_offset_codes(xq, int(x_offset or 0), name=name)
+        xin = te_offset_codes(xq, x_off, name=name)
     else:
         xin = xq if nibbles else te_pair_codes(xq, name=name)
 
@@ -404,15 +405,12 @@ def avx2_panel_matmul(
             core: Any = _Maddubs7(x, w, block)
         else:
             core = _Maddubsw(x, w, block, x_max=128) if nibbles else _Maddwd(x, w, block)
-        bias = 8 if nibbles and w_signed else 0
-        bounds = (128, (8 if w_signed else 15) if nibbles else 128)
+        bias, bounds = 8 if nibbles and w_signed else 0, (128, w_code_max(w_bits, w_signed))
         return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_w=bias,
-                           bias_x=int(x_offset or 0) if narrow else 0,
-                           f32_bounds=bounds)  # fmt: skip
+                           bias_x=x_off, f32_bounds=bounds)  # fmt: skip
 
-    ins = [xin, wp, *row, *col_t]
-
-    return te.extern((m, n), ins, body, name=name, dtype="float32", attrs=attrs)
+    return te.extern((m, n), [xin, wp, *row, *col_t], body, name=name, dtype="float32",
+                     attrs=attrs)  # fmt: skip
 
 
 def sparse24_panel_supported(*, n: int, k: int, block: int, w_bits: int) -> bool:

@@ -47,6 +47,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, llvm_version_major, te, tirx
+from rqcompile.targets.tvm.epilogue import w_code_max
 from rqcompile.targets.tvm.kernels_x86_panel import (
     _PMADDWD,
     PANEL,
@@ -200,9 +201,8 @@ def vnni_panel_matmul(
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *bufs = in_bufs
         core = _Vpdpbusd(x, w, block, isa)
-        w_max = (8 if w_signed else 15) if w_bits <= 4 else 128
         return _panel_body(core, bufs, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=128,
-                           f32_bounds=(128, w_max))  # fmt: skip
+                           f32_bounds=(128, w_code_max(w_bits, w_signed)))  # fmt: skip
 
     return te.extern((m, n), [xu, wp, *row, *col_t], body, name=name, dtype="float32",
                      attrs=attrs)  # fmt: skip
