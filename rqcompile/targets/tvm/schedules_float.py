@@ -83,9 +83,12 @@ _REDUCE = int(tvm.tirx.IterVar.CommReduce)
 class FloatScheduleConfig:
     """Tile sizes of the float schedules.
 
-    ``lanes`` is the float32 vector width (8 for AVX2, 4 for SSE/NEON); ``tile_n`` is two
-    vectors. Measured on Zen 3 (one thread) for the attention matmul ``[128, 64, 64] x
-    [128, 64, 32]``: 4x16 tiles 0.39 ms, 2x16 0.68 ms, 4x8 0.70 ms, 8x8 0.77 ms.
+    ``lanes`` is the float32 vector width (8 for AVX2, 4 for SSE/NEON); a matmul tile is
+    ``tile_m`` rows by two or three vectors (:meth:`tile_n_for`). Measured on Zen 3 (one
+    thread): the attention matmul ``[128, 64, 64] x [128, 64, 32]``, 4x16 tiles 0.39 ms, 2x16
+    0.68 ms, 4x8 0.70 ms, 8x8 0.77 ms; the demo's LM head ``[2048, 128] x [128, 65]``, 4x16
+    (N padded to 80) 0.66 ms, 4x24 (padded to 72) 0.50-0.52 ms, 5x24/6x24 0.50 ms, 4x32
+    1.4 ms (spills); ``[512, 768] x [768, 768]``: 4x16 14.2 ms, 4x24 11.5 ms.
     """
 
     lanes: int = 8
@@ -93,9 +96,11 @@ class FloatScheduleConfig:
     parallel: bool = True
     vectorize: bool = True
 
-    @property
-    def tile_n(self) -> int:
-        return 2 * self.lanes
+    def tile_n_for(self, n: int) -> int:
+        """Columns per tile for ``N = n``: three vectors (12 accumulators at ``tile_m = 4``,
+        more FMA chains in flight) unless that pads ``N`` further than two vectors do."""
+        two, three = 2 * self.lanes, 3 * self.lanes
+        return three if -(-n // three) * three <= -(-n // two) * two else two
 
     @staticmethod
     def for_target(target: Target | None) -> FloatScheduleConfig:
@@ -219,22 +224,26 @@ def schedule_matmul(sch: Any, cfg: FloatScheduleConfig) -> bool:
     loops = sch.get_loops(mm)
     if len(loops) < 3:
         return False
-    if _extent(sch, loops[-2]) % cfg.tile_n:  # e.g. an LM head with N = 65: pad N
+    tile_n = cfg.tile_n_for(_extent(sch, loops[-2]))
+    if _extent(sch, loops[-2]) % tile_n:  # e.g. an LM head with N = 65: pad N
         pad = [1] * len(loops)
-        pad[-2] = cfg.tile_n
+        pad[-2] = tile_n
         sch.pad_einsum(mm, pad)
         loops = sch.get_loops(mm)
     *batch, i, j, k = loops
     io, ii = sch.split(i, [None, _divisor(_extent(sch, i), cfg.tile_m)])
-    jo, ji = sch.split(j, [None, cfg.tile_n])
+    jo, ji = sch.split(j, [None, tile_n])
     sch.reorder(*batch, io, jo, k, ii, ji)
     acc = sch.cache_write(mm, 0, "local")
     sch.reverse_compute_at(acc, jo)
     _inline_epilogue(sch, acc)
     sch.unroll(ii)
     if cfg.vectorize:
-        sch.vectorize(sch.get_loops(acc)[-1])
-        sch.vectorize(ji)  # before the fuse: vectorize wants affine bindings
+        # vector-wide pieces, unrolled: LLVM's code for a 24-lane vector measured 7x slower
+        for loop in (ji, sch.get_loops(acc)[-1]):
+            vecs, lanes = sch.split(loop, [None, cfg.lanes])
+            sch.unroll(vecs)
+            sch.vectorize(lanes)  # before the fuse: vectorize wants affine bindings
     else:
         sch.unroll(ji)
     outer = sch.fuse(*batch, io, jo) if batch else sch.fuse(io, jo)

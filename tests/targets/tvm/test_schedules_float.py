@@ -55,8 +55,9 @@ def _n_blocks(func: Any) -> int:
 
 @pytest.mark.parametrize(
     ("a_shape", "b_shape"),
-    [((2, 64, 48), (2, 48, 32)), ((3, 16, 40), (40, 65))],  # batched; N = 65 is padded
-    ids=["batched", "padded-n"],
+    # batched (two-vector tiles); N = 65 padded to three-vector tiles; N = 48 three unpadded
+    [((2, 64, 48), (2, 48, 32)), ((3, 16, 40), (40, 65)), ((12, 24), (24, 48))],
+    ids=["batched", "padded-n", "three-vectors"],
 )
 def test_matmul_schedule_applies_and_is_bit_identical(a_shape: tuple, b_shape: tuple) -> None:
     def mm_masked(a: Any, b: Any) -> Any:  # relax's matmul legalization + an epilogue
@@ -79,6 +80,12 @@ def test_matmul_schedule_applies_and_is_bit_identical(a_shape: tuple, b_shape: t
     assert torch.equal(plain, tiled)
     expect = a @ b * 0.25 if len(b_shape) == 3 else a @ b + 1.0
     torch.testing.assert_close(tiled, expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "want"), [(32, 16), (64, 16), (65, 24), (48, 24), (768, 24),
+                                          (128, 16), (8, 16)])  # fmt: skip
+def test_tile_n_takes_three_vectors_unless_that_pads_more(n: int, want: int) -> None:
+    assert SF.FloatScheduleConfig(lanes=8).tile_n_for(n) == want
 
 
 def test_matmul_with_gelu_epilogue_builds_and_is_bit_identical() -> None:
