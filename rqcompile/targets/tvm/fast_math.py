@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rqcompile.targets.tvm.adapter import relax, tirx, topi, tvm
+from rqcompile.targets.tvm.adapter import relax, te, tirx, tvm
 
 __all__ = ["FastFloatMath", "erf_poly", "exp_poly", "gelu_poly", "te_fast_gelu"]
 
@@ -93,20 +93,47 @@ def erf_poly(x: Any) -> Any:
     return tirx.Let(xv, tirx.max(tirx.min(x, c(_ERF_CLAMP)), c(-_ERF_CLAMP)), y)
 
 
+def _gelu_coefs(coefs: tuple[float, ...], factor: float) -> tuple[float, ...]:
+    """``factor·C(u/2)``'s coefficients (highest power first) from ``C(u)``'s."""
+    n = len(coefs) - 1
+    return tuple(factor * a * 0.5 ** (n - i) for i, a in enumerate(coefs))
+
+
+#: GELU's rational, with ``x/√2`` and the ``0.5·erf`` folded into the coefficients:
+#: ``0.5·erf(x/√2) = xc·P'(xc²)/Q'(xc²)`` with ``xc = clamp(x, ±4√2)``,
+#: ``P'(u) = P(u/2)/(2√2)`` and ``Q'(u) = Q(u/2)`` (``P``, ``Q``: :data:`_ERF_P`, :data:`_ERF_Q`).
+_GELU_CLAMP = _ERF_CLAMP * 2.0**0.5
+_GELU_P = _gelu_coefs(_ERF_P, 0.5 / 2.0**0.5)
+_GELU_Q = _gelu_coefs(_ERF_Q, 1.0)
+
+
 def gelu_poly(x: Any) -> Any:
-    """``x·(erf(x/√2)·0.5 + 0.5)`` with :func:`erf_poly`: :func:`te_fast_gelu` as a
-    ``PrimExpr`` (same operations, same order)."""
+    """``x·(0.5 + 0.5·erf(x/√2))`` for a float32 scalar or vector ``PrimExpr``, with
+    TOPI ``fast_erf``'s rational and the two constant products folded into its coefficients
+    (:data:`_GELU_P`): 14 multiply-adds per element instead of 16, which is what bounds
+    GELU on CPUs (Zen 3, 1M elements, one thread: 0.57 → 0.50 ms; a division-free variant
+    measured 0.53, so the division is not the bound). Error against float64 GELU: ~1.5
+    float32 ulps (TOPI's order: ~1), far inside the float tolerance.
+
+    :func:`te_fast_gelu` (the relax GELU) and the fused quantize prologue both compute it,
+    so fused and unfused builds give the same floats.
+    """
     fty, _, c = _consts(x)
-    xv = tirx.Var("gelu_x", fty)
-    y = xv * (erf_poly(xv * c(0.5**0.5)) * c(0.5) + c(0.5))
+    xv, xc, u = (tirx.Var(n, fty) for n in ("gelu_x", "gelu_xc", "gelu_u"))
+    p = c(_GELU_P[0])
+    for coef in _GELU_P[1:]:
+        p = u * p + c(coef)
+    q = c(_GELU_Q[0])
+    for coef in _GELU_Q[1:]:
+        q = u * q + c(coef)
+    y = tirx.Let(u, xc * xc, xv * (xc * p / q + c(0.5)))
+    y = tirx.Let(xc, tirx.max(tirx.min(xv, c(_GELU_CLAMP)), c(-_GELU_CLAMP)), y)
     return tirx.Let(xv, x, y)
 
 
 def te_fast_gelu(x: Any) -> Any:
-    """``x * (0.5 + 0.5 * erf(x / sqrt 2))``: TOPI's GELU formula with ``fast_erf``."""
-    half = tirx.const(0.5, x.dtype)
-    erf = topi.fast_erf(topi.multiply(x, tirx.const(0.5**0.5, x.dtype)))
-    return topi.multiply(x, topi.add(topi.multiply(erf, half), half))
+    """GELU of tensor ``x``: :func:`gelu_poly` per element."""
+    return te.compute(x.shape, lambda *i: gelu_poly(x(*i)), name="T_fast_gelu", tag="elemwise")
 
 
 def exp_poly(x: Any) -> Any:

@@ -21,9 +21,9 @@ variance, from L1).
 
 Numerics:
 
-* **GELU** is ``x·(erf(x/√2)·0.5 + 0.5)`` with TOPI's ``fast_erf``, the same operations in
-  the same order as the unfused ``gelu`` (:func:`fast_math.gelu_poly`; a test checks the
-  floats are identical), so fused and unfused builds give the same codes. A bias add before
+* **GELU** is :func:`fast_math.gelu_poly` (TOPI's ``fast_erf`` rational, constants folded),
+  the same expression the unfused ``gelu`` computes (a test checks the floats are
+  identical), so fused and unfused builds give the same codes. A bias add before
   it is the same float32 add as the unfused one.
 * **Layer norm** is ``(x - mean)·rstd·γ + β`` with ``rstd = 1/sqrt(var + eps)``, the mean
   summed in float64 and rounded once, the variance of ``x - mean`` in a second pass (8
