@@ -92,6 +92,12 @@ class CompiledModule:
     def signature(self) -> tuple[TensorType, ...]:
         return tuple(v.type for v in self.ir.main.args)
 
+    @functools.cached_property
+    def _expect(self) -> tuple[tuple[torch.dtype, tuple[int | None, ...]], ...]:
+        """``(dtype, shape)`` each input must have: ``_check`` runs on every call, and at
+        batch 1 it cost as much as a small layer's kernels."""
+        return tuple((torch_dtype(t.dtype), tuple(t.shape)) for t in self.signature)
+
     def _check(self, inputs: tuple[Any, ...]) -> None:
         sig = self.signature
         if len(inputs) != len(sig):
@@ -99,22 +105,22 @@ class CompiledModule:
                 f"compiled model takes {len(sig)} input(s) {', '.join(map(str, sig))}, "
                 f"got {len(inputs)}."
             )
-        for i, (x, t) in enumerate(zip(inputs, sig, strict=False)):
+        for i, (x, t, (want, shape)) in enumerate(zip(inputs, sig, self._expect, strict=False)):
             if not isinstance(x, torch.Tensor):
                 raise InputError(f"input {i}: expected a torch.Tensor {t}, got {type(x).__name__}.")
-            want = torch_dtype(t.dtype)
             problems = []
             if x.dtype != want:
                 problems.append(f"dtype {x.dtype} (expected {want}; convert with x.to({want}))")
-            if x.dim() != len(t.shape) or any(
-                d is not None and d != s for d, s in zip(t.shape, x.shape, strict=False)
+            if x.shape != shape and (  # dynamic dims (None) match any size
+                x.dim() != len(shape)
+                or any(d is not None and d != s for d, s in zip(shape, x.shape, strict=False))
             ):
                 problems.append(
                     f"shape {tuple(x.shape)} (expected {tuple('?' if d is None else d for d in t.shape)};"
                     " the model was converted for these shapes: call rq.lower(qat, "
                     "example_inputs=(x,)) to build for another shape)"
                 )
-            if x.device.type != "cpu" and self.target.kind != "cuda":
+            if not x.is_cpu and self.target.kind != "cuda":
                 problems.append(
                     f"device {x.device} (this {self.target.kind} build runs on cpu; use x.cpu())"
                 )
@@ -126,7 +132,7 @@ class CompiledModule:
                 )
             vocab = self._id_ranges.get(i)
             if not problems and vocab is not None and x.numel():
-                lo, hi = int(x.min()), int(x.max())
+                lo, hi = (int(v) for v in torch.aminmax(x))
                 if lo < 0 or hi >= vocab:
                     problems.append(f"token ids must lie in [0, {vocab}), got [{lo}, {hi}]")
             if problems:

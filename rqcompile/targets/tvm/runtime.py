@@ -63,7 +63,8 @@ class TVMBackend:
 
 def _to_tvm(x: torch.Tensor) -> Any:
     """A TVM tensor sharing ``x``'s memory (copied only if non-contiguous or under-aligned)."""
-    x = x.detach()
+    if x.requires_grad:  # DLPack refuses tensors that require grad
+        x = x.detach()
     if not x.is_contiguous():
         x = x.contiguous()
     if x.data_ptr() % _ALIGN:  # e.g. a view at an offset; torch's allocator aligns to 64
@@ -100,12 +101,17 @@ class _VMRunner:
         # an output that is an input or a weight would alias caller/weight memory: copy it
         defined_by_op = {r.id for op in ir.main.ops if op.name != "rq.const" for r in op.results}
         self._copy = tuple(v.id not in defined_by_op for v in ir.main.outputs)
+        self._any_copy = any(self._copy)
         self._lock = threading.Lock()
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # per-call Python work is kept minimal: at batch 1 it costs as much as the kernels
         args = [_to_tvm(x) for x in inputs]
         with self._lock:
-            outs = _outputs(self._main(*args, *self._weights))
+            result = self._main(*args, *self._weights)
+        outs = _outputs(result)
+        if not self._any_copy:
+            return outs
         return tuple(o.clone() if c else o for o, c in zip(outs, self._copy, strict=True))
 
 

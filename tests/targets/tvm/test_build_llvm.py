@@ -80,6 +80,7 @@ def test_runner_handles_views_and_outputs_are_not_reused() -> None:
     assert torch.equal(y1, keep)  # a later call did not overwrite an earlier result
     assert torch.equal(y3, y1)
     assert torch.equal(y2, exe(view.clone()))
+    assert torch.equal(exe(ex[0].clone().requires_grad_()), y1)  # detached on the way in
     with pytest.raises(rq.InputError, match="expected"):
         exe(torch.randn(3, 64))
 
