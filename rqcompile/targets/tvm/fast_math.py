@@ -28,7 +28,7 @@ from typing import Any
 
 from rqcompile.targets.tvm.adapter import relax, te, tirx, tvm
 
-__all__ = ["FastFloatMath", "erf_poly", "exp_poly", "gelu_poly", "te_fast_gelu"]
+__all__ = ["FastFloatMath", "exp_poly", "gelu_poly", "te_fast_gelu"]
 
 #: TOPI ``fast_exp``'s constants (``topi/elemwise.h``): input clamp, log2(e), ln 2 and the
 #: degree-5 polynomial for ``exp`` on ``[-ln2/2, ln2/2]``, highest power first.
@@ -75,22 +75,6 @@ def _consts(x: Any) -> tuple[str, int, Any]:
         return tirx.Broadcast(k, lanes) if lanes > 1 else k
 
     return fty, lanes, c
-
-
-def erf_poly(x: Any) -> Any:
-    """``erf(x)`` for a float32 scalar or vector ``PrimExpr``: TOPI ``fast_erf``'s
-    operations in its order, so a kernel that inlines it computes the floats the relax
-    ``gelu`` (:func:`te_fast_gelu`) does."""
-    fty, _, c = _consts(x)
-    xv, x2 = tirx.Var("erf_x", fty), tirx.Var("erf_x2", fty)
-    p = c(_ERF_P[0])
-    for coef in _ERF_P[1:]:
-        p = x2 * p + c(coef)
-    q = c(_ERF_Q[0])
-    for coef in _ERF_Q[1:]:
-        q = x2 * q + c(coef)
-    y = tirx.Let(x2, xv * xv, xv * p / q)
-    return tirx.Let(xv, tirx.max(tirx.min(x, c(_ERF_CLAMP)), c(-_ERF_CLAMP)), y)
 
 
 def _gelu_coefs(coefs: tuple[float, ...], factor: float) -> tuple[float, ...]:

@@ -361,4 +361,3 @@ def te_attention(*inputs: Any, group: AttentionGroup, lanes: int) -> Any:
         name="attention",
         dtype=_F32,
     )
-
