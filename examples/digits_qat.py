@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import rqcompile as rq
-from rqcompile.demo.checkpoint import save_checkpoint
+from rqcompile.state_file import save_checkpoint
 from rqcompile.demo.data import digits
 from rqcompile.demo.models import DigitsCNN
 

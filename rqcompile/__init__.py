@@ -10,7 +10,7 @@ Example:
     'Linear'
 """
 
-from rqcompile.api import build, convert, lower, prepare
+from rqcompile.api import build, convert, explain, export_mlir, load, lower, prepare
 from rqcompile.config import (
     PRESETS,
     LayerSpec,
@@ -24,7 +24,7 @@ from rqcompile.config import (
 )
 from rqcompile.checkpoint import load_qat, register_builder, save_qat
 from rqcompile.debug.draw import draw, draw_diff
-from rqcompile.debug.format import explain, inspect
+from rqcompile.debug.format import inspect
 from rqcompile.errors import (
     ArtifactError,
     CaptureError,
@@ -38,13 +38,12 @@ from rqcompile.errors import (
     UnsupportedOpError,
     VerifyError,
 )
-from rqcompile.mlir.export import export_mlir
 from rqcompile.passes.infra import DumpIR, PassContext, PrintAfter, Timing
 from rqcompile.quant.hooks import aux_loss, distill_loss, step
-from rqcompile.targets.compiled import CompiledModule, load
+from rqcompile.targets.compiled import CompiledModule
+from rqcompile.version import __version__
 from rqcompile.targets.target import Target
 
-__version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",

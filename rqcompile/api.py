@@ -14,10 +14,14 @@ from torch import fx, nn
 
 from rqcompile.capture.trace import capture as capture_graph
 from rqcompile.config.qconfig import ConfigLike, as_qconfig
+from rqcompile.debug.table import format_table
+from rqcompile.ir.verify import verify
 from rqcompile.passes.infra import PassContext, PassManager
-from rqcompile.pipelines import prepare_passes
+from rqcompile.pipelines import convert_passes, prepare_passes
+from rqcompile.quant.hooks import finalize_for_convert
+from rqcompile.translate import translate
 
-__all__ = ["build", "convert", "lower", "prepare"]
+__all__ = ["build", "convert", "explain", "export_mlir", "load", "lower", "prepare"]
 
 
 def _lint(gm: fx.GraphModule) -> None:
@@ -51,7 +55,8 @@ def prepare(
             when tracing fails), ``"fx"`` or ``"export"``. See docs/models.md.
         fold_batchnorm: fold every ``BatchNorm`` that follows a conv into that conv's weight
             and bias before quantization (running statistics; the pass ``fold-batchnorm``).
-        context: optional ``rq.PassContext`` (instruments such as ``PrintAfter``).
+        context: optional ``rq.PassContext`` (instruments such as ``PrintAfter``); default:
+            the innermost ``with rq.PassContext(...)`` block.
         **overrides: applied on top of the config: ``estimator="ste"``,
             ``ridge_lambda=0.1``, ``block_size=64`` (``None`` = per-channel),
             ``quantize_attention=True``, ``overrides={"lm_head": None, "re:.*proj": "A8W8"}``.
@@ -85,9 +90,7 @@ def prepare(
     _check_example_inputs(example_inputs)
     was_training = getattr(model, "training", True)
     gm = capture_graph(model, example_inputs, leaf_modules=leaf_modules, method=capture)
-    ctx = context or PassContext.from_env()
-    ctx.config = cfg
-    ctx.example_inputs = example_inputs
+    ctx = (context or PassContext.current()).for_stage(config=cfg, example_inputs=example_inputs)
     passes = prepare_passes(fold_batchnorm=fold_batchnorm)
     gm = PassManager(passes, verifier=_lint).run(gm, ctx)
     keys = list(dict.fromkeys(ctx.options.get("layer_keys", [])))
@@ -134,7 +137,9 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     The trained ridge dequantizers are folded into integer weight codes plus per-block
     scale/offset, each layer gets its kernel (XNOR-popcount, 2:4 sparse or integer-affine),
     and activation quantization becomes ``rq.quantize`` ops. Shapes are static: those recorded
-    at ``prepare`` unless ``example_inputs`` are given. ``model`` is not modified.
+    at ``prepare`` unless ``example_inputs`` are given. ``model`` is not modified. The
+    translated IR then runs the convert pipeline (``rq.pipelines.describe("convert")``:
+    ``fold-constants,eliminate-dead-code``) under the active ``rq.PassContext``.
 
     Estimators with training state are made final on a copy first: learned ``gdnsq`` widths
     are rounded to an integer in 1..8 (an ``RQWarning`` names each layer where that changes
@@ -144,17 +149,13 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
         UnsupportedOpError: listing every node that has no converter, all at once.
         ConfigError: a ``pege`` curriculum has not reached its last step.
     """
-    from rqcompile.ir.verify import verify
-    from rqcompile.translate import translate
-
-    from rqcompile.quant.hooks import finalize_for_convert
-
     gm = finalize_for_convert(_ensure_prepared(model, "convert"))  # gdnsq widths, pege check
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     irm = translate(gm, example_inputs)
     verify(irm)
-    return irm
+    ctx = PassContext.current().for_stage(example_inputs=example_inputs)
+    return PassManager(convert_passes(), verifier=verify).run(irm, ctx)
 
 
 def build(module: Any, target: Any = "llvm") -> Any:
@@ -169,7 +170,6 @@ def build(module: Any, target: Any = "llvm") -> Any:
         TargetError: unknown target, or TVM not installed for a TVM target.
     """
     from rqcompile.ir.core import Module as IRModule
-    from rqcompile.ir.verify import verify
     from rqcompile.targets.target import Target
 
     if isinstance(module, fx.GraphModule):
@@ -221,3 +221,73 @@ def lower(model: fx.GraphModule, target: Any = "llvm", *, example_inputs: Any = 
     """
     _ensure_prepared(model, "lower")
     return build(convert(model, example_inputs=example_inputs), target)
+
+
+def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:
+    """Load an artifact written by ``CompiledModule.save``.
+
+    Raises:
+        ArtifactError: missing, corrupt, truncated, tampered or from another format version,
+            or built for CPU features this machine lacks.
+    """
+    manifest, ir, members = read_artifact(path)
+    target = Target.parse(manifest["target"])
+    from rqcompile.targets.compiled import read_artifact
+    from rqcompile.targets.device.build import DEVICE_KINDS
+    from rqcompile.targets.target import Target
+
+    if target.kind in DEVICE_KINDS and trust_kernels:
+        from rqcompile.targets.device.build import load_device
+
+        return load_device(ir, target, members)
+    if target.kind == "reference" or "kernels.so" not in members or not trust_kernels:
+        return build(ir, target)
+    from rqcompile.targets.tvm.runtime import load_library
+
+    return load_library(ir, target, members["kernels.so"], manifest.get("features", []))
+
+
+def explain(obj: Any, config: Any = None, *, example_inputs: tuple[Any, ...] | None = None) -> str:
+    """Per layer: key, kind, the rule that chose its spec, and the spec.
+
+    ``obj`` is a prepared graph, or a plain model with ``config`` and ``example_inputs``.
+    """
+    if not isinstance(obj, fx.GraphModule) or "rq_config" not in obj.meta:
+        if config is None or example_inputs is None:
+            raise TypeError(
+                "explain(model, config, example_inputs=...) needs both for a plain model."
+            )
+        obj = prepare(obj, example_inputs, config)
+    cfg = obj.meta["rq_config"]
+    rows = []
+    for key in obj.meta.get("rq_layer_keys", []):
+        spec, rule = cfg.resolve(key)
+        why = obj.meta.get("rq_float_layers", {}).get(key)
+        rows.append(
+            [
+                key,
+                rule,
+                "float" if spec is None or why else (spec.preset or "custom"),
+                why or (spec.short() if spec else ""),
+            ]
+        )
+    return format_table(["layer", "rule", "format", "details"], rows)
+
+
+def export_mlir(model: Any, example_inputs: Any = None) -> str:
+    """MLIR text (upstream dialects, integer kernels spelled out) of a QAT graph from
+    ``rq.prepare`` (converted here), an IR module from ``rq.convert`` or a compiled model.
+    See ``rqcompile.targets.mlir.export.export_mlir`` and docs/mlir.md.
+
+    Example:
+        >>> import torch, rqcompile as rq
+        >>> qat = rq.prepare(torch.nn.Linear(64, 8), (torch.randn(2, 64),), "A4W4")
+        >>> text = rq.export_mlir(qat)
+        >>> print(text[text.index("func.func @main"):].splitlines()[0])
+        func.func @main(%arg0: tensor<2x64xf32>) -> tensor<2x8xf32> {
+    """
+    from rqcompile.mlir.export import export_mlir as export_ir
+
+    if isinstance(model, fx.GraphModule):
+        return export_ir(convert(model, example_inputs=example_inputs))
+    return export_ir(model, example_inputs)

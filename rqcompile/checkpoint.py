@@ -2,7 +2,7 @@
 
 A prepared graph cannot be saved as code without pickling, so the checkpoint stores what is
 needed to *rebuild* it: the trained ``state_dict`` (safetensors, via
-:func:`rqcompile.demo.checkpoint.save_checkpoint`) and, in the safetensors header's JSON
+:func:`rqcompile.state_file.save_checkpoint`) and, in the safetensors header's JSON
 metadata, a description::
 
     {"format": "rqcompile.qat/1",
@@ -201,7 +201,7 @@ def save_qat(
         >>> torch.equal(rq.load_qat(p)(ex[0]), qat(ex[0]))
         True
     """
-    from rqcompile.demo.checkpoint import save_checkpoint
+    from rqcompile.state_file import save_checkpoint
 
     if not isinstance(qat, fx.GraphModule) or "rq_config" not in qat.meta:
         raise ConfigError(
@@ -240,7 +240,7 @@ def read_qat_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     from safetensors import safe_open
 
-    from rqcompile.demo.checkpoint import META_KEY
+    from rqcompile.state_file import META_KEY
 
     p = os.fspath(path)
     if not os.path.isfile(p):
@@ -333,7 +333,7 @@ def load_qat(
     """
     from rqcompile.api import prepare
     from rqcompile.config.qconfig import QConfig
-    from rqcompile.demo.checkpoint import load_checkpoint
+    from rqcompile.state_file import load_checkpoint
 
     p = os.fspath(path)
     head = _qat_head(p)

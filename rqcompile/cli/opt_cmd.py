@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import os
+import importlib.util
 from typing import Any
 
 from rqcompile.cli.common import Output
+from rqcompile.passes.infra import registered_passes
 
 __all__ = ["register"]
+
+
+def _load_passes() -> dict[str, type]:
+    """Register every IR pass, and the kernel tables of the targets that are installed
+    (``select-kernels`` and ``pack-weights`` read them)."""
+    import rqcompile.passes.ir  # noqa: F401  (registers the passes)
+
+    if importlib.util.find_spec("tvm") is not None:
+        import rqcompile.targets.tvm.kernel_table  # noqa: F401  (registers "llvm")
+    return {n: c for n, c in registered_passes().items() if _takes_ir(c)}
+
+
+def _takes_ir(cls: type) -> bool:
+    return cls.__module__.startswith("rqcompile.passes.ir")
+
+
+def _catalogue() -> str:
+    lines = []
+    for name, cls in sorted(_load_passes().items()):
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else name
+        lines.append(f"  {summary}")
+    return "IR passes (options as name{key=value,...}; tuples joined with +):\n" + "\n".join(lines)
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
@@ -17,10 +40,13 @@ def register(sub: Any) -> argparse.ArgumentParser:
         help="run named IR passes on an .mlir file (replays a failed pass)",
         description="Parse an rq IR file, run the given registered passes in order (with the "
         "verifier after each) and print the result. A PassError prints the exact command.",
-        epilog="example: rqcompile opt --passes fold-ridge-dequant rq-dump/001_x.input.mlir",
+        epilog=_catalogue() + "\n\nexample: rqcompile opt --passes "
+        "'fuse-attention{lanes=8},select-kernels{features=avx2}' model.mlir",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", metavar="FILE.mlir", help="IR text (constants embedded or elided)")
-    p.add_argument("--passes", required=True, help="comma-separated registered pass names")
+    p.add_argument("--passes", required=True,
+                   help="comma-separated pass names, each with optional {key=value,...}")  # fmt: skip
     p.add_argument(
         "--constants",
         metavar="FILE.safetensors",
@@ -32,20 +58,13 @@ def register(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from rqcompile.errors import ConfigError
     from rqcompile.ir.parser import parse_module
     from rqcompile.ir.printer import print_module
     from rqcompile.ir.verify import verify
-    from rqcompile.passes.infra import PassContext, PassManager, registered_passes
+    from rqcompile.passes.infra import PassContext, PassManager, parse_pipeline
 
-    known = registered_passes()
-    names = [n for n in args.passes.split(",") if n]
-    bad = [n for n in names if n not in known]
-    if bad or not names:
-        raise ConfigError(
-            f"unknown pass(es) {', '.join(map(repr, bad)) or '(none given)'}; registered passes: "
-            f"{', '.join(sorted(known))}."
-        )
+    _load_passes()
+    passes = parse_pipeline(args.passes)
     with open(args.file, encoding="utf-8") as fh:
         text = fh.read()
     consts = None
@@ -54,14 +73,28 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
         consts = load_file(args.constants)
     ir = parse_module(text, constants=consts)
-    result = PassManager([known[n]() for n in names], verifier=verify).run(
-        ir, PassContext.from_env()
-    )
+    result = PassManager(passes, verifier=verify).run(ir, PassContext.current())
     printed = print_module(result)
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(printed + "\n")
-        os.replace(tmp, args.output)
+        _write_atomic(args.output, printed + "\n")
     out.result("" if args.output else printed, {"output": args.output, "ir": printed})
     return 0
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """A unique temporary file beside ``path``, fsync, rename; removed on failure."""
+    import os
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from rqcompile.config.spec import LayerSpec, NMSparsity, PerGroup, QuantSpec
+from rqcompile.config.spec import PRESET_GRAMMAR, LayerSpec, NMSparsity, PerGroup, QuantSpec
 from rqcompile.errors import ConfigError
 
 __all__ = ["DEFAULT_BLOCK", "PRESETS", "parse_preset", "preset_name"]
@@ -90,3 +90,7 @@ def preset_name(spec: LayerSpec) -> str | None:
         and base.sparsity == spec.sparsity
     )
     return name if same else None
+
+
+PRESET_GRAMMAR["parse"] = parse_preset
+PRESET_GRAMMAR["name"] = preset_name

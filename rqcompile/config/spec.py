@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from rqcompile.errors import ConfigError
+from rqcompile.quant.estimators import ESTIMATORS as ESTIMATOR_TABLE
+
+#: ``parse`` (preset string → LayerSpec) and ``name`` (LayerSpec → preset or None), set by
+#: ``config/presets.py`` when it is imported (it imports this module, so this one cannot
+#: import it; ``rqcompile.config`` imports both).
+PRESET_GRAMMAR: dict[str, Any] = {}
 
 __all__ = [
     "ESTIMATORS",
@@ -232,9 +238,7 @@ class LayerSpec:
             )
 
     def _check_options(self) -> tuple[tuple[str, Any], ...]:
-        from rqcompile.quant.estimators import ESTIMATORS as TABLE  # torch-side table
-
-        row = TABLE[self.estimator]
+        row = ESTIMATOR_TABLE[self.estimator]
         opts = self.estimator_options
         items = dict(opts.items() if isinstance(opts, dict) else opts)
         for name, value in items.items():
@@ -260,16 +264,12 @@ class LayerSpec:
 
     @classmethod
     def from_preset(cls, name: str) -> LayerSpec:
-        from rqcompile.config.presets import parse_preset
-
-        return parse_preset(name)
+        return PRESET_GRAMMAR["parse"](name)  # type: ignore[no-any-return]
 
     @property
     def preset(self) -> str | None:
         """The preset name this spec equals, if any (e.g. ``"A4W1+2:4"``)."""
-        from rqcompile.config.presets import preset_name
-
-        return preset_name(self)
+        return PRESET_GRAMMAR["name"](self)  # type: ignore[no-any-return]
 
     def short(self) -> str:
         name = self.preset

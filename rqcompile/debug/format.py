@@ -17,7 +17,7 @@ from torch import fx
 from rqcompile.debug.table import format_table
 from rqcompile.quant.modules import RQQuantize
 
-__all__ = ["explain", "inspect", "layer_table", "learned_bits"]
+__all__ = ["inspect", "layer_table", "learned_bits"]
 
 
 def _shape(n: fx.Node) -> str:
@@ -200,32 +200,3 @@ def inspect(obj: Any) -> str:
             f"what prepare() would do, or rq.prepare(model, example_inputs, config) first."
         )
     raise TypeError(f"rq.inspect() cannot show a {type(obj).__name__}.")
-
-
-def explain(obj: Any, config: Any = None, *, example_inputs: tuple[Any, ...] | None = None) -> str:
-    """Per layer: key, kind, the rule that chose its spec, and the spec.
-
-    ``obj`` is a prepared graph, or a plain model with ``config`` and ``example_inputs``.
-    """
-    if not isinstance(obj, fx.GraphModule) or "rq_config" not in obj.meta:
-        if config is None or example_inputs is None:
-            raise TypeError(
-                "explain(model, config, example_inputs=...) needs both for a plain model."
-            )
-        from rqcompile.api import prepare
-
-        obj = prepare(obj, example_inputs, config)
-    cfg = obj.meta["rq_config"]
-    rows = []
-    for key in obj.meta.get("rq_layer_keys", []):
-        spec, rule = cfg.resolve(key)
-        why = obj.meta.get("rq_float_layers", {}).get(key)
-        rows.append(
-            [
-                key,
-                rule,
-                "float" if spec is None or why else (spec.preset or "custom"),
-                why or (spec.short() if spec else ""),
-            ]
-        )
-    return format_table(["layer", "rule", "format", "details"], rows)

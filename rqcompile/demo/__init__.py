@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from rqcompile.demo.checkpoint import load_checkpoint, save_checkpoint
+from rqcompile.state_file import load_checkpoint, save_checkpoint
 from rqcompile.demo.data import (
     CharCorpus,
     char_corpus,

@@ -11,7 +11,7 @@ report divergence as a result.
 
 Thread counts are left to the caller (``torch.set_num_threads`` is never called here).
 :class:`TrainConfig`, :class:`History` and :func:`lr_at` live in
-:mod:`rqcompile.demo.loop`; the checkpoint helpers in :mod:`rqcompile.demo.checkpoint`.
+:mod:`rqcompile.demo.loop`; the checkpoint helpers in :mod:`rqcompile.state_file`.
 Both are re-exported here so one import serves a training script.
 """
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rqcompile.demo.checkpoint import load_checkpoint, save_checkpoint
+from rqcompile.state_file import load_checkpoint, save_checkpoint
 from rqcompile.demo.data import CharCorpus, eval_batches, get_batch
 from rqcompile.demo.loop import (
     AuxLoss,

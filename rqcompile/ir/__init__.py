@@ -16,6 +16,9 @@ Example:
 
 from __future__ import annotations
 
+from rqcompile.ir import ops_float as _ops_float  # noqa: F401  (registers the float ops)
+from rqcompile.ir import ops_int as _ops_int  # noqa: F401  (registers the integer ops)
+from rqcompile.ir import ops_more as _ops_more  # noqa: F401  (convert's ops: masked_fill, ...)
 from rqcompile.ir.builder import Builder
 from rqcompile.ir.core import AttrValue, Func, Loc, Module, Op, Value, ssa_names
 from rqcompile.ir.ops import (

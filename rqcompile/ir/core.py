@@ -30,6 +30,7 @@ from rqcompile.errors import VerifyError
 from rqcompile.ir.types import TensorType, dtype_of_torch
 
 __all__ = [
+    "ANNOTATION_PREFIX",
     "AttrValue",
     "Func",
     "Loc",
@@ -37,6 +38,7 @@ __all__ = [
     "Op",
     "Value",
     "attr_key",
+    "is_annotation",
     "normalize_attr",
     "ssa_names",
     "tensor_bytes",
@@ -80,6 +82,19 @@ def normalize_attr(value: object, *, where: str = "attribute") -> AttrValue:
         f"{where}: {value!r} of type {t.__name__} is not an attribute value; "
         f"use bool, int, float, str or a tuple of those."
     )
+
+
+#: Text forms registered by ``ir/printer.py`` (``"module"``), which imports this module and
+#: so cannot be imported by it; ``rqcompile.ir`` imports the printer, so it is always set.
+PRINTERS: dict[str, Any] = {}
+
+#: Attribute names with this prefix are annotations (see :attr:`Op.annotations`).
+ANNOTATION_PREFIX = "rq."
+
+
+def is_annotation(name: str) -> bool:
+    """Whether attribute ``name`` is an annotation, not part of the op's schema."""
+    return name.startswith(ANNOTATION_PREFIX)
 
 
 def attr_key(value: AttrValue) -> object:
@@ -203,8 +218,31 @@ class Op:
 
     @property
     def attrs_dict(self) -> Mapping[str, AttrValue]:
-        """The attributes as a read-only mapping."""
-        return _pytypes.MappingProxyType(dict(self.attrs))
+        """The op's own attributes (its schema's, without annotations) as a read-only mapping.
+
+        These define what the op computes: verifiers, kernels and the reference target read
+        them. Annotations (:attr:`annotations`) are left out.
+        """
+        return _pytypes.MappingProxyType({k: v for k, v in self.attrs if not is_annotation(k)})
+
+    @property
+    def annotations(self) -> Mapping[str, AttrValue]:
+        """The lowering decisions recorded on the op by IR passes (``rq.kernel``, ``rq.fused``,
+        ...): attributes named ``rq.<name>``. Like MLIR's discardable attributes they never
+        change what the op computes, only how a target computes it; no op schema checks them.
+        """
+        return _pytypes.MappingProxyType({k: v for k, v in self.attrs if is_annotation(k)})
+
+    def annotate(self, **changes: AttrValue | None) -> Op:
+        """A copy with annotations set (``rq_kernel="x"`` sets ``rq.kernel``; ``None`` removes)."""
+        attrs = dict(self.attrs)
+        for k, v in changes.items():
+            key = ANNOTATION_PREFIX + k.removeprefix("rq_")
+            if v is None:
+                attrs.pop(key, None)
+            else:
+                attrs[key] = v
+        return dataclasses.replace(self, attrs=tuple(attrs.items()))
 
     @property
     def result(self) -> Value:
@@ -369,9 +407,9 @@ class Module:
         return f"Module(funcs=[{funcs}], constants=[{consts}])"
 
     def __str__(self) -> str:
-        from rqcompile.ir.printer import print_module  # printer imports this module
-
-        return print_module(self)
+        # the printer (which imports this module) registers itself in PRINTERS on import
+        printer = PRINTERS.get("module")
+        return printer(self) if printer is not None else repr(self)
 
     @property
     def main(self) -> Func:

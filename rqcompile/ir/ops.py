@@ -18,8 +18,9 @@ Adding an op (from any module)::
         return (ts[0],)
 
 Duplicate names are errors. The built-in catalogue lives in :mod:`rqcompile.ir.ops_int`
-(integer kernels) and :mod:`rqcompile.ir.ops_float` (float and layout ops); both register
-themselves when this module is imported.
+(integer kernels), :mod:`rqcompile.ir.ops_float` (float and layout ops) and
+:mod:`rqcompile.ir.ops_more`; they register themselves when imported, which
+``rqcompile.ir``'s ``__init__`` does (so any import of the package has the whole catalogue).
 """
 
 from __future__ import annotations
@@ -395,10 +396,3 @@ class Dims:
         for s, d in zip(syms, t.shape, strict=True):
             self.bind(s, d, f"{what} {t}")
 
-
-# The catalogue modules import the helpers above, so they are imported last.
-from rqcompile.ir import ops_float as _ops_float  # noqa: E402  (registers the float ops)
-from rqcompile.ir import ops_int as _ops_int  # noqa: E402  (registers the integer ops)
-from rqcompile.ir import ops_more as _ops_more  # noqa: E402  (convert's ops: masked_fill, ...)
-
-del _ops_float, _ops_int, _ops_more

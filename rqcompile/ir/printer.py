@@ -40,6 +40,7 @@ import math
 import re
 import struct
 
+from rqcompile.ir import core as _core
 from rqcompile.ir.core import AttrValue, Func, Loc, Module, Op, Value, ssa_names, tensor_bytes
 from rqcompile.ir.types import TensorType
 
@@ -206,3 +207,6 @@ def print_module(module: Module, *, elide_constants: bool = True) -> str:
         lines.append(",\n".join(entries))
         lines += ["    }", "  }", "#-}"]
     return "\n".join(lines) + "\n"
+
+
+_core.PRINTERS["module"] = print_module

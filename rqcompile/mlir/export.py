@@ -33,15 +33,16 @@ __all__ = ["as_ir_module", "export_mlir", "ir_module_text"]
 
 
 def as_ir_module(model: Any, example_inputs: Any = None) -> Module:
-    """The rq IR of a prepared QAT graph (converted here), a ``CompiledModule`` or an IR module."""
+    """The rq IR of a ``CompiledModule`` or an IR module (``rq.export_mlir`` converts a QAT graph)."""
     from torch import fx
 
     from rqcompile.targets.compiled import CompiledModule
 
     if isinstance(model, fx.GraphModule):
-        from rqcompile.api import convert
-
-        return convert(model, example_inputs=example_inputs)  # type: ignore[no-any-return]
+        raise TypeError(
+            "rqcompile.mlir.export takes rq IR; call rq.export_mlir(qat) (it converts the QAT "
+            "graph first) or rq.export_mlir(rq.convert(qat))."
+        )
     if example_inputs is not None:
         raise TypeError(
             "example_inputs only applies to a QAT graph from rq.prepare(); an IR module or a "

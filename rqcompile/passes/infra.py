@@ -15,9 +15,11 @@ the path and, for rq IR, a command that replays exactly that pass on exactly tha
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ __all__ = [
     "PassResult",
     "PrintAfter",
     "Timing",
+    "parse_pipeline",
+    "pass_text",
     "register_pass",
     "registered_passes",
 ]
@@ -82,9 +86,7 @@ class PrintAfter(Instrument):
     def after(self, p: Any, result: PassResult[Any], ctx: PassContext) -> None:
         if self.passes != "all" and p.name not in self.passes:
             return
-        from rqcompile.debug.format import inspect
-
-        text = inspect(result.ir)
+        _, text = _dump_text(result.ir, constants=False)
         self.dumps.append((p.name, text))
         if self.stream is not None:
             self.stream.write(f"// ----- after {p.name} -----\n{text}\n")
@@ -113,6 +115,10 @@ def _dump_text(ir: Any, *, constants: bool) -> tuple[str, str]:
         from rqcompile.ir.printer import print_module
 
         return ".mlir", print_module(ir, elide_constants=not constants)
+    if hasattr(ir, "script") and not hasattr(ir, "graph"):  # a TVM IRModule (TVMScript)
+        return ".tvm.py", str(ir.script())
+    if not hasattr(ir, "graph"):  # a built library: no text form
+        return ".txt", f"<{type(ir).__module__}.{type(ir).__name__}>"
     from rqcompile.debug.format import inspect
 
     return ".fx.txt", inspect(ir)
@@ -165,9 +171,23 @@ class DumpIR(Instrument):
         self._write(p, result.ir, "after")
 
 
+_CURRENT = threading.local()
+
+
 @dataclass
 class PassContext:
-    """Options for one stage run. ``instruments`` wrap every pass; ``disabled`` skips by name."""
+    """Options for the passes of ``prepare``, ``convert`` and ``build``: ``instruments`` wrap
+    every pass; ``disabled`` skips passes by name.
+
+    Like TVM's, it is a ``with`` block: every stage called inside it uses it::
+
+        with rq.PassContext(instruments=[rq.DumpIR("rq-dump")]):
+            exe = rq.lower(qat, "llvm")     # the IR after every convert and build pass
+
+    ``PassContext.current()`` is the innermost active one (or a fresh one from the
+    environment, :meth:`from_env`). Stages fill in ``config``/``target``/``example_inputs``
+    on a copy, so one context can serve several stages.
+    """
 
     config: Any = None
     target: Any = None
@@ -177,6 +197,27 @@ class PassContext:
     example_inputs: tuple[Any, ...] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     dump_dir: str | None = None
+
+    def __enter__(self) -> PassContext:
+        stack = _CURRENT.__dict__.setdefault("stack", [])
+        stack.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _CURRENT.stack.pop()
+
+    @classmethod
+    def current(cls) -> PassContext:
+        """The innermost ``with PassContext(...)`` block, else :meth:`from_env`."""
+        stack = getattr(_CURRENT, "stack", None)
+        return stack[-1] if stack else cls.from_env()
+
+    def for_stage(self, **fields: Any) -> PassContext:
+        """A copy with ``fields`` set, sharing the instruments (a stage writes its config,
+        target and options there, not into the user's context)."""
+        import dataclasses
+
+        return dataclasses.replace(self, options=dict(self.options), **fields)
 
     @classmethod
     def from_env(cls, **kw: Any) -> PassContext:
@@ -207,7 +248,83 @@ def register_pass(cls: type) -> type:
 
 
 def registered_passes() -> dict[str, type]:
+    """Name -> pass class of every registered pass (the IR passes register when
+    ``rqcompile.passes.ir`` is imported)."""
     return dict(_REGISTRY)
+
+
+def pass_text(p: Any) -> str:
+    """A pass as it appears in a pipeline string: ``name`` or ``name{field=value,...}`` with
+    the fields that differ from their defaults (tuples joined with ``+``)."""
+    if not dataclasses.is_dataclass(p) or _REGISTRY.get(p.name) is not type(p):
+        return str(p.name)  # not replayable by name (a TVM phase): the name alone
+    opts = []
+    for f in dataclasses.fields(p):
+        if not f.init or f.name.startswith("_"):
+            continue
+        value = getattr(p, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        )
+        if value == default:
+            continue
+        if isinstance(value, tuple):
+            value = "+".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        opts.append(f"{f.name}={value}")
+    return f"{p.name}{{{','.join(opts)}}}" if opts else str(p.name)
+
+
+def _option_value(field: dataclasses.Field[Any], text: str) -> Any:
+    kind = str(field.type)
+    if "tuple" in kind:
+        return tuple(v for v in text.split("+") if v)
+    if kind.startswith("bool"):
+        if text not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text == "true"
+    if kind.startswith("int"):
+        return int(text)
+    if kind.startswith("float"):
+        return float(text)
+    return text
+
+
+def parse_pipeline(text: str) -> list[Any]:
+    """Build passes from a pipeline string, ``pass_text``'s inverse:
+    ``"fuse-attention{lanes=8},select-kernels{features=avx2+fma}"``.
+
+    Raises:
+        ConfigError: an unknown pass or option, or a bad value; the message lists what exists.
+    """
+    from rqcompile.errors import ConfigError
+
+    out = []
+    for m in re.finditer(r"([A-Za-z0-9_-]+)(?:\{([^}]*)\})?(?:,|$)", text.strip()):
+        name, opts = m.group(1), m.group(2)
+        cls = _REGISTRY.get(name)
+        if cls is None:
+            raise ConfigError(
+                f"unknown pass {name!r}; registered passes: {', '.join(sorted(_REGISTRY))}."
+            )
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        kwargs: dict[str, Any] = {}
+        for item in filter(None, (opts or "").split(",")):
+            key, eq, value = item.partition("=")
+            if not eq or key not in fields:
+                raise ConfigError(
+                    f"pass {name!r} has no option {key!r}; options: "
+                    f"{', '.join(fields) or 'none'} (write {name}{{option=value}})."
+                )
+            try:
+                kwargs[key] = _option_value(fields[key], value)
+            except ValueError as e:
+                raise ConfigError(f"pass {name!r} option {key!r}: {e}.") from None
+        out.append(cls(**kwargs))
+    if not out:
+        raise ConfigError(f"no passes in {text!r}; registered: {', '.join(sorted(_REGISTRY))}.")
+    return out
 
 
 class PassManager(Generic[IR]):
@@ -218,7 +335,8 @@ class PassManager(Generic[IR]):
         self.verifier = verifier
 
     def describe(self) -> str:
-        return ",".join(p.name for p in self.passes)
+        """The pipeline string (``parse_pipeline`` reads it back for registered passes)."""
+        return ",".join(pass_text(p) for p in self.passes)
 
     def run(self, ir: IR, ctx: PassContext) -> IR:
         for i, p in enumerate(self.passes):
@@ -256,12 +374,14 @@ def _save_failing_input(p: Any, index: int, ir: Any, ctx: PassContext) -> str:
             fh.write(text + "\n")
     except Exception as e:  # never hide the pass's own error behind a dump failure
         return f"(could not save the pass input: {type(e).__name__}: {e})"
-    if suffix == ".mlir":
+    if suffix == ".mlir" and _REGISTRY.get(p.name) is type(p):
         return (
             f"Input IR saved to {path}\n"
-            f"Replay: python -m rqcompile opt --passes {p.name} {path}"
+            f"Replay: python -m rqcompile opt --passes '{pass_text(p)}' {path}"
         )
-    return (
-        f"Input graph saved to {path} (fx graphs print but do not parse back; rerun with "
-        "RQ_PRINT_AFTER=all to see every pass's output)"
-    )
+    if suffix == ".fx.txt":
+        return (
+            f"Input graph saved to {path} (fx graphs print but do not parse back; rerun with "
+            "RQ_PRINT_AFTER=all to see every pass's output)"
+        )
+    return f"Input saved to {path}"

@@ -7,24 +7,13 @@ injection with a detached rounding residual, ``q = z + (code - z).detach()``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from rqcompile.quant import estimators as _estimators  # table read at call time (acyclic)
+from rqcompile.quant import estimators as _estimators
 from rqcompile.quant.primitives import QFormat, grid, make_codes, nm_mask, reuse_buffers
+from rqcompile.quant.result import FakeQuantResult
 
 __all__ = ["FakeQuantResult", "fake_quant_blocks"]
-
-
-@dataclass(frozen=True)
-class FakeQuantResult:
-    """``y = scale * codes + offset`` per block; shapes ``(..., nb, B)`` and ``(..., nb, 1)``."""
-
-    y: torch.Tensor
-    codes: torch.Tensor
-    scale: torch.Tensor
-    offset: torch.Tensor
 
 
 def fake_quant_blocks(

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from rqcompile.errors import ConfigError, NumericsError, RQWarning
-from rqcompile.quant.fake_quant import FakeQuantResult
+from rqcompile.quant.result import FakeQuantResult
 from rqcompile.quant.primitives import EPS, QFormat
 
 __all__ = [

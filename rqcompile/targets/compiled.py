@@ -152,7 +152,7 @@ class CompiledModule:
         """Write the artifact atomically (a temp file then rename; nothing half-written)."""
         from safetensors.torch import save as st_save
 
-        from rqcompile import __version__
+        from rqcompile.version import __version__
         from rqcompile.ir.printer import print_module
 
         members = {
@@ -197,29 +197,6 @@ class CompiledModule:
 
 def _member(name: str) -> zipfile.ZipInfo:
     return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-
-
-def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:
-    """Load an artifact written by ``CompiledModule.save``.
-
-    Raises:
-        ArtifactError: missing, corrupt, truncated, tampered or from another format version,
-            or built for CPU features this machine lacks.
-    """
-    manifest, ir, members = read_artifact(path)
-    target = Target.parse(manifest["target"])
-    from rqcompile.api import build
-    from rqcompile.targets.device.build import DEVICE_KINDS
-
-    if target.kind in DEVICE_KINDS and trust_kernels:
-        from rqcompile.targets.device.build import load_device
-
-        return load_device(ir, target, members)
-    if target.kind == "reference" or "kernels.so" not in members or not trust_kernels:
-        return build(ir, target)
-    from rqcompile.targets.tvm.runtime import load_library
-
-    return load_library(ir, target, members["kernels.so"], manifest.get("features", []))
 
 
 def read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Module, dict[str, bytes]]:

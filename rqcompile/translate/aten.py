@@ -17,7 +17,7 @@ import torch
 
 from rqcompile.ir.core import Value
 from rqcompile.translate import converters as C
-from rqcompile.translate.from_fx import TranslateContext
+from rqcompile.translate.context import TranslateContext
 
 __all__ = ["ATEN"]
 

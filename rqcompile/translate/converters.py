@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rqcompile.ir.core import Value
-from rqcompile.translate.from_fx import TranslateContext
+from rqcompile.translate.context import TranslateContext
 
 __all__ = ["FUNCTIONS", "METHODS", "MODULES"]
 

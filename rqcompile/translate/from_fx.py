@@ -15,81 +15,24 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from rqcompile.capture.trace import owner_of, source_of
 from rqcompile.errors import UnsupportedOpError
 from rqcompile.ir import ops_float, ops_int, ops_more  # noqa: F401  (register ops)
-from rqcompile.ir.builder import Builder
-from rqcompile.ir.core import Loc, Module, Value
+from rqcompile.ir.core import Module, Value
 from rqcompile.ir.types import TensorType, dtype_of_torch
 from rqcompile.quant.modules import RQQuantize
+from rqcompile.translate.aten import ATEN
+from rqcompile.translate.context import Converter, QOperand, TranslateContext
+from rqcompile.translate.context import Unsupported as _Unsupported
+from rqcompile.translate.converters import FUNCTIONS, METHODS, MODULES
+from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 
 __all__ = ["Converter", "QOperand", "TranslateContext", "translate"]
-
-
-@dataclass(frozen=True)
-class QOperand:
-    """A quantizer applied to a value: consumed by a quantized-matmul converter."""
-
-    quant: RQQuantize
-    source: Value | torch.Tensor
-    node: fx.Node
-
-
-class _Unsupported:
-    """Marker for the result of a node that could not be converted."""
-
-
-class TranslateContext:
-    """State of one translation: the IR builder, the graph and constant naming."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.b = Builder()
-        self.gm = gm
-        self._n = 0
-        self.node: fx.Node | None = None
-        self.names: dict[int, str] = {}  # id(tensor) -> parameter/buffer name, for readable IR
-
-    def loc(self) -> Loc | None:
-        n = self.node
-        if n is None:
-            return None
-        meta = n.meta.get("rq")
-        layer = meta.layer if meta is not None else (owner_of(n) or n.name)
-        return Loc(layer, source_of(n))
-
-    def value(self, v: Any, *, name: str | None = None) -> Value:
-        """An IR value for ``v``: IR values pass through, tensors become constants."""
-        if isinstance(v, Value):
-            return v
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = torch.tensor(float(v))
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"expected a tensor, got {type(v).__name__}")
-        name = name or self.names.get(id(v))
-        t = v.detach().contiguous()
-        if t.is_floating_point():
-            t = t.float()
-        elif t.dtype == torch.int32:
-            t = t.long()
-        self._n += 1
-        return self.b.const(name or f"const{self._n}", t, loc=self.loc())
-
-    def const(self, name: str, t: torch.Tensor) -> Value:
-        return self.b.const(name, t.detach().contiguous(), loc=self.loc())
-
-    def op(self, name: str, *operands: Value, **attrs: Any) -> Any:
-        return self.b.op(name, *operands, loc=self.loc(), **attrs)
-
-
-Converter = Callable[..., Any]
 
 
 def _is_ir(x: Any) -> bool:
@@ -124,9 +67,6 @@ def _shape_attr(v: Value, name: str) -> Any:
 
 def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None) -> Module:
     """Translate a prepared graph (eval semantics) into an rq IR ``Module``."""
-    from rqcompile.translate.aten import ATEN
-    from rqcompile.translate.converters import FUNCTIONS, METHODS, MODULES
-    from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 
     float_functions = {**FUNCTIONS, **ATEN}
     with warnings.catch_warnings():  # torch's own pytree spec (export graphs) warns on copy
@@ -233,9 +173,6 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
 
 def supported_ops() -> list[str]:
     """Names of every fx target/method/module type the converter handles."""
-    from rqcompile.translate.aten import ATEN
-    from rqcompile.translate.converters import FUNCTIONS, METHODS, MODULES
-    from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 
     names = [getattr(f, "__name__", str(f)) for f in (*FUNCTIONS, *QUANTIZED_FUNCTIONS)]
     names += [str(op) for op in ATEN]

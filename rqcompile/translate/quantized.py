@@ -38,7 +38,7 @@ from rqcompile.passes.qat.common import check_finite
 from rqcompile.quant.bitpack import pack_nibbles, pack_signs, pack_sparse24, shift_affine8
 from rqcompile.quant.modules import RQQuantize
 from rqcompile.translate.converters import _pair
-from rqcompile.translate.from_fx import QOperand, TranslateContext
+from rqcompile.translate.context import QOperand, TranslateContext
 
 __all__ = ["QUANTIZED_FUNCTIONS", "WeightPack", "pack_weight"]
 

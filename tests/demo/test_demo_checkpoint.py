@@ -1,4 +1,4 @@
-"""Tests for rqcompile.demo.checkpoint: exact round trip, tied weights, atomic writes."""
+"""Tests for rqcompile.state_file: exact round trip, tied weights, atomic writes."""
 
 from __future__ import annotations
 

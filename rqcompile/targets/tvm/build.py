@@ -17,11 +17,13 @@ import tempfile
 import time
 from typing import Any
 
-from rqcompile.errors import RQError, TargetError
 from rqcompile.ir.core import Module
+from rqcompile.ir.verify import verify
+from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target as RQTarget
 from rqcompile.targets.tvm.pipelines import (
+    Phase,
     features_for,
     library_suffix,
     pipeline_for,
@@ -43,7 +45,7 @@ def export_bytes(executable: Any, suffix: str = ".so") -> bytes:
             return f.read()
 
 
-def build_tvm(ir: Module, target: RQTarget) -> CompiledModule:
+def build_tvm(ir: Module, target: RQTarget, context: PassContext | None = None) -> CompiledModule:
     """Build ``ir`` for a TVM ``target`` (today: ``llvm``, host or cross).
 
     Args:
@@ -52,28 +54,25 @@ def build_tvm(ir: Module, target: RQTarget) -> CompiledModule:
             this machine.
 
     Returns:
-        A :class:`CompiledModule` with the library bytes and the CPU features it needs. For a
-        machine other than this one it builds but raises ``TargetError`` when called.
+        A :class:`CompiledModule` with the library bytes and the CPU features it needs, and
+        the IR as the rq-IR passes left it (every op's kernel annotated). For a machine
+        other than this one it builds but raises ``TargetError`` when called.
+
+    The pipeline (``pipelines.pipeline_for``: the rq-IR passes, then the TVM phases) runs
+    under ``context`` (default: the active ``rq.PassContext``), so its instruments see every
+    step.
 
     Raises:
-        TargetError: the target has no pipeline, or a TVM phase failed (the message names
-            the phase and the target; TVM's error is the ``__cause__``).
+        TargetError: the target has no pipeline. PassError: a pass or TVM phase failed (the
+            message names it and the pipeline; TVM's error is the ``__cause__``).
         UnsupportedOpError: ops the emitter does not know, all listed at once.
     """
     ttarget = tvm_target(target)
-    x: Any = ir
-    for phase in pipeline_for(ttarget):
-        t0 = time.perf_counter()
-        try:
-            x = phase.run(x)
-        except RQError:
-            raise
-        except Exception as e:  # TVM's own error types; keep them as the cause
-            raise TargetError(
-                f"TVM build phase {phase.name!r} failed for target {ttarget}: "
-                f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-            ) from e
-        _log.debug("phase %s: %.3f s", phase.name, time.perf_counter() - t0)
+    ctx = (context or PassContext.current()).for_stage(target=target)
+    passes = pipeline_for(ttarget)
+    n_rq = next(i for i, p in enumerate(passes) if isinstance(p, Phase))
+    ir = PassManager(passes[:n_rq], verifier=verify).run(ir, ctx)  # decisions, as IR
+    x: Any = PassManager(passes[n_rq:]).run(ir, ctx)  # TVM: emit ... relax.build
     t0 = time.perf_counter()
     lib = export_bytes(x, library_suffix(target.to_dict()))
     _log.debug("export: %.3f s (%d bytes)", time.perf_counter() - t0, len(lib))

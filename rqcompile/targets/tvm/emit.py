@@ -11,14 +11,18 @@ Where it sits: ``build``, phase ``emit`` of ``targets/tvm/pipelines.py``. In: a 
   ``rq.kernel`` block annotations).
 * **Float and layout ops** are ``relax.op.*`` calls, legalized to TOPI by ``LegalizeOps``.
   ``im2col``, ``causal_mask`` and ``slice`` are TE computes written here.
-* **Attention is fused** on CPU targets with vector code: :mod:`.attention_match` finds
+* **Kernels are chosen by IR passes, not here.** ``select-kernels`` and ``pack-weights``
+  (``passes/ir/``) annotate each integer op with its row of the kernel table
+  (:mod:`.kernel_table`, ``rq.kernel``) and weight layout (``rq.weight_layout``); the
+  emitter builds what the row names.
+* **Attention is fused** where ``fuse-attention`` marked a group (``rq.fused``):
   ``softmax(q·kᵀ·scale [mask]) · v`` (explicit or ``rq.sdpa``) with the q/k/v split, bias
-  and head transposes around it, and :mod:`.kernels_attention` emits one kernel for the
-  group; the group's other ops are not emitted.
-* **The float op before an activation quantize is fused** where the quantize is the AVX2
-  micro-kernel: :mod:`.prologue_match` finds ``[bias add →] gelu → quantize`` and
-  ``layer_norm → quantize`` and :mod:`.kernels_x86_prologue` emits one kernel per chain
-  (``options["prologue_quantize"]``; the op's output never reaches memory).
+  and head transposes around it; :mod:`.kernels_attention` emits one kernel for the group
+  and the group's other ops are not emitted.
+* **The float op before an activation quantize is fused** where ``fuse-prologue`` marked
+  a chain (``[bias add →] gelu → quantize``, ``[residual add →] layer_norm → quantize``):
+  :mod:`.kernels_x86_prologue` emits one kernel per chain (the op's output never reaches
+  memory).
 * **Weights are parameters, not constants.** Every ``rq.const`` becomes a parameter of
   ``main`` named after the constant; the runtime binds ``ir.constants`` to them, so the
   shared library holds code only and an artifact stores each weight once (safetensors).
@@ -44,13 +48,16 @@ from rqcompile.errors import TargetError, UnsupportedOpError
 from rqcompile.ir.core import AttrValue, Func, Module, Op, attr_key
 from rqcompile.ir.types import TensorType
 from rqcompile.ir.uses import Uses
-from rqcompile.quant.primitives import QFormat, code_range
 from rqcompile.targets.tvm import kernels as K
 from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
-from rqcompile.targets.tvm.attention_match import AttentionGroup, find_attention
-from rqcompile.targets.tvm.kernels_attention import attention_supported, te_attention
+from rqcompile.passes.infra import PassContext, PassManager
+from rqcompile.passes.ir.kernel_table import KernelRow, find_row
+from rqcompile.passes.ir.patterns.attention import AttentionGroup, find_attention
+from rqcompile.passes.ir.patterns.prologue import PrologueChain, find_prologues
+from rqcompile.targets.tvm.kernel_table import KIND
+from rqcompile.targets.tvm.kernels_attention import te_attention
 from rqcompile.targets.tvm.kernels_x86_prologue import te_prologue_quantize
-from rqcompile.targets.tvm.prologue_match import PrologueChain, find_prologues
+from rqcompile.targets.tvm.lowering import passes_for_options
 
 __all__ = [
     "EMITTERS",
@@ -165,11 +172,8 @@ class Emission:
     types of the PrimFunc emitted for it, and lives only as long as this object.
     """
 
-    def __init__(
-        self, bb: relax.BlockBuilder, options: Mapping[str, Mapping[str, Any]] | None = None
-    ) -> None:
+    def __init__(self, bb: relax.BlockBuilder) -> None:
         self.bb = bb
-        self.options = dict(options or {})  # kernel name -> extra TE keywords (target ISA)
         self._memo: dict[Hashable, tuple[Any, Any]] = {}
         self.uses: Uses | None = None  # of the function being emitted
 
@@ -254,60 +258,55 @@ Emitter = Callable[[Emission, Op, tuple[Expr, ...]], Expr]
 # -- emitters -------------------------------------------------------------------------------
 
 
+def _row(op: Op) -> KernelRow | None:
+    """The kernel-table row ``select-kernels`` chose for ``op`` (``rq.kernel``), if any."""
+    name = op.attr("rq.kernel", None)
+    return None if name is None else find_row(KIND, str(name))
+
+
 def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
-    """An integer op: ``emit_te(fn, *operands, **attrs)``, kept opaque to fusion."""
+    """An integer op: ``emit_te(builder, *operands, **attrs, **row options)``, opaque to
+    fusion. The builder and its options come from the op's kernel row (``rq.kernel``);
+    without one, ``fn`` with its defaults (the generic TE compute)."""
 
     def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-        opts = cx.options.get(name, {})
+        row = _row(op)
+        build = fn if row is None or row.builder is None else row.builder
+        opts = dict(row.options) if row is not None else {}
         key = (_op_key(op), tuple(sorted(opts.items())))
-        return cx.emit_te(fn, xs, key=key, name=name, opaque=True, **_kw(op), **opts)
+        return cx.emit_te(build, xs, key=key, name=name, opaque=True, **_kw(op), **opts)
 
     return emit
 
 
-def _x_range(cx: Emission, op: Op) -> tuple[int, int] | None:
-    """The code range of ``op``'s activation operand where an ``rq.quantize`` defines it."""
-    src = cx.uses.op_of(op.operands[0]) if cx.uses is not None else None
-    if src is None or src.name != "rq.quantize" or str(src.attr("pack")) != "none":
-        return None
-    bits = float(src.attr("bits"))  # type: ignore[arg-type]
-    fmt = QFormat(bits=bits, symmetric=bool(src.attr("symmetric")))
-    return code_range(fmt) if bits < 8 else None
-
-
-def _packed(
-    te_fn: Any, pack_fn: Any, packed_fn: Any, packs: Any, kind: str, *,
-    pass_isa: bool = False, pass_x_range: bool = False,
-) -> Emitter:  # fmt: skip
-    """An integer matmul whose weights the target kernel wants packed: emit the pack (its
-    own PrimFunc, on the weight-side operands after ``xq, xs, xc``) then the kernel on all
-    the parts it returns, where ``packs`` allows it for these shapes and the target's kernel
-    options; else the one fused TE kernel ``te_fn``.
+def _packed(te_fn: Any, kind: str) -> Emitter:
+    """An integer matmul: where ``pack-weights`` chose a packed layout
+    (``rq.weight_layout``), emit the row's pack (its own PrimFunc, on the weight-side
+    operands after ``xq, xs, xc``) then the row's kernel on all the parts it returns; else
+    the one fused TE kernel of the row.
 
     The pack depends on weights only, so ``LiftTransformParams`` (pipelines.py) moves it
     into ``main_transform_params``, which the runtime calls once when binding weights.
-    ``pass_isa``: pack and kernel also take the target's ``isa`` (their layout depends on it).
-    ``pass_x_range``: they also take the activation codes' range, where an ``rq.quantize``
-    with fewer than 8 bits defines them (``kernels.narrow_x_offset``).
+    ``rq.x_range`` (the activation codes' range, recorded by ``pack-weights`` where the
+    layout depends on it) goes to both builders.
     """
     fused = _te_op(te_fn, kind)
 
     def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-        opts = dict(cx.options.get(kind, {}))
-        isa = opts.get("isa", "generic")
-        shapes = _dims(op.operands[0].type), _dims(op.operands[3].type)[0]
-        if not packs(*shapes, isa=isa, **_kw(op)):
+        row = _row(op)
+        layout = op.attr("rq.weight_layout", None)
+        if row is None or row.pack is None or layout != row.pack.layout:
             return fused(cx, op, xs)
-        kw = {**_kw(op), **({"isa": isa} if pass_isa else {})}
-        xr = _x_range(cx, op) if pass_x_range else None
+        kw = {**_kw(op), **row.pack.options}
+        xr = op.attr("rq.x_range", None)
         if xr is not None:
-            kw["x_range"] = xr
+            kw["x_range"] = tuple(int(v) for v in xr)  # type: ignore[union-attr]
         wkey = ("pack", kind, tuple(v.type for v in op.operands[3:]), tuple(sorted(kw.items())))
-        packed = cx.emit_te(pack_fn, list(xs[3:]), key=wkey, name=f"pack_{kind}", opaque=True,
-                            **kw)  # fmt: skip
+        packed = cx.emit_te(row.pack.pack, list(xs[3:]), key=wkey, name=f"pack_{kind}",
+                            opaque=True, **kw)  # fmt: skip
         parts = [cx.emit(relax.TupleGetItem(packed, i))
                  for i in range(len(packed.ty.fields))]  # fmt: skip
-        return cx.emit_te(packed_fn, [*xs[:3], *parts], key=("packed", _op_key(op), xr),
+        return cx.emit_te(row.pack.kernel, [*xs[:3], *parts], key=("packed", _op_key(op), xr),
                           name=kind, opaque=True, **kw)  # fmt: skip
 
     return emit
@@ -338,7 +337,7 @@ def _int(op: Op, name: str) -> int:
 
 
 def _kw(op: Op) -> dict[str, Any]:
-    """The op's attributes as keyword arguments."""
+    """The op's own attributes (not its annotations) as keyword arguments."""
     return dict(op.attrs_dict)
 
 
@@ -533,15 +532,9 @@ def _broadcast_to(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
 EMITTERS: dict[str, Emitter] = {
     # integer core (kernels.py; scheduled by schedules.py)
     "rq.quantize": _te_op(K.te_quantize, "quantize"),
-    "rq.int_matmul": _packed(K.te_int_matmul, K.te_pack_int_matmul_weights,
-                             K.te_int_matmul_packed, K.int_matmul_packs, "int_matmul",
-                             pass_isa=True, pass_x_range=True),
-    "rq.xnor_popcount_matmul": _packed(K.te_xnor_popcount_matmul, K.te_pack_xnor_weights,
-                                       K.te_xnor_popcount_matmul_packed, K.xnor_packs,
-                                       "xnor_popcount_matmul", pass_isa=True),
-    "rq.sparse24_matmul": _packed(K.te_sparse24_matmul, K.te_pack_sparse24_weights,
-                                  K.te_sparse24_matmul_packed, K.sparse24_packs,
-                                  "sparse24_matmul"),
+    "rq.int_matmul": _packed(K.te_int_matmul, "int_matmul"),
+    "rq.xnor_popcount_matmul": _packed(K.te_xnor_popcount_matmul, "xnor_popcount_matmul"),
+    "rq.sparse24_matmul": _packed(K.te_sparse24_matmul, "sparse24_matmul"),
     "rq.qbmm": _te_op(K.te_qbmm, "qbmm"),
     "rq.repeat_blocks": _repeat_blocks,
     # float ops
@@ -588,17 +581,34 @@ EMITTERS: dict[str, Emitter] = {
 _ATTENTION_ATTRS = {"rq.kernel": "attention", "rq.scheduled": True}
 
 
-def _attention_groups(ir: Module, f: Func, opts: Mapping[str, Any] | None) -> list[AttentionGroup]:
-    """The attention groups to fuse: none unless the target asked (``options["attention"]``
-    with its vector ``lanes``), and only those the kernel takes."""
-    if not opts:
+def _marked(f: Func, kind: str) -> dict[int, frozenset[int]]:
+    """The op sets of ``f`` that a fusion pass marked ``rq.fused = [kind, id]``, by id."""
+    groups: dict[int, set[int]] = {}
+    for i, op in enumerate(f.ops):
+        mark = op.attr("rq.fused", None)
+        if isinstance(mark, tuple) and len(mark) == 2 and mark[0] == kind:
+            groups.setdefault(int(mark[1]), set()).add(i)
+    return {g: frozenset(ops) for g, ops in groups.items()}
+
+
+def _attention_groups(ir: Module, f: Func) -> list[AttentionGroup]:
+    """The groups ``fuse-attention`` marked, rebuilt from the pattern (a marked set that no
+    longer matches one is an error: the IR changed after the pass ran)."""
+    marked = _marked(f, "attention")
+    if not marked:
         return []
-    lanes = int(opts["lanes"])
-    return [g for g in find_attention(f, ir.constants) if attention_supported(g, lanes)]
+    by_ops = {g.ops: g for g in find_attention(f, ir.constants)}
+    out = []
+    for gid, ops in sorted(marked.items()):
+        if ops not in by_ops:
+            raise TargetError(f"the ops marked rq.fused = [\"attention\", {gid}] are not an "
+                              "attention group any more; rerun fuse-attention.")  # fmt: skip
+        out.append(by_ops[ops])
+    return out
 
 
-def _emit_attention(cx: Emission, g: AttentionGroup, env: Mapping[int, Expr]) -> Expr:
-    lanes = int(cx.options["attention"]["lanes"])
+def _emit_attention(cx: Emission, g: AttentionGroup, env: Mapping[int, Expr], f: Func) -> Expr:
+    lanes = int(f.ops[g.anchor].attr("rq.lanes"))  # type: ignore[arg-type]
     args = [env[v.id] for v in g.inputs]
     # the group goes in a partial: emit_te only passes TVM-convertible keywords
     fn = functools.partial(te_attention, group=g, lanes=lanes)
@@ -613,17 +623,19 @@ def _emit_attention(cx: Emission, g: AttentionGroup, env: Mapping[int, Expr]) ->
 _PROLOGUE_ATTRS = {"rq.kernel": "prologue_quantize", "rq.scheduled": True}
 
 
-def _prologue_chains(
-    f: Func, options: Mapping[str, Mapping[str, Any]], taken: set[int]
-) -> list[PrologueChain]:
-    """The chains to fuse: none unless the target asked (``options["prologue_quantize"]``
-    with the ``ops`` to fuse) and its quantize is the AVX2 micro-kernel; none that share an
-    op with ``taken`` (the fused attention groups)."""
-    opts = options.get("prologue_quantize")
-    if not opts or options.get("quantize", {}).get("isa") != "avx2":
+def _prologue_chains(f: Func) -> list[PrologueChain]:
+    """The chains ``fuse-prologue`` marked, rebuilt from the pattern."""
+    marked = _marked(f, "prologue")
+    if not marked:
         return []
-    ops = set(opts.get("ops", ()))
-    return [c for c in find_prologues(f) if c.prologue in ops and not c.ops & taken]
+    by_ops = {c.ops: c for c in find_prologues(f, lambda q: True)}
+    out = []
+    for gid, ops in sorted(marked.items()):
+        if ops not in by_ops:
+            raise TargetError(f"the ops marked rq.fused = [\"prologue\", {gid}] are not a "
+                              "prologue chain any more; rerun fuse-prologue.")  # fmt: skip
+        out.append(by_ops[ops])
+    return out
 
 
 def _prologue_te(x: Any, residual: list[Any], params: list[Any], **kw: Any) -> Any:
@@ -709,16 +721,19 @@ def emit_module(
 
     ``main(*ir_args, *weights)``: the IR's arguments (named ``input0``, ...), then one
     parameter per name of :func:`const_params`. Returns a single tensor or a tuple, as the IR
-    function does. ``options`` maps a kernel name (``"int_matmul"``) to extra keywords for its
-    TE builder: the target's instruction set, from ``schedules.kernel_options``; with
-    ``options["attention"] = {"lanes": n}`` attention is fused (:mod:`.attention_match`),
-    with ``options["prologue_quantize"] = {"ops": ("gelu", "layer_norm")}`` the float op
-    before an AVX2 quantize (:mod:`.prologue_match`).
+    function does. Every lowering decision is read off the IR's annotations, which the
+    target's IR passes recorded (``lowering.ir_passes``): each integer op's kernel-table row
+    (``rq.kernel``) and weight layout (``rq.weight_layout``), and the fused attention groups
+    and quantize prologues (``rq.fused``). Ops without annotations get the generic kernels.
+    ``options`` (the old per-kernel dict, ``{"int_matmul": {"isa": "avx2"}, "attention":
+    {"lanes": 8}}``) first runs the equivalent passes (``lowering.passes_for_options``).
 
     Raises:
         UnsupportedOpError: ops with no emitter (all listed at once).
         TargetError: dynamic shapes.
     """
+    if options:
+        ir = PassManager(passes_for_options(options)).run(ir, PassContext())
     f = ir.func(func)
     _check(f)
     inputs = [relax.Var(f"input{i}", _relax_type(v.type)) for i, v in enumerate(f.args)]
@@ -727,12 +742,12 @@ def emit_module(
         if op.name == "rq.const":
             name = str(op.attr("name"))
             weights.setdefault(name, relax.Var(name, _relax_type(op.result.type)))
-    cx = Emission(relax.BlockBuilder(), options)
+    cx = Emission(relax.BlockBuilder())
     env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs, strict=True)}
-    groups = _attention_groups(ir, f, cx.options.get("attention"))
+    groups = _attention_groups(ir, f)
     fused = {i for g in groups for i in g.ops}
     anchors = {g.anchor: g for g in groups}
-    chains = _prologue_chains(f, cx.options, fused)
+    chains = _prologue_chains(f)
     fused |= {i for c in chains for i in c.ops}
     chain_at = {c.anchor: c for c in chains}
     # num_input: the rest are weights, whose weight-only work LiftTransformParams may hoist
@@ -744,7 +759,7 @@ def emit_module(
                     env[op.result.id] = weights[str(op.attr("name"))]
                     continue
                 if i in anchors:
-                    env[anchors[i].result.id] = _emit_attention(cx, anchors[i], env)
+                    env[anchors[i].result.id] = _emit_attention(cx, anchors[i], env, f)
                     continue
                 if i in chain_at:
                     _emit_prologue(cx, chain_at[i], env)

@@ -33,31 +33,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
-from rqcompile.targets.tvm.attention_match import AttentionGroup, View, view_shape
+from rqcompile.passes.ir.patterns.attention import (
+    AttentionGroup,
+    View,
+    attention_dims,
+    attention_fits,
+    view_shape,
+)
 from rqcompile.targets.tvm.fast_math import exp_poly
 
 __all__ = ["attention_supported", "te_attention"]
 
-#: Local buffers per (batch, head) above this many bytes: the scores no longer stay in L1
-#: and the unfused kernels are as good; keep those groups unfused.
-_MAX_LOCAL_BYTES = 256 * 1024
 _F32 = "float32"
 
 
-def _dims_of(g: AttentionGroup) -> tuple[tuple[int, ...], int, int, int, int]:
-    *batch, t, e = view_shape(g.q)
-    s = view_shape(g.k)[-2]
-    ev = view_shape(g.v)[-1]
-    return tuple(batch), t, s, e, ev
-
-
-def attention_supported(g: AttentionGroup, lanes: int) -> bool:
-    """Whether :func:`te_attention` takes this group: ``Ev`` a multiple of the vector
-    lanes and the per-head working set small enough to stay in cache."""
-    _, t, s, e, ev = _dims_of(g)
-    sp = -(-s // lanes) * lanes
-    local = 4 * (e * sp + s * ev + 4 * (e + sp))
-    return lanes > 1 and ev % lanes == 0 and t > 0 and s > 0 and local <= _MAX_LOCAL_BYTES
+_dims_of = attention_dims
+#: Whether :func:`te_attention` takes a group (the ``fuse-attention`` pass asks the same).
+attention_supported = attention_fits
 
 
 # -- views: index maps from the kernel's loop indices to its input buffers ----------------

@@ -31,11 +31,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rqcompile.errors import TargetError
+from rqcompile.errors import RQError, TargetError
+from rqcompile.passes.infra import PassResult
 from rqcompile.targets.target import Target as RQTarget
 from rqcompile.targets.tvm.adapter import (
     Target,
     host_llvm_target,
+    llvm_features,
     make_target,
     relax,
     target_features,
@@ -44,17 +46,19 @@ from rqcompile.targets.tvm.adapter import (
 from rqcompile.targets.tvm.cpu_features import host_features
 from rqcompile.targets.tvm.emit import emit_module
 from rqcompile.targets.tvm.fast_math import FastFloatMath
-from rqcompile.targets.tvm.schedules import kernel_options, schedule_module
+from rqcompile.targets.tvm.lowering import ir_passes
+from rqcompile.targets.tvm.schedules import cpu_dot_path, schedule_module
 from rqcompile.targets.tvm.schedules_float import FloatScheduleConfig, schedule_float_cpu
 
 __all__ = [
     "Phase",
     "cpu_phases",
-    "emit_options",
+    "kernel_features",
     "features_for",
     "legalize_passes",
     "library_suffix",
     "pipeline_for",
+    "rq_passes",
     "run_blockers",
     "schedule_float_cpu",
     "tvm_target",
@@ -63,10 +67,21 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Phase:
-    """One named step of a build: ``run(x) -> y``. Names appear in logs and errors."""
+    """One named TVM step of a build, run by the same ``PassManager`` as the rq-IR passes
+    (so ``PrintAfter``, ``Timing`` and ``DumpIR`` see it): ``fn(x) -> y``."""
 
     name: str
-    run: Callable[[Any], Any]
+    fn: Callable[[Any], Any]
+
+    def run(self, ir: Any, ctx: Any) -> PassResult[Any]:
+        try:
+            return PassResult(self.fn(ir), True)
+        except RQError:
+            raise
+        except Exception as e:  # TVM's own error types; keep them as the cause
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            raise TargetError(f"TVM build phase {self.name!r} failed: {type(e).__name__}: "
+                              f"{last}") from e  # fmt: skip
 
 
 def _passes(target: Target, passes: Sequence[Any]) -> Callable[[Any], Any]:
@@ -91,33 +106,31 @@ def legalize_passes() -> list[Any]:
     ]
 
 
-#: The float ops fused into the activation quantize that follows them
-#: (``kernels_x86_prologue.py``, ``PROLOGUES`` lists what it takes); empty switches that
-#: fusion off. ``gelu`` is left out by default: both kernels are compute-bound, and on the
-#: demo transformer (Zen 3, one thread) the fused GELU + quantize ran no faster than the two
-#: apart (2.4-2.6 ms vs 2.4 per batch), the whole model 1.5-3% slower than with the layer
-#: norms alone fused.
-PROLOGUE_OPS: tuple[str, ...] = ("layer_norm",)
+def kernel_features(target: Target) -> tuple[str, ...]:
+    """The features ``select-kernels`` matches the kernel table's ``requires`` against:
+    the target's (``/proc/cpuinfo`` spelling) plus ``avx512vl`` where LLVM has it; none for
+    targets whose kernels must stay generic (not ``llvm``, or no AVX2 dot product)."""
+    if str(target.kind.name) != "llvm" or cpu_dot_path(target) == "generic":
+        return ()
+    feats = set(target_features(target))
+    if "avx512vl" in llvm_features(target):
+        feats.add("avx512vl")
+    return tuple(sorted(feats))
 
 
-def emit_options(target: Target) -> dict[str, dict[str, Any]]:
-    """``emit_module``'s options for a CPU target: the integer kernels' ISA
-    (``schedules.kernel_options``) and, where the target has vector code, fused attention
-    with the float vector width (``kernels_attention.py``); where the quantize is the AVX2
-    micro-kernel, the :data:`PROLOGUE_OPS` before it fused in (``prologue_match.py``)."""
-    options = kernel_options(target)
+def rq_passes(target: Target) -> list[Any]:
+    """The rq-IR passes of a CPU build: ``lowering.ir_passes`` for ``target``'s features
+    and float vector width."""
     cfg = FloatScheduleConfig.for_target(target)
-    if cfg.vectorize:
-        options["attention"] = {"lanes": cfg.lanes}
-    if options.get("quantize", {}).get("isa") == "avx2" and PROLOGUE_OPS:
-        options["prologue_quantize"] = {"ops": PROLOGUE_OPS}
-    return options
+    return ir_passes(kernel_features(target), lanes=cfg.lanes if cfg.vectorize else None)
 
 
 def cpu_phases(target: Target) -> tuple[Phase, ...]:
     """The ``llvm`` (and later ``c``) phases for ``target``.
 
-    ``legalize`` is TVM's CPU legalization minus library dispatch (we emit no sort/sampling
+    First the rq-IR passes (:func:`rq_passes`: fuse-attention, select-kernels,
+    fuse-prologue, pack-weights), which record every lowering decision on the IR; then the
+    TVM phases. ``legalize`` is TVM's CPU legalization minus library dispatch (we emit no sort/sampling
     ops), after :class:`FastFloatMath` (vectorizable GELU/softmax, ``fast_math.py``).
     ``FuseOps`` fuses only the float code around our kernels: emit marks kernel
     PrimFuncs ``op_pattern = kOpaque``, so they reach ``schedule`` whole and still carry the
@@ -141,7 +154,8 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
         ]
     )
     return (
-        Phase("emit", lambda ir: emit_module(ir, options=emit_options(target))),
+        *rq_passes(target),
+        Phase("emit", emit_module),
         Phase("lift-params", _passes(target, [relax.transform.LiftTransformParams()])),
         Phase("legalize", _passes(target, legalize)),
         Phase("schedule", lambda mod: schedule_module(mod, target)),
@@ -152,10 +166,10 @@ def cpu_phases(target: Target) -> tuple[Phase, ...]:
 
 #: ``c`` runs the same phases: TVM's C backend emits C for the host code and kernels, and
 #: ``export_library`` compiles it with the host compiler (g++, or $CXX/$CC).
-_PHASES: dict[str, Callable[[Target], tuple[Phase, ...]]] = {"llvm": cpu_phases, "c": cpu_phases}
+_PHASES: dict[str, Callable[[Target], tuple[Any, ...]]] = {"llvm": cpu_phases, "c": cpu_phases}
 
 
-def pipeline_for(target: Target) -> tuple[Phase, ...]:
+def pipeline_for(target: Target) -> tuple[Any, ...]:
     """The phase list for a resolved ``tvm.target.Target`` (see :func:`tvm_target`).
 
     Raises:

@@ -24,7 +24,7 @@ from rqcompile.ir import Builder, Module, TensorType  # noqa: E402
 from rqcompile.ir.core import Value  # noqa: E402
 from rqcompile.targets.tvm import emit  # noqa: E402
 from rqcompile.targets.tvm.adapter import host_llvm_target, te, topi  # noqa: E402
-from rqcompile.targets.tvm.attention_match import find_attention  # noqa: E402
+from rqcompile.passes.ir.patterns.attention import find_attention  # noqa: E402
 from rqcompile.targets.tvm.fast_math import exp_poly  # noqa: E402
 from rqcompile.targets.tvm.kernels_attention import (  # noqa: E402
     attention_supported,

@@ -24,9 +24,15 @@ import rqcompile as rq  # noqa: E402
 from rqcompile.ir import Builder, Module, TensorType  # noqa: E402
 from rqcompile.ir.core import Value  # noqa: E402
 from rqcompile.targets.tvm import emit  # noqa: E402
-from rqcompile.targets.tvm import pipelines as P  # noqa: E402
+from rqcompile.targets.tvm import lowering as P  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
-from rqcompile.targets.tvm.prologue_match import find_prologues  # noqa: E402
+from rqcompile.passes.ir.patterns.prologue import find_prologues as _find  # noqa: E402
+from rqcompile.passes.ir.kernel_table import find_row  # noqa: E402
+
+
+def find_prologues(func):  # type: ignore[no-untyped-def]
+    """The chains whose quantize the AVX2 micro-kernel takes (what fuse-prologue fuses)."""
+    return _find(func, find_row("llvm", "quantize.avx2").supported)
 from rqcompile.testing.ir_cases import one_module  # noqa: E402
 
 pytestmark = pytest.mark.tvm

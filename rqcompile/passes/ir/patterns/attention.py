@@ -1,8 +1,10 @@
 """Find scaled dot-product attention in an rq function: the ops one fused kernel replaces.
 
-Where it sits: ``emit.emit_module`` asks :func:`find_attention` for the groups of a function
-before emitting it (CPU targets with vector code only), skips the ops of each group and
-emits :func:`kernels_attention.te_attention` in place of the group's last op.
+Where it sits: the ``fuse-attention`` pass (``passes/ir/fuse_attention.py``) asks
+:func:`find_attention` for the groups of a function and marks the ops of each group that
+:func:`attention_fits` a target's vector width; the TVM emitter then emits
+``kernels_attention.te_attention`` in place of the group's last op (CPU targets with vector
+code only).
 
 A group is an attention *core* plus the layout ops around it:
 
@@ -38,7 +40,7 @@ from rqcompile.ir.core import Func, Op, Value
 from rqcompile.ir.types import TensorType
 from rqcompile.ir.uses import Uses
 
-__all__ = ["AttentionGroup", "find_attention", "view_shape"]
+__all__ = ["AttentionGroup", "attention_dims", "attention_fits", "find_attention", "view_shape"]
 
 View = tuple[Any, ...]
 _LAYOUT = ("rq.reshape", "rq.permute", "rq.slice", "rq.add")
@@ -296,3 +298,25 @@ def find_attention(func: Func, constants: Mapping[str, torch.Tensor]) -> list[At
             )
         )
     return groups
+
+
+#: Local buffers per (batch, head) above this many bytes: the scores no longer stay in L1
+#: and the unfused kernels are as good; keep those groups unfused.
+MAX_LOCAL_BYTES = 256 * 1024
+
+
+def attention_dims(g: AttentionGroup) -> tuple[tuple[int, ...], int, int, int, int]:
+    """``(batch, T, S, E, Ev)`` of a group."""
+    *batch, t, e = view_shape(g.q)
+    s = view_shape(g.k)[-2]
+    ev = view_shape(g.v)[-1]
+    return tuple(batch), t, s, e, ev
+
+
+def attention_fits(g: AttentionGroup, lanes: int) -> bool:
+    """Whether one fused kernel with ``lanes``-wide float vectors takes this group: ``Ev`` a
+    multiple of the lanes and the per-head working set small enough to stay in cache."""
+    _, t, s, e, ev = attention_dims(g)
+    sp = -(-s // lanes) * lanes
+    local = 4 * (e * sp + s * ev + 4 * (e + sp))
+    return lanes > 1 and ev % lanes == 0 and t > 0 and s > 0 and local <= MAX_LOCAL_BYTES

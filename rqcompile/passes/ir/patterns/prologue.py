@@ -1,9 +1,10 @@
 """Find the float op feeding an activation quantize: the chains one fused kernel replaces.
 
-Where it sits: ``emit.emit_module`` asks :func:`find_prologues` for the chains of a function
-before emitting it (targets whose quantize is the AVX2 micro-kernel, and only with
-``options["prologue_quantize"]``), skips each chain's ops and emits
-:func:`kernels_x86_prologue.te_prologue_quantize` in place of its ``rq.quantize``.
+Where it sits: the ``fuse-prologue`` pass (``passes/ir/fuse_prologue.py``) asks
+:func:`find_prologues` for the chains of a function whose ``rq.quantize`` a target kernel
+can fuse (its ``accept`` predicate: on llvm, quantizes that ``select-kernels`` gave the AVX2
+micro-kernel) and marks each chain's ops; the TVM emitter then emits
+``kernels_x86_prologue.te_prologue_quantize`` in place of its ``rq.quantize``.
 
 A chain ends in an affine ``rq.quantize`` the micro-kernel takes and is, reading backwards
 through ``rq.reshape`` ops that keep the last dim (the ``[B, T, C] → [B·T, C]`` of a
@@ -25,14 +26,14 @@ pattern does not match (the ops are then emitted one by one, as before).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rqcompile.ir.core import Func, Op, Value
 from rqcompile.ir.uses import Uses
-from rqcompile.targets.tvm.kernels_x86_prologue import prologue_quantize_supported
 
-__all__ = ["PrologueChain", "find_prologues"]
+__all__ = ["PROLOGUES", "PrologueChain", "find_prologues"]
 
 
 @dataclass(frozen=True)
@@ -146,18 +147,18 @@ def _residual(g: Uses, h: Value, k: int, qi: int, ln: int,
     return None
 
 
-def _chain(g: Uses, qi: int) -> PrologueChain | None:
+#: PROLOGUES: the float ops a chain may end in (before its quantize).
+PROLOGUES = ("gelu", "layer_norm")
+
+
+def _chain(g: Uses, qi: int, accept: Callable[[Op], bool]) -> PrologueChain | None:
     q = g.f.ops[qi]
     x = q.operands[0]
     dims = _dims(x)
     if not dims or len(dims) < 2 or x.type.dtype != "f32":
         return None
     k = dims[-1]
-    a = q.attrs_dict
-    if not prologue_quantize_supported(
-        prologue="gelu", bits=a["bits"], symmetric=bool(a["symmetric"]), block=int(a["block"]),
-        k=k, estimator=str(a["estimator"]), pack=str(a["pack"]),
-    ):  # fmt: skip
+    if not accept(q):
         return None
     ops: set[int] = {qi}
     _, pi = _skip_reshapes(g, x, k, ops)
@@ -186,16 +187,18 @@ def _chain(g: Uses, qi: int) -> PrologueChain | None:
     return PrologueChain(frozenset(ops), qi, "gelu", inputs, 0.0, q)
 
 
-def find_prologues(func: Func) -> list[PrologueChain]:
-    """Every fusable chain of ``func`` (module docstring), in op order; chains never share
-    an op."""
+def find_prologues(
+    func: Func, accept: Callable[[Op], bool] = lambda q: True
+) -> list[PrologueChain]:
+    """Every fusable chain of ``func`` (module docstring) whose ``rq.quantize`` ``accept``
+    takes, in op order; chains never share an op."""
     g = Uses(func)
     out: list[PrologueChain] = []
     taken: set[int] = set()
     for i, op in enumerate(func.ops):
         if op.name != "rq.quantize":
             continue
-        chain = _chain(g, i)
+        chain = _chain(g, i, accept)
         if chain is None or taken & chain.ops:
             continue
         taken |= chain.ops

@@ -1,0 +1,47 @@
+"""fuse-attention: the demo transformer's attention is marked as one group per layer."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from conftest import run_pass
+
+import rqcompile as rq
+from rqcompile.demo.models import CharTransformer
+from rqcompile.ir.printer import print_module
+from rqcompile.passes.ir import FuseAttention
+
+
+def _ir() -> rq.ir.Module:
+    torch.manual_seed(0)
+    model, ex = CharTransformer(65), (torch.zeros(2, 64, dtype=torch.long),)
+    return rq.convert(rq.prepare(model, ex, "A4W4").eval())
+
+
+def _marks(mod: rq.ir.Module) -> list[tuple[str, str]]:
+    return re.findall(r'"(rq\.[a-z_0-9]+)".*rq\.fused = \["attention", (\d+)', print_module(mod))
+
+
+def test_marks_each_layer_once_with_its_lanes() -> None:
+    before = _ir()
+    assert "rq.fused" not in print_module(before)
+    after = run_pass(FuseAttention(lanes=8), before)
+    marks = _marks(after)
+    groups = {g for _, g in marks}
+    layers = sum(1 for op in before.main.ops if op.name == "rq.softmax")
+    assert len(groups) == layers >= 1
+    ops = {name for name, _ in marks}
+    assert {"rq.matmul", "rq.softmax"} <= ops
+    assert print_module(after).count("rq.lanes = 8") == layers
+
+
+def test_lanes_that_do_not_divide_the_head_width_mark_nothing() -> None:
+    """The demo's heads are 32 wide: 64-lane vectors cannot take them."""
+    res = FuseAttention(lanes=64).run(_ir(), None)
+    assert not res.changed
+
+
+def test_a_second_run_changes_nothing() -> None:
+    once = run_pass(FuseAttention(lanes=8), _ir())
+    assert not FuseAttention(lanes=8).run(once, None).changed
