@@ -28,8 +28,8 @@ import torch
 
 from rqcompile.quant import reference as ref
 from rqcompile.quant.bitpack import pack_sparse24
-from rqcompile.targets.device.kernel import device_kernel
-from rqcompile.targets.tvm import kernels as K
+from rqcompile.targets.tvm.device.kernel import device_kernel
+from rqcompile.targets.tvm.kernels import integer as K
 from rqcompile.targets.tvm.adapter import te
 
 

@@ -18,9 +18,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rqcompile.targets.tvm import kernels as K
+from rqcompile.targets.tvm.kernels import integer as K
 from rqcompile.targets.tvm.adapter import te, tvm
-from rqcompile.targets.tvm.schedules import kernel_options, schedule_prim_func
+from rqcompile.targets.tvm.schedules.integer import kernel_options, schedule_prim_func
 
 #: (CPU, the dot-product instruction, MACs of one such instruction per register width)
 PATHS = (("znver3", "vpmaddwd", {"ymm": 16}),

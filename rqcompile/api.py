@@ -198,10 +198,10 @@ def build(module: Any, target: Any = "llvm") -> Any:
             "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
             "target='reference'."
         )
-    from rqcompile.targets.device.build import DEVICE_KINDS
+    from rqcompile.targets.tvm.device.build import DEVICE_KINDS
 
     if tgt.kind in DEVICE_KINDS:
-        from rqcompile.targets.device.build import build_device
+        from rqcompile.targets.tvm.device.build import build_device
 
         return build_device(module, tgt)
     from rqcompile.targets.tvm.build import build_tvm
@@ -230,14 +230,15 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         ArtifactError: missing, corrupt, truncated, tampered or from another format version,
             or built for CPU features this machine lacks.
     """
+    from rqcompile.targets.compiled import read_artifact
+    from rqcompile.targets.target import Target
+    from rqcompile.targets.tvm.device.build import DEVICE_KINDS
+
     manifest, ir, members = read_artifact(path)
     target = Target.parse(manifest["target"])
-    from rqcompile.targets.compiled import read_artifact
-    from rqcompile.targets.device.build import DEVICE_KINDS
-    from rqcompile.targets.target import Target
 
     if target.kind in DEVICE_KINDS and trust_kernels:
-        from rqcompile.targets.device.build import load_device
+        from rqcompile.targets.tvm.device.build import load_device
 
         return load_device(ir, target, members)
     if target.kind == "reference" or "kernels.so" not in members or not trust_kernels:
@@ -286,7 +287,7 @@ def export_mlir(model: Any, example_inputs: Any = None) -> str:
         >>> print(text[text.index("func.func @main"):].splitlines()[0])
         func.func @main(%arg0: tensor<2x64xf32>) -> tensor<2x8xf32> {
     """
-    from rqcompile.mlir.export import export_mlir as export_ir
+    from rqcompile.targets.mlir.export import export_mlir as export_ir
 
     if isinstance(model, fx.GraphModule):
         return export_ir(convert(model, example_inputs=example_inputs))

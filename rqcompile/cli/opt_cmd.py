@@ -18,7 +18,7 @@ def _load_passes() -> dict[str, type]:
     import rqcompile.passes.ir  # noqa: F401  (registers the passes)
 
     if importlib.util.find_spec("tvm") is not None:
-        import rqcompile.targets.tvm.kernel_table  # noqa: F401  (registers "llvm")
+        import rqcompile.targets.tvm.kernels.table  # noqa: F401  (registers "llvm")
     return {n: c for n, c in registered_passes().items() if _takes_ir(c)}
 
 

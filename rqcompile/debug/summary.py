@@ -20,7 +20,8 @@ _KERNELS = (
 
 
 def kernel_rows(ir: Any) -> list[dict[str, Any]]:
-    """One dict per kernel op: layer, kernel (op name minus ``rq.``), output type, weight bytes."""
+    """One dict per kernel op: layer, kernel (the kernel-table row ``select-kernels`` chose,
+    with its weight layout, else the op name minus ``rq.``), output type, weight bytes."""
     consts = {op.results[0].id: op for op in ir.main.ops if op.name == "rq.const"}
     rows = []
     for op in ir.main.ops:
@@ -32,10 +33,12 @@ def kernel_rows(ir: Any) -> list[dict[str, Any]]:
             if src is not None:
                 t = ir.constant(str(src.attr("name")))
                 nbytes += t.numel() * t.element_size()
+        kernel = str(op.attr("rq.kernel", op.name.removeprefix("rq.")))
+        layout = op.attr("rq.weight_layout", None)
         rows.append(
             {
                 "layer": op.loc.layer if op.loc else "",
-                "kernel": op.name.removeprefix("rq."),
+                "kernel": kernel if layout is None else f"{kernel} ({layout})",
                 "output": str(op.results[0].type),
                 "weight_bytes": nbytes,
             }

@@ -1,6 +1,6 @@
 """Def-use index of one function: which op defines each value and which ops use it.
 
-Pattern matchers over the IR (``targets/tvm/attention_match.py``, ``prologue_match.py``) and
+Pattern matchers over the IR (``targets/tvm/passes/ir/patterns/attention.py``, ``passes/ir/patterns/prologue.py``) and
 the relax emitter ask the same two questions of a function, "who made this value" and "who
 else reads it"; :class:`Uses` answers both from one pass over the ops.
 """

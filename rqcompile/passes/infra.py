@@ -375,9 +375,11 @@ def _save_failing_input(p: Any, index: int, ir: Any, ctx: PassContext) -> str:
     except Exception as e:  # never hide the pass's own error behind a dump failure
         return f"(could not save the pass input: {type(e).__name__}: {e})"
     if suffix == ".mlir" and _REGISTRY.get(p.name) is type(p):
+        text = pass_text(p)
+        arg = f"'{text}'" if "{" in text else text  # options need quotes in a shell
         return (
             f"Input IR saved to {path}\n"
-            f"Replay: python -m rqcompile opt --passes '{pass_text(p)}' {path}"
+            f"Replay: python -m rqcompile opt --passes {arg} {path}"
         )
     if suffix == ".fx.txt":
         return (

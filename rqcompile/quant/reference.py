@@ -1,6 +1,6 @@
 """Integer reference kernels: THE oracle for every integer op of the rq IR. Pure torch.
 
-Every TVM kernel (``rqcompile/targets/tvm/kernels.py``) must match these functions bit for bit
+Every TVM kernel (``rqcompile/targets/tvm/kernels/integer.py``) must match these functions bit for bit
 on integer results and within 1e-5 (relative to the output's magnitude) on float outputs.
 Integer math runs in int64 and is returned as int32 (an overflow raises); the float epilogue
 runs in float64 and is cast to float32 once at the end.

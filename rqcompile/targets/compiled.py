@@ -8,7 +8,7 @@ Artifact format (one file, a zip archive written atomically):
 * ``weights.safetensors``: every IR constant;
 * ``kernels.so``: the TVM-built shared library (CPU TVM targets only);
 * device targets (``opencl``, ``cuda``, ``metal``): ``device_plan.json`` (the launch plan of
-  ``targets/device/launcher.py``), the kernel source (``kernels.cl`` / ``kernels.cu`` /
+  ``targets/tvm/device/launcher.py``), the kernel source (``kernels.cl`` / ``kernels.cu`` /
   ``kernels.metal``) and, for CUDA, ``kernels.fatbin``.
 
 Loading never unpickles: JSON, safetensors and IR text are data. A TVM artifact does load a

@@ -35,9 +35,9 @@ def build_kernel(
         params: sorted keyword arguments of the builder (``block`` among them).
         mcpu: build for this CPU instead of the host (compile-only checks).
     """
-    from rqcompile.targets.tvm import kernels as K
+    from rqcompile.targets.tvm.kernels import integer as K
     from rqcompile.targets.tvm.adapter import host_llvm_target, make_target, te, tvm
-    from rqcompile.targets.tvm.schedules import schedule_prim_func
+    from rqcompile.targets.tvm.schedules.integer import schedule_prim_func
 
     tgt = host_llvm_target() if mcpu is None else make_target({"kind": "llvm", "mcpu": mcpu})
     phs = [te.placeholder(shape, dtype, name=f"a{i}") for i, (shape, dtype) in enumerate(spec)]

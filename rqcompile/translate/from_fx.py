@@ -21,6 +21,7 @@ import torch
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
+from rqcompile.capture.trace import owner_of, source_of
 from rqcompile.errors import UnsupportedOpError
 from rqcompile.ir import ops_float, ops_int, ops_more  # noqa: F401  (register ops)
 from rqcompile.ir.core import Module, Value

@@ -25,8 +25,9 @@ from rqcompile.quant.bitpack import pack_nibbles, pack_signs, pack_sparse24
 
 tvm = pytest.importorskip("tvm")
 
-from rqcompile.targets.tvm import emit, pipelines  # noqa: E402  (after the importorskip guard)
-from rqcompile.targets.tvm import kernels as K  # noqa: E402
+from rqcompile.targets.tvm import pipelines  # noqa: E402
+from rqcompile.targets.tvm.emit import module as emit  # noqa: E402  (after the importorskip guard)
+from rqcompile.targets.tvm.kernels import integer as K  # noqa: E402
 from rqcompile.targets.tvm.adapter import relax  # noqa: E402
 
 pytestmark = pytest.mark.tvm
@@ -126,8 +127,10 @@ def llvm_core(c: Core, args: list[torch.Tensor]) -> torch.Tensor:
             out = bb.emit_output(bb.emit_te(builder, *params, **kw))
         bb.emit_func_output(out)
     mod = bb.finalize()
-    for phase in pipelines.pipeline_for(pipelines.tvm_target(rq.Target.parse("llvm")))[1:]:
-        mod = phase.run(mod)
+    phases = pipelines.pipeline_for(pipelines.tvm_target(rq.Target.parse("llvm")))
+    tvm_phases = [p for p in phases if isinstance(p, pipelines.Phase)]
+    for phase in tvm_phases[1:]:  # after emit
+        mod = phase.run(mod, None).ir
     vm = relax.VirtualMachine(mod, tvm.cpu())
     return torch.from_dlpack(vm["main"](*(tvm.runtime.from_dlpack(a.contiguous()) for a in args)))
 

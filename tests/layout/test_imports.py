@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("passes.infra",),
     ("passes.qat", "translate", "passes.ir"),
     ("targets",),
-    ("debug", "testing", "mlir"),  # pictures, test models, the MLIR export target
+    ("debug", "testing"),  # pictures, test models
     ("pipelines", "api", "checkpoint"),
     ("__init__", "bench", "demo", "cli", "__main__"),
 )

@@ -106,13 +106,13 @@ def kernel_table(kind: str) -> tuple[KernelRow, ...]:
 
     Raises:
         ConfigError: no table for ``kind`` (a target registers its table when its package is
-            imported: ``import rqcompile.targets.tvm.kernel_table`` for ``llvm``).
+            imported: ``import rqcompile.targets.tvm.kernels.table`` for ``llvm``).
     """
     if kind not in _TABLES:
         raise ConfigError(
             f"no kernel table for target kind {kind!r} (registered: "
             f"{', '.join(registered_tables()) or 'none'}). Import the target first, e.g. "
-            "import rqcompile.targets.tvm.kernel_table."
+            "import rqcompile.targets.tvm.kernels.table."
         )
     return _TABLES[kind]
 

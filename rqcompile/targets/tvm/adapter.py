@@ -84,7 +84,7 @@ SYMBOLS: tuple[str, ...] = (
     "tvm.tirx.abs",
     "tvm.tirx.max",
     "tvm.tirx.min",
-    # hand-written x86 micro-kernels (kernels_x86.py)
+    # hand-written x86 micro-kernels (x86/micro.py)
     "tvm.script.ir_builder.IRBuilder",
     "tvm.script.tirx.parallel",
     "tvm.script.tirx.unroll",
@@ -108,7 +108,7 @@ SYMBOLS: tuple[str, ...] = (
     "tvm.s_tir.Schedule.compute_at",
     "tvm.s_tir.Schedule.compute_inline",
     "tvm.s_tir.Schedule.decompose_reduction",
-    # float schedules (schedules_float.py)
+    # float schedules (schedules/float_code.py)
     "tvm.s_tir.Schedule.cache_write",
     "tvm.s_tir.Schedule.reverse_compute_at",
     "tvm.s_tir.Schedule.reverse_compute_inline",
@@ -124,7 +124,7 @@ SYMBOLS: tuple[str, ...] = (
     "tvm.relax.expr_functor.mutator",
     "tvm.relax.transform.FastMathTransform",
     "tvm.transform.module_pass",
-    # device targets (targets/device/: GPU schedules, TIR lowering, codegen)
+    # device targets (targets/tvm/device/: GPU schedules, TIR lowering, codegen)
     "tvm.s_tir.Schedule.bind",
     "tvm.s_tir.Schedule.add_unit_loop",
     "tvm.s_tir.Schedule.set_scope",

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rqcompile.passes.ir import FuseAttention, FusePrologue, PackWeights, SelectKernels
-from rqcompile.targets.tvm.kernel_table import KIND
+from rqcompile.targets.tvm.kernels.table import KIND
 
 __all__ = ["PROLOGUE_OPS", "ir_passes", "passes_for_options"]
 

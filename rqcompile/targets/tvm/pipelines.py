@@ -14,14 +14,14 @@ lift-params    IRModule → IRModule            weight-only work (packing, trans
 legalize       IRModule → IRModule            relax ops → TOPI PrimFuncs; fuse float ops
                                               (our kernels are opaque to fusion)
 schedule       IRModule → IRModule            ``schedules.schedule_module``
-schedule-float IRModule → IRModule            ``schedules_float``: tiled matmuls,
+schedule-float IRModule → IRModule            ``schedules.float_code``: tiled matmuls,
                                               vectorized float code
 build          IRModule → relax Executable    ``relax.build``: dataflow lowering, memory
                                               planning, VM codegen, TIR → LLVM
 ============== ============================== ===========================================
 
 ``llvm`` and ``c`` use :func:`cpu_phases`; device kinds (``opencl``, ``cuda``, ``metal``) build
-through ``rqcompile/targets/device/`` instead.
+through ``rqcompile/targets/tvm/device/`` instead.
 """
 
 from __future__ import annotations
@@ -37,18 +37,17 @@ from rqcompile.targets.target import Target as RQTarget
 from rqcompile.targets.tvm.adapter import (
     Target,
     host_llvm_target,
-    llvm_features,
     make_target,
     relax,
     target_features,
     tvm,
 )
 from rqcompile.targets.tvm.cpu_features import host_features
-from rqcompile.targets.tvm.emit import emit_module
-from rqcompile.targets.tvm.fast_math import FastFloatMath
+from rqcompile.targets.tvm.emit.module import emit_module
+from rqcompile.targets.tvm.kernels.fast_math import FastFloatMath
 from rqcompile.targets.tvm.lowering import ir_passes
-from rqcompile.targets.tvm.schedules import cpu_dot_path, schedule_module
-from rqcompile.targets.tvm.schedules_float import FloatScheduleConfig, schedule_float_cpu
+from rqcompile.targets.tvm.schedules.integer import kernel_features, schedule_module
+from rqcompile.targets.tvm.schedules.float_code import FloatScheduleConfig, schedule_float_cpu
 
 __all__ = [
     "Phase",
@@ -104,18 +103,6 @@ def legalize_passes() -> list[Any]:
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
     ]
-
-
-def kernel_features(target: Target) -> tuple[str, ...]:
-    """The features ``select-kernels`` matches the kernel table's ``requires`` against:
-    the target's (``/proc/cpuinfo`` spelling) plus ``avx512vl`` where LLVM has it; none for
-    targets whose kernels must stay generic (not ``llvm``, or no AVX2 dot product)."""
-    if str(target.kind.name) != "llvm" or cpu_dot_path(target) == "generic":
-        return ()
-    feats = set(target_features(target))
-    if "avx512vl" in llvm_features(target):
-        feats.add("avx512vl")
-    return tuple(sorted(feats))
 
 
 def rq_passes(target: Target) -> list[Any]:

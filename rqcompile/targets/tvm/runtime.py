@@ -35,7 +35,7 @@ from rqcompile.ir.core import Module
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target as RQTarget
 from rqcompile.targets.tvm.adapter import relax, runtime, tvm
-from rqcompile.targets.tvm.emit import const_params
+from rqcompile.targets.tvm.emit.module import const_params
 from rqcompile.targets.tvm.pipelines import library_suffix, run_blockers
 
 __all__ = ["TVMBackend", "compiled_module", "load_library"]

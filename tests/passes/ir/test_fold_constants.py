@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import body, run_pass
+from ir_pass_helpers import body, run_pass
 
 from rqcompile.ir import Builder
 from rqcompile.passes.ir import EliminateDeadCode, FoldConstants

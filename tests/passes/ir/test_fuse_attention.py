@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import torch
-from conftest import run_pass
+from ir_pass_helpers import run_pass
 
 import rqcompile as rq
 from rqcompile.demo.models import CharTransformer

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import run_pass
+from ir_pass_helpers import run_pass
 
 import rqcompile as rq
 from rqcompile.errors import PassError
@@ -14,7 +14,7 @@ from rqcompile.ir.printer import print_module
 from rqcompile.passes.ir import PackWeights, SelectKernels
 
 pytest.importorskip("tvm")
-import rqcompile.targets.tvm.kernel_table  # noqa: E402,F401  (registers the llvm table)
+import rqcompile.targets.tvm.kernels.table  # noqa: E402,F401  (registers the llvm table)
 
 
 def _ir(preset: str, n: int = 32) -> rq.ir.Module:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import run_pass
+from ir_pass_helpers import run_pass
 
 import rqcompile as rq
 from rqcompile.errors import ConfigError
@@ -15,7 +15,7 @@ from rqcompile.passes.ir import SelectKernels
 from rqcompile.passes.ir.kernel_table import find_row, kernel_table
 
 pytest.importorskip("tvm")
-from rqcompile.targets.tvm.kernel_table import CPU_KERNELS  # noqa: E402
+from rqcompile.targets.tvm.kernels.table import CPU_KERNELS  # noqa: E402
 
 
 def _ir(preset: str, k: int = 256, n: int = 32) -> rq.ir.Module:

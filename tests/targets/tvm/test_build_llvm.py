@@ -7,6 +7,8 @@ the brief; the rest is ``slow``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import os
 import subprocess
@@ -55,8 +57,15 @@ def test_llvm_matches_reference(name: str, preset: str) -> None:
 
 
 def test_lower_is_build_of_convert() -> None:
+    """``lower`` has no logic of its own: its IR is ``convert``'s, with the build passes'
+    annotations (each op's kernel) added and nothing else changed."""
     qat, _, exe = _lowered("mlp", "A4W4")
-    assert exe.ir == rq.convert(qat)
+    converted = rq.convert(qat)
+    assert exe.ir == rq.build(converted, "llvm").ir
+    f = exe.ir.main
+    plain = [dataclasses.replace(op, attrs=tuple(op.attrs_dict.items())) for op in f.ops]
+    assert rq.ir.Func(f.name, f.args, tuple(plain), f.outputs) == converted.main
+    assert any("rq.kernel" in op.annotations for op in exe.ir.main.ops)
     assert exe.target == rq.Target.parse("llvm")
 
 

@@ -24,9 +24,9 @@ tvm = pytest.importorskip("tvm")
 
 import rqcompile as rq  # noqa: E402  (after the importorskip guard)
 from rqcompile.targets.target import PRESETS  # noqa: E402
-from rqcompile.targets.tvm import kernels as K  # noqa: E402
+from rqcompile.targets.tvm.kernels import integer as K  # noqa: E402
 from rqcompile.targets.tvm.adapter import make_target, te  # noqa: E402
-from rqcompile.targets.tvm.schedules import schedule_prim_func  # noqa: E402
+from rqcompile.targets.tvm.schedules.integer import schedule_prim_func  # noqa: E402
 from rqcompile.testing.models import prepared_tiny  # noqa: E402
 
 pytestmark = pytest.mark.tvm
@@ -100,7 +100,7 @@ def test_metal_source_for_a_weight_only_model() -> None:
 
 
 def test_metal_int_kernels_generate_and_quantize_explains() -> None:
-    from rqcompile.targets.device.kernel import device_kernel
+    from rqcompile.targets.tvm.device.kernel import device_kernel
 
     xb = te.placeholder((4, 4), "uint32", name="xb")
     wb = te.placeholder((8, 4), "uint32", name="wb")

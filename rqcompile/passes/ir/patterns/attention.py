@@ -3,7 +3,7 @@
 Where it sits: the ``fuse-attention`` pass (``passes/ir/fuse_attention.py``) asks
 :func:`find_attention` for the groups of a function and marks the ops of each group that
 :func:`attention_fits` a target's vector width; the TVM emitter then emits
-``kernels_attention.te_attention`` in place of the group's last op (CPU targets with vector
+``kernels.attention.te_attention`` in place of the group's last op (CPU targets with vector
 code only).
 
 A group is an attention *core* plus the layout ops around it:

@@ -4,7 +4,7 @@ Where it sits: the ``fuse-prologue`` pass (``passes/ir/fuse_prologue.py``) asks
 :func:`find_prologues` for the chains of a function whose ``rq.quantize`` a target kernel
 can fuse (its ``accept`` predicate: on llvm, quantizes that ``select-kernels`` gave the AVX2
 micro-kernel) and marks each chain's ops; the TVM emitter then emits
-``kernels_x86_prologue.te_prologue_quantize`` in place of its ``rq.quantize``.
+``x86.prologue.te_prologue_quantize`` in place of its ``rq.quantize``.
 
 A chain ends in an affine ``rq.quantize`` the micro-kernel takes and is, reading backwards
 through ``rq.reshape`` ops that keep the last dim (the ``[B, T, C] → [B·T, C]`` of a

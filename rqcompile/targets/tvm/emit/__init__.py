@@ -1,0 +1,1 @@
+"""rq IR -> relax IRModule (the emitter)."""

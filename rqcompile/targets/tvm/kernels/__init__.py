@@ -1,0 +1,1 @@
+"""TE computes of every kernel (integer, attention, epilogues), and the kernel table."""

@@ -1,0 +1,113 @@
+"""The CPU kernel table: every integer kernel of the llvm (and c) targets, one row per ISA.
+
+``select-kernels`` picks a row per op from the target's features (fastest first);
+``pack-weights`` picks the weight layout the row offers; the emitter builds what the row
+names. This is the one place that maps instruction sets to kernels: adding a kernel is
+adding a row. Rows:
+
+======================== ============================== ========================================
+row (``rq.kernel``)      requires                       kernel (packed layout where it fits)
+======================== ============================== ========================================
+quantize.avx2            avx2                           one-pass micro-kernel (x86.quant)
+quantize.generic         –                              TE stages
+int_matmul.avx512_vnni   avx2, avx512_vnni, avx512vl    ymm ``vpdpbusd`` panels (x86.vnni)
+int_matmul.avx_vnni      avx2, avx_vnni                 VEX ``vpdpbusd`` panels
+int_matmul.avx2          avx2                           ``vpmaddwd``/``vpmaddubsw`` panels
+int_matmul.*_emulated    (tests only: force it)         the VNNI panels with ``vpdpbusd`` emulated
+int_matmul.generic       –                              TE compute
+xnor_popcount_matmul.avx512_vpopcntdq  avx2, avx512_vpopcntdq   XNOR panels with ``vpopcntq``
+xnor_popcount_matmul.avx2              avx2              XNOR panels, ``vpshufb`` nibble LUT
+xnor_popcount_matmul.generic           –                 TE compute (LLVM vectorizes popcount)
+sparse24_matmul.avx2     avx2                           ``vpshufb``-gathered 2:4 panels
+sparse24_matmul.generic  –                              TE compute
+qbmm.generic             –                              TE compute
+======================== ============================== ========================================
+
+Where a row's micro-kernel does not take a shape (e.g. ``N % 8 != 0``, K not in whole
+words), its builder falls back to the TE compute inside the row; the packed layouts are
+chosen by ``pack-weights`` from the predicates here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rqcompile.ir.core import Op
+from rqcompile.passes.ir.kernel_table import KernelRow, PackRow, register_kernel_table
+from rqcompile.targets.tvm.kernels import integer as K
+from rqcompile.targets.tvm.x86.quant import quantize_micro_supported
+from rqcompile.targets.tvm.x86.vnni import VNNI_EMULATED
+
+__all__ = ["CPU_KERNELS", "KIND"]
+
+#: The table's name (``select-kernels{table=...}``); the ``c`` target uses it too.
+KIND = "llvm"
+#: A feature no target has: rows that require it are only chosen when forced.
+TEST_ONLY = "rq-test-only"
+
+
+def _dims(v: Any) -> list[int]:
+    return [int(d) for d in v.type.shape]
+
+
+def _quantize_micro(op: Op) -> bool:
+    a = op.attrs_dict
+    return quantize_micro_supported(
+        bits=float(a["bits"]), symmetric=bool(a["symmetric"]), block=int(a["block"]),
+        k=_dims(op.operands[0])[-1], estimator=str(a["estimator"]), pack=str(a["pack"]),
+    )  # fmt: skip
+
+
+def _packs(pred: Callable[..., bool], isa: str) -> Callable[[Op, Any], bool]:
+    """A pack predicate of ``kernels/integer.py`` (``int_matmul_packs``, ...) on an op's shapes."""
+
+    def supported(op: Op, x_range: Any) -> bool:
+        return bool(pred(_dims(op.operands[0]), _dims(op.operands[3])[0], isa=isa,
+                         **op.attrs_dict))  # fmt: skip
+
+    return supported
+
+
+def _int_matmul(isa: str, requires: frozenset[str]) -> KernelRow:
+    return KernelRow(
+        "rq.int_matmul", isa, requires, builder=K.te_int_matmul, options={"isa": isa},
+        pack=PackRow("panels", _packs(K.int_matmul_packs, isa), K.te_pack_int_matmul_weights,
+                     K.te_int_matmul_packed, uses_x_range=True, options={"isa": isa}),
+    )  # fmt: skip
+
+
+def _xnor(isa: str, requires: frozenset[str]) -> KernelRow:
+    return KernelRow(
+        "rq.xnor_popcount_matmul", isa, requires, builder=K.te_xnor_popcount_matmul,
+        options={"isa": isa},
+        pack=PackRow("panels", _packs(K.xnor_packs, isa), K.te_pack_xnor_weights,
+                     K.te_xnor_popcount_matmul_packed, options={"isa": isa}),
+    )  # fmt: skip
+
+
+_AVX2 = frozenset({"avx2"})
+
+#: Fastest first per op; each op ends with a row that requires nothing.
+CPU_KERNELS: tuple[KernelRow, ...] = (
+    KernelRow("rq.quantize", "avx2", _AVX2, _quantize_micro, K.te_quantize, {"isa": "avx2"}),
+    KernelRow("rq.quantize", "generic", builder=K.te_quantize),
+    _int_matmul("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
+    _int_matmul("avx_vnni", frozenset({"avx2", "avx_vnni"})),
+    _int_matmul("avx2", _AVX2),
+    *(_int_matmul(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
+    KernelRow("rq.int_matmul", "generic", builder=K.te_int_matmul),
+    _xnor("avx512_vpopcntdq", frozenset({"avx2", "avx512_vpopcntdq"})),
+    _xnor("avx2", _AVX2),
+    KernelRow("rq.xnor_popcount_matmul", "generic", builder=K.te_xnor_popcount_matmul),
+    KernelRow(
+        "rq.sparse24_matmul", "avx2", _AVX2, builder=K.te_sparse24_matmul,
+        options={"isa": "avx2"},
+        pack=PackRow("panels", _packs(K.sparse24_packs, "avx2"), K.te_pack_sparse24_weights,
+                     K.te_sparse24_matmul_packed),
+    ),  # fmt: skip
+    KernelRow("rq.sparse24_matmul", "generic", builder=K.te_sparse24_matmul),
+    KernelRow("rq.qbmm", "generic", builder=K.te_qbmm),
+)
+
+register_kernel_table(KIND, CPU_KERNELS)

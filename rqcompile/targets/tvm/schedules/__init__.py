@@ -1,0 +1,1 @@
+"""tvm.s_tir schedules: integer kernels and float code."""

@@ -1,0 +1,208 @@
+"""x86 VNNI integer-affine GEMM on column panels: one ``vpdpbusd`` per K-quad of 8 columns.
+
+The AVX2 panel core (:class:`rqcompile.targets.tvm.x86.panel._Maddwd`) spends ``vpmaddwd`` + ``vpaddd`` on
+16 MACs (a K-pair of 8 columns) and is at that instruction ceiling (0.73-0.78x fbgemm's
+int8 on Zen 3). ``vpdpbusd`` (AVX-512 VNNI, and the VEX-encoded AVX-VNNI of Alder Lake and
+later) multiplies unsigned by signed bytes and adds each group of 4 products into an int32
+lane, accumulator included: 32 MACs in one instruction (64 as zmm) where the AVX2 core
+needs two (``vpmaddwd`` + ``vpaddd``) for 16, so the dot-product instructions per MAC fall
+4x (ymm) or 8x (zmm). Generated inner loops at M=64, N=K=1024, block 128
+(``benchmarks/int8_inner_loops.py``, static): AVX2 51 instructions for 256 MACs, AVX-VNNI
+35 for 512, AVX-512 19 for 512. **Speed not measured**: no VNNI host was available; only
+the emulation below ran here, and that says nothing about speed.
+
+* **Weights** are packed once, at load (:func:`te_pack_vnni_panels`, lifted out of ``main``
+  like the AVX2 panels) into ``wp int8 [N/8nv, K/4, nv, 32]``, byte ``4c + t`` of panel
+  ``v`` = ``w[8(g·nv + v) + c, 4q + t]``: one 32-byte load is a K-quad of 8 columns.
+  Nibble weights (A4W4, A2W2) are unpacked to int8 at pack time, so every integer-affine
+  matmul of a VNNI target runs this core.
+* **Activations** are offset to unsigned, ``xu = x + 128`` (``vpdpbusd``'s unsigned
+  operand); the epilogue folds the offset into the row origin (``bias_x = 128`` of
+  :func:`.epilogue.block_term`, as for the 2:4 kernel). One ``vpbroadcastd`` of a
+  row's 4 codes feeds the ``nv`` panels.
+* **Exactness**: each product is at most ``255·128``, a K-quad ``4·255·128``; ``vpdpbusd``
+  adds into int32 without saturation, and the accumulator restarts every block, so it holds
+  ``Σ xu·w`` exactly while ``255·128·B < 2³¹`` (B < 65793; the int32 centring that
+  ``kernels.int_matmul_packs`` requires already limits 8-bit blocks to B < 256).
+* **Register tile** (:func:`vnni_tile`): AVX-VNNI, ymm: ``mr·nv`` accumulators, ``nv``
+  weight vectors and one broadcast in 16 registers (2 x 4 panels: per K-quad 8
+  ``vpdpbusd``, 4 loads, 2 broadcasts). AVX-512, 32 registers: zmm ``vpdpbusd`` on two
+  adjacent panels at once where ``nv`` is even (the pack interleaves them: one 64-byte
+  load), e.g. 4 rows x 4 panels: per K-quad 8 zmm ``vpdpbusd`` (512 MACs), 2 loads, 4
+  broadcasts. Tile choices are not measured.
+
+``isa="avx_vnni_emulated"`` / ``"avx512_vnni_emulated"`` (tests only;
+``schedules.kernel_options`` never picks them) build that isa's kernel (same tile, same lane
+width) with the one instruction replaced by an exact AVX2 sequence of the same semantics
+(zero-/sign-extend to int16, ``vpmaddwd`` into pair sums, add adjacent pairs), so the
+packing, the tile walk and the epilogue are checked bit-exact on any AVX2 host
+(``tests/targets/tvm/x86/test_vnni.py``); ``vpdpbusd`` itself is compiled there for
+both targets, and run where the host has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rqcompile.errors import NumericsError
+from rqcompile.targets.tvm.adapter import T, llvm_version_major, te, tirx
+from rqcompile.targets.tvm.kernels.epilogue import w_code_max
+from rqcompile.targets.tvm.x86.panel import (
+    _PMADDWD,
+    PANEL,
+    _bc,
+    _check_group,
+    _intrin,
+    _panel_body,
+    panel_group,
+    te_offset_codes,
+    te_quad_panels,
+)
+
+__all__ = [
+    "VNNI_EMULATED",
+    "VNNI_ISAS",
+    "VNNI_TARGET_ISAS",
+    "te_pack_vnni_panels",
+    "vnni_panel_matmul",
+    "vnni_panel_supported",
+    "vnni_tile",
+]
+
+#: ``isa`` values ``schedules.kernel_options`` picks for targets with ``vpdpbusd``.
+VNNI_TARGET_ISAS = ("avx512_vnni", "avx_vnni")
+#: tests only, runnable on any AVX2 host: each target isa's kernel (same tile, same lane
+#: width) with ``vpdpbusd`` replaced by its exact AVX2 emulation
+VNNI_EMULATED = {f"{isa}_emulated": isa for isa in VNNI_TARGET_ISAS}
+#: every ``isa`` this kernel takes
+VNNI_ISAS = (*VNNI_TARGET_ISAS, *VNNI_EMULATED)
+_VPDPBUSD = {8: "llvm.x86.avx512.vpdpbusd.256", 16: "llvm.x86.avx512.vpdpbusd.512"}
+_YMM = 16
+_MAX_ROWS = 8  # rows per tile at one panel: more only lengthens the unrolled body
+
+
+def vnni_panel_supported(*, n: int, k: int, block: int) -> bool:
+    """Whether the VNNI panel kernel handles this shape: whole panels, whole K-quads per
+    block, blocks dividing K, and int32 sums ``Σ (x+128)·w`` (``255·128·B < 2³¹``)."""
+    return (n % PANEL == 0 and block > 0 and block % 4 == 0 and k % block == 0
+            and 255 * 128 * block < 2**31)  # fmt: skip
+
+
+def _lanes(isa: str, nv: int) -> int:
+    """int32 lanes per ``vpdpbusd``: 16 (zmm, two adjacent panels) with AVX-512 where the
+    tile has an even number of panels, else 8 (ymm, one panel)."""
+    return 2 * PANEL if VNNI_EMULATED.get(isa, isa) == "avx512_vnni" and nv % 2 == 0 else PANEL
+
+
+def vnni_tile(m: int, n: int, isa: str) -> tuple[int, int]:
+    """``(mr, nv)``: the most rows (up to 8) whose accumulators (``mr·nv`` panels), ``nv``
+    panels of weights and one broadcast fit the 16 ymm registers of AVX-VNNI; with the 32 of
+    AVX-512 the ``mr·nv`` float32x8 sums of the epilogue fit as well (6 x 4 ymm, the integer
+    bound alone, spilled some 50 vectors per block in the generated code). A zmm holds two
+    panels. ``nv`` is :func:`.panel_group`, the pack's grouping.
+    """
+    nv = panel_group(n)
+    per_reg = _lanes(isa, nv) // PANEL
+    if VNNI_EMULATED.get(isa, isa) == "avx512_vnni":
+        mr = (2 * _YMM - nv // per_reg - 1) // (nv // per_reg + nv)
+    else:
+        mr = (_YMM - nv - 1) // nv
+    return min(mr, _MAX_ROWS, m), nv
+
+
+def te_pack_vnni_panels(
+    wq: Any, *, w_bits: int, w_signed: bool, name: str, attrs: dict[str, Any]
+) -> Any:
+    """``wp int8 [N/8nv, K/4, nv, 32]`` (module docstring) from ``wq int8 [N, K]`` or nibble
+    bytes ``uint8 [N, K/2]`` (unpacked to their int8 values, no bias)."""
+    nv = panel_group(int(wq.shape[0]))
+    return te_quad_panels(wq, w_bits=w_bits, w_signed=w_signed, nv=nv, name=name, attrs=attrs)
+
+
+def _i8_operands() -> bool:
+    """LLVM 22 declares ``vpdpbusd``'s byte operands ``<32 x i8>``; earlier LLVMs
+    ``<8 x i32>`` (checked: a mismatch fails LLVM's module verifier)."""
+    return llvm_version_major() >= 22
+
+
+def _dot_emulated(acc: Any, xv: Any, w: list[Any]) -> Any:
+    """``acc + vpdpbusd(xv, w)`` in AVX2, ``w`` as 16-byte parts (4 columns each): per part,
+    ``vpmaddwd`` of the int16-widened bytes (``u8`` zero-, ``s8`` sign-extended; pair sums
+    ≤ 2·255·128, exact) gives each column's two pair sums in adjacent lanes; the even plus
+    the odd lanes of all parts sum each column's quad.
+    """
+    x16 = tirx.Cast("int16x16", tirx.reinterpret("uint8x16", _bc(xv, 4)))
+    pairs = [_intrin("int32x8", _PMADDWD, x16, tirx.Cast("int16x16", wh)) for wh in w]
+    cols = 4 * len(w)
+    even = tirx.Shuffle(pairs, [2 * c for c in range(cols)])
+    odd = tirx.Shuffle(pairs, [2 * c + 1 for c in range(cols)])
+    return acc + even + odd
+
+
+class _Vpdpbusd:
+    """VNNI core: per K-quad, per row one broadcast of its 4 unsigned codes, per panel (ymm)
+    or pair of adjacent panels (zmm) one ``vpdpbusd`` (or its emulation) into the row's
+    int32 accumulators, which sit panel after panel as :func:`._panel_body` reads them."""
+
+    def __init__(self, xu: Any, wp: Any, block: int, isa: str) -> None:
+        self.x, self.wp, self.block, self.isa = xu, wp, block, isa
+
+    def _dot(self, acc: Any, xv: Any, g: Any, q: Any, v: Any, lanes: int) -> Any:
+        if self.isa in VNNI_EMULATED:
+            parts = [self.wp[g, q, v + h // 2, tirx.Ramp(16 * (h % 2), 1, 16)]
+                     for h in range(lanes // 4)]  # fmt: skip
+            return _dot_emulated(acc, xv, parts)
+        panels = [self.wp[g, q, v + p, tirx.Ramp(0, 1, 4 * PANEL)] for p in range(lanes // 8)]
+        w = panels[0] if len(panels) == 1 else tirx.Shuffle(panels, list(range(4 * lanes)))
+        if _i8_operands():
+            xb = tirx.reinterpret(f"int8x{4 * lanes}", _bc(xv, lanes))
+        else:
+            xb, w = (tirx.reinterpret(f"int32x{lanes}", t) for t in (_bc(xv, lanes), w))
+        return _intrin(f"int32x{lanes}", _VPDPBUSD[lanes], acc, xb, w)
+
+    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
+        quads, lanes = self.block // 4, _lanes(self.isa, nv)
+        step = lanes // PANEL
+        with T.serial(0, quads) as s:
+            q = b * quads + s
+            with T.unroll(0, rows) as ii:
+                xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
+                with T.unroll(0, nv // step) as vs:
+                    v = vs * step
+                    idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
+                    T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
+
+
+def vnni_panel_matmul(
+    xq: Any, wp: Any, row: Sequence[Any], col_t: Sequence[Any], *, block: int, w_bits: int,
+    w_signed: bool, isa: str, name: str, attrs: dict[str, Any],
+) -> Any:  # fmt: skip
+    """``Y f32 [M, N]`` from codes ``xq int8 [M, K]``, the panels of :func:`te_pack_vnni_panels`
+    and the epilogue's row parts and transposed column parts (:mod:`.epilogue`), passed to
+    :func:`rqcompile.targets.tvm.x86.panel._panel_body` as they come.
+
+    Raises:
+        NumericsError: an unknown ``isa``, or a shape :func:`vnni_panel_supported` rejects.
+    """
+    if isa not in VNNI_ISAS:
+        raise NumericsError(f"{name}: unknown VNNI isa {isa!r}; use one of {VNNI_ISAS}.")
+    m, k = (int(d) for d in xq.shape)
+    nv = int(wp.shape[2])
+    n = int(wp.shape[0]) * nv * PANEL  # the column parts come from the same weights' pack
+    _check_group(name, wp, panel_group(n), n)  # the tile walks panel_group(n) panels
+    if not vnni_panel_supported(n=n, k=k, block=block) or int(wp.shape[1]) * 4 != k:
+        raise NumericsError(f"{name}: the VNNI panel kernel needs N % 8 == 0, a block of "
+                            f"whole K-quads dividing K and weights packed for K={k} "
+                            f"(N={n}, block={block}); repack or use the AVX2 path.")  # fmt: skip
+    mr, _ = vnni_tile(m, n, isa)
+    xu = te_offset_codes(xq, 128, name=name)  # vpdpbusd's unsigned operand
+
+    def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
+        x, w, *bufs = in_bufs
+        core = _Vpdpbusd(x, w, block, isa)
+        return _panel_body(core, bufs, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=128,
+                           f32_bounds=(128, w_code_max(w_bits, w_signed)))  # fmt: skip
+
+    return te.extern((m, n), [xu, wp, *row, *col_t], body, name=name, dtype="float32",
+                     attrs=attrs)  # fmt: skip

@@ -1,0 +1,189 @@
+"""x86 XNOR-popcount GEMM on *column panels* (A1W1): the panel layout of :mod:`x86.panel`
+applied to sign bits, so the count of every output column lands in its own int32 lane.
+
+The first XNOR micro-kernel (:mod:`x86.xnor`) XORs 256 bits of *one* column per
+instruction, then needs a horizontal reduction (``vpsadbw``, two levels of ``vphaddd`` and lane
+shuffles) per row and step to bring each column's count into a lane, and its ``2 x 8`` tile of
+byte counters does not fit the 16 ymm registers. Here, as in fbgemm-style int8 GEMMs:
+
+* **Weights are packed once** (:func:`te_pack_xnor_panels`, lifted out of ``main`` like the
+  integer panels) into ``wn uint32 [N/8nv, K/32, nv, h, 8]``: word ``t`` of the 8 columns of a
+  panel side by side. On AVX2 (``h = 2``) each word is pre-split into its low and high nibbles
+  (``w & 0x0F0F0F0F``, ``(w >> 4) & 0x0F0F0F0F``), the two ``vpshufb`` indices of the
+  nibble-LUT popcount: ``(x ⊕ w) & m = (x & m) ⊕ (w & m)``, so the split costs nothing per
+  call. With VPOPCNTDQ (``h = 1``) words stay whole and ``vpopcntd`` counts them.
+* **Activations** are split the same way once per call on AVX2 (``xn uint32 [M, K/32, 2]``,
+  a tiny prep stage; with VPOPCNTDQ the kernel reads ``xbits`` itself) and each word is
+  broadcast to all 8 lanes.
+* **Inner step** (one 32-bit word of K, 8 columns, per row and panel): AVX2
+  ``cnt += pshufb(lut, xlo ⊕ wlo) + pshufb(lut, xhi ⊕ whi)``: 6 instructions for 256 binary
+  MACs, with byte counters (at most 8 per word) summed over up to 31 words, then widened by
+  ``vpmaddubsw`` + ``vpmaddwd`` with ones into the column's int32 lane; VPOPCNTDQ
+  ``cnt += vpopcntd(x ⊕ w)`` in int32 lanes.
+* **Epilogue**: ``P = B - 2·popcount(x ⊕ w)`` per block goes straight into the block term
+  of :mod:`.epilogue`, through the body shared with the integer panels
+  (:func:`rqcompile.targets.tvm.x86.panel._panel_body`).
+
+Bit-exact against the reference (``tests/targets/tvm/x86/test_xnor_panel.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rqcompile.errors import NumericsError
+from rqcompile.targets.tvm.adapter import T, te, tirx
+from rqcompile.targets.tvm.kernels.epilogue import transposed
+from rqcompile.targets.tvm.x86.micro import _divisor, _intrin, _lanes
+from rqcompile.targets.tvm.x86.panel import (
+    _PSHUFB,
+    PANEL,
+    _bc,
+    _check_group,
+    _panel_body,
+)
+from rqcompile.targets.tvm.x86.xnor import byte_counts_to_dwords, nibble_lut
+
+__all__ = [
+    "XNOR_PANEL_ISAS",
+    "te_pack_xnor_panels",
+    "xnor_panel_matmul",
+    "xnor_panel_supported",
+    "xnor_panel_tile",
+]
+
+#: ``isa`` values this kernel takes (``schedules.kernel_options`` picks one per target).
+XNOR_PANEL_ISAS = ("avx2", "avx512_vpopcntdq")
+_NIBBLES = 0x0F0F0F0F
+_BYTE_WORDS = 31  # words one uint8 counter can sum: 31·8 = 248 < 256
+
+
+def xnor_panel_supported(*, n: int, k: int, block: int) -> bool:
+    """Whether the panel kernel handles this shape: whole panels, whole words per block, and
+    an int32 epilogue (``2·B² < 2³¹``)."""
+    return (n % PANEL == 0 and block % 32 == 0 and block > 0 and k % block == 0
+            and 2 * block * block < 2**31)  # fmt: skip
+
+
+def xnor_panel_tile(m: int, n: int) -> tuple[int, int]:
+    """``(mr, nv)``: ``mr·nv`` byte counters, the row's two broadcasts, the LUT and the
+    weights (loaded as operands) fit the 16 ymm registers."""
+    nv = next(v for v in (2, 1) if (n // PANEL) % v == 0)
+    return min({2: 4, 1: 6}[nv], m), nv
+
+
+def _halves(isa: str) -> int:
+    return 2 if isa == "avx2" else 1
+
+
+def _split(word: Any, h: Any, halves: int) -> Any:
+    """Nibble half ``h`` of each byte of ``word`` (or the word itself with one half)."""
+    if halves == 1:
+        return word
+    return (word >> (h * 4).astype("uint32")) & tirx.const(_NIBBLES, "uint32")
+
+
+def te_pack_xnor_panels(
+    wbits: Any, col: Sequence[Any], *, isa: str, name: str, attrs: dict[str, Any]
+) -> tuple[Any, ...]:
+    """Weight-only prep: ``(wn, *colT)``; ``wn uint32 [N/8nv, K/32, nv, h, 8]`` and the
+    epilogue's column parts transposed to ``[nb, N]``."""
+    n, words = (int(d) for d in wbits.shape)
+    nv, halves = xnor_panel_tile(1, n)[1], _halves(isa)
+    wn = te.compute((n // (PANEL * nv), words, nv, halves, PANEL),
+                    lambda g, t, v, h, c: _split(wbits[(g * nv + v) * PANEL + c, t], h, halves),
+                    name=f"{name}_wn", attrs=attrs)  # fmt: skip
+    return (wn, *transposed(col, name, attrs))
+
+
+class _XnorCounts:
+    """Per block: ``acc += B - 2·popcount(x ⊕ w)`` per (row, panel), 8 columns per lane."""
+
+    #: Rows are walked in chunks of this much ``x``: at M=512, K=4096 all of ``x`` (512 KiB
+    #: split) no longer stays in L2 while the groups stream past it (measured ~1.1-1.3x).
+    chunk_bytes = 128 * 1024
+
+    def __init__(self, xn: Any, wn: Any, block: int, isa: str) -> None:
+        self.x, self.wn, self.block, self.isa = xn, wn, block, isa
+        self.words = block // 32
+        self.lut = nibble_lut()
+        avx2 = isa == "avx2"
+        self.group = _divisor(self.words, _BYTE_WORDS) if avx2 else self.words
+        self.cnt_dtype, self.cnt_lanes = ("uint8", 32) if avx2 else ("int32", 8)
+
+    def _word(self, row: Any, g: Any, t: Any, v: Any) -> Any:
+        """Counts of one word of 8 columns: bytes (AVX2) or int32 lanes (VPOPCNTDQ)."""
+        if self.isa != "avx2":  # x is xbits [M, K/32] itself (te_split_words)
+            words = _bc(self.x[row, t]) ^ self.wn[g, t, v, 0, _lanes(0, 8)]
+            return _intrin("int32x8", "llvm.ctpop", tirx.reinterpret("int32x8", words))
+        total = None
+        for h in (0, 1):
+            x = _bc(self.x[row, t, h])
+            idx = tirx.reinterpret("uint8x32", x ^ self.wn[g, t, v, h, _lanes(0, 8)])
+            c = _intrin("uint8x32", _PSHUFB, self.lut, idx)
+            total = c if total is None else total + c
+        return total
+
+    def _widen(self, cnt: Any) -> Any:
+        return byte_counts_to_dwords(cnt) if self.isa == "avx2" else cnt
+
+    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
+        tile, lanes = rows * nv, self.cnt_lanes
+        cnt = T.decl_buffer((tile * lanes,), self.cnt_dtype, scope="global")
+        zero = tirx.const(0, f"{self.cnt_dtype}x{lanes}")
+        minus2 = _bc(tirx.const(-2, "int32"))
+        with T.unroll(0, tile) as t:
+            T.buffer_store(acc, acc[_lanes(t, 8)] + _bc(tirx.const(self.block, "int32")),
+                           [_lanes(t, 8)])  # fmt: skip
+        with T.serial(0, self.words // self.group) as gi:
+            with T.unroll(0, tile) as t:
+                T.buffer_store(cnt, zero, [_lanes(t, lanes)])
+            with T.serial(0, self.group) as c:
+                word = b * self.words + gi * self.group + c
+                with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
+                    at = _lanes(ii * nv + v, lanes)
+                    T.buffer_store(cnt, cnt[at] + self._word(row0 + ii, g, word, v), [at])
+            with T.unroll(0, tile) as t:
+                pc = self._widen(cnt[_lanes(t, lanes)])
+                T.buffer_store(acc, acc[_lanes(t, 8)] + pc * minus2, [_lanes(t, 8)])
+
+
+def te_split_words(xbits: Any, *, isa: str, name: str) -> Any:
+    """``xn uint32 [M, K/32, 2]``: the activation words split into nibbles as the packed AVX2
+    weights are; with one half (VPOPCNTDQ) ``xbits`` itself, not a copy per call."""
+    halves = _halves(isa)
+    if halves == 1:
+        return xbits
+    m, words = (int(d) for d in xbits.shape)
+    return te.compute((m, words, halves), lambda i, t, h: _split(xbits[i, t], h, halves),
+                      name=f"{name}_xn", attrs={"rq.stage": "prep"})  # fmt: skip
+
+
+def xnor_panel_matmul(
+    xbits: Any, wn: Any, row: Sequence[Any], col_t: Sequence[Any], *, block: int, isa: str,
+    name: str, attrs: dict[str, Any],
+) -> Any:  # fmt: skip
+    """``Y f32 [M, N]`` from sign words ``xbits uint32 [M, K/32]`` and the packed panels
+    (``row``/``col_t``: the epilogue's row parts and transposed column parts).
+
+    Raises:
+        NumericsError: an unknown ``isa``, or a shape :func:`xnor_panel_supported` rejects.
+    """
+    m, words = (int(d) for d in xbits.shape)
+    n = int(col_t[0].shape[1])
+    if isa not in XNOR_PANEL_ISAS or not xnor_panel_supported(n=n, k=32 * words, block=block):
+        raise NumericsError(f"{name}: the XNOR panel kernel takes isa in {XNOR_PANEL_ISAS}, "
+                            f"N % 8 == 0 and whole 32-bit words per block (isa={isa!r}, "
+                            f"N={n}, K={32 * words}, block={block}).")  # fmt: skip
+    mr, nv = xnor_panel_tile(m, n)
+    _check_group(name, wn, nv, n)
+    xn = te_split_words(xbits, isa=isa, name=name)
+
+    def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
+        x, w, *eps = in_bufs
+        core = _XnorCounts(x, w, block, isa)
+        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, f32_bounds=(1, 1))
+
+    return te.extern((m, n), [xn, wn, *row, *col_t], body, name=name, dtype="float32",
+                     attrs=attrs)  # fmt: skip
