@@ -96,3 +96,31 @@ def test_fx_failure_names_the_saved_graph(tmp_path: Path) -> None:
     gm = torch.fx.symbolic_trace(TinyMLP())
     with pytest.raises(rq.PassError, match="Input graph saved to .*001_test-explode.input.fx.txt"):
         PassManager([Explode()]).run(gm, PassContext(dump_dir=str(tmp_path)))
+
+
+def test_pass_context_is_a_with_block_seen_by_every_stage(tmp_path: Path) -> None:
+    """``with rq.PassContext(...)``: prepare, convert and build all run under it, and DumpIR
+    writes the IR after every lowering pass (convert's and the target's, TVM phases too)."""
+    pytest.importorskip("tvm")
+    dump = rq.DumpIR(tmp_path)
+    timing = rq.Timing()
+    with rq.PassContext(instruments=[dump, timing]):
+        qat = rq.prepare(TinyMLP(), (torch.randn(8, 64),), "A4W4")
+        rq.lower(qat, "llvm")
+    names = [f.name.split("_", 1)[1].split(".")[0] for f in dump.files]
+    assert names == ["quantize-layers", "quantize-attention", "fold-constants",
+                     "eliminate-dead-code", "fuse-attention", "select-kernels", "fuse-prologue",
+                     "pack-weights", "emit", "lift-params", "legalize", "schedule",
+                     "schedule-float", "build"]  # fmt: skip
+    assert 'rq.kernel = "' in (tmp_path / "006_select-kernels.after.mlir").read_text()
+    assert set(timing.seconds) >= {"select-kernels", "build"}
+    assert PassContext.current() is not None  # outside the block: a fresh one from the env
+
+
+def test_disabled_pass_is_skipped_in_build(tmp_path: Path) -> None:
+    pytest.importorskip("tvm")
+    qat = rq.prepare(TinyMLP(), (torch.randn(8, 64),), "A4W4")
+    with rq.PassContext(disabled=frozenset({"fuse-prologue", "pack-weights"})):
+        exe = rq.lower(qat, "llvm")
+    text = rq.inspect(exe)
+    assert "(panels)" not in text and "int_matmul." in text

@@ -1,5 +1,9 @@
 """rq IR → TVM relax ``IRModule``: one emitter per IR op, looked up in :data:`EMITTERS`.
 
+The package: ``module.py`` (this driver and the table), ``base.py`` (:class:`Emission`,
+shared helpers), ``integer.py`` (integer ops, by kernel-table row), ``float_ops.py`` (float
+and layout ops), ``te_ops.py`` (TE computes relax lacks), ``fused.py`` (fused groups).
+
 Where it sits: ``build``, phase ``emit`` of ``targets/tvm/pipelines.py``. In: a verified
 ``rqcompile.ir.Module`` with static shapes. Out: a ``tvm.IRModule`` whose relax function
 ``main`` takes the IR's arguments followed by one parameter per weight, in the order of
@@ -39,24 +43,58 @@ ops agree to ~1e-6 relative (TOPI float32 vs torch; summation order differs).
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from rqcompile.errors import TargetError, UnsupportedOpError
-from rqcompile.ir.core import AttrValue, Func, Module, Op, attr_key
+from rqcompile.ir.core import Func, Module
 from rqcompile.ir.types import TensorType
 from rqcompile.ir.uses import Uses
-from rqcompile.targets.tvm.kernels import integer as K
-from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
 from rqcompile.passes.infra import PassContext, PassManager
-from rqcompile.passes.ir.kernel_table import KernelRow, find_row
-from rqcompile.passes.ir.patterns.attention import AttentionGroup, find_attention
-from rqcompile.passes.ir.patterns.prologue import PrologueChain, find_prologues
-from rqcompile.targets.tvm.kernels.table import KIND
-from rqcompile.targets.tvm.kernels.attention import te_attention
-from rqcompile.targets.tvm.x86.prologue import te_prologue_quantize
+from rqcompile.targets.tvm.adapter import relax
+from rqcompile.targets.tvm.emit.base import (
+    TVM_DTYPES,
+    Emission,
+    Emitter,
+    Expr,
+    _binary,
+    _dims,
+    _scalar,
+    _unary,
+)
+from rqcompile.targets.tvm.emit.float_ops import (
+    _avg_pool,
+    _broadcast_to,
+    _cast,
+    _causal_mask,
+    _concat,
+    _conv2d,
+    _embedding,
+    _gelu,
+    _im2col,
+    _layer_norm,
+    _masked_fill,
+    _max_pool,
+    _mean,
+    _permute,
+    _pow_scalar,
+    _repeat_blocks,
+    _reshape,
+    _rms_norm,
+    _sdpa,
+    _slice,
+    _softmax,
+    _spatial,
+)
+from rqcompile.targets.tvm.emit.fused import (
+    _attention_groups,
+    _emit_attention,
+    _emit_prologue,
+    _prologue_chains,
+)
+from rqcompile.targets.tvm.emit.integer import _packed, _te_op
+from rqcompile.targets.tvm.emit.te_ops import te_causal_mask, te_im2col, te_slice
+from rqcompile.targets.tvm.kernels import integer as K
 from rqcompile.targets.tvm.lowering import passes_for_options
 
 __all__ = [
@@ -70,465 +108,7 @@ __all__ = [
     "te_slice",
 ]
 
-Expr = Any  # relax.Expr; TVM ships no type stubs
-Attrs = Mapping[str, AttrValue]
 
-#: IR element type -> TVM dtype of the stored tensor (i2/i4 live unpacked in int8, as in torch).
-TVM_DTYPES: Mapping[str, str] = {
-    "i1": "bool",
-    "i2": "int8",
-    "i4": "int8",
-    "i8": "int8",
-    "ui8": "uint8",
-    "i32": "int32",
-    "ui32": "uint32",
-    "i64": "int64",
-    "f32": "float32",
-}
-
-#: relax's ``OpPatternKind.kOpaque``: FuseOps never fuses a PrimFunc that carries it.
-_OPAQUE = {"op_pattern": 8}
-
-
-# -- TE computes for the ops relax has no equivalent of -----------------------------------
-
-
-def te_im2col(
-    x: Any,
-    *,
-    kernel: Sequence[int],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-) -> Any:
-    """Channels-last patches ``x[N, H, W, C] -> [N, Ho, Wo, kh*kw*C]`` in ``(kh, kw, C)`` order.
-
-    Zero padding (``0`` of ``x``'s dtype, so int8 codes and float32 both work); the padded
-    taps are selected with ``if_then_else`` so no out-of-bounds element is ever read.
-    """
-    n, h, w, c = (int(d) for d in x.shape)
-    (kh, kw), (sh, sw) = kernel, stride
-    (ph, pw), (dh, dw) = padding, dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    zero = tirx.const(0, x.dtype)
-
-    def patch(b: Any, i: Any, j: Any, idx: Any) -> Any:
-        tap, ch = idx // c, idx % c
-        r = i * sh + (tap // kw) * dh - ph
-        s = j * sw + (tap % kw) * dw - pw
-        inside = tirx.all(r >= 0, r < h, s >= 0, s < w)
-        return tirx.if_then_else(inside, x[b, r, s, ch], zero)
-
-    return te.compute((n, ho, wo, kh * kw * c), patch, name="im2col")
-
-
-def te_causal_mask(x: Any, *, fill: float, offset: int | None = None) -> Any:
-    """``x[..., T, S]`` with ``fill`` where ``j > i + offset`` (default ``offset = S - T``).
-
-    ``offset = S - T`` is ``rq.causal_mask`` (aligned to the bottom right, like
-    ``tril(S - T)``); ``offset = 0`` is torch SDPA's ``is_causal`` (top left).
-    """
-    *_, t, s = (int(d) for d in x.shape)
-    off = s - t if offset is None else offset
-    value = tirx.const(fill, x.dtype)
-
-    def masked(*idx: Any) -> Any:
-        i, j = idx[-2:]
-        return tirx.Select(j > i + off, value, x(*idx))
-
-    return te.compute(x.shape, masked, name="causal_mask")
-
-
-def te_slice(x: Any, start: Any, *, axis: int, size: int, step: int) -> Any:
-    """``x[..., start : start + size*step : step, ...]`` along ``axis``; ``start`` may be a var."""
-    shape = [int(d) for d in x.shape]
-    shape[axis] = size
-
-    def at(*i: Any) -> Any:
-        return x[(*i[:axis], start + i[axis] * step, *i[axis + 1 :])]
-
-    return te.compute(shape, at, name="slice")
-
-
-# -- emission context -----------------------------------------------------------------------
-
-
-def _flat(xs: Sequence[Any]) -> list[Any]:
-    out: list[Any] = []
-    for x in xs:
-        out.extend(_flat(x) if isinstance(x, (list, tuple)) else [x])
-    return out
-
-
-def _out_types(t: Any) -> Any:
-    return list(t.fields) if hasattr(t, "fields") else t
-
-
-class Emission:
-    """The state of one :func:`emit_module` call: the block builder and its kernel memo.
-
-    The memo maps a key (op kind, operand types, attributes) to the ``GlobalVar`` and output
-    types of the PrimFunc emitted for it, and lives only as long as this object.
-    """
-
-    def __init__(self, bb: relax.BlockBuilder) -> None:
-        self.bb = bb
-        self._memo: dict[Hashable, tuple[Any, Any]] = {}
-        self.uses: Uses | None = None  # of the function being emitted
-
-    def emit(self, expr: Expr) -> Expr:
-        return self.bb.emit(expr)
-
-    def emit_te(
-        self,
-        fn: Callable[..., Any],
-        args: Sequence[Any],
-        *,
-        key: Hashable,
-        name: str,
-        opaque: bool = False,
-        attrs: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Expr:
-        """``bb.emit_te(fn, *args, **kwargs)``, reusing the PrimFunc of an earlier equal ``key``.
-
-        ``key`` must determine the PrimFunc: it has to cover the operand types and every
-        keyword that shapes the compute. ``opaque`` keeps fusion off the PrimFunc; ``attrs``
-        are more PrimFunc attributes.
-        """
-        hit = self._memo.get(key)
-        flat = _flat(args)
-        if hit is not None:
-            return self.bb.emit(relax.call_tir(hit[0], flat, hit[1]))
-        fattrs = {**(_OPAQUE if opaque else {}), **(attrs or {})}
-        extra: dict[str, Any] = {"primfunc_attrs": fattrs} if fattrs else {}
-        var = self.bb.emit_te(fn, *args, **kwargs, primfunc_name_hint=name, **extra)
-        call = self.bb.lookup_binding(var)
-        called = list(call.args[1])
-        # memoize only when emit_te passed exactly our tensors, in order (always, today)
-        if len(called) == len(flat) and all(
-            a.same_as(b) for a, b in zip(called, flat, strict=True)
-        ):
-            self._memo[key] = (call.args[0], _out_types(call.ty_args[0]))
-        return var
-
-    def emit_shared(
-        self,
-        fn: Callable[..., Any],
-        args: Sequence[Expr],
-        types: Sequence[TensorType],
-        scalars: Sequence[int],
-        *,
-        name: str,
-        **attrs: Any,
-    ) -> Expr:
-        """``fn(*args, *scalars, **attrs)`` with the int scalars as run-time PrimFunc parameters.
-
-        Calls that differ only in those scalars share one PrimFunc, where ``emit_te`` would
-        bake each value into a kernel of its own.
-        """
-        key = (name, tuple(types), len(scalars), tuple(sorted(attrs.items())))
-        hit = self._memo.get(key)
-        if hit is None:
-            phs = [
-                te.placeholder(_dims(t), TVM_DTYPES[t.dtype], name=f"x{i}")
-                for i, t in enumerate(types)
-            ]
-            svars = [tirx.Var(f"s{i}", "int64") for i in range(len(scalars))]
-            out = fn(*phs, *svars, **attrs)
-            func = te.create_prim_func([*phs, *svars, out]).without_attr("global_symbol")
-            out_type = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
-            hit = self._memo[key] = (self.bb.add_func(func, name), out_type)
-        prims = [relax.prim_value(tirx.IntImm("int64", int(v))) for v in scalars]
-        return self.bb.emit(relax.call_tir(hit[0], [*args, *prims], hit[1]))
-
-
-def _op_key(op: Op) -> Hashable:
-    return (
-        op.name,
-        tuple(v.type for v in op.operands),
-        tuple((k, attr_key(v)) for k, v in op.attrs),
-    )
-
-
-Emitter = Callable[[Emission, Op, tuple[Expr, ...]], Expr]
-
-
-# -- emitters -------------------------------------------------------------------------------
-
-
-def _row(op: Op) -> KernelRow | None:
-    """The kernel-table row ``select-kernels`` chose for ``op`` (``rq.kernel``), if any."""
-    name = op.attr("rq.kernel", None)
-    return None if name is None else find_row(KIND, str(name))
-
-
-def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
-    """An integer op: ``emit_te(builder, *operands, **attrs, **row options)``, opaque to
-    fusion. The builder and its options come from the op's kernel row (``rq.kernel``);
-    without one, ``fn`` with its defaults (the generic TE compute)."""
-
-    def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-        row = _row(op)
-        build = fn if row is None or row.builder is None else row.builder
-        opts = dict(row.options) if row is not None else {}
-        key = (_op_key(op), tuple(sorted(opts.items())))
-        return cx.emit_te(build, xs, key=key, name=name, opaque=True, **_kw(op), **opts)
-
-    return emit
-
-
-def _packed(te_fn: Any, kind: str) -> Emitter:
-    """An integer matmul: where ``pack-weights`` chose a packed layout
-    (``rq.weight_layout``), emit the row's pack (its own PrimFunc, on the weight-side
-    operands after ``xq, xs, xc``) then the row's kernel on all the parts it returns; else
-    the one fused TE kernel of the row.
-
-    The pack depends on weights only, so ``LiftTransformParams`` (pipelines.py) moves it
-    into ``main_transform_params``, which the runtime calls once when binding weights.
-    ``rq.x_range`` (the activation codes' range, recorded by ``pack-weights`` where the
-    layout depends on it) goes to both builders.
-    """
-    fused = _te_op(te_fn, kind)
-
-    def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-        row = _row(op)
-        layout = op.attr("rq.weight_layout", None)
-        if row is None or row.pack is None or layout != row.pack.layout:
-            return fused(cx, op, xs)
-        kw = {**_kw(op), **row.pack.options}
-        xr = op.attr("rq.x_range", None)
-        if xr is not None:
-            kw["x_range"] = tuple(int(v) for v in xr)  # type: ignore[union-attr]
-        wkey = ("pack", kind, tuple(v.type for v in op.operands[3:]), tuple(sorted(kw.items())))
-        packed = cx.emit_te(row.pack.pack, list(xs[3:]), key=wkey, name=f"pack_{kind}",
-                            opaque=True, **kw)  # fmt: skip
-        parts = [cx.emit(relax.TupleGetItem(packed, i))
-                 for i in range(len(packed.ty.fields))]  # fmt: skip
-        return cx.emit_te(row.pack.kernel, [*xs[:3], *parts], key=("packed", _op_key(op), xr),
-                          name=kind, opaque=True, **kw)  # fmt: skip
-
-    return emit
-
-
-def _f32(value: float) -> Expr:
-    return relax.const(value, "float32")
-
-
-def _unary(fn: Callable[[Expr], Expr]) -> Emitter:
-    return lambda cx, op, xs: cx.emit(fn(xs[0]))
-
-
-def _binary(fn: Callable[[Expr, Expr], Expr]) -> Emitter:
-    return lambda cx, op, xs: cx.emit(fn(xs[0], xs[1]))
-
-
-def _scalar(fn: Callable[[Expr, Expr], Expr]) -> Emitter:
-    return lambda cx, op, xs: cx.emit(fn(xs[0], _f32(_float(op, "value"))))
-
-
-def _float(op: Op, name: str) -> float:
-    return float(op.attr(name))  # type: ignore[arg-type]
-
-
-def _int(op: Op, name: str) -> int:
-    return int(op.attr(name))  # type: ignore[arg-type]
-
-
-def _kw(op: Op) -> dict[str, Any]:
-    """The op's own attributes (not its annotations) as keyword arguments."""
-    return dict(op.attrs_dict)
-
-
-def _dims(t: TensorType) -> list[int]:
-    """Static dims (``_check`` rejected dynamic ones before emission)."""
-    return [int(d) for d in t.shape]  # type: ignore[arg-type]
-
-
-def _norm_axes(op: Op) -> list[int]:
-    """The trailing dims a norm covers: as many as its weight has."""
-    return list(range(-op.operands[1].type.rank, 0))
-
-
-def _layer_norm(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.nn.layer_norm(xs[0], xs[1], xs[2], _norm_axes(op), _float(op, "eps")))
-
-
-def _rms_norm(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.nn.rms_norm(xs[0], xs[1], _norm_axes(op), _float(op, "eps")))
-
-
-_GELU = {"none": relax.op.nn.gelu, "tanh": relax.op.nn.gelu_tanh}
-
-
-def _gelu(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(_GELU[str(op.attr("approximate"))](xs[0]))
-
-
-def _reshape(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    # the result type has the -1 resolved (shapes are static here)
-    return cx.emit(relax.op.reshape(xs[0], _dims(op.result.type)))
-
-
-def _slice(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    """A TE slice whose start offset is a run-time argument.
-
-    Convert splits grouped and depthwise convolutions into one slice per group; with each
-    start baked in (``relax.op.strided_slice``) the tiny CNN had 132 distinct slice kernels
-    that took 40 s to compile. With the start a parameter they share one kernel.
-    """
-    x_type = op.operands[0].type
-    axis = _int(op, "axis") % x_type.rank
-    dim = _dims(x_type)[axis]
-    # Python slice clamping, resolved here so the kernel reads in-range indices only
-    start, stop, step = slice(op.attr("start"), op.attr("stop"), op.attr("step")).indices(dim)
-    size = len(range(start, stop, step))
-    return cx.emit_shared(
-        te_slice, xs, (x_type,), (start,), name="slice", axis=axis, size=size, step=step
-    )
-
-
-#: Inputs per concatenate kernel. TOPI picks the source with a chain of one ``Select`` per
-#: input, and LLVM time grows fast with the chain: a 64-input concat (convert's per-group
-#: outputs) took 5 s to compile, an 8-input one 0.4 s. Wider concats become a tree of
-#: 8-input kernels, kept opaque so fusion can't merge them back into one; equal shapes share
-#: a kernel.
-_CONCAT_FANIN = 8
-
-
-def _concat(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    axis = _int(op, "axis")
-    if len(xs) <= _CONCAT_FANIN:
-        return cx.emit(relax.op.concat(list(xs), axis=axis))
-    parts = [(x, v.type) for x, v in zip(xs, op.operands, strict=True)]
-    while len(parts) > 1:
-        nxt = []
-        for i in range(0, len(parts), _CONCAT_FANIN):
-            chunk = parts[i : i + _CONCAT_FANIN]
-            if len(chunk) == 1:
-                nxt.append(chunk[0])
-                continue
-            types = tuple(t for _, t in chunk)
-            key = ("concat", types, axis)
-            out = cx.emit_te(
-                topi.concatenate,
-                [[x for x, _ in chunk]],
-                key=key,
-                name="concatenate",
-                opaque=True,
-                axis=axis,
-            )
-            size = sum(_dims(t)[axis] for t in types)
-            shape = list(types[0].shape)
-            shape[axis] = size
-            nxt.append((out, types[0].with_shape(tuple(shape))))
-        parts = nxt
-    return parts[0][0]
-
-
-def _causal_mask(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit_te(
-        te_causal_mask, xs, key=_op_key(op), name="causal_mask", fill=_float(op, "fill")
-    )
-
-
-def _masked_fill(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.where(xs[1], _f32(_float(op, "value")), xs[0]))
-
-
-def _sdpa(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    """softmax(q @ kᵀ · scale [causal, top-left aligned as torch's is_causal]) @ v."""
-    q, k, v = xs
-    rank = op.operands[0].type.rank
-    kt = relax.op.permute_dims(k, [*range(rank - 2), rank - 1, rank - 2])
-    scores = cx.emit(relax.op.multiply(cx.emit(relax.op.matmul(q, kt)), _f32(_float(op, "scale"))))
-    if op.attr("causal"):
-        key = ("sdpa_mask", op.operands[0].type, op.operands[1].type)
-        scores = cx.emit_te(
-            te_causal_mask, [scores], key=key, name="causal_mask", fill=-math.inf, offset=0
-        )
-    return cx.emit(relax.op.matmul(cx.emit(relax.op.nn.softmax(scores, axis=-1)), v))
-
-
-def _conv2d(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    a = op.attrs_dict
-    return cx.emit(
-        relax.op.nn.conv2d(
-            xs[0],
-            xs[1],
-            strides=a["stride"],
-            padding=a["padding"],
-            dilation=a["dilation"],
-            groups=a["groups"],
-        )
-    )
-
-
-def _im2col(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit_te(te_im2col, xs, key=_op_key(op), name="im2col", **_kw(op))
-
-
-def _spatial(fn: Callable[[Expr, Attrs], Expr]) -> Emitter:
-    """A 2-D pooling op: relax wants NCHW, the IR also allows CHW (lifted to N = 1)."""
-
-    def emit(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-        if op.operands[0].type.rank == 3:
-            x = cx.emit(relax.op.expand_dims(xs[0], [0]))
-            return cx.emit(relax.op.squeeze(cx.emit(fn(x, op.attrs_dict)), [0]))
-        return cx.emit(fn(xs[0], op.attrs_dict))
-
-    return emit
-
-
-def _max_pool(x: Expr, a: Attrs) -> Expr:
-    return relax.op.nn.max_pool2d(x, a["kernel"], a["stride"], a["padding"])
-
-
-def _avg_pool(x: Expr, a: Attrs) -> Expr:
-    return relax.op.nn.adaptive_avg_pool2d(x, a["output_size"])
-
-
-def _mean(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    axes = list(op.attr("axes"))  # type: ignore[arg-type]
-    return cx.emit(relax.op.mean(xs[0], axes, keepdims=bool(op.attr("keepdim"))))
-
-
-def _cast(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.astype(xs[0], TVM_DTYPES[str(op.attr("dtype"))]))
-
-
-def _repeat_blocks(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.repeat(xs[0], _int(op, "factor"), axis=-1))
-
-
-def _softmax(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.nn.softmax(xs[0], axis=_int(op, "axis")))
-
-
-def _embedding(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.take(xs[1], xs[0], axis=0, mode="clip"))
-
-
-def _permute(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.permute_dims(xs[0], list(op.attr("dims"))))  # type: ignore[arg-type]
-
-
-def _pow_scalar(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    e = _float(op, "exponent")
-    if e in (2.0, 3.0, 4.0):  # repeated multiply: exact sign for negative x, no TVM pow warning
-        y = xs[0]
-        for _ in range(int(e) - 1):
-            y = cx.emit(relax.op.multiply(y, xs[0]))
-        return y
-    return cx.emit(relax.op.power(xs[0], _f32(e)))
-
-
-def _broadcast_to(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
-    return cx.emit(relax.op.broadcast_to(xs[0], _dims(op.result.type)))
-
-
-#: IR op name -> emitter. ``rq.const`` is not here: constants become parameters of ``main``.
 EMITTERS: dict[str, Emitter] = {
     # integer core (kernels.py; scheduled by schedules.py)
     "rq.quantize": _te_op(K.te_quantize, "quantize"),
@@ -572,108 +152,6 @@ EMITTERS: dict[str, Emitter] = {
     "rq.pow_scalar": _pow_scalar,
     "rq.broadcast_to": _broadcast_to,
 }
-
-
-# -- fused attention ------------------------------------------------------------------------
-
-#: PrimFunc attributes of the fused attention: a kernel of its own (``rq.kernel``) that is
-#: already scheduled, so neither schedule phase touches it.
-_ATTENTION_ATTRS = {"rq.kernel": "attention", "rq.scheduled": True}
-
-
-def _marked(f: Func, kind: str) -> dict[int, frozenset[int]]:
-    """The op sets of ``f`` that a fusion pass marked ``rq.fused = [kind, id]``, by id."""
-    groups: dict[int, set[int]] = {}
-    for i, op in enumerate(f.ops):
-        mark = op.attr("rq.fused", None)
-        if isinstance(mark, tuple) and len(mark) == 2 and mark[0] == kind:
-            groups.setdefault(int(mark[1]), set()).add(i)
-    return {g: frozenset(ops) for g, ops in groups.items()}
-
-
-def _attention_groups(ir: Module, f: Func) -> list[AttentionGroup]:
-    """The groups ``fuse-attention`` marked, rebuilt from the pattern (a marked set that no
-    longer matches one is an error: the IR changed after the pass ran)."""
-    marked = _marked(f, "attention")
-    if not marked:
-        return []
-    by_ops = {g.ops: g for g in find_attention(f, ir.constants)}
-    out = []
-    for gid, ops in sorted(marked.items()):
-        if ops not in by_ops:
-            raise TargetError(f"the ops marked rq.fused = [\"attention\", {gid}] are not an "
-                              "attention group any more; rerun fuse-attention.")  # fmt: skip
-        out.append(by_ops[ops])
-    return out
-
-
-def _emit_attention(cx: Emission, g: AttentionGroup, env: Mapping[int, Expr], f: Func) -> Expr:
-    lanes = int(f.ops[g.anchor].attr("rq.lanes"))  # type: ignore[arg-type]
-    args = [env[v.id] for v in g.inputs]
-    # the group goes in a partial: emit_te only passes TVM-convertible keywords
-    fn = functools.partial(te_attention, group=g, lanes=lanes)
-    return cx.emit_te(fn, args, key=("attention", g.key, lanes), name="attention",
-                      opaque=True, attrs=_ATTENTION_ATTRS)  # fmt: skip
-
-
-# -- fused quantize prologues ---------------------------------------------------------------
-
-#: PrimFunc attributes of a fused prologue quantize: already scheduled (its own parallel
-#: row loop), so neither schedule phase touches it.
-_PROLOGUE_ATTRS = {"rq.kernel": "prologue_quantize", "rq.scheduled": True}
-
-
-def _prologue_chains(f: Func) -> list[PrologueChain]:
-    """The chains ``fuse-prologue`` marked, rebuilt from the pattern."""
-    marked = _marked(f, "prologue")
-    if not marked:
-        return []
-    by_ops = {c.ops: c for c in find_prologues(f, lambda q: True)}
-    out = []
-    for gid, ops in sorted(marked.items()):
-        if ops not in by_ops:
-            raise TargetError(f"the ops marked rq.fused = [\"prologue\", {gid}] are not a "
-                              "prologue chain any more; rerun fuse-prologue.")  # fmt: skip
-        out.append(by_ops[ops])
-    return out
-
-
-def _prologue_te(x: Any, residual: list[Any], params: list[Any], **kw: Any) -> Any:
-    return te_prologue_quantize(x, params, residual=residual, **kw)
-
-
-def _emit_prologue(cx: Emission, c: PrologueChain, env: dict[int, Expr]) -> None:
-    """Emit the fused kernel of chain ``c``; bind the quantize's three results (and the
-    residual sum ``c.h``, for its other users)."""
-    x = c.inputs[0]
-    k = _dims(x.type)[-1]
-    rows = math.prod(_dims(x.type)) // k
-
-    def as_rows(v: Any) -> Expr:  # full-size inputs as [rows, K]: a view, no copy
-        e = env[v.id]
-        return e if _dims(v.type) == [rows, k] else cx.emit(relax.op.reshape(e, [rows, k]))
-
-    full = [x, *c.inputs[1 : 1 + c.residual]]
-    residual = [as_rows(v) if _dims(v.type) != [k] else env[v.id] for v in full[1:]]
-    params = [env[p.id] for p in c.inputs[1 + c.residual :]]
-    a = c.quantize.attrs_dict
-    fn = functools.partial(
-        _prologue_te, prologue=c.prologue, bits=a["bits"], block=int(a["block"]),
-        estimator=str(a["estimator"]), ridge_lambda=float(a["ridge_lambda"]),
-        pack=str(a["pack"]), eps=c.eps, h_out=c.h is not None,
-    )  # fmt: skip
-    out = cx.emit_te(fn, [as_rows(x), residual, params], key=("prologue_quantize", c.key),
-                     name="prologue_quantize", opaque=True, attrs=_PROLOGUE_ATTRS)  # fmt: skip
-    results = [*c.quantize.results, *([c.h] if c.h is not None else [])]
-    for i, r in enumerate(results):
-        part = cx.emit(relax.TupleGetItem(out, i))
-        built = [rows, k] if i == 3 else [rows, *_dims(r.type)[-1:]]  # the kernel's shape
-        if _dims(r.type) != built:
-            part = cx.emit(relax.op.reshape(part, _dims(r.type)))
-        env[r.id] = part
-
-
-# -- module ---------------------------------------------------------------------------------
 
 
 def _relax_type(t: TensorType) -> Any:

@@ -32,7 +32,6 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 from rqcompile.passes.ir.patterns.attention import (
     AttentionGroup,
     View,
@@ -40,6 +39,7 @@ from rqcompile.passes.ir.patterns.attention import (
     attention_fits,
     view_shape,
 )
+from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 from rqcompile.targets.tvm.kernels.fast_math import exp_poly
 
 __all__ = ["attention_supported", "te_attention"]

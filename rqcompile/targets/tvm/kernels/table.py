@@ -105,7 +105,7 @@ CPU_KERNELS: tuple[KernelRow, ...] = (
         options={"isa": "avx2"},
         pack=PackRow("panels", _packs(K.sparse24_packs, "avx2"), K.te_pack_sparse24_weights,
                      K.te_sparse24_matmul_packed),
-    ),  # fmt: skip
+    ),
     KernelRow("rq.sparse24_matmul", "generic", builder=K.te_sparse24_matmul),
     KernelRow("rq.qbmm", "generic", builder=K.te_qbmm),
 )

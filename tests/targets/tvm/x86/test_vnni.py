@@ -23,6 +23,7 @@ from rqcompile.errors import NumericsError  # noqa: E402
 from rqcompile.quant import reference as ref  # noqa: E402
 from rqcompile.quant.bitpack import pack_nibbles  # noqa: E402
 from rqcompile.targets.tvm.kernels import integer as K  # noqa: E402
+from rqcompile.targets.tvm.kernels import matmul as matmul_kernels  # noqa: E402
 from rqcompile.targets.tvm import pipelines  # noqa: E402
 from rqcompile.targets.tvm.adapter import te  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
@@ -224,7 +225,7 @@ def test_emulated_vnni_model_matches_host_build(preset: str, isa: str, monkeypat
     ir, x = _mlp(preset)
     host = rq.build(ir, target="llvm")(x)
     calls: list[int] = []
-    pack = K.te_pack_vnni_panels
+    pack = matmul_kernels.te_pack_vnni_panels
 
     def counting_pack(*a: Any, **kw: Any) -> Any:
         calls.append(1)
@@ -235,7 +236,7 @@ def test_emulated_vnni_model_matches_host_build(preset: str, isa: str, monkeypat
 
     # the row is forced by the kernel table, whatever this host has
     forced = PassManager([SelectKernels(force=(f"int_matmul:{isa}",))]).run(ir, PassContext())
-    monkeypatch.setattr(K, "te_pack_vnni_panels", counting_pack)
+    monkeypatch.setattr(matmul_kernels, "te_pack_vnni_panels", counting_pack)
     with rq.PassContext(disabled=frozenset({"select-kernels"})):
         exe = rq.build(forced, target="llvm")
     assert calls and exe.backend.vm.module.implements_function("main_transform_params")

@@ -1,0 +1,77 @@
+"""Names and helpers every integer TE builder shares: the ``rq.kernel``/``rq.stage``
+annotations, block counting, and :func:`prim_func` for standalone kernels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rqcompile.errors import NumericsError
+from rqcompile.targets.tvm.adapter import te, tirx
+
+__all__ = ["KERNELS", "KERNEL_ATTR", "STAGE_ATTR", "prim_func"]
+
+
+KERNEL_ATTR = "rq.kernel"
+STAGE_ATTR = "rq.stage"
+#: Kernel kinds (values of ``rq.kernel``); the IR op is ``rq.<kind>``.
+KERNELS = (
+    "quantize",
+    "int_matmul_core",
+    "int_matmul",
+    "xnor_popcount_core",
+    "xnor_popcount_matmul",
+    "sparse24_core",
+    "sparse24_matmul",
+    "qbmm",
+    "pack_weights",
+)
+Tensor = Any  # te.Tensor; TVM ships no type stubs
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _f32(v: float) -> Any:
+    return tirx.const(v, "float32")
+
+
+def _f64(v: float) -> Any:
+    return tirx.const(v, "float64")
+
+
+def _shape(t: Tensor) -> list[int]:
+    return [int(d) for d in t.shape]
+
+
+def _nblocks(k: int, block: int, what: str) -> int:
+    if block < 1 or k % block:
+        raise NumericsError(f"{what}: K={k} is not a multiple of block={block}.")
+    return k // block
+
+
+def _attrs(kernel: str, block: int, **extra: Any) -> dict[str, Any]:
+    return {KERNEL_ATTR: kernel, "rq.block": block, **extra}
+
+
+def _pack_attrs(block: int) -> dict[str, Any]:
+    """The stages of a weight-pack PrimFunc (``rq.kernel = "pack_weights"``)."""
+    return {**_attrs("pack_weights", block), STAGE_ATTR: "pack"}
+
+
+def _stage(name: str) -> dict[str, Any]:
+    return {STAGE_ATTR: name}
+
+
+def prim_func(args: Sequence[Tensor], *, name: str, kernel: str, block: int, **attrs: Any) -> Any:
+    """``te.create_prim_func(args)`` named ``name`` with attrs ``rq.kernel``/``rq.block``.
+
+    Args:
+        args: input placeholders then outputs, in calling order.
+        name: the ``global_symbol`` (the function name in the built library).
+        kernel: one of :data:`KERNELS`.
+        block: block size along K.
+        attrs: extra ``rq.*`` attributes (written as given).
+    """
+    f = te.create_prim_func(list(args))
+    return f.with_attrs({"global_symbol": name, KERNEL_ATTR: kernel, "rq.block": block, **attrs})
