@@ -13,7 +13,9 @@ import torch
 from torch import fx, nn
 
 from rqcompile.capture.trace import capture as capture_graph
-from rqcompile.config.qconfig import ConfigLike, as_qconfig
+from rqcompile.config.qconfig import ConfigLike, QConfig, as_qconfig
+from rqcompile.config.spec import LayerSpec
+from rqcompile.errors import ConfigError
 from rqcompile.debug.table import format_table
 from rqcompile.ir.verify import verify
 from rqcompile.passes.infra import PassContext, PassManager
@@ -30,7 +32,7 @@ def _lint(gm: fx.GraphModule) -> None:
 
 def prepare(
     model: nn.Module,
-    example_inputs: Any,
+    example_inputs: Any = None,
     config: ConfigLike = "A4W4",
     *,
     leaf_modules: Sequence[type[nn.Module]] = (),
@@ -47,7 +49,11 @@ def prepare(
 
     Args:
         model: the float model, or a ``torch.export.ExportedProgram`` of it.
-        example_inputs: a tensor or tuple of tensors for ``forward`` (records shapes).
+        example_inputs: a tensor or tuple of tensors for ``forward`` (records shapes), or
+            ``None`` (``rq.prepare(model)``, ``rq.prepare(model, "A1W1")``): the model is
+            traced with torch.fx alone and its input shapes are recorded at the first
+            forward (``rq.inspect`` says so until then); ``rq.lower`` then uses them. Only
+            ``quantize_attention=True`` and torch.export capture need them up front.
         config: a preset string (``"A4W4"``, ``"A1W1"``, ``"A4W1+2:4"``, ``"W4"``, ...), an
             ``rq.LayerSpec`` or an ``rq.QConfig``.
         leaf_modules: module types to keep as opaque float calls (fx capture only).
@@ -84,10 +90,13 @@ def prepare(
         raise TypeError(
             f"rq.prepare() takes an nn.Module or an ExportedProgram, got {type(model).__name__}."
         )
+    if isinstance(example_inputs, (str, LayerSpec, QConfig)):  # rq.prepare(model, "A1W1")
+        example_inputs, config = None, example_inputs
     cfg = as_qconfig(config, **overrides)
-    if not isinstance(example_inputs, tuple):
-        example_inputs = (example_inputs,)
-    _check_example_inputs(example_inputs)
+    if example_inputs is not None:
+        if not isinstance(example_inputs, tuple):
+            example_inputs = (example_inputs,)
+        _check_example_inputs(example_inputs)
     was_training = getattr(model, "training", True)
     gm = capture_graph(model, example_inputs, leaf_modules=leaf_modules, method=capture)
     ctx = (context or PassContext.current()).for_stage(config=cfg, example_inputs=example_inputs)
@@ -99,8 +108,24 @@ def prepare(
     gm.meta["rq_layer_keys"] = keys
     gm.meta["rq_float_layers"] = dict(ctx.options.get("float_layers", {}))
     gm.meta["rq_notes"] = [*gm.meta.get("rq_capture_notes", []), *ctx.options.get("notes", [])]
+    if example_inputs is not None:
+        gm.meta["rq_input_shapes"] = input_signature(example_inputs)
+    gm.register_forward_pre_hook(record_input_shapes)
     gm.train(was_training)
     return gm
+
+
+def input_signature(inputs: tuple[Any, ...]) -> tuple[tuple[tuple[int, ...], torch.dtype], ...]:
+    """``((shape, dtype), ...)`` of the tensor inputs."""
+    return tuple((tuple(x.shape), x.dtype) for x in inputs if isinstance(x, torch.Tensor))
+
+
+def record_input_shapes(gm: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook of a prepared graph: the first call's input shapes and dtypes go to
+    ``gm.meta["rq_input_shapes"]``, which ``convert`` uses when given no example inputs."""
+    meta = getattr(gm, "meta", None)
+    if meta is not None and "rq_input_shapes" not in meta:
+        meta["rq_input_shapes"] = input_signature(args)
 
 
 def _check_example_inputs(example_inputs: tuple[Any, ...]) -> None:
@@ -131,6 +156,10 @@ def _ensure_prepared(obj: Any, verb: str) -> fx.GraphModule:
     raise TypeError(f"rq.{verb}() takes a prepared fx.GraphModule, got {type(obj).__name__}.")
 
 
+def _needs_shapes(gm: fx.GraphModule) -> bool:
+    return any(n.op == "placeholder" and "tensor_meta" not in n.meta for n in gm.graph.nodes)
+
+
 def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     """Turn a trained QAT graph into the integer IR (an ``rqcompile.ir.Module``).
 
@@ -152,6 +181,16 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     gm = finalize_for_convert(_ensure_prepared(model, "convert"))  # gdnsq widths, pege check
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    if example_inputs is None and _needs_shapes(gm):
+        seen = model.meta.get("rq_input_shapes")
+        if not seen:
+            raise ConfigError(
+                "rq.convert/rq.lower needs input shapes: this model was prepared without "
+                "example inputs and has not run forward yet. Fix: train it (or call it once "
+                "on a batch), or pass example_inputs=(x,)."
+            )
+        # stand-ins of the shapes seen in training: zeros (valid token ids too)
+        example_inputs = tuple(torch.zeros(shape, dtype=dtype) for shape, dtype in seen)
     irm = translate(gm, example_inputs)
     verify(irm)
     ctx = PassContext.current().for_stage(example_inputs=example_inputs)

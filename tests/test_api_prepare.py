@@ -174,3 +174,34 @@ def test_float64_and_cuda_agnostic_forward() -> None:
     ex = (torch.randn(1, 8, 64, dtype=torch.float64),)
     qat = rq.prepare(model, ex, "A4W4")
     assert qat(*ex).dtype == torch.float64
+
+
+def test_prepare_without_example_inputs_records_shapes_at_first_forward() -> None:
+    """``rq.prepare(model)`` (and ``rq.prepare(model, "A1W1")``): fx capture, shapes from the
+    first forward, which ``rq.lower`` then uses; until then inspect says so and lower
+    explains what to do."""
+    from rqcompile.testing.models import TinyMLP
+
+    qat = rq.prepare(TinyMLP())
+    assert "input shapes: not recorded yet" in rq.inspect(qat)
+    with pytest.raises(rq.ConfigError, match="has not run forward yet"):
+        rq.lower(qat, "reference")
+    x = torch.randn(8, 64)
+    y = qat(x)
+    assert "input shapes: [8, 64] float32 (recorded at the first forward" in rq.inspect(qat)
+    exe = rq.lower(qat.eval(), "reference")
+    torch.testing.assert_close(exe(x), qat(x), rtol=1e-5, atol=1e-5)
+    assert y.shape == (8, 10)
+    q1 = rq.prepare(TinyMLP(), "A1W1")
+    assert q1.meta["rq_config"].default.weight.bits == 1
+
+
+def test_prepare_without_example_inputs_refuses_export_and_attention() -> None:
+    from rqcompile.testing.models import TinyMLP
+
+    with pytest.raises(rq.CaptureError, match="torch.export capture needs example inputs"):
+        rq.prepare(TinyMLP(), capture="export")
+    from rqcompile.demo.models import CharTransformer
+
+    with pytest.raises(rq.ConfigError, match="quantize_attention=True.*example inputs"):
+        rq.prepare(CharTransformer(65), "A8W8", quantize_attention=True)

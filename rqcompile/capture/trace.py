@@ -92,13 +92,18 @@ def _trace_fx(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.G
     return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
-def _capture_error(model: nn.Module, errors: list[tuple[str, BaseException]]) -> CaptureError:
+def _capture_error(
+    model: nn.Module, errors: list[tuple[str, BaseException]], *, need_examples: bool = False
+) -> CaptureError:
     _method, e = errors[-1]
     where = _failing_module(model, e.__traceback__)
     name, mod = where if where else ("<root>", model)
     line = _user_frame(traceback.extract_tb(e.__traceback__))
     causes = "\n".join(f"  {m} failed: {_cause(err)}" for m, err in errors)
-    if len(errors) == 1 and errors[0][0].startswith("torch.fx"):
+    if need_examples:
+        causes += ("\n  (without example inputs only torch.fx can capture; pass them, "
+                   "rq.prepare(model, (x,), config), to let torch.export try)")  # fmt: skip
+    elif len(errors) == 1 and errors[0][0].startswith("torch.fx"):
         causes += "\n  (capture='fx' was asked for; capture='auto' falls back to torch.export)"
     return CaptureError(
         f"could not capture module {name!r} ({type(mod).__name__}).\n"
@@ -114,7 +119,7 @@ def _capture_error(model: nn.Module, errors: list[tuple[str, BaseException]]) ->
 
 def capture(
     model: Any,
-    example_inputs: tuple[Any, ...],
+    example_inputs: tuple[Any, ...] | None,
     *,
     leaf_modules: Sequence[type[nn.Module]] = (),
     method: str = "auto",
@@ -123,7 +128,8 @@ def capture(
 
     Args:
         model: an ``nn.Module``, or a ``torch.export.ExportedProgram``.
-        example_inputs: positional example inputs (a tuple).
+        example_inputs: positional example inputs (a tuple), or ``None``: fx tracing only,
+            and no shapes recorded (``prepare`` records them at the first forward).
         leaf_modules: module types kept as single calls instead of traced through (fx only).
         method: ``"auto"`` (fx, then torch.export if fx fails), ``"fx"`` or ``"export"``.
 
@@ -138,7 +144,14 @@ def capture(
             f"capture={method!r} is not a capture method. Use one of "
             f"{', '.join(repr(m) for m in METHODS)} ('auto' tries fx, then torch.export)."
         )
-    if not isinstance(example_inputs, tuple):
+    if example_inputs is None:
+        if method == "export" or isinstance(model, torch.export.ExportedProgram):
+            raise CaptureError(
+                "torch.export capture needs example inputs (it traces with real shapes). Fix: "
+                "rq.prepare(model, (x,), config) with a batch x, or capture='fx'."
+            )
+        method = "fx"
+    elif not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     if isinstance(model, torch.export.ExportedProgram):
         with warnings.catch_warnings():  # torch's own pytree spec warns on copy
@@ -156,6 +169,8 @@ def capture(
             gm = _trace_fx(model, leaf_modules)
         except Exception as e:
             errors.append(("torch.fx symbolic tracing", e))
+    if gm is None and example_inputs is None:
+        raise _capture_error(model, errors, need_examples=True) from errors[-1][1]
     if gm is None and method in ("auto", "export"):
         try:
             gm = graph_from_export(export_model(model, example_inputs))
@@ -169,7 +184,8 @@ def capture(
             f"running statistics) because {errors[0][0]} failed: {_cause(errors[0][1])}"
         ]
     gm.meta.setdefault("rq_capture", "fx")
-    _record_shapes(gm, example_inputs)
+    if example_inputs is not None:
+        _record_shapes(gm, example_inputs)
     return gm
 
 

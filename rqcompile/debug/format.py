@@ -162,12 +162,26 @@ def layer_table(gm: fx.GraphModule) -> str:
     return text
 
 
+def _shapes_note(gm: fx.GraphModule) -> str:
+    """Where the input shapes ``convert`` will use come from."""
+    traced = all("tensor_meta" in n.meta for n in gm.graph.nodes if n.op == "placeholder")
+    seen = gm.meta.get("rq_input_shapes")
+    if traced:
+        return "input shapes: from the example inputs given to prepare"
+    if seen:
+        shapes = ", ".join(f"{list(s)} {str(d).removeprefix('torch.')}" for s, d in seen)
+        return f"input shapes: {shapes} (recorded at the first forward; rq.lower uses them)"
+    return ("input shapes: not recorded yet (prepare had no example inputs; the first forward "
+            "records them, and MACs per layer are unknown until convert)")  # fmt: skip
+
+
 def _inspect_graph(gm: fx.GraphModule) -> str:
     head = f"// {type(gm).__name__}: QAT graph" if gm.meta.get("rq_config") else "// fx graph"
     cfg = gm.meta.get("rq_config")
     parts = [head]
     if cfg is not None:
         parts.append("// config: " + str(cfg).replace("\n", "\n//   "))
+        parts.append("// " + _shapes_note(gm))
     parts.extend(_graph_lines(gm))
     parts.append("")
     parts.append(layer_table(gm))

@@ -70,12 +70,17 @@ def _expand(cx: Cx, x: Any, size: Any, **kw: Any) -> Value:
 
 
 def _to(cx: Cx, x: Any, *args: Any, dtype: Any = None, **kw: Any) -> Any:
-    dtype = dtype or next((a for a in args if isinstance(a, torch.dtype)), None)
-    if dtype in (None, torch.float32):
-        return x
+    """``x.to(...)``: a device move is the identity (all CPU here); a dtype change a cast."""
     from rqcompile.ir.types import dtype_of_torch
 
-    return cx.op("rq.cast", cx.value(x), dtype=dtype_of_torch(dtype))
+    dtype = dtype or next((a for a in args if isinstance(a, torch.dtype)), None)
+    if dtype is None:
+        return x
+    if not isinstance(x, Value):  # a constant: convert it now
+        return x.to(dtype) if isinstance(x, torch.Tensor) else x
+    if x.type.dtype == dtype_of_torch(dtype):
+        return x
+    return cx.op("rq.cast", x, dtype=dtype_of_torch(dtype))
 
 
 def _addmm(cx: Cx, b: Any, x: Any, w: Any, *, beta: Any = 1, alpha: Any = 1) -> Value:
@@ -226,6 +231,7 @@ ATEN: dict[Any, Callable[..., Any]] = {
     aten.alias.default: C._identity,
     aten.detach.default: C._identity,
     aten.to.dtype: _to,
+    aten.to.device: _to,
     aten.to.dtype_layout: _to,
     aten._to_copy.default: _to,
 }

@@ -25,7 +25,7 @@ from rqcompile.capture.trace import owner_of, source_of
 from rqcompile.errors import UnsupportedOpError
 from rqcompile.ir import ops_float, ops_int, ops_more  # noqa: F401  (register ops)
 from rqcompile.ir.core import Module, Value
-from rqcompile.ir.types import TensorType, dtype_of_torch
+from rqcompile.ir.types import TensorType, dtype_of_torch, torch_dtype
 from rqcompile.quant.modules import RQQuantize
 from rqcompile.translate.aten import ATEN
 from rqcompile.translate.context import Converter, QOperand, TranslateContext
@@ -46,11 +46,55 @@ def _is_ir(x: Any) -> bool:
     return False
 
 
+def _has_unsupported(x: Any) -> bool:
+    if isinstance(x, _Unsupported):
+        return True
+    if isinstance(x, (tuple, list)):
+        return any(_has_unsupported(a) for a in x)
+    if isinstance(x, dict):
+        return any(_has_unsupported(a) for a in x.values())
+    return False
+
+
 def _fold(node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if node.op == "call_method":
         self_obj, *rest = args
         return getattr(self_obj, str(node.target))(*rest, **kwargs)
     return node.target(*args, **kwargs)  # type: ignore[operator]
+
+
+#: Functions and methods whose result depends on their tensor arguments' shape and dtype
+#: only, never on their values. With an IR value among the arguments they are still folded
+#: at convert time: the value is replaced by a stand-in of its shape and dtype (shapes are
+#: static here). ``full_like(att, -inf).triu(1)``, ``zeros_like(x)``, ``x.new_ones(...)``
+#: then become constants, and what is computed from them alone folds as usual.
+SHAPE_ONLY_FUNCTIONS: frozenset[Any] = frozenset(
+    {torch.full_like, torch.zeros_like, torch.ones_like, torch.empty_like}
+    | {
+        getattr(torch.ops.aten, n).default
+        for n in ("full_like", "zeros_like", "ones_like", "empty_like")
+    }
+    | {torch.ops.aten.new_full.default, torch.ops.aten.new_zeros.default,
+       torch.ops.aten.new_ones.default, torch.ops.aten.new_empty.default}  # fmt: skip
+)
+SHAPE_ONLY_METHODS: frozenset[str] = frozenset({"new_full", "new_zeros", "new_ones", "new_empty"})
+
+
+def _is_shape_only(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in SHAPE_ONLY_FUNCTIONS
+    return node.op == "call_method" and str(node.target) in SHAPE_ONLY_METHODS
+
+
+def _stand_in(x: Any) -> Any:
+    """An IR value replaced by a zero tensor of its shape and dtype (for shape-only ops)."""
+    if isinstance(x, Value):
+        return torch.zeros(tuple(int(d) for d in x.type.shape), dtype=torch_dtype(x.type.dtype))
+    if isinstance(x, (tuple, list)):
+        return type(x)(_stand_in(a) for a in x)
+    if isinstance(x, dict):
+        return {k: _stand_in(a) for k, a in x.items()}
+    return x
 
 
 def _shape_attr(v: Value, name: str) -> Any:
@@ -103,7 +147,7 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
         if node.op == "output":
             outputs = args[0]
             continue
-        if any(isinstance(a, _Unsupported) for a in [*args, *kwargs.values()]):
+        if _has_unsupported((args, kwargs)):  # nested too: cat([x, <unsupported>])
             env[node] = _Unsupported()
             continue
         conv: Converter | None = None
@@ -118,6 +162,9 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
                 continue
         elif not _is_ir((args, kwargs)):
             env[node] = _fold(node, args, kwargs)
+            continue
+        elif _is_shape_only(node) and not any(isinstance(a, QOperand) for a in args):
+            env[node] = _fold(node, _stand_in(args), _stand_in(kwargs))
             continue
         elif node.op == "call_function" and node.target is getattr and isinstance(args[0], Value):
             env[node] = _shape_attr(args[0], args[1])

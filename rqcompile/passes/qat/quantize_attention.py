@@ -76,6 +76,14 @@ class QuantizeAttention:
                 )
                 ctx.options.setdefault("float_layers", {})[key] = reason
                 continue
+            if "tensor_meta" not in a.meta:
+                from rqcompile.errors import ConfigError
+
+                raise ConfigError(
+                    f"quantize_attention=True: the block size of {key!r} depends on an "
+                    "activation shape, and prepare() was given no example inputs. Fix: "
+                    "rq.prepare(model, (x,), config, quantize_attention=True) with a batch x."
+                )
             k = shape_of(a)[-1]
             block = resolve_block(spec.activation, k, layer=key, role="activation")
             src = source_of(n)

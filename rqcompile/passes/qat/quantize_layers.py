@@ -281,7 +281,9 @@ class QuantizeLayers:
             k = cpg * taps
             wblock = conv_weight_block(spec.weight, cpg, taps, layer=layer.key)
             wlayout, alayout = "conv_weight", "channels"
-            ak = shape_of(layer.x)[1]
+            groups = layer.extra[-1] if layer.extra and isinstance(layer.extra[-1], int) else 1
+            # input channels: from the recorded shape, else the weight (prepare without inputs)
+            ak = shape_of(layer.x)[1] if "tensor_meta" in layer.x.meta else cpg * groups
         else:
             k = wshape[1]
             wblock = resolve_block(spec.weight, k, layer=layer.key, role="weight")
@@ -332,8 +334,8 @@ class QuantizeLayers:
             wq.meta["rq"] = RQNodeMeta(layer.key, layer.kind, "weight", spec, self.name, src)
             b = g.get_attr(layer.bias) if layer.bias else None
             new = g.call_function(layer.fn, (x, wq, b, *layer.extra))
-        out_shape = shape_of(n)
-        macs = int(torch.tensor(out_shape).prod()) * k
+        # MACs need the output shape: unknown (0) until shapes are recorded
+        macs = int(torch.tensor(shape_of(n)).prod()) * k if "tensor_meta" in n.meta else 0
         new.meta.update(n.meta)
         block = kernel_block(wblock, ablock) if ablock else wblock
         new.meta["rq"] = RQNodeMeta(
