@@ -242,9 +242,9 @@ def read_qat_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     from rqcompile.demo.checkpoint import META_KEY
 
-    p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise ArtifactError(f"{p}: no such file.")
+    from rqcompile.fileio import check_regular
+
+    p = check_regular(path, what="a QAT checkpoint")
     try:
         with safe_open(p, framework="pt") as fh:
             header = fh.metadata() or {}
@@ -334,8 +334,9 @@ def load_qat(
     from rqcompile.api import prepare
     from rqcompile.config.qconfig import QConfig
     from rqcompile.demo.checkpoint import load_checkpoint
+    from rqcompile.fileio import fspath
 
-    p = os.fspath(path)
+    p = fspath(path, what="checkpoint path")
     head = _qat_head(p)
     model, ex = _build(head, p, builder=builder, allow_import=allow_import)
     ref = _builder_ref(builder) if builder is not None else head["builder"]

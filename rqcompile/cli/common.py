@@ -132,7 +132,9 @@ def add_model_options(p: Any) -> None:
 
 def sniff(path: str) -> str:
     """``"artifact"`` (zip), ``"checkpoint"`` (safetensors) or ``"unknown"`` by content."""
-    with open(path, "rb") as fh:
+    from rqcompile.fileio import open_regular
+
+    with open_regular(path, what="an artifact or checkpoint") as fh:
         head = fh.read(9)
     if head[:2] == b"PK":
         return "artifact"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from rqcompile.cli.common import Output
@@ -32,7 +31,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from rqcompile.errors import ConfigError
+    from rqcompile.errors import ArtifactError, ConfigError
+    from rqcompile.fileio import atomic_write, open_regular, read_text
     from rqcompile.ir.parser import parse_module
     from rqcompile.ir.printer import print_module
     from rqcompile.ir.verify import verify
@@ -46,22 +46,27 @@ def run(args: argparse.Namespace, out: Output) -> int:
             f"unknown pass(es) {', '.join(map(repr, bad)) or '(none given)'}; registered passes: "
             f"{', '.join(sorted(known))}."
         )
-    with open(args.file, encoding="utf-8") as fh:
-        text = fh.read()
+    text = read_text(args.file, what="an IR text file")
     consts = None
     if args.constants:
-        from safetensors.torch import load_file
+        from safetensors.torch import load as st_load
 
-        consts = load_file(args.constants)
+        with open_regular(args.constants, what="a safetensors file") as fh:
+            raw = fh.read()
+        try:
+            consts = st_load(raw)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own untyped errors
+            raise ArtifactError(
+                f"{args.constants}: --constants must be a safetensors file of IR constants "
+                f"({type(e).__name__}: {str(e)[:200]}); give the weights.safetensors the "
+                "IR was dumped with."
+            ) from e
     ir = parse_module(text, constants=consts)
     result = PassManager([known[n]() for n in names], verifier=verify).run(
         ir, PassContext.from_env()
     )
     printed = print_module(result)
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(printed + "\n")
-        os.replace(tmp, args.output)
+        atomic_write(args.output, printed + "\n", what="the IR")
     out.result("" if args.output else printed, {"output": args.output, "ir": printed})
     return 0
