@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from rqcompile.capture.trace import capture as capture_graph
 from rqcompile.config.qconfig import ConfigLike, as_qconfig
+from rqcompile.errors import UsageError
 from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.pipelines import prepare_passes
 
@@ -71,12 +72,12 @@ def prepare(
         torch.Size([4, 10])
     """
     if isinstance(model, fx.GraphModule) and "rq_config" in model.meta:
-        raise TypeError(
+        raise UsageError(
             "this model is already prepared; call rq.prepare on the original float model, or "
             "rq.lower(qat_model) to compile it."
         )
     if not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
-        raise TypeError(
+        raise UsageError(
             f"rq.prepare() takes an nn.Module or an ExportedProgram, got {type(model).__name__}."
         )
     cfg = as_qconfig(config, **overrides)
@@ -120,12 +121,12 @@ def _ensure_prepared(obj: Any, verb: str) -> fx.GraphModule:
     if isinstance(obj, fx.GraphModule) and "rq_config" in obj.meta:
         return obj
     if isinstance(obj, nn.Module):
-        raise TypeError(
+        raise UsageError(
             f"rq.{verb}() takes the graph returned by rq.prepare(), got a plain "
             f"{type(obj).__name__}. Call qat = rq.prepare(model, example_inputs, 'A4W4'), train "
             f"it, then rq.{verb}(qat)."
         )
-    raise TypeError(f"rq.{verb}() takes a prepared fx.GraphModule, got {type(obj).__name__}.")
+    raise UsageError(f"rq.{verb}() takes a prepared fx.GraphModule, got {type(obj).__name__}.")
 
 
 def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
@@ -173,12 +174,12 @@ def build(module: Any, target: Any = "llvm") -> Any:
     from rqcompile.targets.target import Target
 
     if isinstance(module, fx.GraphModule):
-        raise TypeError(
+        raise UsageError(
             "rq.build() takes the IR from rq.convert(qat); use rq.lower(qat, target) "
             "to convert and build in one call."
         )
     if not isinstance(module, IRModule):
-        raise TypeError(f"rq.build() takes an rqcompile.ir.Module, got {type(module).__name__}.")
+        raise UsageError(f"rq.build() takes an rqcompile.ir.Module, got {type(module).__name__}.")
     verify(module)
     tgt = Target.parse(target)
     if tgt.kind == "reference":

@@ -20,6 +20,7 @@ __all__ = [
     "RQWarning",
     "TargetError",
     "UnsupportedOpError",
+    "UsageError",
     "VerifyError",
     "warn",
 ]
@@ -70,10 +71,21 @@ class ArtifactError(RQError, OSError):
     written (also an ``OSError``, so code that handles I/O failures keeps working)."""
 
 
+class UsageError(RQError, TypeError):
+    """A public function was given the wrong kind of object (also a ``TypeError``)."""
+
+
 class RQWarning(UserWarning):
     """Warnings emitted by rqcompile (filter them with this category)."""
 
 
 def warn(message: str, *, stacklevel: int = 2) -> None:
     """Emit an :class:`RQWarning` pointing at the caller's caller."""
-    warnings.warn(message, RQWarning, stacklevel=stacklevel + 1)
+    import sys
+
+    level = stacklevel + 1
+    frame = sys._getframe(level - 1) if hasattr(sys, "_getframe") else None
+    while frame is not None and frame.f_code.co_filename.endswith("rqcompile/guard.py"):
+        level += 1  # the entry-point wrapper (guard.py) is not the caller's code
+        frame = frame.f_back
+    warnings.warn(message, RQWarning, stacklevel=level)

@@ -107,6 +107,14 @@ class CompiledModule:
         for i, (x, t, (want, shape)) in enumerate(zip(inputs, sig, self._expect, strict=False)):
             if not isinstance(x, torch.Tensor):
                 raise InputError(f"input {i}: expected a torch.Tensor {t}, got {type(x).__name__}.")
+            if x.layout != torch.strided or x.is_nested or getattr(x, "is_mkldnn", False):
+                kind = "nested" if x.is_nested else str(x.layout).removeprefix("torch.")
+                raise InputError(
+                    f"input {i}: a {kind} tensor; compiled models take dense (strided) tensors. "
+                    "Convert it first, e.g. x.to_dense()"
+                    + (" or torch.nested.to_padded_tensor(x, 0)" if x.is_nested else "")
+                    + "."
+                )
             problems = []
             if x.dtype != want:
                 problems.append(f"dtype {x.dtype} (expected {want}; convert with x.to({want}))")
