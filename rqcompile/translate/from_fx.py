@@ -125,9 +125,11 @@ def _shape_attr(v: Value, name: str) -> Any:
 def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None) -> Module:
     """Translate a prepared graph (eval semantics) into an rq IR ``Module``."""
     from rqcompile.translate.aten import ATEN
+    from rqcompile.translate.attributes import check_call, check_module
     from rqcompile.translate.converters import FUNCTIONS, METHODS, MODULES
     from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 
+    has_q = False
     float_functions = {**FUNCTIONS, **ATEN}
     with warnings.catch_warnings():  # torch's own pytree spec (export graphs) warns on copy
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -173,6 +175,7 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
                 continue
             conv = MODULES.get(type(mod))
             if conv is not None:
+                check_module(mod, f"layer {owner_of(node) or node.target}")  # attributes.py
                 env[node] = conv(cx, mod, *args, **kwargs)
                 continue
         elif not _is_ir((args, kwargs)):
@@ -203,6 +206,8 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
             env[node] = _Unsupported()
             unsupported.append(_describe(gm, node))
             continue
+        if not (node.op == "call_function" and has_q):
+            check_call(node.target, node.op, args, kwargs, _describe(gm, node))  # attributes.py
         env[node] = conv(cx, *args, **kwargs)
     if unsupported:
         raise UnsupportedOpError(
