@@ -40,6 +40,7 @@ from rqcompile.errors import (
     VerifyError,
 )
 from rqcompile.mlir.export import export_mlir
+from rqcompile.parity import ParityReport, check_parity
 from rqcompile.passes.infra import DumpIR, PassContext, PrintAfter, Timing
 from rqcompile.quant.hooks import aux_loss, distill_loss, step
 from rqcompile.targets.compiled import CompiledModule, load
@@ -59,6 +60,7 @@ __all__ = [
     "NMSparsity",
     "NumericsError",
     "Override",
+    "ParityReport",
     "PassContext",
     "PassError",
     "PerChannel",
@@ -77,6 +79,7 @@ __all__ = [
     "VerifyError",
     "aux_loss",
     "build",
+    "check_parity",
     "convert",
     "distill_loss",
     "draw",
@@ -110,6 +113,7 @@ explain = _guard.entry_point("rq.explain")(explain)
 draw = _guard.entry_point("rq.draw")(draw)
 draw_diff = _guard.entry_point("rq.draw_diff")(draw_diff)
 export_mlir = _guard.entry_point("rq.export_mlir", TargetError)(export_mlir)
+check_parity = _guard.entry_point("rq.check_parity", NumericsError)(check_parity)
 CompiledModule.save = _guard.entry_point("CompiledModule.save", ArtifactError)(  # type: ignore[method-assign]
     CompiledModule.save
 )

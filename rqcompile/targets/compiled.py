@@ -144,6 +144,14 @@ class CompiledModule:
                     problems.append(f"token ids must lie in [0, {vocab}), got [{lo}, {hi}]")
             if problems:
                 raise InputError(f"input {i}: " + "; ".join(problems))
+        if self._gathers:  # ids reaching an embedding through reshape/arithmetic
+            self._gathers(inputs)
+
+    @functools.cached_property
+    def _gathers(self) -> Any:
+        from rqcompile.targets.gather_check import GatherCheck
+
+        return GatherCheck(self.ir.main, self.ir.constants)
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         self._check(inputs)
@@ -168,8 +176,11 @@ class CompiledModule:
                 {k: v.contiguous() for k, v in self.ir.constants.items()}
             ),
         }
-        if self._library is not None:
-            members["kernels.so"] = self._library
+        if self._library is not None:  # bound to this IR + weights + options (binding.py)
+            from rqcompile.targets.binding import bind, binding_digest
+
+            digest = binding_digest(self.ir, self.target, self.features)
+            members["kernels.so"] = bind(self._library, digest)
         members.update(self._members)
         manifest = {
             "format": FORMAT,
@@ -215,9 +226,13 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         return load_device(ir, target, members)
     if target.kind == "reference" or "kernels.so" not in members or not trust_kernels:
         return build(ir, target)
+    from rqcompile.targets.binding import check_binding
     from rqcompile.targets.tvm.runtime import load_library
 
-    return load_library(ir, target, members["kernels.so"], manifest.get("features", []))
+    features = manifest.get("features", [])
+    lib = check_binding(os.fsdecode(path) if isinstance(path, bytes) else str(path),
+                        members["kernels.so"], ir, target, features)  # fmt: skip
+    return load_library(ir, target, lib, features)
 
 
 def read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Module, dict[str, bytes]]:

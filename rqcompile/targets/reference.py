@@ -49,6 +49,13 @@ def _im2col(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
     return torch.cat(taps, dim=-1).to(dtype)
 
 
+def _embedding(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    from rqcompile.targets.gather_check import check_ids
+
+    check_ids(ids, table.shape[0], "rq.embedding (reference target)")  # never a raw IndexError
+    return F.embedding(ids, table)
+
+
 def _slice(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
     idx = [slice(None)] * t[0].dim()
     idx[a["axis"]] = slice(a["start"], a["stop"], a["step"])
@@ -101,7 +108,7 @@ KERNELS: dict[str, Kernel] = {
     "rq.silu": lambda t, a: F.silu(t[0]),
     "rq.tanh": lambda t, a: torch.tanh(t[0]),
     "rq.sigmoid": lambda t, a: torch.sigmoid(t[0]),
-    "rq.embedding": lambda t, a: F.embedding(t[0], t[1]),
+    "rq.embedding": lambda t, a: _embedding(t[0], t[1]),
     "rq.reshape": lambda t, a: t[0].reshape(a["shape"]),
     "rq.permute": lambda t, a: t[0].permute(a["dims"]).contiguous(),
     "rq.slice": _slice,
