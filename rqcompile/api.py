@@ -17,6 +17,7 @@ from rqcompile.config.qconfig import ConfigLike, as_qconfig
 from rqcompile.errors import UsageError
 from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.pipelines import prepare_passes
+from rqcompile.prepare_checks import check_graph, check_model, float32_for_convert
 
 __all__ = ["build", "convert", "lower", "prepare"]
 
@@ -84,6 +85,7 @@ def prepare(
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     _check_example_inputs(example_inputs)
+    check_model(model)  # rqcompile/prepare_checks.py: dtypes, nested prepared models
     was_training = getattr(model, "training", True)
     gm = capture_graph(model, example_inputs, leaf_modules=leaf_modules, method=capture)
     ctx = context or PassContext.from_env()
@@ -91,6 +93,7 @@ def prepare(
     ctx.example_inputs = example_inputs
     passes = prepare_passes(fold_batchnorm=fold_batchnorm)
     gm = PassManager(passes, verifier=_lint).run(gm, ctx)
+    check_graph(gm)  # rqcompile/prepare_checks.py: what convert would refuse, up front
     keys = list(dict.fromkeys(ctx.options.get("layer_keys", [])))
     cfg.check_overrides(keys)
     gm.meta["rq_config"] = cfg
@@ -153,6 +156,7 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     gm = finalize_for_convert(_ensure_prepared(model, "convert"))  # gdnsq widths, pege check
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    gm, example_inputs = float32_for_convert(gm, example_inputs)  # prepare_checks.py
     irm = translate(gm, example_inputs)
     verify(irm)
     return irm

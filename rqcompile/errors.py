@@ -12,6 +12,7 @@ __all__ = [
     "ArtifactError",
     "CaptureError",
     "ConfigError",
+    "FormatError",
     "InputError",
     "NumericsError",
     "ParseError",
@@ -44,6 +45,12 @@ class UnsupportedOpError(RQError):
 
 class NumericsError(RQError, ValueError):
     """A tensor cannot be quantized as asked (NaN/Inf, shape not divisible, ...)."""
+
+
+class FormatError(NumericsError):
+    """A layer cannot take its quantization format (2:4 on a block that is not a multiple of
+    4, a block that does not divide K). Presets fall back to the nearest format that works
+    unless ``strict=True`` (``rqcompile/config/fallback.py``)."""
 
 
 class PassError(RQError):

@@ -187,10 +187,12 @@ def check_parity(
             f"check_parity(qat, exe, inputs): exe must be a compiled model, got {type(exe).__name__}."
         )
     seen: list[tuple[Any, torch.Tensor]] = []
+    raw: list[torch.Tensor] = []
 
     def hook(mod: Any, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         if mod.role == "activation":
-            seen.append((mod, mod.k_last(inp[0]).detach().clone()))
+            raw.append(inp[0].detach().clone())
+            seen.append((mod, mod.k_last(raw[-1])))
 
     quants = [q for q in qat.modules() if isinstance(q, RQQuantize)]
     handles = [q.register_forward_hook(hook) for q in quants]
@@ -232,7 +234,7 @@ def check_parity(
             if i in fed or xq.numel() != xr.numel():
                 continue
             k = xr.shape[-1]
-            cq = mod.quantize(xq)[0].reshape(-1, k).to(torch.int32)
+            cq = mod.quantize(raw[i])[0].reshape(-1, k).to(torch.int32)
             cr = _ref_codes(xr, a).reshape(-1, k)
             if cq.shape != cr.shape or torch.equal(cq, cr):
                 continue

@@ -164,7 +164,7 @@ def test_block_not_dividing_k() -> None:
 
 def test_two_four_on_dim_not_divisible_by_four() -> None:
     with pytest.raises(rq.NumericsError) as info:
-        rq.prepare(_lin(6), (torch.randn(2, 6),), "A4W4+2:4")
+        rq.prepare(_lin(6), (torch.randn(2, 6),), "A4W4+2:4", strict=True)
     _msg(info, "layer '0'", "2:4 sparsity", "weight block (6)", "multiple of 4")
 
 

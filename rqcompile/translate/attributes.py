@@ -188,6 +188,11 @@ METHOD_ATTRS: dict[str, tuple[tuple[str, Any], ...]] = {
 }
 
 
+def _symbolic(v: Any) -> bool:
+    """A value known only when the model runs (an fx node at prepare time)."""
+    return isinstance(v, torch.fx.Node)
+
+
 def _refuse(where: str, what: str, name: str, value: Any, rule: Only) -> UnsupportedOpError:
     allowed = " or ".join(repr(v) for v in rule.values)
     why = f" ({rule.why})" if rule.why else ""
@@ -226,7 +231,12 @@ def _check_params(
             )
         given[k] = v
     for name, rule in params:
-        if isinstance(rule, Only) and name in given and not rule.allows(given[name]):
+        if (
+            isinstance(rule, Only)
+            and name in given
+            and not _symbolic(given[name])
+            and not rule.allows(given[name])
+        ):
             raise _refuse(where, what, name, given[name], rule)
 
 

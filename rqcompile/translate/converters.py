@@ -166,7 +166,12 @@ def _getitem(cx: Cx, x: Any, idx: Any) -> Any:
             v = _slice(cx, v, axis, i, i + 1)
             drop.append(axis)
         else:
-            raise TypeError(f"unsupported index {it!r}")
+            from rqcompile.errors import UnsupportedOpError
+
+            raise UnsupportedOpError(
+                f"indexing with {type(it).__name__} {it!r:.60}: the IR indexes only with ints, "
+                "slices and '...'"
+            )
         axis += 1
     if drop:
         shape = tuple(d for i, d in enumerate(v.type.shape) if i not in drop)

@@ -43,6 +43,7 @@ from typing import Any
 from rqcompile.errors import TargetError, UnsupportedOpError
 from rqcompile.ir.core import AttrValue, Func, Module, Op, attr_key
 from rqcompile.ir.types import TensorType
+from rqcompile.names import identifier  # C-safe names for every target
 from rqcompile.ir.uses import Uses
 from rqcompile.quant.primitives import QFormat, code_range
 from rqcompile.targets.tvm import kernels as K
@@ -726,7 +727,7 @@ def emit_module(
     for op in f.ops:
         if op.name == "rq.const":
             name = str(op.attr("name"))
-            weights.setdefault(name, relax.Var(name, _relax_type(op.result.type)))
+            weights.setdefault(name, relax.Var(identifier(name), _relax_type(op.result.type)))
     cx = Emission(relax.BlockBuilder(), options)
     env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs, strict=True)}
     groups = _attention_groups(ir, f, cx.options.get("attention"))
