@@ -124,10 +124,20 @@ def test_foreign_shared_library_with_trust_kernels(tmp_path: Path, qat: Any) -> 
     cands = [p for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/libm.so.6") if Path(p).exists()]
     if not cands:
         pytest.skip(f"no libm to plant ({libm})")
-    bad = _rewrite(tmp_path / "a.rq", tmp_path / "b.rq", **{"kernels.so": Path(cands[0]).read_bytes()})
+    from rqcompile.targets.binding import bind, binding_digest
+    from rqcompile.targets.compiled import read_artifact
+    from rqcompile.targets.target import Target
+
+    # a careful forger: the foreign library carries a valid binding trailer, so loading it
+    # gets past the binding check into TVM's loader, which must fail typed
+    manifest, ir, _ = read_artifact(tmp_path / "a.rq")
+    digest = binding_digest(ir, Target.parse(manifest["target"]), manifest["features"])
+    lib = bind(Path(cands[0]).read_bytes(), digest)
+    bad = _rewrite(tmp_path / "a.rq", tmp_path / "b.rq", **{"kernels.so": lib})
     with pytest.raises(rq.ArtifactError) as info:
         rq.load(bad, trust_kernels=True)
     _msg(info, "rq.load")
+    assert "binding" not in str(info.value)  # it failed in the loader, not the binding check
 
 
 def test_non_utf8_opencl_source(tmp_path: Path, qat: Any) -> None:
