@@ -29,6 +29,7 @@ from rqcompile.errors import (
     ArtifactError,
     CaptureError,
     ConfigError,
+    FormatError,
     InputError,
     NumericsError,
     PassError,
@@ -36,8 +37,10 @@ from rqcompile.errors import (
     RQWarning,
     TargetError,
     UnsupportedOpError,
+    UsageError,
     VerifyError,
 )
+from rqcompile.parity import ParityReport, check_parity
 from rqcompile.passes.infra import DumpIR, PassContext, PrintAfter, Timing
 from rqcompile.quant.hooks import aux_loss, distill_loss, step
 from rqcompile.targets.compiled import CompiledModule
@@ -52,11 +55,13 @@ __all__ = [
     "CompiledModule",
     "ConfigError",
     "DumpIR",
+    "FormatError",
     "InputError",
     "LayerSpec",
     "NMSparsity",
     "NumericsError",
     "Override",
+    "ParityReport",
     "PassContext",
     "PassError",
     "PerChannel",
@@ -71,9 +76,11 @@ __all__ = [
     "TargetError",
     "Timing",
     "UnsupportedOpError",
+    "UsageError",
     "VerifyError",
     "aux_loss",
     "build",
+    "check_parity",
     "convert",
     "distill_loss",
     "draw",
@@ -89,3 +96,29 @@ __all__ = [
     "save_qat",
     "step",
 ]
+
+# Every public entry point raises only RQError subclasses (rqcompile/guard.py): anything else
+# that escapes becomes the entry point's error class, naming the original type.
+from rqcompile import guard as _guard  # noqa: E402
+
+prepare = _guard.entry_point("rq.prepare", CaptureError)(prepare)
+convert = _guard.entry_point("rq.convert", UnsupportedOpError)(convert)
+build = _guard.entry_point("rq.build", TargetError)(build)
+lower = _guard.entry_point("rq.lower", TargetError)(lower)
+load = _guard.entry_point("rq.load", ArtifactError)(load)
+load_qat = _guard.entry_point("rq.load_qat", ArtifactError)(load_qat)
+save_qat = _guard.entry_point("rq.save_qat", ArtifactError)(save_qat)
+register_builder = _guard.entry_point("rq.register_builder", ConfigError)(register_builder)
+inspect = _guard.entry_point("rq.inspect")(inspect)
+explain = _guard.entry_point("rq.explain")(explain)
+draw = _guard.entry_point("rq.draw")(draw)
+draw_diff = _guard.entry_point("rq.draw_diff")(draw_diff)
+export_mlir = _guard.entry_point("rq.export_mlir", TargetError)(export_mlir)
+check_parity = _guard.entry_point("rq.check_parity", NumericsError)(check_parity)
+CompiledModule.save = _guard.entry_point("CompiledModule.save", ArtifactError)(  # type: ignore[method-assign]
+    CompiledModule.save
+)
+CompiledModule.__call__ = _guard.entry_point("compiled model call", TargetError)(  # type: ignore[method-assign]
+    CompiledModule.__call__
+)
+del _guard

@@ -6,6 +6,7 @@ compiled model) and ``lower`` (= ``build(convert(...))``, nothing more).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,11 +16,12 @@ from torch import fx, nn
 from rqcompile.capture.trace import capture as capture_graph
 from rqcompile.config.qconfig import ConfigLike, QConfig, as_qconfig
 from rqcompile.config.spec import LayerSpec
-from rqcompile.errors import ConfigError
 from rqcompile.debug.table import format_table
+from rqcompile.errors import ConfigError, UsageError
 from rqcompile.ir.verify import verify
 from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.pipelines import convert_passes, prepare_passes
+from rqcompile.prepare_checks import check_graph, check_model, float32_for_convert
 from rqcompile.quant.hooks import finalize_for_convert
 from rqcompile.translate import translate
 
@@ -82,12 +84,12 @@ def prepare(
         torch.Size([4, 10])
     """
     if isinstance(model, fx.GraphModule) and "rq_config" in model.meta:
-        raise TypeError(
+        raise UsageError(
             "this model is already prepared; call rq.prepare on the original float model, or "
             "rq.lower(qat_model) to compile it."
         )
     if not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
-        raise TypeError(
+        raise UsageError(
             f"rq.prepare() takes an nn.Module or an ExportedProgram, got {type(model).__name__}."
         )
     if isinstance(example_inputs, (str, LayerSpec, QConfig)):  # rq.prepare(model, "A1W1")
@@ -97,11 +99,13 @@ def prepare(
         if not isinstance(example_inputs, tuple):
             example_inputs = (example_inputs,)
         _check_example_inputs(example_inputs)
+    check_model(model)  # rqcompile/prepare_checks.py: dtypes, nested prepared models
     was_training = getattr(model, "training", True)
     gm = capture_graph(model, example_inputs, leaf_modules=leaf_modules, method=capture)
     ctx = (context or PassContext.current()).for_stage(config=cfg, example_inputs=example_inputs)
     passes = prepare_passes(fold_batchnorm=fold_batchnorm)
     gm = PassManager(passes, verifier=_lint).run(gm, ctx)
+    check_graph(gm)  # rqcompile/prepare_checks.py: what convert would refuse, up front
     keys = list(dict.fromkeys(ctx.options.get("layer_keys", [])))
     cfg.check_overrides(keys)
     gm.meta["rq_config"] = cfg
@@ -148,12 +152,12 @@ def _ensure_prepared(obj: Any, verb: str) -> fx.GraphModule:
     if isinstance(obj, fx.GraphModule) and "rq_config" in obj.meta:
         return obj
     if isinstance(obj, nn.Module):
-        raise TypeError(
+        raise UsageError(
             f"rq.{verb}() takes the graph returned by rq.prepare(), got a plain "
             f"{type(obj).__name__}. Call qat = rq.prepare(model, example_inputs, 'A4W4'), train "
             f"it, then rq.{verb}(qat)."
         )
-    raise TypeError(f"rq.{verb}() takes a prepared fx.GraphModule, got {type(obj).__name__}.")
+    raise UsageError(f"rq.{verb}() takes a prepared fx.GraphModule, got {type(obj).__name__}.")
 
 
 def _needs_shapes(gm: fx.GraphModule) -> bool:
@@ -191,6 +195,7 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
             )
         # stand-ins of the shapes seen in training: zeros (valid token ids too)
         example_inputs = tuple(torch.zeros(shape, dtype=dtype) for shape, dtype in seen)
+    gm, example_inputs = float32_for_convert(gm, example_inputs)  # prepare_checks.py
     irm = translate(gm, example_inputs)
     verify(irm)
     ctx = PassContext.current().for_stage(example_inputs=example_inputs)
@@ -212,12 +217,12 @@ def build(module: Any, target: Any = "llvm") -> Any:
     from rqcompile.targets.target import Target
 
     if isinstance(module, fx.GraphModule):
-        raise TypeError(
+        raise UsageError(
             "rq.build() takes the IR from rq.convert(qat); use rq.lower(qat, target) "
             "to convert and build in one call."
         )
     if not isinstance(module, IRModule):
-        raise TypeError(f"rq.build() takes an rqcompile.ir.Module, got {type(module).__name__}.")
+        raise UsageError(f"rq.build() takes an rqcompile.ir.Module, got {type(module).__name__}.")
     verify(module)
     tgt = Target.parse(target)
     if tgt.kind == "reference":
@@ -267,15 +272,18 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
 
     Raises:
         ArtifactError: missing, corrupt, truncated, tampered or from another format version,
-            or built for CPU features this machine lacks.
+            built for CPU features this machine lacks, or kernels not built from this IR.
     """
+    from rqcompile.errors import ArtifactError
+    from rqcompile.targets.binding import check_binding
     from rqcompile.targets.compiled import read_artifact
     from rqcompile.targets.target import Target
     from rqcompile.targets.tvm.device.build import DEVICE_KINDS
 
+    if not isinstance(trust_kernels, bool):
+        raise ArtifactError(f"trust_kernels must be True or False, got {trust_kernels!r}.")
     manifest, ir, members = read_artifact(path)
     target = Target.parse(manifest["target"])
-
     if target.kind in DEVICE_KINDS and trust_kernels:
         from rqcompile.targets.tvm.device.build import load_device
 
@@ -284,7 +292,10 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         return build(ir, target)
     from rqcompile.targets.tvm.runtime import load_library
 
-    return load_library(ir, target, members["kernels.so"], manifest.get("features", []))
+    features = manifest.get("features", [])
+    lib = check_binding(os.fsdecode(path) if isinstance(path, bytes) else str(path),
+                        members["kernels.so"], ir, target, features)  # fmt: skip
+    return load_library(ir, target, lib, features)
 
 
 def explain(obj: Any, config: Any = None, *, example_inputs: tuple[Any, ...] | None = None) -> str:
@@ -294,7 +305,7 @@ def explain(obj: Any, config: Any = None, *, example_inputs: tuple[Any, ...] | N
     """
     if not isinstance(obj, fx.GraphModule) or "rq_config" not in obj.meta:
         if config is None or example_inputs is None:
-            raise TypeError(
+            raise UsageError(
                 "explain(model, config, example_inputs=...) needs both for a plain model."
             )
         obj = prepare(obj, example_inputs, config)

@@ -242,13 +242,15 @@ def read_qat_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     from rqcompile.state_file import META_KEY
 
-    p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise ArtifactError(f"{p}: no such file.")
+    from rqcompile.fileio import check_regular
+
+    p = check_regular(path, what="a QAT checkpoint")
     try:
         with safe_open(p, framework="pt") as fh:
             header = fh.metadata() or {}
         meta: dict[str, Any] = json.loads(header.get(META_KEY, "{}"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"the rqcompile description is a {type(meta).__name__}")
     except Exception as e:
         raise ArtifactError(
             f"{p}: not a safetensors checkpoint ({type(e).__name__}: {e}). Save one with "
@@ -257,13 +259,68 @@ def read_qat_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+_DTYPES = frozenset(
+    {"float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool"}
+)
+#: largest example input rebuilt from a checkpoint (zeros of this many elements)
+MAX_EXAMPLE_NUMEL = 1 << 28
+
+
+def _head_problem(head: Any) -> str | None:
+    """The first field of a checkpoint description that ``save_qat`` would not write."""
+    if not isinstance(head, dict):
+        return f"the description is a {type(head).__name__}, not an object"
+    want = {
+        "builder": (str, "a string"),
+        "builder_kwargs": (dict, "an object"),
+        "config": (str, "a QConfig JSON string"),
+        "example_inputs": (list, "a list"),
+        "meta": (dict, "an object"),
+    }
+    for key, (typ, what) in want.items():
+        if key not in head and key != "meta":
+            return f"'{key}' is missing"
+        if key in head and not isinstance(head[key], typ):
+            return f"'{key}' must be {what}, got a {type(head[key]).__name__}"
+    if not head["builder"] or len(head["builder"]) > 300:
+        return "'builder' is empty or too long"
+    specs = head["example_inputs"]
+    if not 1 <= len(specs) <= 64:
+        return f"'example_inputs' lists {len(specs)} inputs (1 to 64)"
+    for i, s in enumerate(specs):
+        if not isinstance(s, dict) or set(s) != {"shape", "dtype"}:
+            return f"example_inputs[{i}] must be {{'shape': [...], 'dtype': '...'}}"
+        shape, dt = s["shape"], s["dtype"]
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= 8
+            and all(type(d) is int and 0 <= d < 1 << 31 for d in shape)
+        ):
+            return f"example_inputs[{i}]['shape'] must be a list of at most 8 sizes >= 0"
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel > MAX_EXAMPLE_NUMEL:
+            return f"example_inputs[{i}] has {numel} elements (limit {MAX_EXAMPLE_NUMEL})"
+        if dt not in _DTYPES:
+            return f"example_inputs[{i}]['dtype'] {str(dt)[:40]!r} is not one of {sorted(_DTYPES)}"
+    return None
+
+
 def _qat_head(p: str) -> dict[str, Any]:
     head = read_qat_meta(p)
+    if not isinstance(head, dict):
+        head = {"format": None, "description": head}
     if head.get("format") != FORMAT:
         raise ArtifactError(
             f"{p}: not an rqcompile QAT checkpoint (format {head.get('format')!r}, expected "
             f"{FORMAT!r}). Plain state_dict files need the model: build it, rq.prepare it, "
             "then load_state_dict; or re-save with rq.save_qat(...)."
+        )
+    if (problem := _head_problem(head)) is not None:
+        raise ArtifactError(
+            f"{p}: malformed QAT checkpoint description ({problem}). Re-save it with "
+            "rq.save_qat(qat, path, builder=..., example_inputs=...)."
         )
     return head
 
@@ -289,7 +346,19 @@ def _build(
     else:
         factory = _import(ref)
     defaults = dict(_BUILDERS[ref].kwargs) if ref in _BUILDERS else {}
-    model = factory(**{**defaults, **head.get("builder_kwargs", {})})
+    kwargs = {**defaults, **head.get("builder_kwargs", {})}
+    try:
+        model = factory(**kwargs)
+    except Exception as e:  # noqa: BLE001 - the builder is user code; report what it said
+        raise ConfigError(
+            f"{p}: builder {ref!r} failed with builder_kwargs {kwargs!r:.200} "
+            f"({type(e).__name__}: {str(e)[:200]}). Fix the kwargs in the checkpoint or pass "
+            "builder=... to rq.load_qat."
+        ) from e
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"{p}: builder {ref!r} returned a {type(model).__name__}, not an nn.Module."
+        )
     ex = tuple(
         torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in head["example_inputs"]
     )
@@ -333,9 +402,10 @@ def load_qat(
     """
     from rqcompile.api import prepare
     from rqcompile.config.qconfig import QConfig
+    from rqcompile.fileio import fspath
     from rqcompile.state_file import load_checkpoint
 
-    p = os.fspath(path)
+    p = fspath(path, what="checkpoint path")
     head = _qat_head(p)
     model, ex = _build(head, p, builder=builder, allow_import=allow_import)
     ref = _builder_ref(builder) if builder is not None else head["builder"]

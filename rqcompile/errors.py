@@ -12,6 +12,7 @@ __all__ = [
     "ArtifactError",
     "CaptureError",
     "ConfigError",
+    "FormatError",
     "InputError",
     "NumericsError",
     "ParseError",
@@ -20,6 +21,7 @@ __all__ = [
     "RQWarning",
     "TargetError",
     "UnsupportedOpError",
+    "UsageError",
     "VerifyError",
     "warn",
 ]
@@ -43,6 +45,12 @@ class UnsupportedOpError(RQError):
 
 class NumericsError(RQError, ValueError):
     """A tensor cannot be quantized as asked (NaN/Inf, shape not divisible, ...)."""
+
+
+class FormatError(NumericsError):
+    """A layer cannot take its quantization format (2:4 on a block that is not a multiple of
+    4, a block that does not divide K). Presets fall back to the nearest format that works
+    unless ``strict=True`` (``rqcompile/config/fallback.py``)."""
 
 
 class PassError(RQError):
@@ -70,10 +78,21 @@ class ArtifactError(RQError, OSError):
     written (also an ``OSError``, so code that handles I/O failures keeps working)."""
 
 
+class UsageError(RQError, TypeError):
+    """A public function was given the wrong kind of object (also a ``TypeError``)."""
+
+
 class RQWarning(UserWarning):
     """Warnings emitted by rqcompile (filter them with this category)."""
 
 
 def warn(message: str, *, stacklevel: int = 2) -> None:
     """Emit an :class:`RQWarning` pointing at the caller's caller."""
-    warnings.warn(message, RQWarning, stacklevel=stacklevel + 1)
+    import sys
+
+    level = stacklevel + 1
+    frame = sys._getframe(level - 1) if hasattr(sys, "_getframe") else None
+    while frame is not None and frame.f_code.co_filename.endswith("rqcompile/guard.py"):
+        level += 1  # the entry-point wrapper (guard.py) is not the caller's code
+        frame = frame.f_back
+    warnings.warn(message, RQWarning, stacklevel=level)

@@ -10,10 +10,9 @@ old file (or no file) and no temporary behind.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +58,15 @@ def save_checkpoint(
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
         tensors[key] = value.detach().to("cpu", copy=True).contiguous()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    from rqcompile.fileio import atomic_path
+
+    with atomic_path(target, what="the checkpoint") as tmp:
+        try:
+            save_file(tensors, tmp, metadata=header)
+        except Exception as e:  # safetensors reports a full disk as its own error type
+            if isinstance(e, OSError):
+                raise
+            raise OSError(errno.EIO, f"{type(e).__name__}: {e}") from e
     return target
 
 
@@ -92,9 +89,12 @@ def load_checkpoint(
     Raises:
         RuntimeError: On missing/unexpected keys (when ``strict``) or shape mismatch.
     """
-    state = load_file(os.fspath(path), device="cpu")
+    from rqcompile.fileio import check_regular
+
+    path = check_regular(path, what="a checkpoint")
+    state = load_file(path, device="cpu")
     model.load_state_dict(state, strict=strict)
-    with safe_open(os.fspath(path), framework="pt") as fh:
+    with safe_open(path, framework="pt") as fh:
         header = fh.metadata() or {}
     meta: dict[str, Any] = json.loads(header.get(META_KEY, "{}"))
     return meta

@@ -164,7 +164,7 @@ def test_block_not_dividing_k() -> None:
 
 def test_two_four_on_dim_not_divisible_by_four() -> None:
     with pytest.raises(rq.NumericsError) as info:
-        rq.prepare(_lin(6), (torch.randn(2, 6),), "A4W4+2:4")
+        rq.prepare(_lin(6), (torch.randn(2, 6),), "A4W4+2:4", strict=True)
     _msg(info, "layer '0'", "2:4 sparsity", "weight block (6)", "multiple of 4")
 
 
@@ -217,15 +217,38 @@ def test_tvm_not_installed(monkeypatch: pytest.MonkeyPatch, exe: Any) -> None:
     _msg(info, "'llvm' needs Apache TVM", "pip install 'rqcompile[tvm]'", "target='reference'")
 
 
-@pytest.mark.skipif("cuda" not in KINDS, reason="no CUDA target kind on this branch")
 def test_nvcc_missing_for_cuda(monkeypatch: pytest.MonkeyPatch, exe: Any) -> None:
-    import shutil
+    """The error must come from the nvcc lookup itself (issue 21: on a host with CUDA in
+    /usr/local/cuda the old test, which only emptied PATH, passed for another reason)."""
+    assert "cuda" in KINDS
+    pytest.importorskip("tvm")
+    from rqcompile.targets.tvm.device import codegen
 
-    monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    calls: list[int] = []
+
+    def no_nvcc() -> None:
+        calls.append(1)
+        return None
+
+    monkeypatch.setattr(codegen, "find_nvcc", no_nvcc)
     with pytest.raises(rq.TargetError) as info:
         rq.build(exe.ir, target="cuda")
-    _msg(info, "nvcc")
+    assert calls, "the build failed before it looked for nvcc"
+    _msg(info, "nvcc", "CUDA toolkit", "CUDA_HOME", "target='opencl'")
+
+
+def test_find_nvcc_looks_beyond_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """find_nvcc also finds $CUDA_HOME/bin/nvcc: emptying PATH does not simulate 'missing'."""
+    import shutil
+
+    pytest.importorskip("tvm")
+    from rqcompile.targets.tvm.device import codegen
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    assert codegen.find_nvcc() == str(tmp_path / "bin" / "nvcc")
 
 
 # -- calling a compiled model -------------------------------------------------------------

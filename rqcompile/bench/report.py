@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,15 +14,10 @@ __all__ = ["layer_tables", "markdown", "write_atomic", "write_plot"]
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``path`` via a temp file + rename, so a failed run leaves no partial file."""
+    from rqcompile.fileio import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data, what="the report")
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -152,14 +145,13 @@ def write_plot(path: Path, results: Sequence[LayerResult], title: str) -> bool:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    from rqcompile.fileio import atomic_path
+
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, what="the plot") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return True
 
 

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--version", action="version", version=f"rqcompile {__version__}")
     _modes(p, "text")
+    p.add_argument(
+        "--debug", action="store_true", help="on an error, also print the Python traceback"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name in _COMMANDS:
         mod = importlib.import_module(f"rqcompile.cli.{name}_cmd")
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    out = Output(args.mode, args.command)
+    out = Output(args.mode, args.command, debug=args.debug)
     return guarded(out, lambda: int(args.run(args, out)))
 
 

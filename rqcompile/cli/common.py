@@ -42,6 +42,7 @@ class Output:
 
     mode: str = "text"  # "text" | "quiet" | "json"
     command: str = ""
+    debug: bool = False  # --debug: print the traceback of an unexpected error
 
     @property
     def progress(self) -> bool:
@@ -79,8 +80,9 @@ class Output:
 def guarded(out: Output, fn: Callable[[], int]) -> int:
     """Run ``fn``; turn expected failures into a readable message and exit status 1.
 
-    Typed rqcompile errors, OS errors (missing file, permission) and interrupts never print a
-    traceback; anything else is a bug in rqcompile and keeps its traceback.
+    Every failure is one line on stderr and exit status 1: typed rqcompile errors and OS
+    errors as they are, anything else (a bug, or an input nothing checked) as its type and
+    message. The traceback is printed only with ``--debug`` (or ``RQ_DEBUG=1``).
     """
     try:
         return fn()
@@ -88,9 +90,20 @@ def guarded(out: Output, fn: Callable[[], int]) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-    except (RQError, OSError) as e:
+    except Exception as e:
+        if out.debug or os.environ.get("RQ_DEBUG"):
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        if isinstance(e, RQError) or not isinstance(e, OSError):
+            from rqcompile.guard import as_rq_error
+
+            e = as_rq_error(e, f"rqcompile {out.command}")
         kind = type(e).__name__
-        msg = str(e) if isinstance(e, RQError) or not e.filename else f"{e.strerror}: {e.filename}"
+        if isinstance(e, RQError) or not e.filename:
+            msg = str(e)
+        else:
+            msg = f"{e.strerror}: {e.filename}"
         print(f"rqcompile {out.command}: {kind}: {msg}", file=sys.stderr)
         if out.mode == "json":
             print(json.dumps({"ok": False, "command": out.command, "error": kind, "message": msg}))
@@ -132,7 +145,9 @@ def add_model_options(p: Any) -> None:
 
 def sniff(path: str) -> str:
     """``"artifact"`` (zip), ``"checkpoint"`` (safetensors) or ``"unknown"`` by content."""
-    with open(path, "rb") as fh:
+    from rqcompile.fileio import open_regular
+
+    with open_regular(path, what="an artifact or checkpoint") as fh:
         head = fh.read(9)
     if head[:2] == b"PK":
         return "artifact"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Any
 
@@ -50,6 +51,12 @@ def register(sub: Any) -> argparse.ArgumentParser:
         help="let the checkpoint name its builder by import path (runs that module)",
     )
     p.add_argument("--no-check", action="store_true", help="skip the lowered-vs-QAT check")
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="write the artifact even when the lowered-vs-QAT check finds a real mismatch "
+        "(a loud note is printed; for debugging only)",
+    )
     p.set_defaults(run=run)
     return p
 
@@ -72,9 +79,8 @@ def _check_inputs(qat: Any) -> tuple[Any, ...]:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    import torch
-
     import rqcompile as rq
+    from rqcompile.errors import NumericsError
     from rqcompile.checkpoint import load_qat, read_qat_meta
     from rqcompile.targets.target import Target
 
@@ -102,11 +108,23 @@ def run(args: argparse.Namespace, out: Output) -> int:
         step("build", t)
         t = time.perf_counter()
         diff = None
+        parity = None
         if not args.no_check:
             xs = _check_inputs(qat)
-            with torch.no_grad():
-                ref = qat(*xs)
-            diff = float((exe(*xs) - ref).abs().max())
+            parity = rq.check_parity(qat, exe, xs)  # tie-aware: rqcompile/parity.py
+            diff = parity.max_abs_diff
+            if not parity.ok and not args.allow_mismatch:
+                raise NumericsError(
+                    f"the lowered model does not match the QAT model; {dest} was NOT written.\n"
+                    f"{parity}\nFix the model or converter; to write it anyway (debugging "
+                    "only) pass --allow-mismatch."
+                )
+            if not parity.ok:
+                print(
+                    f"rqcompile lower: WARNING: writing {dest} although the lowered model does "
+                    f"NOT match the QAT model (--allow-mismatch): {parity.line()}",
+                    file=sys.stderr,
+                )
         step("check", t)
         t = time.perf_counter()
         exe.save(dest)
@@ -114,8 +132,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     size = os.path.getsize(dest)
     kernels = sorted({op.name.removeprefix("rq.") for op in ir.main.ops if "matmul" in op.name})
     text = f"wrote {dest} ({size / 1024:.1f} KiB, target {target}; kernels: {', '.join(kernels)})"
-    if diff is not None:
-        text += f"\nlowered vs QAT on seeded inputs: max |diff| = {diff:.2e}"
+    if parity is not None:
+        text += f"\nlowered vs QAT on seeded inputs: {parity.line()}"
     out.result(
         text,
         {
@@ -124,6 +142,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             "target": str(target),
             "kernels": kernels,
             "max_abs_diff": diff,
+            "parity": None if parity is None else parity.verdict,
+            "mismatch_overridden": bool(parity is not None and not parity.ok),
             "seconds": seconds,
         },
     )

@@ -58,6 +58,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
+    from rqcompile.errors import ArtifactError
+    from rqcompile.fileio import atomic_write, open_regular, read_text
     from rqcompile.ir.parser import parse_module
     from rqcompile.ir.printer import print_module
     from rqcompile.ir.verify import verify
@@ -65,36 +67,26 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     _load_passes()
     passes = parse_pipeline(args.passes)
-    with open(args.file, encoding="utf-8") as fh:
-        text = fh.read()
+    text = read_text(args.file, what="an IR text file")
     consts = None
     if args.constants:
-        from safetensors.torch import load_file
+        from safetensors.torch import load as st_load
 
-        consts = load_file(args.constants)
+        with open_regular(args.constants, what="a safetensors file") as fh:
+            raw = fh.read()
+        try:
+            consts = st_load(raw)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own untyped errors
+            raise ArtifactError(
+                f"{args.constants}: --constants must be a safetensors file of IR constants "
+                f"({type(e).__name__}: {str(e)[:200]}); give the weights.safetensors the "
+                "IR was dumped with."
+            ) from e
     ir = parse_module(text, constants=consts)
     result = PassManager(passes, verifier=verify).run(ir, PassContext.current())
     printed = print_module(result)
     if args.output:
-        _write_atomic(args.output, printed + "\n")
+        atomic_write(args.output, printed + "\n", what="the IR")
     out.result("" if args.output else printed, {"output": args.output, "ir": printed})
     return 0
 
-
-def _write_atomic(path: str, text: str) -> None:
-    """A unique temporary file beside ``path``, fsync, rename; removed on failure."""
-    import os
-    import tempfile
-
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

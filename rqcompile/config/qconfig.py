@@ -62,7 +62,11 @@ class QConfig:
         overrides: per-layer overrides; the first match wins.
         quantize_attention: also quantize activation×activation matmuls (QKᵀ, attention·V),
             with the layer's activation spec on both sides. Off by default (METHOD.md §2.8).
-        strict: an override that matches no layer raises ``ConfigError``.
+        strict: ``None`` (default): an override that matches no layer raises
+            ``ConfigError``, and a layer that cannot take the preset's format (2:4 on a block
+            that is not a multiple of 4) keeps the nearest format that works (dense, else
+            float) with an ``RQWarning`` and a ``note:`` line in ``rq.inspect``. ``True``:
+            both raise. ``False``: unused overrides are allowed, formats fall back.
 
     Example:
         >>> cfg = QConfig.from_preset("A4W4", overrides={"lm_head": None})
@@ -73,7 +77,7 @@ class QConfig:
     default: LayerSpec | None
     overrides: tuple[Override, ...] = ()
     quantize_attention: bool = False
-    strict: bool = True
+    strict: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", tuple(self.overrides))
@@ -101,7 +105,7 @@ class QConfig:
     def check_overrides(self, keys: Iterable[str]) -> None:
         """Raise if ``strict`` and an override matches none of ``keys``."""
         keys = list(keys)
-        if not self.strict:
+        if self.strict is False:
             return
         bad = [o for o in self.overrides if not any(o.matches(k) for k in keys)]
         if bad:
@@ -184,7 +188,7 @@ class QConfig:
                 for o in d.get("overrides", ())
             ),
             quantize_attention=bool(d.get("quantize_attention", False)),
-            strict=bool(d.get("strict", True)),
+            strict=None if d.get("strict", None) is None else bool(d["strict"]),
         )
 
     @classmethod

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +94,10 @@ def _format(path: str, fmt: str | None) -> str:
 
 
 def _atomic(path: str, write: Any) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".rqdraw.", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
+    from rqcompile.fileio import atomic_path
+
+    with atomic_path(path, what="the picture") as tmp:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a picture is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _render_dot(view: GraphView, path: str, fmt: str, dot: str) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import fx
 
 from rqcompile.debug.table import format_table
+from rqcompile.errors import UsageError
 from rqcompile.quant.modules import RQQuantize
 
 __all__ = ["inspect", "layer_table", "learned_bits"]
@@ -208,9 +209,9 @@ def inspect(obj: Any) -> str:
 
         return print_module(obj)
     if isinstance(obj, torch.nn.Module):
-        raise TypeError(
+        raise UsageError(
             f"rq.inspect() takes a prepared graph, an IR module or a compiled model, not a plain "
             f"{type(obj).__name__}. Use rq.explain(model, config, example_inputs=...) to preview "
             f"what prepare() would do, or rq.prepare(model, example_inputs, config) first."
         )
-    raise TypeError(f"rq.inspect() cannot show a {type(obj).__name__}.")
+    raise UsageError(f"rq.inspect() cannot show a {type(obj).__name__}.")

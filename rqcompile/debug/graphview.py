@@ -281,7 +281,9 @@ def view_of(obj: Any, title: str | None = None) -> GraphView:
     if hasattr(obj, "ir") and hasattr(obj, "target"):
         kind = str(getattr(obj.target, "kind", obj.target))
         return _ir_view(obj.ir, title or f"compiled for {obj.target}", kind)
-    raise TypeError(
+    from rqcompile.errors import UsageError
+
+    raise UsageError(
         f"rq.draw() takes a prepared graph (rq.prepare), an fx.GraphModule, an IR module "
         f"(rq.convert) or a compiled model (rq.build / rq.load), not {type(obj).__name__}."
     )

@@ -147,12 +147,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         ref = qat(xb)
     got = exe(xb)
     diff = float((got - ref).abs().max())
+    parity = rq.check_parity(qat, exe, xb)
     low_loss = float(F.cross_entropy(got.reshape(-1, got.shape[-1]), yb.reshape(-1)))
     qat_loss = float(F.cross_entropy(ref.reshape(-1, ref.shape[-1]), yb.reshape(-1)))
     _print(
         f"   lowered vs QAT logits: max |diff| = {diff:.2e} (max |logit| "
         f"{float(ref.abs().max()):.2f}); loss on one val batch {low_loss:.4f} vs {qat_loss:.4f}"
     )
+    _print(f"   {parity.line()}")
     fp32_model = models["fp32"].eval()
     with torch.no_grad():
         t_fp = _median_time(fp32_model, xb)
@@ -210,6 +212,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     return {
         "runs": {k: v.to_dict() for k, v in runs.items()},
         "lowered_max_diff": diff,
+        "parity": parity.verdict,
         "speedup_vs_fp32": t_fp / t_low,
         "target": target,
         "checkpoint": cfg.checkpoint,

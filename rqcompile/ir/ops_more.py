@@ -56,3 +56,50 @@ def _broadcast_to(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType
         if d is not None and d not in (1, s):
             fail(f"x {x} cannot be broadcast to {shape}")
     return (TensorType(tuple(shape), x.dtype),)
+
+
+# Boolean masks (padding masks of batched serving, Hugging Face mask construction).
+
+_LOGICAL = ("and", "or", "xor")
+_COMPARE = ("eq", "ne", "lt", "le", "gt", "ge")
+
+
+@defop("rq.logical", ("a", "b"), attrs={"fn": AttrSpec(str, choices=_LOGICAL)})
+def _logical(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """Elementwise ``a fn b`` of two boolean tensors (numpy broadcasting) -> i1."""
+    from rqcompile.ir.ops import broadcast_shapes
+
+    a, b = ts
+    expect_type(a, "a", dtypes=("i1",))
+    expect_type(b, "b", dtypes=("i1",))
+    return (TensorType(broadcast_shapes(a.shape, b.shape), "i1"),)
+
+
+@defop("rq.logical_not", ("x",))
+def _logical_not(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """Elementwise not of a boolean tensor."""
+    expect_type(ts[0], "x", dtypes=("i1",))
+    return (ts[0],)
+
+
+@defop("rq.compare", ("a", "b"), attrs={"fn": AttrSpec(str, choices=_COMPARE)})
+def _compare(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """Elementwise ``a fn b`` (same dtype, numpy broadcasting) -> i1."""
+    from rqcompile.ir.ops import broadcast_shapes
+
+    a, b = ts
+    if a.dtype != b.dtype:
+        fail(f"compare needs one dtype, got {a.dtype} and {b.dtype}")
+    return (TensorType(broadcast_shapes(a.shape, b.shape), "i1"),)
+
+
+@defop("rq.where", ("cond", "a", "b"))
+def _where(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """``a`` where ``cond`` else ``b`` (numpy broadcasting of all three; a and b one dtype)."""
+    from rqcompile.ir.ops import broadcast_shapes
+
+    c, a, b = ts
+    expect_type(c, "cond", dtypes=("i1",))
+    if a.dtype != b.dtype:
+        fail(f"where needs a and b of one dtype, got {a.dtype} and {b.dtype}")
+    return (TensorType(broadcast_shapes(broadcast_shapes(c.shape, a.shape), b.shape), a.dtype),)

@@ -26,7 +26,16 @@ __all__ = ["parse_module"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$.]*")
 _VALUE = re.compile(r"%[A-Za-z0-9_$.\-]+")
-_NUMBER = re.compile(r"[-+]?(?:0x[0-9A-Fa-f]+|(?:\d+\.?\d*(?:[eE][-+]?\d+)?)|inf|nan)")
+# re.ASCII: numbers are ASCII digits only (``\d`` alone also matches Arabic-Indic digits)
+_NUMBER = re.compile(
+    r"[-+]?(?:0x[0-9A-Fa-f]+|(?:\d+\.?\d*(?:[eE][-+]?\d+)?)|inf|nan)", re.ASCII
+)
+_DIGITS = re.compile(r"\d+", re.ASCII)
+
+#: explicit limits: attribute nesting depth, characters in one number, text length
+MAX_DEPTH = 64
+MAX_NUMBER_CHARS = 64
+MAX_TEXT_CHARS = 1 << 31
 _TYPE = re.compile(r"tensor<[^>]*>")
 _HEADER = re.compile(r"//\s*rq\.constants:")
 _DECL = re.compile(r"//\s+(\".*)$")
@@ -150,15 +159,17 @@ class _Scanner:
     def key(self) -> str:
         return self.string() if self.peek('"') else self.regex(_IDENT, "an attribute name")
 
-    def attr_value(self) -> AttrValue:
+    def attr_value(self, depth: int = 0) -> AttrValue:
         self.skip()
         start = self.pos
         if self.accept("["):
+            if depth >= MAX_DEPTH:
+                raise self.error(f"attribute lists nested deeper than {MAX_DEPTH}", start)
             items: list[AttrValue] = []
             if not self.accept("]"):
-                items.append(self.attr_value())
+                items.append(self.attr_value(depth + 1))
                 while self.accept(","):
-                    items.append(self.attr_value())
+                    items.append(self.attr_value(depth + 1))
                 self.expect("]")
             return tuple(items)
         if self.peek('"'):
@@ -170,6 +181,8 @@ class _Scanner:
                 self.pos += len(word)
                 return val
         num = self.regex(_NUMBER, "an attribute value")
+        if len(num) > MAX_NUMBER_CHARS:
+            raise self.error(f"number of {len(num)} characters (limit {MAX_NUMBER_CHARS})", start)
         kind = None
         if self.accept(":"):
             kind = self.regex(_IDENT, "a type (i64 or f64)")
@@ -188,9 +201,9 @@ class _Scanner:
         if self.accept("("):
             source = self.string()
             if self.accept(":"):  # an MLIR file location "file":line:col
-                line = self.regex(re.compile(r"\d+"), "a line number")
+                line = self.regex(_DIGITS, "a line number")
                 self.expect(":")
-                col = self.regex(re.compile(r"\d+"), "a column number")
+                col = self.regex(_DIGITS, "a column number")
                 source = f"{source}:{line}:{col}"
             self.expect(")")
         self.expect(")")
@@ -247,6 +260,20 @@ def parse_module(text: str, constants: Mapping[str, torch.Tensor] | None = None)
         module {
         }
     """
+    if not isinstance(text, str):
+        raise ParseError(f"parse_module() takes the IR text (str), got {type(text).__name__}.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ParseError(f"IR text of {len(text)} characters, over the limit {MAX_TEXT_CHARS}.")
+    try:
+        return _parse_module(text, constants)
+    except ParseError:
+        raise
+    except (RecursionError, ValueError, OverflowError, MemoryError, struct.error) as e:
+        # a safety net behind the explicit limits: never a raw Python error
+        raise ParseError(f"cannot parse the IR text ({type(e).__name__}: {str(e)[:200]}).") from e
+
+
+def _parse_module(text: str, constants: Mapping[str, torch.Tensor] | None) -> Module:
     sc = _Scanner(text)
     decls = _read_header(sc)
     funcs: list[Func] = []

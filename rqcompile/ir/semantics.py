@@ -15,12 +15,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rqcompile.errors import UnsupportedOpError
+from rqcompile.errors import InputError, UnsupportedOpError
 from rqcompile.ir.core import Module, Op
 from rqcompile.ir.types import torch_dtype
 from rqcompile.quant import reference as R
 
-__all__ = ["KERNELS", "evaluate_op", "run_reference"]
+__all__ = ["KERNELS", "check_ids", "evaluate_op", "run_reference"]
 
 Kernel = Callable[[tuple[torch.Tensor, ...], Mapping[str, Any]], Any]
 
@@ -50,6 +50,26 @@ def _im2col(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
                 ]
             )
     return torch.cat(taps, dim=-1).to(dtype)
+
+
+def check_ids(ids: torch.Tensor, vocab: int, where: str) -> None:
+    """Raise :class:`InputError` unless every id lies in ``[0, vocab)`` (every target checks
+    the ids of each gather with this; ``targets/gather_check.py`` finds them)."""
+    if not ids.numel():
+        return
+    if ids.is_floating_point():
+        ids = ids.to(torch.int64)
+    lo, hi = (int(v) for v in torch.aminmax(ids))
+    if lo < 0 or hi >= vocab:
+        raise InputError(
+            f"{where}: token ids must lie in [0, {vocab}), got [{lo}, {hi}]. Ids outside the "
+            "table have no row (clean or clamp them before calling the model)."
+        )
+
+
+def _embedding(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    check_ids(ids, table.shape[0], "rq.embedding (reference target)")  # never a raw IndexError
+    return F.embedding(ids, table)
 
 
 def _slice(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
@@ -104,13 +124,17 @@ KERNELS: dict[str, Kernel] = {
     "rq.silu": lambda t, a: F.silu(t[0]),
     "rq.tanh": lambda t, a: torch.tanh(t[0]),
     "rq.sigmoid": lambda t, a: torch.sigmoid(t[0]),
-    "rq.embedding": lambda t, a: F.embedding(t[0], t[1]),
+    "rq.embedding": lambda t, a: _embedding(t[0], t[1]),
     "rq.reshape": lambda t, a: t[0].reshape(a["shape"]),
     "rq.permute": lambda t, a: t[0].permute(a["dims"]).contiguous(),
     "rq.slice": _slice,
     "rq.concat": lambda t, a: torch.cat(t, dim=a["axis"]),
     "rq.causal_mask": _causal,
     "rq.masked_fill": lambda t, a: t[0].masked_fill(t[1], a["value"]),
+    "rq.logical": lambda t, a: getattr(torch, f"logical_{a['fn']}")(t[0], t[1]),
+    "rq.logical_not": lambda t, a: torch.logical_not(t[0]),
+    "rq.compare": lambda t, a: getattr(torch, a["fn"])(t[0], t[1]),
+    "rq.where": lambda t, a: torch.where(t[0], t[1], t[2]),
     "rq.sdpa": _sdpa,
     "rq.conv2d": _conv2d,
     "rq.im2col": _im2col,

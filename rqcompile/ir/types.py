@@ -56,7 +56,10 @@ _FROM_TORCH: dict[torch.dtype, str] = {
     torch.float32: "f32",
 }
 
-_TYPE_RE = re.compile(r"tensor<((?:(?:\?|\d+)x)*)([a-z]+\d+)>")
+_TYPE_RE = re.compile(r"tensor<((?:(?:\?|\d+)x)*)([a-z]+\d+)>", re.ASCII)
+#: limits on parsed types: rank, and the largest dimension / element count (2**48)
+MAX_RANK = 16
+MAX_DIM = 1 << 48
 
 
 def torch_dtype(dtype: str) -> torch.dtype:
@@ -197,7 +200,18 @@ class TensorType:
         if m is None:
             raise VerifyError(f"cannot parse tensor type {text!r}; expected e.g. tensor<?x4xf32>.")
         dims = m.group(1).split("x")[:-1] if m.group(1) else []
+        if len(dims) > MAX_RANK:
+            raise VerifyError(f"tensor type {text[:60]!r} has rank {len(dims)}, over {MAX_RANK}.")
+        if any(len(d) > 15 for d in dims):  # int() of a 5000-digit string is slow and raises
+            raise VerifyError(f"tensor type {text[:60]!r}: a dimension is too large.")
         shape = tuple(None if d == "?" else int(d) for d in dims)
+        numel = 1
+        for d in shape:
+            numel *= d or 1
+        if numel > MAX_DIM:
+            raise VerifyError(
+                f"tensor type {text[:60]!r} has {numel} elements, over the limit {MAX_DIM}."
+            )
         return cls(shape, m.group(2))
 
     @classmethod

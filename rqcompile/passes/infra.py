@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from rqcompile.errors import PassError, RQError
+from rqcompile.fileio import atomic_write
 
 __all__ = [
     "DumpIR",
@@ -159,7 +160,7 @@ class DumpIR(Instrument):
         d.mkdir(parents=True, exist_ok=True)
         suffix, text = _dump_text(ir, constants=self.constants)
         f = d / f"{self._count:03d}_{_slug(p.name)}.{when}{suffix}"
-        f.write_text(text + "\n", encoding="utf-8")
+        atomic_write(f, text + "\n", what="the IR dump")  # rqcompile.fileio
         self.files.append(f)
 
     def before(self, p: Any, ir: Any, ctx: PassContext) -> None:
@@ -370,8 +371,7 @@ def _save_failing_input(p: Any, index: int, ir: Any, ctx: PassContext) -> str:
         os.makedirs(d, exist_ok=True)
         suffix, text = _dump_text(ir, constants=True)
         path = os.path.join(d, f"{index + 1:03d}_{_slug(p.name)}.input{suffix}")
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+        atomic_write(path, text + "\n", what="the pass input")  # rqcompile.fileio
     except Exception as e:  # never hide the pass's own error behind a dump failure
         return f"(could not save the pass input: {type(e).__name__}: {e})"
     if suffix == ".mlir" and _REGISTRY.get(p.name) is type(p):

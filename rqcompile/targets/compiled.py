@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -108,6 +107,14 @@ class CompiledModule:
         for i, (x, t, (want, shape)) in enumerate(zip(inputs, sig, self._expect, strict=False)):
             if not isinstance(x, torch.Tensor):
                 raise InputError(f"input {i}: expected a torch.Tensor {t}, got {type(x).__name__}.")
+            if x.layout != torch.strided or x.is_nested or getattr(x, "is_mkldnn", False):
+                kind = "nested" if x.is_nested else str(x.layout).removeprefix("torch.")
+                raise InputError(
+                    f"input {i}: a {kind} tensor; compiled models take dense (strided) tensors. "
+                    "Convert it first, e.g. x.to_dense()"
+                    + (" or torch.nested.to_padded_tensor(x, 0)" if x.is_nested else "")
+                    + "."
+                )
             problems = []
             if x.dtype != want:
                 problems.append(f"dtype {x.dtype} (expected {want}; convert with x.to({want}))")
@@ -137,6 +144,14 @@ class CompiledModule:
                     problems.append(f"token ids must lie in [0, {vocab}), got [{lo}, {hi}]")
             if problems:
                 raise InputError(f"input {i}: " + "; ".join(problems))
+        if self._gathers:  # ids reaching an embedding through reshape/arithmetic
+            self._gathers(inputs)
+
+    @functools.cached_property
+    def _gathers(self) -> Any:
+        from rqcompile.targets.gather_check import GatherCheck
+
+        return GatherCheck(self.ir.main, self.ir.constants)
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         self._check(inputs)
@@ -161,8 +176,11 @@ class CompiledModule:
                 {k: v.contiguous() for k, v in self.ir.constants.items()}
             ),
         }
-        if self._library is not None:
-            members["kernels.so"] = self._library
+        if self._library is not None:  # bound to this IR + weights + options (binding.py)
+            from rqcompile.targets.binding import bind, binding_digest
+
+            digest = binding_digest(self.ir, self.target, self.features)
+            members["kernels.so"] = bind(self._library, digest)
         members.update(self._members)
         manifest = {
             "format": FORMAT,
@@ -172,27 +190,16 @@ class CompiledModule:
             "inputs": [str(t) for t in self.signature],
             "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in members.items()},
         }
-        path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".rq-", suffix=".tmp", dir=d)
-            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+        from rqcompile.fileio import atomic_write
+
+        def write(f: Any) -> None:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
                 # fixed member timestamps: the same model always saves to the same bytes
                 z.writestr(_member("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True))
                 for k, v in members.items():
                     z.writestr(_member(k), v)
-            os.replace(tmp, path)
-        except BaseException as e:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            if isinstance(e, OSError) and not isinstance(e, ArtifactError):
-                raise ArtifactError(
-                    f"{path}: cannot write the artifact ({type(e).__name__}: "
-                    f"{e.strerror or e}); nothing was written. Check that {d} exists, is "
-                    "writable and has free space, or save elsewhere."
-                ) from e
-            raise
+
+        atomic_write(path, write, what="the artifact")
 
 
 def _member(name: str) -> zipfile.ZipInfo:
@@ -211,31 +218,49 @@ def read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Module,
     """
     from safetensors.torch import load as st_load
 
+    from rqcompile.artifact_limits import check_archive
+    from rqcompile.fileio import fspath, open_regular
     from rqcompile.ir.parser import parse_module
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
+    path = fspath(path, what="artifact path")
+    if not os.path.lexists(path):
         raise ArtifactError(f"{path}: no such artifact.")
     try:
-        with zipfile.ZipFile(path) as z:
+        with open_regular(path, what="an rqcompile artifact") as fh, zipfile.ZipFile(fh) as z:
+            if (problem := check_archive(z)) is not None:
+                raise ArtifactError(
+                    f"{path}: not a valid rqcompile artifact ({problem}). Only load files "
+                    "written by exe.save(); re-save the model from its QAT graph."
+                )
             names = set(z.namelist())
             if "manifest.json" not in names:
                 raise ArtifactError(f"{path}: not an rqcompile artifact (no manifest.json).")
             manifest = json.loads(z.read("manifest.json"))
+            if isinstance(manifest, dict) and manifest.get("format") != FORMAT:
+                raise ArtifactError(
+                    f"{path}: artifact format {manifest.get('format')!r:.40}, this rqcompile "
+                    f"reads {FORMAT}. Re-export it with rqcompile "
+                    f"{str(manifest.get('rqcompile', '?'))[:40]} or rebuild from the QAT model."
+                )
             _check_manifest(path, manifest, names)
             members = {k: z.read(k) for k in manifest["sha256"]}
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError, ValueError) as e:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        KeyError,
+        ValueError,  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        RecursionError,
+        NotImplementedError,  # zipfile: unsupported compression or encryption
+        RuntimeError,
+    ) as e:
         if isinstance(e, ArtifactError):
             raise
         raise ArtifactError(
-            f"{path}: corrupt or truncated artifact ({type(e).__name__}: {e}). Re-save it with "
-            "exe.save(path)."
+            f"{path}: corrupt or truncated artifact ({type(e).__name__}: {str(e)[:200]}). "
+            "Re-save it with exe.save(path)."
         ) from e
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(
-            f"{path}: artifact format {manifest.get('format')!r}, this rqcompile reads {FORMAT}. "
-            f"Re-export it with rqcompile {manifest.get('rqcompile', '?')} or rebuild from the QAT model."
-        )
     for k, digest in manifest["sha256"].items():
         if hashlib.sha256(members[k]).hexdigest() != digest:
             raise ArtifactError(
@@ -243,8 +268,8 @@ def read_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Module,
             )
     try:
         constants = st_load(members["weights.safetensors"])
-        ir = parse_module(members["ir.mlir"].decode(), constants=constants)
-    except Exception as e:
+        ir = parse_module(members["ir.mlir"].decode("utf-8"), constants=constants)
+    except Exception as e:  # noqa: BLE001 - any failure here means a damaged file
         raise ArtifactError(
             f"{path}: cannot read the IR or weights ({type(e).__name__}: {e}). The file is "
             "damaged or was not written by exe.save(); re-save the model from its QAT graph."
@@ -268,19 +293,64 @@ def _check_manifest(path: str, manifest: Any, names: set[str]) -> None:
     Members not listed in the manifest (e.g. a planted pickle) are an error, not ignored: an
     artifact is exactly what ``save`` wrote.
     """
-    problem = None
-    if not isinstance(manifest, dict):
-        problem = f"manifest.json holds a {type(manifest).__name__}, not an object"
-    elif not isinstance(manifest.get("sha256"), dict) or "target" not in manifest:
-        problem = "manifest.json lacks 'sha256' or 'target'"
-    elif missing := [m for m in _REQUIRED if m not in manifest["sha256"]]:
+    problem = _manifest_schema_problem(manifest)
+    if problem is None and (missing := [m for m in _REQUIRED if m not in manifest["sha256"]]):
         problem = f"manifest.json lists no {', '.join(missing)}"
-    elif extra := sorted(names - set(manifest["sha256"]) - {"manifest.json"}):
+    elif problem is None and (extra := sorted(names - set(manifest["sha256"]) - {"manifest.json"})):
         problem = f"unexpected member(s) {', '.join(map(repr, extra))} not listed in the manifest"
-    elif absent := sorted(set(manifest["sha256"]) - names):
+    elif problem is None and (absent := sorted(set(manifest["sha256"]) - names)):
         problem = f"member(s) {', '.join(map(repr, absent))} listed but missing"
     if problem is not None:
         raise ArtifactError(
             f"{path}: not a valid rqcompile artifact ({problem}). Only load files written by "
             "exe.save(); re-save the model from its QAT graph."
         )
+
+
+#: manifest key -> (required, check, what it must be). ``save`` writes exactly these.
+_SCHEMA: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
+    "format": (True, lambda v: type(v) is int, "an integer"),
+    "rqcompile": (False, lambda v: isinstance(v, str) and len(v) < 64, "a version string"),
+    "target": (
+        True,
+        lambda v: (isinstance(v, dict) and isinstance(v.get("kind"), str))
+        or (isinstance(v, str) and len(v) < 256),
+        "a target object with a string 'kind'",
+    ),
+    "features": (
+        False,
+        lambda v: isinstance(v, list) and all(isinstance(f, str) and f.isascii() for f in v),
+        "a list of CPU feature names (strings)",
+    ),
+    "inputs": (
+        False,
+        lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+        "a list of type strings",
+    ),
+    "sha256": (
+        True,
+        lambda v: isinstance(v, dict)
+        and all(
+            isinstance(d, str) and len(d) == 64 and all(c in "0123456789abcdef" for c in d)
+            for d in v.values()
+        ),
+        "an object mapping member names to 64-digit hex SHA-256 digests",
+    ),
+}
+
+
+def _manifest_schema_problem(manifest: Any) -> str | None:
+    """The first field of ``manifest`` that is missing, unknown or of the wrong type."""
+    if not isinstance(manifest, dict):
+        return f"manifest.json holds a {type(manifest).__name__}, not an object"
+    for key, (required, ok, want) in _SCHEMA.items():
+        if key not in manifest:
+            if required:
+                return f"manifest.json lacks {key!r}"
+            continue
+        if not ok(manifest[key]):
+            got = type(manifest[key]).__name__
+            return f"manifest.json field {key!r} must be {want}, got a {got} {manifest[key]!r:.60}"
+    if unknown := sorted(set(manifest) - set(_SCHEMA)):
+        return f"manifest.json has unknown field(s) {', '.join(map(repr, unknown))}"
+    return None

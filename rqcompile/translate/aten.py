@@ -83,6 +83,72 @@ def _to(cx: Cx, x: Any, *args: Any, dtype: Any = None, **kw: Any) -> Any:
     return cx.op("rq.cast", x, dtype=dtype_of_torch(dtype))
 
 
+def _index(cx: Cx, x: Any, indices: Any) -> Any:
+    """``x[i0, i1, ...]`` (advanced indexing, ``aten.index.Tensor``) with constant index
+    tensors: the result's positions in ``x`` are computed here, once, by indexing an
+    ``arange`` of ``x``'s shape the same way (torch's own semantics), and the IR gathers
+    them with ``rq.embedding`` from ``x`` viewed as a one-column table. Indices that depend
+    on inputs are refused with the node named."""
+    from rqcompile.errors import UnsupportedOpError
+
+    if any(isinstance(i, Value) for i in indices if i is not None):
+        raise UnsupportedOpError(
+            "x[index] with an index computed from the inputs (a data-dependent gather) has no "
+            "rq IR op; only constant indices are converted."
+        )
+    shape = tuple(int(d) for d in x.type.shape)
+    numel = 1
+    for d in shape:
+        numel *= d
+    where = torch.arange(numel).reshape(shape)[tuple(indices)]
+    dtype = x.type.dtype
+    xf = x if dtype == "f32" else cx.op("rq.cast", x, dtype="f32")
+    table = cx.op("rq.reshape", xf, shape=(numel, 1))
+    y = cx.op("rq.embedding", cx.value(where.to(torch.int64)), table)
+    y = cx.op("rq.reshape", y, shape=tuple(int(d) for d in where.shape))
+    return y if dtype == "f32" else cx.op("rq.cast", y, dtype=dtype)
+
+
+def _bool_binary(kind: str, fn: str) -> Callable[..., Any]:
+    """``a & b``, ``a == b``, ...: ``rq.logical`` / ``rq.compare`` (constants become IR
+    constants of the other operand's dtype)."""
+
+    def conv(cx: Cx, a: Any, b: Any) -> Value:
+        like = a if isinstance(a, Value) else b
+        from rqcompile.ir.types import torch_dtype
+
+        def val(v: Any) -> Value:
+            if isinstance(v, Value):
+                return v
+            return cx.value(torch.as_tensor(v, dtype=torch_dtype(like.type.dtype)))
+
+        return cx.op(f"rq.{kind}", val(a), val(b), fn=fn)
+
+    return conv
+
+
+def _not(cx: Cx, x: Value) -> Value:
+    from rqcompile.errors import UnsupportedOpError
+
+    if x.type.dtype != "i1":
+        raise UnsupportedOpError(f"bitwise not of a {x.type.dtype} tensor (only booleans).")
+    return cx.op("rq.logical_not", x)
+
+
+def _where(cx: Cx, c: Any, a: Any, b: Any) -> Value:
+    like = next((v for v in (a, b) if isinstance(v, Value)), None)
+    dtype = torch.float32 if like is None else None
+    if like is not None:
+        from rqcompile.ir.types import torch_dtype
+
+        dtype = torch_dtype(like.type.dtype)
+
+    def val(v: Any) -> Value:
+        return v if isinstance(v, Value) else cx.value(torch.as_tensor(v, dtype=dtype))
+
+    return cx.op("rq.where", val(c), val(a), val(b))
+
+
 def _addmm(cx: Cx, b: Any, x: Any, w: Any, *, beta: Any = 1, alpha: Any = 1) -> Value:
     y = C._mul(cx, C._matmul(cx, x, w), alpha) if alpha != 1 else C._matmul(cx, x, w)
     return C._add(cx, y, b if beta == 1 else C._mul(cx, b, beta))
@@ -231,6 +297,21 @@ ATEN: dict[Any, Callable[..., Any]] = {
     aten.alias.default: C._identity,
     aten.detach.default: C._identity,
     aten.to.dtype: _to,
+    aten.__and__.Tensor: _bool_binary("logical", "and"),
+    aten.__or__.Tensor: _bool_binary("logical", "or"),
+    aten.bitwise_and.Tensor: _bool_binary("logical", "and"),
+    aten.bitwise_or.Tensor: _bool_binary("logical", "or"),
+    aten.logical_and.default: _bool_binary("logical", "and"),
+    aten.logical_or.default: _bool_binary("logical", "or"),
+    aten.logical_not.default: lambda cx, x: _not(cx, x),
+    aten.bitwise_not.default: lambda cx, x: _not(cx, x),
+    **{getattr(aten, f).Tensor: _bool_binary("compare", f) for f in ("eq", "ne", "lt", "le", "gt", "ge")},
+    **{getattr(aten, f).Scalar: _bool_binary("compare", f) for f in ("eq", "ne", "lt", "le", "gt", "ge")},
+    aten.where.self: _where,
+    aten.where.ScalarOther: _where,
+    aten.where.ScalarSelf: _where,
+    aten.where.Scalar: _where,
+    aten.index.Tensor: _index,
     aten.to.device: _to,
     aten.to.dtype_layout: _to,
     aten._to_copy.default: _to,

@@ -166,7 +166,12 @@ def _getitem(cx: Cx, x: Any, idx: Any) -> Any:
             v = _slice(cx, v, axis, i, i + 1)
             drop.append(axis)
         else:
-            raise TypeError(f"unsupported index {it!r}")
+            from rqcompile.errors import UnsupportedOpError
+
+            raise UnsupportedOpError(
+                f"indexing with {type(it).__name__} {it!r:.60}: the IR indexes only with ints, "
+                "slices and '...'"
+            )
         axis += 1
     if drop:
         shape = tuple(d for i, d in enumerate(v.type.shape) if i not in drop)
@@ -210,6 +215,8 @@ def _conv2d(
     dilation: Any = 1,
     groups: int = 1,
 ) -> Value:
+    if isinstance(padding, str):
+        padding = _conv_padding(padding, tuple(w.shape[2:]), _pair(stride), _pair(dilation))
     y = cx.op(
         "rq.conv2d",
         cx.value(x),
@@ -222,6 +229,24 @@ def _conv2d(
     if b is None:
         return y
     return cx.op("rq.add", y, cx.value(b.reshape(-1, 1, 1)))
+
+
+def _conv_padding(
+    mode: str, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+) -> tuple[int, ...]:
+    """``padding="valid"|"same"`` as explicit symmetric padding, or UnsupportedOpError."""
+    from rqcompile.errors import UnsupportedOpError
+
+    if mode == "valid":
+        return (0, 0)
+    totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+    if mode == "same" and all(s == 1 for s in stride) and all(t % 2 == 0 for t in totals):
+        return tuple(t // 2 for t in totals)
+    raise UnsupportedOpError(
+        f"conv2d padding={mode!r} with kernel {kernel}, dilation {dilation}, stride {stride} "
+        "needs asymmetric padding, which the IR's conv2d does not have; use an odd kernel "
+        "or explicit padding."
+    )
 
 
 def _mean(cx: Cx, x: Any, dim: Any = None, keepdim: bool = False, **kw: Any) -> Value:
@@ -325,8 +350,10 @@ METHODS: dict[str, Callable[..., Any]] = {
 
 
 def _bn(cx: Cx, m: nn.BatchNorm2d, x: Any) -> Value:
-    scale = m.weight.detach() / torch.sqrt(m.running_var + m.eps)  # type: ignore[operator]
-    shift = m.bias.detach() - m.running_mean * scale  # type: ignore[operator]
+    w = m.weight.detach() if m.weight is not None else torch.ones(m.num_features)  # affine=False
+    b = m.bias.detach() if m.bias is not None else torch.zeros(m.num_features)
+    scale = w / torch.sqrt(m.running_var + m.eps)  # type: ignore[operator]
+    shift = b - m.running_mean * scale  # type: ignore[operator]
     y = cx.op("rq.mul", cx.value(x), cx.value(scale.reshape(-1, 1, 1)))
     return cx.op("rq.add", y, cx.value(shift.reshape(-1, 1, 1)))
 

@@ -28,6 +28,7 @@ from rqcompile.ir.core import Module, Value
 from rqcompile.ir.types import TensorType, dtype_of_torch, torch_dtype
 from rqcompile.quant.modules import RQQuantize
 from rqcompile.translate.aten import ATEN
+from rqcompile.translate.attributes import check_call, check_module
 from rqcompile.translate.context import Converter, QOperand, TranslateContext
 from rqcompile.translate.context import Unsupported as _Unsupported
 from rqcompile.translate.converters import FUNCTIONS, METHODS, MODULES
@@ -113,6 +114,7 @@ def _shape_attr(v: Value, name: str) -> Any:
 def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None) -> Module:
     """Translate a prepared graph (eval semantics) into an rq IR ``Module``."""
 
+    has_q = False
     float_functions = {**FUNCTIONS, **ATEN}
     with warnings.catch_warnings():  # torch's own pytree spec (export graphs) warns on copy
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -158,6 +160,7 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
                 continue
             conv = MODULES.get(type(mod))
             if conv is not None:
+                check_module(mod, f"layer {owner_of(node) or node.target}")  # attributes.py
                 env[node] = conv(cx, mod, *args, **kwargs)
                 continue
         elif not _is_ir((args, kwargs)):
@@ -191,6 +194,8 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
             env[node] = _Unsupported()
             unsupported.append(_describe(gm, node))
             continue
+        if not (node.op == "call_function" and has_q):
+            check_call(node.target, node.op, args, kwargs, _describe(gm, node))  # attributes.py
         env[node] = conv(cx, *args, **kwargs)
     if unsupported:
         raise UnsupportedOpError(

@@ -173,6 +173,13 @@ def _conv(
 ) -> Value:
     """F.conv1d / F.conv2d (torch's signature) with a quantized weight; conv1d runs as 2-D."""
     weight: torch.Tensor = w.source  # type: ignore[assignment]
+    if isinstance(padding, str):  # "valid" / symmetric "same" as numbers, else refused
+        from rqcompile.translate.converters import _conv_padding
+
+        nd = weight.dim() - 2
+        padding = _conv_padding(
+            padding, tuple(weight.shape[2:]), _pair(stride, nd), _pair(dilation, nd)
+        )[:nd]
     if one_d:  # conv1d(N, C, L) runs as conv2d(N, C, 1, L)
         stride, padding, dilation = (
             (1, _pair(stride, 1)[0]),

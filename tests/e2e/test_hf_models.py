@@ -9,6 +9,7 @@ differs between torch and the kernels).
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import pytest
@@ -136,3 +137,31 @@ def test_sdpa_attention_is_lowered_in_float() -> None:
     sdpa = torch.ops.aten.scaled_dot_product_attention.default
     assert sum(n.target == sdpa for n in qat.graph.nodes) == 2
     _check_parity(qat.eval(), ex, "reference")
+
+
+def test_llama_with_a_padding_mask_converts_and_matches() -> None:
+    """Batched serving: a Llama called with a padding ``attention_mask`` (the mask is built
+    with ``&``, ``where`` and advanced indexing inside transformers) converts, and the
+    lowered model matches the QAT one on reference and llvm."""
+    pytest.importorskip("transformers")
+    from rqcompile.testing.hf import tiny_llama
+
+    m, ex = tiny_llama()
+    ids = ex[0]
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # the first sequence is left-padded
+
+    class WithMask(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.m(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    qat = rq.prepare(WithMask(), (ids, mask), "A8W8").eval()
+    ref = rq.lower(qat, "reference")
+    torch.testing.assert_close(ref(ids, mask), qat(ids, mask), rtol=1e-4, atol=1e-4)
+    if importlib.util.find_spec("tvm") is not None:
+        torch.testing.assert_close(rq.lower(qat, "llvm")(ids, mask), ref(ids, mask),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / "rqcompile"
 #: data flow reads top to bottom: numerics and the IR at the bottom, the stages that use
 #: them above, the user-facing surface on top.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "version", "state_file"),
+    ("errors", "version", "fileio", "names", "guard", "artifact_limits", "state_file"),
     ("quant",),  # numerics: grids, estimators, fake quantization, integer reference ops
     ("config",),  # QuantSpec / LayerSpec / QConfig / presets (validated against quant's tables)
     ("metrics", "quant.modules", "quant.hooks"),  # the nn.Modules that carry a config
@@ -26,10 +26,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("capture",),  # nn.Module -> float fx graph
     ("debug.table", "debug.summary", "debug.costs", "debug.format"),  # text of every form
     ("passes.infra",),
-    ("passes.qat", "translate", "passes.ir"),
+    ("passes.qat", "translate", "passes.ir", "prepare_checks"),
     ("targets",),
     ("debug", "testing"),  # pictures, test models
-    ("pipelines", "api", "checkpoint"),
+    ("pipelines", "api", "checkpoint", "parity"),
     ("__init__", "bench", "demo", "cli", "__main__"),
 )
 

@@ -1,4 +1,4 @@
-"""Ridge QAT under DDP (2 CPU processes, gloo) and under ``torch.compile``.
+"""Ridge QAT under DDP and FSDP2 (2 CPU processes, gloo) and under ``torch.compile``.
 
 DDP averages gradients across ranks, so 2 ranks with half the batch each take the same steps
 as 1 process with the whole batch (cross-entropy is a mean over equally sized shards, and the
@@ -98,6 +98,73 @@ def test_ddp_in_process_and_sharded_gradients_match_full_batch(tmp_path: Path) -
     F.cross_entropy(qat(x).reshape(-1, VOCAB), y.reshape(-1)).backward()
     for n, p in qat.named_parameters():
         torch.testing.assert_close((halves[0][n] + halves[1][n]) / 2, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def _full_state(model: Any) -> dict[str, torch.Tensor]:
+    """A state dict of plain tensors (FSDP2 holds its parameters as sharded DTensors)."""
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        for k, v in model.state_dict().items()
+    }
+
+
+def _fsdp_worker(rank: int, world: int, rendezvous: str, out: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        qat, x, y = _setup()
+        fully_shard(qat, mesh=init_device_mesh("cpu", (world,)))  # FSDP2: parameters sharded
+        shard = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+        _train(qat, x[shard], y[shard])
+        state = _full_state(qat)  # collective: every rank takes part
+        if rank == 0:
+            torch.save(state, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # ~30-80 s, like the DDP test; fast twin below
+def test_fsdp2_two_processes_match_one(tmp_path: Path) -> None:
+    """FSDP2 (fully_shard, gloo, 2 processes) shards the QAT parameters and reduce-scatters
+    the mean gradient: the same weights as 1 process on the whole batch (issue 21)."""
+    pytest.importorskip("torch.distributed.fsdp")
+    out = str(tmp_path / "fsdp.pt")
+    mp.spawn(_fsdp_worker, args=(2, str(tmp_path / "rdv"), out), nprocs=2, join=True)
+    qat, x, y = _setup()
+    start = {k: v.clone() for k, v in qat.state_dict().items()}
+    _train(qat, x, y)
+    got = torch.load(out)
+    assert got.keys() == qat.state_dict().keys()
+    moved = 0.0
+    for k, want in qat.state_dict().items():
+        torch.testing.assert_close(got[k], want, rtol=1e-4, atol=1e-5, msg=f"{k} differs")
+        if want.is_floating_point():
+            moved = max(moved, float((want - start[k]).abs().max()))
+    assert moved > 1e-3
+
+
+def test_fsdp2_in_process_matches_plain_training(tmp_path: Path) -> None:
+    """Fast twin: fully_shard on a world of 1 (gloo) trains the QAT graph exactly like plain
+    training, and its state dict gathers back to the same keys."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:
+        qat, x, y = _setup()
+        ref, _, _ = _setup()
+        fully_shard(qat, mesh=init_device_mesh("cpu", (1,)))
+        _train(qat, x, y)
+        _train(ref, x, y)
+        got = _full_state(qat)
+        assert got.keys() == ref.state_dict().keys()
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    finally:
+        dist.destroy_process_group()
 
 
 def _compile_matches_eager(backend: str, small: bool) -> None:

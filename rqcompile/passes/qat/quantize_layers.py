@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from rqcompile.capture.trace import owner_of, source_of
+from rqcompile.config.fallback import rewrite_with_fallback
 from rqcompile.config.spec import LayerSpec
 from rqcompile.passes.infra import PassContext, PassResult, register_pass
 from rqcompile.passes.qat.common import (
@@ -264,7 +265,9 @@ class QuantizeLayers:
             if layer.skip_reason:
                 report[layer.key] = layer.skip_reason
                 continue
-            self._rewrite(gm, n, layer, spec)
+            spec = rewrite_with_fallback(self._rewrite, gm, n, layer, spec, ctx)  # config/fallback
+            if spec is None:  # kept in float (recorded in float_layers)
+                continue
             done.append(layer)
             changed = True
         ctx.options.setdefault("notes", []).extend(_tied_notes(gm, done))
@@ -289,12 +292,14 @@ class QuantizeLayers:
             wblock = resolve_block(spec.weight, k, layer=layer.key, role="weight")
             wlayout, alayout, ak = "last", "last", k
         if spec.sparsity is not None and wblock % spec.sparsity.m:
-            from rqcompile.errors import NumericsError
+            from rqcompile.errors import FormatError
 
-            raise NumericsError(
+            raise FormatError(
                 f"layer {layer.key!r}: {spec.sparsity} sparsity needs the weight block "
-                f"({wblock}) to be a multiple of {spec.sparsity.m}. Use a block size that is a "
-                f"multiple of {spec.sparsity.m} or keep the layer dense."
+                f"({wblock}) to be a multiple of {spec.sparsity.m}. Keep this layer dense "
+                f"(overrides={{{layer.key!r}: <the format without +{spec.sparsity}>}}) or in float "
+                f"(overrides={{{layer.key!r}: None}}); without strict=True a preset does this "
+                "itself (config/fallback.py)."
             )
         g = gm.graph
         src = source_of(n)

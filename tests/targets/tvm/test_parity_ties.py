@@ -114,3 +114,23 @@ def test_reference_differs_from_qat_only_at_rounding_ties(
                 assert int(flips.sum()) <= max(2, flips.numel() // 10_000), mod.layer
     if first_flip is None:  # (3) no flip: the two paths agree to float tolerance
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize(
+    ("preset", "shape"),
+    [("A4W4", (64, 32, 4)), ("A8W8", (64, 32, 4)), ("A4W4", (128, 64, 8))],
+)
+def test_refeeding_the_flipped_input_restores_agreement(
+    preset: str, shape: tuple[int, int, int]
+) -> None:
+    """(4) re-feed (``rq.check_parity``): give each flipped quantizer of the reference the QAT
+    input it saw; afterwards the two paths must agree to 1e-5 of the output magnitude."""
+    width, seq, batch = shape
+    torch.manual_seed(0)
+    m = CharTransformer(65, n_layer=2, n_head=4, n_embd=width, block_size=seq)
+    x = torch.randint(0, 65, (batch, seq))
+    qat = rq.prepare(m, (x,), preset, overrides={"lm_head": None}).eval()
+    report = rq.check_parity(qat, rq.lower(qat, "reference", example_inputs=(x,)), x)
+    assert report.verdict in ("exact", "ties only"), str(report)
+    assert all(f.tie_distance < 1e-4 for f in report.flips), str(report)
+    assert report.refed_diff is not None and report.refed_diff <= 1e-5 * report.scale, str(report)

@@ -113,6 +113,26 @@ def _masked_fill(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
     return cx.emit(relax.op.where(xs[1], _f32(_float(op, "value")), xs[0]))
 
 
+_RELAX_COMPARE = {"eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal",
+                  "gt": "greater", "ge": "greater_equal"}  # fmt: skip
+
+
+def _logical(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(getattr(relax.op, f"logical_{op.attr('fn')}")(*xs))
+
+
+def _logical_not(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.logical_not(xs[0]))
+
+
+def _compare(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(getattr(relax.op, _RELAX_COMPARE[str(op.attr("fn"))])(*xs))
+
+
+def _where(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    return cx.emit(relax.op.where(*xs))
+
+
 def _sdpa(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
     """softmax(q @ kᵀ · scale [causal, top-left aligned as torch's is_causal]) @ v."""
     q, k, v = xs

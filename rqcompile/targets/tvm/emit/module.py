@@ -50,6 +50,7 @@ from rqcompile.errors import TargetError, UnsupportedOpError
 from rqcompile.ir.core import Func, Module
 from rqcompile.ir.types import TensorType
 from rqcompile.ir.uses import Uses
+from rqcompile.names import identifier  # C-safe names for every target
 from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.targets.tvm.adapter import relax
 from rqcompile.targets.tvm.emit.base import (
@@ -74,6 +75,10 @@ from rqcompile.targets.tvm.emit.float_ops import (
     _im2col,
     _layer_norm,
     _masked_fill,
+    _logical,
+    _logical_not,
+    _compare,
+    _where,
     _max_pool,
     _mean,
     _permute,
@@ -141,6 +146,10 @@ EMITTERS: dict[str, Emitter] = {
     "rq.concat": _concat,
     "rq.causal_mask": _causal_mask,
     "rq.masked_fill": _masked_fill,
+    "rq.logical": _logical,
+    "rq.logical_not": _logical_not,
+    "rq.compare": _compare,
+    "rq.where": _where,
     "rq.sdpa": _sdpa,
     "rq.conv2d": _conv2d,
     "rq.im2col": _im2col,
@@ -219,7 +228,7 @@ def emit_module(
     for op in f.ops:
         if op.name == "rq.const":
             name = str(op.attr("name"))
-            weights.setdefault(name, relax.Var(name, _relax_type(op.result.type)))
+            weights.setdefault(name, relax.Var(identifier(name), _relax_type(op.result.type)))
     cx = Emission(relax.BlockBuilder())
     env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs, strict=True)}
     groups = _attention_groups(ir, f)
