@@ -23,7 +23,7 @@ from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.pipelines import convert_passes, prepare_passes
 from rqcompile.prepare_checks import check_graph, check_model, float32_for_convert
 from rqcompile.quant.hooks import finalize_for_convert
-from rqcompile.translate import translate
+import rqcompile.translate as translation
 
 __all__ = ["build", "convert", "explain", "export_mlir", "load", "lower", "prepare"]
 
@@ -196,7 +196,7 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
         # stand-ins of the shapes seen in training: zeros (valid token ids too)
         example_inputs = tuple(torch.zeros(shape, dtype=dtype) for shape, dtype in seen)
     gm, example_inputs = float32_for_convert(gm, example_inputs)  # prepare_checks.py
-    irm = translate(gm, example_inputs)
+    irm = translation.translate(gm, example_inputs)
     verify(irm)
     ctx = PassContext.current().for_stage(example_inputs=example_inputs)
     return PassManager(convert_passes(), verifier=verify).run(irm, ctx)

@@ -209,7 +209,7 @@ def test_save_replaces_a_symlink_at_the_target_not_its_pointee(tmp_path: Path, e
 def test_save_qat_disk_full_is_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import safetensors.torch
 
-    from rqcompile.demo import checkpoint as ck
+    from rqcompile import state_file as ck
     from rqcompile.testing.models import TinyMLP
 
     ex = (torch.randn(8, 64),)

@@ -309,7 +309,10 @@ def parse_pipeline(text: str) -> list[Any]:
             raise ConfigError(
                 f"unknown pass {name!r}; registered passes: {', '.join(sorted(_REGISTRY))}."
             )
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        fields = (
+            {f.name: f for f in dataclasses.fields(cls) if f.init}
+            if dataclasses.is_dataclass(cls) else {}
+        )  # fmt: skip
         kwargs: dict[str, Any] = {}
         for item in filter(None, (opts or "").split(",")):
             key, eq, value = item.partition("=")
