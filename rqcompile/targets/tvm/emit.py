@@ -43,8 +43,8 @@ from typing import Any
 from rqcompile.errors import TargetError, UnsupportedOpError
 from rqcompile.ir.core import AttrValue, Func, Module, Op, attr_key
 from rqcompile.ir.types import TensorType
-from rqcompile.names import identifier  # C-safe names for every target
 from rqcompile.ir.uses import Uses
+from rqcompile.names import identifier  # C-safe names for every target
 from rqcompile.quant.primitives import QFormat, code_range
 from rqcompile.targets.tvm import kernels as K
 from rqcompile.targets.tvm.adapter import relax, te, tirx, topi
