@@ -4,7 +4,7 @@ Layer and constant names come from the model: ``nn.Sequential`` names its layers
 ..., and constant names join them with dots (``0.wq``). C, OpenCL, CUDA and Metal need
 ``[A-Za-z_][A-Za-z0-9_]*``; TVM passes names through to the generated source. So every name
 that becomes a symbol in generated code goes through :func:`identifier` exactly once, where the
-IR is handed to a code generator (``targets/tvm/emit.py``, shared by every TVM and device
+IR is handed to a code generator (``targets/tvm/emit/module.py``, shared by every TVM and device
 target). The result is deterministic, and names that had to change get a short hash so that
 ``a.b`` and ``a_b`` stay distinct.
 """

@@ -1,7 +1,7 @@
 """The legalized relax ``main`` → a flat list of calls over numbered values.
 
 Where it sits: ``device/build.py`` emits the rq IR with the CPU path's own emitter
-(``tvm/emit.py``) and legalizes it with the CPU path's passes, so float ops become the same
+(``tvm/emit/module.py``) and legalizes it with the CPU path's passes, so float ops become the same
 TOPI PrimFuncs and integer ops the same TE kernels as on ``llvm``. What the relax VM would
 do at run time (allocate, call each PrimFunc, unpack tuples) is read off ``main`` here
 instead, because the PyPI TVM wheel has no GPU runtime: every binding must be a
