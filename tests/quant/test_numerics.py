@@ -191,22 +191,45 @@ def test_make_codes_equals_its_definition(fmt: QFormat, dtype: torch.dtype, reus
         assert torch.equal(got.signbit(), want.signbit())
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1, True), QFormat(1.5, True)], ids=str)
-def test_binary_grid_equals_float64_definition(fmt: QFormat, reuse: bool) -> None:
-    """The binary/ternary grid: float64 sums over the kept (non-zero) elements, rounded once
-    (METHOD.md §2.3), bit for bit, with exact zeros, an all-zero block and a 2:4 block."""
+def test_binary_grid_equals_float64_definition(fmt: QFormat, sparse: bool, reuse: bool) -> None:
+    """The bitnet grid: float64 sums rounded once (docs/method.md#grids), bit for bit, with
+    exact zeros, an all-zero block and a 2:4 block. Means divide by the block size for dense
+    blocks and by the kept (non-zero) count only when the block is N:M-sparse."""
     torch.manual_seed(5)
     xs = torch.randn(6, 3, 128) * 2 + 0.3
     xs[0, 0] = 0.0
     xs[1, 1, ::3] = 0.0
     xs[2] = xs[2] * nm_mask(xs[2], 2, 4)
-    s, b = grid(xs, fmt)
+    s, b = grid(xs, fmt, sparse=sparse)
     x64 = xs.double()
-    kept = (xs != 0).sum(-1, keepdim=True).clamp_min(1).double()
+    kept = (xs != 0).sum(-1, keepdim=True).clamp_min(1).double() if sparse else 128.0
     b_want = (x64.sum(-1, keepdim=True) / 128).float() if fmt.bits == 1 and not fmt.symmetric \
         else torch.zeros_like(xs[..., :1])  # fmt: skip
     s_want = ((xs - b_want).abs().double().sum(-1, keepdim=True) / kept).float().clamp_min(1e-12)
     assert torch.equal(b, b_want) and torch.equal(s, s_want)
+
+
+@pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1, True), QFormat(1.5, True)], ids=str)
+def test_relu_zeros_count_in_a_dense_block(fmt: QFormat) -> None:
+    """Issue 22: after a ReLU about half of a block is exactly 0. Those zeros are values, so
+    s_f is the mean over the whole block (it was the mean over the non-zeros, about 2x)."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(4, 2, 128))
+    s, b = grid(x, fmt)
+    want = (x - b).abs().mean(-1, keepdim=True)
+    torch.testing.assert_close(s, want)
+    nonzero_mean = (x - b).abs().sum(-1, keepdim=True) / (x != 0).sum(-1, keepdim=True)
+    assert (nonzero_mean / s).mean() > 1.6  # the old rule's value, about 2x
+    # fake-quant of a dense block uses the dense rule; a 2:4 weight keeps the kept-count rule
+    r = fake_quant_blocks(x, fmt, estimator="ste")
+    torch.testing.assert_close(r.scale, s)
+    if fmt.symmetric:
+        w = torch.randn(4, 2, 128)
+        rs = fake_quant_blocks(w, fmt, estimator="ste", nm=(2, 4))
+        kept = (w * nm_mask(w, 2, 4)).abs().sum(-1, keepdim=True) / 64
+        torch.testing.assert_close(rs.scale, kept)
 
 
 @pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(4, False), QFormat(1, True)], ids=str)
