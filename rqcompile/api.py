@@ -166,7 +166,9 @@ def build(module: Any, target: Any = "llvm") -> Any:
             dict such as ``{"kind": "llvm", "mcpu": "znver3"}``.
 
     Raises:
-        TargetError: unknown target, or TVM not installed for a TVM target.
+        TargetError: unknown target, TVM not installed for a TVM target, or an activation
+            quantizer only the reference target implements (the min/max grid at 1 and 1.5
+            bits with ridge; see docs/method.md#deployment-of-the-grids).
     """
     from rqcompile.ir.core import Module as IRModule
     from rqcompile.ir.verify import verify
@@ -192,13 +194,13 @@ def build(module: Any, target: Any = "llvm") -> Any:
 
     from rqcompile.errors import TargetError
 
+    _check_tvm_quantizers(module, tgt.kind)
     if importlib.util.find_spec("tvm") is None:
         raise TargetError(
             f"target {tgt.kind!r} needs Apache TVM, which is not installed. Install it with "
             "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
             "target='reference'."
         )
-    _check_tvm_quantizers(module, tgt.kind)
     from rqcompile.targets.device.build import DEVICE_KINDS
 
     if tgt.kind in DEVICE_KINDS:

@@ -251,3 +251,35 @@ def test_exported_fake_quant_is_functional_and_equal(fmt: QFormat) -> None:
     ]  # fmt: skip
     assert mutating == []
     assert torch.equal(ep.module()(x), Q()(x))
+
+
+@pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1, False, "minmax"), QFormat(2, False),
+                                 QFormat(1.5, True, "minmax")], ids=str)  # fmt: skip
+def test_ridge_detached_same_forward_rescaled_ste_gradient(fmt: QFormat) -> None:
+    """ridge_detached: ridge's forward, and the gradient (scale/s_f)·u with no δ path."""
+    torch.manual_seed(3)
+    x = torch.randn(3, 2, 64, dtype=torch.float64)
+    u = torch.randn_like(x)
+    grads = {}
+    for est in ("ridge", "ridge_detached"):
+        xr = x.clone().requires_grad_()
+        r = fake_quant_blocks(xr, fmt, estimator=est)
+        (r.y * u).sum().backward()
+        grads[est] = (r, xr.grad)
+    (a, ga), (d, gd) = grads["ridge"], grads["ridge_detached"]
+    torch.testing.assert_close(a.y, d.y, rtol=0, atol=1e-12)
+    s_f, _ = grid(x, fmt)
+    scale = d.scale * (2 if fmt.zero_one else 1)  # stored ±1 scale is half the {0,1} one
+    torch.testing.assert_close(gd, scale / s_f * u)
+    assert not torch.allclose(ga, gd)
+
+
+def test_minmax_1bit_codes_are_zero_one_threshold_mid_range() -> None:
+    """The plain 1-bit affine grid: codes {0,1} split at (min+max)/2; stored as ±1."""
+    x = torch.tensor([[[0.0, 0.1, 0.49, 0.51, 0.9, 1.0, 0.5, 0.2]]])
+    fmt = QFormat(1, False, "minmax")
+    s, b = grid(x, fmt)
+    assert float(s) == 1.0 and float(b) == 0.0 and code_range(fmt) == (0, 1)
+    r = fake_quant_blocks(x, fmt, estimator="ste")
+    assert r.codes.flatten().tolist() == [-1, -1, -1, 1, 1, 1, -1, -1]  # 0.5 rounds to even: 0
+    assert r.y.flatten().tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
