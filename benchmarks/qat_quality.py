@@ -12,7 +12,7 @@ training curves, λ sweep). Nothing here is asserted: it measures and reports.
 
 The three issue-22 modes live in ``benchmarks/qat_protocol.py`` (its docstring has the plan).
 
-Settings (METHOD.md §5): presets A8W8..A1W1, 2:4 variants, STE vs ridge; 3 seeds for the
+Settings (docs/method.md#what-the-paper-reports): presets A8W8..A1W1, 2:4 variants, STE vs ridge; 3 seeds for the
 ≤2-bit settings (full mode); λ ∈ {0, 1e-3, 1e-2, 1e-1, 1}; block ∈ {32, 128, per-channel};
 "bigger model, fewer bits" (a wide A1W1 model vs a narrower fp32 one, with bytes and energy).
 ``--mode estimators`` compares the four gradient estimators (docs/estimators.md) at A1W1, A2W2
@@ -525,7 +525,7 @@ def targets_section(runs: list[Run]) -> list[str]:
         return _mean([r.val_loss for r in lm if r.label == label and not r.diverged])
 
     fp = mean_of("fp32")
-    out = ["", "## Targets (METHOD.md §5 / issue 5) against what was measured", "",
+    out = ["", "## Targets (docs/method.md#what-the-paper-reports / issue 5) against what was measured", "",
            "| target | measured | met |", "| --- | --- | --- |"]
 
     def row(name: str, measured: str, ok: bool) -> None:

@@ -61,7 +61,7 @@ class QConfig:
         default: spec for every matmul-like layer not matched by an override (None = float).
         overrides: per-layer overrides; the first match wins.
         quantize_attention: also quantize activation×activation matmuls (QKᵀ, attention·V),
-            with the layer's activation spec on both sides. Off by default (METHOD.md §2.8).
+            with the layer's activation spec on both sides. Off by default (docs/method.md#which-format-goes-where).
         strict: an override that matches no layer raises ``ConfigError``.
 
     Example:

@@ -3,21 +3,21 @@
 Every estimator maps a block's codes ``q`` (noise-injected, ``dq/dz = 1``) to
 ``y = scale * q + offset`` with per-block ``scale`` and ``offset``. Training uses ``y``;
 ``convert`` stores ``scale`` and ``offset`` next to the integer codes, so one integer lowering
-(METHOD.md §3.1: one integer GEMM + rank-1 corrections) serves every estimator.
+(docs/method.md#the-affine-shortcut: one integer GEMM + rank-1 corrections) serves every estimator.
 
 Estimators are looked up in :data:`ESTIMATORS` by name (a table, not an if/else chain).
 
 * ``ridge`` (default, the paper's method): affine ``scale = C/(V+λ)``,
   ``offset = x̄ - scale·q̄`` with ``C = mean((x-x̄)(q-q̄))``, ``V = mean((q-q̄)²)``; linear
   ``scale = mean(q·x)/(mean(q²)+λ)``, ``offset = 0``. The statistics stay attached to the
-  autograd graph, which creates the corrective gradient path (METHOD.md §2.6).
+  autograd graph, which creates the corrective gradient path (docs/method.md#which-statistics-carry-gradient).
 * ``ste``: ``scale = s_f``, ``offset = b_f`` (plain dequantization; the baseline).
 * ``ridge_detached``: the ridge fit computed under ``no_grad`` (an ablation). Same forward as
   ``ridge`` and the same deployed quantizer; the gradient loses the corrective path.
-* ``pege`` (METHOD.md §6.2): the STE dequantizer, plus a per-quantizer curriculum state that
+* ``pege`` (docs/method.md#pege): the STE dequantizer, plus a per-quantizer curriculum state that
   mixes float and quantized elements during training and a discretization-error loss
   (:mod:`rqcompile.quant.pege`).
-* ``gdnsq`` (METHOD.md §6.1): its own grid (learned bit width and clamp bounds) with the STE
+* ``gdnsq`` (docs/method.md#gdnsq): its own grid (learned bit width and clamp bounds) with the STE
   dequantizer ``scale = Δ``, ``offset = l`` (:mod:`rqcompile.quant.gdnsq`).
 
 Every entry of :data:`ESTIMATORS` is an :class:`Estimator` record: the dequantizer, the name
@@ -159,7 +159,7 @@ class Estimator:
 
     Attributes:
         dequant: per-block ``(scale, offset)`` from the dense target, the noisy codes and the
-            grid (stage 3 of METHOD.md §2).
+            grid (stage 3 of docs/method.md#the-training-forward).
         runtime: the ``estimator`` attribute of ``rq.quantize`` that reproduces this
             estimator's *deployed* activation quantizer (``pege`` deploys as ``ste``).
         blocks: optional stateless quantizer ``(xb, fmt, lam, nm) -> FakeQuantResult`` that

@@ -73,7 +73,7 @@ def test_ridge_gradcheck_float64(bits: int, linear: bool) -> None:
     from rqcompile.quant.primitives import grid
 
     s_f, b_f = grid(x, fmt)
-    delta = code - (x - b_f) / s_f  # the rounding residual, frozen (METHOD.md §2.6)
+    delta = code - (x - b_f) / s_f  # the rounding residual, frozen (docs/method.md#which-statistics-carry-gradient)
 
     def f(xx: torch.Tensor) -> torch.Tensor:
         q = (xx - b_f) / s_f + delta
@@ -85,7 +85,7 @@ def test_ridge_gradcheck_float64(bits: int, linear: bool) -> None:
 
 
 def test_ridge_has_corrective_gradient_ste_does_not() -> None:
-    """The ridge gradient depends on the rounding residual; STE's does not (METHOD §2.6)."""
+    """The ridge gradient depends on the rounding residual; STE's does not (docs/method.md#which-statistics-carry-gradient)."""
     torch.manual_seed(0)
     x = torch.randn(1, 1, 32, dtype=D)
     u = torch.randn(1, 1, 32, dtype=D)
@@ -177,7 +177,7 @@ def reuse(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bo
                                  QFormat(4, True)], ids=str)  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, D])
 def test_make_codes_equals_its_definition(fmt: QFormat, dtype: torch.dtype, reuse: bool) -> None:
-    """Codes equal METHOD.md §2.3's definition bit for bit, signed zeros, ties, inf and NaN
+    """Codes equal the definition in docs/method.md#grids bit for bit, signed zeros, ties, inf and NaN
     included (binary: sign with sign(0) = +1 and NaN -> -1, as ``z >= 0`` selects)."""
     z = torch.cat([torch.tensor(_SPECIALS, dtype=dtype), torch.randn(4000, dtype=dtype) * 3])
     if fmt.bits == 1:

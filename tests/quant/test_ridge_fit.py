@@ -27,7 +27,7 @@ def autograd_ridge(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _frozen(x: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, ...]:
-    """Grid, codes and the rounding residual δ at ``x`` (METHOD.md §2.6: δ frozen)."""
+    """Grid, codes and the rounding residual δ at ``x`` (docs/method.md#which-statistics-carry-gradient: δ frozen)."""
     s_f, b_f = grid(x, fmt)
     code = make_codes((x - b_f) / s_f, fmt)
     return s_f, b_f, code, code - (x - b_f) / s_f
@@ -87,7 +87,7 @@ def test_fake_quant_blocks_same_as_unfused(fmt: QFormat, nm: tuple[int, int] | N
                                            autograd_ridge: str) -> None:  # fmt: skip
     """The estimator table's fused path changes nothing observable (float64)."""
     if nm is not None and not fmt.linear:
-        pytest.skip("N:M sparsity pairs with linear formats (METHOD.md §2.8)")
+        pytest.skip("N:M sparsity pairs with linear formats (docs/method.md#which-format-goes-where)")
     torch.manual_seed(7)
     x = torch.randn(5, 2, 16, dtype=D)
     u = torch.randn_like(x)
