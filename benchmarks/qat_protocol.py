@@ -12,13 +12,13 @@ Modes (sizes chosen to fit about an hour of one CPU core; see the ``PLANS`` tabl
   ridge_detached-minmax, STE-bitnet, ridge-bitnet), A2W2 (STE, ridge, ridge_detached; at
   2 bits the min/max grid is the only one) and ternary A1.5W1.5 (the A1W1 arms), plus fp32;
   LR ∈ {3e-3, 1e-2, 2e-2} × clipping {on at 1.0, off} × 4 seeds. Cells run in priority order
-  (the ``cells`` list: A1W1 clipping off, fp32, A1W1 clipping on, A2W2 off, ternary off,
+  (the ``cells`` list: A1W1 clipping off, A1W1 clipping on, fp32, A2W2 off, ternary off,
   A2W2 on, ridge_detached clipping on), so a sweep stopped at a deadline keeps whole cells;
   the report says which cells ran.
 * ``long``: a ~3.2M-parameter char transformer (width 256, 4 layers, context 128) at A1W1,
   STE-minmax vs STE-bitnet vs ridge-bitnet, validation every 250 steps and the per-step
   sign-flip rate of the binary weight codes. Sized down to fit the shared 2-core machine:
-  750 steps (not 3000), batch 8, one seed, LR 3e-3, clipping off.
+  500 steps (not 3000), batch 8, one seed, LR 3e-3, clipping off.
 * ``wide``: bigger model, fewer bits: a wide A1W1 model (width 128; ridge-bitnet and
   STE-minmax) vs a narrow fp32 model (width 32), 1000 steps, 2 seeds, clipping off.
 
@@ -78,8 +78,8 @@ PLANS: dict[str, dict[str, Any]] = {
         # (preset, arms, clips); order = priority (a sweep stopped early keeps the first)
         "cells": [
             ("A1W1", LOW_ARMS, (0.0,)),
-            ("fp32", ("fp32",), (0.0, 1.0)),
             ("A1W1", ("ste-minmax", "ridge-minmax", "ste-bitnet", "ridge-bitnet"), (1.0,)),
+            ("fp32", ("fp32",), (0.0, 1.0)),
             ("A2W2", TWO_BIT_ARMS, (0.0,)),
             ("A1.5W1.5", ("ste-minmax", "ridge-minmax", "ste-bitnet", "ridge-bitnet"), (0.0,)),
             ("A2W2", TWO_BIT_ARMS, (1.0,)),
@@ -89,7 +89,7 @@ PLANS: dict[str, dict[str, Any]] = {
     "long": {
         "model": {"n_layer": 4, "n_embd": 256, "n_head": 4, "block_size": 128},
         "batch": 8,
-        "steps": 750,
+        "steps": 500,
         "eval_every": 250,
         "eval_batches": 8,
         "seeds": [0],

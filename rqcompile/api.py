@@ -54,6 +54,7 @@ def prepare(
         context: optional ``rq.PassContext`` (instruments such as ``PrintAfter``).
         **overrides: applied on top of the config: ``estimator="ste"``,
             ``ridge_lambda=0.1``, ``block_size=64`` (``None`` = per-channel),
+            ``grid="minmax"`` (both operands; ``None`` = each format's default),
             ``quantize_attention=True``, ``overrides={"lm_head": None, "re:.*proj": "A8W8"}``.
 
     Returns:

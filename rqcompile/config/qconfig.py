@@ -120,10 +120,11 @@ class QConfig:
             )
 
     def with_layer_fields(self, **changes: Any) -> QConfig:
-        """Apply ``estimator=``, ``estimator_options=``, ``ridge_lambda=`` and ``block_size=``
-        to every spec."""
+        """Apply ``estimator=``, ``estimator_options=``, ``ridge_lambda=``, ``block_size=`` and
+        ``grid=`` (both operands; docs/method.md#grids) to every spec."""
         allowed = {
             "estimator",
+            "grid",
             "estimator_options",
             "ridge_lambda",
             "block_size",
@@ -141,7 +142,9 @@ class QConfig:
         def edit(spec: LayerSpec | None) -> LayerSpec | None:
             if spec is None or not changes:
                 return spec
-            kw = {k: v for k, v in changes.items() if k != "block_size"}
+            kw = {k: v for k, v in changes.items() if k not in ("block_size", "grid")}
+            if "grid" in changes:
+                spec = spec.with_grid(changes["grid"])
             if "block_size" in changes:
                 kw["weight"] = _with_block(spec.weight, changes["block_size"])
                 if spec.activation is not None:
