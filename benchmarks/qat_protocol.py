@@ -12,9 +12,10 @@ Modes (sizes chosen to fit about an hour of one CPU core; see the ``PLANS`` tabl
   ridge_detached-minmax, STE-bitnet, ridge-bitnet), A2W2 (STE, ridge, ridge_detached; at
   2 bits the min/max grid is the only one) and ternary A1.5W1.5 (the A1W1 arms), plus fp32;
   LR ∈ {3e-3, 1e-2, 2e-2} × clipping {on at 1.0, off} × 4 seeds. Cells run in priority order
-  (the ``cells`` list: A1W1 clipping off, A1W1 clipping on, fp32, A2W2 off, ternary off,
-  A2W2 on, ridge_detached clipping on), so a sweep stopped at a deadline keeps whole cells;
-  the report says which cells ran.
+  (the ``cells`` list: fp32 at its tuned LR, A1W1 clipping off, A1W1 clipping on at 2e-2,
+  the other fp32 cells, A1W1 clipping on at the other LRs, A2W2 off, ternary off, A2W2 on,
+  ridge_detached clipping on), so a sweep stopped at a deadline keeps whole cells; the
+  report counts the runs of every cell.
 * ``long``: a ~3.2M-parameter char transformer (width 256, 4 layers, context 128) at A1W1,
   STE-minmax vs STE-bitnet vs ridge-bitnet, validation every 250 steps and the per-step
   sign-flip rate of the binary weight codes. Sized down to fit the shared 2-core machine:
@@ -77,9 +78,12 @@ PLANS: dict[str, dict[str, Any]] = {
         "lrs": [3e-3, 1e-2, 2e-2],
         # (preset, arms, clips); order = priority (a sweep stopped early keeps the first)
         "cells": [
+            ("fp32", ("fp32",), (0.0,), {"lrs": [3e-3]}),
             ("A1W1", LOW_ARMS, (0.0,)),
-            ("A1W1", ("ste-minmax", "ridge-minmax", "ste-bitnet", "ridge-bitnet"), (1.0,)),
+            ("A1W1", ("ste-minmax", "ridge-minmax", "ste-bitnet", "ridge-bitnet"), (1.0,),
+             {"lrs": [2e-2]}),  # fmt: skip
             ("fp32", ("fp32",), (0.0, 1.0)),
+            ("A1W1", ("ste-minmax", "ridge-minmax", "ste-bitnet", "ridge-bitnet"), (1.0,)),
             ("A2W2", TWO_BIT_ARMS, (0.0,)),
             ("A1.5W1.5", ("ste-minmax", "ridge-minmax", "ste-bitnet", "ridge-bitnet"), (0.0,)),
             ("A2W2", TWO_BIT_ARMS, (1.0,)),
@@ -107,8 +111,8 @@ PLANS: dict[str, dict[str, Any]] = {
         "lrs": [3e-3],
         # (preset, arms, clips, width)
         "cells": [
-            ("fp32", ("fp32",), (0.0,), 32),
-            ("A1W1", ("ridge-bitnet", "ste-minmax"), (0.0,), 128),
+            ("fp32", ("fp32",), (0.0,), {"width": 32}),
+            ("A1W1", ("ridge-bitnet", "ste-minmax"), (0.0,), {"width": 128}),
         ],
     },
 }
@@ -118,15 +122,20 @@ def run_specs(mode: str) -> list[dict[str, Any]]:
     """The sweep as data, seed-major inside each priority cell."""
     p = PLANS[mode]
     specs = []
+    seen = set()
     for cell in p["cells"]:
         preset, arms, clips = cell[:3]
-        width = cell[3] if len(cell) > 3 else p["model"]["n_embd"]
+        opts = cell[3] if len(cell) > 3 else {}
+        width = opts.get("width", p["model"].get("n_embd"))
         for seed in p["seeds"]:
             for clip in clips:
-                for lr in p["lrs"]:
+                for lr in opts.get("lrs", p["lrs"]):
                     for arm in arms:
-                        specs.append({"preset": preset, "arm": arm, "clip": clip, "lr": lr,
-                                      "seed": seed, "width": width})  # fmt: skip
+                        spec = {"preset": preset, "arm": arm, "clip": clip, "lr": lr,
+                                "seed": seed, "width": width}  # fmt: skip
+                        if _key(spec) not in seen:  # a later cell may repeat an earlier one
+                            seen.add(_key(spec))
+                            specs.append(spec)
     return specs
 
 
