@@ -254,13 +254,14 @@ def verdict(runs: dict[str, Any], grids: dict[str, str], preset: str) -> str:
         )
         return (
             f"At {preset} ridge beat STE by {st_l - ri_l:.3f} in val loss ({ri_l:.3f} vs "
-            f"{st_l:.3f}; fp32 {fp_l:.3f}){closed}; {where}; one seed. "
-            f"Seeds, LRs and clipping: benchmarks/results/qat_quality_protocol.md."
+            f"{st_l:.3f}; fp32 {fp_l:.3f}){closed}; {where}; one seed. Seeds, LRs, "
+            f"clipping and the stronger STE on the bitnet grid: "
+            f"benchmarks/results/qat_quality_protocol.md."
         )
     return (
         f"At {preset} ridge did not beat STE in this run ({ri_l:.3f} vs {st_l:.3f}; fp32 "
-        f"{fp_l:.3f}); {where}; one seed. Seeds, LRs and clipping: "
-        f"benchmarks/results/qat_quality_protocol.md."
+        f"{fp_l:.3f}); {where}; one seed. Seeds, LRs, clipping and the stronger STE on "
+        f"the bitnet grid: benchmarks/results/qat_quality_protocol.md."
     )
 
 
