@@ -535,7 +535,8 @@ def plots(mode: str, runs: list[dict[str, Any]]) -> list[str]:
             ax.plot(range(1, len(fr) + 1), sm, label=f"{r['arm']} seed {r['seed']}")
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("share of binary weight codes flipped (25-step mean)")
+        ax.set_ylabel("codes flipped per step")
+        ax.set_title("binary weight codes that changed, share per step (25-step mean)", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = f"{_paths(mode)['base']}_flips.png"
