@@ -6,8 +6,13 @@ training curves, λ sweep). Nothing here is asserted: it measures and reports.
     python benchmarks/qat_quality.py --quick        # < ~10 minutes on 2 cores
     python benchmarks/qat_quality.py                # the full sweep (hours on 2 cores)
     python benchmarks/qat_quality.py --mode estimators   # ste/ridge/pege/gdnsq, 3 seeds
+    python benchmarks/qat_quality.py --mode protocol     # issue 22: grids x LR x clipping
+    python benchmarks/qat_quality.py --mode long         # issue 22: 3M-parameter A1W1 run
+    python benchmarks/qat_quality.py --mode wide         # issue 22: bigger model, fewer bits
 
-Settings (METHOD.md §5): presets A8W8..A1W1, 2:4 variants, STE vs ridge; 3 seeds for the
+The three issue-22 modes live in ``benchmarks/qat_protocol.py`` (its docstring has the plan).
+
+Settings (docs/method.md#what-the-paper-reports): presets A8W8..A1W1, 2:4 variants, STE vs ridge; 3 seeds for the
 ≤2-bit settings (full mode); λ ∈ {0, 1e-3, 1e-2, 1e-1, 1}; block ∈ {32, 128, per-channel};
 "bigger model, fewer bits" (a wide A1W1 model vs a narrower fp32 one, with bytes and energy).
 ``--mode estimators`` compares the four gradient estimators (docs/estimators.md) at A1W1, A2W2
@@ -520,7 +525,7 @@ def targets_section(runs: list[Run]) -> list[str]:
         return _mean([r.val_loss for r in lm if r.label == label and not r.diverged])
 
     fp = mean_of("fp32")
-    out = ["", "## Targets (METHOD.md §5 / issue 5) against what was measured", "",
+    out = ["", "## Targets (docs/method.md#what-the-paper-reports / issue 5) against what was measured", "",
            "| target | measured | met |", "| --- | --- | --- |"]
 
     def row(name: str, measured: str, ok: bool) -> None:
@@ -684,7 +689,21 @@ def _write(runs: list[Run], mode: str, header: str) -> None:
     print("plots: " + ", ".join(os.path.relpath(x) for x in files))
 
 
+#: Issue-22 modes, implemented in ``benchmarks/qat_protocol.py`` (grids, LR × clipping, paired
+#: seeds, the long 3M-parameter run and bigger-model-fewer-bits on the longer schedule).
+PROTOCOL_MODES = ("protocol", "long", "wide")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for k, arg in enumerate(argv):  # --mode protocol|long|wide: hand over to qat_protocol
+        mode_arg = arg.split("=", 1)[1] if arg.startswith("--mode=") else (
+            argv[k + 1] if arg == "--mode" and k + 1 < len(argv) else None)  # fmt: skip
+        if mode_arg in PROTOCOL_MODES:
+            sys.path.insert(0, HERE)
+            import qat_protocol
+
+            return int(qat_protocol.main(argv))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small model, one seed (< ~10 min)")
     ap.add_argument(

@@ -67,6 +67,7 @@ def prepare(
             the innermost ``with rq.PassContext(...)`` block.
         **overrides: applied on top of the config: ``estimator="ste"``,
             ``ridge_lambda=0.1``, ``block_size=64`` (``None`` = per-channel),
+            ``grid="minmax"`` (both operands; ``None`` = each format's default),
             ``quantize_attention=True``, ``overrides={"lm_head": None, "re:.*proj": "A8W8"}``.
 
     Returns:
@@ -211,7 +212,9 @@ def build(module: Any, target: Any = "llvm") -> Any:
             dict such as ``{"kind": "llvm", "mcpu": "znver3"}``.
 
     Raises:
-        TargetError: unknown target, or TVM not installed for a TVM target.
+        TargetError: unknown target, TVM not installed for a TVM target, or an activation
+            quantizer only the reference target implements (the min/max grid at 1 and 1.5
+            bits with ridge; see docs/method.md#deployment-of-the-grids).
     """
     from rqcompile.ir.core import Module as IRModule
     from rqcompile.targets.target import Target
@@ -236,6 +239,7 @@ def build(module: Any, target: Any = "llvm") -> Any:
 
     from rqcompile.errors import TargetError
 
+    _check_tvm_quantizers(module, tgt.kind)
     if importlib.util.find_spec("tvm") is None:
         raise TargetError(
             f"target {tgt.kind!r} needs Apache TVM, which is not installed. Install it with "
@@ -251,6 +255,46 @@ def build(module: Any, target: Any = "llvm") -> Any:
     from rqcompile.targets.tvm.build import build_tvm
 
     return build_tvm(module, tgt)
+
+
+def _check_tvm_quantizers(module: Any, kind: str) -> None:
+    """Raise a ``TargetError`` for run-time quantizers that only the reference target has;
+    warn where the TVM quantizer still differs from QAT on blocks with exact zeros."""
+    from rqcompile.errors import TargetError, warn
+    from rqcompile.quant.estimators import REFERENCE_ONLY_RUNTIMES
+
+    zero_count: list[str] = []
+    for fn in module.funcs:
+        for op in fn.ops:
+            if op.name != "rq.quantize":
+                continue
+            est = str(op.attr("estimator"))
+            bits = op.attr("bits")
+            if bits == 1.5 or (bits == 1 and est == "ste"):
+                zero_count.append(f"{bits}-bit {est}")
+            if est in REFERENCE_ONLY_RUNTIMES:
+                trained, grid = REFERENCE_ONLY_RUNTIMES[est]
+                raise TargetError(
+                    f"target {kind!r} has no kernel for the {op.attr('bits')}-bit activation "
+                    f"quantizer estimator={trained!r} on grid={grid!r} (rq.quantize "
+                    f"estimator={est!r}). Build with target='reference', or train that layer "
+                    f"with the default grid (grid=None) or, at 1 bit affine, with "
+                    f"estimator='ste' (which deploys as the min/max 'gdnsq' kernel)."
+                )
+    if zero_count:
+        # Issue 22 fixed the bitnet grid to average over the whole dense block (zeros, e.g.
+        # after a ReLU, count); TVM's rq.quantize (targets/tvm) still averages over the
+        # non-zeros. The codes (ternary) or the scale (1-bit STE) then differ on activation
+        # blocks that contain exact zeros. Ridge at 1 bit is unaffected (sign codes, fitted
+        # scale). Remove this warning when the TVM kernel follows.
+        warn(
+            f"target {kind!r}: the TVM activation quantizer for "
+            f"{', '.join(sorted(set(zero_count)))} still takes the bitnet-grid scale over the "
+            f"non-zero elements of a block, while QAT and target='reference' average over the "
+            f"whole block (docs/method.md#grids). Activation blocks with exact zeros (e.g. "
+            f"after a ReLU) quantize differently; blocks without zeros are unaffected.",
+            stacklevel=3,
+        )
 
 
 def lower(model: fx.GraphModule, target: Any = "llvm", *, example_inputs: Any = None) -> Any:

@@ -1,4 +1,4 @@
-"""Cost metrics from the paper (METHOD.md §4): energy proxy and effective bits per element.
+"""Cost metrics from the paper (docs/method.md#metrics): energy proxy and effective bits per element.
 
 * Energy proxy (a first-order lower bound on arithmetic energy; ignores data movement):
   ``E = (1 - sparsity) × ActBits × WeightBits × MACs``; unquantized operands count 16 bits.
@@ -20,7 +20,7 @@ def _density(spec: LayerSpec) -> float:
 
 
 def bits_per_element(spec: LayerSpec | None, block: int, *, with_indices: bool = True) -> float:
-    """Stored bits per weight element including per-block metadata (METHOD.md §4)."""
+    """Stored bits per weight element including per-block metadata (docs/method.md#metrics)."""
     if spec is None:
         return float(FLOAT_BITS)
     w: QuantSpec = spec.weight

@@ -62,7 +62,7 @@ def test_rewrite_pattern_is_quantize_dequant_matmul() -> None:
         assert w.args[0].op == "get_attr"
         assert n.meta["rq"].role == "op" and n.meta["rq"].created_by == "quantize-layers"
     text = rq.inspect(qat)
-    assert "quantize → ridge dequant: A 4b affine block=64 ridge λ=0.01" in text
+    assert "quantize → ridge dequant: A 4b affine minmax block=64 ridge λ=0.01" in text
     assert "fc1" in text and "bits/elem" in text
 
 

@@ -3,7 +3,7 @@
 Grammar: ``A<a>W<w>`` or ``W<w>``, optionally followed by ``+<n>:<m>``; bit widths 1..8 or 1.5
 (ternary). ``A`` = activations, ``W`` = weights, the suffix = N:M weight sparsity.
 
-Defaults (METHOD.md §2.3 and §2.8):
+Defaults (docs/method.md#grids and #which-format-goes-where):
 
 * blocks of 128 along K (SCQ128) for weights and activations;
 * 1, 2..8 bits affine; 1.5 bits (ternary) symmetric;

@@ -61,7 +61,7 @@ class QConfig:
         default: spec for every matmul-like layer not matched by an override (None = float).
         overrides: per-layer overrides; the first match wins.
         quantize_attention: also quantize activation×activation matmuls (QKᵀ, attention·V),
-            with the layer's activation spec on both sides. Off by default (METHOD.md §2.8).
+            with the layer's activation spec on both sides. Off by default (docs/method.md#which-format-goes-where).
         strict: ``None`` (default): an override that matches no layer raises
             ``ConfigError``, and a layer that cannot take the preset's format (2:4 on a block
             that is not a multiple of 4) keeps the nearest format that works (dense, else
@@ -124,10 +124,11 @@ class QConfig:
             )
 
     def with_layer_fields(self, **changes: Any) -> QConfig:
-        """Apply ``estimator=``, ``estimator_options=``, ``ridge_lambda=`` and ``block_size=``
-        to every spec."""
+        """Apply ``estimator=``, ``estimator_options=``, ``ridge_lambda=``, ``block_size=`` and
+        ``grid=`` (both operands; docs/method.md#grids) to every spec."""
         allowed = {
             "estimator",
+            "grid",
             "estimator_options",
             "ridge_lambda",
             "block_size",
@@ -145,7 +146,9 @@ class QConfig:
         def edit(spec: LayerSpec | None) -> LayerSpec | None:
             if spec is None or not changes:
                 return spec
-            kw = {k: v for k, v in changes.items() if k != "block_size"}
+            kw = {k: v for k, v in changes.items() if k not in ("block_size", "grid")}
+            if "grid" in changes:
+                spec = spec.with_grid(changes["grid"])
             if "block_size" in changes:
                 kw["weight"] = _with_block(spec.weight, changes["block_size"])
                 if spec.activation is not None:

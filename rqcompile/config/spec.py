@@ -12,6 +12,7 @@ both operands of a layer share one estimator; keeping it in one place gives one 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -25,6 +26,7 @@ PRESET_GRAMMAR: dict[str, Any] = {}
 
 __all__ = [
     "ESTIMATORS",
+    "GRIDS",
     "Granularity",
     "LayerSpec",
     "NMSparsity",
@@ -37,7 +39,20 @@ __all__ = [
 
 #: Estimator names accepted by ``LayerSpec.estimator``; implementations live in
 #: ``rqcompile.quant.estimators`` (a table, not an if/else chain).
-ESTIMATORS = ("ridge", "ste", "pege", "gdnsq")
+ESTIMATORS = ("ridge", "ste", "ridge_detached", "pege", "gdnsq")
+
+#: Grid (stage-1 rule: ``s_f``, ``b_f`` and the 1-bit alphabet) names accepted by
+#: ``QuantSpec.grid`` (docs/method.md#grids):
+#:
+#: * ``"minmax"``: the plain grid. Affine: ``b_f = min``, ``s_f = (max - min)/(2^b - 1)``, so at
+#:   1 bit the codes are {0, 1} with the threshold at mid-range; symmetric:
+#:   ``s_f = absmax/(2^(b-1) - 1)`` (ternary and 1-bit linear: ``s_f = absmax``).
+#: * ``"bitnet"``: 1 bit and ternary only. Binary affine: ``b_f = mean``,
+#:   ``s_f = mean|x - mean|``; binary linear and ternary: ``s_f = mean|x|`` (BitNet style).
+#:
+#: ``QuantSpec(grid=None)`` resolves to the format's default: ``"bitnet"`` at 1 and 1.5 bits,
+#: ``"minmax"`` at 2..8 bits (the rules rqcompile used before grids had names).
+GRIDS = ("minmax", "bitnet")
 
 _BITS = (1, 1.5, 2, 3, 4, 5, 6, 7, 8)
 
@@ -121,21 +136,31 @@ class NMSparsity:
 class QuantSpec:
     """How one operand (weight or activation) is quantized.
 
-    Formats (codes, grid; METHOD.md §2.3):
+    Formats (codes, grid; docs/method.md#grids):
 
-    * ``bits=1``: codes {-1,+1} = sign(z); affine (``symmetric=False``) centres on the block mean.
-    * ``bits=1.5``: ternary codes clamp(round(x/s), -1, 1), s = mean|x|; always symmetric.
+    * ``bits=1``, ``grid="bitnet"`` (default): codes {-1,+1} = sign(z); affine
+      (``symmetric=False``) centres on the block mean, scale mean|x - mean|.
+    * ``bits=1``, ``grid="minmax"``: affine codes {0,1} = round((x - min)/(max - min)) (threshold
+      at mid-range); symmetric codes sign(x) with scale absmax.
+    * ``bits=1.5``: ternary codes clamp(round(x/s), -1, 1), s = mean|x| (``"bitnet"``, default)
+      or s = absmax (``"minmax"``); always symmetric.
     * ``bits=b`` (2..8), affine: ``clamp(round((x - min)/s), 0, 2^b-1)``, s = (max-min)/(2^b-1).
     * ``bits=b``, symmetric: ``clamp(round(x/s), -(2^(b-1)-1), 2^(b-1)-1)``, s = absmax/(2^(b-1)-1).
 
+    ``grid=None`` resolves to the format's default (:data:`GRIDS`), so a spec always names
+    its grid.
+
     Example:
         >>> QuantSpec(bits=4, symmetric=False)
-        QuantSpec(bits=4, symmetric=False, granularity=PerGroup(size=128))
+        QuantSpec(bits=4, symmetric=False, granularity=PerGroup(size=128), grid='minmax')
+        >>> QuantSpec(bits=1, grid="minmax").short()
+        'binary affine minmax block=128'
     """
 
     bits: float
     symmetric: bool = False
     granularity: Granularity = field(default_factory=PerGroup)
+    grid: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or self.bits not in _BITS:
@@ -150,6 +175,19 @@ class QuantSpec:
         if not isinstance(self.granularity, (PerTensor, PerChannel, PerGroup)):
             raise ConfigError(
                 f"granularity={self.granularity!r}: use PerTensor(), PerChannel() or PerGroup(size)."
+            )
+        low = self.bits in (1, 1.5)
+        if self.grid is None:
+            object.__setattr__(self, "grid", "bitnet" if low else "minmax")
+        elif self.grid not in GRIDS:
+            raise ConfigError(
+                f"grid={self.grid!r} is unknown; choose one of {', '.join(GRIDS)} "
+                f"(or None for the format's default)."
+            )
+        elif self.grid == "bitnet" and not low:
+            raise ConfigError(
+                f"grid='bitnet' is defined for bits=1 and bits=1.5 only, got bits={self.bits}; "
+                f"use grid='minmax' (the default at {self.bits} bits)."
             )
 
     @property
@@ -166,20 +204,26 @@ class QuantSpec:
         return 2 if self.bits == 1.5 else int(self.bits)
 
     def short(self) -> str:
-        """Compact text, e.g. ``4b affine block=128``."""
+        """Compact text, e.g. ``4b affine minmax block=128``."""
         if self.bits == 1:
             kind = "binary affine" if not self.symmetric else "binary linear"
         elif self.bits == 1.5:
             kind = "ternary"
         else:
             kind = f"{self.bits}b {'symmetric' if self.symmetric else 'affine'}"
-        return f"{kind} {self.granularity}"
+        return f"{kind} {self.grid} {self.granularity}"
+
+    @property
+    def default_grid(self) -> bool:
+        """True when :attr:`grid` is the format's default (see :data:`GRIDS`)."""
+        return self.grid == ("bitnet" if self.bits in (1, 1.5) else "minmax")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "bits": self.bits,
             "symmetric": self.symmetric,
             "granularity": _granularity_to_dict(self.granularity),
+            "grid": self.grid,
         }
 
     @classmethod
@@ -189,6 +233,7 @@ class QuantSpec:
             bits=1.5 if bits == 1.5 else int(bits),
             symmetric=bool(d["symmetric"]),
             granularity=granularity_from_dict(d["granularity"]),
+            grid=d.get("grid"),  # files written before grids had names: the default
         )
 
 
@@ -198,7 +243,7 @@ class LayerSpec:
 
     Example:
         >>> LayerSpec.from_preset("A4W1+2:4").weight.short()
-        'binary linear block=128'
+        'binary linear bitnet block=128'
     """
 
     weight: QuantSpec
@@ -228,7 +273,7 @@ class LayerSpec:
         if self.sparsity is not None and not self.weight.symmetric:
             raise ConfigError(
                 f"{self.sparsity} sparsity needs symmetric (linear) weights so that a pruned slot "
-                f"is exactly code 0 (METHOD.md §3.4). Use QuantSpec(bits={self.weight.bits}, "
+                f"is exactly code 0 (docs/method.md#sparsity). Use QuantSpec(bits={self.weight.bits}, "
                 f"symmetric=True) for the weight."
             )
         if self.activation is not None and isinstance(self.activation.granularity, PerTensor):
@@ -265,6 +310,20 @@ class LayerSpec:
     @classmethod
     def from_preset(cls, name: str) -> LayerSpec:
         return PRESET_GRAMMAR["parse"](name)  # type: ignore[no-any-return]
+
+    def with_grid(self, grid: str | None) -> LayerSpec:
+        """This spec with ``grid`` on the weight and the activation (``None``: defaults).
+
+        Example:
+            >>> LayerSpec.from_preset("A1W1").with_grid("minmax").weight.grid
+            'minmax'
+        """
+        act = self.activation
+        return dataclasses.replace(
+            self,
+            weight=dataclasses.replace(self.weight, grid=grid),
+            activation=None if act is None else dataclasses.replace(act, grid=grid),
+        )
 
     @property
     def preset(self) -> str | None:

@@ -1,7 +1,7 @@
 """Per-layer costs of a prepared graph over *every* matmul-like op, quantized or float.
 
 Float layers (kept in float by the config: LM head, first conv, attention matmuls by default)
-count at 16×16 bits and 16-bit weights, following the paper's energy proxy (METHOD.md §4), so
+count at 16×16 bits and 16-bit weights, following the paper's energy proxy (docs/method.md#metrics), so
 the model-level savings are not overstated.
 """
 

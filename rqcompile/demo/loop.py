@@ -45,6 +45,8 @@ class TrainConfig:
         seed: Seeds the batch sampler only; seed model init yourself.
         progress: Show a tqdm progress bar.
         min_lr_frac: Final learning rate as a fraction of ``lr``.
+        log_every: Print a plain progress line (step, train loss, CPU ms per step, ETA) every
+            this many steps; ``0`` prints none. For logs and pipes, where a bar is not shown.
 
     Example:
         >>> TrainConfig(steps=10, lr=3e-3).warmup
@@ -62,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = False
     min_lr_frac: float = 0.1
+    log_every: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.eval_batches < 1:
@@ -71,6 +74,8 @@ class TrainConfig:
             )
         if self.lr <= 0 or self.warmup < 0 or self.grad_clip < 0 or self.eval_every < 0:
             raise ValueError("lr must be > 0 and warmup, grad_clip, eval_every >= 0")
+        if self.log_every < 0:
+            raise ValueError(f"log_every must be >= 0, got {self.log_every}")
 
 
 @dataclass
@@ -90,6 +95,8 @@ class History:
         diverged: The run stopped early because of it.
         diverged_step: Step at which it stopped, else ``None``.
         elapsed_s: Wall-clock seconds of the loop, evaluations included.
+        cpu_s: CPU seconds of this process during the loop (evaluations included); on a
+            shared machine a steadier measure of cost than wall-clock time.
         items_per_s: Training tokens (LM) or images (classifier) per second of
             ``elapsed_s`` (evaluations included).
     """
@@ -106,7 +113,13 @@ class History:
     diverged: bool = False
     diverged_step: int | None = None
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0
     items_per_s: float = 0.0
+
+    @property
+    def cpu_ms_per_step(self) -> float:
+        """CPU milliseconds per training step (evaluations included)."""
+        return 1e3 * self.cpu_s / max(len(self.train_loss), 1)
 
     @property
     def final_val_loss(self) -> float:
@@ -157,6 +170,12 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.99))
 
 
+def _duration(seconds: float) -> str:
+    """``42s`` or ``3m05s``."""
+    s = max(0, int(round(seconds)))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s"
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Device of the first parameter (or buffer) of ``model``; CPU if it has none."""
     for t in model.parameters():
@@ -180,6 +199,25 @@ class Loop:
         self.params = [p for g in self.opt.param_groups for p in g["params"]]
         self.hist = History()
         self.bar = tqdm(total=cfg.steps, desc=desc, disable=not cfg.progress, leave=False)
+        self.desc = desc
+        self.cpu0 = time.process_time()
+        self.wall0 = time.perf_counter()
+
+    def tick(self, done: int) -> None:
+        """One step finished: advance the bar, and print a progress line when one is due."""
+        self.bar.update(1)
+        every = self.cfg.log_every
+        if not every or (done % every and done != self.cfg.steps):
+            return
+        cpu_ms = 1e3 * (time.process_time() - self.cpu0) / done
+        wall = time.perf_counter() - self.wall0
+        eta = wall / done * (self.cfg.steps - done)
+        loss = self.hist.train_loss[-1] if self.hist.train_loss else math.nan
+        print(
+            f"   {self.desc}: step {done}/{self.cfg.steps} ({100 * done // max(self.cfg.steps, 1)}%)"
+            f" loss {loss:.3f}, {cpu_ms:.0f} ms CPU/step, ETA {_duration(eta)}",
+            flush=True,
+        )
 
     def step(self, step: int, task_loss: torch.Tensor) -> bool:
         """Backward + clip + update. Returns False (and marks divergence) on NaN/inf."""
@@ -227,6 +265,7 @@ class Loop:
 
     def close(self, start: float, items: int) -> History:
         self.bar.close()
+        self.hist.cpu_s = time.process_time() - self.cpu0
         self.hist.elapsed_s = time.perf_counter() - start
         self.hist.items_per_s = items / max(self.hist.elapsed_s, 1e-9)
         return self.hist

@@ -169,7 +169,7 @@ def train_lm(
         if step_hook is not None:
             step_hook(model)
         done += 1
-        loop.bar.update(1)
+        loop.tick(done)
         if done % 10 == 0 and cfg.progress:
             show(row())
         if loop.due(done):
@@ -258,7 +258,7 @@ def train_classifier(
         if step_hook is not None:
             step_hook(model)
         done += 1
-        loop.bar.update(1)
+        loop.tick(done)
         if loop.due(done):
             ok = evaluate()
     return loop.close(start, done * cfg.batch_size)

@@ -9,14 +9,14 @@ Layouts (bit 0 is the least significant bit):
 * **Sign bits** (``bits=1``, codes ±1) — ``uint32 [..., K/32]``. Element ``k`` is bit
   ``k % 32`` of word ``k // 32``; bit 1 ↔ code +1, bit 0 ↔ code -1. ``K % 32 == 0``.
   A ±1 dot product over ``n`` elements is ``2·popcount(XNOR(a, b)) - n`` and a code sum is
-  ``2·popcount(a) - n`` (METHOD.md §3.3).
+  ``2·popcount(a) - n`` (docs/method.md#binary-popcount).
 * **Nibbles** (weights with ``bits <= 4``) — ``uint8 [..., K/2]``. Element ``2t`` is the low
   nibble of byte ``t``, element ``2t+1`` the high nibble. Signed codes are stored as 4-bit
   two's complement (-8..7) and sign-extended when unpacked; unsigned codes (0..15) are
   zero-extended. ``K % 2 == 0``.
 * **2:4 sparse** (weights) — per group ``g`` of 4 consecutive K-elements exactly two slots are
   kept: the non-zero ones, padded with the lowest-index zero slots when a group has fewer
-  than two non-zeros (a pruned slot is code 0, METHOD.md §3.4).
+  than two non-zeros (a pruned slot is code 0, docs/method.md#sparse-24-storage).
 
   - ``vals`` ``int8 [..., K/2]``: ``vals[..., 2g + t]`` is the code of the ``t``-th kept slot
     of group ``g`` (``t = 0, 1``, kept slots in ascending index order).
@@ -28,7 +28,7 @@ Layouts (bit 0 is the least significant bit):
   The product against dense activations is ``P = Σ_g Σ_t x[4g + idx(g,t)] · vals[2g+t]``.
 * **8-bit affine shift** — affine 8-bit codes 0..255 are stored as ``int8`` ``code - 128``
   with ``offset += 128·scale`` so the dequantized ``scale·code + offset`` is unchanged up to
-  one float32 rounding of the offset (METHOD.md §3.2: codes shifted by a constant leave the
+  one float32 rounding of the offset (docs/method.md#the-affine-shortcut: codes shifted by a constant leave the
   ridge fit and the matmul unchanged).
 """
 

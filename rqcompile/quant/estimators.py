@@ -3,19 +3,21 @@
 Every estimator maps a block's codes ``q`` (noise-injected, ``dq/dz = 1``) to
 ``y = scale * q + offset`` with per-block ``scale`` and ``offset``. Training uses ``y``;
 ``convert`` stores ``scale`` and ``offset`` next to the integer codes, so one integer lowering
-(METHOD.md §3.1: one integer GEMM + rank-1 corrections) serves every estimator.
+(docs/method.md#the-affine-shortcut: one integer GEMM + rank-1 corrections) serves every estimator.
 
 Estimators are looked up in :data:`ESTIMATORS` by name (a table, not an if/else chain).
 
 * ``ridge`` (default, the paper's method): affine ``scale = C/(V+λ)``,
   ``offset = x̄ - scale·q̄`` with ``C = mean((x-x̄)(q-q̄))``, ``V = mean((q-q̄)²)``; linear
   ``scale = mean(q·x)/(mean(q²)+λ)``, ``offset = 0``. The statistics stay attached to the
-  autograd graph, which creates the corrective gradient path (METHOD.md §2.6).
+  autograd graph, which creates the corrective gradient path (docs/method.md#which-statistics-carry-gradient).
 * ``ste``: ``scale = s_f``, ``offset = b_f`` (plain dequantization; the baseline).
-* ``pege`` (METHOD.md §6.2): the STE dequantizer, plus a per-quantizer curriculum state that
+* ``ridge_detached``: the ridge fit computed under ``no_grad`` (an ablation). Same forward as
+  ``ridge`` and the same deployed quantizer; the gradient loses the corrective path.
+* ``pege`` (docs/method.md#pege): the STE dequantizer, plus a per-quantizer curriculum state that
   mixes float and quantized elements during training and a discretization-error loss
   (:mod:`rqcompile.quant.pege`).
-* ``gdnsq`` (METHOD.md §6.1): its own grid (learned bit width and clamp bounds) with the STE
+* ``gdnsq`` (docs/method.md#gdnsq): its own grid (learned bit width and clamp bounds) with the STE
   dequantizer ``scale = Δ``, ``offset = l`` (:mod:`rqcompile.quant.gdnsq`).
 
 Every entry of :data:`ESTIMATORS` is an :class:`Estimator` record: the dequantizer, the name
@@ -38,7 +40,17 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["ESTIMATORS", "Dequantizer", "Estimator", "EstimatorState", "ridge_params", "ste_params"]
+__all__ = [
+    "ESTIMATORS",
+    "Dequantizer",
+    "Estimator",
+    "EstimatorState",
+    "ridge_detached_params",
+    "REFERENCE_ONLY_RUNTIMES",
+    "ridge_params",
+    "runtime_quantizer",
+    "ste_params",
+]
 
 
 class EstimatorState(Protocol):
@@ -120,6 +132,23 @@ def ste_params(
     return s_f, b_f
 
 
+def ridge_detached_params(
+    xb: torch.Tensor,
+    q: torch.Tensor,
+    s_f: torch.Tensor,
+    b_f: torch.Tensor,
+    lam: float,
+    linear: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ridge fit with every statistic detached (an ablation; docs/method.md#estimators).
+
+    The forward equals ``ridge``. The gradient w.r.t. ``x`` is ``(scale/s_f)·u``: a rescaled
+    STE with no corrective (rounding-error) term and no path through the block means.
+    """
+    with torch.no_grad():
+        return ridge_params(xb, q, s_f, b_f, lam, linear)
+
+
 def _no_loss(states: list[Any]) -> torch.Tensor | None:
     return None
 
@@ -130,7 +159,7 @@ class Estimator:
 
     Attributes:
         dequant: per-block ``(scale, offset)`` from the dense target, the noisy codes and the
-            grid (stage 3 of METHOD.md §2).
+            grid (stage 3 of docs/method.md#the-training-forward).
         runtime: the ``estimator`` attribute of ``rq.quantize`` that reproduces this
             estimator's *deployed* activation quantizer (``pege`` deploys as ``ste``).
         blocks: optional stateless quantizer ``(xb, fmt, lam, nm) -> FakeQuantResult`` that
@@ -160,6 +189,33 @@ class Estimator:
     fused: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
+#: Deployed activation quantizers that only the ``reference`` target implements: run-time name
+#: → ``(estimator, grid)``. They exist for the min/max grid at 1 and 1.5 bits, where no TVM
+#: kernel computes that grid with that dequantizer (``runtime_quantizer`` says which).
+REFERENCE_ONLY_RUNTIMES: dict[str, tuple[str, str]] = {
+    "ridge_minmax": ("ridge", "minmax"),
+    "ste_minmax": ("ste", "minmax"),
+}
+
+
+def runtime_quantizer(estimator: str, fmt: Any) -> str:
+    """The ``estimator`` attribute of the ``rq.quantize`` op that deploys this quantizer.
+
+    The estimator's ``runtime`` name when ``fmt`` uses its default grid. The 1-bit affine
+    min/max grid with STE dequantization is exactly gdnsq's fixed-width run-time quantizer
+    (min/max grid, round-half-even codes, ``y = Δ·c + min``), so it deploys as ``"gdnsq"``,
+    which every target implements. Other min/max grids at 1 and 1.5 bits deploy as
+    :data:`REFERENCE_ONLY_RUNTIMES` entries.
+    """
+    name = ESTIMATORS[estimator].runtime
+    default = fmt.grid == ("bitnet" if fmt.bits in (1, 1.5) else "minmax")
+    if default or name == "gdnsq":
+        return name
+    if name == "ste" and fmt.zero_one:
+        return "gdnsq"
+    return f"{name}_{fmt.grid}"
+
+
 # pege/gdnsq import fake_quant, which reads this module's table at call time (not import
 # time), so importing them here, after everything they need is defined, is acyclic.
 from rqcompile.quant import gdnsq, pege  # noqa: E402
@@ -169,6 +225,7 @@ from rqcompile.quant.ridge_fit import ridge_fake_quant  # noqa: E402
 ESTIMATORS: dict[str, Estimator] = {
     "ridge": Estimator(ridge_params, "ridge", fused=ridge_fake_quant),
     "ste": Estimator(ste_params, "ste"),
+    "ridge_detached": Estimator(ridge_detached_params, "ridge"),
     "pege": Estimator(
         ste_params,
         "ste",

@@ -1,6 +1,7 @@
 """Fake quantization of blocked tensors: sparsify → grid → noisy codes → dequantize.
 
-This is the training-time forward of METHOD.md §2 (stages 0–3) in one function. The value of
+This is the training-time forward of docs/method.md#the-training-forward (stages 0–3) in
+one function. The value of
 the codes is the integer code; their gradient w.r.t. the input is the identity (noise
 injection with a detached rounding residual, ``q = z + (code - z).detach()``).
 """
@@ -47,7 +48,7 @@ def fake_quant_blocks(
     if est.blocks is not None:  # an estimator with its own grid and codes (gdnsq)
         return est.blocks(xb, fmt, lam=lam, nm=nm)
     dtype = xb.dtype
-    # Statistics in fp32 even under bf16/fp16 autocast (METHOD.md §2.6); fp64 stays fp64.
+    # Statistics in fp32 even under bf16/fp16 autocast (docs/method.md#which-statistics-carry-gradient); fp64 stays fp64.
     x32 = xb if xb.dtype == torch.float64 else xb.float()
     if nm is not None:
         mask = nm_mask(x32, *nm)
@@ -55,7 +56,7 @@ def fake_quant_blocks(
     else:
         mask = None
         xs = x32
-    s_f, b_f = grid(xs, fmt)
+    s_f, b_f = grid(xs, fmt, sparse=nm is not None)
     # The whole dequantizer as one autograd node (ridge_fit.py says why); traced graphs take
     # the definition instead (reuse_buffers: they stay functional).
     fused = est.fused if reuse_buffers() else None
@@ -74,4 +75,7 @@ def fake_quant_blocks(
         q = z + (code - z).detach()
         scale, offset = est.dequant(x32, q, s_f, b_f, lam, fmt.linear)
         y = scale * q + offset
+    if fmt.zero_one:  # {0,1} -> ±1: s·c + o = (s/2)(2c - 1) + (o + s/2)
+        half = scale / 2
+        code, scale, offset = 2 * code - 1, half, offset + half
     return FakeQuantResult(y=y.to(dtype), codes=code, scale=scale, offset=offset)

@@ -1,10 +1,10 @@
-"""GDNSQ: gradient-descent noisy-channel quantization (METHOD.md §6.1; arXiv:2508.14004).
+"""GDNSQ: gradient-descent noisy-channel quantization (docs/method.md#gdnsq; arXiv:2508.14004).
 
 Layers are noisy channels whose capacity shrinks with bit width; fine-tuning is smooth
 constrained optimisation: a fully differentiable STE with a **learnable bit width** and
 **clamp bounds**, an **exterior-point penalty** driving the average bit width to the target,
 and optional distillation (:func:`rqcompile.quant.hooks.distill_loss`). The source gives no
-formulas; this is rqcompile's formulation (METHOD.md §6.1, [rec]):
+formulas; this is rqcompile's formulation (docs/method.md#gdnsq; rqcompile's choices):
 
 Per block (``mn``, ``mx`` the block's min and max, ``R = mx - mn``, all detached)::
 
@@ -20,7 +20,7 @@ annealed target, linear from ``start_bits`` (8) down to the layer's preset width
 ``anneal_steps``. The loss adds ``μ_t·max(0, mean_i(β_i - b_t,i))²`` over every gdnsq quantizer
 (``rq.aux_loss``), with ``μ_t = penalty·penalty_growth^(t // epoch_steps)``.
 
-Deviations from METHOD.md §6.1, with reasons:
+Deviations from docs/method.md#gdnsq, with reasons:
 
 * β is parametrised as schedule + learned excess ``e`` rather than a free parameter: Adam moves
   a scalar by about ``lr`` per step, so a free β starting at 8 could not reach 1 bit in a few
@@ -28,7 +28,7 @@ Deviations from METHOD.md §6.1, with reasons:
 * Clamp bounds are learned as fractions of each block's range (one pair per weight
   quantizer), and only for weights. Activations are quantized at run time by ``rq.quantize``
   from their own min/max, which carries no learned tensors; their bit width is learned.
-* ``convert`` rounds β to the *nearest* integer in 1..8 (METHOD.md suggests snapping up to
+* ``convert`` rounds β to the *nearest* integer in 1..8 (docs/method.md suggests snapping up to
   {1, 2, 4, 8}): the exterior-point penalty approaches the target from above, so snapping up
   would turn 2.01 learned bits into 4 deployed bits. It warns (``RQWarning``, naming the layer)
   whenever the rounding changes the model.

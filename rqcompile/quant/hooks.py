@@ -1,6 +1,6 @@
 """Training hooks for estimators with state: ``rq.step``, ``rq.aux_loss``, ``rq.distill_loss``.
 
-The curricula of ``pege`` and ``gdnsq`` (METHOD.md §6) need the training step, and both add
+The curricula of ``pege`` and ``gdnsq`` (docs/method.md#estimators) need the training step, and both add
 loss terms. Instead of hidden global state, the step lives in a buffer of every stateful
 quantizer and the training loop calls two explicit functions::
 
@@ -57,8 +57,8 @@ def step(model: nn.Module) -> int:
 def aux_loss(model: nn.Module) -> torch.Tensor:
     """Sum of the estimators' auxiliary losses for the last forward; add it to the task loss.
 
-    * ``pege``: ``γ·mean((W - detach(Q(W)))²)`` for each weight (METHOD.md §6.2).
-    * ``gdnsq``: the exterior-point penalty ``μ_t·max(0, mean(β) - b_t)²`` (METHOD.md §6.1).
+    * ``pege``: ``γ·mean((W - detach(Q(W)))²)`` for each weight (docs/method.md#pege).
+    * ``gdnsq``: the exterior-point penalty ``μ_t·max(0, mean(β) - b_t)²`` (docs/method.md#gdnsq).
 
     Returns:
         A scalar tensor (zero, without grad, when there is nothing to add).
@@ -85,7 +85,7 @@ def distill_loss(
 
     ``J = KL(p_t ‖ p_s) + KL(p_s ‖ p_t)`` over the last dim, averaged over rows and scaled by
     ``temperature²``; the teacher is detached. gdnsq's optional distillation from the float
-    model (METHOD.md §6.1 item 6): ``loss = task + α·rq.distill_loss(qat(x), float_model(x))``.
+    model (docs/method.md#gdnsq item 6): ``loss = task + α·rq.distill_loss(qat(x), float_model(x))``.
 
     Example:
         >>> import torch, rqcompile as rq

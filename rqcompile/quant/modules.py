@@ -1,7 +1,7 @@
 """``RQQuantize``: the nn.Module that ``prepare`` inserts before every quantized matmul operand.
 
 One module quantizes one operand (a weight or an activation) of one layer. It knows the
-operand's reduction axis, so blocks always run along K (METHOD.md §2.1):
+operand's reduction axis, so blocks always run along K (docs/method.md#blocks):
 
 * Linear weight ``(N, K)`` and activations ``(..., K)``: ``layout="last"``.
 * Conv weight ``(O, C/g, *kernel)``: ``layout="conv_weight"``, reduction order ``(kh, kw, C/g)``.
@@ -10,7 +10,7 @@ operand's reduction axis, so blocks always run along K (METHOD.md §2.1):
 
 For ``ridge`` and ``ste`` the module has no state besides its (frozen) spec, so it is safe
 under DDP and ``torch.compile``, and the model's ``state_dict`` keys are unchanged by
-``prepare``. Estimators with training state (``pege``, ``gdnsq``; METHOD.md §6) keep it in a
+``prepare``. Estimators with training state (``pege``, ``gdnsq``; docs/estimators.md) keep it in a
 child module ``estimator_state`` built by their row of
 :data:`rqcompile.quant.estimators.ESTIMATORS`: buffers (the step) and parameters (learned
 widths), so it is saved in ``state_dict`` and synchronised by DDP. Load a *float* checkpoint
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from rqcompile.config.spec import NMSparsity, PerTensor, QuantSpec
-from rqcompile.quant.estimators import ESTIMATORS
+from rqcompile.quant.estimators import ESTIMATORS, runtime_quantizer
 from rqcompile.quant.fake_quant import FakeQuantResult, fake_quant_blocks
 from rqcompile.quant.primitives import QFormat, to_blocks
 
@@ -74,7 +74,7 @@ class RQQuantize(nn.Module):
         self.ridge_lambda = ridge_lambda
         self.sparsity = sparsity
         self.layer = layer
-        self.fmt = QFormat(spec.bits, spec.symmetric)
+        self.fmt = QFormat(spec.bits, spec.symmetric, spec.grid)
         row = ESTIMATORS[estimator]
         self.estimator_state: nn.Module | None = None  # an EstimatorState (estimators.py)
         if row.state is not None:
@@ -84,7 +84,7 @@ class RQQuantize(nn.Module):
     @property
     def runtime_estimator(self) -> str:
         """The ``estimator`` attribute of the ``rq.quantize`` op that deploys this quantizer."""
-        return ESTIMATORS[self.estimator].runtime
+        return runtime_quantizer(self.estimator, self.fmt)
 
     @torch.no_grad()
     def finalize_(self) -> None:
@@ -99,7 +99,7 @@ class RQQuantize(nn.Module):
         bits = st.finalize_(self)  # type: ignore[operator]
         if bits is not None and bits != self.spec.bits:
             self.spec = dataclasses.replace(self.spec, bits=int(bits))
-            self.fmt = QFormat(self.spec.bits, self.spec.symmetric)
+            self.fmt = QFormat(self.spec.bits, self.spec.symmetric, self.spec.grid)
 
     # -- layout ---------------------------------------------------------------------------
     def k_last(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +175,7 @@ class RQQuantize(nn.Module):
         )
         kind = self.spec.short().rsplit(" ", 1)[0]
         text = f"{tag} {kind} {gran} {self.estimator}"
-        if self.estimator == "ridge":
+        if self.estimator in ("ridge", "ridge_detached"):
             text += f" λ={self.ridge_lambda:g}"
         if self.sparsity is not None:
             text += f" {self.sparsity}"

@@ -1,12 +1,12 @@
-"""PEGE: progressive element-wise gradient estimation (METHOD.md §6.2; arXiv:2509.00097).
+"""PEGE: progressive element-wise gradient estimation (docs/method.md#pege; arXiv:2509.00097).
 
 STE ignores the discretization error. PEGE instead replaces full-precision values by quantized
 ones *progressively, element by element*, on a logarithmic curriculum, and minimizes the task
 loss and the discretization error jointly. The source publishes no formulas; this is
-rqcompile's formulation (METHOD.md §6.2, tagged [rec] there):
+rqcompile's formulation (docs/method.md#pege):
 
 1. Ratio ``r_t = ln(1 + (e - 1)·min(t / T, 1))``: 0 at step 0, 1 from step ``T`` on
-   (``T = ramp_steps``; METHOD.md recommends half of training).
+   (``T = ramp_steps``; docs/method.md recommends half of training).
 2. Each training forward draws ``M ~ Bernoulli(r_t)`` per element and returns
    ``y = M⊙Q(x) + (1 - M)⊙x``, where ``Q`` is the STE fake quantizer (``s_f·q + b_f``).
    Gradients: ``Q``'s straight-through gradient on the quantized elements, the identity on the

@@ -1,23 +1,29 @@
-"""Quantization primitives on blocked tensors (METHOD.md §2.1–2.4). Pure torch, no fx.
+"""Quantization primitives on blocked tensors (docs/method.md#blocks to #codes). Pure torch.
 
 Every function here works on a tensor ``xb`` of shape ``(..., nb, B)``: the reduction dimension
 K split into ``nb`` blocks of ``B`` contiguous elements, last. Grids (``s_f``, ``b_f``) are
-computed per block under ``no_grad`` (METHOD.md §7 #2: detached), over the *kept* elements when
-the block is N:M-sparse.
+computed per block under ``no_grad`` (detached; docs/method.md#grids), over the *kept*
+elements when the block is N:M-sparse and over all of them otherwise (a zero after a ReLU
+counts).
 
-Formats (``codes = clip(round(z), lo, hi)`` with ``z = (x - b_f) / s_f``):
+Formats (``codes = clip(round(z), lo, hi)`` with ``z = (x - b_f) / s_f``), by grid name:
 
-==================  ===================================  ==================================
-format              grid                                 codes
-==================  ===================================  ==================================
-binary affine       b_f = mean(x), s_f = mean|x - b_f|   sign(z) ∈ {-1, +1}, sign(0) = +1
-binary linear       b_f = 0, s_f = mean|x|               sign(z) ∈ {-1, +1}
-ternary (1.5)       b_f = 0, s_f = mean|x|               clip(round(z), -1, 1)
-b-bit affine        b_f = min, s_f = (max-min)/(2^b-1)   clip(round(z), 0, 2^b-1)
-b-bit symmetric     b_f = 0, s_f = absmax/(2^(b-1)-1)    clip(round(z), -(2^(b-1)-1), 2^(b-1)-1)
-==================  ===================================  ==================================
+====================  ======  ===================================  ============================
+format                grid    grid rule                            codes
+====================  ======  ===================================  ============================
+binary affine         bitnet  b_f = mean(x), s_f = mean|x - b_f|   sign(z) ∈ {-1, +1}, sign(0)=+1
+binary affine         minmax  b_f = min, s_f = max - min           clip(round(z), 0, 1) ∈ {0, 1}
+binary linear         bitnet  b_f = 0, s_f = mean|x|               sign(z) ∈ {-1, +1}
+binary linear         minmax  b_f = 0, s_f = absmax                sign(z) ∈ {-1, +1}
+ternary (1.5)         bitnet  b_f = 0, s_f = mean|x|               clip(round(z), -1, 1)
+ternary (1.5)         minmax  b_f = 0, s_f = absmax                clip(round(z), -1, 1)
+b-bit affine          minmax  b_f = min, s_f = (max-min)/(2^b-1)   clip(round(z), 0, 2^b-1)
+b-bit symmetric       minmax  b_f = 0, s_f = absmax/(2^(b-1)-1)    clip(round(z), ±(2^(b-1)-1))
+====================  ======  ===================================  ============================
 
-Rounding is half-to-even (``torch.round``); integer kernels must match (METHOD.md §7 #10).
+The default grid is ``bitnet`` at 1 and 1.5 bits and ``minmax`` otherwise.
+
+Rounding is half-to-even (``torch.round``); integer kernels must match (docs/method.md#rounding).
 """
 
 from __future__ import annotations
@@ -44,10 +50,26 @@ EPS = 1e-12
 
 @dataclass(frozen=True)
 class QFormat:
-    """The code alphabet of one operand: ``bits`` in {1, 1.5, 2..8} and affine or symmetric."""
+    """The code alphabet of one operand: ``bits`` in {1, 1.5, 2..8}, affine or symmetric, and
+    the grid rule (``"minmax"`` or ``"bitnet"``; ``None`` = the format's default, see
+    :data:`rqcompile.config.spec.GRIDS`)."""
 
     bits: float
     symmetric: bool
+    grid: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.grid is None:
+            object.__setattr__(self, "grid", "bitnet" if self.bits in (1, 1.5) else "minmax")
+        elif self.grid not in ("minmax", "bitnet"):
+            raise NumericsError(f"QFormat: unknown grid {self.grid!r}; use 'minmax' or 'bitnet'.")
+        elif self.grid == "bitnet" and self.bits not in (1, 1.5):
+            raise NumericsError(f"QFormat: grid 'bitnet' needs bits 1 or 1.5, got {self.bits}.")
+
+    @property
+    def zero_one(self) -> bool:
+        """True for the 1-bit affine min/max grid, whose codes are {0, 1} (not ±1)."""
+        return self.bits == 1 and not self.symmetric and self.grid == "minmax"
 
     @property
     def linear(self) -> bool:
@@ -56,7 +78,13 @@ class QFormat:
 
 
 def code_range(fmt: QFormat) -> tuple[int, int]:
-    """Inclusive (lo, hi) of the integer codes of ``fmt``."""
+    """Inclusive (lo, hi) of the integer codes of ``fmt`` while training.
+
+    The 1-bit min/max affine grid trains on {0, 1}; :func:`fake_quant_blocks` hands its codes
+    on as ±1 (``scale/2``, ``offset + scale/2``), the alphabet every 1-bit kernel stores.
+    """
+    if fmt.zero_one:
+        return 0, 1
     if fmt.bits in (1, 1.5):
         return -1, 1
     b = int(fmt.bits)
@@ -101,15 +129,25 @@ def nm_mask(xb: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def grid(xs: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, torch.Tensor]:
+def grid(
+    xs: torch.Tensor, fmt: QFormat, *, sparse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-block ``(s_f, b_f)``, each of shape ``(..., nb, 1)``, detached.
 
-    ``xs`` is the (possibly sparsified) blocked tensor; for sparse blocks means are taken over
-    the kept (non-zero) elements so that the backward gain stays ~1 (METHOD.md §2.3).
+    ``xs`` is the (possibly sparsified) blocked tensor. ``sparse=True`` says it is N:M-sparse:
+    then the ``bitnet`` means are taken over the kept (non-zero) elements, so that the backward
+    gain stays about 1 (docs/method.md#grids). In a dense block every element counts, zeros
+    included: a ReLU output's zeros are values, not pruned slots (counting only the non-zeros
+    made ``s_f`` about twice too large after a ReLU).
     """
     if xs.dtype != torch.float64:
         xs = xs.float()
     zero = torch.zeros_like(xs[..., :1])
+    if fmt.grid == "minmax" and fmt.bits in (1, 1.5):  # the plain grids of the low widths
+        if fmt.zero_one:
+            mn, mx = xs.amin(-1, keepdim=True), xs.amax(-1, keepdim=True)
+            return (mx - mn).clamp_min(EPS), mn
+        return xs.abs().amax(-1, keepdim=True).clamp_min(EPS), zero
     if fmt.bits == 1 or fmt.bits == 1.5:
         # Means accumulate in float64 and round once to the working dtype, so that any
         # kernel that also sums in float64 reproduces the same threshold bit for bit.
@@ -123,6 +161,8 @@ def grid(xs: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, torch.Tensor]:
         else:
             b, dev = zero, xs.abs()
         total = dev.sum(-1, keepdim=True, dtype=f64)
+        if not sparse:
+            return (total / xs.shape[-1]).to(xs.dtype).clamp_min(EPS), b
         if b is not zero:  # the count needs |x|, not |x - b|
             dev = torch.abs(xs, out=dev) if reuse else xs.abs()
         nonzero = dev.sign_() if reuse else dev.sign()
@@ -145,10 +185,10 @@ def make_codes(z: torch.Tensor, fmt: QFormat, *, out: torch.Tensor | None = None
     with torch.no_grad():
         lo, hi = code_range(fmt)
         if not reuse_buffers():  # the definition, functional
-            if fmt.bits == 1:
+            if fmt.bits == 1 and not fmt.zero_one:
                 return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
             return torch.clamp(torch.round(z), lo, hi)
-        if fmt.bits == 1:
+        if fmt.bits == 1 and not fmt.zero_one:
             # sign(z) with sign(0) = +1 as sign(sign(z) + 1/2), NaN -> -1 first (torch.sign
             # maps NaN to 0): the values of the definition, without its bool tensor, which is
             # 6x slower on CPU.

@@ -5,7 +5,7 @@ on integer results and within 1e-5 (relative to the output's magnitude) on float
 Integer math runs in int64 and is returned as int32 (an overflow raises); the float epilogue
 runs in float64 and is cast to float32 once at the end.
 
-Operand conventions (METHOD.md §3.2). Matmul activations ``x`` are ``[M, K]``, weights
+Operand conventions (docs/method.md#integer-deployment). Matmul activations ``x`` are ``[M, K]``, weights
 ``[N, K]`` (K last), both split into ``nb = K // block`` blocks along K. Each operand carries
 per-(row, block) ``scale`` and ``offset`` (``f32 [rows, nb]``) with dequantized value
 ``scale·code + offset``; weights also carry ``wsum`` ``i32 [N, nb]``, their per-block code
@@ -31,6 +31,7 @@ import torch
 
 from rqcompile.errors import NumericsError
 from rqcompile.quant.bitpack import pack_signs, shift_affine8, unpack_nibbles, unpack_sparse24
+from rqcompile.quant.estimators import REFERENCE_ONLY_RUNTIMES
 from rqcompile.quant.fake_quant import fake_quant_blocks
 from rqcompile.quant.primitives import QFormat, to_blocks
 
@@ -92,7 +93,9 @@ def quantize(
         bits: 1 (sign), 1.5 (ternary) or 2..8.
         symmetric: linear (no offset) grid and dequantizer when True, else affine.
         block: block size along K.
-        estimator: ``"ridge"`` or ``"ste"``.
+        estimator: the deployed quantizer: ``"ridge"``, ``"ste"``, ``"gdnsq"`` or a
+            min/max-grid name of :data:`~rqcompile.quant.estimators.REFERENCE_ONLY_RUNTIMES`
+            (``"ridge_minmax"``, ``"ste_minmax"``).
         ridge_lambda: λ of the ridge fit.
         pack: ``"none"`` (``int8 [..., K]``) or ``"bits32"`` (``uint32 [..., K/32]``, bits=1).
 
@@ -110,7 +113,9 @@ def quantize(
     if pack == "bits32" and bits != 1:
         raise NumericsError("quantize: pack='bits32' needs bits=1 (sign codes).")
     xb = to_blocks(x.float(), block, where="quantize")
-    r = fake_quant_blocks(xb, QFormat(bits, symmetric), estimator=estimator, lam=ridge_lambda)
+    estimator, grid = REFERENCE_ONLY_RUNTIMES.get(estimator, (estimator, None))
+    fmt = QFormat(bits, symmetric, grid)
+    r = fake_quant_blocks(xb, fmt, estimator=estimator, lam=ridge_lambda)
     codes = r.codes.reshape(x.shape)
     scale = r.scale.squeeze(-1).float().contiguous()
     offset = r.offset.squeeze(-1).float().contiguous()

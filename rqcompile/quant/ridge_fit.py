@@ -1,4 +1,4 @@
-"""The ridge dequantizer as one autograd node with a closed-form backward (METHOD.md §2.5–2.6).
+"""The ridge dequantizer as one autograd node with a closed-form backward (docs/method.md#the-ridge-dequantizer).
 
 :func:`rqcompile.quant.estimators.ridge_params` is the readable definition: the fit written as
 a dozen small torch ops that autograd differentiates. In a QAT step that costs about 30 passes
@@ -9,7 +9,7 @@ the same gradient with the per-block statistics reduced to a few sums and the pe
 backward written out: about 9 passes forward and 7 backward, two of each only reads.
 
 What it differentiates. Given the dense target ``x``, integer codes ``code`` and the detached
-grid ``s_f``, the training forward of METHOD.md §2.4–2.5 is
+grid ``s_f``, the training forward of docs/method.md#codes is
 
     q = (x_s - b_f)/s_f + δ   (noise injection: value ``code``, ``dq/dx = 1/s_f``)
     scale, offset = ridge fit of x on q   (statistics attached)
@@ -32,7 +32,7 @@ Backward, affine, per block of B with ``q̃ = q - q̄``, ``x̃ = x - x̄``, ``D 
 
     ∂L/∂x = (a/s_f)·u + dN/(B·s_f)·x + (dN/B)(1 - 2a/s_f)·q
 
-Both reduce to METHOD.md §2.6 with ``g_s = g_o = 0``. A zero denominator (λ = 0 and a
+Both reduce to docs/method.md#which-statistics-carry-gradient with ``g_s = g_o = 0``. A zero denominator (λ = 0 and a
 constant-code block) takes the same safe path as ``ridge_params``: ``a = 0`` and no gradient
 through the statistics. ``tests/quant/test_ridge_fit.py`` checks values and gradients against
 ``ridge_params`` under autograd, and the gradient against finite differences, in float64.

@@ -2,7 +2,7 @@
 
 The trained weight quantizer is folded at convert time into integer codes plus per-block
 ``scale``/``offset`` (the dequantized weight is ``scale·code + offset``), and the kernel is
-chosen per layer (METHOD.md §3):
+chosen per layer (docs/method.md#integer-deployment):
 
 ==========================================  ======================================
 layer                                       kernel
@@ -14,7 +14,7 @@ weight-only (``W4``)                        float matmul on the dequantized weig
 ==========================================  ======================================
 
 All integer kernels compute ``Σ_b (s_X s_Wᵀ)⊙P_b + rank-1 corrections`` with one integer GEMM
-per block (P_b) — the identity of METHOD.md §3.1–3.2. Activations are quantized at run time by
+per block (P_b) — the identity of docs/method.md#the-affine-shortcut. Activations are quantized at run time by
 ``rq.quantize`` with the same estimator as in training. The kernel block is the gcd of the two
 operand blocks; coarser per-block parameters are repeated (``rq.repeat_blocks``).
 Convolutions are lowered as im2col (in (kh, kw, C/g) order, matching the training blocks) +

@@ -75,3 +75,24 @@ def test_keyword_overrides_apply_to_every_spec() -> None:
         assert spec.weight.granularity == rq.PerGroup(64)
     with pytest.raises(rq.ConfigError, match="unknown option"):
         as_qconfig("A4W4", blocksize=64)
+
+
+def test_grids_are_named_and_validated() -> None:
+    """Issue 22: every QuantSpec names its grid; bitnet exists at 1 and 1.5 bits only."""
+    from rqcompile.config.spec import LayerSpec, QuantSpec
+    from rqcompile.errors import ConfigError
+
+    assert QuantSpec(bits=1).grid == "bitnet" and QuantSpec(bits=1.5, symmetric=True).grid == "bitnet"
+    assert QuantSpec(bits=2).grid == "minmax" and QuantSpec(bits=1, grid="minmax").grid == "minmax"
+    assert "minmax" in QuantSpec(bits=1, grid="minmax").short()
+    with pytest.raises(ConfigError, match="bitnet"):
+        QuantSpec(bits=4, grid="bitnet")
+    with pytest.raises(ConfigError, match="unknown"):
+        QuantSpec(bits=1, grid="plain")
+    old = {"bits": 1, "symmetric": False, "granularity": {"kind": "per-group", "size": 128}}
+    assert QuantSpec.from_dict(old) == QuantSpec(bits=1)  # files without a grid: the default
+    spec = LayerSpec.from_preset("A2W2").with_grid("minmax")
+    assert spec == LayerSpec.from_preset("A2W2") and spec.preset == "A2W2"
+    a1 = LayerSpec.from_preset("A1W1").with_grid("minmax")
+    assert a1.preset is None and LayerSpec.from_dict(a1.to_dict()) == a1
+    assert LayerSpec(weight=QuantSpec(bits=1), estimator="ridge_detached").estimator == "ridge_detached"

@@ -47,3 +47,28 @@ def test_cli_help() -> None:
         [sys.executable, "-m", "rqcompile", "--help"], check=True, capture_output=True, text=True
     ).stdout
     assert "demo" in out and "inspect" in out
+
+
+def test_quick_flag_and_plain_progress_lines(capsys: object) -> None:
+    """--quick shrinks the run unless an option says otherwise; without a bar (not a TTY)
+    training prints progress lines with an ETA and CPU time per step."""
+    import argparse
+
+    from rqcompile.demo.run import QUICK, add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    argv = ["--quick", "--steps", "7"]
+    cfg = config_from_args(p.parse_args(argv), argv)
+    assert cfg.steps == 7 and cfg.n_embd == QUICK["n_embd"] and cfg.ste_grid == "minmax"
+    argv = ["--ste-grid", "default"]
+    assert config_from_args(p.parse_args(argv), argv).ste_grid is None
+    res = run_demo(
+        DemoConfig(steps=4, batch_size=4, block_size=16, n_embd=32, n_head=2, target="reference",
+                   progress=False, gen_chars=5, log_every=2)  # fmt: skip
+    )
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert "step 2/4 (50%)" in out and "ETA" in out and "ms CPU/step" in out
+    assert "STE A1W1, minmax grid" in out and "ridge A1W1, bitnet grid" in out
+    assert ("ridge beat STE" in out) != ("ridge did not beat STE" in out)
+    assert res["runs"]["ridge"]["cpu_s"] > 0

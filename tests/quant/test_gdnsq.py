@@ -1,4 +1,4 @@
-"""GDNSQ (METHOD.md §6.1): learned width and clamp, gradients, penalty, deployment alphabet."""
+"""GDNSQ (docs/method.md#gdnsq): learned width and clamp, gradients, penalty, deployment alphabet."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_gradcheck_float64_bits_clip_and_x() -> None:
 
 
 def test_grad_wrt_step_is_the_rounding_noise() -> None:
-    """y = x_c + Δ·ε, so ∂y/∂Δ = ε (METHOD.md §6.1 item 4), seen through β."""
+    """y = x_c + Δ·ε, so ∂y/∂Δ = ε (docs/method.md#gdnsq item 4), seen through β."""
     x = torch.tensor([[[0.0, 0.26, 0.5, 0.74, 1.0]]], dtype=D)
     bits = torch.tensor(2.0, dtype=D, requires_grad=True)
     r = gdnsq_blocks(x, bits, torch.zeros(2, dtype=D))

@@ -73,7 +73,7 @@ def test_ridge_gradcheck_float64(bits: int, linear: bool) -> None:
     from rqcompile.quant.primitives import grid
 
     s_f, b_f = grid(x, fmt)
-    delta = code - (x - b_f) / s_f  # the rounding residual, frozen (METHOD.md §2.6)
+    delta = code - (x - b_f) / s_f  # the rounding residual, frozen (docs/method.md#which-statistics-carry-gradient)
 
     def f(xx: torch.Tensor) -> torch.Tensor:
         q = (xx - b_f) / s_f + delta
@@ -85,7 +85,7 @@ def test_ridge_gradcheck_float64(bits: int, linear: bool) -> None:
 
 
 def test_ridge_has_corrective_gradient_ste_does_not() -> None:
-    """The ridge gradient depends on the rounding residual; STE's does not (METHOD §2.6)."""
+    """The ridge gradient depends on the rounding residual; STE's does not (docs/method.md#which-statistics-carry-gradient)."""
     torch.manual_seed(0)
     x = torch.randn(1, 1, 32, dtype=D)
     u = torch.randn(1, 1, 32, dtype=D)
@@ -177,7 +177,7 @@ def reuse(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bo
                                  QFormat(4, True)], ids=str)  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, D])
 def test_make_codes_equals_its_definition(fmt: QFormat, dtype: torch.dtype, reuse: bool) -> None:
-    """Codes equal METHOD.md §2.3's definition bit for bit, signed zeros, ties, inf and NaN
+    """Codes equal the definition in docs/method.md#grids bit for bit, signed zeros, ties, inf and NaN
     included (binary: sign with sign(0) = +1 and NaN -> -1, as ``z >= 0`` selects)."""
     z = torch.cat([torch.tensor(_SPECIALS, dtype=dtype), torch.randn(4000, dtype=dtype) * 3])
     if fmt.bits == 1:
@@ -191,22 +191,45 @@ def test_make_codes_equals_its_definition(fmt: QFormat, dtype: torch.dtype, reus
         assert torch.equal(got.signbit(), want.signbit())
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1, True), QFormat(1.5, True)], ids=str)
-def test_binary_grid_equals_float64_definition(fmt: QFormat, reuse: bool) -> None:
-    """The binary/ternary grid: float64 sums over the kept (non-zero) elements, rounded once
-    (METHOD.md §2.3), bit for bit, with exact zeros, an all-zero block and a 2:4 block."""
+def test_binary_grid_equals_float64_definition(fmt: QFormat, sparse: bool, reuse: bool) -> None:
+    """The bitnet grid: float64 sums rounded once (docs/method.md#grids), bit for bit, with
+    exact zeros, an all-zero block and a 2:4 block. Means divide by the block size for dense
+    blocks and by the kept (non-zero) count only when the block is N:M-sparse."""
     torch.manual_seed(5)
     xs = torch.randn(6, 3, 128) * 2 + 0.3
     xs[0, 0] = 0.0
     xs[1, 1, ::3] = 0.0
     xs[2] = xs[2] * nm_mask(xs[2], 2, 4)
-    s, b = grid(xs, fmt)
+    s, b = grid(xs, fmt, sparse=sparse)
     x64 = xs.double()
-    kept = (xs != 0).sum(-1, keepdim=True).clamp_min(1).double()
+    kept = (xs != 0).sum(-1, keepdim=True).clamp_min(1).double() if sparse else 128.0
     b_want = (x64.sum(-1, keepdim=True) / 128).float() if fmt.bits == 1 and not fmt.symmetric \
         else torch.zeros_like(xs[..., :1])  # fmt: skip
     s_want = ((xs - b_want).abs().double().sum(-1, keepdim=True) / kept).float().clamp_min(1e-12)
     assert torch.equal(b, b_want) and torch.equal(s, s_want)
+
+
+@pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1, True), QFormat(1.5, True)], ids=str)
+def test_relu_zeros_count_in_a_dense_block(fmt: QFormat) -> None:
+    """Issue 22: after a ReLU about half of a block is exactly 0. Those zeros are values, so
+    s_f is the mean over the whole block (it was the mean over the non-zeros, about 2x)."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(4, 2, 128))
+    s, b = grid(x, fmt)
+    want = (x - b).abs().mean(-1, keepdim=True)
+    torch.testing.assert_close(s, want)
+    nonzero_mean = (x - b).abs().sum(-1, keepdim=True) / (x != 0).sum(-1, keepdim=True)
+    assert (nonzero_mean / s).mean() > 1.6  # the old rule's value, about 2x
+    # fake-quant of a dense block uses the dense rule; a 2:4 weight keeps the kept-count rule
+    r = fake_quant_blocks(x, fmt, estimator="ste")
+    torch.testing.assert_close(r.scale, s)
+    if fmt.symmetric:
+        w = torch.randn(4, 2, 128)
+        rs = fake_quant_blocks(w, fmt, estimator="ste", nm=(2, 4))
+        kept = (w * nm_mask(w, 2, 4)).abs().sum(-1, keepdim=True) / 64
+        torch.testing.assert_close(rs.scale, kept)
 
 
 @pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(4, False), QFormat(1, True)], ids=str)
@@ -228,3 +251,35 @@ def test_exported_fake_quant_is_functional_and_equal(fmt: QFormat) -> None:
     ]  # fmt: skip
     assert mutating == []
     assert torch.equal(ep.module()(x), Q()(x))
+
+
+@pytest.mark.parametrize("fmt", [QFormat(1, False), QFormat(1, False, "minmax"), QFormat(2, False),
+                                 QFormat(1.5, True, "minmax")], ids=str)  # fmt: skip
+def test_ridge_detached_same_forward_rescaled_ste_gradient(fmt: QFormat) -> None:
+    """ridge_detached: ridge's forward, and the gradient (scale/s_f)·u with no δ path."""
+    torch.manual_seed(3)
+    x = torch.randn(3, 2, 64, dtype=torch.float64)
+    u = torch.randn_like(x)
+    grads = {}
+    for est in ("ridge", "ridge_detached"):
+        xr = x.clone().requires_grad_()
+        r = fake_quant_blocks(xr, fmt, estimator=est)
+        (r.y * u).sum().backward()
+        grads[est] = (r, xr.grad)
+    (a, ga), (d, gd) = grads["ridge"], grads["ridge_detached"]
+    torch.testing.assert_close(a.y, d.y, rtol=0, atol=1e-12)
+    s_f, _ = grid(x, fmt)
+    scale = d.scale * (2 if fmt.zero_one else 1)  # stored ±1 scale is half the {0,1} one
+    torch.testing.assert_close(gd, scale / s_f * u)
+    assert not torch.allclose(ga, gd)
+
+
+def test_minmax_1bit_codes_are_zero_one_threshold_mid_range() -> None:
+    """The plain 1-bit affine grid: codes {0,1} split at (min+max)/2; stored as ±1."""
+    x = torch.tensor([[[0.0, 0.1, 0.49, 0.51, 0.9, 1.0, 0.5, 0.2]]])
+    fmt = QFormat(1, False, "minmax")
+    s, b = grid(x, fmt)
+    assert float(s) == 1.0 and float(b) == 0.0 and code_range(fmt) == (0, 1)
+    r = fake_quant_blocks(x, fmt, estimator="ste")
+    assert r.codes.flatten().tolist() == [-1, -1, -1, 1, 1, 1, -1, -1]  # 0.5 rounds to even: 0
+    assert r.y.flatten().tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]

@@ -1,4 +1,4 @@
-"""PEGE (METHOD.md §6.2): curriculum, element-wise mixing, discretization loss, gradients."""
+"""PEGE (docs/method.md#pege): curriculum, element-wise mixing, discretization loss, gradients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The integer reference kernels: METHOD.md §3.5 worked examples, exact cores, epilogue parity."""
+"""The integer reference kernels: docs/method.md#worked-examples worked examples, exact cores, epilogue parity."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _wquant(w: torch.Tensor, bits: float, symmetric: bool, block: int, nm=None):
     return q, r.scale.squeeze(-1), r.offset.squeeze(-1), ref.code_sums(q, block)
 
 
-# -- METHOD.md §3.5 -----------------------------------------------------------------------
+# -- docs/method.md#worked-examples -----------------------------------------------------------------------
 
 
 def test_example_a_a2w2_affine() -> None:

@@ -27,7 +27,7 @@ def autograd_ridge(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _frozen(x: torch.Tensor, fmt: QFormat) -> tuple[torch.Tensor, ...]:
-    """Grid, codes and the rounding residual δ at ``x`` (METHOD.md §2.6: δ frozen)."""
+    """Grid, codes and the rounding residual δ at ``x`` (docs/method.md#which-statistics-carry-gradient: δ frozen)."""
     s_f, b_f = grid(x, fmt)
     code = make_codes((x - b_f) / s_f, fmt)
     return s_f, b_f, code, code - (x - b_f) / s_f
@@ -81,7 +81,7 @@ def test_matches_ridge_params_under_autograd(fmt: QFormat, lam: float) -> None:
     assert torch.isfinite(xf.grad).all()  # type: ignore[union-attr]
 
 
-# N:M sparsity pairs with linear formats only (METHOD.md §2.8): the invalid combinations are
+# N:M sparsity pairs with linear formats only (docs/method.md#which-format-goes-where): the invalid combinations are
 # not generated (they used to be generated and always skipped, issue 21)
 @pytest.mark.parametrize(
     ("fmt", "nm"),

@@ -55,7 +55,7 @@ def shape_of(node: fx.Node) -> tuple[int, ...]:
 
 
 def resolve_block(q: QuantSpec, k: int, *, layer: str, role: str) -> int:
-    """Block size along K for one operand (METHOD.md §2.1 rules; typed error otherwise)."""
+    """Block size along K for one operand (docs/method.md#blocks rules; typed error otherwise)."""
     g = q.granularity
     if isinstance(g, (PerTensor, PerChannel)):
         return k

@@ -1,6 +1,6 @@
 """quantize-attention: quantize both operands of activation × activation matmuls.
 
-Runs only when ``QConfig.quantize_attention`` is true (METHOD.md §2.8: presets leave QKᵀ and
+Runs only when ``QConfig.quantize_attention`` is true (docs/method.md#which-format-goes-where: presets leave QKᵀ and
 attention·V in float). Both operands use the layer's *activation* spec; blocks run along the
 contraction dimension (last dim of the left operand, dim -2 of the right one).
 

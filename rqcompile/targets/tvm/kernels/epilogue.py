@@ -3,7 +3,7 @@
 Every integer-affine kernel (generic TE, the AVX2 micro-kernels, the column-panel GEMMs for
 dense, 2:4 and XNOR weights) computes, per row ``i``, column ``j`` and block ``b`` of K, the
 integer dot product ``P = Σ qx·qw`` of the codes, and adds the block's float term of
-``Σ x̂·ŵ`` with ``x̂ = xc + xs·qx``, ``ŵ = wc + ws·qw`` (METHOD.md §3.2) to ``y``.
+``Σ x̂·ŵ`` with ``x̂ = xc + xs·qx``, ``ŵ = wc + ws·qw`` (docs/method.md#the-affine-shortcut) to ``y``.
 
 **Origins at the integer zero points.** Each operand is written about an *integer* code
 ``c`` (its zero point, ``round(-xc/xs)`` clamped to ``[-128, 127]``) and the value there,

@@ -21,7 +21,7 @@ hands in) and returns TE tensors, so the same code serves standalone kernels
   in float64, so ``scale``/``offset`` are as accurate as torch's float32 means or better.
 
 **Epilogue.** The integer-affine shortcut is one integer GEMM plus rank-1 corrections per
-block (METHOD.md §3.2). Every kernel evaluates it with each operand written about its
+block (docs/method.md#the-affine-shortcut). Every kernel evaluates it with each operand written about its
 integer zero point (:mod:`.epilogue`, shared by all of them)::
 
     I[i,j,b] = P - cx·S_W - cw·(S_X - B·cx)                   (integer, exact)

@@ -179,7 +179,7 @@ def te_quantize(
     # stage 4: storage layout
     attrs = _attrs("quantize", block, bits=float(bits), symmetric=bool(symmetric))
     shift = bits == 8 and not symmetric
-    if shift:  # METHOD.md §3.2: store code - 128, offset += 128·scale (an exact multiply)
+    if shift:  # docs/method.md#the-affine-shortcut: store code - 128, offset += 128·scale (an exact multiply)
         off = offset
         offset = per_block("offset_s8", "", lambda *i: off(*i) + _f32(128) * scale(*i), attrs)
     if pack == "bits32":

@@ -30,7 +30,7 @@ float32 and a code ≤ 255 are exact there). ``x`` is widened to float64 once pe
 
 **Numerics.** Codes are bit-exact: min/max are order-free and the binary grid's float64 sums
 of float32 values are rounded once to float32 (the reference sums in another order, as the TE
-kernel did). The ridge statistics (METHOD.md §2.4, ``C = mean((x-x̄)(q-q̄))``,
+kernel did). The ridge statistics (docs/method.md#the-ridge-dequantizer, ``C = mean((x-x̄)(q-q̄))``,
 ``V = mean((q-q̄)²)``) come from the sums in float64, with ``S = Σq``::
 
     C·B = Σx·q - Σx·S/B,   V·B = Σq² - S²/B
