@@ -258,20 +258,15 @@ def build(module: Any, target: Any = "llvm") -> Any:
 
 
 def _check_tvm_quantizers(module: Any, kind: str) -> None:
-    """Raise a ``TargetError`` for run-time quantizers that only the reference target has;
-    warn where the TVM quantizer still differs from QAT on blocks with exact zeros."""
-    from rqcompile.errors import TargetError, warn
+    """Raise a ``TargetError`` for run-time quantizers that only the reference target has."""
+    from rqcompile.errors import TargetError
     from rqcompile.quant.estimators import REFERENCE_ONLY_RUNTIMES
 
-    zero_count: list[str] = []
     for fn in module.funcs:
         for op in fn.ops:
             if op.name != "rq.quantize":
                 continue
             est = str(op.attr("estimator"))
-            bits = op.attr("bits")
-            if bits == 1.5 or (bits == 1 and est == "ste"):
-                zero_count.append(f"{bits}-bit {est}")
             if est in REFERENCE_ONLY_RUNTIMES:
                 trained, grid = REFERENCE_ONLY_RUNTIMES[est]
                 raise TargetError(
@@ -281,20 +276,6 @@ def _check_tvm_quantizers(module: Any, kind: str) -> None:
                     f"with the default grid (grid=None) or, at 1 bit affine, with "
                     f"estimator='ste' (which deploys as the min/max 'gdnsq' kernel)."
                 )
-    if zero_count:
-        # Issue 22 fixed the bitnet grid to average over the whole dense block (zeros, e.g.
-        # after a ReLU, count); TVM's rq.quantize (targets/tvm) still averages over the
-        # non-zeros. The codes (ternary) or the scale (1-bit STE) then differ on activation
-        # blocks that contain exact zeros. Ridge at 1 bit is unaffected (sign codes, fitted
-        # scale). Remove this warning when the TVM kernel follows.
-        warn(
-            f"target {kind!r}: the TVM activation quantizer for "
-            f"{', '.join(sorted(set(zero_count)))} still takes the bitnet-grid scale over the "
-            f"non-zero elements of a block, while QAT and target='reference' average over the "
-            f"whole block (docs/method.md#grids). Activation blocks with exact zeros (e.g. "
-            f"after a ReLU) quantize differently; blocks without zeros are unaffected.",
-            stacklevel=3,
-        )
 
 
 def lower(model: fx.GraphModule, target: Any = "llvm", *, example_inputs: Any = None) -> Any:

@@ -41,17 +41,6 @@ MATRIX = [
 ]
 
 
-# Issue 22: QAT and the reference target average the bitnet grid over the whole dense block
-# (zeros count); TVM's rq.quantize (rqcompile/targets/tvm, not changed by issue 22) still
-# averages over the non-zero elements. Ternary codes and the 1-bit STE scale then differ on
-# blocks with exact zeros. Remove these marks when the TVM quantizer follows.
-ZERO_COUNT = pytest.mark.xfail(
-    strict=False, reason="issue 22: TVM rq.quantize still counts only non-zeros in dense blocks"
-)
-
-
-def zero_count_affected(bits: float, estimator: str) -> bool:
-    return bits == 1.5 or (bits == 1 and estimator == "ste")
 
 
 @functools.cache
@@ -63,8 +52,6 @@ def _lowered(name: str, preset: str) -> tuple[Any, tuple[torch.Tensor, ...], Any
 
 @pytest.mark.parametrize(("name", "preset"), MATRIX)
 def test_llvm_matches_reference(name: str, preset: str, request: pytest.FixtureRequest) -> None:
-    if preset == "A1.5W1.5" and name == "mlp":
-        request.applymarker(ZERO_COUNT)  # ReLU zeros reach ternary activations
     qat, ex, exe = _lowered(name, preset)
     want = rq.lower(qat, "reference")(*ex)
     got = exe(*ex)

@@ -95,8 +95,7 @@ def te_quantize(
         xmax = red("max", "grid", xat, te.max)
         bmin = b_f
         s_f = per_block("sf", "grid", lambda *i: tirx.max(xmax(*i) - bmin(*i), _f32(EPS)))
-    elif bits in (1, 1.5):  # means over kept (non-zero) elements, summed in float64
-        kept = red("kept", "grid", lambda i, r: tirx.Select(xat(i, r) != _f32(0), _f64(1), _f64(0)))
+    elif bits in (1, 1.5):  # means over the whole (dense) block, summed in float64
         if bits == 1 and not symmetric:
             xsum = red("xsum", "grid", lambda i, r: xat(i, r).astype(f64))
             b_f = per_block("bf", "grid", lambda *i: (xsum(*i) / _f64(block)).astype("float32"))
@@ -107,7 +106,7 @@ def te_quantize(
             lambda i, r: tirx.abs(xat(i, r) - bf(*i) if bf is not None else xat(i, r)).astype(f64),
         )
         s_f = per_block("sf", "grid", lambda *i: tirx.max(
-            (asum(*i) / tirx.max(kept(*i), _f64(1))).astype("float32"), _f32(EPS)))  # fmt: skip
+            (asum(*i) / _f64(block)).astype("float32"), _f32(EPS)))  # fmt: skip
     elif symmetric:
         amax = red("amax", "grid", lambda i, r: tirx.abs(xat(i, r)), te.max)
         s_f = per_block("sf", "grid", lambda *i: tirx.max(amax(*i) / _f32(hi), _f32(EPS)))

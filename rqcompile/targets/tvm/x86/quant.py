@@ -8,11 +8,12 @@ once, then from L1, and every per-block scalar is computed once.
 
 **Binary affine** (``bits=1``, ``pack="bits32"``; :func:`_sign_rows`), three passes per block:
 
-1. ``Σx`` in float64 (``vcvtps2pd`` from memory + ``vaddpd``, 16 float64 lanes) and the
-   non-zero count (``vcmpps`` + integer lanes); ``b = f32(Σx / B)``, the grid's offset;
+1. ``Σx`` in float64 (``vcvtps2pd`` from memory + ``vaddpd``, 16 float64 lanes);
+   ``b = f32(Σx / B)``, the grid's offset;
 2. ``Σ|x - b|``: float32 lanes (32 per row) of at most ``_DEV_GROUP = 4`` terms each, each
    lane then added into float64 (a quarter of the conversions of summing in float64
-   directly: 13-15% faster kernel); ``s = max(f32(Σ|x - b| / max(kept, 1)), EPS)``;
+   directly: 13-15% faster kernel); ``s = max(f32(Σ|x - b| / B), EPS)``: activation blocks
+   are dense, so every element counts, zeros (after a ReLU) included (docs/method.md#grids);
 3. the codes ``fl((x - b)/s) >= 0`` as two ordered compares with per-block bounds
    (:func:`_sign_bounds`: exact, including the ``-0`` a tiny negative quotient underflows
    to, code +1 as in the reference; NaN → -1), so no ``vdivps`` (measured 30% of the
@@ -66,7 +67,6 @@ __all__ = ["RowSource", "avx2_quantize", "quantize_micro_supported"]
 _CMP_PS = "llvm.x86.avx.cmp.ps.256"
 _MOVMSK_PS = "llvm.x86.avx.movmsk.ps.256"
 _GE_OQ = 0x1D  # vcmpps predicate "greater or equal, ordered, quiet": NaN compares false
-_NEQ_UQ = 0x04  # "not equal, unordered, quiet": NaN counts as non-zero, as |NaN|.sign() ≠ 0
 _STEP = 32  # binary: elements per step, four float32x8 vectors, one packed sign word
 _ASTEP = 16  # affine: elements per step, two float32x8 vectors
 _F32, _F64 = "float32", "float64"
@@ -233,9 +233,8 @@ class _SignRow:
     def __init__(self, x: Any, idx: list[Any], src: RowSource) -> None:
         self.x, self.idx, self.src = x, idx, src
         self.sums, self.devs = _Sum64(), _Sum64()
-        self.cnt = T.decl_buffer((8,), "int32", scope="global")
         self.ints = T.decl_buffer((2,), "int32", scope="global")  # +1 count, current word
-        self.d64 = T.decl_buffer((4,), _F64, scope="global")  # Σx, kept, Σ|x - b|, V + λ
+        self.d64 = T.decl_buffer((4,), _F64, scope="global")  # Σx, (s), Σ|x - b|, V + λ
         self.g32 = T.decl_buffer((5,), _F32, scope="global")  # b, s, scale, -thr, lim
         self.dev32 = T.decl_buffer((32,), _F32, scope="global")  # pass 2's float32 lanes
 
@@ -280,7 +279,6 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
     last row is computed twice in its iteration (same values)."""
     k, rows = int(x.shape[-1]), _prod(lead)
     per_iter = min(per_iter, rows)
-    zero8 = _bc(tirx.const(0, _F32))
     with IRBuilder() as ib, T.parallel(0, (rows + per_iter - 1) // per_iter) as it:
         rs = [_SignRow(x, idx, source(x, idx, block))
               for idx in _iter_rows(it, per_iter, rows, lead)]  # fmt: skip
@@ -295,10 +293,9 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
             def col(step: Any, j: int, n: int = 8) -> Any:
                 return b * block + step * _STEP + n * j
 
-            # pass 1: Σx (float64, converted straight from memory) and the non-zero count
+            # pass 1: Σx (float64, converted straight from memory)
             for w in rs:
                 w.sums.zero()
-                T.buffer_store(w.cnt, _bc(tirx.const(0, "int32")), [tirx.Ramp(0, 1, 8)])
             with T.serial(0, block // _STEP) as c:
                 for w in rs:
                     for j in range(4):
@@ -309,14 +306,8 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
                             lo, hi = (tirx.Cast("float64x4", w.vec(col(c, 2 * j + h, 4), 4))
                                       for h in range(2))  # fmt: skip
                         w.sums.add_halves(lo, hi, j % 2)
-                        nz = _intrin("float32x8", _CMP_PS, w.vec(col(c, j)), zero8,
-                                     tirx.const(_NEQ_UQ, "int8"))  # fmt: skip
-                        nzi = tirx.reinterpret("int32x8", nz)  # -1 where non-zero
-                        lanes = tirx.Ramp(0, 1, 8)
-                        T.buffer_store(w.cnt, w.cnt[lanes] - nzi, [lanes])
             for w in rs:
                 T.buffer_store(w.d64, w.sums.total(), [0])
-                T.buffer_store(w.d64, _lanes_sum(w.cnt).astype(_F64), [1])
                 T.buffer_store(w.g32, (w.d64[0] / tirx.const(block, _F64)).astype(_F32), [0])
                 w.devs.zero()
             # pass 2: Σ|x - b| → s; float32 lanes of <= _DEV_GROUP terms, flushed to float64
@@ -336,8 +327,8 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
                         w.devs.add(w.dev32[tirx.Ramp(8 * j, 1, 8)], j % 2)
             for w in rs:
                 T.buffer_store(w.d64, w.devs.total(), [2])
-                den = tirx.max(w.d64[1], tirx.const(1, _F64))
-                sf = tirx.max((w.d64[2] / den).astype(_F32), tirx.const(EPS, _F32))
+                sf = tirx.max((w.d64[2] / tirx.const(block, _F64)).astype(_F32),
+                              tirx.const(EPS, _F32))  # fmt: skip
                 T.buffer_store(w.g32, sf, [1])
                 # pass 3's bounds: (x - b)/s >= 0 without the division
                 neg_thr, lim = _sign_bounds(w.g32[1])

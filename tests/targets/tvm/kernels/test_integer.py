@@ -261,17 +261,6 @@ def test_int_matmul_large_block_uses_int64_epilogue() -> None:
 
 # -- quantize: codes bit-exact, scale/offset ≤ 1e-6 -----------------------------------------
 
-# Issue 22: QAT and the reference target average the bitnet grid over the whole dense block
-# (zeros count); TVM's rq.quantize (rqcompile/targets/tvm, not changed by issue 22) still
-# averages over the non-zero elements. Ternary codes and the 1-bit STE scale then differ on
-# blocks with exact zeros. Remove these marks when the TVM quantizer follows.
-ZERO_COUNT = pytest.mark.xfail(
-    strict=False, reason="issue 22: TVM rq.quantize still counts only non-zeros in dense blocks"
-)
-
-
-def zero_count_affected(bits: float, estimator: str) -> bool:
-    return bits == 1.5 or (bits == 1 and estimator == "ste")
 
 
 QFORMATS = [
@@ -295,8 +284,6 @@ def test_quantize(
     scheduled: bool, bits: float, symmetric: bool, estimator: str, pack: str,
     request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
-    if zero_count_affected(bits, estimator):
-        request.applymarker(ZERO_COUNT)
     g = torch.Generator().manual_seed(int(bits * 10))
     x = torch.randn(3, 5, 192, generator=g) * 2 + 0.3
     x[0, 0, :64] = 0.0  # constant block: V = 0, the safe path, s_f clamps to EPS

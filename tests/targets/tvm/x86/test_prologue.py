@@ -77,17 +77,6 @@ def _check_codes(outs: list[torch.Tensor], block: int, bits: int, estimator: str
     torch.testing.assert_close(offset, ro, rtol=1e-6, atol=1e-6 * float(y.abs().max()))
 
 
-# Issue 22: QAT and the reference target average the bitnet grid over the whole dense block
-# (zeros count); TVM's rq.quantize (rqcompile/targets/tvm, not changed by issue 22) still
-# averages over the non-zero elements. Ternary codes and the 1-bit STE scale then differ on
-# blocks with exact zeros. Remove these marks when the TVM quantizer follows.
-ZERO_COUNT = pytest.mark.xfail(
-    strict=False, reason="issue 22: TVM rq.quantize still counts only non-zeros in dense blocks"
-)
-
-
-def zero_count_affected(bits: float, estimator: str) -> bool:
-    return bits == 1.5 or (bits == 1 and estimator == "ste")
 
 
 GELU_CASES = [  # (shape, block, bits, estimator, bias)
@@ -105,8 +94,6 @@ GELU_CASES = [  # (shape, block, bits, estimator, bias)
 @pytest.mark.parametrize(("shape", "block", "bits", "estimator", "bias"), GELU_CASES)
 def test_gelu_quantize(shape: tuple[int, ...], block: int, bits: int, estimator: str,
                        bias: bool, request: pytest.FixtureRequest) -> None:  # fmt: skip
-    if zero_count_affected(bits, estimator):
-        request.applymarker(ZERO_COUNT)  # gelu gives exact zeros (x = 0, and underflow)
     g = torch.Generator().manual_seed(block + bits + shape[0])
     x = torch.randn(*shape, generator=g) * 2.5
     x.view(-1)[:3] = torch.tensor([0.0, 5.0, -6.0])  # clamp of fast_erf, exact zero

@@ -52,17 +52,6 @@ def _build(shape: tuple[int, ...], block: int, estimator: str, lam: float, bits:
     return tvm.compile(func, target=host_llvm_target())["kernel"]
 
 
-# Issue 22: QAT and the reference target average the bitnet grid over the whole dense block
-# (zeros count); TVM's rq.quantize (rqcompile/targets/tvm, not changed by issue 22) still
-# averages over the non-zero elements. Ternary codes and the 1-bit STE scale then differ on
-# blocks with exact zeros. Remove these marks when the TVM quantizer follows.
-ZERO_COUNT = pytest.mark.xfail(
-    strict=False, reason="issue 22: TVM rq.quantize still counts only non-zeros in dense blocks"
-)
-
-
-def zero_count_affected(bits: float, estimator: str) -> bool:
-    return bits == 1.5 or (bits == 1 and estimator == "ste")
 
 
 def _pack(bits: int) -> str:
@@ -110,8 +99,6 @@ def _hard_input(shape: tuple[int, ...], block: int, seed: int) -> torch.Tensor:
 def test_codes_exact_and_stats_close(
     estimator: str, shape: tuple[int, ...], block: int, request: pytest.FixtureRequest
 ) -> None:
-    if zero_count_affected(1, estimator):
-        request.applymarker(ZERO_COUNT)
     _assert_matches(_hard_input(shape, block, seed=len(shape) * 7 + block), block, estimator)
 
 
@@ -136,7 +123,6 @@ def test_affine_lambda_zero_constant_block_gives_scale_zero() -> None:
     _assert_matches(x, 64, "ridge", lam=0.0, bits=4)
 
 
-@ZERO_COUNT
 def test_underflowing_quotient_gives_code_plus_one() -> None:
     x = torch.zeros(1, 128)
     x[0, 0], x[0, 1], x[0, 2] = -1000.0, 1000.0, -1e-45
@@ -155,8 +141,6 @@ def test_plain_and_bounded_sign_paths(estimator: str, request: pytest.FixtureReq
     x[1::2] *= 300.0  # s >= 2: the bounded path (and odd/even rows share iterations)
     x[3, :3] = torch.tensor([-1e4, 1e4, -1e-45])  # bounded path, quotient underflows to -0
     x[3, 3:64] = 0.0
-    if zero_count_affected(1, estimator):
-        request.applymarker(ZERO_COUNT)
     _assert_matches(x, 64, estimator)
 
 
