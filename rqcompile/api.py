@@ -353,14 +353,7 @@ def explain(obj: Any, config: Any = None, *, example_inputs: tuple[Any, ...] | N
 def export_mlir(model: Any, example_inputs: Any = None) -> str:
     """MLIR text (upstream dialects, integer kernels spelled out) of a QAT graph from
     ``rq.prepare`` (converted here), an IR module from ``rq.convert`` or a compiled model.
-    See ``rqcompile.targets.mlir.export.export_mlir`` and docs/mlir.md.
-
-    Example:
-        >>> import torch, rqcompile as rq
-        >>> qat = rq.prepare(torch.nn.Linear(64, 8), (torch.randn(2, 64),), "A4W4")
-        >>> text = rq.export_mlir(qat)
-        >>> print(text[text.index("func.func @main"):].splitlines()[0])
-        func.func @main(%arg0: tensor<2x64xf32>) -> tensor<2x8xf32> {
+    See ``rqcompile.targets.mlir.export.export_mlir`` (its example) and docs/mlir.md.
     """
     from rqcompile.targets.mlir.export import export_mlir as export_ir
 

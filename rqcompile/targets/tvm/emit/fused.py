@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rqcompile.errors import TargetError
@@ -23,30 +23,30 @@ __all__ = []
 _ATTENTION_ATTRS = {"rq.kernel": "attention", "rq.scheduled": True}
 
 
-def _marked(f: Func, kind: str) -> dict[int, frozenset[int]]:
-    """The op sets of ``f`` that a fusion pass marked ``rq.fused = [kind, id]``, by id."""
-    groups: dict[int, set[int]] = {}
+def _marked(f: Func, kind: str, found: Sequence[Any], pass_name: str) -> list[Any]:
+    """The groups of ``kind`` that ``pass_name`` marked (``rq.fused = [kind, id]``), in id
+    order, as the pattern matcher ``found`` them (a marked op set that no longer matches
+    one is an error: the IR changed after the pass ran)."""
+    marks: dict[int, set[int]] = {}
     for i, op in enumerate(f.ops):
         mark = op.attr("rq.fused", None)
         if isinstance(mark, tuple) and len(mark) == 2 and mark[0] == kind:
-            groups.setdefault(int(mark[1]), set()).add(i)
-    return {g: frozenset(ops) for g, ops in groups.items()}
+            marks.setdefault(int(mark[1]), set()).add(i)
+    by_ops = {g.ops: g for g in found} if marks else {}
+    out = []
+    for gid, ops in sorted(marks.items()):
+        if frozenset(ops) not in by_ops:
+            raise TargetError(f'the ops marked rq.fused = ["{kind}", {gid}] no longer match '
+                              f"the {kind} pattern; rerun {pass_name}.")  # fmt: skip
+        out.append(by_ops[frozenset(ops)])
+    return out
 
 
 def _attention_groups(ir: Module, f: Func) -> list[AttentionGroup]:
-    """The groups ``fuse-attention`` marked, rebuilt from the pattern (a marked set that no
-    longer matches one is an error: the IR changed after the pass ran)."""
-    marked = _marked(f, "attention")
-    if not marked:
+    """The attention groups ``fuse-attention`` marked."""
+    if not any(op.attr("rq.fused", None) for op in f.ops):
         return []
-    by_ops = {g.ops: g for g in find_attention(f, ir.constants)}
-    out = []
-    for gid, ops in sorted(marked.items()):
-        if ops not in by_ops:
-            raise TargetError(f"the ops marked rq.fused = [\"attention\", {gid}] are not an "
-                              "attention group any more; rerun fuse-attention.")  # fmt: skip
-        out.append(by_ops[ops])
-    return out
+    return _marked(f, "attention", find_attention(f, ir.constants), "fuse-attention")
 
 
 def _emit_attention(cx: Emission, g: AttentionGroup, env: Mapping[int, Expr], f: Func) -> Expr:
@@ -66,18 +66,10 @@ _PROLOGUE_ATTRS = {"rq.kernel": "prologue_quantize", "rq.scheduled": True}
 
 
 def _prologue_chains(f: Func) -> list[PrologueChain]:
-    """The chains ``fuse-prologue`` marked, rebuilt from the pattern."""
-    marked = _marked(f, "prologue")
-    if not marked:
+    """The chains ``fuse-prologue`` marked."""
+    if not any(op.attr("rq.fused", None) for op in f.ops):
         return []
-    by_ops = {c.ops: c for c in find_prologues(f, lambda q: True)}
-    out = []
-    for gid, ops in sorted(marked.items()):
-        if ops not in by_ops:
-            raise TargetError(f"the ops marked rq.fused = [\"prologue\", {gid}] are not a "
-                              "prologue chain any more; rerun fuse-prologue.")  # fmt: skip
-        out.append(by_ops[ops])
-    return out
+    return _marked(f, "prologue", find_prologues(f, lambda q: True), "fuse-prologue")
 
 
 def _prologue_te(x: Any, residual: list[Any], params: list[Any], **kw: Any) -> Any:

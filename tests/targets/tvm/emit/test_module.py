@@ -255,6 +255,17 @@ def _cast(src: torch.dtype, dtype: str) -> Callable[[Case], None]:
     return make
 
 
+def _bool_masks(c: Case) -> None:
+    """rq.compare / rq.logical / rq.logical_not / rq.where (padding-mask arithmetic)."""
+    a, b = c.randn(3, 5), c.randn(3, 5)
+    gt = c.b.op("rq.compare", a, b, fn="gt")
+    le = c.b.op("rq.compare", a, c.b.const(f"{c.name}.zero", torch.zeros(5)), fn="le")
+    both = c.b.op("rq.logical", gt, c.b.op("rq.logical_not", le), fn="and")
+    either = c.b.op("rq.logical", gt, le, fn="xor")
+    c.out(c.b.op("rq.where", both, a, b), exact=True)
+    c.out(c.b.op("rq.where", either, b, a), exact=True)
+
+
 CASES: dict[str, Callable[[Case], None]] = {
     # integer core
     "quantize-a4": _quantize(4, False, 32, (6, 64)),
@@ -323,6 +334,7 @@ CASES: dict[str, Callable[[Case], None]] = {
     # selects and data movement: exact
     "causal_mask": lambda c: c.out(c.b.op("rq.causal_mask", c.randn(2, 4, 6)), exact=True),
     "masked_fill": _masked_fill,
+    "bool_masks": _bool_masks,
     "reshape-i8": _layout("rq.reshape", (2, 3, 4), torch.int8, shape=(4, -1)),
     "reshape-f32": _layout("rq.reshape", (2, 3, 4), torch.float32, shape=(3, 8)),
     "permute-i8": _layout("rq.permute", (2, 3, 4), torch.int8, dims=(2, 0, 1)),
