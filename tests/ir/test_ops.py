@@ -234,6 +234,10 @@ CASES: list[tuple[str, tuple[str, ...], dict[str, Any], tuple[str, ...]]] = [
     ("rq.cast", ("?x4xi32",), {"dtype": "f32"}, ("?x4xf32",)),
     # ops added for convert (rqcompile/ir/ops_more.py)
     ("rq.masked_fill", ("?x4x4xf32", "4x4xi1"), {"value": -1e9}, ("?x4x4xf32",)),
+    ("rq.logical", ("2x1x8xi1", "1x5x8xi1"), {"fn": "and"}, ("2x5x8xi1",)),
+    ("rq.logical_not", ("?x8xi1",), {}, ("?x8xi1",)),
+    ("rq.compare", ("3x8xi64", "8xi64"), {"fn": "ge"}, ("3x8xi1",)),
+    ("rq.where", ("4x1xi1", "4x6xf32", "6xf32"), {}, ("4x6xf32",)),
     ("rq.repeat_blocks", ("?x2xf32",), {"factor": 4}, ("?x8xf32",)),
     ("rq.repeat_blocks", ("?x?xf32",), {"factor": 4}, ("?x?xf32",)),
     ("rq.rsqrt", ("?x4xf32",), {}, ("?x4xf32",)),
