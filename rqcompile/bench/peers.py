@@ -245,9 +245,9 @@ def _time(fns: dict[str, Callable[[], Any]], *, series: str, budget_s: float, cl
 
 
 def _set_threads(n: int) -> None:
+    """torch's threads; our compiled models follow ``torch.get_num_threads()`` per call."""
     import torch
 
-    os.environ["TVM_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)
 
 
