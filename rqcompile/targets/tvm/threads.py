@@ -2,7 +2,7 @@
 
 TVM 0.27's CPU runtime runs a kernel's ``parallel`` loop on its own thread pool
 (``src/runtime/thread_pool.cc``): the calling thread runs task 0, pool workers the others, one
-static slice each. Four of its defaults hurt a program that also calls torch (OpenMP pool) and
+static slice each. Two of its defaults hurt a program that also calls torch (OpenMP pool) and
 ONNX Runtime (its own pool) on the same cores, so :func:`configure_environment` changes them
 before TVM's pool first starts, each only where the user has not set the variable:
 
@@ -12,10 +12,11 @@ before TVM's pool first starts, each only where the user has not set the variabl
 * ``TVM_BIND_THREADS=0``: TVM pins worker *i* to core *i + 1*. A pinned worker whose core is
   busy (a torch or ORT thread, another process) cannot move to an idle one, and the caller
   spins in the join until the scheduler comes back to it: milliseconds per call.
-* ``TVM_THREAD_POOL_SPIN_COUNT``: after a task, each worker calls ``sched_yield`` 300,000
-  times before it sleeps: whole cores taken from torch's and ORT's threads between our calls.
-  We spin :data:`SPIN_COUNT` times (a few microseconds: back-to-back kernels of one call still
-  find the workers awake), then sleep.
+* ``TVM_THREAD_POOL_SPIN_COUNT`` is left at TVM's 300,000 ``sched_yield`` rounds after a
+  task. A short spin (2,000) was measured (issue 19, ``benchmarks/README.md``) and was slower
+  for our parallel calls on a loaded 2-core machine: a sleeping worker must be woken and
+  scheduled, a yielding one is already runnable. Set it to trade our latency for the CPU
+  time torch's and ORT's threads get between our calls.
 
 Threads per call (:func:`threads_for_call`, set by :class:`ThreadSetter`): the compiled model's ``threads`` if given, else
 ``torch.get_num_threads()`` at call time (so ``torch.set_num_threads`` governs both), capped
@@ -32,8 +33,8 @@ from typing import Any
 __all__ = ["SERIAL_BELOW", "SPIN_COUNT", "ThreadSetter", "configure_environment", "pool_size",
            "threads_for_call"]
 
-#: ``sched_yield`` rounds a TVM worker spins after a task before it sleeps (TVM's is 300,000).
-SPIN_COUNT = 2000
+#: TVM's own spin (``sched_yield`` rounds after a task before a worker sleeps); not changed.
+SPIN_COUNT = 300000
 #: calls below this much work (weight bytes x rows; see ``runtime._VMRunner``) run serially;
 #: ``RQCOMPILE_SERIAL_BELOW`` overrides it (0: never serial, as before issue 19).
 SERIAL_BELOW = int(os.environ.get("RQCOMPILE_SERIAL_BELOW", 1 << 19))
@@ -58,7 +59,6 @@ def configure_environment() -> dict[str, str]:
         defaults = {
             "TVM_NUM_THREADS": str(_usable_cpus()),
             "TVM_BIND_THREADS": "0",
-            "TVM_THREAD_POOL_SPIN_COUNT": str(SPIN_COUNT),
         }
         for k, v in defaults.items():
             os.environ.setdefault(k, v)
