@@ -15,7 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rqcompile.bench import main
+from rqcompile.bench import REPO_RESULTS, main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    argv = sys.argv[1:]
+    if "--out" not in argv:  # this script writes the repository's results
+        argv += ["--out", str(REPO_RESULTS)]
+    sys.exit(main(argv))

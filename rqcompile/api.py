@@ -203,13 +203,16 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     return PassManager(convert_passes(), verifier=verify).run(irm, ctx)
 
 
-def build(module: Any, target: Any = "llvm") -> Any:
+def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> Any:
     """Compile an ``rqcompile.ir.Module`` for ``target`` into a ``CompiledModule``.
 
     Args:
         module: the result of ``rq.convert``.
         target: ``"reference"`` (pure torch; the oracle), ``"llvm"`` (host CPU via TVM) or a
             dict such as ``{"kind": "llvm", "mcpu": "znver3"}``.
+        threads: threads per call of the TVM CPU kernels; ``None`` (the default) follows
+            ``torch.get_num_threads()`` at each call (all cores, like torch). The same as
+            setting ``exe.threads`` afterwards.
 
     Raises:
         TargetError: unknown target, TVM not installed for a TVM target, or an activation
@@ -254,7 +257,9 @@ def build(module: Any, target: Any = "llvm") -> Any:
         return build_device(module, tgt)
     from rqcompile.targets.tvm.build import build_tvm
 
-    return build_tvm(module, tgt)
+    exe = build_tvm(module, tgt)
+    exe.threads = threads
+    return exe
 
 
 def _check_tvm_quantizers(module: Any, kind: str) -> None:

@@ -11,8 +11,10 @@ process and with one thread count it times
 3. a QAT training step in fp32, STE and ridge;
 4. ``lower`` of a GPT-2-124M-shaped model;
 
-and writes ``benchmarks/results/kernels_<mode>.{md,json,png}`` with the date, CPU model and
-feature set. Every lowered candidate is checked against the ``reference`` target first.
+and writes ``<out>/kernels_<mode>.{md,json,png}`` (``--out``, default ``./rq-bench``: never the
+repository's committed ``benchmarks/results/`` unless asked) with the date, CPU model and
+feature set. ``--peers`` runs the other suite, :mod:`.peers` (one linear layer against torch
+fp32 / ``torch.compile`` / dynamic int8, torchao and ONNX Runtime, at 1 thread and all cores). Every lowered candidate is checked against the ``reference`` target first.
 Nothing here is asserted: it measures and reports (STYLE.md B12). Importing this package
 loads neither TVM nor the demo data.
 
@@ -32,10 +34,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_OUT", "PRESETS", "main"]
+__all__ = ["DEFAULT_OUT", "PRESETS", "REPO_RESULTS", "main"]
 
 PRESETS = ("A8W8", "A7W8", "A4W4", "A2W2", "A1W1", "A4W4+2:4")
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+#: where results go unless ``--out`` says otherwise: a folder in the current directory
+DEFAULT_OUT = Path("rq-bench")
+#: the repository's committed results (``benchmarks/*.py`` write here explicitly)
+REPO_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 _FULL_K = (768, 1024, 2048, 4096)
 _FULL_M = (1, 8, 64, 512)
 _QUICK_K = (1024,)
@@ -51,6 +56,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rqcompile bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--peers", action="store_true", help="run the peers suite instead "
+                   "(rqcompile.bench.peers; its own options, see rqcompile bench --peers -h)")
     p.add_argument("--quick", action="store_true", help="K=N=1024, M in {1, 64}; < 2 minutes")
     p.add_argument("--k", type=_ints, help="K = N sizes, comma-separated (overrides the mode)")
     p.add_argument("--m", type=_ints, help="batch sizes M, comma-separated")
@@ -62,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=None, help="seconds of repeats per shape")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: "
                    "layers, e2e, train, lower")  # fmt: skip
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default ./rq-bench)")
     p.add_argument("--name", default=None, help="file stem (default kernels_<mode>)")
     return p
 
@@ -76,6 +83,10 @@ def _set_threads(n: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns 0, or 1 if a lowered candidate disagrees with the reference."""
+    if "--peers" in (sys.argv[1:] if argv is None else argv):
+        from rqcompile.bench import peers
+
+        return peers.main(argv)
     args = _parser().parse_args(argv)
     if args.threads < 1:
         print("--threads must be >= 1", file=sys.stderr)
@@ -138,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = "rqcompile bench " + " ".join(sys.argv[1:])
     md = report.markdown(data, cmd.strip())
     out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / f"{stem}.json", data)
     report.write_atomic(out / f"{stem}.md", md)
     if data.get("layers"):

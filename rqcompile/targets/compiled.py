@@ -71,6 +71,21 @@ class CompiledModule:
         self.features = tuple(features)
         self.backend = backend  # e.g. the TVM VM / module, for power users
 
+    @property
+    def threads(self) -> int | None:
+        """Threads the TVM CPU kernels use per call; ``None`` (the default): follow
+        ``torch.get_num_threads()`` at each call, i.e. all cores unless torch is told
+        otherwise. Calls with little work run on one thread either way. Settable:
+        ``exe.threads = 1``. Other targets ignore it."""
+        return getattr(self._runner, "threads", None)
+
+    @threads.setter
+    def threads(self, n: int | None) -> None:
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise ValueError(f"threads must be a positive int or None, not {n!r}")
+        if hasattr(self._runner, "threads"):
+            self._runner.threads = n
+
     @functools.cached_property
     def _id_ranges(self) -> dict[int, int]:
         """Input position -> vocabulary size, for inputs that index an embedding table.

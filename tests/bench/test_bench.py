@@ -102,3 +102,38 @@ def test_gpt2_block_model_is_gpt2_width() -> None:
     m = gpt2_block_model()
     assert sum(p.numel() for p in m.parameters()) > 7_000_000
     assert m(torch.randint(0, 65, (1, 128))).shape == (1, 128, 65)
+
+
+@pytest.mark.tvm
+def test_peers_harness_writes_tables_with_whatever_peers_are_installed(tmp_path: Path) -> None:
+    """Structure only: each installed peer and each preset is timed; a missing peer is noted."""
+    from rqcompile.bench.peers import PEERS, main, missing_packages
+
+    threads = torch.get_num_threads()
+    peers = [p for p in PEERS if p != "torch-compile"]  # inductor's first compile takes ~30 s
+    try:
+        rc = main(["--peers", "--k", "128", "--m", "1", "--threads", "1", "--budget", "0",
+                   "--presets", "A8W8,A1W1", "--only-peers", ",".join(peers),
+                   "--out", str(tmp_path), "--name", "p"])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    data = json.loads((tmp_path / "p.json").read_text())
+    present = [p for p in peers if not missing_packages(p)]
+    assert set(data["peers"]) == set(present)
+    assert set(data["skipped"]) == {p for p in peers if missing_packages(p)}
+    for series in ("interleaved", "standalone"):
+        names = {r["name"] for r in data["rows"] if r["series"] == series}
+        assert names == {*present, "A8W8", "A1W1"}
+    md = (tmp_path / "p.md").read_text()
+    assert "## 1 thread, interleaved" in md and "## 1 thread, standalone" in md
+    assert "A1W1 (xbest)" in md and data["env"]["cpu"] in md
+
+
+def test_bench_does_not_write_into_the_repository_by_default() -> None:
+    from rqcompile.bench import DEFAULT_OUT, REPO_RESULTS, _parser
+    from rqcompile.bench.peers import _parser as peers_parser
+
+    assert not DEFAULT_OUT.is_absolute() and DEFAULT_OUT != REPO_RESULTS
+    assert _parser().parse_args([]).out == DEFAULT_OUT
+    assert peers_parser().parse_args([]).out == DEFAULT_OUT

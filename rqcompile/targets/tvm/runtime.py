@@ -16,6 +16,8 @@ same code path.
 * **Thread-safe.** A relax VM keeps per-call state (registers, frames), so one model's VM
   runs one call at a time behind a lock; calls from several threads queue. The kernels
   themselves are parallel, so little is lost (``tests/test_resources.py``).
+* **Threads per call** (``threads.py``): the model's ``threads`` (``CompiledModule.threads``)
+  or else ``torch.get_num_threads()``, and one thread for a call with little work.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from rqcompile.targets.target import Target as RQTarget
 from rqcompile.targets.tvm.adapter import relax, runtime, tvm
 from rqcompile.targets.tvm.emit.module import const_params
 from rqcompile.targets.tvm.pipelines import library_suffix, run_blockers
+from rqcompile.targets.tvm.threads import ThreadSetter, threads_for_call
 
 __all__ = ["TVMBackend", "compiled_module", "load_library"]
 
@@ -74,6 +77,10 @@ def _to_tvm(x: torch.Tensor) -> Any:
     return runtime.from_dlpack(x)
 
 
+#: this Python thread's TVM pool size for the next kernels (TVM's pool is per thread)
+_set_threads = ThreadSetter(tvm.get_global_func("runtime.config_threadpool"))
+
+
 def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
     items = (result,) if isinstance(result, runtime.Tensor) else tuple(result)
     return tuple(from_dlpack(o) for o in items)
@@ -103,11 +110,23 @@ class _VMRunner:
         self._copy = tuple(v.id not in defined_by_op for v in ir.main.outputs)
         self._any_copy = any(self._copy)
         self._lock = threading.Lock()
+        #: ``None``: follow ``torch.get_num_threads()`` at each call
+        self.threads: int | None = None
+        # work of one call ~ weight bytes x rows of the first input (the serial threshold)
+        self._weight_bytes = sum(
+            ir.constant(n).numel() * ir.constant(n).element_size() for n in const_params(ir)
+        )
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # per-call Python work is kept minimal: at batch 1 it costs as much as the kernels
         args = [_to_tvm(x) for x in inputs]
+        x = inputs[0] if inputs else None
+        rows = 1 if x is None or x.dim() < 2 else x.numel() // x.shape[-1]
+        if x is not None and not x.is_floating_point():
+            rows = x.numel()  # token ids: one row per token
+        n = threads_for_call(self.threads, self._weight_bytes * rows)
         with self._lock:
+            _set_threads(n)
             result = self._main(*args, *self._weights)
         outs = _outputs(result)
         if not self._any_copy:

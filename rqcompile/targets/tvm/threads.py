@@ -1,0 +1,104 @@
+"""How TVM-built kernels use the cores: all of them by default, like torch, without fighting it.
+
+TVM 0.27's CPU runtime runs a kernel's ``parallel`` loop on its own thread pool
+(``src/runtime/thread_pool.cc``): the calling thread runs task 0, pool workers the others, one
+static slice each. Two of its defaults hurt a program that also calls torch (OpenMP pool) and
+ONNX Runtime (its own pool) on the same cores, so :func:`configure_environment` changes them
+before TVM's pool first starts, each only where the user has not set the variable:
+
+* ``TVM_NUM_THREADS``: the pool's size. TVM's default is *half* the logical CPUs on x86 (it
+  assumes hyper-threading), i.e. one thread on a 2-core machine. We size it to all usable
+  CPUs (``os.sched_getaffinity``); how many are used per call is chosen per call (below).
+* ``TVM_BIND_THREADS=0``: TVM pins worker *i* to core *i + 1*. A pinned worker whose core is
+  busy (a torch or ORT thread, another process) cannot move to an idle one, and the caller
+  spins in the join until the scheduler comes back to it: milliseconds per call.
+* ``TVM_THREAD_POOL_SPIN_COUNT`` is left at TVM's 300,000 ``sched_yield`` rounds after a
+  task. A short spin (2,000) was measured (issue 19, ``benchmarks/README.md``) and was slower
+  for our parallel calls on a loaded 2-core machine: a sleeping worker must be woken and
+  scheduled, a yielding one is already runnable. Set it to trade our latency for the CPU
+  time torch's and ORT's threads get between our calls.
+
+Threads per call (:func:`threads_for_call`, set by :class:`ThreadSetter`): the compiled model's ``threads`` if given, else
+``torch.get_num_threads()`` at call time (so ``torch.set_num_threads`` governs both), capped
+by the pool size; a call whose work is small (:data:`SERIAL_BELOW`) runs on the calling thread
+alone, since waking a worker costs more than it saves there.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+__all__ = ["SERIAL_BELOW", "SPIN_COUNT", "ThreadSetter", "configure_environment", "pool_size",
+           "threads_for_call"]
+
+#: TVM's own spin (``sched_yield`` rounds after a task before a worker sleeps); not changed.
+SPIN_COUNT = 300000
+#: calls below this much work (weight bytes x rows; see ``runtime._VMRunner``) run serially;
+#: ``RQCOMPILE_SERIAL_BELOW`` overrides it (0: never serial, as before issue 19).
+SERIAL_BELOW = int(os.environ.get("RQCOMPILE_SERIAL_BELOW", 1 << 19))
+
+_configured: dict[str, str] = {}
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_environment() -> dict[str, str]:
+    """Set TVM's thread-pool variables that the user has not set (read when the pool starts).
+
+    Returns the values now in effect. Idempotent; called when the TVM adapter is imported,
+    before any kernel runs.
+    """
+    if not _configured:
+        defaults = {
+            "TVM_NUM_THREADS": str(_usable_cpus()),
+            "TVM_BIND_THREADS": "0",
+        }
+        for k, v in defaults.items():
+            os.environ.setdefault(k, v)
+            _configured[k] = os.environ[k]
+    return dict(_configured)
+
+
+def pool_size() -> int:
+    """The most threads a call can use: ``TVM_NUM_THREADS`` (all usable CPUs by default)."""
+    try:
+        return max(1, int(os.environ.get("TVM_NUM_THREADS", "") or _usable_cpus()))
+    except ValueError:
+        return _usable_cpus()
+
+
+def threads_for_call(threads: int | None, work: int) -> int:
+    """Threads for one call: 1 below :data:`SERIAL_BELOW` work, else ``threads`` (``None``:
+    ``torch.get_num_threads()`` now), capped by :func:`pool_size`."""
+    if work < SERIAL_BELOW:
+        return 1
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return max(1, min(int(threads), pool_size()))
+
+
+class ThreadSetter:
+    """Sets this thread's TVM pool to ``n`` threads through ``runtime.config_threadpool``.
+
+    TVM's pool is per calling thread (``thread_local``), so the current setting is remembered
+    per Python thread and the TVM function (mode 1 = all cores, ``n`` threads) is called only
+    when ``n`` changes: a dict look-up per call otherwise.
+    """
+
+    def __init__(self, config_threadpool: Any) -> None:
+        self._config = config_threadpool
+        self._local = threading.local()
+
+    def __call__(self, n: int) -> None:
+        if getattr(self._local, "n", None) != n:
+            self._config(1, n)
+            self._local.n = n
