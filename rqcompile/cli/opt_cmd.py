@@ -66,8 +66,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from rqcompile.passes.infra import PassContext, PassManager, parse_pipeline
 
     _load_passes()
+    passes = parse_pipeline(args.passes)  # an unknown pass or option: say so first
     text = read_text(args.file, what="an IR text file")
-    passes = parse_pipeline(args.passes)
     consts = None
     if args.constants:
         from safetensors.torch import load as st_load
