@@ -24,8 +24,8 @@ class FoldConstants:
     After:   %1 = "rq.const"() {name = "w.folded1"}     // the permuted tensor, computed once
     The value comes from the IR's own semantics (``ir/semantics.py``, what the reference
     target runs), so every target sees the number the oracle computes. Only ops whose
-    result is no larger than their operands together are folded (``max_growth``), so a
-    broadcast never inflates the weights; ``rq.const`` ops the fold leaves unread are
+    result takes no more bytes than their operands together are folded (``max_growth``),
+    so a broadcast or a dequantization never inflates the weights; ``rq.const`` ops the fold leaves unread are
     removed by ``eliminate-dead-code``.
     Numerics: exact with respect to the reference target.
     """
@@ -51,9 +51,7 @@ class FoldConstants:
                     continue
                 tensors = tuple(a for a in args if a is not None)
                 results = evaluate_op(op, tensors)
-                if sum(r.numel() for r in results) > self.max_growth * sum(
-                    t.numel() for t in tensors
-                ):
+                if _nbytes(results) > self.max_growth * _nbytes(tensors):
                     ops.append(op)
                     continue
                 for r, t in zip(op.results, results, strict=True):
@@ -68,6 +66,10 @@ class FoldConstants:
         if not changed:
             return PassResult(mod, False)
         return PassResult(Module(tuple(funcs), consts), True)
+
+
+def _nbytes(ts: tuple[torch.Tensor, ...]) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
 
 
 def _base(op: Op, mod: Module, f: Func) -> str:
