@@ -45,3 +45,28 @@ def test_lanes_that_do_not_divide_the_head_width_mark_nothing() -> None:
 def test_a_second_run_changes_nothing() -> None:
     once = run_pass(FuseAttention(lanes=8), _ir())
     assert not FuseAttention(lanes=8).run(once, None).changed
+
+
+def test_an_additive_full_like_triu_mask_is_a_causal_group() -> None:
+    """``att + torch.full_like(att, -inf).triu(1)`` folds to a constant 0/-inf mask at
+    convert; the pattern reads it as the causal offset, so the group fuses."""
+    import math
+
+    from torch import nn
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.o = nn.Linear(64, 192), nn.Linear(64, 64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.qkv(x).split(64, dim=-1)
+            att = q @ k.transpose(-2, -1) / math.sqrt(64)
+            att = (att + torch.full_like(att, float("-inf")).triu(1)).softmax(-1)
+            return self.o(att @ v)
+
+    x = torch.randn(2, 16, 64)
+    ir = rq.convert(rq.prepare(Attn(), (x,), "A8W8").eval())
+    after = run_pass(FuseAttention(lanes=8), ir)
+    names = [name for name, _ in _marks(after)]
+    assert "rq.add" in names and "rq.softmax" in names

@@ -105,6 +105,29 @@ def _causal_offset(mask: torch.Tensor, t: int, s: int) -> int | None:
     return offset if torch.equal(m, j > i + offset) else None
 
 
+def _additive_causal(
+    g: Uses, op: Op, constants: Mapping[str, torch.Tensor], t: int, s: int
+) -> tuple[int, Value] | None:
+    """``(offset, scores)`` where ``op`` adds a constant mask that is 0 where kept and
+    ``-inf`` where ``j > i + offset`` (the same ``[T, S]`` pattern in every leading slice:
+    ``torch.full_like(att, -inf).triu(1)`` folded at convert), else ``None``."""
+    for mask_v, chain in (op.operands, op.operands[::-1]):
+        const = g.op_of(mask_v)
+        if const is None or const.name != "rq.const" or g.op_of(chain) is None:
+            continue
+        m = constants[str(const.attr("name"))]
+        if not m.is_floating_point() or m.shape[-2:] != (t, s):
+            return None
+        if not bool((torch.isneginf(m) | (m == 0)).all()):
+            return None
+        slices = m.reshape(-1, t, s)
+        if not bool((slices == slices[:1]).all()):
+            return None
+        offset = _causal_offset(torch.isneginf(slices[0]), t, s)
+        return None if offset is None else (offset, chain)
+    return None
+
+
 @dataclass
 class _Core:
     ops: list[int]
@@ -151,6 +174,14 @@ def _explicit_core(
             offset = _causal_offset(constants[str(const.attr("name"))], t, s)
             if offset is None:
                 return None
+        elif op.name == "rq.add" and offset is None:  # s + M, M = 0 / -inf (full_like...triu)
+            found = _additive_causal(g, op, constants, t, s)
+            if found is None:
+                return None
+            offset, chain = found
+            ops.append(pi)
+            cur = chain
+            continue
         elif op.name == "rq.causal_mask" and offset is None:
             if float(op.attr("fill")) != -math.inf or s < t:  # type: ignore[arg-type]
                 return None
