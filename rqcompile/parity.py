@@ -287,28 +287,41 @@ def _near_ties(
     caught: list[tuple[torch.Tensor, dict[str, Any]]], tol: float, limit: int
 ) -> list[tuple[float, int, int, float]]:
     """``(distance, quantizer, flat index, nudged value)`` of the reference's quantize inputs
-    nearest a rounding tie (bits >= 2), nearest first; the nudged value rounds the other way."""
+    nearest a rounding tie (sign codes: z = 0; ternary: |z| = 1/2; 2-8 bits: half-integers),
+    nearest first; the nudged value rounds the other way."""
     from rqcompile.quant.primitives import QFormat, grid
 
     out: list[tuple[float, int, int, float]] = []
     for qi, (x, a) in enumerate(caught):
-        if a["bits"] < 2 or not x.numel():
-            continue
+        bits = a["bits"]
+        if not x.numel() or (bits == 1 and str(a.get("estimator")) == "gdnsq"):
+            continue  # gdnsq's 1-bit grid is min/max with a mid-range threshold: not modelled
         k = x.shape[-1]
         block = a["block"] if a["block"] and k % a["block"] == 0 else k
         try:
             xb = x.reshape(-1, k // block, block).float()
-            s_f, b_f = grid(xb, QFormat(a["bits"], a["symmetric"]))
+            s_f, b_f = grid(xb, QFormat(bits, a["symmetric"]))
             z = (xb - b_f) / s_f
         except Exception:  # noqa: BLE001 - a layout this estimate does not model
             continue
-        frac = z - z.floor()
-        d = (frac - 0.5).abs().reshape(-1)
+        if bits == 1:  # sign codes: the tie is z = 0
+            d = z.abs().reshape(-1)
+        elif bits == 1.5:  # ternary: the ties are |z| = 1/2
+            d = (z.abs() - 0.5).abs().reshape(-1)
+        else:
+            frac = z - z.floor()
+            d = (frac - 0.5).abs().reshape(-1)
         idx = torch.nonzero(d < tol).reshape(-1)[: 4 * limit]
         zf, sf, bf = z.reshape(-1), s_f.expand_as(xb).reshape(-1), b_f.expand_as(xb).reshape(-1)
         for j in idx.tolist():
-            side = 1e-3 if float(frac.reshape(-1)[j]) < 0.5 else -1e-3
-            target = math.floor(float(zf[j])) + 0.5 + side
+            zj = float(zf[j])
+            if bits == 1:  # just across zero (moving one element moves the block mean by 1/B
+                target = -1e-3 if zj >= 0 else 1e-3  # of the step: the code still flips)
+            elif bits == 1.5:
+                target = math.copysign(0.5 + (-1e-3 if abs(zj) >= 0.5 else 1e-3), zj)
+            else:
+                side = 1e-3 if zj - math.floor(zj) < 0.5 else -1e-3
+                target = math.floor(zj) + 0.5 + side
             out.append((float(d[j]), qi, j, float(bf[j] + sf[j] * target)))
     out.sort()
     return out[:limit]
