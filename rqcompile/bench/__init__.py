@@ -15,7 +15,7 @@ and writes ``<out>/kernels_<mode>.{md,json,png}`` (``--out``, default ``./rq-ben
 repository's committed ``benchmarks/results/`` unless asked) with the date, CPU model and
 feature set. ``--peers`` runs the other suite, :mod:`.peers` (one linear layer against torch
 fp32 / ``torch.compile`` / dynamic int8, torchao and ONNX Runtime, at 1 thread and all cores). Every lowered candidate is checked against the ``reference`` target first.
-Nothing here is asserted: it measures and reports (STYLE.md B12). Importing this package
+Nothing here is asserted: it measures and reports. Importing this package
 loads neither TVM nor the demo data.
 
 Threads default to 1: on a machine shared with other jobs, two threads that wait on each

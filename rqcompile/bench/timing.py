@@ -3,7 +3,7 @@
 Benchmarks here share a machine with other jobs, so every comparison is timed *interleaved*
 (one call of each candidate per round, in the same process and thread count) and reported as
 a median with its spread. Ratios from one run are what carry over between machines; the
-absolute times do not (STYLE.md B12).
+absolute times do not.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ activation spec (``None`` = weight-only), optional N:M weight sparsity, the grad
 and the ridge strength λ. Self-consistency is checked here; shape checks (K divisible by the
 block, by M of N:M) happen in the passes, where the layer name is known.
 
-Deviation from STYLE.md B7: ``ridge_lambda`` lives on :class:`LayerSpec`, not on
+Deviation from the usual layout of configs: ``ridge_lambda`` lives on :class:`LayerSpec`, not on
 :class:`QuantSpec`, because the issue's override ``ridge_lambda=0.1`` is one knob per layer and
 both operands of a layer share one estimator; keeping it in one place gives one spelling.
 """

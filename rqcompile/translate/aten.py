@@ -109,20 +109,20 @@ def _index(cx: Cx, x: Any, indices: Any) -> Any:
     return y if dtype == "f32" else cx.op("rq.cast", y, dtype=dtype)
 
 
+def _operands(cx: Cx, *xs: Any) -> list[Value]:
+    """``xs`` as IR values; constants take the dtype of the first IR value among them."""
+    from rqcompile.ir.types import torch_dtype
+
+    like = next((v for v in xs if isinstance(v, Value)), None)
+    dtype = torch.float32 if like is None else torch_dtype(like.type.dtype)
+    return [v if isinstance(v, Value) else cx.value(torch.as_tensor(v, dtype=dtype)) for v in xs]
+
+
 def _bool_binary(kind: str, fn: str) -> Callable[..., Any]:
-    """``a & b``, ``a == b``, ...: ``rq.logical`` / ``rq.compare`` (constants become IR
-    constants of the other operand's dtype)."""
+    """``a & b``, ``a == b``, ...: ``rq.logical`` / ``rq.compare``."""
 
     def conv(cx: Cx, a: Any, b: Any) -> Value:
-        like = a if isinstance(a, Value) else b
-        from rqcompile.ir.types import torch_dtype
-
-        def val(v: Any) -> Value:
-            if isinstance(v, Value):
-                return v
-            return cx.value(torch.as_tensor(v, dtype=torch_dtype(like.type.dtype)))
-
-        return cx.op(f"rq.{kind}", val(a), val(b), fn=fn)
+        return cx.op(f"rq.{kind}", *_operands(cx, a, b), fn=fn)
 
     return conv
 
@@ -136,17 +136,7 @@ def _not(cx: Cx, x: Value) -> Value:
 
 
 def _where(cx: Cx, c: Any, a: Any, b: Any) -> Value:
-    like = next((v for v in (a, b) if isinstance(v, Value)), None)
-    dtype = torch.float32 if like is None else None
-    if like is not None:
-        from rqcompile.ir.types import torch_dtype
-
-        dtype = torch_dtype(like.type.dtype)
-
-    def val(v: Any) -> Value:
-        return v if isinstance(v, Value) else cx.value(torch.as_tensor(v, dtype=dtype))
-
-    return cx.op("rq.where", val(c), val(a), val(b))
+    return cx.op("rq.where", cx.value(c), *_operands(cx, a, b))
 
 
 def _addmm(cx: Cx, b: Any, x: Any, w: Any, *, beta: Any = 1, alpha: Any = 1) -> Value:

@@ -37,24 +37,17 @@ from rqcompile.translate.quantized import QUANTIZED_FUNCTIONS
 __all__ = ["Converter", "QOperand", "TranslateContext", "translate"]
 
 
-def _is_ir(x: Any) -> bool:
-    if isinstance(x, (Value, QOperand, _Unsupported)):
-        return True
-    if isinstance(x, (tuple, list)):
-        return any(_is_ir(a) for a in x)
-    if isinstance(x, dict):
-        return any(_is_ir(a) for a in x.values())
-    return False
+def _contains(x: Any, kinds: type | tuple[type, ...]) -> bool:
+    """Whether ``x`` or anything nested in it (tuples, lists, dicts) is one of ``kinds``."""
+    found = False
 
+    def visit(a: Any) -> Any:
+        nonlocal found
+        found = found or isinstance(a, kinds)
+        return a
 
-def _has_unsupported(x: Any) -> bool:
-    if isinstance(x, _Unsupported):
-        return True
-    if isinstance(x, (tuple, list)):
-        return any(_has_unsupported(a) for a in x)
-    if isinstance(x, dict):
-        return any(_has_unsupported(a) for a in x.values())
-    return False
+    fx.node.map_aggregate(x, visit)
+    return found
 
 
 def _fold(node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -88,14 +81,14 @@ def _is_shape_only(node: fx.Node) -> bool:
 
 
 def _stand_in(x: Any) -> Any:
-    """An IR value replaced by a zero tensor of its shape and dtype (for shape-only ops)."""
-    if isinstance(x, Value):
-        return torch.zeros(tuple(int(d) for d in x.type.shape), dtype=torch_dtype(x.type.dtype))
-    if isinstance(x, (tuple, list)):
-        return type(x)(_stand_in(a) for a in x)
-    if isinstance(x, dict):
-        return {k: _stand_in(a) for k, a in x.items()}
-    return x
+    """IR values in ``x`` replaced by zero tensors of their shape and dtype (shape-only ops)."""
+
+    def zeros(a: Any) -> Any:
+        if not isinstance(a, Value):
+            return a
+        return torch.zeros(tuple(int(d) for d in a.type.shape), dtype=torch_dtype(a.type.dtype))
+
+    return fx.node.map_aggregate(x, zeros)
 
 
 def _shape_attr(v: Value, name: str) -> Any:
@@ -149,7 +142,7 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
         if node.op == "output":
             outputs = args[0]
             continue
-        if _has_unsupported((args, kwargs)):  # nested too: cat([x, <unsupported>])
+        if _contains((args, kwargs), _Unsupported):  # nested too: cat([x, <unsupported>])
             env[node] = _Unsupported()
             continue
         conv: Converter | None = None
@@ -163,7 +156,7 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
                 check_module(mod, f"layer {owner_of(node) or node.target}")  # attributes.py
                 env[node] = conv(cx, mod, *args, **kwargs)
                 continue
-        elif not _is_ir((args, kwargs)):
+        elif not _contains((args, kwargs), (Value, QOperand, _Unsupported)):
             env[node] = _fold(node, args, kwargs)
             continue
         elif _is_shape_only(node) and not any(isinstance(a, QOperand) for a in args):

@@ -55,7 +55,7 @@ class FoldConstants:
                     ops.append(op)
                     continue
                 for r, t in zip(op.results, results, strict=True):
-                    cname = _fresh(consts, f"{_base(op, mod, f)}.folded{r.id}")
+                    cname = _fresh(consts, f"{_base(op)}.folded{r.id}")
                     consts[cname] = t.contiguous()
                     known[r.id] = consts[cname]
                     attrs = {"name": cname, "dtype": r.type.dtype,
@@ -72,7 +72,7 @@ def _nbytes(ts: tuple[torch.Tensor, ...]) -> int:
     return sum(t.numel() * t.element_size() for t in ts)
 
 
-def _base(op: Op, mod: Module, f: Func) -> str:
+def _base(op: Op) -> str:
     """A readable stem for a folded constant: the layer key of the op, else ``const``."""
     key = getattr(op.loc, "layer", None) if op.loc is not None else None
     return str(key) if key else "const"

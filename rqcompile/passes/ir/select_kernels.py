@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,7 +35,9 @@ class SelectKernels:
     features: tuple[str, ...] = ()
     force: tuple[str, ...] = ()
 
+    @functools.cached_property
     def forced(self) -> dict[str, str]:
+        """``force`` as ``{op: isa}`` (parsed once per pass object)."""
         out = {}
         for item in self.force:
             op, sep, isa = item.partition(":")
@@ -43,11 +46,19 @@ class SelectKernels:
             out["rq." + op.removeprefix("rq.")] = isa
         return out
 
+    @functools.cached_property
+    def rows(self) -> dict[str, list[KernelRow]]:
+        """The table's rows by op, in table order (looked up once per pass object)."""
+        out: dict[str, list[KernelRow]] = {}
+        for r in kernel_table(self.table):
+            out.setdefault(r.op, []).append(r)
+        return out
+
     def choose(self, op: Any) -> KernelRow | None:
-        rows = [r for r in kernel_table(self.table) if r.op == op.name]
+        rows = self.rows.get(op.name)
         if not rows:
             return None
-        want = self.forced().get(op.name)
+        want = self.forced.get(op.name)
         if want is not None:
             if not any(r.isa == want for r in rows):
                 raise ConfigError(

@@ -2,7 +2,7 @@
 
 Other modules in ``rqcompile/targets/tvm/`` import TVM names from this module, never from
 ``tvm`` directly, and ``tests/targets/tvm/test_api_surface.py`` imports the same set, so a
-TVM upgrade breaks in one obvious place (STYLE.md B8). Facts about 0.27 absorbed here:
+TVM upgrade breaks in one obvious place. Facts about 0.27 absorbed here:
 
 * TIR is ``tvm.tirx`` (``tvm.tir`` is gone); schedules are ``tvm.s_tir.Schedule`` with
   blocks from ``get_sblock``; kernels build with ``tvm.compile``.

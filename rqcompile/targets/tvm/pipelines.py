@@ -3,7 +3,7 @@
 Where it sits: ``build_tvm`` (``targets/tvm/build.py``) resolves the rq :class:`Target` into a
 ``tvm.target.Target`` with :func:`tvm_target`, asks :func:`pipeline_for` for the phases and
 runs them in order. It knows nothing else about targets. One phase function per kind, as in
-TVM's ``relax/backend/<target>/pipeline.py`` (STYLE.md A3, B8):
+TVM's ``relax/backend/<target>/pipeline.py``:
 
 ============== ============================== ===========================================
 phase          takes → gives                  what

@@ -1,7 +1,7 @@
 """The TVM API surface rqcompile relies on (adapter.SYMBOLS), targets and CPU features.
 
 An apache-tvm upgrade that moves or drops a symbol fails here, in one obvious place
-(STYLE.md B8), instead of deep inside a build.
+instead of deep inside a build.
 """
 
 from __future__ import annotations
