@@ -91,12 +91,12 @@ PLANS: dict[str, dict[str, Any]] = {
         ],
     },
     "long": {
-        "model": {"n_layer": 4, "n_embd": 256, "n_head": 4, "block_size": 128},
+        "model": {"n_layer": 4, "n_embd": 256, "n_head": 4, "block_size": 64},
         "batch": 8,
-        "steps": 500,
+        "steps": 3000,
         "eval_every": 250,
         "eval_batches": 8,
-        "seeds": [0],
+        "seeds": [0, 1],
         "lrs": [3e-3],
         "cells": [("A1W1", ("ste-minmax", "ridge-bitnet", "ste-bitnet"), (0.0,))],
         "flips": True,
@@ -154,7 +154,7 @@ def run_specs(mode: str) -> list[dict[str, Any]]:
                 for lr in opts.get("lrs", p["lrs"]):
                     for arm in arms:
                         spec = {"preset": preset, "arm": arm, "clip": clip, "lr": lr,
-                                "seed": seed, "width": width}  # fmt: skip
+                                "seed": seed, "width": width, "steps": p["steps"]}  # fmt: skip
                         if _key(spec) not in seen:  # a later cell may repeat an earlier one
                             seen.add(_key(spec))
                             specs.append(spec)
@@ -162,7 +162,8 @@ def run_specs(mode: str) -> list[dict[str, Any]]:
 
 
 def _key(s: dict[str, Any]) -> tuple[Any, ...]:
-    return (s["preset"], s["arm"], s["clip"], s["lr"], s["seed"], s["width"])
+    # runs of another length (an earlier, shorter plan) are other runs
+    return (s["preset"], s["arm"], s["clip"], s["lr"], s["seed"], s["width"], s.get("steps"))
 
 
 class FlipMeter:
@@ -264,6 +265,7 @@ def load_runs(mode: str) -> list[dict[str, Any]]:
             for ln in f:
                 if ln.strip():
                     r = json.loads(ln)
+                    r.setdefault("steps", PLANS[mode]["steps"])  # written before runs named it
                     runs[_key(r)] = r
     return list(runs.values())
 
