@@ -92,6 +92,14 @@ def _trace_fx(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.G
     return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
+def _returns_hf_cache(model: nn.Module, errors: list[tuple[str, BaseException]]) -> bool:
+    """A transformers model with ``config.use_cache`` on, whose capture failed on its cache."""
+    cfg = getattr(model, "config", None)
+    if not getattr(cfg, "use_cache", False):
+        return False
+    return any("Cache" in str(e) for _, e in errors)
+
+
 def _capture_error(
     model: nn.Module, errors: list[tuple[str, BaseException]], *, need_examples: bool = False
 ) -> CaptureError:
@@ -105,6 +113,15 @@ def _capture_error(
                    "rq.prepare(model, (x,), config), to let torch.export try)")  # fmt: skip
     elif len(errors) == 1 and errors[0][0].startswith("torch.fx"):
         causes += "\n  (capture='fx' was asked for; capture='auto' falls back to torch.export)"
+    if _returns_hf_cache(model, errors):
+        return CaptureError(
+            f"could not capture module {name!r} ({type(mod).__name__}): it returns a Hugging "
+            "Face KV cache (a transformers Cache object, because config.use_cache is True), "
+            f"which a captured graph cannot return.\n{causes}\n"
+            "Fix: capture the model without its cache: model.config.use_cache = False (or "
+            "from_pretrained(..., use_cache=False)) before rq.prepare. Generation does not need "
+            "it: the lowered model keeps its own KV cache (exe.generate)."
+        )
     return CaptureError(
         f"could not capture module {name!r} ({type(mod).__name__}).\n"
         f"  at {line or 'unknown source line'}\n{causes}\n"

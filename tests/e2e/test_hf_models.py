@@ -165,3 +165,17 @@ def test_llama_with_a_padding_mask_converts_and_matches() -> None:
     if importlib.util.find_spec("tvm") is not None:
         torch.testing.assert_close(rq.lower(qat, "llvm")(ids, mask), ref(ids, mask),
                                    rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+def test_a_model_that_returns_its_kv_cache_gets_an_error_naming_use_cache() -> None:
+    """``use_cache=True`` (transformers' default) makes the model return a ``DynamicCache``,
+    which no captured graph can return: the error says so and how to turn it off."""
+    from rqcompile.errors import CaptureError
+    from rqcompile.testing.hf import tiny_llama
+
+    m, ex = tiny_llama()
+    m.config.use_cache = True
+    with pytest.raises(CaptureError, match=r"KV cache.*\n(.*\n)*Fix: .*use_cache = False"):
+        rq.prepare(m, ex, "A8W8")
+    m.config.use_cache = False
+    rq.prepare(m, ex, "A8W8")  # the fix works
