@@ -62,7 +62,10 @@ from rqcompile.ir.ops import get_op
 from rqcompile.ir.types import TensorType
 from rqcompile.passes.infra import PassResult, register_pass
 
-__all__ = ["KVCache", "cache_axis", "generation_funcs"]
+__all__ = ["GENERATION_FUNCS", "KVCache", "cache_axis", "func_as_main", "generation_funcs"]
+
+#: The functions this pass adds, in the order targets build them.
+GENERATION_FUNCS = ("prefill", "decode")
 
 #: value id -> (axis, inner): the sequence factor lies in ``axis``, with ``inner`` elements of
 #: that axis per sequence step (1 unless a reshape merged trailing dims into it)
@@ -82,6 +85,13 @@ def generation_funcs(mod: Module) -> bool:
     """Whether ``mod`` has the ``prefill`` and ``decode`` functions this pass adds."""
     names = {f.name for f in mod.funcs}
     return {"prefill", "decode"} <= names
+
+
+def func_as_main(mod: Module, name: str) -> Module:
+    """``mod`` with only function ``name``, renamed ``main`` (targets that build one function
+    per library build each generation function this way)."""
+    f = mod.func(name)
+    return mod.replace(funcs=(Func("main", f.args, f.ops, f.outputs),))
 
 
 def cache_axis(cache: TensorType, row: TensorType) -> int:
