@@ -312,6 +312,14 @@ class _Analysis:
             self.fail("the sequence is not along the activation rows")
         self.same(op, s)
 
+    def op_linear(self, op: Op) -> None:
+        x, w = op.operands
+        s = self.seq.get(x.id)
+        if s is None or w.id in self.seq or s[0] == x.type.rank - 1:
+            self.fail("the weight depends on the tokens, or it contracts the sequence axis")
+        assert s is not None
+        self.same(op, s)
+
     def op_layer_norm(self, op: Op) -> None:
         i, s = self.only(op)
         norm_dims = op.operands[1].type.rank if len(op.operands) > 1 else 1
