@@ -10,7 +10,7 @@ Example:
     'Linear'
 """
 
-from rqcompile.api import build, convert, explain, export_mlir, load, lower, prepare
+from rqcompile.api import build, convert, explain, export_mlir, generate, load, lower, prepare
 from rqcompile.config import (
     PRESETS,
     LayerSpec,
@@ -90,6 +90,7 @@ __all__ = [
     "inspect",
     "load",
     "load_qat",
+    "generate",
     "lower",
     "prepare",
     "register_builder",
@@ -105,6 +106,7 @@ prepare = _guard.entry_point("rq.prepare", CaptureError)(prepare)
 convert = _guard.entry_point("rq.convert", UnsupportedOpError)(convert)
 build = _guard.entry_point("rq.build", TargetError)(build)
 lower = _guard.entry_point("rq.lower", TargetError)(lower)
+generate = _guard.entry_point("rq.generate", UsageError)(generate)
 load = _guard.entry_point("rq.load", ArtifactError)(load)
 load_qat = _guard.entry_point("rq.load_qat", ArtifactError)(load_qat)
 save_qat = _guard.entry_point("rq.save_qat", ArtifactError)(save_qat)
@@ -117,6 +119,9 @@ export_mlir = _guard.entry_point("rq.export_mlir", TargetError)(export_mlir)
 check_parity = _guard.entry_point("rq.check_parity", NumericsError)(check_parity)
 CompiledModule.save = _guard.entry_point("CompiledModule.save", ArtifactError)(  # type: ignore[method-assign]
     CompiledModule.save
+)
+CompiledModule.generate = _guard.entry_point("exe.generate", TargetError)(  # type: ignore[method-assign]
+    CompiledModule.generate
 )
 CompiledModule.__call__ = _guard.entry_point("compiled model call", TargetError)(  # type: ignore[method-assign]
     CompiledModule.__call__

@@ -25,7 +25,16 @@ from rqcompile.prepare_checks import check_graph, check_model, float32_for_conve
 from rqcompile.quant.hooks import finalize_for_convert
 import rqcompile.translate as translation
 
-__all__ = ["build", "convert", "explain", "export_mlir", "load", "lower", "prepare"]
+__all__ = [
+    "build",
+    "convert",
+    "explain",
+    "export_mlir",
+    "generate",
+    "load",
+    "lower",
+    "prepare",
+]
 
 
 def _lint(gm: fx.GraphModule) -> None:
@@ -237,7 +246,15 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
         from rqcompile.targets.compiled import CompiledModule
         from rqcompile.targets.reference import run_reference
 
-        return CompiledModule(module, tgt, partial(run_reference, module))
+        from rqcompile.passes.ir.kv_cache import generation_funcs
+
+        gen = None
+        if generation_funcs(module):  # kv-cache functions: exe.generate
+            gen = (
+                partial(run_reference, module, func="prefill"),
+                partial(run_reference, module, func="decode"),
+            )
+        return CompiledModule(module, tgt, partial(run_reference, module), generation=gen)
     import importlib.util
 
     from rqcompile.errors import TargetError
@@ -283,8 +300,21 @@ def _check_tvm_quantizers(module: Any, kind: str) -> None:
                 )
 
 
-def lower(model: fx.GraphModule, target: Any = "llvm", *, example_inputs: Any = None) -> Any:
+def lower(
+    model: fx.GraphModule,
+    target: Any = "llvm",
+    *,
+    example_inputs: Any = None,
+    generate: bool = False,
+) -> Any:
     """``build(convert(model, example_inputs=...), target)``: QAT graph → compiled model.
+
+    ``generate=True`` (decoder language models taking token ids ``(B, T)``) also runs the
+    ``kv-cache`` pass, which adds ``prefill`` and ``decode`` functions to the IR, so
+    ``exe.generate(ids, max_new_tokens)`` generates with a KV cache. ``T`` (the example
+    input's length) is the longest context it handles, prompt plus new tokens; the batch is
+    the example input's. It builds three functions instead of one (llvm: three libraries).
+    A model the pass cannot handle raises ``UnsupportedOpError`` naming the op and why.
 
     Example:
         >>> import torch, rqcompile as rq
@@ -294,7 +324,56 @@ def lower(model: fx.GraphModule, target: Any = "llvm", *, example_inputs: Any = 
         torch.Size([2, 8])
     """
     _ensure_prepared(model, "lower")
-    return build(convert(model, example_inputs=example_inputs), target)
+    if not isinstance(generate, bool):
+        raise UsageError(f"generate must be True or False, got {generate!r}.")
+    ir = convert(model, example_inputs=example_inputs)
+    if generate:
+        from rqcompile.passes.ir.kv_cache import KVCache
+
+        ctx = PassContext.current().for_stage()
+        ir = PassManager([KVCache()], verifier=verify).run(ir, ctx)
+    return build(ir, target)
+
+
+def generate(
+    model: Any,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """Generate with a QAT model (or any causal LM returning logits): the oracle of
+    ``exe.generate``.
+
+    A plain loop without a cache: for every new token it re-runs ``model`` on the whole
+    growing prefix ``(B, L + i)`` and samples from the logits at the last position, with the
+    same sampling rule as ``exe.generate`` (greedy, the first maximum, when ``temperature``
+    is 0; else ``softmax(logits / temperature)`` over the ``top_k`` largest, drawn with a
+    generator seeded by ``seed``). So the model must accept prefixes shorter than its example
+    input, as fx-captured models whose shapes come from ``x.size()`` do. Outputs that are
+    tuples use their first element; Hugging Face outputs their ``.logits``. Runs under
+    ``torch.no_grad()``; call ``model.eval()`` first.
+
+    Example:
+        >>> import torch, rqcompile as rq
+        >>> from rqcompile.demo.models import CharTransformer
+        >>> qat = rq.prepare(CharTransformer(65, n_layer=1, block_size=16),
+        ...                  (torch.zeros(1, 16, dtype=torch.long),), "A8W8").eval()
+        >>> rq.generate(qat, torch.tensor([[1, 2, 3]]), 5).shape
+        torch.Size([1, 8])
+    """
+    from rqcompile.targets.generate import generate_qat
+
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        raise UsageError("rq.generate takes token ids as an integer torch.Tensor (B, L).")
+
+    def logits_of(y: Any) -> torch.Tensor:
+        if hasattr(y, "logits"):
+            return y.logits  # type: ignore[no-any-return]
+        return y[0] if isinstance(y, (tuple, list)) else y  # type: ignore[no-any-return]
+
+    return generate_qat(model, ids, max_new_tokens, temperature, top_k, seed, logits_of=logits_of)
 
 
 def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:
@@ -323,9 +402,21 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
     from rqcompile.targets.tvm.runtime import load_library
 
     features = manifest.get("features", [])
-    lib = check_binding(os.fsdecode(path) if isinstance(path, bytes) else str(path),
-                        members["kernels.so"], ir, target, features)  # fmt: skip
-    return load_library(ir, target, lib, features)
+    where = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    lib = check_binding(where, members["kernels.so"], ir, target, features)
+    from rqcompile.passes.ir.kv_cache import GENERATION_FUNCS, generation_funcs
+
+    libs = {}
+    if generation_funcs(ir):  # kv-cache prefill / decode libraries
+        for name in GENERATION_FUNCS:
+            member = f"kernels.{name}.so"
+            if member not in members:
+                raise ArtifactError(
+                    f"{where}: the IR has a @{name} function but the artifact has no {member}; "
+                    "re-save it, or load it with rq.load(path, trust_kernels=False)."
+                )
+            libs[name] = check_binding(where, members[member], ir, target, features)
+    return load_library(ir, target, lib, features, libs)
 
 
 def explain(obj: Any, config: Any = None, *, example_inputs: tuple[Any, ...] | None = None) -> str:

@@ -40,6 +40,8 @@ MEMBER_NAMES = frozenset(
         "ir.mlir",
         "weights.safetensors",
         "kernels.so",
+        "kernels.prefill.so",  # kv-cache generation (passes/ir/kv_cache.py)
+        "kernels.decode.so",
         "device_plan.json",
         "kernels.cl",
         "kernels.cu",

@@ -11,8 +11,11 @@ Steps, all offline and on the CPU:
    the summary ends with one sentence saying whether ridge beat STE in this run;
 3. lower the ridge model to integer kernels (TVM ``llvm`` when apache-tvm is installed, else
    the pure-torch ``reference`` target) and check it against the QAT model;
-4. print a summary (val loss, weight bytes, energy proxy, speed vs torch fp32) and generate
-   text from the *lowered integer model*.
+4. print a summary (val loss, weight bytes, energy proxy, speed vs torch fp32);
+5. lower it again with ``generate=True`` (batch 1, the training context) and generate text
+   from the *lowered integer model* with ``exe.generate`` (KV cache: one prefill call, one
+   decode call per token), printing prefill and decode tokens/s next to torch fp32 eager
+   running the same architecture in a plain loop that re-runs the whole prefix per token.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from rqcompile.demo.loop import TrainConfig
 from rqcompile.demo.models import CharTransformer, param_count
 from rqcompile.demo.train import train_lm
 
-__all__ = ["DemoConfig", "generate_fixed", "main", "run_demo"]
+__all__ = ["DemoConfig", "generate_fixed", "generation_speed", "main", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def _print(*a: Any) -> None:
 def generate_fixed(
     exe: Any, prompt: torch.Tensor, *, batch: int, block: int, n: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """Sample from a compiled model with a static (batch, block) input shape.
+    """Sample from a compiled model with a static (batch, block) input shape, without a cache
+    (re-runs the whole padded context per token; the demo now uses ``exe.generate``).
 
     The context is right-padded to ``block``; with causal attention, padding after the last real
     token does not change its logits, so reading position ``len - 1`` is exact.
@@ -85,6 +89,36 @@ def generate_fixed(
         nxt = torch.multinomial(F.softmax(logits / 0.8, dim=-1), 1, generator=generator)
         ids = torch.cat([ids, nxt])
     return ids
+
+
+def generation_speed(
+    exe: Any, fp32: torch.nn.Module, prompt: torch.Tensor, n_new: int
+) -> dict[str, float]:
+    """Tokens/s of ``exe.generate`` (prefill: prompt tokens per second of the prefill call;
+    decode: one token per decode call, median) and of the fp32 model in a plain loop that
+    re-runs the whole prefix per token (no cache), greedy, same prompt and length."""
+    kv = exe._kv
+    kv.generate(prompt, n_new)  # warm up
+    times: list[float] = []
+    kv.generate(prompt, n_new, timings=times)
+    fp_times = []
+    ids = prompt
+    with torch.no_grad():
+        fp32(ids)  # warm up
+        for _ in range(n_new):
+            t0 = time.perf_counter()
+            nxt = fp32(ids)[:, -1].argmax(-1, keepdim=True)
+            fp_times.append(time.perf_counter() - t0)
+            ids = torch.cat([ids, nxt], dim=1)
+    n = prompt.shape[1]
+    decode = statistics.median(times[1:]) if len(times) > 1 else float("nan")
+    fp_decode = statistics.median(fp_times[1:]) if len(fp_times) > 1 else float("nan")
+    return {
+        "prefill_tok_s": n / times[0],
+        "decode_tok_s": 1 / decode,
+        "fp32_prefill_tok_s": n / fp_times[0],
+        "fp32_decode_tok_s": 1 / fp_decode,
+    }
 
 
 def _median_time(fn: Any, x: torch.Tensor, reps: int = 15) -> float:
@@ -215,18 +249,34 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.artifact:
         exe.save(cfg.artifact)
         _print(f"   saved the lowered model to {cfg.artifact}")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    prompt = corpus.encode("ROMEO:\n")
-    ids = generate_fixed(
-        exe, prompt, batch=cfg.batch_size, block=cfg.block_size, n=cfg.gen_chars, generator=gen
+    prompt = corpus.encode("ROMEO:\n").reshape(1, -1)
+    _print(f"\n== generating with a KV cache (exe.generate, batch 1, context {cfg.block_size})")
+    t0 = time.perf_counter()
+    gexe = rq.lower(
+        qat, target, generate=True,
+        example_inputs=(torch.zeros(1, cfg.block_size, dtype=torch.long),),
+    )  # fmt: skip
+    n_new = max(1, min(cfg.gen_chars, cfg.block_size - prompt.shape[1]))
+    _print(
+        f"   built prefill + decode in {time.perf_counter() - t0:.1f}s; {n_new} new tokens "
+        f"(prompt + new tokens <= the converted context of {cfg.block_size})"
     )
+    speed = generation_speed(gexe, models["fp32"].eval(), prompt, n_new)
+    _print(
+        f"   {target} ({gexe.threads or torch.get_num_threads()} threads): prefill "
+        f"{speed['prefill_tok_s']:,.0f} tok/s, decode {speed['decode_tok_s']:,.0f} tok/s | torch "
+        f"fp32 eager, plain loop (whole prefix per token): prefill "
+        f"{speed['fp32_prefill_tok_s']:,.0f} tok/s, decode {speed['fp32_decode_tok_s']:,.0f} tok/s"
+    )
+    ids = gexe.generate(prompt, n_new, temperature=0.8, seed=cfg.seed)
     _print(f"\n== text from the lowered integer model ({cfg.preset}, target={target}):\n")
-    _print(corpus.decode(ids))
+    _print(corpus.decode(ids[0]))
     return {
         "runs": {k: v.to_dict() for k, v in runs.items()},
         "lowered_max_diff": diff,
         "parity": parity.verdict,
         "speedup_vs_fp32": t_fp / t_low,
+        "generation": speed,
         "target": target,
         "checkpoint": cfg.checkpoint,
         "artifact": cfg.artifact,

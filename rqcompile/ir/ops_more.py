@@ -103,3 +103,17 @@ def _where(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
     if a.dtype != b.dtype:
         fail(f"where needs a and b of one dtype, got {a.dtype} and {b.dtype}")
     return (TensorType(broadcast_shapes(broadcast_shapes(c.shape, a.shape), b.shape), a.dtype),)
+
+
+# Ops added for KV-cache generation (passes/ir/kv_cache.py).
+
+
+@defop("rq.take", ("x", "index"), attrs={"axis": AttrSpec(int)})
+def _take(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """Entries ``index`` (i64/i32[n], run-time) of ``x`` along ``axis`` (``torch.index_select``)."""
+    from rqcompile.ir.ops import norm_axis
+
+    x, index = ts
+    expect_type(index, "index", dtypes=("i64", "i32"), rank=1)
+    axis = norm_axis(attrs["axis"], x.rank)  # type: ignore[index]
+    return (x.with_shape((*x.shape[:axis], index.shape[0], *x.shape[axis + 1 :])),)

@@ -85,6 +85,13 @@ def _causal(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
     return x.masked_fill(~keep, a["fill"])
 
 
+def _take(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
+    x, index = t
+    axis = a["axis"] % x.dim()
+    check_ids(index, x.shape[axis], "rq.take (reference target)")  # never a raw IndexError
+    return torch.index_select(x, axis, index.to(torch.int64))
+
+
 def _sdpa(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
     return F.scaled_dot_product_attention(t[0], t[1], t[2], is_causal=a["causal"], scale=a["scale"])
 
@@ -145,6 +152,7 @@ KERNELS: dict[str, Kernel] = {
     "rq.rsqrt": lambda t, a: torch.rsqrt(t[0]),
     "rq.pow_scalar": lambda t, a: torch.pow(t[0], a["exponent"]),
     "rq.broadcast_to": lambda t, a: t[0].expand(a["shape"]).contiguous(),
+    "rq.take": _take,
 }
 
 

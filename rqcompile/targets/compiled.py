@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from rqcompile.errors import ArtifactError, InputError, TargetError
+from rqcompile.errors import ArtifactError, InputError, TargetError, UsageError
 from rqcompile.ir.core import Module
 from rqcompile.ir.types import TensorType, torch_dtype
 from rqcompile.targets.target import Target
@@ -62,6 +62,8 @@ class CompiledModule:
         features: Sequence[str] = (),
         backend: Any = None,
         members: Mapping[str, bytes] | None = None,
+        generation: tuple[Runner, Runner] | None = None,
+        func_libraries: Mapping[str, bytes] | None = None,
     ) -> None:
         self.ir = ir
         self.target = target
@@ -70,6 +72,54 @@ class CompiledModule:
         self._members = dict(members or {})  # extra artifact members (device targets)
         self.features = tuple(features)
         self.backend = backend  # e.g. the TVM VM / module, for power users
+        #: ``(prefill, decode)`` runners of the kv-cache functions (``generate=True``)
+        self._generation = generation
+        self._func_libraries = dict(func_libraries or {})  # name -> library (TVM targets)
+
+    @functools.cached_property
+    def _kv(self) -> Any:
+        from rqcompile.targets.generate import KVGenerator
+
+        if self._generation is None:
+            raise UsageError(
+                "this model was built without generation support: its IR has no prefill/decode "
+                "functions. Lower it with rq.lower(qat, target, generate=True) (or run the "
+                "'kv-cache' pass on the IR before rq.build)."
+            )
+        return KVGenerator(self.ir, *self._generation)
+
+    @property
+    def can_generate(self) -> bool:
+        """Whether :meth:`generate` works (the model was lowered with ``generate=True``)."""
+        return self._generation is not None
+
+    @property
+    def max_length(self) -> int:
+        """Longest context ``generate`` handles: prompt + new tokens (the converted length)."""
+        return int(self._kv.max_length)
+
+    def generate(
+        self,
+        ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Generate ``max_new_tokens`` tokens after the prompt ``ids`` with a KV cache.
+
+        Like Hugging Face ``generate``: greedy when ``temperature`` is 0, else sampling from
+        ``softmax(logits / temperature)`` restricted to the ``top_k`` largest (if given),
+        drawn with a generator seeded by ``seed``. Returns the prompt followed by the new
+        tokens, ``(B, L + max_new_tokens)``. One ``prefill`` call on the prompt, then one
+        ``decode`` call per token (``rqcompile/targets/generate.py``).
+
+        Raises:
+            UsageError: the model was not lowered with ``generate=True``; bad options.
+            InputError: ids of another batch than converted, or prompt + new tokens longer
+                than the converted length (``exe.max_length``).
+        """
+        return self._kv.generate(ids, max_new_tokens, temperature, top_k, seed)
 
     @property
     def threads(self) -> int | None:
@@ -196,6 +246,8 @@ class CompiledModule:
 
             digest = binding_digest(self.ir, self.target, self.features)
             members["kernels.so"] = bind(self._library, digest)
+            for name, lib in self._func_libraries.items():  # kv-cache prefill / decode
+                members[f"kernels.{name}.so"] = bind(lib, digest)
         members.update(self._members)
         manifest = {
             "format": FORMAT,

@@ -244,6 +244,8 @@ CASES: list[tuple[str, tuple[str, ...], dict[str, Any], tuple[str, ...]]] = [
     ("rq.pow_scalar", ("?x4xf32",), {"exponent": 3.0}, ("?x4xf32",)),
     ("rq.broadcast_to", ("2x1x3x1xf32",), {"shape": (2, 4, 3, 5)}, ("2x4x3x5xf32",)),
     ("rq.broadcast_to", ("3x1xi8",), {"shape": (2, 3, 4)}, ("2x3x4xi8",)),
+    ("rq.take", ("32x64xf32", "1xi64"), {"axis": 0}, ("1x64xf32",)),
+    ("rq.take", ("2x4x16x32xi1", "3xi32"), {"axis": -1}, ("2x4x16x3xi1",)),
     # static twins of dynamic cases above, also checked against torch below
     ("rq.softmax", ("2x4xf32",), {"axis": 0}, ("2x4xf32",)),
     ("rq.embedding", ("2x3xi64", "10x4xf32"), {}, ("2x3x4xf32",)),
@@ -430,6 +432,9 @@ ERRORS: list[tuple[str, tuple[str, ...], dict[str, Any], str]] = [
     ("rq.broadcast_to", ("2x3xf32",), {"shape": (3,)}, "fewer dims"),
     ("rq.broadcast_to", ("2x3xf32",), {"shape": (2, 4)}, "cannot be broadcast"),
     ("rq.rsqrt", ("2xi8",), {}, "f32"),
+    ("rq.take", ("4x4xf32", "1xf32"), {"axis": 0}, "i64 or i32"),
+    ("rq.take", ("4x4xf32", "1x1xi64"), {"axis": 0}, "rank 1"),
+    ("rq.take", ("4x4xf32", "1xi64"), {"axis": 2}, "out of range"),
     ("rq.relu", ("2xf32", "2xf32"), {}, "takes 1 operand"),
     ("rq.relu", ("2xf32",), {"alpha": 1.0}, "unexpected attribute 'alpha'"),
     ("rq.add_scalar", ("2xf32",), {"value": 1}, "has type int, expected float"),
@@ -540,6 +545,7 @@ def _torch_ref(name: str, xs: list[Any], a: dict[str, Any]) -> tuple[int, ...]:
         "rq.adaptive_avg_pool2d": lambda: F.adaptive_avg_pool2d(xs[0], a["output_size"]),
         "rq.mean": lambda: xs[0].mean(dim=a["axes"], keepdim=a["keepdim"]),
         "rq.broadcast_to": lambda: xs[0].expand(a["shape"]),
+        "rq.take": lambda: torch.index_select(xs[0], a["axis"], xs[1].long()),
     }
     return tuple(fns[name]().shape)
 
@@ -550,7 +556,7 @@ TORCH_CASES = [
     and c[0] in {"rq.linear", "rq.add", "rq.sub", "rq.mul", "rq.div", "rq.matmul", "rq.layer_norm",
                  "rq.softmax", "rq.embedding", "rq.reshape", "rq.permute", "rq.slice", "rq.concat",
                  "rq.sdpa", "rq.conv2d", "rq.max_pool2d", "rq.adaptive_avg_pool2d", "rq.mean",
-                 "rq.im2col", "rq.broadcast_to"}
+                 "rq.im2col", "rq.broadcast_to", "rq.take"}
 ]  # fmt: skip
 
 

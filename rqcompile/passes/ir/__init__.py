@@ -2,7 +2,8 @@
 
 ``convert`` runs ``fold-constants,eliminate-dead-code``; a target's pipeline runs its own list
 (``targets/tvm/pipelines.py`` for llvm: ``fuse-attention``, ``select-kernels``,
-``fuse-prologue``, ``pack-weights``) before it emits code. Lowering decisions are recorded as
+``fuse-prologue``, ``pack-weights``) before it emits code; ``rq.lower(..., generate=True)``
+runs ``kv-cache`` after convert. Lowering decisions are recorded as
 annotations on the ops (``rq.kernel``, ``rq.fused``, ``rq.weight_layout``: attributes named
 ``rq.<name>``), so they show in the IR text, ``rq.inspect`` and ``DumpIR``, and
 ``rqcompile opt --passes ...`` replays any pass on an IR file.
@@ -12,6 +13,7 @@ from rqcompile.passes.ir.eliminate_dead_code import EliminateDeadCode
 from rqcompile.passes.ir.fold_constants import FoldConstants
 from rqcompile.passes.ir.fuse_attention import FuseAttention
 from rqcompile.passes.ir.fuse_prologue import FusePrologue
+from rqcompile.passes.ir.kv_cache import KVCache
 from rqcompile.passes.ir.pack_weights import PackWeights
 from rqcompile.passes.ir.select_kernels import SelectKernels
 
@@ -20,6 +22,7 @@ __all__ = [
     "FoldConstants",
     "FuseAttention",
     "FusePrologue",
+    "KVCache",
     "PackWeights",
     "SelectKernels",
 ]

@@ -29,6 +29,7 @@ from rqcompile.targets.tvm.pipelines import (
     pipeline_for,
     tvm_target,
 )
+from rqcompile.passes.ir.kv_cache import GENERATION_FUNCS, func_as_main, generation_funcs
 from rqcompile.targets.tvm.runtime import compiled_module
 
 __all__ = ["build_tvm", "export_bytes"]
@@ -74,6 +75,15 @@ def build_tvm(ir: Module, target: RQTarget, context: PassContext | None = None) 
     ir = PassManager(passes[:n_rq], verifier=verify).run(ir, ctx)  # decisions, as IR
     x: Any = PassManager(passes[n_rq:]).run(ir, ctx)  # TVM: emit ... relax.build
     t0 = time.perf_counter()
-    lib = export_bytes(x, library_suffix(target.to_dict()))
+    suffix = library_suffix(target.to_dict())
+    lib = export_bytes(x, suffix)
     _log.debug("export: %.3f s (%d bytes)", time.perf_counter() - t0, len(lib))
-    return compiled_module(ir, target, lib, features_for(ttarget), executable=x, tvm_target=ttarget)
+    libs = {}
+    if generation_funcs(ir):  # kv-cache: one library per function, each emitted as main
+        for name in GENERATION_FUNCS:
+            fx_ = PassManager(passes[n_rq:]).run(func_as_main(ir, name), ctx)
+            libs[name] = export_bytes(fx_, suffix)
+    return compiled_module(
+        ir, target, lib, features_for(ttarget), executable=x, tvm_target=ttarget,
+        func_libraries=libs,
+    )  # fmt: skip

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +165,7 @@ def compiled_module(
     *,
     executable: Any = None,
     tvm_target: Any = None,
+    func_libraries: Mapping[str, bytes] | None = None,
 ) -> CompiledModule:
     """Wrap built kernels as a :class:`CompiledModule`; runnable here unless blocked.
 
@@ -181,9 +182,20 @@ def compiled_module(
             library=lib_bytes,
             features=features,
             backend=backend,
+            func_libraries=func_libraries,
         )
-    mod = _load_module(lib_bytes, library_suffix(target.to_dict()))
+    suffix = library_suffix(target.to_dict())
+    mod = _load_module(lib_bytes, suffix)
     vm = relax.VirtualMachine(mod, tvm.cpu())
+    generation = None
+    if func_libraries:  # kv-cache prefill / decode: one library each (build.py)
+        from rqcompile.passes.ir.kv_cache import GENERATION_FUNCS, func_as_main
+
+        runners = []
+        for name in GENERATION_FUNCS:
+            fvm = relax.VirtualMachine(_load_module(func_libraries[name], suffix), tvm.cpu())
+            runners.append(_VMRunner(fvm, func_as_main(ir, name)))
+        generation = (runners[0], runners[1])
     return CompiledModule(
         ir,
         target,
@@ -191,11 +203,17 @@ def compiled_module(
         library=lib_bytes,
         features=features,
         backend=TVMBackend(mod, vm, executable, tvm_target),
+        generation=generation,
+        func_libraries=func_libraries,
     )
 
 
 def load_library(
-    ir: Module, target: RQTarget, lib_bytes: bytes, features: Sequence[str]
+    ir: Module,
+    target: RQTarget,
+    lib_bytes: bytes,
+    features: Sequence[str],
+    func_libraries: Mapping[str, bytes] | None = None,
 ) -> CompiledModule:
     """Load an artifact's ``kernels.so`` (called by ``rq.load``), refusing what can't run here.
 
@@ -212,7 +230,7 @@ def load_library(
             "rq.build(rq.load(path, trust_kernels=False).ir, 'llvm') builds for this CPU."
         )
     try:
-        return compiled_module(ir, target, lib_bytes, features)
+        return compiled_module(ir, target, lib_bytes, features, func_libraries=func_libraries)
     except (OSError, RuntimeError) as e:  # TVM's load errors derive from RuntimeError
         raise ArtifactError(
             f"cannot load the kernels of this artifact: {e}. Rebuild them with "

@@ -206,6 +206,13 @@ def _embedding(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
     return cx.emit(relax.op.take(xs[1], xs[0], axis=0, mode="clip"))
 
 
+def _take(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
+    """``rq.take``: the runtime checks the index range first (``mode="clip"`` never reads
+    out of bounds either way)."""
+    axis = int(op.attr("axis")) % op.operands[0].type.rank  # type: ignore[operator]
+    return cx.emit(relax.op.take(xs[0], xs[1], axis=axis, mode="clip"))
+
+
 def _permute(cx: Emission, op: Op, xs: tuple[Expr, ...]) -> Expr:
     return cx.emit(relax.op.permute_dims(xs[0], list(op.attr("dims"))))  # type: ignore[arg-type]
 

@@ -88,6 +88,7 @@ from rqcompile.targets.tvm.emit.float_ops import (
     _rms_norm,
     _sdpa,
     _slice,
+    _take,
     _softmax,
     _spatial,
 )
@@ -160,6 +161,7 @@ EMITTERS: dict[str, Emitter] = {
     "rq.rsqrt": _unary(relax.op.rsqrt),
     "rq.pow_scalar": _pow_scalar,
     "rq.broadcast_to": _broadcast_to,
+    "rq.take": _take,
 }
 
 

@@ -266,6 +266,16 @@ def _bool_masks(c: Case) -> None:
     c.out(c.b.op("rq.where", either, b, a), exact=True)
 
 
+def _take(c: Case) -> None:
+    """rq.take (kv-cache: row ``pos`` of a position table or causal mask) at a run-time index."""
+    table = c.b.const("take.table", torch.randn(6, 4, 3, generator=c.gen))
+    mask = c.b.const("take.mask", torch.ones(6, 6, dtype=torch.bool).triu(1))
+    pos = c.arg(torch.tensor([4]))
+    c.out(c.b.op("rq.take", table, pos, axis=0), exact=True)
+    c.out(c.b.op("rq.take", mask, pos, axis=-2), exact=True)
+    c.out(c.b.op("rq.take", table, c.arg(torch.tensor([2, 0], dtype=torch.int32)), axis=1), exact=True)
+
+
 CASES: dict[str, Callable[[Case], None]] = {
     # integer core
     "quantize-a4": _quantize(4, False, 32, (6, 64)),
@@ -358,6 +368,7 @@ CASES: dict[str, Callable[[Case], None]] = {
     ),
     "broadcast_to-f32": _layout("rq.broadcast_to", (2, 1, 3, 1), torch.float32, shape=(2, 4, 3, 5)),
     "broadcast_to-lead": _layout("rq.broadcast_to", (3, 1), torch.int8, shape=(2, 3, 4)),
+    "take": _take,
 }
 
 

@@ -1,0 +1,212 @@
+"""Text generation with a KV cache: ``exe.generate`` on a model lowered with ``generate=True``.
+
+The model's IR has the ``prefill`` and ``decode`` functions of the ``kv-cache`` pass
+(``passes/ir/kv_cache.py``). :class:`KVGenerator` holds the cache (one tensor per cached
+attention operand, length ``T`` = the converted sequence length, batch = the converted batch)
+and runs:
+
+1. ``prefill`` once on the prompt padded at the end to ``T`` (exact for a causal model: a
+   position only sees positions before it), which fills the whole cache;
+2. ``decode`` once per new token: the token at position ``pos``, the cache in, the logits and
+   the cache's new rows out; the rows are copied into the cache at ``pos``.
+
+Sampling (:func:`sample_next`) is shared with ``rq.generate``, the QAT-side oracle, so greedy
+decoding picks the same token from the same logits (the first maximum).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from rqcompile.errors import InputError, UsageError
+from rqcompile.ir.core import Module
+from rqcompile.ir.types import TensorType, torch_dtype
+
+__all__ = ["KVGenerator", "check_generate_args", "sample_next"]
+
+Runner = Callable[..., tuple[torch.Tensor, ...]]
+
+
+def check_generate_args(
+    max_new_tokens: Any, temperature: Any, top_k: Any, seed: Any
+) -> None:
+    """Raise :class:`UsageError` for options ``generate`` cannot use."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise UsageError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}.")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not (
+        temperature >= 0 and temperature < float("inf")
+    ):
+        raise UsageError(f"temperature must be a finite number >= 0, got {temperature!r}.")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise UsageError(f"top_k must be None or an int >= 1, got {top_k!r}.")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise UsageError(f"seed must be None or an int, got {seed!r}.")
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token ids ``(B,)`` from last-position logits ``(B, V)``, as HF ``generate`` does.
+
+    ``temperature == 0``: greedy, the first maximum (``argmax``). Otherwise the logits are
+    divided by ``temperature``, all but the ``top_k`` largest dropped (if given), and a
+    token drawn from the softmax with ``generator``.
+    """
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+class KVGenerator:
+    """The cache and the prefill/decode loop of one compiled model."""
+
+    def __init__(self, ir: Module, prefill: Runner, decode: Runner) -> None:
+        from rqcompile.passes.ir.kv_cache import cache_axis
+
+        self._prefill, self._decode = prefill, decode
+        p, d = ir.func("prefill"), ir.func("decode")
+        (ids,) = p.args
+        self.batch, self.max_length = (int(n) for n in ids.type.shape)  # type: ignore[arg-type]
+        self.ids_dtype = torch_dtype(ids.type.dtype)
+        self.vocab = self._vocab(ir)
+        self.n_outputs = len(p.outputs) - (len(d.args) - 2)
+        caches = d.args[2:]
+        rows = d.outputs[self.n_outputs :]
+        self.cache_types: tuple[TensorType, ...] = tuple(c.type for c in caches)
+        self.axes = tuple(cache_axis(c.type, r.type) for c, r in zip(caches, rows, strict=True))
+        self.cache: list[torch.Tensor] = []
+
+    @staticmethod
+    def _vocab(ir: Module) -> int | None:
+        f = ir.func("prefill")
+        for op in f.ops:
+            if op.name == "rq.embedding" and op.operands[0].id == f.args[0].id:
+                return int(op.operands[1].type.shape[0])  # type: ignore[arg-type]
+        return None
+
+    def _check_ids(self, ids: Any, max_new_tokens: int) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+            raise InputError(
+                f"generate takes token ids as an integer torch.Tensor (B, L), got "
+                f"{getattr(ids, 'dtype', type(ids).__name__)}."
+            )
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+        if ids.dim() != 2 or ids.shape[0] != self.batch:
+            raise InputError(
+                f"generate: ids have shape {tuple(ids.shape)}; this model was converted for "
+                f"batch {self.batch}, so it takes ({self.batch}, L). Convert with an example "
+                f"input of the batch you generate for, e.g. torch.zeros({ids.shape[0] if ids.dim() == 2 else 1}, "
+                f"{self.max_length}, dtype=torch.long)."
+            )
+        n = ids.shape[1]
+        if n < 1:
+            raise InputError("generate: the prompt is empty; give at least one token.")
+        if n + max_new_tokens > self.max_length:
+            raise InputError(
+                f"generate: prompt ({n} tokens) + max_new_tokens ({max_new_tokens}) = "
+                f"{n + max_new_tokens} exceeds the maximum context of {self.max_length} tokens "
+                f"this model was converted for (the length of its example input). Generate "
+                f"fewer tokens, shorten the prompt, or convert with a longer example input, e.g. "
+                f"rq.lower(qat, target, generate=True, example_inputs=(torch.zeros({self.batch}, "
+                f"{n + max_new_tokens}, dtype=torch.long),)) (at most the model's own limit, "
+                f"e.g. its position table)."
+            )
+        if self.vocab is not None:
+            lo, hi = (int(v) for v in torch.aminmax(ids))
+            if lo < 0 or hi >= self.vocab:
+                raise InputError(f"generate: token ids must lie in [0, {self.vocab}), got [{lo}, {hi}].")
+        return ids.to(self.ids_dtype).cpu()
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """Fill the cache from ``ids (B, L)``; returns the logits at position ``L - 1``."""
+        n = ids.shape[1]
+        padded = torch.zeros(self.batch, self.max_length, dtype=self.ids_dtype)
+        padded[:, :n] = ids
+        outs = self._prefill(padded)
+        self.cache = [c.contiguous().clone() for c in outs[self.n_outputs :]]
+        return outs[0][:, n - 1]
+
+    def decode(self, token: torch.Tensor, pos: int) -> torch.Tensor:
+        """Run one token ``(B,)`` at position ``pos``; updates the cache, returns the logits."""
+        at = torch.tensor([pos], dtype=torch.int64)
+        outs = self._decode(token.reshape(self.batch, 1).to(self.ids_dtype), at, *self.cache)
+        for cache, row, axis in zip(self.cache, outs[self.n_outputs :], self.axes, strict=True):
+            cache.index_copy_(axis, at, row)
+        return outs[0][:, 0]
+
+    def generate(
+        self,
+        ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        *,
+        timings: list[float] | None = None,
+    ) -> torch.Tensor:
+        """The prompt followed by ``max_new_tokens`` generated ids ``(B, L + max_new_tokens)``.
+
+        ``timings``, if given, receives the seconds of prefill then of each decode step.
+        """
+        import time
+
+        check_generate_args(max_new_tokens, temperature, top_k, seed)
+        ids = self._check_ids(ids, max_new_tokens)
+        if max_new_tokens == 0:
+            return ids.clone()
+        gen = _generator(seed)
+        out = [ids]
+        t0 = time.perf_counter()
+        logits = self.prefill(ids)
+        nxt = sample_next(logits, temperature, top_k, gen)
+        if timings is not None:
+            timings.append(time.perf_counter() - t0)
+        out.append(nxt.reshape(-1, 1).to(ids.dtype))
+        for step in range(1, max_new_tokens):
+            t0 = time.perf_counter()
+            logits = self.decode(nxt, ids.shape[1] + step - 1)
+            nxt = sample_next(logits, temperature, top_k, gen)
+            if timings is not None:
+                timings.append(time.perf_counter() - t0)
+            out.append(nxt.reshape(-1, 1).to(ids.dtype))
+        return torch.cat(out, dim=1)
+
+
+def generate_qat(
+    model: Callable[..., Any],
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    *,
+    logits_of: Callable[[Any], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The plain loop: re-run ``model`` on the whole growing prefix for every new token."""
+    check_generate_args(max_new_tokens, temperature, top_k, seed)
+    gen = _generator(seed)
+    out = ids if ids.dim() == 2 else ids.unsqueeze(0)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            y = model(out)
+            logits = logits_of(y) if logits_of is not None else (y[0] if isinstance(y, Sequence) else y)
+            nxt = sample_next(logits[:, -1], temperature, top_k, gen)
+            out = torch.cat([out, nxt.reshape(-1, 1).to(out.dtype)], dim=1)
+    return out

@@ -1,0 +1,155 @@
+"""exe.generate (KV cache) against rq.generate (the QAT model re-run on the growing prefix).
+
+A small char transformer is trained a few dozen QAT steps on a repeating text, so its logits
+are far from flat, then greedy generation of 64 tokens must give exactly the QAT model's
+tokens at A8W8, A4W4 and A1W1, on the reference target and on llvm (slow: three builds).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rqcompile as rq
+from rqcompile.demo.models import CharTransformer
+from rqcompile.errors import InputError, UsageError
+
+T = 72  # converted length = longest context: an 8-token prompt + 64 new tokens
+TEXT = "the quick brown fox jumps over the lazy dog; pack my box with five dozen jugs. "
+VOCAB = sorted(set(TEXT))
+
+
+def _encode(s: str) -> torch.Tensor:
+    return torch.tensor([[VOCAB.index(c) for c in s]])
+
+
+@functools.cache
+def _trained(config: str) -> torch.fx.GraphModule:
+    torch.manual_seed(0)
+    model = CharTransformer(len(VOCAB), n_layer=1, n_embd=32, n_head=2, block_size=T)
+    qat = rq.prepare(model, (torch.zeros(1, T, dtype=torch.long),), config)
+    data = _encode(TEXT * 4)[0]
+    opt = torch.optim.Adam(qat.parameters(), lr=3e-3)
+    qat.train()
+    for step in range(40):
+        starts = torch.randint(0, len(data) - T - 1, (4,), generator=torch.Generator().manual_seed(step))
+        x = torch.stack([data[s : s + T] for s in starts])
+        y = torch.stack([data[s + 1 : s + T + 1] for s in starts])
+        loss = F.cross_entropy(qat(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return qat.eval()
+
+
+PROMPT = _encode("the lazy")
+
+
+@functools.cache
+def _want(config: str) -> torch.Tensor:
+    return rq.generate(_trained(config), PROMPT, 64)
+
+
+@pytest.mark.slow  # ~20 s each on 2 cores: QAT training + 64 re-runs of the QAT model
+@pytest.mark.parametrize("config", ["A8W8", "A4W4", "A1W1"])
+def test_greedy_generate_matches_qat_on_reference(config: str) -> None:
+    exe = rq.lower(_trained(config), "reference", generate=True)
+    got = exe.generate(PROMPT, 64)
+    want = _want(config)
+    assert got.shape == (1, 8 + 64)
+    assert torch.equal(got, want), (got != want).nonzero()[:1].tolist()
+    assert len(set(want[0, 8:].tolist())) > 3  # not a constant run: the logits are informative
+
+
+@functools.cache
+def _seeded(config: str) -> torch.fx.GraphModule:
+    """Untrained, fixed seed: for the default run's fast tests (no training cost)."""
+    torch.manual_seed(1)
+    model = CharTransformer(len(VOCAB), n_layer=1, n_embd=32, n_head=2, block_size=T)
+    return rq.prepare(model, (torch.zeros(1, T, dtype=torch.long),), config).eval()
+
+
+def test_greedy_generate_matches_qat_short() -> None:
+    """The default run's check: 16 greedy tokens at A4W4 on the reference target."""
+    qat = _seeded("A4W4")
+    got = rq.lower(qat, "reference", generate=True).generate(PROMPT, 16)
+    assert torch.equal(got, rq.generate(qat, PROMPT, 16))
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["A8W8", "A4W4", "A1W1"])
+def test_greedy_generate_matches_qat_on_llvm(config: str, tmp_path) -> None:
+    exe = rq.lower(_trained(config), "llvm", generate=True)
+    got = exe.generate(PROMPT, 64)
+    assert torch.equal(got, _want(config)), (got != _want(config)).nonzero()[:1].tolist()
+    exe.save(tmp_path / "m.rq")
+    loaded = rq.load(tmp_path / "m.rq")
+    assert loaded.can_generate and torch.equal(loaded.generate(PROMPT, 64), got)
+
+
+def test_decode_matches_the_full_forward_logits_at_every_position() -> None:
+    qat = _seeded("A8W8")
+    exe = rq.lower(qat, "reference", generate=True)
+    ids = _encode((TEXT * 2)[:T])
+    full = exe(ids)  # main: the whole context at once
+    kv = exe._kv
+    worst = 0.0
+    logits = kv.prefill(ids[:, :5])
+    for p in range(5, T):
+        assert (logits - full[:, p - 1]).abs().max() <= 1e-4 * full[:, p - 1].abs().max()
+        logits = kv.decode(ids[:, p], p)
+        worst = max(worst, float((logits - full[:, p]).abs().max() / full[:, p].abs().max()))
+    assert worst < 1e-4, worst
+
+
+def test_sampling_is_seeded_and_matches_qat() -> None:
+    qat = _seeded("A8W8")
+    exe = rq.lower(qat, "reference", generate=True)
+    a = exe.generate(PROMPT, 20, temperature=0.8, top_k=5, seed=3)
+    assert torch.equal(a, exe.generate(PROMPT, 20, temperature=0.8, top_k=5, seed=3))
+    assert torch.equal(a, rq.generate(qat, PROMPT, 20, temperature=0.8, top_k=5, seed=3))
+
+
+def test_save_load_keeps_generate(tmp_path) -> None:
+    exe = rq.lower(_seeded("A8W8"), "reference", generate=True)
+    exe.save(tmp_path / "m.rq")
+    loaded = rq.load(tmp_path / "m.rq")
+    assert torch.equal(loaded.generate(PROMPT, 10), exe.generate(PROMPT, 10))
+
+
+def test_limits_are_typed_errors_naming_the_fix() -> None:
+    qat = _seeded("A8W8")
+    exe = rq.lower(qat, "reference", generate=True)
+    assert exe.max_length == T
+    with pytest.raises(InputError, match=rf"exceeds the maximum context of {T} tokens.*longer example input"):
+        exe.generate(PROMPT, T - 7)
+    with pytest.raises(InputError, match="batch 1"):
+        exe.generate(torch.zeros(2, 4, dtype=torch.long), 4)
+    with pytest.raises(UsageError, match="temperature"):
+        exe.generate(PROMPT, 4, temperature=-1.0)
+    assert torch.equal(exe.generate(PROMPT, 0), PROMPT)
+    plain = rq.lower(qat, "reference")
+    with pytest.raises(UsageError, match="generate=True"):
+        plain.generate(PROMPT, 4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_hf_decode_matches_the_full_forward(family: str) -> None:
+    """GPT-2 (Conv1D, learned positions) and Llama (RoPE tables, grouped-query attention),
+    built from a config at batch 2: every decoded position's logits equal the full forward's."""
+    pytest.importorskip("transformers")
+    from rqcompile.testing import hf
+
+    model, ex = {"gpt2": hf.tiny_gpt2, "llama": hf.tiny_llama}[family]()
+    exe = rq.lower(rq.prepare(model, ex, "A8W8").eval(), "reference", generate=True)
+    ids = ex[0]
+    full = hf.logits_of(exe(ids))
+    kv = exe._kv
+    got = [kv.prefill(ids[:, :3])]
+    got += [kv.decode(ids[:, p], p) for p in range(3, ids.shape[1])]
+    scale = float(full.abs().max())
+    torch.testing.assert_close(torch.stack(got, 1), full[:, 2:], rtol=1e-4, atol=1e-5 * scale)

@@ -1,0 +1,129 @@
+"""kv-cache: prefill/decode functions derived from a decoder's main by the sequence-axis analysis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ir_pass_helpers import body, run_pass
+
+from rqcompile.errors import UnsupportedOpError
+from rqcompile.ir import Builder, TensorType
+from rqcompile.ir.parser import parse_module
+from rqcompile.ir.printer import print_module
+from rqcompile.ir.semantics import run_reference
+from rqcompile.passes.ir import KVCache
+from rqcompile.passes.ir.kv_cache import cache_axis
+
+
+def _attention(*, causal: bool = True, T: int = 4, mask: torch.Tensor | None = None):
+    """ids → embedding + position table → one head of self-attention (q = k = v = x)."""
+    g = torch.Generator().manual_seed(0)
+    b = Builder()
+    ids = b.arg(TensorType((1, T), "i64"))
+    x = b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8, generator=g)))
+    x = b.op("rq.add", x, b.const("pos", torch.randn(T, 8, generator=g)))
+    s = b.op("rq.matmul", x, b.op("rq.permute", x, dims=(0, 2, 1)))
+    if causal:
+        m = torch.ones(T, T, dtype=torch.bool).triu(1) if mask is None else mask
+        s = b.op("rq.masked_fill", s, b.const("mask", m), value=-math.inf)
+    b.ret(b.op("rq.matmul", b.op("rq.softmax", s, axis=-1), x))
+    return b.module()
+
+
+DECODE = """\
+%4 = "rq.const"() {dtype = "f32", name = "emb", shape = [5 : i64, 8 : i64]} : () -> tensor<5x8xf32>
+%5 = "rq.embedding"(%0, %4) : (tensor<1x1xi64>, tensor<5x8xf32>) -> tensor<1x1x8xf32>
+%6 = "rq.const"() {dtype = "f32", name = "pos", shape = [4 : i64, 8 : i64]} : () -> tensor<4x8xf32>
+%7 = "rq.take"(%6, %1) {axis = 0 : i64} : (tensor<4x8xf32>, tensor<1xi64>) -> tensor<1x8xf32>
+%8 = "rq.add"(%5, %7) : (tensor<1x1x8xf32>, tensor<1x8xf32>) -> tensor<1x1x8xf32>
+%9 = "rq.permute"(%8) {dims = [0 : i64, 2 : i64, 1 : i64]} : (tensor<1x1x8xf32>) -> tensor<1x8x1xf32>
+%10 = "rq.const"() {dtype = "i64", name = "kv_cache.iota4", shape = [4 : i64]} : () -> tensor<4xi64>
+%11 = "rq.compare"(%10, %1) {fn = "eq"} : (tensor<4xi64>, tensor<1xi64>) -> tensor<4xi1>
+%12 = "rq.where"(%11, %9, %2) : (tensor<4xi1>, tensor<1x8x1xf32>, tensor<1x8x4xf32>) -> tensor<1x8x4xf32>
+%13 = "rq.matmul"(%8, %12) : (tensor<1x1x8xf32>, tensor<1x8x4xf32>) -> tensor<1x1x4xf32>
+%14 = "rq.const"() {dtype = "i1", name = "mask", shape = [4 : i64, 4 : i64]} : () -> tensor<4x4xi1>
+%15 = "rq.take"(%14, %1) {axis = 0 : i64} : (tensor<4x4xi1>, tensor<1xi64>) -> tensor<1x4xi1>
+%16 = "rq.masked_fill"(%13, %15) {value = 0xFFF0000000000000 : f64} : (tensor<1x1x4xf32>, tensor<1x4xi1>) -> tensor<1x1x4xf32>
+%17 = "rq.softmax"(%16) {axis = -1 : i64} : (tensor<1x1x4xf32>) -> tensor<1x1x4xf32>
+%18 = "rq.const"() {dtype = "i64", name = "kv_cache.iota4_1", shape = [4 : i64, 1 : i64]} : () -> tensor<4x1xi64>
+%19 = "rq.compare"(%18, %1) {fn = "eq"} : (tensor<4x1xi64>, tensor<1xi64>) -> tensor<4x1xi1>
+%20 = "rq.where"(%19, %8, %3) : (tensor<4x1xi1>, tensor<1x1x8xf32>, tensor<1x4x8xf32>) -> tensor<1x4x8xf32>
+%21 = "rq.matmul"(%17, %20) : (tensor<1x1x4xf32>, tensor<1x4x8xf32>) -> tensor<1x1x8xf32>
+"func.return"(%21, %9, %8) : (tensor<1x1x8xf32>, tensor<1x8x1xf32>, tensor<1x1x8xf32>) -> ()
+"""
+
+
+def test_decode_caches_keys_and_values_and_gathers_position_constants() -> None:
+    after = run_pass(KVCache(), _attention())
+    assert [f.name for f in after.funcs] == ["main", "prefill", "decode"]
+    assert body(after.replace(funcs=(after.func("decode"),))) == DECODE.strip()
+    # prefill is main plus the cached operands (kᵀ (1, 8, T) and v (1, T, 8)) as outputs
+    prefill = after.func("prefill")
+    assert prefill.ops == after.main.ops and prefill.outputs[0] == after.main.outputs[0]
+    assert [str(v.type) for v in prefill.outputs[1:]] == ["tensor<1x8x4xf32>", "tensor<1x4x8xf32>"]
+    assert parse_module(print_module(after, elide_constants=False)) == after
+    assert run_pass(KVCache(), after) == after  # idempotent
+
+
+def _decode_all(mod, ids: torch.Tensor, start: int) -> list[torch.Tensor]:
+    """Prefill ``ids[:, :start]`` padded, then decode each later position; logits per position."""
+    dec = mod.func("decode")
+    pad = torch.zeros_like(ids)
+    pad[:, :start] = ids[:, :start]
+    out = run_reference(mod, pad, func="prefill")
+    logits = [out[0][:, t] for t in range(start)]
+    caches = [c.clone() for c in out[1:]]
+    for p in range(start, ids.shape[1]):
+        at = torch.tensor([p])
+        outs = run_reference(mod, ids[:, p : p + 1], at, *caches, func="decode")
+        for c, r, a, o in zip(caches, outs[1:], dec.args[2:], dec.outputs[1:], strict=True):
+            c.index_copy_(cache_axis(a.type, o.type), at, r)
+        logits.append(outs[0][:, 0])
+    return logits
+
+
+@pytest.mark.parametrize("start", [1, 3])
+def test_decode_matches_the_full_forward_at_every_position(start: int) -> None:
+    mod = run_pass(KVCache(), _attention(T=6))
+    ids = torch.tensor([[1, 4, 0, 2, 2, 3]])
+    full = run_reference(mod, ids)[0]
+    for t, got in enumerate(_decode_all(mod, ids, start)):
+        torch.testing.assert_close(got, full[:, t], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_without_a_causal_mask_is_refused() -> None:
+    with pytest.raises(UnsupportedOpError, match="rq.softmax.*causal"):
+        run_pass(KVCache(), _attention(causal=False))
+    leaky = torch.ones(4, 4, dtype=torch.bool).triu(2)  # lets each query see the next key
+    with pytest.raises(UnsupportedOpError, match="causal"):
+        run_pass(KVCache(), _attention(mask=leaky))
+
+
+def test_ops_mixing_positions_are_refused_with_the_op_and_reason() -> None:
+    b = Builder()
+    ids = b.arg(TensorType((1, 4), "i64"))
+    x = b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8)))
+    b.ret(b.op("rq.mean", x, axes=(1,), keepdim=True))
+    with pytest.raises(UnsupportedOpError, match="rq.mean.*averages over the sequence axis"):
+        run_pass(KVCache(), b.module())
+    b = Builder()
+    ids = b.arg(TensorType((1, 4), "i64"))
+    x = b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8)))
+    b.ret(b.op("rq.softmax", x, axis=1))
+    with pytest.raises(UnsupportedOpError, match="rq.softmax.*over the sequence axis"):
+        run_pass(KVCache(), b.module())
+
+
+def test_models_that_are_not_token_decoders_are_refused() -> None:
+    b = Builder()
+    x = b.arg(TensorType((2, 8), "f32"))
+    b.ret(b.op("rq.relu", x))
+    with pytest.raises(UnsupportedOpError, match="token ids"):
+        run_pass(KVCache(), b.module())
+    b = Builder()
+    ids = b.arg(TensorType((1, 4), "i64"))
+    b.ret(b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8))))
+    with pytest.raises(UnsupportedOpError, match="nothing to cache"):
+        run_pass(KVCache(), b.module())
