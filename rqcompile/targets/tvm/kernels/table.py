@@ -21,6 +21,9 @@ xnor_popcount_matmul.generic           –                 TE compute (LLVM vect
 sparse24_matmul.avx2     avx2                           ``vpshufb``-gathered 2:4 panels
 sparse24_matmul.generic  –                              TE compute
 qbmm.generic             –                              TE compute
+wo_matmul.avx512         avx2, fma, avx512f             zmm panels of 4-/8-bit codes (x86.wo)
+wo_matmul.avx2           avx2, fma                      ymm panels of 4-/8-bit codes
+wo_matmul.generic        –                              TE compute (codes unpacked per element)
 ======================== ============================== ========================================
 
 Where a row's micro-kernel does not take a shape (e.g. ``N % 8 != 0``, K not in whole
@@ -59,11 +62,12 @@ def _quantize_micro(op: Op) -> bool:
     )  # fmt: skip
 
 
-def _packs(pred: Callable[..., bool], isa: str) -> Callable[[Op, Any], bool]:
-    """A pack predicate of ``kernels/integer.py`` (``int_matmul_packs``, ...) on an op's shapes."""
+def _packs(pred: Callable[..., bool], isa: str, weight: int = 3) -> Callable[[Op, Any], bool]:
+    """A pack predicate of ``kernels/integer.py`` (``int_matmul_packs``, ...) on an op's shapes
+    (``weight``: the index of the operand whose first dim is N)."""
 
     def supported(op: Op, x_range: Any) -> bool:
-        return bool(pred(_dims(op.operands[0]), _dims(op.operands[3])[0], isa=isa,
+        return bool(pred(_dims(op.operands[0]), _dims(op.operands[weight])[0], isa=isa,
                          **op.attrs_dict))  # fmt: skip
 
     return supported
@@ -74,6 +78,14 @@ def _int_matmul(isa: str, requires: frozenset[str]) -> KernelRow:
         "rq.int_matmul", isa, requires, builder=K.te_int_matmul, options={"isa": isa},
         pack=PackRow("panels", _packs(K.int_matmul_packs, isa), K.te_pack_int_matmul_weights,
                      K.te_int_matmul_packed, uses_x_range=True, options={"isa": isa}),
+    )  # fmt: skip
+
+
+def _wo(isa: str, requires: frozenset[str]) -> KernelRow:
+    return KernelRow(
+        "rq.wo_matmul", isa, requires, builder=K.te_wo_matmul, options={"isa": isa},
+        pack=PackRow("panels", _packs(K.wo_packs, isa, weight=1), K.te_pack_wo_weights,
+                     K.te_wo_matmul_packed, options={"isa": isa}),
     )  # fmt: skip
 
 
@@ -108,6 +120,9 @@ CPU_KERNELS: tuple[KernelRow, ...] = (
     ),
     KernelRow("rq.sparse24_matmul", "generic", builder=K.te_sparse24_matmul),
     KernelRow("rq.qbmm", "generic", builder=K.te_qbmm),
+    _wo("avx512", frozenset({"avx2", "fma", "avx512f"})),
+    _wo("avx2", frozenset({"avx2", "fma"})),
+    KernelRow("rq.wo_matmul", "generic", builder=K.te_wo_matmul),
 )
 
 register_kernel_table(KIND, CPU_KERNELS)

@@ -370,6 +370,7 @@ _SCHEDULES: dict[str, Callable[[Any, CpuScheduleConfig], None]] = {
     "xnor_popcount_matmul": _schedule_fused,
     "sparse24_matmul": _schedule_fused,
     "qbmm": _schedule_fused,
+    "wo_matmul": _schedule_fused,
 }
 if set(_SCHEDULES) != set(KERNELS):  # pragma: no cover - import-time consistency check
     raise RuntimeError(
