@@ -46,6 +46,12 @@ from typing import Any
 __all__ = ["PEERS", "PRESETS", "PeerRow", "main", "markdown", "run"]
 
 PRESETS = ("A8W8", "A4W4", "A2W2", "A1W1", "A4W4+2:4", "W4")
+#: ``--decode``: batch-1/8 decode (issue 19): weight-only and integer presets, K x N of square
+#: layers and GPT-2-small's (c_attn 768x2304, c_fc 768x3072, c_proj 3072x768)
+DECODE_PRESETS = ("W4", "W8", "A8W8", "A4W4", "A1W1")
+DECODE_PEERS = ("torch-fp32", "torch-int8-dyn", "ort-int8", "ort-nbits4-acc0", "ort-nbits4-acc4")
+DECODE_SHAPES = ((2048, 2048), (4096, 4096), (768, 2304), (768, 3072), (3072, 768))
+DECODE_M = (1, 8)
 PEERS = ("torch-fp32", "torch-compile", "torch-int8-dyn", "torchao-int8-dyn", "ort-int8",
          "ort-nbits4-acc0", "ort-nbits4-acc4")  # fmt: skip
 _NEEDS = {"torchao-int8-dyn": ("torchao",), "ort-int8": ("onnxruntime", "onnx"),
@@ -70,6 +76,7 @@ class PeerRow:
     seconds: float
     spread: float
     repeats: int
+    weight_bytes: int = 0  # bytes of weights the candidate holds (ours: the bound constants)
 
 
 def missing_packages(peer: str) -> list[str]:
@@ -252,7 +259,7 @@ def _set_threads(n: int) -> None:
 
 
 def run(
-    ks: Sequence[int],
+    ks: Sequence[int | tuple[int, int]],
     ms: Sequence[int],
     threads: Sequence[int],
     presets: Sequence[str] = PRESETS,
@@ -264,7 +271,9 @@ def run(
     log: Callable[[str], None] = print,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Time every candidate at every shape, thread count and series; returns the JSON data."""
+    """Time every candidate at every shape, thread count and series; returns the JSON data.
+
+    ``ks``: ``K = N`` sizes, or ``(K, N)`` pairs."""
     import torch
     from torch import nn
 
@@ -280,12 +289,14 @@ def run(
     rows: list[PeerRow] = []
     build_s: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="rq-peers-") as d, torch.no_grad():
-        for k in ks:
+        for shape in ks:
+            k, n = shape if isinstance(shape, tuple) else (shape, shape)
             torch.manual_seed(seed)
-            lin = nn.Sequential(nn.Linear(k, k, bias=False)).eval()
+            lin = nn.Sequential(nn.Linear(k, n, bias=False)).eval()
             made = _build_peers(lin, Path(d), log)
             made = {p: f for p, f in made.items() if p in peers}
             qats = {p: rq.prepare(lin, (torch.randn(max(ms), k),), p).eval() for p in presets}
+            wbytes = {p: _peer_weight_bytes(p, k, n) for p in made}
             for m in ms:
                 x = torch.randn(m, k)
                 exes = {}
@@ -293,9 +304,11 @@ def run(
                     t0 = time.perf_counter()
                     ir = rq.convert(qat, example_inputs=(x,))
                     exe = rq.build(ir, target="llvm")
-                    build_s[f"{p} K={k} M={m}"] = time.perf_counter() - t0
-                    check_against_reference(ir, exe, (x,), f"{p} K={k} N={k} M={m}")
+                    build_s[f"{p} K={k} N={n} M={m}"] = time.perf_counter() - t0
+                    check_against_reference(ir, exe, (x,), f"{p} K={k} N={n} M={m}")
                     exes[p] = exe
+                    wbytes[p] = sum(ir.constant(c).numel() * ir.constant(c).element_size()
+                                    for c in ir.constants)  # fmt: skip
                 for t in threads:
                     _set_threads(t)
                     fns = {p: make(t, x) for p, make in made.items()}
@@ -303,20 +316,32 @@ def run(
                     clk = clock or ("cpu" if t == 1 else "wall")
                     for s in series:
                         stats = _time(fns, series=s, budget_s=budget_s, clock=CLOCKS[clk])
-                        for name, (med, spread, n) in stats.items():
-                            rows.append(PeerRow(t, s, k, k, m, name, med, spread, n))
-                        log("  " + _line(t, s, k, m, stats, presets))
+                        for name, (med, spread, reps) in stats.items():
+                            rows.append(PeerRow(t, s, k, n, m, name, med, spread, reps,
+                                                wbytes.get(name, 0)))  # fmt: skip
+                        log("  " + _line(t, s, k, n, m, stats, presets))
     return {"rows": [asdict(r) for r in rows], "skipped": skipped, "build_s": build_s,
             "presets": list(presets), "peers": [p for p in peers if p not in skipped]}  # fmt: skip
 
 
-def _line(t: int, s: str, k: int, m: int, stats: dict, presets: Sequence[str]) -> str:
+def _peer_weight_bytes(peer: str, k: int, n: int) -> int:
+    """Weight bytes a peer reads per call: fp32 4 per weight, int8 1, 4-bit ½ plus one
+    float scale per block of 128 (MatMulNBits), int8 plus a float scale per column."""
+    if peer.startswith("ort-nbits4"):
+        return k * n // 2 + 4 * n * (-(-k // 128))
+    if "int8" in peer:
+        return k * n + 4 * n
+    return 4 * k * n
+
+
+def _line(t: int, s: str, k: int, n: int, m: int, stats: dict,
+          presets: Sequence[str]) -> str:  # fmt: skip
     peer = {n: v[0] for n, v in stats.items() if n not in presets}
     best = min(peer, key=peer.get) if peer else None
     parts = [f"{n} {v[0] * 1e6:.0f}us" for n, v in stats.items()]
     if best:
         parts.append(f"best peer {best}")
-    return f"{t} thr {s} K=N={k} M={m}: " + ", ".join(parts)
+    return f"{t} thr {s} K={k} N={n} M={m}: " + ", ".join(parts)
 
 
 # ---- report --------------------------------------------------------------------------------
@@ -327,7 +352,7 @@ def markdown(data: dict[str, Any], cmd: str) -> str:
     env = data["env"]
     presets, rows = data["presets"], [PeerRow(**r) for r in data["rows"]]
     out = [
-        "# rqcompile vs peers: one `nn.Linear` (no bias), K = N",
+        "# rqcompile vs peers: one `nn.Linear` (no bias), K inputs x N outputs",
         "",
         f"`{cmd}`",
         "",
@@ -351,14 +376,14 @@ def markdown(data: dict[str, Any], cmd: str) -> str:
             if not sel:
                 continue
             out += [f"## {t} thread{'s' if t > 1 else ''}, {s}", ""]
-            head = ["K=N", "M", *peers, "best peer", *[f"{p} (xbest)" for p in presets]]
+            head = ["K", "N", "M", *peers, "best peer", *[f"{p} (xbest)" for p in presets]]
             out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-            for k, m in sorted({(r.k, r.m) for r in sel}):
-                cell = {r.name: r.seconds for r in sel if r.k == k and r.m == m}
+            for k, n, m in sorted({(r.k, r.n, r.m) for r in sel}):
+                cell = {r.name: r.seconds for r in sel if (r.k, r.n, r.m) == (k, n, m)}
                 pt = {p: cell[p] for p in peers if p in cell}
                 best = min(pt, key=pt.get) if pt else None
-                line = [str(k), str(m)] + [f"{cell[p] * 1e6:,.0f}" if p in cell else "–"
-                                           for p in peers]  # fmt: skip
+                line = [str(k), str(n), str(m)] + [f"{cell[p] * 1e6:,.0f}" if p in cell else "–"
+                                                   for p in peers]  # fmt: skip
                 line.append(best or "–")
                 for p in presets:
                     if p in cell and best:
@@ -367,7 +392,27 @@ def markdown(data: dict[str, Any], cmd: str) -> str:
                         line.append(f"{cell[p] * 1e6:,.0f}" if p in cell else "–")
                 out.append("| " + " | ".join(line) + " |")
             out.append("")
+            out += _bandwidth(sel, [*peers, *presets], f"{t} thread{'s' if t > 1 else ''}, {s}")
     return "\n".join(out)
+
+
+def _bandwidth(sel: Sequence[PeerRow], names: Sequence[str], title: str) -> list[str]:
+    """Weight bytes per call and the effective rate (weight bytes / median time), GB/s."""
+    if not any(r.weight_bytes for r in sel):
+        return []
+    out = [f"Effective weight bandwidth, {title}: weight MiB read per call / GB/s "
+           "(weight bytes / median time; activations and outputs left out)", ""]
+    head = ["K", "N", "M", *names]
+    out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for k, n, m in sorted({(r.k, r.n, r.m) for r in sel}):
+        by = {r.name: r for r in sel if (r.k, r.n, r.m) == (k, n, m)}
+        line = [str(k), str(n), str(m)]
+        for p in names:
+            r = by.get(p)
+            line.append(f"{r.weight_bytes / 2**20:.2f} / {r.weight_bytes / r.seconds / 1e9:.1f}"
+                        if r is not None and r.weight_bytes and r.seconds > 0 else "–")
+        out.append("| " + " | ".join(line) + " |")
+    return [*out, ""]
 
 
 def _versions() -> dict[str, str]:
@@ -389,17 +434,29 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
 
 
+def _shapes(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return tuple((int(a), int(b)) for a, b in (v.lower().split("x") for v in text.split(",") if v))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected KxN pairs like 768x2304, got {text!r}") from e
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rqcompile bench --peers",
                                 description=__doc__.split("\n\n")[0])  # fmt: skip
     p.add_argument("--peers", action="store_true", help="(selects this suite)")
     p.add_argument("--quick", action="store_true", help="K=N=1024, M in {1, 64}")
+    p.add_argument("--decode", action="store_true",
+                   help="batch-1/8 decode: K x N in 2048², 4096², 768x2304, 768x3072, "
+                   "3072x768, M in {1, 8}, presets " + ",".join(DECODE_PRESETS) + ", peers "
+                   + ",".join(DECODE_PEERS) + " (each overridable)")
+    p.add_argument("--shapes", type=_shapes, help="K x N pairs, e.g. 768x2304,3072x768")
     p.add_argument("--k", type=_ints, help="K = N sizes (default 1024,2048,4096)")
     p.add_argument("--m", type=_ints, help="batch sizes M (default 1,64,256)")
     p.add_argument("--threads", type=_ints, default=None,
                    help="thread counts, comma-separated (default: 1 and all cores)")
-    p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets")
-    p.add_argument("--only-peers", default=",".join(PEERS), help="comma-separated peers")
+    p.add_argument("--presets", default=None, help="comma-separated presets")
+    p.add_argument("--only-peers", default=None, help="comma-separated peers")
     p.add_argument("--series", default=",".join(SERIES), help="interleaved,standalone")
     p.add_argument("--budget", type=float, default=None, help="seconds per candidate per cell")
     p.add_argument("--out", type=Path, default=Path("rq-bench"),
@@ -423,11 +480,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     data: dict[str, Any] = {"env": env}
     try:
+        shapes: Sequence[Any] = (args.shapes or args.k
+                                 or (DECODE_SHAPES if args.decode else _QUICK_K if args.quick
+                                     else _FULL_K))  # fmt: skip
+        presets = args.presets or ",".join(DECODE_PRESETS if args.decode else PRESETS)
+        only = args.only_peers or ",".join(DECODE_PEERS if args.decode else PEERS)
         data.update(run(
-            args.k or (_QUICK_K if args.quick else _FULL_K),
-            args.m or (_QUICK_M if args.quick else _FULL_M),
-            threads, [p for p in args.presets.split(",") if p],
-            peers=[p for p in args.only_peers.split(",") if p],
+            shapes,
+            args.m or (DECODE_M if args.decode else _QUICK_M if args.quick else _FULL_M),
+            threads, [p for p in presets.split(",") if p],
+            peers=[p for p in only.split(",") if p],
             series=[s for s in args.series.split(",") if s],
             budget_s=args.budget if args.budget is not None else (0.1 if args.quick else 0.3),
             log=log))  # fmt: skip

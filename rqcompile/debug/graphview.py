@@ -258,7 +258,8 @@ def _ir_view(module: Any, title: str, target: str = "") -> GraphView:
     return view
 
 
-_INT_KERNELS = ("rq.int_matmul", "rq.xnor_popcount_matmul", "rq.sparse24_matmul", "rq.qbmm")
+_INT_KERNELS = ("rq.int_matmul", "rq.xnor_popcount_matmul", "rq.sparse24_matmul", "rq.qbmm",
+                "rq.wo_matmul")
 
 
 def view_of(obj: Any, title: str | None = None) -> GraphView:

@@ -13,6 +13,7 @@ _KERNELS = (
     "rq.xnor_popcount_matmul",
     "rq.sparse24_matmul",
     "rq.qbmm",
+    "rq.wo_matmul",
     "rq.linear",
     "rq.matmul",
     "rq.conv2d",

@@ -155,6 +155,30 @@ def _int_matmul(ts: Types, attrs: Attrs) -> Types:
 
 
 @defop(
+    "rq.wo_matmul",
+    ("x", "wq", "ws", "wc"),
+    attrs={"block": _BLOCK, "w_bits": AttrSpec(int), "w_signed": AttrSpec(bool)},
+)
+def _wo_matmul(ts: Types, attrs: Attrs) -> Types:
+    """Weight-only matmul ``x @ (ws⊙Wq + wc)ᵀ``: float x, integer weight codes stored as for
+    ``rq.int_matmul`` (i8[N,K], or two nibbles per ui8 byte when w_bits <= 4)."""
+    x, wq, ws, wc = ts
+    block, w_bits = _check_block(attrs), _check_w_bits(attrs)
+    env = Dims()
+    env.match(x, "x", ("M", "K"), "f32")
+    if w_bits > 4:
+        env.match(wq, "wq", ("N", "K"), "i8")
+    else:
+        env.match(wq, "wq", ("N", "K/2"), "ui8")
+        env.bind("K", mul_dim(env["K/2"], 2), f"wq {wq} (K/2 bytes per row)")
+        div_dim(env["K"], 2, "K for two nibbles per byte")
+    env.bind("nb", div_dim(env["K"], block, "K by block"), "K // block")
+    env.match(ws, "ws", ("N", "nb"), "f32")
+    env.match(wc, "wc", ("N", "nb"), "f32")
+    return (TensorType((env["M"], env["N"]), "f32"),)
+
+
+@defop(
     "rq.xnor_popcount_matmul",
     ("xbits", "xs", "xc", "wbits", "ws", "wc", "wsum"),
     attrs={"block": _BLOCK, "k": AttrSpec(int)},

@@ -113,6 +113,9 @@ KERNELS: dict[str, Kernel] = {
     "rq.xnor_popcount_matmul": lambda t, a: R.xnor_popcount_matmul(*t, block=a["block"], k=a["k"]),
     "rq.sparse24_matmul": lambda t, a: R.sparse24_matmul(*t, block=a["block"], w_bits=a["w_bits"]),
     "rq.qbmm": lambda t, a: R.qbmm(*t, block=a["block"]),
+    "rq.wo_matmul": lambda t, a: R.wo_matmul(
+        *t, block=a["block"], w_bits=a["w_bits"], w_signed=a["w_signed"]
+    ),
     "rq.repeat_blocks": lambda t, a: t[0].repeat_interleave(a["factor"], dim=-1),
     # float ops
     "rq.linear": lambda t, a: F.linear(t[0], t[1]),

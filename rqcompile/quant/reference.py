@@ -47,6 +47,7 @@ __all__ = [
     "quantize",
     "sparse24_core",
     "sparse24_matmul",
+    "wo_matmul",
     "xnor_popcount_core",
     "xnor_popcount_matmul",
 ]
@@ -305,6 +306,49 @@ def int_matmul(
     w = unpack_nibbles(wq, signed=w_signed) if w_bits <= 4 else wq
     p = int_matmul_core(xq, w, block)
     return affine_epilogue(p, xs, xc, code_sums(xq, block), ws, wc, wsum, block=block)
+
+
+def wo_matmul(
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    wc: torch.Tensor,
+    *,
+    block: int,
+    w_bits: int,
+    w_signed: bool,
+) -> torch.Tensor:
+    """Weight-only matmul ``f32 [M, N] = x @ dequant(W).T``: float activations, integer weight
+    codes with per-block ``scale·code + offset`` (the ``W4``/``W8`` presets).
+
+    The dequantized weight and the product are evaluated in float64 and rounded to float32
+    once, so a kernel that applies the scale per block (``Σ_b ws·(x·q) + wc·Σx``) differs
+    from this only by float32 rounding.
+
+    Args:
+        x: ``f32 [M, K]`` activations.
+        wq: ``int8 [N, K]``, or ``uint8 [N, K/2]`` nibbles when ``w_bits <= 4`` (element
+            ``2t`` in the low nibble), as for :func:`int_matmul`.
+        ws, wc: ``f32 [N, nb]`` per-block scale and offset, ``nb = K // block``.
+        block: block size along K.
+        w_bits: weight code width (selects the nibble layout at ≤ 4).
+        w_signed: nibbles are two's complement (else zero-extended).
+
+    Example:
+        >>> wq = torch.tensor([[0x31]], dtype=torch.uint8)  # codes 1, 3
+        >>> wo_matmul(torch.tensor([[1.0, 2.0]]), wq, torch.tensor([[0.5]]),
+        ...           torch.tensor([[1.0]]), block=2, w_bits=4, w_signed=False).tolist()
+        [[6.5]]
+    """
+    w = unpack_nibbles(wq, signed=w_signed) if w_bits <= 4 else wq
+    k = w.shape[-1]
+    if x.shape[-1] != k:
+        raise NumericsError(f"wo_matmul: K mismatch, x has {x.shape[-1]}, w has {k}.")
+    _nb(k, block, "wo_matmul")
+    if ws.shape[-1] * block != k:
+        raise NumericsError(f"wo_matmul: {ws.shape[-1]} blocks of {block} do not cover K={k}.")
+    deq = dequantize(w, ws, wc)  # float64 [N, K]
+    return (x.double() @ deq.transpose(-1, -2)).to(torch.float32)
 
 
 def xnor_popcount_matmul(

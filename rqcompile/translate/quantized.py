@@ -10,7 +10,8 @@ layer                                       kernel
 1-bit activations and weights, block%32==0  ``rq.xnor_popcount_matmul`` (packed bits)
 2:4-sparse weights, K%8==0                  ``rq.sparse24_matmul`` (values + 2-bit idx)
 anything else                               ``rq.int_matmul`` (nibbles for ≤4-bit W)
-weight-only (``W4``)                        float matmul on the dequantized weight
+weight-only linear (``W4``, ``W8``)         ``rq.wo_matmul`` (float x, integer codes)
+weight-only convolution                     float conv on the dequantized weight
 ==========================================  ======================================
 
 All integer kernels compute ``Σ_b (s_X s_Wᵀ)⊙P_b + rank-1 corrections`` with one integer GEMM
@@ -40,7 +41,7 @@ from rqcompile.quant.modules import RQQuantize
 from rqcompile.translate.converters import _pair
 from rqcompile.translate.context import QOperand, TranslateContext
 
-__all__ = ["QUANTIZED_FUNCTIONS", "WeightPack", "pack_weight"]
+__all__ = ["QUANTIZED_FUNCTIONS", "WeightPack", "pack_weight", "pack_weight_only"]
 
 Cx = TranslateContext
 
@@ -97,6 +98,27 @@ def pack_weight(w: RQQuantize, weight: torch.Tensor, kb: int, *, xnor: bool) -> 
     )
 
 
+def pack_weight_only(w: RQQuantize, weight: torch.Tensor) -> WeightPack:
+    """A weight-only layer's codes, stored as for ``rq.int_matmul`` (nibbles at ≤ 4 bits
+    where the block is even, else int8; 8-bit affine codes shifted by -128), with the
+    per-block ``ws``/``wc`` of the trained quantizer (``rq.wo_matmul``)."""
+    check_finite(weight.detach(), layer=w.layer, what="the trained weight", stage="convert()")
+    codes, scale, offset = w.quantize(weight.detach().float())  # (N, K) int16, (N, nbw)
+    n, k = codes.shape
+    kb = k // scale.shape[-1]
+    if w.spec.bits == 8 and not w.spec.symmetric:
+        codes, scale, offset = shift_affine8(codes, scale, offset)  # int8 code − 128
+    codes = codes.to(torch.int8)
+    sb = w.spec.storage_bits
+    signed = bool(w.spec.symmetric or w.spec.bits == 1 or w.spec.bits == 8)
+    if sb <= 4 and kb % 2 == 0:
+        packed = pack_nibbles(codes, signed=signed)
+    else:
+        packed, sb, signed = codes, 8, True
+    tensors = {"wq": packed, "ws": scale.float().contiguous(), "wc": offset.float().contiguous()}
+    return WeightPack("wo_matmul", tensors, {"block": kb, "w_bits": sb, "w_signed": signed})
+
+
 def _quantize(cx: Cx, a: RQQuantize, x: Value, *, pack: str = "none") -> tuple[Value, Value, Value]:
     return cx.op(
         "rq.quantize",
@@ -136,13 +158,8 @@ def _layer_name(q: QOperand) -> str:
 
 
 def _linear(cx: Cx, x: Any, w: QOperand, b: Any = None) -> Value:
-    if not isinstance(x, QOperand):  # weight-only: run the dequantized weight in float
-        y = cx.op(
-            "rq.linear",
-            cx.value(x),
-            cx.value(_dequantized_weight(w), name=f"{_layer_name(w)}.w_dequant"),
-        )
-        return y if b is None else cx.op("rq.add", y, cx.value(b))
+    if not isinstance(x, QOperand):  # weight-only: float x times the integer weight codes
+        return _weight_only_linear(cx, x, w, b)
     a, src = x.quant, cx.value(x.source)
     lead, k = list(src.type.shape[:-1]), int(src.type.shape[-1])  # type: ignore[arg-type]
     m = math.prod(int(d) for d in lead)  # type: ignore[arg-type]
@@ -157,6 +174,28 @@ def _linear(cx: Cx, x: Any, w: QOperand, b: Any = None) -> Value:
         y = cx.op("rq.add", y, cx.value(b))
     n = int(pack.tensors["ws"].shape[0])
     return y if len(lead) == 1 else cx.op("rq.reshape", y, shape=(*(int(d) for d in lead), n))  # type: ignore[arg-type]
+
+
+def _weight_only_linear(cx: Cx, x: Any, w: QOperand, b: Any) -> Value:
+    """``rq.wo_matmul`` on the folded codes (a dequantized float ``rq.linear`` where the
+    layer has no block structure the op takes, e.g. a 1-D input)."""
+    src = cx.value(x)
+    shape = [int(d) for d in src.type.shape]  # type: ignore[union-attr]
+    if len(shape) < 2 or w.quant.block is None:  # type: ignore[union-attr]
+        y = cx.op("rq.linear", src,
+                  cx.value(_dequantized_weight(w), name=f"{_layer_name(w)}.w_dequant"))  # fmt: skip
+        return y if b is None else cx.op("rq.add", y, cx.value(b))
+    *lead, k = shape
+    m = math.prod(lead)
+    x2 = src if len(lead) == 1 else cx.op("rq.reshape", src, shape=(m, k))
+    pack = pack_weight_only(w.quant, w.source)  # type: ignore[arg-type]
+    prefix = _layer_name(w)
+    consts = [cx.const(f"{prefix}.{name}", pack.tensors[name]) for name in ("wq", "ws", "wc")]
+    y = cx.op("rq.wo_matmul", x2, *consts, **pack.attrs)
+    if b is not None:
+        y = cx.op("rq.add", y, cx.value(b))
+    n = int(pack.tensors["ws"].shape[0])
+    return y if len(lead) == 1 else cx.op("rq.reshape", y, shape=(*lead, n))
 
 
 def _conv(

@@ -94,6 +94,19 @@ CASES: list[tuple[str, tuple[str, ...], dict[str, Any], tuple[str, ...]]] = [
         {"block": 128, "w_bits": 2, "w_signed": True},
         ("?x64xf32",),
     ),
+    # wo_matmul: float x, weight codes stored as for int_matmul
+    (
+        "rq.wo_matmul",
+        ("?x256xf32", "64x128xui8", "64x2xf32", "64x2xf32"),
+        {"block": 128, "w_bits": 4, "w_signed": False},
+        ("?x64xf32",),
+    ),
+    (
+        "rq.wo_matmul",
+        ("8x256xf32", "64x256xi8", "64x2xf32", "64x2xf32"),
+        {"block": 128, "w_bits": 8, "w_signed": True},
+        ("8x64xf32",),
+    ),
     # xnor: k is the unpacked reduction length
     (
         "rq.xnor_popcount_matmul",
@@ -296,6 +309,14 @@ ERRORS: list[tuple[str, tuple[str, ...], dict[str, Any], str]] = [
         {"block": 128, "w_bits": 4, "w_signed": True},
         "ui8",
     ),
+    (
+        "rq.wo_matmul",
+        ("8x256xf32", "64x128xui8", "64x4xf32", "64x4xf32"),
+        {"block": 128, "w_bits": 4, "w_signed": False},
+        "nb",
+    ),
+    ("rq.wo_matmul", ("8x256xi8", "64x128xui8", "64x2xf32", "64x2xf32"),
+     {"block": 128, "w_bits": 4, "w_signed": False}, "f32"),
     (
         "rq.int_matmul",
         ("8x256xi8", "8x2xf32", "8x2xf32", "64x100xui8", "64x2xf32", "64x2xf32", "64x2xi32"),

@@ -53,7 +53,7 @@ class PackWeights:
                 kernel = op.attr("rq.kernel", None)
                 if kernel is None:
                     if op.name in ("rq.int_matmul", "rq.xnor_popcount_matmul",
-                                   "rq.sparse24_matmul"):  # fmt: skip
+                                   "rq.sparse24_matmul", "rq.wo_matmul"):  # fmt: skip
                         raise PassError("pack-weights: run select-kernels first (an "
                                         f"{op.name} has no rq.kernel annotation).")  # fmt: skip
                     continue

@@ -34,7 +34,7 @@ __all__ = ["DEFAULT_THREADS", "schedule_device_func", "schedule_device_module"]
 #: Threads per block when the target says nothing else.
 DEFAULT_THREADS = 64
 _DATA_PAR = int(tvm.tirx.IterVar.DataPar)
-_FUSED_KINDS = ("int_matmul", "xnor_popcount_matmul", "sparse24_matmul", "qbmm")
+_FUSED_KINDS = ("int_matmul", "xnor_popcount_matmul", "sparse24_matmul", "qbmm", "wo_matmul")
 
 
 def _blocks(sch: Any) -> list[Any]:

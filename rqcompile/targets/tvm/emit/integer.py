@@ -36,11 +36,12 @@ def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
     return emit
 
 
-def _packed(te_fn: Any, kind: str) -> Emitter:
+def _packed(te_fn: Any, kind: str, n_x: int = 3) -> Emitter:
     """An integer matmul: where ``pack-weights`` chose a packed layout
     (``rq.weight_layout``), emit the row's pack (its own PrimFunc, on the weight-side
-    operands after ``xq, xs, xc``) then the row's kernel on all the parts it returns; else
-    the one fused TE kernel of the row.
+    operands after the ``n_x`` activation-side ones: ``xq, xs, xc``, or ``x`` of
+    ``rq.wo_matmul``) then the row's kernel on all the parts it returns; else the one fused
+    TE kernel of the row.
 
     The pack depends on weights only, so ``LiftTransformParams`` (pipelines.py) moves it
     into ``main_transform_params``, which the runtime calls once when binding weights.
@@ -58,12 +59,13 @@ def _packed(te_fn: Any, kind: str) -> Emitter:
         xr = op.attr("rq.x_range", None)
         if xr is not None:
             kw["x_range"] = tuple(int(v) for v in xr)  # type: ignore[union-attr]
-        wkey = ("pack", kind, tuple(v.type for v in op.operands[3:]), tuple(sorted(kw.items())))
-        packed = cx.emit_te(row.pack.pack, list(xs[3:]), key=wkey, name=f"pack_{kind}",
+        wkey = ("pack", kind, tuple(v.type for v in op.operands[n_x:]),
+                tuple(sorted(kw.items())))  # fmt: skip
+        packed = cx.emit_te(row.pack.pack, list(xs[n_x:]), key=wkey, name=f"pack_{kind}",
                             opaque=True, **kw)  # fmt: skip
         parts = [cx.emit(relax.TupleGetItem(packed, i))
                  for i in range(len(packed.ty.fields))]  # fmt: skip
-        return cx.emit_te(row.pack.kernel, [*xs[:3], *parts], key=("packed", _op_key(op), xr),
+        return cx.emit_te(row.pack.kernel, [*xs[:n_x], *parts], key=("packed", _op_key(op), xr),
                           name=kind, opaque=True, **kw)  # fmt: skip
 
     return emit

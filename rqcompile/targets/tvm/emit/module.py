@@ -122,6 +122,7 @@ EMITTERS: dict[str, Emitter] = {
     "rq.xnor_popcount_matmul": _packed(K.te_xnor_popcount_matmul, "xnor_popcount_matmul"),
     "rq.sparse24_matmul": _packed(K.te_sparse24_matmul, "sparse24_matmul"),
     "rq.qbmm": _te_op(K.te_qbmm, "qbmm"),
+    "rq.wo_matmul": _packed(K.te_wo_matmul, "wo_matmul", n_x=1),
     "rq.repeat_blocks": _repeat_blocks,
     # float ops
     "rq.linear": _binary(relax.op.linear),

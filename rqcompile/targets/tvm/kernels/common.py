@@ -24,6 +24,7 @@ KERNELS = (
     "sparse24_core",
     "sparse24_matmul",
     "qbmm",
+    "wo_matmul",
     "pack_weights",
 )
 Tensor = Any  # te.Tensor; TVM ships no type stubs

@@ -1,4 +1,5 @@
-"""TE computes for the integer ops: quantize, integer-affine, XNOR-popcount, 2:4 sparse, qbmm.
+"""TE computes for the integer ops: quantize, integer-affine, XNOR-popcount, 2:4 sparse, qbmm,
+and the weight-only matmul (float x, integer weight codes: ``wo_matmul.py``).
 
 This module is the package's front: it re-exports the builders of ``common.py`` (names,
 :func:`prim_func`), ``quantize.py``, ``cores.py`` (GEMM cores per block) and ``matmul.py``
@@ -64,6 +65,12 @@ from rqcompile.targets.tvm.kernels.matmul import (
     xnor_packs,
 )
 from rqcompile.targets.tvm.kernels.quantize import te_quantize
+from rqcompile.targets.tvm.kernels.wo_matmul import (
+    te_pack_wo_weights,
+    te_wo_matmul,
+    te_wo_matmul_packed,
+    wo_packs,
+)
 
 __all__ = [
     "KERNELS",
@@ -82,11 +89,15 @@ __all__ = [
     "te_pack_xnor_weights",
     "te_qbmm",
     "te_quantize",
+    "te_pack_wo_weights",
     "te_sparse24_core",
     "te_sparse24_matmul",
     "te_sparse24_matmul_packed",
     "te_xnor_popcount_core",
     "te_xnor_popcount_matmul",
+    "te_wo_matmul",
+    "te_wo_matmul_packed",
     "te_xnor_popcount_matmul_packed",
+    "wo_packs",
     "xnor_packs",
 ]

@@ -10,10 +10,12 @@ row (``rq.kernel``)      requires                       kernel (packed layout wh
 ======================== ============================== ========================================
 quantize.avx2            avx2                           one-pass micro-kernel (x86.quant)
 quantize.generic         –                              TE stages
+int_matmul.avx512_vnni_w4  (as avx512_vnni)           the same on 4-bit codes two per byte, M <= 16
 int_matmul.avx512_vnni   avx2, avx512_vnni, avx512vl    ymm ``vpdpbusd`` panels (x86.vnni)
+int_matmul.avx_vnni_w4   (as avx_vnni)                  VEX ``vpdpbusd`` on 4-bit codes two per byte
 int_matmul.avx_vnni      avx2, avx_vnni                 VEX ``vpdpbusd`` panels
 int_matmul.avx2          avx2                           ``vpmaddwd``/``vpmaddubsw`` panels
-int_matmul.*_emulated    (tests only: force it)         the VNNI panels with ``vpdpbusd`` emulated
+int_matmul.*_emulated    (tests only: force it)         the VNNI panels (both layouts) with ``vpdpbusd`` emulated
 int_matmul.generic       –                              TE compute
 xnor_popcount_matmul.avx512_vpopcntdq  avx2, avx512_vpopcntdq   XNOR panels with ``vpopcntq``
 xnor_popcount_matmul.avx2              avx2              XNOR panels, ``vpshufb`` nibble LUT
@@ -21,6 +23,9 @@ xnor_popcount_matmul.generic           –                 TE compute (LLVM vect
 sparse24_matmul.avx2     avx2                           ``vpshufb``-gathered 2:4 panels
 sparse24_matmul.generic  –                              TE compute
 qbmm.generic             –                              TE compute
+wo_matmul.avx512         avx2, fma, avx512f             zmm panels of 4-/8-bit codes (x86.wo)
+wo_matmul.avx2           avx2, fma                      ymm panels of 4-/8-bit codes
+wo_matmul.generic        –                              TE compute (codes unpacked per element)
 ======================== ============================== ========================================
 
 Where a row's micro-kernel does not take a shape (e.g. ``N % 8 != 0``, K not in whole
@@ -59,11 +64,12 @@ def _quantize_micro(op: Op) -> bool:
     )  # fmt: skip
 
 
-def _packs(pred: Callable[..., bool], isa: str) -> Callable[[Op, Any], bool]:
-    """A pack predicate of ``kernels/integer.py`` (``int_matmul_packs``, ...) on an op's shapes."""
+def _packs(pred: Callable[..., bool], isa: str, weight: int = 3) -> Callable[[Op, Any], bool]:
+    """A pack predicate of ``kernels/integer.py`` (``int_matmul_packs``, ...) on an op's shapes
+    (``weight``: the index of the operand whose first dim is N)."""
 
     def supported(op: Op, x_range: Any) -> bool:
-        return bool(pred(_dims(op.operands[0]), _dims(op.operands[3])[0], isa=isa,
+        return bool(pred(_dims(op.operands[0]), _dims(op.operands[weight])[0], isa=isa,
                          **op.attrs_dict))  # fmt: skip
 
     return supported
@@ -74,6 +80,39 @@ def _int_matmul(isa: str, requires: frozenset[str]) -> KernelRow:
         "rq.int_matmul", isa, requires, builder=K.te_int_matmul, options={"isa": isa},
         pack=PackRow("panels", _packs(K.int_matmul_packs, isa), K.te_pack_int_matmul_weights,
                      K.te_int_matmul_packed, uses_x_range=True, options={"isa": isa}),
+    )  # fmt: skip
+
+
+def _wo(isa: str, requires: frozenset[str]) -> KernelRow:
+    return KernelRow(
+        "rq.wo_matmul", isa, requires, builder=K.te_wo_matmul, options={"isa": isa},
+        pack=PackRow("panels", _packs(K.wo_packs, isa, weight=1), K.te_pack_wo_weights,
+                     K.te_wo_matmul_packed, options={"isa": isa}),
+    )  # fmt: skip
+
+
+#: The most rows (M) the nibble-panel rows take: they save weight bytes, which bound calls
+#: that read every weight once or a few times; larger M is bound by the dot products,
+#: which the unpacked panels do with two fewer instructions per 64 MACs.
+NIBBLE_MAX_ROWS = 16
+
+
+def _int_matmul4(isa: str, requires: frozenset[str]) -> KernelRow:
+    """``int_matmul.<isa>_w4``: the VNNI panels on 4-bit codes kept two per byte (A4W4,
+    A2W2 at M <= :data:`NIBBLE_MAX_ROWS`): half the weight bytes of ``int_matmul.<isa>``."""
+    opts = {"isa": isa, "nibbles": True, "max_rows": NIBBLE_MAX_ROWS}
+    packs = _packs(K.int_matmul_packs, isa)
+
+    def supported(op: Op) -> bool:
+        return packs(op, None) and bool(K.int_matmul_packs(
+            _dims(op.operands[0]), _dims(op.operands[3])[0], **{**op.attrs_dict, **opts}))
+
+    base = VNNI_EMULATED.get(isa, isa)
+    return KernelRow(
+        "rq.int_matmul", f"{base}_w4" + ("_emulated" if isa in VNNI_EMULATED else ""),
+        requires, supported, builder=K.te_int_matmul, options={"isa": isa},
+        pack=PackRow("panels4", lambda op, xr: supported(op), K.te_pack_int_matmul_weights,
+                     K.te_int_matmul_packed, options=opts),
     )  # fmt: skip
 
 
@@ -92,9 +131,12 @@ _AVX2 = frozenset({"avx2"})
 CPU_KERNELS: tuple[KernelRow, ...] = (
     KernelRow("rq.quantize", "avx2", _AVX2, _quantize_micro, K.te_quantize, {"isa": "avx2"}),
     KernelRow("rq.quantize", "generic", builder=K.te_quantize),
+    _int_matmul4("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
     _int_matmul("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
+    _int_matmul4("avx_vnni", frozenset({"avx2", "avx_vnni"})),
     _int_matmul("avx_vnni", frozenset({"avx2", "avx_vnni"})),
     _int_matmul("avx2", _AVX2),
+    *(_int_matmul4(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
     *(_int_matmul(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
     KernelRow("rq.int_matmul", "generic", builder=K.te_int_matmul),
     _xnor("avx512_vpopcntdq", frozenset({"avx2", "avx512_vpopcntdq"})),
@@ -108,6 +150,9 @@ CPU_KERNELS: tuple[KernelRow, ...] = (
     ),
     KernelRow("rq.sparse24_matmul", "generic", builder=K.te_sparse24_matmul),
     KernelRow("rq.qbmm", "generic", builder=K.te_qbmm),
+    _wo("avx512", frozenset({"avx2", "fma", "avx512f"})),
+    _wo("avx2", frozenset({"avx2", "fma"})),
+    KernelRow("rq.wo_matmul", "generic", builder=K.te_wo_matmul),
 )
 
 register_kernel_table(KIND, CPU_KERNELS)

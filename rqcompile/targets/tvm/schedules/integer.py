@@ -126,6 +126,8 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     out: dict[str, dict[str, Any]] = {}
     for row in CPU_KERNELS:
         kind = row.op.removeprefix("rq.")
+        if row.isa.endswith("_w4"):  # a shape-specific variant (4-bit codes, small M)
+            continue
         if kind not in out and row.requires <= feats:
             out[kind] = {"isa": row.isa}
     return {k: v for k, v in out.items() if v["isa"] != "generic"}
@@ -370,6 +372,7 @@ _SCHEDULES: dict[str, Callable[[Any, CpuScheduleConfig], None]] = {
     "xnor_popcount_matmul": _schedule_fused,
     "sparse24_matmul": _schedule_fused,
     "qbmm": _schedule_fused,
+    "wo_matmul": _schedule_fused,
 }
 if set(_SCHEDULES) != set(KERNELS):  # pragma: no cover - import-time consistency check
     raise RuntimeError(

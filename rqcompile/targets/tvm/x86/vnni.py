@@ -54,6 +54,7 @@ from rqcompile.targets.tvm.x86.panel import (
     _bc,
     _check_group,
     _intrin,
+    _nibble,
     _panel_body,
     panel_group,
     te_offset_codes,
@@ -66,6 +67,7 @@ __all__ = [
     "VNNI_TARGET_ISAS",
     "te_pack_vnni_panels",
     "vnni_panel_matmul",
+    "vnni_nibble_supported",
     "vnni_panel_supported",
     "vnni_tile",
 ]
@@ -111,13 +113,39 @@ def vnni_tile(m: int, n: int, isa: str) -> tuple[int, int]:
     return min(mr, _MAX_ROWS, m), nv
 
 
+def vnni_nibble_supported(*, k: int, block: int, w_bits: int) -> bool:
+    """Whether the nibble panels take this layer: codes of 4 bits or fewer and an even
+    number of K-quads per block (a byte's two quads stay in one block)."""
+    return w_bits <= 4 and block % 8 == 0 and k % block == 0
+
+
 def te_pack_vnni_panels(
-    wq: Any, *, w_bits: int, w_signed: bool, name: str, attrs: dict[str, Any]
-) -> Any:
+    wq: Any, *, w_bits: int, w_signed: bool, name: str, attrs: dict[str, Any],
+    nibbles: bool = False,
+) -> Any:  # fmt: skip
     """``wp int8 [N/8nv, K/4, nv, 32]`` (module docstring) from ``wq int8 [N, K]`` or nibble
-    bytes ``uint8 [N, K/2]`` (unpacked to their int8 values, no bias)."""
+    bytes ``uint8 [N, K/2]`` (unpacked to their int8 values, no bias). ``nibbles``: nibble
+    codes kept two per byte, ``uint8 [N/8nv, K/8, nv, 32]``: byte ``4c + t`` of ``[g, h, v]``
+    holds ``w[col, 8h + t]`` in its low nibble and ``w[col, 8h + 4 + t]`` in its high one
+    (``col = 8(g·nv + v) + c``), each biased to ``0..15`` (+8 when signed)."""
     nv = panel_group(int(wq.shape[0]))
-    return te_quad_panels(wq, w_bits=w_bits, w_signed=w_signed, nv=nv, name=name, attrs=attrs)
+    if not nibbles:
+        return te_quad_panels(wq, w_bits=w_bits, w_signed=w_signed, nv=nv, name=name,
+                              attrs=attrs)  # fmt: skip
+    n, k = int(wq.shape[0]), 2 * int(wq.shape[1])
+    bias = 8 if w_signed else 0
+
+    def code(j: Any, kk: Any) -> Any:
+        byte = wq[j, kk // 2]
+        v = tirx.Select(kk % 2 == 1, _nibble(byte, True, w_signed), _nibble(byte, False, w_signed))
+        return v + bias
+
+    def value(g: Any, h: Any, v: Any, e: Any) -> Any:
+        j, t = (g * nv + v) * PANEL + e // 4, e % 4
+        return (code(j, 8 * h + t) + code(j, 8 * h + 4 + t) * 16).astype("uint8")
+
+    return te.compute((n // (PANEL * nv), k // 8, nv, 4 * PANEL), value, name=f"{name}_wp4",
+                      attrs=attrs)  # fmt: skip
 
 
 def _i8_operands() -> bool:
@@ -148,12 +176,18 @@ class _Vpdpbusd:
     def __init__(self, xu: Any, wp: Any, block: int, isa: str) -> None:
         self.x, self.wp, self.block, self.isa = xu, wp, block, isa
 
+    nibbles = False
+
+    def _panel(self, g: Any, q: Any, v: Any) -> Any:
+        """The 32 int8 weights of K-quad ``q`` of panel ``v`` (8 columns x 4)."""
+        return self.wp[g, q, v, tirx.Ramp(0, 1, 4 * PANEL)]
+
     def _dot(self, acc: Any, xv: Any, g: Any, q: Any, v: Any, lanes: int) -> Any:
+        panels = [self._panel(g, q, v + p) for p in range(lanes // 8)]
         if self.isa in VNNI_EMULATED:
-            parts = [self.wp[g, q, v + h // 2, tirx.Ramp(16 * (h % 2), 1, 16)]
+            parts = [tirx.Shuffle([panels[h // 2]], list(range(16 * (h % 2), 16 * (h % 2) + 16)))
                      for h in range(lanes // 4)]  # fmt: skip
             return _dot_emulated(acc, xv, parts)
-        panels = [self.wp[g, q, v + p, tirx.Ramp(0, 1, 4 * PANEL)] for p in range(lanes // 8)]
         w = panels[0] if len(panels) == 1 else tirx.Shuffle(panels, list(range(4 * lanes)))
         if _i8_operands():
             xb = tirx.reinterpret(f"int8x{4 * lanes}", _bc(xv, lanes))
@@ -174,13 +208,45 @@ class _Vpdpbusd:
                     T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
 
 
+class _Vpdpbusd4(_Vpdpbusd):
+    """:class:`_Vpdpbusd` on nibble panels (:func:`te_pack_vnni_panels` with ``nibbles``):
+    one 32-byte load holds two K-quads of 8 columns, quad ``2h`` in the low nibbles and
+    ``2h + 1`` in the high ones, biased to ``0..15``; ``vpand`` / ``vpsrlw`` + ``vpand``
+    unpack them into the unsigned-in-signed bytes ``vpdpbusd`` multiplies (exact: 0..15).
+    Half the weight bytes of :class:`_Vpdpbusd` per MAC, two more instructions per 64
+    MACs of a panel: for GEMV-sized calls, which read every weight once."""
+
+    nibbles, half = True, 0
+
+    def _panel(self, g: Any, q: Any, v: Any) -> Any:
+        raw = self.wp[g, q // 2, v, tirx.Ramp(0, 1, 4 * PANEL)]
+        lo = tirx.bitwise_and(raw, tirx.const(15, "uint8x32"))
+        hi = tirx.shift_right(raw, tirx.const(4, "uint8x32"))
+        return tirx.reinterpret("int8x32", hi if self.half else lo)
+
+    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
+        quads, lanes = self.block // 4, _lanes(self.isa, nv)
+        step = lanes // PANEL
+        with T.serial(0, quads // 2) as s:
+            for half in range(2):  # the low then the high nibbles of the same bytes
+                self.half = half
+                q = b * quads + 2 * s + half
+                with T.unroll(0, rows) as ii:
+                    xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
+                    with T.unroll(0, nv // step) as vs:
+                        v = vs * step
+                        idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
+                        T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
+
+
 def vnni_panel_matmul(
     xq: Any, wp: Any, row: Sequence[Any], col_t: Sequence[Any], *, block: int, w_bits: int,
-    w_signed: bool, isa: str, name: str, attrs: dict[str, Any],
+    w_signed: bool, isa: str, name: str, attrs: dict[str, Any], nibbles: bool = False,
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` from codes ``xq int8 [M, K]``, the panels of :func:`te_pack_vnni_panels`
-    and the epilogue's row parts and transposed column parts (:mod:`.epilogue`), passed to
-    :func:`rqcompile.targets.tvm.x86.panel._panel_body` as they come.
+    (built with the same ``nibbles``) and the epilogue's row parts and transposed column
+    parts (:mod:`.epilogue`), passed to :func:`rqcompile.targets.tvm.x86.panel._panel_body`
+    as they come.
 
     Raises:
         NumericsError: an unknown ``isa``, or a shape :func:`vnni_panel_supported` rejects.
@@ -191,7 +257,11 @@ def vnni_panel_matmul(
     nv = int(wp.shape[2])
     n = int(wp.shape[0]) * nv * PANEL  # the column parts come from the same weights' pack
     _check_group(name, wp, panel_group(n), n)  # the tile walks panel_group(n) panels
-    if not vnni_panel_supported(n=n, k=k, block=block) or int(wp.shape[1]) * 4 != k:
+    per = 8 if nibbles else 4  # K per packed step
+    if nibbles and not vnni_nibble_supported(k=k, block=block, w_bits=w_bits):
+        raise NumericsError(f"{name}: nibble panels need codes of <= 4 bits and blocks of "
+                            f"whole K-octets (block={block}, w_bits={w_bits}).")  # fmt: skip
+    if not vnni_panel_supported(n=n, k=k, block=block) or int(wp.shape[1]) * per != k:
         raise NumericsError(f"{name}: the VNNI panel kernel needs N % 8 == 0, a block of "
                             f"whole K-quads dividing K and weights packed for K={k} "
                             f"(N={n}, block={block}); repack or use the AVX2 path.")  # fmt: skip
@@ -200,8 +270,10 @@ def vnni_panel_matmul(
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *bufs = in_bufs
-        core = _Vpdpbusd(x, w, block, isa)
+        core = (_Vpdpbusd4 if nibbles else _Vpdpbusd)(x, w, block, isa)
+        bias_w = 8 if nibbles and w_signed else 0
         return _panel_body(core, bufs, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=128,
+                           bias_w=bias_w,
                            f32_bounds=(128, w_code_max(w_bits, w_signed)))  # fmt: skip
 
     return te.extern((m, n), [xu, wp, *row, *col_t], body, name=name, dtype="float32",

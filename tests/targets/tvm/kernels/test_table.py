@@ -22,7 +22,12 @@ from rqcompile.targets.tvm.kernels.table import CPU_KERNELS, TEST_ONLY  # noqa: 
 pytestmark = pytest.mark.tvm
 
 _PRESET = {"rq.int_matmul": "A8W8", "rq.xnor_popcount_matmul": "A1W1",
-           "rq.sparse24_matmul": "A4W4+2:4"}  # fmt: skip
+           "rq.sparse24_matmul": "A4W4+2:4", "rq.wo_matmul": "W4"}  # fmt: skip
+
+
+def _preset(row) -> str:
+    """The preset whose layer the row takes: the nibble-panel rows want 4-bit weights."""
+    return "A4W4" if "_w4" in row.isa else _PRESET[row.op]
 
 
 def _rows() -> list[str]:
@@ -38,7 +43,7 @@ def test_forced_row_matches_the_reference(row: str) -> None:
         pytest.skip(f"this CPU lacks {', '.join(sorted(missing))} to run {row}")
     torch.manual_seed(0)
     x = torch.randn(16, 256)
-    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), _PRESET[r.op])
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), _preset(r))
     ir = rq.convert(qat.eval(), example_inputs=(x,))
     forced = PassManager([SelectKernels(force=(f"{r.op[3:]}:{r.isa}",))]).run(ir, PassContext())
     assert f'rq.kernel = "{row}"' in print_module(forced)

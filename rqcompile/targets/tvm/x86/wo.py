@@ -1,0 +1,180 @@
+"""Weight-only matmul (``rq.wo_matmul``, presets ``W4``/``W8``): float activations times
+integer weight codes read packed and dequantized in registers, one TIR kernel.
+
+Batch-1 decode (GEMV, M = 1..8) is bound by the bytes of weights it reads, so the kernel
+reads the stored codes, never a float copy of the weights: 4-bit codes two per byte
+(K·N/2 bytes, 1/8 of fp32), 8-bit codes one per byte.
+
+* **Panels** (:func:`te_pack_wo_panels`, once, when the weights are bound; the build lifts
+  it out of ``main`` like the integer panels): ``wp [N/P, K/e, P]`` with ``P = lanes·nv``
+  output columns side by side and ``e`` codes per byte (2 for nibbles, 1 for 8-bit codes):
+  byte ``[g, t, c]`` holds codes ``k = e·t .. e·t + e - 1`` of column ``g·P + c`` (low
+  nibble first). One step of K reads ``P`` contiguous bytes, and a group's panel streams
+  sequentially through memory. The block scale and offset are transposed to ``[nb, N]``.
+* **Inner step** (per ``e`` codes of K, per ``lanes`` columns): one load of ``lanes`` bytes
+  (zero-extended to int32), ``and``/``shift`` to the nibbles (``shl``/``sar`` for signed
+  ones), ``cvtdq2ps``, and per row one FMA with the broadcast activation per code. The
+  scale is not applied per element: each block's sum ``Σ_k x·q`` is scaled once,
+  ``y += ws_b·Σ_k x·q + wc_b·Σ_k x`` (``Σ_k x`` per row and block is a small TE stage), so
+  the dequantized weight ``ws·q + wc`` is never formed.
+* **Tile**: ``mr`` rows x ``nv`` vectors of ``lanes`` float32 accumulators; with one row the
+  codes of a byte go to separate accumulators (``nv·e`` independent FMA chains instead of
+  ``nv``). AVX-512 (``isa="avx512"``): zmm, 16 lanes, ``nv = 4`` (64 columns per panel),
+  up to 4 rows; AVX2: ymm, 8 lanes, ``nv = 4`` (32 columns), up to 2 rows. Any M runs (a
+  row tile is a divisor of M), but above a few rows the decode is repeated per row tile:
+  this is a GEMV-first kernel.
+* **Threads**: a ``parallel`` loop over the column panels; the runtime runs a call on one
+  thread when its work is small (``targets/tvm/threads.py``).
+
+No instruction is named: the TIR uses vector types only, so LLVM selects the instructions
+for the target, and every row builds and runs on any x86 host (an AVX-512 row on an AVX2
+host splits each zmm operation in two). Numerics: the reference
+(``quant.reference.wo_matmul``) dequantizes in float64; this kernel sums in float32 per
+block, so the two agree to float32 rounding of ``Σ|x|·(|ws·q| + |wc|)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rqcompile.errors import NumericsError
+from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+
+__all__ = ["WO_ISAS", "te_pack_wo_panels", "wo_geometry", "wo_panel_matmul", "wo_panel_supported"]
+
+#: ``isa`` → (float32 lanes per vector, vectors per panel, most rows per tile)
+_GEOMETRY = {"avx512": (16, 4, 4), "avx2": (8, 4, 2)}
+WO_ISAS = tuple(_GEOMETRY)
+
+
+def wo_geometry(isa: str) -> tuple[int, int, int]:
+    """``(lanes, nv, max_rows)`` of the tile for ``isa`` (panel width ``lanes·nv``)."""
+    if isa not in _GEOMETRY:
+        raise NumericsError(f"wo_matmul: unknown isa {isa!r}; use one of {WO_ISAS}.")
+    return _GEOMETRY[isa]
+
+
+def _per_byte(w_bits: int) -> int:
+    return 2 if w_bits <= 4 else 1
+
+
+def wo_panel_supported(*, n: int, k: int, block: int, w_bits: int, isa: str) -> bool:
+    """Whether the panel kernel takes this shape: whole panels of columns, blocks of whole
+    bytes dividing K."""
+    lanes, nv, _ = wo_geometry(isa)
+    e = _per_byte(w_bits)
+    return n % (lanes * nv) == 0 and block % e == 0 and block > 0 and k % block == 0
+
+
+def te_pack_wo_panels(
+    wq: Any, ws: Any, wc: Any, *, block: int, w_bits: int, isa: str, name: str,
+    attrs: dict[str, Any],
+) -> tuple[Any, Any, Any]:  # fmt: skip
+    """``(wp, ws_t, wc_t)``: the panels of the module docstring from ``wq`` (``int8 [N, K]``
+    or nibble bytes ``uint8 [N, K/2]``, kept as stored), and ``ws``/``wc`` as ``[nb, N]``."""
+    lanes, nv, _ = wo_geometry(isa)
+    p = lanes * nv
+    n, kb = (int(d) for d in wq.shape)  # kb: bytes per row
+    nb = int(ws.shape[1])
+    if n % p:
+        raise NumericsError(f"{name}: N={n} is not a multiple of the {p}-column panel.")
+    wp = te.compute((n // p, kb, p), lambda g, t, c: wq[g * p + c, t], name=f"{name}_wp",
+                    attrs=attrs)  # fmt: skip
+    ws_t = te.compute((nb, n), lambda b, j: ws[j, b], name=f"{name}_ws_t", attrs=attrs)
+    wc_t = te.compute((nb, n), lambda b, j: wc[j, b], name=f"{name}_wc_t", attrs=attrs)
+    return wp, ws_t, wc_t
+
+
+def _decode(raw: Any, lanes: int, w_bits: int, signed: bool) -> list[Any]:
+    """The float32 codes of ``lanes`` bytes: low then high nibble, or the one int8 code."""
+    f32 = f"float32x{lanes}"
+    if w_bits > 4:
+        return [tirx.Cast(f32, tirx.Cast(f"int32x{lanes}", raw))]
+    v = tirx.Cast(f"int32x{lanes}", raw)  # zero-extended byte
+
+    def c(x: int) -> Any:
+        return tirx.Broadcast(tirx.const(x, "int32"), lanes)
+
+    if signed:  # two's-complement nibbles: move each to the top, arithmetic shift back
+        lo = tirx.shift_right(tirx.shift_left(v, c(28)), c(28))
+        hi = tirx.shift_right(tirx.shift_left(v, c(24)), c(28))
+    else:
+        lo = tirx.bitwise_and(v, c(15))
+        hi = tirx.shift_right(v, c(4))
+    return [tirx.Cast(f32, lo), tirx.Cast(f32, hi)]
+
+
+def _divisor(n: int, want: int) -> int:
+    return next(d for d in range(min(want, n), 0, -1) if n % d == 0)
+
+
+def wo_panel_matmul(
+    x: Any, wp: Any, ws_t: Any, wc_t: Any, *, block: int, w_bits: int, w_signed: bool,
+    isa: str, name: str, attrs: dict[str, Any],
+) -> Any:  # fmt: skip
+    """``Y f32 [M, N]`` from ``x f32 [M, K]`` and the outputs of :func:`te_pack_wo_panels`
+    (built with the same ``isa``).
+
+    Raises:
+        NumericsError: a shape :func:`wo_panel_supported` rejects, or panels of another isa.
+    """
+    lanes, nv, max_rows = wo_geometry(isa)
+    pw = lanes * nv
+    m, k = (int(d) for d in x.shape)
+    groups, steps_k, p_in = (int(d) for d in wp.shape)
+    n = groups * pw
+    e = _per_byte(w_bits)
+    if p_in != pw or steps_k * e != k or not wo_panel_supported(n=n, k=k, block=block,
+                                                                w_bits=w_bits, isa=isa):
+        raise NumericsError(f"{name}: panels {tuple(int(d) for d in wp.shape)} do not fit "
+                            f"x [{m}, {k}] at block {block} for isa {isa!r}; repack.")  # fmt: skip
+    nb = k // block
+    r = te.reduce_axis((0, block), name="r_xsum")
+    xsum = te.compute((m, nb), lambda i, b: te.sum(x[i, b * block + r], axis=r),
+                      name=f"{name}_xsum", attrs={"rq.stage": "sums"})  # fmt: skip
+    mr = _divisor(m, max_rows)
+    split = e if mr == 1 else 1  # one row: a chain per code of the byte
+    steps = block // e
+
+    def vec(i: Any) -> Any:
+        return tirx.Ramp(i * lanes, 1, lanes)
+
+    def body(ins: list[Any], outs: list[Any]) -> Any:
+        xb, w, wst, wct, xs = ins
+        y = outs[0]
+        zero = tirx.Broadcast(tirx.const(0.0, "float32"), lanes)
+        with IRBuilder() as ib, T.parallel(0, groups) as g:
+            acc = T.decl_buffer((mr * nv * split * lanes,), "float32", scope="local")
+            yacc = T.decl_buffer((mr * nv * lanes,), "float32", scope="local")
+            with T.serial(0, m // mr) as io:
+                with T.unroll(0, mr * nv) as t:
+                    T.buffer_store(yacc, zero, [vec(t)])
+                with T.serial(0, nb) as b:
+                    with T.unroll(0, mr * nv * split) as t:
+                        T.buffer_store(acc, zero, [vec(t)])
+                    with T.serial(0, steps) as s:
+                        step = b * steps + s
+                        with T.unroll(0, nv) as v:
+                            codes = _decode(w[g, step, tirx.Ramp(v * lanes, 1, lanes)], lanes,
+                                            w_bits, w_signed)  # fmt: skip
+                            with T.unroll(0, mr) as ii:
+                                for c, wv in enumerate(codes):
+                                    xv = tirx.Broadcast(xb[io * mr + ii, step * e + c], lanes)
+                                    a = vec((ii * nv + v) * split + (c if split > 1 else 0))
+                                    T.buffer_store(acc, acc[a] + wv * xv, [a])
+                    with T.unroll(0, mr) as ii, T.unroll(0, nv) as v:
+                        tot = acc[vec((ii * nv + v) * split)]
+                        for c in range(1, split):
+                            tot = tot + acc[vec((ii * nv + v) * split + c)]
+                        cols = tirx.Ramp(g * pw + v * lanes, 1, lanes)
+                        xsv = tirx.Broadcast(xs[io * mr + ii, b], lanes)
+                        t = vec(ii * nv + v)
+                        T.buffer_store(yacc, yacc[t] + wst[b, cols] * tot + wct[b, cols] * xsv,
+                                       [t])  # fmt: skip
+                with T.unroll(0, mr) as ii, T.unroll(0, nv) as v:
+                    T.buffer_store(y, yacc[vec(ii * nv + v)],
+                                   [io * mr + ii, tirx.Ramp(g * pw + v * lanes, 1, lanes)])
+        return ib.get()
+
+    return te.extern((m, n), [x, wp, ws_t, wc_t, xsum], body, name=name, dtype="float32",
+                     attrs=attrs)  # fmt: skip

@@ -1,0 +1,59 @@
+"""The VNNI nibble panels (``int_matmul.*_vnni_w4``): 4-bit codes two per byte, checked
+through the emulated rows on any AVX2 host (and natively where the host has AVX-512 VNNI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rqcompile as rq
+from rqcompile.ir.printer import print_module
+from rqcompile.passes.infra import PassContext, PassManager
+from rqcompile.passes.ir import PackWeights, SelectKernels
+
+pytest.importorskip("tvm")
+from rqcompile.targets.tvm.kernels.table import NIBBLE_MAX_ROWS  # noqa: E402
+
+pytestmark = pytest.mark.tvm
+
+
+def _forced(ir, isa):
+    return PassManager([SelectKernels(force=(f"int_matmul:{isa}",)), PackWeights()]).run(
+        ir, PassContext())
+
+
+# unsigned nibbles (A4W4), signed ones (A4W1: ±1 codes, biased by +8 in the panel), 2-bit
+@pytest.mark.parametrize("preset,m", [("A4W4", 1), ("A4W1", 3), ("A2W2", 16)])
+def test_emulated_nibble_panels_match_the_reference(preset: str, m: int) -> None:
+    torch.manual_seed(m)
+    x = torch.randn(m, 256)
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), preset)
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    forced = _forced(ir, "avx512_vnni_w4_emulated")
+    assert 'rq.weight_layout = "panels4"' in print_module(forced)
+    with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
+        exe = rq.build(forced, "llvm")
+    want = rq.build(ir, "reference")(x)
+    torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
+def test_nibble_rows_only_take_small_m_and_4_bit_codes() -> None:
+    torch.manual_seed(0)
+    for preset, m, takes in (("A4W4", NIBBLE_MAX_ROWS + 1, False), ("A8W8", 1, False),
+                             ("A4W4", NIBBLE_MAX_ROWS, True)):  # fmt: skip
+        x = torch.randn(m, 128)
+        qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(128, 32)).eval(), (x,), preset)
+        text = print_module(_forced(rq.convert(qat.eval(), example_inputs=(x,)),
+                                    "avx512_vnni_w4_emulated"))  # fmt: skip
+        assert ('"int_matmul.avx512_vnni_w4_emulated"' in text) is takes, (preset, m)
+
+
+def test_nibble_panels_hold_half_the_bytes() -> None:
+    from rqcompile.targets.tvm.adapter import te
+    from rqcompile.targets.tvm.x86.vnni import te_pack_vnni_panels
+
+    wq = te.placeholder((64, 128), "uint8", "wq")  # K = 256 nibbles
+    full = te_pack_vnni_panels(wq, w_bits=4, w_signed=False, name="p", attrs={})
+    half = te_pack_vnni_panels(wq, w_bits=4, w_signed=False, name="p", attrs={}, nibbles=True)
+    size = lambda t: int(torch.tensor([int(d) for d in t.shape]).prod())  # noqa: E731
+    assert size(half) * 2 == size(full) == 64 * 256
