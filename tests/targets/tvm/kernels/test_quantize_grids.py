@@ -180,3 +180,52 @@ def test_fused_prologue_matches_semantics(
     assert differ == 0, f"{differ} of {rc.numel()} codes differ"
     torch.testing.assert_close(scale, rs, rtol=1e-6, atol=1e-6 * float(rs.abs().max()))
     torch.testing.assert_close(offset, ro, rtol=1e-6, atol=1e-6 * float(y.abs().max()))
+
+
+# -- forced kernel-table rows, end to end ---------------------------------------------------
+
+#: (preset, op, row): every quantize row and every matmul row that consumes its codes.
+_FORCED = [
+    *(("A1W1", "quantize", isa) for isa in ("avx2", "generic")),
+    *(("A1W1", "xnor_popcount_matmul", isa) for isa in ("avx512_vpopcntdq", "avx2", "generic")),
+    ("A1.5W1.5", "quantize", "generic"),
+    *(("A1.5W1.5", "int_matmul", isa) for isa in ("avx512_vnni", "avx_vnni", "avx2", "generic")),
+]
+
+
+@pytest.mark.parametrize(("preset", "op", "isa"), _FORCED)
+def test_forced_row_runs_ridge_on_the_minmax_grid(preset: str, op: str, isa: str) -> None:
+    """``select-kernels{force=op:isa}`` (never the host's choice) on a ridge min/max-grid
+    model: the row is kept and the build matches the reference target."""
+    import dataclasses
+
+    import rqcompile as rq
+    from rqcompile.config.spec import LayerSpec
+    from rqcompile.ir.printer import print_module
+    from rqcompile.passes.infra import PassContext, PassManager
+    from rqcompile.passes.ir import SelectKernels
+    from rqcompile.targets.tvm.kernels.table import CPU_KERNELS
+    from rqcompile.targets.tvm.pipelines import tvm_target
+    from rqcompile.targets.tvm.schedules.integer import kernel_features
+
+    row = next(r for r in CPU_KERNELS if r.op == f"rq.{op}" and r.isa == isa)
+    missing = set(row.requires) - set(kernel_features(tvm_target(rq.Target.parse("llvm"))))
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(sorted(missing))} to run {row.name}")
+    torch.manual_seed(0)
+    x = torch.randn(16, 256)
+    spec = dataclasses.replace(LayerSpec.from_preset(preset).with_grid("minmax"),
+                               estimator="ridge")  # fmt: skip
+    model = torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    qat = rq.prepare(model.eval(), (x,), rq.QConfig(default=spec))
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    assert {str(o.attr("estimator")) for o in ir.main.ops if o.name == "rq.quantize"} == {
+        "ridge_minmax"
+    }
+    forced = PassManager([SelectKernels(force=(f"{op}:{isa}",))]).run(ir, PassContext())
+    assert f'rq.kernel = "{row.name}"' in print_module(forced)
+    with rq.PassContext(disabled=frozenset({"select-kernels"})):
+        exe = rq.build(forced, "llvm")
+    assert f'rq.kernel = "{row.name}"' in print_module(exe.ir)  # the build kept the forced row
+    want = rq.build(ir, "reference")(x)
+    torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
