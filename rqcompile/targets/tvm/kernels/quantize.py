@@ -40,9 +40,13 @@ def te_quantize(
     """Dynamic quantization of ``x f32 [..., K]``, the TE twin of ``reference.quantize``.
 
     ``isa="avx2"`` (chosen by ``schedules.kernel_options`` from the target's features) runs
-    affine ridge/ste quantizers (1 bit packed, 2-8 bits) as one micro-kernel
-    (:mod:`x86.quant`: same codes, one row per parallel iteration); ``"generic"``
-    and every other format use the TE stages below.
+    affine ridge/ste quantizers (1 bit packed, 2-8 bits; at 1 bit also the {0, 1}-code
+    min/max grid) as one micro-kernel (:mod:`x86.quant`: same codes, one row per parallel
+    iteration); ``"generic"`` and every other format use the TE stages below.
+
+    ``estimator`` is the ``rq.quantize`` attribute: ``"ridge"``, ``"ste"``, ``"gdnsq"`` or a
+    min/max-grid quantizer of :data:`~rqcompile.quant.estimators.MINMAX_RUNTIMES`
+    (docs/method.md#deployment-of-the-grids).
 
     Returns:
         ``(codes, scale f32 [..., nb], offset f32 [..., nb])``; codes are ``int8 [..., K]``

@@ -22,6 +22,12 @@ once, then from L1, and every per-block scalar is computed once.
    ``vmovmskps`` turns 8 compares into 8 sign bits: four make one packed ``uint32``
    word (bit t ↔ element ``32w + t``, the layout of ``bitpack.pack_signs``).
 
+**Binary affine, {0, 1} min/max grid** (``ridge_minmax``, ``gdnsq``, ``ste_minmax``;
+:func:`_sign_rows` with ``zero_one``), two passes per block: min and max (and ``Σx`` for
+ridge); then the codes ``fl(x - min) > s/2`` (exactly ``round(fl(x - min)/s) >= 1``,
+docs/method.md#deployment-of-the-grids), packed as above, with the +1 count and
+``Σ_{q=+1} x`` (float64) for ridge, which fits the ±1 codes with ``4λ``.
+
 **2-8 bit affine** (``pack="none"``; :func:`_affine_rows`), two passes per block: min and
 max; then ``q = clip(nearbyint((x - min)/s), 0, 2^b - 1)`` (the same float32 operations as
 ``primitives``; ``vroundps`` rounds half to even), stored as int8 (``q - 128`` at 8 bits),
