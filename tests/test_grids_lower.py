@@ -73,6 +73,25 @@ def test_minmax_lowers_to_llvm_within_parity(preset: str, estimator: str, deploy
     assert kernels and all(k.startswith("quantize.") for k in kernels), kernels
 
 
+def _opencl_missing() -> str | None:
+    if importlib.util.find_spec("tvm") is None or importlib.util.find_spec("pyopencl") is None:
+        return "needs Apache TVM and pyopencl"
+    from rqcompile.targets.tvm.device.opencl import opencl_available
+
+    return opencl_available()
+
+
+@pytest.mark.slow
+def test_ridge_minmax_1bit_runs_on_opencl_within_parity() -> None:
+    """The device targets share the TE quantizer, so they compute the min/max grids too."""
+    missing = _opencl_missing()
+    if missing:
+        pytest.skip(missing)
+    qat, ex = _prepared("mlp", "A1W1", "minmax", "ridge")
+    report = rq.check_parity(qat, rq.lower(qat, "opencl"), ex)
+    assert report.ok, str(report)
+
+
 @_NEEDS_TVM
 def test_ste_minmax_1bit_builds_for_llvm_and_matches_reference() -> None:
     """STE on the 1-bit min/max grid deploys as gdnsq's fixed-width quantizer, on every target."""
