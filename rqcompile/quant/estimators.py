@@ -191,7 +191,8 @@ class Estimator:
 
 #: Deployed activation quantizers of the min/max grid at 1 and 1.5 bits (not those widths'
 #: default grid): run-time name → ``(estimator, grid)`` (``runtime_quantizer`` says which
-#: quantizer deploys as which). Every target implements them (docs/method.md#deployment-of-the-grids).
+#: quantizer deploys as which). Every target implements them
+#: (docs/method.md#deployment-of-the-grids).
 MINMAX_RUNTIMES: dict[str, tuple[str, str]] = {
     "ridge_minmax": ("ridge", "minmax"),
     "ste_minmax": ("ste", "minmax"),

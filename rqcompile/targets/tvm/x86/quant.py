@@ -23,10 +23,12 @@ once, then from L1, and every per-block scalar is computed once.
    word (bit t ↔ element ``32w + t``, the layout of ``bitpack.pack_signs``).
 
 **Binary affine, {0, 1} min/max grid** (``ridge_minmax``, ``gdnsq``, ``ste_minmax``;
-:func:`_sign_rows` with ``zero_one``), two passes per block: min and max (and ``Σx`` for
-ridge); then the codes ``fl(x - min) > s/2`` (exactly ``round(fl(x - min)/s) >= 1``,
-docs/method.md#deployment-of-the-grids), packed as above, with the +1 count and
-``Σ_{q=+1} x`` (float64) for ridge, which fits the ±1 codes with ``4λ``.
+:func:`_sign_rows` with ``zero_one``), two passes per block: min and max (and, for ridge,
+``Σx`` in float64); then (:func:`_zero_one_words`) the codes ``fl(x - min) > s/2``
+(exactly ``round(fl(x - min)/s) >= 1``, docs/method.md#deployment-of-the-grids), packed as
+above, and for ridge the +1 count and ``Σ(x - mid)·q`` summed as pass 2's ``Σ|x - b|``
+(the terms are ``|x - mid|``, but for codes within an ulp of the threshold), so
+``C·B = Σ(x - mid)·q + S·(mid - Σx/B)``; the fit on ±1 codes takes ``4λ``.
 
 **2-8 bit affine** (``pack="none"``; :func:`_affine_rows`), two passes per block: min and
 max; then ``q = clip(nearbyint((x - min)/s), 0, 2^b - 1)`` (the same float32 operations as
@@ -245,10 +247,11 @@ class _SignRow:
 
     def __init__(self, x: Any, idx: list[Any], src: RowSource, zero_one: bool = False) -> None:
         self.x, self.idx, self.src = x, idx, src
-        self.sums, self.devs = _Sum64(), _Sum64()  # devs: Σx over +1 codes on the {0, 1} grid
+        self.sums, self.devs = _Sum64(), _Sum64()  # Σx; Σ|x - b| ({0, 1} grid: Σ(x - mid)·q)
         self.ints = T.decl_buffer((2,), "int32", scope="global")  # +1 count, current word
         self.d64 = T.decl_buffer((4,), _F64, scope="global")  # Σx, (s), Σ|x - b|, V + λ
-        self.g32 = T.decl_buffer((5,), _F32, scope="global")  # b, s, scale, -thr, lim
+        # b, s, scale, -thr, lim ({0, 1} grid: min, s, scale, s/2, mid)
+        self.g32 = T.decl_buffer((5,), _F32, scope="global")
         self.dev32 = T.decl_buffer((32,), _F32, scope="global")  # pass 2's float32 lanes
         if zero_one:  # min lanes, max lanes
             self.ext = T.decl_buffer((16,), _F32, scope="global")
@@ -258,24 +261,14 @@ class _SignRow:
 
 
 def _sign_words(rs: list[_SignRow], out: list[Any], col: Callable[..., Any], b: Any, *,
-                block: int, ridge: bool, plain: bool, zero_one: bool = False) -> None:  # fmt: skip
+                block: int, ridge: bool, plain: bool) -> None:  # fmt: skip
     """Pass 3 of :func:`_sign_rows`: the packed sign words of block ``b`` (and, for ridge,
-    the count of +1 codes); ``plain``: the codes are ``x >= b`` (see the caller).
-    ``zero_one``: the codes are ``x - min > s/2`` (and, for ridge, ``Σx`` over the +1 codes
-    goes into ``devs``)."""
+    the count of +1 codes); ``plain``: the codes are ``x >= b`` (see the caller)."""
     with T.serial(0, block // _STEP) as c:
         for w in rs:
             word = tirx.const(0, "int32")
             for j in range(4):
-                if zero_one:
-                    v = w.vec(col(c, j))
-                    ok = _intrin("float32x8", _CMP_PS, v - _bc(w.g32[0]), _bc(w.g32[3]),
-                                 tirx.const(_GT_OQ, "int8"))  # fmt: skip
-                    if ridge:  # x where the code is +1, else +0
-                        kept = tirx.bitwise_and(tirx.reinterpret("int32x8", ok),
-                                                tirx.reinterpret("int32x8", v))  # fmt: skip
-                        w.devs.add(tirx.reinterpret("float32x8", kept), j % 2)
-                elif plain:
+                if plain:
                     ok = _intrin("float32x8", _CMP_PS, w.vec(col(c, j)), _bc(w.g32[0]),
                                  tirx.const(_GE_OQ, "int8"))  # fmt: skip
                 else:
@@ -295,6 +288,48 @@ def _sign_words(rs: list[_SignRow], out: list[Any], col: Callable[..., Any], b: 
                 T.buffer_store(w.ints, w.ints[0] + tirx.popcount(w.ints[1]), [0])
 
 
+def _zero_one_words(rs: list[_SignRow], out: list[Any], col: Callable[..., Any], b: Any, *,
+                    block: int, ridge: bool) -> None:  # fmt: skip
+    """Pass 2 of :func:`_sign_rows` on the {0, 1} grid: the packed words of block ``b``,
+    code +1 where ``fl(x - min) > s/2`` (``g32[0]``, ``g32[3]``); for ridge also the +1 count
+    and ``Σ(x - mid)·q`` (``mid = g32[4]``; the sign of ``x - mid`` flipped where ``q = -1``,
+    so the terms are ``|x - mid|`` but for codes an ulp from the threshold) in float32 lanes
+    of at most ``_DEV_GROUP`` steps, flushed to float64 (``devs``), as pass 2 of the
+    ``bitnet`` grid sums ``|x - b|``."""
+    nsteps = block // _STEP
+    group = max(g for g in range(1, _DEV_GROUP + 1) if nsteps % g == 0)
+    sign = _bc(tirx.const(-(2**31), "int32"))
+    with T.serial(0, nsteps // group) as cg:
+        if ridge:
+            for w in rs:
+                T.buffer_store(w.dev32, _bc(tirx.const(0, _F32), 32), [tirx.Ramp(0, 1, 32)])
+        with T.serial(0, group) as ci:
+            c = cg * group + ci
+            for w in rs:
+                word = tirx.const(0, "int32")
+                for j in range(4):
+                    v = w.vec(col(c, j))
+                    ok = _intrin("float32x8", _CMP_PS, v - _bc(w.g32[0]), _bc(w.g32[3]),
+                                 tirx.const(_GT_OQ, "int8"))  # fmt: skip
+                    bits = _intrin("int32", _MOVMSK_PS, ok)
+                    word = word | (bits << tirx.const(8 * j, "int32"))
+                    if ridge:
+                        flip = tirx.bitwise_and(tirx.bitwise_not(tirx.reinterpret("int32x8", ok)),
+                                                sign)  # fmt: skip
+                        d = tirx.reinterpret("int32x8", v - _bc(w.g32[4]))
+                        dq = tirx.reinterpret("float32x8", tirx.bitwise_xor(d, flip))
+                        lanes = tirx.Ramp(8 * j, 1, 8)
+                        T.buffer_store(w.dev32, w.dev32[lanes] + dq, [lanes])
+                T.buffer_store(w.ints, word, [1])
+                T.buffer_store(out[0], w.ints[1].astype("uint32"), [*w.idx, b * (block // 32) + c])
+                if ridge:
+                    T.buffer_store(w.ints, w.ints[0] + tirx.popcount(w.ints[1]), [0])
+        if ridge:
+            for w in rs:
+                for j in range(4):
+                    w.devs.add(w.dev32[tirx.Ramp(8 * j, 1, 8)], j % 2)
+
+
 def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bool,
                lam: float, per_iter: int = 2, zero_one: bool = False,
                source: SourceFactory = RowSource) -> Any:  # fmt: skip
@@ -304,8 +339,8 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
     last row is computed twice in its iteration (same values).
 
     ``zero_one``: the {0, 1}-code min/max grid instead of the ``bitnet`` one (module
-    docstring): pass 1 also takes min and max, pass 2 is skipped, pass 3 compares with the
-    mid-range."""
+    docstring): pass 1 also takes min and max, then :func:`_zero_one_words` is the only
+    other pass."""
     k, rows = int(x.shape[-1]), _prod(lead)
     per_iter = min(per_iter, rows)
     with IRBuilder() as ib, T.parallel(0, (rows + per_iter - 1) // per_iter) as it:
@@ -333,10 +368,11 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
             with T.serial(0, block // _STEP) as c:
                 for w in rs:
                     for j in range(4):
-                        if w.src.wide_loads or zero_one:  # see RowSource.wide_loads
-                            v = w.src.fill(col(c, j)) if w.src.wide_loads else w.vec(col(c, j))
+                        if w.src.wide_loads:  # see RowSource.wide_loads
+                            v = w.src.fill(col(c, j))
                             lo, hi = (_f64x4(v, h) for h in range(2))
                         else:
+                            v = w.vec(col(c, j))  # (min/max of the {0, 1} grid)
                             lo, hi = (tirx.Cast("float64x4", w.vec(col(c, 2 * j + h, 4), 4))
                                       for h in range(2))  # fmt: skip
                         if zero_one:
@@ -358,18 +394,18 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
                 T.buffer_store(w.g32, tirx.max(mx - w.g32[0], tirx.const(EPS, _F32)), [1])
                 # code 1 ⟺ nearbyint(fl(fl(x - min)/s)) >= 1 ⟺ fl(x - min) > s/2 (exact)
                 T.buffer_store(w.g32, w.g32[1] * tirx.const(0.5, _F32), [3])
+                T.buffer_store(w.g32, w.g32[0] + w.g32[3], [4])  # mid-range, for ridge's sum
                 T.buffer_store(w.ints, tirx.const(0, "int32"), [0])
             if zero_one:
-                _sign_words(rs, out, col, b, block=block, ridge=ridge, plain=False,
-                            zero_one=True)  # fmt: skip
+                _zero_one_words(rs, out, col, b, block=block, ridge=ridge)
                 for w in rs:
                     o = [*w.idx, b]
                     if ridge:
                         xsum, nblk = w.d64[0], tirx.const(block, _F64)
                         s = (w.ints[0] * 2 - block).astype(_F64)  # Σq of ±1 codes
-                        # Σx·q = 2·Σ_{q=+1} x - Σx; the fit on ±1 codes takes 4λ
+                        # Σx·q = Σ(x - mid)·q + mid·S; the fit on ±1 codes takes 4λ
                         # (docs/method.md#deployment-of-the-grids)
-                        covb = w.devs.total() * tirx.const(2, _F64) - xsum - xsum * s / nblk
+                        covb = w.devs.total() + s * (w.g32[4].astype(_F64) - xsum / nblk)
                         _store_ridge(out, o, w.d64, w.g32, xsum=xsum, s=s, covb=covb,
                                      varb=nblk - s * s / nblk, block=block, lam=4 * lam,
                                      shift=False)  # fmt: skip

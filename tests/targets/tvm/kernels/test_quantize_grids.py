@@ -136,6 +136,22 @@ def test_avx2_row_matches_semantics(estimator: str, shape: tuple[int, ...], bloc
                ridge_lambda=lam, pack="bits32")  # fmt: skip
 
 
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+@pytest.mark.parametrize(("spread", "center"), [(1e-2, 50.0), (1e-3, -1000.0)])
+def test_ridge_statistics_hold_far_from_zero(isa: str, spread: float, center: float) -> None:
+    """Blocks far from 0 relative to their spread (the kernels centre the fit's sums at the
+    mid-range, the reference at the means), and blocks with one code apart from the rest."""
+    if isa == "avx2":
+        _need_avx2()
+    g = torch.Generator().manual_seed(int(center))
+    x = torch.randn(6, 256, generator=g) * spread + center
+    x[1, :128], x[1, 0] = center, center - 5 * spread  # one 0 code, the rest 1
+    x[2, :128], x[2, 0] = center, center + 5 * spread  # one 1 code, the rest 0
+    for lam in (0.01, 0.0):
+        _check(x, isa, isa == "avx2", bits=1, symmetric=False, block=128,
+               estimator="ridge_minmax", ridge_lambda=lam, pack="bits32")  # fmt: skip
+
+
 def test_avx2_row_takes_only_the_zero_one_grid() -> None:
     """The micro-kernel serves the {0, 1} grid at 1 bit packed; linear and ternary min/max
     grids, unpacked codes and blocks of part words stay on the TE stages."""
@@ -161,8 +177,10 @@ def _prologue(prologue: str, shape: tuple[int, ...], nparams: int, block: int,
 
 
 @pytest.mark.parametrize("estimator", ["ridge_minmax", "gdnsq"])
-@pytest.mark.parametrize(("prologue", "shape", "block", "nparams"),
-                         [("gelu", (9, 256), 128, 1), ("layer_norm", (2, 5, 128), 32, 2)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("prologue", "shape", "block", "nparams"),
+    [("gelu", (9, 256), 128, 1), ("layer_norm", (2, 5, 128), 32, 2)],
+)
 def test_fused_prologue_matches_semantics(
     estimator: str, prologue: str, shape: tuple[int, ...], block: int, nparams: int
 ) -> None:
