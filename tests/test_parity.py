@@ -39,3 +39,27 @@ def test_zero_one_grid_ties_sit_at_mid_range(estimator: str) -> None:
          "ridge_lambda": 0.01, "pack": "none"}  # fmt: skip
     cands = _near_ties([(x, a)], tol=1e-6, limit=4)
     assert [(d, j) for d, _, j, _ in cands] == [(0.0, 2)]
+
+
+@pytest.mark.parametrize("estimator", ["ste", "ridge"])
+def test_tie_distance_of_a_zero_one_code_is_from_mid_range(estimator: str) -> None:
+    """A flipped {0, 1} code at the mid-range is at its tie (not 1/2 away, as a sign code)."""
+    import dataclasses
+
+    import rqcompile as rq
+    from rqcompile.config.spec import LayerSpec
+    from rqcompile.parity import _tie_distance
+    from rqcompile.quant.modules import RQQuantize
+
+    x = torch.linspace(-1.0, 3.0, 64).reshape(1, 64)  # min -1, max 3: mid-range 1.0
+    x[0, 10] = 1.0
+    spec = dataclasses.replace(LayerSpec.from_preset("A1W1").with_grid("minmax"),
+                               estimator=estimator)  # fmt: skip
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(64, 8)), (x,), rq.QConfig(default=spec))
+    (act,) = [q for q in qat.modules() if isinstance(q, RQQuantize) and q.role == "activation"]
+    assert act.fmt.zero_one
+    flips = torch.zeros(1, 64, dtype=torch.bool)
+    flips[0, 10] = True
+    assert _tie_distance(act, act.k_last(x), flips) == pytest.approx(0.0, abs=1e-6)
+    flips[0, 10], flips[0, 0] = False, True  # the min: z = 0, half a step from the tie
+    assert _tie_distance(act, act.k_last(x), flips) == pytest.approx(0.5, abs=1e-6)
