@@ -259,7 +259,6 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
 
     from rqcompile.errors import TargetError
 
-    _check_tvm_quantizers(module, tgt.kind)
     if importlib.util.find_spec("tvm") is None:
         raise TargetError(
             f"target {tgt.kind!r} needs Apache TVM, which is not installed. Install it with "
@@ -277,27 +276,6 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
     exe = build_tvm(module, tgt)
     exe.threads = threads
     return exe
-
-
-def _check_tvm_quantizers(module: Any, kind: str) -> None:
-    """Raise a ``TargetError`` for run-time quantizers that only the reference target has."""
-    from rqcompile.errors import TargetError
-    from rqcompile.quant.estimators import REFERENCE_ONLY_RUNTIMES
-
-    for fn in module.funcs:
-        for op in fn.ops:
-            if op.name != "rq.quantize":
-                continue
-            est = str(op.attr("estimator"))
-            if est in REFERENCE_ONLY_RUNTIMES:
-                trained, grid = REFERENCE_ONLY_RUNTIMES[est]
-                raise TargetError(
-                    f"target {kind!r} has no kernel for the {op.attr('bits')}-bit activation "
-                    f"quantizer estimator={trained!r} on grid={grid!r} (rq.quantize "
-                    f"estimator={est!r}). Build with target='reference', or train that layer "
-                    f"with the default grid (grid=None) or, at 1 bit affine, with "
-                    f"estimator='ste' (which deploys as the min/max 'gdnsq' kernel)."
-                )
 
 
 def lower(

@@ -100,7 +100,7 @@ def _tie_distance(mod: Any, xk: torch.Tensor, flips: torch.Tensor) -> float:
     except Exception:  # noqa: BLE001 - a granularity this estimate does not model
         return math.inf
     bits = mod.fmt.bits
-    if bits == 1:
+    if bits == 1 and not mod.fmt.zero_one:  # sign codes; {0, 1} codes tie at z = 1/2 (below)
         d = z.abs()
     elif bits == 1.5:
         d = (z.abs() - 0.5).abs()
@@ -287,24 +287,29 @@ def _near_ties(
     caught: list[tuple[torch.Tensor, dict[str, Any]]], tol: float, limit: int
 ) -> list[tuple[float, int, int, float]]:
     """``(distance, quantizer, flat index, nudged value)`` of the reference's quantize inputs
-    nearest a rounding tie (sign codes: z = 0; ternary: |z| = 1/2; 2-8 bits: half-integers),
-    nearest first; the nudged value rounds the other way."""
+    nearest a rounding tie (sign codes: z = 0; ternary: |z| = 1/2; 2-8 bits and the {0, 1}
+    codes of the 1-bit min/max grid: half-integers), nearest first; the nudged value rounds
+    the other way. The grid is the deployed quantizer's (``MINMAX_RUNTIMES``; gdnsq's 1-bit
+    grid is the {0, 1} min/max one)."""
+    from rqcompile.quant.estimators import MINMAX_RUNTIMES
     from rqcompile.quant.primitives import QFormat, grid
 
     out: list[tuple[float, int, int, float]] = []
     for qi, (x, a) in enumerate(caught):
-        bits = a["bits"]
-        if not x.numel() or (bits == 1 and str(a.get("estimator")) == "gdnsq"):
-            continue  # gdnsq's 1-bit grid is min/max with a mid-range threshold: not modelled
+        bits, est = a["bits"], str(a.get("estimator"))
+        if not x.numel():
+            continue
+        _, grid_name = MINMAX_RUNTIMES.get(est, (est, None))
+        fmt = QFormat(bits, a["symmetric"], "minmax" if est == "gdnsq" else grid_name)
         k = x.shape[-1]
         block = a["block"] if a["block"] and k % a["block"] == 0 else k
         try:
             xb = x.reshape(-1, k // block, block).float()
-            s_f, b_f = grid(xb, QFormat(bits, a["symmetric"]))
+            s_f, b_f = grid(xb, fmt)
             z = (xb - b_f) / s_f
         except Exception:  # noqa: BLE001 - a layout this estimate does not model
             continue
-        if bits == 1:  # sign codes: the tie is z = 0
+        if bits == 1 and not fmt.zero_one:  # sign codes: the tie is z = 0
             d = z.abs().reshape(-1)
         elif bits == 1.5:  # ternary: the ties are |z| = 1/2
             d = (z.abs() - 0.5).abs().reshape(-1)
@@ -315,8 +320,10 @@ def _near_ties(
         zf, sf, bf = z.reshape(-1), s_f.expand_as(xb).reshape(-1), b_f.expand_as(xb).reshape(-1)
         for j in idx.tolist():
             zj = float(zf[j])
-            if bits == 1:  # just across zero (moving one element moves the block mean by 1/B
-                target = -1e-3 if zj >= 0 else 1e-3  # of the step: the code still flips)
+            if bits == 1 and not fmt.zero_one:
+                # just across zero (moving one element moves the block mean by 1/B of the
+                # step: the code still flips)
+                target = -1e-3 if zj >= 0 else 1e-3
             elif bits == 1.5:
                 target = math.copysign(0.5 + (-1e-3 if abs(zj) >= 0.5 else 1e-3), zj)
             else:

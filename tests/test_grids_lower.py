@@ -14,7 +14,6 @@ import torch
 
 import rqcompile as rq
 from rqcompile.config.spec import LayerSpec
-from rqcompile.errors import TargetError
 from rqcompile.testing.models import tiny_models
 
 
@@ -46,14 +45,54 @@ def test_minmax_reference_matches_qat_forward(name: str, preset: str, estimator:
         assert "rq.xnor_popcount_matmul" in {op.name for op in irm.main.ops}
 
 
-def test_ridge_minmax_1bit_activations_are_reference_only() -> None:
-    qat, _ = _prepared("mlp", "A1W1", "minmax", "ridge")
+_NEEDS_TVM = pytest.mark.skipif(importlib.util.find_spec("tvm") is None, reason="needs Apache TVM")
+
+
+@_NEEDS_TVM
+@pytest.mark.parametrize(
+    ("preset", "estimator", "deployed"),
+    [
+        ("A1W1", "ridge", "ridge_minmax"),
+        ("A1W1", "ridge_detached", "ridge_minmax"),
+        ("A1.5W1.5", "ridge", "ridge_minmax"),
+        ("A1.5W1.5", "ridge_detached", "ridge_minmax"),
+        ("A1.5W1.5", "ste", "ste_minmax"),
+    ],
+)
+def test_minmax_lowers_to_llvm_within_parity(preset: str, estimator: str, deployed: str) -> None:
+    """The 1-bit / ternary min/max grids run on TVM with the reference's codes."""
+    qat, ex = _prepared("mlp", preset, "minmax", estimator)
     irm = rq.convert(qat)
-    with pytest.raises(TargetError, match="grid='minmax'"):
-        rq.build(irm, "llvm")
+    assert {str(op.attr("estimator")) for op in irm.main.ops if op.name == "rq.quantize"} == {
+        deployed
+    }
+    exe = rq.build(irm, "llvm")
+    report = rq.check_parity(qat, exe, ex)
+    assert report.ok, str(report)  # the parity rule: agreement, or flips at near-ties only
+    kernels = {str(op.attr("rq.kernel")) for op in exe.ir.main.ops if op.name == "rq.quantize"}
+    assert kernels and all(k.startswith("quantize.") for k in kernels), kernels
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tvm") is None, reason="needs Apache TVM")
+def _opencl_missing() -> str | None:
+    if importlib.util.find_spec("tvm") is None or importlib.util.find_spec("pyopencl") is None:
+        return "needs Apache TVM and pyopencl"
+    from rqcompile.targets.tvm.device.opencl import opencl_available
+
+    return opencl_available()
+
+
+@pytest.mark.slow
+def test_ridge_minmax_1bit_runs_on_opencl_within_parity() -> None:
+    """The device targets share the TE quantizer, so they compute the min/max grids too."""
+    missing = _opencl_missing()
+    if missing:
+        pytest.skip(missing)
+    qat, ex = _prepared("mlp", "A1W1", "minmax", "ridge")
+    report = rq.check_parity(qat, rq.lower(qat, "opencl"), ex)
+    assert report.ok, str(report)
+
+
+@_NEEDS_TVM
 def test_ste_minmax_1bit_builds_for_llvm_and_matches_reference() -> None:
     """STE on the 1-bit min/max grid deploys as gdnsq's fixed-width quantizer, on every target."""
     qat, ex = _prepared("mlp", "A1W1", "minmax", "ste")

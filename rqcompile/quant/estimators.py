@@ -46,7 +46,7 @@ __all__ = [
     "Estimator",
     "EstimatorState",
     "ridge_detached_params",
-    "REFERENCE_ONLY_RUNTIMES",
+    "MINMAX_RUNTIMES",
     "ridge_params",
     "runtime_quantizer",
     "ste_params",
@@ -189,10 +189,11 @@ class Estimator:
     fused: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
-#: Deployed activation quantizers that only the ``reference`` target implements: run-time name
-#: → ``(estimator, grid)``. They exist for the min/max grid at 1 and 1.5 bits, where no TVM
-#: kernel computes that grid with that dequantizer (``runtime_quantizer`` says which).
-REFERENCE_ONLY_RUNTIMES: dict[str, tuple[str, str]] = {
+#: Deployed activation quantizers of the min/max grid at 1 and 1.5 bits (not those widths'
+#: default grid): run-time name → ``(estimator, grid)`` (``runtime_quantizer`` says which
+#: quantizer deploys as which). Every target implements them
+#: (docs/method.md#deployment-of-the-grids).
+MINMAX_RUNTIMES: dict[str, tuple[str, str]] = {
     "ridge_minmax": ("ridge", "minmax"),
     "ste_minmax": ("ste", "minmax"),
 }
@@ -205,7 +206,7 @@ def runtime_quantizer(estimator: str, fmt: Any) -> str:
     min/max grid with STE dequantization is exactly gdnsq's fixed-width run-time quantizer
     (min/max grid, round-half-even codes, ``y = Δ·c + min``), so it deploys as ``"gdnsq"``,
     which every target implements. Other min/max grids at 1 and 1.5 bits deploy as
-    :data:`REFERENCE_ONLY_RUNTIMES` entries.
+    :data:`MINMAX_RUNTIMES` entries.
     """
     name = ESTIMATORS[estimator].runtime
     default = fmt.grid == ("bitnet" if fmt.bits in (1, 1.5) else "minmax")

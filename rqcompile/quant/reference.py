@@ -31,7 +31,7 @@ import torch
 
 from rqcompile.errors import NumericsError
 from rqcompile.quant.bitpack import pack_signs, shift_affine8, unpack_nibbles, unpack_sparse24
-from rqcompile.quant.estimators import REFERENCE_ONLY_RUNTIMES
+from rqcompile.quant.estimators import MINMAX_RUNTIMES
 from rqcompile.quant.fake_quant import fake_quant_blocks
 from rqcompile.quant.primitives import QFormat, to_blocks
 
@@ -95,7 +95,7 @@ def quantize(
         symmetric: linear (no offset) grid and dequantizer when True, else affine.
         block: block size along K.
         estimator: the deployed quantizer: ``"ridge"``, ``"ste"``, ``"gdnsq"`` or a
-            min/max-grid name of :data:`~rqcompile.quant.estimators.REFERENCE_ONLY_RUNTIMES`
+            min/max-grid name of :data:`~rqcompile.quant.estimators.MINMAX_RUNTIMES`
             (``"ridge_minmax"``, ``"ste_minmax"``).
         ridge_lambda: λ of the ridge fit.
         pack: ``"none"`` (``int8 [..., K]``) or ``"bits32"`` (``uint32 [..., K/32]``, bits=1).
@@ -114,7 +114,7 @@ def quantize(
     if pack == "bits32" and bits != 1:
         raise NumericsError("quantize: pack='bits32' needs bits=1 (sign codes).")
     xb = to_blocks(x.float(), block, where="quantize")
-    estimator, grid = REFERENCE_ONLY_RUNTIMES.get(estimator, (estimator, None))
+    estimator, grid = MINMAX_RUNTIMES.get(estimator, (estimator, None))
     fmt = QFormat(bits, symmetric, grid)
     r = fake_quant_blocks(xb, fmt, estimator=estimator, lam=ridge_lambda)
     codes = r.codes.reshape(x.shape)

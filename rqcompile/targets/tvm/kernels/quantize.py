@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
+from rqcompile.quant.estimators import MINMAX_RUNTIMES
 from rqcompile.quant.primitives import EPS, QFormat, code_range
 from rqcompile.targets.tvm.adapter import te, tirx
 from rqcompile.targets.tvm.kernels.common import (
@@ -39,23 +40,30 @@ def te_quantize(
     """Dynamic quantization of ``x f32 [..., K]``, the TE twin of ``reference.quantize``.
 
     ``isa="avx2"`` (chosen by ``schedules.kernel_options`` from the target's features) runs
-    affine ridge/ste quantizers (1 bit packed, 2-8 bits) as one micro-kernel
-    (:mod:`x86.quant`: same codes, one row per parallel iteration); ``"generic"``
-    and every other format use the TE stages below.
+    affine ridge/ste quantizers (1 bit packed, 2-8 bits; at 1 bit also the {0, 1}-code
+    min/max grid) as one micro-kernel (:mod:`x86.quant`: same codes, one row per parallel
+    iteration); ``"generic"`` and every other format use the TE stages below.
+
+    ``estimator`` is the ``rq.quantize`` attribute: ``"ridge"``, ``"ste"``, ``"gdnsq"`` or a
+    min/max-grid quantizer of :data:`~rqcompile.quant.estimators.MINMAX_RUNTIMES`
+    (docs/method.md#deployment-of-the-grids).
 
     Returns:
         ``(codes, scale f32 [..., nb], offset f32 [..., nb])``; codes are ``int8 [..., K]``
         (8-bit affine stored as ``code - 128``) or ``uint32 [..., K/32]`` for
         ``pack="bits32"``.
     """
+    deployed = estimator
+    estimator, grid = MINMAX_RUNTIMES.get(estimator, (estimator, None))
     if estimator not in ("ridge", "ste", "gdnsq"):
-        raise NumericsError(f"te_quantize: unknown estimator {estimator!r}.")
+        raise NumericsError(f"te_quantize: unknown estimator {deployed!r}.")
     if estimator == "gdnsq" and (symmetric or bits == 1.5):
         raise NumericsError("te_quantize: gdnsq quantizes affine operands only.")
-    if estimator == "gdnsq" and bits != 1:
-        # gdnsq at b >= 2 bits with no clamp is exactly the STE affine quantizer
-        # (rqcompile/quant/gdnsq.py): same grid (min, (max-min)/(2^b-1)), codes and dequant.
-        estimator = "ste"
+    if estimator == "gdnsq":
+        # gdnsq with no clamp is exactly the STE quantizer of the min/max grid
+        # (rqcompile/quant/gdnsq.py): grid (min, (max-min)/(2^b-1)), codes and dequant; at
+        # 1 bit the {0, 1}-code grid handed on as ±1 (docs/method.md#deployment-of-the-grids).
+        estimator, grid = "ste", "minmax"
     if pack not in ("none", "bits32") or (pack == "bits32" and bits != 1):
         raise NumericsError(
             f"te_quantize: pack={pack!r} needs pack 'none', or 'bits32' with bits=1."
@@ -65,13 +73,16 @@ def te_quantize(
     *lead, k = _shape(x)
     nb = _nblocks(k, block, "te_quantize")
     if isa == "avx2" and quantize_micro_supported(
-        bits=bits, symmetric=symmetric, block=block, k=k, estimator=estimator, pack=pack
+        bits=bits, symmetric=symmetric, block=block, k=k, estimator=deployed, pack=pack
     ):
         attrs = _attrs("quantize", block, bits=float(bits), symmetric=bool(symmetric))
-        return avx2_quantize(x, bits=bits, block=block, estimator=estimator,
+        return avx2_quantize(x, bits=bits, block=block, estimator=deployed,
                              ridge_lambda=ridge_lambda, pack=pack, name=name,
                              attrs={**attrs, STAGE_ATTR: "micro"})  # fmt: skip
-    lo, hi = code_range(QFormat(bits, symmetric))
+    fmt = QFormat(bits, symmetric, grid)
+    # the 1-bit {0, 1}-code min/max grid: codes handed on as ±1 (2c - 1), as fake_quant_blocks
+    zero_one = fmt.zero_one
+    lo, hi = code_range(QFormat(bits, symmetric))  # the stored alphabet (±1 at 1 bit)
     bshape = [*lead, nb]
     f64 = "float64"
 
@@ -89,13 +100,12 @@ def te_quantize(
     # stage 1: the grid (s_f, b_f), with the same float ops as primitives.grid
     b_f: Tensor | None = None
     xsum: Tensor | None = None  # float64 block sums of x, when the grid needs them
-    gdnsq1 = estimator == "gdnsq"  # 1 bit: min/max grid, midpoint threshold (quant/gdnsq.py)
-    if gdnsq1:
+    if zero_one:  # b_f = min, s_f = max - min: the threshold sits at mid-range
         b_f = red("min", "grid", xat, te.min)
         xmax = red("max", "grid", xat, te.max)
         bmin = b_f
         s_f = per_block("sf", "grid", lambda *i: tirx.max(xmax(*i) - bmin(*i), _f32(EPS)))
-    elif bits in (1, 1.5):  # means over the whole (dense) block, summed in float64
+    elif bits in (1, 1.5) and fmt.grid == "bitnet":  # means over the dense block, in float64
         if bits == 1 and not symmetric:
             xsum = red("xsum", "grid", lambda i, r: xat(i, r).astype(f64))
             b_f = per_block("bf", "grid", lambda *i: (xsum(*i) / _f64(block)).astype("float32"))
@@ -107,7 +117,7 @@ def te_quantize(
         )
         s_f = per_block("sf", "grid", lambda *i: tirx.max(
             (asum(*i) / _f64(block)).astype("float32"), _f32(EPS)))  # fmt: skip
-    elif symmetric:
+    elif symmetric:  # also the 1-bit linear and ternary min/max grids: s_f = absmax (hi = 1)
         amax = red("amax", "grid", lambda i, r: tirx.abs(xat(i, r)), te.max)
         s_f = per_block("sf", "grid", lambda *i: tirx.max(amax(*i) / _f32(hi), _f32(EPS)))
     else:
@@ -122,7 +132,7 @@ def te_quantize(
     def code_fn(*idx: Any) -> Any:
         bi = (*idx[:-1], idx[-1] // block)
         z = (x(*idx) - b_f(*bi)) / s_f(*bi) if b_f is not None else x(*idx) / s_f(*bi)
-        if gdnsq1:  # code 2·round(z) - 1 with z in [0, 1], rounding half-to-even
+        if zero_one:  # code 2·round(z) - 1 with z in [0, 1], rounding half-to-even
             return tirx.Select(tirx.nearbyint(z) >= _f32(1), _f32(1), _f32(-1))
         if bits == 1:
             return tirx.Select(z >= _f32(0), _f32(1), _f32(-1))
@@ -136,13 +146,15 @@ def te_quantize(
     # stage 3: the dequantizer (estimators.py); statistics summed in float64, and the
     # exact-zero denominator (λ = 0, constant codes) gives scale 0 as there
     inv_b = _f64(1.0 / block)
-    lam = _f64(ridge_lambda)
+    # The ridge fit on the ±1 codes q = 2c - 1 of the {0, 1} grid: C and V grow by 2 and 4,
+    # so λ grows by 4 and the fit is exactly (scale/2, offset + scale/2) of the fit on c.
+    lam = _f64(ridge_lambda * 4 if zero_one else ridge_lambda)
 
     def safe_div(num: Any, den: Any) -> Any:
         ok = den != _f64(0)
         return tirx.Select(ok, num / tirx.Select(ok, den, _f64(1)), _f64(0)).astype("float32")
 
-    if gdnsq1:  # ±1 codes: Δ·c + l = (Δ/2)(2c - 1) + (l + Δ/2)
+    if zero_one and estimator == "ste":  # ±1 codes: Δ·c + l = (Δ/2)(2c - 1) + (l + Δ/2)
         sf_, bf_ = s_f, b_f
         scale = per_block("scale", "stats", lambda *i: sf_(*i) / _f32(2))
         offset = per_block("offset", "stats", lambda *i: bf_(*i) + sf_(*i) / _f32(2))

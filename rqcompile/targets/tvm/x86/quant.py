@@ -22,6 +22,14 @@ once, then from L1, and every per-block scalar is computed once.
    ``vmovmskps`` turns 8 compares into 8 sign bits: four make one packed ``uint32``
    word (bit t ↔ element ``32w + t``, the layout of ``bitpack.pack_signs``).
 
+**Binary affine, {0, 1} min/max grid** (``ridge_minmax``, ``gdnsq``, ``ste_minmax``;
+:func:`_sign_rows` with ``zero_one``), two passes per block: min and max (and, for ridge,
+``Σx`` in float64); then (:func:`_zero_one_words`) the codes ``fl(x - min) > s/2``
+(exactly ``round(fl(x - min)/s) >= 1``, docs/method.md#deployment-of-the-grids), packed as
+above, and for ridge the +1 count and ``Σ(x - mid)·q`` summed as pass 2's ``Σ|x - b|``
+(the terms are ``|x - mid|``, but for codes within an ulp of the threshold), so
+``C·B = Σ(x - mid)·q + S·(mid - Σx/B)``; the fit on ±1 codes takes ``4λ``.
+
 **2-8 bit affine** (``pack="none"``; :func:`_affine_rows`), two passes per block: min and
 max; then ``q = clip(nearbyint((x - min)/s), 0, 2^b - 1)`` (the same float32 operations as
 ``primitives``; ``vroundps`` rounds half to even), stored as int8 (``q - 128`` at 8 bits),
@@ -72,6 +80,9 @@ _ASTEP = 16  # affine: elements per step, two float32x8 vectors
 _F32, _F64 = "float32", "float64"
 #: binary pass 2: steps (32 elements each) summed per float32 lane before the float64 flush
 _DEV_GROUP = 4
+_GT_OQ = 0x1E  # vcmpps "greater than, ordered, quiet"
+#: 1-bit quantizers of the {0, 1}-code min/max grid → whether they ridge-fit (else STE)
+_ZERO_ONE = {"ridge_minmax": True, "ste_minmax": False, "gdnsq": False}
 
 
 def quantize_micro_supported(
@@ -81,12 +92,16 @@ def quantize_micro_supported(
 
     Affine (not symmetric) codes with the ``ridge`` or ``ste`` dequantizer: binary packed
     into words (``pack="bits32"``, blocks of whole words), or 2-8 bits unpacked (blocks a
-    multiple of 16).
+    multiple of 16). At 1 bit also the {0, 1}-code min/max grid (:data:`_ZERO_ONE`:
+    ``ridge_minmax``, and ``gdnsq``/``ste_minmax``, its STE quantizer).
     """
-    if symmetric or estimator not in ("ridge", "ste") or block < 1 or k % block:
+    if symmetric or block < 1 or k % block:
         return False
     if bits == 1:
-        return pack == "bits32" and block % _STEP == 0
+        return (estimator in ("ridge", "ste", *_ZERO_ONE) and pack == "bits32"
+                and block % _STEP == 0)  # fmt: skip
+    if estimator not in ("ridge", "ste"):
+        return False
     return bits in (2, 3, 4, 5, 6, 7, 8) and pack == "none" and block % _ASTEP == 0
 
 
@@ -230,13 +245,16 @@ SourceFactory = Any
 class _SignRow:
     """The per-row scratch of :func:`_sign_rows` (one set per row of a parallel iteration)."""
 
-    def __init__(self, x: Any, idx: list[Any], src: RowSource) -> None:
+    def __init__(self, x: Any, idx: list[Any], src: RowSource, zero_one: bool = False) -> None:
         self.x, self.idx, self.src = x, idx, src
-        self.sums, self.devs = _Sum64(), _Sum64()
+        self.sums, self.devs = _Sum64(), _Sum64()  # Σx; Σ|x - b| ({0, 1} grid: Σ(x - mid)·q)
         self.ints = T.decl_buffer((2,), "int32", scope="global")  # +1 count, current word
         self.d64 = T.decl_buffer((4,), _F64, scope="global")  # Σx, (s), Σ|x - b|, V + λ
-        self.g32 = T.decl_buffer((5,), _F32, scope="global")  # b, s, scale, -thr, lim
+        # b, s, scale, -thr, lim ({0, 1} grid: min, s, scale, s/2, mid)
+        self.g32 = T.decl_buffer((5,), _F32, scope="global")
         self.dev32 = T.decl_buffer((32,), _F32, scope="global")  # pass 2's float32 lanes
+        if zero_one:  # min lanes, max lanes
+            self.ext = T.decl_buffer((16,), _F32, scope="global")
 
     def vec(self, col: Any, n: int = 8) -> Any:
         return self.src.vec(col, n)
@@ -270,17 +288,63 @@ def _sign_words(rs: list[_SignRow], out: list[Any], col: Callable[..., Any], b: 
                 T.buffer_store(w.ints, w.ints[0] + tirx.popcount(w.ints[1]), [0])
 
 
+def _zero_one_words(rs: list[_SignRow], out: list[Any], col: Callable[..., Any], b: Any, *,
+                    block: int, ridge: bool) -> None:  # fmt: skip
+    """Pass 2 of :func:`_sign_rows` on the {0, 1} grid: the packed words of block ``b``,
+    code +1 where ``fl(x - min) > s/2`` (``g32[0]``, ``g32[3]``); for ridge also the +1 count
+    and ``Σ(x - mid)·q`` (``mid = g32[4]``; the sign of ``x - mid`` flipped where ``q = -1``,
+    so the terms are ``|x - mid|`` but for codes an ulp from the threshold) in float32 lanes
+    of at most ``_DEV_GROUP`` steps, flushed to float64 (``devs``), as pass 2 of the
+    ``bitnet`` grid sums ``|x - b|``."""
+    nsteps = block // _STEP
+    group = max(g for g in range(1, _DEV_GROUP + 1) if nsteps % g == 0)
+    sign = _bc(tirx.const(-(2**31), "int32"))
+    with T.serial(0, nsteps // group) as cg:
+        if ridge:
+            for w in rs:
+                T.buffer_store(w.dev32, _bc(tirx.const(0, _F32), 32), [tirx.Ramp(0, 1, 32)])
+        with T.serial(0, group) as ci:
+            c = cg * group + ci
+            for w in rs:
+                word = tirx.const(0, "int32")
+                for j in range(4):
+                    v = w.vec(col(c, j))
+                    ok = _intrin("float32x8", _CMP_PS, v - _bc(w.g32[0]), _bc(w.g32[3]),
+                                 tirx.const(_GT_OQ, "int8"))  # fmt: skip
+                    bits = _intrin("int32", _MOVMSK_PS, ok)
+                    word = word | (bits << tirx.const(8 * j, "int32"))
+                    if ridge:
+                        flip = tirx.bitwise_and(tirx.bitwise_not(tirx.reinterpret("int32x8", ok)),
+                                                sign)  # fmt: skip
+                        d = tirx.reinterpret("int32x8", v - _bc(w.g32[4]))
+                        dq = tirx.reinterpret("float32x8", tirx.bitwise_xor(d, flip))
+                        lanes = tirx.Ramp(8 * j, 1, 8)
+                        T.buffer_store(w.dev32, w.dev32[lanes] + dq, [lanes])
+                T.buffer_store(w.ints, word, [1])
+                T.buffer_store(out[0], w.ints[1].astype("uint32"), [*w.idx, b * (block // 32) + c])
+                if ridge:
+                    T.buffer_store(w.ints, w.ints[0] + tirx.popcount(w.ints[1]), [0])
+        if ridge:
+            for w in rs:
+                for j in range(4):
+                    w.devs.add(w.dev32[tirx.Ramp(8 * j, 1, 8)], j % 2)
+
+
 def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bool,
-               lam: float, per_iter: int = 2,
+               lam: float, per_iter: int = 2, zero_one: bool = False,
                source: SourceFactory = RowSource) -> Any:  # fmt: skip
     """TIR: binary affine codes (packed words), scale and offset, ``per_iter`` rows per
     parallel iteration, their passes interleaved so that the per-block scalar chains (block
     sums → ``b`` → ``s`` → bounds; ~15% of the time at block 128) of two rows overlap. An odd
-    last row is computed twice in its iteration (same values)."""
+    last row is computed twice in its iteration (same values).
+
+    ``zero_one``: the {0, 1}-code min/max grid instead of the ``bitnet`` one (module
+    docstring): pass 1 also takes min and max, then :func:`_zero_one_words` is the only
+    other pass."""
     k, rows = int(x.shape[-1]), _prod(lead)
     per_iter = min(per_iter, rows)
     with IRBuilder() as ib, T.parallel(0, (rows + per_iter - 1) // per_iter) as it:
-        rs = [_SignRow(x, idx, source(x, idx, block))
+        rs = [_SignRow(x, idx, source(x, idx, block), zero_one)
               for idx in _iter_rows(it, per_iter, rows, lead)]  # fmt: skip
         for w in rs:
             w.src.start_row()
@@ -293,9 +357,14 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
             def col(step: Any, j: int, n: int = 8) -> Any:
                 return b * block + step * _STEP + n * j
 
-            # pass 1: Σx (float64, converted straight from memory)
+            # pass 1: Σx (float64, converted straight from memory); {0, 1} grid: min, max
+            # (order-free), and Σx for ridge only
+            lo8, hi8 = tirx.Ramp(0, 1, 8), tirx.Ramp(8, 1, 8)
             for w in rs:
                 w.sums.zero()
+                if zero_one:
+                    T.buffer_store(w.ext, _bc(tirx.const(float("inf"), _F32)), [lo8])
+                    T.buffer_store(w.ext, _bc(tirx.const(float("-inf"), _F32)), [hi8])
             with T.serial(0, block // _STEP) as c:
                 for w in rs:
                     for j in range(4):
@@ -303,63 +372,100 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
                             v = w.src.fill(col(c, j))
                             lo, hi = (_f64x4(v, h) for h in range(2))
                         else:
+                            v = w.vec(col(c, j))  # (min/max of the {0, 1} grid)
                             lo, hi = (tirx.Cast("float64x4", w.vec(col(c, 2 * j + h, 4), 4))
                                       for h in range(2))  # fmt: skip
-                        w.sums.add_halves(lo, hi, j % 2)
+                        if zero_one:
+                            T.buffer_store(w.ext, tirx.min(w.ext[lo8], v), [lo8])
+                            T.buffer_store(w.ext, tirx.max(w.ext[hi8], v), [hi8])
+                        if ridge or not zero_one:
+                            w.sums.add_halves(lo, hi, j % 2)
             for w in rs:
                 T.buffer_store(w.d64, w.sums.total(), [0])
-                T.buffer_store(w.g32, (w.d64[0] / tirx.const(block, _F64)).astype(_F32), [0])
                 w.devs.zero()
-            # pass 2: Σ|x - b| → s; float32 lanes of <= _DEV_GROUP terms, flushed to float64
-            nsteps = block // _STEP
-            group = max(g for g in range(1, _DEV_GROUP + 1) if nsteps % g == 0)
-            with T.serial(0, nsteps // group) as cg:
+                if not zero_one:
+                    T.buffer_store(w.g32, (w.d64[0] / tirx.const(block, _F64)).astype(_F32),
+                                   [0])  # fmt: skip
+                    continue
+                mn, mx = w.ext[0], w.ext[8]
+                for i in range(1, 8):
+                    mn, mx = tirx.min(mn, w.ext[i]), tirx.max(mx, w.ext[8 + i])
+                T.buffer_store(w.g32, mn, [0])
+                T.buffer_store(w.g32, tirx.max(mx - w.g32[0], tirx.const(EPS, _F32)), [1])
+                # code 1 ⟺ nearbyint(fl(fl(x - min)/s)) >= 1 ⟺ fl(x - min) > s/2 (exact)
+                T.buffer_store(w.g32, w.g32[1] * tirx.const(0.5, _F32), [3])
+                T.buffer_store(w.g32, w.g32[0] + w.g32[3], [4])  # mid-range, for ridge's sum
+                T.buffer_store(w.ints, tirx.const(0, "int32"), [0])
+            if zero_one:
+                _zero_one_words(rs, out, col, b, block=block, ridge=ridge)
                 for w in rs:
-                    T.buffer_store(w.dev32, _bc(tirx.const(0, _F32), 32), [tirx.Ramp(0, 1, 32)])
-                with T.serial(0, group) as ci:
+                    o = [*w.idx, b]
+                    if ridge:
+                        xsum, nblk = w.d64[0], tirx.const(block, _F64)
+                        s = (w.ints[0] * 2 - block).astype(_F64)  # Σq of ±1 codes
+                        # Σx·q = Σ(x - mid)·q + mid·S; the fit on ±1 codes takes 4λ
+                        # (docs/method.md#deployment-of-the-grids)
+                        covb = w.devs.total() + s * (w.g32[4].astype(_F64) - xsum / nblk)
+                        _store_ridge(out, o, w.d64, w.g32, xsum=xsum, s=s, covb=covb,
+                                     varb=nblk - s * s / nblk, block=block, lam=4 * lam,
+                                     shift=False)  # fmt: skip
+                    else:  # STE: Δ·c + min = (Δ/2)(2c - 1) + (min + Δ/2)
+                        half = w.g32[1] / tirx.const(2, _F32)
+                        T.buffer_store(out[1], half, o)
+                        T.buffer_store(out[2], w.g32[0] + half, o)
+            else:
+                # pass 2: Σ|x - b| → s; float32 lanes of <= _DEV_GROUP terms, flushed to
+                # float64
+                nsteps = block // _STEP
+                group = max(g for g in range(1, _DEV_GROUP + 1) if nsteps % g == 0)
+                with T.serial(0, nsteps // group) as cg:
+                    for w in rs:
+                        T.buffer_store(w.dev32, _bc(tirx.const(0, _F32), 32),
+                                       [tirx.Ramp(0, 1, 32)])  # fmt: skip
+                    with T.serial(0, group) as ci:
+                        for w in rs:
+                            for j in range(4):
+                                lanes = tirx.Ramp(8 * j, 1, 8)
+                                d = tirx.abs(w.vec(col(cg * group + ci, j)) - _bc(w.g32[0]))
+                                T.buffer_store(w.dev32, w.dev32[lanes] + d, [lanes])
                     for w in rs:
                         for j in range(4):
-                            lanes = tirx.Ramp(8 * j, 1, 8)
-                            d = tirx.abs(w.vec(col(cg * group + ci, j)) - _bc(w.g32[0]))
-                            T.buffer_store(w.dev32, w.dev32[lanes] + d, [lanes])
+                            w.devs.add(w.dev32[tirx.Ramp(8 * j, 1, 8)], j % 2)
                 for w in rs:
-                    for j in range(4):
-                        w.devs.add(w.dev32[tirx.Ramp(8 * j, 1, 8)], j % 2)
-            for w in rs:
-                T.buffer_store(w.d64, w.devs.total(), [2])
-                sf = tirx.max((w.d64[2] / tirx.const(block, _F64)).astype(_F32),
-                              tirx.const(EPS, _F32))  # fmt: skip
-                T.buffer_store(w.g32, sf, [1])
-                # pass 3's bounds: (x - b)/s >= 0 without the division
-                neg_thr, lim = _sign_bounds(w.g32[1])
-                T.buffer_store(w.g32, neg_thr, [3])
-                T.buffer_store(w.g32, lim, [4])
-                T.buffer_store(w.ints, tirx.const(0, "int32"), [0])
-            # pass 3: sign words, 8 bits per vmovmskps. Usually t = 0 (s < 2) and lim = inf
-            # (s finite): then fl(x - b) >= -t and |x - b| <= lim  ⟺  x >= b (a non-zero
-            # difference of two float32 never rounds to ±0; NaN compares false), one compare
-            # per vector; the exact bounds otherwise.
-            plain = rs[0].g32[3] == tirx.const(0, _F32)
-            for w in rs:
-                plain = tirx.all(plain, w.g32[3] == tirx.const(0, _F32),
-                                 w.g32[4] == tirx.const(float("inf"), _F32))  # fmt: skip
-            with T.If(plain):
-                with T.Then():
-                    _sign_words(rs, out, col, b, block=block, ridge=ridge, plain=True)
-                with T.Else():
-                    _sign_words(rs, out, col, b, block=block, ridge=ridge, plain=False)
-            for w in rs:
-                o = [*w.idx, b]
-                if ridge:
-                    xsum, nblk = w.d64[0], tirx.const(block, _F64)
-                    s = (w.ints[0] * 2 - block).astype(_F64)  # Σq of ±1 codes
-                    covb = w.d64[2] + s * (w.g32[0].astype(_F64) - xsum / nblk)
-                    varb = nblk - s * s / nblk
-                    _store_ridge(out, o, w.d64, w.g32, xsum=xsum, s=s, covb=covb, varb=varb,
-                                 block=block, lam=lam, shift=False)  # fmt: skip
-                else:
-                    T.buffer_store(out[1], w.g32[1], o)
-                    T.buffer_store(out[2], w.g32[0], o)
+                    T.buffer_store(w.d64, w.devs.total(), [2])
+                    sf = tirx.max((w.d64[2] / tirx.const(block, _F64)).astype(_F32),
+                                  tirx.const(EPS, _F32))  # fmt: skip
+                    T.buffer_store(w.g32, sf, [1])
+                    # pass 3's bounds: (x - b)/s >= 0 without the division
+                    neg_thr, lim = _sign_bounds(w.g32[1])
+                    T.buffer_store(w.g32, neg_thr, [3])
+                    T.buffer_store(w.g32, lim, [4])
+                    T.buffer_store(w.ints, tirx.const(0, "int32"), [0])
+                # pass 3: sign words, 8 bits per vmovmskps. Usually t = 0 (s < 2) and
+                # lim = inf (s finite): then fl(x - b) >= -t and |x - b| <= lim  ⟺  x >= b
+                # (a non-zero difference of two float32 never rounds to ±0; NaN compares
+                # false), one compare per vector; the exact bounds otherwise.
+                plain = rs[0].g32[3] == tirx.const(0, _F32)
+                for w in rs:
+                    plain = tirx.all(plain, w.g32[3] == tirx.const(0, _F32),
+                                     w.g32[4] == tirx.const(float("inf"), _F32))  # fmt: skip
+                with T.If(plain):
+                    with T.Then():
+                        _sign_words(rs, out, col, b, block=block, ridge=ridge, plain=True)
+                    with T.Else():
+                        _sign_words(rs, out, col, b, block=block, ridge=ridge, plain=False)
+                for w in rs:
+                    o = [*w.idx, b]
+                    if ridge:
+                        xsum, nblk = w.d64[0], tirx.const(block, _F64)
+                        s = (w.ints[0] * 2 - block).astype(_F64)  # Σq of ±1 codes
+                        covb = w.d64[2] + s * (w.g32[0].astype(_F64) - xsum / nblk)
+                        varb = nblk - s * s / nblk
+                        _store_ridge(out, o, w.d64, w.g32, xsum=xsum, s=s, covb=covb,
+                                     varb=varb, block=block, lam=lam, shift=False)  # fmt: skip
+                    else:
+                        T.buffer_store(out[1], w.g32[1], o)
+                        T.buffer_store(out[2], w.g32[0], o)
     return ib.get()
 
 
@@ -502,7 +608,7 @@ def avx2_quantize(
             f"block % 32 == 0 or 2-8 bits with block % 16 == 0 (bits={bits}, pack={pack!r}, "
             f"K={k}, block={block}, estimator={estimator!r})."
         )
-    nb, ridge = k // block, estimator == "ridge"
+    nb, ridge = k // block, estimator == "ridge" or _ZERO_ONE.get(estimator, False)
     if bits == 1:
         shapes, dtype = [(*lead, k // 32), (*lead, nb), (*lead, nb)], "uint32"
     else:
@@ -514,7 +620,7 @@ def avx2_quantize(
         source = RowSource if prologue is None else prologue(list(ins), list(outs))
         if bits == 1:
             return _sign_rows(ins[0], outs, lead, block=block, ridge=ridge, lam=ridge_lambda,
-                              source=source)  # fmt: skip
+                              zero_one=estimator in _ZERO_ONE, source=source)  # fmt: skip
         # ridge is vcvtps2pd-bound, and a second row's accumulators spill: one row
         return _affine_rows(ins[0], outs, lead, bits=int(bits), block=block, ridge=ridge,
                             lam=ridge_lambda, per_iter=1 if ridge else 2,

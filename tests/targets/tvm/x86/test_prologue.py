@@ -155,7 +155,9 @@ def test_supported_formats() -> None:
     assert ok(prologue="gelu", bits=1, block=128, estimator="ridge")
     assert ok(prologue="layer_norm", bits=1, block=32, estimator="ste")
     assert not ok(prologue="relu", bits=1, block=128, estimator="ridge")
-    assert not ok(prologue="gelu", bits=1, block=128, estimator="gdnsq")
+    # the {0, 1}-code min/max grid (gdnsq's at 1 bit; ridge_minmax) shares the micro-kernel
+    assert ok(prologue="gelu", bits=1, block=128, estimator="gdnsq")
+    assert ok(prologue="layer_norm", bits=1, block=64, estimator="ridge_minmax")
     assert not ok(prologue="gelu", bits=1, block=48, estimator="ridge")  # not whole words
     assert not prologue_quantize_supported(prologue="gelu", bits=4, symmetric=True, block=16,
                                            k=128, estimator="ridge", pack="none")  # fmt: skip

@@ -160,7 +160,9 @@ def test_only_binary_affine_packed_formats_take_the_kernel() -> None:
     for kw in ({"bits": 1, "symmetric": True}, {"bits": 4, "pack": "bits32"},
                {"bits": 8, "symmetric": True, "pack": "none"}, {"bits": 1.5, "pack": "none"},
                {"bits": 4, "pack": "none", "block": 24, "k": 48},
-               {"estimator": "gdnsq"}, {"pack": "none"}, {"block": 48, "k": 96}):  # fmt: skip
+               {"bits": 2, "pack": "none", "block": 16, "k": 64, "estimator": "gdnsq"},
+               {"symmetric": True, "estimator": "ridge_minmax"},
+               {"pack": "none"}, {"block": 48, "k": 96}):  # fmt: skip
         args = {"bits": 1, "symmetric": False, "block": 128, "k": 512, "estimator": "ridge",
                 "pack": "bits32", **kw}  # fmt: skip
         assert not quantize_micro_supported(**args), kw
