@@ -283,8 +283,22 @@ def _check_tvm_quantizers(module: Any, kind: str) -> None:
                 )
 
 
-def lower(model: fx.GraphModule, target: Any = "llvm", *, example_inputs: Any = None) -> Any:
+def lower(
+    model: fx.GraphModule,
+    target: Any = "llvm",
+    *,
+    example_inputs: Any = None,
+    dynamic_shapes: Any = None,
+    dynamic: bool = False,
+) -> Any:
     """``build(convert(model, example_inputs=...), target)``: QAT graph → compiled model.
+
+    With ``dynamic_shapes`` (torch.export's spelling: ``{"x": {0: torch.export.Dim("batch",
+    min=1, max=64)}}``, or a tuple with one entry per positional input) or ``dynamic=True``
+    (batch on axis 0 up to ``rqcompile.dynamic.DEFAULT_MAX_BATCH``, and for integer token
+    inputs the sequence on axis 1 up to the length seen at conversion), the result is a
+    ``DynamicModule``: the symbolic IR (``?`` dims), specialized and built per shape on first
+    use and cached (``rqcompile/targets/dynamic.py``; costs in docs/models.md).
 
     Example:
         >>> import torch, rqcompile as rq
@@ -294,6 +308,10 @@ def lower(model: fx.GraphModule, target: Any = "llvm", *, example_inputs: Any = 
         torch.Size([2, 8])
     """
     _ensure_prepared(model, "lower")
+    if dynamic_shapes is not None or dynamic:
+        from rqcompile.targets.dynamic import lower_dynamic
+
+        return lower_dynamic(model, target, example_inputs, dynamic_shapes, dynamic)
     return build(convert(model, example_inputs=example_inputs), target)
 
 
@@ -314,6 +332,10 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         raise ArtifactError(f"trust_kernels must be True or False, got {trust_kernels!r}.")
     manifest, ir, members = read_artifact(path)
     target = Target.parse(manifest["target"])
+    if "dynamic.json" in members:  # symbolic IR: shapes are built as they come
+        from rqcompile.targets.dynamic import DynamicModule
+
+        return DynamicModule.from_artifact(ir, target, members)
     if target.kind in DEVICE_KINDS and trust_kernels:
         from rqcompile.targets.tvm.device.build import load_device
 
