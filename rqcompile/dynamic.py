@@ -139,7 +139,7 @@ def _dim_of(spec: Any, where: str) -> tuple[str, int, int]:
             )
     try:
         lo, hi = max(int(lo), 1), int(hi)
-    except (TypeError, ValueError, OverflowError):
+    except Exception:  # noqa: BLE001 - sympy's int_oo (no max given) converts with errors
         lo, hi = 1, -1
     if hi > 1 << 31:
         hi = -1

@@ -1,0 +1,218 @@
+"""Dynamic batch and sequence (``rq.lower(..., dynamic_shapes=... | dynamic=True)``).
+
+The symbolic IR (``rqcompile/dynamic.py``) and the per-shape ``DynamicModule``
+(``rqcompile/targets/dynamic.py``): lowered vs QAT at shapes drawn inside the declared ranges
+(``check_parity``, the project's parity criterion), typed errors outside them, artifacts.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import rqcompile as rq
+from rqcompile.demo.models import CharTransformer
+from rqcompile.errors import ConfigError, InputError
+from rqcompile.ir.printer import print_module
+from rqcompile.targets.dynamic import DynamicModule
+
+Dim = torch.export.Dim
+VOCAB, T = 65, 16
+_SETTINGS = {
+    "deadline": None,
+    "database": None,
+    "derandomize": True,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+
+
+@pytest.fixture(scope="module")
+def qat() -> torch.fx.GraphModule:
+    torch.manual_seed(0)
+    model = CharTransformer(VOCAB, n_layer=1, n_embd=32, block_size=T)
+    q = rq.prepare(model, (torch.zeros(2, T, dtype=torch.long),), "A4W4")
+    opt = torch.optim.AdamW(q.parameters(), lr=1e-2)
+    for _ in range(3):  # a few steps, so the weights are not at their initialization
+        x = torch.randint(0, VOCAB, (4, T))
+        loss = nn.functional.cross_entropy(q(x).flatten(0, 1), x.roll(-1, 1).flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return q.eval()
+
+
+@pytest.fixture(scope="module")
+def ref(qat: torch.fx.GraphModule) -> DynamicModule:
+    return rq.lower(qat, "reference", dynamic=True)
+
+
+def _parity(qat: torch.fx.GraphModule, exe: DynamicModule, x: torch.Tensor) -> None:
+    report = rq.check_parity(qat, exe, x)
+    assert report.ok, report.line()
+    with torch.no_grad():
+        want, got = qat(x), exe(x)
+    assert got.shape == want.shape
+    # within the parity bound of tests/test_parity.py: exact codes, float epilogue
+    assert report.verdict != "exact" or float((got - want).abs().max()) <= 1e-5 * max(
+        float(want.abs().max()), 1.0
+    )
+
+
+@settings(max_examples=12, **_SETTINGS)
+@given(b=st.integers(1, 64), t=st.integers(1, T))
+def test_reference_matches_qat_at_any_declared_shape(qat, ref, b, t) -> None:
+    x = torch.randint(0, VOCAB, (b, t))
+    _parity(qat, ref, x)
+
+
+@pytest.mark.tvm
+@settings(max_examples=2, **_SETTINGS)
+@given(b=st.integers(1, 4), t=st.integers(3, 8))
+def test_llvm_matches_qat_at_drawn_shapes(qat, b, t) -> None:
+    exe = _llvm(qat)
+    x = torch.randint(0, VOCAB, (b, t))
+    _parity(qat, exe, x)
+    assert exe.cached_shapes[-1]["b"] in (1, 2, 4)  # batch ran on its power-of-two bucket
+
+
+_LLVM: dict[int, DynamicModule] = {}
+
+
+def _llvm(qat: torch.fx.GraphModule) -> DynamicModule:
+    if id(qat) not in _LLVM:
+        shapes = {"idx": {0: Dim("b", min=1, max=4), 1: Dim("t", min=3, max=8)}}
+        _LLVM[id(qat)] = rq.lower(qat, "llvm", dynamic_shapes=shapes)
+    return _LLVM[id(qat)]
+
+
+def test_symbolic_ir_has_question_marks_and_ranges(ref) -> None:
+    text = print_module(ref.ir)
+    assert "%0: tensor<?x?xi64>" in text
+    assert 'rq.sym = ["shape.0=batch*seq"]' in text  # the flattened rows of every linear
+    assert 'rq.sym = ["shape.0=seq", "shape.1=seq"]' in text  # the causal mask, mask[:T, :T]
+    report = rq.inspect(ref)
+    assert "dynamic dims: batch in [1, 64] (idx axis 0); seq in [1, 16] (idx axis 1)" in report
+    assert "batch rounded up to a power of two" in report
+    assert ref.bucket_dim == "batch"
+
+
+def test_out_of_range_and_wrong_inputs_are_typed_errors_before_any_build(qat) -> None:
+    exe = rq.lower(qat, "reference", dynamic_shapes=({0: Dim("batch", min=2, max=8)},))
+    good = torch.zeros(2, T, dtype=torch.long)
+    cases = [
+        (torch.zeros(9, T, dtype=torch.long), "input 0 (idx): dim 0 (batch) is 9, outside its declared range [2, 8]"),
+        (torch.zeros(1, T, dtype=torch.long), "dim 0 (batch) is 1, outside its declared range [2, 8]"),
+        (torch.zeros(2, T - 1, dtype=torch.long), "input 0 (idx): dim 1 is 15, expected 16 (static"),
+        (good.float(), "input 0 (idx): dtype torch.float32 (expected torch.int64"),
+        (torch.zeros(2, T, 1, dtype=torch.long), "input 0 (idx): rank 3"),
+    ]  # fmt: skip
+    for x, msg in cases:
+        with pytest.raises(InputError) as e:
+            exe(x)
+        assert msg in str(e.value)
+    with pytest.raises(InputError, match="takes 1 input"):
+        exe(good, good)
+    assert exe.cached_shapes == []  # nothing was built for any of them
+    with pytest.raises(InputError, match=r"token ids must lie in \[0, 65\)"):
+        exe(torch.full((2, T), VOCAB))  # the static build's own checks still run
+    assert exe.cached_shapes == [{"batch": 2}]
+
+
+def test_shared_dim_must_agree_across_inputs() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x, y):
+            return self.fc(x + y)
+
+    x = torch.randn(3, 8)
+    q = rq.prepare(Two(), (x, x), "A8W8").eval()
+    b = Dim("b", min=1, max=8)
+    exe = rq.lower(q, "reference", dynamic_shapes={"x": {0: b}, "y": {0: b}})
+    y = torch.randn(5, 8)
+    torch.testing.assert_close(exe(y, y), q(y, y), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match=r"input 1 \(y\): dim 0 \(b\) is 4, but another input has b = 5"):
+        exe(y, torch.randn(4, 8))
+
+
+def test_declaration_errors(qat) -> None:
+    with pytest.raises(ConfigError, match="does not have; its inputs are \\['idx'\\]"):
+        rq.lower(qat, "reference", dynamic_shapes={"x": {0: Dim("b", min=1, max=4)}})
+    with pytest.raises(ConfigError, match="finite range"):
+        rq.lower(qat, "reference", dynamic_shapes={"idx": {0: Dim("b")}})
+    with pytest.raises(ConfigError, match="not an axis"):
+        rq.lower(qat, "reference", dynamic_shapes={"idx": {2: Dim("b", min=1, max=4)}})
+    with pytest.raises(ConfigError, match="two different ranges"):
+        rq.lower(qat, "reference",
+                 dynamic_shapes=([Dim("b", min=1, max=4), Dim("b", min=1, max=5)],))  # fmt: skip
+    with pytest.raises(ConfigError, match="not both"):
+        rq.lower(qat, "reference", dynamic=True, dynamic_shapes=(None,))
+
+
+def test_shape_dependent_float_is_refused_not_miscompiled() -> None:
+    class Mean(nn.Module):  # scales by 1/batch: a float attribute that depends on the dim
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(x) * (1.0 / x.size(0))
+
+    q = rq.prepare(Mean(), (torch.randn(4, 8),), "A8W8").eval()
+    with pytest.raises(ConfigError, match="cannot make this model dynamic in b: attribute .* depends on the dims"):
+        rq.lower(q, "reference", dynamic_shapes={"x": {0: Dim("b", min=1, max=8)}})
+
+
+def test_rows_that_mix_are_not_padded() -> None:
+    class Centre(nn.Module):  # subtracts the batch mean: padding rows would change outputs
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(x - x.mean(0, keepdim=True))
+
+    q = rq.prepare(Centre(), (torch.randn(4, 8),), "A8W8").eval()
+    exe = rq.lower(q, "reference", dynamic_shapes={"x": {0: Dim("b", min=1, max=8)}})
+    assert exe.bucket_dim is None
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(exe(x), q(x), rtol=1e-5, atol=1e-5)
+    assert exe.cached_shapes == [{"b": 3}]
+
+
+def test_save_load_keeps_the_declaration(qat, ref, tmp_path) -> None:
+    path = tmp_path / "dyn.rq"
+    x = torch.randint(0, VOCAB, (3, 7))
+    ref.save(path)
+    back = rq.load(path)
+    assert isinstance(back, DynamicModule)
+    assert back.shapes == ref.shapes and back.bucket_dim == "batch"
+    assert print_module(back.ir) == print_module(ref.ir)
+    torch.testing.assert_close(back(x), ref(x), rtol=0, atol=0)
+    with pytest.raises(InputError, match="outside its declared range"):
+        back(torch.zeros(65, 2, dtype=torch.long))
+
+
+def test_lru_cache_and_prebuild(qat) -> None:
+    exe = rq.lower(qat, "reference", dynamic_shapes=({1: Dim("t", min=1, max=T)},),
+                   example_inputs=(torch.zeros(2, T, dtype=torch.long),))  # fmt: skip
+    exe.cache_size = 2
+    exe.prebuild({"t": 4})
+    for t in (5, 6, 4):
+        exe(torch.zeros(2, t, dtype=torch.long))
+    assert exe.cached_shapes == [{"t": 6}, {"t": 4}]  # t=5 evicted, t=4 most recent
+
+
+def test_recorded_shapes_without_example_inputs() -> None:
+    torch.manual_seed(0)
+    q = rq.prepare(CharTransformer(VOCAB, n_layer=1, n_embd=32, block_size=T), "A4W4").eval()
+    q(torch.zeros(2, 8, dtype=torch.long))  # records (2, 8): the sequence max is 8
+    exe = rq.lower(q, "reference", dynamic=True)
+    assert exe.shapes.describe() == "batch in [1, 64] (idx axis 0); seq in [1, 8] (idx axis 1)"
+    x = torch.randint(0, VOCAB, (5, 8))
+    _parity(q, exe, x)
