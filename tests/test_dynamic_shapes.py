@@ -216,3 +216,16 @@ def test_recorded_shapes_without_example_inputs() -> None:
     assert exe.shapes.describe() == "batch in [1, 64] (idx axis 0); seq in [1, 8] (idx axis 1)"
     x = torch.randint(0, VOCAB, (5, 8))
     _parity(q, exe, x)
+
+
+def test_target_refusals_come_at_lower_time() -> None:
+    # ridge on the 1-bit min/max grid has only a reference kernel: refused by rq.lower, once,
+    # not by the first call of every shape
+    q = rq.prepare(nn.Sequential(nn.Linear(16, 8)), (torch.randn(2, 16),), "A1W1",
+                   grid="minmax").eval()  # fmt: skip
+    pytest.importorskip("tvm")
+    with pytest.raises(rq.errors.TargetError, match="has no kernel for the 1-bit activation"):
+        rq.lower(q, "llvm", dynamic=True)
+    exe = rq.lower(q, "reference", dynamic=True)
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(exe(x), q(x), rtol=1e-5, atol=1e-5)

@@ -89,8 +89,42 @@ def lower_dynamic(
             xs.append(torch.zeros(shape, dtype=dtype))
         return api.convert(qat, example_inputs=tuple(xs))
 
+    tgt = Target.parse(target)
     sm = symbolic_convert(convert_at, decl)
-    return DynamicModule(sm, Target.parse(target))
+    _precheck(sm.ir, tgt)
+    return DynamicModule(sm, tgt)
+
+
+def _precheck(ir: Module, target: Target) -> None:
+    """What ``rq.build`` would refuse for every shape, raised at ``rq.lower`` time rather
+    than at the first call: TVM missing, reference-only quantizers, ops with no emitter."""
+    import importlib.util
+
+    from rqcompile import api
+    from rqcompile.errors import TargetError
+
+    if target.kind == "reference":
+        return
+    api._check_tvm_quantizers(ir, target.kind)
+    if importlib.util.find_spec("tvm") is None:
+        raise TargetError(
+            f"target {target.kind!r} needs Apache TVM, which is not installed. Install it with "
+            "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
+            "target='reference'."
+        )
+    from rqcompile.errors import UnsupportedOpError
+    from rqcompile.targets.tvm.device.build import DEVICE_KINDS
+    from rqcompile.targets.tvm.emit.module import EMITTERS
+
+    if target.kind in DEVICE_KINDS:  # their builder checks its own ops, per shape
+        return
+
+    missing = sorted({op.name for op in ir.main.ops if op.name not in EMITTERS} - {"rq.const"})
+    if missing:
+        raise UnsupportedOpError(
+            f"the TVM emitter has no rule for: {', '.join(missing)}. Build with "
+            "target='reference', or add an emitter to rqcompile.targets.tvm.emit.module.EMITTERS."
+        )
 
 
 class DynamicModule(CompiledModule):
