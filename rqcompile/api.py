@@ -17,6 +17,7 @@ from rqcompile.capture.trace import capture as capture_graph
 from rqcompile.config.qconfig import ConfigLike, QConfig, as_qconfig
 from rqcompile.config.spec import LayerSpec
 from rqcompile.debug.table import format_table
+from rqcompile.dynamic import is_symbolic
 from rqcompile.errors import ConfigError, UsageError
 from rqcompile.ir.verify import verify
 from rqcompile.passes.infra import PassContext, PassManager
@@ -165,7 +166,13 @@ def _needs_shapes(gm: fx.GraphModule) -> bool:
     return any(n.op == "placeholder" and "tensor_meta" not in n.meta for n in gm.graph.nodes)
 
 
-def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
+def convert(
+    model: fx.GraphModule,
+    *,
+    example_inputs: Any = None,
+    dynamic_shapes: Any = None,
+    dynamic: bool = False,
+) -> Any:
     """Turn a trained QAT graph into the integer IR (an ``rqcompile.ir.Module``).
 
     The trained ridge dequantizers are folded into integer weight codes plus per-block
@@ -175,6 +182,11 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     translated IR then runs the convert pipeline (``rq.pipelines.describe("convert")``:
     ``fold-constants,eliminate-dead-code``) under the active ``rq.PassContext``.
 
+    With ``dynamic_shapes`` or ``dynamic=True`` (as for :func:`lower`) the result is the
+    symbolic IR: dynamic dims print ``?``, ``main`` declares them with their ranges as
+    attributes, and ``rq.build`` turns it into a ``DynamicModule``
+    (``rqcompile/dynamic.py``).
+
     Estimators with training state are made final on a copy first: learned ``gdnsq`` widths
     are rounded to an integer in 1..8 (an ``RQWarning`` names each layer where that changes
     the model), and ``pege`` requires its curriculum to have finished.
@@ -183,6 +195,11 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
         UnsupportedOpError: listing every node that has no converter, all at once.
         ConfigError: a ``pege`` curriculum has not reached its last step.
     """
+    if dynamic_shapes is not None or dynamic:
+        from rqcompile.dynamic import convert_dynamic
+
+        _ensure_prepared(model, "convert")
+        return convert_dynamic(model, example_inputs, dynamic_shapes, dynamic)
     gm = finalize_for_convert(_ensure_prepared(model, "convert"))  # gdnsq widths, pege check
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
@@ -229,8 +246,12 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
         )
     if not isinstance(module, IRModule):
         raise UsageError(f"rq.build() takes an rqcompile.ir.Module, got {type(module).__name__}.")
-    verify(module)
     tgt = Target.parse(target)
+    if is_symbolic(module):  # dynamic dims: a DynamicModule, built per shape on first use
+        from rqcompile.targets.dynamic import build_dynamic
+
+        return build_dynamic(module, tgt, threads)
+    verify(module)
     if tgt.kind == "reference":
         from functools import partial
 
@@ -308,11 +329,9 @@ def lower(
         torch.Size([2, 8])
     """
     _ensure_prepared(model, "lower")
-    if dynamic_shapes is not None or dynamic:
-        from rqcompile.targets.dynamic import lower_dynamic
-
-        return lower_dynamic(model, target, example_inputs, dynamic_shapes, dynamic)
-    return build(convert(model, example_inputs=example_inputs), target)
+    ir = convert(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes,
+                 dynamic=dynamic)  # fmt: skip
+    return build(ir, target)
 
 
 def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:
@@ -332,10 +351,8 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         raise ArtifactError(f"trust_kernels must be True or False, got {trust_kernels!r}.")
     manifest, ir, members = read_artifact(path)
     target = Target.parse(manifest["target"])
-    if "dynamic.json" in members:  # symbolic IR: shapes are built as they come
-        from rqcompile.targets.dynamic import DynamicModule
-
-        return DynamicModule.from_artifact(ir, target, members)
+    if is_symbolic(ir):  # dynamic dims: kernels are built per shape, as calls come
+        return build(ir, target)
     if target.kind in DEVICE_KINDS and trust_kernels:
         from rqcompile.targets.tvm.device.build import load_device
 

@@ -41,7 +41,6 @@ MEMBER_NAMES = frozenset(
         "weights.safetensors",
         "kernels.so",
         "device_plan.json",
-        "dynamic.json",  # the dynamic-dim declaration of a DynamicModule (targets/dynamic.py)
         "kernels.cl",
         "kernels.cu",
         "kernels.metal",
@@ -52,7 +51,6 @@ MEMBER_NAMES = frozenset(
 MEMBER_LIMITS = {
     "manifest.json": 1 * MiB,
     "device_plan.json": 64 * MiB,
-    "dynamic.json": 1 * MiB,
     "ir.mlir": 256 * MiB,
     "kernels.cl": 64 * MiB,
     "kernels.cu": 64 * MiB,

@@ -52,6 +52,8 @@ __all__ = [
     "DynamicShapes",
     "SymbolicModule",
     "parse_dynamic_shapes",
+    "convert_dynamic",
+    "is_symbolic",
     "specialize",
     "symbolic_convert",
 ]
@@ -312,7 +314,13 @@ def _eval(e: Expr, p: Mapping[str, int]) -> Fraction:
 
 @dataclasses.dataclass(frozen=True)
 class SymbolicModule:
-    """The symbolic IR (``?`` dims, ``rq.sym`` annotations) plus its declaration.
+    """A symbolic IR module and the declaration read off its ``main``'s attributes.
+
+    The declaration lives in the IR itself, so it survives printing, parsing and artifacts:
+
+    ``func.func @main(%0: tensor<?x?xi64>) -> tensor<?x?x65xf32> attributes {
+    rq.dynamic_axes = [[[0, "batch"], [1, "seq"]]], rq.dynamic_dims = [["batch", 1, 64],
+    ["seq", 1, 16]], rq.input_names = ["idx"], rq.output_dims = [["batch", "seq", "65"]]}``
 
     Attributes:
         ir: the module at the dims' maxima, dynamic dims printed ``?``.
@@ -324,19 +332,36 @@ class SymbolicModule:
     shapes: DynamicShapes
     outputs: tuple[tuple[str, ...], ...]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"shapes": self.shapes.to_json(), "outputs": [list(o) for o in self.outputs]}
-
     @staticmethod
-    def from_json(ir: Module, obj: Any) -> SymbolicModule:
+    def of(ir: Module) -> SymbolicModule:
+        f = ir.main
         try:
-            outs = tuple(tuple(str(e) for e in o) for o in obj["outputs"])
-            return SymbolicModule(ir, DynamicShapes.from_json(obj["shapes"]), outs)
+            shapes = DynamicShapes.from_json({
+                "dims": f.attr("rq.dynamic_dims"),
+                "axes": f.attr("rq.dynamic_axes"),
+                "inputs": f.attr("rq.input_names"),
+            })  # fmt: skip
+            outs = tuple(tuple(str(e) for e in o) for o in f.attr("rq.output_dims"))  # type: ignore[union-attr]
         except (KeyError, TypeError) as e:
-            raise ConfigError(f"bad dynamic declaration: {e}") from e
+            raise ConfigError(f"func @main has an incomplete dynamic declaration: {e}") from e
+        if len(outs) != len(f.outputs) or len(shapes.inputs) != len(f.args):
+            raise ConfigError("func @main's dynamic declaration does not match its signature.")
+        return SymbolicModule(ir, shapes, outs)
 
-    def dumps(self) -> bytes:
-        return json.dumps(self.to_json(), sort_keys=True).encode()
+
+def is_symbolic(ir: Module) -> bool:
+    """Whether ``ir`` is a symbolic module (its ``main`` declares dynamic dims)."""
+    return any(f.name == "main" and f.attr("rq.dynamic_dims", None) for f in ir.funcs)
+
+
+def _declaration_attrs(shapes: DynamicShapes, outputs: Sequence[Sequence[str]]) -> dict[str, Any]:
+    j = shapes.to_json()
+    return {
+        "rq.dynamic_dims": j["dims"],
+        "rq.dynamic_axes": j["axes"],
+        "rq.input_names": j["inputs"],
+        "rq.output_dims": [list(o) for o in outputs],
+    }
 
 
 def probe_points(dims: Sequence[DimRange]) -> tuple[list[dict[str, int]], dict[str, int]]:
@@ -371,9 +396,13 @@ def _set_leaf(value: Any, idx: Sequence[int], new: int) -> Any:
 
 def symbolic_convert(
     convert_at: Callable[[Mapping[str, int]], Module], shapes: DynamicShapes
-) -> SymbolicModule:
+) -> Module:
     """Convert at the probe points (``convert_at(dims) -> Module``) and merge the results into
-    one :class:`SymbolicModule`. Raises ``ConfigError`` for anything not expressible."""
+    one symbolic module (see :class:`SymbolicModule` for its declaration attributes).
+
+    Raises:
+        ConfigError: for anything that depends on the dims and is not expressible.
+    """
     names = [d.name for d in shapes.dims]
     corners, check = probe_points(shapes.dims)
     points = [*corners, check] if check not in corners else corners
@@ -463,10 +492,10 @@ def symbolic_convert(
     for j, v in enumerate(ref.outputs):
         _, exprs = value_type([f.outputs[j] for f in funcs], f"output {j}")
         outs.append(exprs)
-    main = Func(ref.name, tuple(args), tuple(ops), tuple(new_vals[v.id] for v in ref.outputs))
+    main = Func(ref.name, tuple(args), tuple(ops), tuple(new_vals[v.id] for v in ref.outputs),
+                tuple(_declaration_attrs(shapes, outs).items()))  # fmt: skip
     others = tuple(f for f in mods[top].funcs if f.name != ref.name)
-    ir = Module((main, *others), constants)
-    return SymbolicModule(ir, shapes, tuple(outs))
+    return Module((main, *others), constants)
 
 
 def _get(value: Any, idx: Sequence[int]) -> Any:
@@ -505,9 +534,11 @@ def _check_prefix(
 # -- specialization ----------------------------------------------------------------------
 
 
-def specialize(sm: SymbolicModule, values: Mapping[str, int]) -> Module:
+def specialize(sm: SymbolicModule | Module, values: Mapping[str, int]) -> Module:
     """The static module for concrete dims: annotations evaluated, prefix constants sliced,
     result types re-inferred from the op schemas (so the module verifies as any other)."""
+    if isinstance(sm, Module):
+        sm = SymbolicModule.of(sm)
     f = sm.ir.main
     decl = sm.shapes
     env: dict[int, Value] = {}
@@ -540,6 +571,43 @@ def specialize(sm: SymbolicModule, values: Mapping[str, int]) -> Module:
             if tuple(constants[name].shape) != want:
                 constants[name] = constants[name][tuple(slice(0, s) for s in want)].contiguous()
         ops.append(Op(op.name, operands, results, tuple(attrs.items()), op.loc))
-    main = Func(f.name, tuple(args), tuple(ops), tuple(env[v.id] for v in f.outputs))
+    main = Func(f.name, tuple(args), tuple(ops), tuple(env[v.id] for v in f.outputs))  # static
     others = tuple(g for g in sm.ir.funcs if g.name != f.name)
     return Module((main, *others), constants)
+
+
+def convert_dynamic(
+    qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic: bool
+) -> Module:
+    """``rq.convert(..., dynamic_shapes=... | dynamic=True)``: the symbolic module (or the
+    static one when the declaration makes nothing dynamic)."""
+    from rqcompile import api
+
+    names = [str(n.target) for n in qat.graph.nodes if n.op == "placeholder"]
+    if example_inputs is not None:
+        xs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        seen = api.input_signature(xs)
+    else:
+        seen = qat.meta.get("rq_input_shapes")
+        if not seen:
+            raise ConfigError(
+                "a dynamic rq.convert/rq.lower needs the input shapes: this model was prepared "
+                "without example inputs and has not run forward yet. Train it (or call it once "
+                "on a batch), or pass example_inputs=(x,)."
+            )
+    if len(seen) != len(names):
+        raise ConfigError(f"the model takes inputs {names}, but {len(seen)} shapes are known.")
+    decl = parse_dynamic_shapes(dynamic_shapes, names, seen, dynamic=dynamic)
+    if decl is None:
+        return api.convert(qat, example_inputs=tuple(torch.zeros(s, dtype=d) for s, d in seen))
+
+    def convert_at(values: Mapping[str, int]) -> Module:
+        xs = []
+        for (shape, dtype), axes in zip(seen, decl.axes, strict=True):
+            shape = list(shape)
+            for a, name in axes:
+                shape[a] = values[name]
+            xs.append(torch.zeros(shape, dtype=dtype))
+        return api.convert(qat, example_inputs=tuple(xs))
+
+    return symbolic_convert(convert_at, decl)

@@ -18,9 +18,9 @@ static ``CompiledModule`` built by the unchanged static pipeline, so every stati
   (``exe.cache_size``). The first call at a new shape builds its kernels (for ``llvm`` a few
   seconds for a small model; a line on stderr says so); ``exe.prebuild(...)`` builds shapes
   ahead of time.
-* **Artifacts.** ``exe.save`` stores the symbolic IR and the declaration
-  (``dynamic.json``); ``rq.load`` returns a ``DynamicModule`` that builds shapes as they
-  come.
+* **Artifacts.** ``exe.save`` stores the symbolic IR, whose ``main`` carries the declaration
+  as attributes; ``rq.load`` returns a ``DynamicModule`` that builds shapes as they come
+  (no kernels are stored).
 """
 
 from __future__ import annotations
@@ -33,66 +33,24 @@ from typing import Any
 
 import torch
 
-from rqcompile.dynamic import (
-    DynamicShapes,
-    SymbolicModule,
-    parse_dynamic_shapes,
-    specialize,
-    symbolic_convert,
-)
+from rqcompile.dynamic import DynamicShapes, SymbolicModule, specialize
 from rqcompile.errors import ConfigError, InputError
 from rqcompile.ir.core import Module
 from rqcompile.ir.types import torch_dtype
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target
 
-__all__ = ["CACHE_SIZE", "DynamicModule", "lower_dynamic"]
+__all__ = ["CACHE_SIZE", "DynamicModule", "build_dynamic"]
 
 #: Built shapes kept per dynamic model (least recently used evicted first).
 CACHE_SIZE = 8
 
-_MEMBER = "dynamic.json"
-
-
-def lower_dynamic(
-    qat: Any, target: Any, example_inputs: Any, dynamic_shapes: Any, dynamic: bool
-) -> Any:
-    """``rq.lower(..., dynamic_shapes=...)``: the symbolic IR, wrapped in a DynamicModule (or
-    a static build when the declaration makes nothing dynamic)."""
-    from rqcompile import api
-
-    names = [str(n.target) for n in qat.graph.nodes if n.op == "placeholder"]
-    if example_inputs is not None:
-        xs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-        seen = api.input_signature(xs)
-    else:
-        seen = qat.meta.get("rq_input_shapes")
-        if not seen:
-            raise ConfigError(
-                "rq.lower(..., dynamic_shapes=...) needs the input shapes: this model was "
-                "prepared without example inputs and has not run forward yet. Train it (or "
-                "call it once on a batch), or pass example_inputs=(x,)."
-            )
-    if len(seen) != len(names):
-        raise ConfigError(f"the model takes inputs {names}, but {len(seen)} shapes are known.")
-    decl = parse_dynamic_shapes(dynamic_shapes, names, seen, dynamic=dynamic)
-    if decl is None:
-        xs = tuple(torch.zeros(s, dtype=d) for s, d in seen)
-        return api.build(api.convert(qat, example_inputs=xs), target)
-
-    def convert_at(values: Mapping[str, int]) -> Module:
-        xs = []
-        for (shape, dtype), axes in zip(seen, decl.axes, strict=True):
-            shape = list(shape)
-            for a, name in axes:
-                shape[a] = values[name]
-            xs.append(torch.zeros(shape, dtype=dtype))
-        return api.convert(qat, example_inputs=tuple(xs))
-
-    tgt = Target.parse(target)
-    sm = symbolic_convert(convert_at, decl)
-    _precheck(sm.ir, tgt)
-    return DynamicModule(sm, tgt)
+def build_dynamic(ir: Module, target: Target, threads: int | None = None) -> DynamicModule:
+    """``rq.build`` of a symbolic module: check what every shape's build would refuse, now."""
+    _precheck(ir, target)
+    exe = DynamicModule(ir, target)
+    exe.threads = threads
+    return exe
 
 
 def _precheck(ir: Module, target: Target) -> None:
@@ -130,8 +88,9 @@ def _precheck(ir: Module, target: Target) -> None:
 class DynamicModule(CompiledModule):
     """A compiled model with dynamic dims; call it like a ``CompiledModule``."""
 
-    def __init__(self, sm: SymbolicModule, target: Target, *, check_rows: bool = True) -> None:
-        super().__init__(sm.ir, target, self._run, members={_MEMBER: sm.dumps()})
+    def __init__(self, ir: Module, target: Target, *, check_rows: bool = True) -> None:
+        super().__init__(ir, target, self._run)
+        sm = SymbolicModule.of(ir)
         self.symbolic = sm
         self.shapes: DynamicShapes = sm.shapes
         self.cache_size = CACHE_SIZE
@@ -349,13 +308,6 @@ class DynamicModule(CompiledModule):
             f"buckets: {bucket}; shapes built: {built} (cache {self.cache_size})"
         )
 
-    @staticmethod
-    def from_artifact(ir: Module, target: Target, members: Mapping[str, bytes]) -> DynamicModule:
-        import json
-
-        sm = SymbolicModule.from_json(ir, json.loads(members[_MEMBER]))
-        return DynamicModule(sm, target)
-
 
 def _sample(exe: CompiledModule, i: int, dtype: torch.dtype, shape: tuple[int, ...],
             gen: torch.Generator) -> torch.Tensor:  # fmt: skip
@@ -372,7 +324,3 @@ def _checked(exe: CompiledModule, inputs: tuple[torch.Tensor, ...]) -> tuple[tor
     """The static build's own checks (NaN/Inf, token ranges, device) before its kernels."""
     exe._check(inputs)
     return inputs
-
-
-def is_dynamic_artifact(members: Mapping[str, bytes]) -> bool:
-    return _MEMBER in members
