@@ -32,7 +32,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
@@ -51,9 +50,9 @@ __all__ = [
     "DimRange",
     "DynamicShapes",
     "SymbolicModule",
-    "parse_dynamic_shapes",
     "convert_dynamic",
     "is_symbolic",
+    "parse_dynamic_shapes",
     "specialize",
     "symbolic_convert",
 ]
@@ -141,7 +140,7 @@ def _dim_of(spec: Any, where: str) -> tuple[str, int, int]:
             )
     try:
         lo, hi = max(int(lo), 1), int(hi)
-    except Exception:  # noqa: BLE001 - sympy's int_oo (no max given) converts with errors
+    except Exception:
         lo, hi = 1, -1
     if hi > 1 << 31:
         hi = -1
@@ -274,10 +273,15 @@ def eval_expr(text: str, values: Mapping[str, int]) -> int:
     return int(total)
 
 
-def _fit(points: Sequence[Mapping[str, int]], ys: Sequence[int], names: Sequence[str]) -> Expr | None:
+def _fit(
+    points: Sequence[Mapping[str, int]], ys: Sequence[int], names: Sequence[str]
+) -> Expr | None:
     """The multilinear polynomial through ``(points, ys)`` (one unknown per point), or None."""
     monos = [frozenset(s) for k in range(len(names) + 1) for s in _subsets(names, k)]
-    rows = [[Fraction(_mono(p, m)) for m in monos] + [Fraction(y)] for p, y in zip(points, ys)]
+    rows = [
+        [Fraction(_mono(p, m)) for m in monos] + [Fraction(y)]
+        for p, y in zip(points, ys, strict=True)
+    ]
     n = len(monos)
     for col in range(n):  # Gauss-Jordan over the rationals
         piv = next((r for r in range(col, n) if rows[r][col] != 0), None)
@@ -288,7 +292,7 @@ def _fit(points: Sequence[Mapping[str, int]], ys: Sequence[int], names: Sequence
         for r in range(n):
             if r != col and rows[r][col] != 0:
                 f = rows[r][col]
-                rows[r] = [a - f * b for a, b in zip(rows[r], rows[col])]
+                rows[r] = [a - f * b for a, b in zip(rows[r], rows[col], strict=True)]
     return {m: rows[i][n] for i, m in enumerate(monos) if rows[i][n] != 0}
 
 
@@ -374,7 +378,7 @@ def probe_points(dims: Sequence[DimRange]) -> tuple[list[dict[str, int]], dict[s
         rest = [v for v in range(d.min, d.max + 1) if v not in (lo[d.name], hi[d.name])][:64]
         mid[d.name] = rest[len(rest) // 2] if rest else lo[d.name]
     corners = [
-        {d.name: (hi if up else lo)[d.name] for d, up in zip(dims, ups)}
+        {d.name: (hi if up else lo)[d.name] for d, up in zip(dims, ups, strict=True)}
         for ups in product((False, True), repeat=len(dims))
     ]
     return corners, mid
@@ -422,7 +426,7 @@ def symbolic_convert(
         if len(set(ys)) == 1:
             return None
         e = _fit(corners, ys[: len(corners)], names)
-        if e is None or any(_eval(e, p) != y for p, y in zip(points, ys)):
+        if e is None or any(_eval(e, p) != y for p, y in zip(points, ys, strict=True)):
             raise fail(f"{what} takes the values {list(ys)} at dims {points}, which no "
                        "polynomial in the dims matches")  # fmt: skip
         return format_expr(e)
@@ -456,7 +460,7 @@ def symbolic_convert(
     for k, op in enumerate(ref.ops):
         peers = [f.ops[k] for f in funcs]
         where = f"op {k} {op.name}" + (f" at {op.loc}" if op.loc else "")
-        for p, pos in zip(peers, positions):
+        for p, pos in zip(peers, positions, strict=True):
             if (
                 p.name != op.name
                 or len(p.results) != len(op.results)
@@ -489,7 +493,7 @@ def symbolic_convert(
         ops.append(Op(op.name, tuple(new_vals[v.id] for v in op.operands), tuple(results),
                       tuple(attrs.items()), op.loc))  # fmt: skip
     outs = []
-    for j, v in enumerate(ref.outputs):
+    for j in range(len(ref.outputs)):
         _, exprs = value_type([f.outputs[j] for f in funcs], f"output {j}")
         outs.append(exprs)
     main = Func(ref.name, tuple(args), tuple(ops), tuple(new_vals[v.id] for v in ref.outputs),
@@ -521,7 +525,7 @@ def _check_prefix(
         t = c.get(name)
         if t is None or t.dtype != big.dtype or t.dim() != big.dim():
             raise fail(f"constant {name!r} differs between probe shapes")
-        if any(a > b for a, b in zip(t.shape, big.shape)):
+        if any(a > b for a, b in zip(t.shape, big.shape, strict=True)):
             raise fail(f"constant {name!r} is larger at a smaller shape")
         part = big[tuple(slice(0, s) for s in t.shape)]
         if tensor_bytes(part) != tensor_bytes(t):
@@ -576,9 +580,7 @@ def specialize(sm: SymbolicModule | Module, values: Mapping[str, int]) -> Module
     return Module((main, *others), constants)
 
 
-def convert_dynamic(
-    qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic: bool
-) -> Module:
+def convert_dynamic(qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic: bool) -> Module:
     """``rq.convert(..., dynamic_shapes=... | dynamic=True)``: the symbolic module (or the
     static one when the declaration makes nothing dynamic)."""
     from rqcompile import api

@@ -15,8 +15,8 @@ from torch import nn
 
 import rqcompile as rq
 from rqcompile.demo.models import CharTransformer
-from rqcompile.errors import ConfigError, InputError
 from rqcompile.dynamic import specialize
+from rqcompile.errors import ConfigError, InputError
 from rqcompile.ir import parse_module, verify
 from rqcompile.ir.printer import print_module
 from rqcompile.targets.dynamic import DynamicModule
@@ -120,13 +120,18 @@ def test_symbolic_ir_has_question_marks_and_ranges(qat, ref) -> None:
 def test_out_of_range_and_wrong_inputs_are_typed_errors_before_any_build(qat) -> None:
     exe = rq.lower(qat, "reference", dynamic_shapes=({0: Dim("batch", min=2, max=8)},))
     good = torch.zeros(2, T, dtype=torch.long)
+
+    def ids(*shape: int) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.long)
+
+    out_of_range = "outside its declared range [2, 8]"
     cases = [
-        (torch.zeros(9, T, dtype=torch.long), "input 0 (idx): dim 0 (batch) is 9, outside its declared range [2, 8]"),
-        (torch.zeros(1, T, dtype=torch.long), "dim 0 (batch) is 1, outside its declared range [2, 8]"),
-        (torch.zeros(2, T - 1, dtype=torch.long), "input 0 (idx): dim 1 is 15, expected 16 (static"),
+        (ids(9, T), f"input 0 (idx): dim 0 (batch) is 9, {out_of_range}"),
+        (ids(1, T), f"dim 0 (batch) is 1, {out_of_range}"),
+        (ids(2, T - 1), "input 0 (idx): dim 1 is 15, expected 16 (static"),
         (good.float(), "input 0 (idx): dtype torch.float32 (expected torch.int64"),
-        (torch.zeros(2, T, 1, dtype=torch.long), "input 0 (idx): rank 3"),
-    ]  # fmt: skip
+        (ids(2, T, 1), "input 0 (idx): rank 3"),
+    ]
     for x, msg in cases:
         with pytest.raises(InputError) as e:
             exe(x)
@@ -154,7 +159,9 @@ def test_shared_dim_must_agree_across_inputs() -> None:
     exe = rq.lower(q, "reference", dynamic_shapes={"x": {0: b}, "y": {0: b}})
     y = torch.randn(5, 8)
     torch.testing.assert_close(exe(y, y), q(y, y), rtol=1e-5, atol=1e-5)
-    with pytest.raises(InputError, match=r"input 1 \(y\): dim 0 \(b\) is 4, but another input has b = 5"):
+    with pytest.raises(
+        InputError, match=r"input 1 \(y\): dim 0 \(b\) is 4, but another input has b = 5"
+    ):
         exe(y, torch.randn(4, 8))
 
 
@@ -182,7 +189,9 @@ def test_shape_dependent_float_is_refused_not_miscompiled() -> None:
             return self.fc(x) * (1.0 / x.size(0))
 
     q = rq.prepare(Mean(), (torch.randn(4, 8),), "A8W8").eval()
-    with pytest.raises(ConfigError, match="cannot make this model dynamic in b: attribute .* depends on the dims"):
+    with pytest.raises(
+        ConfigError, match=r"cannot make this model dynamic in b: attribute .* depends on the dims"
+    ):
         rq.lower(q, "reference", dynamic_shapes={"x": {0: Dim("b", min=1, max=8)}})
 
 

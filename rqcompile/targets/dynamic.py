@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from rqcompile.dynamic import DynamicShapes, SymbolicModule, specialize
-from rqcompile.errors import ConfigError, InputError
+from rqcompile.errors import InputError
 from rqcompile.ir.core import Module
 from rqcompile.ir.types import torch_dtype
 from rqcompile.targets.compiled import CompiledModule
@@ -44,6 +44,7 @@ __all__ = ["CACHE_SIZE", "DynamicModule", "build_dynamic"]
 
 #: Built shapes kept per dynamic model (least recently used evicted first).
 CACHE_SIZE = 8
+
 
 def build_dynamic(ir: Module, target: Target, threads: int | None = None) -> DynamicModule:
     """``rq.build`` of a symbolic module: check what every shape's build would refuse, now."""
@@ -179,8 +180,12 @@ class DynamicModule(CompiledModule):
         shape = ", ".join(f"{k}={v}" for k, v in values.items())
         slow = self.target.kind != "reference"
         if slow:
-            print(f"rqcompile: building {self.target.kind} kernels for a new shape ({shape}); "
-                  "later calls with this shape reuse them", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"rqcompile: building {self.target.kind} kernels for a new shape ({shape}); "
+                "later calls with this shape reuse them",
+                file=sys.stderr,
+                flush=True,
+            )
         t0 = time.perf_counter()
         exe = api.build(specialize(self.symbolic, values), self.target, threads=self._threads)
         self.build_seconds[key] = time.perf_counter() - t0
@@ -294,9 +299,12 @@ class DynamicModule(CompiledModule):
     def inspect_text(self) -> str:
         from rqcompile.debug.summary import compiled_summary
 
-        built = ", ".join(
-            "(" + ", ".join(f"{k}={v}" for k, v in s.items()) + ")" for s in self.cached_shapes
-        ) or "none yet"
+        built = (
+            ", ".join(
+                "(" + ", ".join(f"{k}={v}" for k, v in s.items()) + ")" for s in self.cached_shapes
+            )
+            or "none yet"
+        )
         bucket = (
             f"{self.bucket_dim} rounded up to a power of two (rows zero-padded)"
             if self.bucket_dim

@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rqcompile.errors import ParseError
 from rqcompile.ir import (
     DTYPES,
     Builder,
@@ -26,7 +27,6 @@ from rqcompile.ir import (
     print_module,
     verify,
 )
-from rqcompile.errors import ParseError
 from rqcompile.ir.core import attr_key
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
