@@ -610,6 +610,28 @@ def convert_dynamic(qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic:
             for a, name in axes:
                 shape[a] = values[name]
             xs.append(torch.zeros(shape, dtype=dtype))
-        return api.convert(qat, example_inputs=tuple(xs))
+        try:
+            return api.convert(qat, example_inputs=tuple(xs))
+        except Exception as e:
+            raise ConfigError(
+                f"cannot convert this model at {', '.join(f'{k}={v}' for k, v in values.items())}"
+                f" (a shape inside the declared ranges {decl.describe()}): "
+                f"{type(e).__name__}: {str(e)[:400]}{_export_hint(qat)}"
+            ) from e
 
     return symbolic_convert(convert_at, decl)
+
+
+def _export_hint(qat: Any) -> str:
+    """Why an export-captured graph fails at other shapes, when that is the reason."""
+    sizes = ("sym_size", "sym_numel")
+    if qat.meta.get("rq_capture") != "export" or any(
+        any(k in str(n.target) for k in sizes) for n in qat.graph.nodes
+    ):
+        return ""
+    return (
+        ". This graph was captured with torch.export, which fixes every shape to the "
+        "example's. Export the model yourself with dynamic dims, torch.export.export(model, "
+        "example_inputs, dynamic_shapes=...), and pass that ExportedProgram to rq.prepare "
+        "(docs/models.md, 'Dynamic batch and sequence')."
+    )

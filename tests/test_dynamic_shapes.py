@@ -270,3 +270,20 @@ def test_lower_is_build_of_convert_and_the_text_round_trips(qat, ref) -> None:
     static = specialize(ir, {"batch": 2, "seq": 9})  # the static IR of one shape: verifies
     verify(static)
     assert static.main.args[0].type.shape == (2, 9) and not static.main.attrs
+
+
+def test_hugging_face_gpt2_exported_with_dynamic_dims() -> None:
+    pytest.importorskip("transformers")
+    from rqcompile.testing.hf import logits_of, tiny_gpt2
+
+    model, ex = tiny_gpt2()
+    q = rq.prepare(model, ex, "A4W4").eval()  # auto capture: export at the example's shapes
+    with pytest.raises(ConfigError, match="Export the model yourself with dynamic dims"):
+        rq.lower(q, "reference", dynamic=True)
+    dims = {"input_ids": {0: Dim("batch", min=1, max=4), 1: Dim("seq", min=2, max=8)}}
+    ep = torch.export.export(model.eval(), ex, dynamic_shapes=dims, strict=False)
+    q = rq.prepare(ep, ex, "A4W4").eval()  # graph with aten.sym_size: converts at any shape
+    exe = rq.lower(q, "reference", dynamic_shapes=dims)
+    for x in (ex[0][:1, :5], ex[0][:2, :3]):
+        want, got = logits_of(q(x)), logits_of(exe(x))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
