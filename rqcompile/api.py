@@ -14,11 +14,11 @@ import torch
 from torch import fx, nn
 
 import rqcompile.translate as translation
+import rqcompile.translate.dynamic as dyn
 from rqcompile.capture.trace import capture as capture_graph
 from rqcompile.config.qconfig import ConfigLike, QConfig, as_qconfig
 from rqcompile.config.spec import LayerSpec
 from rqcompile.debug.table import format_table
-from rqcompile.dynamic import is_symbolic
 from rqcompile.errors import ConfigError, UsageError
 from rqcompile.ir.verify import verify
 from rqcompile.passes.infra import PassContext, PassManager
@@ -185,7 +185,7 @@ def convert(
     With ``dynamic_shapes`` or ``dynamic=True`` (as for :func:`lower`) the result is the
     symbolic IR: dynamic dims print ``?``, ``main`` declares them with their ranges as
     attributes, and ``rq.build`` turns it into a ``DynamicModule``
-    (``rqcompile/dynamic.py``).
+    (``rqcompile/translate/dynamic.py``).
 
     Estimators with training state are made final on a copy first: learned ``gdnsq`` widths
     are rounded to an integer in 1..8 (an ``RQWarning`` names each layer where that changes
@@ -196,10 +196,8 @@ def convert(
         ConfigError: a ``pege`` curriculum has not reached its last step.
     """
     if dynamic_shapes is not None or dynamic:
-        from rqcompile.dynamic import convert_dynamic
-
         _ensure_prepared(model, "convert")
-        return convert_dynamic(model, example_inputs, dynamic_shapes, dynamic)
+        return _convert_dynamic(model, example_inputs, dynamic_shapes, dynamic)
     gm = finalize_for_convert(_ensure_prepared(model, "convert"))  # gdnsq widths, pege check
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
@@ -218,6 +216,46 @@ def convert(
     verify(irm)
     ctx = PassContext.current().for_stage(example_inputs=example_inputs)
     return PassManager(convert_passes(), verifier=verify).run(irm, ctx)
+
+
+def _convert_dynamic(qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic: bool) -> Any:
+    """``rq.convert(..., dynamic_shapes=... | dynamic=True)``: the symbolic module (or the
+    static one when the declaration makes nothing dynamic)."""
+    names = [str(n.target) for n in qat.graph.nodes if n.op == "placeholder"]
+    if example_inputs is not None:
+        xs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        seen = input_signature(xs)
+    else:
+        seen = qat.meta.get("rq_input_shapes")
+        if not seen:
+            raise ConfigError(
+                "a dynamic rq.convert/rq.lower needs the input shapes: this model was prepared "
+                "without example inputs and has not run forward yet. Train it (or call it once "
+                "on a batch), or pass example_inputs=(x,)."
+            )
+    if len(seen) != len(names):
+        raise ConfigError(f"the model takes inputs {names}, but {len(seen)} shapes are known.")
+    decl = dyn.parse_dynamic_shapes(dynamic_shapes, names, seen, dynamic=dynamic)
+    if decl is None:
+        return convert(qat, example_inputs=tuple(torch.zeros(s, dtype=d) for s, d in seen))
+
+    def convert_at(values: Any) -> Any:
+        xs = []
+        for (shape, dtype), axes in zip(seen, decl.axes, strict=True):
+            shape = list(shape)
+            for a, name in axes:
+                shape[a] = values[name]
+            xs.append(torch.zeros(shape, dtype=dtype))
+        try:
+            return convert(qat, example_inputs=tuple(xs))
+        except Exception as e:
+            raise ConfigError(
+                f"cannot convert this model at {', '.join(f'{k}={v}' for k, v in values.items())}"
+                f" (a shape inside the declared ranges {decl.describe()}): "
+                f"{type(e).__name__}: {str(e)[:400]}{dyn.export_hint(qat)}"
+            ) from e
+
+    return dyn.symbolic_convert(convert_at, decl)
 
 
 def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> Any:
@@ -247,10 +285,16 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
     if not isinstance(module, IRModule):
         raise UsageError(f"rq.build() takes an rqcompile.ir.Module, got {type(module).__name__}.")
     tgt = Target.parse(target)
-    if is_symbolic(module):  # dynamic dims: a DynamicModule, built per shape on first use
-        from rqcompile.targets.dynamic import build_dynamic
+    if dyn.is_symbolic(module):  # dynamic dims: a DynamicModule, built per shape on first use
+        from rqcompile.targets.dynamic import DynamicModule, check_emitters
 
-        return build_dynamic(module, tgt, threads)
+        if tgt.kind != "reference":  # what every shape's build would refuse, refused now
+            _check_tvm_quantizers(module, tgt.kind)
+            _require_tvm(tgt.kind)
+            check_emitters(module, tgt)
+        exe = DynamicModule(module, tgt, build)
+        exe.threads = threads
+        return exe
     verify(module)
     if tgt.kind == "reference":
         from functools import partial
@@ -259,17 +303,8 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
         from rqcompile.targets.reference import run_reference
 
         return CompiledModule(module, tgt, partial(run_reference, module))
-    import importlib.util
-
-    from rqcompile.errors import TargetError
-
     _check_tvm_quantizers(module, tgt.kind)
-    if importlib.util.find_spec("tvm") is None:
-        raise TargetError(
-            f"target {tgt.kind!r} needs Apache TVM, which is not installed. Install it with "
-            "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
-            "target='reference'."
-        )
+    _require_tvm(tgt.kind)
     from rqcompile.targets.tvm.device.build import DEVICE_KINDS
 
     if tgt.kind in DEVICE_KINDS:
@@ -281,6 +316,19 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
     exe = build_tvm(module, tgt)
     exe.threads = threads
     return exe
+
+
+def _require_tvm(kind: str) -> None:
+    import importlib.util
+
+    from rqcompile.errors import TargetError
+
+    if importlib.util.find_spec("tvm") is None:
+        raise TargetError(
+            f"target {kind!r} needs Apache TVM, which is not installed. Install it with "
+            "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
+            "target='reference'."
+        )
 
 
 def _check_tvm_quantizers(module: Any, kind: str) -> None:
@@ -316,7 +364,7 @@ def lower(
 
     With ``dynamic_shapes`` (torch.export's spelling: ``{"x": {0: torch.export.Dim("batch",
     min=1, max=64)}}``, or a tuple with one entry per positional input) or ``dynamic=True``
-    (batch on axis 0 up to ``rqcompile.dynamic.DEFAULT_MAX_BATCH``, and for integer token
+    (batch on axis 0 up to ``rqcompile.translate.dynamic.DEFAULT_MAX_BATCH``, and for integer token
     inputs the sequence on axis 1 up to the length seen at conversion), the result is a
     ``DynamicModule``: the symbolic IR (``?`` dims), specialized and built per shape on first
     use and cached (``rqcompile/targets/dynamic.py``; costs in docs/models.md).
@@ -351,7 +399,7 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         raise ArtifactError(f"trust_kernels must be True or False, got {trust_kernels!r}.")
     manifest, ir, members = read_artifact(path)
     target = Target.parse(manifest["target"])
-    if is_symbolic(ir):  # dynamic dims: kernels are built per shape, as calls come
+    if dyn.is_symbolic(ir):  # dynamic dims: kernels are built per shape, as calls come
         return build(ir, target)
     if target.kind in DEVICE_KINDS and trust_kernels:
         from rqcompile.targets.tvm.device.build import load_device

@@ -1,6 +1,6 @@
 """Dynamic batch and sequence (``rq.lower(..., dynamic_shapes=... | dynamic=True)``).
 
-The symbolic IR (``rqcompile/dynamic.py``) and the per-shape ``DynamicModule``
+The symbolic IR (``rqcompile/translate/dynamic.py``) and the per-shape ``DynamicModule``
 (``rqcompile/targets/dynamic.py``): lowered vs QAT at shapes drawn inside the declared ranges
 (``check_parity``, the project's parity criterion), typed errors outside them, artifacts.
 """
@@ -15,11 +15,11 @@ from torch import nn
 
 import rqcompile as rq
 from rqcompile.demo.models import CharTransformer
-from rqcompile.dynamic import specialize
 from rqcompile.errors import ConfigError, InputError
 from rqcompile.ir import parse_module, verify
 from rqcompile.ir.printer import print_module
 from rqcompile.targets.dynamic import DynamicModule
+from rqcompile.translate.dynamic import specialize
 
 Dim = torch.export.Dim
 VOCAB, T = 65, 16

@@ -296,7 +296,7 @@ class Func:
         attrs: Sorted ``(name, value)`` pairs describing the function as a whole, printed
             ``func.func @main(...) -> ... attributes {...}`` (MLIR's spelling); empty for
             most functions. ``rq.dynamic_dims`` and friends declare dynamic dims
-            (``rqcompile/dynamic.py``).
+            (``rqcompile/translate/dynamic.py``).
     """
 
     name: str

@@ -1,6 +1,6 @@
 """``DynamicModule``: a compiled model whose declared dims (batch, sequence) vary per call.
 
-It holds the symbolic IR (``rqcompile/dynamic.py``) and, per concrete shape, an ordinary
+It holds the symbolic IR (``rqcompile/translate/dynamic.py``) and, per concrete shape, an ordinary
 static ``CompiledModule`` built by the unchanged static pipeline, so every static fast path
 (packed weights, fused attention, VNNI kernels) applies to every shape:
 
@@ -28,56 +28,38 @@ from __future__ import annotations
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from rqcompile.dynamic import DynamicShapes, SymbolicModule, specialize
 from rqcompile.errors import InputError
 from rqcompile.ir.core import Module
 from rqcompile.ir.types import torch_dtype
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target
+from rqcompile.translate.dynamic import DynamicShapes, SymbolicModule, specialize
 
-__all__ = ["CACHE_SIZE", "DynamicModule", "build_dynamic"]
+__all__ = ["CACHE_SIZE", "DynamicModule", "check_emitters"]
 
 #: Built shapes kept per dynamic model (least recently used evicted first).
 CACHE_SIZE = 8
 
 
-def build_dynamic(ir: Module, target: Target, threads: int | None = None) -> DynamicModule:
-    """``rq.build`` of a symbolic module: check what every shape's build would refuse, now."""
-    _precheck(ir, target)
-    exe = DynamicModule(ir, target)
-    exe.threads = threads
-    return exe
+#: ``build(static_ir, target) -> CompiledModule``: ``rq.build``, passed in by ``api.py``
+#: (this file sits below it).
+Builder = Callable[[Module, Target], CompiledModule]
 
 
-def _precheck(ir: Module, target: Target) -> None:
-    """What ``rq.build`` would refuse for every shape, raised at ``rq.lower`` time rather
-    than at the first call: TVM missing, reference-only quantizers, ops with no emitter."""
-    import importlib.util
-
-    from rqcompile import api
-    from rqcompile.errors import TargetError
-
-    if target.kind == "reference":
-        return
-    api._check_tvm_quantizers(ir, target.kind)
-    if importlib.util.find_spec("tvm") is None:
-        raise TargetError(
-            f"target {target.kind!r} needs Apache TVM, which is not installed. Install it with "
-            "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
-            "target='reference'."
-        )
+def check_emitters(ir: Module, target: Target) -> None:
+    """Ops the CPU TVM emitter has no rule for, refused when a dynamic model is built rather
+    than at the first call of every shape (device targets check their own, per shape)."""
     from rqcompile.errors import UnsupportedOpError
     from rqcompile.targets.tvm.device.build import DEVICE_KINDS
     from rqcompile.targets.tvm.emit.module import EMITTERS
 
-    if target.kind in DEVICE_KINDS:  # their builder checks its own ops, per shape
+    if target.kind == "reference" or target.kind in DEVICE_KINDS:
         return
-
     missing = sorted({op.name for op in ir.main.ops if op.name not in EMITTERS} - {"rq.const"})
     if missing:
         raise UnsupportedOpError(
@@ -89,8 +71,11 @@ def _precheck(ir: Module, target: Target) -> None:
 class DynamicModule(CompiledModule):
     """A compiled model with dynamic dims; call it like a ``CompiledModule``."""
 
-    def __init__(self, ir: Module, target: Target, *, check_rows: bool = True) -> None:
+    def __init__(
+        self, ir: Module, target: Target, build: Builder, *, check_rows: bool = True
+    ) -> None:
         super().__init__(ir, target, self._run)
+        self._build = build
         sm = SymbolicModule.of(ir)
         self.symbolic = sm
         self.shapes: DynamicShapes = sm.shapes
@@ -170,8 +155,6 @@ class DynamicModule(CompiledModule):
 
     def executable(self, values: Mapping[str, int]) -> CompiledModule:
         """The static build for these dim values (from the cache, or built now)."""
-        from rqcompile import api
-
         key = self._key(values)
         exe = self._cache.get(key)
         if exe is not None:
@@ -187,7 +170,8 @@ class DynamicModule(CompiledModule):
                 flush=True,
             )
         t0 = time.perf_counter()
-        exe = api.build(specialize(self.symbolic, values), self.target, threads=self._threads)
+        exe = self._build(specialize(self.symbolic, values), self.target)
+        exe.threads = self._threads
         self.build_seconds[key] = time.perf_counter() - t0
         if slow:
             print(f"rqcompile: built ({shape}) in {self.build_seconds[key]:.1f} s",
@@ -262,16 +246,15 @@ class DynamicModule(CompiledModule):
     def _rows_independent(self) -> bool:
         """Whether one row's outputs stay the same when another row is added (reference
         target, at the dims' smallest values): the condition for padding the batch."""
-        from rqcompile import api
-
         b = self.bucket_dim
         assert b is not None
         r = self.shapes.dim(b)
         if r.max < 2:
             return False
         lo = {d.name: d.min for d in self.shapes.dims}
-        one, two = api.build(specialize(self.symbolic, {**lo, b: 1}), "reference"), None
-        two = api.build(specialize(self.symbolic, {**lo, b: 2}), "reference")
+        ref = Target.parse("reference")
+        one = self._build(specialize(self.symbolic, {**lo, b: 1}), ref)
+        two = self._build(specialize(self.symbolic, {**lo, b: 2}), ref)
         gen = torch.Generator().manual_seed(0)
         xs1, xs2 = [], []
         for i, t in enumerate(one.signature):

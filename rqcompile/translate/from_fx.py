@@ -76,7 +76,7 @@ SHAPE_ONLY_METHODS: frozenset[str] = frozenset({"new_full", "new_zeros", "new_on
 
 #: torch.export's size queries (graphs exported with dynamic shapes): like ``x.size(d)``,
 #: they read the input's static shape at convert time (a dynamic dim is probed at several
-#: sizes by ``rqcompile/dynamic.py``).
+#: sizes by ``rqcompile/translate/dynamic.py``).
 _SYM_SIZE = frozenset({torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default})
 
 

@@ -50,7 +50,7 @@ __all__ = [
     "DimRange",
     "DynamicShapes",
     "SymbolicModule",
-    "convert_dynamic",
+    "export_hint",
     "is_symbolic",
     "parse_dynamic_shapes",
     "specialize",
@@ -580,49 +580,7 @@ def specialize(sm: SymbolicModule | Module, values: Mapping[str, int]) -> Module
     return Module((main, *others), constants)
 
 
-def convert_dynamic(qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic: bool) -> Module:
-    """``rq.convert(..., dynamic_shapes=... | dynamic=True)``: the symbolic module (or the
-    static one when the declaration makes nothing dynamic)."""
-    from rqcompile import api
-
-    names = [str(n.target) for n in qat.graph.nodes if n.op == "placeholder"]
-    if example_inputs is not None:
-        xs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-        seen = api.input_signature(xs)
-    else:
-        seen = qat.meta.get("rq_input_shapes")
-        if not seen:
-            raise ConfigError(
-                "a dynamic rq.convert/rq.lower needs the input shapes: this model was prepared "
-                "without example inputs and has not run forward yet. Train it (or call it once "
-                "on a batch), or pass example_inputs=(x,)."
-            )
-    if len(seen) != len(names):
-        raise ConfigError(f"the model takes inputs {names}, but {len(seen)} shapes are known.")
-    decl = parse_dynamic_shapes(dynamic_shapes, names, seen, dynamic=dynamic)
-    if decl is None:
-        return api.convert(qat, example_inputs=tuple(torch.zeros(s, dtype=d) for s, d in seen))
-
-    def convert_at(values: Mapping[str, int]) -> Module:
-        xs = []
-        for (shape, dtype), axes in zip(seen, decl.axes, strict=True):
-            shape = list(shape)
-            for a, name in axes:
-                shape[a] = values[name]
-            xs.append(torch.zeros(shape, dtype=dtype))
-        try:
-            return api.convert(qat, example_inputs=tuple(xs))
-        except Exception as e:
-            raise ConfigError(
-                f"cannot convert this model at {', '.join(f'{k}={v}' for k, v in values.items())}"
-                f" (a shape inside the declared ranges {decl.describe()}): "
-                f"{type(e).__name__}: {str(e)[:400]}{_export_hint(qat)}"
-            ) from e
-
-    return symbolic_convert(convert_at, decl)
-
-
-def _export_hint(qat: Any) -> str:
+def export_hint(qat: Any) -> str:
     """Why an export-captured graph fails at other shapes, when that is the reason."""
     sizes = ("sym_size", "sym_numel")
     if qat.meta.get("rq_capture") != "export" or any(
