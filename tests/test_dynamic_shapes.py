@@ -287,3 +287,16 @@ def test_hugging_face_gpt2_exported_with_dynamic_dims() -> None:
     for x in (ex[0][:1, :5], ex[0][:2, :3]):
         want, got = logits_of(q(x)), logits_of(exe(x))
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_concurrent_calls_at_new_shapes(qat) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    exe = rq.lower(qat, "reference", dynamic=True)
+    xs = [torch.randint(0, VOCAB, (b, t)) for b, t in [(1, 3), (2, 3), (5, 9), (1, 3), (7, 16)]]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(exe, xs))
+    with torch.no_grad():
+        for x, y in zip(xs, outs, strict=True):
+            torch.testing.assert_close(y, qat(x), rtol=1e-4, atol=1e-5)
+    assert len(exe.cached_shapes) == 4  # (1, 3) built once

@@ -26,6 +26,7 @@ static ``CompiledModule`` built by the unchanged static pipeline, so every stati
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -81,6 +82,7 @@ class DynamicModule(CompiledModule):
         self.shapes: DynamicShapes = sm.shapes
         self.cache_size = CACHE_SIZE
         self._cache: OrderedDict[tuple[int, ...], CompiledModule] = OrderedDict()
+        self._lock = threading.RLock()
         self._threads: int | None = None
         self.build_seconds: dict[tuple[int, ...], float] = {}
         self.bucket_dim = self._bucket_candidate()
@@ -156,10 +158,14 @@ class DynamicModule(CompiledModule):
     def executable(self, values: Mapping[str, int]) -> CompiledModule:
         """The static build for these dim values (from the cache, or built now)."""
         key = self._key(values)
-        exe = self._cache.get(key)
-        if exe is not None:
-            self._cache.move_to_end(key)
-            return exe
+        with self._lock:  # thread-safe, as compiled models are; one build at a time
+            exe = self._cache.get(key)
+            if exe is not None:
+                self._cache.move_to_end(key)
+                return exe
+            return self._build_shape(key, values)
+
+    def _build_shape(self, key: tuple[int, ...], values: Mapping[str, int]) -> CompiledModule:
         shape = ", ".join(f"{k}={v}" for k, v in values.items())
         slow = self.target.kind != "reference"
         if slow:

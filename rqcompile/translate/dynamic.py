@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from rqcompile.errors import ConfigError, VerifyError
-from rqcompile.ir.core import Func, Module, Op, Value, tensor_bytes
+from rqcompile.ir.core import Func, Module, Op, Value
 from rqcompile.ir.ops import get_op
 from rqcompile.ir.types import TensorType
 
@@ -528,7 +528,7 @@ def _check_prefix(
         if any(a > b for a, b in zip(t.shape, big.shape, strict=True)):
             raise fail(f"constant {name!r} is larger at a smaller shape")
         part = big[tuple(slice(0, s) for s in t.shape)]
-        if tensor_bytes(part) != tensor_bytes(t):
+        if not torch.equal(part, t):  # no copies: weights are compared here too
             raise fail(
                 f"constant {name!r} (a value computed from shapes) at shape {tuple(t.shape)} is "
                 f"not the leading block of the one at {tuple(big.shape)}"
@@ -572,8 +572,9 @@ def specialize(sm: SymbolicModule | Module, values: Mapping[str, int]) -> Module
         if op.name == "rq.const":
             name = str(attrs["name"])
             want = tuple(int(d) for d in attrs["shape"])  # type: ignore[union-attr]
-            if tuple(constants[name].shape) != want:
-                constants[name] = constants[name][tuple(slice(0, s) for s in want)].contiguous()
+            full = sm.ir.constants[name]
+            if tuple(full.shape) != want:  # a value computed from shapes: its leading block
+                constants[name] = full[tuple(slice(0, s) for s in want)].contiguous()
         ops.append(Op(op.name, operands, results, tuple(attrs.items()), op.loc))
     main = Func(f.name, tuple(args), tuple(ops), tuple(env[v.id] for v in f.outputs))  # static
     others = tuple(g for g in sm.ir.funcs if g.name != f.name)
