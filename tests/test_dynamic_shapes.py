@@ -300,3 +300,16 @@ def test_concurrent_calls_at_new_shapes(qat) -> None:
         for x, y in zip(xs, outs, strict=True):
             torch.testing.assert_close(y, qat(x), rtol=1e-4, atol=1e-5)
     assert len(exe.cached_shapes) == 4  # (1, 3) built once
+
+
+def test_a_damaged_symbolic_ir_fails_when_built(ref) -> None:
+    text = print_module(ref.ir)
+    bad = text.replace('rq.sym = ["shape.0=batch*seq"]', 'rq.sym = ["shape.0=batch*seq+1"]', 1)
+    assert bad != text
+    with pytest.raises(rq.VerifyError):
+        rq.build(parse_module(bad, constants=ref.ir.constants), "reference")
+    undeclared = text.replace(
+        'rq.dynamic_dims = [["batch", 1 : i64, 64 : i64], ', "rq.dynamic_dims = ["
+    )
+    with pytest.raises(ConfigError, match="bad dynamic-shape declaration"):
+        rq.build(parse_module(undeclared, constants=ref.ir.constants), "reference")

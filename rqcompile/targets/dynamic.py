@@ -37,6 +37,7 @@ import torch
 from rqcompile.errors import InputError
 from rqcompile.ir.core import Module
 from rqcompile.ir.types import torch_dtype
+from rqcompile.ir.verify import verify
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target
 from rqcompile.translate.dynamic import DynamicShapes, SymbolicModule, specialize
@@ -85,6 +86,8 @@ class DynamicModule(CompiledModule):
         self._lock = threading.RLock()
         self._threads: int | None = None
         self.build_seconds: dict[tuple[int, ...], float] = {}
+        # a damaged or hand-edited symbolic IR fails here (rq.build, rq.load), not at a call
+        verify(specialize(sm, {d.name: d.max for d in self.shapes.dims}))
         self.bucket_dim = self._bucket_candidate()
         if self.bucket_dim is not None and check_rows and not self._rows_independent():
             self.bucket_dim = None
