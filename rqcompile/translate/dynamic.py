@@ -121,7 +121,11 @@ class DynamicShapes:
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"bad dynamic-shape declaration {obj!r:.200}: {e}") from e
         names = {d.name for d in dims}
-        if len(axes) != len(inputs) or any(n not in names for ax in axes for _, n in ax):
+        if (
+            len(axes) != len(inputs)
+            or any(n not in names or a < 0 for ax in axes for a, n in ax)
+            or any(not 1 <= d.min <= d.max for d in dims)
+        ):
             raise ConfigError(f"bad dynamic-shape declaration {obj!r:.200}")
         return DynamicShapes(inputs, axes, dims)
 
@@ -259,13 +263,15 @@ _TERM = re.compile(r"(-?\d+(?:/\d+)?|[A-Za-z_][A-Za-z0-9_]*)\Z")
 
 
 def eval_expr(text: str, values: Mapping[str, int]) -> int:
-    """Evaluate a :func:`format_expr` string; the result must be a non-negative integer."""
+    """Evaluate a :func:`format_expr` string at ``values``; the result must be an integer."""
     total = Fraction(0)
     for term in text.split("+"):
         prod = Fraction(1)
         for factor in term.split("*"):
             if not _TERM.match(factor):
                 raise VerifyError(f"bad dim expression {text!r}")
+            if factor[0] not in "-0123456789" and factor not in values:
+                raise VerifyError(f"dim expression {text!r} names an undeclared dim {factor!r}")
             prod *= Fraction(factor) if factor[0] in "-0123456789" else values[factor]
         total += prod
     if total.denominator != 1:
@@ -348,7 +354,14 @@ class SymbolicModule:
             outs = tuple(tuple(str(e) for e in o) for o in f.attr("rq.output_dims"))  # type: ignore[union-attr]
         except (KeyError, TypeError) as e:
             raise ConfigError(f"func @main has an incomplete dynamic declaration: {e}") from e
-        if len(outs) != len(f.outputs) or len(shapes.inputs) != len(f.args):
+        if (
+            len(outs) != len(f.outputs)
+            or len(shapes.inputs) != len(f.args)
+            or any(  # the declared axes are exactly the ``?`` dims of each input
+                {a for a, _ in ax} != {k for k, d in enumerate(v.type.shape) if d is None}
+                for ax, v in zip(shapes.axes, f.args, strict=True)
+            )
+        ):
             raise ConfigError("func @main's dynamic declaration does not match its signature.")
         return SymbolicModule(ir, shapes, outs)
 
@@ -375,8 +388,9 @@ def probe_points(dims: Sequence[DimRange]) -> tuple[list[dict[str, int]], dict[s
     for d in dims:
         hi[d.name] = d.max
         lo[d.name] = max(d.min, 2) if max(d.min, 2) < d.max else d.min
-        rest = [v for v in range(d.min, d.max + 1) if v not in (lo[d.name], hi[d.name])][:64]
-        mid[d.name] = rest[len(rest) // 2] if rest else lo[d.name]
+        inside = [(lo[d.name] + d.max) // 2, d.min, d.max - 1]  # any third value of the range
+        rest = [v for v in inside if d.min <= v <= d.max and v not in (lo[d.name], d.max)]
+        mid[d.name] = rest[0] if rest else lo[d.name]
     corners = [
         {d.name: (hi if up else lo)[d.name] for d, up in zip(dims, ups, strict=True)}
         for ups in product((False, True), repeat=len(dims))
