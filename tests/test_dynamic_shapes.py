@@ -233,6 +233,15 @@ def test_lru_cache_and_prebuild(qat) -> None:
     for t in (5, 6, 4):
         exe(torch.zeros(2, t, dtype=torch.long))
     assert exe.cached_shapes == [{"t": 6}, {"t": 4}]  # t=5 evicted, t=4 most recent
+    with pytest.raises(InputError, match=r"prebuild: t=17 is outside t in \[1, 16\]"):
+        exe.prebuild({"t": 17})
+
+
+def test_padded_batch_equals_the_exact_build(ref) -> None:
+    x = torch.randint(0, VOCAB, (5, 11))  # runs on the batch-8 build, 3 rows of padding
+    exact = rq.build(ref.ir_for((x,)), "reference")  # the static IR of (5, 11) itself
+    torch.testing.assert_close(ref(x), exact(x), rtol=1e-5, atol=1e-6)
+    assert {"batch": 8, "seq": 11} in ref.cached_shapes
 
 
 def test_recorded_shapes_without_example_inputs() -> None:

@@ -11,7 +11,8 @@ static ``CompiledModule`` built by the unchanged static pipeline, so every stati
   outputs, and rows are independent (checked once, at ``rq.lower``, on the reference target:
   a row's output does not change when another row is added), a batch ``b`` runs on the
   kernels built for the next power of two (capped at the declared max); the extra rows are
-  zeros and the outputs are sliced back to ``b``. Every activation quantizer is per token, so
+  copies of the last row (so token ids and masks stay valid; zeros would be an all-masked
+  row) and the outputs are sliced back to ``b``. Every activation quantizer is per token, so
   padding is exact. Other dims (sequence) are specialized exactly: padding a sequence is only
   exact for causal models, which is not checked.
 * **Cache.** Built shapes live in an LRU cache of :data:`CACHE_SIZE` entries
@@ -196,6 +197,9 @@ class DynamicModule(CompiledModule):
             unknown = set(values) ^ {d.name for d in self.shapes.dims}
             if unknown:
                 raise InputError(f"prebuild needs exactly the dims {self.shapes.describe()}.")
+            for d in self.shapes.dims:
+                if not d.min <= values[d.name] <= d.max:
+                    raise InputError(f"prebuild: {d.name}={values[d.name]} is outside {d}.")
             self.executable(self._bucket(values))
 
     @property
@@ -211,8 +215,8 @@ class DynamicModule(CompiledModule):
         if b is not None and run[b] != values[b]:
             pad = run[b] - values[b]
             axes = self.shapes.axes
-            inputs = tuple(
-                torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if (0, b) in axes[i] else x
+            inputs = tuple(  # copies of the last row: valid ids and masks, like the real ones
+                torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]) if (0, b) in axes[i] else x
                 for i, x in enumerate(inputs)
             )
             outs = exe._runner(*_checked(exe, inputs))
@@ -298,7 +302,7 @@ class DynamicModule(CompiledModule):
             or "none yet"
         )
         bucket = (
-            f"{self.bucket_dim} rounded up to a power of two (rows zero-padded)"
+            f"{self.bucket_dim} rounded up to a power of two (padded rows sliced off)"
             if self.bucket_dim
             else "none (every shape built exactly)"
         )
