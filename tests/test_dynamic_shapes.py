@@ -322,3 +322,42 @@ def test_a_damaged_symbolic_ir_fails_when_built(ref) -> None:
     )
     with pytest.raises(ConfigError, match="bad dynamic-shape declaration"):
         rq.build(parse_module(undeclared, constants=ref.ir.constants), "reference")
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
+@given(
+    coeffs=st.lists(st.integers(-5, 5), min_size=4, max_size=4),
+    b=st.integers(1, 100),
+    t=st.integers(1, 100),
+)
+def test_fit_recovers_any_bilinear_attribute(coeffs, b, t) -> None:
+    from rqcompile.translate.dynamic import DimRange, _fit, eval_expr, format_expr, probe_points
+
+    c0, cb, ct, cbt = coeffs
+
+    def f(p):
+        return c0 + cb * p["b"] + ct * p["t"] + cbt * p["b"] * p["t"]
+
+    corners, _ = probe_points([DimRange("b", 1, 64), DimRange("t", 1, 16)])
+    e = _fit(corners, [f(p) for p in corners], ["b", "t"])
+    assert e is not None
+    assert eval_expr(format_expr(e), {"b": b, "t": t}) == f({"b": b, "t": t})
+
+
+def test_last_token_and_sequence_slices_are_symbolic() -> None:
+    class LastToken(nn.Module):  # classifier on the last position: slice start = seq - 1
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.head = nn.Linear(16, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.fc(x)[:, -1] + x[:, : x.size(1) // 1].mean(1))
+
+    q = rq.prepare(LastToken(), (torch.randn(2, 6, 16),), "A8W8").eval()
+    dims = {"x": {0: Dim("b", min=1, max=8), 1: Dim("t", min=1, max=6)}}
+    exe = rq.lower(q, "reference", dynamic_shapes=dims)
+    assert "=t+-1" in print_module(exe.ir)
+    for b, t in [(1, 1), (3, 4), (8, 6)]:
+        x = torch.randn(b, t, 16)
+        torch.testing.assert_close(exe(x), q(x), rtol=1e-4, atol=1e-5)
+    assert exe.symbolic.outputs == (("b", "3"),) and exe.bucket_dim == "b"
