@@ -19,7 +19,7 @@ from rqcompile.capture.trace import capture as capture_graph
 from rqcompile.config.qconfig import ConfigLike, QConfig, as_qconfig
 from rqcompile.config.spec import LayerSpec
 from rqcompile.debug.table import format_table
-from rqcompile.errors import ConfigError, UsageError
+from rqcompile.errors import ConfigError, RQError, UsageError
 from rqcompile.ir.verify import verify
 from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.pipelines import convert_passes, prepare_passes
@@ -236,8 +236,8 @@ def _convert_dynamic(qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic
     if len(seen) != len(names):
         raise ConfigError(f"the model takes inputs {names}, but {len(seen)} shapes are known.")
     decl = dyn.parse_dynamic_shapes(dynamic_shapes, names, seen, dynamic=dynamic)
-    if decl is None:
-        return convert(qat, example_inputs=tuple(torch.zeros(s, dtype=d) for s, d in seen))
+    if decl is None:  # nothing is dynamic (e.g. every declared min == max)
+        return convert(qat, example_inputs=example_inputs)
 
     def convert_at(values: Any) -> Any:
         xs = []
@@ -248,7 +248,9 @@ def _convert_dynamic(qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic
             xs.append(torch.zeros(shape, dtype=dtype))
         try:
             return convert(qat, example_inputs=tuple(xs))
-        except Exception as e:
+        except RQError:  # typed already (an unsupported op is one at every shape)
+            raise
+        except Exception as e:  # e.g. a shape the model's own code rejects
             raise ConfigError(
                 f"cannot convert this model at {', '.join(f'{k}={v}' for k, v in values.items())}"
                 f" (a shape inside the declared ranges {decl.describe()}): "

@@ -361,3 +361,10 @@ def test_last_token_and_sequence_slices_are_symbolic() -> None:
         x = torch.randn(b, t, 16)
         torch.testing.assert_close(exe(x), q(x), rtol=1e-4, atol=1e-5)
     assert exe.symbolic.outputs == (("b", "3"),) and exe.bucket_dim == "b"
+
+
+def test_a_declaration_with_nothing_dynamic_builds_the_static_model(qat) -> None:
+    from rqcompile.targets.compiled import CompiledModule
+
+    exe = rq.lower(qat, "reference", dynamic_shapes={"idx": {0: ("b", 2, 2)}})
+    assert type(exe) is CompiledModule and exe.signature[0].shape == (2, T)
