@@ -306,9 +306,8 @@ class DynamicModule(CompiledModule):
             if self.bucket_dim
             else "none (every shape built exactly)"
         )
-        return (
+        return (  # the summary lists the dynamic dims (read off the IR, as for artifacts)
             f"{compiled_summary(self)}\n"
-            f"dynamic dims: {self.shapes.describe()}\n"
             f"buckets: {bucket}; shapes built: {built} (cache {self.cache_size})"
         )
 

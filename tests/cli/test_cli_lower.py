@@ -106,3 +106,5 @@ def test_lower_dynamic_writes_a_symbolic_artifact(
     qat = rq.load_qat(ckpt)
     x = torch.randn(3, 64)  # the checkpoint was saved at batch 8
     torch.testing.assert_close(exe(x), qat(x), rtol=1e-4, atol=1e-4)
+    assert main(["inspect", str(dest)]) == 0  # read, not loaded: the IR's declaration
+    assert "dynamic dims: batch in [1, 64] (x axis 0)" in capsys.readouterr().out
