@@ -13,8 +13,6 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-import rqcompile.translate as translation
-import rqcompile.translate.dynamic as dyn
 from rqcompile.capture.trace import capture as capture_graph
 from rqcompile.config.qconfig import ConfigLike, QConfig, as_qconfig
 from rqcompile.config.spec import LayerSpec
@@ -25,6 +23,8 @@ from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.pipelines import convert_passes, prepare_passes
 from rqcompile.prepare_checks import check_graph, check_model, float32_for_convert
 from rqcompile.quant.hooks import finalize_for_convert
+import rqcompile.translate as translation
+import rqcompile.translate.dynamic as dyn
 
 __all__ = ["build", "convert", "explain", "export_mlir", "load", "lower", "prepare"]
 

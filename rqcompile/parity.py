@@ -97,7 +97,7 @@ def _tie_distance(mod: Any, xk: torch.Tensor, flips: torch.Tensor) -> float:
         xb = mod._blocks(xk).float()
         s_f, b_f = grid(xb, mod.fmt)
         z = ((xb - b_f) / s_f).reshape(flips.shape)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a granularity this estimate does not model
         return math.inf
     bits = mod.fmt.bits
     if bits == 1:
@@ -303,7 +303,7 @@ def _near_ties(
             xb = x.reshape(-1, k // block, block).float()
             s_f, b_f = grid(xb, QFormat(bits, a["symmetric"]))
             z = (xb - b_f) / s_f
-        except Exception:
+        except Exception:  # noqa: BLE001 - a layout this estimate does not model
             continue
         if bits == 1:  # sign codes: the tie is z = 0
             d = z.abs().reshape(-1)
