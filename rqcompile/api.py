@@ -251,13 +251,24 @@ def _convert_dynamic(qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic
         except RQError:  # typed already (an unsupported op is one at every shape)
             raise
         except Exception as e:  # e.g. a shape the model's own code rejects
+            cause = _root_cause(e)
             raise ConfigError(
                 f"cannot convert this model at {', '.join(f'{k}={v}' for k, v in values.items())}"
                 f" (a shape inside the declared ranges {decl.describe()}): "
-                f"{type(e).__name__}: {str(e)[:400]}{dyn.export_hint(qat)}"
+                f"{type(cause).__name__}: {str(cause)[:400]}{dyn.export_hint(qat)}"
             ) from e
 
     return dyn.symbolic_convert(convert_at, decl)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The first rqcompile error in ``e``'s chain (what the QAT model raised inside
+    ``ShapeProp``), else the innermost exception."""
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return next((x for x in seen if isinstance(x, RQError)), seen[-1])
 
 
 def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> Any:

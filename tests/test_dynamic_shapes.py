@@ -368,3 +368,16 @@ def test_a_declaration_with_nothing_dynamic_builds_the_static_model(qat) -> None
 
     exe = rq.lower(qat, "reference", dynamic_shapes={"idx": {0: ("b", 2, 2)}})
     assert type(exe) is CompiledModule and exe.signature[0].shape == (2, T)
+
+
+def test_a_shape_the_qat_model_rejects_names_the_cause() -> None:
+    # quantized attention: att @ v reduces over the sequence in blocks fixed at prepare (16
+    # here), so the QAT model itself cannot run at other lengths; the error says why
+    q = rq.prepare(CharTransformer(VOCAB, n_layer=1, n_embd=32, block_size=T),
+                   (torch.zeros(2, T, dtype=torch.long),), "A4W4",
+                   quantize_attention=True).eval()  # fmt: skip
+    with pytest.raises(ConfigError, match=r"at batch=2, seq=2 .*NumericsError: .*K=2"):
+        rq.lower(q, "reference", dynamic=True)
+    exe = rq.lower(q, "reference", dynamic_shapes={"idx": {0: Dim("batch", min=1, max=4)}})
+    x = torch.randint(0, VOCAB, (3, T))
+    assert rq.check_parity(q, exe, x).ok
