@@ -44,6 +44,7 @@ from rqcompile.parity import ParityReport, check_parity
 from rqcompile.passes.infra import DumpIR, PassContext, PrintAfter, Timing
 from rqcompile.quant.hooks import aux_loss, distill_loss, step
 from rqcompile.targets.compiled import CompiledModule
+from rqcompile.targets.dynamic import DynamicModule
 from rqcompile.version import __version__
 from rqcompile.targets.target import Target
 
@@ -55,6 +56,7 @@ __all__ = [
     "CompiledModule",
     "ConfigError",
     "DumpIR",
+    "DynamicModule",
     "FormatError",
     "InputError",
     "LayerSpec",
@@ -125,5 +127,8 @@ CompiledModule.generate = _guard.entry_point("exe.generate", TargetError)(  # ty
 )
 CompiledModule.__call__ = _guard.entry_point("compiled model call", TargetError)(  # type: ignore[method-assign]
     CompiledModule.__call__
+)
+DynamicModule.prebuild = _guard.entry_point("DynamicModule.prebuild", TargetError)(  # type: ignore[method-assign]
+    DynamicModule.prebuild
 )
 del _guard

@@ -17,13 +17,14 @@ from rqcompile.capture.trace import capture as capture_graph
 from rqcompile.config.qconfig import ConfigLike, QConfig, as_qconfig
 from rqcompile.config.spec import LayerSpec
 from rqcompile.debug.table import format_table
-from rqcompile.errors import ConfigError, UsageError
+from rqcompile.errors import ConfigError, RQError, UsageError
 from rqcompile.ir.verify import verify
 from rqcompile.passes.infra import PassContext, PassManager
 from rqcompile.pipelines import convert_passes, prepare_passes
 from rqcompile.prepare_checks import check_graph, check_model, float32_for_convert
 from rqcompile.quant.hooks import finalize_for_convert
 import rqcompile.translate as translation
+import rqcompile.translate.dynamic as dyn
 
 __all__ = [
     "build",
@@ -174,7 +175,13 @@ def _needs_shapes(gm: fx.GraphModule) -> bool:
     return any(n.op == "placeholder" and "tensor_meta" not in n.meta for n in gm.graph.nodes)
 
 
-def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
+def convert(
+    model: fx.GraphModule,
+    *,
+    example_inputs: Any = None,
+    dynamic_shapes: Any = None,
+    dynamic: bool = False,
+) -> Any:
     """Turn a trained QAT graph into the integer IR (an ``rqcompile.ir.Module``).
 
     The trained ridge dequantizers are folded into integer weight codes plus per-block
@@ -184,6 +191,11 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     translated IR then runs the convert pipeline (``rq.pipelines.describe("convert")``:
     ``fold-constants,eliminate-dead-code``) under the active ``rq.PassContext``.
 
+    With ``dynamic_shapes`` or ``dynamic=True`` (as for :func:`lower`) the result is the
+    symbolic IR: dynamic dims print ``?``, ``main`` declares them with their ranges as
+    attributes, and ``rq.build`` turns it into a ``DynamicModule``
+    (``rqcompile/translate/dynamic.py``).
+
     Estimators with training state are made final on a copy first: learned ``gdnsq`` widths
     are rounded to an integer in 1..8 (an ``RQWarning`` names each layer where that changes
     the model), and ``pege`` requires its curriculum to have finished.
@@ -192,6 +204,9 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
         UnsupportedOpError: listing every node that has no converter, all at once.
         ConfigError: a ``pege`` curriculum has not reached its last step.
     """
+    if dynamic_shapes is not None or dynamic:
+        _ensure_prepared(model, "convert")
+        return _convert_dynamic(model, example_inputs, dynamic_shapes, dynamic)
     gm = finalize_for_convert(_ensure_prepared(model, "convert"))  # gdnsq widths, pege check
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
@@ -212,6 +227,59 @@ def convert(model: fx.GraphModule, *, example_inputs: Any = None) -> Any:
     return PassManager(convert_passes(), verifier=verify).run(irm, ctx)
 
 
+def _convert_dynamic(qat: Any, example_inputs: Any, dynamic_shapes: Any, dynamic: bool) -> Any:
+    """``rq.convert(..., dynamic_shapes=... | dynamic=True)``: the symbolic module (or the
+    static one when the declaration makes nothing dynamic)."""
+    names = [str(n.target) for n in qat.graph.nodes if n.op == "placeholder"]
+    if example_inputs is not None:
+        xs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        seen = input_signature(xs)
+    else:
+        seen = qat.meta.get("rq_input_shapes")
+        if not seen:
+            raise ConfigError(
+                "a dynamic rq.convert/rq.lower needs the input shapes: this model was prepared "
+                "without example inputs and has not run forward yet. Train it (or call it once "
+                "on a batch), or pass example_inputs=(x,)."
+            )
+    if len(seen) != len(names):
+        raise ConfigError(f"the model takes inputs {names}, but {len(seen)} shapes are known.")
+    decl = dyn.parse_dynamic_shapes(dynamic_shapes, names, seen, dynamic=dynamic)
+    if decl is None:  # nothing is dynamic (e.g. every declared min == max)
+        return convert(qat, example_inputs=example_inputs)
+
+    def convert_at(values: Any) -> Any:
+        xs = []
+        for (shape, dtype), axes in zip(seen, decl.axes, strict=True):
+            shape = list(shape)
+            for a, name in axes:
+                shape[a] = values[name]
+            xs.append(torch.zeros(shape, dtype=dtype))
+        try:
+            return convert(qat, example_inputs=tuple(xs))
+        except RQError:  # typed already (an unsupported op is one at every shape)
+            raise
+        except Exception as e:  # e.g. a shape the model's own code rejects
+            cause = _root_cause(e)
+            raise ConfigError(
+                f"cannot convert this model at {', '.join(f'{k}={v}' for k, v in values.items())}"
+                f" (a shape inside the declared ranges {decl.describe()}): "
+                f"{type(cause).__name__}: {str(cause)[:400]}{dyn.export_hint(qat)}"
+            ) from e
+
+    return dyn.symbolic_convert(convert_at, decl)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The first rqcompile error in ``e``'s chain (what the QAT model raised inside
+    ``ShapeProp``), else the innermost exception."""
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return next((x for x in seen if isinstance(x, RQError)), seen[-1])
+
+
 def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> Any:
     """Compile an ``rqcompile.ir.Module`` for ``target`` into a ``CompiledModule``.
 
@@ -224,9 +292,7 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
             setting ``exe.threads`` afterwards.
 
     Raises:
-        TargetError: unknown target, TVM not installed for a TVM target, or an activation
-            quantizer only the reference target implements (the min/max grid at 1 and 1.5
-            bits with ridge; see docs/method.md#deployment-of-the-grids).
+        TargetError: unknown target, or TVM not installed for a TVM target.
     """
     from rqcompile.ir.core import Module as IRModule
     from rqcompile.targets.target import Target
@@ -238,8 +304,17 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
         )
     if not isinstance(module, IRModule):
         raise UsageError(f"rq.build() takes an rqcompile.ir.Module, got {type(module).__name__}.")
-    verify(module)
     tgt = Target.parse(target)
+    if dyn.is_symbolic(module):  # dynamic dims: a DynamicModule, built per shape on first use
+        from rqcompile.targets.dynamic import DynamicModule, check_emitters
+
+        if tgt.kind != "reference":  # what every shape's build would refuse, refused now
+            _require_tvm(tgt.kind)
+            check_emitters(module, tgt)
+        exe = DynamicModule(module, tgt, build)
+        exe.threads = threads
+        return exe
+    verify(module)
     if tgt.kind == "reference":
         from functools import partial
 
@@ -255,16 +330,7 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
                 partial(run_reference, module, func="decode"),
             )
         return CompiledModule(module, tgt, partial(run_reference, module), generation=gen)
-    import importlib.util
-
-    from rqcompile.errors import TargetError
-
-    if importlib.util.find_spec("tvm") is None:
-        raise TargetError(
-            f"target {tgt.kind!r} needs Apache TVM, which is not installed. Install it with "
-            "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
-            "target='reference'."
-        )
+    _require_tvm(tgt.kind)
     from rqcompile.targets.tvm.device.build import DEVICE_KINDS
 
     if tgt.kind in DEVICE_KINDS:
@@ -278,12 +344,27 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
     return exe
 
 
+def _require_tvm(kind: str) -> None:
+    import importlib.util
+
+    from rqcompile.errors import TargetError
+
+    if importlib.util.find_spec("tvm") is None:
+        raise TargetError(
+            f"target {kind!r} needs Apache TVM, which is not installed. Install it with "
+            "pip install 'rqcompile[tvm]' (package apache-tvm, not tvm), or use "
+            "target='reference'."
+        )
+
+
 def lower(
     model: fx.GraphModule,
     target: Any = "llvm",
     *,
     example_inputs: Any = None,
     generate: bool = False,
+    dynamic_shapes: Any = None,
+    dynamic: bool = False,
 ) -> Any:
     """``build(convert(model, example_inputs=...), target)``: QAT graph → compiled model.
 
@@ -293,6 +374,13 @@ def lower(
     input's length) is the longest context it handles, prompt plus new tokens; the batch is
     the example input's. It builds three functions instead of one (llvm: three libraries).
     A model the pass cannot handle raises ``UnsupportedOpError`` naming the op and why.
+
+    With ``dynamic_shapes`` (torch.export's spelling: ``{"x": {0: torch.export.Dim("batch",
+    min=1, max=64)}}``, or a tuple with one entry per positional input) or ``dynamic=True``
+    (batch on axis 0 up to ``rqcompile.translate.dynamic.DEFAULT_MAX_BATCH``, and for integer token
+    inputs the sequence on axis 1 up to the length seen at conversion), the result is a
+    ``DynamicModule``: the symbolic IR (``?`` dims), specialized and built per shape on first
+    use and cached (``rqcompile/targets/dynamic.py``; costs in docs/models.md).
 
     Example:
         >>> import torch, rqcompile as rq
@@ -304,7 +392,14 @@ def lower(
     _ensure_prepared(model, "lower")
     if not isinstance(generate, bool):
         raise UsageError(f"generate must be True or False, got {generate!r}.")
-    ir = convert(model, example_inputs=example_inputs)
+    if generate and (dynamic or dynamic_shapes is not None):
+        raise UsageError(
+            "generate=True builds a KV cache for one batch and context length, so it cannot be "
+            "combined with dynamic shapes yet. Lower twice: rq.lower(qat, target, "
+            "generate=True) for generation and rq.lower(qat, target, dynamic=True) for scoring."
+        )
+    ir = convert(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes,
+                 dynamic=dynamic)  # fmt: skip
     if generate:
         from rqcompile.passes.ir.kv_cache import KVCache
 
@@ -371,6 +466,8 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         raise ArtifactError(f"trust_kernels must be True or False, got {trust_kernels!r}.")
     manifest, ir, members = read_artifact(path)
     target = Target.parse(manifest["target"])
+    if dyn.is_symbolic(ir):  # dynamic dims: kernels are built per shape, as calls come
+        return build(ir, target)
     if target.kind in DEVICE_KINDS and trust_kernels:
         from rqcompile.targets.tvm.device.build import load_device
 

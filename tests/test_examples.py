@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ("quickstart.py", []),
         ("digits_qat.py", ["--steps", "3"]),
         ("shakespeare_qat.py", ["--steps", "2", "--out", "ckpt.safetensors"]),
+        ("serve_dynamic.py", ["--target", "reference", "--steps", "2"]),
     ],
 )
 def test_example_runs(script: str, args: list[str], tmp_path: os.PathLike) -> None:

@@ -30,7 +30,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
         ),
         epilog="examples:\n  rqcompile lower ckpt.safetensors --target llvm -o model.rq\n"
         '  rqcompile lower ckpt.safetensors --target \'{"kind": "llvm", "mcpu": "znver3"}\'\n'
-        "  rqcompile lower ckpt.safetensors --target reference -o ref.rq --json",
+        "  rqcompile lower ckpt.safetensors --target reference -o ref.rq --json\n"
+        "  rqcompile lower ckpt.safetensors --target llvm --dynamic -o any_batch.rq",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="QAT checkpoint (.safetensors)")
@@ -49,6 +50,13 @@ def register(sub: Any) -> argparse.ArgumentParser:
         "--allow-import",
         action="store_true",
         help="let the checkpoint name its builder by import path (runs that module)",
+    )
+    p.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="dynamic batch (axis 0, up to 64) and, for token inputs, sequence (axis 1, up to "
+        "the checkpoint's length): the artifact holds the symbolic IR and builds kernels per "
+        "shape on first use (rq.lower(..., dynamic=True))",
     )
     p.add_argument("--no-check", action="store_true", help="skip the lowered-vs-QAT check")
     p.add_argument(
@@ -101,7 +109,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         qat = load_qat(args.checkpoint, allow_import=args.allow_import)
         step("load", t)
         t = time.perf_counter()
-        ir = rq.convert(qat)
+        ir = rq.convert(qat, dynamic=args.dynamic)
         step("convert", t)
         t = time.perf_counter()
         exe = rq.build(ir, target)

@@ -6,7 +6,7 @@ from typing import Any
 
 from rqcompile.debug.table import format_table
 
-__all__ = ["compiled_summary", "kernel_rows"]
+__all__ = ["compiled_summary", "dynamic_dims", "kernel_rows"]
 
 _KERNELS = (
     "rq.int_matmul",
@@ -56,4 +56,28 @@ def compiled_summary(exe: Any) -> str:
     head = f"CompiledModule target={exe.target} inputs={', '.join(map(str, exe.signature))}"
     if exe.features:
         head += f"\nbuilt for CPU features: {', '.join(exe.features)}"
+    if dims := dynamic_dims(exe.ir):
+        head += f"\ndynamic dims: {dims}"
     return f"{head}\n{table}\ntotal weight bytes: {total}"
+
+
+def dynamic_dims(ir: Any) -> str:
+    """The declared dynamic dims of a symbolic IR (``main``'s attributes, written by
+    ``translate/dynamic.py``): ``batch in [1, 64] (idx axis 0); seq in [1, 16] (idx axis 1)``,
+    or ``""`` for a static IR."""
+    f = ir.main
+    dims = f.attr("rq.dynamic_dims", None)
+    if not dims:
+        return ""
+    names = f.attr("rq.input_names", ())
+    axes = f.attr("rq.dynamic_axes", ())
+    parts = []
+    for name, lo, hi in dims:
+        where = ", ".join(
+            f"{names[i] if i < len(names) else i} axis {a}"
+            for i, ax in enumerate(axes)
+            for a, n in ax
+            if n == name
+        )
+        parts.append(f"{name} in [{lo}, {hi}] ({where})")
+    return "; ".join(parts)

@@ -293,18 +293,39 @@ class Func:
         args: Argument values.
         ops: Ops in execution order.
         outputs: Returned values.
+        attrs: Sorted ``(name, value)`` pairs describing the function as a whole, printed
+            ``func.func @main(...) -> ... attributes {...}`` (MLIR's spelling); empty for
+            most functions. ``rq.dynamic_dims`` and friends declare dynamic dims
+            (``rqcompile/translate/dynamic.py``).
     """
 
     name: str
     args: tuple[Value, ...] = ()
     ops: tuple[Op, ...] = ()
     outputs: tuple[Value, ...] = ()
+    attrs: tuple[tuple[str, AttrValue], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise VerifyError(f"func name must be a non-empty string, got {self.name!r}.")
         for fname in ("args", "ops", "outputs"):
             object.__setattr__(self, fname, tuple(getattr(self, fname)))
+        items = self.attrs.items() if isinstance(self.attrs, Mapping) else self.attrs
+        pairs = {}
+        for k, v in items:
+            if not isinstance(k, str) or not k or k in pairs:
+                raise VerifyError(f"func @{self.name}: bad or repeated attribute name {k!r}.")
+            pairs[k] = normalize_attr(v, where=f"func @{self.name} attribute {k!r}")
+        object.__setattr__(self, "attrs", tuple(sorted(pairs.items())))
+
+    def attr(self, name: str, default: Any = _MISSING) -> AttrValue:
+        """Return function attribute ``name`` (or ``default`` if given and it is absent)."""
+        for k, v in self.attrs:
+            if k == name:
+                return v
+        if default is not _MISSING:
+            return default  # type: ignore[no-any-return]
+        raise KeyError(f"func @{self.name} has no attribute {name!r}.")
 
     @functools.cached_property
     def _canonical(self) -> tuple[object, ...]:
@@ -329,6 +350,7 @@ class Func:
             tuple(ref(v) for v in self.args),
             ops,
             tuple(ref(v) for v in self.outputs),
+            tuple((k, attr_key(v)) for k, v in self.attrs),
         )
 
     def __eq__(self, other: object) -> bool:

@@ -352,6 +352,11 @@ def _parse_func(sc: _Scanner) -> Func:
     out_types: tuple[TensorType, ...] = ()
     if sc.accept("->"):
         out_types = sc.type_list() if sc.peek("(") else (sc.type(),)
+    func_attrs: dict[str, AttrValue] = {}
+    if sc.accept("attributes"):
+        if not sc.peek("{"):
+            raise sc.error("expected '{' after attributes")
+        func_attrs = _attr_dict(sc)
     sc.expect("{")
     ops: list[Op] = []
     while True:
@@ -389,7 +394,10 @@ def _parse_func(sc: _Scanner) -> Func:
         except VerifyError as e:
             raise sc.error(str(e), op_pos) from None
     sc.expect("}")
-    return Func(name, tuple(args), tuple(ops), returned)
+    try:
+        return Func(name, tuple(args), tuple(ops), returned, tuple(func_attrs.items()))
+    except VerifyError as e:
+        raise sc.error(str(e)) from None
 
 
 def _parse_op_body(
@@ -414,19 +422,7 @@ def _parse_op_body(
                 break
         sc.expect(")")
     operands = tuple(use(pos, tok) for pos, tok in operand_toks)
-    attrs: dict[str, AttrValue] = {}
-    if sc.accept("{") and not sc.accept("}"):
-        while True:
-            sc.skip()
-            kpos = sc.pos
-            key = sc.key()
-            if key in attrs:
-                raise sc.error(f"attribute {key!r} given twice", kpos)
-            sc.expect("=")
-            attrs[key] = sc.attr_value()
-            if not sc.accept(","):
-                break
-        sc.expect("}")
+    attrs = _attr_dict(sc)
     sc.expect(":")
     sc.skip()
     tpos = sc.pos
@@ -440,6 +436,24 @@ def _parse_op_body(
     res_types = sc.type_list() if sc.peek("(") else (sc.type(),)
     loc = sc.loc() if sc.peek("loc") else None
     return name, operands, attrs, in_types, res_types, loc
+
+
+def _attr_dict(sc: _Scanner) -> dict[str, AttrValue]:
+    """An optional ``{key = value, ...}`` (op attributes, or a func's after ``attributes``)."""
+    attrs: dict[str, AttrValue] = {}
+    if sc.accept("{") and not sc.accept("}"):
+        while True:
+            sc.skip()
+            kpos = sc.pos
+            key = sc.key()
+            if key in attrs:
+                raise sc.error(f"attribute {key!r} given twice", kpos)
+            sc.expect("=")
+            attrs[key] = sc.attr_value()
+            if not sc.accept(","):
+                break
+        sc.expect("}")
+    return attrs
 
 
 def _parse_resources(sc: _Scanner) -> dict[str, tuple[str, int]]:

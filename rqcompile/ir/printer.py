@@ -157,7 +157,12 @@ def print_func(func: Func, *, indent: str = "") -> str:
     names = ssa_names(func)
     args = ", ".join(f"{_name(v, names)}: {v.type}" for v in func.args)
     outs = _types([v.type for v in func.outputs])
-    lines = [f"{indent}func.func {_format_symbol(func.name)}({args}) -> {outs} {{"]
+    attrs = ""
+    if func.attrs:
+        attrs = " attributes {" + ", ".join(
+            f"{_format_key(k)} = {format_attr(v)}" for k, v in func.attrs
+        ) + "}"
+    lines = [f"{indent}func.func {_format_symbol(func.name)}({args}) -> {outs}{attrs} {{"]
     lines += [f"{indent}  {print_op(op, names)}" for op in func.ops]
     ret = ", ".join(_name(v, names) for v in func.outputs)
     lines.append(f'{indent}  "func.return"({ret}) : {outs} -> ()')

@@ -74,6 +74,12 @@ SHAPE_ONLY_FUNCTIONS: frozenset[Any] = frozenset(
 SHAPE_ONLY_METHODS: frozenset[str] = frozenset({"new_full", "new_zeros", "new_ones", "new_empty"})
 
 
+#: torch.export's size queries (graphs exported with dynamic shapes): like ``x.size(d)``,
+#: they read the input's static shape at convert time (a dynamic dim is probed at several
+#: sizes by ``rqcompile/translate/dynamic.py``).
+_SYM_SIZE = frozenset({torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default})
+
+
 def _is_shape_only(node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in SHAPE_ONLY_FUNCTIONS
@@ -164,6 +170,10 @@ def translate(gm: fx.GraphModule, example_inputs: tuple[Any, ...] | None = None)
             continue
         elif node.op == "call_function" and node.target is getattr and isinstance(args[0], Value):
             env[node] = _shape_attr(args[0], args[1])
+            continue
+        elif node.target in _SYM_SIZE and isinstance(args[0], Value):  # export's sizes
+            shape = torch.Size(args[0].type.shape)  # type: ignore[arg-type]
+            env[node] = shape[args[1]] if len(args) > 1 else shape.numel()
             continue
         elif (
             node.op == "call_method"

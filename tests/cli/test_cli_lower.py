@@ -89,3 +89,22 @@ def test_demo_json_saves_checkpoint_that_lowers(
     )
     x = torch.randint(0, 5, (2, 8))
     torch.testing.assert_close(rq.load(art)(x), rq.load(tmp_path / "b.rq")(x))
+
+
+def test_lower_dynamic_writes_a_symbolic_artifact(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, tmp_path: Path
+) -> None:
+    from rqcompile.targets.dynamic import DynamicModule
+
+    dest = tmp_path / "dyn.rq"
+    code = main(
+        ["--json", "lower", str(ckpt), "--target", "reference", "--dynamic", "-o", str(dest)]
+    )
+    assert code == 0 and json.loads(capsys.readouterr().out)["max_abs_diff"] < 1e-4
+    exe = rq.load(dest)
+    assert isinstance(exe, DynamicModule) and exe.shapes.describe().startswith("batch in [1, 64]")
+    qat = rq.load_qat(ckpt)
+    x = torch.randn(3, 64)  # the checkpoint was saved at batch 8
+    torch.testing.assert_close(exe(x), qat(x), rtol=1e-4, atol=1e-4)
+    assert main(["inspect", str(dest)]) == 0  # read, not loaded: the IR's declaration
+    assert "dynamic dims: batch in [1, 64] (x axis 0)" in capsys.readouterr().out

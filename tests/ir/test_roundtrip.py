@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rqcompile.errors import ParseError
 from rqcompile.ir import (
     DTYPES,
     Builder,
@@ -314,3 +315,21 @@ def test_constants_of_every_storage_dtype_round_trip() -> None:
     consts["empty"] = torch.zeros(0, 4, dtype=torch.int32)
     m = Module((), consts)
     check_round_trip(m)
+
+
+def test_func_attributes_round_trip_and_compare() -> None:
+    x = Value(0, TensorType((None, 4), "f32"))
+    y = Value(1, x.type)
+    op = Op("rq.relu", (x,), (y,))
+    attrs = {"rq.dynamic_dims": [["batch", 1, 64]], "rq.input_names": ["x"], "rq.empty": []}
+    f = Func("main", (x,), (op,), (y,), attrs)
+    text = print_module(Module((f,)))
+    assert (
+        'func.func @main(%0: tensor<?x4xf32>) -> (tensor<?x4xf32>) attributes {rq.dynamic_dims = '
+        '[["batch", 1 : i64, 64 : i64]], rq.empty = [], rq.input_names = ["x"]} {'
+    ) in text
+    back = parse_module(text)
+    assert back == Module((f,)) and back.main.attr("rq.dynamic_dims") == (("batch", 1, 64),)
+    assert Module((Func("main", (x,), (op,), (y,)),)) != back  # attributes take part in ==
+    with pytest.raises(ParseError, match="expected '\\{' after attributes"):
+        parse_module(text.replace("attributes {", "attributes ("))

@@ -200,7 +200,8 @@ def _check(f: Func) -> None:
         raise TargetError(
             f"TVM targets need static shapes; {len(dynamic)} value(s) have dynamic dims, e.g. "
             f"{dynamic[0].type}. Convert for concrete shapes: "
-            "rq.lower(qat, target, example_inputs=(x,))."
+            "rq.lower(qat, target, example_inputs=(x,)), or lower with "
+            "rq.lower(qat, target, dynamic_shapes=...), which builds each shape on first use."
         )
 
 
