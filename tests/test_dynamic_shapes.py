@@ -254,13 +254,18 @@ def test_recorded_shapes_without_example_inputs() -> None:
     _parity(q, exe, x)
 
 
-def test_target_refusals_come_at_lower_time() -> None:
-    # ridge on the 1-bit min/max grid has only a reference kernel: refused by rq.lower, once,
-    # not by the first call of every shape
+def test_target_refusals_come_at_lower_time(monkeypatch) -> None:
+    # an op the TVM emitter has no rule for is refused by rq.lower, once, not by the first
+    # call of every shape
+    from rqcompile.targets.tvm.emit import module as emit_module
+
     q = rq.prepare(nn.Sequential(nn.Linear(16, 8)), (torch.randn(2, 16),), "A1W1",
                    grid="minmax").eval()  # fmt: skip
     pytest.importorskip("tvm")
-    with pytest.raises(rq.errors.TargetError, match="has no kernel for the 1-bit activation"):
+    table = dict(emit_module.EMITTERS)
+    del table["rq.quantize"]
+    monkeypatch.setattr(emit_module, "EMITTERS", table)
+    with pytest.raises(rq.errors.UnsupportedOpError, match="no rule for: rq.quantize"):
         rq.lower(q, "llvm", dynamic=True)
     exe = rq.lower(q, "reference", dynamic=True)
     x = torch.randn(5, 16)

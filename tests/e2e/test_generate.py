@@ -135,6 +135,8 @@ def test_limits_are_typed_errors_naming_the_fix() -> None:
     plain = rq.lower(qat, "reference")
     with pytest.raises(UsageError, match="generate=True"):
         plain.generate(PROMPT, 4)
+    with pytest.raises(UsageError, match="cannot be combined with dynamic shapes.*Lower twice"):
+        rq.lower(qat, "reference", generate=True, dynamic=True)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
