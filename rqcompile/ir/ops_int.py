@@ -131,6 +131,18 @@ def _x_side(env: Dims, xs: TensorType, xc: TensorType) -> None:
     env.match(xc, "xc", ("M", "nb"), "f32")
 
 
+def _weight_codes(env: Dims, wq: TensorType, w_bits: int, block: int) -> None:
+    """Bind N, K and nb from integer weight codes: i8[N, K], or two nibbles per ui8 byte
+    (``[N, K/2]``) when ``w_bits <= 4``."""
+    if w_bits > 4:
+        env.match(wq, "wq", ("N", "K"), "i8")
+    else:
+        env.match(wq, "wq", ("N", "K/2"), "ui8")
+        env.bind("K", mul_dim(env["K/2"], 2), f"wq {wq} (K/2 bytes per row)")
+        div_dim(env["K"], 2, "K for two nibbles per byte")
+    env.bind("nb", div_dim(env["K"], block, "K by block"), "K // block")
+
+
 @defop(
     "rq.int_matmul",
     ("xq", "xs", "xc", "wq", "ws", "wc", "wsum"),
@@ -142,13 +154,7 @@ def _int_matmul(ts: Types, attrs: Attrs) -> Types:
     block, w_bits = _check_block(attrs), _check_w_bits(attrs)
     env = Dims()
     env.match(xq, "xq", ("M", "K"), "i8")
-    if w_bits > 4:
-        env.match(wq, "wq", ("N", "K"), "i8")
-    else:
-        env.match(wq, "wq", ("N", "K/2"), "ui8")
-        env.bind("K", mul_dim(env["K/2"], 2), f"wq {wq} (K/2 bytes per row)")
-        div_dim(env["K"], 2, "K for two nibbles per byte")
-    env.bind("nb", div_dim(env["K"], block, "K by block"), "K // block")
+    _weight_codes(env, wq, w_bits, block)
     _x_side(env, xs, xc)
     _weight_side(env, (ws, wc, wsum), ("ws", "wc", "wsum"))
     return (TensorType((env["M"], env["N"]), "f32"),)
@@ -166,13 +172,7 @@ def _wo_matmul(ts: Types, attrs: Attrs) -> Types:
     block, w_bits = _check_block(attrs), _check_w_bits(attrs)
     env = Dims()
     env.match(x, "x", ("M", "K"), "f32")
-    if w_bits > 4:
-        env.match(wq, "wq", ("N", "K"), "i8")
-    else:
-        env.match(wq, "wq", ("N", "K/2"), "ui8")
-        env.bind("K", mul_dim(env["K/2"], 2), f"wq {wq} (K/2 bytes per row)")
-        div_dim(env["K"], 2, "K for two nibbles per byte")
-    env.bind("nb", div_dim(env["K"], block, "K by block"), "K // block")
+    _weight_codes(env, wq, w_bits, block)
     env.match(ws, "ws", ("N", "nb"), "f32")
     env.match(wc, "wc", ("N", "nb"), "f32")
     return (TensorType((env["M"], env["N"]), "f32"),)
