@@ -1,5 +1,6 @@
-"""The VNNI nibble panels (``int_matmul.*_vnni_w4``): 4-bit codes two per byte, checked
-through the emulated rows on any AVX2 host (and natively where the host has AVX-512 VNNI)."""
+"""The nibble panels (``int_matmul.*_vnni_w4``, ``int_matmul.avx2_w4``): 4-bit codes two per
+byte, checked through the emulated VNNI rows and the AVX2 row on any AVX2 host (and natively
+where the host has AVX-512 VNNI)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,16 @@ def _forced(ir, isa):
 
 
 # unsigned nibbles (A4W4), signed ones (A4W1: ±1 codes, biased by +8 in the panel), 2-bit
+@pytest.mark.parametrize("isa", ["avx512_vnni_w4_emulated", "avx2_w4"])
 @pytest.mark.parametrize("preset,m", [("A4W4", 1), ("A4W1", 3), ("A2W2", 16)])
-def test_emulated_nibble_panels_match_the_reference(preset: str, m: int) -> None:
+def test_emulated_nibble_panels_match_the_reference(preset: str, m: int, isa: str) -> None:
     torch.manual_seed(m)
     x = torch.randn(m, 256)
     qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), preset)
     ir = rq.convert(qat.eval(), example_inputs=(x,))
-    forced = _forced(ir, "avx512_vnni_w4_emulated")
+    forced = _forced(ir, isa)
     assert 'rq.weight_layout = "panels4"' in print_module(forced)
+    assert f'"int_matmul.{isa}"' in print_module(forced)
     with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
         exe = rq.build(forced, "llvm")
     want = rq.build(ir, "reference")(x)
