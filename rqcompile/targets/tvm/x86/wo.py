@@ -48,6 +48,10 @@ WO_ISAS = tuple(_GEOMETRY)
 #: steps of K per trip of the inner loop (its counter and address updates are ~9
 #: instructions a trip, against 25 that decode and multiply one 4-bit step)
 _UNROLL = 4
+#: blocks ahead that a block prefetches (a line at a time, outside the inner loop): the
+#: hardware prefetcher alone left W4 at ~2.5 GB/s from DRAM; 2 blocks ahead measured ~10%
+#: faster cold (1 block about the same), see benchmarks/README.md
+_PREFETCH = 2
 
 
 def wo_geometry(isa: str) -> tuple[int, int, int]:
@@ -171,6 +175,14 @@ def wo_panel_matmul(
                 with T.serial(0, nb) as b:
                     with T.unroll(0, mr * nv * split) as t:
                         T.buffer_store(acc, zero, [vec(t)])
+                    if _PREFETCH:  # the next block's panel bytes, a line at a time
+                        with T.serial(0, steps * pw // 64) as li:
+                            T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                tirx.call_intrin("handle", "tirx.address_of", w[
+                                    g, (b + _PREFETCH) * steps + li * (64 // pw),
+                                    0]),
+                                tirx.const(0, "int32"), tirx.const(3, "int32"),
+                                tirx.const(1, "int32")))  # fmt: skip
                     with T.serial(0, steps // unroll) as so, T.unroll(0, unroll) as si:
                         step = b * steps + so * unroll + si
                         if e == 2:  # one load of 4·lanes bytes: 2 codes x nv vectors
