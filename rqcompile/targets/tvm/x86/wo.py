@@ -7,30 +7,44 @@ reads the stored codes, never a float copy of the weights: 4-bit codes two per b
 
 * **Panels** (:func:`te_pack_wo_panels`, once, when the weights are bound; the build lifts
   it out of ``main`` like the integer panels): ``wp [N/P, K/e, P]`` with ``P = lanes·nv``
-  output columns side by side and ``e`` codes per byte (2 for nibbles, 1 for 8-bit codes):
-  byte ``[g, t, c]`` holds codes ``k = e·t .. e·t + e - 1`` of column ``g·P + c`` (low
-  nibble first). One step of K reads ``P`` contiguous bytes, and a group's panel streams
-  sequentially through memory. The block scale and offset are transposed to ``[nb, N]``.
-* **Inner step** (per ``e`` codes of K, per ``lanes`` columns): one load of ``lanes`` bytes
-  (zero-extended to int32), ``and``/``shift`` to the nibbles (``shl``/``sar`` for signed
-  ones), ``cvtdq2ps``, and per row one FMA with the broadcast activation per code. The
-  scale is not applied per element: each block's sum ``Σ_k x·q`` is scaled once,
-  ``y += ws_b·Σ_k x·q + wc_b·Σ_k x`` (``Σ_k x`` per row and block is a small TE stage), so
-  the dequantized weight ``ws·q + wc`` is never formed.
+  output columns side by side and ``e`` codes per byte (2 for nibbles, 1 for 8-bit codes).
+  8-bit codes: byte ``[g, t, c]`` is code ``t`` of column ``g·P + c``. Nibbles (``nv = 4``):
+  byte ``[g, t, 4l + v]`` holds codes ``2t`` (low nibble) and ``2t + 1`` of column
+  ``g·P + v·lanes + l``, so the 32-bit word ``l`` of a step holds one byte of each of the
+  ``nv`` column vectors; signed nibbles are stored offset to ``0..15`` (``wc`` absorbs the
+  offset, ``wc - 8·ws``). One step of K reads ``P`` contiguous bytes, and a group's panel
+  streams sequentially through memory (each block prefetches the block two ahead). The
+  block scale and offset are transposed to ``[nb, N]``.
+* **Inner step**, 8-bit codes (per code of K, per ``lanes`` columns): one widening load
+  (``vpmovsxbd``), ``cvtdq2ps``, and per row one FMA with the broadcast activation.
+  Nibbles (per two codes of K, per ``P`` columns): one load of ``P`` bytes as ``lanes``
+  words and one ``>> 4`` of them; vector ``v``'s low / high codes are the word / shifted word
+  masked with ``15 << 8v`` and converted in place: ``cvtdq2ps`` gives ``q·2^(8v)``
+  (``<= 15·2^24``: exact in int32 and float32), so each code costs a mask, a convert and
+  an FMA (an 8-bit code: a widening load, a convert and an FMA) for half the bytes. The
+  products and sums of vector ``v`` are those of ``q`` times ``2^(8v)`` exactly (a power of
+  two; only an activation beyond ~1e30 would overflow), and the block sum is scaled back by
+  ``2^(-8v)``. The scale is not applied per element: each block's sum ``Σ_k x·q`` is scaled
+  once, ``y += ws_b·Σ_k x·q + wc_b·Σ_k x`` (``Σ_k x`` per row and block is a small TE
+  stage), so the dequantized weight ``ws·q + wc`` is never formed. A 16-entry float table
+  (``vpermps`` indexed by the nibble) was the alternative: on AVX-512 it costs the same
+  per code (a shift to bring each nibble down, the permute, the FMA), and AVX2's ``vpermps``
+  indexes only 8 entries.
 * **Tile**: ``mr`` rows x ``nv`` vectors of ``lanes`` float32 accumulators; with one row the
   codes of a byte go to separate accumulators (``nv·e`` independent FMA chains instead of
-  ``nv``). AVX-512 (``isa="avx512"``): zmm, 16 lanes, ``nv = 4`` (64 columns per panel),
+  ``nv``); the inner loop is unrolled 4 steps. AVX-512 (``isa="avx512"``): zmm, 16 lanes, ``nv = 4`` (64 columns per panel),
   up to 4 rows; AVX2: ymm, 8 lanes, ``nv = 4`` (32 columns), up to 2 rows. Any M runs (a
   row tile is a divisor of M), but above a few rows the decode is repeated per row tile:
   this is a GEMV-first kernel.
 * **Threads**: a ``parallel`` loop over the column panels; the runtime runs a call on one
   thread when its work is small (``targets/tvm/threads.py``).
 
-No instruction is named: the TIR uses vector types only, so LLVM selects the instructions
-for the target, and every row builds and runs on any x86 host (an AVX-512 row on an AVX2
-host splits each zmm operation in two). Numerics: the reference
-(``quant.reference.wo_matmul``) dequantizes in float64; this kernel sums in float32 per
-block, so the two agree to float32 rounding of ``Σ|x|·(|ws·q| + |wc|)``.
+No x86 instruction is named: the TIR uses vector types and LLVM's target-independent
+``llvm.prefetch`` only, so LLVM selects the instructions for the target, and every row builds
+and runs on any x86 host (an AVX-512 row on an AVX2 host splits each zmm operation in two);
+no emulated row is needed. Numerics: the reference (``quant.reference.wo_matmul``)
+dequantizes in float64; this kernel sums in float32 per block (and rounds ``wc - 8·ws``
+once for signed nibbles), so the two agree to float32 rounding of ``Σ|x|·(|ws·q| + |wc|)``.
 """
 
 from __future__ import annotations
