@@ -20,13 +20,13 @@ import time
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-import rqcompile as rq  # noqa: E402
-from rqcompile.ir.printer import print_module  # noqa: E402
-from rqcompile.passes.infra import PassContext, PassManager  # noqa: E402
-from rqcompile.passes.ir import PackWeights, SelectKernels  # noqa: E402
-from rqcompile.targets.tvm.kernels import table as _table  # noqa: E402,F401 (registers rows)
+import rqcompile as rq
+from rqcompile.ir.printer import print_module
+from rqcompile.passes.infra import PassContext, PassManager
+from rqcompile.passes.ir import PackWeights, SelectKernels
+from rqcompile.targets.tvm.kernels import table as _table  # noqa: F401 (registers rows)
 
 
 def build(preset: str, k: int, n: int, m: int, rows: list[str]):

@@ -14,7 +14,7 @@ int_matmul.avx512_vnni_w4  (as avx512_vnni)           the same on 4-bit codes tw
 int_matmul.avx512_vnni   avx2, avx512_vnni, avx512vl    ymm ``vpdpbusd`` panels (x86.vnni)
 int_matmul.avx_vnni_w4   (as avx_vnni)                  VEX ``vpdpbusd`` on 4-bit codes two per byte
 int_matmul.avx_vnni      avx2, avx_vnni                 VEX ``vpdpbusd`` panels
-int_matmul.avx2_w4       avx2                           ``vpmaddubsw`` on 4-bit codes two per byte, M <= 16
+int_matmul.avx2_w4       avx2                           ``vpmaddubsw``, nibbles two per byte, M<=16
 int_matmul.avx2          avx2                           ``vpmaddwd``/``vpmaddubsw`` panels
 int_matmul.*_emulated    (tests only: force it)         the VNNI panels (both layouts) with ``vpdpbusd`` emulated
 int_matmul.generic       –                              TE compute

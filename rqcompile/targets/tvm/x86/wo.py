@@ -32,7 +32,8 @@ reads the stored codes, never a float copy of the weights: 4-bit codes two per b
   indexes only 8 entries.
 * **Tile**: ``mr`` rows x ``nv`` vectors of ``lanes`` float32 accumulators; with one row the
   codes of a byte go to separate accumulators (``nv·e`` independent FMA chains instead of
-  ``nv``); the inner loop is unrolled 4 steps. AVX-512 (``isa="avx512"``): zmm, 16 lanes, ``nv = 4`` (64 columns per panel),
+  ``nv``); the inner loop is unrolled 4 steps. AVX-512 (``isa="avx512"``): zmm, 16 lanes,
+  ``nv = 4`` (64 columns per panel),
   up to 4 rows; AVX2: ymm, 8 lanes, ``nv = 4`` (32 columns), up to 2 rows. Any M runs (a
   row tile is a divisor of M), but above a few rows the decode is repeated per row tile:
   this is a GEMV-first kernel.

@@ -40,15 +40,15 @@ def test_emulated_nibble_panels_match_the_reference(preset: str, m: int, isa: st
     torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
-def test_nibble_rows_only_take_small_m_and_4_bit_codes() -> None:
+@pytest.mark.parametrize("isa", ["avx512_vnni_w4_emulated", "avx2_w4"])
+def test_nibble_rows_only_take_small_m_and_4_bit_codes(isa: str) -> None:
     torch.manual_seed(0)
     for preset, m, takes in (("A4W4", NIBBLE_MAX_ROWS + 1, False), ("A8W8", 1, False),
                              ("A4W4", NIBBLE_MAX_ROWS, True)):  # fmt: skip
         x = torch.randn(m, 128)
         qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(128, 32)).eval(), (x,), preset)
-        text = print_module(_forced(rq.convert(qat.eval(), example_inputs=(x,)),
-                                    "avx512_vnni_w4_emulated"))  # fmt: skip
-        assert ('"int_matmul.avx512_vnni_w4_emulated"' in text) is takes, (preset, m)
+        text = print_module(_forced(rq.convert(qat.eval(), example_inputs=(x,)), isa))
+        assert (f'"int_matmul.{isa}"' in text) is takes, (preset, m)
 
 
 def test_nibble_panels_hold_half_the_bytes() -> None:
