@@ -180,8 +180,8 @@ def int_matmul_packs(
     k = int(xq_shape[-1])
     if max_rows is not None and int(xq_shape[0]) > max_rows:
         return False
-    if nibbles and not (isa in VNNI_ISAS and vnni_nibble_supported(k=k, block=block,
-                                                                  w_bits=w_bits)):  # fmt: skip
+    if nibbles and not (isa in (*VNNI_ISAS, "avx2")
+                        and vnni_nibble_supported(k=k, block=block, w_bits=w_bits)):
         return False
     if isa in VNNI_ISAS:
         i32 = int_type(block, 128, _w_max(w_bits), bias_x=128,
@@ -230,6 +230,10 @@ def te_pack_int_matmul_weights(
         wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
                                  attrs=_pack_attrs(block), nibbles=nibbles)  # fmt: skip
         return (wp, *transposed(col, name, _pack_attrs(block)))
+    if nibbles:  # the VNNI nibble layout, read by the AVX2 panels' _Maddubsw4 core
+        wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
+                                 attrs=_pack_attrs(block), nibbles=True)  # fmt: skip
+        return (wp, *transposed(col, name, _pack_attrs(block)))
     quads = narrow_x_offset(x_range, block=block, w_bits=w_bits) is not None
     return te_pack_panels(wq, col, w_bits=w_bits, w_signed=w_signed, name=name,
                           attrs=_pack_attrs(block), quads=quads)  # fmt: skip
@@ -253,7 +257,7 @@ def te_int_matmul_packed(
     x_offset = narrow_x_offset(x_range, block=block, w_bits=w_bits)
     return avx2_panel_matmul(xq, wp, row, col_t, block=block, w_bits=w_bits,
                              w_signed=w_signed, name=name, attrs={**a, STAGE_ATTR: "micro"},
-                             x_offset=x_offset)  # fmt: skip
+                             x_offset=x_offset, packed_nibbles=nibbles)  # fmt: skip
 
 
 def sparse24_packs(

@@ -14,6 +14,7 @@ int_matmul.avx512_vnni_w4  (as avx512_vnni)           the same on 4-bit codes tw
 int_matmul.avx512_vnni   avx2, avx512_vnni, avx512vl    ymm ``vpdpbusd`` panels (x86.vnni)
 int_matmul.avx_vnni_w4   (as avx_vnni)                  VEX ``vpdpbusd`` on 4-bit codes two per byte
 int_matmul.avx_vnni      avx2, avx_vnni                 VEX ``vpdpbusd`` panels
+int_matmul.avx2_w4       avx2                           ``vpmaddubsw``, nibbles two per byte, M<=16
 int_matmul.avx2          avx2                           ``vpmaddwd``/``vpmaddubsw`` panels
 int_matmul.*_emulated    (tests only: force it)         the VNNI panels (both layouts) with ``vpdpbusd`` emulated
 int_matmul.generic       –                              TE compute
@@ -98,8 +99,9 @@ NIBBLE_MAX_ROWS = 16
 
 
 def _int_matmul4(isa: str, requires: frozenset[str]) -> KernelRow:
-    """``int_matmul.<isa>_w4``: the VNNI panels on 4-bit codes kept two per byte (A4W4,
-    A2W2 at M <= :data:`NIBBLE_MAX_ROWS`): half the weight bytes of ``int_matmul.<isa>``."""
+    """``int_matmul.<isa>_w4``: the VNNI (or AVX2 ``vpmaddubsw``) panels on 4-bit codes kept
+    two per byte (A4W4, A2W2 at M <= :data:`NIBBLE_MAX_ROWS`): half the weight bytes of
+    ``int_matmul.<isa>``."""
     opts = {"isa": isa, "nibbles": True, "max_rows": NIBBLE_MAX_ROWS}
     packs = _packs(K.int_matmul_packs, isa)
 
@@ -135,6 +137,7 @@ CPU_KERNELS: tuple[KernelRow, ...] = (
     _int_matmul("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
     _int_matmul4("avx_vnni", frozenset({"avx2", "avx_vnni"})),
     _int_matmul("avx_vnni", frozenset({"avx2", "avx_vnni"})),
+    _int_matmul4("avx2", _AVX2),
     _int_matmul("avx2", _AVX2),
     *(_int_matmul4(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
     *(_int_matmul(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),

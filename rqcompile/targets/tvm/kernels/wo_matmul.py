@@ -77,9 +77,8 @@ def te_pack_wo_weights(
     name: str = "pack_weights",
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Weight-only prep of the panel kernel, lifted out of ``main``: ``(wp, ws_t, wc_t)``."""
-    del w_signed
     return te_pack_wo_panels(wq, ws, wc, block=block, w_bits=w_bits, isa=isa, name=name,
-                             attrs=_pack_attrs(block))  # fmt: skip
+                             attrs=_pack_attrs(block), w_signed=bool(w_signed))  # fmt: skip
 
 
 def te_wo_matmul_packed(

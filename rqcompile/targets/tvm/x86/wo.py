@@ -7,30 +7,45 @@ reads the stored codes, never a float copy of the weights: 4-bit codes two per b
 
 * **Panels** (:func:`te_pack_wo_panels`, once, when the weights are bound; the build lifts
   it out of ``main`` like the integer panels): ``wp [N/P, K/e, P]`` with ``P = lanes·nv``
-  output columns side by side and ``e`` codes per byte (2 for nibbles, 1 for 8-bit codes):
-  byte ``[g, t, c]`` holds codes ``k = e·t .. e·t + e - 1`` of column ``g·P + c`` (low
-  nibble first). One step of K reads ``P`` contiguous bytes, and a group's panel streams
-  sequentially through memory. The block scale and offset are transposed to ``[nb, N]``.
-* **Inner step** (per ``e`` codes of K, per ``lanes`` columns): one load of ``lanes`` bytes
-  (zero-extended to int32), ``and``/``shift`` to the nibbles (``shl``/``sar`` for signed
-  ones), ``cvtdq2ps``, and per row one FMA with the broadcast activation per code. The
-  scale is not applied per element: each block's sum ``Σ_k x·q`` is scaled once,
-  ``y += ws_b·Σ_k x·q + wc_b·Σ_k x`` (``Σ_k x`` per row and block is a small TE stage), so
-  the dequantized weight ``ws·q + wc`` is never formed.
+  output columns side by side and ``e`` codes per byte (2 for nibbles, 1 for 8-bit codes).
+  8-bit codes: byte ``[g, t, c]`` is code ``t`` of column ``g·P + c``. Nibbles (``nv = 4``):
+  byte ``[g, t, 4l + v]`` holds codes ``2t`` (low nibble) and ``2t + 1`` of column
+  ``g·P + v·lanes + l``, so the 32-bit word ``l`` of a step holds one byte of each of the
+  ``nv`` column vectors; signed nibbles are stored offset to ``0..15`` (``wc`` absorbs the
+  offset, ``wc - 8·ws``). One step of K reads ``P`` contiguous bytes, and a group's panel
+  streams sequentially through memory (each block prefetches the block two ahead). The
+  block scale and offset are transposed to ``[nb, N]``.
+* **Inner step**, 8-bit codes (per code of K, per ``lanes`` columns): one widening load
+  (``vpmovsxbd``), ``cvtdq2ps``, and per row one FMA with the broadcast activation.
+  Nibbles (per two codes of K, per ``P`` columns): one load of ``P`` bytes as ``lanes``
+  words and one ``>> 4`` of them; vector ``v``'s low / high codes are the word / shifted word
+  masked with ``15 << 8v`` and converted in place: ``cvtdq2ps`` gives ``q·2^(8v)``
+  (``<= 15·2^24``: exact in int32 and float32), so each code costs a mask, a convert and
+  an FMA (an 8-bit code: a widening load, a convert and an FMA) for half the bytes. The
+  products and sums of vector ``v`` are those of ``q`` times ``2^(8v)`` exactly (a power of
+  two; only an activation beyond ~1e30 would overflow), and the block sum is scaled back by
+  ``2^(-8v)``. The scale is not applied per element: each block's sum ``Σ_k x·q`` is scaled
+  once, ``y += ws_b·Σ_k x·q + wc_b·Σ_k x`` (``Σ_k x`` per row and block is a small TE
+  stage), so the dequantized weight ``ws·q + wc`` is never formed. A 16-entry float table
+  (``vpermps`` indexed by the nibble) was the alternative: on AVX-512 it costs the same
+  per code (a shift to bring each nibble down, the permute, the FMA), and AVX2's ``vpermps``
+  indexes only 8 entries.
 * **Tile**: ``mr`` rows x ``nv`` vectors of ``lanes`` float32 accumulators; with one row the
   codes of a byte go to separate accumulators (``nv·e`` independent FMA chains instead of
-  ``nv``). AVX-512 (``isa="avx512"``): zmm, 16 lanes, ``nv = 4`` (64 columns per panel),
+  ``nv``); the inner loop is unrolled 4 steps. AVX-512 (``isa="avx512"``): zmm, 16 lanes,
+  ``nv = 4`` (64 columns per panel),
   up to 4 rows; AVX2: ymm, 8 lanes, ``nv = 4`` (32 columns), up to 2 rows. Any M runs (a
   row tile is a divisor of M), but above a few rows the decode is repeated per row tile:
   this is a GEMV-first kernel.
 * **Threads**: a ``parallel`` loop over the column panels; the runtime runs a call on one
   thread when its work is small (``targets/tvm/threads.py``).
 
-No instruction is named: the TIR uses vector types only, so LLVM selects the instructions
-for the target, and every row builds and runs on any x86 host (an AVX-512 row on an AVX2
-host splits each zmm operation in two). Numerics: the reference
-(``quant.reference.wo_matmul``) dequantizes in float64; this kernel sums in float32 per
-block, so the two agree to float32 rounding of ``Σ|x|·(|ws·q| + |wc|)``.
+No x86 instruction is named: the TIR uses vector types and LLVM's target-independent
+``llvm.prefetch`` only, so LLVM selects the instructions for the target, and every row builds
+and runs on any x86 host (an AVX-512 row on an AVX2 host splits each zmm operation in two);
+no emulated row is needed. Numerics: the reference (``quant.reference.wo_matmul``)
+dequantizes in float64; this kernel sums in float32 per block (and rounds ``wc - 8·ws``
+once for signed nibbles), so the two agree to float32 rounding of ``Σ|x|·(|ws·q| + |wc|)``.
 """
 
 from __future__ import annotations
@@ -45,6 +60,13 @@ __all__ = ["WO_ISAS", "te_pack_wo_panels", "wo_geometry", "wo_panel_matmul", "wo
 #: ``isa`` → (float32 lanes per vector, vectors per panel, most rows per tile)
 _GEOMETRY = {"avx512": (16, 4, 4), "avx2": (8, 4, 2)}
 WO_ISAS = tuple(_GEOMETRY)
+#: steps of K per trip of the inner loop (its counter and address updates are ~9
+#: instructions a trip, against 25 that decode and multiply one 4-bit step)
+_UNROLL = 4
+#: blocks ahead that a block prefetches (a line at a time, outside the inner loop): the
+#: hardware prefetcher alone left W4 at ~2.5 GB/s from DRAM; 2 blocks ahead measured ~10%
+#: faster cold (1 block about the same), see benchmarks/README.md
+_PREFETCH = 2
 
 
 def wo_geometry(isa: str) -> tuple[int, int, int]:
@@ -68,40 +90,55 @@ def wo_panel_supported(*, n: int, k: int, block: int, w_bits: int, isa: str) -> 
 
 def te_pack_wo_panels(
     wq: Any, ws: Any, wc: Any, *, block: int, w_bits: int, isa: str, name: str,
-    attrs: dict[str, Any],
+    attrs: dict[str, Any], w_signed: bool = False,
 ) -> tuple[Any, Any, Any]:  # fmt: skip
     """``(wp, ws_t, wc_t)``: the panels of the module docstring from ``wq`` (``int8 [N, K]``
-    or nibble bytes ``uint8 [N, K/2]``, kept as stored), and ``ws``/``wc`` as ``[nb, N]``."""
+    or nibble bytes ``uint8 [N, K/2]``), and ``ws``/``wc`` as ``[nb, N]``.
+
+    8-bit codes keep their bytes, column ``c`` of a panel at byte ``c``. Nibble bytes go in
+    word order (:func:`_nibble_word`): byte ``4l + v`` of a step holds column ``v·lanes + l``,
+    so the little-endian 32-bit word ``l`` holds the bytes of columns ``l, lanes + l, ...``;
+    signed nibbles are stored offset to ``0..15`` (``q + 8``, i.e. ``byte ^ 0x88``) and the
+    offset goes into the block term, ``wc_t = wc - 8·ws``."""
     lanes, nv, _ = wo_geometry(isa)
     p = lanes * nv
     n, kb = (int(d) for d in wq.shape)  # kb: bytes per row
     nb = int(ws.shape[1])
     if n % p:
         raise NumericsError(f"{name}: N={n} is not a multiple of the {p}-column panel.")
-    wp = te.compute((n // p, kb, p), lambda g, t, c: wq[g * p + c, t], name=f"{name}_wp",
-                    attrs=attrs)  # fmt: skip
+    if w_bits > 4:
+        wp = te.compute((n // p, kb, p), lambda g, t, c: wq[g * p + c, t], name=f"{name}_wp",
+                        attrs=attrs)  # fmt: skip
+    else:
+        flip = tirx.const(0x88 if w_signed else 0, "uint8")
+        wp = te.compute((n // p, kb, p), lambda g, t, c: tirx.bitwise_xor(
+            wq[g * p + (c % nv) * lanes + c // nv, t], flip), name=f"{name}_wp",
+            attrs=attrs)  # fmt: skip
     ws_t = te.compute((nb, n), lambda b, j: ws[j, b], name=f"{name}_ws_t", attrs=attrs)
-    wc_t = te.compute((nb, n), lambda b, j: wc[j, b], name=f"{name}_wc_t", attrs=attrs)
+    if w_bits <= 4 and w_signed:
+        wc_t = te.compute((nb, n), lambda b, j: wc[j, b] - tirx.const(8.0, "float32") * ws[j, b],
+                          name=f"{name}_wc_t", attrs=attrs)  # fmt: skip
+    else:
+        wc_t = te.compute((nb, n), lambda b, j: wc[j, b], name=f"{name}_wc_t", attrs=attrs)
     return wp, ws_t, wc_t
 
 
-def _decode(raw: Any, lanes: int, w_bits: int, signed: bool) -> list[Any]:
-    """The float32 codes of ``lanes`` bytes: low then high nibble, or the one int8 code."""
-    f32 = f"float32x{lanes}"
-    if w_bits > 4:
-        return [tirx.Cast(f32, tirx.Cast(f"int32x{lanes}", raw))]
-    v = tirx.Cast(f"int32x{lanes}", raw)  # zero-extended byte
+def _decode8(raw: Any, lanes: int) -> Any:
+    """The float32 codes of ``lanes`` int8 bytes."""
+    return tirx.Cast(f"float32x{lanes}", tirx.Cast(f"int32x{lanes}", raw))
 
-    def c(x: int) -> Any:
-        return tirx.Broadcast(tirx.const(x, "int32"), lanes)
 
-    if signed:  # two's-complement nibbles: move each to the top, arithmetic shift back
-        lo = tirx.shift_right(tirx.shift_left(v, c(28)), c(28))
-        hi = tirx.shift_right(tirx.shift_left(v, c(24)), c(28))
-    else:
-        lo = tirx.bitwise_and(v, c(15))
-        hi = tirx.shift_right(v, c(4))
-    return [tirx.Cast(f32, lo), tirx.Cast(f32, hi)]
+def _nibble_word(raw: Any, lanes: int, v: int, high: bool) -> Any:
+    """The nibble codes of column vector ``v`` (low nibble: code ``2s``, high: ``2s + 1``)
+    from the ``4·lanes`` bytes ``raw`` of a step, as float32 **times** ``2^(8v)``: the word
+    (``raw >> 4`` for the high nibbles) masked with ``15 << 8v`` and converted, no shift to
+    the bottom. Exact: ``q·2^(8v) <= 15·2^24`` is an int32 and a float32; the block sum is
+    scaled back by ``2^(-8v)`` (an exact power of two)."""
+    word = tirx.reinterpret(f"uint32x{lanes}", raw)
+    if high:
+        word = tirx.shift_right(word, tirx.Broadcast(tirx.const(4, "uint32"), lanes))
+    masked = tirx.bitwise_and(word, tirx.Broadcast(tirx.const(15 << (8 * v), "uint32"), lanes))
+    return tirx.Cast(f"float32x{lanes}", tirx.reinterpret(f"int32x{lanes}", masked))
 
 
 def _divisor(n: int, want: int) -> int:
@@ -135,6 +172,7 @@ def wo_panel_matmul(
     mr = _divisor(m, max_rows)
     split = e if mr == 1 else 1  # one row: a chain per code of the byte
     steps = block // e
+    unroll = _divisor(steps, _UNROLL)
 
     def vec(i: Any) -> Any:
         return tirx.Ramp(i * lanes, 1, lanes)
@@ -152,25 +190,42 @@ def wo_panel_matmul(
                 with T.serial(0, nb) as b:
                     with T.unroll(0, mr * nv * split) as t:
                         T.buffer_store(acc, zero, [vec(t)])
-                    with T.serial(0, steps) as s:
-                        step = b * steps + s
-                        with T.unroll(0, nv) as v:
-                            codes = _decode(w[g, step, tirx.Ramp(v * lanes, 1, lanes)], lanes,
-                                            w_bits, w_signed)  # fmt: skip
+                    if _PREFETCH:  # the next block's panel bytes, a line at a time
+                        with T.serial(0, steps * pw // 64) as li:
+                            T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                tirx.call_intrin("handle", "tirx.address_of", w[
+                                    g, (b + _PREFETCH) * steps + li * (64 // pw),
+                                    0]),
+                                tirx.const(0, "int32"), tirx.const(3, "int32"),
+                                tirx.const(1, "int32")))  # fmt: skip
+                    with T.serial(0, steps // unroll) as so, T.unroll(0, unroll) as si:
+                        step = b * steps + so * unroll + si
+                        if e == 2:  # one load of 4·lanes bytes: 2 codes x nv vectors
+                            raw = w[g, step, tirx.Ramp(0, 1, nv * lanes)]
+                        for v in range(nv):
+                            if e == 2:
+                                codes = [_nibble_word(raw, lanes, v, h) for h in (False, True)]
+                            else:
+                                codes = [_decode8(w[g, step, tirx.Ramp(v * lanes, 1, lanes)],
+                                                  lanes)]  # fmt: skip
                             with T.unroll(0, mr) as ii:
                                 for c, wv in enumerate(codes):
                                     xv = tirx.Broadcast(xb[io * mr + ii, step * e + c], lanes)
                                     a = vec((ii * nv + v) * split + (c if split > 1 else 0))
                                     T.buffer_store(acc, acc[a] + wv * xv, [a])
-                    with T.unroll(0, mr) as ii, T.unroll(0, nv) as v:
-                        tot = acc[vec((ii * nv + v) * split)]
-                        for c in range(1, split):
-                            tot = tot + acc[vec((ii * nv + v) * split + c)]
-                        cols = tirx.Ramp(g * pw + v * lanes, 1, lanes)
-                        xsv = tirx.Broadcast(xs[io * mr + ii, b], lanes)
-                        t = vec(ii * nv + v)
-                        T.buffer_store(yacc, yacc[t] + wst[b, cols] * tot + wct[b, cols] * xsv,
-                                       [t])  # fmt: skip
+                    with T.unroll(0, mr) as ii:
+                        for v in range(nv):
+                            tot = acc[vec((ii * nv + v) * split)]
+                            for c in range(1, split):
+                                tot = tot + acc[vec((ii * nv + v) * split + c)]
+                            if e == 2 and v:  # the nibbles of vector v sat 8v bits up
+                                tot = tot * tirx.Broadcast(
+                                    tirx.const(2.0 ** (-8 * v), "float32"), lanes)
+                            cols = tirx.Ramp(g * pw + v * lanes, 1, lanes)
+                            xsv = tirx.Broadcast(xs[io * mr + ii, b], lanes)
+                            t = vec(ii * nv + v)
+                            T.buffer_store(yacc, yacc[t] + wst[b, cols] * tot
+                                           + wct[b, cols] * xsv, [t])  # fmt: skip
                 with T.unroll(0, mr) as ii, T.unroll(0, nv) as v:
                     T.buffer_store(y, yacc[vec(ii * nv + v)],
                                    [io * mr + ii, tirx.Ramp(g * pw + v * lanes, 1, lanes)])

@@ -85,8 +85,9 @@ def test_translation_matches_the_qat_forward(preset: str) -> None:
     assert wq.numel() == 64 * 256 // (2 if preset == "W4" else 1)  # 4-bit: two codes a byte
 
 
-# (m, w_bits, signed): GEMV, a row tile that divides M, a prime M, 8-bit and signed codes
-_SHAPES = [(1, 4, False), (6, 4, True), (5, 8, True)]
+# (m, w_bits, signed): GEMV, a row tile that divides M, a full AVX-512 row tile (4 rows, the
+# nibbles of a word summed into one accumulator per vector), a prime M, 8-bit and signed codes
+_SHAPES = [(1, 4, False), (1, 4, True), (6, 4, True), (4, 4, False), (5, 8, True)]
 
 
 @pytest.mark.parametrize("isa", ROWS)

@@ -1,5 +1,6 @@
-"""The VNNI nibble panels (``int_matmul.*_vnni_w4``): 4-bit codes two per byte, checked
-through the emulated rows on any AVX2 host (and natively where the host has AVX-512 VNNI)."""
+"""The nibble panels (``int_matmul.*_vnni_w4``, ``int_matmul.avx2_w4``): 4-bit codes two per
+byte, checked through the emulated VNNI rows and the AVX2 row on any AVX2 host (and natively
+where the host has AVX-512 VNNI)."""
 
 from __future__ import annotations
 
@@ -23,29 +24,31 @@ def _forced(ir, isa):
 
 
 # unsigned nibbles (A4W4), signed ones (A4W1: ±1 codes, biased by +8 in the panel), 2-bit
+@pytest.mark.parametrize("isa", ["avx512_vnni_w4_emulated", "avx2_w4"])
 @pytest.mark.parametrize("preset,m", [("A4W4", 1), ("A4W1", 3), ("A2W2", 16)])
-def test_emulated_nibble_panels_match_the_reference(preset: str, m: int) -> None:
+def test_emulated_nibble_panels_match_the_reference(preset: str, m: int, isa: str) -> None:
     torch.manual_seed(m)
     x = torch.randn(m, 256)
     qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), preset)
     ir = rq.convert(qat.eval(), example_inputs=(x,))
-    forced = _forced(ir, "avx512_vnni_w4_emulated")
+    forced = _forced(ir, isa)
     assert 'rq.weight_layout = "panels4"' in print_module(forced)
+    assert f'"int_matmul.{isa}"' in print_module(forced)
     with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
         exe = rq.build(forced, "llvm")
     want = rq.build(ir, "reference")(x)
     torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
-def test_nibble_rows_only_take_small_m_and_4_bit_codes() -> None:
+@pytest.mark.parametrize("isa", ["avx512_vnni_w4_emulated", "avx2_w4"])
+def test_nibble_rows_only_take_small_m_and_4_bit_codes(isa: str) -> None:
     torch.manual_seed(0)
     for preset, m, takes in (("A4W4", NIBBLE_MAX_ROWS + 1, False), ("A8W8", 1, False),
                              ("A4W4", NIBBLE_MAX_ROWS, True)):  # fmt: skip
         x = torch.randn(m, 128)
         qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(128, 32)).eval(), (x,), preset)
-        text = print_module(_forced(rq.convert(qat.eval(), example_inputs=(x,)),
-                                    "avx512_vnni_w4_emulated"))  # fmt: skip
-        assert ('"int_matmul.avx512_vnni_w4_emulated"' in text) is takes, (preset, m)
+        text = print_module(_forced(rq.convert(qat.eval(), example_inputs=(x,)), isa))
+        assert (f'"int_matmul.{isa}"' in text) is takes, (preset, m)
 
 
 def test_nibble_panels_hold_half_the_bytes() -> None:
