@@ -72,9 +72,11 @@ def _seeded(config: str) -> torch.fx.GraphModule:
     return rq.prepare(model, (torch.zeros(1, T, dtype=torch.long),), config).eval()
 
 
-def test_greedy_generate_matches_qat_short() -> None:
-    """The default run's check: 16 greedy tokens at A4W4 on the reference target."""
-    qat = _seeded("A4W4")
+@pytest.mark.parametrize("config", ["A4W4", "W4"])
+def test_greedy_generate_matches_qat_short(config: str) -> None:
+    """The default run's check: 16 greedy tokens on the reference target (W4: the weight-only
+    rq.wo_matmul rows through the kv-cache pass too)."""
+    qat = _seeded(config)
     got = rq.lower(qat, "reference", generate=True).generate(PROMPT, 16)
     assert torch.equal(got, rq.generate(qat, PROMPT, 16))
 

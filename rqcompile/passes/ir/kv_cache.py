@@ -77,8 +77,10 @@ _UNARY = {
 }  # fmt: skip
 _BROADCAST = {"rq.add", "rq.sub", "rq.mul", "rq.div", "rq.masked_fill", "rq.where",
               "rq.compare", "rq.logical"}  # fmt: skip
-_ROW_MATMULS = {"rq.int_matmul", "rq.xnor_popcount_matmul", "rq.sparse24_matmul"}
-_ROW_OPERANDS = {"rq.int_matmul": 3, "rq.xnor_popcount_matmul": 3, "rq.sparse24_matmul": 3}
+#: row-wise matmuls: op -> how many leading operands are the activation side (rows = tokens)
+_ROW_OPERANDS = {"rq.int_matmul": 3, "rq.xnor_popcount_matmul": 3, "rq.sparse24_matmul": 3,
+                 "rq.wo_matmul": 1}  # fmt: skip
+_ROW_MATMULS = set(_ROW_OPERANDS)
 
 
 def generation_funcs(mod: Module) -> bool:
