@@ -342,6 +342,8 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int | None = None,
+    *,
+    lengths: Any = None,
 ) -> torch.Tensor:
     """Generate with a QAT model (or any causal LM returning logits): the oracle of
     ``exe.generate``.
@@ -354,6 +356,13 @@ def generate(
     input, as fx-captured models whose shapes come from ``x.size()`` do. Outputs that are
     tuples use their first element; Hugging Face outputs their ``.logits``. Runs under
     ``torch.no_grad()``; call ``model.eval()`` first.
+
+    A graph captured at one fixed length (``torch.export``, e.g. Hugging Face models) cannot
+    take a shorter prefix: it is re-run on the prefix padded at the end to its captured length
+    ``T`` and the logits read at the last real position (exact for a causal model).
+    ``lengths`` (``(B,)`` ints, as for ``exe.generate``): a ragged batch, row ``b``'s prompt
+    is ``ids[b, :lengths[b]]``; its new tokens follow at its own positions (see
+    ``exe.generate``).
 
     Example:
         >>> import torch, rqcompile as rq
@@ -373,7 +382,22 @@ def generate(
             return y.logits  # type: ignore[no-any-return]
         return y[0] if isinstance(y, (tuple, list)) else y  # type: ignore[no-any-return]
 
-    return generate_qat(model, ids, max_new_tokens, temperature, top_k, seed, logits_of=logits_of)
+    pad_to = None
+    meta = getattr(model, "meta", None) or {}
+    shapes = meta.get("rq_input_shapes")
+    if shapes and (meta.get("rq_capture") == "export" or lengths is not None):
+        pad_to = int(shapes[0][0][-1])
+    lens = None if lengths is None else _check_lengths(lengths, ids)
+    return generate_qat(
+        model, ids, max_new_tokens, temperature, top_k, seed,
+        logits_of=logits_of, pad_to=pad_to, lengths=lens,
+    )  # fmt: skip
+
+
+def _check_lengths(lengths: Any, ids: torch.Tensor) -> torch.Tensor:
+    from rqcompile.targets.generate import check_lengths
+
+    return check_lengths(lengths, ids if ids.dim() == 2 else ids.unsqueeze(0))
 
 
 def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:

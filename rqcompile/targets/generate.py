@@ -25,7 +25,7 @@ from rqcompile.errors import InputError, UsageError
 from rqcompile.ir.core import Module
 from rqcompile.ir.types import TensorType, torch_dtype
 
-__all__ = ["KVGenerator", "check_generate_args", "sample_next"]
+__all__ = ["KVGenerator", "check_generate_args", "check_lengths", "sample_next"]
 
 Runner = Callable[..., tuple[torch.Tensor, ...]]
 
@@ -44,6 +44,28 @@ def check_generate_args(
         raise UsageError(f"top_k must be None or an int >= 1, got {top_k!r}.")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise UsageError(f"seed must be None or an int, got {seed!r}.")
+
+
+def check_lengths(lengths: Any, ids: torch.Tensor) -> torch.Tensor:
+    """``lengths`` as an int64 ``(B,)`` tensor, each in ``[1, L]`` for ids ``(B, L)``; else
+    :class:`InputError`. A list, tuple or integer tensor is accepted."""
+    try:
+        lens = torch.as_tensor(lengths)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"generate: lengths must be B ints, got {lengths!r}.") from None
+    if lens.dtype.is_floating_point or lens.dtype == torch.bool or lens.dim() != 1:
+        raise InputError(f"generate: lengths must be a 1-D sequence of ints, got {lengths!r}.")
+    if lens.shape[0] != ids.shape[0]:
+        raise InputError(
+            f"generate: {lens.shape[0]} lengths for a batch of {ids.shape[0]} prompts."
+        )
+    lens = lens.to(torch.int64).cpu()
+    if bool((lens < 1).any()) or bool((lens > ids.shape[1]).any()):
+        raise InputError(
+            f"generate: each length must lie in [1, {ids.shape[1]}] (the ids' width), got "
+            f"{lens.tolist()}."
+        )
+    return lens
 
 
 def sample_next(
@@ -198,15 +220,50 @@ def generate_qat(
     seed: int | None = None,
     *,
     logits_of: Callable[[Any], torch.Tensor] | None = None,
+    pad_to: int | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The plain loop: re-run ``model`` on the whole growing prefix for every new token."""
+    """The plain loop: re-run ``model`` on the whole growing prefix for every new token.
+
+    ``pad_to``: run the model on the prefix padded at the end to this length (for a model
+    captured at one fixed length, e.g. by ``torch.export``) and read the logits at the last
+    real position: exact for a causal model. ``lengths`` (B,): a ragged batch, row ``b``'s
+    prompt is ``ids[b, :lengths[b]]`` (needs ``pad_to``); returns ``(B, max(lengths) +
+    max_new_tokens)`` with each row's new tokens right after its own prompt, zeros after.
+    """
     check_generate_args(max_new_tokens, temperature, top_k, seed)
     gen = _generator(seed)
     out = ids if ids.dim() == 2 else ids.unsqueeze(0)
+    if lengths is None and pad_to is None:
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                y = model(out)
+                logits = _logits(y, logits_of)
+                nxt = sample_next(logits[:, -1], temperature, top_k, gen)
+                out = torch.cat([out, nxt.reshape(-1, 1).to(out.dtype)], dim=1)
+        return out
+    if pad_to is None:
+        raise UsageError("generate with lengths= needs pad_to= (the model's fixed length).")
+    b, n = out.shape
+    lens = torch.full((b,), n) if lengths is None else lengths.to(torch.int64).reshape(-1)
+    width = int(lens.max()) + max_new_tokens
+    if width > pad_to:
+        raise InputError(
+            f"generate: prompt + max_new_tokens = {width} exceeds the model's fixed length {pad_to}."
+        )
+    buf = torch.zeros(b, pad_to, dtype=out.dtype)
+    for r in range(b):
+        buf[r, : int(lens[r])] = out[r, : int(lens[r])]
+    rows = torch.arange(b)
     with torch.no_grad():
-        for _ in range(max_new_tokens):
-            y = model(out)
-            logits = logits_of(y) if logits_of is not None else (y[0] if isinstance(y, Sequence) else y)
-            nxt = sample_next(logits[:, -1], temperature, top_k, gen)
-            out = torch.cat([out, nxt.reshape(-1, 1).to(out.dtype)], dim=1)
-    return out
+        for step in range(max_new_tokens):
+            logits = _logits(model(buf), logits_of)
+            nxt = sample_next(logits[rows, lens + step - 1], temperature, top_k, gen)
+            buf[rows, lens + step] = nxt.to(buf.dtype)
+    return buf[:, :width].clone()
+
+
+def _logits(y: Any, logits_of: Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
+    if logits_of is not None:
+        return logits_of(y)
+    return y[0] if isinstance(y, Sequence) else y  # type: ignore[no-any-return]

@@ -489,18 +489,56 @@ class _Analysis:
         if int(w.type.shape[aw]) != self.T:  # type: ignore[arg-type]
             self.fail(f"the key/value operand {w.type} has a sequence axis of another size")
         key_side = aw == w.type.rank - 1
+        (y,) = self.emit("rq.matmul", [self.dec[x.id], self.cache(w, aw)])
+        self.dec[op.result.id] = y
+        self.seq[op.result.id] = (out_axis, 1)
+        if key_side:
+            self.unmasked.add(op.result.id)
+
+    def cache(self, w: Value, aw: int) -> Value:
+        """Cache ``w`` (sequence along ``aw``): a new decode argument of ``w``'s full shape, with
+        decode's new row written at ``pos``; returns that full (T-long) decode value."""
         cache = self.value(w.type)
         new_row = self.dec[w.id]
         iota_shape = (self.T,) + (1,) * (w.type.rank - 1 - aw)
         iota = self.const(f"kv_cache.iota{self.T}", torch.arange(self.T).reshape(iota_shape))
         at = self.emit("rq.compare", [iota, self.pos], fn="eq")[0]
         full = self.emit("rq.where", [at, new_row, cache])[0]
-        (y,) = self.emit("rq.matmul", [self.dec[x.id], full])
         self.cached.append((w, cache, new_row))
+        return full
+
+    def op_sdpa(self, op: Op) -> None:
+        """``rq.sdpa(q, k, v, causal)``: k and v are cached; decode runs the explicit form
+        ``softmax(masked_fill(q·kᵀ·scale, row pos of the causal mask)) · v`` (rq.sdpa has no
+        mask operand, and its ``causal`` masks relative to the query length, 1 in decode)."""
+        q, k, v = op.operands
+        r = q.type.rank
+        for name, u in (("q", q), ("k", k), ("v", v)):
+            s = self.seq.get(u.id)
+            if s is None or s != (r - 2, 1) or int(u.type.shape[r - 2]) != self.T:  # type: ignore[arg-type]
+                self.fail(
+                    f"its {name} {u.type} does not carry the sequence on its row axis (axis "
+                    f"{r - 2}, length {self.T}): not self-attention over the tokens"
+                )
+        if not op.attr("causal"):
+            self.fail(
+                "attention over cached keys without a causal mask (is_causal=False): cached "
+                "rows after the current position (and prefill's padding) would be attended "
+                "to. kv-cache needs a causal (decoder) model."
+            )
+        keys, values = self.cache(k, r - 2), self.cache(v, r - 2)
+        dims = (*range(r - 2), r - 1, r - 2)
+        kt = self.emit("rq.permute", [keys], dims=dims)[0]
+        s = self.emit("rq.matmul", [self.dec[q.id], kt])[0]
+        s = self.emit("rq.mul_scalar", [s], value=float(op.attr("scale")))[0]  # type: ignore[arg-type]
+        block = ~torch.ones(self.T, self.T, dtype=torch.bool).tril()
+        mask = self.const("kv_cache.causal_mask", block)
+        row = self.emit("rq.take", [mask, self.pos], axis=0)[0]
+        s = self.emit("rq.masked_fill", [s, row], value=-math.inf)[0]
+        att = self.emit("rq.softmax", [s], axis=-1)[0]
+        (y,) = self.emit("rq.matmul", [att, values])
         self.dec[op.result.id] = y
-        self.seq[op.result.id] = (out_axis, 1)
-        if key_side:
-            self.unmasked.add(op.result.id)
+        self.seq[op.result.id] = (r - 2, 1)
 
     # -- position-aligned constants --------------------------------------------------------
 

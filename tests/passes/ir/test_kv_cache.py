@@ -127,3 +127,33 @@ def test_models_that_are_not_token_decoders_are_refused() -> None:
     b.ret(b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8))))
     with pytest.raises(UnsupportedOpError, match="nothing to cache"):
         run_pass(KVCache(), b.module())
+
+
+def _sdpa_attention(*, causal: bool = True, T: int = 6):
+    """ids → embedding + position table → two heads of rq.sdpa (q = k = v = x)."""
+    g = torch.Generator().manual_seed(0)
+    b = Builder()
+    ids = b.arg(TensorType((2, T), "i64"))
+    x = b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8, generator=g)))
+    x = b.op("rq.add", x, b.const("pos", torch.randn(T, 8, generator=g)))
+    h = b.op("rq.permute", b.op("rq.reshape", x, shape=(2, T, 2, 4)), dims=(0, 2, 1, 3))
+    y = b.op("rq.sdpa", h, h, h, causal=causal, scale=0.5)
+    b.ret(b.op("rq.reshape", b.op("rq.permute", y, dims=(0, 2, 1, 3)), shape=(2, T, 8)))
+    return b.module()
+
+
+@pytest.mark.parametrize("start", [1, 4])
+def test_causal_sdpa_decodes_with_the_explicit_masked_form(start: int) -> None:
+    mod = run_pass(KVCache(), _sdpa_attention())
+    dec = mod.func("decode")
+    assert "rq.sdpa" not in {op.name for op in dec.ops}  # its causal rule needs L == S
+    assert [str(a.type) for a in dec.args[2:]] == ["tensor<2x2x6x4xf32>"] * 2  # k and v
+    ids = torch.tensor([[1, 4, 0, 2, 2, 3], [3, 3, 1, 0, 4, 2]])
+    full = run_reference(mod, ids)[0]
+    for t, got in enumerate(_decode_all(mod, ids, start)):
+        torch.testing.assert_close(got, full[:, t], rtol=1e-5, atol=1e-6)
+
+
+def test_sdpa_without_is_causal_is_refused() -> None:
+    with pytest.raises(UnsupportedOpError, match=r"rq.sdpa.*is_causal=False"):
+        run_pass(KVCache(), _sdpa_attention(causal=False))

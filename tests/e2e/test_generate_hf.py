@@ -1,0 +1,100 @@
+"""exe.generate on Hugging Face GPT-2 and Llama (built from a config) against rq.generate.
+
+The tiny models get a position table of 96 and are converted at T = 72 (an 8-token prompt +
+64 new tokens); their weights are drawn with ``initializer_range=0.2`` instead of HF's 0.02,
+whose nearly flat logits make greedy decoding repeat one token. HF graphs are captured by
+``torch.export`` at one length, so ``rq.generate`` re-runs the QAT model on the prefix padded
+at the end to T (exact for a causal model) for every new token.
+
+Greedy tokens must be equal. Where they are not, :func:`assert_same_or_tie` proves the first
+difference is a near-tie: either ``rq.check_parity`` on that prefix finds only rounding-tie
+code flips, or the QAT logits of the two competing tokens are equal to float tolerance.
+The default run checks 16 tokens at A8W8 on the reference target per family (an llvm build
+of the three functions takes ~25 s on 2 cores); the 64-token matrix is slow.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import rqcompile as rq
+
+pytest.importorskip("transformers")
+from rqcompile.testing import hf  # noqa: E402
+
+PROMPT_LEN, NEW = 8, 64
+T = PROMPT_LEN + NEW
+BUILDERS = {"gpt2": hf.tiny_gpt2, "llama": hf.tiny_llama}
+
+
+@functools.cache
+def qat_model(family: str, config: str, attn: str = "eager", batch: int = 1) -> torch.fx.GraphModule:
+    model, ex = BUILDERS[family](
+        positions=96, seq=T, batch=batch, init_range=0.2, attn_implementation=attn
+    )
+    return rq.prepare(model, ex, config).eval()
+
+
+def prompt(batch: int = 1, length: int = PROMPT_LEN, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, hf.VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same_or_tie(qat, exe, ids: torch.Tensor, got: torch.Tensor, want: torch.Tensor,
+                       rtol: float = 1e-4) -> int:  # fmt: skip
+    """``got == want`` (B, L + n), or the first differing token is a proven near-tie.
+
+    Returns the number of leading new tokens that agree in every row."""
+    assert got.shape == want.shape
+    diff = (got != want).any(0).nonzero()
+    if not len(diff):
+        return got.shape[1] - ids.shape[1]
+    p = int(diff[0])
+    assert p >= ids.shape[1], "the prompt itself differs"
+    padded = torch.zeros(got.shape[0], T, dtype=got.dtype)
+    padded[:, :p] = want[:, :p]  # the common prefix
+    report = rq.check_parity(qat, exe, padded)
+    if report.verdict != "ties only":
+        assert report.verdict == "exact", report
+        with torch.no_grad():
+            logits = hf.logits_of(qat(padded))[:, p - 1].double()
+        rows = (got[:, p] != want[:, p]).nonzero().reshape(-1)
+        gap = (logits[rows, want[rows, p]] - logits[rows, got[rows, p]]).abs().max()
+        scale = float(logits.abs().max())
+        assert float(gap) <= rtol * scale, (
+            f"token {p}: exe picked {got[:, p].tolist()}, QAT {want[:, p].tolist()}; their QAT "
+            f"logits differ by {float(gap):.2e} (> {rtol:.0e} x {scale:.2e}): not a near-tie"
+        )
+    return p - ids.shape[1]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_hf_greedy_generate_matches_qat_short(family: str) -> None:
+    """Default run: 16 greedy tokens at A8W8 on the reference target, token for token."""
+    qat = qat_model(family, "A8W8")
+    ids = prompt()
+    want = rq.generate(qat, ids, 16)
+    assert len(set(want[0, PROMPT_LEN:].tolist())) > 3  # informative logits, not a constant run
+    got = rq.lower(qat, "reference", generate=True).generate(ids, 16)
+    assert torch.equal(got, want), (got != want).nonzero()[:1].tolist()
+
+
+@functools.cache
+def _want(family: str, config: str) -> torch.Tensor:
+    return rq.generate(qat_model(family, config), prompt(), NEW)
+
+
+@pytest.mark.slow  # reference: ~10 s (64 QAT re-runs + 64 decodes); llvm: + ~25 s build
+@pytest.mark.parametrize("target", ["reference", pytest.param("llvm", marks=pytest.mark.tvm)])
+@pytest.mark.parametrize("config", ["A8W8", "A4W4", "A1W1"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_hf_greedy_generate_matches_qat(family: str, config: str, target: str) -> None:
+    qat = qat_model(family, config)
+    want = _want(family, config)
+    assert len(set(want[0, PROMPT_LEN:].tolist())) > 3
+    exe = rq.lower(qat, target, generate=True)
+    got = exe.generate(prompt(), NEW)
+    agreed = assert_same_or_tie(qat, exe, prompt(), got, want)
+    assert agreed >= 16, agreed  # a tie this early would leave too little checked
