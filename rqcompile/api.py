@@ -344,6 +344,7 @@ def generate(
     seed: int | None = None,
     *,
     lengths: Any = None,
+    attention_mask: Any = None,
 ) -> torch.Tensor:
     """Generate with a QAT model (or any causal LM returning logits): the oracle of
     ``exe.generate``.
@@ -360,9 +361,10 @@ def generate(
     A graph captured at one fixed length (``torch.export``, e.g. Hugging Face models) cannot
     take a shorter prefix: it is re-run on the prefix padded at the end to its captured length
     ``T`` and the logits read at the last real position (exact for a causal model).
-    ``lengths`` (``(B,)`` ints, as for ``exe.generate``): a ragged batch, row ``b``'s prompt
-    is ``ids[b, :lengths[b]]``; its new tokens follow at its own positions (see
-    ``exe.generate``).
+    ``lengths`` (``(B,)`` ints) or a right-padded ``attention_mask`` (``(B, L)``, as for
+    ``exe.generate``): a ragged batch, row ``b``'s prompt is ``ids[b, :lengths[b]]``, and its
+    new tokens follow at its own positions; the model is then run on the batch padded at the
+    end to its example input's length.
 
     Example:
         >>> import torch, rqcompile as rq
@@ -385,19 +387,18 @@ def generate(
     pad_to = None
     meta = getattr(model, "meta", None) or {}
     shapes = meta.get("rq_input_shapes")
-    if shapes and (meta.get("rq_capture") == "export" or lengths is not None):
+    ragged = lengths is not None or attention_mask is not None
+    if shapes and (meta.get("rq_capture") == "export" or ragged):
         pad_to = int(shapes[0][0][-1])
-    lens = None if lengths is None else _check_lengths(lengths, ids)
+    lens = None
+    if ragged:
+        from rqcompile.targets.generate import prompt_lengths
+
+        lens = prompt_lengths(ids if ids.dim() == 2 else ids.unsqueeze(0), lengths, attention_mask)
     return generate_qat(
         model, ids, max_new_tokens, temperature, top_k, seed,
         logits_of=logits_of, pad_to=pad_to, lengths=lens,
     )  # fmt: skip
-
-
-def _check_lengths(lengths: Any, ids: torch.Tensor) -> torch.Tensor:
-    from rqcompile.targets.generate import check_lengths
-
-    return check_lengths(lengths, ids if ids.dim() == 2 else ids.unsqueeze(0))
 
 
 def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:

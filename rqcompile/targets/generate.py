@@ -25,7 +25,7 @@ from rqcompile.errors import InputError, UsageError
 from rqcompile.ir.core import Module
 from rqcompile.ir.types import TensorType, torch_dtype
 
-__all__ = ["KVGenerator", "check_generate_args", "check_lengths", "sample_next"]
+__all__ = ["KVGenerator", "check_generate_args", "prompt_lengths", "sample_next"]
 
 Runner = Callable[..., tuple[torch.Tensor, ...]]
 
@@ -46,23 +46,44 @@ def check_generate_args(
         raise UsageError(f"seed must be None or an int, got {seed!r}.")
 
 
-def check_lengths(lengths: Any, ids: torch.Tensor) -> torch.Tensor:
-    """``lengths`` as an int64 ``(B,)`` tensor, each in ``[1, L]`` for ids ``(B, L)``; else
-    :class:`InputError`. A list, tuple or integer tensor is accepted."""
+def prompt_lengths(ids: torch.Tensor, lengths: Any = None, attention_mask: Any = None) -> torch.Tensor:
+    """Each prompt's length, ``(B,)`` int64, for ids ``(B, L)``: ``lengths`` (B ints in
+    ``[1, L]``), or ``attention_mask`` (B, L) in Hugging Face's spelling, 1 for a prompt
+    token and 0 for padding, which must be at the end (``tokenizer.padding_side = "right"``);
+    neither: every row is ``L`` long. Else :class:`InputError`."""
+    b, n = ids.shape
+    if lengths is not None and attention_mask is not None:
+        raise InputError("generate: give lengths= or attention_mask=, not both.")
+    if attention_mask is not None:
+        m = torch.as_tensor(attention_mask)
+        if m.shape != ids.shape or not bool(((m == 0) | (m == 1)).all()):
+            raise InputError(
+                f"generate: attention_mask must be 0/1 of the ids' shape {tuple(ids.shape)}, got "
+                f"{tuple(m.shape)}."
+            )
+        m = m != 0
+        lens = m.sum(1).to(torch.int64).cpu()
+        if not torch.equal(m.cpu(), torch.arange(n)[None, :] < lens[:, None]):
+            raise InputError(
+                "generate: attention_mask has padding before a prompt token; pad prompts at "
+                "the end (tokenizer.padding_side = 'right'): each row's new tokens are written "
+                "at its own position, so left padding is not needed."
+            )
+        lengths = lens
+    if lengths is None:
+        return torch.full((b,), n, dtype=torch.int64)
     try:
         lens = torch.as_tensor(lengths)
     except (TypeError, ValueError, RuntimeError):
         raise InputError(f"generate: lengths must be B ints, got {lengths!r}.") from None
     if lens.dtype.is_floating_point or lens.dtype == torch.bool or lens.dim() != 1:
         raise InputError(f"generate: lengths must be a 1-D sequence of ints, got {lengths!r}.")
-    if lens.shape[0] != ids.shape[0]:
-        raise InputError(
-            f"generate: {lens.shape[0]} lengths for a batch of {ids.shape[0]} prompts."
-        )
+    if lens.shape[0] != b:
+        raise InputError(f"generate: {lens.shape[0]} lengths for a batch of {b} prompts.")
     lens = lens.to(torch.int64).cpu()
-    if bool((lens < 1).any()) or bool((lens > ids.shape[1]).any()):
+    if bool((lens < 1).any()) or bool((lens > n).any()):
         raise InputError(
-            f"generate: each length must lie in [1, {ids.shape[1]}] (the ids' width), got "
+            f"generate: each prompt length must lie in [1, {n}] (the ids' width), got "
             f"{lens.tolist()}."
         )
     return lens
@@ -113,6 +134,9 @@ class KVGenerator:
         self.cache_types: tuple[TensorType, ...] = tuple(c.type for c in caches)
         self.axes = tuple(cache_axis(c.type, r.type) for c, r in zip(caches, rows, strict=True))
         self.cache: list[torch.Tensor] = []
+        #: decode's ``pos`` is (B,): each row its own position (ragged batches); an IR from
+        #: before per-row positions has one shared ``pos`` (1,)
+        self.per_row = int(d.args[1].type.shape[0]) == self.batch  # type: ignore[arg-type]
 
     @staticmethod
     def _vocab(ir: Module) -> int | None:
@@ -122,7 +146,9 @@ class KVGenerator:
                 return int(op.operands[1].type.shape[0])  # type: ignore[arg-type]
         return None
 
-    def _check_ids(self, ids: Any, max_new_tokens: int) -> torch.Tensor:
+    def _check_ids(
+        self, ids: Any, max_new_tokens: int, lengths: Any = None, attention_mask: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
             raise InputError(
                 f"generate takes token ids as an integer torch.Tensor (B, L), got "
@@ -137,9 +163,16 @@ class KVGenerator:
                 f"input of the batch you generate for, e.g. torch.zeros({ids.shape[0] if ids.dim() == 2 else 1}, "
                 f"{self.max_length}, dtype=torch.long)."
             )
-        n = ids.shape[1]
-        if n < 1:
+        if ids.shape[1] < 1:
             raise InputError("generate: the prompt is empty; give at least one token.")
+        lens = prompt_lengths(ids, lengths, attention_mask)
+        if not self.per_row and bool((lens != lens[0]).any()):
+            raise InputError(
+                "generate: this model's decode has one position for the whole batch (an IR "
+                "from before per-row positions); lower it again with generate=True to "
+                "generate prompts of different lengths."
+            )
+        n = int(lens.max())
         if n + max_new_tokens > self.max_length:
             raise InputError(
                 f"generate: prompt ({n} tokens) + max_new_tokens ({max_new_tokens}) = "
@@ -151,26 +184,41 @@ class KVGenerator:
                 f"e.g. its position table)."
             )
         if self.vocab is not None:
-            lo, hi = (int(v) for v in torch.aminmax(ids))
+            valid = torch.arange(ids.shape[1]) < lens[:, None]  # padding is not checked
+            lo, hi = (int(v) for v in torch.aminmax(ids[valid]))
             if lo < 0 or hi >= self.vocab:
                 raise InputError(f"generate: token ids must lie in [0, {self.vocab}), got [{lo}, {hi}].")
-        return ids.to(self.ids_dtype).cpu()
+        return ids.to(self.ids_dtype).cpu(), lens
 
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        """Fill the cache from ``ids (B, L)``; returns the logits at position ``L - 1``."""
+    def prefill(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Fill the cache from ``ids (B, L)`` (row ``b``'s prompt: its first ``lengths[b]``
+        ids, default ``L``); returns each row's logits at its last prompt position."""
         n = ids.shape[1]
+        lens = torch.full((self.batch,), n) if lengths is None else lengths
         padded = torch.zeros(self.batch, self.max_length, dtype=self.ids_dtype)
-        padded[:, :n] = ids
+        for r in range(self.batch):
+            padded[r, : int(lens[r])] = ids[r, : int(lens[r])]
         outs = self._prefill(padded)
         self.cache = [c.contiguous().clone() for c in outs[self.n_outputs :]]
-        return outs[0][:, n - 1]
+        return outs[0][torch.arange(self.batch), lens - 1]
 
-    def decode(self, token: torch.Tensor, pos: int) -> torch.Tensor:
-        """Run one token ``(B,)`` at position ``pos``; updates the cache, returns the logits."""
-        at = torch.tensor([pos], dtype=torch.int64)
+    def decode(self, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+        """Run one token per row ``(B,)`` at position ``pos`` (an int, or (B,): each row's
+        own); updates the cache, returns the logits ``(B, V)``."""
+        at = torch.as_tensor(pos, dtype=torch.int64).reshape(-1)
+        if self.per_row:
+            at = at.expand(self.batch).contiguous()
+        elif bool((at != at[0]).any()):
+            raise InputError("decode: this model has one position for the whole batch.")
+        else:
+            at = at[:1]
         outs = self._decode(token.reshape(self.batch, 1).to(self.ids_dtype), at, *self.cache)
         for cache, row, axis in zip(self.cache, outs[self.n_outputs :], self.axes, strict=True):
-            cache.index_copy_(axis, at, row)
+            if len(at) == 1:
+                cache.index_copy_(axis, at, row)
+            else:  # the kv-cache pass checked: the batch is axis 0 of every cache
+                for r in range(self.batch):
+                    cache[r].index_copy_(axis - 1, at[r : r + 1], row[r])
         return outs[0][:, 0]
 
     def generate(
@@ -181,34 +229,44 @@ class KVGenerator:
         top_k: int | None = None,
         seed: int | None = None,
         *,
+        lengths: Any = None,
+        attention_mask: Any = None,
         timings: list[float] | None = None,
     ) -> torch.Tensor:
         """The prompt followed by ``max_new_tokens`` generated ids ``(B, L + max_new_tokens)``.
 
-        ``timings``, if given, receives the seconds of prefill then of each decode step.
+        ``lengths`` (B,) or a right-padded ``attention_mask`` (B, L): a ragged batch, row
+        ``b``'s prompt is ``ids[b, :lengths[b]]``; its new tokens follow at ``lengths[b]``,
+        and the ``max(lengths) - lengths[b]`` places after them are 0 (see
+        :func:`prompt_lengths`). ``timings``, if given, receives the seconds of prefill then
+        of each decode step.
         """
         import time
 
         check_generate_args(max_new_tokens, temperature, top_k, seed)
-        ids = self._check_ids(ids, max_new_tokens)
+        ids, lens = self._check_ids(ids, max_new_tokens, lengths, attention_mask)
+        width = int(lens.max()) + max_new_tokens
+        out = torch.zeros(self.batch, width, dtype=ids.dtype)
+        rows = torch.arange(self.batch)
+        for r in range(self.batch):
+            out[r, : int(lens[r])] = ids[r, : int(lens[r])]
         if max_new_tokens == 0:
-            return ids.clone()
+            return out
         gen = _generator(seed)
-        out = [ids]
         t0 = time.perf_counter()
-        logits = self.prefill(ids)
+        logits = self.prefill(ids, lens)
         nxt = sample_next(logits, temperature, top_k, gen)
         if timings is not None:
             timings.append(time.perf_counter() - t0)
-        out.append(nxt.reshape(-1, 1).to(ids.dtype))
+        out[rows, lens] = nxt.to(ids.dtype)
         for step in range(1, max_new_tokens):
             t0 = time.perf_counter()
-            logits = self.decode(nxt, ids.shape[1] + step - 1)
+            logits = self.decode(nxt, lens + step - 1)
             nxt = sample_next(logits, temperature, top_k, gen)
             if timings is not None:
                 timings.append(time.perf_counter() - t0)
-            out.append(nxt.reshape(-1, 1).to(ids.dtype))
-        return torch.cat(out, dim=1)
+            out[rows, lens + step] = nxt.to(ids.dtype)
+        return out
 
 
 def generate_qat(

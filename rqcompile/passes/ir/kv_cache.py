@@ -201,7 +201,7 @@ class _Analysis:
             raise UnsupportedOpError("kv-cache: the model was converted for T = 1 token.")
         self.seq[ids.id] = (1, 1)
         d_ids = self.value(TensorType((self.B, 1), ids.type.dtype))
-        self.pos = self.value(TensorType((1,), "i64"))
+        self.pos = self.value(TensorType((self.B,), "i64"))
         self.dec[ids.id] = d_ids
         for op in f.ops:
             self.op = op
@@ -437,7 +437,7 @@ class _Analysis:
                         self.fail(f"operand {v.type} is aligned with the sequence axis")
                     if masking and any(u.id in self.unmasked for u in op.operands):
                         masked = masked or self.causal(op, v, ax)
-                    d = self.take(v, ax)
+                    d = self.take(v, ax, out.type, a)
             operands.append(d)
         results = self.emit(op.name, operands, **op.attrs_dict)
         for r, d in zip(op.results, results, strict=True):
@@ -455,7 +455,7 @@ class _Analysis:
         t, s = int(x.type.shape[-2]), int(x.type.shape[-1])  # type: ignore[arg-type]
         block = ~torch.ones(t, s, dtype=torch.bool).tril(s - t)
         mask = self.const("kv_cache.causal_mask", block)
-        row = self.emit("rq.take", [mask, self.pos], axis=0)[0]
+        row = self.at_pos(mask, 0, x.type, a)
         fill = float(op.attr("fill"))  # type: ignore[arg-type]
         (y,) = self.emit("rq.masked_fill", [self.dec[x.id], row], value=fill)
         self.dec[op.result.id] = y
@@ -500,9 +500,19 @@ class _Analysis:
         decode's new row written at ``pos``; returns that full (T-long) decode value."""
         cache = self.value(w.type)
         new_row = self.dec[w.id]
-        iota_shape = (self.T,) + (1,) * (w.type.rank - 1 - aw)
+        pos = self.pos
+        if self.B == 1:
+            iota_shape: tuple[int, ...] = (self.T,) + (1,) * (w.type.rank - 1 - aw)
+        else:  # each row's own position: pos (B,) as (B, 1, ..., 1) against the batch axis 0
+            if aw == 0 or int(w.type.shape[0]) != self.B:  # type: ignore[arg-type]
+                self.fail(
+                    f"the cached operand {w.type} does not have the batch ({self.B}) on axis "
+                    "0, which per-row positions need; convert at batch 1"
+                )
+            iota_shape = (1,) * aw + (self.T,) + (1,) * (w.type.rank - 1 - aw)
+            pos = self.emit("rq.reshape", [pos], shape=(self.B,) + (1,) * (w.type.rank - 1))[0]
         iota = self.const(f"kv_cache.iota{self.T}", torch.arange(self.T).reshape(iota_shape))
-        at = self.emit("rq.compare", [iota, self.pos], fn="eq")[0]
+        at = self.emit("rq.compare", [iota, pos], fn="eq")[0]
         full = self.emit("rq.where", [at, new_row, cache])[0]
         self.cached.append((w, cache, new_row))
         return full
@@ -533,7 +543,7 @@ class _Analysis:
         s = self.emit("rq.mul_scalar", [s], value=float(op.attr("scale")))[0]  # type: ignore[arg-type]
         block = ~torch.ones(self.T, self.T, dtype=torch.bool).tril()
         mask = self.const("kv_cache.causal_mask", block)
-        row = self.emit("rq.take", [mask, self.pos], axis=0)[0]
+        row = self.at_pos(mask, 0, q.type, r - 2)
         s = self.emit("rq.masked_fill", [s, row], value=-math.inf)[0]
         att = self.emit("rq.softmax", [s], axis=-1)[0]
         (y,) = self.emit("rq.matmul", [att, values])
@@ -542,15 +552,56 @@ class _Analysis:
 
     # -- position-aligned constants --------------------------------------------------------
 
-    def take(self, v: Value, axis: int) -> Value:
-        """Row ``pos`` of the constant ``v`` along ``axis``."""
+    def take(self, v: Value, axis: int, out: TensorType, out_axis: int) -> Value:
+        """Row ``pos`` of the constant ``v`` along ``axis`` (see :meth:`at_pos`)."""
         prod = next((o for o in self.f.ops if v in o.results), None)
         if prod is None or prod.name != "rq.const":
             self.fail(
                 f"operand {v.type} is aligned with the sequence axis but is computed, not a "
                 "constant (only constant position tables and masks can be gathered at pos)"
             )
-        return self.emit("rq.take", [self.dec[v.id], self.pos], axis=axis)[0]
+        d = self.dec[v.id]
+        if self.B > 1 and v.type.rank == out.rank and int(v.type.shape[0]) == self.B:  # type: ignore[arg-type]
+            # a table expanded over the batch (HF's (B, 1, T, T) mask): per-row positions
+            # gather from one copy, which is exact only when every copy is the same
+            t = self.mod.constant(str(prod.attr("name")))
+            if not bool((t == t[:1]).all()):
+                self.fail(
+                    f"the position table {v.type} differs between batch rows; per-row "
+                    "positions (B > 1) cannot gather it; convert at batch 1"
+                )
+            d = self.emit("rq.slice", [d], axis=0, start=0, stop=1)[0]
+        return self.at_pos(d, axis, out, out_axis)
+
+    def at_pos(self, d: Value, axis: int, out: TensorType, out_axis: int) -> Value:
+        """Row ``pos`` of the decode value ``d`` (a constant) along its ``axis``, to broadcast
+        (right-aligned) against ``out`` (a main value's type) whose sequence axis is
+        ``out_axis``. Batch 1: ``take`` (the axis becomes 1). Batch B > 1 (``pos`` is (B,),
+        each row's own position): the B gathered rows go to axis 0, the batch axis of the
+        result, and the sequence axis becomes 1."""
+        t = self.emit("rq.take", [d, self.pos], axis=axis)[0]
+        if self.B == 1:
+            return t
+        shape = [int(n) for n in d.type.shape]  # type: ignore[arg-type]
+        out_rank = out.rank
+        off = out_rank - len(shape)
+        if out_axis == 0 or int(out.shape[0]) != self.B:  # type: ignore[arg-type]
+            self.fail(
+                f"{out} does not have the batch ({self.B}) on axis 0, which per-row "
+                "positions (B > 1) need; convert at batch 1"
+            )
+        if off < 0 or (off == 0 and shape[0] != 1):
+            self.fail(
+                f"the position table {d.type} is not laid out to broadcast over a batch on "
+                "axis 0 (its batch-axis size is not 1); per-row positions (B > 1) need that; "
+                "convert at batch 1"
+            )
+        dims = (axis, *(i for i in range(len(shape)) if i != axis))
+        t = self.emit("rq.permute", [t], dims=dims)[0]
+        target = [self.B] + [
+            1 if j == out_axis or j < off else shape[j - off] for j in range(1, out_rank)
+        ]
+        return self.emit("rq.reshape", [t], shape=tuple(target))[0]
 
     def causal(self, op: Op, mask: Value, axis: int) -> bool:
         """Whether the constant ``mask`` hides every key after the query (row ``t`` along
