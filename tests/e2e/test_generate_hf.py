@@ -98,3 +98,44 @@ def test_hf_greedy_generate_matches_qat(family: str, config: str, target: str) -
     got = exe.generate(prompt(), NEW)
     agreed = assert_same_or_tie(qat, exe, prompt(), got, want)
     assert agreed >= 16, agreed  # a tie this early would leave too little checked
+
+
+LENGTHS = (5, 9, 12)
+RAGGED_CONFIG = {"gpt2": "A8W8", "llama": "A4W4"}  # Llama at A8W8 soon repeats one token
+
+
+def _ragged() -> torch.Tensor:
+    ids = prompt(3, 12, seed=2)
+    for r, n in enumerate(LENGTHS):
+        ids[r, n:] = 0  # padding: never read
+    return ids
+
+
+def _ragged_check(family: str, target: str, n: int) -> None:
+    """A batch of 3 prompts (lengths 5, 9, 12) converted at batch 3 gives, row by row, the
+    tokens of each prompt generated alone by the batch-1 model; and the QAT oracle's."""
+    config = RAGGED_CONFIG[family]
+    qat3, qat1 = qat_model(family, config, batch=3), qat_model(family, config)
+    exe3 = rq.lower(qat3, target, generate=True)
+    exe1 = rq.lower(qat1, target, generate=True)
+    ids = _ragged()
+    got = exe3.generate(ids, n, lengths=LENGTHS)
+    assert torch.equal(got, rq.generate(qat3, ids, n, lengths=LENGTHS))
+    for r, k in enumerate(LENGTHS):
+        alone = exe1.generate(ids[r : r + 1, :k], n)
+        assert torch.equal(got[r, : k + n], alone[0]), (r, got[r].tolist(), alone[0].tolist())
+        assert len(set(alone[0, k:].tolist())) > 2
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_hf_ragged_batch_rows_generate_as_if_alone(family: str) -> None:
+    """GPT-2's batch-expanded (3, 1, T, T) mask constant and Llama's RoPE tables are
+    gathered per row (one copy: the copies are checked equal)."""
+    _ragged_check(family, "reference", 8)
+
+
+@pytest.mark.tvm
+@pytest.mark.slow  # four llvm builds
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_hf_ragged_batch_rows_generate_as_if_alone_on_llvm(family: str) -> None:
+    _ragged_check(family, "llvm", 32)
