@@ -273,3 +273,18 @@ def test_ragged_batch_errors_are_typed() -> None:
         exe.generate(ids, 4, lengths=[5, 9, 12], attention_mask=torch.ones(3, 12))
     with pytest.raises(InputError, match=rf"prompt \(12 tokens\) \+ max_new_tokens.*exceeds the maximum context of {T}"):
         exe.generate(ids, T - 11, lengths=[5, 9, 12])
+
+
+def test_quantize_attention_is_refused_because_it_is_not_causal() -> None:
+    """With quantize_attention=True, vᵀ is quantized in blocks along the sequence: changing
+    later tokens changes earlier positions' logits, so no KV cache can be exact."""
+    torch.manual_seed(0)
+    model = CharTransformer(len(VOCAB), n_layer=1, n_embd=32, n_head=2, block_size=8)
+    qat = rq.prepare(model, (torch.zeros(1, 8, dtype=torch.long),), "A8W8", quantize_attention=True).eval()
+    a = torch.arange(8).reshape(1, 8)
+    b = a.clone()
+    b[0, 4:] += 7
+    with torch.no_grad():
+        assert not torch.equal(qat(a)[0, :4], qat(b)[0, :4])  # not causal
+    with pytest.raises(rq.errors.UnsupportedOpError, match=r"rq.qbmm.*quantize_attention=True.*not causal"):
+        rq.lower(qat, "reference", generate=True)

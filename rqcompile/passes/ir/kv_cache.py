@@ -517,6 +517,19 @@ class _Analysis:
         self.cached.append((w, cache, new_row))
         return full
 
+    def op_qbmm(self, op: Op) -> None:
+        """Refused, with the reason: ``quantize_attention=True`` quantizes ``att·v``'s value
+        operand (``vᵀ``, the sequence last) in blocks along the sequence, so every token of
+        a channel shares one scale and a position's output depends on later tokens: the
+        model is not causal, and no cache of past rows reproduces it."""
+        self.fail(
+            "quantize_attention=True (rq.qbmm): the value operand of att·v is quantized in "
+            "blocks along the sequence axis, so all tokens of a channel share one scale and "
+            "each position's output depends on later tokens (the QAT model itself is not "
+            "causal); no cache of past rows can reproduce it. Prepare with "
+            "quantize_attention=False to generate."
+        )
+
     def op_sdpa(self, op: Op) -> None:
         """``rq.sdpa(q, k, v, causal)``: k and v are cached; decode runs the explicit form
         ``softmax(masked_fill(q·kᵀ·scale, row pos of the causal mask)) · v`` (rq.sdpa has no
