@@ -10,6 +10,13 @@ and runs:
 2. ``decode`` once per new token: the token at position ``pos``, the cache in, the logits and
    the cache's new rows out; the rows are copied into the cache at ``pos``.
 
+Ragged batches (``lengths=`` or a right-padded ``attention_mask=``): each prompt is padded at
+the end, prefill reads row ``b``'s logits at ``lengths[b] - 1``, and decode's ``pos`` is
+``(B,)``: row ``b``'s ``i``-th new token is at ``lengths[b] + i``, and its cache rows are
+written there. A row's positions ``>= lengths[b]`` in the cache hold prefill's padding until
+decode overwrites them, and the causal mask hides them until then, so each row generates
+exactly what it would alone.
+
 Sampling (:func:`sample_next`) is shared with ``rq.generate``, the QAT-side oracle, so greedy
 decoding picks the same token from the same logits (the first maximum).
 """
@@ -30,14 +37,18 @@ __all__ = ["KVGenerator", "check_generate_args", "prompt_lengths", "sample_next"
 Runner = Callable[..., tuple[torch.Tensor, ...]]
 
 
-def check_generate_args(
-    max_new_tokens: Any, temperature: Any, top_k: Any, seed: Any
-) -> None:
+def check_generate_args(max_new_tokens: Any, temperature: Any, top_k: Any, seed: Any) -> None:
     """Raise :class:`UsageError` for options ``generate`` cannot use."""
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+    if (
+        not isinstance(max_new_tokens, int)
+        or isinstance(max_new_tokens, bool)
+        or max_new_tokens < 0
+    ):
         raise UsageError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}.")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not (
-        temperature >= 0 and temperature < float("inf")
+    if (
+        not isinstance(temperature, (int, float))
+        or isinstance(temperature, bool)
+        or not (temperature >= 0 and temperature < float("inf"))
     ):
         raise UsageError(f"temperature must be a finite number >= 0, got {temperature!r}.")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
@@ -46,7 +57,9 @@ def check_generate_args(
         raise UsageError(f"seed must be None or an int, got {seed!r}.")
 
 
-def prompt_lengths(ids: torch.Tensor, lengths: Any = None, attention_mask: Any = None) -> torch.Tensor:
+def prompt_lengths(
+    ids: torch.Tensor, lengths: Any = None, attention_mask: Any = None
+) -> torch.Tensor:
     """Each prompt's length, ``(B,)`` int64, for ids ``(B, L)``: ``lengths`` (B ints in
     ``[1, L]``), or ``attention_mask`` (B, L) in Hugging Face's spelling, 1 for a prompt
     token and 0 for padding, which must be at the end (``tokenizer.padding_side = "right"``);
@@ -187,7 +200,9 @@ class KVGenerator:
             valid = torch.arange(ids.shape[1]) < lens[:, None]  # padding is not checked
             lo, hi = (int(v) for v in torch.aminmax(ids[valid]))
             if lo < 0 or hi >= self.vocab:
-                raise InputError(f"generate: token ids must lie in [0, {self.vocab}), got [{lo}, {hi}].")
+                raise InputError(
+                    f"generate: token ids must lie in [0, {self.vocab}), got [{lo}, {hi}]."
+                )
         return ids.to(self.ids_dtype).cpu(), lens
 
     def prefill(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -307,7 +322,8 @@ def generate_qat(
     width = int(lens.max()) + max_new_tokens
     if width > pad_to:
         raise InputError(
-            f"generate: prompt + max_new_tokens = {width} exceeds the model's fixed length {pad_to}."
+            f"generate: prompt + max_new_tokens = {width} exceeds the model's fixed length "
+            f"{pad_to}."
         )
     buf = torch.zeros(b, pad_to, dtype=out.dtype)
     for r in range(b):

@@ -31,7 +31,9 @@ def _ids(batch: int = 2, seq: int = SEQ) -> tuple[torch.Tensor, ...]:
 
 def _common(attn_implementation: str = "eager") -> dict[str, Any]:
     if attn_implementation not in ("eager", "sdpa"):
-        raise ValueError(f"attn_implementation must be 'eager' or 'sdpa', got {attn_implementation!r}")
+        raise ValueError(
+            f"attn_implementation must be 'eager' or 'sdpa', got {attn_implementation!r}"
+        )
     return {"attn_implementation": attn_implementation, "use_cache": False, "bos_token_id": 0,
             "eos_token_id": 0, "pad_token_id": 0}  # fmt: skip
 

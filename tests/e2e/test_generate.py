@@ -35,7 +35,9 @@ def _trained(config: str) -> torch.fx.GraphModule:
     opt = torch.optim.Adam(qat.parameters(), lr=3e-3)
     qat.train()
     for step in range(40):
-        starts = torch.randint(0, len(data) - T - 1, (4,), generator=torch.Generator().manual_seed(step))
+        starts = torch.randint(
+            0, len(data) - T - 1, (4,), generator=torch.Generator().manual_seed(step)
+        )
         x = torch.stack([data[s : s + T] for s in starts])
         y = torch.stack([data[s + 1 : s + T + 1] for s in starts])
         loss = F.cross_entropy(qat(x).flatten(0, 1), y.flatten())
@@ -125,7 +127,9 @@ def test_limits_are_typed_errors_naming_the_fix() -> None:
     qat = _seeded("A8W8")
     exe = rq.lower(qat, "reference", generate=True)
     assert exe.max_length == T
-    with pytest.raises(InputError, match=rf"exceeds the maximum context of {T} tokens.*longer example input"):
+    with pytest.raises(
+        InputError, match=rf"exceeds the maximum context of {T} tokens.*longer example input"
+    ):
         exe.generate(PROMPT, T - 7)
     with pytest.raises(InputError, match="batch 1"):
         exe.generate(torch.zeros(2, 4, dtype=torch.long), 4)
@@ -242,7 +246,9 @@ def _check_ragged(exe3, exe1, n: int) -> torch.Tensor:
 
 def test_ragged_batch_rows_generate_as_if_alone() -> None:
     qat = _seeded("A8W8")
-    exe3 = rq.lower(qat, "reference", generate=True, example_inputs=(torch.zeros(3, T, dtype=torch.long),))
+    exe3 = rq.lower(
+        qat, "reference", generate=True, example_inputs=(torch.zeros(3, T, dtype=torch.long),)
+    )
     exe1 = rq.lower(qat, "reference", generate=True)
     got = _check_ragged(exe3, exe1, 10)
     assert torch.equal(got, rq.generate(qat, _ragged(), 10, lengths=LENGTHS))  # the QAT oracle
@@ -253,7 +259,9 @@ def test_ragged_batch_rows_generate_as_if_alone() -> None:
 @pytest.mark.parametrize("config", ["A8W8", "A1W1"])
 def test_ragged_batch_rows_generate_as_if_alone_on_llvm(config: str) -> None:
     qat = _trained(config)
-    exe3 = rq.lower(qat, "llvm", generate=True, example_inputs=(torch.zeros(3, T, dtype=torch.long),))
+    exe3 = rq.lower(
+        qat, "llvm", generate=True, example_inputs=(torch.zeros(3, T, dtype=torch.long),)
+    )
     exe1 = rq.lower(qat, "llvm", generate=True)
     got = _check_ragged(exe3, exe1, 48)
     assert torch.equal(got, rq.generate(qat, _ragged(), 48, lengths=LENGTHS))
@@ -261,7 +269,9 @@ def test_ragged_batch_rows_generate_as_if_alone_on_llvm(config: str) -> None:
 
 def test_ragged_batch_errors_are_typed() -> None:
     qat = _seeded("A8W8")
-    exe = rq.lower(qat, "reference", generate=True, example_inputs=(torch.zeros(3, T, dtype=torch.long),))
+    exe = rq.lower(
+        qat, "reference", generate=True, example_inputs=(torch.zeros(3, T, dtype=torch.long),)
+    )
     ids = _ragged()
     with pytest.raises(InputError, match="padding before a prompt token.*padding_side"):
         exe.generate(ids, 4, attention_mask=(torch.arange(12) >= 2).long().expand(3, 12))
@@ -271,7 +281,10 @@ def test_ragged_batch_errors_are_typed() -> None:
         exe.generate(ids, 4, lengths=[5, 9])
     with pytest.raises(InputError, match="not both"):
         exe.generate(ids, 4, lengths=[5, 9, 12], attention_mask=torch.ones(3, 12))
-    with pytest.raises(InputError, match=rf"prompt \(12 tokens\) \+ max_new_tokens.*exceeds the maximum context of {T}"):
+    with pytest.raises(
+        InputError,
+        match=rf"prompt \(12 tokens\) \+ max_new_tokens.*exceeds the maximum context of {T}",
+    ):
         exe.generate(ids, T - 11, lengths=[5, 9, 12])
 
 
@@ -280,11 +293,15 @@ def test_quantize_attention_is_refused_because_it_is_not_causal() -> None:
     later tokens changes earlier positions' logits, so no KV cache can be exact."""
     torch.manual_seed(0)
     model = CharTransformer(len(VOCAB), n_layer=1, n_embd=32, n_head=2, block_size=8)
-    qat = rq.prepare(model, (torch.zeros(1, 8, dtype=torch.long),), "A8W8", quantize_attention=True).eval()
+    qat = rq.prepare(
+        model, (torch.zeros(1, 8, dtype=torch.long),), "A8W8", quantize_attention=True
+    ).eval()
     a = torch.arange(8).reshape(1, 8)
     b = a.clone()
     b[0, 4:] += 7
     with torch.no_grad():
         assert not torch.equal(qat(a)[0, :4], qat(b)[0, :4])  # not causal
-    with pytest.raises(rq.errors.UnsupportedOpError, match=r"rq.qbmm.*quantize_attention=True.*not causal"):
+    with pytest.raises(
+        rq.errors.UnsupportedOpError, match=r"rq.qbmm.*quantize_attention=True.*not causal"
+    ):
         rq.lower(qat, "reference", generate=True)

@@ -23,7 +23,7 @@ import torch
 import rqcompile as rq
 
 pytest.importorskip("transformers")
-from rqcompile.testing import hf  # noqa: E402
+from rqcompile.testing import hf
 
 PROMPT_LEN, NEW = 8, 64
 T = PROMPT_LEN + NEW
@@ -31,7 +31,9 @@ BUILDERS = {"gpt2": hf.tiny_gpt2, "llama": hf.tiny_llama}
 
 
 @functools.cache
-def qat_model(family: str, config: str, attn: str = "eager", batch: int = 1) -> torch.fx.GraphModule:
+def qat_model(
+    family: str, config: str, attn: str = "eager", batch: int = 1
+) -> torch.fx.GraphModule:
     model, ex = BUILDERS[family](
         positions=96, seq=T, batch=batch, init_range=0.2, attn_implementation=attn
     )
@@ -39,7 +41,9 @@ def qat_model(family: str, config: str, attn: str = "eager", batch: int = 1) -> 
 
 
 def prompt(batch: int = 1, length: int = PROMPT_LEN, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, hf.VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, hf.VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def assert_same_or_tie(qat, exe, ids: torch.Tensor, got: torch.Tensor, want: torch.Tensor,

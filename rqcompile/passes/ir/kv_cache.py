@@ -6,9 +6,10 @@ context. Generating with it re-runs all ``T`` positions for each new token. This
 * ``prefill(ids (B, T)) -> (logits, cache_0, ..., cache_{n-1})``: ``main`` with the cached
   operands as extra outputs. The runtime pads a prompt at the end to ``T``: exact for a causal
   model, since position ``t`` only sees positions ``<= t``.
-* ``decode(ids (B, 1), pos i64[1], cache_0, ..., cache_{n-1}) -> (logits (B, 1, V),
-  new_0, ..., new_{n-1})``: one token at position ``pos``. Each cache input has its operand's
-  full shape (sequence axis ``T``); ``decode`` writes the new row at ``pos`` in-graph and
+* ``decode(ids (B, 1), pos i64[B], cache_0, ..., cache_{n-1}) -> (logits (B, 1, V),
+  new_0, ..., new_{n-1})``: one token per row, row ``b`` at position ``pos[b]`` (rows of a
+  ragged batch are at different positions). Each cache input has its operand's full shape
+  (sequence axis ``T``); ``decode`` writes each row's new entry at its ``pos`` in-graph and
   returns the new rows (sequence axis 1), which the runtime copies into its cache.
 
 How: a *sequence-axis analysis*. Axis 1 of the ids argument is the query axis; each value
@@ -17,20 +18,31 @@ dims merged inside it by a reshape, so ``(B, T, C) -> (B*T, C)`` keeps track of 
 op either carries the axis through unchanged in meaning (elementwise ops with broadcasting,
 row-wise activation quantizers, integer matmuls over rows, layer/RMS norms, softmax over
 another axis, reshape, permute, ...), and ``decode`` runs the same op with the axis at 1; or
-it is one of three special cases:
+it is one of four special cases:
 
 * a float ``rq.matmul`` whose second operand depends on the sequence along its last axis (the
   key side of ``q·kᵀ``) or its contracted axis (the value side of ``att·v``): that operand is
   cached. ``decode`` takes the cache and uses ``rq.where(iota == pos, new_row, cache)``;
+* ``rq.sdpa`` (``is_causal=True``; ``F.scaled_dot_product_attention``): its k and v are
+  cached, and ``decode`` runs the explicit form ``softmax(masked_fill(q·kᵀ·scale, row pos of
+  the causal mask))·v`` (``rq.sdpa`` has no mask operand, and its causal rule is relative to
+  the query length, 1 in decode);
 * a constant aligned with the sequence axis (the folded position embedding ``(T, C)``, the
   causal mask ``(T, T)``, RoPE tables): ``decode`` gathers its row ``pos`` with ``rq.take``;
 * ``rq.causal_mask``, whose rule depends on the query length: ``decode`` masks with row
   ``pos`` of the equivalent constant mask.
 
+Batch ``B > 1``: ``pos`` is ``(B,)``; it is compared with the iota as ``(B, 1, ..., 1)`` and
+the gathered constant rows are moved to axis 0, so the batch must be axis 0 of every cached
+operand and of every value a position constant is broadcast against (checked); a constant
+expanded over the batch (HF's ``(B, 1, T, T)`` mask) is gathered from one copy after checking
+that the copies are equal.
+
 Every attention whose keys are cached must be causally masked before its softmax (checked:
 the mask constant must hide every key after the query), since cache rows after ``pos`` are
-stale and prefill pads at the end. Anything else raises :class:`UnsupportedOpError` naming the
-op, its location and why.
+stale and prefill pads at the end. ``rq.qbmm`` (``quantize_attention=True``) is refused: it
+quantizes ``att·v``'s value operand in blocks along the sequence, so the model is not causal.
+Anything else raises :class:`UnsupportedOpError` naming the op, its location and why.
 
 Before::
 
@@ -40,6 +52,7 @@ After (``main`` unchanged)::
 
     func @prefill(%0: tensor<1x32xi64>) -> (tensor<1x32x65xf32>, tensor<1x4x16x32xf32>, ...)
     func @decode(%0: tensor<1x1xi64>, %1: tensor<1xi64>, %2: tensor<1x4x16x32xf32>, ...)
+        (``%1`` is ``pos``: one position per batch row)
         -> (tensor<1x1x65xf32>, tensor<1x4x16x1xf32>, ...)
 
 Numerics: per-token quantizers see the same rows, so integer results are identical; float
@@ -113,7 +126,7 @@ class KVCache:
 
     Before:  func @main(%ids: tensor<BxTxi64>) -> tensor<BxTxVxf32>
     After:   @main unchanged; func @prefill(%ids) -> (logits, caches...);
-             func @decode(%id: tensor<Bx1xi64>, %pos: tensor<1xi64>, caches...)
+             func @decode(%id: tensor<Bx1xi64>, %pos: tensor<Bxi64>, caches...)
                  -> (tensor<Bx1xVxf32>, new rows...)
     See the module docstring for the analysis. Numerics: integer parts exact; float attention
     differs from the full forward by summation order only.
@@ -226,9 +239,7 @@ class _Analysis:
                 "kv-cache: no attention over the sequence was found (no rq.matmul whose key or "
                 "value operand depends on the tokens); nothing to cache."
             )
-        prefill = Func(
-            "prefill", f.args, f.ops, (*f.outputs, *(m for m, _, _ in self.cached))
-        )
+        prefill = Func("prefill", f.args, f.ops, (*f.outputs, *(m for m, _, _ in self.cached)))
         outputs = (*(self.dec[o.id] for o in f.outputs), *(r for _, _, r in self.cached))
         live = {v.id for v in outputs}
         kept = []
