@@ -390,6 +390,8 @@ def generate(
     ragged = lengths is not None or attention_mask is not None
     if shapes and (meta.get("rq_capture") == "export" or ragged):
         pad_to = int(shapes[0][0][-1])
+    elif ragged and isinstance(max_new_tokens, int):  # a model that takes any length
+        pad_to = int(ids.shape[-1]) + max_new_tokens
     lens = None
     if ragged:
         from rqcompile.targets.generate import prompt_lengths

@@ -305,3 +305,14 @@ def test_quantize_attention_is_refused_because_it_is_not_causal() -> None:
         rq.errors.UnsupportedOpError, match=r"rq.qbmm.*quantize_attention=True.*not causal"
     ):
         rq.lower(qat, "reference", generate=True)
+
+
+def test_qat_oracle_ragged_rows_equal_each_prompt_alone() -> None:
+    """rq.generate(lengths=) on a plain module (any length; padded to prompt + new tokens)."""
+    torch.manual_seed(1)
+    model = CharTransformer(20, n_layer=1, n_embd=32, n_head=2, block_size=24).eval()
+    ids = torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(0))
+    got = rq.generate(model, ids, 5, lengths=[3, 6])
+    assert got.shape == (2, 11) and not got[0, 8:].any()
+    for r, k in enumerate([3, 6]):
+        assert torch.equal(got[r, : k + 5], rq.generate(model, ids[r : r + 1, :k], 5)[0])
