@@ -6,7 +6,10 @@ embedding / LM head, ``Conv1D`` = ``addmm`` with a (K, N) weight), BERT (masked-
 token-type embeddings), Llama (RMSNorm, rotary embeddings, SwiGLU, grouped-query attention with
 ``num_key_value_heads < num_attention_heads``) and ResNet (conv + batch norm + residual). The
 attention implementation is ``"eager"`` (explicit matmuls, which ``quantize_attention=True`` can
-quantize); ``use_cache=False`` because ``torch.export`` cannot return a ``DynamicCache``.
+quantize) unless ``attn_implementation="sdpa"`` (HF's default) is given; ``use_cache=False``
+because ``torch.export`` cannot return a ``DynamicCache``. The GPT-2 and Llama builders also
+take ``positions`` (the longest context), ``seq``/``batch`` (the example ids) and
+``init_range`` (weight init std; ~0.2 gives informative logits without training).
 
 ``transformers`` is imported lazily: ``pip install transformers`` (part of the ``dev`` extra).
 """
