@@ -415,6 +415,9 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int | None = None,
+    *,
+    lengths: Any = None,
+    attention_mask: Any = None,
 ) -> torch.Tensor:
     """Generate with a QAT model (or any causal LM returning logits): the oracle of
     ``exe.generate``.
@@ -427,6 +430,14 @@ def generate(
     input, as fx-captured models whose shapes come from ``x.size()`` do. Outputs that are
     tuples use their first element; Hugging Face outputs their ``.logits``. Runs under
     ``torch.no_grad()``; call ``model.eval()`` first.
+
+    A graph captured at one fixed length (``torch.export``, e.g. Hugging Face models) cannot
+    take a shorter prefix: it is re-run on the prefix padded at the end to its captured length
+    ``T`` and the logits read at the last real position (exact for a causal model).
+    ``lengths`` (``(B,)`` ints) or a right-padded ``attention_mask`` (``(B, L)``, as for
+    ``exe.generate``): a ragged batch, row ``b``'s prompt is ``ids[b, :lengths[b]]``, and its
+    new tokens follow at its own positions; the model is then run on the batch padded at the
+    end to its example input's length.
 
     Example:
         >>> import torch, rqcompile as rq
@@ -446,7 +457,23 @@ def generate(
             return y.logits  # type: ignore[no-any-return]
         return y[0] if isinstance(y, (tuple, list)) else y  # type: ignore[no-any-return]
 
-    return generate_qat(model, ids, max_new_tokens, temperature, top_k, seed, logits_of=logits_of)
+    pad_to = None
+    meta = getattr(model, "meta", None) or {}
+    shapes = meta.get("rq_input_shapes")
+    ragged = lengths is not None or attention_mask is not None
+    if shapes and (meta.get("rq_capture") == "export" or ragged):
+        pad_to = int(shapes[0][0][-1])
+    elif ragged and isinstance(max_new_tokens, int):  # a model that takes any length
+        pad_to = int(ids.shape[-1]) + max_new_tokens
+    lens = None
+    if ragged:
+        from rqcompile.targets.generate import prompt_lengths
+
+        lens = prompt_lengths(ids if ids.dim() == 2 else ids.unsqueeze(0), lengths, attention_mask)
+    return generate_qat(
+        model, ids, max_new_tokens, temperature, top_k, seed,
+        logits_of=logits_of, pad_to=pad_to, lengths=lens,
+    )  # fmt: skip
 
 
 def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> CompiledModule:

@@ -144,6 +144,9 @@ def _run_reference(
 
 
 def _first(x: Any) -> torch.Tensor:
+    """The main output: a Hugging Face output's ``logits``, a tuple's first element."""
+    if hasattr(x, "logits"):
+        return x.logits  # type: ignore[no-any-return]
     return x[0] if isinstance(x, (tuple, list)) else x
 
 

@@ -105,6 +105,9 @@ class CompiledModule:
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int | None = None,
+        *,
+        lengths: Any = None,
+        attention_mask: Any = None,
     ) -> torch.Tensor:
         """Generate ``max_new_tokens`` tokens after the prompt ``ids`` with a KV cache.
 
@@ -114,12 +117,21 @@ class CompiledModule:
         tokens, ``(B, L + max_new_tokens)``. One ``prefill`` call on the prompt, then one
         ``decode`` call per token (``rqcompile/targets/generate.py``).
 
+        Ragged batches: ``lengths`` (``B`` ints), or ``attention_mask`` (``(B, L)``, 1 for a
+        prompt token, 0 for padding at the end, as a tokenizer with ``padding_side="right"``
+        returns): row ``b``'s prompt is ``ids[b, :lengths[b]]``. Each row decodes at its own
+        position, so it gets exactly the tokens it would get alone; its new tokens follow its
+        prompt, and the ``max(lengths) - lengths[b]`` places after them are 0.
+
         Raises:
             UsageError: the model was not lowered with ``generate=True``; bad options.
             InputError: ids of another batch than converted, or prompt + new tokens longer
                 than the converted length (``exe.max_length``).
         """
-        return self._kv.generate(ids, max_new_tokens, temperature, top_k, seed)
+        return self._kv.generate(
+            ids, max_new_tokens, temperature, top_k, seed,
+            lengths=lengths, attention_mask=attention_mask,
+        )  # fmt: skip
 
     @property
     def threads(self) -> int | None:

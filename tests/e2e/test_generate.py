@@ -35,7 +35,9 @@ def _trained(config: str) -> torch.fx.GraphModule:
     opt = torch.optim.Adam(qat.parameters(), lr=3e-3)
     qat.train()
     for step in range(40):
-        starts = torch.randint(0, len(data) - T - 1, (4,), generator=torch.Generator().manual_seed(step))
+        starts = torch.randint(
+            0, len(data) - T - 1, (4,), generator=torch.Generator().manual_seed(step)
+        )
         x = torch.stack([data[s : s + T] for s in starts])
         y = torch.stack([data[s + 1 : s + T + 1] for s in starts])
         loss = F.cross_entropy(qat(x).flatten(0, 1), y.flatten())
@@ -127,7 +129,9 @@ def test_limits_are_typed_errors_naming_the_fix() -> None:
     qat = _seeded("A8W8")
     exe = rq.lower(qat, "reference", generate=True)
     assert exe.max_length == T
-    with pytest.raises(InputError, match=rf"exceeds the maximum context of {T} tokens.*longer example input"):
+    with pytest.raises(
+        InputError, match=rf"exceeds the maximum context of {T} tokens.*longer example input"
+    ):
         exe.generate(PROMPT, T - 7)
     with pytest.raises(InputError, match="batch 1"):
         exe.generate(torch.zeros(2, 4, dtype=torch.long), 4)
@@ -157,3 +161,162 @@ def test_hf_decode_matches_the_full_forward(family: str) -> None:
     got += [kv.decode(ids[:, p], p) for p in range(3, ids.shape[1])]
     scale = float(full.abs().max())
     torch.testing.assert_close(torch.stack(got, 1), full[:, 2:], rtol=1e-4, atol=1e-5 * scale)
+
+
+class _SdpaAttention(torch.nn.Module):
+    """The demo's attention with ``F.scaled_dot_product_attention(is_causal=True)``: it
+    converts to ``rq.sdpa`` (causal), which decode runs in the explicit masked form."""
+
+    def __init__(self, attn: torch.nn.Module) -> None:
+        super().__init__()
+        self.n_head, self.n_embd = attn.n_head, attn.n_embd
+        self.c_attn, self.c_proj = attn.c_attn, attn.c_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.size(0), x.size(1)
+        q, k, v = (
+            z.view(b, t, self.n_head, self.n_embd // self.n_head).transpose(1, 2)
+            for z in self.c_attn(x).split(self.n_embd, dim=2)
+        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, self.n_embd))
+
+
+@functools.cache
+def _sdpa_model(config: str) -> torch.fx.GraphModule:
+    torch.manual_seed(1)
+    model = CharTransformer(len(VOCAB), n_layer=1, n_embd=32, n_head=2, block_size=T)
+    for block in model.blocks:
+        block.attn = _SdpaAttention(block.attn)
+    return rq.prepare(model, (torch.zeros(1, T, dtype=torch.long),), config).eval()
+
+
+def test_sdpa_is_causal_generates_like_qat() -> None:
+    qat = _sdpa_model("A8W8")
+    assert "rq.sdpa" in {op.name for op in rq.convert(qat).main.ops}
+    exe = rq.lower(qat, "reference", generate=True)
+    assert torch.equal(exe.generate(PROMPT, 24), rq.generate(qat, PROMPT, 24))
+
+
+@pytest.mark.tvm
+@pytest.mark.slow  # an llvm build of main, prefill and decode
+def test_sdpa_is_causal_generates_like_qat_on_llvm() -> None:
+    qat = _sdpa_model("A4W4")
+    want = rq.generate(qat, PROMPT, 64)
+    assert torch.equal(rq.lower(qat, "llvm", generate=True).generate(PROMPT, 64), want)
+
+
+def test_hf_gpt2_sdpa_generates_like_qat() -> None:
+    """HF's default attention: under torch.export, transformers passes sdpa an explicit
+    boolean causal mask (converted to masked_fill), which decode gathers at ``pos``."""
+    pytest.importorskip("transformers")
+    from rqcompile.testing import hf
+
+    model, ex = hf.tiny_gpt2(
+        positions=32, seq=24, batch=1, init_range=0.2, attn_implementation="sdpa"
+    )
+    qat = rq.prepare(model, ex, "A8W8").eval()
+    ids = ex[0][:, :6]
+    want = rq.generate(qat, ids, 18)
+    assert len(set(want[0, 6:].tolist())) > 3
+    assert torch.equal(rq.lower(qat, "reference", generate=True).generate(ids, 18), want)
+
+
+LENGTHS = (5, 9, 12)
+
+
+def _ragged() -> torch.Tensor:
+    """Three prompts of lengths 5, 9 and 12 in one (3, 12) batch, padded at the end with 7s
+    (any id: padding is never read)."""
+    ids = torch.full((3, 12), 7)
+    for r, n in enumerate(LENGTHS):
+        ids[r, :n] = _encode((TEXT * 2)[10 * r : 10 * r + n])[0]
+    return ids
+
+
+def _check_ragged(exe3, exe1, n: int) -> torch.Tensor:
+    """Row by row, the ragged batch's tokens are those of each prompt generated alone."""
+    ids = _ragged()
+    got = exe3.generate(ids, n, lengths=list(LENGTHS))
+    assert got.shape == (3, 12 + n)
+    for r, k in enumerate(LENGTHS):
+        alone = exe1.generate(ids[r : r + 1, :k], n)
+        assert torch.equal(got[r, : k + n], alone[0]), (r, got[r].tolist(), alone[0].tolist())
+        assert not got[r, k + n :].any()  # the places after a shorter row's tokens are 0
+    mask = (torch.arange(12) < torch.tensor(LENGTHS)[:, None]).long()
+    assert torch.equal(exe3.generate(ids, n, attention_mask=mask), got)  # HF's spelling
+    return got
+
+
+def test_ragged_batch_rows_generate_as_if_alone() -> None:
+    qat = _seeded("A8W8")
+    exe3 = rq.lower(
+        qat, "reference", generate=True, example_inputs=(torch.zeros(3, T, dtype=torch.long),)
+    )
+    exe1 = rq.lower(qat, "reference", generate=True)
+    got = _check_ragged(exe3, exe1, 10)
+    assert torch.equal(got, rq.generate(qat, _ragged(), 10, lengths=LENGTHS))  # the QAT oracle
+
+
+@pytest.mark.tvm
+@pytest.mark.slow  # two llvm builds (batch 3 and batch 1)
+@pytest.mark.parametrize("config", ["A8W8", "A1W1"])
+def test_ragged_batch_rows_generate_as_if_alone_on_llvm(config: str) -> None:
+    qat = _trained(config)
+    exe3 = rq.lower(
+        qat, "llvm", generate=True, example_inputs=(torch.zeros(3, T, dtype=torch.long),)
+    )
+    exe1 = rq.lower(qat, "llvm", generate=True)
+    got = _check_ragged(exe3, exe1, 48)
+    assert torch.equal(got, rq.generate(qat, _ragged(), 48, lengths=LENGTHS))
+
+
+def test_ragged_batch_errors_are_typed() -> None:
+    qat = _seeded("A8W8")
+    exe = rq.lower(
+        qat, "reference", generate=True, example_inputs=(torch.zeros(3, T, dtype=torch.long),)
+    )
+    ids = _ragged()
+    with pytest.raises(InputError, match="padding before a prompt token.*padding_side"):
+        exe.generate(ids, 4, attention_mask=(torch.arange(12) >= 2).long().expand(3, 12))
+    with pytest.raises(InputError, match=r"lie in \[1, 12\]"):
+        exe.generate(ids, 4, lengths=[5, 0, 12])
+    with pytest.raises(InputError, match="2 lengths for a batch of 3"):
+        exe.generate(ids, 4, lengths=[5, 9])
+    with pytest.raises(InputError, match="not both"):
+        exe.generate(ids, 4, lengths=[5, 9, 12], attention_mask=torch.ones(3, 12))
+    with pytest.raises(
+        InputError,
+        match=rf"prompt \(12 tokens\) \+ max_new_tokens.*exceeds the maximum context of {T}",
+    ):
+        exe.generate(ids, T - 11, lengths=[5, 9, 12])
+
+
+def test_quantize_attention_is_refused_because_it_is_not_causal() -> None:
+    """With quantize_attention=True, vᵀ is quantized in blocks along the sequence: changing
+    later tokens changes earlier positions' logits, so no KV cache can be exact."""
+    torch.manual_seed(0)
+    model = CharTransformer(len(VOCAB), n_layer=1, n_embd=32, n_head=2, block_size=8)
+    qat = rq.prepare(
+        model, (torch.zeros(1, 8, dtype=torch.long),), "A8W8", quantize_attention=True
+    ).eval()
+    a = torch.arange(8).reshape(1, 8)
+    b = a.clone()
+    b[0, 4:] += 7
+    with torch.no_grad():
+        assert not torch.equal(qat(a)[0, :4], qat(b)[0, :4])  # not causal
+    with pytest.raises(
+        rq.errors.UnsupportedOpError, match=r"rq.qbmm.*quantize_attention=True.*not causal"
+    ):
+        rq.lower(qat, "reference", generate=True)
+
+
+def test_qat_oracle_ragged_rows_equal_each_prompt_alone() -> None:
+    """rq.generate(lengths=) on a plain module (any length; padded to prompt + new tokens)."""
+    torch.manual_seed(1)
+    model = CharTransformer(20, n_layer=1, n_embd=32, n_head=2, block_size=24).eval()
+    ids = torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(0))
+    got = rq.generate(model, ids, 5, lengths=[3, 6])
+    assert got.shape == (2, 11) and not got[0, 8:].any()
+    for r, k in enumerate([3, 6]):
+        assert torch.equal(got[r, : k + 5], rq.generate(model, ids[r : r + 1, :k], 5)[0])

@@ -6,9 +6,10 @@ context. Generating with it re-runs all ``T`` positions for each new token. This
 * ``prefill(ids (B, T)) -> (logits, cache_0, ..., cache_{n-1})``: ``main`` with the cached
   operands as extra outputs. The runtime pads a prompt at the end to ``T``: exact for a causal
   model, since position ``t`` only sees positions ``<= t``.
-* ``decode(ids (B, 1), pos i64[1], cache_0, ..., cache_{n-1}) -> (logits (B, 1, V),
-  new_0, ..., new_{n-1})``: one token at position ``pos``. Each cache input has its operand's
-  full shape (sequence axis ``T``); ``decode`` writes the new row at ``pos`` in-graph and
+* ``decode(ids (B, 1), pos i64[B], cache_0, ..., cache_{n-1}) -> (logits (B, 1, V),
+  new_0, ..., new_{n-1})``: one token per row, row ``b`` at position ``pos[b]`` (rows of a
+  ragged batch are at different positions). Each cache input has its operand's full shape
+  (sequence axis ``T``); ``decode`` writes each row's new entry at its ``pos`` in-graph and
   returns the new rows (sequence axis 1), which the runtime copies into its cache.
 
 How: a *sequence-axis analysis*. Axis 1 of the ids argument is the query axis; each value
@@ -17,20 +18,31 @@ dims merged inside it by a reshape, so ``(B, T, C) -> (B*T, C)`` keeps track of 
 op either carries the axis through unchanged in meaning (elementwise ops with broadcasting,
 row-wise activation quantizers, integer matmuls over rows, layer/RMS norms, softmax over
 another axis, reshape, permute, ...), and ``decode`` runs the same op with the axis at 1; or
-it is one of three special cases:
+it is one of four special cases:
 
 * a float ``rq.matmul`` whose second operand depends on the sequence along its last axis (the
   key side of ``q·kᵀ``) or its contracted axis (the value side of ``att·v``): that operand is
   cached. ``decode`` takes the cache and uses ``rq.where(iota == pos, new_row, cache)``;
+* ``rq.sdpa`` (``is_causal=True``; ``F.scaled_dot_product_attention``): its k and v are
+  cached, and ``decode`` runs the explicit form ``softmax(masked_fill(q·kᵀ·scale, row pos of
+  the causal mask))·v`` (``rq.sdpa`` has no mask operand, and its causal rule is relative to
+  the query length, 1 in decode);
 * a constant aligned with the sequence axis (the folded position embedding ``(T, C)``, the
   causal mask ``(T, T)``, RoPE tables): ``decode`` gathers its row ``pos`` with ``rq.take``;
 * ``rq.causal_mask``, whose rule depends on the query length: ``decode`` masks with row
   ``pos`` of the equivalent constant mask.
 
+Batch ``B > 1``: ``pos`` is ``(B,)``; it is compared with the iota as ``(B, 1, ..., 1)`` and
+the gathered constant rows are moved to axis 0, so the batch must be axis 0 of every cached
+operand and of every value a position constant is broadcast against (checked); a constant
+expanded over the batch (HF's ``(B, 1, T, T)`` mask) is gathered from one copy after checking
+that the copies are equal.
+
 Every attention whose keys are cached must be causally masked before its softmax (checked:
 the mask constant must hide every key after the query), since cache rows after ``pos`` are
-stale and prefill pads at the end. Anything else raises :class:`UnsupportedOpError` naming the
-op, its location and why.
+stale and prefill pads at the end. ``rq.qbmm`` (``quantize_attention=True``) is refused: it
+quantizes ``att·v``'s value operand in blocks along the sequence, so the model is not causal.
+Anything else raises :class:`UnsupportedOpError` naming the op, its location and why.
 
 Before::
 
@@ -40,6 +52,7 @@ After (``main`` unchanged)::
 
     func @prefill(%0: tensor<1x32xi64>) -> (tensor<1x32x65xf32>, tensor<1x4x16x32xf32>, ...)
     func @decode(%0: tensor<1x1xi64>, %1: tensor<1xi64>, %2: tensor<1x4x16x32xf32>, ...)
+        (``%1`` is ``pos``: one position per batch row)
         -> (tensor<1x1x65xf32>, tensor<1x4x16x1xf32>, ...)
 
 Numerics: per-token quantizers see the same rows, so integer results are identical; float
@@ -115,7 +128,7 @@ class KVCache:
 
     Before:  func @main(%ids: tensor<BxTxi64>) -> tensor<BxTxVxf32>
     After:   @main unchanged; func @prefill(%ids) -> (logits, caches...);
-             func @decode(%id: tensor<Bx1xi64>, %pos: tensor<1xi64>, caches...)
+             func @decode(%id: tensor<Bx1xi64>, %pos: tensor<Bxi64>, caches...)
                  -> (tensor<Bx1xVxf32>, new rows...)
     See the module docstring for the analysis. Numerics: integer parts exact; float attention
     differs from the full forward by summation order only.
@@ -203,7 +216,7 @@ class _Analysis:
             raise UnsupportedOpError("kv-cache: the model was converted for T = 1 token.")
         self.seq[ids.id] = (1, 1)
         d_ids = self.value(TensorType((self.B, 1), ids.type.dtype))
-        self.pos = self.value(TensorType((1,), "i64"))
+        self.pos = self.value(TensorType((self.B,), "i64"))
         self.dec[ids.id] = d_ids
         for op in f.ops:
             self.op = op
@@ -228,9 +241,7 @@ class _Analysis:
                 "kv-cache: no attention over the sequence was found (no rq.matmul whose key or "
                 "value operand depends on the tokens); nothing to cache."
             )
-        prefill = Func(
-            "prefill", f.args, f.ops, (*f.outputs, *(m for m, _, _ in self.cached))
-        )
+        prefill = Func("prefill", f.args, f.ops, (*f.outputs, *(m for m, _, _ in self.cached)))
         outputs = (*(self.dec[o.id] for o in f.outputs), *(r for _, _, r in self.cached))
         live = {v.id for v in outputs}
         kept = []
@@ -439,7 +450,7 @@ class _Analysis:
                         self.fail(f"operand {v.type} is aligned with the sequence axis")
                     if masking and any(u.id in self.unmasked for u in op.operands):
                         masked = masked or self.causal(op, v, ax)
-                    d = self.take(v, ax)
+                    d = self.take(v, ax, out.type, a)
             operands.append(d)
         results = self.emit(op.name, operands, **op.attrs_dict)
         for r, d in zip(op.results, results, strict=True):
@@ -457,7 +468,7 @@ class _Analysis:
         t, s = int(x.type.shape[-2]), int(x.type.shape[-1])  # type: ignore[arg-type]
         block = ~torch.ones(t, s, dtype=torch.bool).tril(s - t)
         mask = self.const("kv_cache.causal_mask", block)
-        row = self.emit("rq.take", [mask, self.pos], axis=0)[0]
+        row = self.at_pos(mask, 0, x.type, a)
         fill = float(op.attr("fill"))  # type: ignore[arg-type]
         (y,) = self.emit("rq.masked_fill", [self.dec[x.id], row], value=fill)
         self.dec[op.result.id] = y
@@ -491,30 +502,132 @@ class _Analysis:
         if int(w.type.shape[aw]) != self.T:  # type: ignore[arg-type]
             self.fail(f"the key/value operand {w.type} has a sequence axis of another size")
         key_side = aw == w.type.rank - 1
-        cache = self.value(w.type)
-        new_row = self.dec[w.id]
-        iota_shape = (self.T,) + (1,) * (w.type.rank - 1 - aw)
-        iota = self.const(f"kv_cache.iota{self.T}", torch.arange(self.T).reshape(iota_shape))
-        at = self.emit("rq.compare", [iota, self.pos], fn="eq")[0]
-        full = self.emit("rq.where", [at, new_row, cache])[0]
-        (y,) = self.emit("rq.matmul", [self.dec[x.id], full])
-        self.cached.append((w, cache, new_row))
+        (y,) = self.emit("rq.matmul", [self.dec[x.id], self.cache(w, aw)])
         self.dec[op.result.id] = y
         self.seq[op.result.id] = (out_axis, 1)
         if key_side:
             self.unmasked.add(op.result.id)
 
+    def cache(self, w: Value, aw: int) -> Value:
+        """Cache ``w`` (sequence along ``aw``): a new decode argument of ``w``'s full shape, with
+        decode's new row written at ``pos``; returns that full (T-long) decode value."""
+        cache = self.value(w.type)
+        new_row = self.dec[w.id]
+        pos = self.pos
+        if self.B == 1:
+            iota_shape: tuple[int, ...] = (self.T,) + (1,) * (w.type.rank - 1 - aw)
+        else:  # each row's own position: pos (B,) as (B, 1, ..., 1) against the batch axis 0
+            if aw == 0 or int(w.type.shape[0]) != self.B:  # type: ignore[arg-type]
+                self.fail(
+                    f"the cached operand {w.type} does not have the batch ({self.B}) on axis "
+                    "0, which per-row positions need; convert at batch 1"
+                )
+            iota_shape = (1,) * aw + (self.T,) + (1,) * (w.type.rank - 1 - aw)
+            pos = self.emit("rq.reshape", [pos], shape=(self.B,) + (1,) * (w.type.rank - 1))[0]
+        iota = self.const(f"kv_cache.iota{self.T}", torch.arange(self.T).reshape(iota_shape))
+        at = self.emit("rq.compare", [iota, pos], fn="eq")[0]
+        full = self.emit("rq.where", [at, new_row, cache])[0]
+        self.cached.append((w, cache, new_row))
+        return full
+
+    def op_qbmm(self, op: Op) -> None:
+        """Refused, with the reason: ``quantize_attention=True`` quantizes ``att·v``'s value
+        operand (``vᵀ``, the sequence last) in blocks along the sequence, so every token of
+        a channel shares one scale and a position's output depends on later tokens: the
+        model is not causal, and no cache of past rows reproduces it."""
+        self.fail(
+            "quantize_attention=True (rq.qbmm): the value operand of att·v is quantized in "
+            "blocks along the sequence axis, so all tokens of a channel share one scale and "
+            "each position's output depends on later tokens (the QAT model itself is not "
+            "causal); no cache of past rows can reproduce it. Prepare with "
+            "quantize_attention=False to generate."
+        )
+
+    def op_sdpa(self, op: Op) -> None:
+        """``rq.sdpa(q, k, v, causal)``: k and v are cached; decode runs the explicit form
+        ``softmax(masked_fill(q·kᵀ·scale, row pos of the causal mask)) · v`` (rq.sdpa has no
+        mask operand, and its ``causal`` masks relative to the query length, 1 in decode)."""
+        q, k, v = op.operands
+        r = q.type.rank
+        for name, u in (("q", q), ("k", k), ("v", v)):
+            s = self.seq.get(u.id)
+            if s is None or s != (r - 2, 1) or int(u.type.shape[r - 2]) != self.T:  # type: ignore[arg-type]
+                self.fail(
+                    f"its {name} {u.type} does not carry the sequence on its row axis (axis "
+                    f"{r - 2}, length {self.T}): not self-attention over the tokens"
+                )
+        if not op.attr("causal"):
+            self.fail(
+                "attention over cached keys without a causal mask (is_causal=False): cached "
+                "rows after the current position (and prefill's padding) would be attended "
+                "to. kv-cache needs a causal (decoder) model."
+            )
+        keys, values = self.cache(k, r - 2), self.cache(v, r - 2)
+        dims = (*range(r - 2), r - 1, r - 2)
+        kt = self.emit("rq.permute", [keys], dims=dims)[0]
+        s = self.emit("rq.matmul", [self.dec[q.id], kt])[0]
+        s = self.emit("rq.mul_scalar", [s], value=float(op.attr("scale")))[0]  # type: ignore[arg-type]
+        block = ~torch.ones(self.T, self.T, dtype=torch.bool).tril()
+        mask = self.const("kv_cache.causal_mask", block)
+        row = self.at_pos(mask, 0, q.type, r - 2)
+        s = self.emit("rq.masked_fill", [s, row], value=-math.inf)[0]
+        att = self.emit("rq.softmax", [s], axis=-1)[0]
+        (y,) = self.emit("rq.matmul", [att, values])
+        self.dec[op.result.id] = y
+        self.seq[op.result.id] = (r - 2, 1)
+
     # -- position-aligned constants --------------------------------------------------------
 
-    def take(self, v: Value, axis: int) -> Value:
-        """Row ``pos`` of the constant ``v`` along ``axis``."""
+    def take(self, v: Value, axis: int, out: TensorType, out_axis: int) -> Value:
+        """Row ``pos`` of the constant ``v`` along ``axis`` (see :meth:`at_pos`)."""
         prod = next((o for o in self.f.ops if v in o.results), None)
         if prod is None or prod.name != "rq.const":
             self.fail(
                 f"operand {v.type} is aligned with the sequence axis but is computed, not a "
                 "constant (only constant position tables and masks can be gathered at pos)"
             )
-        return self.emit("rq.take", [self.dec[v.id], self.pos], axis=axis)[0]
+        d = self.dec[v.id]
+        if self.B > 1 and v.type.rank == out.rank and int(v.type.shape[0]) == self.B:  # type: ignore[arg-type]
+            # a table expanded over the batch (HF's (B, 1, T, T) mask): per-row positions
+            # gather from one copy, which is exact only when every copy is the same
+            t = self.mod.constant(str(prod.attr("name")))
+            if not bool((t == t[:1]).all()):
+                self.fail(
+                    f"the position table {v.type} differs between batch rows; per-row "
+                    "positions (B > 1) cannot gather it; convert at batch 1"
+                )
+            d = self.emit("rq.slice", [d], axis=0, start=0, stop=1)[0]
+        return self.at_pos(d, axis, out, out_axis)
+
+    def at_pos(self, d: Value, axis: int, out: TensorType, out_axis: int) -> Value:
+        """Row ``pos`` of the decode value ``d`` (a constant) along its ``axis``, to broadcast
+        (right-aligned) against ``out`` (a main value's type) whose sequence axis is
+        ``out_axis``. Batch 1: ``take`` (the axis becomes 1). Batch B > 1 (``pos`` is (B,),
+        each row's own position): the B gathered rows go to axis 0, the batch axis of the
+        result, and the sequence axis becomes 1."""
+        t = self.emit("rq.take", [d, self.pos], axis=axis)[0]
+        if self.B == 1:
+            return t
+        shape = [int(n) for n in d.type.shape]  # type: ignore[arg-type]
+        out_rank = out.rank
+        off = out_rank - len(shape)
+        if out_axis == 0 or int(out.shape[0]) != self.B:  # type: ignore[arg-type]
+            self.fail(
+                f"{out} does not have the batch ({self.B}) on axis 0, which per-row "
+                "positions (B > 1) need; convert at batch 1"
+            )
+        if off < 0 or (off == 0 and shape[0] != 1):
+            self.fail(
+                f"the position table {d.type} is not laid out to broadcast over a batch on "
+                "axis 0 (its batch-axis size is not 1); per-row positions (B > 1) need that; "
+                "convert at batch 1"
+            )
+        dims = (axis, *(i for i in range(len(shape)) if i != axis))
+        t = self.emit("rq.permute", [t], dims=dims)[0]
+        target = [self.B] + [
+            1 if j == out_axis or j < off else shape[j - off] for j in range(1, out_rank)
+        ]
+        return self.emit("rq.reshape", [t], shape=tuple(target))[0]
 
     def causal(self, op: Op, mask: Value, axis: int) -> bool:
         """Whether the constant ``mask`` hides every key after the query (row ``t`` along

@@ -17,11 +17,11 @@ from rqcompile.passes.ir import KVCache
 from rqcompile.passes.ir.kv_cache import cache_axis
 
 
-def _attention(*, causal: bool = True, T: int = 4, mask: torch.Tensor | None = None):
+def _attention(*, causal: bool = True, T: int = 4, mask: torch.Tensor | None = None, B: int = 1):
     """ids → embedding + position table → one head of self-attention (q = k = v = x)."""
     g = torch.Generator().manual_seed(0)
     b = Builder()
-    ids = b.arg(TensorType((1, T), "i64"))
+    ids = b.arg(TensorType((B, T), "i64"))
     x = b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8, generator=g)))
     x = b.op("rq.add", x, b.const("pos", torch.randn(T, 8, generator=g)))
     s = b.op("rq.matmul", x, b.op("rq.permute", x, dims=(0, 2, 1)))
@@ -67,21 +67,31 @@ def test_decode_caches_keys_and_values_and_gathers_position_constants() -> None:
     assert run_pass(KVCache(), after) == after  # idempotent
 
 
-def _decode_all(mod, ids: torch.Tensor, start: int) -> list[torch.Tensor]:
-    """Prefill ``ids[:, :start]`` padded, then decode each later position; logits per position."""
+def _decode_all(mod, ids: torch.Tensor, start: int | list[int]) -> list[torch.Tensor]:
+    """Prefill ``ids[b, :start[b]]`` padded, then decode each row's later positions (row ``b``
+    at position ``start[b] + i`` in step ``i``; ``pos`` is (B,)); logits per position, each
+    row's positions from 0."""
     dec = mod.func("decode")
+    b, n = ids.shape
+    starts = torch.tensor([start] * b if isinstance(start, int) else start)
     pad = torch.zeros_like(ids)
-    pad[:, :start] = ids[:, :start]
+    for r in range(b):
+        pad[r, : starts[r]] = ids[r, : starts[r]]
     out = run_reference(mod, pad, func="prefill")
-    logits = [out[0][:, t] for t in range(start)]
+    logits = [[out[0][r, t] for t in range(int(starts[r]))] for r in range(b)]
     caches = [c.clone() for c in out[1:]]
-    for p in range(start, ids.shape[1]):
-        at = torch.tensor([p])
-        outs = run_reference(mod, ids[:, p : p + 1], at, *caches, func="decode")
-        for c, r, a, o in zip(caches, outs[1:], dec.args[2:], dec.outputs[1:], strict=True):
-            c.index_copy_(cache_axis(a.type, o.type), at, r)
-        logits.append(outs[0][:, 0])
-    return logits
+    rows = torch.arange(b)
+    for i in range(n - int(starts.min())):
+        at = (starts + i).clamp(max=n - 1)  # rows that are done re-run their last position
+        outs = run_reference(mod, ids[rows, at].reshape(b, 1), at, *caches, func="decode")
+        for c, new, a, o in zip(caches, outs[1:], dec.args[2:], dec.outputs[1:], strict=True):
+            axis = cache_axis(a.type, o.type)
+            for r in range(b):
+                c[r].index_copy_(axis - 1, at[r : r + 1], new[r])
+        for r in range(b):
+            if int(starts[r]) + i < n:
+                logits[r].append(outs[0][r, 0])
+    return [torch.stack([lg[t] for lg in logits]) for t in range(n)]
 
 
 @pytest.mark.parametrize("start", [1, 3])
@@ -127,3 +137,44 @@ def test_models_that_are_not_token_decoders_are_refused() -> None:
     b.ret(b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8))))
     with pytest.raises(UnsupportedOpError, match="nothing to cache"):
         run_pass(KVCache(), b.module())
+
+
+def _sdpa_attention(*, causal: bool = True, T: int = 6):
+    """ids → embedding + position table → two heads of rq.sdpa (q = k = v = x)."""
+    g = torch.Generator().manual_seed(0)
+    b = Builder()
+    ids = b.arg(TensorType((2, T), "i64"))
+    x = b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8, generator=g)))
+    x = b.op("rq.add", x, b.const("pos", torch.randn(T, 8, generator=g)))
+    h = b.op("rq.permute", b.op("rq.reshape", x, shape=(2, T, 2, 4)), dims=(0, 2, 1, 3))
+    y = b.op("rq.sdpa", h, h, h, causal=causal, scale=0.5)
+    b.ret(b.op("rq.reshape", b.op("rq.permute", y, dims=(0, 2, 1, 3)), shape=(2, T, 8)))
+    return b.module()
+
+
+@pytest.mark.parametrize("start", [1, 4])
+def test_causal_sdpa_decodes_with_the_explicit_masked_form(start: int) -> None:
+    mod = run_pass(KVCache(), _sdpa_attention())
+    dec = mod.func("decode")
+    assert "rq.sdpa" not in {op.name for op in dec.ops}  # its causal rule needs L == S
+    assert [str(a.type) for a in dec.args[2:]] == ["tensor<2x2x6x4xf32>"] * 2  # k and v
+    ids = torch.tensor([[1, 4, 0, 2, 2, 3], [3, 3, 1, 0, 4, 2]])
+    full = run_reference(mod, ids)[0]
+    for t, got in enumerate(_decode_all(mod, ids, start)):
+        torch.testing.assert_close(got, full[:, t], rtol=1e-5, atol=1e-6)
+
+
+def test_rows_decode_at_their_own_positions() -> None:
+    """Batch 2, ``pos`` (2,): row 0 is prefilled with 1 token, row 1 with 4, then both decode
+    together, each at its own position; every position equals the full forward."""
+    for mod in (run_pass(KVCache(), _sdpa_attention()), run_pass(KVCache(), _attention(T=6, B=2))):
+        assert str(mod.func("decode").args[1].type) == "tensor<2xi64>"
+        ids = torch.tensor([[1, 4, 0, 2, 2, 3], [3, 3, 1, 0, 4, 2]])
+        full = run_reference(mod, ids)[0]
+        for t, got in enumerate(_decode_all(mod, ids, [1, 4])):
+            torch.testing.assert_close(got, full[:, t], rtol=1e-5, atol=1e-6)
+
+
+def test_sdpa_without_is_causal_is_refused() -> None:
+    with pytest.raises(UnsupportedOpError, match=r"rq.sdpa.*is_causal=False"):
+        run_pass(KVCache(), _sdpa_attention(causal=False))
