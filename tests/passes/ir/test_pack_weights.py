@@ -29,11 +29,22 @@ def _layout_line(mod: rq.ir.Module) -> str:
     return re.sub(r" : \(.*", "", line.strip())
 
 
-def test_golden_a4w4_avx2_panels_with_the_code_range() -> None:
+def test_golden_a4w4_avx2_nibble_panels_at_small_m() -> None:
+    """A4W4 at M = 2 on an AVX2 host: the nibble row (codes two per byte, ``panels4``)."""
     mod = run_pass(SelectKernels(features=("avx2",)), _ir("A4W4"))
     assert _layout_line(mod) == ('%8 = "rq.int_matmul"(%1, %2, %3, %4, %5, %6, %7) {block = '
-                                 '128 : i64, rq.kernel = "int_matmul.avx2", w_bits = 4 : i64, '
+                                 '128 : i64, rq.kernel = "int_matmul.avx2_w4", w_bits = 4 : i64, '
                                  "w_signed = false}")  # fmt: skip
+    after = run_pass(PackWeights(), mod)
+    assert _layout_line(after) == (
+        '%8 = "rq.int_matmul"(%1, %2, %3, %4, %5, %6, %7) {block = 128 : i64, rq.kernel = '
+        '"int_matmul.avx2_w4", rq.weight_layout = "panels4", w_bits = 4 : i64, w_signed = false}'
+    )
+
+
+def test_golden_a4w4_avx2_panels_with_the_code_range() -> None:
+    """Forced to the byte-per-code AVX2 row, the panels carry the activation code range."""
+    mod = run_pass(SelectKernels(force=("int_matmul:avx2",)), _ir("A4W4"))
     after = run_pass(PackWeights(), mod)
     assert _layout_line(after) == (
         '%8 = "rq.int_matmul"(%1, %2, %3, %4, %5, %6, %7) {block = 128 : i64, rq.kernel = '

@@ -266,6 +266,25 @@ def _bool_masks(c: Case) -> None:
     c.out(c.b.op("rq.where", either, b, a), exact=True)
 
 
+def _wo_matmul(w_bits: int, w_signed: bool) -> Callable[[Case], None]:
+    """Weight-only matmul: float x times integer codes with per-block scale and offset."""
+
+    def make(c: Case) -> None:
+        m, n, k, block = 3, 12, 64, 32
+        lo, hi = ((-8, 7) if w_signed else (0, 15)) if w_bits <= 4 else (-128, 127)
+        codes = c.codes(lo, hi, n, k)
+        stored = pack_nibbles(codes, signed=w_signed) if w_bits <= 4 else codes
+        name = f"wo{w_bits}{w_signed}"
+        wq = c.b.const(f"{name}.wq", stored, dtype="ui8" if w_bits <= 4 else "i8")
+        ws = c.b.const(f"{name}.ws", torch.rand(n, k // block, generator=c.gen) * 0.1 + 0.01)
+        wc = c.b.const(f"{name}.wc", torch.randn(n, k // block, generator=c.gen) * 0.1)
+        y = c.b.op("rq.wo_matmul", c.randn(m, k), wq, ws, wc, block=block, w_bits=w_bits,
+                   w_signed=w_signed)  # fmt: skip
+        c.out(y, exact=False)
+
+    return make
+
+
 def _take(c: Case) -> None:
     """rq.take (kv-cache: row ``pos`` of a position table or causal mask) at a run-time index."""
     table = c.b.const("take.table", torch.randn(6, 4, 3, generator=c.gen))
@@ -288,6 +307,8 @@ CASES: dict[str, Callable[[Case], None]] = {
     "int_matmul-w8": _int_matmul(8, True),
     "int_matmul-w4-signed": _int_matmul(4, True),
     "int_matmul-w4-unsigned": _int_matmul(4, False),
+    "wo_matmul-w4": _wo_matmul(4, False),
+    "wo_matmul-w8": _wo_matmul(8, True),
     "xnor_popcount_matmul": _xnor,
     "sparse24_matmul": _sparse24,
     "qbmm": _qbmm,
