@@ -44,7 +44,7 @@ def _asm(mcpu: str, m: int, n: int, k: int, block: int) -> tuple[str, list[str]]
     return isa, lib.mod.inspect_source("asm").splitlines()
 
 
-def _loops(asm: list[str]) -> list[list[str]]:
+def loop_bodies(asm: list[str]) -> list[list[str]]:
     """Straight-line code from each label to its first branch (a loop body ends in one)."""
     loops, cur = [], None
     for line in asm:
@@ -62,7 +62,7 @@ def main(m: int = 64, n: int = 1024, k: int = 1024, block: int = 128) -> None:
     print(f"packed A8W8 layer, M={m} N={n} K={k} block {block}: hottest inner loop")
     for mcpu, dot, macs in PATHS:
         isa, asm = _asm(mcpu, m, n, k, block)
-        loop = max(_loops(asm), key=lambda body: sum(ins[0] == dot for ins in body))
+        loop = max(loop_bodies(asm), key=lambda body: sum(ins[0] == dot for ins in body))
         dots = [ins for ins in loop if ins[0] == dot]
         mac = sum(macs["zmm" if "zmm" in ins[-1] else "ymm"] for ins in dots)
         print(f"  {mcpu:15s} isa={isa:12s} {len(loop):3d} instructions, {len(dots):2d} {dot}"

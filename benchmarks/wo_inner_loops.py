@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,6 +29,9 @@ import numpy as np
 from rqcompile.targets.tvm.adapter import te, tvm
 from rqcompile.targets.tvm.kernels import integer as K
 from rqcompile.targets.tvm.schedules.integer import schedule_prim_func
+
+# the assembly's loop bodies are split the same way as for the int8 census (this folder)
+from int8_inner_loops import loop_bodies  # noqa: E402
 
 #: (row isa, CPU to build for)
 PATHS = (("avx512", "icelake-server"), ("avx2", "znver3"))
@@ -54,23 +56,10 @@ def build(isa: str, mcpu: str, *, m: int, n: int, k: int, block: int, bits: int,
     return lib, plib, (w, packed, x, y)
 
 
-def _loops(asm: list[str]) -> list[list[str]]:
-    loops, cur = [], None
-    for line in asm:
-        if re.match(r"^\.LBB\d+_\d+:", line):
-            cur = []
-            loops.append(cur)
-        elif cur is not None and line.startswith("\t") and not line.startswith("\t."):
-            cur.append(line.replace("{vex}", "").split())
-            if cur[-1][0].startswith("j"):
-                cur = None
-    return loops
-
-
 def census(isa: str, mcpu: str, **shape) -> str:
     lib, _, _ = build(isa, mcpu, **shape)
     asm = lib.mod.inspect_source("asm").splitlines()
-    loop = max(_loops(asm), key=lambda body: sum("fmadd" in ins[0] for ins in body))
+    loop = max(loop_bodies(asm), key=lambda body: sum("fmadd" in ins[0] for ins in body))
     fmas = [ins for ins in loop if "fmadd" in ins[0]]
     lanes = 16 if any("zmm" in " ".join(i) for i in fmas) else 8
     weights = len(fmas) * lanes
