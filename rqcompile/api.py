@@ -452,11 +452,6 @@ def generate(
     if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
         raise UsageError("rq.generate takes token ids as an integer torch.Tensor (B, L).")
 
-    def logits_of(y: Any) -> torch.Tensor:
-        if hasattr(y, "logits"):
-            return y.logits  # type: ignore[no-any-return]
-        return y[0] if isinstance(y, (tuple, list)) else y  # type: ignore[no-any-return]
-
     pad_to = None
     meta = getattr(model, "meta", None) or {}
     shapes = meta.get("rq_input_shapes")
@@ -472,7 +467,7 @@ def generate(
         lens = prompt_lengths(ids if ids.dim() == 2 else ids.unsqueeze(0), lengths, attention_mask)
     return generate_qat(
         model, ids, max_new_tokens, temperature, top_k, seed,
-        logits_of=logits_of, pad_to=pad_to, lengths=lens,
+        pad_to=pad_to, lengths=lens,
     )  # fmt: skip
 
 

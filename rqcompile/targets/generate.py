@@ -292,7 +292,6 @@ def generate_qat(
     top_k: int | None = None,
     seed: int | None = None,
     *,
-    logits_of: Callable[[Any], torch.Tensor] | None = None,
     pad_to: int | None = None,
     lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -311,7 +310,7 @@ def generate_qat(
         with torch.no_grad():
             for _ in range(max_new_tokens):
                 y = model(out)
-                logits = _logits(y, logits_of)
+                logits = _logits(y)
                 nxt = sample_next(logits[:, -1], temperature, top_k, gen)
                 out = torch.cat([out, nxt.reshape(-1, 1).to(out.dtype)], dim=1)
         return out
@@ -331,13 +330,14 @@ def generate_qat(
     rows = torch.arange(b)
     with torch.no_grad():
         for step in range(max_new_tokens):
-            logits = _logits(model(buf), logits_of)
+            logits = _logits(model(buf))
             nxt = sample_next(logits[rows, lens + step - 1], temperature, top_k, gen)
             buf[rows, lens + step] = nxt.to(buf.dtype)
     return buf[:, :width].clone()
 
 
-def _logits(y: Any, logits_of: Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
-    if logits_of is not None:
-        return logits_of(y)
+def _logits(y: Any) -> torch.Tensor:
+    """A model output's logits: Hugging Face outputs' ``.logits``, a tuple's first element."""
+    if hasattr(y, "logits"):
+        return y.logits  # type: ignore[no-any-return]
     return y[0] if isinstance(y, Sequence) else y  # type: ignore[no-any-return]
