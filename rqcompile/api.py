@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
@@ -25,6 +25,9 @@ from rqcompile.prepare_checks import check_graph, check_model, float32_for_conve
 from rqcompile.quant.hooks import finalize_for_convert
 import rqcompile.translate as translation
 import rqcompile.translate.dynamic as dyn
+
+if TYPE_CHECKING:  # the return annotation of load; imported lazily at run time
+    from rqcompile.targets.compiled import CompiledModule
 
 __all__ = [
     "build",
