@@ -210,9 +210,7 @@ class KVGenerator:
         ids, default ``L``); returns each row's logits at its last prompt position."""
         n = ids.shape[1]
         lens = torch.full((self.batch,), n) if lengths is None else lengths
-        padded = torch.zeros(self.batch, self.max_length, dtype=self.ids_dtype)
-        for r in range(self.batch):
-            padded[r, : int(lens[r])] = ids[r, : int(lens[r])]
+        padded = _place_prompts(ids, lens, self.max_length, self.ids_dtype)
         outs = self._prefill(padded)
         self.cache = [c.contiguous().clone() for c in outs[self.n_outputs :]]
         return outs[0][torch.arange(self.batch), lens - 1]
@@ -261,10 +259,8 @@ class KVGenerator:
         check_generate_args(max_new_tokens, temperature, top_k, seed)
         ids, lens = self._check_ids(ids, max_new_tokens, lengths, attention_mask)
         width = int(lens.max()) + max_new_tokens
-        out = torch.zeros(self.batch, width, dtype=ids.dtype)
+        out = _place_prompts(ids, lens, width, ids.dtype)
         rows = torch.arange(self.batch)
-        for r in range(self.batch):
-            out[r, : int(lens[r])] = ids[r, : int(lens[r])]
         if max_new_tokens == 0:
             return out
         gen = _generator(seed)
@@ -324,9 +320,7 @@ def generate_qat(
             f"generate: prompt + max_new_tokens = {width} exceeds the model's fixed length "
             f"{pad_to}."
         )
-    buf = torch.zeros(b, pad_to, dtype=out.dtype)
-    for r in range(b):
-        buf[r, : int(lens[r])] = out[r, : int(lens[r])]
+    buf = _place_prompts(out, lens, pad_to, out.dtype)
     rows = torch.arange(b)
     with torch.no_grad():
         for step in range(max_new_tokens):
@@ -334,6 +328,16 @@ def generate_qat(
             nxt = sample_next(logits[rows, lens + step - 1], temperature, top_k, gen)
             buf[rows, lens + step] = nxt.to(buf.dtype)
     return buf[:, :width].clone()
+
+
+def _place_prompts(
+    ids: torch.Tensor, lens: torch.Tensor, width: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``(B, width)`` zeros with row ``b``'s prompt ``ids[b, :lens[b]]`` at its start."""
+    out = torch.zeros(ids.shape[0], width, dtype=dtype)
+    for r in range(ids.shape[0]):
+        out[r, : int(lens[r])] = ids[r, : int(lens[r])]
+    return out
 
 
 def _logits(y: Any) -> torch.Tensor:
