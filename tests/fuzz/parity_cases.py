@@ -158,11 +158,13 @@ def linear_case(draw: st.DrawFn) -> Case:
 @st.composite
 def conv_case(draw: st.DrawFn) -> Case:
     groups = draw(st.sampled_from([1, 1, 2]))
-    cpg = draw(st.sampled_from([1, 3, 4, 8, 16, 32]))
+    # A1W1 with 32 | C/g: the XNOR-popcount route (sign words through im2col)
+    binary = draw(st.integers(0, 4)) == 0
+    cpg = draw(st.sampled_from([32, 64] if binary else [1, 3, 4, 8, 16, 32]))
     ks = draw(st.sampled_from([1, 2, 3]))
     k = cpg * groups
     # blocks run along C/g inside each kernel tap, or over whole taps (conv_weight_block)
-    spec = draw(layer_spec(k=cpg * ks * ks if cpg < 4 else cpg))
+    spec = draw(layer_spec(k=cpg * ks * ks if cpg < 4 else cpg, binary=binary))
     return Case(
         kind="conv",
         k=k,
