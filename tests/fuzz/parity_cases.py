@@ -257,6 +257,11 @@ def magnitude(c: Case, qat_layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if c.kind == "linear":
             return F.linear(xd, wd) + qat_layer.bias.abs()
         _, stride, pad, groups = c.conv
+        if c.spec.activation is not None:
+            # x̂ = s·q + c is rounded at the size of s·q and c, not of x̂: a zero next to
+            # -645 in one block dequantizes to -0.27 = 644.9 - 645.2 (± 6e-5). Activation
+            # blocks lie within a pixel's channels, so the pixel's largest |x̂| bounds both.
+            xd = xd + xd.amax(dim=1, keepdim=True)
         return F.conv2d(xd, wd, qat_layer.bias.abs(), stride, pad, 1, groups)
 
 
