@@ -60,3 +60,58 @@ def test_nibble_panels_hold_half_the_bytes() -> None:
     half = te_pack_vnni_panels(wq, w_bits=4, w_signed=False, name="p", attrs={}, nibbles=True)
     size = lambda t: int(torch.tensor([int(d) for d in t.shape]).prod())  # noqa: E731
     assert size(half) * 2 == size(full) == 64 * 256
+
+
+# 2-bit panels (int_matmul.*_vnni_w2): unsigned (A2W2), signed ±1 (A4W1) and ternary codes
+@pytest.mark.parametrize("isa", ["avx512_vnni_w2_emulated", "avx_vnni_w2_emulated"])
+@pytest.mark.parametrize("preset,m", [("A2W2", 1), ("A4W1", 3), ("A1.5W1.5", 16)])
+def test_emulated_2bit_panels_match_the_reference(preset: str, m: int, isa: str) -> None:
+    torch.manual_seed(m)
+    x = torch.randn(m, 256)
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), preset)
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    forced = _forced(ir, isa)
+    assert 'rq.weight_layout = "panels2"' in print_module(forced)
+    assert f'"int_matmul.{isa}"' in print_module(forced)
+    with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
+        exe = rq.build(forced, "llvm")
+    want = rq.build(ir, "reference")(x)
+    torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
+def test_2bit_rows_only_take_small_m_and_2_bit_codes() -> None:
+    torch.manual_seed(0)
+    isa = "avx512_vnni_w2_emulated"
+    for preset, m, takes in (("A2W2", NIBBLE_MAX_ROWS + 1, False), ("A4W4", 1, False),
+                             ("A2W2", NIBBLE_MAX_ROWS, True)):  # fmt: skip
+        x = torch.randn(m, 128)
+        qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(128, 32)).eval(), (x,), preset)
+        text = print_module(_forced(rq.convert(qat.eval(), example_inputs=(x,)), isa))
+        assert (f'"int_matmul.{isa}"' in text) is takes, (preset, m)
+
+
+def test_2bit_panels_hold_a_quarter_of_the_bytes() -> None:
+    from rqcompile.targets.tvm.adapter import te
+    from rqcompile.targets.tvm.x86.vnni import te_pack_vnni_panels
+
+    wq = te.placeholder((64, 128), "uint8", "wq")  # K = 256 codes, stored as nibbles
+    full = te_pack_vnni_panels(wq, w_bits=2, w_signed=False, name="p", attrs={})
+    quarter = te_pack_vnni_panels(wq, w_bits=2, w_signed=False, name="p", attrs={}, crumbs=True)
+    size = lambda t: int(torch.tensor([int(d) for d in t.shape]).prod())  # noqa: E731
+    assert size(quarter) * 4 == size(full) == 64 * 256
+
+
+@pytest.mark.skipif(
+    not {"avx512_vnni", "avx2"} <= __import__(
+        "rqcompile.targets.tvm.cpu_features", fromlist=["host_features"]).host_features(),
+    reason="native vpdpbusd needs an AVX-512 VNNI host (the emulated rows above run anywhere)",
+)
+def test_native_2bit_panels_match_the_reference() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(2, 256)
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), "A2W2")
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
+        exe = rq.build(_forced(ir, "avx512_vnni_w2"), "llvm")
+    want = rq.build(ir, "reference")(x)
+    torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
