@@ -227,17 +227,23 @@ class _Vpdpbusd:
             xb, w = (tirx.reinterpret(f"int32x{lanes}", t) for t in (_bc(xv, lanes), w))
         return _intrin(f"int32x{lanes}", _VPDPBUSD[lanes], acc, xb, w)
 
+    #: K-quads per panel byte (1: int8 codes; 2: nibbles; 4: 2-bit codes) and the one of
+    #: them :meth:`_panel` unpacks now
+    per_byte, part = 1, 0
+
     def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        quads, lanes = self.block // 4, _lanes(self.isa, nv)
+        quads, lanes, per = self.block // 4, _lanes(self.isa, nv), self.per_byte
         step = lanes // PANEL
-        with T.serial(0, quads) as s:
-            q = b * quads + s
-            with T.unroll(0, rows) as ii:
-                xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
-                with T.unroll(0, nv // step) as vs:
-                    v = vs * step
-                    idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
-                    T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
+        with T.serial(0, quads // per) as s:
+            for part in range(per):  # the quads packed in the same bytes, one after another
+                self.part = part
+                q = b * quads + per * s + part
+                with T.unroll(0, rows) as ii:
+                    xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
+                    with T.unroll(0, nv // step) as vs:
+                        v = vs * step
+                        idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
+                        T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
 
 
 class _Vpdpbusd4(_Vpdpbusd):
@@ -248,27 +254,13 @@ class _Vpdpbusd4(_Vpdpbusd):
     Half the weight bytes of :class:`_Vpdpbusd` per MAC, two more instructions per 64
     MACs of a panel: for GEMV-sized calls, which read every weight once."""
 
-    nibbles, half = True, 0
+    nibbles, per_byte = True, 2
 
     def _panel(self, g: Any, q: Any, v: Any) -> Any:
         raw = self.wp[g, q // 2, v, tirx.Ramp(0, 1, 4 * PANEL)]
         lo = tirx.bitwise_and(raw, tirx.const(15, "uint8x32"))
         hi = tirx.shift_right(raw, tirx.const(4, "uint8x32"))
-        return tirx.reinterpret("int8x32", hi if self.half else lo)
-
-    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        quads, lanes = self.block // 4, _lanes(self.isa, nv)
-        step = lanes // PANEL
-        with T.serial(0, quads // 2) as s:
-            for half in range(2):  # the low then the high nibbles of the same bytes
-                self.half = half
-                q = b * quads + 2 * s + half
-                with T.unroll(0, rows) as ii:
-                    xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
-                    with T.unroll(0, nv // step) as vs:
-                        v = vs * step
-                        idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
-                        T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
+        return tirx.reinterpret("int8x32", hi if self.part else lo)
 
 
 class _Vpdpbusd2(_Vpdpbusd):
@@ -278,27 +270,13 @@ class _Vpdpbusd2(_Vpdpbusd):
     the bytes ``vpdpbusd`` multiplies (exact: 0..3). A quarter of :class:`_Vpdpbusd`'s
     weight bytes per MAC, half of :class:`_Vpdpbusd4`'s: for GEMV-sized calls."""
 
-    nibbles, quarter = True, 0
+    nibbles, per_byte = True, 4
 
     def _panel(self, g: Any, q: Any, v: Any) -> Any:
         raw = self.wp[g, q // 4, v, tirx.Ramp(0, 1, 4 * PANEL)]
-        if self.quarter:
-            raw = tirx.shift_right(raw, tirx.const(2 * self.quarter, "uint8x32"))
+        if self.part:
+            raw = tirx.shift_right(raw, tirx.const(2 * self.part, "uint8x32"))
         return tirx.reinterpret("int8x32", tirx.bitwise_and(raw, tirx.const(3, "uint8x32")))
-
-    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        quads, lanes = self.block // 4, _lanes(self.isa, nv)
-        step = lanes // PANEL
-        with T.serial(0, quads // 4) as s:
-            for quarter in range(4):  # bits 0-1, 2-3, 4-5, 6-7 of the same bytes
-                self.quarter = quarter
-                q = b * quads + 4 * s + quarter
-                with T.unroll(0, rows) as ii:
-                    xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
-                    with T.unroll(0, nv // step) as vs:
-                        v = vs * step
-                        idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
-                        T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
 
 
 def vnni_panel_matmul(
