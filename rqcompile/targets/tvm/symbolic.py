@@ -21,8 +21,7 @@
   a symbolic row count itself (the VNNI/AVX2 panel matmuls run whole row tiles and then a
   one-row tail loop; see ``x86/panel.py``) or raises while it is built, and the emitter then
   emits the op's generic kernel instead (for a fused group: its ops one by one). So the
-  one build is correct for every shape; :func:`symbolic_report` lists which ops kept their
-  fast path.
+  one build is correct for every shape; ``exe.symbolic_fallbacks`` lists what fell back.
 * **Range assumptions.** Each dim's declared range goes to TVM as ``tirx.assume``-style
   bounds on the function (``tir_var_upper_bound``), which memory planning uses to size
   buffers at the maxima once instead of allocating per call.
@@ -52,7 +51,7 @@ from rqcompile.translate.dynamic import (
     specialize,
 )
 
-__all__ = ["SymbolicType", "build_symbolic", "symbolic_ir", "symbolic_report"]
+__all__ = ["SymbolicType", "build_symbolic", "dim_exprs", "symbolic_ir"]
 
 
 class SymbolicType(TensorType):
@@ -175,11 +174,6 @@ def is_symbolic_type(t: Any) -> bool:
     return isinstance(t, SymbolicType) and any(not isinstance(d, int) for d in t.shape)
 
 
-def symbolic_report(ir: Module) -> list[str]:
-    """One line per integer op or fused group of a symbolic build's IR: which kernel it got."""
-    return [str(op.attr("rq.symbolic", "")) for op in ir.main.ops if op.attr("rq.symbolic", None)]
-
-
 def build_symbolic(sym_ir: Module, target: RQTarget,
                    context: PassContext | None = None) -> CompiledModule:  # fmt: skip
     """Build the symbolic module ``sym_ir`` once for ``target`` (llvm): a
@@ -199,8 +193,10 @@ def build_symbolic(sym_ir: Module, target: RQTarget,
     annotated = PassManager(passes[:n_rq], verifier=verify).run(top, ctx)
     symbolic, tv = symbolic_ir(annotated, sm)
     bounds = {d.name: d.max for d in sm.shapes.dims}
+    fallbacks: list[str] = []
     tvm_phases = [
-        Phase("emit", lambda ir: emit_module(ir, symbolic=bounds)) if p.name == "emit" else p
+        Phase("emit", lambda ir: emit_module(ir, symbolic=bounds, report=fallbacks))
+        if p.name == "emit" else p
         for p in passes[n_rq:]
     ]
     x: Any = PassManager(tvm_phases).run(symbolic, ctx)
@@ -208,4 +204,5 @@ def build_symbolic(sym_ir: Module, target: RQTarget,
     # the runner binds annotated.constants (full-size; prefixes are sliced in the graph)
     exe = compiled_module(annotated, target, lib, features_for(ttarget), executable=x,
                           tvm_target=ttarget)  # fmt: skip
+    exe.symbolic_fallbacks = tuple(fallbacks)  # type: ignore[attr-defined]
     return exe

@@ -240,6 +240,7 @@ def emit_module(
     *,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     symbolic: Mapping[str, int] | None = None,
+    report: list[str] | None = None,
 ) -> Any:
     """Translate ``ir``'s function ``func`` into a relax ``IRModule`` with function ``main``.
 
@@ -314,4 +315,6 @@ def emit_module(
             outs = [env[v.id] for v in f.outputs]
             ret = cx.bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         cx.bb.emit_func_output(ret)
+    if report is not None:
+        report.extend(cx.fallbacks)
     return cx.bb.finalize()

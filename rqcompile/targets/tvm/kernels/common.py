@@ -47,6 +47,12 @@ def _shape(t: Tensor) -> list[Any]:
     return [int(d) if isinstance(d, (int, tirx.IntImm)) else d for d in t.shape]
 
 
+def dim(d: Any) -> Any:
+    """A static dim as an int; a symbolic build's dynamic dim (the row count) as the TIR
+    expression it is: kernels with row loops take either (``targets/tvm/symbolic.py``)."""
+    return int(d) if isinstance(d, (int, tirx.IntImm)) else d
+
+
 def _nblocks(k: int, block: int, what: str) -> int:
     if block < 1 or k % block:
         raise NumericsError(f"{what}: K={k} is not a multiple of block={block}.")

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 from rqcompile.targets.tvm.kernels.epilogue import block_term, split_parts, transposed, w_code_max
 
@@ -312,7 +313,7 @@ class _Maddubs7(_Int16Groups):
 
 def te_offset_codes(xq: Any, offset: int, *, name: str) -> Any:
     """``xq + offset`` as ``uint8``: the unsigned operand of ``vpmaddubsw``."""
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     return te.compute((m, k), lambda i, j: (xq[i, j].astype("int32") + offset).astype("uint8"),
                       name=f"{name}_xu", attrs={"rq.stage": "prep"})  # fmt: skip
 
@@ -358,7 +359,7 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     Floats are added in block order from zero, as in :func:`kernels._affine_epilogue`.
     """
     row_parts, col_parts = split_parts(eps)
-    m, n = (int(d) for d in y.shape)
+    m, n = (dim(d) for d in y.shape)
     nb = int(row_parts[0].shape[1])
 
     def vec(t: Any) -> Any:
@@ -379,6 +380,17 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
                 T.buffer_store(yacc, yacc[vec(t)] + term, [vec(t)])
         with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
             T.buffer_store(y, yacc[vec(ii * nv + v)], [row0 + ii, vec(g * nv + v)])
+
+    if not isinstance(m, int):  # a symbolic build: whole row tiles, then a one-row tail
+        with IRBuilder() as ib, T.parallel(0, n // (PANEL * nv)) as g:
+            acc = T.decl_buffer((mr * nv * 8,), "int32", scope="local")
+            yacc = T.decl_buffer((mr * nv * 8,), "float32", scope="local")
+            full = m // mr
+            with T.serial(0, full) as t:
+                tile(t * mr, mr, g, acc, yacc)
+            with T.serial(0, m - full * mr) as r:
+                tile(full * mr + r, 1, g, acc, yacc)
+        return ib.get()
 
     full, rest = divmod(m, mr)
     # rows in chunks of about ``core.chunk_bytes`` of x (which then stays in L2 while every
