@@ -400,11 +400,11 @@ def lower(
     shape on its first call, with every static fast path; ``"none"`` builds once, at
     ``rq.lower``, one module for every shape in the declared ranges
     (``rqcompile/targets/tvm/symbolic.py``), with no build at later calls and an artifact
-    that stores its kernels. Per-shape stays the default because kernels whose fast path
-    needs a static row count (the AVX2 quantize micro-kernel, the fused layer-norm
-    prologue, the fused attention kernel) run their generic versions in the one build:
-    on the demo char transformer its steady-state latency measured well above 1.3x the
-    static build's (benchmarks/results/dynamic_one_build.txt). Choose ``"none"`` when
+    that stores its kernels. Per-shape stays the default because the fused kernels that
+    need static sizes (the layer-norm quantize prologue, attention) run as separate
+    generic kernels in the one build: on the demo char transformer its
+    steady-state latency measured 1.8-5.8x the static build's, above the 1.3x that would
+    make it the default (benchmarks/results/dynamic_one_build.md). Choose ``"none"`` when
     shapes are many and build time matters more.
 
     Example:
