@@ -403,7 +403,7 @@ def lower(
     that stores its kernels. Per-shape stays the default because the fused kernels that
     need static sizes (the layer-norm quantize prologue, attention) run as separate
     generic kernels in the one build: on the demo char transformer its
-    steady-state latency measured 1.8-5.8x the static build's, above the 1.3x that would
+    steady-state latency measured 1.8-16x the static build's, above the 1.3x that would
     make it the default (benchmarks/results/dynamic_one_build.md). Choose ``"none"`` when
     shapes are many and build time matters more.
 

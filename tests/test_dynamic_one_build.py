@@ -78,7 +78,7 @@ def test_one_build_matches_qat_at_drawn_shapes(qat, exe, b, t) -> None:
 def test_only_one_build_across_shapes(qat, exe, monkeypatch) -> None:
     assert exe.specialize == "none" and exe.one_build is not None
 
-    def no_build(*a, **k):  # noqa: ANN002, ANN003
+    def no_build(*a, **k):
         raise AssertionError("a per-shape build happened")
 
     monkeypatch.setattr(exe, "_build", no_build)
@@ -104,7 +104,7 @@ def test_save_load_keeps_the_kernels(qat, exe, tmp_path, monkeypatch) -> None:
     exe.save(path)
     import rqcompile.targets.tvm.symbolic as symbolic
 
-    def no_build(*a, **k):  # noqa: ANN002, ANN003
+    def no_build(*a, **k):
         raise AssertionError("rq.load rebuilt the kernels")
 
     monkeypatch.setattr(symbolic, "build_symbolic", no_build)

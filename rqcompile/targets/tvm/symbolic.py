@@ -162,9 +162,9 @@ def symbolic_ir(annotated: Module, sm: SymbolicModule) -> tuple[Module, _Vars]:
     args = tuple(sym(v) for v in f.args)
     ops = tuple(
         Op(op.name, tuple(sym(v) for v in op.operands), tuple(sym(r) for r in op.results),
-           op.attrs, op.loc)  # fmt: skip
+           op.attrs, op.loc)
         for op in f.ops
-    )
+    )  # fmt: skip
     main = Func(f.name, args, ops, tuple(sym(v) for v in f.outputs), f.attrs)
     return Module((main, *(g for g in annotated.funcs if g.name != f.name)),
                   annotated.constants), tv  # fmt: skip
@@ -191,7 +191,7 @@ def build_symbolic(sym_ir: Module, target: RQTarget,
     passes = list(pipeline_for(ttarget))
     n_rq = next(i for i, p in enumerate(passes) if isinstance(p, Phase))
     annotated = PassManager(passes[:n_rq], verifier=verify).run(top, ctx)
-    symbolic, tv = symbolic_ir(annotated, sm)
+    symbolic, _ = symbolic_ir(annotated, sm)
     bounds = {d.name: d.max for d in sm.shapes.dims}
     fallbacks: list[str] = []
     tvm_phases = [

@@ -34,7 +34,7 @@ def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
         if cx.symbolic and opts:  # the row's kernel, if it takes symbolic sizes
             try:
                 return cx.emit_te(build, xs, key=key, name=name, opaque=True, **_kw(op), **opts)
-            except Exception as e:  # noqa: BLE001 - any builder error: the generic kernel
+            except Exception as e:  # any builder error: the generic kernel
                 cx.fallbacks.append(f"{op.attr('rq.kernel', name)} -> generic ({_why(e)})")
             key = (_op_key(op), ())
             return cx.emit_te(fn, xs, key=key, name=name, opaque=True, **_kw(op))
@@ -65,7 +65,7 @@ def _packed(te_fn: Any, kind: str, n_x: int = 3) -> Emitter:
         if cx.symbolic:  # the packed kernel, if it takes symbolic sizes; else the generic one
             try:
                 return packed_kernel(cx, op, xs, row, layout)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 cx.fallbacks.append(f"{op.attr('rq.kernel', kind)} -> generic ({_why(e)})")
                 return cx.emit_te(te_fn, xs, key=(_op_key(op), ()), name=kind, opaque=True,
                                   **_kw(op))  # fmt: skip

@@ -208,7 +208,7 @@ def _check(f: Func) -> None:
 def _symbolic_chains(cx: Emission, f: Func) -> list[Any]:
     try:
         return _prologue_chains(f)
-    except Exception as e:  # noqa: BLE001 - the pattern needs static sizes: ops one by one
+    except Exception as e:  # the pattern needs static sizes: ops one by one
         cx.fallbacks.append(f"fused prologue_quantize -> its ops ({type(e).__name__})")
         return []
 
@@ -230,8 +230,9 @@ def _const(cx: Emission, op: Any, weight: Expr) -> Expr:
         return weight
     axes = [a for a, d in enumerate(dims) if not isinstance(d, int)]
     # in bounds: every dim of the range is at most the maximum the constant was stored at
-    return cx.emit(relax.op.strided_slice(weight, axes, [0] * len(axes),
-                                          [dims[a] for a in axes], assume_inbound=True))  # fmt: skip
+    ends = [dims[a] for a in axes]
+    return cx.emit(relax.op.strided_slice(weight, axes, [0] * len(axes), ends,
+                                          assume_inbound=True))  # fmt: skip
 
 
 def emit_module(
@@ -301,7 +302,7 @@ def emit_module(
                         else:
                             _emit_prologue(cx, group, env)
                         continue
-                    except Exception as e:  # noqa: BLE001 - symbolic: the ops one by one
+                    except Exception as e:  # symbolic: the ops one by one
                         if not cx.symbolic:
                             raise
                         kind = "attention" if i in anchors else "prologue_quantize"

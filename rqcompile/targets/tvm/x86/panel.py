@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
-from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.kernels.epilogue import block_term, split_parts, transposed, w_code_max
 
 __all__ = [

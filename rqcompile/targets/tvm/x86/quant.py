@@ -67,8 +67,8 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.quant.primitives import EPS
-from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.x86.micro import _intrin
 
 __all__ = ["RowSource", "avx2_quantize", "quantize_micro_supported"]

@@ -46,8 +46,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
-from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.adapter import T, llvm_version_major, te, tirx
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.kernels.epilogue import w_code_max
 from rqcompile.targets.tvm.x86.panel import (
     _PMADDWD,
