@@ -194,11 +194,10 @@ def build_symbolic(sym_ir: Module, target: RQTarget,
     symbolic, _ = symbolic_ir(annotated, sm)
     bounds = {d.name: d.max for d in sm.shapes.dims}
     fallbacks: list[str] = []
-    tvm_phases = [
-        Phase("emit", lambda ir: emit_module(ir, symbolic=bounds, report=fallbacks))
-        if p.name == "emit" else p
-        for p in passes[n_rq:]
-    ]
+    phases = {
+        "emit": Phase("emit", lambda ir: emit_module(ir, symbolic=bounds, report=fallbacks)),
+    }
+    tvm_phases = [phases.get(p.name, p) for p in passes[n_rq:]]
     x: Any = PassManager(tvm_phases).run(symbolic, ctx)
     lib = export_bytes(x)
     # the runner binds annotated.constants (full-size; prefixes are sliced in the graph)

@@ -55,6 +55,7 @@ from rqcompile.targets.tvm.adapter import (
     tvm,
 )
 from rqcompile.targets.tvm.schedules.integer import (
+    SYMBOLIC_EXTENT,
     CpuScheduleConfig,
     _divisor,
     _extent,
@@ -297,12 +298,32 @@ def _flat_vector(sch: Any, block: Any, cfg: FloatScheduleConfig) -> None:
         loops = sch.get_loops(block)
         if not loops or any(k != _DATA_PAR for k in _kinds(sch, block)):
             return
+        extents = [_extent(sch, loop) for loop in loops]
+        if SYMBOLIC_EXTENT in extents:  # symbolic build: vectorize the static tail only
+            _split_symbolic(sch, loops, extents, cfg)
+            return
         if _extent(sch, loops[0]) != 1 and len(loops) > 1:
             loops = [sch.fuse(*loops)]
         if len(loops) == 1:
             _vector_loop(sch, loops[0], cfg, parallel=True)
     except s_tir.ScheduleError:  # an unusual nest: leave it
         return
+
+
+def _split_symbolic(sch: Any, loops: list[Any], extents: list[int],
+                    cfg: FloatScheduleConfig) -> None:  # fmt: skip
+    """A nest with symbolic extents (a symbolic build's rows): the loops after the last
+    symbolic one, all static, fused and vectorized; the rest fused into one parallel loop.
+    One flat loop would recover every element's indices by dividing by a symbolic dim, and
+    its symbolic extent has no vector lanes."""
+    last = max(i for i, e in enumerate(extents) if e == SYMBOLIC_EXTENT)
+    inner, outer = loops[last + 1 :], loops[: last + 1]
+    if inner:
+        _vector_loop(sch, sch.fuse(*inner) if len(inner) > 1 else inner[0], cfg,
+                     parallel=False)  # fmt: skip
+    row = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if cfg.parallel:
+        sch.parallel(row)
 
 
 def schedule_elementwise(sch: Any, cfg: FloatScheduleConfig) -> bool:
@@ -355,7 +376,11 @@ def schedule_softmax(sch: Any, cfg: FloatScheduleConfig) -> bool:
             continue
         kinds = _kinds(sch, blk)
         r = sch.get_loops(blk)[-1]
-        if kinds[-1] != _REDUCE or kinds.count(_REDUCE) != 1 or _extent(sch, r) % cfg.lanes:
+        if kinds[-1] != _REDUCE or kinds.count(_REDUCE) != 1:
+            return False
+        if _extent(sch, r) == SYMBOLIC_EXTENT:  # a symbolic row length: no lanes
+            continue
+        if _extent(sch, r) % cfg.lanes:
             return False
         _, ri = sch.split(r, [None, cfg.lanes])
         partial.append(sch.rfactor(ri, factor_axis=len(kinds) - 1))
