@@ -206,11 +206,30 @@ def _check(f: Func) -> None:
 
 
 def _symbolic_chains(cx: Emission, f: Func) -> list[Any]:
+    """The marked prologue chains the pattern still finds on the symbolic types (a chain it
+    does not find runs as its ops)."""
+    from rqcompile.passes.ir.patterns.prologue import find_prologues
+
+    marks: dict[int, set[int]] = {}
+    for i, op in enumerate(f.ops):
+        mark = op.attr("rq.fused", None)
+        if isinstance(mark, tuple) and len(mark) == 2 and mark[0] == "prologue":
+            marks.setdefault(int(mark[1]), set()).add(i)
+    if not marks:
+        return []
     try:
-        return _prologue_chains(f)
-    except Exception as e:  # the pattern needs static sizes: ops one by one
+        found = {c.ops: c for c in find_prologues(f, lambda q: True)}
+    except Exception as e:  # the pattern needs static sizes: every chain as its ops
         cx.fallbacks.append(f"fused prologue_quantize -> its ops ({type(e).__name__})")
         return []
+    out = []
+    for _, ops in sorted(marks.items()):
+        chain = found.get(frozenset(ops))
+        if chain is None:
+            cx.fallbacks.append("fused prologue_quantize -> its ops (not found on symbolic types)")
+        else:
+            out.append(chain)
+    return out
 
 
 def _emit_op(cx: Emission, op: Any, env: dict[int, Expr]) -> None:
