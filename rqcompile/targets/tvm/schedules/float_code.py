@@ -225,6 +225,8 @@ def schedule_matmul(sch: Any, cfg: FloatScheduleConfig) -> bool:
     loops = sch.get_loops(mm)
     if len(loops) < 3:
         return False
+    if _extent(sch, loops[-2]) == SYMBOLIC_EXTENT:  # symbolic columns: no padded tiles
+        return False
     tile_n = cfg.tile_n_for(_extent(sch, loops[-2]))
     if _extent(sch, loops[-2]) % tile_n:  # e.g. an LM head with N = 65: pad N
         pad = [1] * len(loops)
@@ -310,18 +312,26 @@ def _flat_vector(sch: Any, block: Any, cfg: FloatScheduleConfig) -> None:
         return
 
 
+def _leading_group(extents: list[int]) -> int:
+    """How many leading loops of a nest with symbolic extents fuse into its parallel loop:
+    up to the second symbolic one, so recovering each index divides by static extents only
+    (a flat loop over every dim divides by a symbolic dim at every element)."""
+    syms = [i for i, e in enumerate(extents) if e == SYMBOLIC_EXTENT]
+    return syms[1] if len(syms) > 1 else len(extents)
+
+
 def _split_symbolic(sch: Any, loops: list[Any], extents: list[int],
                     cfg: FloatScheduleConfig) -> None:  # fmt: skip
     """A nest with symbolic extents (a symbolic build's rows): the loops after the last
-    symbolic one, all static, fused and vectorized; the rest fused into one parallel loop.
-    One flat loop would recover every element's indices by dividing by a symbolic dim, and
-    its symbolic extent has no vector lanes."""
+    symbolic one, all static, fused and vectorized; the leading loops (:func:`_leading_group`)
+    fused into one parallel loop; the loops between them stay nested."""
     last = max(i for i, e in enumerate(extents) if e == SYMBOLIC_EXTENT)
-    inner, outer = loops[last + 1 :], loops[: last + 1]
+    inner = loops[last + 1 :]
+    lead = min(_leading_group(extents), last + 1)
     if inner:
         _vector_loop(sch, sch.fuse(*inner) if len(inner) > 1 else inner[0], cfg,
                      parallel=False)  # fmt: skip
-    row = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    row = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
     if cfg.parallel:
         sch.parallel(row)
 
@@ -384,7 +394,14 @@ def schedule_softmax(sch: Any, cfg: FloatScheduleConfig) -> bool:
             return False
         _, ri = sch.split(r, [None, cfg.lanes])
         partial.append(sch.rfactor(ri, factor_axis=len(kinds) - 1))
-    rows = sch.fuse(*sch.get_loops(blocks[-1])[:-1])
+    row_loops = sch.get_loops(blocks[-1])[:-1]
+    extents = [_extent(sch, loop) for loop in row_loops]
+    if SYMBOLIC_EXTENT in extents:  # symbolic rows: fuse only where no symbolic division
+        lead = _leading_group(extents)
+        par = sch.fuse(*row_loops[:lead]) if lead > 1 else row_loops[0]
+        rows = sch.get_loops(blocks[-1])[len(row_loops) - lead]
+    else:
+        rows = par = sch.fuse(*row_loops)
     for blk in reversed(_blocks(sch)[:-1]):
         sch.compute_at(blk, rows, preserve_unit_loops=True)
     for blk in _blocks(sch):
@@ -395,7 +412,7 @@ def schedule_softmax(sch: Any, cfg: FloatScheduleConfig) -> bool:
         elif not _is_reduction(sch, blk) and len(loops) > 1:
             _vector_loop(sch, loops[-1], cfg, parallel=False)
     if cfg.parallel:
-        sch.parallel(rows)
+        sch.parallel(par)
     for p in partial:  # after parallel/vectorize: they need whole reduction blocks
         sch.decompose_reduction(p, sch.get_loops(p)[-2])
     return True
@@ -415,6 +432,12 @@ def _fuse_spatial(sch: Any, cfg: FloatScheduleConfig) -> bool:
         try:
             loops = sch.get_loops(block)
             nspatial = len(loops) - sum(1 for k in _kinds(sch, block) if k != _DATA_PAR)
+            extents = [_extent(sch, loop) for loop in loops[:nspatial]]
+            if SYMBOLIC_EXTENT in extents:  # symbolic rows: no per-element division
+                nspatial = _leading_group(extents)
+                if cfg.parallel and nspatial:
+                    sch.parallel(sch.fuse(*loops[:nspatial]) if nspatial > 1 else loops[0])
+                continue
             if nspatial >= 2:
                 sch.fuse(*loops[:nspatial])
         except s_tir.ScheduleError:
