@@ -72,7 +72,8 @@ def panel_tile(m: int, n: int) -> tuple[int, int]:
     registers. Rows that do not fill a tile get a smaller one.
     """
     nv = panel_group(n)
-    return min({4: 2, 3: 3, 2: 5, 1: 6}[nv], m), nv
+    rows = {4: 2, 3: 3, 2: 5, 1: 6}[nv]  # a symbolic m: the full tile (and a row tail)
+    return (min(rows, m) if isinstance(m, int) else rows), nv
 
 
 def narrow_tile(m: int, n: int) -> tuple[int, int]:
@@ -81,7 +82,8 @@ def narrow_tile(m: int, n: int) -> tuple[int, int]:
     most 2 panels wide. K = N = 1024, M = 64 measured 74 GMAC/s at 3 x 2, 69 at 2 x 2 and
     5 x 1, 56 at 2 x 4 (the dense tile: two accumulators spilled), 52 at 4 x 2."""
     nv = 2 if (n // PANEL) % 2 == 0 else 1
-    return min(3 if nv == 2 else 5, m), nv
+    rows = 3 if nv == 2 else 5
+    return (min(rows, m) if isinstance(m, int) else rows), nv
 
 
 def _nibble(byte: Any, high: bool, signed: bool) -> Any:
@@ -156,7 +158,7 @@ def te_pack_panels(
 
 def te_pair_codes(xq: Any, *, name: str) -> Any:
     """``xp int32 [M, K/2]``: int16 codes ``x[2p]`` (low half) and ``x[2p+1]`` (high half)."""
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     return te.compute(
         (m, k // 2),
         lambda i, p: (xq[i, 2 * p + 1].astype("int32") << 16)
@@ -441,7 +443,7 @@ def avx2_panel_matmul(
     Raises:
         NumericsError: a shape :func:`panel_supported` rejects.
     """
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     n = int(col_t[0].shape[1])
     nibbles = w_bits <= 4
     narrow = x_offset is not None and not nibbles
@@ -486,7 +488,8 @@ def sparse24_tile(m: int, n: int) -> tuple[int, int]:
     (the dense tile) spilled accumulators to the stack and ran only 1.14x dense at
     K=N=4096, M=64; 4 x 2 runs 1.2-1.3x (1 x 4..8, 3 x 2, 2 x 2 measured no better)."""
     nv = 2 if (n // PANEL) % 2 == 0 else 1
-    return min(4 if nv == 2 else 6, m), nv
+    rows = 4 if nv == 2 else 6
+    return (min(rows, m) if isinstance(m, int) else rows), nv
 
 
 def te_pack_sparse24_panels(
@@ -523,7 +526,7 @@ def avx2_sparse24_matmul(
     w_bits: int, name: str, attrs: dict[str, Any],
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` of the 2:4-sparse layer from codes and :func:`te_pack_sparse24_panels`."""
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     n = int(col_t[0].shape[1])
     if not sparse24_panel_supported(n=n, k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 2:4 kernel needs nibble values, N % 8 == 0 "
