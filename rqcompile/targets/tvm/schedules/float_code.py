@@ -426,6 +426,15 @@ def _schedule_rows(func: Any, target: Target | None) -> Any | None:
         return dlight_cpu_reduction().apply(func, target, False)
 
 
+def _symbolic_vector_loop(func: Any) -> bool:
+    """Whether ``func`` has a vectorized loop whose extent is not a constant (read off its
+    script: TVM's Python API has no TIR visitor)."""
+    import re
+
+    return any(not re.fullmatch(r"[\d\s,]*", m)
+               for m in re.findall(r"T\.vectorized\(([^)]*)\)", func.script()))  # fmt: skip
+
+
 def _fuse_spatial(sch: Any, cfg: FloatScheduleConfig) -> bool:
     """Fallback: fuse each block's leading data-parallel loops into one flat loop."""
     for block in _blocks(sch):
@@ -467,15 +476,20 @@ _RULES: tuple[Callable[[Any, FloatScheduleConfig, Target | None], Any | None], .
 
 
 def schedule_float_func(
-    func: Any, target: Target | None = None, config: FloatScheduleConfig | None = None
-) -> Any:
-    """``func`` (a TOPI float PrimFunc) scheduled by the first rule that applies."""
+    func: Any, target: Target | None = None, config: FloatScheduleConfig | None = None,
+    *, symbolic: bool = False,
+) -> Any:  # fmt: skip
+    """``func`` (a TOPI float PrimFunc) scheduled by the first rule that applies; with
+    ``symbolic`` (a symbolic build), a rule whose result vectorizes a loop of symbolic length
+    does not apply."""
     cfg = config or FloatScheduleConfig.for_target(target)
     for rule in _RULES:
         try:
             sch = rule(func, cfg, target)
         except _RULE_MISFIT:
             continue  # this rule does not fit; try the next one
+        if sch is not None and symbolic and _symbolic_vector_loop(sch.mod["main"]):
+            continue  # it vectorized a loop of symbolic length, which LLVM cannot take
         if sch is not None:
             return sch.mod["main"]
     sch = s_tir.Schedule(func)
@@ -490,11 +504,14 @@ def schedule_float_cpu(mod: Any, target: Target | None = None) -> Any:
     IRModule; the input is not modified.
     """
     cfg = FloatScheduleConfig.for_target(target)
+    # a symbolic build (``targets/tvm/symbolic.py``) bounds its dims on main
+    main = mod.functions.get(mod.get_global_var("main")) if "main" in mod else None
+    symbolic = main is not None and "tir_var_upper_bound" in (main.attrs or {})
     updates = {}
     for gvar, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or kernel_kind(func) is not None:
             continue
-        updates[gvar] = schedule_float_func(func, target, cfg)
+        updates[gvar] = schedule_float_func(func, target, cfg, symbolic=symbolic)
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
     for gvar, func in updates.items():
         new[gvar] = func
