@@ -16,15 +16,23 @@
   table ``[:seq]``, a causal mask ``[:seq, :seq]``) are stored at the maxima and sliced in
   the graph.
 * **Kernels valid for any row count.** Relax ops (norms, softmax, layout ops) and the
-  generic TE computes take symbolic extents as they come. A kernel builder that needs a
-  static size (a micro-kernel's row tile, a fused kernel's unrolled view) either handles
-  a symbolic row count itself (the VNNI/AVX2 panel matmuls run whole row tiles and then a
-  one-row tail loop; see ``x86/panel.py``) or raises while it is built, and the emitter then
-  emits the op's generic kernel instead (for a fused group: its ops one by one). So the
-  one build is correct for every shape; ``exe.symbolic_fallbacks`` lists what fell back.
-* **Range assumptions.** Each dim's declared range goes to TVM as ``tirx.assume``-style
-  bounds on the function (``tir_var_upper_bound``), which memory planning uses to size
-  buffers at the maxima once instead of allocating per call.
+  generic TE computes take symbolic extents as they come. The x86 micro-kernels take a
+  symbolic row count: the quantize and fused layer-norm-quantize kernels loop over rows
+  anyway; the packed panel matmuls (VNNI, AVX2, 2:4, XNOR) run whole row tiles and then a
+  one-row tail loop (``x86/panel.py``); the unpacked AVX2 and XNOR micro-kernels run
+  one-row tiles. A builder that still needs a static size raises while it is built and the
+  emitter emits the op's generic kernel instead (for a fused group: its ops one by one), so
+  the one build is correct for every shape; ``exe.symbolic_fallbacks`` lists what fell
+  back. Attention always runs as its relax ops here (its fused kernel unrolls static
+  views), so mixing positions is truly symbolic in the sequence.
+* **Schedules on symbolic nests** (``schedules/float_code.py``): a loop nest with symbolic
+  extents vectorizes its static tail and runs its leading loops in parallel, fusing only
+  loops whose indices can be recovered by dividing by static extents (a flat loop over
+  ``batch*seq*32`` would divide by ``seq`` at every element); a schedule rule whose result
+  vectorizes a loop of symbolic length does not apply.
+* **Range bounds.** Each dim's declared maximum goes to TVM on ``main``
+  (``tir_var_upper_bound``), which memory planning uses to size the buffers once, at the
+  maxima.
 
 The per-shape builds (``specialize="lru"``, ``targets/dynamic.py``) stay available: with
 every dim known each kernel takes its static fast path, at the cost of a build per shape.
