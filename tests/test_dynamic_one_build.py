@@ -85,6 +85,9 @@ def test_only_one_build_across_shapes(qat, exe, monkeypatch) -> None:
     one = exe.one_build
     for b, t in [(1, 1), (B, T), (3, 5), (2, T), (B, 1)]:
         exe(torch.randint(0, VOCAB, (b, t)))
+    exe.prebuild({"batch": 2, "seq": 3})  # nothing to build
+    with pytest.raises(InputError, match="outside"):
+        exe.prebuild({"batch": 2, "seq": T + 1})
     assert exe.one_build is one and exe.cached_shapes == []
     assert list(exe.build_seconds) == [()]  # the one build, timed
     assert "one symbolic build" in rq.inspect(exe)

@@ -272,7 +272,8 @@ class DynamicModule(CompiledModule):
         return exe
 
     def prebuild(self, *shapes: Mapping[str, int]) -> None:
-        """Build these dim values now (``exe.prebuild({"batch": 8, "seq": 32})``)."""
+        """Build these dim values now (``exe.prebuild({"batch": 8, "seq": 32})``); with one
+        build for every shape (``specialize="none"``) only the values are checked."""
         for values in shapes:
             unknown = set(values) ^ {d.name for d in self.shapes.dims}
             if unknown:
@@ -280,7 +281,8 @@ class DynamicModule(CompiledModule):
             for d in self.shapes.dims:
                 if not d.min <= values[d.name] <= d.max:
                     raise InputError(f"prebuild: {d.name}={values[d.name]} is outside {d}.")
-            self.executable(self._bucket(values))
+            if self.one_build is None:  # the one build already serves every shape
+                self.executable(self._bucket(values))
 
     @property
     def cached_shapes(self) -> list[dict[str, int]]:
