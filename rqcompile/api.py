@@ -400,11 +400,11 @@ def lower(
     shape on its first call, with every static fast path; ``"none"`` builds once, at
     ``rq.lower``, one module for every shape in the declared ranges
     (``rqcompile/targets/tvm/symbolic.py``), with no build at later calls and an artifact
-    that stores its kernels. Per-shape stays the default because the fused kernels that
-    need static sizes (the layer-norm quantize prologue, attention) run as separate
-    generic kernels in the one build: on the demo char transformer its
-    steady-state latency measured 1.8-16x the static build's, above the 1.3x that would
-    make it the default (benchmarks/results/dynamic_one_build.md). Choose ``"none"`` when
+    that stores its kernels. Per-shape stays the default: on the demo char transformer
+    the one build's steady state measured 1.14-1.28x the static build's from 256 tokens
+    up, but 1.3-1.9x at 1 to 32 tokens, where a fixed ~20 us of relax VM shape bookkeeping
+    per call weighs on 30-60 us of kernels (benchmarks/results/dynamic_one_build.md,
+    docs/models.md). Choose ``"none"`` when
     shapes are many and build time matters more.
 
     Example:
