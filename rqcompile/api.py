@@ -527,6 +527,8 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
             lib = check_binding(where, members["kernels.so"], ir, target, features)
             return DynamicModule(ir, target, build, specialize="none", library=lib,
                                  features=features)  # fmt: skip
+        if "kernels.so" in members:  # saved from one build: rebuild it the same way
+            return build(ir, target, specialize="none")
         return build(ir, target)
     if target.kind in DEVICE_KINDS and trust_kernels:
         from rqcompile.targets.tvm.device.build import load_device

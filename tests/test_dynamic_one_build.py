@@ -137,3 +137,13 @@ def test_one_build_other_presets(preset) -> None:
     one = _lower(q)
     for b, t in [(1, 1), (3, 7), (B, T)]:
         _parity(q, one, torch.randint(0, VOCAB, (b, t)))
+
+
+@pytest.mark.slow  # a second llvm build (~15 s)
+def test_load_without_trusting_the_kernels_rebuilds_once(exe, tmp_path) -> None:
+    path = tmp_path / "one.rq"
+    exe.save(path)
+    back = rq.load(path, trust_kernels=False)
+    assert isinstance(back, DynamicModule) and back.specialize == "none"
+    x = torch.randint(0, VOCAB, (3, 5))
+    assert torch.equal(back(x), exe(x))
