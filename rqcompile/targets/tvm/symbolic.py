@@ -189,7 +189,13 @@ def build_symbolic(sym_ir: Module, target: RQTarget,
     caller checks the ranges; see ``targets/dynamic.py``)."""
     from rqcompile.targets.tvm.build import export_bytes
     from rqcompile.targets.tvm.emit.module import emit_module
-    from rqcompile.targets.tvm.pipelines import Phase, features_for, pipeline_for, tvm_target
+    from rqcompile.targets.tvm.pipelines import (
+        Phase,
+        features_for,
+        library_suffix,
+        pipeline_for,
+        tvm_target,
+    )
     from rqcompile.targets.tvm.runtime import compiled_module
 
     sm = SymbolicModule.of(sym_ir)
@@ -207,7 +213,7 @@ def build_symbolic(sym_ir: Module, target: RQTarget,
     }
     tvm_phases = [phases.get(p.name, p) for p in passes[n_rq:]]
     x: Any = PassManager(tvm_phases).run(symbolic, ctx)
-    lib = export_bytes(x)
+    lib = export_bytes(x, library_suffix(target.to_dict()))  # .tar for another arch
     # the runner binds annotated.constants (full-size; prefixes are sliced in the graph)
     exe = compiled_module(annotated, target, lib, features_for(ttarget), executable=x,
                           tvm_target=ttarget)  # fmt: skip
