@@ -7,6 +7,7 @@ first request (batches share power-of-two builds); later requests reuse the buil
 
     python examples/serve_dynamic.py                      # llvm (TVM) kernels
     python examples/serve_dynamic.py --target reference   # pure torch, no build time
+    python examples/serve_dynamic.py --one-build          # one llvm build for every shape
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="llvm")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--one-build", action="store_true",
+                    help="build once for every shape (specialize='none') instead of per shape")
     args = ap.parse_args()
     torch.manual_seed(0)
     vocab, context = 65, 16
@@ -41,9 +44,10 @@ def main() -> None:
         opt.step()
     qat.eval()
 
-    exe = rq.lower(qat, args.target, dynamic=True)  # batch 1..64, seq 1..16
+    mode = "none" if args.one_build else "lru"
+    exe = rq.lower(qat, args.target, dynamic=True, specialize=mode)  # batch 1..64, seq 1..16
     path = os.path.join(tempfile.mkdtemp(), "served.rq")
-    exe.save(path)  # the symbolic IR; kernels are built per shape after loading
+    exe.save(path)  # the symbolic IR (and the one build's kernels, with --one-build)
     server = rq.load(path)
     print(rq.inspect(server).splitlines()[1])  # dynamic dims: batch in [1, 64] ...
 

@@ -283,7 +283,10 @@ def _root_cause(e: BaseException) -> BaseException:
     return next((x for x in seen if isinstance(x, RQError)), seen[-1])
 
 
-def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> Any:
+def build(
+    module: Any, target: Any = "llvm", *, threads: int | None = None,
+    specialize: str | None = None,
+) -> Any:  # fmt: skip
     """Compile an ``rqcompile.ir.Module`` for ``target`` into a ``CompiledModule``.
 
     Args:
@@ -293,6 +296,8 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
         threads: threads per call of the TVM CPU kernels; ``None`` (the default) follows
             ``torch.get_num_threads()`` at each call (all cores, like torch). The same as
             setting ``exe.threads`` afterwards.
+        specialize: for a symbolic module (dynamic dims), ``"none"`` (one build for every
+            shape) or ``"lru"`` (a build per shape); see :func:`lower`.
 
     Raises:
         TargetError: unknown target, or TVM not installed for a TVM target.
@@ -314,9 +319,14 @@ def build(module: Any, target: Any = "llvm", *, threads: int | None = None) -> A
         if tgt.kind != "reference":  # what every shape's build would refuse, refused now
             _require_tvm(tgt.kind)
             check_emitters(module, tgt)
-        exe = DynamicModule(module, tgt, build)
+        from rqcompile.targets.dynamic import DEFAULT_SPECIALIZE
+
+        exe = DynamicModule(module, tgt, build, specialize=specialize or DEFAULT_SPECIALIZE)
         exe.threads = threads
         return exe
+    if specialize is not None:
+        raise UsageError("specialize= applies to a module with dynamic dims (rq.convert(..., "
+                         "dynamic_shapes=...)); this one is static.")  # fmt: skip
     verify(module)
     if tgt.kind == "reference":
         from functools import partial
@@ -368,6 +378,7 @@ def lower(
     generate: bool = False,
     dynamic_shapes: Any = None,
     dynamic: bool = False,
+    specialize: str | None = None,
 ) -> Any:
     """``build(convert(model, example_inputs=...), target)``: QAT graph → compiled model.
 
@@ -385,6 +396,17 @@ def lower(
     ``DynamicModule``: the symbolic IR (``?`` dims), specialized and built per shape on first
     use and cached (``rqcompile/targets/dynamic.py``; costs in docs/models.md).
 
+    ``specialize`` picks how a dynamic model is built: ``"lru"`` (the default) builds each
+    shape on its first call, with every static fast path; ``"none"`` builds once, at
+    ``rq.lower``, one module for every shape in the declared ranges
+    (``rqcompile/targets/tvm/symbolic.py``), with no build at later calls and an artifact
+    that stores its kernels. Per-shape stays the default: on the demo char transformer
+    the one build's steady state measured 1.14-1.28x the static build's from 256 tokens
+    up, but 1.3-1.9x at 1 to 32 tokens, where a fixed ~20 us of relax VM shape bookkeeping
+    per call weighs on 30-60 us of kernels (benchmarks/results/dynamic_one_build.md,
+    docs/models.md). Choose ``"none"`` when
+    shapes are many and build time matters more.
+
     Example:
         >>> import torch, rqcompile as rq
         >>> qat = rq.prepare(torch.nn.Linear(64, 8), (torch.randn(2, 64),), "A4W4")
@@ -395,6 +417,9 @@ def lower(
     _ensure_prepared(model, "lower")
     if not isinstance(generate, bool):
         raise UsageError(f"generate must be True or False, got {generate!r}.")
+    if specialize is not None and not (dynamic or dynamic_shapes is not None):
+        raise UsageError("specialize= applies to dynamic shapes; give dynamic_shapes= or "
+                         "dynamic=True as well.")  # fmt: skip
     if generate and (dynamic or dynamic_shapes is not None):
         raise UsageError(
             "generate=True builds a KV cache for one batch and context length, so it cannot be "
@@ -408,6 +433,8 @@ def lower(
 
         ctx = PassContext.current().for_stage()
         ir = PassManager([KVCache()], verifier=verify).run(ir, ctx)
+    if specialize is not None:
+        return build(ir, target, specialize=specialize)
     return build(ir, target)
 
 
@@ -491,7 +518,17 @@ def load(path: str | os.PathLike[str], *, trust_kernels: bool = True) -> Compile
         raise ArtifactError(f"trust_kernels must be True or False, got {trust_kernels!r}.")
     manifest, ir, members = read_artifact(path)
     target = Target.parse(manifest["target"])
-    if dyn.is_symbolic(ir):  # dynamic dims: kernels are built per shape, as calls come
+    if dyn.is_symbolic(ir):  # dynamic dims: the one symbolic build's kernels, or per shape
+        if "kernels.so" in members and trust_kernels and target.kind not in DEVICE_KINDS:
+            from rqcompile.targets.dynamic import DynamicModule
+
+            features = manifest.get("features", [])
+            where = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+            lib = check_binding(where, members["kernels.so"], ir, target, features)
+            return DynamicModule(ir, target, build, specialize="none", library=lib,
+                                 features=features)  # fmt: skip
+        if "kernels.so" in members:  # saved from one build: rebuild it the same way
+            return build(ir, target, specialize="none")
         return build(ir, target)
     if target.kind in DEVICE_KINDS and trust_kernels:
         from rqcompile.targets.tvm.device.build import load_device

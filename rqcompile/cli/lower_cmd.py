@@ -58,6 +58,12 @@ def register(sub: Any) -> argparse.ArgumentParser:
         "the checkpoint's length): the artifact holds the symbolic IR and builds kernels per "
         "shape on first use (rq.lower(..., dynamic=True))",
     )
+    p.add_argument(
+        "--one-build",
+        action="store_true",
+        help="with --dynamic: build once, one module for every shape in the ranges, and store "
+        "its kernels in the artifact (rq.lower(..., dynamic=True, specialize='none'))",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the lowered-vs-QAT check")
     p.add_argument(
         "--allow-mismatch",
@@ -88,9 +94,12 @@ def _check_inputs(qat: Any) -> tuple[Any, ...]:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     import rqcompile as rq
-    from rqcompile.errors import NumericsError
+    from rqcompile.errors import NumericsError, UsageError
     from rqcompile.checkpoint import load_qat, read_qat_meta
     from rqcompile.targets.target import Target
+
+    if args.one_build and not args.dynamic:
+        raise UsageError("--one-build needs --dynamic.")
 
     target = Target.parse(args.target)  # a bad target fails before any slow work
     read_qat_meta(args.checkpoint)  # a missing or foreign file too
@@ -112,7 +121,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         ir = rq.convert(qat, dynamic=args.dynamic)
         step("convert", t)
         t = time.perf_counter()
-        exe = rq.build(ir, target)
+        exe = rq.build(ir, target, specialize="none") if args.one_build else rq.build(ir, target)
         step("build", t)
         t = time.perf_counter()
         diff = None

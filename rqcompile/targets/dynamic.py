@@ -1,8 +1,21 @@
 """``DynamicModule``: a compiled model whose declared dims (batch, sequence) vary per call.
 
-It holds the symbolic IR (``rqcompile/translate/dynamic.py``) and, per concrete shape, an ordinary
-static ``CompiledModule`` built by the unchanged static pipeline, so every static fast path
-(packed weights, fused attention, VNNI kernels) applies to every shape:
+It holds the symbolic IR (``rqcompile/translate/dynamic.py``) and runs it in one of two modes
+(``specialize=``, :data:`SPECIALIZE`):
+
+* ``"none"``: **one build for every shape** (``targets/tvm/symbolic.py``): relax functions
+  over the symbolic dims, every kernel valid for any row count, built once at ``rq.lower``
+  (or ``rq.build``); ``exe.save`` stores its kernels, so ``rq.load`` builds nothing. Kernels
+  whose fast path needs a static size run their generic version
+  (``exe.symbolic_fallbacks`` lists them). If the symbolic build itself fails, the model
+  falls back to per-shape builds with a line on stderr saying why
+  (``exe.specialize`` is then ``"lru"``).
+* ``"lru"``: **one static build per shape**, below. Every static fast path (packed
+  weights, fused attention, VNNI kernels) applies to every shape, at the cost of a build
+  (seconds) at the first call of each new shape.
+
+Per-shape mode (``"lru"``) holds, per concrete shape, an ordinary static ``CompiledModule``
+built by the unchanged static pipeline:
 
 * **Check first.** Each call checks every input's dtype, rank, static dims and dynamic dims
   against the declaration, and raises :class:`~rqcompile.errors.InputError` naming the input,
@@ -43,10 +56,20 @@ from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target
 from rqcompile.translate.dynamic import DynamicShapes, SymbolicModule, specialize
 
-__all__ = ["CACHE_SIZE", "DynamicModule", "check_emitters"]
+__all__ = ["CACHE_SIZE", "DEFAULT_SPECIALIZE", "SPECIALIZE", "DynamicModule", "check_emitters"]
+
+_specialize_ir = specialize  # DynamicModule.__init__'s ``specialize`` keyword shadows it
 
 #: Built shapes kept per dynamic model (least recently used evicted first).
 CACHE_SIZE = 8
+
+#: The build modes of a dynamic model: ``"none"`` (one symbolic build for every shape) and
+#: ``"lru"`` (a static build per shape, cached).
+SPECIALIZE = ("none", "lru")
+
+#: ``rq.lower(..., dynamic_shapes=...)``'s mode when ``specialize`` is not given (see
+#: ``api.lower`` for the measurements behind it).
+DEFAULT_SPECIALIZE = "lru"
 
 
 #: ``build(static_ir, target) -> CompiledModule``: ``rq.build``, passed in by ``api.py``
@@ -75,8 +98,20 @@ class DynamicModule(CompiledModule):
     """A compiled model with dynamic dims; call it like a ``CompiledModule``."""
 
     def __init__(
-        self, ir: Module, target: Target, build: Builder, *, check_rows: bool = True
+        self,
+        ir: Module,
+        target: Target,
+        build: Builder,
+        *,
+        check_rows: bool = True,
+        specialize: str = DEFAULT_SPECIALIZE,
+        library: bytes | None = None,
+        features: Sequence[str] = (),
     ) -> None:
+        if specialize not in SPECIALIZE:
+            from rqcompile.errors import UsageError
+
+            raise UsageError(f"specialize must be one of {SPECIALIZE}, got {specialize!r}.")
         super().__init__(ir, target, self._run)
         self._build = build
         sm = SymbolicModule.of(ir)
@@ -88,15 +123,60 @@ class DynamicModule(CompiledModule):
         self._threads: int | None = None
         self.build_seconds: dict[tuple[int, ...], float] = {}
         # a damaged or hand-edited symbolic IR fails here (rq.build, rq.load), not at a call
-        verify(specialize(sm, {d.name: d.max for d in self.shapes.dims}))
-        self.bucket_dim = self._bucket_candidate()
+        verify(_specialize_ir(sm, {d.name: d.max for d in self.shapes.dims}))
+        #: the one symbolic build (``specialize="none"``), else None
+        self.one_build: CompiledModule | None = None
+        self.symbolic_fallbacks: tuple[str, ...] = ()
+        self.specialize = specialize
+        if specialize == "none" and target.kind == "reference":
+            self.specialize = "lru"  # nothing to build: the reference runs any shape as is
+        if self.specialize == "none":
+            self._build_once(library, features)
+        self.bucket_dim = self._bucket_candidate() if self.specialize == "lru" else None
         if self.bucket_dim is not None and check_rows and not self._rows_independent():
             self.bucket_dim = None
+
+    def _build_once(self, library: bytes | None, features: Sequence[str]) -> None:
+        """``specialize="none"``: the symbolic build (or an artifact's library of one)."""
+        from rqcompile.errors import RQError
+        from rqcompile.targets.tvm.device.build import DEVICE_KINDS
+
+        if self.target.kind in DEVICE_KINDS:
+            self._no_one_build("device targets build per shape")
+            return
+        t0 = time.perf_counter()
+        try:
+            if library is not None:
+                from rqcompile.targets.tvm.runtime import compiled_module
+
+                top = specialize(self.symbolic, {d.name: d.max for d in self.shapes.dims})
+                one = compiled_module(top, self.target, library, features)
+            else:
+                from rqcompile.targets.tvm.symbolic import build_symbolic
+
+                one = build_symbolic(self.ir, self.target)
+        except RQError as e:
+            if library is not None:
+                raise
+            self._no_one_build(f"the symbolic build failed: {e}")
+            return
+        self.build_seconds[()] = time.perf_counter() - t0
+        one.threads = self._threads
+        self.one_build = one
+        self.symbolic_fallbacks = tuple(getattr(one, "symbolic_fallbacks", ()))
+        self._library, self.features = one._library, one.features  # saved with the IR
+
+    def _no_one_build(self, why: str) -> None:
+        print(f"rqcompile: building per shape instead of once ({why})", file=sys.stderr,
+              flush=True)  # fmt: skip
+        self.specialize = "lru"
 
     # -- declaration checks ----------------------------------------------------------------
 
     def _check(self, inputs: tuple[Any, ...]) -> None:
         self._dims(inputs)
+        if self.one_build is not None:  # NaN/Inf, token ranges, device (static dims: _dims)
+            CompiledModule._check(self, inputs)
 
     def _dims(self, inputs: Sequence[Any]) -> dict[str, int]:
         """The value of every dim, after checking each input against the declaration."""
@@ -192,7 +272,8 @@ class DynamicModule(CompiledModule):
         return exe
 
     def prebuild(self, *shapes: Mapping[str, int]) -> None:
-        """Build these dim values now (``exe.prebuild({"batch": 8, "seq": 32})``)."""
+        """Build these dim values now (``exe.prebuild({"batch": 8, "seq": 32})``); with one
+        build for every shape (``specialize="none"``) only the values are checked."""
         for values in shapes:
             unknown = set(values) ^ {d.name for d in self.shapes.dims}
             if unknown:
@@ -200,7 +281,8 @@ class DynamicModule(CompiledModule):
             for d in self.shapes.dims:
                 if not d.min <= values[d.name] <= d.max:
                     raise InputError(f"prebuild: {d.name}={values[d.name]} is outside {d}.")
-            self.executable(self._bucket(values))
+            if self.one_build is None:  # the one build already serves every shape
+                self.executable(self._bucket(values))
 
     @property
     def cached_shapes(self) -> list[dict[str, int]]:
@@ -208,6 +290,8 @@ class DynamicModule(CompiledModule):
         return [dict(zip((d.name for d in self.shapes.dims), k, strict=True)) for k in self._cache]
 
     def _run(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.one_build is not None:  # checked by _check (every call goes through it)
+            return self.one_build._runner(*inputs)
         values = self._dims(inputs)
         run = self._bucket(values)
         exe = self.executable(run)
@@ -237,6 +321,8 @@ class DynamicModule(CompiledModule):
         self._threads = n
         for exe in self._cache.values():
             exe.threads = n
+        if getattr(self, "one_build", None) is not None:
+            self.one_build.threads = n  # type: ignore[union-attr]
 
     # -- bucketing analysis ----------------------------------------------------------------
 
@@ -306,6 +392,13 @@ class DynamicModule(CompiledModule):
             if self.bucket_dim
             else "none (every shape built exactly)"
         )
+        if self.one_build is not None:
+            fb = "; ".join(dict.fromkeys(self.symbolic_fallbacks)) or "none"
+            return (
+                f"{compiled_summary(self)}\n"
+                f"build: one symbolic build for every shape (specialize='none'); "
+                f"generic-kernel fallbacks: {fb}"
+            )
         return (  # the summary lists the dynamic dims (read off the IR, as for artifacts)
             f"{compiled_summary(self)}\n"
             f"buckets: {bucket}; shapes built: {built} (cache {self.cache_size})"

@@ -108,3 +108,24 @@ def test_lower_dynamic_writes_a_symbolic_artifact(
     torch.testing.assert_close(exe(x), qat(x), rtol=1e-4, atol=1e-4)
     assert main(["inspect", str(dest)]) == 0  # read, not loaded: the IR's declaration
     assert "dynamic dims: batch in [1, 64] (x axis 0)" in capsys.readouterr().out
+
+
+def test_lower_one_build_stores_the_kernels(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, tmp_path: Path
+) -> None:
+    import zipfile
+
+    from rqcompile.targets.dynamic import DynamicModule
+
+    assert main(["lower", str(ckpt), "--one-build", "-o", str(tmp_path / "x.rq")]) != 0
+    assert "--one-build needs --dynamic" in capsys.readouterr().err
+    dest = tmp_path / "one.rq"
+    args = ["lower", str(ckpt), "--target", "llvm", "--dynamic", "--one-build", "-o", str(dest)]
+    assert main(args) == 0
+    assert "kernels.so" in zipfile.ZipFile(dest).namelist()  # one library for every shape
+    exe = rq.load(dest)
+    assert isinstance(exe, DynamicModule) and exe.specialize == "none"
+    qat = rq.load_qat(ckpt)
+    for b in (1, 3, 64):
+        x = torch.randn(b, 64)
+        assert rq.check_parity(qat, exe, x).ok

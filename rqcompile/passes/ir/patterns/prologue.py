@@ -67,8 +67,12 @@ class PrologueChain:
 
 
 def _dims(v: Value) -> tuple[int, ...] | None:
+    """Static dims; in a symbolic build (``targets/tvm/symbolic.py``) a dynamic dim is the TIR
+    expression its type carries, the same object wherever the expression is the same."""
     shape = v.type.shape
-    return None if None in shape else tuple(int(d) for d in shape)  # type: ignore[arg-type]
+    if None in shape:
+        return None
+    return tuple(d if not isinstance(d, int) else int(d) for d in shape)  # type: ignore[misc]
 
 
 def _is_vec(v: Value, k: int) -> bool:
@@ -92,10 +96,16 @@ def _skip_reshapes(g: Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, int
 
 
 def _numel(v: Value) -> int:
-    n = 1
-    for d in _dims(v) or ():
+    dims = _dims(v) or (1,)
+    n = dims[0]  # not 1 * dims[0]: symbolic products then print alike (batch * seq * 32)
+    for d in dims[1:]:
         n *= d
     return n
+
+
+def _same_numel(a: Value, b: Value) -> bool:
+    """Equal element counts (symbolic ones compared as printed: the same product of dims)."""
+    return str(_numel(a)) == str(_numel(b))
 
 
 def _bias_add(g: Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, Value] | None:
@@ -109,7 +119,8 @@ def _bias_add(g: Uses, v: Value, k: int, ops: set[int]) -> tuple[Value, Value] |
     add = g.f.ops[ai]
     for y, bias in (add.operands, add.operands[::-1]):
         dims = _dims(y)
-        full = y.type.dtype == "f32" and dims and dims[-1] == k and _numel(y) == _numel(v)
+        full = (y.type.dtype == "f32" and dims and dims[-1] == k
+                and _same_numel(y, v))  # fmt: skip
         if full and _is_vec(bias, k):
             ops |= seen | {ai}
             return y, bias
@@ -136,7 +147,7 @@ def _residual(g: Uses, h: Value, k: int, qi: int, ln: int,
         biased = _bias_add(g, other, k, found)
         if biased is not None:
             residual: tuple[Value, ...] = biased
-        elif other.type.dtype == "f32" and _numel(other) == _numel(h) and _dims(other):
+        elif other.type.dtype == "f32" and _same_numel(other, h) and _dims(other):
             if _dims(other)[-1] != k:  # type: ignore[index]
                 continue
             residual = (other,)

@@ -56,6 +56,11 @@ class Emission:
         self.bb = bb
         self._memo: dict[Hashable, tuple[Any, Any]] = {}
         self.uses: Uses | None = None  # of the function being emitted
+        #: a symbolic build (``targets/tvm/symbolic.py``): a kernel builder that cannot
+        #: take symbolic sizes falls back to the generic kernel
+        self.symbolic = False
+        #: what each fallback replaced, for the build's report
+        self.fallbacks: list[str] = []
 
     def emit(self, expr: Expr) -> Expr:
         return self.bb.emit(expr)
@@ -118,7 +123,7 @@ class Emission:
             svars = [tirx.Var(f"s{i}", "int64") for i in range(len(scalars))]
             out = fn(*phs, *svars, **attrs)
             func = te.create_prim_func([*phs, *svars, out]).without_attr("global_symbol")
-            out_type = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
+            out_type = relax.TensorType(list(out.shape), str(out.dtype))
             hit = self._memo[key] = (self.bb.add_func(func, name), out_type)
         prims = [relax.prim_value(tirx.IntImm("int64", int(v))) for v in scalars]
         return self.bb.emit(relax.call_tir(hit[0], [*args, *prims], hit[1]))
@@ -164,9 +169,10 @@ def _kw(op: Op) -> dict[str, Any]:
     return dict(op.attrs_dict)
 
 
-def _dims(t: TensorType) -> list[int]:
-    """Static dims (``_check`` rejected dynamic ones before emission)."""
-    return [int(d) for d in t.shape]  # type: ignore[arg-type]
+def _dims(t: TensorType) -> list[Any]:
+    """The dims: ints, or in a symbolic build (``targets/tvm/symbolic.py``) TIR expressions
+    in the declared dims where they vary (``_check`` rejected ``?`` dims before emission)."""
+    return [d if not isinstance(d, int) else int(d) for d in t.shape]
 
 
 def _norm_axes(op: Op) -> list[int]:

@@ -31,6 +31,13 @@ def _te_op(fn: Callable[..., Any], name: str) -> Emitter:
         build = fn if row is None or row.builder is None else row.builder
         opts = dict(row.options) if row is not None else {}
         key = (_op_key(op), tuple(sorted(opts.items())))
+        if cx.symbolic and opts:  # the row's kernel, if it takes symbolic sizes
+            try:
+                return cx.emit_te(build, xs, key=key, name=name, opaque=True, **_kw(op), **opts)
+            except Exception as e:  # any builder error: the generic kernel
+                cx.fallbacks.append(f"{op.attr('rq.kernel', name)} -> generic ({_why(e)})")
+            key = (_op_key(op), ())
+            return cx.emit_te(fn, xs, key=key, name=name, opaque=True, **_kw(op))
         return cx.emit_te(build, xs, key=key, name=name, opaque=True, **_kw(op), **opts)
 
     return emit
@@ -55,6 +62,16 @@ def _packed(te_fn: Any, kind: str, n_x: int = 3) -> Emitter:
         layout = op.attr("rq.weight_layout", None)
         if row is None or row.pack is None or layout != row.pack.layout:
             return fused(cx, op, xs)
+        if cx.symbolic:  # the packed kernel, if it takes symbolic sizes; else the generic one
+            try:
+                return packed_kernel(cx, op, xs, row, layout)
+            except Exception as e:
+                cx.fallbacks.append(f"{op.attr('rq.kernel', kind)} -> generic ({_why(e)})")
+                return cx.emit_te(te_fn, xs, key=(_op_key(op), ()), name=kind, opaque=True,
+                                  **_kw(op))  # fmt: skip
+        return packed_kernel(cx, op, xs, row, layout)
+
+    def packed_kernel(cx: Emission, op: Op, xs: tuple[Expr, ...], row: Any, layout: Any) -> Expr:
         kw = {**_kw(op), **row.pack.options}
         xr = op.attr("rq.x_range", None)
         if xr is not None:
@@ -69,3 +86,9 @@ def _packed(te_fn: Any, kind: str, n_x: int = 3) -> Emitter:
                           name=kind, opaque=True, **kw)  # fmt: skip
 
     return emit
+
+
+def _why(e: BaseException) -> str:
+    """One line of a builder's error, for the symbolic build's fallback report."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1][:120] if text else ''}"

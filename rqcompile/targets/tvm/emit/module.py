@@ -205,8 +205,62 @@ def _check(f: Func) -> None:
         )
 
 
+def _symbolic_chains(cx: Emission, f: Func) -> list[Any]:
+    """The marked prologue chains the pattern still finds on the symbolic types (a chain it
+    does not find runs as its ops)."""
+    from rqcompile.passes.ir.patterns.prologue import find_prologues
+
+    marks: dict[int, set[int]] = {}
+    for i, op in enumerate(f.ops):
+        mark = op.attr("rq.fused", None)
+        if isinstance(mark, tuple) and len(mark) == 2 and mark[0] == "prologue":
+            marks.setdefault(int(mark[1]), set()).add(i)
+    if not marks:
+        return []
+    try:
+        found = {c.ops: c for c in find_prologues(f, lambda q: True)}
+    except Exception as e:  # the pattern needs static sizes: every chain as its ops
+        cx.fallbacks.append(f"fused prologue_quantize -> its ops ({type(e).__name__})")
+        return []
+    out = []
+    for _, ops in sorted(marks.items()):
+        chain = found.get(frozenset(ops))
+        if chain is None:
+            cx.fallbacks.append("fused prologue_quantize -> its ops (not found on symbolic types)")
+        else:
+            out.append(chain)
+    return out
+
+
+def _emit_op(cx: Emission, op: Any, env: dict[int, Expr]) -> None:
+    out = EMITTERS[op.name](cx, op, tuple(env[v.id] for v in op.operands))
+    if len(op.results) == 1:
+        env[op.result.id] = out
+    else:
+        for i, r in enumerate(op.results):
+            env[r.id] = cx.emit(relax.TupleGetItem(out, i))
+
+
+def _const(cx: Emission, op: Any, weight: Expr) -> Expr:
+    """A constant's parameter; in a symbolic build, the leading block a shape-computed
+    constant (``mask[:seq, :seq]``) takes at the call's dims."""
+    dims = _dims(op.result.type)
+    if all(isinstance(d, int) for d in dims):
+        return weight
+    axes = [a for a, d in enumerate(dims) if not isinstance(d, int)]
+    # in bounds: every dim of the range is at most the maximum the constant was stored at
+    ends = [dims[a] for a in axes]
+    return cx.emit(relax.op.strided_slice(weight, axes, [0] * len(axes), ends,
+                                          assume_inbound=True))  # fmt: skip
+
+
 def emit_module(
-    ir: Module, func: str = "main", *, options: Mapping[str, Mapping[str, Any]] | None = None
+    ir: Module,
+    func: str = "main",
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    symbolic: Mapping[str, int] | None = None,
+    report: list[str] | None = None,
 ) -> Any:
     """Translate ``ir``'s function ``func`` into a relax ``IRModule`` with function ``main``.
 
@@ -232,38 +286,55 @@ def emit_module(
     for op in f.ops:
         if op.name == "rq.const":
             name = str(op.attr("name"))
-            weights.setdefault(name, relax.Var(identifier(name), _relax_type(op.result.type)))
+            t = op.result.type
+            if symbolic is not None:  # stored at the maxima; symbolic uses slice a prefix
+                c = ir.constants[name]
+                t = TensorType(tuple(c.shape), t.dtype)
+            weights.setdefault(name, relax.Var(identifier(name), _relax_type(t)))
     cx = Emission(relax.BlockBuilder())
+    cx.symbolic = symbolic is not None
     env: dict[int, Expr] = {v.id: x for v, x in zip(f.args, inputs, strict=True)}
-    groups = _attention_groups(ir, f)
+    # symbolic: attention runs as its relax ops (its fused kernel unrolls static views);
+    # a prologue chain is fused where its kernel takes the symbolic row count
+    groups = [] if cx.symbolic else _attention_groups(ir, f)
     fused = {i for g in groups for i in g.ops}
     anchors = {g.anchor: g for g in groups}
-    chains = _prologue_chains(f)
+    chains = _symbolic_chains(cx, f) if cx.symbolic else _prologue_chains(f)
     fused |= {i for c in chains for i in c.ops}
     chain_at = {c.anchor: c for c in chains}
     # num_input: the rest are weights, whose weight-only work LiftTransformParams may hoist
-    with cx.bb.function("main", [*inputs, *weights.values()], attrs={"num_input": len(inputs)}):
+    fattrs: dict[str, Any] = {"num_input": len(inputs)}
+    if symbolic:  # upper bounds: memory is planned once, for the largest shape
+        fattrs["tir_var_upper_bound"] = {k: int(v) for k, v in symbolic.items()}
+    with cx.bb.function("main", [*inputs, *weights.values()], attrs=fattrs):
         with cx.bb.dataflow():
             cx.uses = Uses(f)
             for i, op in enumerate(f.ops):
                 if op.name == "rq.const":
-                    env[op.result.id] = weights[str(op.attr("name"))]
+                    env[op.result.id] = _const(cx, op, weights[str(op.attr("name"))])
                     continue
-                if i in anchors:
-                    env[anchors[i].result.id] = _emit_attention(cx, anchors[i], env, f)
-                    continue
-                if i in chain_at:
-                    _emit_prologue(cx, chain_at[i], env)
+                group: Any = anchors.get(i) or chain_at.get(i)
+                if group is not None:
+                    try:
+                        if i in anchors:
+                            env[group.result.id] = _emit_attention(cx, group, env, f)
+                        else:
+                            _emit_prologue(cx, group, env)
+                        continue
+                    except Exception as e:  # symbolic: the ops one by one
+                        if not cx.symbolic:
+                            raise
+                        kind = "attention" if i in anchors else "prologue_quantize"
+                        cx.fallbacks.append(f"fused {kind} -> its ops ({type(e).__name__})")
+                    for j in sorted(group.ops):
+                        _emit_op(cx, f.ops[j], env)
                     continue
                 if i in fused:
                     continue
-                out = EMITTERS[op.name](cx, op, tuple(env[v.id] for v in op.operands))
-                if len(op.results) == 1:
-                    env[op.result.id] = out
-                else:
-                    for i, r in enumerate(op.results):
-                        env[r.id] = cx.emit(relax.TupleGetItem(out, i))
+                _emit_op(cx, op, env)
             outs = [env[v.id] for v in f.outputs]
             ret = cx.bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         cx.bb.emit_func_output(ret)
+    if report is not None:
+        report.extend(cx.fallbacks)
     return cx.bb.finalize()

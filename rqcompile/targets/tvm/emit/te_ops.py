@@ -46,7 +46,7 @@ def te_causal_mask(x: Any, *, fill: float, offset: int | None = None) -> Any:
     ``offset = S - T`` is ``rq.causal_mask`` (aligned to the bottom right, like
     ``tril(S - T)``); ``offset = 0`` is torch SDPA's ``is_causal`` (top left).
     """
-    *_, t, s = (int(d) for d in x.shape)
+    *_, t, s = x.shape
     off = s - t if offset is None else offset
     value = tirx.const(fill, x.dtype)
 
@@ -59,7 +59,7 @@ def te_causal_mask(x: Any, *, fill: float, offset: int | None = None) -> Any:
 
 def te_slice(x: Any, start: Any, *, axis: int, size: int, step: int) -> Any:
     """``x[..., start : start + size*step : step, ...]`` along ``axis``; ``start`` may be a var."""
-    shape = [int(d) for d in x.shape]
+    shape = list(x.shape)
     shape[axis] = size
 
     def at(*i: Any) -> Any:

@@ -41,8 +41,16 @@ def _f64(v: float) -> Any:
     return tirx.const(v, "float64")
 
 
-def _shape(t: Tensor) -> list[int]:
-    return [int(d) for d in t.shape]
+def _shape(t: Tensor) -> list[Any]:
+    """Static dims as ints; a symbolic build's dynamic dims (``targets/tvm/symbolic.py``) as
+    the TIR expressions they are."""
+    return [int(d) if isinstance(d, (int, tirx.IntImm)) else d for d in t.shape]
+
+
+def dim(d: Any) -> Any:
+    """A static dim as an int; a symbolic build's dynamic dim (the row count) as the TIR
+    expression it is: kernels with row loops take either (``targets/tvm/symbolic.py``)."""
+    return int(d) if isinstance(d, (int, tirx.IntImm)) else d
 
 
 def _nblocks(k: int, block: int, what: str) -> int:

@@ -92,7 +92,7 @@ def _at_origin(scale: Tensor, offset: Tensor, c: Tensor, *i: Any) -> Any:
 def _parts(scale: Tensor, offset: Tensor, sums: Tensor, *, block: int, name: str,
            stage: str) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """``(c, S̃ = S - B·c, v0 = offset + scale·c)`` per block of one operand."""
-    shape = [int(d) for d in scale.shape]
+    shape = list(scale.shape)
     attrs = {"rq.stage": stage}
     c = te.compute(shape, lambda *i: _origin(scale(*i), offset(*i)), name=f"{name}_c",
                    attrs=attrs)  # fmt: skip
@@ -107,7 +107,7 @@ def te_row_parts(xs: Tensor, xc: Tensor, sx: Tensor, *, block: int, name: str) -
     """``[xs, cx, S̃_X, x0, xk]`` (:data:`ROW_PARTS`) from scales, offsets and code sums."""
     cx, sxt, x0 = _parts(xs, xc, sx, block=block, name=f"{name}_x", stage="prep")
     fb = tirx.const(float(block), "float64")
-    xk = te.compute([int(d) for d in xs.shape], lambda *i: (
+    xk = te.compute(list(xs.shape), lambda *i: (
         _f64(xs(*i)) * _f64(sxt(*i)) + fb * _at_origin(xs, xc, cx, *i)
     ).astype("float32"), name=f"{name}_xk", attrs={"rq.stage": "prep"})  # fmt: skip
     return [xs, cx, sxt, x0, xk]
@@ -123,7 +123,7 @@ def te_col_parts(ws: Tensor, wc: Tensor, sw: Tensor, *, block: int, name: str,
                  stage: str = "prep") -> list[Tensor]:  # fmt: skip
     """``[ws, cw, S_W, wa, w0]`` (:data:`COL_PARTS`); ``stage="pack"`` when lifted to load."""
     cw, swt, w0 = _parts(ws, wc, sw, block=block, name=f"{name}_w", stage=stage)
-    wa = te.compute([int(d) for d in ws.shape],
+    wa = te.compute(list(ws.shape),
                     lambda *i: (_f64(ws(*i)) * _f64(swt(*i))).astype("float32"),
                     name=f"{name}_wa", attrs={"rq.stage": stage})  # fmt: skip
     return [ws, cw, sw, wa, w0]

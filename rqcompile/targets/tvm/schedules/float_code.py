@@ -55,6 +55,7 @@ from rqcompile.targets.tvm.adapter import (
     tvm,
 )
 from rqcompile.targets.tvm.schedules.integer import (
+    SYMBOLIC_EXTENT,
     CpuScheduleConfig,
     _divisor,
     _extent,
@@ -224,6 +225,8 @@ def schedule_matmul(sch: Any, cfg: FloatScheduleConfig) -> bool:
     loops = sch.get_loops(mm)
     if len(loops) < 3:
         return False
+    if _extent(sch, loops[-2]) == SYMBOLIC_EXTENT:  # symbolic columns: no padded tiles
+        return False
     tile_n = cfg.tile_n_for(_extent(sch, loops[-2]))
     if _extent(sch, loops[-2]) % tile_n:  # e.g. an LM head with N = 65: pad N
         pad = [1] * len(loops)
@@ -297,12 +300,40 @@ def _flat_vector(sch: Any, block: Any, cfg: FloatScheduleConfig) -> None:
         loops = sch.get_loops(block)
         if not loops or any(k != _DATA_PAR for k in _kinds(sch, block)):
             return
+        extents = [_extent(sch, loop) for loop in loops]
+        if SYMBOLIC_EXTENT in extents:  # symbolic build: vectorize the static tail only
+            _split_symbolic(sch, loops, extents, cfg)
+            return
         if _extent(sch, loops[0]) != 1 and len(loops) > 1:
             loops = [sch.fuse(*loops)]
         if len(loops) == 1:
             _vector_loop(sch, loops[0], cfg, parallel=True)
     except s_tir.ScheduleError:  # an unusual nest: leave it
         return
+
+
+def _leading_group(extents: list[int]) -> int:
+    """How many leading loops of a nest with symbolic extents fuse into its parallel loop:
+    up to the second symbolic one, so recovering each index divides by static extents only
+    (a flat loop over every dim divides by a symbolic dim at every element)."""
+    syms = [i for i, e in enumerate(extents) if e == SYMBOLIC_EXTENT]
+    return syms[1] if len(syms) > 1 else len(extents)
+
+
+def _split_symbolic(sch: Any, loops: list[Any], extents: list[int],
+                    cfg: FloatScheduleConfig) -> None:  # fmt: skip
+    """A nest with symbolic extents (a symbolic build's rows): the loops after the last
+    symbolic one, all static, fused and vectorized; the leading loops (:func:`_leading_group`)
+    fused into one parallel loop; the loops between them stay nested."""
+    last = max(i for i, e in enumerate(extents) if e == SYMBOLIC_EXTENT)
+    inner = loops[last + 1 :]
+    lead = min(_leading_group(extents), last + 1)
+    if inner:
+        _vector_loop(sch, sch.fuse(*inner) if len(inner) > 1 else inner[0], cfg,
+                     parallel=False)  # fmt: skip
+    row = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+    if cfg.parallel:
+        sch.parallel(row)
 
 
 def schedule_elementwise(sch: Any, cfg: FloatScheduleConfig) -> bool:
@@ -355,11 +386,22 @@ def schedule_softmax(sch: Any, cfg: FloatScheduleConfig) -> bool:
             continue
         kinds = _kinds(sch, blk)
         r = sch.get_loops(blk)[-1]
-        if kinds[-1] != _REDUCE or kinds.count(_REDUCE) != 1 or _extent(sch, r) % cfg.lanes:
+        if kinds[-1] != _REDUCE or kinds.count(_REDUCE) != 1:
+            return False
+        if _extent(sch, r) == SYMBOLIC_EXTENT:  # a symbolic row length: no lanes
+            continue
+        if _extent(sch, r) % cfg.lanes:
             return False
         _, ri = sch.split(r, [None, cfg.lanes])
         partial.append(sch.rfactor(ri, factor_axis=len(kinds) - 1))
-    rows = sch.fuse(*sch.get_loops(blocks[-1])[:-1])
+    row_loops = sch.get_loops(blocks[-1])[:-1]
+    extents = [_extent(sch, loop) for loop in row_loops]
+    if SYMBOLIC_EXTENT in extents:  # symbolic rows: fuse only where no symbolic division
+        lead = _leading_group(extents)
+        par = sch.fuse(*row_loops[:lead]) if lead > 1 else row_loops[0]
+        rows = sch.get_loops(blocks[-1])[len(row_loops) - lead]
+    else:
+        rows = par = sch.fuse(*row_loops)
     for blk in reversed(_blocks(sch)[:-1]):
         sch.compute_at(blk, rows, preserve_unit_loops=True)
     for blk in _blocks(sch):
@@ -370,7 +412,7 @@ def schedule_softmax(sch: Any, cfg: FloatScheduleConfig) -> bool:
         elif not _is_reduction(sch, blk) and len(loops) > 1:
             _vector_loop(sch, loops[-1], cfg, parallel=False)
     if cfg.parallel:
-        sch.parallel(rows)
+        sch.parallel(par)
     for p in partial:  # after parallel/vectorize: they need whole reduction blocks
         sch.decompose_reduction(p, sch.get_loops(p)[-2])
     return True
@@ -384,12 +426,27 @@ def _schedule_rows(func: Any, target: Target | None) -> Any | None:
         return dlight_cpu_reduction().apply(func, target, False)
 
 
+def _symbolic_vector_loop(func: Any) -> bool:
+    """Whether ``func`` has a vectorized loop whose extent is not a constant (read off its
+    script: TVM's Python API has no TIR visitor)."""
+    import re
+
+    return any(not re.fullmatch(r"[\d\s,]*", m)
+               for m in re.findall(r"T\.vectorized\(([^)]*)\)", func.script()))  # fmt: skip
+
+
 def _fuse_spatial(sch: Any, cfg: FloatScheduleConfig) -> bool:
     """Fallback: fuse each block's leading data-parallel loops into one flat loop."""
     for block in _blocks(sch):
         try:
             loops = sch.get_loops(block)
             nspatial = len(loops) - sum(1 for k in _kinds(sch, block) if k != _DATA_PAR)
+            extents = [_extent(sch, loop) for loop in loops[:nspatial]]
+            if SYMBOLIC_EXTENT in extents:  # symbolic rows: no per-element division
+                nspatial = _leading_group(extents)
+                if cfg.parallel and nspatial:
+                    sch.parallel(sch.fuse(*loops[:nspatial]) if nspatial > 1 else loops[0])
+                continue
             if nspatial >= 2:
                 sch.fuse(*loops[:nspatial])
         except s_tir.ScheduleError:
@@ -419,15 +476,20 @@ _RULES: tuple[Callable[[Any, FloatScheduleConfig, Target | None], Any | None], .
 
 
 def schedule_float_func(
-    func: Any, target: Target | None = None, config: FloatScheduleConfig | None = None
-) -> Any:
-    """``func`` (a TOPI float PrimFunc) scheduled by the first rule that applies."""
+    func: Any, target: Target | None = None, config: FloatScheduleConfig | None = None,
+    *, symbolic: bool = False,
+) -> Any:  # fmt: skip
+    """``func`` (a TOPI float PrimFunc) scheduled by the first rule that applies; with
+    ``symbolic`` (a symbolic build), a rule whose result vectorizes a loop of symbolic length
+    does not apply."""
     cfg = config or FloatScheduleConfig.for_target(target)
     for rule in _RULES:
         try:
             sch = rule(func, cfg, target)
         except _RULE_MISFIT:
             continue  # this rule does not fit; try the next one
+        if sch is not None and symbolic and _symbolic_vector_loop(sch.mod["main"]):
+            continue  # it vectorized a loop of symbolic length, which LLVM cannot take
         if sch is not None:
             return sch.mod["main"]
     sch = s_tir.Schedule(func)
@@ -442,11 +504,14 @@ def schedule_float_cpu(mod: Any, target: Target | None = None) -> Any:
     IRModule; the input is not modified.
     """
     cfg = FloatScheduleConfig.for_target(target)
+    # a symbolic build (``targets/tvm/symbolic.py``) bounds its dims on main
+    main = mod.functions.get(mod.get_global_var("main")) if "main" in mod else None
+    symbolic = main is not None and "tir_var_upper_bound" in (main.attrs or {})
     updates = {}
     for gvar, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or kernel_kind(func) is not None:
             continue
-        updates[gvar] = schedule_float_func(func, target, cfg)
+        updates[gvar] = schedule_float_func(func, target, cfg, symbolic=symbolic)
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
     for gvar, func in updates.items():
         new[gvar] = func

@@ -167,8 +167,16 @@ def _by_stage(sch: Any, stage: str) -> list[Any]:
     return [b for b in _blocks(sch) if _stage(sch, b) == stage]
 
 
+#: What :func:`_extent` says of a symbolic loop (a symbolic build's row count): a prime
+#: above any real extent, so it is "large", divisible by no tile or lane count (no
+#: tiling that would need a remainder) and equal to every other symbolic extent (stages
+#: over the same rows still merge; where they do not, ``sch.merge`` refuses as usual).
+SYMBOLIC_EXTENT = 2**31 - 1
+
+
 def _extent(sch: Any, loop: Any) -> int:
-    return int(sch.get(loop).extent)
+    e = sch.get(loop).extent
+    return int(e) if isinstance(e, tvm.tirx.IntImm) else SYMBOLIC_EXTENT
 
 
 def _divisor(n: int, want: int) -> int:

@@ -34,6 +34,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.kernels.epilogue import block_term, split_parts, transposed, w_code_max
 
 __all__ = ["AVX2_CHUNK", "avx2_int_matmul_core", "avx2_supported"]
@@ -147,7 +148,7 @@ def _tiled(core: Any, y: Any, eps: list[Any], *, block: int, ity: str, mr: int, 
     the weight codes' magnitude bound (``x`` codes are int8).
     """
     row_parts, col_parts = split_parts(eps)
-    m, n = (int(d) for d in y.shape)
+    m, n = (dim(d) for d in y.shape)
     nb, tile = int(row_parts[0].shape[1]), mr * nr
     zero = tirx.Broadcast(tirx.const(0, "int32"), core.lanes)
     with IRBuilder() as ib, T.parallel(0, n // nr) as jo:
@@ -198,7 +199,7 @@ def _tiled_vec8(core: Any, y: Any, eps: list[Any], *, block: int, mr: int, w_max
     8 columns load as one vector. Same operations per element as the scalar epilogue.
     """
     row_parts, col_t = split_parts(eps)
-    m, n = (int(d) for d in y.shape)
+    m, n = (dim(d) for d in y.shape)
     nb, nr = int(row_parts[0].shape[1]), 8
 
     def bc(v: Any) -> Any:
@@ -258,7 +259,7 @@ def avx2_int_matmul_core(
         NumericsError: the block is not a multiple of 16 (callers check
             :func:`avx2_supported` and use the generic kernel instead).
     """
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     n = int(wq.shape[0])
     if not avx2_supported(k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 kernel needs block % 16 (8-bit weights) or "
@@ -267,7 +268,8 @@ def avx2_int_matmul_core(
     if vec8:  # weight-side epilogue operands as [nb, N]: 8 columns per vector load
         col = transposed(col, name, {"rq.stage": "prep"})
     ins = [xq, wq, *row, *col]
-    mr, nr = _divisor(m, mr), _divisor(n, nr)
+    # a symbolic row count (one build for every shape): tiles of one row, any count
+    mr, nr = _divisor(m, mr) if isinstance(m, int) else 1, _divisor(n, nr)
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *eps = in_bufs

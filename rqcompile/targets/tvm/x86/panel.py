@@ -28,6 +28,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.kernels.epilogue import block_term, split_parts, transposed, w_code_max
 
 __all__ = [
@@ -71,7 +72,8 @@ def panel_tile(m: int, n: int) -> tuple[int, int]:
     registers. Rows that do not fill a tile get a smaller one.
     """
     nv = panel_group(n)
-    return min({4: 2, 3: 3, 2: 5, 1: 6}[nv], m), nv
+    rows = {4: 2, 3: 3, 2: 5, 1: 6}[nv]  # a symbolic m: the full tile (and a row tail)
+    return (min(rows, m) if isinstance(m, int) else rows), nv
 
 
 def narrow_tile(m: int, n: int) -> tuple[int, int]:
@@ -80,7 +82,8 @@ def narrow_tile(m: int, n: int) -> tuple[int, int]:
     most 2 panels wide. K = N = 1024, M = 64 measured 74 GMAC/s at 3 x 2, 69 at 2 x 2 and
     5 x 1, 56 at 2 x 4 (the dense tile: two accumulators spilled), 52 at 4 x 2."""
     nv = 2 if (n // PANEL) % 2 == 0 else 1
-    return min(3 if nv == 2 else 5, m), nv
+    rows = 3 if nv == 2 else 5
+    return (min(rows, m) if isinstance(m, int) else rows), nv
 
 
 def _nibble(byte: Any, high: bool, signed: bool) -> Any:
@@ -155,7 +158,7 @@ def te_pack_panels(
 
 def te_pair_codes(xq: Any, *, name: str) -> Any:
     """``xp int32 [M, K/2]``: int16 codes ``x[2p]`` (low half) and ``x[2p+1]`` (high half)."""
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     return te.compute(
         (m, k // 2),
         lambda i, p: (xq[i, 2 * p + 1].astype("int32") << 16)
@@ -312,7 +315,7 @@ class _Maddubs7(_Int16Groups):
 
 def te_offset_codes(xq: Any, offset: int, *, name: str) -> Any:
     """``xq + offset`` as ``uint8``: the unsigned operand of ``vpmaddubsw``."""
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     return te.compute((m, k), lambda i, j: (xq[i, j].astype("int32") + offset).astype("uint8"),
                       name=f"{name}_xu", attrs={"rq.stage": "prep"})  # fmt: skip
 
@@ -358,7 +361,7 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     Floats are added in block order from zero, as in :func:`kernels._affine_epilogue`.
     """
     row_parts, col_parts = split_parts(eps)
-    m, n = (int(d) for d in y.shape)
+    m, n = (dim(d) for d in y.shape)
     nb = int(row_parts[0].shape[1])
 
     def vec(t: Any) -> Any:
@@ -379,6 +382,17 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
                 T.buffer_store(yacc, yacc[vec(t)] + term, [vec(t)])
         with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
             T.buffer_store(y, yacc[vec(ii * nv + v)], [row0 + ii, vec(g * nv + v)])
+
+    if not isinstance(m, int):  # a symbolic build: whole row tiles, then a one-row tail
+        with IRBuilder() as ib, T.parallel(0, n // (PANEL * nv)) as g:
+            acc = T.decl_buffer((mr * nv * 8,), "int32", scope="local")
+            yacc = T.decl_buffer((mr * nv * 8,), "float32", scope="local")
+            full = m // mr
+            with T.serial(0, full) as t:
+                tile(t * mr, mr, g, acc, yacc)
+            with T.serial(0, m - full * mr) as r:
+                tile(full * mr + r, 1, g, acc, yacc)
+        return ib.get()
 
     full, rest = divmod(m, mr)
     # rows in chunks of about ``core.chunk_bytes`` of x (which then stays in L2 while every
@@ -429,7 +443,7 @@ def avx2_panel_matmul(
     Raises:
         NumericsError: a shape :func:`panel_supported` rejects.
     """
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     n = int(col_t[0].shape[1])
     nibbles = w_bits <= 4
     narrow = x_offset is not None and not nibbles
@@ -474,7 +488,8 @@ def sparse24_tile(m: int, n: int) -> tuple[int, int]:
     (the dense tile) spilled accumulators to the stack and ran only 1.14x dense at
     K=N=4096, M=64; 4 x 2 runs 1.2-1.3x (1 x 4..8, 3 x 2, 2 x 2 measured no better)."""
     nv = 2 if (n // PANEL) % 2 == 0 else 1
-    return min(4 if nv == 2 else 6, m), nv
+    rows = 4 if nv == 2 else 6
+    return (min(rows, m) if isinstance(m, int) else rows), nv
 
 
 def te_pack_sparse24_panels(
@@ -511,7 +526,7 @@ def avx2_sparse24_matmul(
     w_bits: int, name: str, attrs: dict[str, Any],
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` of the 2:4-sparse layer from codes and :func:`te_pack_sparse24_panels`."""
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     n = int(col_t[0].shape[1])
     if not sparse24_panel_supported(n=n, k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 2:4 kernel needs nibble values, N % 8 == 0 "

@@ -41,6 +41,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, tirx, tvm
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.kernels.fast_math import gelu_poly
 from rqcompile.targets.tvm.x86.quant import (
     RowSource,
@@ -231,7 +232,7 @@ def te_prologue_quantize(
     Raises:
         NumericsError: an op or quantizer this kernel does not take, or wrong parameters.
     """
-    *_, k = xdims = tuple(int(d) for d in x.shape)
+    *_, k = xdims = tuple(dim(d) for d in x.shape)
     ok = prologue_quantize_supported(prologue=prologue, bits=bits, symmetric=False,
                                      block=block, k=k, estimator=estimator, pack=pack)
     if not ok:
@@ -246,9 +247,11 @@ def te_prologue_quantize(
             f"{name}: {prologue} takes {' or '.join(map(str, want))} parameter tensor(s) of "
             f"shape [{k}], got {[tuple(p.shape) for p in params]}."
         )
-    rshapes = [tuple(int(d) for d in r.shape) for r in residual]
-    if residual and (prologue != "layer_norm" or len(rshapes) > 2 or rshapes[0] != xdims
-                     or rshapes[1:] not in ([], [(k,)])):  # fmt: skip
+    # as printed: a symbolic build's row counts are equal expressions, not one object
+    rshapes = [tuple(str(dim(d)) for d in r.shape) for r in residual]
+    xdims_s, k_s = tuple(str(d) for d in xdims), str(k)
+    if residual and (prologue != "layer_norm" or len(rshapes) > 2 or rshapes[0] != xdims_s
+                     or rshapes[1:] not in ([], [(k_s,)])):  # fmt: skip
         raise NumericsError(
             f"{name}: a residual is (r,) shaped as x {list(xdims)} or (y, bias [{k}]), for "
             f"layer_norm only; got {prologue} with {rshapes}."

@@ -68,6 +68,7 @@ from typing import Any
 from rqcompile.errors import NumericsError
 from rqcompile.quant.primitives import EPS
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.x86.micro import _intrin
 
 __all__ = ["RowSource", "avx2_quantize", "quantize_micro_supported"]
@@ -342,7 +343,7 @@ def _sign_rows(x: Any, out: list[Any], lead: list[int], *, block: int, ridge: bo
     docstring): pass 1 also takes min and max, then :func:`_zero_one_words` is the only
     other pass."""
     k, rows = int(x.shape[-1]), _prod(lead)
-    per_iter = min(per_iter, rows)
+    per_iter = min(per_iter, rows) if isinstance(rows, int) else per_iter
     with IRBuilder() as ib, T.parallel(0, (rows + per_iter - 1) // per_iter) as it:
         rs = [_SignRow(x, idx, source(x, idx, block), zero_one)
               for idx in _iter_rows(it, per_iter, rows, lead)]  # fmt: skip
@@ -495,7 +496,8 @@ def _affine_rows(x: Any, out: list[Any], lead: list[int], *, bits: int, block: i
     """TIR: 2-8 bit affine codes (int8), scale and offset, ``per_iter`` rows per parallel
     iteration with their passes interleaved (as :func:`_sign_rows`)."""
     k, rows, hi = int(x.shape[-1]), _prod(lead), 2**bits - 1
-    shift, per_iter = bits == 8, min(per_iter, rows)
+    shift = bits == 8
+    per_iter = min(per_iter, rows) if isinstance(rows, int) else per_iter
     lo8, hi8 = tirx.Ramp(0, 1, 8), tirx.Ramp(8, 1, 8)
     with IRBuilder() as ib, T.parallel(0, (rows + per_iter - 1) // per_iter) as it:
         rs = [_AffineRow(x, idx, source(x, idx, block))
@@ -561,11 +563,12 @@ def _affine_rows(x: Any, out: list[Any], lead: list[int], *, bits: int, block: i
     return ib.get()
 
 
-def _prod(dims: list[int]) -> int:
+def _prod(dims: list[Any]) -> Any:
     n = 1
     for d in dims:
         n *= d
     return n
+
 
 
 def avx2_quantize(
@@ -600,7 +603,7 @@ def avx2_quantize(
     Raises:
         NumericsError: a quantizer :func:`quantize_micro_supported` rejects.
     """
-    *lead, k = (int(d) for d in x.shape)
+    *lead, k = (dim(d) for d in x.shape)
     if not quantize_micro_supported(bits=bits, symmetric=False, block=block, k=k,
                                     estimator=estimator, pack=pack):  # fmt: skip
         raise NumericsError(

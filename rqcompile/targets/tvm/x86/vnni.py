@@ -47,6 +47,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, llvm_version_major, te, tirx
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.kernels.epilogue import w_code_max
 from rqcompile.targets.tvm.x86.panel import (
     _PMADDWD,
@@ -294,7 +295,7 @@ def vnni_panel_matmul(
     """
     if isa not in VNNI_ISAS:
         raise NumericsError(f"{name}: unknown VNNI isa {isa!r}; use one of {VNNI_ISAS}.")
-    m, k = (int(d) for d in xq.shape)
+    m, k = (dim(d) for d in xq.shape)
     nv = int(wp.shape[2])
     n = int(wp.shape[0]) * nv * PANEL  # the column parts come from the same weights' pack
     _check_group(name, wp, panel_group(n), n)  # the tile walks panel_group(n) panels
@@ -309,7 +310,8 @@ def vnni_panel_matmul(
         raise NumericsError(f"{name}: the VNNI panel kernel needs N % 8 == 0, a block of "
                             f"whole K-quads dividing K and weights packed for K={k} "
                             f"(N={n}, block={block}); repack or use the AVX2 path.")  # fmt: skip
-    mr, _ = vnni_tile(m, n, isa)
+    # a symbolic row count (one build for every shape): the full tile, then a row tail
+    mr, _ = vnni_tile(m if isinstance(m, int) else _MAX_ROWS, n, isa)
     xu = te_offset_codes(xq, 128, name=name)  # vpdpbusd's unsigned operand
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:

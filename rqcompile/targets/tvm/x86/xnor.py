@@ -39,6 +39,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.kernels.epilogue import block_term, split_parts
 from rqcompile.targets.tvm.x86.micro import _divisor, _intrin, _lanes
 
@@ -165,7 +166,7 @@ def _block_sums(vecs: list[Any], words: int) -> list[Any]:
 def _kernel(pop: Any, x: Any, w: Any, eps: list[Any], y: Any, *, block: int, mr: int) -> Any:
     """TIR statement: ``mr x 8`` tiles, 256-bit steps, block sums, epilogue (module doc)."""
     row_parts, col_parts = split_parts(eps)
-    m, n = (int(d) for d in y.shape)
+    m, n = (dim(d) for d in y.shape)
     nwords, g = int(x.shape[1]), block // 32
     nb = nwords // g
     per_step = max(1, _STEP // g)  # blocks per 256-bit step
@@ -297,14 +298,14 @@ def xnor_matmul_micro(
     Raises:
         NumericsError: unknown ``isa`` or a shape :func:`xnor_supported` rejects.
     """
-    m, nwords = (int(d) for d in xbits.shape)
+    m, nwords = (dim(d) for d in xbits.shape)
     if isa not in XNOR_ISAS or not xnor_supported(k=nwords * 32, block=block):
         raise NumericsError(f"{name}: the XNOR micro-kernel takes isa in {XNOR_ISAS} and "
                             f"K % 256 == 0 with block 32/64/128 or a multiple of 256 "
                             f"(isa={isa!r}, K={nwords * 32}, block={block}).")  # fmt: skip
     dword = block == 32
     pop = _LutPopcount(dword) if isa == "avx2" else _Vpopcnt(dword)
-    rows = _divisor(m, mr)
+    rows = _divisor(m, mr) if isinstance(m, int) else 1  # symbolic m: one-row tiles
 
     def body(ins: list[Any], outs: list[Any]) -> Any:
         x, w, *eps = ins

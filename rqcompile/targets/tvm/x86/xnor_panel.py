@@ -34,6 +34,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, te, tirx
+from rqcompile.targets.tvm.kernels.common import dim
 from rqcompile.targets.tvm.kernels.epilogue import transposed
 from rqcompile.targets.tvm.x86.micro import _divisor, _intrin, _lanes
 from rqcompile.targets.tvm.x86.panel import (
@@ -70,7 +71,8 @@ def xnor_panel_tile(m: int, n: int) -> tuple[int, int]:
     """``(mr, nv)``: ``mr·nv`` byte counters, the row's two broadcasts, the LUT and the
     weights (loaded as operands) fit the 16 ymm registers."""
     nv = next(v for v in (2, 1) if (n // PANEL) % v == 0)
-    return min({2: 4, 1: 6}[nv], m), nv
+    rows = {2: 4, 1: 6}[nv]  # a symbolic m (one build for every shape): the full tile
+    return (min(rows, m) if isinstance(m, int) else rows), nv
 
 
 def _halves(isa: str) -> int:
@@ -155,7 +157,7 @@ def te_split_words(xbits: Any, *, isa: str, name: str) -> Any:
     halves = _halves(isa)
     if halves == 1:
         return xbits
-    m, words = (int(d) for d in xbits.shape)
+    m, words = (dim(d) for d in xbits.shape)
     return te.compute((m, words, halves), lambda i, t, h: _split(xbits[i, t], h, halves),
                       name=f"{name}_xn", attrs={"rq.stage": "prep"})  # fmt: skip
 
@@ -170,7 +172,7 @@ def xnor_panel_matmul(
     Raises:
         NumericsError: an unknown ``isa``, or a shape :func:`xnor_panel_supported` rejects.
     """
-    m, words = (int(d) for d in xbits.shape)
+    m, words = (dim(d) for d in xbits.shape)
     n = int(col_t[0].shape[1])
     if isa not in XNOR_PANEL_ISAS or not xnor_panel_supported(n=n, k=32 * words, block=block):
         raise NumericsError(f"{name}: the XNOR panel kernel takes isa in {XNOR_PANEL_ISAS}, "
