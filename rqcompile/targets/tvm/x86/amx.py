@@ -1,0 +1,296 @@
+"""x86 AMX-INT8 integer-affine GEMM: ``tdpbusd`` on 16 x 16 int32 tiles of the result.
+
+AMX (Sapphire Rapids and later) adds eight *tile* registers of up to 16 rows x 64 bytes and
+a matrix unit: one ``tdpbusd`` multiplies a 16 x 64 tile of unsigned bytes (16 rows of ``x``,
+64 of K) by a 16 x 64 tile of signed bytes (16 K-quads of 16 columns, 4 bytes per column)
+and adds each output's 64 products into a 16 x 16 int32 tile: 16·16·64 = 16384 MACs in
+one instruction, against 64 for a zmm ``vpdpbusd`` (:mod:`.vnni`). Where the VNNI core is
+bound by its dot-product instructions, this one is bound by the float epilogue that runs
+once per quantization block, and by getting tiles into the unit.
+
+* **Weights** are packed once, at load, by :func:`te_pack_amx_panels` into
+  ``wp int8 [N/16, K/4, 2, 32]`` = ``[N/16, K/4, 64]`` bytes: byte ``4c + t`` of row ``q``
+  of column group ``g`` is ``w[16g + c, 4q + t]``, exactly the layout ``tdpbusd`` wants
+  for its second operand (16 columns x 4 K-bytes per tile row). A tile of ``s`` K-quads is
+  ``s`` contiguous rows of 64 bytes. This is :func:`.panel.te_quad_panels` with two
+  8-column panels per group (the VNNI pack with ``nv = 2``), so nibble weights (A4W4,
+  A2W2) are unpacked to int8 there as for VNNI.
+* **Activations** are offset to unsigned, ``xu = x + 128`` (``tdpbusd``'s unsigned operand,
+  as for ``vpdpbusd``); the epilogue folds the offset into the row origin (``bias_x = 128``
+  of :func:`.epilogue.block_term`), so the float epilogue is the one every other integer
+  kernel runs, and the AMX layer equals the VNNI and AVX2 layers to the bit. Rows are
+  padded to a multiple of 16 (the padding rows are computed and never stored).
+* **Tile walk** (:func:`amx_tile`): per task one group of ``16·tn`` columns (``tn = 2``
+  where N/16 is even), all rows in tiles of 32 (2 A tiles; 16 for a last odd tile): C
+  tiles ``tmm4..7`` (``2 x tn``), A tiles ``tmm0..1``, B tiles ``tmm2..3``; each A tile
+  feeds ``tn`` ``tdpbusd`` and each B tile 2. Per quantization block the C tiles start at
+  zero, take ``block / kstep`` steps of K (``kstep`` = 64 bytes where the block allows,
+  else the largest power of two dividing it), are stored to a small int32 buffer and go
+  through the float epilogue into float accumulators, which are stored once per tile.
+  The tile configuration (``ldtilecfg``) is loaded once per task and released after.
+* **Exactness**: each product is at most ``255·128``; ``tdpbusd`` adds into int32 without
+  saturation and the accumulators restart every block, so they hold ``Σ xu·w`` exactly
+  while ``255·128·B < 2³¹`` (B < 65793; the int32 centring of
+  ``kernels.int_matmul_packs`` already limits 8-bit blocks to B < 256).
+* **Bound**: ``tdpbusd`` = 16·16·64 MACs, one issued every 16 cycles per core (1024
+  MACs/cycle, 16x a zmm ``vpdpbusd`` at one per cycle). At block 128 a 32 x 32 tile takes
+  8 ``tdpbusd`` (~128 cycles) per block, while the epilogue of its 1024 outputs is some 64
+  zmm vectors of ~8 float operations: the epilogue, not the matrix unit, is the bound.
+
+The OS hands out the tile state only on request (``cpu_features.amx_permission``, asked
+by the runtime before loading kernels built with ``amx_tile``).
+
+``isa="amx_emulated"`` (tests only; the kernel table never picks it) builds the same pack,
+the same tile walk and the same epilogue with the tile instructions replaced by plain TIR
+on the same addresses (``tilezero`` zeroes the C buffer, ``tdpbusd`` is a loop nest of
+exact int32 products, the loads and stores disappear), so the layout and the walk are
+checked bit-exact on any host (``tests/targets/tvm/x86/test_amx.py``); ``tdpbusd`` itself
+is compiled on every host and run where the host has ``amx_int8``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rqcompile.errors import NumericsError
+from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.epilogue import block_term, split_parts, w_code_max
+from rqcompile.targets.tvm.x86.panel import te_quad_panels
+
+__all__ = [
+    "AMX_ISAS",
+    "AMX_MIN_ROWS",
+    "amx_matmul",
+    "amx_supported",
+    "amx_tile",
+    "te_pack_amx_panels",
+]
+
+#: ``isa`` values of this kernel: the target's, and the emulation (tests only).
+AMX_ISAS = ("amx", "amx_emulated")
+#: Rows (M) from which the kernel table prefers AMX to the VNNI panels (measured:
+#: ``benchmarks/amx_gemm.py``; below it the row padding to 16 and the per-task tile
+#: configuration cost more than the matrix unit saves).
+AMX_MIN_ROWS = 16
+#: Output columns per tile (int32 lanes of a C tile row) and rows per tile.
+_COLS, _ROWS = 16, 16
+_A, _B, _C = 0, 2, 4  # first tile register of each kind
+
+
+def amx_supported(*, n: int, k: int, block: int) -> bool:
+    """Whether the AMX kernel takes this shape: whole 16-column groups, whole K-quads per
+    block, blocks dividing K, and int32 sums ``Σ (x+128)·w`` (``255·128·B < 2³¹``)."""
+    return (n % _COLS == 0 and block > 0 and block % 4 == 0 and k % block == 0
+            and 255 * 128 * block < 2**31)  # fmt: skip
+
+
+def _kstep(block: int) -> int:
+    """K bytes per ``tdpbusd``: 64 (a full tile row) where the block allows, else the
+    largest power of two dividing the block (4 at least: one K-quad)."""
+    return next(s for s in (64, 32, 16, 8, 4) if block % s == 0)
+
+
+def amx_tile(n: int) -> tuple[int, int]:
+    """``(tm, tn)``: A tiles (16 rows each) and B tiles (16 columns each) of one register
+    tile; ``tm·tn`` C tiles plus ``tm + tn`` operand tiles fit the 8 tile registers."""
+    return 2, (2 if (n // _COLS) % 2 == 0 else 1)
+
+
+def te_pack_amx_panels(wq: Any, *, w_bits: int, w_signed: bool, name: str,
+                       attrs: dict[str, Any]) -> Any:  # fmt: skip
+    """``wp int8 [N/16, K/4, 2, 32]`` (module docstring) from ``wq int8 [N, K]`` or nibble
+    bytes ``uint8 [N, K/2]`` (unpacked to their int8 values)."""
+    return te_quad_panels(wq, w_bits=w_bits, w_signed=w_signed, nv=2, name=name, attrs=attrs)
+
+
+def _i8(v: int) -> Any:
+    return tirx.const(v, "int8")
+
+
+def _amx(name: str, *args: Any) -> None:
+    T.evaluate(tirx.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
+
+
+def _bc(v: Any, lanes: int) -> Any:
+    return tirx.Broadcast(v, lanes)
+
+
+class _Walk:
+    """One task's tile walk (module docstring); ``emulated`` replaces the tile instructions
+    by plain TIR on the same buffers and offsets."""
+
+    def __init__(self, x: Any, w: Any, eps: list[Any], y: Any, *, m: int, k: int, block: int,
+                 tn: int, emulated: bool, f32_bounds: tuple[int, int]) -> None:  # fmt: skip
+        self.x, self.w, self.y = x, w, y
+        self.rows, self.cols = split_parts(eps)
+        self.m, self.k, self.block, self.tn = m, k, block, tn
+        self.kstep, self.emulated, self.bounds = _kstep(block), emulated, f32_bounds
+        self.width = _COLS * tn  # columns of a task
+
+    def configure(self, cfg: Any) -> None:
+        """Palette 1; A tiles 16 rows x ``kstep`` bytes, B tiles ``kstep/4`` rows x 64 bytes,
+        C tiles 16 rows x 64 bytes (``colsb`` little-endian uint16 at ``16 + 2i``, ``rows`` at
+        ``48 + i``)."""
+        with T.serial(0, 64) as i:
+            T.buffer_store(cfg, tirx.const(0, "uint8"), [i])
+        T.buffer_store(cfg, tirx.const(1, "uint8"), [0])
+        shapes = {_A: (_ROWS, self.kstep), _A + 1: (_ROWS, self.kstep),
+                  _B: (self.kstep // 4, 64), _B + 1: (self.kstep // 4, 64)}  # fmt: skip
+        shapes.update({_C + t: (_ROWS, 64) for t in range(4)})
+        for t, (rows, colsb) in shapes.items():
+            T.buffer_store(cfg, tirx.const(colsb, "uint8"), [16 + 2 * t])
+            T.buffer_store(cfg, tirx.const(rows, "uint8"), [48 + t])
+        if not self.emulated:
+            _amx("ldtilecfg", tirx.address_of(cfg[0]))
+
+    def release(self) -> None:
+        if not self.emulated:
+            _amx("tilerelease")
+
+    def _c_offset(self, a: int, bt: int) -> int:
+        """Element offset of C tile ``(a, bt)`` in the int32 buffer ``[2·16, tn·16]``."""
+        return a * _ROWS * self.width + bt * _COLS
+
+    def _dot(self, cbuf: Any, row0: Any, g: Any, k0: Any, tm: int) -> None:
+        """``C += A·B`` for the ``tm x tn`` tiles of one K step at ``k0``."""
+        tn, kq = self.tn, self.kstep // 4
+        if not self.emulated:
+            for a in range(tm):
+                _amx("tileloadd64", _i8(_A + a), tirx.address_of(self.x[row0 + _ROWS * a, k0]),
+                     tirx.const(self.k, "int64"))  # fmt: skip
+            for bt in range(tn):
+                panel = tirx.address_of(self.w[g * tn + bt, k0 // 4, 0, 0])
+                _amx("tileloadd64", _i8(_B + bt), panel, tirx.const(64, "int64"))
+            for a in range(tm):
+                for bt in range(tn):
+                    _amx("tdpbusd", _i8(_C + 2 * a + bt), _i8(_A + a), _i8(_B + bt))
+            return
+        # emulation: C[r][c] += Σ_q Σ_t A[r][4q+t]·B[q][4c+t], read where the tiles load from
+        for a in range(tm):
+            for bt in range(tn):
+                with T.serial(0, _ROWS) as r, T.serial(0, kq) as q, T.serial(0, _COLS) as c:
+                    idx = self._c_offset(a, bt) + r * self.width + c
+                    tot = cbuf[idx]
+                    for t in range(4):
+                        xv = self.x[row0 + _ROWS * a + r, k0 + 4 * q + t].astype("int32")
+                        wv = self.w[g * tn + bt, k0 // 4 + q, c // 8, 4 * (c % 8) + t]
+                        tot = tot + xv * wv.astype("int32")
+                    T.buffer_store(cbuf, tot, [idx])
+
+    def _zero_c(self, cbuf: Any, tm: int) -> None:
+        if not self.emulated:
+            for a in range(tm):
+                for bt in range(self.tn):
+                    _amx("tilezero", _i8(_C + 2 * a + bt))
+            return
+        with T.serial(0, tm * _ROWS * self.width // _COLS) as v:
+            T.buffer_store(cbuf, _bc(tirx.const(0, "int32"), _COLS), [tirx.Ramp(v * _COLS, 1, _COLS)])
+
+    def _store_c(self, cbuf: Any, tm: int) -> None:
+        if self.emulated:
+            return
+        for a in range(tm):
+            for bt in range(self.tn):
+                _amx("tilestored64", _i8(_C + 2 * a + bt),
+                     tirx.address_of(cbuf[self._c_offset(a, bt)]),
+                     tirx.const(self.width * 4, "int64"))  # fmt: skip
+
+    def _rows(self, row0: Any, tm: int, body: Any) -> None:
+        """``body(r)`` for the tile's rows ``r`` that are rows of ``y`` (padding skipped)."""
+        with T.serial(0, tm * _ROWS) as r:
+            if self.m % _ROWS:
+                with T.If(row0 + r < self.m), T.Then():
+                    body(r)
+            else:
+                body(r)
+
+    def tile(self, cbuf: Any, yacc: Any, row0: Any, g: Any, tm: int) -> None:
+        """Rows ``row0 .. row0 + 16·tm`` of column group ``g``: all blocks, then one store."""
+        vecs, nb = self.width // _COLS, self.k // self.block
+
+        def vec(r: Any, v: Any) -> Any:
+            return tirx.Ramp(r * self.width + v * _COLS, 1, _COLS)
+
+        with T.serial(0, tm * _ROWS * vecs) as t:
+            T.buffer_store(yacc, _bc(tirx.const(0, "float32"), _COLS), [tirx.Ramp(t * _COLS, 1, _COLS)])
+        with T.serial(0, nb) as b:
+            self._zero_c(cbuf, tm)
+            with T.unroll(0, self.block // self.kstep) as s:
+                self._dot(cbuf, row0, g, b * self.block + s * self.kstep, tm)
+            self._store_c(cbuf, tm)
+
+            def epilogue(r: Any) -> None:
+                i = row0 + r
+                for v in range(vecs):
+                    cols = tirx.Ramp(g * self.width + v * _COLS, 1, _COLS)
+                    term = block_term(cbuf[vec(r, v)], [p[i, b] for p in self.rows],
+                                      [c[b, cols] for c in self.cols], block=self.block,
+                                      lanes=_COLS, bias_x=128, f32_bounds=self.bounds)  # fmt: skip
+                    T.buffer_store(yacc, yacc[vec(r, v)] + term, [vec(r, v)])
+
+            self._rows(row0, tm, epilogue)
+
+        def store(r: Any) -> None:
+            for v in range(vecs):
+                cols = tirx.Ramp(g * self.width + v * _COLS, 1, _COLS)
+                T.buffer_store(self.y, yacc[vec(r, v)], [row0 + r, cols])
+
+        self._rows(row0, tm, store)
+
+
+def te_pad_offset_codes(xq: Any, *, name: str) -> Any:
+    """``xu uint8 [M16, K]``: ``xq + 128`` with rows padded to a multiple of 16 (zeros)."""
+    m, k = (int(d) for d in xq.shape)
+    mp = -(-m // _ROWS) * _ROWS
+
+    def value(i: Any, j: Any) -> Any:
+        xu = (xq[tirx.min(i, m - 1), j].astype("int32") + 128).astype("uint8")
+        return xu if mp == m else tirx.Select(i < m, xu, tirx.const(0, "uint8"))
+
+    return te.compute((mp, k), value, name=f"{name}_xu", attrs={"rq.stage": "prep"})
+
+
+def amx_matmul(
+    xq: Any, wp: Any, row: Sequence[Any], col_t: Sequence[Any], *, block: int, w_bits: int,
+    w_signed: bool, isa: str, name: str, attrs: dict[str, Any],
+) -> Any:  # fmt: skip
+    """``Y f32 [M, N]`` from codes ``xq int8 [M, K]``, the panels of :func:`te_pack_amx_panels`
+    and the epilogue's row parts and transposed column parts (:mod:`.epilogue`).
+
+    Raises:
+        NumericsError: an unknown ``isa``, or a shape :func:`amx_supported` rejects.
+    """
+    if isa not in AMX_ISAS:
+        raise NumericsError(f"{name}: unknown AMX isa {isa!r}; use one of {AMX_ISAS}.")
+    m, k = (int(d) for d in xq.shape)
+    n = int(wp.shape[0]) * _COLS
+    if (int(wp.shape[2]), int(wp.shape[3])) != (2, 32) or int(wp.shape[1]) * 4 != k \
+            or not amx_supported(n=n, k=k, block=block):  # fmt: skip
+        raise NumericsError(f"{name}: the AMX kernel needs N % 16 == 0, a block of whole "
+                            f"K-quads dividing K and weights packed for it with K={k} "
+                            f"(N={n}, block={block}, packed {tuple(wp.shape)}).")  # fmt: skip
+    _, tn = amx_tile(n)
+    xu = te_pad_offset_codes(xq, name=name)
+    mp = int(xu.shape[0])
+    bounds = (128, w_code_max(w_bits, w_signed))
+
+    def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
+        x, w, *eps = in_bufs
+        walk = _Walk(x, w, eps, out_bufs[0], m=m, k=k, block=block, tn=tn,
+                     emulated=isa == "amx_emulated", f32_bounds=bounds)  # fmt: skip
+        with IRBuilder() as ib, T.parallel(0, n // walk.width) as g:
+            cfg = T.decl_buffer((64,), "uint8", scope="local")
+            cbuf = T.decl_buffer((2 * _ROWS * walk.width,), "int32", scope="local")
+            yacc = T.decl_buffer((2 * _ROWS * walk.width,), "float32", scope="local")
+            walk.configure(cfg)
+            if mp // 32:
+                with T.serial(0, mp // 32) as i:
+                    walk.tile(cbuf, yacc, i * 32, g, 2)
+            if mp % 32:
+                walk.tile(cbuf, yacc, tirx.const(mp - _ROWS, "int32"), g, 1)
+            walk.release()
+        return ib.get()
+
+    return te.extern((m, n), [xu, wp, *row, *col_t], body, name=name, dtype="float32",
+                     attrs=attrs)  # fmt: skip
