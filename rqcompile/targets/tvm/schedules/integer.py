@@ -30,7 +30,8 @@ on packed sign-word panels too, with ``vpshufb`` LUT or ``vpopcntd`` popcounts
 activation quantization is one micro-kernel too (:mod:`x86.quant`, a lone
 ``te.extern`` stage: its function has no root block). Integer-affine matmuls on targets with
 AVX-512 VNNI or AVX-VNNI run ``vpdpbusd`` panels instead (:mod:`x86.vnni`, proven
-bit-exact on AVX2 hosts through its exact emulation). Other targets, and shapes the
+bit-exact on AVX2 hosts through its exact emulation), and on targets with AMX-INT8 those of
+16 rows or more run ``tdpbusd`` tiles (:mod:`x86.amx`). Other targets, and shapes the
 micro-kernels do not take, keep the generic TE kernels below.
 """
 
@@ -126,8 +127,9 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     out: dict[str, dict[str, Any]] = {}
     for row in CPU_KERNELS:
         kind = row.op.removeprefix("rq.")
-        if row.isa.endswith("_w4"):  # a shape-specific variant (4-bit codes, small M)
-            continue
+        opts = row.pack.options if row.pack is not None else {}
+        if "max_rows" in opts or "min_rows" in opts:  # shape-specific: small M (4-bit codes
+            continue  # two per byte) or large M (AMX tiles)
         if kind not in out and row.requires <= feats:
             out[kind] = {"isa": row.isa}
     return {k: v for k, v in out.items() if v["isa"] != "generic"}

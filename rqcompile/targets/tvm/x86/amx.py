@@ -157,8 +157,9 @@ class _Walk:
         tn, kq = self.tn, self.kstep // 4
         if not self.emulated:
             for a in range(tm):
-                _amx("tileloadd64", _i8(_A + a), tirx.address_of(self.x[row0 + _ROWS * a, k0]),
-                     tirx.const(self.k, "int64"))  # fmt: skip
+                tile = self.x[row0 // _ROWS + a, k0 // self.kstep, 0, 0]
+                _amx("tileloadd64", _i8(_A + a), tirx.address_of(tile),
+                     tirx.const(self.kstep, "int64"))  # fmt: skip
             for bt in range(tn):
                 panel = tirx.address_of(self.w[g * tn + bt, k0 // 4, 0, 0])
                 _amx("tileloadd64", _i8(_B + bt), panel, tirx.const(64, "int64"))
@@ -173,7 +174,8 @@ class _Walk:
                     idx = self._c_offset(a, bt) + r * self.width + c
                     tot = cbuf[idx]
                     for t in range(4):
-                        xv = self.x[row0 + _ROWS * a + r, k0 + 4 * q + t].astype("int32")
+                        xv = self.x[row0 // _ROWS + a, k0 // self.kstep, r,
+                                    4 * q + t].astype("int32")  # fmt: skip
                         wv = self.w[g * tn + bt, k0 // 4 + q, c // 8, 4 * (c % 8) + t]
                         tot = tot + xv * wv.astype("int32")
                     T.buffer_store(cbuf, tot, [idx])
@@ -239,16 +241,21 @@ class _Walk:
         self._rows(row0, tm, store)
 
 
-def te_pad_offset_codes(xq: Any, *, name: str) -> Any:
-    """``xu uint8 [M16, K]``: ``xq + 128`` with rows padded to a multiple of 16 (zeros)."""
+def te_tile_codes(xq: Any, *, kstep: int, name: str) -> Any:
+    """``xu uint8 [M16/16, K/kstep, 16, kstep]``: ``xq + 128`` in A tiles, each one contiguous
+    (rows padded to a multiple of 16 with zeros). Rows of ``xq`` itself lie K bytes apart,
+    so a tile load from it touches 16 addresses 4 KiB apart at K = 4096, which all fall in
+    the same L1 sets."""
     m, k = (int(d) for d in xq.shape)
     mp = -(-m // _ROWS) * _ROWS
 
-    def value(i: Any, j: Any) -> Any:
-        xu = (xq[tirx.min(i, m - 1), j].astype("int32") + 128).astype("uint8")
+    def value(ti: Any, ks: Any, r: Any, e: Any) -> Any:
+        i = ti * _ROWS + r
+        xu = (xq[tirx.min(i, m - 1), ks * kstep + e].astype("int32") + 128).astype("uint8")
         return xu if mp == m else tirx.Select(i < m, xu, tirx.const(0, "uint8"))
 
-    return te.compute((mp, k), value, name=f"{name}_xu", attrs={"rq.stage": "prep"})
+    return te.compute((mp // _ROWS, k // kstep, _ROWS, kstep), value, name=f"{name}_xu",
+                      attrs={"rq.stage": "prep"})  # fmt: skip
 
 
 def amx_matmul(
@@ -271,8 +278,8 @@ def amx_matmul(
                             f"K-quads dividing K and weights packed for it with K={k} "
                             f"(N={n}, block={block}, packed {tuple(wp.shape)}).")  # fmt: skip
     _, tn = amx_tile(n)
-    xu = te_pad_offset_codes(xq, name=name)
-    mp = int(xu.shape[0])
+    xu = te_tile_codes(xq, kstep=_kstep(block), name=name)
+    mp = int(xu.shape[0]) * _ROWS
     bounds = (128, w_code_max(w_bits, w_signed))
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
