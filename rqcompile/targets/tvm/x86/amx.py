@@ -55,7 +55,12 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
-from rqcompile.targets.tvm.kernels.epilogue import block_term, split_parts, w_code_max
+from rqcompile.targets.tvm.kernels.epilogue import (
+    block_term,
+    exact_in_f32,
+    split_parts,
+    w_code_max,
+)
 from rqcompile.targets.tvm.x86.panel import te_quad_panels
 
 __all__ = [
@@ -76,6 +81,10 @@ AMX_MIN_ROWS = 16
 #: Output columns per tile (int32 lanes of a C tile row) and rows per tile.
 _COLS, _ROWS = 16, 16
 _A, _B, _C = 0, 2, 4  # first tile register of each kind
+#: Rows per chunk: the float sums of a chunk (``rows x 16·tn`` float32, 16 KiB) stay in L1
+#: across the blocks, and so do the B tiles of one block across the chunk's row tiles.
+_CHUNK_ROWS = 128
+_EPILOGUE_LANES = 16
 
 
 def amx_supported(*, n: int, k: int, block: int) -> bool:
@@ -91,10 +100,11 @@ def _kstep(block: int) -> int:
     return next(s for s in (64, 32, 16, 8, 4) if block % s == 0)
 
 
-def amx_tile(n: int) -> tuple[int, int]:
+def amx_tile(n: int, m: int = _CHUNK_ROWS) -> tuple[int, int]:
     """``(tm, tn)``: A tiles (16 rows each) and B tiles (16 columns each) of one register
-    tile; ``tm·tn`` C tiles plus ``tm + tn`` operand tiles fit the 8 tile registers."""
-    return 2, (2 if (n // _COLS) % 2 == 0 else 1)
+    tile; ``tm·tn`` C tiles plus ``tm + tn`` operand tiles fit the 8 tile registers. One A
+    tile where M fits it (rows are padded to whole register tiles)."""
+    return (1 if m <= _ROWS else 2), (2 if (n // _COLS) % 2 == 0 else 1)
 
 
 def te_pack_amx_panels(wq: Any, *, w_bits: int, w_signed: bool, name: str,
@@ -124,9 +134,16 @@ class _Walk:
                  tn: int, emulated: bool, f32_bounds: tuple[int, int]) -> None:  # fmt: skip
         self.x, self.w, self.y = x, w, y
         self.rows, self.cols = split_parts(eps)
+        # origins as float32 (te_float_origins) where I is evaluated in float32: the same
+        # values, without two int-to-float conversions and broadcasts per row and block
+        self.bias_x = 0 if str(self.rows[1].dtype) == "float32" else 128
         self.m, self.k, self.block, self.tn = m, k, block, tn
         self.kstep, self.emulated, self.bounds = _kstep(block), emulated, f32_bounds
+        self.tm = 1 if m <= _ROWS else 2
+        self.tile_rows = _ROWS * self.tm
         self.width = _COLS * tn  # columns of a task
+        self.half = self.tile_rows * self.width  # int32 sums of one tile
+        self.lanes = _EPILOGUE_LANES
 
     def configure(self, cfg: Any) -> None:
         """Palette 1; A tiles 16 rows x ``kstep`` bytes, B tiles ``kstep/4`` rows x 64 bytes,
@@ -149,12 +166,15 @@ class _Walk:
             _amx("tilerelease")
 
     def _c_offset(self, a: int, bt: int) -> int:
-        """Element offset of C tile ``(a, bt)`` in the int32 buffer ``[2·16, tn·16]``."""
+        """Element offset of C tile ``(a, bt)`` in one half of the int32 buffer
+        ``[2, 16·tm, 16·tn]`` (two halves: the tile being computed and the one in the
+        epilogue)."""
         return a * _ROWS * self.width + bt * _COLS
 
-    def _dot(self, cbuf: Any, row0: Any, g: Any, k0: Any, tm: int) -> None:
-        """``C += A·B`` for the ``tm x tn`` tiles of one K step at ``k0``."""
-        tn, kq = self.tn, self.kstep // 4
+    def _dot(self, cbuf: Any, half: Any, row0: Any, g: Any, k0: Any) -> None:
+        """``C += A·B`` for the ``tm x tn`` tiles of one K step at ``k0`` (rows from
+        ``row0``; the emulation accumulates into half ``half`` of ``cbuf``)."""
+        tm, tn, kq = self.tm, self.tn, self.kstep // 4
         if not self.emulated:
             for a in range(tm):
                 tile = self.x[row0 // _ROWS + a, k0 // self.kstep, 0, 0]
@@ -171,7 +191,7 @@ class _Walk:
         for a in range(tm):
             for bt in range(tn):
                 with T.serial(0, _ROWS) as r, T.serial(0, kq) as q, T.serial(0, _COLS) as c:
-                    idx = self._c_offset(a, bt) + r * self.width + c
+                    idx = half * self.half + self._c_offset(a, bt) + r * self.width + c
                     tot = cbuf[idx]
                     for t in range(4):
                         xv = self.x[row0 // _ROWS + a, k0 // self.kstep, r,
@@ -180,74 +200,97 @@ class _Walk:
                         tot = tot + xv * wv.astype("int32")
                     T.buffer_store(cbuf, tot, [idx])
 
-    def _zero_c(self, cbuf: Any, tm: int) -> None:
+    def _zero_c(self, cbuf: Any, half: Any) -> None:
         if not self.emulated:
-            for a in range(tm):
+            for a in range(self.tm):
                 for bt in range(self.tn):
                     _amx("tilezero", _i8(_C + 2 * a + bt))
             return
-        with T.serial(0, tm * _ROWS * self.width // _COLS) as v:
-            T.buffer_store(cbuf, _bc(tirx.const(0, "int32"), _COLS), [tirx.Ramp(v * _COLS, 1, _COLS)])
+        with T.serial(0, self.half // _COLS) as v:
+            T.buffer_store(cbuf, _bc(tirx.const(0, "int32"), _COLS),
+                           [tirx.Ramp(half * self.half + v * _COLS, 1, _COLS)])  # fmt: skip
 
-    def _store_c(self, cbuf: Any, tm: int) -> None:
+    def _store_c(self, cbuf: Any, half: Any) -> None:
         if self.emulated:
             return
-        for a in range(tm):
+        for a in range(self.tm):
             for bt in range(self.tn):
                 _amx("tilestored64", _i8(_C + 2 * a + bt),
-                     tirx.address_of(cbuf[self._c_offset(a, bt)]),
+                     tirx.address_of(cbuf[half * self.half + self._c_offset(a, bt)]),
                      tirx.const(self.width * 4, "int64"))  # fmt: skip
 
-    def _rows(self, row0: Any, tm: int, body: Any) -> None:
-        """``body(r)`` for the tile's rows ``r`` that are rows of ``y`` (padding skipped)."""
-        with T.serial(0, tm * _ROWS) as r:
-            if self.m % _ROWS:
+    def _rows(self, row0: Any, rows: int, body: Any) -> None:
+        """``body(r)`` for rows ``r < rows`` whose ``row0 + r`` is a row of ``y`` (the
+        padding rows are skipped)."""
+        with T.serial(0, rows) as r:
+            if self.m % self.tile_rows:
                 with T.If(row0 + r < self.m), T.Then():
                     body(r)
             else:
                 body(r)
 
-    def tile(self, cbuf: Any, yacc: Any, row0: Any, g: Any, tm: int) -> None:
-        """Rows ``row0 .. row0 + 16·tm`` of column group ``g``: all blocks, then one store."""
-        vecs, nb = self.width // _COLS, self.k // self.block
+    def _epilogue(self, cbuf: Any, half: Any, yacc: Any, row0: Any, yrow0: Any, g: Any,
+                  b: Any) -> None:  # fmt: skip
+        """Block ``b``'s float terms of the tile at rows ``row0`` (its int32 sums in half
+        ``half`` of ``cbuf``) added to ``yacc`` from its row ``yrow0``."""
 
-        def vec(r: Any, v: Any) -> Any:
-            return tirx.Ramp(r * self.width + v * _COLS, 1, _COLS)
+        lanes = self.lanes
 
-        with T.serial(0, tm * _ROWS * vecs) as t:
-            T.buffer_store(yacc, _bc(tirx.const(0, "float32"), _COLS), [tirx.Ramp(t * _COLS, 1, _COLS)])
-        with T.serial(0, nb) as b:
-            self._zero_c(cbuf, tm)
+        def body(r: Any) -> None:
+            i = row0 + r
+            for v in range(self.width // lanes):
+                cols = tirx.Ramp(g * self.width + v * lanes, 1, lanes)
+                src = tirx.Ramp(half * self.half + r * self.width + v * lanes, 1, lanes)
+                dst = tirx.Ramp((yrow0 + r) * self.width + v * lanes, 1, lanes)
+                term = block_term(cbuf[src], [p[i, b] for p in self.rows],
+                                  [c[b, cols] for c in self.cols], block=self.block,
+                                  lanes=lanes, bias_x=self.bias_x,
+                                  f32_bounds=self.bounds)  # fmt: skip
+                T.buffer_store(yacc, yacc[dst] + term, [dst])
+
+        self._rows(row0, self.tile_rows, body)
+
+    def chunk(self, cbuf: Any, yacc: Any, row0: Any, g: Any, tiles: int) -> None:
+        """Rows ``row0 .. row0 + tiles·16·tm`` of column group ``g``: per block, the tiles
+        in turn, each tile's epilogue issued after the next step's ``tdpbusd`` (which run
+        on the matrix unit meanwhile); the float sums stay in ``yacc`` across blocks and
+        are stored once."""
+        rows, nb, tr = tiles * self.tile_rows, self.k // self.block, self.tile_rows
+        with T.serial(0, rows * self.width // _COLS) as t:
+            T.buffer_store(yacc, _bc(tirx.const(0, "float32"), _COLS),
+                           [tirx.Ramp(t * _COLS, 1, _COLS)])  # fmt: skip
+        # one sequence of (block, tile) steps, so a step's epilogue always follows the
+        # next step's tdpbusd: its sums were stored a whole step earlier (a vector load
+        # right after a tile store waits for the store)
+        with T.serial(0, nb * tiles) as st:
+            b, t, half = st // tiles, st % tiles, st % 2
+            self._zero_c(cbuf, half)
             with T.unroll(0, self.block // self.kstep) as s:
-                self._dot(cbuf, row0, g, b * self.block + s * self.kstep, tm)
-            self._store_c(cbuf, tm)
-
-            def epilogue(r: Any) -> None:
-                i = row0 + r
-                for v in range(vecs):
-                    cols = tirx.Ramp(g * self.width + v * _COLS, 1, _COLS)
-                    term = block_term(cbuf[vec(r, v)], [p[i, b] for p in self.rows],
-                                      [c[b, cols] for c in self.cols], block=self.block,
-                                      lanes=_COLS, bias_x=128, f32_bounds=self.bounds)  # fmt: skip
-                    T.buffer_store(yacc, yacc[vec(r, v)] + term, [vec(r, v)])
-
-            self._rows(row0, tm, epilogue)
+                self._dot(cbuf, half, row0 + t * tr, g, b * self.block + s * self.kstep)
+            with T.If(st > 0), T.Then():
+                pb, pt = (st - 1) // tiles, (st - 1) % tiles
+                self._epilogue(cbuf, 1 - half, yacc, row0 + pt * tr, pt * tr, g, pb)
+            self._store_c(cbuf, half)
+        last = nb * tiles - 1
+        self._epilogue(cbuf, last % 2, yacc, row0 + (tiles - 1) * tr, (tiles - 1) * tr, g,
+                       nb - 1)  # fmt: skip
 
         def store(r: Any) -> None:
-            for v in range(vecs):
+            for v in range(self.width // _COLS):
                 cols = tirx.Ramp(g * self.width + v * _COLS, 1, _COLS)
-                T.buffer_store(self.y, yacc[vec(r, v)], [row0 + r, cols])
+                src = tirx.Ramp(r * self.width + v * _COLS, 1, _COLS)
+                T.buffer_store(self.y, yacc[src], [row0 + r, cols])
 
-        self._rows(row0, tm, store)
+        self._rows(row0, rows, store)
 
 
-def te_tile_codes(xq: Any, *, kstep: int, name: str) -> Any:
-    """``xu uint8 [M16/16, K/kstep, 16, kstep]``: ``xq + 128`` in A tiles, each one contiguous
-    (rows padded to a multiple of 16 with zeros). Rows of ``xq`` itself lie K bytes apart,
-    so a tile load from it touches 16 addresses 4 KiB apart at K = 4096, which all fall in
-    the same L1 sets."""
+def te_tile_codes(xq: Any, *, kstep: int, rows: int, name: str) -> Any:
+    """``xu uint8 [Mp/16, K/kstep, 16, kstep]``: ``xq + 128`` in A tiles, each one contiguous,
+    rows padded with zeros to ``Mp``, a multiple of ``rows``. Rows of ``xq`` itself lie K
+    bytes apart, so a tile load from it touches 16 addresses 4 KiB apart at K = 4096, which
+    all fall in the same L1 sets."""
     m, k = (int(d) for d in xq.shape)
-    mp = -(-m // _ROWS) * _ROWS
+    mp = -(-m // rows) * rows
 
     def value(ti: Any, ks: Any, r: Any, e: Any) -> Any:
         i = ti * _ROWS + r
@@ -256,6 +299,20 @@ def te_tile_codes(xq: Any, *, kstep: int, name: str) -> Any:
 
     return te.compute((mp // _ROWS, k // kstep, _ROWS, kstep), value, name=f"{name}_xu",
                       attrs={"rq.stage": "prep"})  # fmt: skip
+
+
+def te_float_origins(row: Sequence[Any], *, bias_x: int, name: str) -> list[Any]:
+    """The row parts with ``cx + bias_x`` and ``S̃_X`` as float32 (exact: integers well
+    within 2²⁴ wherever :func:`.epilogue.exact_in_f32` holds), for a kernel that passes
+    ``bias_x = 0`` to :func:`.epilogue.block_term`: the same float operations on the same
+    values."""
+    xs, cx, sxt, x0, xk = row
+    shape = [int(d) for d in cx.shape]
+    cxf = te.compute(shape, lambda *i: (cx(*i) + bias_x).astype("float32"), name=f"{name}_cxf",
+                     attrs={"rq.stage": "prep"})  # fmt: skip
+    sxf = te.compute(shape, lambda *i: sxt(*i).astype("float32"), name=f"{name}_sxf",
+                     attrs={"rq.stage": "prep"})  # fmt: skip
+    return [xs, cxf, sxf, x0, xk]
 
 
 def amx_matmul(
@@ -277,8 +334,8 @@ def amx_matmul(
         raise NumericsError(f"{name}: the AMX kernel needs N % 16 == 0, a block of whole "
                             f"K-quads dividing K and weights packed for it with K={k} "
                             f"(N={n}, block={block}, packed {tuple(wp.shape)}).")  # fmt: skip
-    _, tn = amx_tile(n)
-    xu = te_tile_codes(xq, kstep=_kstep(block), name=name)
+    tm, tn = amx_tile(n, m)
+    xu = te_tile_codes(xq, kstep=_kstep(block), rows=_ROWS * tm, name=name)
     mp = int(xu.shape[0]) * _ROWS
     bounds = (128, w_code_max(w_bits, w_signed))
 
@@ -286,18 +343,22 @@ def amx_matmul(
         x, w, *eps = in_bufs
         walk = _Walk(x, w, eps, out_bufs[0], m=m, k=k, block=block, tn=tn,
                      emulated=isa == "amx_emulated", f32_bounds=bounds)  # fmt: skip
+        tiles = _CHUNK_ROWS // walk.tile_rows  # per chunk of rows
+        full, rest = divmod(mp // walk.tile_rows, tiles)
         with IRBuilder() as ib, T.parallel(0, n // walk.width) as g:
             cfg = T.decl_buffer((64,), "uint8", scope="local")
-            cbuf = T.decl_buffer((2 * _ROWS * walk.width,), "int32", scope="local")
-            yacc = T.decl_buffer((2 * _ROWS * walk.width,), "float32", scope="local")
+            cbuf = T.decl_buffer((2 * walk.half,), "int32", scope="local")
+            yacc = T.decl_buffer((min(mp, _CHUNK_ROWS) * walk.width,), "float32", scope="local")
             walk.configure(cfg)
-            if mp // 32:
-                with T.serial(0, mp // 32) as i:
-                    walk.tile(cbuf, yacc, i * 32, g, 2)
-            if mp % 32:
-                walk.tile(cbuf, yacc, tirx.const(mp - _ROWS, "int32"), g, 1)
+            if full:
+                with T.serial(0, full) as c:
+                    walk.chunk(cbuf, yacc, c * _CHUNK_ROWS, g, tiles)
+            if rest:
+                walk.chunk(cbuf, yacc, tirx.const(full * _CHUNK_ROWS, "int32"), g, rest)
             walk.release()
         return ib.get()
 
+    if exact_in_f32(block, *bounds, 128):
+        row = te_float_origins(row, bias_x=128, name=name)
     return te.extern((m, n), [xu, wp, *row, *col_t], body, name=name, dtype="float32",
                      attrs=attrs)  # fmt: skip
