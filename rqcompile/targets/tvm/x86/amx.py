@@ -176,15 +176,16 @@ class _Walk:
         ``row0``; the emulation accumulates into half ``half`` of ``cbuf``)."""
         tm, tn, kq = self.tm, self.tn, self.kstep // 4
         if not self.emulated:
+            # each tdpbusd right after the loads it needs (A0 B0 C00 B1 C01 A1 C10 C11):
+            # tiles are not renamed, so the unit starts as soon as its operands are in
             for a in range(tm):
                 tile = self.x[row0 // _ROWS + a, k0 // self.kstep, 0, 0]
                 _amx("tileloadd64", _i8(_A + a), tirx.address_of(tile),
                      tirx.const(self.kstep, "int64"))  # fmt: skip
-            for bt in range(tn):
-                panel = tirx.address_of(self.w[g * tn + bt, k0 // 4, 0, 0])
-                _amx("tileloadd64", _i8(_B + bt), panel, tirx.const(64, "int64"))
-            for a in range(tm):
                 for bt in range(tn):
+                    if a == 0:
+                        panel = tirx.address_of(self.w[g * tn + bt, k0 // 4, 0, 0])
+                        _amx("tileloadd64", _i8(_B + bt), panel, tirx.const(64, "int64"))
                     _amx("tdpbusd", _i8(_C + 2 * a + bt), _i8(_A + a), _i8(_B + bt))
             return
         # emulation: C[r][c] += Σ_q Σ_t A[r][4q+t]·B[q][4c+t], read where the tiles load from
