@@ -122,6 +122,12 @@ def _amx(name: str, *args: Any) -> None:
     T.evaluate(tirx.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
 
 
+def _amx_prefetch(ptr: Any) -> None:
+    """``prefetcht0`` of the line at ``ptr``."""
+    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch", ptr, tirx.const(0, "int32"),
+                                     tirx.const(3, "int32"), tirx.const(1, "int32")))
+
+
 def _bc(v: Any, lanes: int) -> Any:
     return tirx.Broadcast(v, lanes)
 
@@ -201,6 +207,15 @@ class _Walk:
                         tot = tot + xv * wv.astype("int32")
                     T.buffer_store(cbuf, tot, [idx])
 
+    def _prefetch_b(self, g: Any, b: Any) -> None:
+        """Ask for block ``b``'s B tiles (one 64-byte row per K-quad) while this block runs:
+        the weights stream from memory once per chunk of rows, and a tile load that
+        misses holds up everything behind it."""
+        with T.serial(0, self.block // 4) as q:
+            for bt in range(self.tn):
+                line = tirx.address_of(self.w[g * self.tn + bt, b * (self.block // 4) + q, 0, 0])
+                _amx_prefetch(line)
+
     def _zero_c(self, cbuf: Any, half: Any) -> None:
         if not self.emulated:
             for a in range(self.tm):
@@ -268,6 +283,9 @@ class _Walk:
             self._zero_c(cbuf, half)
             with T.unroll(0, self.block // self.kstep) as s:
                 self._dot(cbuf, half, row0 + t * tr, g, b * self.block + s * self.kstep)
+            if not self.emulated:
+                with T.If(tirx.all(t == 0, b + 1 < nb)), T.Then():
+                    self._prefetch_b(g, b + 1)
             with T.If(st > 0), T.Then():
                 pb, pt = (st - 1) // tiles, (st - 1) % tiles
                 self._epilogue(cbuf, 1 - half, yacc, row0 + pt * tr, pt * tr, g, pb)
