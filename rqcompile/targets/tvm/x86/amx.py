@@ -6,7 +6,8 @@ a matrix unit: one ``tdpbusd`` multiplies a 16 x 64 tile of unsigned bytes (16 r
 and adds each output's 64 products into a 16 x 16 int32 tile: 16·16·64 = 16384 MACs in
 one instruction, against 64 for a zmm ``vpdpbusd`` (:mod:`.vnni`). Where the VNNI core is
 bound by its dot-product instructions, this one is bound by the float epilogue that runs
-once per quantization block, and by getting tiles into the unit.
+once per quantization block, and by getting tiles into the unit. The kernel table takes it
+for calls of :data:`AMX_MIN_ROWS` rows or more; fewer rows stay on the VNNI panels.
 
 * **Weights** are packed once, at load, by :func:`te_pack_amx_panels` into
   ``wp int8 [N/16, K/4, 2, 32]`` = ``[N/16, K/4, 64]`` bytes: byte ``4c + t`` of row ``q``
@@ -16,26 +17,40 @@ once per quantization block, and by getting tiles into the unit.
   8-column panels per group (the VNNI pack with ``nv = 2``), so nibble weights (A4W4,
   A2W2) are unpacked to int8 there as for VNNI.
 * **Activations** are offset to unsigned, ``xu = x + 128`` (``tdpbusd``'s unsigned operand,
-  as for ``vpdpbusd``); the epilogue folds the offset into the row origin (``bias_x = 128``
-  of :func:`.epilogue.block_term`), so the float epilogue is the one every other integer
-  kernel runs, and the AMX layer equals the VNNI and AVX2 layers to the bit. Rows are
-  padded to a multiple of 16 (the padding rows are computed and never stored).
-* **Tile walk** (:func:`amx_tile`): per task one group of ``16·tn`` columns (``tn = 2``
-  where N/16 is even), all rows in tiles of 32 (2 A tiles; 16 for a last odd tile): C
-  tiles ``tmm4..7`` (``2 x tn``), A tiles ``tmm0..1``, B tiles ``tmm2..3``; each A tile
-  feeds ``tn`` ``tdpbusd`` and each B tile 2. Per quantization block the C tiles start at
-  zero, take ``block / kstep`` steps of K (``kstep`` = 64 bytes where the block allows,
-  else the largest power of two dividing it), are stored to a small int32 buffer and go
-  through the float epilogue into float accumulators, which are stored once per tile.
-  The tile configuration (``ldtilecfg``) is loaded once per task and released after.
+  as for ``vpdpbusd``), and laid out as A tiles, ``[M/16, K/kstep, 16, kstep]`` bytes
+  (:func:`te_tile_codes`), so each tile load reads 1 KiB in a row: rows of ``x`` lie K
+  bytes apart, 4 KiB at K = 4096, and 16 rows of one tile would all fall in the same L1
+  sets. Rows are padded to whole register tiles (computed, never stored). The epilogue
+  folds the offset into the row origin (``bias_x = 128`` of
+  :func:`.epilogue.block_term`, passed as float origins by :func:`te_float_origins`), so
+  the float epilogue is the one every other integer kernel runs, on the same values in the
+  same order: the AMX layer equals the VNNI and AVX2 layers to the bit.
+* **Tile walk** (:func:`amx_tile`): per parallel task one group of ``16·tn`` columns
+  (``tn = 2`` where N/16 is even), C tiles ``tmm4..7`` (``tm x tn``, ``tm = 2`` unless M
+  fits one tile), A tiles ``tmm0..1``, B tiles ``tmm2..3``; each A tile feeds ``tn``
+  ``tdpbusd`` and each B tile ``tm``, each ``tdpbusd`` issued right after the loads it
+  needs. Rows go in chunks of 128 (:data:`_CHUNK_ROWS`), blocks outer: per block every
+  row tile of the chunk in turn, so the block's B tiles (4 KiB) stay in L1 across the
+  chunk while its float sums (16 KiB) stay in L1 across the blocks; the next block's B
+  tiles are prefetched. Per step the C tiles start at zero, take ``block / kstep`` steps
+  of K (``kstep`` = 64 bytes where the block allows, else the largest power of two
+  dividing it) and are stored to one half of an int32 buffer, whose other half (the
+  previous step's sums) goes through the float epilogue meanwhile: the epilogue runs
+  behind the next step's ``tdpbusd``, never right after a tile store it would have to
+  wait for. The tile configuration (``ldtilecfg``) is loaded once per task and released
+  after.
 * **Exactness**: each product is at most ``255·128``; ``tdpbusd`` adds into int32 without
   saturation and the accumulators restart every block, so they hold ``Σ xu·w`` exactly
   while ``255·128·B < 2³¹`` (B < 65793; the int32 centring of
   ``kernels.int_matmul_packs`` already limits 8-bit blocks to B < 256).
-* **Bound**: ``tdpbusd`` = 16·16·64 MACs, one issued every 16 cycles per core (1024
-  MACs/cycle, 16x a zmm ``vpdpbusd`` at one per cycle). At block 128 a 32 x 32 tile takes
-  8 ``tdpbusd`` (~128 cycles) per block, while the epilogue of its 1024 outputs is some 64
-  zmm vectors of ~8 float operations: the epilogue, not the matrix unit, is the bound.
+* **Bound**: ``tdpbusd`` = 16·16·64 = 16384 MACs, one issued every 16 cycles per core
+  (1024 MACs/cycle, 16x a zmm ``vpdpbusd`` at one per cycle). At block 128 a 32 x 32
+  tile takes 8 ``tdpbusd`` (~128 cycles at peak) per block, while the epilogue of its 1024
+  outputs is 64 zmm vectors of 8 float operations (convert, 2 for the integer origin
+  terms, 2 multiplies, 2 FMAs, the sum), ~256 cycles on two FMA ports. Measured
+  (``benchmarks/amx_gemm.py``, K = N = 4096, M = 256, one thread): the matrix part alone
+  ~5 ms (~30% of peak: tile loads and the weights' stream), the epilogue alone ~5.5 ms,
+  together their sum, so the float epilogue of the per-block format is half the time.
 
 The OS hands out the tile state only on request (``cpu_features.amx_permission``, asked
 by the runtime before loading kernels built with ``amx_tile``).
@@ -74,9 +89,11 @@ __all__ = [
 
 #: ``isa`` values of this kernel: the target's, and the emulation (tests only).
 AMX_ISAS = ("amx", "amx_emulated")
-#: Rows (M) from which the kernel table prefers AMX to the VNNI panels (measured:
-#: ``benchmarks/amx_gemm.py``; below it the row padding to 16 and the per-task tile
-#: configuration cost more than the matrix unit saves).
+#: Rows (M) from which the kernel table prefers AMX to the VNNI panels. Measured
+#: (``benchmarks/amx_gemm.py``, one thread, whole A8W8 layers): K = N = 2048, M = 8 a tie
+#: (389 vs 418 µs; A4W4 against the nibble panels 377 vs 370), M = 16 1.5x (469 vs 708);
+#: at M = 1 the VNNI panels win (75 vs 114 µs at K = N = 1024: a GEMV reads each weight
+#: once, and AMX pads the row to a tile of 16).
 AMX_MIN_ROWS = 16
 #: Output columns per tile (int32 lanes of a C tile row) and rows per tile.
 _COLS, _ROWS = 16, 16
@@ -137,7 +154,8 @@ class _Walk:
     by plain TIR on the same buffers and offsets."""
 
     def __init__(self, x: Any, w: Any, eps: list[Any], y: Any, *, m: int, k: int, block: int,
-                 tn: int, emulated: bool, f32_bounds: tuple[int, int]) -> None:  # fmt: skip
+                 tm: int, tn: int, emulated: bool,
+                 f32_bounds: tuple[int, int]) -> None:  # fmt: skip
         self.x, self.w, self.y = x, w, y
         self.rows, self.cols = split_parts(eps)
         # origins as float32 (te_float_origins) where I is evaluated in float32: the same
@@ -145,7 +163,7 @@ class _Walk:
         self.bias_x = 0 if str(self.rows[1].dtype) == "float32" else 128
         self.m, self.k, self.block, self.tn = m, k, block, tn
         self.kstep, self.emulated, self.bounds = _kstep(block), emulated, f32_bounds
-        self.tm = 1 if m <= _ROWS else 2
+        self.tm = tm
         self.tile_rows = _ROWS * self.tm
         self.width = _COLS * tn  # columns of a task
         self.half = self.tile_rows * self.width  # int32 sums of one tile
@@ -360,7 +378,7 @@ def amx_matmul(
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *eps = in_bufs
-        walk = _Walk(x, w, eps, out_bufs[0], m=m, k=k, block=block, tn=tn,
+        walk = _Walk(x, w, eps, out_bufs[0], m=m, k=k, block=block, tm=tm, tn=tn,
                      emulated=isa == "amx_emulated", f32_bounds=bounds)  # fmt: skip
         tiles = _CHUNK_ROWS // walk.tile_rows  # per chunk of rows
         full, rest = divmod(mp // walk.tile_rows, tiles)
