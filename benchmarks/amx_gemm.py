@@ -89,8 +89,9 @@ def _time(fns: dict, *, clock, budget_s: float, min_rounds: int = 7) -> dict[str
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def run(ks: list[int], ms: list[int], threads: list[int], budget_s: float,
-        preset: str = "A8W8") -> list[dict]:
+def run(
+    ks: list[int], ms: list[int], threads: list[int], budget_s: float, preset: str = "A8W8"
+) -> list[dict]:
     _table.AMX_MIN_ROWS = 1  # the row's threshold: force AMX below it too, to measure it
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -107,15 +108,22 @@ def run(ks: list[int], ms: list[int], threads: list[int], budget_s: float,
                 assert all(torch.equal(ys[0], y) for y in ys), "rows disagree"
                 for t in threads:
                     torch.set_num_threads(t)
-                    fns = {r: (lambda e=e: e(x)) for r, e in ours.items()}
-                    fns["torch-int8-dyn"] = lambda: peers["torch-int8-dyn"](x)
+                    fns = {r: (lambda e=e, x=x: e(x)) for r, e in ours.items()}
+                    dyn = peers["torch-int8-dyn"]
+                    fns["torch-int8-dyn"] = lambda dyn=dyn, x=x: dyn(x)
                     if "ort-int8" in peers:
                         fns["ort-int8"] = peers["ort-int8"].fn(t, x)
                     clock = time.process_time if t == 1 else time.perf_counter
                     res = _time(fns, clock=clock, budget_s=budget_s)
                     rows.append({"k": k, "m": m, "threads": t, **res})
-                    print("  " + "  ".join([f"K=N={k} M={m} t={t}"] + [
-                        f"{n} {v * 1e6:,.0f}us" for n, v in res.items()]), flush=True)
+                    print(
+                        "  "
+                        + "  ".join(
+                            [f"K=N={k} M={m} t={t}"]
+                            + [f"{n} {v * 1e6:,.0f}us" for n, v in res.items()]
+                        ),
+                        flush=True,
+                    )
     return rows
 
 
@@ -156,8 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=float, default=0.3, help="seconds per candidate and shape")
     p.add_argument("--out", default=None, help="write the markdown table here")
     p.add_argument("--preset", default="A8W8")
-    p.add_argument("--rows", default=",".join(ROWS),
-                   help="our int_matmul rows to force: amx first, the VNNI row to compare second")
+    p.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help="our int_matmul rows to force: amx first, the VNNI row to compare second",
+    )
     a = p.parse_args(argv)
     if not {"amx_tile", "amx_int8", "avx512_vnni"} <= host_features():
         raise SystemExit("this host lacks AMX-INT8 or AVX-512 VNNI")

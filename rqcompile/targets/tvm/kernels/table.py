@@ -17,8 +17,8 @@ int_matmul.avx_vnni_w4   (as avx_vnni)                  VEX ``vpdpbusd`` on 4-bi
 int_matmul.avx_vnni      avx2, avx_vnni                 VEX ``vpdpbusd`` panels
 int_matmul.avx2_w4       avx2                           ``vpmaddubsw``, nibbles two per byte, M<=16
 int_matmul.avx2          avx2                           ``vpmaddwd``/``vpmaddubsw`` panels
-int_matmul.*_emulated    (tests only: force it)         the VNNI panels (both layouts) with ``vpdpbusd`` emulated,
-                                                        the AMX tiles with ``tdpbusd`` emulated
+int_matmul.*_emulated    (tests only: force it)         the VNNI panels (both layouts) with ``vpdpbusd`` emulated
+int_matmul.amx_emulated  (tests only: force it)         the AMX tiles with ``tdpbusd`` emulated
 int_matmul.generic       –                              TE compute
 xnor_popcount_matmul.avx512_vpopcntdq  avx2, avx512_vpopcntdq   XNOR panels with ``vpopcntq``
 xnor_popcount_matmul.avx2              avx2              XNOR panels, ``vpshufb`` nibble LUT

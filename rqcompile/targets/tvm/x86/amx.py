@@ -141,8 +141,16 @@ def _amx(name: str, *args: Any) -> None:
 
 def _amx_prefetch(ptr: Any) -> None:
     """``prefetcht0`` of the line at ``ptr``."""
-    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch", ptr, tirx.const(0, "int32"),
-                                     tirx.const(3, "int32"), tirx.const(1, "int32")))
+    T.evaluate(
+        tirx.call_llvm_intrin(
+            "void",
+            "llvm.prefetch",
+            ptr,
+            tirx.const(0, "int32"),
+            tirx.const(3, "int32"),
+            tirx.const(1, "int32"),
+        )
+    )
 
 
 def _bc(v: Any, lanes: int) -> Any:
