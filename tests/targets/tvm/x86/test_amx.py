@@ -75,9 +75,9 @@ def _range(w_bits: int, signed: bool) -> tuple[int, int]:
     [(1, 16, 64, 64, 8, True), (32, 32, 256, 128, 8, True), (48, 64, 256, 64, 8, True),
      (21, 48, 192, 64, 8, True), (70, 16, 128, 32, 8, True), (5, 32, 96, 48, 8, True),
      (3, 32, 64, 4, 8, True), (33, 32, 128, 32, 4, True), (16, 48, 256, 64, 4, False),
-     (40, 32, 128, 128, 2, True)],
+     (40, 32, 128, 128, 2, True), (300, 16, 64, 32, 8, True)],
     ids=["one-row", "2x2-tiles", "odd-row-tile", "tn1-row-tail", "kstep32-tail",
-         "kstep16", "kstep4", "s4", "u4", "s2"],
+         "kstep16", "kstep4", "s4", "u4", "s2", "chunk+rest"],
 )  # fmt: skip
 def test_amx_core_exact(m: int, n: int, k: int, block: int, w_bits: int, w_signed: bool,
                         isa: str) -> None:  # fmt: skip
