@@ -52,6 +52,10 @@ def run_kernel(
     builder: str, kind: str, args: list[torch.Tensor], **params: Any
 ) -> list[torch.Tensor]:
     """Build (cached) and run ``kernels.<builder>`` on ``args``; returns its outputs."""
+    from rqcompile.targets.tvm.cpu_features import amx_permission, host_features
+
+    if "amx_tile" in host_features():  # host builds may use AMX tiles (as the runtime does)
+        amx_permission()
     spec = tuple((tuple(a.shape), _TV[a.dtype]) for a in args)
     lib, out_specs = build_kernel(builder, kind, spec, tuple(sorted(params.items())))
     outs = [torch.empty(shape, dtype=_DT[dt]) for shape, dt in out_specs]

@@ -230,7 +230,9 @@ def host_llvm_target(*, num_cores: int | None = None) -> Target:
     ``llvm_get_system_cpu`` names the CPU model (e.g. ``"znver3"``), but virtual machines
     often mask instruction sets the model implies (AVX-512 in particular), so every feature
     in :data:`~rqcompile.targets.tvm.cpu_features.FEATURES` that LLVM would enable for that
-    model but ``/proc/cpuinfo`` does not list is switched off with ``-feature`` in ``mattr``.
+    model but ``/proc/cpuinfo`` does not list is switched off with ``-feature`` in ``mattr``;
+    and every one the host lists that the model lacks is switched on with ``+feature``
+    (LLVM names a Sapphire Rapids guest ``rocketlake``, which has no AMX).
 
     Args:
         num_cores: optional ``num-cores`` attribute (TVM's parallel hint).
@@ -242,9 +244,10 @@ def host_llvm_target(*, num_cores: int | None = None) -> Target:
     host = host_features()
     if host and "mcpu" in spec:
         implied = target_features(spec)
-        off = sorted(implied - host)
-        if off:
-            spec["mattr"] = [f"-{LLVM_NAMES[f]}" for f in off]
+        off, on = sorted(implied - host), sorted(host - implied)
+        if off or on:
+            spec["mattr"] = [*(f"-{LLVM_NAMES[f]}" for f in off),
+                             *(f"+{LLVM_NAMES[f]}" for f in on)]  # fmt: skip
     if num_cores is not None:
         spec["num-cores"] = int(num_cores)
     return make_target(spec)

@@ -21,6 +21,7 @@ __all__ = [
     "FEATURES",
     "LLVM_NAMES",
     "MCPU_FEATURES",
+    "amx_permission",
     "host_features",
     "missing_features",
     "parse_cpuinfo",
@@ -37,6 +38,8 @@ FEATURES: tuple[str, ...] = (
     "avx512_vpopcntdq",
     "avx512_bitalg",
     "avx_vnni",
+    "amx_tile",
+    "amx_int8",
 )
 
 #: /proc/cpuinfo spelling -> LLVM ``mattr`` spelling.
@@ -49,12 +52,15 @@ LLVM_NAMES: Mapping[str, str] = {
     "avx512_vpopcntdq": "avx512vpopcntdq",
     "avx512_bitalg": "avx512bitalg",
     "avx_vnni": "avxvnni",
+    "amx_tile": "amx-tile",
+    "amx_int8": "amx-int8",
 }
 _FROM_LLVM = {v: k for k, v in LLVM_NAMES.items()}
 
 _V3 = frozenset({"avx2", "fma"})
 _V4 = _V3 | {"avx512f", "avx512bw"}
 _ICL = _V4 | {"avx512_vnni", "avx512_vpopcntdq", "avx512_bitalg"}
+_SPR = _ICL | {"avx_vnni", "amx_tile", "amx_int8"}
 
 #: Which of :data:`FEATURES` an LLVM ``mcpu`` implies (x86 only; unknown CPUs imply none).
 #: Used without TVM; with TVM, ``adapter.target_features`` asks LLVM itself.
@@ -72,9 +78,9 @@ MCPU_FEATURES: Mapping[str, frozenset[str]] = {
     "icelake-client": _ICL,
     "icelake-server": _ICL,
     "tigerlake": _ICL,
-    "sapphirerapids": _ICL | {"avx_vnni"},
-    "emeraldrapids": _ICL | {"avx_vnni"},
-    "graniterapids": _ICL | {"avx_vnni"},
+    "sapphirerapids": _SPR,
+    "emeraldrapids": _SPR,
+    "graniterapids": _SPR,
     "alderlake": _V3 | {"avx_vnni"},
     "raptorlake": _V3 | {"avx_vnni"},
     "meteorlake": _V3 | {"avx_vnni"},
@@ -172,3 +178,36 @@ def required_features(target: Any) -> frozenset[str]:
 def missing_features(target: Any, have: frozenset[str] | None = None) -> frozenset[str]:
     """Features ``target`` needs that the host (or ``have``) lacks; empty means safe to run."""
     return required_features(target) - (host_features() if have is None else have)
+
+
+#: ``arch_prctl`` (x86-64 syscall 158) request for permission to use an XSAVE feature, and
+#: the AMX tile-data feature number (Linux ``ARCH_REQ_XCOMP_PERM``, ``XFEATURE_XTILEDATA``).
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+@functools.lru_cache(maxsize=1)
+def amx_permission() -> str | None:
+    """Ask Linux, once per process, for the AMX tile-data state; ``None`` when granted, else
+    why not (for the refusal's message).
+
+    Linux (5.16 and later) keeps the 8 KiB of AMX tile registers out of every thread's saved
+    state until the process asks for them; the first AMX instruction of a process that has
+    not asked dies with SIGILL. The permission is process-wide (threads started before or
+    after share it), so the runtime asks before loading kernels built with ``amx_tile``.
+    """
+    import ctypes
+    import os
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"AMX tiles need Linux on x86-64 (this is {platform.system()} {platform.machine()})"
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA)
+    except (OSError, AttributeError) as e:
+        return f"cannot call arch_prctl: {e}"
+    if rc != 0:
+        err = ctypes.get_errno()
+        return (f"Linux refused the AMX tile-data permission (arch_prctl(ARCH_REQ_XCOMP_PERM) "
+                f"failed: {os.strerror(err)}; AMX needs Linux 5.16 or later)")  # fmt: skip
+    return None

@@ -42,7 +42,7 @@ from rqcompile.targets.tvm.adapter import (
     target_features,
     tvm,
 )
-from rqcompile.targets.tvm.cpu_features import host_features
+from rqcompile.targets.tvm.cpu_features import amx_permission, host_features
 from rqcompile.targets.tvm.emit.module import emit_module
 from rqcompile.targets.tvm.kernels.fast_math import FastFloatMath
 from rqcompile.targets.tvm.lowering import ir_passes
@@ -260,4 +260,8 @@ def run_blockers(target_dict: dict[str, Any], features: Sequence[str]) -> list[s
     missing = sorted(set(features) - host_features())
     if missing:
         reasons.append(f"it uses CPU features this machine lacks: {', '.join(missing)}")
+    elif "amx_tile" in features:  # the OS hands out AMX tile state only on request
+        refused = amx_permission()
+        if refused:
+            reasons.append(refused)
     return reasons

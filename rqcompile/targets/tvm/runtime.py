@@ -7,6 +7,9 @@ same code path.
 * **Refuse before loading.** Native code built for CPU features this machine lacks would die
   with SIGILL, and code for another architecture cannot be loaded at all; both are checked
   (``pipelines.run_blockers``) before the library is opened, and the error names the fix.
+  Kernels built with AMX (``amx_tile``) also need the OS's permission to use the tile
+  state, asked once per process there (``cpu_features.amx_permission``); a refusal is a
+  reason like the others.
 * **Tensors cross by DLPack.** Inputs and weights are handed to TVM without copies (a copy is
   made only for a non-contiguous or under-aligned tensor); outputs come back as torch tensors
   sharing the VM's freshly allocated output memory.

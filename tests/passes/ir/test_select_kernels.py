@@ -18,9 +18,9 @@ pytest.importorskip("tvm")
 from rqcompile.targets.tvm.kernels.table import CPU_KERNELS  # noqa: E402
 
 
-def _ir(preset: str, k: int = 256, n: int = 32) -> rq.ir.Module:
+def _ir(preset: str, k: int = 256, n: int = 32, m: int = 2) -> rq.ir.Module:
     torch.manual_seed(0)
-    x = torch.randn(2, k)
+    x = torch.randn(m, k)
     qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(k, n)).eval(), (x,), preset).eval()
     return rq.convert(qat, example_inputs=(x,))
 
@@ -72,7 +72,9 @@ def test_every_int8_row_can_be_forced(row: str) -> None:
     isa = row.split(".", 1)[1]
     # the nibble rows (``*_w4``) take 4-bit weight codes only, the 2-bit rows 2-bit ones
     preset = "A4W4" if "_w4" in isa else "A2W2" if "_w2" in isa else "A8W8"
-    mod = run_pass(SelectKernels(force=(f"int_matmul:{isa}",)), _ir(preset))
+    # the AMX rows take GEMM-shaped calls only (16 rows or more)
+    m = 16 if isa.startswith("amx") else 2
+    mod = run_pass(SelectKernels(force=(f"int_matmul:{isa}",)), _ir(preset, m=m))
     assert _kernels(mod)["rq.int_matmul"] == row
 
 

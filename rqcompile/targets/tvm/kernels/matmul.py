@@ -32,6 +32,12 @@ from rqcompile.targets.tvm.kernels.epilogue import (
     te_row_parts,
     transposed,
 )
+from rqcompile.targets.tvm.x86.amx import (
+    AMX_ISAS,
+    amx_matmul,
+    amx_supported,
+    te_pack_amx_panels,
+)
 from rqcompile.targets.tvm.x86.micro import avx2_int_matmul_core, avx2_supported
 from rqcompile.targets.tvm.x86.panel import (
     avx2_panel_matmul,
@@ -133,12 +139,13 @@ def te_int_matmul(
     core and epilogue as one ``vpmaddwd`` micro-kernel (:mod:`x86.micro`) when the block
     is a multiple of 16; ``"generic"`` is the TE compute any LLVM target can schedule. The
     VNNI isas (:data:`rqcompile.targets.tvm.x86.vnni.VNNI_ISAS`) run the packed VNNI panels where
-    :func:`int_matmul_packs` allows, so here, unpacked, they take the AVX2 micro-kernel.
+    :func:`int_matmul_packs` allows, so here, unpacked, they take the AVX2 micro-kernel; so
+    do the AMX isas (:data:`rqcompile.targets.tvm.x86.amx.AMX_ISAS`).
     """
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
     wmax = _w_max(w_bits)
     if (
-        isa in ("avx2", *VNNI_ISAS)
+        isa in ("avx2", *VNNI_ISAS, *AMX_ISAS)
         and len(_shape(xq)) == 2
         and avx2_supported(k=_shape(xq)[-1], block=block, w_bits=w_bits)
     ):
@@ -148,9 +155,9 @@ def te_int_matmul(
         return avx2_int_matmul_core(xq, wq, row, col, block=block, w_bits=w_bits,
                                     w_signed=w_signed, ity=int_type(block, 128, wmax, bias_w=8),
                                     name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
-    if isa not in ("generic", "avx2", *VNNI_ISAS):
+    if isa not in ("generic", "avx2", *VNNI_ISAS, *AMX_ISAS):
         raise NumericsError(f"te_int_matmul: unknown isa {isa!r}; use one of "
-                            f"{('generic', 'avx2', *VNNI_ISAS)}.")  # fmt: skip
+                            f"{('generic', 'avx2', *VNNI_ISAS, *AMX_ISAS)}.")  # fmt: skip
     p = te_int_matmul_core(
         xq,
         wq,
@@ -168,7 +175,8 @@ def te_int_matmul(
 
 def int_matmul_packs(
     xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str,
-    nibbles: bool = False, crumbs: bool = False, max_rows: int | None = None, **_: Any,
+    nibbles: bool = False, crumbs: bool = False, max_rows: int | None = None,
+    min_rows: int | None = None, **_: Any,
 ) -> bool:  # fmt: skip
     """Whether ``te_int_matmul`` runs as pack + panel kernel (``x86.panel``, or
     ``x86.vnni`` for the VNNI isas).
@@ -181,6 +189,12 @@ def int_matmul_packs(
     k = int(xq_shape[-1])
     if max_rows is not None and int(xq_shape[0]) > max_rows:
         return False
+    if min_rows is not None and int(xq_shape[0]) < min_rows:
+        return False
+    if isa in AMX_ISAS:  # tdpbusd: x + 128 against int8 (nibbles unpacked at pack time)
+        i32 = int_type(block, 128, _w_max(w_bits), bias_x=128) == "int32"
+        return (not nibbles and len(xq_shape) == 2 and i32
+                and amx_supported(n=n, k=k, block=block))  # fmt: skip
     if nibbles and not (isa in (*VNNI_ISAS, "avx2")
                         and vnni_nibble_supported(k=k, block=block, w_bits=w_bits)):
         return False
@@ -221,7 +235,7 @@ def te_pack_int_matmul_weights(
     wq: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int, w_bits: int,
     w_signed: bool, isa: str = "avx2", name: str = "pack_weights",
     x_range: tuple[int, int] | None = None, nibbles: bool = False, crumbs: bool = False,
-    max_rows: int | None = None,
+    max_rows: int | None = None, min_rows: int | None = None,
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """Weight-only prep of the panel kernel: ``(wp, *colT)`` (``te_pack_panels``); K-quad
     panels for the narrow-activation core where :func:`narrow_x_offset` allows it. For the
@@ -229,8 +243,12 @@ def te_pack_int_matmul_weights(
     :func:`rqcompile.targets.tvm.x86.vnni.te_pack_vnni_panels` (two nibble codes per byte
     with ``nibbles``, four 2-bit codes per byte with ``crumbs``); the column parts are the
     same."""
-    del max_rows  # a selection rule of the row (int_matmul_packs), not a layout
+    del max_rows, min_rows  # selection rules of the row (int_matmul_packs), not layouts
     col = _packed_col_parts(ws, wc, wsum, block=block, name=name)
+    if isa in AMX_ISAS:
+        wp = te_pack_amx_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
+                                attrs=_pack_attrs(block))  # fmt: skip
+        return (wp, *transposed(col, name, _pack_attrs(block)))
     if isa in VNNI_ISAS:
         wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
                                  attrs=_pack_attrs(block), nibbles=nibbles,
@@ -249,7 +267,7 @@ def te_int_matmul_packed(
     xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, *col_t: Tensor, block: int, w_bits: int,
     w_signed: bool, isa: str = "avx2", name: str = "int_matmul",
     x_range: tuple[int, int] | None = None, nibbles: bool = False, crumbs: bool = False,
-    max_rows: int | None = None,
+    max_rows: int | None = None, min_rows: int | None = None,
 ) -> Tensor:  # fmt: skip
     """``te_int_matmul`` on packed weights (the outputs of :func:`te_pack_int_matmul_weights`,
     built with the same ``isa`` and ``x_range``): the VNNI panel kernel for the VNNI isas
@@ -257,6 +275,9 @@ def te_int_matmul_packed(
     a = _attrs("int_matmul", block, w_bits=int(w_bits), w_signed=bool(w_signed))
     sx = te_code_sums(xq, block=block, name=f"{name}_sx")
     row = te_row_parts(xs, xc, sx, block=block, name=name)
+    if isa in AMX_ISAS:
+        return amx_matmul(xq, wp, row, col_t, block=block, w_bits=w_bits, w_signed=w_signed,
+                          isa=isa, name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
     if isa in VNNI_ISAS:
         return vnni_panel_matmul(xq, wp, row, col_t, block=block, w_bits=w_bits,
                                  w_signed=w_signed, isa=isa, name=name,

@@ -10,6 +10,7 @@ row (``rq.kernel``)      requires                       kernel (packed layout wh
 ======================== ============================== ========================================
 quantize.avx2            avx2                           one-pass micro-kernel (x86.quant)
 quantize.generic         –                              TE stages
+int_matmul.amx           avx2, amx_tile, amx_int8       ``tdpbusd`` tiles (x86.amx), M >= 16
 int_matmul.avx512_vnni_w2  (as avx512_vnni)           the same on 2-bit codes four per byte, M <= 16
 int_matmul.avx512_vnni_w4  (as avx512_vnni)           the same on 4-bit codes two per byte, M <= 16
 int_matmul.avx512_vnni   avx2, avx512_vnni, avx512vl    ymm ``vpdpbusd`` panels (x86.vnni)
@@ -19,6 +20,7 @@ int_matmul.avx_vnni      avx2, avx_vnni                 VEX ``vpdpbusd`` panels
 int_matmul.avx2_w4       avx2                           ``vpmaddubsw``, nibbles two per byte, M<=16
 int_matmul.avx2          avx2                           ``vpmaddwd``/``vpmaddubsw`` panels
 int_matmul.*_emulated    (tests only: force it)         the VNNI panels (both layouts) with ``vpdpbusd`` emulated
+int_matmul.amx_emulated  (tests only: force it)         the AMX tiles with ``tdpbusd`` emulated
 int_matmul.generic       –                              TE compute
 xnor_popcount_matmul.avx512_vpopcntdq  avx2, avx512_vpopcntdq   XNOR panels with ``vpopcntq``
 xnor_popcount_matmul.avx2              avx2              XNOR panels, ``vpshufb`` nibble LUT
@@ -44,6 +46,7 @@ from typing import Any
 from rqcompile.ir.core import Op
 from rqcompile.passes.ir.kernel_table import KernelRow, PackRow, register_kernel_table
 from rqcompile.targets.tvm.kernels import integer as K
+from rqcompile.targets.tvm.x86.amx import AMX_MIN_ROWS
 from rqcompile.targets.tvm.x86.quant import quantize_micro_supported
 from rqcompile.targets.tvm.x86.vnni import VNNI_EMULATED
 
@@ -121,6 +124,23 @@ def _int_matmul4(isa: str, requires: frozenset[str], bits: int = 4) -> KernelRow
     )  # fmt: skip
 
 
+def _int_matmul_amx(isa: str, requires: frozenset[str]) -> KernelRow:
+    """``int_matmul.amx``: ``tdpbusd`` tiles for GEMM-shaped calls (M >= :data:`AMX_MIN_ROWS`);
+    smaller M goes on to the VNNI rows (a tile of 16 rows would be mostly padding)."""
+    opts = {"isa": isa, "min_rows": AMX_MIN_ROWS}
+    packs = _packs(K.int_matmul_packs, isa)
+
+    def supported(op: Op) -> bool:
+        return packs(op, None) and int(_dims(op.operands[0])[0]) >= AMX_MIN_ROWS
+
+    return KernelRow(
+        "rq.int_matmul", isa, requires, supported, builder=K.te_int_matmul,
+        options={"isa": isa},
+        pack=PackRow("tiles", lambda op, xr: supported(op), K.te_pack_int_matmul_weights,
+                     K.te_int_matmul_packed, options=opts),
+    )  # fmt: skip
+
+
 def _xnor(isa: str, requires: frozenset[str]) -> KernelRow:
     return KernelRow(
         "rq.xnor_popcount_matmul", isa, requires, builder=K.te_xnor_popcount_matmul,
@@ -136,6 +156,7 @@ _AVX2 = frozenset({"avx2"})
 CPU_KERNELS: tuple[KernelRow, ...] = (
     KernelRow("rq.quantize", "avx2", _AVX2, _quantize_micro, K.te_quantize, {"isa": "avx2"}),
     KernelRow("rq.quantize", "generic", builder=K.te_quantize),
+    _int_matmul_amx("amx", frozenset({"avx2", "amx_tile", "amx_int8"})),
     _int_matmul4("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"}), bits=2),
     _int_matmul4("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
     _int_matmul("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
@@ -147,6 +168,7 @@ CPU_KERNELS: tuple[KernelRow, ...] = (
     *(_int_matmul4(isa, frozenset({TEST_ONLY}), bits=2) for isa in VNNI_EMULATED),
     *(_int_matmul4(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
     *(_int_matmul(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
+    _int_matmul_amx("amx_emulated", frozenset({TEST_ONLY})),
     KernelRow("rq.int_matmul", "generic", builder=K.te_int_matmul),
     _xnor("avx512_vpopcntdq", frozenset({"avx2", "avx512_vpopcntdq"})),
     _xnor("avx2", _AVX2),

@@ -30,7 +30,8 @@ on packed sign-word panels too, with ``vpshufb`` LUT or ``vpopcntd`` popcounts
 activation quantization is one micro-kernel too (:mod:`x86.quant`, a lone
 ``te.extern`` stage: its function has no root block). Integer-affine matmuls on targets with
 AVX-512 VNNI or AVX-VNNI run ``vpdpbusd`` panels instead (:mod:`x86.vnni`, proven
-bit-exact on AVX2 hosts through its exact emulation). Other targets, and shapes the
+bit-exact on AVX2 hosts through its exact emulation), and on targets with AMX-INT8 those of
+16 rows or more run ``tdpbusd`` tiles (:mod:`x86.amx`). Other targets, and shapes the
 micro-kernels do not take, keep the generic TE kernels below.
 """
 
