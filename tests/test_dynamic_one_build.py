@@ -11,6 +11,8 @@ not asserted.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +22,7 @@ from torch import nn
 import rqcompile as rq
 from rqcompile.demo.models import CharTransformer
 from rqcompile.errors import InputError, UsageError
+from rqcompile.ir.printer import print_module
 from rqcompile.targets.dynamic import DynamicModule
 
 Dim = torch.export.Dim
@@ -91,6 +94,17 @@ def test_only_one_build_across_shapes(qat, exe, monkeypatch) -> None:
     assert exe.one_build is one and exe.cached_shapes == []
     assert list(exe.build_seconds) == [()]  # the one build, timed
     assert "one symbolic build" in rq.inspect(exe)
+
+
+def test_one_build_takes_no_row_for_some_row_counts(exe) -> None:
+    """Every kernel is valid for every shape in range: no AMX tiles (16 rows or more) or
+    4-/2-bit panels (16 rows or fewer) were chosen, and none fell back to generic."""
+    from rqcompile.passes.ir.kernel_table import kernel_table
+
+    specific = {r.name for r in kernel_table("llvm") if r.row_count_specific}
+    chosen = set(re.findall(r'rq\.kernel = "([^"]+)"', print_module(exe.one_build.ir)))
+    assert chosen and not chosen & specific
+    assert exe.symbolic_fallbacks == ()
 
 
 def test_out_of_range_is_a_typed_error(exe) -> None:

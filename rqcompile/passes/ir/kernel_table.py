@@ -84,6 +84,13 @@ class KernelRow:
         """``<op without rq.>.<isa>``: the value of the ``rq.kernel`` annotation."""
         return f"{self.op.removeprefix('rq.')}.{self.isa}"
 
+    @property
+    def row_count_specific(self) -> bool:
+        """Whether the row takes only some row counts (its packed layout names ``min_rows``
+        or ``max_rows``: AMX tiles for large M, 4-/2-bit panels for small M)."""
+        opts = self.pack.options if self.pack is not None else {}
+        return "min_rows" in opts or "max_rows" in opts
+
 
 _TABLES: dict[str, tuple[KernelRow, ...]] = {}
 

@@ -26,6 +26,8 @@ class SelectKernels:
     ``features`` and whose ``supported(op)`` holds. ``force`` names an ISA per op kind
     (``force=int_matmul:avx2+quantize:generic``) to test any row on any host, whatever its
     features: that ISA's row where it takes the op, else the row that requires nothing.
+    ``any_rows``: the ops' row counts are symbolic (one build for every shape), so rows that
+    take only some row counts (``KernelRow.row_count_specific``) are passed over.
     Requires: nothing. Guarantees: every covered op has a row that takes it.
     Numerics: exact (kernels are bit-exact against the reference target).
     """
@@ -34,6 +36,7 @@ class SelectKernels:
     table: str = "llvm"
     features: tuple[str, ...] = ()
     force: tuple[str, ...] = ()
+    any_rows: bool = False
 
     @functools.cached_property
     def forced(self) -> dict[str, str]:
@@ -51,7 +54,8 @@ class SelectKernels:
         """The table's rows by op, in table order (looked up once per pass object)."""
         out: dict[str, list[KernelRow]] = {}
         for r in kernel_table(self.table):
-            out.setdefault(r.op, []).append(r)
+            if not (self.any_rows and r.row_count_specific):
+                out.setdefault(r.op, []).append(r)
         return out
 
     def choose(self, op: Any) -> KernelRow | None:

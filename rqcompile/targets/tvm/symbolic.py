@@ -40,6 +40,7 @@ every dim known each kernel takes its static fast path, at the cost of a build p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -49,6 +50,7 @@ from rqcompile.ir.core import Func, Module, Op, Value
 from rqcompile.ir.types import TensorType
 from rqcompile.ir.verify import verify
 from rqcompile.passes.infra import PassContext, PassManager
+from rqcompile.passes.ir.select_kernels import SelectKernels
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target as RQTarget
 from rqcompile.translate.dynamic import (
@@ -202,7 +204,10 @@ def build_symbolic(sym_ir: Module, target: RQTarget,
     top = specialize(sm, {d.name: d.max for d in sm.shapes.dims})
     ttarget = tvm_target(target)
     ctx = (context or PassContext.current()).for_stage(target=target)
-    passes = list(pipeline_for(ttarget))
+    # a row that takes only some row counts (AMX tiles from 16 rows, 4-/2-bit panels up to
+    # 16) would be chosen for the maxima and be wrong for other shapes in the range
+    passes = [dataclasses.replace(p, any_rows=True) if isinstance(p, SelectKernels) else p
+              for p in pipeline_for(ttarget)]  # fmt: skip
     n_rq = next(i for i, p in enumerate(passes) if isinstance(p, Phase))
     annotated = PassManager(passes[:n_rq], verifier=verify).run(top, ctx)
     symbolic, _ = symbolic_ir(annotated, sm)

@@ -104,3 +104,14 @@ def test_host_features_never_leak_into_an_explicit_pass() -> None:
     a = print_module(run_pass(SelectKernels(features=("avx2",)), _ir("A4W4")))
     b = print_module(run_pass(SelectKernels(features=("avx2",)), _ir("A4W4")))
     assert a == b and "avx512" not in a
+
+
+@pytest.mark.parametrize(("preset", "m"), [("A8W8", 64), ("A2W2", 1)])
+def test_any_rows_passes_over_rows_for_some_row_counts(preset: str, m: int) -> None:
+    """A one build for every shape (symbolic rows) cannot take AMX tiles (16 rows or more) or
+    the 2-bit panels (16 rows or fewer): a shape in its range may fall outside them."""
+    feats = ("avx2", "avx512_vnni", "avx512vl", "amx_tile", "amx_int8")
+    picked = _kernels(run_pass(SelectKernels(features=feats), _ir(preset, m=m)))
+    assert picked["rq.int_matmul"] in ("int_matmul.amx", "int_matmul.avx512_vnni_w2")
+    any_rows = _kernels(run_pass(SelectKernels(features=feats, any_rows=True), _ir(preset, m=m)))
+    assert any_rows["rq.int_matmul"] == "int_matmul.avx512_vnni"

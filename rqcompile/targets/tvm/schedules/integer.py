@@ -127,9 +127,8 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     out: dict[str, dict[str, Any]] = {}
     for row in CPU_KERNELS:
         kind = row.op.removeprefix("rq.")
-        opts = row.pack.options if row.pack is not None else {}
-        if "max_rows" in opts or "min_rows" in opts:  # shape-specific: small M (4-bit codes
-            continue  # two per byte) or large M (AMX tiles)
+        if row.row_count_specific:  # small M (packed 4-/2-bit codes) or large M (AMX)
+            continue
         if kind not in out and row.requires <= feats:
             out[kind] = {"isa": row.isa}
     return {k: v for k, v in out.items() if v["isa"] != "generic"}
