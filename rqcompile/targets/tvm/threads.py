@@ -87,18 +87,31 @@ def threads_for_call(threads: int | None, work: int) -> int:
 
 
 class ThreadSetter:
-    """Sets this thread's TVM pool to ``n`` threads through ``runtime.config_threadpool``.
+    """Sets this thread's thread count for the next kernels to ``n``.
 
-    TVM's pool is per calling thread (``thread_local``), so the current setting is remembered
-    per Python thread and the TVM function (mode 1 = all cores, ``n`` threads) is called only
-    when ``n`` changes: a dict look-up per call otherwise.
+    Both settings are per calling thread: the OpenMP launcher's (``parallel.py``,
+    ``rq_omp_set_threads``) and TVM's pool's (``runtime.config_threadpool``, mode 1 = all
+    cores, ``n`` threads). TVM's is set only where its pool runs some of our loops (no
+    launcher, or a library left on TVM's pool), so TVM's workers are not even started
+    otherwise. The current setting is remembered per Python thread and the setters are called
+    only when ``n`` changes: a dict look-up per call otherwise.
+
+    Args:
+        config_threadpool: TVM's ``runtime.config_threadpool``.
+        launcher: a callable returning the OpenMP launcher or ``None`` (``parallel.launcher``),
+            called at the first change, after the first library was loaded.
     """
 
-    def __init__(self, config_threadpool: Any) -> None:
+    def __init__(self, config_threadpool: Any, launcher: Any = None) -> None:
         self._config = config_threadpool
+        self._launcher = launcher
         self._local = threading.local()
 
     def __call__(self, n: int) -> None:
         if getattr(self._local, "n", None) != n:
-            self._config(1, n)
+            lch = self._launcher() if self._launcher is not None else None
+            if lch is not None:
+                lch.set_threads(n)
+            if lch is None or lch.kept_on_tvm:
+                self._config(1, n)
             self._local.n = n

@@ -1,0 +1,317 @@
+"""Our kernels' parallel loops on torch's OpenMP threads instead of TVM's own pool.
+
+Why: TVM's CPU runtime runs a ``parallel`` loop on a pool of its own threads, which spin
+(``sched_yield``) after each task; torch runs its operators on OpenMP threads, which spin
+too, and ONNX Runtime on a third pool. A program that calls torch between our calls then has
+two or three pools of spinning threads on the same cores, and a two-thread call of ours that
+takes ~300 µs alone took milliseconds interleaved with torch (issue 19, ``threads.py``).
+
+How: a TVM-built library calls its parallel loops through a function pointer that the
+library itself holds, a writable global named ``__TVMBackendParallelLaunch`` which TVM's
+loader points at TVM's pool when it opens the library. After TVM has opened a library we
+point that global at :func:`launcher`'s function instead (:func:`install`), a few lines of C
+(``omp_launch.c``, in this package) that run the loop's tasks inside one ``GOMP_parallel``
+region of the OpenMP runtime already loaded in the process, torch's. Our loops and torch's
+operators then use the same threads (libgomp keeps one team per calling thread and reuses it),
+and only one pool waits between calls.
+
+* **Built once, at first use.** ``omp_launch.c`` is compiled with the C compiler TVM already
+  needs to export libraries (``$CC``, else ``cc``/``gcc``/``clang``) into a cache folder
+  (``$RQCOMPILE_CACHE_DIR``, else ``$XDG_CACHE_HOME/rqcompile`` or ``~/.cache/rqcompile``),
+  named by a hash of the source and compiler; written to a temporary name and renamed, so
+  concurrent first uses are safe. It links against nothing: the OpenMP entry points
+  (``GOMP_parallel``, ``omp_get_thread_num`` ...) are looked up in the OpenMP library torch
+  loaded and handed to it (``rq_omp_init``), so it cannot start a second OpenMP runtime.
+* **Thread count** per calling thread (``rq_omp_set_threads``, set by ``threads.ThreadSetter``
+  as TVM's pool was): ``threads=`` or ``torch.get_num_threads()``; 1 runs the tasks on the
+  calling thread with no team at all.
+* **Choice** (``RQCOMPILE_PARALLEL``): ``omp`` or unset (the default) uses this launcher,
+  ``tvm`` keeps TVM's pool. When the launcher cannot be made (no C compiler, no OpenMP runtime
+  in the process, a compile error), an unset variable falls back to TVM's pool with one
+  :class:`~rqcompile.errors.RQWarning`; ``omp`` set explicitly raises
+  :class:`~rqcompile.errors.TargetError` with the cause.
+* **Which libraries.** Every library loaded through ``runtime._load_module`` (fresh builds,
+  ``rq.load``'ed artifacts, the prefill/decode libraries). A library with no parallel loop has
+  no such global and is left alone; one that also calls TVM's parallel *barrier* (ours do
+  not) keeps TVM's pool, since that barrier needs TVM's own task bookkeeping; a global
+  holding anything other than TVM's launcher (a future TVM) is left alone too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rqcompile.errors import ConfigError, TargetError, warn
+
+__all__ = ["ENV", "Launcher", "LauncherUnavailable", "install", "launcher", "mode"]
+
+_log = logging.getLogger(__name__)
+
+#: ``omp`` (default) or ``tvm``
+ENV = "RQCOMPILE_PARALLEL"
+_MODES = ("omp", "tvm")
+_SOURCE = Path(__file__).with_name("omp_launch.c")
+_LAUNCH_SYMBOL = "__TVMBackendParallelLaunch"
+_BARRIER_SYMBOL = "__TVMBackendParallelBarrier"
+#: basenames of OpenMP runtimes (GNU, LLVM, Intel; pip wheels may add a hash: libgomp-abcd.so.1)
+_OPENMP_NAME = re.compile(r"^lib(gomp|omp|iomp5)([-.][^/]*)?\.(so|dylib)(\.[0-9.]+)?$")
+
+
+class LauncherUnavailable(RuntimeError):
+    """The OpenMP launcher cannot be made here (the message says why)."""
+
+
+def mode() -> str:
+    """``RQCOMPILE_PARALLEL``: ``"omp"`` (also when unset) or ``"tvm"``."""
+    v = os.environ.get(ENV, "").strip().lower()
+    if v in ("", "auto"):
+        return "omp"
+    if v not in _MODES:
+        raise ConfigError(f"{ENV}={v!r}: expected one of {', '.join(_MODES)}")
+    return v
+
+
+@dataclass
+class Launcher:
+    """The compiled launcher, initialized with the process's OpenMP runtime."""
+
+    path: str
+    openmp: str
+    _lib: ctypes.CDLL = field(repr=False)
+    address: int = 0
+    #: libraries pointed at this launcher / left on TVM's pool (they need its barrier)
+    installed: int = 0
+    kept_on_tvm: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.address = ctypes.cast(self._lib.rq_omp_parallel_launch, ctypes.c_void_p).value or 0
+        self._lib.rq_omp_set_threads.argtypes = [ctypes.c_int]
+        self._lib.rq_omp_set_threads.restype = None
+        self._lib.rq_omp_get_threads.restype = ctypes.c_int
+        self._lib.rq_omp_launches.restype = ctypes.c_uint64
+        self._lib.rq_omp_team_launches.restype = ctypes.c_uint64
+        self.set_threads = self._lib.rq_omp_set_threads
+
+    def threads(self) -> int:
+        """This thread's setting (0: the OpenMP runtime's ``omp_get_max_threads()``)."""
+        return int(self._lib.rq_omp_get_threads())
+
+    def launches(self) -> int:
+        """Parallel loops run by this launcher so far, serial ones included."""
+        return int(self._lib.rq_omp_launches())
+
+    def team_launches(self) -> int:
+        """Those of :meth:`launches` that ran on an OpenMP team (more than one thread)."""
+        return int(self._lib.rq_omp_team_launches())
+
+
+def _loaded_libraries() -> list[str]:
+    """Paths of the shared libraries mapped into this process (Linux ``/proc/self/maps``)."""
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out: list[str] = []
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].startswith("/") and parts[5] not in out:
+            out.append(parts[5])
+    return out
+
+
+def _noload(path: str) -> ctypes.CDLL:
+    """A handle on an already loaded library (never loads a second copy)."""
+    return ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+
+
+def _openmp_runtime() -> tuple[str, ctypes.CDLL]:
+    """The OpenMP runtime loaded in this process (torch's), as (path, handle)."""
+    import torch  # noqa: F401  (loads torch's OpenMP runtime if it has one)
+
+    for path in _loaded_libraries():
+        if not _OPENMP_NAME.match(os.path.basename(path)):
+            continue
+        try:
+            lib = _noload(path)
+            lib.GOMP_parallel  # noqa: B018  (the entry point we call)
+        except (OSError, AttributeError):
+            continue
+        return path, lib
+    raise LauncherUnavailable(
+        "no OpenMP runtime with GOMP_parallel is loaded in this process (torch's parallel "
+        "backend is not OpenMP here)"
+    )
+
+
+def _error_setter() -> int | None:
+    """TVM's ``TVMFFIErrorSetRaisedFromCStr``, to report a failed task on a worker thread."""
+    for path in _loaded_libraries():
+        if os.path.basename(path).startswith("libtvm_ffi"):
+            try:
+                fn = _noload(path).TVMFFIErrorSetRaisedFromCStr
+            except (OSError, AttributeError):
+                continue
+            return ctypes.cast(fn, ctypes.c_void_p).value
+    return None
+
+
+def _compiler() -> str:
+    for c in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if c:
+            found = shutil.which(c.split()[0])
+            if found:
+                return found
+    raise LauncherUnavailable("no C compiler found ($CC, cc, gcc or clang)")
+
+
+def cache_dir() -> Path:
+    """Where the compiled launcher is kept (``$RQCOMPILE_CACHE_DIR`` first)."""
+    if os.environ.get("RQCOMPILE_CACHE_DIR"):
+        return Path(os.environ["RQCOMPILE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rqcompile"
+
+
+def _build(compiler: str) -> Path:
+    """Compile ``omp_launch.c`` into the cache (once per source and compiler; atomic)."""
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(
+        source + compiler.encode() + sys.platform.encode() + platform.machine().encode()
+    ).hexdigest()[:16]
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"rqcompile-{os.getuid()}"):
+        target = folder / f"rq_omp_launch-{key}{suffix}"
+        if target.exists():
+            return target
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=target.name + ".", dir=folder)
+        except OSError:
+            continue  # not writable: try the next folder
+        os.close(fd)
+        try:
+            cmd = [compiler, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                raise LauncherUnavailable(
+                    f"compiling {_SOURCE.name} failed ({' '.join(cmd)}): {r.stderr.strip()}"
+                )
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+    raise LauncherUnavailable(f"no writable cache folder for the launcher ({cache_dir()})")
+
+
+def _make() -> Launcher:
+    omp_path, omp = _openmp_runtime()
+    path = _build(_compiler())
+    lib = ctypes.CDLL(str(path))
+    addr = [ctypes.cast(getattr(omp, n), ctypes.c_void_p).value for n in
+            ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads",
+             "omp_get_max_threads")]  # fmt: skip
+    lib.rq_omp_init.argtypes = [ctypes.c_void_p] * 5
+    lib.rq_omp_init.restype = ctypes.c_int
+    if lib.rq_omp_init(*addr, _error_setter()) != 0:
+        raise LauncherUnavailable(f"{omp_path} lacks an OpenMP entry point the launcher needs")
+    return Launcher(str(path), omp_path, lib)
+
+
+@functools.cache
+def launcher() -> Launcher | None:
+    """The OpenMP launcher, made on first use; ``None`` where TVM's pool is used instead.
+
+    Raises:
+        TargetError: ``RQCOMPILE_PARALLEL=omp`` was set and the launcher cannot be made.
+    """
+    if mode() == "tvm":
+        return None
+    try:
+        made = _make()
+    except (LauncherUnavailable, OSError, AttributeError, subprocess.SubprocessError) as e:
+        if os.environ.get(ENV, "").strip().lower() == "omp":
+            raise TargetError(
+                f"{ENV}=omp: the OpenMP launcher cannot be made: {e}. Unset {ENV} (or set it "
+                "to 'tvm') to run on TVM's thread pool."
+            ) from e
+        warn(
+            f"rqcompile's OpenMP launcher is unavailable ({e}); kernels use TVM's thread pool, "
+            f"which can slow calls interleaved with torch. Set {ENV}=tvm to silence this."
+        )
+        return None
+    _log.debug("OpenMP launcher %s on %s", made.path, made.openmp)
+    return made
+
+
+def _tvm_launch_address() -> int | None:
+    """The address of TVM's own ``TVMBackendParallelLaunch`` (what TVM's loader stores)."""
+    for path in _loaded_libraries():
+        if os.path.basename(path).startswith("libtvm_runtime"):
+            try:
+                return ctypes.cast(_noload(path).TVMBackendParallelLaunch, ctypes.c_void_p).value
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+def install(path: str) -> str:
+    """Point the library TVM just loaded from ``path`` (still on disk) at our launcher.
+
+    Returns what its parallel loops now use: ``"omp"``, ``"tvm"`` (TVM's pool: chosen,
+    unavailable, or the library needs TVM's barrier) or ``"none"`` (no parallel loop).
+    """
+    lch = launcher()
+    if lch is None:
+        return "tvm"
+    lib = _noload(path)  # the same mapping TVM opened (the file is matched by path/inode)
+    try:
+        try:
+            slot = ctypes.c_void_p.in_dll(lib, _LAUNCH_SYMBOL)
+        except ValueError:
+            return "none"
+        try:
+            ctypes.c_void_p.in_dll(lib, _BARRIER_SYMBOL)
+            needs_barrier = True
+        except ValueError:
+            needs_barrier = False
+        if needs_barrier:
+            with lch._lock:
+                lch.kept_on_tvm += 1
+            _log.debug("%s uses TVM's parallel barrier: left on TVM's pool", path)
+            return "tvm"
+        if slot.value not in (_tvm_launch_address(), lch.address):
+            _log.debug("%s: %s holds %r, not TVM's launcher: left alone", path, _LAUNCH_SYMBOL,
+                       slot.value)  # fmt: skip
+            return "tvm"
+        slot.value = lch.address
+        with lch._lock:
+            lch.installed += 1
+        return "omp"
+    finally:
+        _dlclose(lib)
+
+
+def _dlclose(lib: ctypes.CDLL) -> None:
+    """Drop our reference (TVM's keeps the library open as long as its module lives)."""
+    try:
+        import _ctypes
+
+        _ctypes.dlclose(lib._handle)  # type: ignore[attr-defined]
+    except (ImportError, AttributeError, OSError):
+        pass
