@@ -53,6 +53,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rqcompile.errors import ConfigError, TargetError, warn
 
@@ -60,10 +61,15 @@ __all__ = ["ENV", "Launcher", "LauncherUnavailable", "install", "launcher", "mod
 
 _log = logging.getLogger(__name__)
 
-#: ``omp`` (default) or ``tvm``
+#: ``pool`` (default), ``omp`` or ``tvm``
 ENV = "RQCOMPILE_PARALLEL"
-_MODES = ("omp", "tvm")
-_SOURCE = Path(__file__).with_name("omp_launch.c")
+_MODES = ("pool", "omp", "tvm")
+DEFAULT = "pool"
+_SOURCES = {"omp": Path(__file__).with_name("omp_launch.c"),
+            "pool": Path(__file__).with_name("pool_launch.c")}  # fmt: skip
+#: ``pool``: a worker's spin after its last chunk before it sleeps (µs), chunks per thread
+SPIN_US = float(os.environ.get("RQCOMPILE_POOL_SPIN_US", 50))
+CHUNKS_PER_THREAD = int(os.environ.get("RQCOMPILE_POOL_CHUNKS", 4))
 _LAUNCH_SYMBOL = "__TVMBackendParallelLaunch"
 _BARRIER_SYMBOL = "__TVMBackendParallelBarrier"
 #: basenames of OpenMP runtimes (GNU, LLVM, Intel; pip wheels may add a hash: libgomp-abcd.so.1)
@@ -75,10 +81,10 @@ class LauncherUnavailable(RuntimeError):
 
 
 def mode() -> str:
-    """``RQCOMPILE_PARALLEL``: ``"omp"`` (also when unset) or ``"tvm"``."""
+    """``RQCOMPILE_PARALLEL``: ``"pool"`` (also when unset), ``"omp"`` or ``"tvm"``."""
     v = os.environ.get(ENV, "").strip().lower()
     if v in ("", "auto"):
-        return "omp"
+        return DEFAULT
     if v not in _MODES:
         raise ConfigError(f"{ENV}={v!r}: expected one of {', '.join(_MODES)}")
     return v
@@ -86,10 +92,11 @@ def mode() -> str:
 
 @dataclass
 class Launcher:
-    """The compiled launcher, initialized with the process's OpenMP runtime."""
+    """A compiled launcher (``kind`` ``"pool"`` or ``"omp"``), initialized."""
 
+    kind: str
     path: str
-    openmp: str
+    openmp: str | None
     _lib: ctypes.CDLL = field(repr=False)
     address: int = 0
     #: libraries pointed at this launcher / left on TVM's pool (they need its barrier)
@@ -98,25 +105,41 @@ class Launcher:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        self.address = ctypes.cast(self._lib.rq_omp_parallel_launch, ctypes.c_void_p).value or 0
-        self._lib.rq_omp_set_threads.argtypes = [ctypes.c_int]
-        self._lib.rq_omp_set_threads.restype = None
-        self._lib.rq_omp_get_threads.restype = ctypes.c_int
-        self._lib.rq_omp_launches.restype = ctypes.c_uint64
-        self._lib.rq_omp_team_launches.restype = ctypes.c_uint64
-        self.set_threads = self._lib.rq_omp_set_threads
+        fn = self._fn
+        self.address = ctypes.cast(fn("parallel_launch"), ctypes.c_void_p).value or 0
+        fn("set_threads").argtypes = [ctypes.c_int]
+        fn("set_threads").restype = None
+        fn("get_threads").restype = ctypes.c_int
+        fn("launches").restype = ctypes.c_uint64
+        fn("team_launches").restype = ctypes.c_uint64
+        self.set_threads = fn("set_threads")
+
+    def _fn(self, name: str) -> Any:
+        return getattr(self._lib, f"rq_{self.kind}_{name}")
 
     def threads(self) -> int:
-        """This thread's setting (0: the OpenMP runtime's ``omp_get_max_threads()``)."""
-        return int(self._lib.rq_omp_get_threads())
+        """This thread's setting (0: default: ``omp_get_max_threads()`` / all CPUs)."""
+        return int(self._fn("get_threads")())
 
     def launches(self) -> int:
         """Parallel loops run by this launcher so far, serial ones included."""
-        return int(self._lib.rq_omp_launches())
+        return int(self._fn("launches")())
 
     def team_launches(self) -> int:
-        """Those of :meth:`launches` that ran on an OpenMP team (more than one thread)."""
-        return int(self._lib.rq_omp_team_launches())
+        """Those of :meth:`launches` that ran on more than one thread."""
+        return int(self._fn("team_launches")())
+
+    def workers(self) -> int | None:
+        """``pool``: worker threads started so far (``None`` for ``omp``)."""
+        return int(self._fn("workers")()) if self.kind == "pool" else None
+
+    def worker_chunks(self) -> int | None:
+        """``pool``: chunks run by workers, not the calling thread (``None`` for ``omp``)."""
+        if self.kind != "pool":
+            return None
+        f = self._fn("worker_chunks")
+        f.restype = ctypes.c_uint64
+        return int(f())
 
 
 def _loaded_libraries() -> list[str]:
@@ -187,15 +210,20 @@ def cache_dir() -> Path:
     return Path(base) / "rqcompile"
 
 
-def _build(compiler: str) -> Path:
-    """Compile ``omp_launch.c`` into the cache (once per source and compiler; atomic)."""
-    source = _SOURCE.read_bytes()
+def _build_folders() -> list[Path]:
+    """The cache folder, then a per-user temporary one if the cache is not writable."""
+    return [cache_dir(), Path(tempfile.gettempdir()) / f"rqcompile-{os.getuid()}"]
+
+
+def _build(compiler: str, src: Path) -> Path:
+    """Compile ``src`` into the cache (once per source and compiler; atomic)."""
+    source = src.read_bytes()
     key = hashlib.sha256(
         source + compiler.encode() + sys.platform.encode() + platform.machine().encode()
     ).hexdigest()[:16]
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
-    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"rqcompile-{os.getuid()}"):
-        target = folder / f"rq_omp_launch-{key}{suffix}"
+    for folder in _build_folders():
+        target = folder / f"rq_{src.stem}-{key}{suffix}"
         if target.exists():
             return target
         try:
@@ -205,11 +233,11 @@ def _build(compiler: str) -> Path:
             continue  # not writable: try the next folder
         os.close(fd)
         try:
-            cmd = [compiler, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)]
+            cmd = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", tmp, str(src)]
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
                 raise LauncherUnavailable(
-                    f"compiling {_SOURCE.name} failed ({' '.join(cmd)}): {r.stderr.strip()}"
+                    f"compiling {src.name} failed ({' '.join(cmd)}): {r.stderr.strip()}"
                 )
             os.replace(tmp, target)
         finally:
@@ -219,9 +247,18 @@ def _build(compiler: str) -> Path:
     raise LauncherUnavailable(f"no writable cache folder for the launcher ({cache_dir()})")
 
 
-def _make() -> Launcher:
+def _make(kind: str) -> Launcher:
+    if sys.platform != "linux":
+        raise LauncherUnavailable(f"the {kind} launcher is built for Linux only")
+    if kind == "pool":
+        path = _build(_compiler(), _SOURCES["pool"])
+        lib = ctypes.CDLL(str(path))
+        lib.rq_pool_init.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+        lib.rq_pool_init.restype = ctypes.c_int
+        lib.rq_pool_init(int(SPIN_US * 1000), CHUNKS_PER_THREAD, _error_setter())
+        return Launcher("pool", str(path), None, lib)
     omp_path, omp = _openmp_runtime()
-    path = _build(_compiler())
+    path = _build(_compiler(), _SOURCES["omp"])
     lib = ctypes.CDLL(str(path))
     addr = [ctypes.cast(getattr(omp, n), ctypes.c_void_p).value for n in
             ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads",
@@ -230,32 +267,33 @@ def _make() -> Launcher:
     lib.rq_omp_init.restype = ctypes.c_int
     if lib.rq_omp_init(*addr, _error_setter()) != 0:
         raise LauncherUnavailable(f"{omp_path} lacks an OpenMP entry point the launcher needs")
-    return Launcher(str(path), omp_path, lib)
+    return Launcher("omp", str(path), omp_path, lib)
 
 
 @functools.cache
 def launcher() -> Launcher | None:
-    """The OpenMP launcher, made on first use; ``None`` where TVM's pool is used instead.
+    """The launcher :func:`mode` picks, made on first use; ``None`` for TVM's pool.
 
     Raises:
         TargetError: ``RQCOMPILE_PARALLEL=omp`` was set and the launcher cannot be made.
     """
-    if mode() == "tvm":
+    kind = mode()
+    if kind == "tvm":
         return None
     try:
-        made = _make()
+        made = _make(kind)
     except (LauncherUnavailable, OSError, AttributeError, subprocess.SubprocessError) as e:
-        if os.environ.get(ENV, "").strip().lower() == "omp":
+        if os.environ.get(ENV, "").strip().lower() == kind:
             raise TargetError(
-                f"{ENV}=omp: the OpenMP launcher cannot be made: {e}. Unset {ENV} (or set it "
-                "to 'tvm') to run on TVM's thread pool."
+                f"{ENV}={kind}: the {kind} launcher cannot be made: {e}. Unset {ENV} (or set "
+                "it to 'tvm') to run on TVM's thread pool."
             ) from e
         warn(
-            f"rqcompile's OpenMP launcher is unavailable ({e}); kernels use TVM's thread pool, "
-            f"which can slow calls interleaved with torch. Set {ENV}=tvm to silence this."
+            f"rqcompile's parallel launcher is unavailable ({e}); kernels use TVM's thread "
+            f"pool, which can slow calls interleaved with torch. Set {ENV}=tvm to silence this."
         )
         return None
-    _log.debug("OpenMP launcher %s on %s", made.path, made.openmp)
+    _log.debug("%s launcher %s (OpenMP: %s)", made.kind, made.path, made.openmp)
     return made
 
 
@@ -273,7 +311,7 @@ def _tvm_launch_address() -> int | None:
 def install(path: str) -> str:
     """Point the library TVM just loaded from ``path`` (still on disk) at our launcher.
 
-    Returns what its parallel loops now use: ``"omp"``, ``"tvm"`` (TVM's pool: chosen,
+    Returns what its parallel loops now use: ``"pool"`` or ``"omp"`` (the launcher), ``"tvm"`` (TVM's pool: chosen,
     unavailable, or the library needs TVM's barrier) or ``"none"`` (no parallel loop).
     """
     lch = launcher()
@@ -302,7 +340,7 @@ def install(path: str) -> str:
         slot.value = lch.address
         with lch._lock:
             lch.installed += 1
-        return "omp"
+        return lch.kind
     finally:
         _dlclose(lib)
 
