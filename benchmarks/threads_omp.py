@@ -104,7 +104,8 @@ def child(d: Path, k: int, m: int, presets: list[str], budget: float) -> dict:
     x = torch.randn(m, k)
     ours = {p: rq.load(_artifact(d, k, m, p)) for p in presets}
     used = {p: e.backend.parallel for p, e in ours.items()}
-    out: dict = {"parallel": used, "interleaved": {}, "standalone": {}}
+    out: dict = {"parallel": used, "interleaved": {}, "standalone": {},
+                 "load": os.getloadavg()[0]}  # fmt: skip
     with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
         torch.set_num_threads(2)
         fns = _peers(lin, x, 2, Path(tmp))
@@ -141,7 +142,8 @@ def child(d: Path, k: int, m: int, presets: list[str], budget: float) -> dict:
                     w1, c1 = _clock_pair()
                     w.append(w1 - w0)
                     c.append(c1 - c0)
-                row[t] = (statistics.median(w), statistics.median(c), len(w))
+                row[t] = (statistics.median(w), statistics.median(c), len(w),
+                          sorted(w)[len(w) // 10])  # fmt: skip
             out["standalone"][p] = row
     lch = parallel.launcher()
     out["launches"] = lch.launches() if lch is not None else 0
@@ -171,6 +173,10 @@ def report(data: dict, cmd: str) -> str:
         "over all rounds' samples (median of per-round medians for the ratios), and in "
         "brackets the median process CPU time per call (all threads).",
         "",
+        "Load average (1 min) when each configuration's processes started, median over "
+        "rounds: " + ", ".join(f"`{c}` {statistics.median(r['load'] for v in res[c].values() for r in v):.1f}" for c in CONFIGS)  # noqa: E501
+        + ".",
+        "",
         "## Interleaved with torch and ONNX Runtime, 2 threads",
         "",
         "| K, M | config | " + " | ".join(peers + presets) + " |",
@@ -198,8 +204,10 @@ def report(data: dict, cmd: str) -> str:
                      for p in presets for c in CONFIGS[1:]]  # fmt: skip
             lines.append(f"| {k}, {m} | " + " | ".join(cells) + " |")
     lines += ["", "## Standalone, 1 → 2 threads", "",
-              "Each preset's calls back to back; µs at 1 thread / at 2 threads (CPU µs in "
-              "brackets), and the scaling `time(1) / time(2)` (goal: ≥ 1.7x at M ≥ 64).", "",
+              "Each preset's calls back to back; median µs at 1 thread / at 2 threads (CPU µs "
+              "at 2 threads in brackets), the scaling `time(1) / time(2)` of the medians "
+              "(goal: ≥ 1.7x at M ≥ 64), and in square brackets the same ratio of the 10th "
+              "percentiles (the calls the other jobs on the machine disturbed least).", "",
               "| K, M | config | " + " | ".join(presets) + " |",
               "|" + " --- |" * (len(presets) + 2)]  # fmt: skip
     for k in ks:
@@ -211,7 +219,10 @@ def report(data: dict, cmd: str) -> str:
                     t1 = statistics.median(r["standalone"][p]["1"][0] for r in rounds) * 1e6
                     t2 = statistics.median(r["standalone"][p]["2"][0] for r in rounds) * 1e6
                     c2 = statistics.median(r["standalone"][p]["2"][1] for r in rounds) * 1e6
-                    cells.append(f"{_fmt(t1)} / {_fmt(t2)} ({_fmt(c2)}): **{t1 / t2:.2f}x**")
+                    q1 = statistics.median(r["standalone"][p]["1"][3] for r in rounds)
+                    q2 = statistics.median(r["standalone"][p]["2"][3] for r in rounds)
+                    cells.append(f"{_fmt(t1)} / {_fmt(t2)} ({_fmt(c2)}): **{t1 / t2:.2f}x** "
+                                 f"[{q1 / q2:.2f}x]")
                 lines.append(f"| {k}, {m} | {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

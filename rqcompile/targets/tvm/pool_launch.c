@@ -20,7 +20,6 @@
 #include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/syscall.h>
@@ -40,6 +39,7 @@ typedef void (*set_error_fn)(const char* kind, const char* message);
 
 static set_error_fn p_set_error;
 static int64_t spin_ns = 50000; /* a worker's spin after its last chunk before sleeping */
+static int64_t wait_spin_ns = 20000; /* the caller's spin for late chunks before sleeping */
 static int chunks_per_thread = 4;
 
 static __thread int tl_threads; /* threads for this caller's launches; 0: all workers + 1 */
@@ -48,7 +48,8 @@ static __thread int tl_is_worker;
 static uint64_t ticket; /* [gen:32 | n:8 | T:12 | next:12] */
 static uint32_t seq;    /* futex word: bumped at every launch */
 static int sleepers;
-static int done_count;
+static uint32_t done_count; /* also a futex word: the caller sleeps on it for late chunks */
+static int caller_sleeping;
 static int worker_failed;
 static FTVMParallelLambda job_f;
 static void* job_cdata;
@@ -105,8 +106,15 @@ static int run_chunks(int w) {
       if (w == 0) failed = 1; /* the error is set on the calling thread */
       else __atomic_store_n(&worker_failed, 1, __ATOMIC_RELAXED);
     }
-    if (w > 0) __atomic_fetch_add(&n_worker_chunks, 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&done_count, 1, __ATOMIC_RELEASE);
+    if (w > 0) {
+      __atomic_fetch_add(&n_worker_chunks, 1, __ATOMIC_RELAXED);
+      uint32_t d = __atomic_add_fetch(&done_count, 1, __ATOMIC_SEQ_CST);
+      if ((int)d == count && __atomic_load_n(&caller_sleeping, __ATOMIC_SEQ_CST)) {
+        futex_wake(&done_count, 1);
+      }
+    } else {
+      __atomic_fetch_add(&done_count, 1, __ATOMIC_SEQ_CST);
+    }
     t = __atomic_load_n(&ticket, __ATOMIC_ACQUIRE);
   }
   return failed;
@@ -225,7 +233,7 @@ int rq_pool_parallel_launch(FTVMParallelLambda f, void* cdata, int num_task) {
   __atomic_fetch_add(&n_team_launches, 1, __ATOMIC_RELAXED);
   job_f = f;
   job_cdata = cdata;
-  __atomic_store_n(&done_count, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&done_count, 0u, __ATOMIC_RELAXED);
   __atomic_store_n(&worker_failed, 0, __ATOMIC_RELAXED);
   uint64_t gen = (__atomic_load_n(&ticket, __ATOMIC_RELAXED) >> 32) + 1;
   __atomic_store_n(&ticket, (gen << 32) | ((uint64_t)n << 24) | ((uint64_t)tasks << 12),
@@ -233,12 +241,21 @@ int rq_pool_parallel_launch(FTVMParallelLambda f, void* cdata, int num_task) {
   __atomic_fetch_add(&seq, 1, __ATOMIC_SEQ_CST);
   if (__atomic_load_n(&sleepers, __ATOMIC_SEQ_CST) > 0) futex_wake(&seq, n - 1);
   int caller_failed = run_chunks(0);
-  /* wait only for chunks workers have claimed and not finished */
+  /* wait only for chunks workers have claimed and not finished: spin briefly, then sleep,
+   * so this core is free for the worker if the scheduler moves it here */
+  int64_t until = now_ns() + wait_spin_ns;
   int i = 0;
-  while (__atomic_load_n(&done_count, __ATOMIC_ACQUIRE) < tasks) {
-    if (++i < 2000) cpu_relax();
-    else sched_yield();
+  uint32_t d;
+  while ((int)(d = __atomic_load_n(&done_count, __ATOMIC_ACQUIRE)) < tasks) {
+    cpu_relax();
+    if ((++i & 63) == 0 && now_ns() > until) {
+      __atomic_store_n(&caller_sleeping, 1, __ATOMIC_SEQ_CST);
+      d = __atomic_load_n(&done_count, __ATOMIC_SEQ_CST);
+      if ((int)d < tasks) futex_wait(&done_count, d);
+      __atomic_store_n(&caller_sleeping, 0, __ATOMIC_SEQ_CST);
+    }
   }
+  __atomic_thread_fence(__ATOMIC_ACQUIRE);
   int wf = __atomic_load_n(&worker_failed, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&launch_mu);
   if (caller_failed) return -1;
