@@ -1,40 +1,55 @@
-"""Our kernels' parallel loops on torch's OpenMP threads instead of TVM's own pool.
+"""Who runs our kernels' parallel loops: a launcher of ours instead of TVM's thread pool.
 
-Why: TVM's CPU runtime runs a ``parallel`` loop on a pool of its own threads, which spin
-(``sched_yield``) after each task; torch runs its operators on OpenMP threads, which spin
-too, and ONNX Runtime on a third pool. A program that calls torch between our calls then has
-two or three pools of spinning threads on the same cores, and a two-thread call of ours that
-takes ~300 µs alone took milliseconds interleaved with torch (issue 19, ``threads.py``).
+Why: TVM's CPU runtime runs a ``parallel`` loop on a pool of its own threads: one static
+slice per thread, joined at the end, the workers spinning (``sched_yield``) after each task.
+torch runs its operators on OpenMP threads, which spin too, and ONNX Runtime on a third pool.
+A program that calls torch between our calls then has two or three pools of spinning threads
+on the same cores, and a two-thread call of ours that takes ~300 µs alone took milliseconds
+interleaved with torch (issue 19, ``threads.py``): at the join the caller waits for a worker
+that the scheduler has not run yet.
 
 How: a TVM-built library calls its parallel loops through a function pointer that the
-library itself holds, a writable global named ``__TVMBackendParallelLaunch`` which TVM's
-loader points at TVM's pool when it opens the library. After TVM has opened a library we
-point that global at :func:`launcher`'s function instead (:func:`install`), a few lines of C
-(``omp_launch.c``, in this package) that run the loop's tasks inside one ``GOMP_parallel``
-region of the OpenMP runtime already loaded in the process, torch's. Our loops and torch's
-operators then use the same threads (libgomp keeps one team per calling thread and reuses it),
-and only one pool waits between calls.
+library itself holds, a writable global named ``__TVMBackendParallelLaunch``, which TVM's
+loader points at TVM's pool when it opens the library. The loop arrives as a lambda
+``(task_id, env, closure)`` that runs slice ``task_id`` of ``env->num_task`` equal slices, so
+any number of slices is valid and the slices are independent. After TVM has opened a library
+we point that global at our launcher (:func:`install`), a few lines of C in this package:
 
-* **Built once, at first use.** ``omp_launch.c`` is compiled with the C compiler TVM already
-  needs to export libraries (``$CC``, else ``cc``/``gcc``/``clang``) into a cache folder
-  (``$RQCOMPILE_CACHE_DIR``, else ``$XDG_CACHE_HOME/rqcompile`` or ``~/.cache/rqcompile``),
-  named by a hash of the source and compiler; written to a temporary name and renamed, so
-  concurrent first uses are safe. It links against nothing: the OpenMP entry points
-  (``GOMP_parallel``, ``omp_get_thread_num`` ...) are looked up in the OpenMP library torch
-  loaded and handed to it (``rq_omp_init``), so it cannot start a second OpenMP runtime.
-* **Thread count** per calling thread (``rq_omp_set_threads``, set by ``threads.ThreadSetter``
-  as TVM's pool was): ``threads=`` or ``torch.get_num_threads()``; 1 runs the tasks on the
-  calling thread with no team at all.
-* **Choice** (``RQCOMPILE_PARALLEL``): ``omp`` or unset (the default) uses this launcher,
-  ``tvm`` keeps TVM's pool. When the launcher cannot be made (no C compiler, no OpenMP runtime
-  in the process, a compile error), an unset variable falls back to TVM's pool with one
-  :class:`~rqcompile.errors.RQWarning`; ``omp`` set explicitly raises
+* ``pool`` (``pool_launch.c``, the default): "idle threads only". The loop is cut into
+  ``RQCOMPILE_POOL_CHUNKS`` (4) chunks per thread; the calling thread and our workers *claim*
+  chunks from one atomic word, the caller starting at once. The caller waits only for chunks
+  a worker has claimed and not finished, never for a worker that has not started: if the
+  scheduler has given the worker's core to torch, ONNX Runtime or another process, the call
+  runs at one-thread speed instead of waiting a time slice at a join. Workers spin ~50 µs
+  after their last chunk (``RQCOMPILE_POOL_SPIN_US``: the next loop of the same call usually
+  follows within microseconds), then sleep on a futex; nothing of ours spins between calls.
+  One launch at a time: a thread that finds the workers busy runs its loop alone.
+* ``omp`` (``omp_launch.c``): the loop's slices in one ``GOMP_parallel`` region of the OpenMP
+  runtime torch has loaded, so our loops and torch's operators use the same team of threads
+  (no second pool). Its join waits for every team thread, as TVM's pool does. The OpenMP
+  entry points are looked up in the library torch loaded and handed to the launcher, which
+  links against nothing, so it cannot start a second OpenMP runtime.
+* ``tvm``: TVM's pool, unchanged.
+
+* **Built once, at first use** with the C compiler TVM already needs to export libraries
+  (``$CC``, else ``cc``/``gcc``/``clang``) into a cache folder (``$RQCOMPILE_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/rqcompile`` or ``~/.cache/rqcompile``; a per-user temporary folder if that
+  is not writable), named by a hash of the source and compiler, written under a temporary
+  name and renamed, so concurrent first uses are safe. Linux only.
+* **Thread count** per calling thread (``rq_<kind>_set_threads``, set by
+  ``threads.ThreadSetter``): ``threads=`` or ``torch.get_num_threads()``; 1 runs the slices on
+  the calling thread with no other thread involved.
+* **Choice** (``RQCOMPILE_PARALLEL``): ``pool`` (also when unset), ``omp`` or ``tvm``. When
+  the launcher cannot be made (no C compiler, a compile error, for ``omp`` no OpenMP runtime
+  in the process, not Linux), an unset variable falls back to TVM's pool with one
+  :class:`~rqcompile.errors.RQWarning`; a launcher named explicitly raises
   :class:`~rqcompile.errors.TargetError` with the cause.
-* **Which libraries.** Every library loaded through ``runtime._load_module`` (fresh builds,
-  ``rq.load``'ed artifacts, the prefill/decode libraries). A library with no parallel loop has
-  no such global and is left alone; one that also calls TVM's parallel *barrier* (ours do
-  not) keeps TVM's pool, since that barrier needs TVM's own task bookkeeping; a global
-  holding anything other than TVM's launcher (a future TVM) is left alone too.
+* **Which libraries.** Every library loaded through ``runtime._load_module``: fresh builds,
+  ``rq.load``'ed artifacts, the prefill/decode libraries; ``exe.backend.parallel`` says which
+  launcher a model's library got. A library with no parallel loop has no such global and is
+  left alone; one that also calls TVM's parallel *barrier* (ours do not) stays on TVM's pool,
+  since that barrier needs every slice on its own running thread; a global holding anything
+  other than TVM's launcher (a future TVM) is left alone too.
 """
 
 from __future__ import annotations
