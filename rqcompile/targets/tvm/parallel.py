@@ -148,6 +148,15 @@ class Launcher:
         """``pool``: worker threads started so far (``None`` for ``omp``)."""
         return int(self._fn("workers")()) if self.kind == "pool" else None
 
+    def wait_seconds(self) -> float | None:
+        """``pool``: time callers spent waiting for chunks workers had claimed and not
+        finished (``None`` for ``omp``): the cost of a worker the scheduler took off its core."""
+        if self.kind != "pool":
+            return None
+        f = self._fn("wait_ns")
+        f.restype = ctypes.c_uint64
+        return int(f()) * 1e-9
+
     def worker_chunks(self) -> int | None:
         """``pool``: chunks run by workers, not the calling thread (``None`` for ``omp``)."""
         if self.kind != "pool":

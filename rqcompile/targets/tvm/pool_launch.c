@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/syscall.h>
@@ -58,7 +59,7 @@ static pthread_mutex_t launch_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t grow_mu = PTHREAD_MUTEX_INITIALIZER;
 static int n_workers;
 static int atfork_set;
-static uint64_t n_launches, n_team_launches, n_worker_chunks;
+static uint64_t n_launches, n_team_launches, n_worker_chunks, wait_ns;
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -201,6 +202,9 @@ uint64_t rq_pool_worker_chunks(void) {
   return __atomic_load_n(&n_worker_chunks, __ATOMIC_RELAXED);
 }
 
+/* time callers spent waiting for chunks claimed by workers, in ns */
+uint64_t rq_pool_wait_ns(void) { return __atomic_load_n(&wait_ns, __ATOMIC_RELAXED); }
+
 static int run_serial(FTVMParallelLambda f, void* cdata, int tasks) {
   TVMParallelGroupEnv env;
   env.sync_handle = NULL;
@@ -214,7 +218,10 @@ static int run_serial(FTVMParallelLambda f, void* cdata, int tasks) {
 int rq_pool_parallel_launch(FTVMParallelLambda f, void* cdata, int num_task) {
   __atomic_fetch_add(&n_launches, 1, __ATOMIC_RELAXED);
   int n = tl_threads;
-  if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (n <= 0) { /* not set on this thread: the CPUs it may run on */
+    cpu_set_t set;
+    n = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  }
   if (n > MAX_WORKERS) n = MAX_WORKERS;
   int tasks = num_task > 0 ? num_task : n * chunks_per_thread;
   if (tasks > MAX_CHUNKS) {
@@ -243,7 +250,8 @@ int rq_pool_parallel_launch(FTVMParallelLambda f, void* cdata, int num_task) {
   int caller_failed = run_chunks(0);
   /* wait only for chunks workers have claimed and not finished: spin briefly, then sleep,
    * so this core is free for the worker if the scheduler moves it here */
-  int64_t until = now_ns() + wait_spin_ns;
+  int64_t t_wait = now_ns();
+  int64_t until = t_wait + wait_spin_ns;
   int i = 0;
   uint32_t d;
   while ((int)(d = __atomic_load_n(&done_count, __ATOMIC_ACQUIRE)) < tasks) {
@@ -256,6 +264,7 @@ int rq_pool_parallel_launch(FTVMParallelLambda f, void* cdata, int num_task) {
     }
   }
   __atomic_thread_fence(__ATOMIC_ACQUIRE);
+  if (i > 0) __atomic_fetch_add(&wait_ns, (uint64_t)(now_ns() - t_wait), __ATOMIC_RELAXED);
   int wf = __atomic_load_n(&worker_failed, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&launch_mu);
   if (caller_failed) return -1;

@@ -18,8 +18,9 @@ same code path.
   themselves are parallel, so little is lost (``tests/test_resources.py``).
 * **Threads per call** (``threads.py``): the model's ``threads`` (``CompiledModule.threads``)
   or else ``torch.get_num_threads()``, and one thread for a call with little work; the
-  parallel loops run on torch's OpenMP threads (``parallel.py``), or on TVM's pool where
-  ``RQCOMPILE_PARALLEL=tvm`` or the launcher is unavailable.
+  parallel loops run on our launcher (``parallel.py``: by default a pool whose caller never
+  waits for a worker that has not started), or on TVM's pool where ``RQCOMPILE_PARALLEL=tvm``
+  or no launcher can be compiled.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class TVMBackend:
         vm: the ``relax.VirtualMachine`` (``None`` when it cannot run here).
         executable: the ``relax.Executable`` right after a build (``None`` after a load).
         tvm_target: the resolved ``tvm.target.Target`` (``None`` after a load).
-        parallel: what runs the kernels' parallel loops (``parallel.install``): ``"omp"``
-            (torch's OpenMP threads), ``"tvm"`` (TVM's pool) or ``"none"`` (no parallel loop).
+        parallel: what runs the kernels' parallel loops (``parallel.install``): ``"pool"``
+            (our pool, the default), ``"omp"`` (torch's OpenMP threads), ``"tvm"`` (TVM's
+            pool) or ``"none"`` (no parallel loop).
     """
 
     tvm_module: Any

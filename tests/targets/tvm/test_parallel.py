@@ -220,3 +220,20 @@ def test_thread_setter_sets_the_launcher_and_tvm_only_when_needed() -> None:
     fake.kept_on_tvm = 1  # a library left on TVM's pool: its pool follows too
     s(2)
     assert fake.n == [2, 1, 2] and calls == [(1, 2)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_starts_its_own_workers(built, parallel_always) -> None:
+    import os
+
+    exe, x = built
+    exe.threads = 1
+    ref = exe(x)
+    exe.threads = 2
+    assert torch.equal(exe(x), ref)  # the parent's workers exist now
+    pid = os.fork()
+    if pid == 0:  # only the forking thread exists here: the pool must start anew
+        ok = all(torch.equal(exe(x), ref) for _ in range(3))
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
