@@ -115,6 +115,8 @@ def child(d: Path, k: int, m: int, presets: list[str], budget: float) -> dict:
         for f in fns.values():
             f()
         s = {n: ([], []) for n in fns}
+        lch = parallel.launcher()
+        stats0 = _pool_stats(lch)
         start = time.perf_counter()
         r = 0
         while r < 5 or (time.perf_counter() - start < budget and r < 400):
@@ -127,6 +129,7 @@ def child(d: Path, k: int, m: int, presets: list[str], budget: float) -> dict:
             r += 1
         out["interleaved"] = {n: (statistics.median(w), statistics.median(c), len(w))
                               for n, (w, c) in s.items()}  # fmt: skip
+        out["pool_interleaved"] = _pool_delta(lch, stats0, r * len(ours))
         # standalone: each preset alone, back to back, 1 then 2 threads
         for p, e in ours.items():
             row = {}
@@ -134,6 +137,7 @@ def child(d: Path, k: int, m: int, presets: list[str], budget: float) -> dict:
                 torch.set_num_threads(t)
                 e.threads = t
                 e(x)
+                st0 = _pool_stats(lch)
                 w, c = [], []
                 start = time.perf_counter()
                 while len(w) < 5 or (time.perf_counter() - start < budget / 4 and len(w) < 400):
@@ -143,11 +147,27 @@ def child(d: Path, k: int, m: int, presets: list[str], budget: float) -> dict:
                     w.append(w1 - w0)
                     c.append(c1 - c0)
                 row[t] = (statistics.median(w), statistics.median(c), len(w),
-                          sorted(w)[len(w) // 10])  # fmt: skip
+                          sorted(w)[len(w) // 10], _pool_delta(lch, st0, len(w)))  # fmt: skip
             out["standalone"][p] = row
-    lch = parallel.launcher()
     out["launches"] = lch.launches() if lch is not None else 0
     return out
+
+
+def _pool_stats(lch) -> tuple | None:
+    if lch is None or lch.kind != "pool":
+        return None
+    return lch.wait_seconds(), lch.worker_chunks(), lch.team_launches()
+
+
+def _pool_delta(lch, before: tuple | None, calls: int) -> dict | None:
+    """Per call of ours: time the caller waited for workers' claimed chunks, and chunks run
+    by workers per parallel loop (of 4 x threads)."""
+    now = _pool_stats(lch)
+    if now is None or before is None or calls == 0:
+        return None
+    loops = max(1, now[2] - before[2])
+    return {"wait_us_per_call": (now[0] - before[0]) / calls * 1e6,
+            "worker_chunks_per_loop": (now[1] - before[1]) / loops}  # fmt: skip
 
 
 def _fmt(us: float) -> str:
@@ -224,6 +244,34 @@ def report(data: dict, cmd: str) -> str:
                     cells.append(f"{_fmt(t1)} / {_fmt(t2)} ({_fmt(c2)}): **{t1 / t2:.2f}x** "
                                  f"[{q1 / q2:.2f}x]")
                 lines.append(f"| {k}, {m} | {c} | " + " | ".join(cells) + " |")
+    lines += ["", "## `pool`: what the launcher itself cost", "",
+              "Per call of ours, median over rounds: the time the calling thread waited for "
+              "chunks a worker had claimed and not finished (the launcher's only wait; a "
+              "worker that has not started is never waited for), and how many of a parallel "
+              "loop's 8 chunks (4 per thread) the worker ran: 0 means the call ran on its "
+              "caller alone.", "",
+              "| K, M | series | " + " | ".join(presets) + " |",
+              "|" + " --- |" * (len(presets) + 2)]  # fmt: skip
+    for k in ks:
+        for m in ms:
+            rounds = res["pool"][f"{k}x{m}"]
+            vals = [r["pool_interleaved"] for r in rounds if r.get("pool_interleaved")]
+            if vals:
+                w = statistics.median(v["wait_us_per_call"] for v in vals)
+                ch = statistics.median(v["worker_chunks_per_loop"] for v in vals)
+                lines.append(f"| {k}, {m} | interleaved (all presets) | wait {w:,.0f} µs/call, "
+                             f"worker {ch:.1f} chunks/loop |" + " |" * (len(presets) - 1))
+            cells = []
+            for p in presets:
+                vals = [r["standalone"][p]["2"][4] for r in rounds
+                        if len(r["standalone"][p]["2"]) > 4 and r["standalone"][p]["2"][4]]
+                if not vals:
+                    cells.append("")
+                    continue
+                w = statistics.median(v["wait_us_per_call"] for v in vals)
+                ch = statistics.median(v["worker_chunks_per_loop"] for v in vals)
+                cells.append(f"wait {w:,.0f} µs, worker {ch:.1f}/8")
+            lines.append(f"| {k}, {m} | standalone, 2 threads | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
