@@ -335,8 +335,9 @@ def _tvm_launch_address() -> int | None:
 def install(path: str) -> str:
     """Point the library TVM just loaded from ``path`` (still on disk) at our launcher.
 
-    Returns what its parallel loops now use: ``"pool"`` or ``"omp"`` (the launcher), ``"tvm"`` (TVM's pool: chosen,
-    unavailable, or the library needs TVM's barrier) or ``"none"`` (no parallel loop).
+    Returns what its parallel loops now use: ``"pool"`` or ``"omp"`` (our launcher),
+    ``"tvm"`` (TVM's pool: chosen, no launcher, or the library needs TVM's barrier) or
+    ``"none"`` (the library has no parallel loop).
     """
     lch = launcher()
     if lch is None:

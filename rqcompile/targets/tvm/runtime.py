@@ -39,10 +39,10 @@ from rqcompile.errors import ArtifactError, TargetError
 from rqcompile.ir.core import Module
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target as RQTarget
+from rqcompile.targets.tvm import parallel
 from rqcompile.targets.tvm.adapter import relax, runtime, tvm
 from rqcompile.targets.tvm.emit.module import const_params
 from rqcompile.targets.tvm.pipelines import library_suffix, run_blockers
-from rqcompile.targets.tvm import parallel
 from rqcompile.targets.tvm.threads import ThreadSetter, threads_for_call
 
 __all__ = ["TVMBackend", "compiled_module", "load_library"]

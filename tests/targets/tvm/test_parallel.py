@@ -173,7 +173,7 @@ def test_unbuildable_launcher_falls_back_to_tvm_with_a_warning(
         assert torch.equal(other(x), ref)
         parallel.launcher.cache_clear()
         monkeypatch.setenv(parallel.ENV, "pool")
-        with pytest.raises(TargetError, match="compiling pool_launch.c failed"):
+        with pytest.raises(TargetError, match=r"compiling pool_launch\.c failed"):
             parallel.launcher()
         parallel.launcher.cache_clear()
         monkeypatch.setenv(parallel.ENV, "tvm")
