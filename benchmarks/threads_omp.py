@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -111,7 +112,7 @@ def child(d: Path, k: int, m: int, presets: list[str], budget: float) -> dict:
         fns = _peers(lin, x, 2, Path(tmp))
         for p, e in ours.items():
             e.threads = None  # follow torch: 2
-            fns[p] = (lambda e: lambda: e(x))(e)
+            fns[p] = functools.partial(e, x)
         for f in fns.values():
             f()
         s = {n: ([], []) for n in fns}
@@ -326,7 +327,8 @@ def main() -> int:
         pass
     data = {"date": f"{date:%Y-%m-%d %H:%M} UTC", "machine": f"{os.cpu_count()} cores, {cpu}",
             "load_start": load_start, "load_end": os.getloadavg()[0], "k": ks, "m": ms,
-            "presets": presets, "rounds": a.rounds, "budget": a.budget, "results": results}  # fmt: skip
+            "presets": presets, "rounds": a.rounds, "budget": a.budget,
+            "results": results}  # fmt: skip
     cmd = ("python benchmarks/threads_omp.py --k " + a.k + " --m " + a.m + " --presets "
            + a.presets + f" --rounds {a.rounds} --budget {a.budget}")  # fmt: skip
     text = report(data, cmd)
