@@ -31,10 +31,13 @@ def built():
 
 @pytest.fixture
 def parallel_always(monkeypatch: pytest.MonkeyPatch):
-    """Every call parallel, however small (the serial threshold off)."""
+    """Every call parallel, however small (the serial threshold off), up to 2 threads even on
+    a 1-CPU machine."""
     from rqcompile.targets.tvm import parallel, threads
 
     monkeypatch.setattr(threads, "SERIAL_BELOW", 0)
+    if threads.pool_size() < 2:
+        monkeypatch.setenv("TVM_NUM_THREADS", "2")
     return parallel
 
 
@@ -66,6 +69,23 @@ def test_default_launcher_is_installed_and_runs_the_loops(built, parallel_always
     n = lch.launches()
     exe(x)
     assert lch.launches() > n and lch.team_launches() == team  # 1 thread: no team at all
+
+
+def test_torch_set_num_threads_governs_the_launcher(built, parallel_always) -> None:
+    exe, x = built
+    lch = parallel_always.launcher()
+    exe.threads = None  # follow torch
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        team = lch.team_launches()
+        exe(x)
+        assert lch.team_launches() == team
+        torch.set_num_threads(2)
+        exe(x)
+        assert lch.team_launches() > team
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("kind", ["pool", "omp", "tvm"])
