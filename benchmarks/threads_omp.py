@@ -177,6 +177,7 @@ def _fmt(us: float) -> str:
 
 def report(data: dict, cmd: str) -> str:
     ks, ms, presets = data["k"], data["m"], data["presets"]
+    configs = tuple(data.get("configs", CONFIGS))
     res = data["results"]  # res[config][f"{k}x{m}"] = list of child outputs (rounds)
     peers = [n for n in next(iter(res["tvm"].values()))[0]["interleaved"] if n not in presets]
     lines = [
@@ -195,7 +196,7 @@ def report(data: dict, cmd: str) -> str:
         "brackets the median process CPU time per call (all threads).",
         "",
         "Load average (1 min) when each configuration's processes started, median over "
-        "rounds: " + ", ".join(f"`{c}` {statistics.median(r['load'] for v in res[c].values() for r in v):.1f}" for c in CONFIGS)  # noqa: E501
+        "rounds: " + ", ".join(f"`{c}` {statistics.median(r['load'] for v in res[c].values() for r in v):.1f}" for c in configs)  # noqa: E501
         + ".",
         "",
         "## Interleaved with torch and ONNX Runtime, 2 threads",
@@ -209,20 +210,20 @@ def report(data: dict, cmd: str) -> str:
 
     for k in ks:
         for m in ms:
-            for c in CONFIGS:
+            for c in configs:
                 rounds = res[c][f"{k}x{m}"]
                 cells = [f"{_fmt(med(rounds, 'interleaved', n, 0))} "
                          f"({_fmt(med(rounds, 'interleaved', n, 1))})" for n in peers + presets]
                 lines.append(f"| {k}, {m} | {c} | " + " | ".join(cells) + " |")
     lines += ["", "Our layers, `tvm` time / `omp` time and `tvm` time / `pool` time (interleaved, "
               "wall; > 1: the launcher is faster than TVM's pool):", "",
-              "| K, M | " + " | ".join(f"{p} {c}" for p in presets for c in CONFIGS[1:]) + " |",
-              "|" + " --- |" * (len(presets) * (len(CONFIGS) - 1) + 1)]  # fmt: skip
+              "| K, M | " + " | ".join(f"{p} {c}" for p in presets for c in configs[1:]) + " |",
+              "|" + " --- |" * (len(presets) * (len(configs) - 1) + 1)]  # fmt: skip
     for k in ks:
         for m in ms:
             base = {p: med(res["tvm"][f"{k}x{m}"], "interleaved", p, 0) for p in presets}
             cells = [f"{base[p] / med(res[c][f'{k}x{m}'], 'interleaved', p, 0):.2f}x"
-                     for p in presets for c in CONFIGS[1:]]  # fmt: skip
+                     for p in presets for c in configs[1:]]  # fmt: skip
             lines.append(f"| {k}, {m} | " + " | ".join(cells) + " |")
     lines += ["", "## Standalone, 1 → 2 threads", "",
               "Each preset's calls back to back; median µs at 1 thread / at 2 threads (CPU µs "
@@ -233,7 +234,7 @@ def report(data: dict, cmd: str) -> str:
               "|" + " --- |" * (len(presets) + 2)]  # fmt: skip
     for k in ks:
         for m in ms:
-            for c in CONFIGS:
+            for c in configs:
                 rounds = res[c][f"{k}x{m}"]
                 cells = []
                 for p in presets:
@@ -255,6 +256,8 @@ def report(data: dict, cmd: str) -> str:
               "|" + " --- |" * (len(presets) + 2)]  # fmt: skip
     for k in ks:
         for m in ms:
+            if "pool" not in res:
+                continue
             rounds = res["pool"][f"{k}x{m}"]
             vals = [r["pool_interleaved"] for r in rounds if r.get("pool_interleaved")]
             if vals:
@@ -287,6 +290,7 @@ def main() -> int:
     ap.add_argument("--artifacts", type=Path, help="folder for the built layers (kept)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="subset of tvm,omp,pool")
     a = ap.parse_args()
     ks = [int(v) for v in a.k.split(",")]
     ms = [int(v) for v in a.m.split(",")]
@@ -299,9 +303,10 @@ def main() -> int:
     d.mkdir(parents=True, exist_ok=True)
     build(d, ks, ms, presets)
     load_start = os.getloadavg()[0]
-    results: dict = {c: {} for c in CONFIGS}
+    configs = [c for c in CONFIGS if c in a.configs.split(",")]
+    results: dict = {c: {} for c in configs}
     for r in range(a.rounds):
-        for c in CONFIGS:
+        for c in configs:
             env = {**os.environ, "RQCOMPILE_PARALLEL": c,
                    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
             p = subprocess.run(
@@ -325,12 +330,14 @@ def main() -> int:
             cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
-    data = {"date": f"{date:%Y-%m-%d %H:%M} UTC", "machine": f"{os.cpu_count()} cores, {cpu}",
+    data = {"configs": configs, "date": f"{date:%Y-%m-%d %H:%M} UTC",
+            "machine": f"{os.cpu_count()} cores, {cpu}",
             "load_start": load_start, "load_end": os.getloadavg()[0], "k": ks, "m": ms,
             "presets": presets, "rounds": a.rounds, "budget": a.budget,
             "results": results}  # fmt: skip
     cmd = ("python benchmarks/threads_omp.py --k " + a.k + " --m " + a.m + " --presets "
-           + a.presets + f" --rounds {a.rounds} --budget {a.budget}")  # fmt: skip
+           + a.presets + f" --rounds {a.rounds} --budget {a.budget}"
+           + ("" if len(configs) == len(CONFIGS) else f" --configs {','.join(configs)}"))  # fmt: skip
     text = report(data, cmd)
     a.out.mkdir(parents=True, exist_ok=True)
     name = a.name or f"threads_omp_{date:%Y-%m-%d}"
