@@ -215,8 +215,8 @@ def report(data: dict, cmd: str) -> str:
                 cells = [f"{_fmt(med(rounds, 'interleaved', n, 0))} "
                          f"({_fmt(med(rounds, 'interleaved', n, 1))})" for n in peers + presets]
                 lines.append(f"| {k}, {m} | {c} | " + " | ".join(cells) + " |")
-    lines += ["", "Our layers, `tvm` time / `omp` time and `tvm` time / `pool` time (interleaved, "
-              "wall; > 1: the launcher is faster than TVM's pool):", "",
+    lines += ["", "Our layers, " + " and ".join(f"`tvm` time / `{c}` time" for c in configs[1:])
+              + " (interleaved, wall; > 1: the launcher is faster than TVM's pool):", "",
               "| K, M | " + " | ".join(f"{p} {c}" for p in presets for c in configs[1:]) + " |",
               "|" + " --- |" * (len(presets) * (len(configs) - 1) + 1)]  # fmt: skip
     for k in ks:
@@ -335,9 +335,9 @@ def main() -> int:
             "load_start": load_start, "load_end": os.getloadavg()[0], "k": ks, "m": ms,
             "presets": presets, "rounds": a.rounds, "budget": a.budget,
             "results": results}  # fmt: skip
+    only = "" if len(configs) == len(CONFIGS) else f" --configs {','.join(configs)}"
     cmd = ("python benchmarks/threads_omp.py --k " + a.k + " --m " + a.m + " --presets "
-           + a.presets + f" --rounds {a.rounds} --budget {a.budget}"
-           + ("" if len(configs) == len(CONFIGS) else f" --configs {','.join(configs)}"))  # fmt: skip
+           + a.presets + f" --rounds {a.rounds} --budget {a.budget}" + only)  # fmt: skip
     text = report(data, cmd)
     a.out.mkdir(parents=True, exist_ok=True)
     name = a.name or f"threads_omp_{date:%Y-%m-%d}"

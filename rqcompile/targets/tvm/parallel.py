@@ -72,7 +72,8 @@ from typing import Any
 
 from rqcompile.errors import ConfigError, TargetError, warn
 
-__all__ = ["ENV", "Launcher", "LauncherUnavailable", "install", "launcher", "mode"]
+__all__ = ["DEFAULT", "ENV", "Launcher", "LauncherUnavailable", "cache_dir", "install",
+           "launcher", "mode"]  # fmt: skip
 
 _log = logging.getLogger(__name__)
 
@@ -83,8 +84,15 @@ DEFAULT = "pool"
 _SOURCES = {"omp": Path(__file__).with_name("omp_launch.c"),
             "pool": Path(__file__).with_name("pool_launch.c")}  # fmt: skip
 #: ``pool``: a worker's spin after its last chunk before it sleeps (µs), chunks per thread
-SPIN_US = float(os.environ.get("RQCOMPILE_POOL_SPIN_US", 50))
-CHUNKS_PER_THREAD = int(os.environ.get("RQCOMPILE_POOL_CHUNKS", 4))
+def _env_number(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, "") or default))
+    except ValueError:
+        return default
+
+
+SPIN_US = _env_number("RQCOMPILE_POOL_SPIN_US", 50)
+CHUNKS_PER_THREAD = max(1, int(_env_number("RQCOMPILE_POOL_CHUNKS", 4)))
 _LAUNCH_SYMBOL = "__TVMBackendParallelLaunch"
 _BARRIER_SYMBOL = "__TVMBackendParallelBarrier"
 #: basenames of OpenMP runtimes (GNU, LLVM, Intel; pip wheels may add a hash: libgomp-abcd.so.1)
@@ -92,7 +100,7 @@ _OPENMP_NAME = re.compile(r"^lib(gomp|omp|iomp5)([-.][^/]*)?\.(so|dylib)(\.[0-9.
 
 
 class LauncherUnavailable(RuntimeError):
-    """The OpenMP launcher cannot be made here (the message says why)."""
+    """A launcher cannot be made here (the message says why)."""
 
 
 def mode() -> str:
@@ -323,8 +331,8 @@ def launcher() -> Launcher | None:
 
 def _tvm_launch_address() -> int | None:
     """The address of TVM's own ``TVMBackendParallelLaunch`` (what TVM's loader stores)."""
-    for path in _loaded_libraries():
-        if os.path.basename(path).startswith("libtvm_runtime"):
+    for path in _loaded_libraries():  # libtvm_runtime (wheels) or libtvm (source builds)
+        if os.path.basename(path).startswith("libtvm") and "ffi" not in os.path.basename(path):
             try:
                 return ctypes.cast(_noload(path).TVMBackendParallelLaunch, ctypes.c_void_p).value
             except (OSError, AttributeError):
@@ -342,7 +350,11 @@ def install(path: str) -> str:
     lch = launcher()
     if lch is None:
         return "tvm"
-    lib = _noload(path)  # the same mapping TVM opened (the file is matched by path/inode)
+    try:
+        lib = _noload(path)  # the same mapping TVM opened (the file is matched by path/inode)
+    except OSError as e:  # never fail a load over this: the library keeps TVM's pool
+        _log.debug("%s: cannot reopen the loaded library (%s): left on TVM's pool", path, e)
+        return "tvm"
     try:
         try:
             slot = ctypes.c_void_p.in_dll(lib, _LAUNCH_SYMBOL)
