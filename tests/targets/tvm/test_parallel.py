@@ -259,3 +259,21 @@ def test_forked_child_starts_its_own_workers(built, parallel_always) -> None:
         os._exit(0 if ok else 3)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_omp_launcher_without_an_openmp_runtime_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rqcompile.errors import TargetError
+    from rqcompile.targets.tvm import parallel
+
+    monkeypatch.setattr(parallel, "_loaded_libraries", lambda: [])  # no libgomp in sight
+    with pytest.raises(parallel.LauncherUnavailable, match="no OpenMP runtime"):
+        parallel._make("omp")
+    monkeypatch.setenv(parallel.ENV, "omp")
+    parallel.launcher.cache_clear()
+    try:
+        with pytest.raises(TargetError, match="RQCOMPILE_PARALLEL=omp"):
+            parallel.launcher()
+    finally:
+        parallel.launcher.cache_clear()
