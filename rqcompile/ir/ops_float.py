@@ -298,7 +298,7 @@ def _im2col(ts: Types, attrs: Attrs) -> Types:
     _check_pairs(attrs, kernel=1, stride=1, padding=0, dilation=1)
     env = Dims()
     env.match(x, "x", ("N", "H", "W", "C"))
-    expect_type(x, "x", dtypes=("f32", "i8"))
+    expect_type(x, "x", dtypes=("f32", "i8", "ui32"))  # ui32: sign bits, 32 channels a word
     (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
     (ph, pw), (dh, dw) = attrs["padding"], attrs["dilation"]
     ho = _window(env["H"], kh, sh, ph, dh, "height")

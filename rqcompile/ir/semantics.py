@@ -34,7 +34,9 @@ def _im2col(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
     dtype = x.dtype
     (kh, kw), (sh, sw) = a["kernel"], a["stride"]
     (ph, pw), (dh, dw) = a["padding"], a["dilation"]
-    xp = F.pad(x.to(torch.float64), (0, 0, pw, pw, ph, ph))  # exact for int8 and float32
+    # exact for int8, float32 and uint32 bit words (< 2**32 fits float64's 53 bits)
+    xp = F.pad(x.to(torch.int64 if dtype == torch.uint32 else torch.float64),
+               (0, 0, pw, pw, ph, ph))  # fmt: skip
     n, hp, wp, c = xp.shape
     ho = (hp - dh * (kh - 1) - 1) // sh + 1
     wo = (wp - dw * (kw - 1) - 1) // sw + 1

@@ -7,7 +7,8 @@ chosen per layer (docs/method.md#integer-deployment):
 ==========================================  ======================================
 layer                                       kernel
 ==========================================  ======================================
-1-bit activations and weights, block%32==0  ``rq.xnor_popcount_matmul`` (packed bits)
+1-bit activations and weights, block%32==0  ``rq.xnor_popcount_matmul`` (packed bits;
+                                            convolutions too, C/groups % 32 == 0)
 2:4-sparse weights, K%8==0                  ``rq.sparse24_matmul`` (values + 2-bit idx)
 anything else                               ``rq.int_matmul`` (nibbles for ≤4-bit W)
 weight-only linear (``W4``, ``W8``)         ``rq.wo_matmul`` (float x, integer codes)
@@ -256,12 +257,17 @@ def _conv(
     kh, kw = (1, int(weight.shape[2])) if one_d else (int(weight.shape[2]), int(weight.shape[3]))
     cpg = c // groups
     kb = math.gcd(math.gcd(a.block, w.quant.block), cpg)
-    pack = pack_weight(w.quant, weight, kb, xnor=False)
+    # 1-bit both sides: the sign bits are packed 32 per word along channels before im2col,
+    # so a window copies whole words (kb | C/g and 32 | kb); a padded tap's block has zero
+    # scale and offset, so whatever its bits, it adds nothing (as in the integer path)
+    xnor = _xnor_ok(a, w.quant, kb, kh * kw * cpg)
+    pack = pack_weight(w.quant, weight, kb, xnor=xnor)
+    per = 32 if xnor else 1  # codes per element of the quantized activation
     nhwc = cx.op("rq.permute", src, dims=(0, 2, 3, 1))
     flat = cx.op("rq.reshape", nhwc, shape=(n * h * wd_, c))
-    xq, xs, xc = _quantize(cx, a, flat)
+    xq, xs, xc = _quantize(cx, a, flat, pack="bits32" if xnor else "none")
     xs, xc = _refine(cx, xs, a.block // kb), _refine(cx, xc, a.block // kb)
-    xq4 = cx.op("rq.reshape", xq, shape=(n, h, wd_, c))
+    xq4 = cx.op("rq.reshape", xq, shape=(n, h, wd_, c // per))
     xs4 = cx.op("rq.reshape", xs, shape=(n, h, wd_, c // kb))
     xc4 = cx.op("rq.reshape", xc, shape=(n, h, wd_, c // kb))
     win = {"kernel": (kh, kw), "stride": stride, "padding": padding, "dilation": dilation}
@@ -274,10 +280,10 @@ def _conv(
                 return v
             return cx.op("rq.slice", v, axis=3, start=g * per, stop=(g + 1) * per, step=1)
 
-        cols = cx.op("rq.im2col", part(xq4, cpg), **win)
-        ho, wo, kk = (int(d) for d in cols.type.shape[1:])  # type: ignore[arg-type]
-        m = n * ho * wo
-        cq = cx.op("rq.reshape", cols, shape=(m, kk))
+        cols = cx.op("rq.im2col", part(xq4, cpg // per), **win)
+        ho, wo, kw_ = (int(d) for d in cols.type.shape[1:])  # type: ignore[arg-type]
+        m, kk = n * ho * wo, kw_ * per
+        cq = cx.op("rq.reshape", cols, shape=(m, kw_))
         cs = cx.op(
             "rq.reshape", cx.op("rq.im2col", part(xs4, cpg // kb), **win), shape=(m, kk // kb)
         )

@@ -158,11 +158,13 @@ def linear_case(draw: st.DrawFn) -> Case:
 @st.composite
 def conv_case(draw: st.DrawFn) -> Case:
     groups = draw(st.sampled_from([1, 1, 2]))
-    cpg = draw(st.sampled_from([1, 3, 4, 8, 16, 32]))
+    # A1W1 with 32 | C/g: the XNOR-popcount route (sign words through im2col)
+    binary = draw(st.integers(0, 4)) == 0
+    cpg = draw(st.sampled_from([32, 64] if binary else [1, 3, 4, 8, 16, 32]))
     ks = draw(st.sampled_from([1, 2, 3]))
     k = cpg * groups
     # blocks run along C/g inside each kernel tap, or over whole taps (conv_weight_block)
-    spec = draw(layer_spec(k=cpg * ks * ks if cpg < 4 else cpg))
+    spec = draw(layer_spec(k=cpg * ks * ks if cpg < 4 else cpg, binary=binary))
     return Case(
         kind="conv",
         k=k,
@@ -255,6 +257,11 @@ def magnitude(c: Case, qat_layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if c.kind == "linear":
             return F.linear(xd, wd) + qat_layer.bias.abs()
         _, stride, pad, groups = c.conv
+        if c.spec.activation is not None:
+            # x̂ = s·q + c is rounded at the size of s·q and c, not of x̂: a zero next to
+            # -645 in one block dequantizes to -0.27 = 644.9 - 645.2 (± 6e-5). Activation
+            # blocks lie within a pixel's channels, so the pixel's largest |x̂| bounds both.
+            xd = xd + xd.amax(dim=1, keepdim=True)
         return F.conv2d(xd, wd, qat_layer.bias.abs(), stride, pad, 1, groups)
 
 

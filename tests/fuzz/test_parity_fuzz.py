@@ -103,6 +103,21 @@ DISJOINT_SUPPORTS = Case(
 )
 # regression (slow run, --hypothesis-seed=1): 1-bit weights of a 2x2 conv over one channel have
 # K = 4 but block 1; convert packed them as nibbles (K even), which the TVM core refuses
+# A1W1 conv on the XNOR route: grouped (C/g = 32 → one sign word per tap), strided, padded
+XNOR_CONV = Case(
+    kind="conv",
+    k=64,
+    n=4,
+    spec=rq.LayerSpec(
+        weight=rq.QuantSpec(bits=1, granularity=rq.PerGroup(32)),
+        activation=rq.QuantSpec(bits=1, granularity=rq.PerGroup(32)),
+    ),
+    x_data="normal",
+    w_data="normal",
+    scale_exp=0,
+    seed=3,
+    conv=(3, 2, 1, 2),
+)
 ODD_BLOCK_CONV = Case(
     kind="conv",
     k=1,
@@ -168,6 +183,7 @@ def test_linear_reference_parity(c: Case, m: int) -> None:
 
 @ci(10)
 @given(c=conv_case(), m=st.sampled_from([1, 2]))
+@example(c=XNOR_CONV, m=2)
 def test_conv_reference_parity(c: Case, m: int) -> None:
     run_conv(c, m, tvm=False)
 
@@ -206,6 +222,7 @@ def test_linear_llvm_parity_disjoint_supports() -> None:
 @ci(1)
 @given(c=conv_case(), m=st.just(1))
 @example(c=ODD_BLOCK_CONV, m=1)
+@example(c=XNOR_CONV, m=1)
 def test_conv_llvm_parity(c: Case, m: int) -> None:
     run_conv(c, m, tvm=True)
 

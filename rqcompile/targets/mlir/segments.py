@@ -7,7 +7,9 @@ oracle's by construction. Importing op by op would cost one ``torch.export`` per
 grouped conv has hundreds), so ops are grouped into as few segments as the data flow allows:
 
 - ``level(value)``: 0 for arguments and constants; a float op's results take the max level
-  of its operands; an integer kernel's results take that max **plus one**.
+  of its operands; an integer kernel's results take that max **plus one**. Sign words
+  (``rq.quantize(pack="bits32")``) are packed by integer MLIR after their segment, so a
+  float op reading them (im2col of an XNOR conv) counts their level plus one.
 - Segment ``L`` holds the float ops of level ``L`` (in program order). The schedule is
   segment 0, kernels of level 1, segment 1, kernels of level 2, ... Every operand is
   ready when used: a float op of level L only reads levels ≤ L, and a kernel of level L+1
@@ -75,8 +77,12 @@ def schedule(func: Func) -> list[Segment | Op]:
     for op in func.ops:
         if op.name == "rq.const":
             level[op.result.id] = 0
+    packed = {op.results[0].id for op in body if packs_signs(op)}
     for op in body:
-        lv = max((level[v.id] for v in op.operands), default=0) + (op.name in INT_OPS)
+        # a float op that reads sign words (an A1W1 conv's im2col) reads them after the
+        # integer packing that follows the quantize's segment: one level later
+        lv = max((level[v.id] + (v.id in packed and op.name not in INT_OPS)
+                  for v in op.operands), default=0) + (op.name in INT_OPS)  # fmt: skip
         for r in op.results:
             level[r.id] = lv
     used_later: dict[int, int] = {}

@@ -70,8 +70,8 @@ def test_features_pick_the_xnor_row(features: tuple[str, ...], want: str) -> Non
 @pytest.mark.parametrize("row", [r.name for r in CPU_KERNELS if r.op == "rq.int_matmul"])
 def test_every_int8_row_can_be_forced(row: str) -> None:
     isa = row.split(".", 1)[1]
-    # the nibble rows (``*_w4``) take 4-bit weight codes only
-    preset = "A4W4" if "_w4" in isa else "A8W8"
+    # the nibble rows (``*_w4``) take 4-bit weight codes only, the 2-bit rows 2-bit ones
+    preset = "A4W4" if "_w4" in isa else "A2W2" if "_w2" in isa else "A8W8"
     mod = run_pass(SelectKernels(force=(f"int_matmul:{isa}",)), _ir(preset))
     assert _kernels(mod)["rq.int_matmul"] == row
 

@@ -70,6 +70,19 @@ def test_cnn_sparse_exports_and_runs() -> None:
     _check_runs(qat, ex, text)
 
 
+def test_xnor_conv_exports_and_runs() -> None:
+    """An A1W1 conv with 32 | C: sign words are packed after the quantize's segment and
+    im2col runs on them in the next one, then the XNOR kernel."""
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1, bias=False))
+    ex = (torch.randn(1, 64, 6, 6),)
+    qat = rq.prepare(conv, ex, "A1W1")
+    qat(*ex)
+    text = rq.export_mlir(qat)
+    assert "pack_signs(" in text and "xnor_popcount_matmul(" in text and "math.ctpop" in text
+    _check_runs(qat, ex, text)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["A4W4", "A1W1"])
 def test_cnn_depthwise_exports_and_runs(preset: str) -> None:

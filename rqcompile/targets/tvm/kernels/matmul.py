@@ -44,6 +44,7 @@ from rqcompile.targets.tvm.x86.panel import (
 from rqcompile.targets.tvm.x86.vnni import (
     VNNI_ISAS,
     te_pack_vnni_panels,
+    vnni_crumb_supported,
     vnni_nibble_supported,
     vnni_panel_matmul,
     vnni_panel_supported,
@@ -167,7 +168,7 @@ def te_int_matmul(
 
 def int_matmul_packs(
     xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str,
-    nibbles: bool = False, max_rows: int | None = None, **_: Any,
+    nibbles: bool = False, crumbs: bool = False, max_rows: int | None = None, **_: Any,
 ) -> bool:  # fmt: skip
     """Whether ``te_int_matmul`` runs as pack + panel kernel (``x86.panel``, or
     ``x86.vnni`` for the VNNI isas).
@@ -183,9 +184,11 @@ def int_matmul_packs(
     if nibbles and not (isa in (*VNNI_ISAS, "avx2")
                         and vnni_nibble_supported(k=k, block=block, w_bits=w_bits)):
         return False
+    if crumbs and not (isa in VNNI_ISAS and vnni_crumb_supported(k=k, block=block, w_bits=w_bits)):
+        return False
     if isa in VNNI_ISAS:
         i32 = int_type(block, 128, _w_max(w_bits), bias_x=128,
-                       bias_w=8 if nibbles else 0) == "int32"  # fmt: skip
+                       bias_w=8 if nibbles or crumbs else 0) == "int32"  # fmt: skip
         fits = vnni_panel_supported(n=n, k=k, block=block)
     else:
         i32 = int_type(block, 128, _w_max(w_bits), bias_w=8) == "int32"
@@ -217,18 +220,21 @@ def narrow_x_offset(x_range: tuple[int, int] | None, *, block: int, w_bits: int)
 def te_pack_int_matmul_weights(
     wq: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int, w_bits: int,
     w_signed: bool, isa: str = "avx2", name: str = "pack_weights",
-    x_range: tuple[int, int] | None = None, nibbles: bool = False, max_rows: int | None = None,
+    x_range: tuple[int, int] | None = None, nibbles: bool = False, crumbs: bool = False,
+    max_rows: int | None = None,
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """Weight-only prep of the panel kernel: ``(wp, *colT)`` (``te_pack_panels``); K-quad
     panels for the narrow-activation core where :func:`narrow_x_offset` allows it. For the
     VNNI isas (any ``x_range``) ``wp`` is the panel array of
     :func:`rqcompile.targets.tvm.x86.vnni.te_pack_vnni_panels` (two nibble codes per byte
-    with ``nibbles``); the column parts are the same."""
+    with ``nibbles``, four 2-bit codes per byte with ``crumbs``); the column parts are the
+    same."""
     del max_rows  # a selection rule of the row (int_matmul_packs), not a layout
     col = _packed_col_parts(ws, wc, wsum, block=block, name=name)
     if isa in VNNI_ISAS:
         wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
-                                 attrs=_pack_attrs(block), nibbles=nibbles)  # fmt: skip
+                                 attrs=_pack_attrs(block), nibbles=nibbles,
+                                 crumbs=crumbs)  # fmt: skip
         return (wp, *transposed(col, name, _pack_attrs(block)))
     if nibbles:  # the VNNI nibble layout, read by the AVX2 panels' _Maddubsw4 core
         wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
@@ -242,7 +248,8 @@ def te_pack_int_matmul_weights(
 def te_int_matmul_packed(
     xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, *col_t: Tensor, block: int, w_bits: int,
     w_signed: bool, isa: str = "avx2", name: str = "int_matmul",
-    x_range: tuple[int, int] | None = None, nibbles: bool = False, max_rows: int | None = None,
+    x_range: tuple[int, int] | None = None, nibbles: bool = False, crumbs: bool = False,
+    max_rows: int | None = None,
 ) -> Tensor:  # fmt: skip
     """``te_int_matmul`` on packed weights (the outputs of :func:`te_pack_int_matmul_weights`,
     built with the same ``isa`` and ``x_range``): the VNNI panel kernel for the VNNI isas
@@ -253,7 +260,8 @@ def te_int_matmul_packed(
     if isa in VNNI_ISAS:
         return vnni_panel_matmul(xq, wp, row, col_t, block=block, w_bits=w_bits,
                                  w_signed=w_signed, isa=isa, name=name,
-                                 attrs={**a, STAGE_ATTR: "micro"}, nibbles=nibbles)  # fmt: skip
+                                 attrs={**a, STAGE_ATTR: "micro"}, nibbles=nibbles,
+                                 crumbs=crumbs)  # fmt: skip
     x_offset = narrow_x_offset(x_range, block=block, w_bits=w_bits)
     return avx2_panel_matmul(xq, wp, row, col_t, block=block, w_bits=w_bits,
                              w_signed=w_signed, name=name, attrs={**a, STAGE_ATTR: "micro"},

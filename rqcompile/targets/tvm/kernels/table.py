@@ -10,8 +10,10 @@ row (``rq.kernel``)      requires                       kernel (packed layout wh
 ======================== ============================== ========================================
 quantize.avx2            avx2                           one-pass micro-kernel (x86.quant)
 quantize.generic         –                              TE stages
+int_matmul.avx512_vnni_w2  (as avx512_vnni)           the same on 2-bit codes four per byte, M <= 16
 int_matmul.avx512_vnni_w4  (as avx512_vnni)           the same on 4-bit codes two per byte, M <= 16
 int_matmul.avx512_vnni   avx2, avx512_vnni, avx512vl    ymm ``vpdpbusd`` panels (x86.vnni)
+int_matmul.avx_vnni_w2   (as avx_vnni)                  VEX ``vpdpbusd`` on 2-bit codes four per byte
 int_matmul.avx_vnni_w4   (as avx_vnni)                  VEX ``vpdpbusd`` on 4-bit codes two per byte
 int_matmul.avx_vnni      avx2, avx_vnni                 VEX ``vpdpbusd`` panels
 int_matmul.avx2_w4       avx2                           ``vpmaddubsw``, nibbles two per byte, M<=16
@@ -98,11 +100,12 @@ def _wo(isa: str, requires: frozenset[str]) -> KernelRow:
 NIBBLE_MAX_ROWS = 16
 
 
-def _int_matmul4(isa: str, requires: frozenset[str]) -> KernelRow:
+def _int_matmul4(isa: str, requires: frozenset[str], bits: int = 4) -> KernelRow:
     """``int_matmul.<isa>_w4``: the VNNI (or AVX2 ``vpmaddubsw``) panels on 4-bit codes kept
     two per byte (A4W4, A2W2 at M <= :data:`NIBBLE_MAX_ROWS`): half the weight bytes of
-    ``int_matmul.<isa>``."""
-    opts = {"isa": isa, "nibbles": True, "max_rows": NIBBLE_MAX_ROWS}
+    ``int_matmul.<isa>``. ``bits=2``: ``int_matmul.<isa>_w2``, the VNNI panels on 2-bit
+    codes four per byte (A2W2, ternary weights): a quarter."""
+    opts = {"isa": isa, "nibbles" if bits == 4 else "crumbs": True, "max_rows": NIBBLE_MAX_ROWS}
     packs = _packs(K.int_matmul_packs, isa)
 
     def supported(op: Op) -> bool:
@@ -111,10 +114,10 @@ def _int_matmul4(isa: str, requires: frozenset[str]) -> KernelRow:
 
     base = VNNI_EMULATED.get(isa, isa)
     return KernelRow(
-        "rq.int_matmul", f"{base}_w4" + ("_emulated" if isa in VNNI_EMULATED else ""),
+        "rq.int_matmul", f"{base}_w{bits}" + ("_emulated" if isa in VNNI_EMULATED else ""),
         requires, supported, builder=K.te_int_matmul, options={"isa": isa},
-        pack=PackRow("panels4", lambda op, xr: supported(op), K.te_pack_int_matmul_weights,
-                     K.te_int_matmul_packed, options=opts),
+        pack=PackRow(f"panels{bits}", lambda op, xr: supported(op),
+                     K.te_pack_int_matmul_weights, K.te_int_matmul_packed, options=opts),
     )  # fmt: skip
 
 
@@ -133,12 +136,15 @@ _AVX2 = frozenset({"avx2"})
 CPU_KERNELS: tuple[KernelRow, ...] = (
     KernelRow("rq.quantize", "avx2", _AVX2, _quantize_micro, K.te_quantize, {"isa": "avx2"}),
     KernelRow("rq.quantize", "generic", builder=K.te_quantize),
+    _int_matmul4("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"}), bits=2),
     _int_matmul4("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
     _int_matmul("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
+    _int_matmul4("avx_vnni", frozenset({"avx2", "avx_vnni"}), bits=2),
     _int_matmul4("avx_vnni", frozenset({"avx2", "avx_vnni"})),
     _int_matmul("avx_vnni", frozenset({"avx2", "avx_vnni"})),
     _int_matmul4("avx2", _AVX2),
     _int_matmul("avx2", _AVX2),
+    *(_int_matmul4(isa, frozenset({TEST_ONLY}), bits=2) for isa in VNNI_EMULATED),
     *(_int_matmul4(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
     *(_int_matmul(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
     KernelRow("rq.int_matmul", "generic", builder=K.te_int_matmul),

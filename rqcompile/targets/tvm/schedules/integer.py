@@ -126,8 +126,9 @@ def kernel_options(target: Target | Mapping[str, Any] | str) -> dict[str, dict[s
     out: dict[str, dict[str, Any]] = {}
     for row in CPU_KERNELS:
         kind = row.op.removeprefix("rq.")
-        if row.isa.endswith("_w4"):  # a shape-specific variant (4-bit codes, small M)
-            continue
+        opts = row.pack.options if row.pack is not None else {}
+        if "max_rows" in opts or "min_rows" in opts:  # shape-specific: small M (4-bit codes
+            continue  # two per byte) or large M (AMX tiles)
         if kind not in out and row.requires <= feats:
             out[kind] = {"isa": row.isa}
     return {k: v for k, v in out.items() if v["isa"] != "generic"}

@@ -66,6 +66,7 @@ __all__ = [
     "VNNI_ISAS",
     "VNNI_TARGET_ISAS",
     "te_pack_vnni_panels",
+    "vnni_crumb_supported",
     "vnni_panel_matmul",
     "vnni_nibble_supported",
     "vnni_panel_supported",
@@ -119,16 +120,27 @@ def vnni_nibble_supported(*, k: int, block: int, w_bits: int) -> bool:
     return w_bits <= 4 and block % 8 == 0 and k % block == 0
 
 
+def vnni_crumb_supported(*, k: int, block: int, w_bits: int) -> bool:
+    """Whether the 2-bit panels take this layer: codes of 2 bits or fewer and whole groups
+    of four K-quads per block (a byte's four quads stay in one block)."""
+    return w_bits <= 2 and block % 16 == 0 and k % block == 0
+
+
 def te_pack_vnni_panels(
     wq: Any, *, w_bits: int, w_signed: bool, name: str, attrs: dict[str, Any],
-    nibbles: bool = False,
+    nibbles: bool = False, crumbs: bool = False,
 ) -> Any:  # fmt: skip
     """``wp int8 [N/8nv, K/4, nv, 32]`` (module docstring) from ``wq int8 [N, K]`` or nibble
     bytes ``uint8 [N, K/2]`` (unpacked to their int8 values, no bias). ``nibbles``: nibble
     codes kept two per byte, ``uint8 [N/8nv, K/8, nv, 32]``: byte ``4c + t`` of ``[g, h, v]``
     holds ``w[col, 8h + t]`` in its low nibble and ``w[col, 8h + 4 + t]`` in its high one
-    (``col = 8(g·nv + v) + c``), each biased to ``0..15`` (+8 when signed)."""
+    (``col = 8(g·nv + v) + c``), each biased to ``0..15`` (+8 when signed). ``crumbs``:
+    2-bit codes four per byte, ``uint8 [N/8nv, K/16, nv, 32]``: byte ``4c + t`` of
+    ``[g, h, v]`` holds ``w[col, 16h + 4i + t]`` in bits ``2i, 2i + 1`` (``i = 0..3``), each
+    biased to ``0..3`` (+2 when signed); ``wq`` is the nibble bytes of the 2-bit codes."""
     nv = panel_group(int(wq.shape[0]))
+    if crumbs:
+        return _te_pack_crumbs(wq, w_signed=w_signed, nv=nv, name=name, attrs=attrs)
     if not nibbles:
         return te_quad_panels(wq, w_bits=w_bits, w_signed=w_signed, nv=nv, name=name,
                               attrs=attrs)  # fmt: skip
@@ -145,6 +157,26 @@ def te_pack_vnni_panels(
         return (code(j, 8 * h + t) + code(j, 8 * h + 4 + t) * 16).astype("uint8")
 
     return te.compute((n // (PANEL * nv), k // 8, nv, 4 * PANEL), value, name=f"{name}_wp4",
+                      attrs=attrs)  # fmt: skip
+
+
+def _te_pack_crumbs(wq: Any, *, w_signed: bool, nv: int, name: str, attrs: dict[str, Any]) -> Any:
+    n, k = int(wq.shape[0]), 2 * int(wq.shape[1])
+    bias = 2 if w_signed else 0
+
+    def code(j: Any, kk: Any) -> Any:
+        byte = wq[j, kk // 2]
+        v = tirx.Select(kk % 2 == 1, _nibble(byte, True, w_signed), _nibble(byte, False, w_signed))
+        return (v + bias).astype("int32")
+
+    def value(g: Any, h: Any, v: Any, e: Any) -> Any:
+        j, t = (g * nv + v) * PANEL + e // 4, e % 4
+        word = code(j, 16 * h + t)
+        for i in range(1, 4):
+            word = word + code(j, 16 * h + 4 * i + t) * (1 << (2 * i))
+        return word.astype("uint8")
+
+    return te.compute((n // (PANEL * nv), k // 16, nv, 4 * PANEL), value, name=f"{name}_wp2",
                       attrs=attrs)  # fmt: skip
 
 
@@ -195,17 +227,23 @@ class _Vpdpbusd:
             xb, w = (tirx.reinterpret(f"int32x{lanes}", t) for t in (_bc(xv, lanes), w))
         return _intrin(f"int32x{lanes}", _VPDPBUSD[lanes], acc, xb, w)
 
+    #: K-quads per panel byte (1: int8 codes; 2: nibbles; 4: 2-bit codes) and the one of
+    #: them :meth:`_panel` unpacks now
+    per_byte, part = 1, 0
+
     def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        quads, lanes = self.block // 4, _lanes(self.isa, nv)
+        quads, lanes, per = self.block // 4, _lanes(self.isa, nv), self.per_byte
         step = lanes // PANEL
-        with T.serial(0, quads) as s:
-            q = b * quads + s
-            with T.unroll(0, rows) as ii:
-                xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
-                with T.unroll(0, nv // step) as vs:
-                    v = vs * step
-                    idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
-                    T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
+        with T.serial(0, quads // per) as s:
+            for part in range(per):  # the quads packed in the same bytes, one after another
+                self.part = part
+                q = b * quads + per * s + part
+                with T.unroll(0, rows) as ii:
+                    xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
+                    with T.unroll(0, nv // step) as vs:
+                        v = vs * step
+                        idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
+                        T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
 
 
 class _Vpdpbusd4(_Vpdpbusd):
@@ -216,32 +254,35 @@ class _Vpdpbusd4(_Vpdpbusd):
     Half the weight bytes of :class:`_Vpdpbusd` per MAC, two more instructions per 64
     MACs of a panel: for GEMV-sized calls, which read every weight once."""
 
-    nibbles, half = True, 0
+    nibbles, per_byte = True, 2
 
     def _panel(self, g: Any, q: Any, v: Any) -> Any:
         raw = self.wp[g, q // 2, v, tirx.Ramp(0, 1, 4 * PANEL)]
         lo = tirx.bitwise_and(raw, tirx.const(15, "uint8x32"))
         hi = tirx.shift_right(raw, tirx.const(4, "uint8x32"))
-        return tirx.reinterpret("int8x32", hi if self.half else lo)
+        return tirx.reinterpret("int8x32", hi if self.part else lo)
 
-    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        quads, lanes = self.block // 4, _lanes(self.isa, nv)
-        step = lanes // PANEL
-        with T.serial(0, quads // 2) as s:
-            for half in range(2):  # the low then the high nibbles of the same bytes
-                self.half = half
-                q = b * quads + 2 * s + half
-                with T.unroll(0, rows) as ii:
-                    xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
-                    with T.unroll(0, nv // step) as vs:
-                        v = vs * step
-                        idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
-                        T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
+
+class _Vpdpbusd2(_Vpdpbusd):
+    """:class:`_Vpdpbusd` on 2-bit panels (:func:`te_pack_vnni_panels` with ``crumbs``): one
+    32-byte load holds four K-quads of 8 columns, quad ``4h + i`` in bits ``2i, 2i + 1`` of
+    every byte, biased to ``0..3``; a shift and a ``vpand`` with 3 unpack each quad into
+    the bytes ``vpdpbusd`` multiplies (exact: 0..3). A quarter of :class:`_Vpdpbusd`'s
+    weight bytes per MAC, half of :class:`_Vpdpbusd4`'s: for GEMV-sized calls."""
+
+    nibbles, per_byte = True, 4
+
+    def _panel(self, g: Any, q: Any, v: Any) -> Any:
+        raw = self.wp[g, q // 4, v, tirx.Ramp(0, 1, 4 * PANEL)]
+        if self.part:
+            raw = tirx.shift_right(raw, tirx.const(2 * self.part, "uint8x32"))
+        return tirx.reinterpret("int8x32", tirx.bitwise_and(raw, tirx.const(3, "uint8x32")))
 
 
 def vnni_panel_matmul(
     xq: Any, wp: Any, row: Sequence[Any], col_t: Sequence[Any], *, block: int, w_bits: int,
     w_signed: bool, isa: str, name: str, attrs: dict[str, Any], nibbles: bool = False,
+    crumbs: bool = False,
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` from codes ``xq int8 [M, K]``, the panels of :func:`te_pack_vnni_panels`
     (built with the same ``nibbles``) and the epilogue's row parts and transposed column
@@ -257,7 +298,10 @@ def vnni_panel_matmul(
     nv = int(wp.shape[2])
     n = int(wp.shape[0]) * nv * PANEL  # the column parts come from the same weights' pack
     _check_group(name, wp, panel_group(n), n)  # the tile walks panel_group(n) panels
-    per = 8 if nibbles else 4  # K per packed step
+    per = 16 if crumbs else 8 if nibbles else 4  # K per packed step
+    if crumbs and not vnni_crumb_supported(k=k, block=block, w_bits=w_bits):
+        raise NumericsError(f"{name}: 2-bit panels need codes of <= 2 bits and blocks of "
+                            f"whole 16s of K (block={block}, w_bits={w_bits}).")  # fmt: skip
     if nibbles and not vnni_nibble_supported(k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: nibble panels need codes of <= 4 bits and blocks of "
                             f"whole K-octets (block={block}, w_bits={w_bits}).")  # fmt: skip
@@ -270,8 +314,8 @@ def vnni_panel_matmul(
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *bufs = in_bufs
-        core = (_Vpdpbusd4 if nibbles else _Vpdpbusd)(x, w, block, isa)
-        bias_w = 8 if nibbles and w_signed else 0
+        core = (_Vpdpbusd2 if crumbs else _Vpdpbusd4 if nibbles else _Vpdpbusd)(x, w, block, isa)
+        bias_w = (2 if crumbs else 8 if nibbles else 0) if w_signed else 0
         return _panel_body(core, bufs, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=128,
                            bias_w=bias_w,
                            f32_bounds=(128, w_code_max(w_bits, w_signed)))  # fmt: skip

@@ -1,6 +1,7 @@
-"""The nibble panels (``int_matmul.*_vnni_w4``, ``int_matmul.avx2_w4``): 4-bit codes two per
-byte, checked through the emulated VNNI rows and the AVX2 row on any AVX2 host (and natively
-where the host has AVX-512 VNNI)."""
+"""The nibble panels (``int_matmul.*_vnni_w4``, ``int_matmul.avx2_w4``: 4-bit codes two per
+byte) and the 2-bit panels (``int_matmul.*_vnni_w2``: four per byte), checked through the
+emulated VNNI rows and the AVX2 row on any AVX2 host (and natively where the host has
+AVX-512 VNNI)."""
 
 from __future__ import annotations
 
@@ -23,16 +24,23 @@ def _forced(ir, isa):
         ir, PassContext())
 
 
-# unsigned nibbles (A4W4), signed ones (A4W1: ±1 codes, biased by +8 in the panel), 2-bit
-@pytest.mark.parametrize("isa", ["avx512_vnni_w4_emulated", "avx2_w4"])
-@pytest.mark.parametrize("preset,m", [("A4W4", 1), ("A4W1", 3), ("A2W2", 16)])
-def test_emulated_nibble_panels_match_the_reference(preset: str, m: int, isa: str) -> None:
+# nibbles: unsigned (A4W4), signed (A4W1: ±1 codes, biased by +8 in the panel), 2-bit codes;
+# 2-bit panels (int_matmul.*_vnni_w2): unsigned (A2W2), signed ±1 (A4W1) and ternary codes
+@pytest.mark.parametrize(
+    "isa,layout,preset,m",
+    [(isa, "panels4", p, m) for isa in ("avx512_vnni_w4_emulated", "avx2_w4")
+     for p, m in (("A4W4", 1), ("A4W1", 3), ("A2W2", 16))]
+    + [(isa, "panels2", p, m) for isa in ("avx512_vnni_w2_emulated", "avx_vnni_w2_emulated")
+       for p, m in (("A2W2", 1), ("A4W1", 3), ("A1.5W1.5", 16))],
+)  # fmt: skip
+def test_emulated_packed_panels_match_the_reference(isa: str, layout: str, preset: str,
+                                                    m: int) -> None:  # fmt: skip
     torch.manual_seed(m)
     x = torch.randn(m, 256)
     qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), preset)
     ir = rq.convert(qat.eval(), example_inputs=(x,))
     forced = _forced(ir, isa)
-    assert 'rq.weight_layout = "panels4"' in print_module(forced)
+    assert f'rq.weight_layout = "{layout}"' in print_module(forced)
     assert f'"int_matmul.{isa}"' in print_module(forced)
     with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
         exe = rq.build(forced, "llvm")
@@ -40,23 +48,45 @@ def test_emulated_nibble_panels_match_the_reference(preset: str, m: int, isa: st
     torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("isa", ["avx512_vnni_w4_emulated", "avx2_w4"])
-def test_nibble_rows_only_take_small_m_and_4_bit_codes(isa: str) -> None:
+@pytest.mark.parametrize(
+    "isa,own,wider",
+    [("avx512_vnni_w4_emulated", "A4W4", "A8W8"), ("avx2_w4", "A4W4", "A8W8"),
+     ("avx512_vnni_w2_emulated", "A2W2", "A4W4")],
+)  # fmt: skip
+def test_packed_rows_only_take_small_m_and_their_codes(isa: str, own: str, wider: str) -> None:
     torch.manual_seed(0)
-    for preset, m, takes in (("A4W4", NIBBLE_MAX_ROWS + 1, False), ("A8W8", 1, False),
-                             ("A4W4", NIBBLE_MAX_ROWS, True)):  # fmt: skip
+    for preset, m, takes in ((own, NIBBLE_MAX_ROWS + 1, False), (wider, 1, False),
+                             (own, NIBBLE_MAX_ROWS, True)):  # fmt: skip
         x = torch.randn(m, 128)
         qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(128, 32)).eval(), (x,), preset)
         text = print_module(_forced(rq.convert(qat.eval(), example_inputs=(x,)), isa))
         assert (f'"int_matmul.{isa}"' in text) is takes, (preset, m)
 
 
-def test_nibble_panels_hold_half_the_bytes() -> None:
+@pytest.mark.parametrize("layout,w_bits,per_byte", [("nibbles", 4, 2), ("crumbs", 2, 4)])
+def test_packed_panels_hold_fewer_bytes(layout: str, w_bits: int, per_byte: int) -> None:
     from rqcompile.targets.tvm.adapter import te
     from rqcompile.targets.tvm.x86.vnni import te_pack_vnni_panels
 
-    wq = te.placeholder((64, 128), "uint8", "wq")  # K = 256 nibbles
-    full = te_pack_vnni_panels(wq, w_bits=4, w_signed=False, name="p", attrs={})
-    half = te_pack_vnni_panels(wq, w_bits=4, w_signed=False, name="p", attrs={}, nibbles=True)
+    wq = te.placeholder((64, 128), "uint8", "wq")  # K = 256 codes, stored as nibbles
+    full = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=False, name="p", attrs={})
+    packed = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=False, name="p", attrs={},
+                                 **{layout: True})  # fmt: skip
     size = lambda t: int(torch.tensor([int(d) for d in t.shape]).prod())  # noqa: E731
-    assert size(half) * 2 == size(full) == 64 * 256
+    assert size(packed) * per_byte == size(full) == 64 * 256
+
+
+@pytest.mark.skipif(
+    not {"avx512_vnni", "avx2"} <= __import__(
+        "rqcompile.targets.tvm.cpu_features", fromlist=["host_features"]).host_features(),
+    reason="native vpdpbusd needs an AVX-512 VNNI host (the emulated rows above run anywhere)",
+)
+def test_native_2bit_panels_match_the_reference() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(2, 256)
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), "A2W2")
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
+        exe = rq.build(_forced(ir, "avx512_vnni_w2"), "llvm")
+    want = rq.build(ir, "reference")(x)
+    torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
