@@ -31,6 +31,13 @@ we point that global at our launcher (:func:`install`), a few lines of C in this
   links against nothing, so it cannot start a second OpenMP runtime.
 * ``tvm``: TVM's pool, unchanged.
 
+Why ``pool`` is the default (``benchmarks/threads_omp.py``, issue 19; a 2-core machine
+shared with other jobs): interleaved with torch and ONNX Runtime at 2 threads, ``pool`` took
+our M = 1 layers from milliseconds on TVM's pool to about their one-thread time, and was
+even with TVM's pool at M >= 64; ``omp`` was the slowest of the three everywhere, 16-20 ms
+per call even alone at M = 1, since its region waits for torch's OpenMP worker to be
+scheduled at every loop.
+
 * **Built once, at first use** with the C compiler TVM already needs to export libraries
   (``$CC``, else ``cc``/``gcc``/``clang``) into a cache folder (``$RQCOMPILE_CACHE_DIR``, else
   ``$XDG_CACHE_HOME/rqcompile`` or ``~/.cache/rqcompile``; a per-user temporary folder if that
