@@ -8,8 +8,10 @@ medians of wall time::
     python benchmarks/threads_coexist.py --rounds 3            # writes results/threads_coexist_<date>.md
 
 Configurations: ``tvm-default`` (pinned workers, 300,000-yield spin, no serial threshold: the
-state before issue 19), ``default`` (rqcompile's: unpinned, TVM's spin), ``short-spin``
-(unpinned, 2,000-yield spin) and ``serial`` (``exe.threads = 1``). Nothing is asserted.
+state before issue 19), ``default`` (rqcompile's TVM-pool settings: unpinned, TVM's spin),
+``short-spin`` (unpinned, 2,000-yield spin), all three on TVM's pool
+(``RQCOMPILE_PARALLEL=tvm``); ``pool`` (rqcompile's default launcher since, see
+``threads_omp.py``) and ``serial`` (``exe.threads = 1``). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "tvm-default": {"TVM_BIND_THREADS": "1", "TVM_THREAD_POOL_SPIN_COUNT": "300000",
-                    "RQCOMPILE_SERIAL_BELOW": "0"},  # fmt: skip
-    "default": {"RQCOMPILE_SERIAL_BELOW": "0"},
-    "short-spin": {"TVM_THREAD_POOL_SPIN_COUNT": "2000", "RQCOMPILE_SERIAL_BELOW": "0"},
+                    "RQCOMPILE_SERIAL_BELOW": "0", "RQCOMPILE_PARALLEL": "tvm"},
+    "default": {"RQCOMPILE_SERIAL_BELOW": "0", "RQCOMPILE_PARALLEL": "tvm"},
+    "short-spin": {"TVM_THREAD_POOL_SPIN_COUNT": "2000", "RQCOMPILE_SERIAL_BELOW": "0",
+                   "RQCOMPILE_PARALLEL": "tvm"},
+    "pool": {"RQCOMPILE_SERIAL_BELOW": "0", "RQCOMPILE_PARALLEL": "pool"},
     "serial": {"RQ_SERIAL": "1"},
 }
 

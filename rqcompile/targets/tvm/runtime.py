@@ -20,7 +20,10 @@ same code path.
   runs one call at a time behind a lock; calls from several threads queue. The kernels
   themselves are parallel, so little is lost (``tests/test_resources.py``).
 * **Threads per call** (``threads.py``): the model's ``threads`` (``CompiledModule.threads``)
-  or else ``torch.get_num_threads()``, and one thread for a call with little work.
+  or else ``torch.get_num_threads()``, and one thread for a call with little work; the
+  parallel loops run on our launcher (``parallel.py``: by default a pool whose caller never
+  waits for a worker that has not started), or on TVM's pool where ``RQCOMPILE_PARALLEL=tvm``
+  or no launcher can be compiled.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from rqcompile.errors import ArtifactError, TargetError
 from rqcompile.ir.core import Module
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target as RQTarget
+from rqcompile.targets.tvm import parallel
 from rqcompile.targets.tvm.adapter import relax, runtime, tvm
 from rqcompile.targets.tvm.emit.module import const_params
 from rqcompile.targets.tvm.pipelines import library_suffix, run_blockers
@@ -59,12 +63,16 @@ class TVMBackend:
         vm: the ``relax.VirtualMachine`` (``None`` when it cannot run here).
         executable: the ``relax.Executable`` right after a build (``None`` after a load).
         tvm_target: the resolved ``tvm.target.Target`` (``None`` after a load).
+        parallel: what runs the kernels' parallel loops (``parallel.install``): ``"pool"``
+            (our pool, the default), ``"omp"`` (torch's OpenMP threads), ``"tvm"`` (TVM's
+            pool) or ``"none"`` (no parallel loop).
     """
 
     tvm_module: Any
     vm: Any
     executable: Any = None
     tvm_target: Any = None
+    parallel: str = "tvm"
 
 
 def _to_tvm(x: torch.Tensor) -> Any:
@@ -80,8 +88,9 @@ def _to_tvm(x: torch.Tensor) -> Any:
     return runtime.from_dlpack(x)
 
 
-#: this Python thread's TVM pool size for the next kernels (TVM's pool is per thread)
-_set_threads = ThreadSetter(tvm.get_global_func("runtime.config_threadpool"))
+#: this Python thread's thread count for the next kernels (the OpenMP launcher's and TVM's
+#: pool's settings are both per calling thread)
+_set_threads = ThreadSetter(tvm.get_global_func("runtime.config_threadpool"), parallel.launcher)
 
 
 def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
@@ -151,13 +160,17 @@ class _Unrunnable:
         raise TargetError(self._message)
 
 
-def _load_module(lib_bytes: bytes, suffix: str) -> Any:
-    # dlopen keeps the mapping after the file is gone, so the temp dir can go at once
+def _load_module(lib_bytes: bytes, suffix: str) -> tuple[Any, str]:
+    """The loaded library and what runs its parallel loops (``parallel.install``'s answer)."""
+    # dlopen keeps the mapping after the file is gone, so the temp dir can go at once; the
+    # parallel launcher is installed while the file is there (parallel.install finds the
+    # library TVM opened by its path)
     with tempfile.TemporaryDirectory(prefix="rq-kernels-") as d:
         path = os.path.join(d, "kernels" + suffix)
         with open(path, "wb") as f:
             f.write(lib_bytes)
-        return runtime.load_module(path)
+        mod = runtime.load_module(path)
+        return mod, parallel.install(path)
 
 
 def compiled_module(
@@ -188,7 +201,7 @@ def compiled_module(
             func_libraries=func_libraries,
         )
     suffix = library_suffix(target.to_dict())
-    mod = _load_module(lib_bytes, suffix)
+    mod, par = _load_module(lib_bytes, suffix)
     vm = relax.VirtualMachine(mod, tvm.cpu())
     generation = None
     if func_libraries:  # kv-cache prefill / decode: one library each (build.py)
@@ -196,7 +209,7 @@ def compiled_module(
 
         runners = []
         for name in GENERATION_FUNCS:
-            fvm = relax.VirtualMachine(_load_module(func_libraries[name], suffix), tvm.cpu())
+            fvm = relax.VirtualMachine(_load_module(func_libraries[name], suffix)[0], tvm.cpu())
             runners.append(_VMRunner(fvm, func_as_main(ir, name)))
         generation = (runners[0], runners[1])
     return CompiledModule(
@@ -205,7 +218,7 @@ def compiled_module(
         _VMRunner(vm, ir),
         library=lib_bytes,
         features=features,
-        backend=TVMBackend(mod, vm, executable, tvm_target),
+        backend=TVMBackend(mod, vm, executable, tvm_target, par),
         generation=generation,
         func_libraries=func_libraries,
     )
