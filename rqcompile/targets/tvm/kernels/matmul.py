@@ -66,7 +66,10 @@ from rqcompile.targets.tvm.x86.xnor_panel import (
 __all__ = [
     "int_matmul_packs",
     "narrow_x_offset",
+    "sparse24_dense_packs",
     "sparse24_packs",
+    "te_pack_sparse24_dense",
+    "te_sparse24_dense_packed",
     "te_int_matmul",
     "te_int_matmul_packed",
     "te_pack_int_matmul_weights",
@@ -318,6 +321,54 @@ def te_sparse24_matmul_packed(
     row = te_row_parts(xs, xc, sx, block=block, name=name)
     return avx2_sparse24_matmul(xq, wv, wctl, row, col_t, block=block, w_bits=w_bits,
                                 name=name, attrs={**a, STAGE_ATTR: "micro"})  # fmt: skip
+
+
+def sparse24_dense_packs(
+    xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str,
+    min_rows: int | None = None, **_: Any,
+) -> bool:  # fmt: skip
+    """Whether ``rq.sparse24_matmul`` runs as the dense AMX tiles (:func:`te_pack_sparse24_dense`):
+    where a dense ``tdpbusd`` does 16x16x64 MACs per instruction, skipping half the weights
+    with byte shuffles does not pay (the AVX2 2:4 panels ran at 0.24-0.43x of ONNX Runtime's
+    int8 there, the dense AMX tiles at 0.55-0.64x)."""
+    del w_bits  # the kept codes are unpacked to int8
+    return isa in AMX_ISAS and int_matmul_packs(xq_shape, n, block=block, w_bits=8, isa=isa,
+                                                 min_rows=min_rows)  # fmt: skip
+
+
+def te_pack_sparse24_dense(
+    wvals: Tensor, widx: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int,
+    w_bits: int, isa: str, name: str = "pack_weights", min_rows: int | None = None,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """The 2:4 codes (two kept values and their 2-bit slots per group of 4,
+    ``quant.bitpack.pack_sparse24``) unpacked to dense int8 codes (pruned slots 0) and packed
+    as :func:`te_pack_int_matmul_weights` packs 8-bit codes for ``isa``; once, at load."""
+    del w_bits, min_rows
+    n, half = (int(d) for d in wvals.shape)
+
+    def code(j: Any, kk: Any) -> Any:
+        g, slot = kk // 4, kk % 4
+        byte = widx[j, g // 2].astype("int32")
+        shift = (g % 2) * 4
+        t0 = tirx.bitwise_and(tirx.shift_right(byte, shift), 3)
+        t1 = tirx.bitwise_and(tirx.shift_right(byte, shift + 2), 3)
+        zero = tirx.const(0, "int8")
+        return (tirx.Select(t0 == slot, wvals[j, 2 * g], zero)
+                + tirx.Select(t1 == slot, wvals[j, 2 * g + 1], zero))  # fmt: skip
+
+    dense = te.compute((n, 2 * half), code, name=f"{name}_dense", attrs=_pack_attrs(block))
+    return te_pack_int_matmul_weights(dense, ws, wc, wsum, block=block, w_bits=8,
+                                      w_signed=True, isa=isa, name=name)  # fmt: skip
+
+
+def te_sparse24_dense_packed(
+    xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, *col_t: Tensor, block: int, w_bits: int,
+    isa: str, name: str = "sparse24_matmul", min_rows: int | None = None,
+) -> Tensor:  # fmt: skip
+    """``te_sparse24_matmul`` on :func:`te_pack_sparse24_dense`'s dense tiles."""
+    del w_bits, min_rows
+    return te_int_matmul_packed(xq, xs, xc, wp, *col_t, block=block, w_bits=8, w_signed=True,
+                                isa=isa, name=name)  # fmt: skip
 
 
 def _pad_last(t: Tensor, size: int, name: str) -> Tensor:

@@ -25,6 +25,7 @@ int_matmul.generic       –                              TE compute
 xnor_popcount_matmul.avx512_vpopcntdq  avx2, avx512_vpopcntdq   XNOR panels with ``vpopcntq``
 xnor_popcount_matmul.avx2              avx2              XNOR panels, ``vpshufb`` nibble LUT
 xnor_popcount_matmul.generic           –                 TE compute (LLVM vectorizes popcount)
+sparse24_matmul.amx      avx2, amx_tile, amx_int8       2:4 codes unpacked to dense at load, AMX tiles, M >= 16
 sparse24_matmul.avx2     avx2                           ``vpshufb``-gathered 2:4 panels
 sparse24_matmul.generic  –                              TE compute
 qbmm.generic             –                              TE compute
@@ -141,6 +142,23 @@ def _int_matmul_amx(isa: str, requires: frozenset[str]) -> KernelRow:
     )  # fmt: skip
 
 
+def _sparse24_amx(isa: str, requires: frozenset[str]) -> KernelRow:
+    """``sparse24_matmul.amx``: the 2:4 codes unpacked to dense int8 at load and run on the
+    ``tdpbusd`` tiles of ``int_matmul.amx`` (M >= :data:`AMX_MIN_ROWS`): dense AMX beats
+    the gathered 2:4 panels there (``kernels.matmul.sparse24_dense_packs``)."""
+    opts = {"isa": isa, "min_rows": AMX_MIN_ROWS}
+    packs = _packs(K.sparse24_dense_packs, isa)
+
+    def supported(op: Op) -> bool:
+        return packs(op, None) and int(_dims(op.operands[0])[0]) >= AMX_MIN_ROWS
+
+    return KernelRow(
+        "rq.sparse24_matmul", isa, requires, supported, builder=K.te_sparse24_matmul,
+        pack=PackRow("tiles", lambda op, xr: supported(op), K.te_pack_sparse24_dense,
+                     K.te_sparse24_dense_packed, options=opts),
+    )  # fmt: skip
+
+
 def _xnor(isa: str, requires: frozenset[str]) -> KernelRow:
     return KernelRow(
         "rq.xnor_popcount_matmul", isa, requires, builder=K.te_xnor_popcount_matmul,
@@ -173,12 +191,14 @@ CPU_KERNELS: tuple[KernelRow, ...] = (
     _xnor("avx512_vpopcntdq", frozenset({"avx2", "avx512_vpopcntdq"})),
     _xnor("avx2", _AVX2),
     KernelRow("rq.xnor_popcount_matmul", "generic", builder=K.te_xnor_popcount_matmul),
+    _sparse24_amx("amx", frozenset({"avx2", "amx_tile", "amx_int8"})),
     KernelRow(
         "rq.sparse24_matmul", "avx2", _AVX2, builder=K.te_sparse24_matmul,
         options={"isa": "avx2"},
         pack=PackRow("panels", _packs(K.sparse24_packs, "avx2"), K.te_pack_sparse24_weights,
                      K.te_sparse24_matmul_packed),
     ),
+    _sparse24_amx("amx_emulated", frozenset({TEST_ONLY})),
     KernelRow("rq.sparse24_matmul", "generic", builder=K.te_sparse24_matmul),
     KernelRow("rq.qbmm", "generic", builder=K.te_qbmm),
     _wo("avx512", frozenset({"avx2", "fma", "avx512f"})),

@@ -266,3 +266,29 @@ def test_amx_model_refused_when_the_os_refuses_tiles(monkeypatch: Any) -> None:
     reasons = pipelines.run_blockers({"kind": "llvm"}, sorted(have))
     assert reasons == ["Linux refused AMX (test)"]
     assert pipelines.run_blockers({"kind": "llvm"}, ["avx2"]) == []
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(("preset", "m"), [("A4W4+2:4", AMX_MIN_ROWS), ("A4W1+2:4", 33)])
+def test_sparse24_on_dense_amx_tiles_matches_the_reference(preset: str, m: int, isa: str) -> None:
+    """``sparse24_matmul.amx``: the 2:4 codes unpacked to dense int8 at load, AMX tiles."""
+    torch.manual_seed(m)
+    x = torch.randn(m, 256)
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), preset)
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    forced = PassManager([SelectKernels(force=(f"sparse24_matmul:{isa}",))]).run(
+        ir, PassContext())  # fmt: skip
+    assert f'rq.kernel = "sparse24_matmul.{isa}"' in print_module(forced)
+    with rq.PassContext(disabled=frozenset({"select-kernels"})):
+        exe = rq.build(forced, "llvm")
+    want = rq.build(ir, "reference")(x)
+    torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize(("m", "want"), [(AMX_MIN_ROWS, "amx"), (AMX_MIN_ROWS - 1, "avx2")])
+def test_sparse24_takes_amx_tiles_for_gemm_shapes(m: int, want: str) -> None:
+    feats = kernel_features({"kind": "llvm", "mcpu": "sapphirerapids"})
+    ir, _ = _mlp("A4W4+2:4", m)
+    text = print_module(PassManager([SelectKernels(features=feats)]).run(ir, PassContext()))
+    assert set(re.findall(r'rq\.kernel = "(sparse24_matmul\.[a-z0-9_]+)"', text)) == {
+        f"sparse24_matmul.{want}"}
