@@ -156,6 +156,9 @@ class _Analysis:
         self.consts: dict[str, torch.Tensor] = {}
         self.cached: list[tuple[Value, Value, Value]] = []  # (main operand, cache arg, new row)
         self.unmasked: set[int] = set()  # scores over cached keys not yet causally masked
+        #: decode value id of masked scores whose mask hides exactly the keys after pos ->
+        #: index of the scores operand of the masking op (for :meth:`fuse_attention`)
+        self.exact: dict[int, int] = {}
         self.op: Op | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -243,6 +246,7 @@ class _Analysis:
             )
         prefill = Func("prefill", f.args, f.ops, (*f.outputs, *(m for m, _, _ in self.cached)))
         outputs = (*(self.dec[o.id] for o in f.outputs), *(r for _, _, r in self.cached))
+        self.fuse_attention(outputs)
         live = {v.id for v in outputs}
         kept = []
         for op in reversed(self.ops):  # constants and ops only the full forward needs
@@ -439,7 +443,7 @@ class _Analysis:
         a = s[0]
         operands = []
         masking = op.name in ("rq.masked_fill", "rq.add")
-        masked = False
+        masked = exact = False
         for v in op.operands:
             d = self.dec[v.id]
             if v.id not in self.seq:
@@ -450,12 +454,17 @@ class _Analysis:
                         self.fail(f"operand {v.type} is aligned with the sequence axis")
                     if masking and any(u.id in self.unmasked for u in op.operands):
                         masked = masked or self.causal(op, v, ax)
+                        exact = exact or self.causal(op, v, ax, exact=True)
                     d = self.take(v, ax, out.type, a)
             operands.append(d)
         results = self.emit(op.name, operands, **op.attrs_dict)
         for r, d in zip(op.results, results, strict=True):
             self.dec[r.id] = d
             self.seq[r.id] = s
+        if exact:
+            scores = [i for i, v in enumerate(op.operands) if v.id in self.unmasked]
+            if len(scores) == 1:
+                self.exact[results[0].id] = scores[0]
         if any(v.id in self.unmasked for v in op.operands) and not masked:
             self.unmasked.add(out.id)
 
@@ -471,6 +480,8 @@ class _Analysis:
         row = self.at_pos(mask, 0, x.type, a)
         fill = float(op.attr("fill"))  # type: ignore[arg-type]
         (y,) = self.emit("rq.masked_fill", [self.dec[x.id], row], value=fill)
+        if t == s == self.T and fill <= -1e4 and x.id in self.unmasked:
+            self.exact[y.id] = 0  # row pos of tril(0): hides exactly the keys after pos
         self.dec[op.result.id] = y
         self.seq[op.result.id] = (a, inner)
 
@@ -509,25 +520,18 @@ class _Analysis:
             self.unmasked.add(op.result.id)
 
     def cache(self, w: Value, aw: int) -> Value:
-        """Cache ``w`` (sequence along ``aw``): a new decode argument of ``w``'s full shape, with
-        decode's new row written at ``pos``; returns that full (T-long) decode value."""
+        """Cache ``w`` (sequence along ``aw``): a new decode argument of ``w``'s full shape with
+        decode's new row written at ``pos`` (``rq.cache_write``, in place on targets that can);
+        returns that updated cache, which is also a decode output."""
         cache = self.value(w.type)
         new_row = self.dec[w.id]
-        pos = self.pos
-        if self.B == 1:
-            iota_shape: tuple[int, ...] = (self.T,) + (1,) * (w.type.rank - 1 - aw)
-        else:  # each row's own position: pos (B,) as (B, 1, ..., 1) against the batch axis 0
-            if aw == 0 or int(w.type.shape[0]) != self.B:  # type: ignore[arg-type]
-                self.fail(
-                    f"the cached operand {w.type} does not have the batch ({self.B}) on axis "
-                    "0, which per-row positions need; convert at batch 1"
-                )
-            iota_shape = (1,) * aw + (self.T,) + (1,) * (w.type.rank - 1 - aw)
-            pos = self.emit("rq.reshape", [pos], shape=(self.B,) + (1,) * (w.type.rank - 1))[0]
-        iota = self.const(f"kv_cache.iota{self.T}", torch.arange(self.T).reshape(iota_shape))
-        at = self.emit("rq.compare", [iota, pos], fn="eq")[0]
-        full = self.emit("rq.where", [at, new_row, cache])[0]
-        self.cached.append((w, cache, new_row))
+        if self.B > 1 and (aw == 0 or int(w.type.shape[0]) != self.B):  # type: ignore[arg-type]
+            self.fail(
+                f"the cached operand {w.type} does not have the batch ({self.B}) on axis "
+                "0, which per-row positions need; convert at batch 1"
+            )
+        (full,) = self.emit("rq.cache_write", [cache, new_row, self.pos], axis=aw)
+        self.cached.append((w, cache, full))
         return full
 
     def op_qbmm(self, op: Op) -> None:
@@ -563,18 +567,94 @@ class _Analysis:
                 "to. kv-cache needs a causal (decoder) model."
             )
         keys, values = self.cache(k, r - 2), self.cache(v, r - 2)
-        dims = (*range(r - 2), r - 1, r - 2)
-        kt = self.emit("rq.permute", [keys], dims=dims)[0]
-        s = self.emit("rq.matmul", [self.dec[q.id], kt])[0]
-        s = self.emit("rq.mul_scalar", [s], value=float(op.attr("scale")))[0]  # type: ignore[arg-type]
-        block = ~torch.ones(self.T, self.T, dtype=torch.bool).tril()
-        mask = self.const("kv_cache.causal_mask", block)
-        row = self.at_pos(mask, 0, q.type, r - 2)
-        s = self.emit("rq.masked_fill", [s, row], value=-math.inf)[0]
-        att = self.emit("rq.softmax", [s], axis=-1)[0]
-        (y,) = self.emit("rq.matmul", [att, values])
+        qd = self.dec[q.id]
+        scale = float(op.attr("scale"))  # type: ignore[arg-type]
+        if q.type.shape[:-2] == k.type.shape[:-2] == v.type.shape[:-2]:
+            (y,) = self.emit(
+                "rq.cache_attention", [qd, keys, values, self.pos], scale=scale, key_axis=-2
+            )
+        else:  # broadcast heads: the explicit masked form
+            dims = (*range(r - 2), r - 1, r - 2)
+            kt = self.emit("rq.permute", [keys], dims=dims)[0]
+            s = self.emit("rq.matmul", [qd, kt])[0]
+            s = self.emit("rq.mul_scalar", [s], value=scale)[0]
+            block = ~torch.ones(self.T, self.T, dtype=torch.bool).tril()
+            mask = self.const("kv_cache.causal_mask", block)
+            row = self.at_pos(mask, 0, q.type, r - 2)
+            s = self.emit("rq.masked_fill", [s, row], value=-math.inf)[0]
+            att = self.emit("rq.softmax", [s], axis=-1)[0]
+            (y,) = self.emit("rq.matmul", [att, values])
         self.dec[op.result.id] = y
         self.seq[op.result.id] = (r - 2, 1)
+
+    # -- decode attention over the live prefix ---------------------------------------------
+
+    def fuse_attention(self, outputs: Sequence[Value]) -> None:
+        """Replace each decode attention ``softmax(mask(q·K [· scale]))·V`` over cached ``K``
+        and ``V`` (each an ``rq.cache_write`` result; ``K`` as ``kᵀ`` (…, E, T) or through
+        the transpose of a (…, T, E) cache), whose mask hides exactly the keys after
+        ``pos`` (:attr:`exact`), by one ``rq.cache_attention``: same result (the hidden keys
+        weigh 0 either way), and a target reads only the ``pos + 1`` live cache rows. The
+        replaced ops are left for the dead-code sweep; anything else stays as it is."""
+        prod = {r.id: op for op in self.ops for r in op.results}
+        uses: dict[int, int] = {}
+        for v in (*(u for op in self.ops for u in op.operands), *outputs):
+            uses[v.id] = uses.get(v.id, 0) + 1
+
+        def only_use(v: Value, name: str) -> Op | None:
+            o = prod.get(v.id)
+            return o if o is not None and o.name == name and uses[v.id] == 1 else None
+
+        def write(v: Value, axis: int) -> bool:
+            o = prod.get(v.id)
+            return (
+                o is not None
+                and o.name == "rq.cache_write"
+                and int(o.attr("axis")) % v.type.rank == axis  # type: ignore[arg-type]
+                and o.operands[2].id == self.pos.id
+            )
+
+        for i, op in enumerate(self.ops):
+            if op.name != "rq.matmul":
+                continue
+            att, values = op.operands
+            r = att.type.rank
+            sm = only_use(att, "rq.softmax")
+            if r < 2 or values.type.rank != r or not write(values, r - 2) or sm is None:
+                continue
+            if int(sm.attr("axis")) % r != r - 1 or sm.operands[0].id not in self.exact:  # type: ignore[arg-type]
+                continue
+            masking = prod[sm.operands[0].id]
+            if uses[sm.operands[0].id] != 1:
+                continue
+            x = masking.operands[self.exact[sm.operands[0].id]]
+            scale = 1.0
+            mul = only_use(x, "rq.mul_scalar")
+            if mul is not None:
+                scale, x = float(mul.attr("value")), mul.operands[0]  # type: ignore[arg-type]
+            qk = only_use(x, "rq.matmul")
+            if qk is None:
+                continue
+            q, keys = qk.operands
+            key_axis = -1
+            if not write(keys, r - 1):
+                tr = only_use(keys, "rq.permute")
+                if tr is None or tuple(tr.attr("dims")) != (*range(r - 2), r - 1, r - 2):  # type: ignore[arg-type]
+                    continue
+                keys, key_axis = tr.operands[0], -2
+                if not write(keys, r - 2):
+                    continue
+            lead = q.type.shape[:-2]
+            if q.type.rank != r or q.type.shape[-2] != 1 or not (
+                lead == keys.type.shape[:-2] == values.type.shape[:-2]
+            ):
+                continue
+            opdef = get_op("rq.cache_attention")
+            attrs = opdef.with_defaults({"scale": scale, "key_axis": key_axis})
+            operands = (q, keys, values, self.pos)
+            if opdef.result_types([v.type for v in operands], attrs) != (op.result.type,):
+                continue
+            self.ops[i] = Op("rq.cache_attention", operands, op.results, attrs, op.loc)
 
     # -- position-aligned constants --------------------------------------------------------
 
@@ -629,19 +709,23 @@ class _Analysis:
         ]
         return self.emit("rq.reshape", [t], shape=tuple(target))[0]
 
-    def causal(self, op: Op, mask: Value, axis: int) -> bool:
+    def causal(self, op: Op, mask: Value, axis: int, *, exact: bool = False) -> bool:
         """Whether the constant ``mask`` hides every key after the query (row ``t`` along
-        ``axis``, keys along the last axis); fails for a mask that hides none of them."""
+        ``axis``, keys along the last axis); fails for a mask that hides none of them.
+        ``exact``: and hides no other key (an ``add`` mask is 0 there), so attention over
+        keys ``<= pos`` computes the same thing (:meth:`fuse_attention`)."""
         prod = next((o for o in self.f.ops if mask in o.results), None)
         if prod is None or prod.name != "rq.const" or axis != mask.type.rank - 2:
             return False
         m = self.mod.constant(str(prod.attr("name")))
-        if m.shape[-1] != self.T:
+        if m.shape[-1] != self.T or m.shape[-2] != self.T:
             return False
         m = m.reshape(-1, self.T, self.T)
         future = torch.ones(self.T, self.T, dtype=torch.bool).triu(1)
         if op.name == "rq.masked_fill":
-            return bool(m[:, future].all()) and float(op.attr("value")) <= -1e4  # type: ignore[arg-type]
+            hides = bool(m[:, future].all()) and float(op.attr("value")) <= -1e4  # type: ignore[arg-type]
+            return hides and (not exact or not bool(m[:, ~future].any()))
         if op.name == "rq.add":
-            return bool((m[:, future] <= -1e4).all())
+            hides = bool((m[:, future] <= -1e4).all())
+            return hides and (not exact or bool((m[:, ~future] == 0).all()))
         return False
