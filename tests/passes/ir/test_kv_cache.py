@@ -14,7 +14,6 @@ from rqcompile.ir.parser import parse_module
 from rqcompile.ir.printer import print_module
 from rqcompile.ir.semantics import run_reference
 from rqcompile.passes.ir import KVCache
-from rqcompile.passes.ir.kv_cache import cache_axis
 
 
 def _attention(*, causal: bool = True, T: int = 4, mask: torch.Tensor | None = None, B: int = 1):
@@ -39,19 +38,10 @@ DECODE = """\
 %7 = "rq.take"(%6, %1) {axis = 0 : i64} : (tensor<4x8xf32>, tensor<1xi64>) -> tensor<1x8xf32>
 %8 = "rq.add"(%5, %7) : (tensor<1x1x8xf32>, tensor<1x8xf32>) -> tensor<1x1x8xf32>
 %9 = "rq.permute"(%8) {dims = [0 : i64, 2 : i64, 1 : i64]} : (tensor<1x1x8xf32>) -> tensor<1x8x1xf32>
-%10 = "rq.const"() {dtype = "i64", name = "kv_cache.iota4", shape = [4 : i64]} : () -> tensor<4xi64>
-%11 = "rq.compare"(%10, %1) {fn = "eq"} : (tensor<4xi64>, tensor<1xi64>) -> tensor<4xi1>
-%12 = "rq.where"(%11, %9, %2) : (tensor<4xi1>, tensor<1x8x1xf32>, tensor<1x8x4xf32>) -> tensor<1x8x4xf32>
-%13 = "rq.matmul"(%8, %12) : (tensor<1x1x8xf32>, tensor<1x8x4xf32>) -> tensor<1x1x4xf32>
-%14 = "rq.const"() {dtype = "i1", name = "mask", shape = [4 : i64, 4 : i64]} : () -> tensor<4x4xi1>
-%15 = "rq.take"(%14, %1) {axis = 0 : i64} : (tensor<4x4xi1>, tensor<1xi64>) -> tensor<1x4xi1>
-%16 = "rq.masked_fill"(%13, %15) {value = 0xFFF0000000000000 : f64} : (tensor<1x1x4xf32>, tensor<1x4xi1>) -> tensor<1x1x4xf32>
-%17 = "rq.softmax"(%16) {axis = -1 : i64} : (tensor<1x1x4xf32>) -> tensor<1x1x4xf32>
-%18 = "rq.const"() {dtype = "i64", name = "kv_cache.iota4_1", shape = [4 : i64, 1 : i64]} : () -> tensor<4x1xi64>
-%19 = "rq.compare"(%18, %1) {fn = "eq"} : (tensor<4x1xi64>, tensor<1xi64>) -> tensor<4x1xi1>
-%20 = "rq.where"(%19, %8, %3) : (tensor<4x1xi1>, tensor<1x1x8xf32>, tensor<1x4x8xf32>) -> tensor<1x4x8xf32>
-%21 = "rq.matmul"(%17, %20) : (tensor<1x1x4xf32>, tensor<1x4x8xf32>) -> tensor<1x1x8xf32>
-"func.return"(%21, %9, %8) : (tensor<1x1x8xf32>, tensor<1x8x1xf32>, tensor<1x1x8xf32>) -> ()
+%10 = "rq.cache_write"(%2, %9, %1) {axis = 2 : i64} : (tensor<1x8x4xf32>, tensor<1x8x1xf32>, tensor<1xi64>) -> tensor<1x8x4xf32>
+%11 = "rq.cache_write"(%3, %8, %1) {axis = 1 : i64} : (tensor<1x4x8xf32>, tensor<1x1x8xf32>, tensor<1xi64>) -> tensor<1x4x8xf32>
+%12 = "rq.cache_attention"(%8, %10, %11, %1) {key_axis = -1 : i64, scale = 1.0 : f64} : (tensor<1x1x8xf32>, tensor<1x8x4xf32>, tensor<1x4x8xf32>, tensor<1xi64>) -> tensor<1x1x8xf32>
+"func.return"(%12, %10, %11) : (tensor<1x1x8xf32>, tensor<1x8x4xf32>, tensor<1x4x8xf32>) -> ()
 """
 
 
@@ -84,10 +74,8 @@ def _decode_all(mod, ids: torch.Tensor, start: int | list[int]) -> list[torch.Te
     for i in range(n - int(starts.min())):
         at = (starts + i).clamp(max=n - 1)  # rows that are done re-run their last position
         outs = run_reference(mod, ids[rows, at].reshape(b, 1), at, *caches, func="decode")
-        for c, new, a, o in zip(caches, outs[1:], dec.args[2:], dec.outputs[1:], strict=True):
-            axis = cache_axis(a.type, o.type)
-            for r in range(b):
-                c[r].index_copy_(axis - 1, at[r : r + 1], new[r])
+        assert [o.type for o in dec.outputs[1:]] == [a.type for a in dec.args[2:]]
+        caches = list(outs[1:])  # decode returns the caches with its rows written
         for r in range(b):
             if int(starts[r]) + i < n:
                 logits[r].append(outs[0][r, 0])
@@ -153,10 +141,14 @@ def _sdpa_attention(*, causal: bool = True, T: int = 6):
 
 
 @pytest.mark.parametrize("start", [1, 4])
-def test_causal_sdpa_decodes_with_the_explicit_masked_form(start: int) -> None:
+def test_causal_sdpa_decodes_with_cache_attention(start: int) -> None:
     mod = run_pass(KVCache(), _sdpa_attention())
     dec = mod.func("decode")
-    assert "rq.sdpa" not in {op.name for op in dec.ops}  # its causal rule needs L == S
+    names = [op.name for op in dec.ops]
+    assert "rq.sdpa" not in names  # its causal rule needs L == S
+    assert names.count("rq.cache_attention") == 1 and names.count("rq.cache_write") == 2
+    (att,) = (op for op in dec.ops if op.name == "rq.cache_attention")
+    assert att.attr("key_axis") == -2 and att.attr("scale") == 0.5  # k cached as (.., T, E)
     assert [str(a.type) for a in dec.args[2:]] == ["tensor<2x2x6x4xf32>"] * 2  # k and v
     ids = torch.tensor([[1, 4, 0, 2, 2, 3], [3, 3, 1, 0, 4, 2]])
     full = run_reference(mod, ids)[0]
@@ -178,3 +170,52 @@ def test_rows_decode_at_their_own_positions() -> None:
 def test_sdpa_without_is_causal_is_refused() -> None:
     with pytest.raises(UnsupportedOpError, match=r"rq.sdpa.*is_causal=False"):
         run_pass(KVCache(), _sdpa_attention(causal=False))
+
+
+def test_caches_are_written_one_row_in_place_and_returned() -> None:
+    """Each cache argument has one use, its rq.cache_write (so a target may write in place),
+    and decode returns the written caches; no full-cache select (rq.where) is left."""
+    dec = run_pass(KVCache(), _attention(T=6, B=2)).func("decode")
+    names = [op.name for op in dec.ops]
+    assert "rq.where" not in names and "rq.compare" not in names
+    for a, out in zip(dec.args[2:], dec.outputs[1:], strict=True):
+        users = [op for op in dec.ops if any(v.id == a.id for v in op.operands)]
+        assert [u.name for u in users] == ["rq.cache_write"] and users[0].result.id == out.id
+        assert users[0].operands[2].id == dec.args[1].id  # at pos (B,)
+
+
+def _window_mask(T: int) -> torch.Tensor:
+    """Causal and also hides keys more than 2 before the query: not exactly causal."""
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    return future | torch.ones(T, T, dtype=torch.bool).tril(-3)
+
+
+@pytest.mark.parametrize("form", ["additive", "window"])
+def test_attention_is_fused_only_when_the_mask_hides_exactly_the_future(form: str) -> None:
+    """An additive causal mask (0 / -1e9) hides exactly the keys after pos: rq.cache_attention.
+    A sliding window hides more: the explicit form stays (over the cache_write results)."""
+    T = 6
+    g = torch.Generator().manual_seed(0)
+    b = Builder()
+    ids = b.arg(TensorType((1, T), "i64"))
+    x = b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8, generator=g)))
+    x = b.op("rq.add", x, b.const("pos", torch.randn(T, 8, generator=g)))
+    s = b.op("rq.mul_scalar", b.op("rq.matmul", x, b.op("rq.permute", x, dims=(0, 2, 1))),
+             value=0.5)  # fmt: skip
+    if form == "additive":
+        add = torch.zeros(T, T).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -1e9)
+        s = b.op("rq.add", s, b.const("mask", add))
+    else:
+        s = b.op("rq.masked_fill", s, b.const("mask", _window_mask(T)), value=-math.inf)
+    b.ret(b.op("rq.matmul", b.op("rq.softmax", s, axis=-1), x))
+    mod = run_pass(KVCache(), b.module())
+    names = [op.name for op in mod.func("decode").ops]
+    assert ("rq.cache_attention" in names) == (form == "additive")
+    assert names.count("rq.cache_write") == 2
+    if form == "additive":
+        (att,) = (op for op in mod.func("decode").ops if op.name == "rq.cache_attention")
+        assert att.attr("scale") == 0.5 and att.attr("key_axis") == -1
+    ids = torch.tensor([[1, 4, 0, 2, 2, 3]])
+    full = run_reference(mod, ids)[0]
+    for t, got in enumerate(_decode_all(mod, ids, 2)):
+        torch.testing.assert_close(got, full[:, t], rtol=1e-5, atol=1e-6)
