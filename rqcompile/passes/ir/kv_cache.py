@@ -7,10 +7,12 @@ context. Generating with it re-runs all ``T`` positions for each new token. This
   operands as extra outputs. The runtime pads a prompt at the end to ``T``: exact for a causal
   model, since position ``t`` only sees positions ``<= t``.
 * ``decode(ids (B, 1), pos i64[B], cache_0, ..., cache_{n-1}) -> (logits (B, 1, V),
-  new_0, ..., new_{n-1})``: one token per row, row ``b`` at position ``pos[b]`` (rows of a
-  ragged batch are at different positions). Each cache input has its operand's full shape
-  (sequence axis ``T``); ``decode`` writes each row's new entry at its ``pos`` in-graph and
-  returns the new rows (sequence axis 1), which the runtime copies into its cache.
+  cache_0', ..., cache_{n-1}')``: one token per row, row ``b`` at position ``pos[b]`` (rows
+  of a ragged batch are at different positions). Each cache input has its operand's full
+  shape (sequence axis ``T``); ``decode`` writes each row's new entry at its ``pos`` with
+  ``rq.cache_write`` (the cache's only use) and returns the written caches. Targets may
+  write in place (llvm does, with relax ``call_tir_inplace``): a step then moves one row per
+  cache, not the cache.
 
 How: a *sequence-axis analysis*. Axis 1 of the ids argument is the query axis; each value
 that depends on it records where the axis lies (``axis``, and ``inner``: the size of the
@@ -22,17 +24,23 @@ it is one of four special cases:
 
 * a float ``rq.matmul`` whose second operand depends on the sequence along its last axis (the
   key side of ``q·kᵀ``) or its contracted axis (the value side of ``att·v``): that operand is
-  cached. ``decode`` takes the cache and uses ``rq.where(iota == pos, new_row, cache)``;
+  cached. ``decode`` takes the cache and uses ``rq.cache_write(cache, new_row, pos)``;
 * ``rq.sdpa`` (``is_causal=True``; ``F.scaled_dot_product_attention``): its k and v are
-  cached, and ``decode`` runs the explicit form ``softmax(masked_fill(q·kᵀ·scale, row pos of
-  the causal mask))·v`` (``rq.sdpa`` has no mask operand, and its causal rule is relative to
-  the query length, 1 in decode);
+  cached, and ``decode`` runs ``rq.cache_attention(q, k, v, pos)`` (``rq.sdpa``'s causal
+  rule is relative to the query length, 1 in decode);
 * a constant aligned with the sequence axis (the folded position embedding ``(T, C)``, the
   causal mask ``(T, T)``, RoPE tables): ``decode`` gathers its row ``pos`` with ``rq.take``;
 * ``rq.causal_mask``, whose rule depends on the query length: ``decode`` masks with row
   ``pos`` of the equivalent constant mask.
 
-Batch ``B > 1``: ``pos`` is ``(B,)``; it is compared with the iota as ``(B, 1, ..., 1)`` and
+Attention over the live prefix (:meth:`_Analysis.fuse_attention`): where a decode attention
+``softmax(mask(q·K [· scale]))·V`` reads two written caches and its mask hides exactly the
+keys after ``pos`` (checked on the mask constant: the causal triangle, or 0 / <= -1e4 for an
+additive mask), it becomes one ``rq.cache_attention``, which a target runs over rows
+``<= pos`` only; hidden keys weigh 0 either way, so the result is the same. Other masks (a
+sliding window) keep the explicit form over the whole cache.
+
+Batch ``B > 1``: ``pos`` is ``(B,)``; ``rq.cache_write`` writes row ``b`` at ``pos[b]`` and
 the gathered constant rows are moved to axis 0, so the batch must be axis 0 of every cached
 operand and of every value a position constant is broadcast against (checked); a constant
 expanded over the batch (HF's ``(B, 1, T, T)`` mask) is gathered from one copy after checking
@@ -53,11 +61,11 @@ After (``main`` unchanged)::
     func @prefill(%0: tensor<1x32xi64>) -> (tensor<1x32x65xf32>, tensor<1x4x16x32xf32>, ...)
     func @decode(%0: tensor<1x1xi64>, %1: tensor<1xi64>, %2: tensor<1x4x16x32xf32>, ...)
         (``%1`` is ``pos``: one position per batch row)
-        -> (tensor<1x1x65xf32>, tensor<1x4x16x1xf32>, ...)
+        -> (tensor<1x1x65xf32>, tensor<1x4x16x32xf32>, ...)
 
 Numerics: per-token quantizers see the same rows, so integer results are identical; float
-attention sums over ``T`` cache entries (masked ones are exactly 0 after softmax) where the
-full forward sums over ``T`` too, so only float summation order can differ.
+attention sums over the live cache entries (hidden ones are exactly 0 after softmax in the
+full forward), so only float summation order can differ.
 """
 
 from __future__ import annotations
@@ -129,7 +137,7 @@ class KVCache:
     Before:  func @main(%ids: tensor<BxTxi64>) -> tensor<BxTxVxf32>
     After:   @main unchanged; func @prefill(%ids) -> (logits, caches...);
              func @decode(%id: tensor<Bx1xi64>, %pos: tensor<Bxi64>, caches...)
-                 -> (tensor<Bx1xVxf32>, new rows...)
+                 -> (tensor<Bx1xVxf32>, written caches...)
     See the module docstring for the analysis. Numerics: integer parts exact; float attention
     differs from the full forward by summation order only.
     """
