@@ -140,21 +140,28 @@ class KVCache:
                  -> (tensor<Bx1xVxf32>, written caches...)
     See the module docstring for the analysis. Numerics: integer parts exact; float attention
     differs from the full forward by summation order only.
+
+    ``in_place=False`` derives the earlier decode instead, kept to measure against
+    (``benchmarks/decode.py --select``): each cache merged with its new row by
+    ``rq.where(iota == pos, row, cache)`` (a whole new cache per step), attention over all
+    ``T`` rows, and the new rows returned for the runtime to copy in.
     """
 
     name: ClassVar[str] = "kv-cache"
+    in_place: bool = True
 
     def run(self, mod: Module, ctx: Any) -> PassResult[Module]:
         if generation_funcs(mod):
             return PassResult(mod, False)
-        prefill, decode, consts = _Analysis(mod).run()
+        prefill, decode, consts = _Analysis(mod, in_place=self.in_place).run()
         funcs = (*(f for f in mod.funcs if f.name not in ("prefill", "decode")), prefill, decode)
         return PassResult(Module(funcs, {**mod.constants, **consts}), True)
 
 
 class _Analysis:
-    def __init__(self, mod: Module) -> None:
+    def __init__(self, mod: Module, *, in_place: bool = True) -> None:
         self.mod = mod
+        self.in_place = in_place
         self.f = mod.main
         ids = [v.id for f in mod.funcs for v in (*f.args, *(r for op in f.ops for r in op.results))]
         self.next_id = max(ids, default=0) + 1
@@ -538,8 +545,25 @@ class _Analysis:
                 f"the cached operand {w.type} does not have the batch ({self.B}) on axis "
                 "0, which per-row positions need; convert at batch 1"
             )
+        if not self.in_place:
+            return self.select(w, aw, cache, new_row)
         (full,) = self.emit("rq.cache_write", [cache, new_row, self.pos], axis=aw)
         self.cached.append((w, cache, full))
+        return full
+
+    def select(self, w: Value, aw: int, cache: Value, new_row: Value) -> Value:
+        """``in_place=False``: ``rq.where(iota == pos, new_row, cache)``, a new full cache;
+        decode returns ``new_row`` (the runtime copies it in)."""
+        pos = self.pos
+        if self.B == 1:
+            iota_shape: tuple[int, ...] = (self.T,) + (1,) * (w.type.rank - 1 - aw)
+        else:  # each row's own position: pos (B,) as (B, 1, ..., 1) against the batch axis 0
+            iota_shape = (1,) * aw + (self.T,) + (1,) * (w.type.rank - 1 - aw)
+            pos = self.emit("rq.reshape", [pos], shape=(self.B,) + (1,) * (w.type.rank - 1))[0]
+        iota = self.const(f"kv_cache.iota{self.T}", torch.arange(self.T).reshape(iota_shape))
+        at = self.emit("rq.compare", [iota, pos], fn="eq")[0]
+        full = self.emit("rq.where", [at, new_row, cache])[0]
+        self.cached.append((w, cache, new_row))
         return full
 
     def op_qbmm(self, op: Op) -> None:
@@ -577,11 +601,11 @@ class _Analysis:
         keys, values = self.cache(k, r - 2), self.cache(v, r - 2)
         qd = self.dec[q.id]
         scale = float(op.attr("scale"))  # type: ignore[arg-type]
-        if q.type.shape[:-2] == k.type.shape[:-2] == v.type.shape[:-2]:
+        if self.in_place and q.type.shape[:-2] == k.type.shape[:-2] == v.type.shape[:-2]:
             (y,) = self.emit(
                 "rq.cache_attention", [qd, keys, values, self.pos], scale=scale, key_axis=-2
             )
-        else:  # broadcast heads: the explicit masked form
+        else:  # broadcast heads (or in_place=False): the explicit masked form
             dims = (*range(r - 2), r - 1, r - 2)
             kt = self.emit("rq.permute", [keys], dims=dims)[0]
             s = self.emit("rq.matmul", [qd, kt])[0]

@@ -14,6 +14,7 @@ from rqcompile.ir.parser import parse_module
 from rqcompile.ir.printer import print_module
 from rqcompile.ir.semantics import run_reference
 from rqcompile.passes.ir import KVCache
+from rqcompile.passes.ir.kv_cache import cache_axis
 
 
 def _attention(*, causal: bool = True, T: int = 4, mask: torch.Tensor | None = None, B: int = 1):
@@ -74,8 +75,13 @@ def _decode_all(mod, ids: torch.Tensor, start: int | list[int]) -> list[torch.Te
     for i in range(n - int(starts.min())):
         at = (starts + i).clamp(max=n - 1)  # rows that are done re-run their last position
         outs = run_reference(mod, ids[rows, at].reshape(b, 1), at, *caches, func="decode")
-        assert [o.type for o in dec.outputs[1:]] == [a.type for a in dec.args[2:]]
-        caches = list(outs[1:])  # decode returns the caches with its rows written
+        if [o.type for o in dec.outputs[1:]] == [a.type for a in dec.args[2:]]:
+            caches = list(outs[1:])  # decode returns the caches with its rows written
+        else:  # in_place=False: the new rows, copied in here
+            for c, new, a, o in zip(caches, outs[1:], dec.args[2:], dec.outputs[1:], strict=True):
+                axis = cache_axis(a.type, o.type)
+                for r in range(b):
+                    c[r].index_copy_(axis - 1, at[r : r + 1], new[r])
         for r in range(b):
             if int(starts[r]) + i < n:
                 logits[r].append(outs[0][r, 0])
@@ -216,6 +222,19 @@ def test_attention_is_fused_only_when_the_mask_hides_exactly_the_future(form: st
         (att,) = (op for op in mod.func("decode").ops if op.name == "rq.cache_attention")
         assert att.attr("scale") == 0.5 and att.attr("key_axis") == -1
     ids = torch.tensor([[1, 4, 0, 2, 2, 3]])
+    full = run_reference(mod, ids)[0]
+    for t, got in enumerate(_decode_all(mod, ids, 2)):
+        torch.testing.assert_close(got, full[:, t], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [_attention, _sdpa_attention])
+def test_select_form_is_kept_to_measure_against(make) -> None:
+    """in_place=False: the earlier decode (rq.where merge, full-length attention, new rows
+    out) still decodes every position like the full forward."""
+    mod = run_pass(KVCache(in_place=False), make(T=6))
+    names = {op.name for op in mod.func("decode").ops}
+    assert "rq.where" in names and not names & {"rq.cache_write", "rq.cache_attention"}
+    ids = torch.tensor([[1, 4, 0, 2, 2, 3]] * mod.main.args[0].type.shape[0])
     full = run_reference(mod, ids)[0]
     for t, got in enumerate(_decode_all(mod, ids, 2)):
         torch.testing.assert_close(got, full[:, t], rtol=1e-5, atol=1e-6)
