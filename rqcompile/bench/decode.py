@@ -245,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="also run each preset with the earlier decode (kv-cache in_place=False: "
                          "a full-cache select per layer per token), interleaved")
     ap.add_argument("--out", default="rq-bench")
+    ap.add_argument("--suffix", default="", help="appended to the result files' stem "
+                    "decode_<date>, e.g. _inplace")
     a = ap.parse_args(argv)
     threads = tuple(dict.fromkeys(int(x) for x in a.threads.split(",")))
     presets = tuple(p for p in a.presets.split(",") if p)
@@ -255,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data["env"].setdefault("cores", os.cpu_count())
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"decode_{data['env']['date'][:10]}"
+    stem = out / f"decode_{data['env']['date'][:10]}{a.suffix}"
     cmd = "python benchmarks/decode.py " + " ".join(argv or [])
     write_atomic(stem.with_suffix(".json"), json.dumps(data, indent=1, default=str))
     write_atomic(stem.with_suffix(".md"), markdown(data, cmd.strip()))
