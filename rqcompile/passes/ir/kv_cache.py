@@ -528,7 +528,8 @@ class _Analysis:
         if int(w.type.shape[aw]) != self.T:  # type: ignore[arg-type]
             self.fail(f"the key/value operand {w.type} has a sequence axis of another size")
         key_side = aw == w.type.rank - 1
-        (y,) = self.emit("rq.matmul", [self.dec[x.id], self.cache(w, aw)])
+        keys = self.cache_rows(w) if key_side else None
+        (y,) = self.emit("rq.matmul", [self.dec[x.id], keys or self.cache(w, aw)])
         self.dec[op.result.id] = y
         self.seq[op.result.id] = (out_axis, 1)
         if key_side:
@@ -537,7 +538,11 @@ class _Analysis:
     def cache(self, w: Value, aw: int) -> Value:
         """Cache ``w`` (sequence along ``aw``): a new decode argument of ``w``'s full shape with
         decode's new row written at ``pos`` (``rq.cache_write``, in place on targets that can);
-        returns that updated cache, which is also a decode output."""
+        returns that updated cache, which is also a decode output. A value cached twice (the
+        keys' source that is also the values) shares one cache."""
+        for m, _, full in self.cached:
+            if self.in_place and m.id == w.id and full.type == w.type:
+                return full
         cache = self.value(w.type)
         new_row = self.dec[w.id]
         if self.B > 1 and (aw == 0 or int(w.type.shape[0]) != self.B):  # type: ignore[arg-type]
@@ -550,6 +555,26 @@ class _Analysis:
         (full,) = self.emit("rq.cache_write", [cache, new_row, self.pos], axis=aw)
         self.cached.append((w, cache, full))
         return full
+
+    def cache_rows(self, w: Value) -> Value | None:
+        """Keys ``kᵀ`` (…, E, T) that are the transpose of a (…, T, E) value ``k``: cache ``k``
+        instead (one contiguous row per step, where a column of ``kᵀ`` is ``E`` scattered
+        stores, one cache line each) and return the transpose of the written cache (which
+        :meth:`fuse_attention` folds into ``rq.cache_attention``). ``None``: cache ``w``."""
+        r = w.type.rank
+        prod = next((o for o in self.f.ops if w in o.results), None)
+        if (
+            not self.in_place
+            or prod is None
+            or prod.name != "rq.permute"
+            or tuple(prod.attr("dims")) != (*range(r - 2), r - 1, r - 2)  # type: ignore[arg-type]
+        ):
+            return None
+        k = prod.operands[0]
+        if self.seq.get(k.id) != (r - 2, 1):
+            return None
+        full = self.cache(k, r - 2)
+        return self.emit("rq.permute", [full], dims=(*range(r - 2), r - 1, r - 2))[0]
 
     def select(self, w: Value, aw: int, cache: Value, new_row: Value) -> Value:
         """``in_place=False``: ``rq.where(iota == pos, new_row, cache)``, a new full cache;

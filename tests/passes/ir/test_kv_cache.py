@@ -33,16 +33,14 @@ def _attention(*, causal: bool = True, T: int = 4, mask: torch.Tensor | None = N
 
 
 DECODE = """\
-%4 = "rq.const"() {dtype = "f32", name = "emb", shape = [5 : i64, 8 : i64]} : () -> tensor<5x8xf32>
-%5 = "rq.embedding"(%0, %4) : (tensor<1x1xi64>, tensor<5x8xf32>) -> tensor<1x1x8xf32>
-%6 = "rq.const"() {dtype = "f32", name = "pos", shape = [4 : i64, 8 : i64]} : () -> tensor<4x8xf32>
-%7 = "rq.take"(%6, %1) {axis = 0 : i64} : (tensor<4x8xf32>, tensor<1xi64>) -> tensor<1x8xf32>
-%8 = "rq.add"(%5, %7) : (tensor<1x1x8xf32>, tensor<1x8xf32>) -> tensor<1x1x8xf32>
-%9 = "rq.permute"(%8) {dims = [0 : i64, 2 : i64, 1 : i64]} : (tensor<1x1x8xf32>) -> tensor<1x8x1xf32>
-%10 = "rq.cache_write"(%2, %9, %1) {axis = 2 : i64} : (tensor<1x8x4xf32>, tensor<1x8x1xf32>, tensor<1xi64>) -> tensor<1x8x4xf32>
-%11 = "rq.cache_write"(%3, %8, %1) {axis = 1 : i64} : (tensor<1x4x8xf32>, tensor<1x1x8xf32>, tensor<1xi64>) -> tensor<1x4x8xf32>
-%12 = "rq.cache_attention"(%8, %10, %11, %1) {key_axis = -1 : i64, scale = 1.0 : f64} : (tensor<1x1x8xf32>, tensor<1x8x4xf32>, tensor<1x4x8xf32>, tensor<1xi64>) -> tensor<1x1x8xf32>
-"func.return"(%12, %10, %11) : (tensor<1x1x8xf32>, tensor<1x8x4xf32>, tensor<1x4x8xf32>) -> ()
+%3 = "rq.const"() {dtype = "f32", name = "emb", shape = [5 : i64, 8 : i64]} : () -> tensor<5x8xf32>
+%4 = "rq.embedding"(%0, %3) : (tensor<1x1xi64>, tensor<5x8xf32>) -> tensor<1x1x8xf32>
+%5 = "rq.const"() {dtype = "f32", name = "pos", shape = [4 : i64, 8 : i64]} : () -> tensor<4x8xf32>
+%6 = "rq.take"(%5, %1) {axis = 0 : i64} : (tensor<4x8xf32>, tensor<1xi64>) -> tensor<1x8xf32>
+%7 = "rq.add"(%4, %6) : (tensor<1x1x8xf32>, tensor<1x8xf32>) -> tensor<1x1x8xf32>
+%8 = "rq.cache_write"(%2, %7, %1) {axis = 1 : i64} : (tensor<1x4x8xf32>, tensor<1x1x8xf32>, tensor<1xi64>) -> tensor<1x4x8xf32>
+%9 = "rq.cache_attention"(%7, %8, %8, %1) {key_axis = -2 : i64, scale = 1.0 : f64} : (tensor<1x1x8xf32>, tensor<1x4x8xf32>, tensor<1x4x8xf32>, tensor<1xi64>) -> tensor<1x1x8xf32>
+"func.return"(%9, %8) : (tensor<1x1x8xf32>, tensor<1x4x8xf32>) -> ()
 """
 
 
@@ -50,10 +48,11 @@ def test_decode_caches_keys_and_values_and_gathers_position_constants() -> None:
     after = run_pass(KVCache(), _attention())
     assert [f.name for f in after.funcs] == ["main", "prefill", "decode"]
     assert body(after.replace(funcs=(after.func("decode"),))) == DECODE.strip()
-    # prefill is main plus the cached operands (kᵀ (1, 8, T) and v (1, T, 8)) as outputs
+    # prefill is main plus the cached operand as output: kᵀ is the transpose of x (1, T, 8),
+    # so x is cached by rows, and it is also v, so one cache serves both
     prefill = after.func("prefill")
     assert prefill.ops == after.main.ops and prefill.outputs[0] == after.main.outputs[0]
-    assert [str(v.type) for v in prefill.outputs[1:]] == ["tensor<1x8x4xf32>", "tensor<1x4x8xf32>"]
+    assert [str(v.type) for v in prefill.outputs[1:]] == ["tensor<1x4x8xf32>"]
     assert parse_module(print_module(after, elide_constants=False)) == after
     assert run_pass(KVCache(), after) == after  # idempotent
 
@@ -152,10 +151,10 @@ def test_causal_sdpa_decodes_with_cache_attention(start: int) -> None:
     dec = mod.func("decode")
     names = [op.name for op in dec.ops]
     assert "rq.sdpa" not in names  # its causal rule needs L == S
-    assert names.count("rq.cache_attention") == 1 and names.count("rq.cache_write") == 2
+    assert names.count("rq.cache_attention") == 1 and names.count("rq.cache_write") == 1
     (att,) = (op for op in dec.ops if op.name == "rq.cache_attention")
     assert att.attr("key_axis") == -2 and att.attr("scale") == 0.5  # k cached as (.., T, E)
-    assert [str(a.type) for a in dec.args[2:]] == ["tensor<2x2x6x4xf32>"] * 2  # k and v
+    assert [str(a.type) for a in dec.args[2:]] == ["tensor<2x2x6x4xf32>"]  # k = v: one cache
     ids = torch.tensor([[1, 4, 0, 2, 2, 3], [3, 3, 1, 0, 4, 2]])
     full = run_reference(mod, ids)[0]
     for t, got in enumerate(_decode_all(mod, ids, start)):
@@ -196,19 +195,22 @@ def _window_mask(T: int) -> torch.Tensor:
     return future | torch.ones(T, T, dtype=torch.bool).tril(-3)
 
 
-@pytest.mark.parametrize("form", ["additive", "window"])
+@pytest.mark.parametrize("form", ["additive", "additive-kt", "window"])
 def test_attention_is_fused_only_when_the_mask_hides_exactly_the_future(form: str) -> None:
     """An additive causal mask (0 / -1e9) hides exactly the keys after pos: rq.cache_attention.
-    A sliding window hides more: the explicit form stays (over the cache_write results)."""
+    A sliding window hides more: the explicit form stays (over the cache_write results).
+    ``additive-kt``: kᵀ is not a transpose of a (T, E) value, so it is cached as (E, T)."""
     T = 6
     g = torch.Generator().manual_seed(0)
     b = Builder()
     ids = b.arg(TensorType((1, T), "i64"))
     x = b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8, generator=g)))
     x = b.op("rq.add", x, b.const("pos", torch.randn(T, 8, generator=g)))
-    s = b.op("rq.mul_scalar", b.op("rq.matmul", x, b.op("rq.permute", x, dims=(0, 2, 1))),
-             value=0.5)  # fmt: skip
-    if form == "additive":
+    kt = b.op("rq.permute", x, dims=(0, 2, 1))
+    if form == "additive-kt":
+        kt = b.op("rq.mul_scalar", kt, value=2.0)
+    s = b.op("rq.mul_scalar", b.op("rq.matmul", x, kt), value=0.5)
+    if form.startswith("additive"):
         add = torch.zeros(T, T).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -1e9)
         s = b.op("rq.add", s, b.const("mask", add))
     else:
@@ -216,11 +218,13 @@ def test_attention_is_fused_only_when_the_mask_hides_exactly_the_future(form: st
     b.ret(b.op("rq.matmul", b.op("rq.softmax", s, axis=-1), x))
     mod = run_pass(KVCache(), b.module())
     names = [op.name for op in mod.func("decode").ops]
-    assert ("rq.cache_attention" in names) == (form == "additive")
-    assert names.count("rq.cache_write") == 2
-    if form == "additive":
+    assert ("rq.cache_attention" in names) == form.startswith("additive")
+    # x is the keys' source and the values: one cache, unless kᵀ is cached as it is
+    assert names.count("rq.cache_write") == (2 if form == "additive-kt" else 1)
+    if form.startswith("additive"):
         (att,) = (op for op in mod.func("decode").ops if op.name == "rq.cache_attention")
-        assert att.attr("scale") == 0.5 and att.attr("key_axis") == -1
+        assert att.attr("scale") == 0.5
+        assert att.attr("key_axis") == (-1 if form == "additive-kt" else -2)
     ids = torch.tensor([[1, 4, 0, 2, 2, 3]])
     full = run_reference(mod, ids)[0]
     for t, got in enumerate(_decode_all(mod, ids, 2)):
