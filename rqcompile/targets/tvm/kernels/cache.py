@@ -118,7 +118,7 @@ def cache_attention_func(
                         qv = q[tirx.Ramp(h * e + c * lanes, 1, lanes)]
                         kv = k[tirx.Ramp(kb + j * e + c * lanes, 1, lanes)]
                         part = part + qv * kv
-                    T.buffer_store(sc, _hreduce(part, lanes, operator.add), [j])
+                    T.buffer_store(sc, _hreduce(T.bind(part), lanes, operator.add), [j])
             else:
                 with T.serial(0, n) as j:
                     T.buffer_store(sc, zero, [j])
