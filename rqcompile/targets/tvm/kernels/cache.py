@@ -98,8 +98,10 @@ def cache_attention_func(
             ("q", (*lead, 1, e), _F32), ("k", k_shape, _F32), ("v", (*lead, length, ev), _F32),
             ("pos", (n_pos,), pos_dtype), ("out", (*lead, 1, ev), _F32),
         ])  # fmt: skip
+        sp = -(-length // lanes) * lanes  # scores padded to whole vectors
         with T.parallel(0, nh) as h:
-            sc = T.decl_buffer((length,), _F32, scope=_scope(length))
+            sc = T.decl_buffer((sp,), _F32, scope=_scope(sp))
+            vec = T.decl_buffer((lanes,), _F32, scope="global")  # running max, then sum
             acc = T.decl_buffer((ev,), _F32, scope=_scope(ev))
             st = T.decl_buffer((2,), _F32, scope="global")  # running max, sum
             n = _position(pos, h // per_batch if n_pos > 1 else 0, length) + 1
@@ -124,16 +126,27 @@ def cache_attention_func(
                     T.buffer_store(sc, zero, [j])
                     with T.serial(0, e) as d:
                         T.buffer_store(sc, sc[j] + q[h * e + d] * k[kb + j * e + d], [j])
-            T.buffer_store(st, ninf, [0])
-            T.buffer_store(st, zero, [1])
-            with T.serial(0, n) as j:
-                x = T.bind(sc[j] * tirx.const(scale, _F32))
-                T.buffer_store(sc, x, [j])
-                T.buffer_store(st, tirx.max(st[0], x), [0])
-            with T.serial(0, n) as j:
-                p = T.bind(exp_poly(sc[j] - st[0]))
-                T.buffer_store(sc, p, [j])
-                T.buffer_store(st, st[1] + p, [1])
+            # softmax in whole vectors; lanes at j >= n (unwritten) are masked out
+            nb = (n + (lanes - 1)) // lanes
+            at = tirx.Ramp(tirx.const(0, "int64"), tirx.const(1, "int64"), lanes)
+            T.buffer_store(vec, tirx.Broadcast(ninf, lanes), [tirx.Ramp(0, 1, lanes)])
+            with T.serial(0, nb) as jb:
+                live = at + tirx.Broadcast(jb * lanes, lanes) < tirx.Broadcast(n, lanes)
+                idx = tirx.Ramp(jb * lanes, 1, lanes)
+                x = T.bind(tirx.Select(live, sc[idx] * tirx.Broadcast(tirx.const(scale, _F32), lanes),
+                                       tirx.Broadcast(ninf, lanes)))
+                T.buffer_store(sc, x, [idx])
+                T.buffer_store(vec, tirx.max(vec[tirx.Ramp(0, 1, lanes)], x), [tirx.Ramp(0, 1, lanes)])
+            T.buffer_store(st, _hreduce(vec[tirx.Ramp(0, 1, lanes)], lanes, tirx.max), [0])
+            T.buffer_store(vec, tirx.Broadcast(zero, lanes), [tirx.Ramp(0, 1, lanes)])
+            m = T.bind(tirx.Broadcast(st[0], lanes))
+            with T.serial(0, nb) as jb:
+                live = at + tirx.Broadcast(jb * lanes, lanes) < tirx.Broadcast(n, lanes)
+                idx = tirx.Ramp(jb * lanes, 1, lanes)
+                p = T.bind(tirx.Select(live, exp_poly(sc[idx] - m), tirx.Broadcast(zero, lanes)))
+                T.buffer_store(sc, p, [idx])
+                T.buffer_store(vec, vec[tirx.Ramp(0, 1, lanes)] + p, [tirx.Ramp(0, 1, lanes)])
+            T.buffer_store(st, _hreduce(vec[tirx.Ramp(0, 1, lanes)], lanes, operator.add), [1])
             with T.vectorized(0, ev) as d:
                 T.buffer_store(acc, zero, [d])
             with T.serial(0, n) as j:
