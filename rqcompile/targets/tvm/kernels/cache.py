@@ -129,24 +129,25 @@ def cache_attention_func(
             # softmax in whole vectors; lanes at j >= n (unwritten) are masked out
             nb = (n + (lanes - 1)) // lanes
             at = tirx.Ramp(tirx.const(0, "int64"), tirx.const(1, "int64"), lanes)
-            T.buffer_store(vec, tirx.Broadcast(ninf, lanes), [tirx.Ramp(0, 1, lanes)])
+            lane0 = tirx.Ramp(0, 1, lanes)
+            T.buffer_store(vec, tirx.Broadcast(ninf, lanes), [lane0])
             with T.serial(0, nb) as jb:
                 live = at + tirx.Broadcast(jb * lanes, lanes) < tirx.Broadcast(n, lanes)
                 idx = tirx.Ramp(jb * lanes, 1, lanes)
-                x = T.bind(tirx.Select(live, sc[idx] * tirx.Broadcast(tirx.const(scale, _F32), lanes),
-                                       tirx.Broadcast(ninf, lanes)))
+                scaled = sc[idx] * tirx.Broadcast(tirx.const(scale, _F32), lanes)
+                x = T.bind(tirx.Select(live, scaled, tirx.Broadcast(ninf, lanes)))
                 T.buffer_store(sc, x, [idx])
-                T.buffer_store(vec, tirx.max(vec[tirx.Ramp(0, 1, lanes)], x), [tirx.Ramp(0, 1, lanes)])
-            T.buffer_store(st, _hreduce(vec[tirx.Ramp(0, 1, lanes)], lanes, tirx.max), [0])
-            T.buffer_store(vec, tirx.Broadcast(zero, lanes), [tirx.Ramp(0, 1, lanes)])
+                T.buffer_store(vec, tirx.max(vec[lane0], x), [lane0])
+            T.buffer_store(st, _hreduce(vec[lane0], lanes, tirx.max), [0])
+            T.buffer_store(vec, tirx.Broadcast(zero, lanes), [lane0])
             m = T.bind(tirx.Broadcast(st[0], lanes))
             with T.serial(0, nb) as jb:
                 live = at + tirx.Broadcast(jb * lanes, lanes) < tirx.Broadcast(n, lanes)
                 idx = tirx.Ramp(jb * lanes, 1, lanes)
                 p = T.bind(tirx.Select(live, exp_poly(sc[idx] - m), tirx.Broadcast(zero, lanes)))
                 T.buffer_store(sc, p, [idx])
-                T.buffer_store(vec, vec[tirx.Ramp(0, 1, lanes)] + p, [tirx.Ramp(0, 1, lanes)])
-            T.buffer_store(st, _hreduce(vec[tirx.Ramp(0, 1, lanes)], lanes, operator.add), [1])
+                T.buffer_store(vec, vec[lane0] + p, [lane0])
+            T.buffer_store(st, _hreduce(vec[lane0], lanes, operator.add), [1])
             with T.vectorized(0, ev) as d:
                 T.buffer_store(acc, zero, [d])
             with T.serial(0, n) as j:

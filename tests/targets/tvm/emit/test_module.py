@@ -421,7 +421,9 @@ CASES: dict[str, Callable[[Case], None]] = {
     "cache_write-rows": _cache_write((2, 3, 10, 4), 2, [2, 9]),
     "cache_attention-kt": _cache_attention((1, 3), 8, 10, 8, -1, torch.tensor([6])),
     "cache_attention-rows": _cache_attention((2, 3), 8, 10, 16, -2, torch.tensor([0, 9])),
-    "cache_attention-narrow": _cache_attention((2,), 6, 10, 4, -2, torch.tensor([4], dtype=torch.int32)),
+    "cache_attention-narrow": _cache_attention(
+        (2,), 6, 10, 4, -2, torch.tensor([4], dtype=torch.int32)
+    ),
 }
 
 
