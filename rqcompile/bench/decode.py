@@ -29,6 +29,7 @@ import argparse
 import copy
 import datetime
 import json
+import math
 import os
 import statistics
 import time
@@ -81,10 +82,28 @@ def _hf_generate(model: nn.Module) -> Callable[[torch.Tensor, int], torch.Tensor
     return gen
 
 
-def _rq_generate(preset: str, cfg: dict[str, int], ctx: int, log: Callable[[str], None]) -> tuple[
+def decode_bytes(ir: Any) -> tuple[int, int]:
+    """``(weight bytes, cache bytes)`` of a ``decode`` function: the constants it streams per
+    token (embedding and position tables are gathered, one row each, so not counted) and the
+    total size of its cache arguments (all rows, all layers)."""
+    f = ir.func("decode")
+    gathered = {op.operands[1].id for op in f.ops if op.name == "rq.embedding"}
+    gathered |= {op.operands[0].id for op in f.ops if op.name == "rq.take"}
+    names = {str(op.attr("name")) for op in f.ops
+             if op.name == "rq.const" and op.result.id not in gathered}  # fmt: skip
+    weights = sum(ir.constant(n).numel() * ir.constant(n).element_size() for n in names)
+    caches = sum(math.prod(int(d) for d in a.type.shape) * 4 for a in f.args[2:])
+    return weights, caches
+
+
+def _rq_generate(preset: str, cfg: dict[str, int], ctx: int, log: Callable[[str], None],
+                 in_place: bool = True) -> tuple[
         Callable[[torch.Tensor, int], torch.Tensor], dict[str, Any]]:  # fmt: skip
     import rqcompile as rq
     from rqcompile.demo.models import CharTransformer
+    from rqcompile.ir.verify import verify
+    from rqcompile.passes.infra import PassContext, PassManager
+    from rqcompile.passes.ir.kv_cache import KVCache
 
     torch.manual_seed(0)
     model = CharTransformer(cfg["vocab"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
@@ -92,19 +111,24 @@ def _rq_generate(preset: str, cfg: dict[str, int], ctx: int, log: Callable[[str]
     ex = (torch.zeros(1, ctx, dtype=torch.long),)
     t0 = time.perf_counter()
     qat = rq.prepare(model, ex, preset).eval()
-    exe = rq.lower(qat, target="llvm", generate=True)
+    ir = rq.convert(qat)
+    ctx_ = PassContext.current().for_stage()
+    ir = PassManager([KVCache(in_place=in_place)], verifier=verify).run(ir, ctx_)
+    exe = rq.build(ir, "llvm")
     build_s = time.perf_counter() - t0
-    log(f"  built {preset} in {build_s:.0f} s")
+    log(f"  built {preset}{'' if in_place else ' (select cache)'} in {build_s:.0f} s")
     wbytes = sum(t.numel() * t.element_size() for t in exe.ir.constants.values())
+    streamed, cache = decode_bytes(exe.ir)
 
     def gen(ids: torch.Tensor, n: int) -> torch.Tensor:
         return exe.generate(ids, max_new_tokens=n, temperature=0.0)
 
-    return gen, {"build_s": build_s, "weight_bytes": wbytes}
+    return gen, {"build_s": build_s, "weight_bytes": wbytes, "decode_weight_bytes": streamed,
+                 "cache_bytes": cache, "in_place": in_place}  # fmt: skip
 
 
 def run(*, threads: Sequence[int], prompt: int, new: int, rounds: int,
-        presets: Sequence[str], n_layer: int = GPT2_SMALL["n_layer"],
+        presets: Sequence[str], n_layer: int = GPT2_SMALL["n_layer"], select: bool = False,
         log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     from rqcompile.bench.layers import dynamic_int8
 
@@ -123,6 +147,9 @@ def run(*, threads: Sequence[int], prompt: int, new: int, rounds: int,
     for p in presets:
         log(f"lowering {p} (GPT-2-small shapes, context {ctx}) ...")
         cands[f"rq {p}"], info[f"rq {p}"] = _rq_generate(p, cfg, ctx, log)
+        if select:  # the earlier decode (full-cache select), interleaved with the new one
+            name = f"rq {p} (select cache)"
+            cands[name], info[name] = _rq_generate(p, cfg, ctx, log, in_place=False)
     ids = torch.randint(0, cfg["vocab"], (1, prompt), generator=torch.Generator().manual_seed(1))
     out: dict[str, Any] = {"threads": {}, "info": info, "model": cfg}
     for t in threads:
@@ -166,15 +193,40 @@ def markdown(data: dict[str, Any], cmd: str) -> str:
     for t, cells in data["threads"].items():
         base = cells.get("torch-int8-dyn (HF cache)", {}).get("decode_tok_s")
         lines += [f"## {t} thread(s)", "",
-                  "| candidate | prefill tok/s | decode tok/s | decode vs torch int8 | weight MB |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+                  "| candidate | prefill tok/s | decode tok/s | decode vs torch int8 | weight MB "
+                  "| decode MB/token (weights + cache) | GB/s |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, c in cells.items():
-            wb = data["info"][name]["weight_bytes"]
+            inf = data["info"][name]
+            wb = inf["weight_bytes"]
             rel = f"{c['decode_tok_s'] / base:.2f}x" if base else "-"
+            per = token_bytes(inf, data["prompt"], data["new"])
+            traffic = "-" if per is None else f"{per[0] / 1e6:.1f} + {per[1] / 1e6:.1f}"
+            gbs = "-" if per is None else f"{sum(per) * c['decode_tok_s'] / 1e9:.2f}"
             lines.append(f"| {name} | {c['prefill_tok_s']:,.0f} | {c['decode_tok_s']:,.1f} | "
-                         f"{rel} | {'-' if wb is None else f'{wb / 1e6:.0f}'} |")  # fmt: skip
+                         f"{rel} | {'-' if wb is None else f'{wb / 1e6:.0f}'} | {traffic} "
+                         f"| {gbs} |")  # fmt: skip
         lines.append("")
+    lines += ["Decode MB/token: the weights the decode function streams per token (gathered "
+              "embedding rows not counted) + the cache bytes it moves: with in-place writes, "
+              "the live rows attention reads (`pos + 1` of the context, averaged over the "
+              "steps); with the select cache, 3x the whole cache (the merge reads it and "
+              "writes a new one, attention reads that). GB/s = that x decode tok/s.", ""]
     return "\n".join(lines)
+
+
+def token_bytes(info: dict[str, Any], prompt: int, new: int) -> tuple[float, float] | None:
+    """``(weight bytes, cache bytes)`` one decode step moves, averaged over the ``new - 1``
+    steps (see :func:`markdown`); ``None`` for the peers."""
+    if info.get("cache_bytes") is None:
+        return None
+    cache, ctx = float(info["cache_bytes"]), prompt + new
+    if info.get("in_place", True):
+        steps = range(1, max(new, 2))  # step i decodes position prompt + i - 1: i+prompt rows
+        moved = cache * statistics.mean((prompt + i) / ctx for i in steps)
+    else:
+        moved = 3 * cache
+    return float(info["decode_weight_bytes"]), moved
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,18 +241,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--layers", type=int, default=GPT2_SMALL["n_layer"],
                     help="fewer layers for a quick smoke run (the report says so)")
+    ap.add_argument("--select", action="store_true",
+                    help="also run each preset with the earlier decode (kv-cache in_place=False: "
+                         "a full-cache select per layer per token), interleaved")
     ap.add_argument("--out", default="rq-bench")
+    ap.add_argument("--suffix", default="", help="appended to the result files' stem "
+                    "decode_<date>, e.g. _inplace")
     a = ap.parse_args(argv)
     threads = tuple(dict.fromkeys(int(x) for x in a.threads.split(",")))
     presets = tuple(p for p in a.presets.split(",") if p)
     data = run(threads=threads, prompt=a.prompt, new=a.new, rounds=a.rounds, presets=presets,
-               n_layer=a.layers)
+               n_layer=a.layers, select=a.select)
     data.update(prompt=a.prompt, new=a.new, rounds=a.rounds, env=environment(max(threads)))
     data["env"].setdefault("date", datetime.date.today().isoformat())
     data["env"].setdefault("cores", os.cpu_count())
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"decode_{data['env']['date'][:10]}"
+    stem = out / f"decode_{data['env']['date'][:10]}{a.suffix}"
     cmd = "python benchmarks/decode.py " + " ".join(argv or [])
     write_atomic(stem.with_suffix(".json"), json.dumps(data, indent=1, default=str))
     write_atomic(stem.with_suffix(".md"), markdown(data, cmd.strip()))

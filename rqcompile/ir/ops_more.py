@@ -117,3 +117,61 @@ def _take(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
     expect_type(index, "index", dtypes=("i64", "i32"), rank=1)
     axis = norm_axis(attrs["axis"], x.rank)  # type: ignore[index]
     return (x.with_shape((*x.shape[:axis], index.shape[0], *x.shape[axis + 1 :])),)
+
+
+def _positions(pos: TensorType, lead: tuple[object, ...], what: str) -> None:
+    """``pos`` is i64/i32 ``(P,)``: one position for all rows (P = 1) or one per row of the
+    leading axis 0 (P = ``lead[0]``, which must then not be the sequence axis)."""
+    expect_type(pos, "pos", dtypes=("i64", "i32"), rank=1)
+    p = pos.shape[0]
+    if p is not None and p != 1 and (not lead or lead[0] not in (None, p)):
+        fail(f"{what}: pos {pos} must hold 1 position or one per row of axis 0 ({lead[:1]})")
+
+
+@defop("rq.cache_write", ("cache", "row", "pos"), attrs={"axis": AttrSpec(int)})
+def _cache_write(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """``cache`` with ``row`` (``cache``'s shape, 1 along ``axis``) written at position ``pos``
+    along ``axis``; ``pos`` (P,) is one position (P = 1) or one per row of axis 0 (the batch).
+    Targets may update ``cache`` in place (TVM does): the operand is consumed."""
+    from rqcompile.ir.ops import norm_axis
+
+    c, r, pos = ts
+    axis = norm_axis(attrs["axis"], c.rank)  # type: ignore[index]
+    if r.dtype != c.dtype or r.rank != c.rank:
+        fail(f"row {r} must have the dtype and rank of the cache {c}")
+    for i, (dc, dr) in enumerate(zip(c.shape, r.shape, strict=True)):
+        want = 1 if i == axis else dc
+        if dr is not None and want is not None and dr != want:
+            fail(f"row {r} must match the cache {c} except for size 1 along axis {axis}")
+    lead = c.shape[:axis]
+    if pos.shape[0] not in (None, 1) and axis == 0:
+        fail(f"per-row positions {pos} need the batch on axis 0, not the sequence")
+    _positions(pos, lead, "cache_write")
+    return (c,)
+
+
+@defop(
+    "rq.cache_attention",
+    ("q", "k", "v", "pos"),
+    attrs={"scale": AttrSpec(float), "key_axis": AttrSpec(int, choices=(-1, -2))},
+)
+def _cache_attention(ts: tuple[TensorType, ...], attrs: object) -> tuple[TensorType, ...]:
+    """One query row over the live prefix of a key/value cache: ``softmax(q·kᵀ·scale)·v``
+    over keys ``j <= pos`` only. q ``(..., 1, E)``; k ``(..., E, T)`` (``key_axis = -1``, the
+    sequence last) or ``(..., T, E)`` (``-2``); v ``(..., T, Ev)``; pos (P,) one position
+    (P = 1) or one per row of axis 0. Result ``(..., 1, Ev)``."""
+    q, k, v, pos = ts
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        expect_type(t, name, dtypes=("f32",), min_rank=2)
+    if not (q.rank == k.rank == v.rank):
+        fail(f"q {q}, k {k} and v {v} must have one rank")
+    lead = q.shape[:-2]
+    if k.shape[:-2] != lead or v.shape[:-2] != lead:
+        fail(f"q {q}, k {k} and v {v} must have the same leading dims")
+    if q.shape[-2] not in (None, 1):
+        fail(f"q {q} must hold one query row")
+    e, t = (k.shape[-2], k.shape[-1]) if attrs["key_axis"] == -1 else (k.shape[-1], k.shape[-2])  # type: ignore[index]
+    if e != q.shape[-1] or t != v.shape[-2]:
+        fail(f"k {k} (key_axis {attrs['key_axis']}) does not match q {q} and v {v}")  # type: ignore[index]
+    _positions(pos, lead, "cache_attention")
+    return (TensorType((*lead, 1, v.shape[-1]), "f32"),)

@@ -9,6 +9,7 @@ them. Always available (no TVM, no compiler).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -94,6 +95,42 @@ def _take(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
     return torch.index_select(x, axis, index.to(torch.int64))
 
 
+def _row_positions(pos: torch.Tensor, rows: int, length: int, where: str) -> torch.Tensor:
+    """``pos`` (P,) as one position per row of axis 0 (``rows``), each checked < ``length``."""
+    check_ids(pos, length, where)
+    pos = pos.to(torch.int64)
+    return pos.expand(rows) if pos.numel() == 1 else pos
+
+
+def _cache_write(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
+    """A new cache with ``row`` at ``pos`` along ``axis`` (functional: targets may write in
+    place, which the caller cannot tell apart as long as it does not reuse the operand)."""
+    cache, row, pos = t
+    axis = a["axis"] % cache.dim()
+    out = cache.clone()
+    if pos.numel() == 1:
+        check_ids(pos, cache.shape[axis], "rq.cache_write (reference target)")
+        return out.index_copy_(axis, pos.to(torch.int64).reshape(1), row)
+    at = _row_positions(pos, cache.shape[0], cache.shape[axis], "rq.cache_write (reference target)")
+    for r in range(cache.shape[0]):
+        out[r].index_copy_(axis - 1, at[r : r + 1], row[r])
+    return out
+
+
+def _cache_attention(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
+    """``softmax(q·kᵀ·scale)·v`` over keys ``j <= pos`` (per row of axis 0): the masked form
+    over all ``T`` cache rows, so hidden keys weigh exactly 0."""
+    q, k, v, pos = t
+    kt = k if a["key_axis"] == -1 else k.transpose(-1, -2)
+    s = torch.matmul(q, kt) * a["scale"]
+    length = s.shape[-1]
+    rows = s.shape[0] if s.dim() > 2 else 1
+    at = _row_positions(pos, rows, length, "rq.cache_attention (reference target)")
+    hidden = torch.arange(length)[None, :] > at[:, None]  # (rows, T)
+    s = s.masked_fill(hidden.reshape(rows, *(1,) * (s.dim() - 2), length), -math.inf)
+    return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
 def _sdpa(t: tuple[torch.Tensor, ...], a: Mapping[str, Any]) -> torch.Tensor:
     return F.scaled_dot_product_attention(t[0], t[1], t[2], is_causal=a["causal"], scale=a["scale"])
 
@@ -158,6 +195,8 @@ KERNELS: dict[str, Kernel] = {
     "rq.pow_scalar": lambda t, a: torch.pow(t[0], a["exponent"]),
     "rq.broadcast_to": lambda t, a: t[0].expand(a["shape"]).contiguous(),
     "rq.take": _take,
+    "rq.cache_write": _cache_write,
+    "rq.cache_attention": _cache_attention,
 }
 
 

@@ -7,8 +7,12 @@ and runs:
 
 1. ``prefill`` once on the prompt padded at the end to ``T`` (exact for a causal model: a
    position only sees positions before it), which fills the whole cache;
-2. ``decode`` once per new token: the token at position ``pos``, the cache in, the logits and
-   the cache's new rows out; the rows are copied into the cache at ``pos``.
+2. ``decode`` once per new token: the token at position ``pos`` and the cache in, the logits
+   and the updated cache out. Decode writes each new row into the cache itself
+   (``rq.cache_write``): a TVM build writes the row in place into the tensor the generator
+   passed, so the outputs are that same memory and nothing is copied per token; the reference
+   target returns new tensors, which replace the old ones. (An IR from before in-place
+   writes returns only the new rows; they are copied into the cache at ``pos`` here.)
 
 Ragged batches (``lengths=`` or a right-padded ``attention_mask=``): each prompt is padded at
 the end, prefill reads row ``b``'s logits at ``lengths[b] - 1``, and decode's ``pos`` is
@@ -145,7 +149,14 @@ class KVGenerator:
         caches = d.args[2:]
         rows = d.outputs[self.n_outputs :]
         self.cache_types: tuple[TensorType, ...] = tuple(c.type for c in caches)
-        self.axes = tuple(cache_axis(c.type, r.type) for c, r in zip(caches, rows, strict=True))
+        #: decode returns the updated caches (``rq.cache_write``), or, in an IR from before
+        #: in-place writes, only the new rows, which this class copies in
+        self.returns_caches = all(c.type == r.type for c, r in zip(caches, rows, strict=True))
+        self.axes = (
+            ()
+            if self.returns_caches
+            else tuple(cache_axis(c.type, r.type) for c, r in zip(caches, rows, strict=True))
+        )
         self.cache: list[torch.Tensor] = []
         #: decode's ``pos`` is (B,): each row its own position (ragged batches); an IR from
         #: before per-row positions has one shared ``pos`` (1,)
@@ -226,6 +237,12 @@ class KVGenerator:
         else:
             at = at[:1]
         outs = self._decode(token.reshape(self.batch, 1).to(self.ids_dtype), at, *self.cache)
+        if self.returns_caches:  # written in place (same memory: keep ours) or new tensors
+            self.cache = [
+                c if n.data_ptr() == c.data_ptr() else n
+                for c, n in zip(self.cache, outs[self.n_outputs :], strict=True)
+            ]
+            return outs[0][:, 0]
         for cache, row, axis in zip(self.cache, outs[self.n_outputs :], self.axes, strict=True):
             if len(at) == 1:
                 cache.index_copy_(axis, at, row)

@@ -320,3 +320,17 @@ def test_qat_oracle_ragged_rows_equal_each_prompt_alone() -> None:
     assert got.shape == (2, 11) and not got[0, 8:].any()
     for r, k in enumerate([3, 6]):
         assert torch.equal(got[r, : k + 5], rq.generate(model, ids[r : r + 1, :k], 5)[0])
+
+
+def test_decode_that_returns_new_rows_still_generates() -> None:
+    """An IR whose decode returns only the new rows (``KVCache(in_place=False)``, the form of
+    IRs saved before rq.cache_write) generates the same tokens: the generator copies them in."""
+    from rqcompile.passes.infra import PassContext, PassManager
+    from rqcompile.passes.ir.kv_cache import KVCache
+
+    qat = _seeded("A8W8")
+    ir = PassManager([KVCache(in_place=False)]).run(rq.convert(qat), PassContext())
+    old = rq.build(ir, "reference")
+    assert not old._kv.returns_caches
+    want = rq.lower(qat, "reference", generate=True).generate(PROMPT, 12)
+    assert torch.equal(old.generate(PROMPT, 12), want)

@@ -7,10 +7,12 @@ context. Generating with it re-runs all ``T`` positions for each new token. This
   operands as extra outputs. The runtime pads a prompt at the end to ``T``: exact for a causal
   model, since position ``t`` only sees positions ``<= t``.
 * ``decode(ids (B, 1), pos i64[B], cache_0, ..., cache_{n-1}) -> (logits (B, 1, V),
-  new_0, ..., new_{n-1})``: one token per row, row ``b`` at position ``pos[b]`` (rows of a
-  ragged batch are at different positions). Each cache input has its operand's full shape
-  (sequence axis ``T``); ``decode`` writes each row's new entry at its ``pos`` in-graph and
-  returns the new rows (sequence axis 1), which the runtime copies into its cache.
+  cache_0', ..., cache_{n-1}')``: one token per row, row ``b`` at position ``pos[b]`` (rows
+  of a ragged batch are at different positions). Each cache input has its operand's full
+  shape (sequence axis ``T``); ``decode`` writes each row's new entry at its ``pos`` with
+  ``rq.cache_write`` (the cache's only use) and returns the written caches. Targets may
+  write in place (llvm does, with relax ``call_tir_inplace``): a step then moves one row per
+  cache, not the cache.
 
 How: a *sequence-axis analysis*. Axis 1 of the ids argument is the query axis; each value
 that depends on it records where the axis lies (``axis``, and ``inner``: the size of the
@@ -22,17 +24,23 @@ it is one of four special cases:
 
 * a float ``rq.matmul`` whose second operand depends on the sequence along its last axis (the
   key side of ``q·kᵀ``) or its contracted axis (the value side of ``att·v``): that operand is
-  cached. ``decode`` takes the cache and uses ``rq.where(iota == pos, new_row, cache)``;
+  cached. ``decode`` takes the cache and uses ``rq.cache_write(cache, new_row, pos)``;
 * ``rq.sdpa`` (``is_causal=True``; ``F.scaled_dot_product_attention``): its k and v are
-  cached, and ``decode`` runs the explicit form ``softmax(masked_fill(q·kᵀ·scale, row pos of
-  the causal mask))·v`` (``rq.sdpa`` has no mask operand, and its causal rule is relative to
-  the query length, 1 in decode);
+  cached, and ``decode`` runs ``rq.cache_attention(q, k, v, pos)`` (``rq.sdpa``'s causal
+  rule is relative to the query length, 1 in decode);
 * a constant aligned with the sequence axis (the folded position embedding ``(T, C)``, the
   causal mask ``(T, T)``, RoPE tables): ``decode`` gathers its row ``pos`` with ``rq.take``;
 * ``rq.causal_mask``, whose rule depends on the query length: ``decode`` masks with row
   ``pos`` of the equivalent constant mask.
 
-Batch ``B > 1``: ``pos`` is ``(B,)``; it is compared with the iota as ``(B, 1, ..., 1)`` and
+Attention over the live prefix (:meth:`_Analysis.fuse_attention`): where a decode attention
+``softmax(mask(q·K [· scale]))·V`` reads two written caches and its mask hides exactly the
+keys after ``pos`` (checked on the mask constant: the causal triangle, or 0 / <= -1e4 for an
+additive mask), it becomes one ``rq.cache_attention``, which a target runs over rows
+``<= pos`` only; hidden keys weigh 0 either way, so the result is the same. Other masks (a
+sliding window) keep the explicit form over the whole cache.
+
+Batch ``B > 1``: ``pos`` is ``(B,)``; ``rq.cache_write`` writes row ``b`` at ``pos[b]`` and
 the gathered constant rows are moved to axis 0, so the batch must be axis 0 of every cached
 operand and of every value a position constant is broadcast against (checked); a constant
 expanded over the batch (HF's ``(B, 1, T, T)`` mask) is gathered from one copy after checking
@@ -53,11 +61,11 @@ After (``main`` unchanged)::
     func @prefill(%0: tensor<1x32xi64>) -> (tensor<1x32x65xf32>, tensor<1x4x16x32xf32>, ...)
     func @decode(%0: tensor<1x1xi64>, %1: tensor<1xi64>, %2: tensor<1x4x16x32xf32>, ...)
         (``%1`` is ``pos``: one position per batch row)
-        -> (tensor<1x1x65xf32>, tensor<1x4x16x1xf32>, ...)
+        -> (tensor<1x1x65xf32>, tensor<1x4x16x32xf32>, ...)
 
 Numerics: per-token quantizers see the same rows, so integer results are identical; float
-attention sums over ``T`` cache entries (masked ones are exactly 0 after softmax) where the
-full forward sums over ``T`` too, so only float summation order can differ.
+attention sums over the live cache entries (hidden ones are exactly 0 after softmax in the
+full forward), so only float summation order can differ.
 """
 
 from __future__ import annotations
@@ -129,24 +137,31 @@ class KVCache:
     Before:  func @main(%ids: tensor<BxTxi64>) -> tensor<BxTxVxf32>
     After:   @main unchanged; func @prefill(%ids) -> (logits, caches...);
              func @decode(%id: tensor<Bx1xi64>, %pos: tensor<Bxi64>, caches...)
-                 -> (tensor<Bx1xVxf32>, new rows...)
+                 -> (tensor<Bx1xVxf32>, written caches...)
     See the module docstring for the analysis. Numerics: integer parts exact; float attention
     differs from the full forward by summation order only.
+
+    ``in_place=False`` derives the earlier decode instead, kept to measure against
+    (``benchmarks/decode.py --select``): each cache merged with its new row by
+    ``rq.where(iota == pos, row, cache)`` (a whole new cache per step), attention over all
+    ``T`` rows, and the new rows returned for the runtime to copy in.
     """
 
     name: ClassVar[str] = "kv-cache"
+    in_place: bool = True
 
     def run(self, mod: Module, ctx: Any) -> PassResult[Module]:
         if generation_funcs(mod):
             return PassResult(mod, False)
-        prefill, decode, consts = _Analysis(mod).run()
+        prefill, decode, consts = _Analysis(mod, in_place=self.in_place).run()
         funcs = (*(f for f in mod.funcs if f.name not in ("prefill", "decode")), prefill, decode)
         return PassResult(Module(funcs, {**mod.constants, **consts}), True)
 
 
 class _Analysis:
-    def __init__(self, mod: Module) -> None:
+    def __init__(self, mod: Module, *, in_place: bool = True) -> None:
         self.mod = mod
+        self.in_place = in_place
         self.f = mod.main
         ids = [v.id for f in mod.funcs for v in (*f.args, *(r for op in f.ops for r in op.results))]
         self.next_id = max(ids, default=0) + 1
@@ -156,6 +171,9 @@ class _Analysis:
         self.consts: dict[str, torch.Tensor] = {}
         self.cached: list[tuple[Value, Value, Value]] = []  # (main operand, cache arg, new row)
         self.unmasked: set[int] = set()  # scores over cached keys not yet causally masked
+        #: decode value id of masked scores whose mask hides exactly the keys after pos ->
+        #: index of the scores operand of the masking op (for :meth:`fuse_attention`)
+        self.exact: dict[int, int] = {}
         self.op: Op | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -243,6 +261,7 @@ class _Analysis:
             )
         prefill = Func("prefill", f.args, f.ops, (*f.outputs, *(m for m, _, _ in self.cached)))
         outputs = (*(self.dec[o.id] for o in f.outputs), *(r for _, _, r in self.cached))
+        self.fuse_attention(outputs)
         live = {v.id for v in outputs}
         kept = []
         for op in reversed(self.ops):  # constants and ops only the full forward needs
@@ -439,7 +458,7 @@ class _Analysis:
         a = s[0]
         operands = []
         masking = op.name in ("rq.masked_fill", "rq.add")
-        masked = False
+        masked = exact = False
         for v in op.operands:
             d = self.dec[v.id]
             if v.id not in self.seq:
@@ -450,12 +469,17 @@ class _Analysis:
                         self.fail(f"operand {v.type} is aligned with the sequence axis")
                     if masking and any(u.id in self.unmasked for u in op.operands):
                         masked = masked or self.causal(op, v, ax)
+                        exact = exact or self.causal(op, v, ax, exact=True)
                     d = self.take(v, ax, out.type, a)
             operands.append(d)
         results = self.emit(op.name, operands, **op.attrs_dict)
         for r, d in zip(op.results, results, strict=True):
             self.dec[r.id] = d
             self.seq[r.id] = s
+        if exact:
+            scores = [i for i, v in enumerate(op.operands) if v.id in self.unmasked]
+            if len(scores) == 1:
+                self.exact[results[0].id] = scores[0]
         if any(v.id in self.unmasked for v in op.operands) and not masked:
             self.unmasked.add(out.id)
 
@@ -471,6 +495,8 @@ class _Analysis:
         row = self.at_pos(mask, 0, x.type, a)
         fill = float(op.attr("fill"))  # type: ignore[arg-type]
         (y,) = self.emit("rq.masked_fill", [self.dec[x.id], row], value=fill)
+        if t == s == self.T and fill <= -1e4 and x.id in self.unmasked:
+            self.exact[y.id] = 0  # row pos of tril(0): hides exactly the keys after pos
         self.dec[op.result.id] = y
         self.seq[op.result.id] = (a, inner)
 
@@ -502,26 +528,61 @@ class _Analysis:
         if int(w.type.shape[aw]) != self.T:  # type: ignore[arg-type]
             self.fail(f"the key/value operand {w.type} has a sequence axis of another size")
         key_side = aw == w.type.rank - 1
-        (y,) = self.emit("rq.matmul", [self.dec[x.id], self.cache(w, aw)])
+        keys = self.cache_rows(w) if key_side else None
+        (y,) = self.emit("rq.matmul", [self.dec[x.id], keys or self.cache(w, aw)])
         self.dec[op.result.id] = y
         self.seq[op.result.id] = (out_axis, 1)
         if key_side:
             self.unmasked.add(op.result.id)
 
     def cache(self, w: Value, aw: int) -> Value:
-        """Cache ``w`` (sequence along ``aw``): a new decode argument of ``w``'s full shape, with
-        decode's new row written at ``pos``; returns that full (T-long) decode value."""
+        """Cache ``w`` (sequence along ``aw``): a new decode argument of ``w``'s full shape with
+        decode's new row written at ``pos`` (``rq.cache_write``, in place on targets that can);
+        returns that updated cache, which is also a decode output. A value cached twice (the
+        keys' source that is also the values) shares one cache."""
+        for m, _, full in self.cached:
+            if self.in_place and m.id == w.id and full.type == w.type:
+                return full
         cache = self.value(w.type)
         new_row = self.dec[w.id]
+        if self.B > 1 and (aw == 0 or int(w.type.shape[0]) != self.B):  # type: ignore[arg-type]
+            self.fail(
+                f"the cached operand {w.type} does not have the batch ({self.B}) on axis "
+                "0, which per-row positions need; convert at batch 1"
+            )
+        if not self.in_place:
+            return self.select(w, aw, cache, new_row)
+        (full,) = self.emit("rq.cache_write", [cache, new_row, self.pos], axis=aw)
+        self.cached.append((w, cache, full))
+        return full
+
+    def cache_rows(self, w: Value) -> Value | None:
+        """Keys ``kᵀ`` (…, E, T) that are the transpose of a (…, T, E) value ``k``: cache ``k``
+        instead (one contiguous row per step, where a column of ``kᵀ`` is ``E`` scattered
+        stores, one cache line each) and return the transpose of the written cache (which
+        :meth:`fuse_attention` folds into ``rq.cache_attention``). ``None``: cache ``w``."""
+        r = w.type.rank
+        prod = next((o for o in self.f.ops if w in o.results), None)
+        if (
+            not self.in_place
+            or prod is None
+            or prod.name != "rq.permute"
+            or tuple(prod.attr("dims")) != (*range(r - 2), r - 1, r - 2)  # type: ignore[arg-type]
+        ):
+            return None
+        k = prod.operands[0]
+        if self.seq.get(k.id) != (r - 2, 1):
+            return None
+        full = self.cache(k, r - 2)
+        return self.emit("rq.permute", [full], dims=(*range(r - 2), r - 1, r - 2))[0]
+
+    def select(self, w: Value, aw: int, cache: Value, new_row: Value) -> Value:
+        """``in_place=False``: ``rq.where(iota == pos, new_row, cache)``, a new full cache;
+        decode returns ``new_row`` (the runtime copies it in)."""
         pos = self.pos
         if self.B == 1:
             iota_shape: tuple[int, ...] = (self.T,) + (1,) * (w.type.rank - 1 - aw)
         else:  # each row's own position: pos (B,) as (B, 1, ..., 1) against the batch axis 0
-            if aw == 0 or int(w.type.shape[0]) != self.B:  # type: ignore[arg-type]
-                self.fail(
-                    f"the cached operand {w.type} does not have the batch ({self.B}) on axis "
-                    "0, which per-row positions need; convert at batch 1"
-                )
             iota_shape = (1,) * aw + (self.T,) + (1,) * (w.type.rank - 1 - aw)
             pos = self.emit("rq.reshape", [pos], shape=(self.B,) + (1,) * (w.type.rank - 1))[0]
         iota = self.const(f"kv_cache.iota{self.T}", torch.arange(self.T).reshape(iota_shape))
@@ -563,18 +624,94 @@ class _Analysis:
                 "to. kv-cache needs a causal (decoder) model."
             )
         keys, values = self.cache(k, r - 2), self.cache(v, r - 2)
-        dims = (*range(r - 2), r - 1, r - 2)
-        kt = self.emit("rq.permute", [keys], dims=dims)[0]
-        s = self.emit("rq.matmul", [self.dec[q.id], kt])[0]
-        s = self.emit("rq.mul_scalar", [s], value=float(op.attr("scale")))[0]  # type: ignore[arg-type]
-        block = ~torch.ones(self.T, self.T, dtype=torch.bool).tril()
-        mask = self.const("kv_cache.causal_mask", block)
-        row = self.at_pos(mask, 0, q.type, r - 2)
-        s = self.emit("rq.masked_fill", [s, row], value=-math.inf)[0]
-        att = self.emit("rq.softmax", [s], axis=-1)[0]
-        (y,) = self.emit("rq.matmul", [att, values])
+        qd = self.dec[q.id]
+        scale = float(op.attr("scale"))  # type: ignore[arg-type]
+        if self.in_place and q.type.shape[:-2] == k.type.shape[:-2] == v.type.shape[:-2]:
+            (y,) = self.emit(
+                "rq.cache_attention", [qd, keys, values, self.pos], scale=scale, key_axis=-2
+            )
+        else:  # broadcast heads (or in_place=False): the explicit masked form
+            dims = (*range(r - 2), r - 1, r - 2)
+            kt = self.emit("rq.permute", [keys], dims=dims)[0]
+            s = self.emit("rq.matmul", [qd, kt])[0]
+            s = self.emit("rq.mul_scalar", [s], value=scale)[0]
+            block = ~torch.ones(self.T, self.T, dtype=torch.bool).tril()
+            mask = self.const("kv_cache.causal_mask", block)
+            row = self.at_pos(mask, 0, q.type, r - 2)
+            s = self.emit("rq.masked_fill", [s, row], value=-math.inf)[0]
+            att = self.emit("rq.softmax", [s], axis=-1)[0]
+            (y,) = self.emit("rq.matmul", [att, values])
         self.dec[op.result.id] = y
         self.seq[op.result.id] = (r - 2, 1)
+
+    # -- decode attention over the live prefix ---------------------------------------------
+
+    def fuse_attention(self, outputs: Sequence[Value]) -> None:
+        """Replace each decode attention ``softmax(mask(q·K [· scale]))·V`` over cached ``K``
+        and ``V`` (each an ``rq.cache_write`` result; ``K`` as ``kᵀ`` (…, E, T) or through
+        the transpose of a (…, T, E) cache), whose mask hides exactly the keys after
+        ``pos`` (:attr:`exact`), by one ``rq.cache_attention``: same result (the hidden keys
+        weigh 0 either way), and a target reads only the ``pos + 1`` live cache rows. The
+        replaced ops are left for the dead-code sweep; anything else stays as it is."""
+        prod = {r.id: op for op in self.ops for r in op.results}
+        uses: dict[int, int] = {}
+        for v in (*(u for op in self.ops for u in op.operands), *outputs):
+            uses[v.id] = uses.get(v.id, 0) + 1
+
+        def only_use(v: Value, name: str) -> Op | None:
+            o = prod.get(v.id)
+            return o if o is not None and o.name == name and uses[v.id] == 1 else None
+
+        def write(v: Value, axis: int) -> bool:
+            o = prod.get(v.id)
+            return (
+                o is not None
+                and o.name == "rq.cache_write"
+                and int(o.attr("axis")) % v.type.rank == axis  # type: ignore[arg-type]
+                and o.operands[2].id == self.pos.id
+            )
+
+        for i, op in enumerate(self.ops):
+            if op.name != "rq.matmul":
+                continue
+            att, values = op.operands
+            r = att.type.rank
+            sm = only_use(att, "rq.softmax")
+            if r < 2 or values.type.rank != r or not write(values, r - 2) or sm is None:
+                continue
+            if int(sm.attr("axis")) % r != r - 1 or sm.operands[0].id not in self.exact:  # type: ignore[arg-type]
+                continue
+            masking = prod[sm.operands[0].id]
+            if uses[sm.operands[0].id] != 1:
+                continue
+            x = masking.operands[self.exact[sm.operands[0].id]]
+            scale = 1.0
+            mul = only_use(x, "rq.mul_scalar")
+            if mul is not None:
+                scale, x = float(mul.attr("value")), mul.operands[0]  # type: ignore[arg-type]
+            qk = only_use(x, "rq.matmul")
+            if qk is None:
+                continue
+            q, keys = qk.operands
+            key_axis = -1
+            if not write(keys, r - 1):
+                tr = only_use(keys, "rq.permute")
+                if tr is None or tuple(tr.attr("dims")) != (*range(r - 2), r - 1, r - 2):  # type: ignore[arg-type]
+                    continue
+                keys, key_axis = tr.operands[0], -2
+                if not write(keys, r - 2):
+                    continue
+            lead = q.type.shape[:-2]
+            if q.type.rank != r or q.type.shape[-2] != 1 or not (
+                lead == keys.type.shape[:-2] == values.type.shape[:-2]
+            ):
+                continue
+            opdef = get_op("rq.cache_attention")
+            attrs = opdef.with_defaults({"scale": scale, "key_axis": key_axis})
+            operands = (q, keys, values, self.pos)
+            if opdef.result_types([v.type for v in operands], attrs) != (op.result.type,):
+                continue
+            self.ops[i] = Op("rq.cache_attention", operands, op.results, attrs, op.loc)
 
     # -- position-aligned constants --------------------------------------------------------
 
@@ -629,19 +766,23 @@ class _Analysis:
         ]
         return self.emit("rq.reshape", [t], shape=tuple(target))[0]
 
-    def causal(self, op: Op, mask: Value, axis: int) -> bool:
+    def causal(self, op: Op, mask: Value, axis: int, *, exact: bool = False) -> bool:
         """Whether the constant ``mask`` hides every key after the query (row ``t`` along
-        ``axis``, keys along the last axis); fails for a mask that hides none of them."""
+        ``axis``, keys along the last axis); fails for a mask that hides none of them.
+        ``exact``: and hides no other key (an ``add`` mask is 0 there), so attention over
+        keys ``<= pos`` computes the same thing (:meth:`fuse_attention`)."""
         prod = next((o for o in self.f.ops if mask in o.results), None)
         if prod is None or prod.name != "rq.const" or axis != mask.type.rank - 2:
             return False
         m = self.mod.constant(str(prod.attr("name")))
-        if m.shape[-1] != self.T:
+        if m.shape[-1] != self.T or m.shape[-2] != self.T:
             return False
         m = m.reshape(-1, self.T, self.T)
         future = torch.ones(self.T, self.T, dtype=torch.bool).triu(1)
         if op.name == "rq.masked_fill":
-            return bool(m[:, future].all()) and float(op.attr("value")) <= -1e4  # type: ignore[arg-type]
+            hides = bool(m[:, future].all()) and float(op.attr("value")) <= -1e4  # type: ignore[arg-type]
+            return hides and (not exact or not bool(m[:, ~future].any()))
         if op.name == "rq.add":
-            return bool((m[:, future] <= -1e4).all())
+            hides = bool((m[:, future] <= -1e4).all())
+            return hides and (not exact or bool((m[:, ~future] == 0).all()))
         return False

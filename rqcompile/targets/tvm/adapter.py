@@ -21,6 +21,7 @@ import tvm
 from tvm import relax, runtime, s_tir, te, tirx, topi
 from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
+from tvm.tirx.script.builder import ir as prim_func_builder  # T.prim_func() as a frame
 from tvm.target import Target
 from tvm.target import codegen as _codegen
 
@@ -31,6 +32,7 @@ __all__ = [
     "SYMBOLS",
     "IRBuilder",
     "T",
+    "prim_func_builder",
     "Target",
     "build_prim_func",
     "dlight_cpu_reduction",
@@ -94,6 +96,16 @@ SYMBOLS: tuple[str, ...] = (
     "tvm.tirx.call_llvm_pure_intrin",
     "tvm.tirx.Shuffle",
     "tvm.tirx.Cast",
+    # KV-cache kernels (kernels/cache.py): PrimFuncs built directly, updated in place
+    "tvm.tirx.script.builder.ir.prim_func",
+    "tvm.tirx.script.builder.ir.arg",
+    "tvm.tirx.script.builder.ir.buffer",
+    "tvm.tirx.script.builder.ir.func_name",
+    "tvm.tirx.script.builder.ir.func_attr",
+    "tvm.script.tirx.bind",
+    "tvm.script.tirx.vectorized",
+    "tvm.relax.call_tir_inplace",
+    "tvm.relax.BlockBuilder.add_func",
     # schedules (schedules.py)
     "tvm.s_tir.Schedule",
     "tvm.s_tir.Schedule.get",

@@ -33,25 +33,14 @@ def _attention(*, causal: bool = True, T: int = 4, mask: torch.Tensor | None = N
 
 
 DECODE = """\
-%4 = "rq.const"() {dtype = "f32", name = "emb", shape = [5 : i64, 8 : i64]} : () -> tensor<5x8xf32>
-%5 = "rq.embedding"(%0, %4) : (tensor<1x1xi64>, tensor<5x8xf32>) -> tensor<1x1x8xf32>
-%6 = "rq.const"() {dtype = "f32", name = "pos", shape = [4 : i64, 8 : i64]} : () -> tensor<4x8xf32>
-%7 = "rq.take"(%6, %1) {axis = 0 : i64} : (tensor<4x8xf32>, tensor<1xi64>) -> tensor<1x8xf32>
-%8 = "rq.add"(%5, %7) : (tensor<1x1x8xf32>, tensor<1x8xf32>) -> tensor<1x1x8xf32>
-%9 = "rq.permute"(%8) {dims = [0 : i64, 2 : i64, 1 : i64]} : (tensor<1x1x8xf32>) -> tensor<1x8x1xf32>
-%10 = "rq.const"() {dtype = "i64", name = "kv_cache.iota4", shape = [4 : i64]} : () -> tensor<4xi64>
-%11 = "rq.compare"(%10, %1) {fn = "eq"} : (tensor<4xi64>, tensor<1xi64>) -> tensor<4xi1>
-%12 = "rq.where"(%11, %9, %2) : (tensor<4xi1>, tensor<1x8x1xf32>, tensor<1x8x4xf32>) -> tensor<1x8x4xf32>
-%13 = "rq.matmul"(%8, %12) : (tensor<1x1x8xf32>, tensor<1x8x4xf32>) -> tensor<1x1x4xf32>
-%14 = "rq.const"() {dtype = "i1", name = "mask", shape = [4 : i64, 4 : i64]} : () -> tensor<4x4xi1>
-%15 = "rq.take"(%14, %1) {axis = 0 : i64} : (tensor<4x4xi1>, tensor<1xi64>) -> tensor<1x4xi1>
-%16 = "rq.masked_fill"(%13, %15) {value = 0xFFF0000000000000 : f64} : (tensor<1x1x4xf32>, tensor<1x4xi1>) -> tensor<1x1x4xf32>
-%17 = "rq.softmax"(%16) {axis = -1 : i64} : (tensor<1x1x4xf32>) -> tensor<1x1x4xf32>
-%18 = "rq.const"() {dtype = "i64", name = "kv_cache.iota4_1", shape = [4 : i64, 1 : i64]} : () -> tensor<4x1xi64>
-%19 = "rq.compare"(%18, %1) {fn = "eq"} : (tensor<4x1xi64>, tensor<1xi64>) -> tensor<4x1xi1>
-%20 = "rq.where"(%19, %8, %3) : (tensor<4x1xi1>, tensor<1x1x8xf32>, tensor<1x4x8xf32>) -> tensor<1x4x8xf32>
-%21 = "rq.matmul"(%17, %20) : (tensor<1x1x4xf32>, tensor<1x4x8xf32>) -> tensor<1x1x8xf32>
-"func.return"(%21, %9, %8) : (tensor<1x1x8xf32>, tensor<1x8x1xf32>, tensor<1x1x8xf32>) -> ()
+%3 = "rq.const"() {dtype = "f32", name = "emb", shape = [5 : i64, 8 : i64]} : () -> tensor<5x8xf32>
+%4 = "rq.embedding"(%0, %3) : (tensor<1x1xi64>, tensor<5x8xf32>) -> tensor<1x1x8xf32>
+%5 = "rq.const"() {dtype = "f32", name = "pos", shape = [4 : i64, 8 : i64]} : () -> tensor<4x8xf32>
+%6 = "rq.take"(%5, %1) {axis = 0 : i64} : (tensor<4x8xf32>, tensor<1xi64>) -> tensor<1x8xf32>
+%7 = "rq.add"(%4, %6) : (tensor<1x1x8xf32>, tensor<1x8xf32>) -> tensor<1x1x8xf32>
+%8 = "rq.cache_write"(%2, %7, %1) {axis = 1 : i64} : (tensor<1x4x8xf32>, tensor<1x1x8xf32>, tensor<1xi64>) -> tensor<1x4x8xf32>
+%9 = "rq.cache_attention"(%7, %8, %8, %1) {key_axis = -2 : i64, scale = 1.0 : f64} : (tensor<1x1x8xf32>, tensor<1x4x8xf32>, tensor<1x4x8xf32>, tensor<1xi64>) -> tensor<1x1x8xf32>
+"func.return"(%9, %8) : (tensor<1x1x8xf32>, tensor<1x4x8xf32>) -> ()
 """
 
 
@@ -59,10 +48,11 @@ def test_decode_caches_keys_and_values_and_gathers_position_constants() -> None:
     after = run_pass(KVCache(), _attention())
     assert [f.name for f in after.funcs] == ["main", "prefill", "decode"]
     assert body(after.replace(funcs=(after.func("decode"),))) == DECODE.strip()
-    # prefill is main plus the cached operands (kᵀ (1, 8, T) and v (1, T, 8)) as outputs
+    # prefill is main plus the cached operand as output: kᵀ is the transpose of x (1, T, 8),
+    # so x is cached by rows, and it is also v, so one cache serves both
     prefill = after.func("prefill")
     assert prefill.ops == after.main.ops and prefill.outputs[0] == after.main.outputs[0]
-    assert [str(v.type) for v in prefill.outputs[1:]] == ["tensor<1x8x4xf32>", "tensor<1x4x8xf32>"]
+    assert [str(v.type) for v in prefill.outputs[1:]] == ["tensor<1x4x8xf32>"]
     assert parse_module(print_module(after, elide_constants=False)) == after
     assert run_pass(KVCache(), after) == after  # idempotent
 
@@ -84,10 +74,13 @@ def _decode_all(mod, ids: torch.Tensor, start: int | list[int]) -> list[torch.Te
     for i in range(n - int(starts.min())):
         at = (starts + i).clamp(max=n - 1)  # rows that are done re-run their last position
         outs = run_reference(mod, ids[rows, at].reshape(b, 1), at, *caches, func="decode")
-        for c, new, a, o in zip(caches, outs[1:], dec.args[2:], dec.outputs[1:], strict=True):
-            axis = cache_axis(a.type, o.type)
-            for r in range(b):
-                c[r].index_copy_(axis - 1, at[r : r + 1], new[r])
+        if [o.type for o in dec.outputs[1:]] == [a.type for a in dec.args[2:]]:
+            caches = list(outs[1:])  # decode returns the caches with its rows written
+        else:  # in_place=False: the new rows, copied in here
+            for c, new, a, o in zip(caches, outs[1:], dec.args[2:], dec.outputs[1:], strict=True):
+                axis = cache_axis(a.type, o.type)
+                for r in range(b):
+                    c[r].index_copy_(axis - 1, at[r : r + 1], new[r])
         for r in range(b):
             if int(starts[r]) + i < n:
                 logits[r].append(outs[0][r, 0])
@@ -153,11 +146,15 @@ def _sdpa_attention(*, causal: bool = True, T: int = 6):
 
 
 @pytest.mark.parametrize("start", [1, 4])
-def test_causal_sdpa_decodes_with_the_explicit_masked_form(start: int) -> None:
+def test_causal_sdpa_decodes_with_cache_attention(start: int) -> None:
     mod = run_pass(KVCache(), _sdpa_attention())
     dec = mod.func("decode")
-    assert "rq.sdpa" not in {op.name for op in dec.ops}  # its causal rule needs L == S
-    assert [str(a.type) for a in dec.args[2:]] == ["tensor<2x2x6x4xf32>"] * 2  # k and v
+    names = [op.name for op in dec.ops]
+    assert "rq.sdpa" not in names  # its causal rule needs L == S
+    assert names.count("rq.cache_attention") == 1 and names.count("rq.cache_write") == 1
+    (att,) = (op for op in dec.ops if op.name == "rq.cache_attention")
+    assert att.attr("key_axis") == -2 and att.attr("scale") == 0.5  # k cached as (.., T, E)
+    assert [str(a.type) for a in dec.args[2:]] == ["tensor<2x2x6x4xf32>"]  # k = v: one cache
     ids = torch.tensor([[1, 4, 0, 2, 2, 3], [3, 3, 1, 0, 4, 2]])
     full = run_reference(mod, ids)[0]
     for t, got in enumerate(_decode_all(mod, ids, start)):
@@ -178,3 +175,70 @@ def test_rows_decode_at_their_own_positions() -> None:
 def test_sdpa_without_is_causal_is_refused() -> None:
     with pytest.raises(UnsupportedOpError, match=r"rq.sdpa.*is_causal=False"):
         run_pass(KVCache(), _sdpa_attention(causal=False))
+
+
+def test_caches_are_written_one_row_in_place_and_returned() -> None:
+    """Each cache argument has one use, its rq.cache_write (so a target may write in place),
+    and decode returns the written caches; no full-cache select (rq.where) is left."""
+    dec = run_pass(KVCache(), _attention(T=6, B=2)).func("decode")
+    names = [op.name for op in dec.ops]
+    assert "rq.where" not in names and "rq.compare" not in names
+    for a, out in zip(dec.args[2:], dec.outputs[1:], strict=True):
+        users = [op for op in dec.ops if any(v.id == a.id for v in op.operands)]
+        assert [u.name for u in users] == ["rq.cache_write"] and users[0].result.id == out.id
+        assert users[0].operands[2].id == dec.args[1].id  # at pos (B,)
+
+
+def _window_mask(T: int) -> torch.Tensor:
+    """Causal and also hides keys more than 2 before the query: not exactly causal."""
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    return future | torch.ones(T, T, dtype=torch.bool).tril(-3)
+
+
+@pytest.mark.parametrize("form", ["additive", "additive-kt", "window"])
+def test_attention_is_fused_only_when_the_mask_hides_exactly_the_future(form: str) -> None:
+    """An additive causal mask (0 / -1e9) hides exactly the keys after pos: rq.cache_attention.
+    A sliding window hides more: the explicit form stays (over the cache_write results).
+    ``additive-kt``: kᵀ is not a transpose of a (T, E) value, so it is cached as (E, T)."""
+    T = 6
+    g = torch.Generator().manual_seed(0)
+    b = Builder()
+    ids = b.arg(TensorType((1, T), "i64"))
+    x = b.op("rq.embedding", ids, b.const("emb", torch.randn(5, 8, generator=g)))
+    x = b.op("rq.add", x, b.const("pos", torch.randn(T, 8, generator=g)))
+    kt = b.op("rq.permute", x, dims=(0, 2, 1))
+    if form == "additive-kt":
+        kt = b.op("rq.mul_scalar", kt, value=2.0)
+    s = b.op("rq.mul_scalar", b.op("rq.matmul", x, kt), value=0.5)
+    if form.startswith("additive"):
+        add = torch.zeros(T, T).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -1e9)
+        s = b.op("rq.add", s, b.const("mask", add))
+    else:
+        s = b.op("rq.masked_fill", s, b.const("mask", _window_mask(T)), value=-math.inf)
+    b.ret(b.op("rq.matmul", b.op("rq.softmax", s, axis=-1), x))
+    mod = run_pass(KVCache(), b.module())
+    names = [op.name for op in mod.func("decode").ops]
+    assert ("rq.cache_attention" in names) == form.startswith("additive")
+    # x is the keys' source and the values: one cache, unless kᵀ is cached as it is
+    assert names.count("rq.cache_write") == (2 if form == "additive-kt" else 1)
+    if form.startswith("additive"):
+        (att,) = (op for op in mod.func("decode").ops if op.name == "rq.cache_attention")
+        assert att.attr("scale") == 0.5
+        assert att.attr("key_axis") == (-1 if form == "additive-kt" else -2)
+    ids = torch.tensor([[1, 4, 0, 2, 2, 3]])
+    full = run_reference(mod, ids)[0]
+    for t, got in enumerate(_decode_all(mod, ids, 2)):
+        torch.testing.assert_close(got, full[:, t], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [_attention, _sdpa_attention])
+def test_select_form_is_kept_to_measure_against(make) -> None:
+    """in_place=False: the earlier decode (rq.where merge, full-length attention, new rows
+    out) still decodes every position like the full forward."""
+    mod = run_pass(KVCache(in_place=False), make(T=6))
+    names = {op.name for op in mod.func("decode").ops}
+    assert "rq.where" in names and not names & {"rq.cache_write", "rq.cache_attention"}
+    ids = torch.tensor([[1, 4, 0, 2, 2, 3]] * mod.main.args[0].type.shape[0])
+    full = run_reference(mod, ids)[0]
+    for t, got in enumerate(_decode_all(mod, ids, 2)):
+        torch.testing.assert_close(got, full[:, t], rtol=1e-5, atol=1e-6)

@@ -98,6 +98,14 @@ class Emission:
             self._memo[key] = (call.args[0], _out_types(call.ty_args[0]))
         return var
 
+    def prim_func(self, key: Hashable, name: str, build: Callable[[], Any]) -> Any:
+        """The ``GlobalVar`` of a hand-written PrimFunc (``build()``), added once per ``key``."""
+        hit = self._memo.get(key)
+        if hit is None:
+            func = build().without_attr("global_symbol")  # add_func names it uniquely
+            hit = self._memo[key] = (self.bb.add_func(func, name), None)
+        return hit[0]
+
     def emit_shared(
         self,
         fn: Callable[..., Any],

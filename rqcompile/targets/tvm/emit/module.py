@@ -2,7 +2,9 @@
 
 The package: ``module.py`` (this driver and the table), ``base.py`` (:class:`Emission`,
 shared helpers), ``integer.py`` (integer ops, by kernel-table row), ``float_ops.py`` (float
-and layout ops), ``te_ops.py`` (TE computes relax lacks), ``fused.py`` (fused groups).
+and layout ops), ``te_ops.py`` (TE computes relax lacks), ``fused.py`` (fused groups),
+``cache_ops.py`` (the KV-cache ops of ``decode``: an in-place row write, attention over the
+live prefix).
 
 Where it sits: ``build``, phase ``emit`` of ``targets/tvm/pipelines.py``. In: a verified
 ``rqcompile.ir.Module`` with static shapes. Out: a ``tvm.IRModule`` whose relax function
@@ -92,6 +94,7 @@ from rqcompile.targets.tvm.emit.float_ops import (
     _softmax,
     _spatial,
 )
+from rqcompile.targets.tvm.emit.cache_ops import _cache_attention, _cache_write
 from rqcompile.targets.tvm.emit.fused import (
     _attention_groups,
     _emit_attention,
@@ -163,6 +166,9 @@ EMITTERS: dict[str, Emitter] = {
     "rq.pow_scalar": _pow_scalar,
     "rq.broadcast_to": _broadcast_to,
     "rq.take": _take,
+    # kv-cache decode (cache_ops.py)
+    "rq.cache_write": _cache_write,
+    "rq.cache_attention": _cache_attention,
 }
 
 

@@ -295,6 +295,32 @@ def _take(c: Case) -> None:
     c.out(c.b.op("rq.take", table, c.arg(torch.tensor([2, 0], dtype=torch.int32)), axis=1), exact=True)
 
 
+def _cache_write(shape: tuple[int, ...], axis: int, pos: list[int]) -> Callable[[Case], None]:
+    """rq.cache_write: one row per cache (per batch row with ``pos`` (B,)), in place on llvm."""
+
+    def make(c: Case) -> None:
+        row = [1 if i == axis else d for i, d in enumerate(shape)]
+        y = c.b.op("rq.cache_write", c.randn(*shape), c.randn(*row), c.arg(torch.tensor(pos)),
+                   axis=axis)  # fmt: skip
+        c.out(y, exact=True)
+
+    return make
+
+
+def _cache_attention(
+    lead: tuple[int, ...], e: int, t: int, ev: int, key_axis: int, pos: torch.Tensor
+) -> Callable[[Case], None]:
+    """rq.cache_attention over keys <= pos: kᵀ (E, T) or (T, E) keys, one or per-row pos."""
+
+    def make(c: Case) -> None:
+        k = c.randn(*lead, e, t) if key_axis == -1 else c.randn(*lead, t, e)
+        y = c.b.op("rq.cache_attention", c.randn(*lead, 1, e), k, c.randn(*lead, t, ev),
+                   c.arg(pos), scale=0.3, key_axis=key_axis)  # fmt: skip
+        c.out(y, exact=False)
+
+    return make
+
+
 CASES: dict[str, Callable[[Case], None]] = {
     # integer core
     "quantize-a4": _quantize(4, False, 32, (6, 64)),
@@ -390,6 +416,14 @@ CASES: dict[str, Callable[[Case], None]] = {
     "broadcast_to-f32": _layout("rq.broadcast_to", (2, 1, 3, 1), torch.float32, shape=(2, 4, 3, 5)),
     "broadcast_to-lead": _layout("rq.broadcast_to", (3, 1), torch.int8, shape=(2, 3, 4)),
     "take": _take,
+    # kv-cache decode (emit/cache_ops.py)
+    "cache_write-kt": _cache_write((1, 3, 4, 10), 3, [7]),
+    "cache_write-rows": _cache_write((2, 3, 10, 4), 2, [2, 9]),
+    "cache_attention-kt": _cache_attention((1, 3), 8, 10, 8, -1, torch.tensor([6])),
+    "cache_attention-rows": _cache_attention((2, 3), 8, 10, 16, -2, torch.tensor([0, 9])),
+    "cache_attention-narrow": _cache_attention(
+        (2,), 6, 10, 4, -2, torch.tensor([4], dtype=torch.int32)
+    ),
 }
 
 
@@ -552,3 +586,20 @@ def test_dynamic_shapes_and_unknown_ops_are_reported(monkeypatch: pytest.MonkeyP
     b.ret(b.op("rq.relu", b.arg(TensorType((2, 4), "f32"))))
     with pytest.raises(rq.UnsupportedOpError, match=r"rq\.relu"):
         emit.emit_module(b.module())
+
+
+def test_cache_write_updates_the_callers_tensor_in_place() -> None:
+    """llvm runs rq.cache_write with call_tir_inplace: the output is the cache argument's
+    memory with one row written; nothing else of it changes."""
+    b = Builder()
+    cache = b.arg(TensorType((2, 5, 3), "f32"))
+    row = b.arg(TensorType((2, 1, 3), "f32"))
+    pos = b.arg(TensorType((2,), "i64"))
+    b.ret(b.op("rq.cache_write", cache, row, pos, axis=1))
+    exe = rq.build(b.module(), "llvm")
+    c, r, p = torch.zeros(2, 5, 3), torch.ones(2, 1, 3), torch.tensor([4, 1])
+    out = exe(c, r, p)  # one output: the tensor itself
+    assert out.data_ptr() == c.data_ptr()
+    want = torch.zeros(2, 5, 3)
+    want[0, 4] = want[1, 1] = 1.0
+    assert torch.equal(c, want)
