@@ -15,6 +15,7 @@ from rqcompile.passes.ir.fuse_attention import FuseAttention
 from rqcompile.passes.ir.fuse_prologue import FusePrologue
 from rqcompile.passes.ir.kv_cache import KVCache
 from rqcompile.passes.ir.pack_weights import PackWeights
+from rqcompile.passes.ir.pad_columns import PadColumns
 from rqcompile.passes.ir.select_kernels import SelectKernels
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "FusePrologue",
     "KVCache",
     "PackWeights",
+    "PadColumns",
     "SelectKernels",
 ]

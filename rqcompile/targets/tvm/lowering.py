@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rqcompile.passes.ir import FuseAttention, FusePrologue, PackWeights, SelectKernels
+from rqcompile.passes.ir import FuseAttention, FusePrologue, PackWeights, PadColumns, SelectKernels
 from rqcompile.targets.tvm.kernels.table import KIND
 
 __all__ = ["PROLOGUE_OPS", "ir_passes", "passes_for_options"]
@@ -29,11 +29,12 @@ def ir_passes(
     force: Sequence[str] = (),
 ) -> list[Any]:  # fmt: skip
     """``fuse-attention`` (where the target has ``lanes``-wide float vectors),
-    ``select-kernels``, ``fuse-prologue`` (where ``prologue_ops``, default
+    ``pad-columns``, ``select-kernels``, ``fuse-prologue`` (where ``prologue_ops``, default
     :data:`PROLOGUE_OPS`), ``pack-weights``."""
     if prologue_ops is None:
         prologue_ops = PROLOGUE_OPS
     out: list[Any] = [FuseAttention(lanes=lanes)] if lanes and lanes > 1 else []
+    out.append(PadColumns())
     out.append(SelectKernels(table=KIND, features=tuple(sorted(features)), force=tuple(force)))
     if prologue_ops:
         out.append(FusePrologue(ops=tuple(prologue_ops)))
