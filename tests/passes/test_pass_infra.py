@@ -109,10 +109,11 @@ def test_pass_context_is_a_with_block_seen_by_every_stage(tmp_path: Path) -> Non
         rq.lower(qat, "llvm")
     names = [f.name.split("_", 1)[1].split(".")[0] for f in dump.files]
     assert names == ["quantize-layers", "quantize-attention", "fold-constants",
-                     "eliminate-dead-code", "fuse-attention", "select-kernels", "fuse-prologue",
+                     "eliminate-dead-code", "fuse-attention", "pad-columns", "select-kernels",
+                     "fuse-prologue",
                      "pack-weights", "emit", "lift-params", "legalize", "schedule",
                      "schedule-float", "build"]  # fmt: skip
-    assert 'rq.kernel = "' in (tmp_path / "006_select-kernels.after.mlir").read_text()
+    assert 'rq.kernel = "' in (tmp_path / "007_select-kernels.after.mlir").read_text()
     assert set(timing.seconds) >= {"select-kernels", "build"}
     assert PassContext.current() is not None  # outside the block: a fresh one from the env
 

@@ -50,6 +50,7 @@ from rqcompile.ir.core import Func, Module, Op, Value
 from rqcompile.ir.types import TensorType
 from rqcompile.ir.verify import verify
 from rqcompile.passes.infra import PassContext, PassManager
+from rqcompile.passes.ir.pad_columns import PadColumns
 from rqcompile.passes.ir.select_kernels import SelectKernels
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target as RQTarget
@@ -206,8 +207,10 @@ def build_symbolic(sym_ir: Module, target: RQTarget,
     ctx = (context or PassContext.current()).for_stage(target=target)
     # a row that takes only some row counts (AMX tiles from 16 rows, 4-/2-bit panels up to
     # 16) would be chosen for the maxima and be wrong for other shapes in the range
+    # pad-columns adds values the symbolic shapes below do not know (padded weights and
+    # results): a width no panel takes keeps the generic kernel here
     passes = [dataclasses.replace(p, any_rows=True) if isinstance(p, SelectKernels) else p
-              for p in pipeline_for(ttarget)]  # fmt: skip
+              for p in pipeline_for(ttarget) if not isinstance(p, PadColumns)]  # fmt: skip
     n_rq = next(i for i, p in enumerate(passes) if isinstance(p, Phase))
     annotated = PassManager(passes[:n_rq], verifier=verify).run(top, ctx)
     symbolic, _ = symbolic_ir(annotated, sm)
