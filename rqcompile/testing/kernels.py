@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_kernel", "run_kernel"]
+__all__ = ["build_kernel", "code_bounds", "packed_int_matmul", "random_codes", "run_kernel"]
 
 _TV = {torch.int8: "int8", torch.uint8: "uint8", torch.int32: "int32", torch.uint32: "uint32",
        torch.float32: "float32"}  # fmt: skip
@@ -35,8 +35,8 @@ def build_kernel(
         params: sorted keyword arguments of the builder (``block`` among them).
         mcpu: build for this CPU instead of the host (compile-only checks).
     """
-    from rqcompile.targets.tvm.kernels import integer as K
     from rqcompile.targets.tvm.adapter import host_llvm_target, make_target, te, tvm
+    from rqcompile.targets.tvm.kernels import integer as K
     from rqcompile.targets.tvm.schedules.integer import schedule_prim_func
 
     tgt = host_llvm_target() if mcpu is None else make_target({"kind": "llvm", "mcpu": mcpu})
@@ -61,3 +61,30 @@ def run_kernel(
     outs = [torch.empty(shape, dtype=_DT[dt]) for shape, dt in out_specs]
     lib["kernel"](*[a.contiguous() for a in args], *outs)
     return outs
+
+
+def packed_int_matmul(isa: str, xq: torch.Tensor, xs: torch.Tensor, xc: torch.Tensor,
+                      wq: torch.Tensor, ws: torch.Tensor, wc: torch.Tensor, *, block: int,
+                      w_bits: int, w_signed: bool) -> torch.Tensor:  # fmt: skip
+    """Pack then run the packed integer-affine layer for ``isa`` (codes ``wq`` as int8; 4-bit
+    and narrower stored two per byte as ``rq.int_matmul`` stores them)."""
+    from rqcompile.quant import reference as ref
+    from rqcompile.quant.bitpack import pack_nibbles
+
+    stored = pack_nibbles(wq, signed=w_signed) if w_bits <= 4 else wq
+    pk = dict(block=block, w_bits=w_bits, w_signed=w_signed, isa=isa)
+    packed = run_kernel("te_pack_int_matmul_weights", "pack_weights",
+                        [stored, ws, wc, ref.code_sums(wq, block)], **pk)  # fmt: skip
+    (y,) = run_kernel("te_int_matmul_packed", "int_matmul", [xq, xs, xc, *packed], **pk)
+    return y
+
+
+def random_codes(shape: tuple[int, ...], lo: int, hi: int, seed: int) -> torch.Tensor:
+    """Codes drawn uniformly from ``lo..hi`` (int8), reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(lo, hi + 1, shape, generator=g).to(torch.int8)
+
+
+def code_bounds(w_bits: int, signed: bool) -> tuple[int, int]:
+    """The code range of ``w_bits``-bit codes."""
+    return (-(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1) if signed else (0, 2**w_bits - 1)

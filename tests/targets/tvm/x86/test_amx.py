@@ -34,7 +34,7 @@ from rqcompile.targets.tvm.kernels import matmul as matmul_kernels  # noqa: E402
 from rqcompile.targets.tvm.schedules.integer import kernel_features, kernel_options  # noqa: E402
 from rqcompile.targets.tvm.x86.amx import AMX_MIN_ROWS, amx_matmul, amx_tile  # noqa: E402
 from rqcompile.testing.kernels import build_kernel as _build  # noqa: E402
-from rqcompile.testing.kernels import run_kernel as _run  # noqa: E402
+from rqcompile.testing.kernels import code_bounds, packed_int_matmul, random_codes  # noqa: E402
 
 pytestmark = [
     pytest.mark.tvm,
@@ -48,25 +48,9 @@ ISAS = [
 ]  # fmt: skip
 
 
-def _layer(isa: str, xq: torch.Tensor, xs: torch.Tensor, xc: torch.Tensor, wq: torch.Tensor,
-           ws: torch.Tensor, wc: torch.Tensor, *, block: int, w_bits: int,
-           w_signed: bool) -> torch.Tensor:  # fmt: skip
-    """Pack then run the packed layer for ``isa``."""
-    stored = pack_nibbles(wq, signed=w_signed) if w_bits <= 4 else wq
-    pk = dict(block=block, w_bits=w_bits, w_signed=w_signed, isa=isa)
-    packed = _run("te_pack_int_matmul_weights", "pack_weights",
-                  [stored, ws, wc, ref.code_sums(wq, block)], **pk)  # fmt: skip
-    (y,) = _run("te_int_matmul_packed", "int_matmul", [xq, xs, xc, *packed], **pk)
-    return y
-
-
-def _codes(shape: tuple[int, ...], lo: int, hi: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(lo, hi + 1, shape, generator=g).to(torch.int8)
-
-
-def _range(w_bits: int, signed: bool) -> tuple[int, int]:
-    return (-(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1) if signed else (0, 2**w_bits - 1)
+_layer = packed_int_matmul
+_codes = random_codes
+_range = code_bounds
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -22,20 +22,19 @@ import rqcompile as rq  # noqa: E402
 from rqcompile.errors import NumericsError  # noqa: E402
 from rqcompile.quant import reference as ref  # noqa: E402
 from rqcompile.quant.bitpack import pack_nibbles  # noqa: E402
-from rqcompile.targets.tvm.kernels import integer as K  # noqa: E402
-from rqcompile.targets.tvm.kernels import matmul as matmul_kernels  # noqa: E402
-from rqcompile.targets.tvm import pipelines  # noqa: E402
 from rqcompile.targets.tvm.adapter import te  # noqa: E402
 from rqcompile.targets.tvm.cpu_features import host_features  # noqa: E402
+from rqcompile.targets.tvm.kernels import integer as K  # noqa: E402
+from rqcompile.targets.tvm.kernels import matmul as matmul_kernels  # noqa: E402
+from rqcompile.targets.tvm.schedules.integer import kernel_options  # noqa: E402
 from rqcompile.targets.tvm.x86.vnni import (  # noqa: E402
     VNNI_EMULATED,
     VNNI_ISAS,
     vnni_panel_matmul,
     vnni_tile,
 )
-from rqcompile.targets.tvm.schedules.integer import kernel_options  # noqa: E402
 from rqcompile.testing.kernels import build_kernel as _build  # noqa: E402
-from rqcompile.testing.kernels import run_kernel as _run  # noqa: E402
+from rqcompile.testing.kernels import code_bounds, packed_int_matmul, random_codes  # noqa: E402
 
 pytestmark = [
     pytest.mark.tvm,
@@ -50,25 +49,9 @@ ISAS = [
 ]  # fmt: skip
 
 
-def _layer(isa: str, xq: torch.Tensor, xs: torch.Tensor, xc: torch.Tensor, wq: torch.Tensor,
-           ws: torch.Tensor, wc: torch.Tensor, *, block: int, w_bits: int,
-           w_signed: bool) -> torch.Tensor:  # fmt: skip
-    """Pack then run the packed layer for ``isa``."""
-    stored = pack_nibbles(wq, signed=w_signed) if w_bits <= 4 else wq
-    pk = dict(block=block, w_bits=w_bits, w_signed=w_signed, isa=isa)
-    packed = _run("te_pack_int_matmul_weights", "pack_weights",
-                  [stored, ws, wc, ref.code_sums(wq, block)], **pk)  # fmt: skip
-    (y,) = _run("te_int_matmul_packed", "int_matmul", [xq, xs, xc, *packed], **pk)
-    return y
-
-
-def _codes(shape: tuple[int, ...], lo: int, hi: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(lo, hi + 1, shape, generator=g).to(torch.int8)
-
-
-def _range(w_bits: int, signed: bool) -> tuple[int, int]:
-    return (-(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1) if signed else (0, 2**w_bits - 1)
+_layer = packed_int_matmul
+_codes = random_codes
+_range = code_bounds
 
 
 @pytest.mark.parametrize("isa", ISAS)
