@@ -109,7 +109,7 @@ def test_pass_context_is_a_with_block_seen_by_every_stage(tmp_path: Path) -> Non
         rq.lower(qat, "llvm")
     names = [f.name.split("_", 1)[1].split(".")[0] for f in dump.files]
     assert names == ["quantize-layers", "quantize-attention", "fold-constants",
-                     "eliminate-dead-code", "fuse-attention", "pad-columns", "select-kernels",
+                     "eliminate-dead-code", "pad-columns", "fuse-attention", "select-kernels",
                      "fuse-prologue",
                      "pack-weights", "emit", "lift-params", "legalize", "schedule",
                      "schedule-float", "build"]  # fmt: skip

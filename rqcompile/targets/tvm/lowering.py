@@ -28,13 +28,16 @@ def ir_passes(
     features: Sequence[str], *, lanes: int | None, prologue_ops: Sequence[str] | None = None,
     force: Sequence[str] = (),
 ) -> list[Any]:  # fmt: skip
-    """``fuse-attention`` (where the target has ``lanes``-wide float vectors),
-    ``pad-columns``, ``select-kernels``, ``fuse-prologue`` (where ``prologue_ops``, default
+    """``pad-columns``, ``fuse-attention`` (where the target has ``lanes``-wide float
+    vectors), ``select-kernels``, ``fuse-prologue`` (where ``prologue_ops``, default
     :data:`PROLOGUE_OPS`), ``pack-weights``."""
     if prologue_ops is None:
         prologue_ops = PROLOGUE_OPS
-    out: list[Any] = [FuseAttention(lanes=lanes)] if lanes and lanes > 1 else []
-    out.append(PadColumns())
+    # pad-columns first: the slice it adds after a padded q/k/v projection is then one more
+    # input view of the attention group (read in place), not an op inside a marked group
+    out: list[Any] = [PadColumns()]
+    if lanes and lanes > 1:
+        out.append(FuseAttention(lanes=lanes))
     out.append(SelectKernels(table=KIND, features=tuple(sorted(features)), force=tuple(force)))
     if prologue_ops:
         out.append(FusePrologue(ops=tuple(prologue_ops)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -46,3 +48,28 @@ def test_llvm_build_pads_and_matches_the_reference(preset: str) -> None:
     assert '"rq.slice"' in print_module(exe.ir)
     want = rq.build(ir, "reference")(x)
     torch.testing.assert_close(exe(x), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.tvm
+def test_padded_qkv_projection_stays_an_input_view_of_fused_attention() -> None:
+    # a width-32 transformer's c_attn is 96 wide (padded to 128); on an 8-lane (AVX2) target
+    # the attention group must take the pad slice as one more input view, whatever the host
+    pytest.importorskip("tvm")
+    from rqcompile.demo.models import CharTransformer
+    from rqcompile.targets.tvm.lowering import ir_passes
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 65, (2, 16))
+    qat = rq.prepare(CharTransformer(65, n_layer=1, n_embd=32, block_size=16), (x,), "A4W4")
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    after = PassManager(ir_passes((), lanes=8)).run(ir, PassContext())
+    text = print_module(after)
+    # the pad slice (axis 1, 128 -> 96) is marked as part of the attention group
+    assert re.search(
+        r'"rq.slice"\(%\d+\) \{axis = 1 : i64, rq.fused = \["attention", 0 : i64\], '
+        r"start = 0 : i64, step = 1 : i64, stop = 96 ",
+        text,
+    )
+    exe = rq.build(ir, {"kind": "llvm", "mcpu": "znver3"})
+    report = rq.check_parity(qat, exe, x)
+    assert report.ok, report.line()
