@@ -393,7 +393,35 @@ def markdown(data: dict[str, Any], cmd: str) -> str:
                 out.append("| " + " | ".join(line) + " |")
             out.append("")
             out += _bandwidth(sel, [*peers, *presets], f"{t} thread{'s' if t > 1 else ''}, {s}")
+    out += scaling(rows, [*peers, *presets])
     return "\n".join(out)
+
+
+def scaling(rows: Sequence[PeerRow], names: Sequence[str]) -> list[str]:
+    """Thread scaling: per series and shape, each candidate's time at the fewest threads
+    over its time at the most (``1.85`` = 1.85x faster on all cores); empty with one thread
+    count. Issue target: ≥ 1.7x from 1 to 2 cores at M ≥ 64."""
+    ts = sorted({r.threads for r in rows})
+    if len(ts) < 2:
+        return []
+    lo, hi = ts[0], ts[-1]
+    out: list[str] = []
+    for s in SERIES:
+        sel = [r for r in rows if r.series == s]
+        if not sel:
+            continue
+        out += [f"## Thread scaling {lo} → {hi}, {s}: time at {lo} / time at {hi}", ""]
+        head = ["K", "N", "M", *names]
+        out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for k, n, m in sorted({(r.k, r.n, r.m) for r in sel}):
+            by = {(r.name, r.threads): r.seconds for r in sel if (r.k, r.n, r.m) == (k, n, m)}
+            line = [str(k), str(n), str(m)]
+            for p in names:
+                a, b = by.get((p, lo)), by.get((p, hi))
+                line.append(f"{a / b:.2f}x" if a and b else "–")
+            out.append("| " + " | ".join(line) + " |")
+        out.append("")
+    return out
 
 
 def _bandwidth(sel: Sequence[PeerRow], names: Sequence[str], title: str) -> list[str]:

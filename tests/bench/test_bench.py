@@ -137,3 +137,17 @@ def test_bench_does_not_write_into_the_repository_by_default() -> None:
     assert not DEFAULT_OUT.is_absolute() and DEFAULT_OUT != REPO_RESULTS
     assert _parser().parse_args([]).out == DEFAULT_OUT
     assert peers_parser().parse_args([]).out == DEFAULT_OUT
+
+
+def test_peers_report_has_a_thread_scaling_table() -> None:
+    from rqcompile.bench.peers import PeerRow, scaling
+
+    def row(t: int, name: str, sec: float) -> PeerRow:
+        return PeerRow(t, "standalone", 64, 64, 64, name, sec, 0.0, 3, 0)
+
+    rows = [row(1, "A8W8", 2.0), row(2, "A8W8", 1.0), row(1, "ort-int8", 3.0),
+            row(2, "ort-int8", 2.0)]  # fmt: skip
+    text = "\n".join(scaling(rows, ["ort-int8", "A8W8", "A1W1"]))
+    assert "## Thread scaling 1 → 2, standalone" in text
+    assert "| 64 | 64 | 64 | 1.50x | 2.00x | – |" in text
+    assert scaling([r for r in rows if r.threads == 1], ["A8W8"]) == []
