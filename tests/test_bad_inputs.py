@@ -497,3 +497,15 @@ def test_stage_function_given_wrong_form() -> None:
     with pytest.raises(TypeError) as info:
         rq.build(qat)
     _msg(info, "rq.build() takes the IR", "rq.lower(qat, target)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finiteness_check_sees_nan_and_inf_in_every_float_dtype(dtype: torch.dtype) -> None:
+    from rqcompile.targets.compiled import _all_finite
+
+    x = torch.randn(64, 600).to(dtype)
+    assert _all_finite(x) and _all_finite(x.t()) and _all_finite(x[:0])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        y = x.clone()
+        y[63, 599] = bad
+        assert not _all_finite(y) and not _all_finite(y.t()[1::2])
