@@ -133,3 +133,29 @@ def test_odd_columns_fall_back_to_the_generic_compute() -> None:
     assert "wo_matmul" in print_module(exe.ir) and "panels" not in print_module(exe.ir)
     want = _dequant_matmul(x, codes, ws, wc, 64)
     torch.testing.assert_close(exe(x), want, rtol=0, atol=_tol(x, codes, ws, wc, 64))
+
+
+@pytest.mark.parametrize("isa", [r for r in ROWS if r != "generic"])
+@pytest.mark.parametrize("m,w_bits,signed", [(16, 4, False), (160, 4, True), (24, 8, True)])
+def test_gemm_walk_gives_the_gemv_walks_bits(isa: str, m: int, w_bits: int, signed: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # from GEMM_MIN_ROWS rows each block is decoded once per chunk of rows (160 rows: two
+    # chunks of 80) and runs as a plain FMA GEMM; same products, same order of the sums
+    from rqcompile.targets.tvm.x86 import wo
+
+    block, k, n = 64, 256, 128
+    x, codes, wq, ws, wc = _case(m, k, n, block=block, w_bits=w_bits, signed=signed, seed=m)
+    ir = _module(x, wq, ws, wc, block=block, w_bits=w_bits, signed=signed)
+    forced = PassManager([SelectKernels(force=(f"wo_matmul:{isa}",)), PackWeights()]).run(
+        ir, PassContext())
+
+    def build() -> torch.Tensor:
+        with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
+            return rq.build(forced, "llvm")(x)
+
+    assert m >= wo.GEMM_MIN_ROWS
+    got = build()
+    monkeypatch.setattr(wo, "GEMM_MIN_ROWS", 10**9)  # the GEMV walk for the same call
+    assert torch.equal(got, build())
+    want = _dequant_matmul(x, codes, ws, wc, block)
+    torch.testing.assert_close(got, want, rtol=0, atol=_tol(x, codes, ws, wc, block))
