@@ -242,6 +242,9 @@ class CompiledModule:
         return GatherCheck(self.ir.main, self.ir.constants)
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
+        prewake = getattr(self._runner, "prewake", None)
+        if prewake is not None:  # workers start waking while the inputs are checked
+            prewake(inputs)
         self._check(inputs)
         outs = self._runner(*inputs)
         return outs[0] if len(outs) == 1 else outs

@@ -129,14 +129,27 @@ class _VMRunner:
             ir.constant(n).numel() * ir.constant(n).element_size() for n in const_params(ir)
         )
 
-    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # per-call Python work is kept minimal: at batch 1 it costs as much as the kernels
-        args = [_to_tvm(x) for x in inputs]
+    def _threads(self, inputs: Sequence[torch.Tensor]) -> int:
         x = inputs[0] if inputs else None
         rows = 1 if x is None or x.dim() < 2 else x.numel() // x.shape[-1]
         if x is not None and not x.is_floating_point():
             rows = x.numel()  # token ids: one row per token
-        n = threads_for_call(self.threads, self._weight_bytes * rows)
+        return threads_for_call(self.threads, self._weight_bytes * rows)
+
+    def prewake(self, inputs: Sequence[torch.Tensor]) -> None:
+        """Called before the input checks of a call that will run here: wake the parallel
+        launcher's sleeping workers now if the call will use more than one thread
+        (``pool_launch.c``, ``rq_pool_prewake``), so they are running when its first loop
+        comes."""
+        if self._threads(inputs) > 1:
+            lch = parallel.launcher()
+            if lch is not None:
+                lch.prewake()
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # per-call Python work is kept minimal: at batch 1 it costs as much as the kernels
+        args = [_to_tvm(x) for x in inputs]
+        n = self._threads(inputs)
         with self._lock:
             _set_threads(n)
             result = self._main(*args, *self._weights)

@@ -277,3 +277,41 @@ def test_omp_launcher_without_an_openmp_runtime_is_unavailable(
             parallel.launcher()
     finally:
         parallel.launcher.cache_clear()
+
+
+def test_prewake_wakes_sleeping_workers_and_calls_stay_exact(
+    built, parallel_always, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ctypes
+    import time
+
+    parallel = parallel_always
+    exe, x = built
+    exe.threads = 1
+    ref = exe(x)
+    lch = parallel._make("pool")
+    lib = lch._lib
+    lib.rq_pool_prewakes.restype = ctypes.c_uint64
+    _with_launcher(monkeypatch, parallel, lch)
+    other = _reload(exe)
+    lch.set_threads(2)
+    other.threads = 2
+    assert torch.equal(other(x), ref)  # the workers exist now
+    deadline = time.monotonic() + 5
+    while lib.rq_pool_sleepers() < lch.workers() and time.monotonic() < deadline:
+        time.sleep(0.01)  # they spin ~50 µs after a launch, then sleep on the futex
+    assert lib.rq_pool_sleepers() == lch.workers() >= 1
+    n = lib.rq_pool_prewakes()
+    lch.prewake()
+    assert lib.rq_pool_prewakes() == n + 1
+    # a prewake without a launch leaves nothing to claim; calls after it stay exact
+    for _ in range(10):
+        lch.prewake()
+        assert torch.equal(other(x), ref)
+    # the runner asks for a prewake before the input checks of a call on several threads
+    calls: list[int] = []
+    monkeypatch.setattr(lch, "prewake", lambda: calls.append(1))
+    other(x)
+    other.threads = 1
+    other(x)
+    assert calls == [1]
