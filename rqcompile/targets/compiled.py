@@ -44,10 +44,9 @@ def _all_finite(x: torch.Tensor) -> bool:
     """No NaN/Inf in ``x``: its min and max (NaN propagates to both), which runs on every
     call. On CPU through numpy: torch's reductions run on its OpenMP threads above ~32k
     elements, and those threads then spin for a while after the op, on the cores our own
-    kernels are about to use (``targets/tvm/parallel.py``): an A8W8 layer at K = N = 4096,
-    M = 64 took 2.23 ms on 2 threads with ``torch.aminmax`` here, 1.50 ms with this (2.46
-    ms on one). numpy's are single-threaded, and ~2x faster than ``torch.aminmax`` on one
-    thread (22 vs 50 µs for 64 x 4096)."""
+    kernels are about to use (``targets/tvm/parallel.py``; the thread-scaling section of
+    ``benchmarks/README.md``). numpy's are single-threaded, and faster than
+    ``torch.aminmax`` on one thread."""
     if not x.numel():
         return True
     if x.device.type == "cpu" and x.dtype in _NUMPY_FLOATS:

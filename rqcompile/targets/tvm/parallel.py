@@ -26,8 +26,8 @@ we point that global at our launcher (:func:`install`), a few lines of C in this
   A call that will run on several threads *prewakes* them as it starts (before its input
   checks): waking a sleeping thread takes tens of microseconds on this VM, and paid inside
   the call's first loop (the activation quantize) it left that loop to the caller alone;
-  woken early, the workers spin up to 200 µs for it. A8W8, K = N = 2048, M = 64, 2 threads:
-  566 → 469-522 µs per call; K = N = 4096: 1,564 → 1,377 µs.
+  woken early, the workers spin up to 200 µs for it (measured: ``benchmarks/README.md``,
+  thread scaling on idle cores).
   One launch at a time: a thread that finds the workers busy runs its loop alone.
 * ``omp`` (``omp_launch.c``): the loop's slices in one ``GOMP_parallel`` region of the OpenMP
   runtime torch has loaded, so our loops and torch's operators use the same team of threads

@@ -195,7 +195,7 @@ void rq_pool_set_threads(int n) { tl_threads = n > 0 ? n : 0; }
 /* A call that will launch parallel loops is starting: wake sleeping workers now and keep
  * them spinning for prewake_ns, so they are running when its first loop comes. Waking a
  * sleeping thread takes tens of microseconds (on a VM, an idle virtual CPU must be woken
- * too); paid inside the first loop (the activation quantize, ~100 us), that loop ran
+ * too); paid inside the first loop (the activation quantize, a short one), that loop ran
  * almost alone on the caller. Bumping seq without a launch is harmless: a woken worker
  * finds no unclaimed chunk and goes back to spinning. */
 void rq_pool_prewake(void) {

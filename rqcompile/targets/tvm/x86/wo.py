@@ -41,8 +41,8 @@ reads the stored codes, never a float copy of the weights: 4-bit codes two per b
   128 rows into a float32 tile in L1 and the row tiles run a plain FMA GEMM on it (16 FMAs,
   4 loads and 4 broadcasts per code step on AVX-512), then the same block term. The same
   products in the same order: the two walks give the same bits. W4, K = N = 4096, one
-  thread: 1.16-1.20x the GEMV walk at M = 16, 64, 256 (54 ms at M = 256, ~158 GFLOP/s,
-  as torch's fp32 GEMM).
+  thread: 1.16-1.19x the GEMV walk at M = 16, 64, 256, ~150 GFLOP/s, about torch's fp32
+  GEMM (``benchmarks/wo_walks.py``).
 * **Threads**: a ``parallel`` loop over the column panels; the runtime runs a call on one
   thread when its work is small (``targets/tvm/threads.py``).
 
@@ -77,8 +77,8 @@ _PREFETCH = 2
 #: Rows from which a call decodes each block of a panel once into a float tile (and runs a
 #: plain FMA GEMM on it) instead of decoding per row tile (:func:`_gemm_walk`). The GEMV
 #: walk decodes every code again for each tile of ``max_rows`` rows: at 4 rows, 2 of every
-#: 6 vector operations are decode. Measured (W4, K = N = 4096,
-#: one thread): 1.16x at M = 16, 1.20x at 64, 1.18x at 256.
+#: 6 vector operations are decode. Measured (``benchmarks/wo_walks.py``, W4, K = N = 4096,
+#: one thread): 1.18x at M = 16, 1.19x at 64, 1.16x at 256.
 GEMM_MIN_ROWS = 16
 #: Rows per chunk of the GEMM walk: the chunk's float sums (``rows x 64`` float32, 32 KiB)
 #: stay cached across the blocks, and each decoded block is used by every row of the chunk.
