@@ -11,7 +11,9 @@ Configurations: ``tvm-default`` (pinned workers, 300,000-yield spin, no serial t
 state before issue 19), ``default`` (rqcompile's TVM-pool settings: unpinned, TVM's spin),
 ``short-spin`` (unpinned, 2,000-yield spin), all three on TVM's pool
 (``RQCOMPILE_PARALLEL=tvm``); ``pool`` (rqcompile's default launcher since, see
-``threads_omp.py``) and ``serial`` (``exe.threads = 1``). Nothing is asserted.
+``threads_omp.py``), ``pool-omp-passive`` (the same with ``OMP_WAIT_POLICY=passive``, so
+torch's OpenMP threads sleep after each op instead of spinning) and ``serial``
+(``exe.threads = 1``); ``--configs`` picks some. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ CONFIGS = {
     "short-spin": {"TVM_THREAD_POOL_SPIN_COUNT": "2000", "RQCOMPILE_SERIAL_BELOW": "0",
                    "RQCOMPILE_PARALLEL": "tvm"},
     "pool": {"RQCOMPILE_SERIAL_BELOW": "0", "RQCOMPILE_PARALLEL": "pool"},
+    # torch's (GNU) OpenMP threads sleep after each op instead of spinning on the cores ours
+    # need; read by libgomp at start-up, so it must be set before the process starts
+    "pool-omp-passive": {"RQCOMPILE_SERIAL_BELOW": "0", "RQCOMPILE_PARALLEL": "pool",
+                         "OMP_WAIT_POLICY": "passive"},
     "serial": {"RQ_SERIAL": "1"},
 }
 
@@ -95,15 +101,18 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     a = ap.parse_args()
     presets = a.presets.split(",")
     if a.child:
         print(json.dumps(child(a.k, a.m, a.threads, presets, a.repeats)))
         return 0
-    samples: dict[str, dict[str, list[float]]] = {c: {} for c in CONFIGS}
+    configs = {c: CONFIGS[c] for c in a.configs.split(",")}
+    samples: dict[str, dict[str, list[float]]] = {c: {} for c in configs}
     for r in range(a.rounds):
-        for c, extra in CONFIGS.items():
-            env = {**os.environ, **extra, "PYTHONPATH": str(ROOT)}
+        for c, extra in configs.items():
+            path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+            env = {**os.environ, **extra, "PYTHONPATH": path}
             out = subprocess.run(
                 [sys.executable, __file__, "--child", "--k", str(a.k), "--m", str(a.m),
                  "--threads", str(a.threads), "--presets", a.presets,
@@ -119,7 +128,8 @@ def main() -> int:
     lines = [f"# TVM pool settings between torch and ORT calls, K = N = {a.k}, M = {a.m}, "
              f"{a.threads} threads", "",
              f"`python benchmarks/threads_coexist.py --k {a.k} --m {a.m} --threads "
-             f"{a.threads} --rounds {a.rounds} --repeats {a.repeats}`; {date:%Y-%m-%d %H:%M} "
+             f"{a.threads} --rounds {a.rounds} --repeats {a.repeats} --configs {a.configs}`; "
+             f"{date:%Y-%m-%d %H:%M} "
              f"UTC, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end. "
              "Median wall time per call (µs) over all rounds; each configuration in its own "
              "process, configurations alternating.", "",
