@@ -78,6 +78,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,12 +150,10 @@ class Launcher:
         fn("team_launches").restype = ctypes.c_uint64
         self.set_threads = fn("set_threads")
         #: wake sleeping workers ahead of a call's first loop (``pool`` only; else a no-op)
-        self.prewake: Any = getattr(self._lib, "rq_pool_prewake", None) if self.kind == "pool" \
-            else None  # fmt: skip
-        if self.prewake is not None:
-            self.prewake.restype = None
-        else:
-            self.prewake = _no_prewake
+        self.prewake: Callable[[], None] = _no_prewake
+        if self.kind == "pool":
+            self.prewake = fn("prewake")
+            self.prewake.restype = None  # type: ignore[attr-defined]
 
     def _fn(self, name: str) -> Any:
         return getattr(self._lib, f"rq_{self.kind}_{name}")

@@ -52,6 +52,15 @@ def _with_launcher(monkeypatch: pytest.MonkeyPatch, parallel, lch) -> None:
     monkeypatch.setattr(parallel, "launcher", lambda: lch)
 
 
+def _on_two_pool_threads(exe, parallel, lch, monkeypatch: pytest.MonkeyPatch):
+    """``exe``'s library loaded again with ``lch`` installed, both set to 2 threads."""
+    _with_launcher(monkeypatch, parallel, lch)
+    other = _reload(exe)
+    lch.set_threads(2)
+    other.threads = 2
+    return other
+
+
 def test_default_launcher_is_installed_and_runs_the_loops(built, parallel_always) -> None:
     parallel = parallel_always
     exe, x = built
@@ -122,10 +131,7 @@ def test_pool_uses_its_workers_and_stays_exact_with_many_chunks(
     lch = parallel._make("pool")
     lch._lib.rq_pool_init(-1, 16, None)  # 16 chunks per thread: slices of 1 row and empty ones
     try:
-        _with_launcher(monkeypatch, parallel, lch)
-        other = _reload(exe)
-        lch.set_threads(2)
-        other.threads = 2
+        other = _on_two_pool_threads(exe, parallel, lch, monkeypatch)
         outs = [other(x) for _ in range(20)]
         assert all(torch.equal(o, ref) for o in outs)
         assert lch.worker_chunks() is not None and lch.workers() >= 1
@@ -292,10 +298,7 @@ def test_prewake_wakes_sleeping_workers_and_calls_stay_exact(
     lch = parallel._make("pool")
     lib = lch._lib
     lib.rq_pool_prewakes.restype = ctypes.c_uint64
-    _with_launcher(monkeypatch, parallel, lch)
-    other = _reload(exe)
-    lch.set_threads(2)
-    other.threads = 2
+    other = _on_two_pool_threads(exe, parallel, lch, monkeypatch)
     assert torch.equal(other(x), ref)  # the workers exist now
     deadline = time.monotonic() + 5
     while lib.rq_pool_sleepers() < lch.workers() and time.monotonic() < deadline:

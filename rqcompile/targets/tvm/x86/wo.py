@@ -163,15 +163,15 @@ def _divisor(n: int, want: int) -> int:
 
 def wo_panel_matmul(
     x: Any, wp: Any, ws_t: Any, wc_t: Any, *, block: int, w_bits: int, w_signed: bool,
-    isa: str, name: str, attrs: dict[str, Any], walk: str | None = None,
+    isa: str, name: str, attrs: dict[str, Any],
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` from ``x f32 [M, K]`` and the outputs of :func:`te_pack_wo_panels`
     (built with the same ``isa``).
 
-    ``walk``: ``"gemv"`` (decode in registers per row tile), ``"gemm"`` (decode each block
-    once per chunk of rows, :func:`_gemm_walk`), or ``None``: ``"gemm"`` from
-    :data:`GEMM_MIN_ROWS` rows where a row tile has more than one row. Both give the same
-    bits (same products, same order of the sums).
+    From :data:`GEMM_MIN_ROWS` rows, where a row tile has more than one row, the GEMM walk
+    (:func:`_gemm_walk`: each block decoded once per chunk of rows); else the GEMV walk
+    below (decoded in registers per row tile). Both give the same bits (same products,
+    same order of the sums, the same :func:`_add_block_sum`).
 
     Raises:
         NumericsError: a shape :func:`wo_panel_supported` rejects, or panels of another isa.
@@ -191,21 +191,17 @@ def wo_panel_matmul(
     xsum = te.compute((m, nb), lambda i, b: te.sum(x[i, b * block + r], axis=r),
                       name=f"{name}_xsum", attrs={"rq.stage": "sums"})  # fmt: skip
     mr = _divisor(m, max_rows)
-    if walk is None:
-        walk = "gemm" if m >= GEMM_MIN_ROWS and mr > 1 else "gemv"
-    if walk == "gemm":
+    if m >= GEMM_MIN_ROWS and mr > 1:
         body_gemm = _gemm_walk(m=m, k=k, groups=groups, block=block, e=e, lanes=lanes, nv=nv,
                                mr=mr)  # fmt: skip
         return te.extern((m, n), [x, wp, ws_t, wc_t, xsum], body_gemm, name=name,
                          dtype="float32", attrs=attrs)  # fmt: skip
-    if walk != "gemv":
-        raise NumericsError(f"{name}: unknown walk {walk!r}; use 'gemv' or 'gemm'.")
     split = e if mr == 1 else 1  # one row: a chain per code of the byte
     steps = block // e
     unroll = _divisor(steps, _UNROLL)
 
     def vec(i: Any) -> Any:
-        return tirx.Ramp(i * lanes, 1, lanes)
+        return _vec(i, lanes)
 
     def body(ins: list[Any], outs: list[Any]) -> Any:
         xb, w, wst, wct, xs = ins
@@ -251,11 +247,9 @@ def wo_panel_matmul(
                             if e == 2 and v:  # the nibbles of vector v sat 8v bits up
                                 tot = tot * tirx.Broadcast(
                                     tirx.const(2.0 ** (-8 * v), "float32"), lanes)
-                            cols = tirx.Ramp(g * pw + v * lanes, 1, lanes)
-                            xsv = tirx.Broadcast(xs[io * mr + ii, b], lanes)
-                            t = vec(ii * nv + v)
-                            T.buffer_store(yacc, yacc[t] + wst[b, cols] * tot
-                                           + wct[b, cols] * xsv, [t])  # fmt: skip
+                            _add_block_sum(yacc, vec(ii * nv + v), wst, wct, xs, tot,
+                                           row=io * mr + ii, col=g * pw + v * lanes, b=b,
+                                           lanes=lanes)  # fmt: skip
                 with T.unroll(0, mr) as ii, T.unroll(0, nv) as v:
                     T.buffer_store(y, yacc[vec(ii * nv + v)],
                                    [io * mr + ii, tirx.Ramp(g * pw + v * lanes, 1, lanes)])
@@ -263,6 +257,21 @@ def wo_panel_matmul(
 
     return te.extern((m, n), [x, wp, ws_t, wc_t, xsum], body, name=name, dtype="float32",
                      attrs=attrs)  # fmt: skip
+
+
+def _vec(i: Any, lanes: int) -> Any:
+    """Float32 vector ``i`` of a buffer of ``lanes``-wide vectors."""
+    return tirx.Ramp(i * lanes, 1, lanes)
+
+
+def _add_block_sum(yacc: Any, t: Any, wst: Any, wct: Any, xs: Any, tot: Any, *, row: Any,
+                   col: Any, b: Any, lanes: int) -> None:  # fmt: skip
+    """``y += ws_b·Σ_k x·q + wc_b·Σ_k x`` for the ``lanes`` columns from ``col`` of ``row``,
+    into vector ``t`` of ``yacc``: block ``b``'s term, written once for both walks, whose
+    equal bits rest on this one expression."""
+    cols = tirx.Ramp(col, 1, lanes)
+    xsv = tirx.Broadcast(xs[row, b], lanes)
+    T.buffer_store(yacc, yacc[t] + wst[b, cols] * tot + wct[b, cols] * xsv, [t])
 
 
 def _decode_step(raw: Any, lanes: int, v: int, high: bool) -> Any:
@@ -292,7 +301,7 @@ def _gemm_walk(*, m: int, k: int, groups: int, block: int, e: int, lanes: int, n
     unroll = _divisor(block, _UNROLL)
 
     def vec(i: Any) -> Any:
-        return tirx.Ramp(i * lanes, 1, lanes)
+        return _vec(i, lanes)
 
     def body(ins: list[Any], outs: list[Any]) -> Any:
         xb, w, wst, wct, xs = ins
@@ -332,11 +341,10 @@ def _gemm_walk(*, m: int, k: int, groups: int, block: int, e: int, lanes: int, n
                                     T.buffer_store(acc, acc[a] + wv * xv, [a])
                         with T.unroll(0, mr) as ii:
                             for v in range(nv):
-                                cols = tirx.Ramp(g * pw + v * lanes, 1, lanes)
-                                xsv = tirx.Broadcast(xs[row0 + ii, b], lanes)
-                                t = vec((io * mr + ii) * nv + v)
-                                T.buffer_store(yacc, yacc[t] + wst[b, cols] * acc[vec(ii * nv + v)]
-                                               + wct[b, cols] * xsv, [t])  # fmt: skip
+                                _add_block_sum(yacc, vec((io * mr + ii) * nv + v), wst, wct,
+                                               xs, acc[vec(ii * nv + v)], row=row0 + ii,
+                                               col=g * pw + v * lanes, b=b,
+                                               lanes=lanes)  # fmt: skip
                 with T.serial(0, chunk) as r, T.unroll(0, nv) as v:
                     T.buffer_store(y, yacc[vec(r * nv + v)],
                                    [c * chunk + r, tirx.Ramp(g * pw + v * lanes, 1, lanes)])
