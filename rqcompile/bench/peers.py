@@ -43,9 +43,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rqcompile.bench import targets
+
 __all__ = ["PEERS", "PRESETS", "PeerRow", "main", "markdown", "run"]
 
-PRESETS = ("A8W8", "A4W4", "A2W2", "A1W1", "A4W4+2:4", "W4")
+PRESETS = ("A8W8", "A4W4", "A2W2", "A1W1", "A4W4+2:4", "W4", "A8W4")
 #: ``--decode``: batch-1/8 decode (issue 19): weight-only and integer presets, K x N of square
 #: layers and GPT-2-small's (c_attn 768x2304, c_fc 768x3072, c_proj 3072x768)
 DECODE_PRESETS = ("W4", "W8", "A8W8", "A4W4", "A1W1")
@@ -270,10 +272,13 @@ def run(
     clock: str | None = None,
     log: Callable[[str], None] = print,
     seed: int = 0,
+    e2e: bool = False,
 ) -> dict[str, Any]:
     """Time every candidate at every shape, thread count and series; returns the JSON data.
 
-    ``ks``: ``K = N`` sizes, or ``(K, N)`` pairs."""
+    ``ks``: ``K = N`` sizes, or ``(K, N)`` pairs. ``e2e``: also the demo char transformer
+    (batch 32 x 64) in A1W1 against torch fp32 and dynamic int8 at each thread count
+    (interleaved; the end-to-end target of the targets table)."""
     import torch
     from torch import nn
 
@@ -320,8 +325,19 @@ def run(
                             rows.append(PeerRow(t, s, k, n, m, name, med, spread, reps,
                                                 wbytes.get(name, 0)))  # fmt: skip
                         log("  " + _line(t, s, k, n, m, stats, presets))
+    e2e_rows = []
+    if e2e:
+        from rqcompile.bench.model import bench_e2e
+
+        for t in threads:
+            _set_threads(t)
+            for r in bench_e2e(["A1W1"], batch=(32, 64), budget_s=budget_s * 10,
+                               clock=clock or ("cpu" if t == 1 else "wall"),
+                               log=lambda s, t=t: log(f"  {t} thr {s.strip()}")):  # fmt: skip
+                e2e_rows.append({"threads": t, **r})
     return {"rows": [asdict(r) for r in rows], "skipped": skipped, "build_s": build_s,
-            "presets": list(presets), "peers": [p for p in peers if p not in skipped]}  # fmt: skip
+            "presets": list(presets), "peers": [p for p in peers if p not in skipped],
+            "e2e": e2e_rows}  # fmt: skip
 
 
 def _peer_weight_bytes(peer: str, k: int, n: int) -> int:
@@ -394,7 +410,26 @@ def markdown(data: dict[str, Any], cmd: str) -> str:
             out.append("")
             out += _bandwidth(sel, [*peers, *presets], f"{t} thread{'s' if t > 1 else ''}, {s}")
     out += scaling(rows, [*peers, *presets])
+    out += e2e_table(data.get("e2e", []))
+    out += targets.table(data)
     return "\n".join(out)
+
+
+def e2e_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The demo char transformer end to end: tokens/s per thread count and candidate."""
+    if not rows:
+        return []
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    out = ["## End to end: the demo char transformer (batch 32 x 64, LM head float), "
+           "tokens/s (x torch fp32), interleaved", ""]
+    head = ["threads", *names]
+    out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for t in sorted({r["threads"] for r in rows}):
+        by = {r["name"]: r for r in rows if r["threads"] == t}
+        out.append("| " + " | ".join([str(t)] + [
+            f"{by[n]['tokens_per_s']:,.0f} ({by[n]['vs_fp32']:.2f}x)" if n in by else "–"
+            for n in names]) + " |")  # fmt: skip
+    return [*out, ""]
 
 
 def scaling(rows: Sequence[PeerRow], names: Sequence[str]) -> list[str]:
@@ -486,6 +521,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", default=None, help="comma-separated presets")
     p.add_argument("--only-peers", default=None, help="comma-separated peers")
     p.add_argument("--series", default=",".join(SERIES), help="interleaved,standalone")
+    p.add_argument("--no-e2e", action="store_true",
+                   help="leave out the demo char transformer end to end (on by default except "
+                   "with --decode, --k, --shapes)")
     p.add_argument("--budget", type=float, default=None, help="seconds per candidate per cell")
     p.add_argument("--out", type=Path, default=Path("rq-bench"),
                    help="results directory (default ./rq-bench)")
@@ -520,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             peers=[p for p in only.split(",") if p],
             series=[s for s in args.series.split(",") if s],
             budget_s=args.budget if args.budget is not None else (0.1 if args.quick else 0.3),
+            e2e=not (args.no_e2e or args.decode or args.k or args.shapes),
             log=log))  # fmt: skip
     except VerifyError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -531,5 +570,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / f"{stem}.md").write_text(markdown(data, cmd.strip()) + "\n")
+    log("\n".join(targets.table(data)))
     log(f"done in {data['wall_s']:.0f}s; wrote {out / f'{stem}.md'}")
     return 0

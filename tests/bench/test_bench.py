@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,47 @@ def test_peers_report_has_a_thread_scaling_table() -> None:
     assert "## Thread scaling 1 → 2, standalone" in text
     assert "| 64 | 64 | 64 | 1.50x | 2.00x | – |" in text
     assert scaling([r for r in rows if r.threads == 1], ["A8W8"]) == []
+
+
+def test_targets_table_reads_the_worst_shape_against_each_goal() -> None:
+    """Each target's ratio is computed from the run's rows: best peer, a named peer, our own
+    dense preset, 1 → N thread scaling, end to end; shapes outside K = N 1024–4096 are left
+    out; a goal is met only when the worst shape meets it."""
+    from rqcompile.bench.peers import PeerRow
+    from rqcompile.bench.targets import table
+
+    def row(t: int, s: str, k: int, m: int, name: str, sec: float) -> dict:
+        return asdict(PeerRow(t, s, k, k, m, name, sec, 0.0, 3, 0))
+
+    rows = []
+    for s in ("interleaved", "standalone"):
+        for t in (1, 2):
+            for k in (512, 1024, 2048):
+                # ort-int8 is the best peer at M = 64; A8W8 1.2x it at 1024, 0.9x at 2048
+                rows += [row(t, s, k, 64, "ort-int8", 9.0 / t), row(t, s, k, 64, "torch-fp32", 50.0),
+                         row(t, s, k, 64, "A8W8", (7.5 if k == 1024 else 10.0) / t),
+                         row(t, s, k, 64, "A4W4", 6.0 / t if t == 1 else 3.6),
+                         row(t, s, k, 64, "A4W4+2:4", 4.0 / t),
+                         row(t, s, k, 1, "ort-nbits4-acc0", 4.0), row(t, s, k, 1, "W4", 2.0),
+                         row(t, s, k, 1, "ort-nbits4-acc4", 1.0)]  # fmt: skip
+    rows.append(row(1, "standalone", 512, 64, "A8W8", 0.1))  # K = 512: outside the range
+    data = {"rows": rows, "peers": ["ort-int8", "torch-fp32", "ort-nbits4-acc0", "ort-nbits4-acc4"],
+            "env": {"features": ["avx2", "avx512f"]},
+            "e2e": [{"threads": 1, "name": "fp32", "seconds": 3.3},
+                    {"threads": 1, "name": "A1W1", "seconds": 1.0}]}  # fmt: skip
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in table(data)}
+    assert "AVX-512 host" in table(data)[0]
+    a8 = lines["A8W8 vs best peer, M ≥ 64"]
+    assert a8.endswith("| ✗ 0.90–1.20x | ✗ 0.90–1.20x | ✗ 0.90–1.20x | ✗ 0.90–1.20x |")
+    # every preset present scales 2x except A4W4 (6.0 → 3.6: 1.67x); 1-thread columns empty
+    assert lines["thread scaling 1 → all cores, every preset, M ≥ 64"].endswith(
+        "| – | – | ✗ 1.67–2.00x | ✗ 1.67–2.00x |")
+    assert "| ✓ 2.00x |" in lines["W4 vs ORT MatMulNBits acc 0"]
+    assert lines["2:4 vs dense, same bits (A4W4+2:4 vs A4W4)"].startswith(
+        "| 2:4 vs dense, same bits (A4W4+2:4 vs A4W4) | ≥ 1.3x | ✓ 1.50x |")
+    assert lines["A8W4 vs ORT MatMulNBits acc 4"].endswith("| – | – | – | – |")  # not run
+    e2e = lines["char transformer A1W1 end to end vs torch fp32"]
+    assert e2e.endswith("| ✓ 3.30x | – | – | – |")
+    data["env"]["features"] = ["avx2"]
+    assert "| ≥ 2.0x |" in {ln.split(" | ")[0].lstrip("| "): ln for ln in table(data)}[
+        "A1W1 vs best peer, M ≥ 64 (AVX-512 / AVX2)"]
