@@ -509,3 +509,33 @@ def test_finiteness_check_sees_nan_and_inf_in_every_float_dtype(dtype: torch.dty
         y = x.clone()
         y[63, 599] = bad
         assert not _all_finite(y) and not _all_finite(y.t()[1::2])
+
+
+@pytest.mark.tvm
+def test_llvm_fast_input_path_sends_every_problem_to_the_full_check() -> None:
+    """The llvm build's lean per-call check (``CompiledModule._fast_ok``) takes the plain
+    call and nothing else: NaN/Inf, an overflowing but finite sum, other dtypes, shapes,
+    tensor subclasses and views all reach ``_check`` and get its answer."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16)
+    exe = rq.lower(rq.prepare(_lin(), (x,), "A4W4"), target="llvm")
+    assert exe._fast_ok((x,))
+    ref = exe(x)
+    x[0, 0] = float("nan")
+    assert not exe._fast_ok((x,))
+    with pytest.raises(rq.InputError, match="1 NaN/Inf"):
+        exe(x)
+    big = torch.full((2, 16), 3e38)
+    assert not exe._fast_ok((big,))  # the sum overflows: the full check decides (finite)
+    exe(big)  # runs: finite inputs (its outputs overflow float32, the model's business)
+    for bad in (torch.randn(2, 16, dtype=torch.float64), torch.randn(3, 16)):
+        assert not exe._fast_ok((bad,))
+        with pytest.raises(rq.InputError):
+            exe(bad)
+    x[0, 0] = 0.5
+    param = torch.nn.Parameter(x.clone())
+    assert not exe._fast_ok((param,)) and not exe._fast_ok((x, x))
+    assert torch.equal(exe(param), exe(x))
+    view = torch.randn(16, 2).t()  # non-contiguous: copied on the way in, same answer
+    assert exe._fast_ok((view,)) and torch.equal(exe(view), exe(view.contiguous()))
+    assert ref.shape == (2, 4)

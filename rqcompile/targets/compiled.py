@@ -240,12 +240,49 @@ class CompiledModule:
 
         return GatherCheck(self.ir.main, self.ir.constants)
 
+    @functools.cached_property
+    def _fast_expect(self) -> tuple[tuple[torch.dtype, torch.Size], ...] | None:
+        """``(dtype, shape)`` of every input where :meth:`_fast_ok` can stand for
+        :meth:`_check`: float inputs of static shapes that feed no embedding; else ``None``."""
+        if self._id_ranges or self._gathers or self.target.kind == "cuda":
+            return None
+        if not all(type(d) is int for _, s in self._expect for d in s):
+            return None
+        if not all(dt in _NUMPY_FLOATS for dt, _ in self._expect):
+            return None
+        return tuple((dt, torch.Size(s)) for dt, s in self._expect)
+
+    def _fast_ok(self, inputs: tuple[Any, ...]) -> bool:
+        """The common call, confirmed with as few library calls as possible: right count,
+        plain CPU tensors of the converted dtype and shape, all finite (their float sum is
+        finite; an overflowing sum of finite values only sends the call to :meth:`_check`).
+
+        Why it matters: after a kernel that streams more weight bytes than L2 holds, each
+        distinct torch/numpy/Python call of the next call's checks runs from cold caches and
+        costs ~20 µs (a 4096 x 4096 A1W1 GEMV on the 2-core Xeon: 383 µs per call with the
+        full checks, 317 with these; ``benchmarks/README.md``, per-call overhead). Anything
+        unusual goes through :meth:`_check`, which names the problem."""
+        expect = self._fast_expect
+        if expect is None or len(inputs) != len(expect):
+            return False
+        for x, (dtype, shape) in zip(inputs, expect, strict=True):
+            if (type(x) is not torch.Tensor or x.dtype is not dtype or x.shape != shape
+                    or x.layout is not torch.strided or x.is_nested or not x.is_cpu):  # fmt: skip
+                return False
+            if x.numel() and not math.isfinite(float(x.detach().numpy().sum())):
+                return False
+        return True
+
     def __call__(self, *inputs: torch.Tensor) -> Any:
         prewake = getattr(self._runner, "prewake", None)
-        if prewake is not None:  # workers start waking while the inputs are checked
-            prewake(inputs)
-        self._check(inputs)
-        outs = self._runner(*inputs)
+        if prewake is None:
+            self._check(inputs)
+            outs = self._runner(*inputs)
+        else:  # workers start waking while the inputs are checked
+            threads = prewake(inputs)
+            if not self._fast_ok(inputs):
+                self._check(inputs)
+            outs = self._runner(*inputs, threads=threads)
         return outs[0] if len(outs) == 1 else outs
 
     def inspect_text(self) -> str:

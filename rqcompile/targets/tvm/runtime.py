@@ -28,6 +28,7 @@ same code path.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import threading
@@ -111,6 +112,20 @@ def _bind_weights(vm: Any, ir: Module) -> list[Any]:
     return list(vm[TRANSFORM_PARAMS](weights))
 
 
+def _static_rows(ir: Module) -> int | None:
+    """Rows of ``main``'s first input (:meth:`_VMRunner._threads`) when its shape is static."""
+    args = ir.main.args
+    if not args:
+        return 1
+    t = args[0].type
+    shape = tuple(t.shape)
+    if not all(type(d) is int for d in shape):  # dynamic (None or symbolic) dims
+        return None
+    if not str(t.dtype).startswith(("float", "bfloat")):
+        return math.prod(shape)  # token ids: one row per token
+    return 1 if len(shape) < 2 else math.prod(shape[:-1])
+
+
 class _VMRunner:
     """Calls the VM's ``main`` with the inputs followed by the bound weights."""
 
@@ -128,28 +143,39 @@ class _VMRunner:
         self._weight_bytes = sum(
             ir.constant(n).numel() * ir.constant(n).element_size() for n in const_params(ir)
         )
+        #: the work of every call where the first input's shape is static (the usual case):
+        #: reading the input's shape on every call costs several torch calls
+        self._static_work = _static_rows(ir)
+        if self._static_work is not None:
+            self._static_work *= self._weight_bytes
 
     def _threads(self, inputs: Sequence[torch.Tensor]) -> int:
-        x = inputs[0] if inputs else None
-        rows = 1 if x is None or x.dim() < 2 else x.numel() // x.shape[-1]
-        if x is not None and not x.is_floating_point():
-            rows = x.numel()  # token ids: one row per token
-        return threads_for_call(self.threads, self._weight_bytes * rows)
+        work = self._static_work
+        if work is None:
+            x = inputs[0] if inputs else None
+            rows = 1 if x is None or x.dim() < 2 else x.numel() // x.shape[-1]
+            if x is not None and not x.is_floating_point():
+                rows = x.numel()  # token ids: one row per token
+            work = self._weight_bytes * rows
+        return threads_for_call(self.threads, work)
 
-    def prewake(self, inputs: Sequence[torch.Tensor]) -> None:
+    def prewake(self, inputs: Sequence[torch.Tensor]) -> int:
         """Called before the input checks of a call that will run here: wake the parallel
         launcher's sleeping workers now if the call will use more than one thread
         (``pool_launch.c``, ``rq_pool_prewake``), so they are running when its first loop
-        comes."""
-        if self._threads(inputs) > 1:
+        comes. Returns the call's thread count, for :meth:`__call__`'s ``threads``."""
+        n = self._threads(inputs)
+        if n > 1:
             lch = parallel.launcher()
             if lch is not None:
                 lch.prewake()
+        return n
 
-    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def __call__(self, *inputs: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, ...]:
+        """``threads``: the call's thread count if the caller already has it (``prewake``'s)."""
         # per-call Python work is kept minimal: at batch 1 it costs as much as the kernels
         args = [_to_tvm(x) for x in inputs]
-        n = self._threads(inputs)
+        n = self._threads(inputs) if threads is None else threads
         with self._lock:
             _set_threads(n)
             result = self._main(*args, *self._weights)
