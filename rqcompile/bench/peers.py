@@ -277,8 +277,8 @@ def run(
     """Time every candidate at every shape, thread count and series; returns the JSON data.
 
     ``ks``: ``K = N`` sizes, or ``(K, N)`` pairs. ``e2e``: also the demo char transformer
-    (batch 32 x 64) in A1W1 against torch fp32 and dynamic int8 at each thread count
-    (interleaved; the end-to-end target of the targets table)."""
+    (batch 32 x 64) in A1W1 against torch fp32 and dynamic int8 at each thread count and
+    series (the end-to-end target of the targets table)."""
     import torch
     from torch import nn
 
@@ -331,10 +331,12 @@ def run(
 
         for t in threads:
             _set_threads(t)
-            for r in bench_e2e(["A1W1"], batch=(32, 64), budget_s=budget_s * 10,
-                               clock=clock or ("cpu" if t == 1 else "wall"),
-                               log=lambda s, t=t: log(f"  {t} thr {s.strip()}")):  # fmt: skip
-                e2e_rows.append({"threads": t, **r})
+            for s in series:
+                for r in bench_e2e(["A1W1"], batch=(32, 64), budget_s=budget_s * 10,
+                                   clock=clock or ("cpu" if t == 1 else "wall"),
+                                   standalone=s == "standalone",
+                                   log=lambda m, t=t, s=s: log(f"  {t} thr {s} {m.strip()}")):  # fmt: skip
+                    e2e_rows.append({"threads": t, "series": s, **r})
     return {"rows": [asdict(r) for r in rows], "skipped": skipped, "build_s": build_s,
             "presets": list(presets), "peers": [p for p in peers if p not in skipped],
             "e2e": e2e_rows}  # fmt: skip
@@ -416,17 +418,18 @@ def markdown(data: dict[str, Any], cmd: str) -> str:
 
 
 def e2e_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The demo char transformer end to end: tokens/s per thread count and candidate."""
+    """The demo char transformer end to end: tokens/s per thread count, series, candidate."""
     if not rows:
         return []
     names = list(dict.fromkeys(r["name"] for r in rows))
     out = ["## End to end: the demo char transformer (batch 32 x 64, LM head float), "
-           "tokens/s (x torch fp32), interleaved", ""]
-    head = ["threads", *names]
+           "tokens/s (x torch fp32)", ""]
+    head = ["threads", "series", *names]
     out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for t in sorted({r["threads"] for r in rows}):
-        by = {r["name"]: r for r in rows if r["threads"] == t}
-        out.append("| " + " | ".join([str(t)] + [
+    for t, s in sorted({(r["threads"], r.get("series", "interleaved")) for r in rows}):
+        by = {r["name"]: r for r in rows
+              if r["threads"] == t and r.get("series", "interleaved") == s}  # fmt: skip
+        out.append("| " + " | ".join([str(t), s] + [
             f"{by[n]['tokens_per_s']:,.0f} ({by[n]['vs_fp32']:.2f}x)" if n in by else "–"
             for n in names]) + " |")  # fmt: skip
     return [*out, ""]

@@ -71,9 +71,8 @@ TARGETS: tuple[Target, ...] = (
 def _ratios(t: Target, data: dict[str, Any], threads: int, series: str) -> list[float]:
     """Every ratio the run gives for ``t`` at ``threads`` in ``series``."""
     if t.against == "e2e":
-        if series != "interleaved":
-            return []
-        rows = [r for r in data.get("e2e", []) if r["threads"] == threads]
+        rows = [r for r in data.get("e2e", []) if r["threads"] == threads
+                and r.get("series", "interleaved") == series]  # fmt: skip
         fp32 = next((r["seconds"] for r in rows if r["name"] == "fp32"), None)
         return [fp32 / r["seconds"] for r in rows if fp32 and r["name"] in t.presets]
     rows = [r for r in data["rows"] if r["series"] == series and t.m_ok(r["m"])
