@@ -15,8 +15,8 @@ import torch
 
 __all__ = ["build_kernel", "code_bounds", "packed_int_matmul", "random_codes", "run_kernel"]
 
-_TV = {torch.int8: "int8", torch.uint8: "uint8", torch.int32: "int32", torch.uint32: "uint32",
-       torch.float32: "float32"}  # fmt: skip
+_TV = {torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16", torch.int32: "int32",
+       torch.uint32: "uint32", torch.float32: "float32"}  # fmt: skip
 _DT = {v: k for k, v in _TV.items()}
 Spec = tuple[tuple[tuple[int, ...], str], ...]
 

@@ -194,6 +194,9 @@ def block_term(p: Any, row: Sequence[Any], col: Sequence[Any], *, block: int,
     """
     xs, cx, sxt, x0, xk = (tirx.Broadcast(v, lanes) if lanes > 1 else v for v in row)
     ws, cw, sw, wa, w0 = col
+    # packed parts are stored narrow (``cw`` int8, ``S_W`` int16: matmul._packed_col_parts);
+    # widened here, explicitly, before any arithmetic
+    cw, sw = _cast(cw, "int32"), _cast(sw, "int32")
     if bias_x:
         cx = cx + bias_x
     if bias_w:

@@ -148,3 +148,36 @@ def test_xnor_nonzero_origins(n: int, block: int) -> None:
         (y,) = _run("te_xnor_popcount_matmul", "xnor_popcount_matmul", [xbits, xs, xc, *args],
                     **kw)  # fmt: skip
     _check(y, xq, xs, xc, wq, ws, wc, block)
+
+
+@AVX2
+@pytest.mark.parametrize(("isa", "w_bits", "layout"),
+                         [("avx2", 8, {}), ("avx2", 4, {"nibbles": True}),
+                          ("avx512_vnni_emulated", 4, {"nibbles": True}),
+                          ("avx512_vnni_emulated", 2, {"crumbs": True}),
+                          ("avx512_vnni_emulated", 8, {})])  # fmt: skip
+def test_packed_parts_stored_narrow_keep_the_extreme_origins(
+    isa: str, w_bits: int, layout: dict
+) -> None:
+    """The packed column parts store the origin ``cw`` as int8 and ``S_W`` as int16
+    (``matmul._packed_col_parts``); the epilogue widens them before adding the core's code
+    bias (``cw + 8`` for nibble and crumb panels). Weights whose zero points lie far outside
+    the code range (origins clamped to 127 and -128, the int8 extremes) stay within the
+    float64 reference's bound on every packed layout."""
+    block, m, n = 128, 3, 16
+    k = 2 * block
+    lo, hi = -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1
+    xq, xs, xc = _operand(m, k, block, -128, 127, seed=7)
+    g = torch.Generator().manual_seed(8)
+    wq = torch.randint(lo, hi + 1, (n, k), generator=g).to(torch.int8)
+    ws = 0.01 + torch.rand(n, k // block, generator=g)
+    zero = torch.tensor([300.0, -300.0, 127.0, -128.0, 125.0, 0.0, 3.0, -120.0])
+    wc = -ws * zero.repeat(n * (k // block) // len(zero) + 1)[: n * (k // block)].view(n, -1)
+    stored = pack_nibbles(wq, signed=True) if w_bits <= 4 else wq
+    kw = dict(block=block, w_bits=w_bits, w_signed=True, isa=isa, **layout)
+    assert K.int_matmul_packs(xq.shape, n, **kw)
+    packed = _run("te_pack_int_matmul_weights", "pack_weights",
+                  [stored, ws, wc, ref.code_sums(wq, block)], **kw)  # fmt: skip
+    assert {str(p.dtype) for p in packed[1:]} == {"torch.float32", "torch.int8", "torch.int16"}
+    (y,) = _run("te_int_matmul_packed", "int_matmul", [xq, xs, xc, *packed], **kw)
+    _check(y, xq, xs, xc, wq, ws, wc, block)
