@@ -512,7 +512,9 @@ def test_finiteness_check_sees_nan_and_inf_in_every_float_dtype(dtype: torch.dty
 
 
 @pytest.mark.tvm
-def test_llvm_fast_input_path_sends_every_problem_to_the_full_check() -> None:
+def test_llvm_fast_input_path_sends_every_problem_to_the_full_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The llvm build's lean per-call check (``CompiledModule._fast_ok``) takes the plain
     call and nothing else: NaN/Inf, an overflowing but finite sum, other dtypes, shapes,
     tensor subclasses and views all reach ``_check`` and get its answer."""
@@ -538,4 +540,12 @@ def test_llvm_fast_input_path_sends_every_problem_to_the_full_check() -> None:
     assert torch.equal(exe(param), exe(x))
     view = torch.randn(16, 2).t()  # non-contiguous: copied on the way in, same answer
     assert exe._fast_ok((view,)) and torch.equal(exe(view), exe(view.contiguous()))
+    import rqcompile.targets.compiled as compiled  # large inputs: min and max, not the sum
+
+    monkeypatch.setattr(compiled, "_SUM_BELOW", 1)
+    assert exe._fast_ok((x,)) and exe._fast_ok((big,))
+    for bad in (float("nan"), float("-inf")):
+        y = x.clone()
+        y[1, 7] = bad
+        assert not exe._fast_ok((y,))
     assert ref.shape == (2, 4)
