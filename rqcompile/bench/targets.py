@@ -125,8 +125,8 @@ def table(data: dict[str, Any]) -> list[str]:
     avx512 = "avx512f" in data["env"].get("features", ())
     rows = evaluate(data, avx512)
     cols = list(rows[0]["cells"])
-    isa = "AVX-512" if avx512 else "AVX2 (no AVX-512)"
-    out = [f"## Targets ({isa} host): worst–best ratio over K = N in "
+    isa = "an AVX-512 host" if avx512 else "an AVX2 host without AVX-512"
+    out = [f"## Targets on {isa}: worst–best ratio over K = N in "
            f"{_K_RANGE[0]}–{_K_RANGE[1]}, ✓ where the worst shape meets the goal", ""]
     head = ["case", "goal", *[f"{th} thread{'s' if th > 1 else ''}, {s}" for th, s in cols]]
     out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]

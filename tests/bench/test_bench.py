@@ -196,5 +196,6 @@ def test_targets_table_reads_the_worst_shape_against_each_goal() -> None:
     e2e = lines["char transformer A1W1 end to end vs torch fp32"]
     assert e2e.endswith("| ✓ 3.30x | ✗ 2.00x | – | – |")
     data["env"]["features"] = ["avx2"]
+    assert "AVX2 host without AVX-512" in table(data)[0]
     assert "| ≥ 2.0x |" in {ln.split(" | ")[0].lstrip("| "): ln for ln in table(data)}[
         "A1W1 vs best peer, M ≥ 64 (AVX-512 / AVX2)"]
