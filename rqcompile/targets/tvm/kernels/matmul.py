@@ -339,13 +339,24 @@ def te_sparse24_matmul_packed(
 
 def sparse24_dense_packs(
     xq_shape: Sequence[int], n: int, *, block: int, w_bits: int, isa: str,
-    min_rows: int | None = None, **_: Any,
+    min_rows: int | None = None, max_rows: int | None = None, nibbles: bool = False,
+    **_: Any,
 ) -> bool:  # fmt: skip
-    """Whether ``rq.sparse24_matmul`` runs as the dense AMX tiles (:func:`te_pack_sparse24_dense`):
-    where a dense ``tdpbusd`` does 16x16x64 MACs per instruction, skipping half the weights
-    with byte shuffles does not pay (the AVX2 2:4 panels ran at 0.24-0.43x of ONNX Runtime's
-    int8 there, the dense AMX tiles at 0.55-0.64x)."""
-    del w_bits  # the kept codes are unpacked to int8
+    """Whether ``rq.sparse24_matmul`` runs as a dense integer-affine kernel on the 2:4 codes
+    unpacked at load (:func:`te_pack_sparse24_dense`), pruned slots 0:
+
+    * the AMX tiles (``nibbles=False``, ``min_rows``): where a dense ``tdpbusd`` does
+      16x16x64 MACs per instruction, skipping half the weights with byte shuffles does not
+      pay (the AVX2 2:4 panels ran at 0.24-0.43x of ONNX Runtime's int8 there, the dense
+      AMX tiles at 0.55-0.64x);
+    * the VNNI nibble panels (``nibbles=True``, ``max_rows``; codes of 4 bits or fewer): at
+      small M a layer is bound by the bytes it reads, and the 2:4 panels' int8 codes plus an
+      index byte per kept pair read 1.8x the dense nibble panels' bytes (4096², M = 1: 17.9
+      vs 9.9 MiB with the epilogue parts)."""
+    if nibbles:
+        return (isa in VNNI_ISAS and w_bits <= 4
+                and int_matmul_packs(xq_shape, n, block=block, w_bits=4, isa=isa,
+                                     nibbles=True, max_rows=max_rows))  # fmt: skip
     return isa in AMX_ISAS and int_matmul_packs(xq_shape, n, block=block, w_bits=8, isa=isa,
                                                  min_rows=min_rows)  # fmt: skip
 
@@ -353,11 +364,13 @@ def sparse24_dense_packs(
 def te_pack_sparse24_dense(
     wvals: Tensor, widx: Tensor, ws: Tensor, wc: Tensor, wsum: Tensor, *, block: int,
     w_bits: int, isa: str, name: str = "pack_weights", min_rows: int | None = None,
+    max_rows: int | None = None, nibbles: bool = False,
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """The 2:4 codes (two kept values and their 2-bit slots per group of 4,
-    ``quant.bitpack.pack_sparse24``) unpacked to dense int8 codes (pruned slots 0) and packed
-    as :func:`te_pack_int_matmul_weights` packs 8-bit codes for ``isa``; once, at load."""
-    del w_bits, min_rows
+    ``quant.bitpack.pack_sparse24``) unpacked to dense codes (pruned slots 0) and packed as
+    :func:`te_pack_int_matmul_weights` packs 8-bit codes for ``isa`` (or, ``nibbles``, 4-bit
+    codes two per byte, as ``rq.int_matmul`` stores them); once, at load."""
+    del w_bits, min_rows, max_rows
     n, half = (int(d) for d in wvals.shape)
 
     def code(j: Any, kk: Any) -> Any:
@@ -370,6 +383,15 @@ def te_pack_sparse24_dense(
         return (tirx.Select(t0 == slot, wvals[j, 2 * g], zero)
                 + tirx.Select(t1 == slot, wvals[j, 2 * g + 1], zero))  # fmt: skip
 
+    if nibbles:  # element 2t in the low nibble, 2t + 1 in the high one (bitpack.pack_nibbles)
+        def byte(j: Any, t: Any) -> Any:
+            lo = tirx.bitwise_and(code(j, 2 * t).astype("int32"), 0xF)
+            hi = tirx.bitwise_and(code(j, 2 * t + 1).astype("int32"), 0xF)
+            return tirx.bitwise_or(lo, tirx.shift_left(hi, 4)).astype("uint8")
+
+        dense = te.compute((n, half), byte, name=f"{name}_dense4", attrs=_pack_attrs(block))
+        return te_pack_int_matmul_weights(dense, ws, wc, wsum, block=block, w_bits=4,
+                                          w_signed=True, isa=isa, name=name, nibbles=True)  # fmt: skip
     dense = te.compute((n, 2 * half), code, name=f"{name}_dense", attrs=_pack_attrs(block))
     return te_pack_int_matmul_weights(dense, ws, wc, wsum, block=block, w_bits=8,
                                       w_signed=True, isa=isa, name=name)  # fmt: skip
@@ -378,11 +400,13 @@ def te_pack_sparse24_dense(
 def te_sparse24_dense_packed(
     xq: Tensor, xs: Tensor, xc: Tensor, wp: Tensor, *col_t: Tensor, block: int, w_bits: int,
     isa: str, name: str = "sparse24_matmul", min_rows: int | None = None,
+    max_rows: int | None = None, nibbles: bool = False,
 ) -> Tensor:  # fmt: skip
-    """``te_sparse24_matmul`` on :func:`te_pack_sparse24_dense`'s dense tiles."""
-    del w_bits, min_rows
-    return te_int_matmul_packed(xq, xs, xc, wp, *col_t, block=block, w_bits=8, w_signed=True,
-                                isa=isa, name=name)  # fmt: skip
+    """``te_sparse24_matmul`` on :func:`te_pack_sparse24_dense`'s dense tiles or panels."""
+    del w_bits, min_rows, max_rows
+    return te_int_matmul_packed(xq, xs, xc, wp, *col_t, block=block,
+                                w_bits=4 if nibbles else 8, w_signed=True, isa=isa,
+                                name=name, nibbles=nibbles)  # fmt: skip
 
 
 def _pad_last(t: Tensor, size: int, name: str) -> Tensor:

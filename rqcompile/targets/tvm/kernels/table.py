@@ -26,6 +26,8 @@ xnor_popcount_matmul.avx512_vpopcntdq  avx2, avx512_vpopcntdq   XNOR panels with
 xnor_popcount_matmul.avx2              avx2              XNOR panels, ``vpshufb`` nibble LUT
 xnor_popcount_matmul.generic           –                 TE compute (LLVM vectorizes popcount)
 sparse24_matmul.amx      avx2, amx_tile, amx_int8       2:4 codes unpacked to dense at load, AMX tiles, M >= 16
+sparse24_matmul.avx512_vnni_w4  (as avx512_vnni)       2:4 codes unpacked to dense nibbles at load, VNNI nibble panels, M <= 16
+sparse24_matmul.avx_vnni_w4     (as avx_vnni)          the same with VEX ``vpdpbusd``
 sparse24_matmul.avx2     avx2                           ``vpshufb``-gathered 2:4 panels
 sparse24_matmul.generic  –                              TE compute
 qbmm.generic             –                              TE compute
@@ -159,6 +161,27 @@ def _sparse24_amx(isa: str, requires: frozenset[str]) -> KernelRow:
     )  # fmt: skip
 
 
+def _sparse24_vnni4(isa: str, requires: frozenset[str]) -> KernelRow:
+    """``sparse24_matmul.<isa>_w4``: the 2:4 codes unpacked to dense nibbles once, at load,
+    and run on the VNNI nibble panels of ``int_matmul.<isa>_w4`` (M <=
+    :data:`NIBBLE_MAX_ROWS`, codes of 4 bits or fewer): at small M the layer is bound by
+    bytes, and the dense nibble panels read 0.55x the bytes of the 2:4 ``vpshufb`` panels
+    (``kernels.matmul.sparse24_dense_packs``)."""
+    opts = {"isa": isa, "nibbles": True, "max_rows": NIBBLE_MAX_ROWS}
+
+    def supported(op: Op) -> bool:
+        return bool(K.sparse24_dense_packs(_dims(op.operands[0]), _dims(op.operands[3])[0],
+                                           **{**op.attrs_dict, **opts}))  # fmt: skip
+
+    base = VNNI_EMULATED.get(isa, isa)
+    return KernelRow(
+        "rq.sparse24_matmul", f"{base}_w4" + ("_emulated" if isa in VNNI_EMULATED else ""),
+        requires, supported, builder=K.te_sparse24_matmul,
+        pack=PackRow("panels4", lambda op, xr: supported(op), K.te_pack_sparse24_dense,
+                     K.te_sparse24_dense_packed, options=opts),
+    )  # fmt: skip
+
+
 def _xnor(isa: str, requires: frozenset[str]) -> KernelRow:
     return KernelRow(
         "rq.xnor_popcount_matmul", isa, requires, builder=K.te_xnor_popcount_matmul,
@@ -192,6 +215,9 @@ CPU_KERNELS: tuple[KernelRow, ...] = (
     _xnor("avx2", _AVX2),
     KernelRow("rq.xnor_popcount_matmul", "generic", builder=K.te_xnor_popcount_matmul),
     _sparse24_amx("amx", frozenset({"avx2", "amx_tile", "amx_int8"})),
+    _sparse24_vnni4("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
+    _sparse24_vnni4("avx_vnni", frozenset({"avx2", "avx_vnni"})),
+    *(_sparse24_vnni4(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
     KernelRow(
         "rq.sparse24_matmul", "avx2", _AVX2, builder=K.te_sparse24_matmul,
         options={"isa": "avx2"},

@@ -27,7 +27,9 @@ _PRESET = {"rq.int_matmul": "A8W8", "rq.xnor_popcount_matmul": "A1W1",
 
 def _preset(row) -> str:
     """The preset whose layer the row takes: the nibble-panel rows want 4-bit weights, the
-    2-bit-panel rows 2-bit ones."""
+    2-bit-panel rows 2-bit ones (2:4 rows: 2:4 weights, whatever their layout)."""
+    if row.op == "rq.sparse24_matmul":
+        return _PRESET[row.op]
     return "A4W4" if "_w4" in row.isa else "A2W2" if "_w2" in row.isa else _PRESET[row.op]
 
 

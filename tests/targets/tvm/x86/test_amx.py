@@ -269,7 +269,8 @@ def test_sparse24_on_dense_amx_tiles_matches_the_reference(preset: str, m: int, 
     torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
-@pytest.mark.parametrize(("m", "want"), [(AMX_MIN_ROWS, "amx"), (AMX_MIN_ROWS - 1, "avx2")])
+@pytest.mark.parametrize(("m", "want"),
+                         [(AMX_MIN_ROWS, "amx"), (AMX_MIN_ROWS - 1, "avx512_vnni_w4")])  # fmt: skip
 def test_sparse24_takes_amx_tiles_for_gemm_shapes(m: int, want: str) -> None:
     feats = kernel_features({"kind": "llvm", "mcpu": "sapphirerapids"})
     ir, _ = _mlp("A4W4+2:4", m)

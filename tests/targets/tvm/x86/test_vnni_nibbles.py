@@ -90,3 +90,54 @@ def test_native_2bit_panels_match_the_reference() -> None:
         exe = rq.build(_forced(ir, "avx512_vnni_w2"), "llvm")
     want = rq.build(ir, "reference")(x)
     torch.testing.assert_close(exe(x), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
+def _forced_s24(ir, isa):
+    return PassManager([SelectKernels(force=(f"sparse24_matmul:{isa}",)), PackWeights()]).run(
+        ir, PassContext())
+
+
+@pytest.mark.parametrize("isa", ["avx512_vnni_w4_emulated", "avx_vnni_w4_emulated"])
+@pytest.mark.parametrize(("preset", "m"), [("A4W4+2:4", 1), ("A4W1+2:4", 5),
+                                           ("A4W4+2:4", NIBBLE_MAX_ROWS)])  # fmt: skip
+def test_sparse24_on_dense_nibble_panels_gives_the_2to4_panels_bits(
+    isa: str, preset: str, m: int
+) -> None:
+    """``sparse24_matmul.*_vnni_w4``: the 2:4 codes unpacked to dense nibbles at load (pruned
+    slots 0) on the VNNI nibble panels. The same epilogue over the same integer sums: the
+    output equals the AVX2 2:4 panels' to the bit, and the reference within 1e-6."""
+    torch.manual_seed(m)
+    x = torch.randn(m, 256)
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), preset)
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    outs = {}
+    for row in (isa, "avx2"):
+        forced = _forced_s24(ir, row)
+        assert f'rq.kernel = "sparse24_matmul.{row}"' in print_module(forced)
+        if row == isa:
+            assert 'rq.weight_layout = "panels4"' in print_module(forced)
+        with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
+            outs[row] = rq.build(forced, "llvm")(x)
+    assert torch.equal(outs[isa], outs["avx2"])
+    want = rq.build(ir, "reference")(x)
+    torch.testing.assert_close(outs[isa], want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize(("mcpu", "m", "want"),
+                         [("znver4", 1, "avx512_vnni_w4"),
+                          ("znver4", NIBBLE_MAX_ROWS, "avx512_vnni_w4"),
+                          ("znver4", NIBBLE_MAX_ROWS + 1, "avx2"),
+                          ("alderlake", 1, "avx_vnni_w4"), ("znver3", 1, "avx2")])  # fmt: skip
+def test_sparse24_takes_the_nibble_panels_at_small_m_on_vnni_hosts(mcpu: str, m: int,
+                                                                  want: str) -> None:  # fmt: skip
+    import re
+
+    from rqcompile.targets.tvm.schedules.integer import kernel_features
+
+    feats = kernel_features({"kind": "llvm", "mcpu": mcpu})
+    x = torch.randn(m, 128)
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(128, 32)).eval(), (x,), "A4W4+2:4")
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    text = print_module(PassManager([SelectKernels(features=feats)]).run(ir, PassContext()))
+    assert set(re.findall(r'rq\.kernel = "(sparse24_matmul\.[a-z0-9_]+)"', text)) == {
+        f"sparse24_matmul.{want}"}
