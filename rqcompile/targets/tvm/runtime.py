@@ -41,6 +41,7 @@ from torch.utils.dlpack import from_dlpack
 
 from rqcompile.errors import ArtifactError, TargetError
 from rqcompile.ir.core import Module
+from rqcompile.ir.types import torch_dtype
 from rqcompile.targets.compiled import CompiledModule
 from rqcompile.targets.target import Target as RQTarget
 from rqcompile.targets.tvm import parallel
@@ -112,8 +113,16 @@ def _bind_weights(vm: Any, ir: Module) -> list[Any]:
     return list(vm[TRANSFORM_PARAMS](weights))
 
 
+def _rows(shape: Sequence[int], floating: bool) -> int:
+    """Rows of a call's first input for the serial threshold (:meth:`_VMRunner._threads`):
+    every token of an id tensor, else every dim but the last (1 for a vector)."""
+    if not floating:
+        return math.prod(shape)
+    return math.prod(shape[:-1]) if len(shape) >= 2 else 1
+
+
 def _static_rows(ir: Module) -> int | None:
-    """Rows of ``main``'s first input (:meth:`_VMRunner._threads`) when its shape is static."""
+    """:func:`_rows` of ``main``'s first input from its IR type, where its shape is static."""
     args = ir.main.args
     if not args:
         return 1
@@ -121,9 +130,7 @@ def _static_rows(ir: Module) -> int | None:
     shape = tuple(t.shape)
     if not all(type(d) is int for d in shape):  # dynamic (None or symbolic) dims
         return None
-    if not str(t.dtype).startswith(("float", "bfloat")):
-        return math.prod(shape)  # token ids: one row per token
-    return 1 if len(shape) < 2 else math.prod(shape[:-1])
+    return _rows(shape, torch_dtype(t.dtype).is_floating_point)
 
 
 class _VMRunner:
@@ -153,9 +160,7 @@ class _VMRunner:
         work = self._static_work
         if work is None:
             x = inputs[0] if inputs else None
-            rows = 1 if x is None or x.dim() < 2 else x.numel() // x.shape[-1]
-            if x is not None and not x.is_floating_point():
-                rows = x.numel()  # token ids: one row per token
+            rows = 1 if x is None else _rows(tuple(x.shape), x.is_floating_point())
             work = self._weight_bytes * rows
         return threads_for_call(self.threads, work)
 
