@@ -24,7 +24,12 @@ for calls of :data:`AMX_MIN_ROWS` rows or more; fewer rows stay on the VNNI pane
   folds the offset into the row origin (``bias_x = 128`` of
   :func:`.epilogue.block_term`, passed as float origins by :func:`te_float_origins`), so
   the float epilogue is the one every other integer kernel runs, on the same values in the
-  same order: the AMX layer equals the VNNI and AVX2 layers to the bit.
+  same order: the AMX layer equals the VNNI and AVX2 layers to the bit. The row parts are
+  passed transposed, ``[nb, M]``: the epilogue takes a block's rows one after another, and
+  ``[M, nb]`` put each row's five scalars on five new cache lines (5 x 32 lines per step,
+  from L2 once the chunk's parts outgrow L1); ``[nb, M]`` puts a step's 32 rows on two
+  lines per part. Measured (K = N = 4096, M = 256, one thread, the kernel alone):
+  11.2 -> 9.6 ms, the same bits.
 * **Tile walk** (:func:`amx_tile`): per parallel task one group of ``16·tn`` columns
   (``tn = 2`` where N/16 is even), C tiles ``tmm4..7`` (``tm x tn``, ``tm = 2`` unless M
   fits one tile), A tiles ``tmm0..1``, B tiles ``tmm2..3``; each A tile feeds ``tn``
@@ -74,6 +79,7 @@ from rqcompile.targets.tvm.kernels.epilogue import (
     block_term,
     exact_in_f32,
     split_parts,
+    transposed,
     w_code_max,
 )
 from rqcompile.targets.tvm.x86.panel import te_quad_panels
@@ -286,7 +292,7 @@ class _Walk:
                 cols = tirx.Ramp(g * self.width + v * lanes, 1, lanes)
                 src = tirx.Ramp(half * self.half + r * self.width + v * lanes, 1, lanes)
                 dst = tirx.Ramp((yrow0 + r) * self.width + v * lanes, 1, lanes)
-                term = block_term(cbuf[src], [p[i, b] for p in self.rows],
+                term = block_term(cbuf[src], [p[b, i] for p in self.rows],
                                   [c[b, cols] for c in self.cols], block=self.block,
                                   lanes=lanes, bias_x=self.bias_x,
                                   f32_bounds=self.bounds)  # fmt: skip
@@ -407,5 +413,7 @@ def amx_matmul(
 
     if exact_in_f32(block, *bounds, 128):
         row = te_float_origins(row, bias_x=128, name=name)
+    # [nb, M]: the epilogue walks a block's rows in turn (module docstring, row parts)
+    row = transposed(row, name, {"rq.stage": "prep"})
     return te.extern((m, n), [xu, wp, *row, *col_t], body, name=name, dtype="float32",
                      attrs=attrs)  # fmt: skip
