@@ -14,11 +14,13 @@ import importlib.util
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -515,37 +517,71 @@ def test_finiteness_check_sees_nan_and_inf_in_every_float_dtype(dtype: torch.dty
 def test_llvm_fast_input_path_sends_every_problem_to_the_full_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The llvm build's lean per-call check (``CompiledModule._fast_ok``) takes the plain
-    call and nothing else: NaN/Inf, an overflowing but finite sum, other dtypes, shapes,
-    tensor subclasses and views all reach ``_check`` and get its answer."""
+    """The llvm build's lean per-call path (``CompiledModule._fast_match``, then the
+    runner's ``run_if_finite`` on the arrays it hands the kernels) takes the plain call and
+    nothing else: NaN/Inf, an overflowing but finite sum, other dtypes, shapes, tensor
+    subclasses and views all reach ``_check`` and get its answer."""
+    import rqcompile.targets.compiled as compiled
+
     torch.manual_seed(0)
     x = torch.randn(2, 16)
     exe = rq.lower(rq.prepare(_lin(), (x,), "A4W4"), target="llvm")
-    assert exe._fast_ok((x,))
+    run = exe._runner
+    assert exe._fast_match((x,))
     ref = exe(x)
+    assert torch.equal(run.run_if_finite((x,), 1)[0], ref)
+    checks = []
+    full_check = exe._check
+    monkeypatch.setattr(exe, "_check", lambda inputs: (checks.append(1), full_check(inputs)))
     x[0, 0] = float("nan")
-    assert not exe._fast_ok((x,))
+    assert exe._fast_match((x,)) and run.run_if_finite((x,), 1) is None
     with pytest.raises(rq.InputError, match="1 NaN/Inf"):
         exe(x)
     big = torch.full((2, 16), 3e38)
-    assert not exe._fast_ok((big,))  # the sum overflows: the full check decides (finite)
+    assert run.run_if_finite((big,), 1) is not None  # finite: summed in float64, no overflow
     exe(big)  # runs: finite inputs (its outputs overflow float32, the model's business)
+    assert len(checks) == 1
     for bad in (torch.randn(2, 16, dtype=torch.float64), torch.randn(3, 16)):
-        assert not exe._fast_ok((bad,))
+        assert not exe._fast_match((bad,))
         with pytest.raises(rq.InputError):
             exe(bad)
     x[0, 0] = 0.5
     param = torch.nn.Parameter(x.clone())
-    assert not exe._fast_ok((param,)) and not exe._fast_ok((x, x))
+    assert not exe._fast_match((param,)) and not exe._fast_match((x, x))
     assert torch.equal(exe(param), exe(x))
     view = torch.randn(16, 2).t()  # non-contiguous: copied on the way in, same answer
-    assert exe._fast_ok((view,)) and torch.equal(exe(view), exe(view.contiguous()))
-    import rqcompile.targets.compiled as compiled  # large inputs: min and max, not the sum
-
+    assert exe._fast_match((view,)) and torch.equal(exe(view), exe(view.contiguous()))
+    n = len(checks)
+    exe(x)
+    assert len(checks) == n  # the plain call skips the full check
+    # large inputs: min and max, not the sum
     monkeypatch.setattr(compiled, "_SUM_BELOW", 1)
-    assert exe._fast_ok((x,)) and exe._fast_ok((big,))
+    assert run.run_if_finite((x,), 1) is not None and run.run_if_finite((big,), 1) is not None
     for bad in (float("nan"), float("-inf")):
         y = x.clone()
         y[1, 7] = bad
-        assert not exe._fast_ok((y,))
+        assert run.run_if_finite((y,), 1) is None
+        with pytest.raises(rq.InputError, match="1 NaN/Inf"):
+            exe(y)
     assert ref.shape == (2, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_finite_array_sum_and_min_max_branches(dtype: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rqcompile.targets.compiled as compiled
+
+    a = np.random.default_rng(0).standard_normal((8, 40)).astype(dtype)
+    for below in (1 << 16, 1):  # the sum, then min and max
+        monkeypatch.setattr(compiled, "_SUM_BELOW", below)
+        assert compiled.finite_array(a) and compiled.finite_array(a[:0])
+        for bad in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[7, 39] = bad
+            assert not compiled.finite_array(b)
+    huge = np.full((8, 40), np.finfo(dtype).max, dtype=dtype)
+    monkeypatch.setattr(compiled, "_SUM_BELOW", 1 << 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning reaches the user
+        # finite values: float16/32 sum in float64 (finite); a float64 sum overflows, and
+        # the caller's full check decides
+        assert compiled.finite_array(huge) == (dtype is not np.float64)

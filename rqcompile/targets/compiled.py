@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from rqcompile.errors import ArtifactError, InputError, TargetError, UsageError
@@ -57,10 +58,25 @@ def _all_finite(x: torch.Tensor) -> bool:
 
 
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
-#: :meth:`CompiledModule._fast_ok` checks inputs this small with one numpy call (a sum: at
-#: batch 1 each call costs more than the data), larger ones with min and max (numpy's
-#: vectorized min/max passes take ~12 µs each on 256 x 1024 floats, its pairwise sum ~45)
+#: :func:`finite_array` checks arrays this small with one numpy call (a sum: at batch 1 each
+#: call costs more than the data), larger ones with min and max (numpy's vectorized min/max
+#: passes take ~12 µs each on 256 x 1024 floats, its pairwise sum ~45)
 _SUM_BELOW = 1 << 16
+
+
+def finite_array(a: Any) -> bool:
+    """Whether a numpy float array is certainly free of NaN/Inf: its sum is finite (below
+    :data:`_SUM_BELOW` elements), else its min and max are. ``False`` also where a sum of
+    finite values overflows: the caller then runs the full check, which decides."""
+
+    if a.size >= _SUM_BELOW:
+        return math.isfinite(float(a.min())) and math.isfinite(float(a.max()))
+    if not a.size:
+        return True
+    if a.dtype.itemsize < 8:  # summed in float64: no overflow below 2^16 elements, no warning
+        return math.isfinite(float(a.sum(dtype=np.float64)))
+    with np.errstate(over="ignore"):  # finite float64 values can overflow their sum
+        return math.isfinite(float(a.sum()))
 
 
 class CompiledModule:
@@ -246,7 +262,7 @@ class CompiledModule:
 
     @functools.cached_property
     def _fast_expect(self) -> tuple[tuple[torch.dtype, torch.Size], ...] | None:
-        """``(dtype, shape)`` of every input where :meth:`_fast_ok` can stand for
+        """``(dtype, shape)`` of every input where :meth:`_fast_match` can stand for
         :meth:`_check`: float inputs of static shapes that feed no embedding; else ``None``."""
         if self._id_ranges or self._gathers or self.target.kind == "cuda":
             return None
@@ -256,28 +272,25 @@ class CompiledModule:
             return None
         return tuple((dt, torch.Size(s)) for dt, s in self._expect)
 
-    def _fast_ok(self, inputs: tuple[Any, ...]) -> bool:
-        """The common call, confirmed with as few library calls as possible: right count,
-        plain CPU tensors of the converted dtype and shape, all finite (their float sum is
-        finite; an overflowing sum of finite values only sends the call to :meth:`_check`).
+    def _fast_match(self, inputs: tuple[Any, ...]) -> bool:
+        """The common call's structure, confirmed with as few library calls as possible:
+        right count, plain CPU tensors of the converted dtype and shape. The values (no
+        NaN/Inf) are checked by the runner on the arrays it passes to the kernels
+        (``run_if_finite``), which costs less than a numpy view of a torch tensor.
 
         Why it matters: after a kernel that streams more weight bytes than L2 holds, each
         distinct torch/numpy/Python call of the next call's checks runs from cold caches and
         costs ~20 µs (a 4096 x 4096 A1W1 GEMV on the 2-core Xeon: 383 µs per call with the
-        full checks, 317 with these; ``benchmarks/README.md``, per-call overhead). Anything
-        unusual goes through :meth:`_check`, which names the problem. Inputs of
-        :data:`_SUM_BELOW` elements or more are checked with min and max instead."""
+        full checks, 317 with these; ``benchmarks/README.md``, per-call overhead); and even
+        warm, ``x.detach().numpy()`` next to a kernel call cost ~7 µs of a 20 µs call (a
+        64 x 64 layer). Anything unusual goes through :meth:`_check`, which names the
+        problem."""
         expect = self._fast_expect
         if expect is None or len(inputs) != len(expect):
             return False
         for x, (dtype, shape) in zip(inputs, expect, strict=True):
             if (type(x) is not torch.Tensor or x.dtype is not dtype or x.shape != shape
                     or x.layout is not torch.strided or x.is_nested or not x.is_cpu):  # fmt: skip
-                return False
-            if x.numel() >= _SUM_BELOW:
-                if not _all_finite(x):  # two SIMD passes beat numpy's pairwise sum here
-                    return False
-            elif x.numel() and not math.isfinite(float(x.detach().numpy().sum())):
                 return False
         return True
 
@@ -288,9 +301,12 @@ class CompiledModule:
             outs = self._runner(*inputs)
         else:  # workers start waking while the inputs are checked
             threads = prewake(inputs)
-            if not self._fast_ok(inputs):
+            outs = None
+            if self._fast_match(inputs):
+                outs = self._runner.run_if_finite(inputs, threads)
+            if outs is None:  # anything unusual: the full check names it, or lets it run
                 self._check(inputs)
-            outs = self._runner(*inputs, threads=threads)
+                outs = self._runner(*inputs, threads=threads)
         return outs[0] if len(outs) == 1 else outs
 
     def inspect_text(self) -> str:
