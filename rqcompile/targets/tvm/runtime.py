@@ -49,7 +49,7 @@ from rqcompile.targets.tvm import parallel
 from rqcompile.targets.tvm.adapter import relax, runtime, tvm
 from rqcompile.targets.tvm.emit.module import const_params
 from rqcompile.targets.tvm.pipelines import library_suffix, run_blockers
-from rqcompile.targets.tvm.threads import ThreadSetter, threads_for_call
+from rqcompile.targets.tvm.threads import ThreadSetter, pool_size, threads_for_call
 
 __all__ = ["TVMBackend", "compiled_module", "load_library"]
 
@@ -158,6 +158,9 @@ class _VMRunner:
         self._weight_bytes = sum(
             ir.constant(n).numel() * ir.constant(n).element_size() for n in const_params(ir)
         )
+        #: the pool's size, read once: the pools size themselves when they start, and the
+        #: environment read costs ~2 µs of a call at batch 1
+        self._pool = pool_size()
         #: the work of every call where the first input's shape is static (the usual case):
         #: reading the input's shape on every call costs several torch calls
         self._static_work = _static_rows(ir)
@@ -170,7 +173,7 @@ class _VMRunner:
             x = inputs[0] if inputs else None
             rows = 1 if x is None else _rows(tuple(x.shape), x.is_floating_point())
             work = self._weight_bytes * rows
-        return threads_for_call(self.threads, work)
+        return threads_for_call(self.threads, work, self._pool)
 
     def prewake(self, inputs: Sequence[torch.Tensor]) -> int:
         """Called before the input checks of a call that will run here: wake the parallel

@@ -89,16 +89,17 @@ def pool_size() -> int:
         return _usable_cpus()
 
 
-def threads_for_call(threads: int | None, work: int) -> int:
+def threads_for_call(threads: int | None, work: int, pool: int | None = None) -> int:
     """Threads for one call: 1 below :data:`SERIAL_BELOW` work, else ``threads`` (``None``:
-    ``torch.get_num_threads()`` now), capped by :func:`pool_size`."""
+    ``torch.get_num_threads()`` now), capped by ``pool`` (``None``: :func:`pool_size`, which
+    reads the environment)."""
     if work < SERIAL_BELOW:
         return 1
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
-    return max(1, min(int(threads), pool_size()))
+    return max(1, min(int(threads), pool_size() if pool is None else pool))
 
 
 class ThreadSetter:
