@@ -136,12 +136,20 @@ def test_odd_columns_fall_back_to_the_generic_compute() -> None:
 
 
 @pytest.mark.parametrize("isa", [r for r in ROWS if r != "generic"])
-@pytest.mark.parametrize("m,w_bits,signed", [(16, 4, False), (160, 4, True), (24, 8, True)])
+@pytest.mark.parametrize("m,w_bits,signed", [(16, 4, False), (160, 4, True), (24, 8, True),
+                                             (18, 4, False), (17, 8, True)])  # fmt: skip
+@pytest.mark.parametrize("panel_sets", [False, True])
 def test_gemm_walk_gives_the_gemv_walks_bits(isa: str, m: int, w_bits: int, signed: bool,
+                                              panel_sets: bool,
                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     # from GEMM_MIN_ROWS rows each block is decoded once per chunk of rows (160 rows: two
-    # chunks of 80) and runs as a plain FMA GEMM; same products, same order of the sums
+    # chunks of 80) and runs as a plain FMA GEMM; same products, same order of the sums.
+    # 17 and 18 rows: a last row tile shorter than the others; panel_sets: several column
+    # panels per task (as where x outgrows the cache), here 2 (AVX-512) or 4 (AVX2)
     from rqcompile.targets.tvm.x86 import wo
+
+    if panel_sets:
+        monkeypatch.setattr(wo, "_GEMM_X_CACHED", 0)
 
     block, k, n = 64, 256, 128
     x, codes, wq, ws, wc = _case(m, k, n, block=block, w_bits=w_bits, signed=signed, seed=m)
