@@ -571,8 +571,9 @@ def test_finite_array_sum_and_min_max_branches(dtype: Any, monkeypatch: pytest.M
     import rqcompile.targets.compiled as compiled
 
     a = np.random.default_rng(0).standard_normal((8, 40)).astype(dtype)
-    for below in (1 << 16, 1):  # the sum, then min and max
+    for below, one_pass in ((1 << 16, 1 << 30), (1, 1 << 30), (1, 1)):  # sum, min+max, Σ a²
         monkeypatch.setattr(compiled, "_SUM_BELOW", below)
+        monkeypatch.setattr(compiled, "_ONE_PASS_FROM", one_pass)
         assert compiled.finite_array(a) and compiled.finite_array(a[:0])
         for bad in (np.nan, np.inf, -np.inf):
             b = a.copy()
@@ -580,8 +581,13 @@ def test_finite_array_sum_and_min_max_branches(dtype: Any, monkeypatch: pytest.M
             assert not compiled.finite_array(b)
     huge = np.full((8, 40), np.finfo(dtype).max, dtype=dtype)
     monkeypatch.setattr(compiled, "_SUM_BELOW", 1 << 16)
+    monkeypatch.setattr(compiled, "_ONE_PASS_FROM", 1 << 30)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no numpy overflow warning reaches the user
         # finite values: float16/32 sum in float64 (finite); a float64 sum overflows, and
         # the caller's full check decides
         assert compiled.finite_array(huge) == (dtype is not np.float64)
+        if dtype is np.float32:  # Σ a² overflows: not certain, the full check decides
+            monkeypatch.setattr(compiled, "_ONE_PASS_FROM", 1)
+            assert not compiled.finite_array(huge)
+            assert compiled.finite_array(np.full((8, 40), 1e18, dtype=dtype))

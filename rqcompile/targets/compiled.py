@@ -62,6 +62,10 @@ _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 #: call costs more than the data), larger ones with min and max (numpy's vectorized min/max
 #: passes take ~12 µs each on 256 x 1024 floats, its pairwise sum ~45)
 _SUM_BELOW = 1 << 16
+#: float32 arrays this large (2 MiB: past L2 on the project's machines) are checked in one
+#: pass (``einsum``): measured 1M floats 378 µs with min and max, 210 with the one pass;
+#: 256k floats (in cache) 31 vs 47
+_ONE_PASS_FROM = 1 << 19
 
 
 def finite_array(a: Any) -> bool:
@@ -69,6 +73,12 @@ def finite_array(a: Any) -> bool:
     :data:`_SUM_BELOW` elements), else its min and max are. ``False`` also where a sum of
     finite values overflows: the caller then runs the full check, which decides."""
 
+    if a.size >= _ONE_PASS_FROM and a.dtype == np.float32 and a.flags.c_contiguous:
+        # beyond L2 one pass beats two (min, max): Σ a², inf/NaN wherever a value is, and
+        # also where a finite |a| > ~1e19 overflows it (then the full check decides)
+        flat = a.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return math.isfinite(float(np.einsum("i,i->", flat, flat)))
     if a.size >= _SUM_BELOW:
         return math.isfinite(float(a.min())) and math.isfinite(float(a.max()))
     if not a.size:
