@@ -269,11 +269,12 @@ def _build_folders() -> list[Path]:
     return [cache_dir(), Path(tempfile.gettempdir()) / f"rqcompile-{os.getuid()}"]
 
 
-def _build(compiler: str, src: Path) -> Path:
-    """Compile ``src`` into the cache (once per source and compiler; atomic)."""
+def _build(compiler: str, src: Path, opt: str = "-O2") -> Path:
+    """Compile ``src`` into the cache (once per source, compiler and ``opt``; atomic)."""
     source = src.read_bytes()
     key = hashlib.sha256(
         source + compiler.encode() + sys.platform.encode() + platform.machine().encode()
+        + opt.encode()
     ).hexdigest()[:16]
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
     for folder in _build_folders():
@@ -287,7 +288,7 @@ def _build(compiler: str, src: Path) -> Path:
             continue  # not writable: try the next folder
         os.close(fd)
         try:
-            cmd = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", tmp, str(src)]
+            cmd = [compiler, opt, "-shared", "-fPIC", "-pthread", "-o", tmp, str(src)]
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
                 raise LauncherUnavailable(

@@ -48,6 +48,7 @@ from rqcompile.targets.target import Target as RQTarget
 from rqcompile.targets.tvm import parallel
 from rqcompile.targets.tvm.adapter import relax, runtime, tvm
 from rqcompile.targets.tvm.emit.module import const_params
+from rqcompile.targets.tvm.finite import all_finite as _all_finite
 from rqcompile.targets.tvm.pipelines import library_suffix, run_blockers
 from rqcompile.targets.tvm.threads import ThreadSetter, pool_size, threads_for_call
 
@@ -195,8 +196,17 @@ class _VMRunner:
 
     def run_if_finite(self, inputs: Sequence[torch.Tensor], threads: int) -> tuple[torch.Tensor, ...] | None:
         """The call, if every input (all floating point: ``CompiledModule._fast_match``) is
-        free of NaN/Inf, checked on numpy views of the arrays passed to the kernels; else
-        ``None`` (nothing has run; the caller's full check names the problem)."""
+        free of NaN/Inf, checked by one C loop over each contiguous input (``finite.py``:
+        cheaper than numpy right after the kernels), else on numpy views of the arrays
+        passed to the kernels; ``None`` where a value may not be finite (nothing has run;
+        the caller's full check names the problem)."""
+        check = _all_finite()
+        if check is not None:  # on the tensors as given (contiguous or not: every element)
+            for x in inputs:
+                if not x.is_contiguous() or check(x.data_ptr(), x.numel(), x.element_size()) != 1:
+                    break
+            else:
+                return self._run([_to_tvm(x) for x in inputs], threads)
         args = [_to_tvm(x) for x in inputs]
         for a in args:
             if not finite_array(np.from_dlpack(a)):
