@@ -37,6 +37,7 @@ micro-kernels do not take, keep the generic TE kernels below.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -186,11 +187,22 @@ def _divisor(n: int, want: int) -> int:
     return 1
 
 
+#: Stages of fewer elements than this stay serial (:func:`_parallel_rows`): a parallel
+#: region costs a launch and a join (a few µs on 2 threads), more than the work of the small
+#: per-row/per-block stages (row parts ``[M, nb]``, their transposes), and a call runs
+#: several of them.
+PARALLEL_STAGE_MIN = 1 << 14
+
+
 def _parallel_rows(sch: Any, block: Any, cfg: CpuScheduleConfig) -> None:
-    """Parallelize the outermost loop of a small root-level stage (rows x blocks)."""
+    """Parallelize the outermost loop of a small root-level stage (rows x blocks), unless
+    the whole stage has fewer than :data:`PARALLEL_STAGE_MIN` elements."""
     loops = sch.get_loops(block)
-    if cfg.parallel and loops and _extent(sch, loops[0]) > 1:
-        sch.parallel(loops[0])
+    if not (cfg.parallel and loops and _extent(sch, loops[0]) > 1):
+        return
+    if math.prod(_extent(sch, lp) for lp in loops) < PARALLEL_STAGE_MIN:
+        return
+    sch.parallel(loops[0])
 
 
 # -- matmul family ------------------------------------------------------------------------
