@@ -55,7 +55,11 @@ for calls of :data:`AMX_MIN_ROWS` rows or more; fewer rows stay on the VNNI pane
   terms, 2 multiplies, 2 FMAs, the sum), ~256 cycles on two FMA ports. Measured
   (``benchmarks/amx_gemm.py``, K = N = 4096, M = 256, one thread): the matrix part alone
   ~5 ms (~30% of peak: tile loads and the weights' stream), the epilogue alone ~5.5 ms,
-  together their sum, so the float epilogue of the per-block format is half the time.
+  together their sum, so the float epilogue of the per-block format is half the time. The
+  sum is the core's, not the schedule's: ``benchmarks/amx_overlap.c`` shows ``tdpbusd`` and
+  zmm float work do not run at the same time on this Sapphire-Rapids-class core (ymm work
+  does, at half the lanes), so the bound is tile step + epilogue, ~5.1 ms at that shape
+  with every tile in L1 (benchmarks/README.md, GEMM on AMX-INT8).
 
 The OS hands out the tile state only on request (``cpu_features.amx_permission``, asked
 by the runtime before loading kernels built with ``amx_tile``).
