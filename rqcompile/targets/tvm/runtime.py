@@ -194,7 +194,9 @@ class _VMRunner:
         args = [_to_tvm(x) for x in inputs]
         return self._run(args, self._threads(inputs) if threads is None else threads)
 
-    def run_if_finite(self, inputs: Sequence[torch.Tensor], threads: int) -> tuple[torch.Tensor, ...] | None:
+    def run_if_finite(
+        self, inputs: Sequence[torch.Tensor], threads: int
+    ) -> tuple[torch.Tensor, ...] | None:
         """The call, if every input (all floating point: ``CompiledModule._fast_match``) is
         free of NaN/Inf, checked by one C loop over each contiguous input (``finite.py``:
         cheaper than numpy right after the kernels), else on numpy views of the arrays
