@@ -70,9 +70,10 @@ _ONE_PASS_FROM = 1 << 19
 
 def finite_array(a: Any) -> bool:
     """Whether a numpy float array is certainly free of NaN/Inf: its sum is finite (below
-    :data:`_SUM_BELOW` elements), else its min and max are. ``False`` also where a sum of
-    finite values overflows: the caller then runs the full check, which decides."""
-
+    :data:`_SUM_BELOW` elements), its min and max are (up to :data:`_ONE_PASS_FROM`, or
+    not float32), or its sum of squares is (float32 from :data:`_ONE_PASS_FROM`).
+    ``False`` also where a sum of finite values overflows: the caller then runs the full
+    check, which decides."""
     if a.size >= _ONE_PASS_FROM and a.dtype == np.float32 and a.flags.c_contiguous:
         # beyond L2 one pass beats two (min, max): Σ a², inf/NaN wherever a value is, and
         # also where a finite |a| > ~1e19 overflows it (then the full check decides)

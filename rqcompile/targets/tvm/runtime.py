@@ -199,20 +199,20 @@ class _VMRunner:
     ) -> tuple[torch.Tensor, ...] | None:
         """The call, if every input (all floating point: ``CompiledModule._fast_match``) is
         free of NaN/Inf, checked by one C loop over each contiguous input (``finite.py``:
-        cheaper than numpy right after the kernels), else on numpy views of the arrays
+        cheaper than numpy right after the kernels), else on a numpy view of the array
         passed to the kernels; ``None`` where a value may not be finite (nothing has run;
         the caller's full check names the problem)."""
         check = _all_finite()
-        if check is not None:  # on the tensors as given (contiguous or not: every element)
-            for x in inputs:
-                if not x.is_contiguous() or check(x.data_ptr(), x.numel(), x.element_size()) != 1:
-                    break
+        args = []
+        for x in inputs:
+            a = _to_tvm(x)  # contiguous (copied if x is not)
+            if check is not None and x.is_contiguous():
+                ok = check(x.data_ptr(), x.numel(), x.element_size()) == 1
             else:
-                return self._run([_to_tvm(x) for x in inputs], threads)
-        args = [_to_tvm(x) for x in inputs]
-        for a in args:
-            if not finite_array(np.from_dlpack(a)):
+                ok = finite_array(np.from_dlpack(a))
+            if not ok:
                 return None
+            args.append(a)
         return self._run(args, threads)
 
     def _run(self, args: list[Any], threads: int) -> tuple[torch.Tensor, ...]:

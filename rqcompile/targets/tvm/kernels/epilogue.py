@@ -130,7 +130,8 @@ def te_col_parts(ws: Tensor, wc: Tensor, sw: Tensor, *, block: int, name: str,
 
 
 def transposed(parts: Sequence[Any], name: str, attrs: dict[str, Any]) -> list[Tensor]:
-    """``[N, nb]`` column parts as ``[nb, N]``, so 8 columns of a block load as one vector."""
+    """``[N, nb]`` parts as ``[nb, N]``: column parts, so 8 columns of a block load as one
+    vector; row parts (AMX), so a block's rows lie side by side."""
     return [_transpose(t, f"{t.op.name}_t" if t.op.name.startswith(name) else
                        f"{name}_{t.op.name}_t", attrs) for t in parts]  # fmt: skip
 

@@ -199,12 +199,12 @@ def wo_panel_matmul(
     r = te.reduce_axis((0, block), name="r_xsum")
     xsum = te.compute((m, nb), lambda i, b: te.sum(x[i, b * block + r], axis=r),
                       name=f"{name}_xsum", attrs={"rq.stage": "sums"})  # fmt: skip
-    mr = _divisor(m, max_rows)
-    if m >= GEMM_MIN_ROWS and mr > 1:
+    if m >= GEMM_MIN_ROWS:  # any M: its row tiles end with a shorter one where needed
         body_gemm = _gemm_walk(m=m, k=k, groups=groups, block=block, e=e, lanes=lanes, nv=nv,
                                mr=max_rows)  # fmt: skip
         return te.extern((m, n), [x, wp, ws_t, wc_t, xsum], body_gemm, name=name,
                          dtype="float32", attrs=attrs)  # fmt: skip
+    mr = _divisor(m, max_rows)
     split = e if mr == 1 else 1  # one row: a chain per code of the byte
     steps = block // e
     unroll = _divisor(steps, _UNROLL)
