@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import te, tirx
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "ROW_PARTS",
     "block_term",
     "exact_in_f32",
+    "f32_row_parts",
     "int_type",
     "split_parts",
     "te_col_parts",
@@ -179,10 +181,34 @@ def int_type(block: int, x_max: int, w_max: int, bias_x: int = 0, bias_w: int = 
     return "int32" if _largest(block, x_max, w_max, bias_x, bias_w) < 2**31 else "int64"
 
 
+def f32_row_parts(row: Sequence[Tensor], *, block: int, f32_bounds: tuple[int, int],
+                  bias_x: int = 0, bias_w: int = 0, name: str) -> list[Tensor]:  # fmt: skip
+    """``row`` with ``cx + bias_x`` and ``S̃_X`` as float32, once per call, where
+    :func:`block_term` evaluates ``I`` in float32 (:func:`exact_in_f32`); else ``row`` as is.
+
+    A panel kernel reads each row's parts once per block and tile of columns, so in-kernel
+    int-to-float conversions (a scalar ``vcvtsi2ss`` and a register broadcast per part, row
+    and block) repeat N/16-N/32 times over; here they run once per row and block, and the
+    kernel broadcasts the floats straight from memory. Same values (small integers, exact).
+    """
+    if not exact_in_f32(block, *f32_bounds, bias_x, bias_w):
+        return list(row)
+    xs, cx, sxt, x0, xk = row
+    attrs = {"rq.stage": "prep"}
+    cxf = te.compute(list(cx.shape), lambda *i: (cx(*i) + bias_x).astype("float32"),
+                     name=f"{name}_cxf", attrs=attrs)  # fmt: skip
+    sxf = te.compute(list(sxt.shape), lambda *i: sxt(*i).astype("float32"),
+                     name=f"{name}_sxf", attrs=attrs)  # fmt: skip
+    return [xs, cxf, sxf, x0, xk]
+
+
 def block_term(p: Any, row: Sequence[Any], col: Sequence[Any], *, block: int,
                ity: str = "int32", lanes: int = 1, bias_x: int = 0, bias_w: int = 0,
                f32_bounds: tuple[int, int] | None = None) -> Any:  # fmt: skip
     """Float term of one block: ``xs·ws·I + x0·wa + w0·xk`` (module docstring).
+
+    Row parts from :func:`f32_row_parts` (``cx`` float32, ``bias_x`` already in it) are
+    taken as they are: the same ``I``, without the per-use conversions.
 
     Args:
         p: the block's integer dot product (scalar, or ``int32xL`` over ``L`` columns).
@@ -198,7 +224,12 @@ def block_term(p: Any, row: Sequence[Any], col: Sequence[Any], *, block: int,
     # packed parts are stored narrow (``cw`` int8, ``S_W`` int16: matmul._packed_col_parts);
     # widened here, explicitly, before any arithmetic
     cw, sw = _cast(cw, "int32"), _cast(sw, "int32")
-    if bias_x:
+    row_f32 = str(cx.ty).startswith("float32")
+    if row_f32 and not (f32_bounds is not None
+                        and exact_in_f32(block, *f32_bounds, bias_x, bias_w)):  # fmt: skip
+        raise NumericsError("block_term: float32 row parts (f32_row_parts) need the float32 "
+                            "evaluation of I; pass the f32_bounds they were made with.")
+    if bias_x and not row_f32:
         cx = cx + bias_x
     if bias_w:
         cw, sw = cw + bias_w, sw + bias_w * block

@@ -29,7 +29,13 @@ from typing import Any
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 from rqcompile.targets.tvm.kernels.common import dim
-from rqcompile.targets.tvm.kernels.epilogue import block_term, split_parts, transposed, w_code_max
+from rqcompile.targets.tvm.kernels.epilogue import (
+    block_term,
+    f32_row_parts,
+    split_parts,
+    transposed,
+    w_code_max,
+)
 
 __all__ = [
     "PANEL",
@@ -462,6 +468,10 @@ def avx2_panel_matmul(
     else:
         xin = xq if nibbles else te_pair_codes(xq, name=name)
 
+    bias, bounds = 8 if nibbles and w_signed else 0, (128, w_code_max(w_bits, w_signed))
+    row = f32_row_parts(row, block=block, f32_bounds=bounds, bias_x=x_off, bias_w=bias,
+                        name=name)  # fmt: skip
+
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *eps = in_bufs
         if narrow:
@@ -469,7 +479,6 @@ def avx2_panel_matmul(
         else:
             maddubsw = _Maddubsw4 if packed_nibbles else _Maddubsw
             core = maddubsw(x, w, block, x_max=128) if nibbles else _Maddwd(x, w, block)
-        bias, bounds = 8 if nibbles and w_signed else 0, (128, w_code_max(w_bits, w_signed))
         return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_w=bias,
                            bias_x=x_off, f32_bounds=bounds)  # fmt: skip
 
@@ -534,12 +543,14 @@ def avx2_sparse24_matmul(
     mr, nv = sparse24_tile(m, n)
     _check_group(name, wv, nv, n)
     xu = te_offset_codes(xq, 128, name=name)
+    bounds = (128, 2**w_bits - 1)
+    row = f32_row_parts(row, block=block, f32_bounds=bounds, bias_x=128, name=name)
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, v, c, *eps = in_bufs
         core = _Sparse24(x, v, c, block, w_max=2**w_bits - 1)
         return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=128,
-                           f32_bounds=(128, 2**w_bits - 1))  # fmt: skip
+                           f32_bounds=bounds)  # fmt: skip
 
     return te.extern((m, n), [xu, wv, wc, *row, *col_t], body, name=name, dtype="float32",
                      attrs=attrs)  # fmt: skip

@@ -48,7 +48,7 @@ from typing import Any
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, llvm_version_major, te, tirx
 from rqcompile.targets.tvm.kernels.common import dim
-from rqcompile.targets.tvm.kernels.epilogue import w_code_max
+from rqcompile.targets.tvm.kernels.epilogue import f32_row_parts, w_code_max
 from rqcompile.targets.tvm.x86.panel import (
     _PMADDWD,
     PANEL,
@@ -313,14 +313,16 @@ def vnni_panel_matmul(
     # a symbolic row count (one build for every shape): the full tile, then a row tail
     mr, _ = vnni_tile(m if isinstance(m, int) else _MAX_ROWS, n, isa)
     xu = te_offset_codes(xq, 128, name=name)  # vpdpbusd's unsigned operand
+    bias_w = (2 if crumbs else 8 if nibbles else 0) if w_signed else 0
+    bounds = (128, w_code_max(w_bits, w_signed))
+    row = f32_row_parts(row, block=block, f32_bounds=bounds, bias_x=128, bias_w=bias_w,
+                        name=name)  # fmt: skip
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *bufs = in_bufs
         core = (_Vpdpbusd2 if crumbs else _Vpdpbusd4 if nibbles else _Vpdpbusd)(x, w, block, isa)
-        bias_w = (2 if crumbs else 8 if nibbles else 0) if w_signed else 0
         return _panel_body(core, bufs, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=128,
-                           bias_w=bias_w,
-                           f32_bounds=(128, w_code_max(w_bits, w_signed)))  # fmt: skip
+                           bias_w=bias_w, f32_bounds=bounds)  # fmt: skip
 
     return te.extern((m, n), [xu, wp, *row, *col_t], body, name=name, dtype="float32",
                      attrs=attrs)  # fmt: skip

@@ -35,7 +35,7 @@ from typing import Any
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, te, tirx
 from rqcompile.targets.tvm.kernels.common import dim
-from rqcompile.targets.tvm.kernels.epilogue import transposed
+from rqcompile.targets.tvm.kernels.epilogue import f32_row_parts, transposed
 from rqcompile.targets.tvm.x86.micro import _divisor, _intrin, _lanes
 from rqcompile.targets.tvm.x86.panel import (
     _PSHUFB,
@@ -181,6 +181,7 @@ def xnor_panel_matmul(
     mr, nv = xnor_panel_tile(m, n)
     _check_group(name, wn, nv, n)
     xn = te_split_words(xbits, isa=isa, name=name)
+    row = f32_row_parts(row, block=block, f32_bounds=(1, 1), name=name)
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *eps = in_bufs

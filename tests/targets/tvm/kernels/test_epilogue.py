@@ -181,3 +181,37 @@ def test_packed_parts_stored_narrow_keep_the_extreme_origins(
     assert {str(p.dtype) for p in packed[1:]} == {"torch.float32", "torch.int8", "torch.int16"}
     (y,) = _run("te_int_matmul_packed", "int_matmul", [xq, xs, xc, *packed], **kw)
     _check(y, xq, xs, xc, wq, ws, wc, block)
+
+
+def test_f32_row_parts_fold_the_offset_and_convert_once() -> None:
+    """Panel kernels take ``cx + bias_x`` and ``S̃_X`` as float32 (one prep stage per call)
+    where ``I`` is evaluated in float32, the same integers; elsewhere the parts pass as they
+    are, and ``block_term`` refuses float parts it would have to evaluate in integers."""
+    from rqcompile.errors import NumericsError
+    from rqcompile.targets.tvm.adapter import te, tirx, tvm
+    from rqcompile.targets.tvm.kernels.epilogue import block_term, f32_row_parts
+
+    m, nb = 3, 2
+    row = [te.placeholder((m, nb), d, name=n) for n, d in
+           (("xs", "float32"), ("cx", "int32"), ("sxt", "int32"), ("x0", "float32"),
+            ("xk", "float32"))]  # fmt: skip
+    folded = f32_row_parts(row, block=128, f32_bounds=(128, 128), bias_x=128, name="t")
+    assert [str(t.dtype) for t in folded] == ["float32"] * 5
+    assert folded[0] is row[0] and folded[3] is row[3] and folded[4] is row[4]
+    f = tvm.compile(te.create_prim_func([row[1], row[2], folded[1], folded[2]]), target="llvm")
+    cx = np.array([[-128, 127], [0, -1], [5, 99]], dtype="int32")
+    sxt = np.array([[-32640, 32640], [0, 7], [-1, 16383]], dtype="int32")
+    out = [tvm.runtime.tensor(np.zeros((m, nb), "float32")) for _ in range(2)]
+    f(tvm.runtime.tensor(cx), tvm.runtime.tensor(sxt), *out)
+    np.testing.assert_array_equal(out[0].numpy(), (cx + 128).astype("float32"))
+    np.testing.assert_array_equal(out[1].numpy(), sxt.astype("float32"))
+    # outside float32's exact range (8-bit codes, block 1024) nothing changes
+    assert f32_row_parts(row, block=1024, f32_bounds=(128, 128), name="t") == row
+    p = tirx.const(0, "int32")
+    parts = [tirx.const(1.0, "float32")] * 5
+    col = [tirx.const(1.0, "float32"), tirx.const(0, "int8"), tirx.const(0, "int16"),
+           tirx.const(1.0, "float32"), tirx.const(1.0, "float32")]  # fmt: skip
+    with pytest.raises(NumericsError, match="f32_bounds"):
+        block_term(p, parts, col, block=1024, f32_bounds=(128, 128))
+    with pytest.raises(NumericsError, match="f32_bounds"):
+        block_term(p, parts, col, block=128)
