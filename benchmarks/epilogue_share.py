@@ -1,0 +1,108 @@
+"""How much of a panel GEMM the per-block float epilogue costs (issue 19's bounds).
+
+Builds one packed kernel twice for this host (``int_matmul`` at 8x8 bits, or the A1W1
+``xnor_popcount_matmul``): as shipped, and with ``epilogue.block_term`` replaced by a bare
+conversion of the block's integer sums (``float(P)``), which keeps the dot-product loops,
+the tile walk and the stores but drops the per-block float work. The second kernel computes
+nothing useful; it only measures what the integer part alone costs. Both time one call at
+a time (process CPU time, median) in separate builds of the same process, interleaved::
+
+    python benchmarks/epilogue_share.py --kernel int8 --m 256 --k 1024,4096
+    python benchmarks/epilogue_share.py --kernel xnor --m 256 --k 1024,4096
+
+MACs per cycle use ``--ghz`` (the clock ``benchmarks/vector_ports.c`` measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+
+import rqcompile.targets.tvm.x86.panel as panel  # noqa: E402
+from rqcompile.targets.tvm.adapter import host_llvm_target, te, tirx, tvm  # noqa: E402
+from rqcompile.targets.tvm.kernels import integer as K  # noqa: E402
+from rqcompile.targets.tvm.kernels import matmul as MM  # noqa: E402
+from rqcompile.targets.tvm.schedules.integer import kernel_options, schedule_prim_func  # noqa: E402
+
+BLOCK = 128
+
+
+def build(kind: str, m: int, n: int, k: int, target: dict[str, Any]) -> tuple[Any, list[Any]]:
+    nb, words = k // BLOCK, k // 32
+    ph = lambda s, d: te.placeholder(s, d)  # noqa: E731
+    if kind == "xnor":
+        isa = kernel_options(target)["xnor_popcount_matmul"]["isa"]
+        w = [ph((n, words), "uint32"), *(ph((n, nb), d) for d in ("float32", "float32", "int32"))]
+        packed = MM.te_pack_xnor_weights(*w, block=BLOCK, k=k, isa=isa)
+        x = [ph((m, words), "uint32"), ph((m, nb), "float32"), ph((m, nb), "float32")]
+        pp = [ph([int(d) for d in p.shape], str(p.dtype)) for p in packed]
+        y = MM.te_xnor_popcount_matmul_packed(*x, *pp, block=BLOCK, k=k, isa=isa)
+        name = "xnor_popcount_matmul"
+    else:
+        isa = kernel_options(target)["int_matmul"]["isa"]
+        w = [ph((n, k), "int8"), *(ph((n, nb), d) for d in ("float32", "float32", "int32"))]
+        packed = K.te_pack_int_matmul_weights(*w, block=BLOCK, w_bits=8, w_signed=True, isa=isa)
+        x = [ph((m, k), "int8"), ph((m, nb), "float32"), ph((m, nb), "float32")]
+        pp = [ph([int(d) for d in p.shape], str(p.dtype)) for p in packed]
+        y = K.te_int_matmul_packed(*x, *pp, block=BLOCK, w_bits=8, w_signed=True, isa=isa)
+        name = "int_matmul"
+    func = K.prim_func([*x, *pp, y], name="kernel", kernel=name, block=BLOCK)
+    lib = tvm.compile(schedule_prim_func(func, target), target=target)
+    rng = np.random.default_rng(0)
+
+    def arr(t: Any) -> Any:
+        shape, dt = [int(d) for d in t.shape], str(t.dtype)
+        a = rng.integers(0, 3, shape) if "int" in dt else rng.random(shape) + 0.5
+        return tvm.runtime.tensor(a.astype(dt))
+
+    return lib["kernel"], [arr(t) for t in [*x, *pp, y]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kernel", choices=("int8", "xnor"), default="int8")
+    ap.add_argument("--m", type=int, default=256)
+    ap.add_argument("--k", default="1024,4096", help="K = N values, comma-separated")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--ghz", type=float, default=0.0, help="core clock for MACs per cycle")
+    args = ap.parse_args()
+    target = {"kind": "llvm", **dict(host_llvm_target().export())}
+    target = {k: target[k] for k in ("kind", "mcpu", "mattr") if k in target}
+    shipped = panel.block_term
+    bare = lambda p, row, col, **kw: tirx.Cast("float32x8", p)  # noqa: E731
+    print(f"{args.kernel}, M = {args.m}, block {BLOCK}, target {target}, 1 thread")
+    print("| K = N | with epilogue (ms) | integer part alone (ms) | epilogue share |"
+          + (" MACs/cycle with / without |" if args.ghz else ""))
+    print("| --- | --- | --- | --- |" + (" --- |" if args.ghz else ""))
+    for k in (int(v) for v in args.k.split(",")):
+        kernels = {}
+        for label, term in (("full", shipped), ("bare", bare)):
+            panel.block_term = term
+            kernels[label] = build(args.kernel, args.m, k, k, target)
+        panel.block_term = shipped
+        times: dict[str, list[float]] = {"full": [], "bare": []}
+        for _ in range(args.rounds):
+            for label, (fn, fargs) in kernels.items():
+                fn(*fargs)
+                for _ in range(3):
+                    t = time.process_time()
+                    fn(*fargs)
+                    times[label].append(time.process_time() - t)
+        full, bare_t = (float(np.median(times[v])) for v in ("full", "bare"))
+        row = f"| {k} | {full * 1e3:.2f} | {bare_t * 1e3:.2f} | {1 - bare_t / full:.0%} |"
+        if args.ghz:
+            macs = args.m * k * k / 1e9 / args.ghz
+            row += f" {macs / full:.1f} / {macs / bare_t:.1f} |"
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
