@@ -17,7 +17,17 @@ fails correct models. So the check looks at the codes:
    the output magnitude; default 1e-5);
 5. the built model (``exe``) is compared with the reference run of the same IR: equal to
    float tolerance, or (when the reference saw near-ties) explained by ties the target's
-   codes cannot be captured for.
+   codes cannot be captured for: flipping one of the reference's codes nearest a tie
+   (``|frac(z) - 1/2| < target_tie_tol``, default 1e-3) must reproduce the built model's
+   output to float tolerance, starting from the reference as it ran or, where step 3
+   re-fed QAT's inputs, from the re-fed one (a build can round one tie as QAT does and
+   cross another with its own float code). That tolerance is wider than ``tie_tol`` because the target's
+   float code between quantizers differs more from torch's than the reference's does: its
+   vectorized ``erf``/``exp`` (``targets/tvm/kernels/fast_math.py``) are within 3.8e-7
+   absolute, which is 3e-5 of a code step for an 8-bit quantizer of a GELU output spanning
+   ~3 and more for narrower ranges (a drawn shape of the char transformer flipped a code
+   3.05e-5 from its tie). Only the reproduction decides; the tolerance only picks which
+   codes are tried.
 
 The verdict is ``"exact"`` (no flip, agreement), ``"ties only"`` (every difference traced to a
 rounding tie) or ``"real mismatch"`` (with the reason). ``report.line()`` is one line for logs.
@@ -157,7 +167,7 @@ def check_parity(
     *,
     float_tol: float = 1e-5,
     tie_tol: float = 1e-4,
-    target_tie_tol: float = 1e-5,
+    target_tie_tol: float = 1e-3,
     max_refeeds: int = 16,
 ) -> ParityReport:
     """Compare a lowered model with its QAT model code by code (see the module docstring).
@@ -168,6 +178,8 @@ def check_parity(
         inputs: a tensor or tuple of tensors, as for ``exe``.
         float_tol: agreement required once no code differs, relative to ``max |QAT|``.
         tie_tol: how close to a rounding tie a flipped code must be.
+        target_tie_tol: how close to a tie the reference codes tried to explain a built
+            model's difference may be (step 5 of the module docstring).
 
     Returns:
         A :class:`ParityReport`; ``report.ok`` is False only for ``"real mismatch"``.
@@ -272,6 +284,8 @@ def check_parity(
     report.target_diff = float((got - ref_first).abs().max())
     if report.verdict != "real mismatch" and report.target_diff > tol:
         explained = _explain_by_ties(ir, xs, got, caught_first, tol, target_tie_tol)
+        if not explained and fed:  # the build may round QAT's near-ties as QAT does
+            explained = _explain_by_ties(ir, xs, got, caught, tol, target_tie_tol, fed=fed)
         if explained:
             report.verdict = "ties only"
             report.notes.append(
@@ -346,9 +360,16 @@ def _explain_by_ties(
     tol: float,
     tie_tol: float,
     limit: int = 8,
+    fed: dict[int, torch.Tensor] | None = None,
 ) -> str:
-    """How flipping near-tie codes of the reference reproduces ``got``, or ``""``."""
+    """How flipping near-tie codes of the reference reproduces ``got``, or ``""``: one of
+    the ``limit`` nearest, or all of them together. ``fed``:
+    QAT's inputs of the quantizers whose codes differed from QAT's (``check_parity``'s
+    re-feeds), given to the reference first: a build that rounds those ties as QAT does
+    and crosses another one itself is then one flip away."""
     cands = _near_ties(caught, tie_tol, limit)
+    fed = fed or {}
+    prefix = "with QAT's codes re-fed, " if fed else ""
 
     def run(chosen: list[tuple[float, int, int, float]]) -> float:
         by_q: dict[int, list[tuple[int, float]]] = {}
@@ -356,6 +377,7 @@ def _explain_by_ties(
             by_q.setdefault(qi, []).append((j, v))
 
         def on_q(i: int, x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
+            x = fed.get(i, x)
             if i not in by_q:
                 return x
             x = x.clone()
@@ -368,14 +390,16 @@ def _explain_by_ties(
             r = _run_reference(ir, xs, on_q)[0].double()
         return float((got - r).abs().max())
 
+    if fed and run([]) <= tol:
+        return "the reference with QAT's codes re-fed reproduces it"
     for c in cands:
         if run([c]) <= tol:
             return (
-                f"flipping one reference code {c[0]:.1e} from a rounding tie (quantizer {c[1]}) "
-                "reproduces it"
+                f"{prefix}flipping one reference code {c[0]:.1e} from a rounding tie "
+                f"(quantizer {c[1]}) reproduces it"
             )
     if len(cands) > 1 and run(cands) <= tol:
-        return f"flipping the reference's {len(cands)} nearest-tie codes reproduces it"
+        return f"{prefix}flipping the reference's {len(cands)} nearest-tie codes reproduces it"
     return ""
 
 

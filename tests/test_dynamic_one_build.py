@@ -161,3 +161,21 @@ def test_load_without_trusting_the_kernels_rebuilds_once(exe, tmp_path) -> None:
     assert isinstance(back, DynamicModule) and back.specialize == "none"
     x = torch.randint(0, VOCAB, (3, 5))
     assert torch.equal(back(x), exe(x))
+
+
+@pytest.mark.parametrize(("b", "t"), [(5, 11), (7, 11)])
+def test_target_flips_are_explained_as_ties(qat, b: int, t: int) -> None:
+    """Drawn shapes (under hypothesis 6.170) where the llvm build crosses a rounding tie the
+    reference does not, checked statically so they do not depend on what hypothesis draws.
+    At (5, 11) the build's GELU (vectorized erf, within 3.8e-7) moves one input of the
+    8-bit quantizer after it to 3.05e-5 of a code step from its tie and across it (outputs
+    1.27e-3 apart); check_parity tried only codes within 1e-5 of a tie and called it a real
+    mismatch. At (7, 11) the build also rounds the tie QAT and the reference disagree on as
+    QAT does, so the one flip that explains it is found only from the re-fed reference."""
+    x = torch.randint(0, VOCAB, (b, t), generator=torch.Generator().manual_seed(b * 31 + t))
+    exe = rq.lower(qat, "llvm", example_inputs=(x,))
+    report = rq.check_parity(qat, exe, x)
+    assert report.ok, report.line()
+    if report.target_diff > 1e-5 * report.scale:  # this host's build took the other code
+        assert report.verdict == "ties only"
+        assert any("reproduces it" in n for n in report.notes), report.notes

@@ -352,13 +352,17 @@ class _Sparse24(_Int16Groups):
 
 
 def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: int,
-                f32_bounds: tuple[int, int], bias_x: int = 0, bias_w: int = 0) -> Any:  # fmt: skip
+                f32_bounds: tuple[int, int], bias_x: int = 0, bias_w: int = 0,
+                lanes: int = PANEL) -> Any:  # fmt: skip
     """Per group ``g`` of ``nv`` panels, per tile of ``mr`` rows: for each block, ``core``
     accumulates the block's integer products and ``epilogue.block_term`` adds the block's
-    float term to ``mr x nv`` float32x8 registers; the tile is stored once. ``eps`` are the
-    row parts ``[M, nb]`` then the transposed column parts ``[nb, N]`` of :mod:`.epilogue`;
-    ``bias_x``/``bias_w``: the offsets the core adds to ``x`` (+128, unsigned operands) or to
-    ``w`` codes (+8, signed nibbles); ``f32_bounds``: the codes' magnitude bounds.
+    float term to ``mr x nv`` panels of float32 registers; the tile is stored once. ``eps``
+    are the row parts ``[M, nb]`` then the transposed column parts ``[nb, N]`` of
+    :mod:`.epilogue`; ``bias_x``/``bias_w``: the offsets the core adds to ``x`` (+128,
+    unsigned operands) or to ``w`` codes (+8, signed nibbles); ``f32_bounds``: the codes'
+    magnitude bounds. ``lanes``: the epilogue's vector width, 8 (a panel per ymm) or 16 (two
+    adjacent panels per zmm, ``nv`` even; the accumulators are laid out panel after panel
+    either way, so the core may fill them 8 or 16 lanes at a time).
 
     Rows are the outer loop: the group's packed weights stream sequentially once per row
     tile (from L2 at large K), ``x`` rows stream sequentially, and nothing else touches
@@ -369,25 +373,33 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     row_parts, col_parts = split_parts(eps)
     m, n = (dim(d) for d in y.shape)
     nb = int(row_parts[0].shape[1])
+    if (nv * PANEL) % lanes:
+        raise NumericsError(f"_panel_body: {nv} panels of {PANEL} columns do not split into "
+                            f"vectors of {lanes} lanes.")  # fmt: skip
+    per_row = nv * PANEL // lanes  # vectors per row of the tile
 
     def vec(t: Any) -> Any:
-        return tirx.Ramp(t * 8, 1, 8)
+        return tirx.Ramp(t * lanes, 1, lanes)
+
+    def cols(g: Any, u: Any) -> Any:
+        return tirx.Ramp(g * nv * PANEL + u * lanes, 1, lanes)
 
     def tile(row0: Any, rows: int, g: Any, acc: Any, yacc: Any) -> None:
-        with T.unroll(0, rows * nv) as t:
-            T.buffer_store(yacc, _bc(tirx.const(0, "float32")), [vec(t)])
+        with T.unroll(0, rows * per_row) as t:
+            T.buffer_store(yacc, _bc(tirx.const(0, "float32"), lanes), [vec(t)])
         with T.serial(0, nb) as b:
-            with T.unroll(0, rows * nv) as t:
-                T.buffer_store(acc, _bc(tirx.const(0, "int32")), [vec(t)])
+            with T.unroll(0, rows * per_row) as t:
+                T.buffer_store(acc, _bc(tirx.const(0, "int32"), lanes), [vec(t)])
             core.accumulate(acc, row0, rows, g, nv, b)
-            with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
-                i, cols, t = row0 + ii, vec(g * nv + v), ii * nv + v
+            with T.unroll(0, rows) as ii, T.unroll(0, per_row) as u:
+                i, t = row0 + ii, ii * per_row + u
                 term = block_term(acc[vec(t)], [r[i, b] for r in row_parts],
-                                  [c[b, cols] for c in col_parts], block=block, lanes=8,
-                                  bias_x=bias_x, bias_w=bias_w, f32_bounds=f32_bounds)  # fmt: skip
+                                  [c[b, cols(g, u)] for c in col_parts], block=block,
+                                  lanes=lanes, bias_x=bias_x, bias_w=bias_w,
+                                  f32_bounds=f32_bounds)  # fmt: skip
                 T.buffer_store(yacc, yacc[vec(t)] + term, [vec(t)])
-        with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
-            T.buffer_store(y, yacc[vec(ii * nv + v)], [row0 + ii, vec(g * nv + v)])
+        with T.unroll(0, rows) as ii, T.unroll(0, per_row) as u:
+            T.buffer_store(y, yacc[vec(ii * per_row + u)], [row0 + ii, cols(g, u)])
 
     if not isinstance(m, int):  # a symbolic build: whole row tiles, then a one-row tail
         with IRBuilder() as ib, T.parallel(0, n // (PANEL * nv)) as g:

@@ -58,6 +58,10 @@ __all__ = [
 XNOR_PANEL_ISAS = ("avx2", "avx512_vpopcntdq")
 _NIBBLES = 0x0F0F0F0F
 _BYTE_WORDS = 31  # words one uint8 counter can sum: 31·8 = 248 < 256
+#: zmm (VPOPCNTDQ) tile rows, two panels wide (:func:`xnor_panel_tile`). Zen 4, A1W1
+#: 4096²×256, one process: 4 rows 8.2-8.3 ms, 6 rows 7.7-7.8, 8 rows 8.0-8.4; four panels
+#: wide (two zmm a row) at 3-5 rows 8.2-9.3 (ymm, 4 x 2 panels: 10.1-10.5)
+XNOR_ZMM_ROWS = 6
 
 
 def xnor_panel_supported(*, n: int, k: int, block: int) -> bool:
@@ -67,11 +71,16 @@ def xnor_panel_supported(*, n: int, k: int, block: int) -> bool:
             and 2 * block * block < 2**31)  # fmt: skip
 
 
-def xnor_panel_tile(m: int, n: int) -> tuple[int, int]:
+def xnor_panel_tile(m: int, n: int, isa: str = "avx2") -> tuple[int, int]:
     """``(mr, nv)``: ``mr·nv`` byte counters, the row's two broadcasts, the LUT and the
-    weights (loaded as operands) fit the 16 ymm registers."""
-    nv = next(v for v in (2, 1) if (n // PANEL) % v == 0)
-    rows = {2: 4, 1: 6}[nv]  # a symbolic m (one build for every shape): the full tile
+    weights (loaded as operands) fit the 16 ymm registers. With VPOPCNTDQ (zmm, two panels
+    a vector, 32 registers): ``mr x nv`` panels of counters and of float
+    sums, the row's broadcast and the weights (:data:`XNOR_ZMM_ROWS`)."""
+    if isa == "avx512_vpopcntdq" and (n // PANEL) % 2 == 0:
+        nv, rows = 2, XNOR_ZMM_ROWS
+    else:
+        nv = next(v for v in (2, 1) if (n // PANEL) % v == 0)
+        rows = {2: 4, 1: 6}[nv]  # a symbolic m (one build for every shape): the full tile
     return (min(rows, m) if isinstance(m, int) else rows), nv
 
 
@@ -92,7 +101,7 @@ def te_pack_xnor_panels(
     """Weight-only prep: ``(wn, *colT)``; ``wn uint32 [N/8nv, K/32, nv, h, 8]`` and the
     epilogue's column parts transposed to ``[nb, N]``."""
     n, words = (int(d) for d in wbits.shape)
-    nv, halves = xnor_panel_tile(1, n)[1], _halves(isa)
+    nv, halves = xnor_panel_tile(1, n, isa)[1], _halves(isa)
     wn = te.compute((n // (PANEL * nv), words, nv, halves, PANEL),
                     lambda g, t, v, h, c: _split(wbits[(g * nv + v) * PANEL + c, t], h, halves),
                     name=f"{name}_wn", attrs=attrs)  # fmt: skip
@@ -100,25 +109,31 @@ def te_pack_xnor_panels(
 
 
 class _XnorCounts:
-    """Per block: ``acc += B - 2·popcount(x ⊕ w)`` per (row, panel), 8 columns per lane."""
+    """Per block: ``acc += B - 2·popcount(x ⊕ w)`` per (row, panel), 8 columns per lane.
+    ``step``: panels per vector, 1 (ymm) or 2 (zmm with VPOPCNTDQ: two adjacent panels,
+    whose packed words lie side by side, in one ``vpopcntd``)."""
 
     #: Rows are walked in chunks of this much ``x``: at M=512, K=4096 all of ``x`` (512 KiB
     #: split) no longer stays in L2 while the groups stream past it (measured ~1.1-1.3x).
     chunk_bytes = 128 * 1024
 
-    def __init__(self, xn: Any, wn: Any, block: int, isa: str) -> None:
-        self.x, self.wn, self.block, self.isa = xn, wn, block, isa
+    def __init__(self, xn: Any, wn: Any, block: int, isa: str, step: int = 1) -> None:
+        self.x, self.wn, self.block, self.isa, self.step = xn, wn, block, isa, step
         self.words = block // 32
         self.lut = nibble_lut()
         avx2 = isa == "avx2"
         self.group = _divisor(self.words, _BYTE_WORDS) if avx2 else self.words
-        self.cnt_dtype, self.cnt_lanes = ("uint8", 32) if avx2 else ("int32", 8)
+        self.cnt_dtype, self.cnt_lanes = ("uint8", 32) if avx2 else ("int32", PANEL * step)
 
     def _word(self, row: Any, g: Any, t: Any, v: Any) -> Any:
-        """Counts of one word of 8 columns: bytes (AVX2) or int32 lanes (VPOPCNTDQ)."""
+        """Counts of one word of ``8·step`` columns: bytes (AVX2) or int32 lanes (VPOPCNTDQ)."""
         if self.isa != "avx2":  # x is xbits [M, K/32] itself (te_split_words)
-            words = _bc(self.x[row, t]) ^ self.wn[g, t, v, 0, _lanes(0, 8)]
-            return _intrin("int32x8", "llvm.ctpop", tirx.reinterpret("int32x8", words))
+            lanes = PANEL * self.step
+            panels = [self.wn[g, t, v + p, 0, _lanes(0, PANEL)] for p in range(self.step)]
+            w = panels[0] if self.step == 1 else tirx.Shuffle(panels, list(range(lanes)))
+            words = _bc(self.x[row, t], lanes) ^ w
+            return _intrin(f"int32x{lanes}", "llvm.ctpop",
+                           tirx.reinterpret(f"int32x{lanes}", words))  # fmt: skip
         total = None
         for h in (0, 1):
             x = _bc(self.x[row, t, h])
@@ -131,24 +146,26 @@ class _XnorCounts:
         return byte_counts_to_dwords(cnt) if self.isa == "avx2" else cnt
 
     def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        tile, lanes = rows * nv, self.cnt_lanes
-        cnt = T.decl_buffer((tile * lanes,), self.cnt_dtype, scope="global")
+        step, lanes = self.step, self.cnt_lanes
+        per_row, width = nv // step, PANEL * step  # vectors per row, int32 lanes per vector
+        vecs = rows * per_row
+        cnt = T.decl_buffer((vecs * lanes,), self.cnt_dtype, scope="global")
         zero = tirx.const(0, f"{self.cnt_dtype}x{lanes}")
-        minus2 = _bc(tirx.const(-2, "int32"))
-        with T.unroll(0, tile) as t:
-            T.buffer_store(acc, acc[_lanes(t, 8)] + _bc(tirx.const(self.block, "int32")),
-                           [_lanes(t, 8)])  # fmt: skip
+        minus2 = _bc(tirx.const(-2, "int32"), width)
+        with T.unroll(0, vecs) as t:
+            T.buffer_store(acc, acc[_lanes(t, width)] + _bc(tirx.const(self.block, "int32"), width),
+                           [_lanes(t, width)])  # fmt: skip
         with T.serial(0, self.words // self.group) as gi:
-            with T.unroll(0, tile) as t:
+            with T.unroll(0, vecs) as t:
                 T.buffer_store(cnt, zero, [_lanes(t, lanes)])
             with T.serial(0, self.group) as c:
                 word = b * self.words + gi * self.group + c
-                with T.unroll(0, rows) as ii, T.unroll(0, nv) as v:
-                    at = _lanes(ii * nv + v, lanes)
-                    T.buffer_store(cnt, cnt[at] + self._word(row0 + ii, g, word, v), [at])
-            with T.unroll(0, tile) as t:
+                with T.unroll(0, rows) as ii, T.unroll(0, per_row) as u:
+                    at = _lanes(ii * per_row + u, lanes)
+                    T.buffer_store(cnt, cnt[at] + self._word(row0 + ii, g, word, u * step), [at])
+            with T.unroll(0, vecs) as t:
                 pc = self._widen(cnt[_lanes(t, lanes)])
-                T.buffer_store(acc, acc[_lanes(t, 8)] + pc * minus2, [_lanes(t, 8)])
+                T.buffer_store(acc, acc[_lanes(t, width)] + pc * minus2, [_lanes(t, width)])
 
 
 def te_split_words(xbits: Any, *, isa: str, name: str) -> Any:
@@ -178,15 +195,17 @@ def xnor_panel_matmul(
         raise NumericsError(f"{name}: the XNOR panel kernel takes isa in {XNOR_PANEL_ISAS}, "
                             f"N % 8 == 0 and whole 32-bit words per block (isa={isa!r}, "
                             f"N={n}, K={32 * words}, block={block}).")  # fmt: skip
-    mr, nv = xnor_panel_tile(m, n)
+    mr, nv = xnor_panel_tile(m, n, isa)
     _check_group(name, wn, nv, n)
     xn = te_split_words(xbits, isa=isa, name=name)
     row = f32_row_parts(row, block=block, f32_bounds=(1, 1), name=name)
+    step = 2 if isa == "avx512_vpopcntdq" and nv % 2 == 0 else 1  # zmm: two panels a vector
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *eps = in_bufs
-        core = _XnorCounts(x, w, block, isa)
-        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, f32_bounds=(1, 1))
+        core = _XnorCounts(x, w, block, isa, step)
+        return _panel_body(core, eps, out_bufs[0], block=block, mr=mr, nv=nv, f32_bounds=(1, 1),
+                           lanes=PANEL * step)  # fmt: skip
 
     return te.extern((m, n), [xn, wn, *row, *col_t], body, name=name, dtype="float32",
                      attrs=attrs)  # fmt: skip
