@@ -77,7 +77,7 @@ def main() -> None:
     target = {"kind": "llvm", **dict(host_llvm_target().export())}
     target = {k: target[k] for k in ("kind", "mcpu", "mattr") if k in target}
     shipped = panel.block_term
-    bare = lambda p, row, col, **kw: tirx.Cast("float32x8", p)  # noqa: E731
+    bare = lambda p, row, col, lanes=8, **kw: tirx.Cast(f"float32x{lanes}", p)  # noqa: E731
     print(f"{args.kernel}, M = {args.m}, block {BLOCK}, target {target}, 1 thread")
     print("| K = N | with epilogue (ms) | integer part alone (ms) | epilogue share |"
           + (" MACs/cycle with / without |" if args.ghz else ""))
