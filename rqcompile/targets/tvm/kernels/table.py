@@ -13,7 +13,7 @@ quantize.generic         –                              TE stages
 int_matmul.amx           avx2, amx_tile, amx_int8       ``tdpbusd`` tiles (x86.amx), M >= 16
 int_matmul.avx512_vnni_w2  (as avx512_vnni)           the same on 2-bit codes four per byte, M <= 16
 int_matmul.avx512_vnni_w4  (as avx512_vnni)           the same on 4-bit codes two per byte, M <= 16
-int_matmul.avx512_vnni   avx2, avx512_vnni, avx512vl    ymm ``vpdpbusd`` panels (x86.vnni)
+int_matmul.avx512_vnni   avx2, avx512_vnni, avx512vl    zmm ``vpdpbusd`` panels, zmm epilogue (x86.vnni)
 int_matmul.avx_vnni_w2   (as avx_vnni)                  VEX ``vpdpbusd`` on 2-bit codes four per byte
 int_matmul.avx_vnni_w4   (as avx_vnni)                  VEX ``vpdpbusd`` on 4-bit codes two per byte
 int_matmul.avx_vnni      avx2, avx_vnni                 VEX ``vpdpbusd`` panels
@@ -22,12 +22,14 @@ int_matmul.avx2          avx2                           ``vpmaddwd``/``vpmaddubs
 int_matmul.*_emulated    (tests only: force it)         the VNNI panels (both layouts) with ``vpdpbusd`` emulated
 int_matmul.amx_emulated  (tests only: force it)         the AMX tiles with ``tdpbusd`` emulated
 int_matmul.generic       –                              TE compute
-xnor_popcount_matmul.avx512_vpopcntdq  avx2, avx512_vpopcntdq   XNOR panels with ``vpopcntq``
+xnor_popcount_matmul.avx512_vpopcntdq  avx2, avx512_vpopcntdq   zmm XNOR panels, ``vpopcntd`` on two panels
 xnor_popcount_matmul.avx2              avx2              XNOR panels, ``vpshufb`` nibble LUT
 xnor_popcount_matmul.generic           –                 TE compute (LLVM vectorizes popcount)
 sparse24_matmul.amx      avx2, amx_tile, amx_int8       2:4 codes unpacked to dense at load, AMX tiles, M >= 16
 sparse24_matmul.avx512_vnni_w4  (as avx512_vnni)       2:4 codes unpacked to dense nibbles at load, VNNI nibble panels, M <= 16
 sparse24_matmul.avx_vnni_w4     (as avx_vnni)          the same with VEX ``vpdpbusd``
+sparse24_matmul.avx512_vnni  (as avx512_vnni)         2:4 codes unpacked to dense at load, VNNI int8 panels, M >= 16
+sparse24_matmul.avx_vnni     (as avx_vnni)            the same with VEX ``vpdpbusd``
 sparse24_matmul.avx2     avx2                           ``vpshufb``-gathered 2:4 panels
 sparse24_matmul.generic  –                              TE compute
 qbmm.generic             –                              TE compute
@@ -182,6 +184,25 @@ def _sparse24_vnni4(isa: str, requires: frozenset[str]) -> KernelRow:
     )  # fmt: skip
 
 
+def _sparse24_vnni(isa: str, requires: frozenset[str]) -> KernelRow:
+    """``sparse24_matmul.<isa>``: from :data:`NIBBLE_MAX_ROWS` rows (where the nibble rows,
+    listed first, stop), the 2:4 codes unpacked to dense int8 at load and run on the VNNI
+    panels of ``int_matmul.<isa>``, as AMX hosts run them on tiles: the layer is bound by its
+    dot products there, and the dense ``vpdpbusd`` panels do them faster than the AVX2 2:4
+    panels (``kernels.matmul.sparse24_dense_packs``)."""
+    opts = {"isa": isa, "min_rows": NIBBLE_MAX_ROWS}
+
+    def supported(op: Op) -> bool:
+        return bool(K.sparse24_dense_packs(_dims(op.operands[0]), _dims(op.operands[3])[0],
+                                           **{**op.attrs_dict, **opts}))  # fmt: skip
+
+    return KernelRow(
+        "rq.sparse24_matmul", isa, requires, supported, builder=K.te_sparse24_matmul,
+        pack=PackRow("panels", lambda op, xr: supported(op), K.te_pack_sparse24_dense,
+                     K.te_sparse24_dense_packed, options=opts),
+    )  # fmt: skip
+
+
 def _xnor(isa: str, requires: frozenset[str]) -> KernelRow:
     return KernelRow(
         "rq.xnor_popcount_matmul", isa, requires, builder=K.te_xnor_popcount_matmul,
@@ -218,6 +239,9 @@ CPU_KERNELS: tuple[KernelRow, ...] = (
     _sparse24_vnni4("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
     _sparse24_vnni4("avx_vnni", frozenset({"avx2", "avx_vnni"})),
     *(_sparse24_vnni4(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
+    _sparse24_vnni("avx512_vnni", frozenset({"avx2", "avx512_vnni", "avx512vl"})),
+    _sparse24_vnni("avx_vnni", frozenset({"avx2", "avx_vnni"})),
+    *(_sparse24_vnni(isa, frozenset({TEST_ONLY})) for isa in VNNI_EMULATED),
     KernelRow(
         "rq.sparse24_matmul", "avx2", _AVX2, builder=K.te_sparse24_matmul,
         options={"isa": "avx2"},

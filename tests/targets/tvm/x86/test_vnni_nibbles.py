@@ -123,11 +123,37 @@ def test_sparse24_on_dense_nibble_panels_gives_the_2to4_panels_bits(
     torch.testing.assert_close(outs[isa], want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("isa", ["avx512_vnni_emulated", "avx_vnni_emulated"])
+@pytest.mark.parametrize(("preset", "m"), [("A4W4+2:4", NIBBLE_MAX_ROWS + 1), ("A4W1+2:4", 40)])
+def test_sparse24_on_dense_vnni_panels_gives_the_2to4_panels_bits(
+    isa: str, preset: str, m: int
+) -> None:
+    """``sparse24_matmul.<vnni isa>`` (M >= 16): the 2:4 codes unpacked to dense int8 at load
+    on the VNNI int8 panels, zmm epilogue where two panels share a vector. The same integer
+    sums and block terms as the AVX2 2:4 panels: equal to the bit, and to the reference
+    within 1e-6."""
+    torch.manual_seed(m)
+    x = torch.randn(m, 256)
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(256, 64)).eval(), (x,), preset)
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    outs = {}
+    for row in (isa, "avx2"):
+        forced = _forced_s24(ir, row)
+        assert f'rq.kernel = "sparse24_matmul.{row}"' in print_module(forced)
+        with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
+            outs[row] = rq.build(forced, "llvm")(x)
+    assert torch.equal(outs[isa], outs["avx2"])
+    want = rq.build(ir, "reference")(x)
+    torch.testing.assert_close(outs[isa], want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
 @pytest.mark.parametrize(("mcpu", "m", "want"),
                          [("znver4", 1, "avx512_vnni_w4"),
                           ("znver4", NIBBLE_MAX_ROWS, "avx512_vnni_w4"),
-                          ("znver4", NIBBLE_MAX_ROWS + 1, "avx2"),
-                          ("alderlake", 1, "avx_vnni_w4"), ("znver3", 1, "avx2")])  # fmt: skip
+                          ("znver4", NIBBLE_MAX_ROWS + 1, "avx512_vnni"),
+                          ("alderlake", 1, "avx_vnni_w4"),
+                          ("alderlake", NIBBLE_MAX_ROWS + 1, "avx_vnni"),
+                          ("znver3", 1, "avx2"), ("znver3", NIBBLE_MAX_ROWS + 1, "avx2")])  # fmt: skip
 def test_sparse24_takes_the_nibble_panels_at_small_m_on_vnni_hosts(mcpu: str, m: int,
                                                                   want: str) -> None:  # fmt: skip
     import re
