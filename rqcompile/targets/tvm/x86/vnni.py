@@ -8,8 +8,10 @@ lane, accumulator included: 32 MACs in one instruction (64 as zmm) where the AVX
 needs two (``vpmaddwd`` + ``vpaddd``) for 16, so the dot-product instructions per MAC fall
 4x (ymm) or 8x (zmm). Generated inner loops at M=64, N=K=1024, block 128
 (``benchmarks/int8_inner_loops.py``, static): AVX2 51 instructions for 256 MACs, AVX-VNNI
-35 for 512, AVX-512 19 for 512. **Speed not measured**: no VNNI host was available; only
-the emulation below ran here, and that says nothing about speed.
+35 for 512, AVX-512 19 for 512. **Measured** on Zen 4 (``benchmarks/epilogue_share.py``,
+M = 256, K = N = 1024-4096): the dot-product loop alone at 62-63 MACs per cycle of the 64
+zmm ``vpdpbusd`` gives; with the per-block epilogue, whose multiplies share its ports, at
+51-52, 95-97% of that bound (benchmarks/README.md, "The same targets on Zen 4").
 
 * **Weights** are packed once, at load (:func:`te_pack_vnni_panels`, lifted out of ``main``
   like the AVX2 panels) into ``wp int8 [N/8nv, K/4, nv, 32]``, byte ``4c + t`` of panel
@@ -29,7 +31,8 @@ the emulation below ran here, and that says nothing about speed.
   ``vpdpbusd``, 4 loads, 2 broadcasts). AVX-512, 32 registers: zmm ``vpdpbusd`` on two
   adjacent panels at once where ``nv`` is even (the pack interleaves them: one 64-byte
   load), e.g. 4 rows x 4 panels: per K-quad 8 zmm ``vpdpbusd`` (512 MACs), 2 loads, 4
-  broadcasts. Tile choices are not measured.
+  broadcasts; the epilogue then runs on the same zmm vectors (``_panel_body``'s
+  ``lanes=16``: splitting them into ymm halves through memory cost 9-10% on Zen 4).
 
 ``isa="avx_vnni_emulated"`` / ``"avx512_vnni_emulated"`` (tests only;
 ``schedules.kernel_options`` never picks them) build that isa's kernel (same tile, same lane

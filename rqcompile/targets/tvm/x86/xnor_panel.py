@@ -15,6 +15,12 @@ byte counters does not fit the 16 ymm registers. Here, as in fbgemm-style int8 G
 * **Activations** are split the same way once per call on AVX2 (``xn uint32 [M, K/32, 2]``,
   a tiny prep stage; with VPOPCNTDQ the kernel reads ``xbits`` itself) and each word is
   broadcast to all 8 lanes.
+* **zmm with VPOPCNTDQ** (``step = 2``): two adjacent panels, whose packed words lie side
+  by side, in one ``vpxord``/``vpopcntd``/``vpaddd`` and one epilogue vector, 6 rows a tile
+  (:data:`XNOR_ZMM_ROWS`). On Zen 4 a zmm operation takes two 256-bit ports, so the port
+  work is the ymm kernel's, but the instructions are half: that kernel issued ~300 per
+  block and tile and was bound by issue as much as by ports (4096²×256: 10.1-10.5 → 7.7-8.3
+  ms; benchmarks/README.md, "The same targets on Zen 4").
 * **Inner step** (one 32-bit word of K, 8 columns, per row and panel): AVX2
   ``cnt += pshufb(lut, xlo ⊕ wlo) + pshufb(lut, xhi ⊕ whi)``: 6 instructions for 256 binary
   MACs, with byte counters (at most 8 per word) summed over up to 31 words, then widened by
