@@ -204,7 +204,8 @@ def f32_row_parts(row: Sequence[Tensor], *, block: int, f32_bounds: tuple[int, i
 
 def block_term(p: Any, row: Sequence[Any], col: Sequence[Any], *, block: int,
                ity: str = "int32", lanes: int = 1, bias_x: int = 0, bias_w: int = 0,
-               f32_bounds: tuple[int, int] | None = None) -> Any:  # fmt: skip
+               f32_bounds: tuple[int, int] | None = None,
+               p_affine: tuple[int, int] | None = None) -> Any:  # fmt: skip
     """Float term of one block: ``xs·ws·I + x0·wa + w0·xk`` (module docstring).
 
     Row parts from :func:`f32_row_parts` (``cx`` float32, ``bias_x`` already in it) are
@@ -218,6 +219,10 @@ def block_term(p: Any, row: Sequence[Any], col: Sequence[Any], *, block: int,
         bias_x, bias_w: offsets the core added to ``x`` / ``w`` codes (module docstring).
         f32_bounds: ``(x_max, w_max)``, the codes' magnitude bounds, where the caller allows
             ``I`` in float32 (used when :func:`exact_in_f32` holds; same value either way).
+        p_affine: ``(a, b)`` where the core hands ``c`` with ``P = a + b·c`` (the XNOR
+            cores: ``c`` the mismatch count, ``P = B - 2c``); in float32 ``a`` starts the
+            corrections and ``b·c`` joins them in one FMA, no integer ops on ``c``. Every
+            integer on the way is one ``I``'s evaluation already bounds: the same ``I``.
     """
     xs, cx, sxt, x0, xk = (tirx.Broadcast(v, lanes) if lanes > 1 else v for v in row)
     ws, cw, sw, wa, w0 = col
@@ -235,7 +240,13 @@ def block_term(p: Any, row: Sequence[Any], col: Sequence[Any], *, block: int,
         cw, sw = cw + bias_w, sw + bias_w * block
     if f32_bounds is not None and exact_in_f32(block, *f32_bounds, bias_x, bias_w):
         f = lambda e: _cast(e, "float32")  # noqa: E731
-        i = (f(p) - f(cw) * f(sxt)) - f(cx) * f(sw)
+        if p_affine is None:
+            i = (f(p) - f(cw) * f(sxt)) - f(cx) * f(sw)
+        else:
+            a, b = (tirx.const(float(v), "float32") for v in p_affine)
+            i = ((a - f(cw) * f(sxt)) - f(cx) * f(sw)) + f(p) * b
     else:
+        if p_affine is not None:
+            p = p_affine[0] + _cast(p, ity) * p_affine[1]
         i = _cast(p, ity) - _cast(cw, ity) * _cast(sxt, ity) - _cast(cx, ity) * _cast(sw, ity)
     return xs * ws * _cast(i, "float32") + x0 * wa + w0 * xk

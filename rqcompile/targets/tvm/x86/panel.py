@@ -396,7 +396,8 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
                 term = block_term(acc[vec(t)], [r[i, b] for r in row_parts],
                                   [c[b, cols(g, u)] for c in col_parts], block=block,
                                   lanes=lanes, bias_x=bias_x, bias_w=bias_w,
-                                  f32_bounds=f32_bounds)  # fmt: skip
+                                  f32_bounds=f32_bounds,
+                                  p_affine=getattr(core, "p_affine", None))  # fmt: skip
                 T.buffer_store(yacc, yacc[vec(t)] + term, [vec(t)])
         with T.unroll(0, rows) as ii, T.unroll(0, per_row) as u:
             T.buffer_store(y, yacc[vec(ii * per_row + u)], [row0 + ii, cols(g, u)])
