@@ -21,13 +21,13 @@ fails correct models. So the check looks at the codes:
    (``|frac(z) - 1/2| < target_tie_tol``, default 1e-3) must reproduce the built model's
    output to float tolerance, starting from the reference as it ran or, where step 3
    re-fed QAT's inputs, from the re-fed one (a build can round one tie as QAT does and
-   cross another with its own float code). That tolerance is wider than ``tie_tol`` because the target's
-   float code between quantizers differs more from torch's than the reference's does: its
-   vectorized ``erf``/``exp`` (``targets/tvm/kernels/fast_math.py``) are within 3.8e-7
-   absolute, which is 3e-5 of a code step for an 8-bit quantizer of a GELU output spanning
-   ~3 and more for narrower ranges (a drawn shape of the char transformer flipped a code
-   3.05e-5 from its tie). Only the reproduction decides; the tolerance only picks which
-   codes are tried.
+   cross another with its own float code). That tolerance is wider than ``tie_tol``
+   because the target's float code between quantizers differs more from torch's than the
+   reference's does: its vectorized ``erf``/``exp`` (``targets/tvm/kernels/fast_math.py``)
+   are within 3.8e-7 absolute, which is 3e-5 of a code step for an 8-bit quantizer of a
+   GELU output spanning ~3 and more for narrower ranges (a drawn shape of the char
+   transformer flipped a code 3.05e-5 from its tie). Only the reproduction decides; the
+   tolerance only picks which codes are tried.
 
 The verdict is ``"exact"`` (no flip, agreement), ``"ties only"`` (every difference traced to a
 rounding tie) or ``"real mismatch"`` (with the reason). ``report.line()`` is one line for logs.

@@ -87,8 +87,6 @@ VNNI_ISAS = (*VNNI_TARGET_ISAS, *VNNI_EMULATED)
 _VPDPBUSD = {8: "llvm.x86.avx512.vpdpbusd.256", 16: "llvm.x86.avx512.vpdpbusd.512"}
 _YMM = 16
 _MAX_ROWS = 8  # rows per tile at one panel: more only lengthens the unrolled body
-#: the epilogue in the dot product's lane width (zmm where two panels share a vector)
-ZMM_EPILOGUE = True
 
 
 def vnni_panel_supported(*, n: int, k: int, block: int) -> bool:
@@ -328,7 +326,7 @@ def vnni_panel_matmul(
         core = (_Vpdpbusd2 if crumbs else _Vpdpbusd4 if nibbles else _Vpdpbusd)(x, w, block, isa)
         return _panel_body(core, bufs, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=128,
                            bias_w=bias_w, f32_bounds=bounds,
-                           lanes=_lanes(isa, nv) if ZMM_EPILOGUE else PANEL)  # fmt: skip
+                           lanes=_lanes(isa, nv))  # fmt: skip
 
     return te.extern((m, n), [xu, wp, *row, *col_t], body, name=name, dtype="float32",
                      attrs=attrs)  # fmt: skip

@@ -80,8 +80,8 @@ def xnor_panel_supported(*, n: int, k: int, block: int) -> bool:
 def xnor_panel_tile(m: int, n: int, isa: str = "avx2") -> tuple[int, int]:
     """``(mr, nv)``: ``mr·nv`` byte counters, the row's two broadcasts, the LUT and the
     weights (loaded as operands) fit the 16 ymm registers. With VPOPCNTDQ (zmm, two panels
-    a vector, 32 registers): ``mr x nv`` panels of counters and of float
-    sums, the row's broadcast and the weights (:data:`XNOR_ZMM_ROWS`)."""
+    a vector, 32 registers): ``mr x nv`` panels of counters and of float sums, the row's
+    broadcast and the weights (:data:`XNOR_ZMM_ROWS` rows)."""
     if isa == "avx512_vpopcntdq" and (n // PANEL) % 2 == 0:
         nv, rows = 2, XNOR_ZMM_ROWS
     else:
@@ -163,8 +163,8 @@ class _XnorCounts:
         vecs = rows * per_row
         cnt = T.decl_buffer((vecs * lanes,), self.cnt_dtype, scope="global")
         zero = tirx.const(0, f"{self.cnt_dtype}x{lanes}")
-        scale = 1 if self.p_affine else -2  # acc gets c, or P = B - 2c
-        if not self.p_affine:
+        in_ints = self.p_affine is None  # acc gets P = B - 2c, else c (block_term folds P)
+        if in_ints:
             init = _bc(tirx.const(self.block, "int32"), width)
             with T.unroll(0, vecs) as t:
                 T.buffer_store(acc, acc[_lanes(t, width)] + init, [_lanes(t, width)])
@@ -178,8 +178,8 @@ class _XnorCounts:
                     T.buffer_store(cnt, cnt[at] + self._word(row0 + ii, g, word, u * step), [at])
             with T.unroll(0, vecs) as t:
                 pc = self._widen(cnt[_lanes(t, lanes)])
-                if scale != 1:
-                    pc = pc * _bc(tirx.const(scale, "int32"), width)
+                if in_ints:
+                    pc = pc * _bc(tirx.const(-2, "int32"), width)
                 T.buffer_store(acc, acc[_lanes(t, width)] + pc, [_lanes(t, width)])
 
 

@@ -144,7 +144,8 @@ def test_sparse24_on_dense_vnni_panels_gives_the_2to4_panels_bits(
                           ("znver4", NIBBLE_MAX_ROWS + 1, "avx512_vnni"),
                           ("alderlake", 1, "avx_vnni_w4"),
                           ("alderlake", NIBBLE_MAX_ROWS + 1, "avx_vnni"),
-                          ("znver3", 1, "avx2"), ("znver3", NIBBLE_MAX_ROWS + 1, "avx2")])  # fmt: skip
+                          ("znver3", 1, "avx2"),
+                          ("znver3", NIBBLE_MAX_ROWS + 1, "avx2")])  # fmt: skip
 def test_sparse24_takes_the_nibble_panels_at_small_m_on_vnni_hosts(mcpu: str, m: int,
                                                                   want: str) -> None:  # fmt: skip
     import re
