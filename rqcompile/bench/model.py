@@ -23,7 +23,7 @@ from torch import nn
 
 import rqcompile as rq
 from rqcompile.bench.layers import dynamic_int8
-from rqcompile.bench.timing import time_interleaved
+from rqcompile.bench.timing import settle, time_interleaved
 from rqcompile.demo.models import CharTransformer, param_count
 from rqcompile.demo.presets import lm_preset
 from rqcompile.errors import VerifyError
@@ -77,7 +77,7 @@ def bench_e2e(
 ) -> list[dict[str, Any]]:
     """Tokens/s and weight bytes of ``model`` (default: the demo model): fp32, dynamic int8
     and lowered presets. Interleaved (one call of each per round), or ``standalone``: each
-    candidate's calls back to back (warm caches)."""
+    candidate's calls back to back after a pause (``timing.settle``) and warm-up calls."""
     model = demo_model() if model is None else model
     x = torch.randint(0, _VOCAB, batch)
     fns: dict[str, Callable[[], Any]] = {"fp32": lambda: model(x)}
@@ -100,9 +100,11 @@ def bench_e2e(
             _check_parity(qat, exe, x, f"{label} {p}")  # tie-aware (rqcompile/parity.py)
             fns[p] = lambda exe=exe: exe(x)
             info[p] = {"weight_bytes": _const_bytes(exe), "build_s": build_s}
-        if standalone:
-            stats = {k: time_interleaved({k: f}, budget_s=budget_s, clock=clock)[k]
-                     for k, f in fns.items()}  # fmt: skip
+        if standalone:  # each after a pause: the previous one's pool threads stop spinning
+            stats = {}
+            for k, f in fns.items():
+                settle()
+                stats[k] = time_interleaved({k: f}, budget_s=budget_s, clock=clock, warmup=3)[k]
         else:
             stats = time_interleaved(fns, budget_s=budget_s, clock=clock)
     tokens = batch[0] * batch[1]

@@ -15,7 +15,12 @@ with the same thread count for every candidate (``torch.set_num_threads``, ORT's
 ``intra_op_num_threads``, the compiled model's ``threads``). Two series per thread count:
 **interleaved** (one call of each candidate per round, round after round: the candidates
 share caches and thread pools as in a program that calls them all) and **standalone** (each
-candidate's calls back to back after a warm-up: warm caches, its own pool alone). Each cell
+candidate's calls back to back after a pause and a warm-up: warm caches, its own pool alone).
+The pause (``timing.SETTLE_S``) is what makes it alone: ONNX Runtime's intra-op worker spins
+on its core for ~40 ms after each ``run`` (measured on the 2-core Zen 4 VM, 2026-12-07: CPU
+ticks of its thread while the process sleeps), so without it the next candidate's first
+~40 ms ran beside a spinning thread; at K = N = 1024, M = 64 that was most of a cell's calls
+(our A8W8 at 2 threads: ~280 µs after an ORT candidate, ~228 alone). Each cell
 is the median; each preset's ratio is ``best peer time / our time`` (> 1: ours is faster)
 against the fastest peer *of the same series and shape*.
 
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from rqcompile.bench import targets
+from rqcompile.bench.timing import settle
 
 __all__ = ["PEERS", "PRESETS", "PeerRow", "main", "markdown", "run"]
 
@@ -63,6 +69,9 @@ _FULL_M = (1, 64, 256)
 _QUICK_K = (1024,)
 _QUICK_M = (1, 64)
 SERIES = ("interleaved", "standalone")
+#: standalone series: seconds of warm-up calls (at least 2) after the pause
+#: (``timing.settle``), which wake the candidate's pool and warm its caches
+WARM_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -237,7 +246,12 @@ def _time(fns: dict[str, Callable[[], Any]], *, series: str, budget_s: float, cl
                 samples[name].append(clock() - t0)
     else:
         for name, fn in fns.items():
-            fn()
+            settle()  # the previous candidate's pool threads stop spinning
+            start = time.perf_counter()
+            for r in range(max_repeats):  # wake this candidate's pool, warm its caches
+                fn()
+                if r >= 1 and time.perf_counter() - start > WARM_S:
+                    break
             start = time.perf_counter()
             for r in range(max_repeats):
                 if r >= min_repeats and time.perf_counter() - start > budget_s:

@@ -205,8 +205,12 @@ def f32_row_parts(row: Sequence[Tensor], *, block: int, f32_bounds: tuple[int, i
 def block_term(p: Any, row: Sequence[Any], col: Sequence[Any], *, block: int,
                ity: str = "int32", lanes: int = 1, bias_x: int = 0, bias_w: int = 0,
                f32_bounds: tuple[int, int] | None = None,
-               p_affine: tuple[int, int] | None = None) -> Any:  # fmt: skip
-    """Float term of one block: ``xs·ws·I + x0·wa + w0·xk`` (module docstring).
+               p_affine: tuple[int, int] | None = None, into: Any = None) -> Any:  # fmt: skip
+    """Float term of one block: ``xs·ws·I + x0·wa + w0·xk`` (module docstring); with
+    ``into``, ``((into + xs·ws·I) + x0·wa) + w0·xk``: the running sum with the three
+    products added one by one, three FMAs (the term first, then one add, is one operation
+    more per vector, which counts where the kernel is bound by all vector ports rather than
+    by the FMA ports: the XNOR panels).
 
     Row parts from :func:`f32_row_parts` (``cx`` float32, ``bias_x`` already in it) are
     taken as they are: the same ``I``, without the per-use conversions.
@@ -249,4 +253,6 @@ def block_term(p: Any, row: Sequence[Any], col: Sequence[Any], *, block: int,
         if p_affine is not None:
             p = p_affine[0] + _cast(p, ity) * p_affine[1]
         i = _cast(p, ity) - _cast(cw, ity) * _cast(sxt, ity) - _cast(cx, ity) * _cast(sw, ity)
+    if into is not None:
+        return ((into + xs * ws * _cast(i, "float32")) + x0 * wa) + w0 * xk
     return xs * ws * _cast(i, "float32") + x0 * wa + w0 * xk

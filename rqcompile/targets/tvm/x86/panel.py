@@ -377,6 +377,7 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
         raise NumericsError(f"_panel_body: {nv} panels of {PANEL} columns do not split into "
                             f"vectors of {lanes} lanes.")  # fmt: skip
     per_row = nv * PANEL // lanes  # vectors per row of the tile
+    fused = getattr(core, "fused_sum", False)  # block_term(into=...): see the core
 
     def vec(t: Any) -> Any:
         return tirx.Ramp(t * lanes, 1, lanes)
@@ -393,12 +394,13 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
             core.accumulate(acc, row0, rows, g, nv, b)
             with T.unroll(0, rows) as ii, T.unroll(0, per_row) as u:
                 i, t = row0 + ii, ii * per_row + u
+                into = yacc[vec(t)] if fused else None
                 term = block_term(acc[vec(t)], [r[i, b] for r in row_parts],
                                   [c[b, cols(g, u)] for c in col_parts], block=block,
                                   lanes=lanes, bias_x=bias_x, bias_w=bias_w,
-                                  f32_bounds=f32_bounds,
+                                  f32_bounds=f32_bounds, into=into,
                                   p_affine=getattr(core, "p_affine", None))  # fmt: skip
-                T.buffer_store(yacc, yacc[vec(t)] + term, [vec(t)])
+                T.buffer_store(yacc, term if fused else yacc[vec(t)] + term, [vec(t)])
         with T.unroll(0, rows) as ii, T.unroll(0, per_row) as u:
             T.buffer_store(y, yacc[vec(ii * per_row + u)], [row0 + ii, cols(g, u)])
 
