@@ -272,6 +272,13 @@ class CompiledModule:
         return GatherCheck(self.ir.main, self.ir.constants)
 
     @functools.cached_property
+    def _fast_call(self) -> Any:
+        """The runner's one-function common call (``runtime._VMRunner.fast_call``), if any:
+        it checks what :meth:`_fast_match` and the runner's finiteness check would, and
+        returns ``None`` (nothing run) for anything else."""
+        return getattr(self._runner, "fast_call", None)
+
+    @functools.cached_property
     def _fast_expect(self) -> tuple[tuple[torch.dtype, torch.Size], ...] | None:
         """``(dtype, shape)`` of every input where :meth:`_fast_match` can stand for
         :meth:`_check`: float inputs of static shapes that feed no embedding; else ``None``."""
@@ -306,6 +313,11 @@ class CompiledModule:
         return True
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
+        expect = self._fast_expect
+        if expect is not None and self._fast_call is not None:
+            outs = self._fast_call(inputs, expect)  # the common call, or None: see below
+            if outs is not None:
+                return outs[0] if len(outs) == 1 else outs
         prewake = getattr(self._runner, "prewake", None)
         if prewake is None:
             self._check(inputs)
