@@ -10,6 +10,10 @@ waking the pool), ``match`` (type, dtype, shape), ``to_tvm`` (DLPack), ``finite`
 NaN/Inf check: C, ``targets/tvm/finite.c``, or numpy with ``--numpy``), ``threads`` (lock,
 thread setting), ``main`` (the VM: kernels and allocations), ``outputs`` (DLPack back to
 torch). Medians in µs over ``--calls`` calls.
+
+Since 2026-12-07 (session 14) a plain call does these stages in one function
+(``runtime._VMRunner.fast_call``), so ``total`` here (each stage a call of its own, as
+before) reads ~2 µs above what ``exe(x)`` now costs; the split still says where the time is.
 """
 
 from __future__ import annotations

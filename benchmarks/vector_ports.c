@@ -9,6 +9,15 @@
  * at 1 per cycle (64 MACs), ymm at 2; float multiplies and FMAs take the same ports (8 zmm
  * vpdpbusd + 4 zmm FMA: 12 cycles), float adds and int-to-float conversions do not (8
  * cycles); ymm xor + vpopcntd + add run 4 operations per cycle (one per vector port).
+ * Added 2026-12-07 (session 14; results/vector_ports_2026-12-07_zen4_b.txt): byte permutes
+ * (zmm vpermb, VBMI) and shuffles (vpshufb) run 1 per cycle alone and half share
+ * vpdpbusd's ports (8 + 8: 12.5 cycles; vpermd 12.6-16.9 across builds): a 2:4 kernel that gathers each
+ * column's kept activations with one vpermb per vpdpbusd does 128 dense MACs in ~1.56
+ * cycles against dense's 2, ~1.2x with the epilogue: short of issue 19's 1.3x. Popcounts
+ * run only on the multiply ports too: zmm vpopcntd 1 per cycle, ymm 2 (512 bits a cycle
+ * either way), and 8 zmm vpopcntd + 4 zmm FMAs take 12 cycles, so the A1W1 kernel's
+ * popcounts and its epilogue's multiplies and FMAs share two pipes (vpxord, vpaddd and
+ * int-to-float conversions use the others).
  */
 #include <immintrin.h>
 #include <stdio.h>
@@ -68,6 +77,21 @@ int main(void) {
   RUN("8 zmm vpdpbusd + 8 ymm vpsubd", "other ports: 8", DOT8;
       for (int j = 0; j < 8; j++) y[j] = _mm256_sub_epi32(y[j], yx))
 
+  __m512i pb[8], pidx = _mm512_set1_epi32(0x03020100);
+  for (int i = 0; i < 8; i++) pb[i] = _mm512_set1_epi32(0x01010101 * (i + 1));
+  RUN("8 zmm vpermb", "1 per cycle: 8", for (int j = 0; j < 8; j++) pb[j] = _mm512_permutexvar_epi8(pidx, pb[j]))
+  RUN("8 zmm vpdpbusd + 8 zmm vpermb", "other ports: 8, shared: 16", DOT8;
+      for (int j = 0; j < 8; j++) pb[j] = _mm512_permutexvar_epi8(pidx, pb[j]))
+  RUN("8 zmm vpdpbusd + 4 zmm vpermb", "other ports: 8, shared: 12", DOT8;
+      for (int j = 0; j < 4; j++) pb[j] = _mm512_permutexvar_epi8(pidx, pb[j]))
+  RUN("8 zmm vpshufb", "1 per cycle: 8", for (int j = 0; j < 8; j++) pb[j] = _mm512_shuffle_epi8(pb[j], pidx))
+  RUN("8 zmm vpdpbusd + 8 zmm vpshufb", "other ports: 8, shared: 16", DOT8;
+      for (int j = 0; j < 8; j++) pb[j] = _mm512_shuffle_epi8(pb[j], pidx))
+  RUN("8 zmm vpdpbusd + 8 zmm vpermd", "other ports: 8, shared: 16", DOT8;
+      for (int j = 0; j < 8; j++) pb[j] = _mm512_permutexvar_epi32(pidx, pb[j]))
+  OPAQUE(pidx);
+  for (int i = 0; i < 8; i++) { long q = _mm512_reduce_add_epi32(pb[i]); __asm__ volatile("" :: "r"(q)); }
+
   __m256i xs[4], ws[2];
   for (int i = 0; i < 4; i++) xs[i] = _mm256_set1_epi32(0x1111 * i + 3);
   for (int i = 0; i < 2; i++) ws[i] = _mm256_set1_epi32(0x7777 * i + 5);
@@ -81,6 +105,33 @@ int main(void) {
   }
   printf("%-44s %6.2f cycles per iteration (4 ports: 6)\n", "8 ymm (vpxor + vpopcntd + vpaddd)",
          CYCLES(now() - t));
+
+  __m512i zx[4], zw[2], zy[8];
+  for (int i = 0; i < 4; i++) zx[i] = _mm512_set1_epi32(0x1111 * i + 3);
+  for (int i = 0; i < 2; i++) zw[i] = _mm512_set1_epi32(0x7777 * i + 5);
+  for (int i = 0; i < 8; i++) zy[i] = _mm512_set1_epi32(i);
+#define XNOR8 for (int r = 0; r < 4; r++) for (int c = 0; c < 2; c++) \
+    zy[r * 2 + c] = _mm512_add_epi32(zy[r * 2 + c], _mm512_popcnt_epi32(_mm512_xor_si512(zx[r], zw[c])))
+#define OPQ OPAQUE(zx[0]); OPAQUE(zx[1]); OPAQUE(zx[2]); OPAQUE(zx[3]); OPAQUE(zw[0]); OPAQUE(zw[1])
+  RUN("8 zmm (vpxord + vpopcntd + vpaddd)", "2 zmm per cycle: 12", XNOR8; OPQ)
+  RUN("8 zmm vpopcntd", "1 per cycle: 8", for (int j = 0; j < 8; j++) zy[j] = _mm512_popcnt_epi32(zy[j]))
+  RUN("8 zmm vpopcntd + 4 zmm vfmadd", "shared ports: 12", for (int j = 0; j < 8; j++) zy[j] = _mm512_popcnt_epi32(zy[j]);
+      for (int j = 0; j < 4; j++) f[j] = _mm512_fmadd_ps(f[j], s, s))
+  RUN("8 zmm (xor+popcnt+add) + 4 zmm vfmadd", "popcnt+fma ports: 12; all: 14", XNOR8; OPQ;
+      for (int j = 0; j < 4; j++) f[j] = _mm512_fmadd_ps(f[j], s, s))
+  for (int i = 0; i < 8; i++) { long q = _mm512_reduce_add_epi32(zy[i]); __asm__ volatile("" :: "r"(q)); }
+
+  RUN("8 ymm vpopcntd", "2 per cycle: 4", for (int j = 0; j < 8; j++) y[j] = _mm256_popcnt_epi32(y[j]))
+  RUN("8 ymm vpopcntd + 4 zmm vfmadd", "shared ports: 8", for (int j = 0; j < 8; j++) y[j] = _mm256_popcnt_epi32(y[j]);
+      for (int j = 0; j < 4; j++) f[j] = _mm512_fmadd_ps(f[j], s, s))
+  RUN("8 zmm vpopcntq", "1 per cycle: 8", for (int j = 0; j < 8; j++) zy[j] = _mm512_popcnt_epi64(zy[j]))
+  RUN("8 zmm vpopcntb", "1 per cycle: 8", for (int j = 0; j < 8; j++) zy[j] = _mm512_popcnt_epi8(zy[j]))
+  RUN("8 zmm vpshufb (nibble LUT)", "1 per cycle: 8", for (int j = 0; j < 8; j++) zy[j] = _mm512_shuffle_epi8(zw[0], zy[j]))
+  RUN("8 zmm vpsadbw", "1 per cycle: 8", for (int j = 0; j < 8; j++) zy[j] = _mm512_sad_epu8(zy[j], zw[0]))
+  RUN("8 zmm vpdpbusd + 8 zmm vpsadbw", "shared ports: 16", DOT8; for (int j = 0; j < 8; j++) zy[j] = _mm512_sad_epu8(zy[j], zw[0]))
+  RUN("8 zmm vcvtdq2ps + 4 zmm vfmadd", "other ports: 8", for (int j = 0; j < 8; j++) zy[j] = _mm512_castps_si512(_mm512_cvtepi32_ps(zy[j]));
+      for (int j = 0; j < 4; j++) f[j] = _mm512_fmadd_ps(f[j], s, s))
+  for (int i = 0; i < 8; i++) { long q = _mm512_reduce_add_epi32(zy[i]); __asm__ volatile("" :: "r"(q)); }
 
   long sum = 0;
   for (int i = 0; i < 8; i++)
