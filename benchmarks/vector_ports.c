@@ -17,7 +17,10 @@
  * run only on the multiply ports too: zmm vpopcntd 1 per cycle, ymm 2 (512 bits a cycle
  * either way), and 8 zmm vpopcntd + 4 zmm FMAs take 12 cycles, so the A1W1 kernel's
  * popcounts and its epilogue's multiplies and FMAs share two pipes (vpxord, vpaddd and
- * int-to-float conversions use the others).
+ * int-to-float conversions use the others). The nibble panels' byte shift, which LLVM
+ * lowers to vgf2p8affineqb where the target has GFNI, shares them as well (8 vpdpbusd + 4:
+ * 12 cycles; vpsrlw + vpandq instead: 8), though the M = 1 kernels measured no faster
+ * without it (they wait on L2, not on these ports).
  */
 #include <immintrin.h>
 #include <stdio.h>
@@ -131,6 +134,15 @@ int main(void) {
   RUN("8 zmm vpdpbusd + 8 zmm vpsadbw", "shared ports: 16", DOT8; for (int j = 0; j < 8; j++) zy[j] = _mm512_sad_epu8(zy[j], zw[0]))
   RUN("8 zmm vcvtdq2ps + 4 zmm vfmadd", "other ports: 8", for (int j = 0; j < 8; j++) zy[j] = _mm512_castps_si512(_mm512_cvtepi32_ps(zy[j]));
       for (int j = 0; j < 4; j++) f[j] = _mm512_fmadd_ps(f[j], s, s))
+  for (int i = 0; i < 8; i++) { long q = _mm512_reduce_add_epi32(zy[i]); __asm__ volatile("" :: "r"(q)); }
+
+  __m512i gm = _mm512_set1_epi64(0x0102040810204080LL);
+  RUN("8 zmm vgf2p8affineqb", "1 per cycle: 8",
+      for (int j = 0; j < 8; j++) zy[j] = _mm512_gf2p8affine_epi64_epi8(zy[j], gm, 0))
+  RUN("8 zmm vpdpbusd + 4 zmm vgf2p8affineqb", "shared ports: 12", DOT8;
+      for (int j = 0; j < 4; j++) zy[j] = _mm512_gf2p8affine_epi64_epi8(zy[j], gm, 0))
+  RUN("8 zmm vpdpbusd + 4 zmm (vpsrlw + vpandq)", "other ports: 8", DOT8;
+      for (int j = 0; j < 4; j++) zy[j] = _mm512_and_si512(_mm512_srli_epi16(zy[j], 4), zw[1]))
   for (int i = 0; i < 8; i++) { long q = _mm512_reduce_add_epi32(zy[i]); __asm__ volatile("" :: "r"(q)); }
 
   long sum = 0;
