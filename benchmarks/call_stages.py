@@ -9,11 +9,12 @@ Stages (``targets/tvm/runtime.py``, ``targets/compiled.py``): ``prewake`` (threa
 waking the pool), ``match`` (type, dtype, shape), ``to_tvm`` (DLPack), ``finite`` (the
 NaN/Inf check: C, ``targets/tvm/finite.c``, or numpy with ``--numpy``), ``threads`` (lock,
 thread setting), ``main`` (the VM: kernels and allocations), ``outputs`` (DLPack back to
-torch). Medians in µs over ``--calls`` calls.
+torch), and then ``exe(x)`` itself, timed over as many calls. Medians in µs over
+``--calls`` calls.
 
 Since 2026-12-07 (session 14) a plain call does these stages in one function
 (``runtime._VMRunner.fast_call``), so ``total`` here (each stage a call of its own, as
-before) reads ~2 µs above what ``exe(x)`` now costs; the split still says where the time is.
+before) reads above what ``exe(x)`` now costs; the split still says where the time is.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from rqcompile.targets.tvm import runtime as rt
 SHAPES = ((64, 1, "A4W4"), (1024, 1, "A4W4"), (4096, 1, "A1W1"), (1024, 64, "A8W8"),
           (2048, 64, "A2W2"), (4096, 256, "A8W8"))  # fmt: skip
 STAGES = ("prewake", "match", "to_tvm", "finite", "threads", "main", "outputs", "total")
+#: after the stages: ``exe(x)`` itself, as a user calls it (the shipped path)
 
 
 def _layer(k: int, m: int, preset: str) -> tuple[rq.CompiledModule, torch.Tensor]:
@@ -82,7 +84,13 @@ def stages(exe: rq.CompiledModule, x: torch.Tensor, calls: int, use_numpy: bool)
         outs, t = call()
         del outs
         rows.append(t)
-    return [float(v) / 1e3 for v in np.median(np.array(rows), axis=0)]
+    whole = []
+    for _ in range(calls):
+        t0 = pc()
+        exe(x)
+        whole.append(pc() - t0)
+    return [float(v) / 1e3 for v in np.median(np.array(rows), axis=0)] + [
+        float(np.median(whole)) / 1e3]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{platform.processor() or platform.machine()}; medians in µs over {a.calls} calls",
         "",
-        "| K=N | M | preset | " + " | ".join(STAGES) + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in STAGES) + " |",
+        "| K=N | M | preset | " + " | ".join(STAGES) + " | exe(x) |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in STAGES) + " | --- |",
     ]
     print("\n".join(lines), flush=True)
     for k, m, preset in SHAPES:

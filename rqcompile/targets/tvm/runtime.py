@@ -209,10 +209,10 @@ class _VMRunner:
         of ``finite.py``); ``None`` where anything differs (nothing has run, and the caller's
         full path checks, copies or names the problem).
 
-        Why one function: this Python around the kernels was ~8 µs of a 23 µs call (A8W4,
-        K = N = 1024, M = 1, Zen 4) through ``prewake``, ``_fast_match``, ``run_if_finite``
-        and ``_run``, each a call with its own look-ups; the kernels, the VM and the DLPack
-        crossings alone take ~17."""
+        Why one function: through ``prewake``, ``_fast_match``, ``run_if_finite`` and
+        ``_run``, each a call with its own look-ups, the Python around VM ``main`` was ~8 µs
+        of a 22 µs call (A4W4, K = N = 1024, M = 1, Zen 4); in one function the call takes
+        ~20 (``benchmarks/call_stages.py``, results/call_stages_2026-12-07_zen4_*.md)."""
         if len(inputs) != len(expect):
             return None
         check = self._finite

@@ -133,9 +133,10 @@ class _XnorCounts:
         self.p_affine = (block, -2) if isa != "avx2" else None
         # VPOPCNTDQ (zmm): the epilogue adds each block's three products to the running sum
         # one by one (``block_term(into=...)``, three FMAs) instead of adding their sum to it,
-        # one vector op fewer (Zen 4, 1 thread: A1W1 4096² M = 256 7.47 → 7.22 ms, M = 64
-        # 1.90 → 1.81); built for AVX2 (16 ymm registers) it measured 1.06-2.0x slower (the
-        # running sums stay live across the products), so that kernel adds the sum
+        # one vector op fewer (Zen 4, 1 thread: 3-5%, A1W1 4096² M = 256 7.92 → 7.71 ms);
+        # built for AVX2 (16 ymm registers) it is 1.3-1.6x slower (the running sums stay
+        # live across the products), so that kernel adds the sum
+        # (benchmarks/xnor_sum_ab.py, results/xnor_sum_ab_2026-12-07_znver{4,3}.md)
         self.fused_sum = isa != "avx2"
         self.words = block // 32
         self.lut = nibble_lut()
