@@ -46,11 +46,12 @@ from rqcompile.ir.types import torch_dtype
 from rqcompile.targets.compiled import CompiledModule, finite_array
 from rqcompile.targets.target import Target as RQTarget
 from rqcompile.targets.tvm import parallel
+from rqcompile.targets.tvm import threads as _threads
 from rqcompile.targets.tvm.adapter import relax, runtime, tvm
 from rqcompile.targets.tvm.emit.module import const_params
 from rqcompile.targets.tvm.finite import all_finite as _all_finite
 from rqcompile.targets.tvm.pipelines import library_suffix, run_blockers
-from rqcompile.targets.tvm.threads import SERIAL_BELOW, ThreadSetter, pool_size, threads_for_call
+from rqcompile.targets.tvm.threads import ThreadSetter, pool_size, threads_for_call
 
 __all__ = ["TVMBackend", "compiled_module", "load_library"]
 
@@ -219,7 +220,7 @@ class _VMRunner:
         if check is None:
             return None
         work = self._static_work
-        if work is not None and work < SERIAL_BELOW:
+        if work is not None and work < _threads.SERIAL_BELOW:  # read now: tests change it
             n = 1
         else:
             n = self._threads(inputs)

@@ -74,3 +74,21 @@ def test_wrong_count_or_a_non_tensor_goes_the_full_way(exe) -> None:
     assert exe._fast_call((x.numpy(),), exe._fast_expect) is None
     with pytest.raises(InputError):
         exe(x, x)
+
+
+def test_the_serial_threshold_is_read_at_each_call(exe, monkeypatch) -> None:
+    """The thread count of a plain call follows ``threads.SERIAL_BELOW`` as it is now (the
+    parallel tests lower it to 0 to run tiny models on several threads)."""
+    from rqcompile.targets.tvm import runtime, threads
+
+    x = torch.randn(3, 64)
+    exe.threads = 2
+    try:
+        monkeypatch.setattr(threads, "SERIAL_BELOW", 0)
+        exe(x)
+        assert runtime._set_threads._local.n == min(2, exe._runner._pool)
+        monkeypatch.setattr(threads, "SERIAL_BELOW", 1 << 62)
+        exe(x)
+        assert runtime._set_threads._local.n == 1
+    finally:
+        exe.threads = None
