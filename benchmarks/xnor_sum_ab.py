@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TVM_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
 
 import epilogue_share  # noqa: E402
 from rqcompile.targets.tvm.x86 import xnor_panel  # noqa: E402
@@ -51,15 +48,7 @@ def main() -> None:
                 xnor_panel._XnorCounts.__init__ = patched
                 kernels[label] = epilogue_share.build("xnor", m, k, k, target)
             xnor_panel._XnorCounts.__init__ = init
-            times: dict[str, list[float]] = {label: [] for label in kernels}
-            for _ in range(args.rounds):
-                for label, (fn, fargs) in kernels.items():
-                    fn(*fargs)
-                    for _ in range(3):
-                        t = time.process_time()
-                        fn(*fargs)
-                        times[label].append(time.process_time() - t)
-            ms = {label: float(np.median(v)) * 1e3 for label, v in times.items()}
+            ms = {label: v * 1e3 for label, v in epilogue_share.alternate(kernels, args.rounds).items()}
             print(f"| {m} | {k} | {ms['sum']:.3f} | {ms['fma']:.3f} | {ms['shipped']:.3f} |",
                   flush=True)  # fmt: skip
 
