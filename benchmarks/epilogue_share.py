@@ -1,14 +1,16 @@
 """How much of a panel GEMM the per-block float epilogue costs (issue 19's bounds).
 
-Builds one packed kernel twice for this host (``int_matmul`` at 8x8 bits, or the A1W1
-``xnor_popcount_matmul``): as shipped, and with ``epilogue.block_term`` replaced by a bare
-conversion of the block's integer sums (``float(P)``), which keeps the dot-product loops,
+Builds one packed kernel twice for this host (``int_matmul`` at 8x8 bits or on nibble
+weights two per byte, the panels of A4W4/A8W4 GEMVs, or the A1W1 ``xnor_popcount_matmul``):
+as shipped, and with ``epilogue.block_term`` replaced by a bare conversion of the block's
+integer sums (``float(P)``), which keeps the dot-product loops,
 the tile walk and the stores but drops the per-block float work. The second kernel computes
 nothing useful; it only measures what the integer part alone costs. Both time one call at
 a time (process CPU time, median) in separate builds of the same process, interleaved::
 
     python benchmarks/epilogue_share.py --kernel int8 --m 256 --k 1024,4096
     python benchmarks/epilogue_share.py --kernel xnor --m 256 --k 1024,4096
+    python benchmarks/epilogue_share.py --kernel int4 --m 1 --k 1024,4096   # nibble GEMV
 
 MACs per cycle use ``--ghz`` (the clock ``benchmarks/vector_ports.c`` measured).
 """
@@ -46,13 +48,17 @@ def build(kind: str, m: int, n: int, k: int, target: dict[str, Any]) -> tuple[An
         pp = [ph([int(d) for d in p.shape], str(p.dtype)) for p in packed]
         y = MM.te_xnor_popcount_matmul_packed(*x, *pp, block=BLOCK, k=k, isa=isa)
         name = "xnor_popcount_matmul"
-    else:
+    else:  # int8: 8-bit weights; int4: nibble weights two per byte (the GEMV panels)
         isa = kernel_options(target)["int_matmul"]["isa"]
-        w = [ph((n, k), "int8"), *(ph((n, nb), d) for d in ("float32", "float32", "int32"))]
-        packed = K.te_pack_int_matmul_weights(*w, block=BLOCK, w_bits=8, w_signed=True, isa=isa)
+        bits, opts = (4, {"nibbles": True}) if kind == "int4" else (8, {})
+        wq = ph((n, k // 2), "uint8") if bits == 4 else ph((n, k), "int8")
+        w = [wq, *(ph((n, nb), d) for d in ("float32", "float32", "int32"))]
+        packed = K.te_pack_int_matmul_weights(*w, block=BLOCK, w_bits=bits, w_signed=True,
+                                              isa=isa, **opts)  # fmt: skip
         x = [ph((m, k), "int8"), ph((m, nb), "float32"), ph((m, nb), "float32")]
         pp = [ph([int(d) for d in p.shape], str(p.dtype)) for p in packed]
-        y = K.te_int_matmul_packed(*x, *pp, block=BLOCK, w_bits=8, w_signed=True, isa=isa)
+        y = K.te_int_matmul_packed(*x, *pp, block=BLOCK, w_bits=bits, w_signed=True, isa=isa,
+                                   **opts)  # fmt: skip
         name = "int_matmul"
     func = K.prim_func([*x, *pp, y], name="kernel", kernel=name, block=BLOCK)
     lib = tvm.compile(schedule_prim_func(func, target), target=target)
@@ -82,7 +88,7 @@ def alternate(kernels: dict[str, tuple[Any, list[Any]]], rounds: int) -> dict[st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernel", choices=("int8", "xnor"), default="int8")
+    ap.add_argument("--kernel", choices=("int8", "int4", "xnor"), default="int8")
     ap.add_argument("--m", type=int, default=256)
     ap.add_argument("--k", default="1024,4096", help="K = N values, comma-separated")
     ap.add_argument("--rounds", type=int, default=5)

@@ -16,11 +16,10 @@ with the same thread count for every candidate (``torch.set_num_threads``, ORT's
 **interleaved** (one call of each candidate per round, round after round: the candidates
 share caches and thread pools as in a program that calls them all) and **standalone** (each
 candidate's calls back to back after a pause and a warm-up: warm caches, its own pool alone).
-The pause (``timing.SETTLE_S``) is what makes it alone: ONNX Runtime's intra-op worker spins
-on its core for ~40 ms after each ``run`` (measured on the 2-core Zen 4 VM, 2026-12-07: CPU
-ticks of its thread while the process sleeps), so without it the next candidate's first
-~40 ms ran beside a spinning thread; at K = N = 1024, M = 64 that was most of a cell's calls
-(our A8W8 at 2 threads: ~280 µs after an ORT candidate, ~228 alone). Each cell
+The pause (``timing.SETTLE_S``) is what makes it alone: ONNX Runtime's intra-op pool spins
+for ~40 ms after each ``run`` (``benchmarks/ort_spin.py``), so without it the next
+candidate's first ~40 ms ran beside a spinning thread; at K = N = 1024, M = 64 that was
+most of a cell's calls. Each cell
 is the median; each preset's ratio is ``best peer time / our time`` (> 1: ours is faster)
 against the fastest peer *of the same series and shape*.
 

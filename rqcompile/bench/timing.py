@@ -22,9 +22,9 @@ __all__ = ["CLOCKS", "Stat", "environment", "time_interleaved"]
 #: ``wall``: elapsed time; ``cpu``: this process's CPU time (see :func:`time_interleaved`).
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 #: standalone series: seconds to wait before each candidate so the previous candidate's idle
-#: pool threads have stopped spinning. ONNX Runtime's intra-op worker spins on its core for
-#: ~40 ms after each ``run`` (2-core Zen 4 VM, 2026-12-07: its thread's CPU ticks while the
-#: process sleeps); libgomp's (torch's) for ~300,000 rounds.
+#: pool threads have stopped spinning. ONNX Runtime's intra-op pool spins for ~40 ms after
+#: each ``run`` (``benchmarks/ort_spin.py``: 40 ms of CPU per 100 ms asleep, 2-core Zen 4);
+#: libgomp's (torch's) for ~300,000 rounds.
 SETTLE_S = 0.1
 
 
