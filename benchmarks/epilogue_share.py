@@ -10,7 +10,7 @@ a time (process CPU time, median) in separate builds of the same process, interl
 
     python benchmarks/epilogue_share.py --kernel int8 --m 256 --k 1024,4096
     python benchmarks/epilogue_share.py --kernel xnor --m 256 --k 1024,4096
-    python benchmarks/epilogue_share.py --kernel int4 --m 1 --k 1024,4096   # nibble GEMV
+    python benchmarks/epilogue_share.py --kernel int4 --m 1 --k 1024,4096 --calls 50  # GEMV
 
 MACs per cycle use ``--ghz`` (the clock ``benchmarks/vector_ports.c`` measured).
 """
@@ -72,14 +72,16 @@ def build(kind: str, m: int, n: int, k: int, target: dict[str, Any]) -> tuple[An
     return lib["kernel"], [arr(t) for t in [*x, *pp, y]]
 
 
-def alternate(kernels: dict[str, tuple[Any, list[Any]]], rounds: int) -> dict[str, float]:
+def alternate(kernels: dict[str, tuple[Any, list[Any]]], rounds: int,
+              calls: int = 3) -> dict[str, float]:  # fmt: skip
     """Median seconds (process CPU time) per call of each ``(fn, args)``: ``rounds`` rounds,
-    each one warm-up and three timed calls of every kernel in turn."""
+    each one warm-up and ``calls`` timed calls of every kernel in turn (more calls keep a
+    GEMV's weights warm in the caches; alternating kernels of several MiB evict each other)."""
     times: dict[str, list[float]] = {label: [] for label in kernels}
     for _ in range(rounds):
         for label, (fn, fargs) in kernels.items():
             fn(*fargs)
-            for _ in range(3):
+            for _ in range(calls):
                 t = time.process_time()
                 fn(*fargs)
                 times[label].append(time.process_time() - t)
@@ -92,6 +94,7 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=256)
     ap.add_argument("--k", default="1024,4096", help="K = N values, comma-separated")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=3, help="timed calls per kernel and round")
     ap.add_argument("--ghz", type=float, default=0.0, help="core clock for MACs per cycle")
     args = ap.parse_args()
     target = {"kind": "llvm", **dict(host_llvm_target().export())}
@@ -113,9 +116,9 @@ def main() -> None:
             panel.block_term = term
             kernels[label] = build(args.kernel, args.m, k, k, target)
         panel.block_term = shipped
-        med = alternate(kernels, args.rounds)
+        med = alternate(kernels, args.rounds, args.calls)
         full, bare_t = med["full"], med["bare"]
-        row = f"| {k} | {full * 1e3:.2f} | {bare_t * 1e3:.2f} | {1 - bare_t / full:.0%} |"
+        row = f"| {k} | {full * 1e3:.3f} | {bare_t * 1e3:.3f} | {1 - bare_t / full:.0%} |"
         if args.ghz:
             macs = args.m * k * k / 1e9 / args.ghz
             row += f" {macs / full:.1f} / {macs / bare_t:.1f} |"
