@@ -108,6 +108,8 @@ _from_capsule = getattr(torch._C, "_from_dlpack", None)
 
 
 def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
+    if type(result) is runtime.Tensor and _from_capsule is not None:  # one output: the usual
+        return (_from_capsule(result.__dlpack__()),)
     items = (result,) if isinstance(result, runtime.Tensor) else tuple(result)
     if _from_capsule is None:
         return tuple(from_dlpack(o) for o in items)
@@ -230,6 +232,8 @@ class _VMRunner:
                     lch.prewake()
         args = []
         for x, (dtype, shape) in zip(inputs, expect):  # noqa: B905 (lengths checked)
+            # CompiledModule._fast_match's conditions, inline (keep the two in step), plus
+            # what run_if_finite would otherwise copy or detach for
             if (type(x) is not torch.Tensor or x.dtype is not dtype or x.shape != shape
                     or x.layout is not _STRIDED or x.is_nested or not x.is_cpu
                     or x.requires_grad or not x.is_contiguous()):  # fmt: skip
@@ -265,12 +269,10 @@ class _VMRunner:
         with self._lock:
             _set_threads(threads)
             result = self._main(*args, *self._weights)
-        if self._any_copy:
-            outs = _outputs(result)
-            return tuple(o.clone() if c else o for o, c in zip(outs, self._copy, strict=True))
-        if type(result) is runtime.Tensor and _from_capsule is not None:  # one output
-            return (_from_capsule(result.__dlpack__()),)
-        return _outputs(result)
+        outs = _outputs(result)
+        if not self._any_copy:
+            return outs
+        return tuple(o.clone() if c else o for o, c in zip(outs, self._copy, strict=True))
 
 
 class _Unrunnable:

@@ -208,9 +208,8 @@ def block_term(p: Any, row: Sequence[Any], col: Sequence[Any], *, block: int,
                p_affine: tuple[int, int] | None = None, into: Any = None) -> Any:  # fmt: skip
     """Float term of one block: ``xs·ws·I + x0·wa + w0·xk`` (module docstring); with
     ``into``, ``((into + xs·ws·I) + x0·wa) + w0·xk``: the running sum with the three
-    products added one by one, three FMAs (the term first, then one add, is one operation
-    more per vector, which counts where the kernel is bound by all vector ports rather than
-    by the FMA ports: the XNOR panels).
+    products added one by one, three FMAs, one operation fewer per vector than the term
+    plus an add (measured faster on the zmm XNOR panels only: benchmarks/xnor_sum_ab.py).
 
     Row parts from :func:`f32_row_parts` (``cx`` float32, ``bias_x`` already in it) are
     taken as they are: the same ``I``, without the per-use conversions.

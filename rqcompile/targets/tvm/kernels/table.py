@@ -146,21 +146,35 @@ def _int_matmul_amx(isa: str, requires: frozenset[str]) -> KernelRow:
     )  # fmt: skip
 
 
+def _sparse24_dense(name: str, requires: frozenset[str], opts: dict[str, Any], layout: str,
+                    supported: Callable[[Op], bool] | None = None) -> KernelRow:  # fmt: skip
+    """A ``sparse24_matmul`` row whose 2:4 codes are unpacked to dense codes once, at load
+    (``te_pack_sparse24_dense``), and run on a dense ``int_matmul`` layout; ``supported``
+    defaults to :func:`kernels.matmul.sparse24_dense_packs` with ``opts``."""
+
+    def packs(op: Op) -> bool:
+        return bool(K.sparse24_dense_packs(_dims(op.operands[0]), _dims(op.operands[3])[0],
+                                           **{**op.attrs_dict, **opts}))  # fmt: skip
+
+    takes = supported or packs
+    return KernelRow(
+        "rq.sparse24_matmul", name, requires, takes, builder=K.te_sparse24_matmul,
+        pack=PackRow(layout, lambda op, xr: takes(op), K.te_pack_sparse24_dense,
+                     K.te_sparse24_dense_packed, options=opts),
+    )  # fmt: skip
+
+
 def _sparse24_amx(isa: str, requires: frozenset[str]) -> KernelRow:
     """``sparse24_matmul.amx``: the 2:4 codes unpacked to dense int8 at load and run on the
     ``tdpbusd`` tiles of ``int_matmul.amx`` (M >= :data:`AMX_MIN_ROWS`): dense AMX beats
     the gathered 2:4 panels there (``kernels.matmul.sparse24_dense_packs``)."""
-    opts = {"isa": isa, "min_rows": AMX_MIN_ROWS}
     packs = _packs(K.sparse24_dense_packs, isa)
 
     def supported(op: Op) -> bool:
         return packs(op, None) and int(_dims(op.operands[0])[0]) >= AMX_MIN_ROWS
 
-    return KernelRow(
-        "rq.sparse24_matmul", isa, requires, supported, builder=K.te_sparse24_matmul,
-        pack=PackRow("tiles", lambda op, xr: supported(op), K.te_pack_sparse24_dense,
-                     K.te_sparse24_dense_packed, options=opts),
-    )  # fmt: skip
+    return _sparse24_dense(isa, requires, {"isa": isa, "min_rows": AMX_MIN_ROWS}, "tiles",
+                           supported)  # fmt: skip
 
 
 def _sparse24_vnni4(isa: str, requires: frozenset[str]) -> KernelRow:
@@ -169,19 +183,10 @@ def _sparse24_vnni4(isa: str, requires: frozenset[str]) -> KernelRow:
     :data:`NIBBLE_MAX_ROWS`, codes of 4 bits or fewer): at small M the layer is bound by
     bytes, and the dense nibble panels read 0.55x the bytes of the 2:4 ``vpshufb`` panels
     (``kernels.matmul.sparse24_dense_packs``)."""
-    opts = {"isa": isa, "nibbles": True, "max_rows": NIBBLE_MAX_ROWS}
-
-    def supported(op: Op) -> bool:
-        return bool(K.sparse24_dense_packs(_dims(op.operands[0]), _dims(op.operands[3])[0],
-                                           **{**op.attrs_dict, **opts}))  # fmt: skip
-
-    base = VNNI_EMULATED.get(isa, isa)
-    return KernelRow(
-        "rq.sparse24_matmul", f"{base}_w4" + ("_emulated" if isa in VNNI_EMULATED else ""),
-        requires, supported, builder=K.te_sparse24_matmul,
-        pack=PackRow("panels4", lambda op, xr: supported(op), K.te_pack_sparse24_dense,
-                     K.te_sparse24_dense_packed, options=opts),
-    )  # fmt: skip
+    name = f"{VNNI_EMULATED.get(isa, isa)}_w4" + ("_emulated" if isa in VNNI_EMULATED else "")
+    return _sparse24_dense(name, requires,
+                           {"isa": isa, "nibbles": True, "max_rows": NIBBLE_MAX_ROWS},
+                           "panels4")  # fmt: skip
 
 
 def _sparse24_vnni(isa: str, requires: frozenset[str]) -> KernelRow:
@@ -190,17 +195,7 @@ def _sparse24_vnni(isa: str, requires: frozenset[str]) -> KernelRow:
     panels of ``int_matmul.<isa>``, as AMX hosts run them on tiles: the layer is bound by its
     dot products there, and the dense ``vpdpbusd`` panels do them faster than the AVX2 2:4
     panels (``kernels.matmul.sparse24_dense_packs``)."""
-    opts = {"isa": isa, "min_rows": NIBBLE_MAX_ROWS}
-
-    def supported(op: Op) -> bool:
-        return bool(K.sparse24_dense_packs(_dims(op.operands[0]), _dims(op.operands[3])[0],
-                                           **{**op.attrs_dict, **opts}))  # fmt: skip
-
-    return KernelRow(
-        "rq.sparse24_matmul", isa, requires, supported, builder=K.te_sparse24_matmul,
-        pack=PackRow("panels", lambda op, xr: supported(op), K.te_pack_sparse24_dense,
-                     K.te_sparse24_dense_packed, options=opts),
-    )  # fmt: skip
+    return _sparse24_dense(isa, requires, {"isa": isa, "min_rows": NIBBLE_MAX_ROWS}, "panels")
 
 
 def _xnor(isa: str, requires: frozenset[str]) -> KernelRow:
