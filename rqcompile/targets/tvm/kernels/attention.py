@@ -40,6 +40,7 @@ from rqcompile.passes.ir.patterns.attention import (
     view_shape,
 )
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.common import scratch
 from rqcompile.targets.tvm.kernels.fast_math import exp_poly
 
 __all__ = ["attention_supported", "te_attention"]
@@ -155,14 +156,6 @@ def _transpose8(rows: list[Any]) -> list[Any]:
     ]
 
 
-def _scope(n: int) -> str:
-    """Storage scope of a float32 scratch buffer of ``n`` elements. On CPU, TVM keeps only
-    *global*-scope allocations under 1 KiB on the stack (an ``alloca`` LLVM promotes to
-    registers); everything else becomes a ``TVMBackendAllocWorkspace`` pointer, opaque to
-    LLVM, which then stores every accumulator update to memory."""
-    return "global" if 4 * n < 1024 else "local"
-
-
 def _divisor(n: int, want: int) -> int:
     return next(d for d in range(min(want, n), 0, -1) if n % d == 0)
 
@@ -212,7 +205,7 @@ class _Kernel:
             sizes = (self.e * sp, self.s * self.e, self.s * self.ev, tm * self.e, tm * sp,
                      tm * L, tm, self.qr * self.qv * L, L, sr * w)  # fmt: skip
             self.buf = {
-                n: T.decl_buffer((k,), _F32, scope=_scope(k))
+                n: scratch(k, _F32)
                 for n, k in zip(names, sizes, strict=True)
             }
             with T.serial(0, chunk) as c:

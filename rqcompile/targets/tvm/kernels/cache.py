@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.targets.tvm.adapter import IRBuilder, T, prim_func_builder, tirx
-from rqcompile.targets.tvm.kernels.attention import _hreduce, _scope
+from rqcompile.targets.tvm.kernels.attention import _hreduce
+from rqcompile.targets.tvm.kernels.common import scratch
 from rqcompile.targets.tvm.kernels.fast_math import exp_poly
 
 __all__ = ["cache_attention_func", "cache_write_func"]
@@ -100,9 +101,9 @@ def cache_attention_func(
         ])  # fmt: skip
         sp = -(-length // lanes) * lanes  # scores padded to whole vectors
         with T.parallel(0, nh) as h:
-            sc = T.decl_buffer((sp,), _F32, scope=_scope(sp))
+            sc = scratch(sp, _F32)
             vec = T.decl_buffer((lanes,), _F32, scope="global")  # running max, then sum
-            acc = T.decl_buffer((ev,), _F32, scope=_scope(ev))
+            acc = scratch(ev, _F32)
             st = T.decl_buffer((2,), _F32, scope="global")  # running max, sum
             n = _position(pos, h // per_batch if n_pos > 1 else 0, length) + 1
             kb, vb = tirx.Cast("int64", h) * (e * length), tirx.Cast("int64", h) * (length * ev)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rqcompile.errors import NumericsError
-from rqcompile.targets.tvm.adapter import te, tirx
+from rqcompile.targets.tvm.adapter import T, te, tirx, tvm
 
 __all__ = ["KERNELS", "KERNEL_ATTR", "STAGE_ATTR", "prim_func"]
 
@@ -31,6 +31,22 @@ Tensor = Any  # te.Tensor; TVM ships no type stubs
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+#: TVM (0.27, ``LowerTVMBuiltin``) keeps a *global*-scope allocation of fewer bytes than this
+#: on the stack: an ``alloca`` that LLVM promotes to registers. Any other allocation, and
+#: every "local"-scope one whatever its size, becomes a ``TVMBackendAllocWorkspace`` /
+#: ``TVMBackendFreeWorkspace`` pair of calls each time its scope runs (e.g. per column group
+#: of a ``T.parallel`` loop): ~23 ns per pair on Zen 4 (``benchmarks/workspace_calls.py``).
+STACK_BYTES = 1024
+
+
+def scratch(n: Any, dtype: str) -> Any:
+    """A kernel's 1-D scratch buffer of ``n`` ``dtype`` elements (accumulators, tiles):
+    "global" scope where it fits :data:`STACK_BYTES` (a stack ``alloca``, promoted to
+    registers), else "local" (a workspace, one heap call pair per execution of its scope)."""
+    t = tvm.DataType(dtype)
+    small = isinstance(n, int) and n * t.bits * t.lanes // 8 < STACK_BYTES
+    return T.decl_buffer((n,), dtype, scope="global" if small else "local")
 
 
 def _f32(v: float) -> Any:

@@ -79,6 +79,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.common import scratch
 from rqcompile.targets.tvm.kernels.epilogue import (
     block_term,
     exact_in_f32,
@@ -403,9 +404,9 @@ def amx_matmul(
         tiles = _CHUNK_ROWS // walk.tile_rows  # per chunk of rows
         full, rest = divmod(mp // walk.tile_rows, tiles)
         with IRBuilder() as ib, T.parallel(0, n // walk.width) as g:
-            cfg = T.decl_buffer((64,), "uint8", scope="local")
-            cbuf = T.decl_buffer((2 * walk.half,), "int32", scope="local")
-            yacc = T.decl_buffer((min(mp, _CHUNK_ROWS) * walk.width,), "float32", scope="local")
+            cfg = scratch(64, "uint8")
+            cbuf = scratch(2 * walk.half, "int32")
+            yacc = scratch(min(mp, _CHUNK_ROWS) * walk.width, "float32")
             walk.configure(cfg)
             if full:
                 with T.serial(0, full) as c:

@@ -34,7 +34,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
-from rqcompile.targets.tvm.kernels.common import dim
+from rqcompile.targets.tvm.kernels.common import dim, scratch
 from rqcompile.targets.tvm.kernels.epilogue import block_term, split_parts, transposed, w_code_max
 
 __all__ = ["AVX2_CHUNK", "avx2_int_matmul_core", "avx2_supported"]
@@ -117,7 +117,7 @@ class _Pmaddubsw:
 
     def accumulate(self, acc: Any, rows: Any, cols: Any, b: Any, mr: int, nr: int) -> None:
         tile = mr * nr
-        acc16 = T.decl_buffer((tile * 16,), "int16", scope="local")
+        acc16 = scratch(tile * 16, "int16")
         ones = tirx.Broadcast(tirx.const(1, "int16"), 16)
         with T.serial(0, self.block // 32 // self.group) as g:
             with T.unroll(0, tile) as t:
@@ -152,8 +152,8 @@ def _tiled(core: Any, y: Any, eps: list[Any], *, block: int, ity: str, mr: int, 
     nb, tile = int(row_parts[0].shape[1]), mr * nr
     zero = tirx.Broadcast(tirx.const(0, "int32"), core.lanes)
     with IRBuilder() as ib, T.parallel(0, n // nr) as jo:
-        acc = T.decl_buffer((tile * core.lanes,), "int32", scope="local")
-        yacc = T.decl_buffer((tile,), "float32", scope="local")
+        acc = scratch(tile * core.lanes, "int32")
+        yacc = scratch(tile, "float32")
         with T.serial(0, m // mr) as io:
             rows = lambda ii: io * mr + ii  # noqa: E731
             cols = lambda jj: jo * nr + jj  # noqa: E731
@@ -206,8 +206,8 @@ def _tiled_vec8(core: Any, y: Any, eps: list[Any], *, block: int, mr: int, w_max
         return tirx.Broadcast(v, 8)
 
     with IRBuilder() as ib, T.parallel(0, n // nr) as jo:
-        acc = T.decl_buffer((mr * nr * 8,), "int32", scope="local")
-        yacc = T.decl_buffer((mr * 8,), "float32", scope="local")
+        acc = scratch(mr * nr * 8, "int32")
+        yacc = scratch(mr * 8, "float32")
         with T.serial(0, m // mr) as io:
             rows = lambda ii: io * mr + ii  # noqa: E731
             cols = lambda jj: jo * nr + jj  # noqa: E731

@@ -28,7 +28,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
-from rqcompile.targets.tvm.kernels.common import dim
+from rqcompile.targets.tvm.kernels.common import dim, scratch
 from rqcompile.targets.tvm.kernels.epilogue import (
     block_term,
     f32_row_parts,
@@ -226,7 +226,7 @@ class _Int16Groups:
 
     def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
         tile, steps = rows * nv, self.block // self.step_k
-        acc16 = T.decl_buffer((tile * 16,), "int16", scope="local")
+        acc16 = scratch(tile * 16, "int16")
         ones = _bc(tirx.const(1, "int16"), 16)
         with T.serial(0, steps // self.group) as gi:
             with T.unroll(0, tile) as t:
@@ -272,7 +272,7 @@ class _Maddubsw4(_Maddubsw):
         tile, octets = rows * nv, self.block // 8
         group = next(d for d in range(min(max(1, self.group // 2), octets), 0, -1)
                      if octets % d == 0)  # fmt: skip
-        acc16 = T.decl_buffer((tile * 16,), "int16", scope="local")
+        acc16 = scratch(tile * 16, "int16")
         ones = _bc(tirx.const(1, "int16"), 16)
         mask = tirx.const(15, "uint8x32")
         with T.serial(0, octets // group) as gi:
@@ -406,8 +406,8 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
 
     if not isinstance(m, int):  # a symbolic build: whole row tiles, then a one-row tail
         with IRBuilder() as ib, T.parallel(0, n // (PANEL * nv)) as g:
-            acc = T.decl_buffer((mr * nv * 8,), "int32", scope="local")
-            yacc = T.decl_buffer((mr * nv * 8,), "float32", scope="local")
+            acc = scratch(mr * nv * 8, "int32")
+            yacc = scratch(mr * nv * 8, "float32")
             full = m // mr
             with T.serial(0, full) as t:
                 tile(t * mr, mr, g, acc, yacc)
@@ -424,8 +424,8 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     chunks = max(1, -(-full // per_chunk))
 
     with IRBuilder() as ib, T.serial(0, chunks) as ch, T.parallel(0, n // (PANEL * nv)) as g:
-        acc = T.decl_buffer((mr * nv * 8,), "int32", scope="local")
-        yacc = T.decl_buffer((mr * nv * 8,), "float32", scope="local")
+        acc = scratch(mr * nv * 8, "int32")
+        yacc = scratch(mr * nv * 8, "float32")
         if full:
             with T.serial(0, per_chunk) as io:
                 t = ch * per_chunk + io

@@ -50,7 +50,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, llvm_version_major, te, tirx
-from rqcompile.targets.tvm.kernels.common import dim
+from rqcompile.targets.tvm.kernels.common import dim, scratch
 from rqcompile.targets.tvm.kernels.epilogue import f32_row_parts, w_code_max
 from rqcompile.targets.tvm.x86.panel import (
     _PMADDWD,
@@ -190,14 +190,17 @@ def _i8_operands() -> bool:
     return llvm_version_major() >= 22
 
 
-def _dot_emulated(acc: Any, xv: Any, w: list[Any]) -> Any:
+def _dot_emulated(acc: Any, xv: Any, w: list[Any], w_unsigned: bool = False) -> Any:
     """``acc + vpdpbusd(xv, w)`` in AVX2, ``w`` as 16-byte parts (4 columns each): per part,
     ``vpmaddwd`` of the int16-widened bytes (``u8`` zero-, ``s8`` sign-extended; pair sums
     ≤ 2·255·128, exact) gives each column's two pair sums in adjacent lanes; the even plus
-    the odd lanes of all parts sum each column's quad.
+    the odd lanes of all parts sum each column's quad. ``w_unsigned``: ``vpdpbusd(w, xv)``,
+    the weights the unsigned operand and ``x`` the signed one.
     """
-    x16 = tirx.Cast("int16x16", tirx.reinterpret("uint8x16", _bc(xv, 4)))
-    pairs = [_intrin("int32x8", _PMADDWD, x16, tirx.Cast("int16x16", wh)) for wh in w]
+    xt, wt = ("int8x16", "uint8x16") if w_unsigned else ("uint8x16", "int8x16")
+    x16 = tirx.Cast("int16x16", tirx.reinterpret(xt, _bc(xv, 4)))
+    pairs = [_intrin("int32x8", _PMADDWD, x16,
+                     tirx.Cast("int16x16", tirx.reinterpret(wt, wh))) for wh in w]  # fmt: skip
     cols = 4 * len(w)
     even = tirx.Shuffle(pairs, [2 * c for c in range(cols)])
     odd = tirx.Shuffle(pairs, [2 * c + 1 for c in range(cols)])
@@ -250,37 +253,81 @@ class _Vpdpbusd:
                         T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
 
 
-class _Vpdpbusd4(_Vpdpbusd):
-    """:class:`_Vpdpbusd` on nibble panels (:func:`te_pack_vnni_panels` with ``nibbles``):
-    one 32-byte load holds two K-quads of 8 columns, quad ``2h`` in the low nibbles and
-    ``2h + 1`` in the high ones, biased to ``0..15``; ``vpand`` / ``vpsrlw`` + ``vpand``
-    unpack them into the unsigned-in-signed bytes ``vpdpbusd`` multiplies (exact: 0..15).
-    Half the weight bytes of :class:`_Vpdpbusd` per MAC, two more instructions per 64
-    MACs of a panel: for GEMV-sized calls, which read every weight once."""
+class _VpdpbusdMasked(_Vpdpbusd):
+    """:class:`_Vpdpbusd` on panels of several codes per byte, unpacked by a mask alone:
+    the weights are ``vpdpbusd``'s *unsigned* operand and the activation codes, as they
+    are (int8), its signed one. Nibble panels (``bits=4``, :func:`te_pack_vnni_panels` with
+    ``nibbles``): one 32-byte load holds two K-quads of 8 columns, quad ``2h`` in the low
+    nibbles, ``2h + 1`` in the high ones; 2-bit panels (``bits=2``, ``crumbs``): four,
+    quad ``4h + i`` in bits ``2i, 2i + 1``. Codes are biased to ``0..2^bits - 1``.
 
-    nibbles, per_byte = True, 2
+    Part ``i`` of a byte is ``raw & (mask << bits·i)``: its code times ``2^(bits·i)``, an
+    unsigned byte (at most 240), so no shift is needed. Each part accumulates in its own
+    registers (set ``i`` holds ``2^(bits·i)·Σ x·w`` exactly) and the block ends with
+    ``acc += set_i >> bits·i`` (exact: a multiple of ``2^(bits·i)``). Against shifting
+    each part down first (``vpsrlw`` or, where LLVM has GFNI, ``vgf2p8affineqb``, which
+    shares ``vpdpbusd``'s ports on Zen 4) this drops 1 (nibbles) or 3 (2-bit) operations per
+    byte, and the 2 or 4 sets give the GEMV (one row: two zmm accumulators) as many
+    independent ``vpdpbusd`` chains; before, those chains' latency bound it
+    (benchmarks/README.md, "Masks, not shifts"). Exact: a part's products are at most
+    ``240·128``, its block sums far below 2³¹.
+    """
+
+    nibbles = True
+
+    def __init__(self, x: Any, wp: Any, block: int, isa: str, bits: int) -> None:
+        super().__init__(x, wp, block, isa)
+        self.bits, self.per_byte = bits, 8 // bits
 
     def _panel(self, g: Any, q: Any, v: Any) -> Any:
-        raw = self.wp[g, q // 2, v, tirx.Ramp(0, 1, 4 * PANEL)]
-        lo = tirx.bitwise_and(raw, tirx.const(15, "uint8x32"))
-        hi = tirx.shift_right(raw, tirx.const(4, "uint8x32"))
-        return tirx.reinterpret("int8x32", hi if self.part else lo)
+        raw = self.wp[g, q // self.per_byte, v, tirx.Ramp(0, 1, 4 * PANEL)]
+        mask = ((1 << self.bits) - 1) << (self.bits * self.part)
+        return tirx.bitwise_and(raw, tirx.const(mask, "uint8x32"))
 
+    def _dot(self, acc: Any, xv: Any, g: Any, q: Any, v: Any, lanes: int) -> Any:
+        panels = [self._panel(g, q, v + p) for p in range(lanes // 8)]
+        if self.isa in VNNI_EMULATED:
+            parts = [tirx.Shuffle([panels[h // 2]], list(range(16 * (h % 2), 16 * (h % 2) + 16)))
+                     for h in range(lanes // 4)]  # fmt: skip
+            return _dot_emulated(acc, xv, parts, w_unsigned=True)
+        w = panels[0] if len(panels) == 1 else tirx.Shuffle(panels, list(range(4 * lanes)))
+        if _i8_operands():
+            w, xb = tirx.reinterpret(f"int8x{4 * lanes}", w), \
+                tirx.reinterpret(f"int8x{4 * lanes}", _bc(xv, lanes))
+        else:
+            w, xb = (tirx.reinterpret(f"int32x{lanes}", t) for t in (w, _bc(xv, lanes)))
+        return _intrin(f"int32x{lanes}", _VPDPBUSD[lanes], acc, w, xb)
 
-class _Vpdpbusd2(_Vpdpbusd):
-    """:class:`_Vpdpbusd` on 2-bit panels (:func:`te_pack_vnni_panels` with ``crumbs``): one
-    32-byte load holds four K-quads of 8 columns, quad ``4h + i`` in bits ``2i, 2i + 1`` of
-    every byte, biased to ``0..3``; a shift and a ``vpand`` with 3 unpack each quad into
-    the bytes ``vpdpbusd`` multiplies (exact: 0..3). A quarter of :class:`_Vpdpbusd`'s
-    weight bytes per MAC, half of :class:`_Vpdpbusd4`'s: for GEMV-sized calls."""
-
-    nibbles, per_byte = True, 4
-
-    def _panel(self, g: Any, q: Any, v: Any) -> Any:
-        raw = self.wp[g, q // 4, v, tirx.Ramp(0, 1, 4 * PANEL)]
-        if self.part:
-            raw = tirx.shift_right(raw, tirx.const(2 * self.part, "uint8x32"))
-        return tirx.reinterpret("int8x32", tirx.bitwise_and(raw, tirx.const(3, "uint8x32")))
+    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
+        quads, lanes, per = self.block // 4, _lanes(self.isa, nv), self.per_byte
+        step, size = lanes // PANEL, rows * nv * PANEL
+        # nibbles: registers (a stack buffer); 2-bit: a workspace buffer, which measured
+        # faster (1024², M = 1: 9.1 against 13.4 µs): promoted to registers, the six more
+        # accumulators of the fully unrolled block spill (benchmarks/README.md)
+        sets = (scratch((per - 1) * size, "int32") if per == 2 else
+                T.decl_buffer(((per - 1) * size,), "int32", scope="local"))  # fmt: skip
+        zero = _bc(tirx.const(0, "int32"), lanes)
+        with T.unroll(0, (per - 1) * size // lanes) as t:
+            T.buffer_store(sets, zero, [tirx.Ramp(t * lanes, 1, lanes)])
+        with T.serial(0, quads // per) as s:
+            for part in range(per):  # the quads packed in the same bytes, one after another
+                self.part = part
+                buf, base = (acc, 0) if part == 0 else (sets, (part - 1) * size)
+                q = b * quads + per * s + part
+                with T.unroll(0, rows) as ii:
+                    xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
+                    with T.unroll(0, nv // step) as vs:
+                        v = vs * step
+                        idx = tirx.Ramp(base + (ii * nv + v) * PANEL, 1, lanes)
+                        T.buffer_store(buf, self._dot(buf[idx], xv, g, q, v, lanes), [idx])
+        with T.unroll(0, size // lanes) as t:
+            idx = tirx.Ramp(t * lanes, 1, lanes)
+            tot = acc[idx]
+            for part in range(1, per):
+                shift = _bc(tirx.const(self.bits * part, "int32"), lanes)
+                tot = tot + tirx.shift_right(sets[tirx.Ramp((part - 1) * size + t * lanes, 1,
+                                                           lanes)], shift)  # fmt: skip
+            T.buffer_store(acc, tot, [idx])
 
 
 def vnni_panel_matmul(
@@ -315,16 +362,20 @@ def vnni_panel_matmul(
                             f"(N={n}, block={block}); repack or use the AVX2 path.")  # fmt: skip
     # a symbolic row count (one build for every shape): the full tile, then a row tail
     mr, _ = vnni_tile(m if isinstance(m, int) else _MAX_ROWS, n, isa)
-    xu = te_offset_codes(xq, 128, name=name)  # vpdpbusd's unsigned operand
+    masked = crumbs or nibbles  # weights the unsigned operand, x as it is (_VpdpbusdMasked)
+    # else x + 128 is vpdpbusd's unsigned operand
+    bias_x = 0 if masked else 128
+    xu = xq if masked else te_offset_codes(xq, 128, name=name)
     bias_w = (2 if crumbs else 8 if nibbles else 0) if w_signed else 0
     bounds = (128, w_code_max(w_bits, w_signed))
-    row = f32_row_parts(row, block=block, f32_bounds=bounds, bias_x=128, bias_w=bias_w,
+    row = f32_row_parts(row, block=block, f32_bounds=bounds, bias_x=bias_x, bias_w=bias_w,
                         name=name)  # fmt: skip
 
     def body(in_bufs: list[Any], out_bufs: list[Any]) -> Any:
         x, w, *bufs = in_bufs
-        core = (_Vpdpbusd2 if crumbs else _Vpdpbusd4 if nibbles else _Vpdpbusd)(x, w, block, isa)
-        return _panel_body(core, bufs, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=128,
+        core = (_VpdpbusdMasked(x, w, block, isa, 2 if crumbs else 4) if masked
+                else _Vpdpbusd(x, w, block, isa))  # fmt: skip
+        return _panel_body(core, bufs, out_bufs[0], block=block, mr=mr, nv=nv, bias_x=bias_x,
                            bias_w=bias_w, f32_bounds=bounds,
                            lanes=_lanes(isa, nv))  # fmt: skip
 

@@ -60,6 +60,7 @@ from typing import Any
 
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
+from rqcompile.targets.tvm.kernels.common import scratch
 
 __all__ = ["GEMM_MIN_ROWS", "WO_ISAS", "te_pack_wo_panels", "wo_geometry", "wo_panel_matmul",
            "wo_panel_supported"]  # fmt: skip
@@ -217,8 +218,8 @@ def wo_panel_matmul(
         y = outs[0]
         zero = tirx.Broadcast(tirx.const(0.0, "float32"), lanes)
         with IRBuilder() as ib, T.parallel(0, groups) as g:
-            acc = T.decl_buffer((mr * nv * split * lanes,), "float32", scope="local")
-            yacc = T.decl_buffer((mr * nv * lanes,), "float32", scope="local")
+            acc = scratch(mr * nv * split * lanes, "float32")
+            yacc = scratch(mr * nv * lanes, "float32")
             with T.serial(0, m // mr) as io:
                 with T.unroll(0, mr * nv) as t:
                     T.buffer_store(yacc, zero, [vec(t)])
@@ -341,9 +342,9 @@ def _gemm_walk(*, m: int, k: int, groups: int, block: int, e: int, lanes: int, n
                                    col=g * pw + v * lanes, b=b, lanes=lanes)  # fmt: skip
 
         with IRBuilder() as ib, T.parallel(0, groups // gset) as gs:
-            wf = T.decl_buffer((block * pw,), "float32", scope="local")
-            acc = T.decl_buffer((mr * nv * lanes,), "float32", scope="local")
-            yacc = T.decl_buffer((gset * chunk * pw,), "float32", scope="local")
+            wf = scratch(block * pw, "float32")
+            acc = scratch(mr * nv * lanes, "float32")
+            yacc = scratch(gset * chunk * pw, "float32")
             with T.serial(0, m // chunk) as c:
                 with T.serial(0, gset * chunk * nv) as t:
                     T.buffer_store(yacc, zero, [vec(t)])

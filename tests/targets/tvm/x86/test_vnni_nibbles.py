@@ -81,6 +81,36 @@ def test_packed_panels_hold_fewer_bytes(layout: str, w_bits: int, per_byte: int)
         "rqcompile.targets.tvm.cpu_features", fromlist=["host_features"]).host_features(),
     reason="native vpdpbusd needs an AVX-512 VNNI host (the emulated rows above run anywhere)",
 )
+# The packed rows unpack by a mask alone (x86.vnni._VpdpbusdMasked: the weights are the
+# unsigned operand, one accumulator set per part of a byte, the sets shifted and added at
+# each block's end). Their integer sums, and so every output bit, must equal the unpacked
+# int8 panels' (x + 128 against signed bytes): signed and unsigned weight codes, 8-bit
+# activations that reach -128 and 127, one row and a row tile plus a tail.
+@pytest.mark.parametrize(
+    "row,preset,m",
+    [(r, p, m) for r in ("avx512_vnni_w4_emulated", "avx_vnni_w4_emulated")
+     for p in ("A4W4", "A8W4", "A4W1") for m in (1, 7)]
+    + [(r, p, m) for r in ("avx512_vnni_w2_emulated", "avx_vnni_w2_emulated")
+       for p in ("A2W2", "A4W1", "A1.5W1.5") for m in (1, 7)],
+)  # fmt: skip
+def test_masked_unpacking_gives_the_int8_panels_bits(row: str, preset: str, m: int) -> None:
+    torch.manual_seed(m)
+    x = torch.randn(m, 512) * 4
+    x[0, :3] = torch.tensor([-1e3, 1e3, 0.0])  # the extreme codes, in every block's range
+    qat = rq.prepare(torch.nn.Sequential(torch.nn.Linear(512, 64)).eval(), (x,), preset)
+    ir = rq.convert(qat.eval(), example_inputs=(x,))
+    base = row.split("_w")[0] + "_emulated"  # the int8 panels of the same isa
+    outs = {}
+    for r in (row, base):
+        forced = _forced(ir, r)
+        assert f'"int_matmul.{r}"' in print_module(forced)
+        with rq.PassContext(disabled=frozenset({"select-kernels", "pack-weights"})):
+            outs[r] = rq.build(forced, "llvm")(x)
+    assert torch.equal(outs[row], outs[base])
+    want = rq.build(ir, "reference")(x)
+    torch.testing.assert_close(outs[row], want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
 def test_native_2bit_panels_match_the_reference() -> None:
     torch.manual_seed(1)
     x = torch.randn(2, 256)
