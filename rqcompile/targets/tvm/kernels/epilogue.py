@@ -138,6 +138,23 @@ def transposed(parts: Sequence[Any], name: str, attrs: dict[str, Any]) -> list[T
                        f"{name}_{t.op.name}_t", attrs) for t in parts]  # fmt: skip
 
 
+def grouped(parts: Sequence[Any], width: int, name: str, attrs: dict[str, Any]) -> list[Tensor]:
+    """``[N, nb]`` column parts as ``[N / width, nb, width]``: a panel kernel's column group
+    of ``width`` columns reads its parts block after block from one sequential run of
+    memory. (Block-major ``[nb, N]``, :func:`transposed`, puts a group's consecutive blocks
+    ``4·N`` bytes apart: a GEMV, which reads each part once, then waits on five strided
+    streams; at K = N = 4096 this layout took its epilogue from 39% of the call to
+    31% (``benchmarks/epilogue_share.py --kernel int4 --m 1``; benchmarks/README.md).)"""
+    return [_group(t, width, f"{t.op.name}_g" if t.op.name.startswith(name) else
+                   f"{name}_{t.op.name}_g", attrs) for t in parts]  # fmt: skip
+
+
+def _group(t: Tensor, width: int, name: str, attrs: dict[str, Any]) -> Tensor:
+    n, nb = (int(d) for d in t.shape)
+    return te.compute((n // width, nb, width), lambda g, b, j: t[g * width + j, b], name=name,
+                      attrs=attrs)  # fmt: skip
+
+
 def _transpose(t: Tensor, name: str, attrs: dict[str, Any]) -> Tensor:
     return te.compute((t.shape[1], t.shape[0]), lambda b, j: t[j, b], name=name, attrs=attrs)
 

@@ -26,6 +26,7 @@ from rqcompile.targets.tvm.kernels.cores import (
 )
 from rqcompile.targets.tvm.kernels.epilogue import (
     block_term,
+    grouped,
     int_type,
     split_parts,
     te_col_parts,
@@ -40,6 +41,7 @@ from rqcompile.targets.tvm.x86.amx import (
 )
 from rqcompile.targets.tvm.x86.micro import avx2_int_matmul_core, avx2_supported
 from rqcompile.targets.tvm.x86.panel import (
+    PANEL,
     avx2_panel_matmul,
     avx2_sparse24_matmul,
     panel_supported,
@@ -270,7 +272,7 @@ def te_pack_int_matmul_weights(
         wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
                                  attrs=_pack_attrs(block), nibbles=nibbles,
                                  crumbs=crumbs)  # fmt: skip
-        return (wp, *transposed(col, name, _pack_attrs(block)))
+        return (wp, *grouped(col, int(wp.shape[2]) * PANEL, name, _pack_attrs(block)))
     if nibbles:  # the VNNI nibble layout, read by the AVX2 panels' _Maddubsw4 core
         wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
                                  attrs=_pack_attrs(block), nibbles=True)  # fmt: skip

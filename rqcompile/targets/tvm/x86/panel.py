@@ -385,6 +385,13 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     def cols(g: Any, u: Any) -> Any:
         return tirx.Ramp(g * nv * PANEL + u * lanes, 1, lanes)
 
+    def col(c: Any, g: Any, b: Any, u: Any) -> Any:
+        """Vector ``u`` of group ``g``'s column part ``c`` at block ``b``: ``c`` block-major
+        ``[nb, N]`` (``epilogue.transposed``) or group-major (``epilogue.grouped``)."""
+        if len(c.shape) == 3:
+            return c[g, b, tirx.Ramp(u * lanes, 1, lanes)]
+        return c[b, cols(g, u)]
+
     def tile(row0: Any, rows: int, g: Any, acc: Any, yacc: Any) -> None:
         with T.unroll(0, rows * per_row) as t:
             T.buffer_store(yacc, _bc(tirx.const(0, "float32"), lanes), [vec(t)])
@@ -396,7 +403,7 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
                 i, t = row0 + ii, ii * per_row + u
                 into = yacc[vec(t)] if fused else None
                 term = block_term(acc[vec(t)], [r[i, b] for r in row_parts],
-                                  [c[b, cols(g, u)] for c in col_parts], block=block,
+                                  [col(c, g, b, u) for c in col_parts], block=block,
                                   lanes=lanes, bias_x=bias_x, bias_w=bias_w,
                                   f32_bounds=f32_bounds, into=into,
                                   p_affine=getattr(core, "p_affine", None))  # fmt: skip
