@@ -149,6 +149,12 @@ def grouped(parts: Sequence[Any], width: int, name: str, attrs: dict[str, Any]) 
                    f"{name}_{t.op.name}_g", attrs) for t in parts]  # fmt: skip
 
 
+def col_count(part: Any) -> int:
+    """N, the columns of a column part laid out by :func:`grouped` (or ``[nb, N]``)."""
+    shape = [int(d) for d in part.shape]
+    return shape[0] * shape[2] if len(shape) == 3 else shape[1]
+
+
 def _group(t: Tensor, width: int, name: str, attrs: dict[str, Any]) -> Tensor:
     n, nb = (int(d) for d in t.shape)
     return te.compute((n // width, nb, width), lambda g, b, j: t[g * width + j, b], name=name,

@@ -276,7 +276,7 @@ def te_pack_int_matmul_weights(
     if nibbles:  # the VNNI nibble layout, read by the AVX2 panels' _Maddubsw4 core
         wp = te_pack_vnni_panels(wq, w_bits=w_bits, w_signed=w_signed, name=name,
                                  attrs=_pack_attrs(block), nibbles=True)  # fmt: skip
-        return (wp, *transposed(col, name, _pack_attrs(block)))
+        return (wp, *grouped(col, int(wp.shape[2]) * PANEL, name, _pack_attrs(block)))
     quads = narrow_x_offset(x_range, block=block, w_bits=w_bits) is not None
     return te_pack_panels(wq, col, w_bits=w_bits, w_signed=w_signed, name=name,
                           attrs=_pack_attrs(block), quads=quads)  # fmt: skip

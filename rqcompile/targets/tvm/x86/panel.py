@@ -31,9 +31,10 @@ from rqcompile.targets.tvm.adapter import IRBuilder, T, te, tirx
 from rqcompile.targets.tvm.kernels.common import dim, scratch
 from rqcompile.targets.tvm.kernels.epilogue import (
     block_term,
+    col_count,
     f32_row_parts,
+    grouped,
     split_parts,
-    transposed,
     w_code_max,
 )
 
@@ -145,8 +146,8 @@ def te_pack_panels(
     ``int8 [N, K]`` or nibble bytes ``uint8 [N, K/2]``. ``quads``: 8-bit weights in the
     K-quad layout of the nibbles too, ``int8 [N/8nv, K/4, nv, 32]``, for the narrow-``x``
     core (:class:`_Maddubs7`). The epilogue's column parts
-    (``epilogue.te_col_parts``) are transposed to ``[nb, N]`` so 8 columns load as one
-    vector.
+    (``epilogue.te_col_parts``) are group-major, ``[N/8nv, nb, 8nv]`` (``epilogue.grouped``):
+    a register tile's columns load as vectors, and the group's blocks follow each other.
     """
     n = int(wq.shape[0])
     nv = narrow_tile(1, n)[1] if quads and w_bits > 4 else panel_group(n)
@@ -159,7 +160,7 @@ def te_pack_panels(
         wp = te.compute((n // (PANEL * nv), k // 2, nv, 2 * PANEL),
                         lambda g, p, v, e: wq[(g * nv + v) * PANEL + e // 2, 2 * p + e % 2],
                         name=f"{name}_wp", attrs=attrs)  # fmt: skip
-    return (wp, *transposed(col, name, attrs))
+    return (wp, *grouped(col, nv * PANEL, name, attrs))
 
 
 def te_pair_codes(xq: Any, *, name: str) -> Any:
@@ -357,8 +358,8 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     """Per group ``g`` of ``nv`` panels, per tile of ``mr`` rows: for each block, ``core``
     accumulates the block's integer products and ``epilogue.block_term`` adds the block's
     float term to ``mr x nv`` panels of float32 registers; the tile is stored once. ``eps``
-    are the row parts ``[M, nb]`` then the transposed column parts ``[nb, N]`` of
-    :mod:`.epilogue`; ``bias_x``/``bias_w``: the offsets the core adds to ``x`` (+128,
+    are the row parts ``[M, nb]`` then the group-major column parts ``[N/8nv, nb, 8nv]``
+    of :mod:`.epilogue` (``grouped``); ``bias_x``/``bias_w``: the offsets the core adds to ``x`` (+128,
     unsigned operands) or to ``w`` codes (+8, signed nibbles); ``f32_bounds``: the codes'
     magnitude bounds. ``lanes``: the epilogue's vector width, 8 (a panel per ymm) or 16 (two
     adjacent panels per zmm, ``nv`` even; the accumulators are laid out panel after panel
@@ -386,11 +387,8 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
         return tirx.Ramp(g * nv * PANEL + u * lanes, 1, lanes)
 
     def col(c: Any, g: Any, b: Any, u: Any) -> Any:
-        """Vector ``u`` of group ``g``'s column part ``c`` at block ``b``: ``c`` block-major
-        ``[nb, N]`` (``epilogue.transposed``) or group-major (``epilogue.grouped``)."""
-        if len(c.shape) == 3:
-            return c[g, b, tirx.Ramp(u * lanes, 1, lanes)]
-        return c[b, cols(g, u)]
+        """Vector ``u`` of group ``g``'s column part ``c`` (``epilogue.grouped``) at block ``b``."""
+        return c[g, b, tirx.Ramp(u * lanes, 1, lanes)]
 
     def tile(row0: Any, rows: int, g: Any, acc: Any, yacc: Any) -> None:
         with T.unroll(0, rows * per_row) as t:
@@ -462,7 +460,7 @@ def avx2_panel_matmul(
     packed_nibbles: bool = False,
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` from codes ``xq int8 [M, K]`` and the panels of :func:`te_pack_panels`
-    (``row``: the epilogue's row parts, ``col_t``: its transposed column parts).
+    (``row``: the epilogue's row parts, ``col_t``: its group-major column parts).
     ``x_offset``: with 8-bit weights packed as ``quads``, the codes span at most 128 values
     and ``xq + x_offset`` lies in ``0..127`` (the :class:`_Maddubs7` core).
     ``packed_nibbles``: 4-bit codes two per byte (``x86.vnni.te_pack_vnni_panels`` with
@@ -472,7 +470,7 @@ def avx2_panel_matmul(
         NumericsError: a shape :func:`panel_supported` rejects.
     """
     m, k = (dim(d) for d in xq.shape)
-    n = int(col_t[0].shape[1])
+    n = col_count(col_t[0])
     nibbles = w_bits <= 4
     narrow = x_offset is not None and not nibbles
     if packed_nibbles and not (nibbles and block % 8 == 0):
@@ -526,7 +524,8 @@ def sparse24_tile(m: int, n: int) -> tuple[int, int]:
 def te_pack_sparse24_panels(
     wvals: Any, widx: Any, col: Sequence[Any], *, name: str, attrs: dict[str, Any],
 ) -> tuple[Any, ...]:  # fmt: skip
-    """``(wv, wc, *colT)``: values and ``vpshufb`` controls of the sparse kernel.
+    """``(wv, wc, *colG)``: values and ``vpshufb`` controls of the sparse kernel, and the
+    column parts group-major (``epilogue.grouped``).
 
     ``wv int8 [N/8nv, K/8, nv, 32]``: the 4 kept values of column ``c`` for K-step ``t`` at
     bytes ``4c .. 4c+3``; ``wc uint8`` (same shape): the byte each one multiplies within the
@@ -549,7 +548,7 @@ def te_pack_sparse24_panels(
         return (4 * (r // 2) + field).astype("uint8")
 
     wc = te.compute(shape, ctrl, name=f"{name}_wc", attrs=attrs)
-    return (wv, wc, *transposed(col, name, attrs))
+    return (wv, wc, *grouped(col, nv * PANEL, name, attrs))
 
 
 def avx2_sparse24_matmul(
@@ -558,7 +557,7 @@ def avx2_sparse24_matmul(
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` of the 2:4-sparse layer from codes and :func:`te_pack_sparse24_panels`."""
     m, k = (dim(d) for d in xq.shape)
-    n = int(col_t[0].shape[1])
+    n = col_count(col_t[0])
     if not sparse24_panel_supported(n=n, k=k, block=block, w_bits=w_bits):
         raise NumericsError(f"{name}: the AVX2 2:4 kernel needs nibble values, N % 8 == 0 "
                             f"and block % 8 == 0 (N={n}, K={k}, block={block}).")  # fmt: skip

@@ -336,7 +336,7 @@ def vnni_panel_matmul(
     crumbs: bool = False,
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` from codes ``xq int8 [M, K]``, the panels of :func:`te_pack_vnni_panels`
-    (built with the same ``nibbles``) and the epilogue's row parts and transposed column
+    (built with the same ``nibbles``) and the epilogue's row parts and group-major column
     parts (:mod:`.epilogue`), passed to :func:`rqcompile.targets.tvm.x86.panel._panel_body`
     as they come.
 

@@ -41,7 +41,7 @@ from typing import Any
 from rqcompile.errors import NumericsError
 from rqcompile.targets.tvm.adapter import T, te, tirx
 from rqcompile.targets.tvm.kernels.common import dim
-from rqcompile.targets.tvm.kernels.epilogue import f32_row_parts, transposed
+from rqcompile.targets.tvm.kernels.epilogue import col_count, f32_row_parts, grouped
 from rqcompile.targets.tvm.x86.micro import _divisor, _intrin, _lanes
 from rqcompile.targets.tvm.x86.panel import (
     _PSHUFB,
@@ -104,14 +104,14 @@ def _split(word: Any, h: Any, halves: int) -> Any:
 def te_pack_xnor_panels(
     wbits: Any, col: Sequence[Any], *, isa: str, name: str, attrs: dict[str, Any]
 ) -> tuple[Any, ...]:
-    """Weight-only prep: ``(wn, *colT)``; ``wn uint32 [N/8nv, K/32, nv, h, 8]`` and the
-    epilogue's column parts transposed to ``[nb, N]``."""
+    """Weight-only prep: ``(wn, *colG)``; ``wn uint32 [N/8nv, K/32, nv, h, 8]`` and the
+    epilogue's column parts group-major, ``[N/8nv, nb, 8nv]`` (``epilogue.grouped``)."""
     n, words = (int(d) for d in wbits.shape)
     nv, halves = xnor_panel_tile(1, n, isa)[1], _halves(isa)
     wn = te.compute((n // (PANEL * nv), words, nv, halves, PANEL),
                     lambda g, t, v, h, c: _split(wbits[(g * nv + v) * PANEL + c, t], h, halves),
                     name=f"{name}_wn", attrs=attrs)  # fmt: skip
-    return (wn, *transposed(col, name, attrs))
+    return (wn, *grouped(col, nv * PANEL, name, attrs))
 
 
 class _XnorCounts:
@@ -206,13 +206,13 @@ def xnor_panel_matmul(
     name: str, attrs: dict[str, Any],
 ) -> Any:  # fmt: skip
     """``Y f32 [M, N]`` from sign words ``xbits uint32 [M, K/32]`` and the packed panels
-    (``row``/``col_t``: the epilogue's row parts and transposed column parts).
+    (``row``/``col_t``: the epilogue's row parts and group-major column parts).
 
     Raises:
         NumericsError: an unknown ``isa``, or a shape :func:`xnor_panel_supported` rejects.
     """
     m, words = (dim(d) for d in xbits.shape)
-    n = int(col_t[0].shape[1])
+    n = col_count(col_t[0])
     if isa not in XNOR_PANEL_ISAS or not xnor_panel_supported(n=n, k=32 * words, block=block):
         raise NumericsError(f"{name}: the XNOR panel kernel takes isa in {XNOR_PANEL_ISAS}, "
                             f"N % 8 == 0 and whole 32-bit words per block (isa={isa!r}, "
