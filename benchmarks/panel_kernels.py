@@ -1,9 +1,10 @@
-"""The packed-weight GEMV kernels alone (no call path): ``int_matmul`` at M = 1 on nibble
-panels (A4W4, A8W4; ``--bits 4``) and on 2-bit panels (A2W2, ternary; ``--bits 2``), and the
-int8 panels for scale, built for this host and timed call after call (process CPU time,
-median over rounds; the kernels alternate, ``--calls`` calls each per round)::
+"""The packed-weight panel kernels alone (no call path): ``int_matmul`` on int8 panels, on
+nibble panels (A4W4, A8W4; ``--bits 4``) and on 2-bit panels (A2W2, ternary; ``--bits 2``),
+and the A1W1 XNOR panels (``--bits 1``), at M = 1 (GEMV) or ``--m`` rows, built for this
+host and timed call after call (process CPU time, median over rounds; the kernels
+alternate, ``--calls`` calls each per round)::
 
-    python benchmarks/gemv_panels.py --k 1024,2048,4096 --ghz 3.6
+    python benchmarks/panel_kernels.py --k 1024,2048,4096 --ghz 3.6
 
 ``--baseline REV`` A/Bs a kernel change in one process: it copies the package as of git
 revision ``REV`` under another name (``rqcompile_base``, its imports rewritten), builds
@@ -11,7 +12,8 @@ each kernel from both trees and alternates them call round by call round (separa
 processes differ here by up to 40% in the same build: physical page placement). MACs per
 cycle use ``--ghz``.
 
-    python benchmarks/gemv_panels.py --baseline HEAD~1 --bits 4,2
+    python benchmarks/panel_kernels.py --baseline HEAD~1 --bits 4,2
+    python benchmarks/panel_kernels.py --baseline HEAD~1 --bits 1 --m 256 --calls 3
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from epilogue_share import alternate  # noqa: E402
 
 from rqcompile.targets.tvm.adapter import host_llvm_target, te, tvm  # noqa: E402
 from rqcompile.targets.tvm.kernels import integer as Kc  # noqa: E402
+from rqcompile.targets.tvm.kernels import matmul as MMc  # noqa: E402
 from rqcompile.targets.tvm.schedules.integer import kernel_options as options_c  # noqa: E402
 from rqcompile.targets.tvm.schedules.integer import schedule_prim_func as schedule_c  # noqa: E402
 
 BLOCK = 128
 LAYOUTS = {8: ("int8 panels", {}), 4: ("nibble panels", {"nibbles": True}),
-           2: ("2-bit panels", {"crumbs": True})}  # fmt: skip
+           2: ("2-bit panels", {"crumbs": True}), 1: ("XNOR panels", {})}  # fmt: skip
 
 
 def baseline(rev: str) -> Any:
@@ -63,18 +66,27 @@ def baseline(rev: str) -> Any:
             fh.write(data)
     sys.path.insert(0, out)
     mods = [importlib.import_module(f"rqcompile_base.targets.tvm.{m}")
-            for m in ("kernels.integer", "schedules.integer")]  # fmt: skip
-    return mods[0], mods[1].schedule_prim_func, mods[1].kernel_options
+            for m in ("kernels.integer", "schedules.integer", "kernels.matmul")]  # fmt: skip
+    return mods[0], mods[1].schedule_prim_func, mods[1].kernel_options, mods[2]
 
 
 def build(bits: int, m: int, n: int, k: int, target: dict[str, Any],
           tree: Any = None) -> tuple[Any, list[Any]]:  # fmt: skip
-    """One packed ``int_matmul`` kernel (signed ``bits``-bit weights, 8-bit activations) and
-    random arguments of its shapes; ``tree``: :func:`baseline`'s modules, else this one's."""
-    K, schedule_prim_func, kernel_options = tree or (Kc, schedule_c, options_c)
-    isa = kernel_options(target)["int_matmul"]["isa"]
+    """One packed ``int_matmul`` kernel (signed ``bits``-bit weights, 8-bit activations; 1:
+    the A1W1 ``xnor_popcount_matmul``) and random arguments of its shapes; ``tree``:
+    :func:`baseline`'s modules, else this one's."""
+    K, schedule_prim_func, kernel_options, MM = tree or (Kc, schedule_c, options_c, MMc)
     nb, opts = k // BLOCK, LAYOUTS[bits][1]
     ph = lambda s, d: te.placeholder(s, d)  # noqa: E731
+    if bits == 1:
+        isa = kernel_options(target)["xnor_popcount_matmul"]["isa"]
+        w = [ph((n, k // 32), "uint32"), *(ph((n, nb), d) for d in ("float32", "float32", "int32"))]
+        packed = MM.te_pack_xnor_weights(*w, block=BLOCK, k=k, isa=isa)
+        x = [ph((m, k // 32), "uint32"), ph((m, nb), "float32"), ph((m, nb), "float32")]
+        pp = [ph([int(d) for d in p.shape], str(p.dtype)) for p in packed]
+        y = MM.te_xnor_popcount_matmul_packed(*x, *pp, block=BLOCK, k=k, isa=isa)
+        return _compiled(K, schedule_prim_func, [*x, *pp, y], "xnor_popcount_matmul", target)
+    isa = kernel_options(target)["int_matmul"]["isa"]
     wq = ph((n, k), "int8") if bits == 8 else ph((n, k // 2), "uint8")
     w = [wq, *(ph((n, nb), d) for d in ("float32", "float32", "int32"))]
     packed = K.te_pack_int_matmul_weights(*w, block=BLOCK, w_bits=bits, w_signed=True, isa=isa,
@@ -83,7 +95,12 @@ def build(bits: int, m: int, n: int, k: int, target: dict[str, Any],
     pp = [ph([int(d) for d in p.shape], str(p.dtype)) for p in packed]
     y = K.te_int_matmul_packed(*x, *pp, block=BLOCK, w_bits=bits, w_signed=True, isa=isa,
                                **opts)  # fmt: skip
-    func = K.prim_func([*x, *pp, y], name="kernel", kernel="int_matmul", block=BLOCK)
+    return _compiled(K, schedule_prim_func, [*x, *pp, y], "int_matmul", target)
+
+
+def _compiled(K: Any, schedule_prim_func: Any, tensors: list[Any], kernel: str,
+              target: Any) -> tuple[Any, list[Any]]:  # fmt: skip
+    func = K.prim_func(tensors, name="kernel", kernel=kernel, block=BLOCK)
     lib = tvm.compile(schedule_prim_func(func, target), target=target)
     rng = np.random.default_rng(0)
 
@@ -92,13 +109,14 @@ def build(bits: int, m: int, n: int, k: int, target: dict[str, Any],
         a = rng.integers(0, 3, shape) if "int" in dt else rng.random(shape) + 0.5
         return tvm.runtime.tensor(a.astype(dt))
 
-    return lib["kernel"], [arr(t) for t in [*x, *pp, y]]
+    return lib["kernel"], [arr(t) for t in tensors]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--k", default="1024,2048,4096", help="K = N values, comma-separated")
-    ap.add_argument("--bits", default="8,4,2", help="weight layouts: 8, 4 (nibbles), 2")
+    ap.add_argument("--bits", default="8,4,2",
+                    help="weight layouts: 8, 4 (nibbles), 2 (2-bit), 1 (A1W1 XNOR panels)")
     ap.add_argument("--m", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=50)
