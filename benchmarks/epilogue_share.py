@@ -20,72 +20,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
-import rqcompile.targets.tvm.x86.panel as panel  # noqa: E402
-from rqcompile.targets.tvm.adapter import host_llvm_target, te, tirx, tvm  # noqa: E402
-from rqcompile.targets.tvm.kernels import integer as K  # noqa: E402
-from rqcompile.targets.tvm.kernels import matmul as MM  # noqa: E402
-from rqcompile.targets.tvm.schedules.integer import kernel_options, schedule_prim_func  # noqa: E402
+import panel_kernels  # noqa: E402
+from panel_kernels import BLOCK, alternate  # noqa: E402
 
-BLOCK = 128
+import rqcompile.targets.tvm.x86.panel as panel  # noqa: E402
+from rqcompile.targets.tvm.adapter import host_llvm_target, tirx  # noqa: E402
 
 
 def build(kind: str, m: int, n: int, k: int, target: dict[str, Any]) -> tuple[Any, list[Any]]:
-    nb, words = k // BLOCK, k // 32
-    ph = lambda s, d: te.placeholder(s, d)  # noqa: E731
-    if kind == "xnor":
-        isa = kernel_options(target)["xnor_popcount_matmul"]["isa"]
-        w = [ph((n, words), "uint32"), *(ph((n, nb), d) for d in ("float32", "float32", "int32"))]
-        packed = MM.te_pack_xnor_weights(*w, block=BLOCK, k=k, isa=isa)
-        x = [ph((m, words), "uint32"), ph((m, nb), "float32"), ph((m, nb), "float32")]
-        pp = [ph([int(d) for d in p.shape], str(p.dtype)) for p in packed]
-        y = MM.te_xnor_popcount_matmul_packed(*x, *pp, block=BLOCK, k=k, isa=isa)
-        name = "xnor_popcount_matmul"
-    else:  # int8: 8-bit weights; int4: nibble weights two per byte (the GEMV panels)
-        isa = kernel_options(target)["int_matmul"]["isa"]
-        bits, opts = (4, {"nibbles": True}) if kind == "int4" else (8, {})
-        wq = ph((n, k // 2), "uint8") if bits == 4 else ph((n, k), "int8")
-        w = [wq, *(ph((n, nb), d) for d in ("float32", "float32", "int32"))]
-        packed = K.te_pack_int_matmul_weights(*w, block=BLOCK, w_bits=bits, w_signed=True,
-                                              isa=isa, **opts)  # fmt: skip
-        x = [ph((m, k), "int8"), ph((m, nb), "float32"), ph((m, nb), "float32")]
-        pp = [ph([int(d) for d in p.shape], str(p.dtype)) for p in packed]
-        y = K.te_int_matmul_packed(*x, *pp, block=BLOCK, w_bits=bits, w_signed=True, isa=isa,
-                                   **opts)  # fmt: skip
-        name = "int_matmul"
-    func = K.prim_func([*x, *pp, y], name="kernel", kernel=name, block=BLOCK)
-    lib = tvm.compile(schedule_prim_func(func, target), target=target)
-    rng = np.random.default_rng(0)
-
-    def arr(t: Any) -> Any:
-        shape, dt = [int(d) for d in t.shape], str(t.dtype)
-        a = rng.integers(0, 3, shape) if "int" in dt else rng.random(shape) + 0.5
-        return tvm.runtime.tensor(a.astype(dt))
-
-    return lib["kernel"], [arr(t) for t in [*x, *pp, y]]
-
-
-def alternate(kernels: dict[str, tuple[Any, list[Any]]], rounds: int,
-              calls: int = 3) -> dict[str, float]:  # fmt: skip
-    """Median seconds (process CPU time) per call of each ``(fn, args)``: ``rounds`` rounds,
-    each one warm-up and ``calls`` timed calls of every kernel in turn (more calls keep a
-    GEMV's weights warm in the caches; alternating kernels of several MiB evict each other)."""
-    times: dict[str, list[float]] = {label: [] for label in kernels}
-    for _ in range(rounds):
-        for label, (fn, fargs) in kernels.items():
-            fn(*fargs)
-            for _ in range(calls):
-                t = time.process_time()
-                fn(*fargs)
-                times[label].append(time.process_time() - t)
-    return {label: float(np.median(v)) for label, v in times.items()}
+    """``panel_kernels.build`` by kernel name: ``int8``, ``int4`` (nibble panels), ``xnor``."""
+    return panel_kernels.build({"int8": 8, "int4": 4, "xnor": 1}[kind], m, n, k, target)
 
 
 def main() -> None:

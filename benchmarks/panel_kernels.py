@@ -27,14 +27,13 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TVM_NUM_THREADS", "1")
-
-from epilogue_share import alternate  # noqa: E402
 
 from rqcompile.targets.tvm.adapter import host_llvm_target, te, tvm  # noqa: E402
 from rqcompile.targets.tvm.kernels import integer as Kc  # noqa: E402
@@ -110,6 +109,22 @@ def _compiled(K: Any, schedule_prim_func: Any, tensors: list[Any], kernel: str,
         return tvm.runtime.tensor(a.astype(dt))
 
     return lib["kernel"], [arr(t) for t in tensors]
+
+
+def alternate(kernels: dict[str, tuple[Any, list[Any]]], rounds: int,
+              calls: int = 3) -> dict[str, float]:  # fmt: skip
+    """Median seconds (process CPU time) per call of each ``(fn, args)``: ``rounds`` rounds,
+    each one warm-up and ``calls`` timed calls of every kernel in turn (more calls keep a
+    GEMV's weights warm in the caches; alternating kernels of several MiB evict each other)."""
+    times: dict[str, list[float]] = {label: [] for label in kernels}
+    for _ in range(rounds):
+        for label, (fn, fargs) in kernels.items():
+            fn(*fargs)
+            for _ in range(calls):
+                t = time.process_time()
+                fn(*fargs)
+                times[label].append(time.process_time() - t)
+    return {label: float(np.median(v)) for label, v in times.items()}
 
 
 def main() -> None:
