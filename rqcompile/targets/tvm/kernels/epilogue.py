@@ -143,8 +143,8 @@ def grouped(parts: Sequence[Any], width: int, name: str, attrs: dict[str, Any]) 
     of ``width`` columns reads its parts block after block from one sequential run of
     memory. (Block-major ``[nb, N]``, :func:`transposed`, puts a group's consecutive blocks
     ``4·N`` bytes apart: a GEMV, which reads each part once, then waits on five strided
-    streams; at K = N = 4096 this layout took its epilogue from 39% of the call to
-    31% (``benchmarks/epilogue_share.py --kernel int4 --m 1``; benchmarks/README.md).)"""
+    streams. At K = N = 4096, M = 1 this layout took the nibble panels from 153 to 129 µs
+    and the XNOR panels from 59 to 50: benchmarks/results/panel_kernels_*_grouped_ab.md.)"""
     return [_group(t, width, f"{t.op.name}_g" if t.op.name.startswith(name) else
                    f"{name}_{t.op.name}_g", attrs) for t in parts]  # fmt: skip
 
