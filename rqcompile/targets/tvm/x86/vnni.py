@@ -267,10 +267,10 @@ class _VpdpbusdMasked(_Vpdpbusd):
     ``acc += set_i >> bits·i`` (exact: a multiple of ``2^(bits·i)``). Against shifting
     each part down first (``vpsrlw`` or, where LLVM has GFNI, ``vgf2p8affineqb``, which
     shares ``vpdpbusd``'s ports on Zen 4) this drops 1 (nibbles) or 3 (2-bit) operations per
-    byte, and the 2 or 4 sets give the GEMV (one row: two zmm accumulators) as many
-    independent ``vpdpbusd`` chains; before, those chains' latency bound it
-    (benchmarks/README.md, "Masks, not shifts"). Exact: a part's products are at most
-    ``240·128``, its block sums far below 2³¹.
+    byte (benchmarks/README.md, "Session 15": with the stack scratch and the group-major
+    column parts, the GEMVs 1.3-1.4x faster). Exact: a part's products are at most
+    ``240·128``, its block sums far below 2³¹; the outputs equal the int8 panels' to the
+    bit (tests/targets/tvm/x86/test_vnni_nibbles.py).
     """
 
     nibbles = True
@@ -302,8 +302,8 @@ class _VpdpbusdMasked(_Vpdpbusd):
         quads, lanes, per = self.block // 4, _lanes(self.isa, nv), self.per_byte
         step, size = lanes // PANEL, rows * nv * PANEL
         # nibbles: registers (a stack buffer); 2-bit: a workspace buffer, which measured
-        # faster (1024², M = 1: 9.1 against 13.4 µs): promoted to registers, the six more
-        # accumulators of the fully unrolled block spill (benchmarks/README.md)
+        # faster in an A/B: promoted to registers, the six more accumulators of the fully
+        # unrolled block spill (benchmarks/README.md, "Session 15")
         sets = (scratch((per - 1) * size, "int32") if per == 2 else
                 T.decl_buffer(((per - 1) * size,), "int32", scope="local"))  # fmt: skip
         zero = _bc(tirx.const(0, "int32"), lanes)
