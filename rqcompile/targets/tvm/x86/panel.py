@@ -359,8 +359,9 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     accumulates the block's integer products and ``epilogue.block_term`` adds the block's
     float term to ``mr x nv`` panels of float32 registers; the tile is stored once. ``eps``
     are the row parts ``[M, nb]`` then the group-major column parts ``[N/8nv, nb, 8nv]``
-    of :mod:`.epilogue` (``grouped``); ``bias_x``/``bias_w``: the offsets the core adds to ``x`` (+128,
-    unsigned operands) or to ``w`` codes (+8, signed nibbles); ``f32_bounds``: the codes'
+    of :mod:`.epilogue` (``grouped``); ``bias_x``/``bias_w``: the offsets the core adds to
+    ``x`` (+128, unsigned operands) or to ``w`` codes (+8, signed nibbles; 0 for the
+    masked VNNI cores, whose weights are the unsigned operand); ``f32_bounds``: the codes'
     magnitude bounds. ``lanes``: the epilogue's vector width, 8 (a panel per ymm) or 16 (two
     adjacent panels per zmm, ``nv`` even; the accumulators are laid out panel after panel
     either way, so the core may fill them 8 or 16 lanes at a time).

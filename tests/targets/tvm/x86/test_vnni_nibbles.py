@@ -76,11 +76,6 @@ def test_packed_panels_hold_fewer_bytes(layout: str, w_bits: int, per_byte: int)
     assert size(packed) * per_byte == size(full) == 64 * 256
 
 
-@pytest.mark.skipif(
-    not {"avx512_vnni", "avx2"} <= __import__(
-        "rqcompile.targets.tvm.cpu_features", fromlist=["host_features"]).host_features(),
-    reason="native vpdpbusd needs an AVX-512 VNNI host (the emulated rows above run anywhere)",
-)
 # The packed rows unpack by a mask alone (x86.vnni._VpdpbusdMasked: the weights are the
 # unsigned operand, one accumulator set per part of a byte, the sets shifted and added at
 # each block's end). Their integer sums, and so every output bit, must equal the unpacked
@@ -111,6 +106,11 @@ def test_masked_unpacking_gives_the_int8_panels_bits(row: str, preset: str, m: i
     torch.testing.assert_close(outs[row], want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
+@pytest.mark.skipif(
+    not {"avx512_vnni", "avx2"} <= __import__(
+        "rqcompile.targets.tvm.cpu_features", fromlist=["host_features"]).host_features(),
+    reason="native vpdpbusd needs an AVX-512 VNNI host (the emulated rows above run anywhere)",
+)
 def test_native_2bit_panels_match_the_reference() -> None:
     torch.manual_seed(1)
     x = torch.randn(2, 256)
