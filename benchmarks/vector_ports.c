@@ -21,6 +21,14 @@
  * lowers to vgf2p8affineqb where the target has GFNI, shares them as well (8 vpdpbusd + 4:
  * 12 cycles; vpsrlw + vpandq instead: 8), though the M = 1 kernels measured no faster
  * without it (they wait on L2, not on these ports).
+ * Added 2026-12-08 (session 15; results/vector_ports_2026-12-08_zen4.txt): the masked
+ * nibble GEMV's step (per 2 vpdpbusd one 64-byte weight load, two vpandq, one vpbroadcastd
+ * from memory) piece by piece. Each piece beside 8 vpdpbusd costs nothing (8 cycles); all
+ * together 8.4-10.7 cycles across runs, so the loop alone runs at 75-95% of vpdpbusd's
+ * bound, and the GEMVs' ~36 MACs per cycle (57%) is lost outside it (the per-block
+ * epilogue, 20-31%, and the block's loop set-up). Leaving the low nibbles unmasked (the
+ * raw byte's products minus the high nibbles', one vpandq fewer per 2 vpdpbusd) measured
+ * slower, 10.3-14.5 cycles: not a lever.
  */
 #include <immintrin.h>
 #include <stdio.h>
@@ -33,6 +41,14 @@ static double now(void) {
 }
 
 #define N 25000000L
+
+/* vpbroadcastd from memory, as the kernels' broadcasts are (a compiler would otherwise
+ * hoist it, or broadcast from a general register: another instruction) */
+static inline __m512i bcast_mem(const int *p) {
+  __m512i r;
+  __asm__ volatile("vpbroadcastd %1, %0" : "=v"(r) : "m"(*p));
+  return r;
+}
 #define OPAQUE(v) __asm__ volatile("" : "+v"(v))
 
 int main(void) {
@@ -144,6 +160,53 @@ int main(void) {
   RUN("8 zmm vpdpbusd + 4 zmm (vpsrlw + vpandq)", "other ports: 8", DOT8;
       for (int j = 0; j < 4; j++) zy[j] = _mm512_and_si512(_mm512_srli_epi16(zy[j], 4), zw[1]))
   for (int i = 0; i < 8; i++) { long q = _mm512_reduce_add_epi32(zy[i]); __asm__ volatile("" :: "r"(q)); }
+
+  /* Added 2026-12-08 (session 15): the masked nibble GEMV's inner loop, piece by piece.
+   * Per 2 zmm vpdpbusd it loads 64 bytes of weights, masks them twice (vpandq) and
+   * broadcasts one 4-byte activation quad from memory (vpbroadcastd). */
+  static int xq[4096] __attribute__((aligned(64)));
+  static __m512i wbuf[512];
+  for (int i = 0; i < 4096; i++) xq[i] = (i & 127) * 0x01010101;
+  for (int i = 0; i < 512; i++) wbuf[i] = _mm512_set1_epi32(i);
+  __m512i lo = _mm512_set1_epi8(15), hi = _mm512_set1_epi8((char)0xF0);
+#define BCAST(j) bcast_mem(&xq[(i * 4 + (j)) & 4095])
+  RUN("8 zmm vpdpbusd, x broadcast from memory", "1 per 2 vpdpbusd", for (int j = 0; j < 8; j += 2) {
+        __m512i xb = BCAST(j);
+        acc[j] = _mm512_dpbusd_epi32(acc[j], w, xb);
+        acc[j + 1] = _mm512_dpbusd_epi32(acc[j + 1], x, xb);
+      })
+  RUN("8 zmm vpdpbusd + 8 vpandq", "other ports: 8", for (int j = 0; j < 8; j++)
+        acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_and_si512(w, j & 1 ? hi : lo), x))
+  RUN("8 zmm vpdpbusd + 4 zmm loads (L1)", "dpbusd alone: 8", for (int j = 0; j < 8; j += 2) {
+        __m512i raw = _mm512_load_si512(&wbuf[(i * 4 + j) & 511]);
+        acc[j] = _mm512_dpbusd_epi32(acc[j], raw, x);
+        acc[j + 1] = _mm512_dpbusd_epi32(acc[j + 1], raw, w);
+      })
+  RUN("8 zmm vpdpbusd + 4 zmm loads + 4 bcast", "dpbusd alone: 8", for (int j = 0; j < 8; j += 2) {
+        __m512i raw = _mm512_load_si512(&wbuf[(i * 4 + j) & 511]);
+        __m512i xb = BCAST(j);
+        acc[j] = _mm512_dpbusd_epi32(acc[j], raw, xb);
+        acc[j + 1] = _mm512_dpbusd_epi32(acc[j + 1], w, xb);
+      })
+  RUN("8 zmm vpdpbusd + 4 zmm loads + 8 vpandq", "dpbusd alone: 8", for (int j = 0; j < 8; j += 2) {
+        __m512i raw = _mm512_load_si512(&wbuf[(i * 4 + j) & 511]);
+        acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_and_si512(raw, lo), x);
+        acc[j + 1] = _mm512_dpbusd_epi32(acc[j + 1], _mm512_and_si512(raw, hi), x);
+      })
+  RUN("the nibble GEMV step x4 (4 loads, 8 and, 4 bcast, 8 dpbusd)", "dpbusd alone: 8",
+      for (int j = 0; j < 8; j += 2) {
+        __m512i raw = _mm512_load_si512(&wbuf[(i * 4 + j) & 511]);
+        __m512i xb = BCAST(j);
+        acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_and_si512(raw, lo), xb);
+        acc[j + 1] = _mm512_dpbusd_epi32(acc[j + 1], _mm512_and_si512(raw, hi), xb);
+      })
+  RUN("the same, low nibbles unmasked (4 and)", "dpbusd alone: 8",
+      for (int j = 0; j < 8; j += 2) {
+        __m512i raw = _mm512_load_si512(&wbuf[(i * 4 + j) & 511]);
+        __m512i xb = BCAST(j);
+        acc[j] = _mm512_dpbusd_epi32(acc[j], raw, xb);
+        acc[j + 1] = _mm512_dpbusd_epi32(acc[j + 1], _mm512_and_si512(raw, hi), xb);
+      })
 
   long sum = 0;
   for (int i = 0; i < 8; i++)
