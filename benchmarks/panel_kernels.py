@@ -137,14 +137,17 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--ghz", type=float, default=0.0, help="core clock for MACs per cycle")
     ap.add_argument("--baseline", default="", help="git revision to A/B against, same process")
+    ap.add_argument("--mcpu", default="", help="build for this LLVM CPU instead of the host "
+                    "(e.g. znver3: the AVX2 kernels, run on this host)")
     args = ap.parse_args()
     base = baseline(args.baseline) if args.baseline else None
-    target = host_llvm_target()
+    target = {"kind": "llvm", "mcpu": args.mcpu} if args.mcpu else host_llvm_target()
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
                             text=True, cwd=os.path.dirname(__file__)).stdout.strip()  # fmt: skip
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    mcpu = args.mcpu or host_llvm_target().attrs.get("mcpu", "?")
     print(f"{stamp}; {platform.processor() or platform.machine()}, mcpu "
-          f"{target.attrs.get('mcpu', '?')}; commit {commit}; 1 thread; M = {args.m}, block "
+          f"{mcpu}; commit {commit}; 1 thread; M = {args.m}, block "
           f"{BLOCK}; median µs per call (process CPU time), {args.rounds} rounds x "
           f"{args.calls} calls\n")  # fmt: skip
     trees = {"": None} if base is None else {f"{args.baseline}: ": base, "this tree: ": None}

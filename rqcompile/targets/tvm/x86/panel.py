@@ -410,10 +410,17 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
         with T.unroll(0, rows) as ii, T.unroll(0, per_row) as u:
             T.buffer_store(y, yacc[vec(ii * per_row + u)], [row0 + ii, cols(g, u)])
 
+    def buffers() -> tuple[Any, Any]:
+        """The tile's integer and float accumulators: on the stack (registers), or a
+        workspace where the core says its multi-row tiles spill (``core.spills``)."""
+        if getattr(core, "spills", False) and mr > 1:
+            return (T.decl_buffer((mr * nv * 8,), "int32", scope="local"),
+                    T.decl_buffer((mr * nv * 8,), "float32", scope="local"))  # fmt: skip
+        return scratch(mr * nv * 8, "int32"), scratch(mr * nv * 8, "float32")
+
     if not isinstance(m, int):  # a symbolic build: whole row tiles, then a one-row tail
         with IRBuilder() as ib, T.parallel(0, n // (PANEL * nv)) as g:
-            acc = scratch(mr * nv * 8, "int32")
-            yacc = scratch(mr * nv * 8, "float32")
+            acc, yacc = buffers()
             full = m // mr
             with T.serial(0, full) as t:
                 tile(t * mr, mr, g, acc, yacc)
@@ -430,8 +437,7 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     chunks = max(1, -(-full // per_chunk))
 
     with IRBuilder() as ib, T.serial(0, chunks) as ch, T.parallel(0, n // (PANEL * nv)) as g:
-        acc = scratch(mr * nv * 8, "int32")
-        yacc = scratch(mr * nv * 8, "float32")
+        acc, yacc = buffers()
         if full:
             with T.serial(0, per_chunk) as io:
                 t = ch * per_chunk + io

@@ -138,6 +138,11 @@ class _XnorCounts:
         # live across the products), so that kernel adds the sum
         # (benchmarks/xnor_sum_ab.py, results/xnor_sum_ab_2026-12-07_znver{4,3}.md)
         self.fused_sum = isa != "avx2"
+        # AVX2 (16 ymm registers): a tile of more than one row keeps its accumulators in a
+        # workspace buffer (_panel_body), which measured 2-3% faster than registers that
+        # LLVM spills (built for znver3, on Zen 4, M = 64: 1024² 244 → 237 µs, 4096²
+        # 4.23 → 4.14 ms); one row keeps registers (results/panel_kernels_*_znver3_ab.md)
+        self.spills = isa == "avx2"
         self.words = block // 32
         self.lut = nibble_lut()
         avx2 = isa == "avx2"
