@@ -40,12 +40,14 @@ Tensor = Any  # te.Tensor; TVM ships no type stubs
 STACK_BYTES = 1024
 
 
-def scratch(n: Any, dtype: str) -> Any:
+def scratch(n: Any, dtype: str, *, stack: bool = True) -> Any:
     """A kernel's 1-D scratch buffer of ``n`` ``dtype`` elements (accumulators, tiles):
     "global" scope where it fits :data:`STACK_BYTES` (a stack ``alloca``, promoted to
-    registers), else "local" (a workspace, one heap call pair per execution of its scope)."""
+    registers), else "local" (a workspace, one heap call pair per execution of its scope).
+    ``stack=False``: a workspace whatever the size, for accumulators that measured faster
+    in memory than in the registers LLVM then spills."""
     t = tvm.DataType(dtype)
-    small = isinstance(n, int) and n * t.bits * t.lanes // 8 < STACK_BYTES
+    small = stack and isinstance(n, int) and n * t.bits * t.lanes // 8 < STACK_BYTES
     return T.decl_buffer((n,), dtype, scope="global" if small else "local")
 
 

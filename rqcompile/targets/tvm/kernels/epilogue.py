@@ -134,8 +134,13 @@ def te_col_parts(ws: Tensor, wc: Tensor, sw: Tensor, *, block: int, name: str,
 def transposed(parts: Sequence[Any], name: str, attrs: dict[str, Any]) -> list[Tensor]:
     """``[N, nb]`` parts as ``[nb, N]``: column parts, so 8 columns of a block load as one
     vector; row parts (AMX), so a block's rows lie side by side."""
-    return [_transpose(t, f"{t.op.name}_t" if t.op.name.startswith(name) else
-                       f"{name}_{t.op.name}_t", attrs) for t in parts]  # fmt: skip
+    return [_transpose(t, _part_name(t, name, "t"), attrs) for t in parts]
+
+
+def _part_name(t: Tensor, name: str, suffix: str) -> str:
+    """``t``'s stage name with ``suffix``, prefixed by the kernel's ``name`` unless it is."""
+    base = t.op.name if t.op.name.startswith(name) else f"{name}_{t.op.name}"
+    return f"{base}_{suffix}"
 
 
 def grouped(parts: Sequence[Any], width: int, name: str, attrs: dict[str, Any]) -> list[Tensor]:
@@ -145,8 +150,7 @@ def grouped(parts: Sequence[Any], width: int, name: str, attrs: dict[str, Any]) 
     ``4·N`` bytes apart: a GEMV, which reads each part once, then waits on five strided
     streams. At K = N = 4096, M = 1 this layout took the nibble panels from 153 to 129 µs
     and the XNOR panels from 59 to 50: benchmarks/results/panel_kernels_*_grouped_ab.md.)"""
-    return [_group(t, width, f"{t.op.name}_g" if t.op.name.startswith(name) else
-                   f"{name}_{t.op.name}_g", attrs) for t in parts]  # fmt: skip
+    return [_group(t, width, _part_name(t, name, "g"), attrs) for t in parts]
 
 
 def col_count(part: Any) -> int:

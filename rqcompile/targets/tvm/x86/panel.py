@@ -413,10 +413,9 @@ def _panel_body(core: Any, eps: list[Any], y: Any, *, block: int, mr: int, nv: i
     def buffers() -> tuple[Any, Any]:
         """The tile's integer and float accumulators: on the stack (registers), or a
         workspace where the core says its multi-row tiles spill (``core.spills``)."""
-        if getattr(core, "spills", False) and mr > 1:
-            return (T.decl_buffer((mr * nv * 8,), "int32", scope="local"),
-                    T.decl_buffer((mr * nv * 8,), "float32", scope="local"))  # fmt: skip
-        return scratch(mr * nv * 8, "int32"), scratch(mr * nv * 8, "float32")
+        stack = not (getattr(core, "spills", False) and mr > 1)
+        return (scratch(mr * nv * 8, "int32", stack=stack),
+                scratch(mr * nv * 8, "float32", stack=stack))  # fmt: skip
 
     if not isinstance(m, int):  # a symbolic build: whole row tiles, then a one-row tail
         with IRBuilder() as ib, T.parallel(0, n // (PANEL * nv)) as g:

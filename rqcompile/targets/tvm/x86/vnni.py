@@ -221,18 +221,21 @@ class _Vpdpbusd:
         """The 32 int8 weights of K-quad ``q`` of panel ``v`` (8 columns x 4)."""
         return self.wp[g, q, v, tirx.Ramp(0, 1, 4 * PANEL)]
 
+    #: ``vpdpbusd(w, x)``: the weights the unsigned operand, the codes ``x`` the signed one
+    #: (:class:`_VpdpbusdMasked`); else ``vpdpbusd(x + 128, w)``
+    w_unsigned = False
+
     def _dot(self, acc: Any, xv: Any, g: Any, q: Any, v: Any, lanes: int) -> Any:
         panels = [self._panel(g, q, v + p) for p in range(lanes // 8)]
         if self.isa in VNNI_EMULATED:
             parts = [tirx.Shuffle([panels[h // 2]], list(range(16 * (h % 2), 16 * (h % 2) + 16)))
                      for h in range(lanes // 4)]  # fmt: skip
-            return _dot_emulated(acc, xv, parts)
+            return _dot_emulated(acc, xv, parts, w_unsigned=self.w_unsigned)
         w = panels[0] if len(panels) == 1 else tirx.Shuffle(panels, list(range(4 * lanes)))
-        if _i8_operands():
-            xb = tirx.reinterpret(f"int8x{4 * lanes}", _bc(xv, lanes))
-        else:
-            xb, w = (tirx.reinterpret(f"int32x{lanes}", t) for t in (_bc(xv, lanes), w))
-        return _intrin(f"int32x{lanes}", _VPDPBUSD[lanes], acc, xb, w)
+        ty = f"int8x{4 * lanes}" if _i8_operands() else f"int32x{lanes}"
+        xb, w = tirx.reinterpret(ty, _bc(xv, lanes)), tirx.reinterpret(ty, w)  # no-op if ty
+        return _intrin(f"int32x{lanes}", _VPDPBUSD[lanes], acc,
+                       *((w, xb) if self.w_unsigned else (xb, w)))  # fmt: skip
 
     #: K-quads per panel byte (1: int8 codes; 2: nibbles; 4: 2-bit codes) and the one of
     #: them :meth:`_panel` unpacks now
@@ -240,17 +243,29 @@ class _Vpdpbusd:
 
     def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
         quads, lanes, per = self.block // 4, _lanes(self.isa, nv), self.per_byte
-        step = lanes // PANEL
+        step, size = lanes // PANEL, rows * nv * PANEL
+        sets = self._sets(size, lanes)
         with T.serial(0, quads // per) as s:
             for part in range(per):  # the quads packed in the same bytes, one after another
                 self.part = part
+                buf, base = (acc, 0) if part == 0 else (sets, (part - 1) * size)
                 q = b * quads + per * s + part
                 with T.unroll(0, rows) as ii:
                     xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
                     with T.unroll(0, nv // step) as vs:
                         v = vs * step
-                        idx = tirx.Ramp((ii * nv + v) * PANEL, 1, lanes)
-                        T.buffer_store(acc, self._dot(acc[idx], xv, g, q, v, lanes), [idx])
+                        idx = tirx.Ramp(base + (ii * nv + v) * PANEL, 1, lanes)
+                        T.buffer_store(buf, self._dot(buf[idx], xv, g, q, v, lanes), [idx])
+        if sets is not None:
+            self._combine(acc, sets, size, lanes)
+
+    def _sets(self, size: int, lanes: int) -> Any:
+        """Zeroed accumulators for parts ``1 .. per_byte - 1`` (``size`` int32 each), or
+        ``None`` where every part goes to ``acc``."""
+        return None
+
+    def _combine(self, acc: Any, sets: Any, size: int, lanes: int) -> None:
+        """Add what :meth:`_sets` held to ``acc`` at the block's end."""
 
 
 class _VpdpbusdMasked(_Vpdpbusd):
@@ -273,7 +288,7 @@ class _VpdpbusdMasked(_Vpdpbusd):
     bit (tests/targets/tvm/x86/test_vnni_nibbles.py).
     """
 
-    nibbles = True
+    nibbles, w_unsigned = True, True
 
     def __init__(self, x: Any, wp: Any, block: int, isa: str, bits: int) -> None:
         super().__init__(x, wp, block, isa)
@@ -284,46 +299,22 @@ class _VpdpbusdMasked(_Vpdpbusd):
         mask = ((1 << self.bits) - 1) << (self.bits * self.part)
         return tirx.bitwise_and(raw, tirx.const(mask, "uint8x32"))
 
-    def _dot(self, acc: Any, xv: Any, g: Any, q: Any, v: Any, lanes: int) -> Any:
-        panels = [self._panel(g, q, v + p) for p in range(lanes // 8)]
-        if self.isa in VNNI_EMULATED:
-            parts = [tirx.Shuffle([panels[h // 2]], list(range(16 * (h % 2), 16 * (h % 2) + 16)))
-                     for h in range(lanes // 4)]  # fmt: skip
-            return _dot_emulated(acc, xv, parts, w_unsigned=True)
-        w = panels[0] if len(panels) == 1 else tirx.Shuffle(panels, list(range(4 * lanes)))
-        if _i8_operands():
-            w, xb = tirx.reinterpret(f"int8x{4 * lanes}", w), \
-                tirx.reinterpret(f"int8x{4 * lanes}", _bc(xv, lanes))
-        else:
-            w, xb = (tirx.reinterpret(f"int32x{lanes}", t) for t in (w, _bc(xv, lanes)))
-        return _intrin(f"int32x{lanes}", _VPDPBUSD[lanes], acc, w, xb)
-
-    def accumulate(self, acc: Any, row0: Any, rows: int, g: Any, nv: int, b: Any) -> None:
-        quads, lanes, per = self.block // 4, _lanes(self.isa, nv), self.per_byte
-        step, size = lanes // PANEL, rows * nv * PANEL
+    def _sets(self, size: int, lanes: int) -> Any:
         # nibbles: registers (a stack buffer); 2-bit: a workspace buffer, which measured
         # faster in an A/B: promoted to registers, the six more accumulators of the fully
         # unrolled block spill (benchmarks/README.md, "Session 15")
-        sets = (scratch((per - 1) * size, "int32") if per == 2 else
-                T.decl_buffer(((per - 1) * size,), "int32", scope="local"))  # fmt: skip
+        n = (self.per_byte - 1) * size
+        sets = scratch(n, "int32", stack=self.per_byte == 2)
         zero = _bc(tirx.const(0, "int32"), lanes)
-        with T.unroll(0, (per - 1) * size // lanes) as t:
+        with T.unroll(0, n // lanes) as t:
             T.buffer_store(sets, zero, [tirx.Ramp(t * lanes, 1, lanes)])
-        with T.serial(0, quads // per) as s:
-            for part in range(per):  # the quads packed in the same bytes, one after another
-                self.part = part
-                buf, base = (acc, 0) if part == 0 else (sets, (part - 1) * size)
-                q = b * quads + per * s + part
-                with T.unroll(0, rows) as ii:
-                    xv = tirx.reinterpret("int32", self.x[row0 + ii, tirx.Ramp(q * 4, 1, 4)])
-                    with T.unroll(0, nv // step) as vs:
-                        v = vs * step
-                        idx = tirx.Ramp(base + (ii * nv + v) * PANEL, 1, lanes)
-                        T.buffer_store(buf, self._dot(buf[idx], xv, g, q, v, lanes), [idx])
+        return sets
+
+    def _combine(self, acc: Any, sets: Any, size: int, lanes: int) -> None:
         with T.unroll(0, size // lanes) as t:
             idx = tirx.Ramp(t * lanes, 1, lanes)
             tot = acc[idx]
-            for part in range(1, per):
+            for part in range(1, self.per_byte):
                 shift = _bc(tirx.const(self.bits * part, "int32"), lanes)
                 tot = tot + tirx.shift_right(sets[tirx.Ramp((part - 1) * size + t * lanes, 1,
                                                            lanes)], shift)  # fmt: skip
